@@ -1,0 +1,16 @@
+module expressolivre.org/imsidecar
+
+go 1.26.8
+
+require (
+	github.com/cespare/xxhash/v2 v2.3.0
+	github.com/dgryski/go-rendezvous v0.0.0-20200823014737-9f7001d12a5f
+	github.com/emersion/go-sasl v0.0.0-20241020182733-b788ff22d5a6
+	github.com/prometheus/client_golang v1.23.2
+	github.com/redis/go-redis/v9 v9.17.3
+	go.uber.org/goleak v1.3.0
+	golang.org/x/crypto v0.27.0
+	golang.org/x/sys v0.38.0
+	golang.org/x/text v0.31.0
+	mellium.im/sasl v0.3.2
+)

@@ -1,0 +1,70 @@
+package xmppconn
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors. Callers test them with errors.Is.
+var (
+	// ErrAuth: the server rejected the credentials (SASL not-authorized,
+	// account-disabled, credentials-expired...). It is permanent for this
+	// user and password: Conn never retries it and callers must not either.
+	ErrAuth = errors.New("xmppconn: authentication failed")
+
+	// ErrTLSRequired: TLS was required but the server did not offer it, or
+	// plaintext was requested for a non-loopback address.
+	ErrTLSRequired = errors.New("xmppconn: TLS required")
+
+	// ErrClosed: the connection was closed by Close, or gave up for good.
+	ErrClosed = errors.New("xmppconn: connection closed")
+
+	// ErrTimeout: an IQ or a write did not complete in time.
+	ErrTimeout = errors.New("xmppconn: timeout")
+
+	// ErrNotConnected: the stream is down (reconnecting) and the operation
+	// cannot be queued (IQ requests). Messages and presence are queued
+	// instead and sent once the stream is back.
+	ErrNotConnected = errors.New("xmppconn: not connected")
+
+	// ErrInvalidJID: a JID failed RFC 7622 validation.
+	ErrInvalidJID = errors.New("xmppconn: invalid JID")
+
+	// ErrConfig: a Config field is invalid.
+	ErrConfig = errors.New("xmppconn: invalid configuration")
+
+	// ErrStanzaTooLarge: the peer sent a stanza over Config.MaxStanzaSize.
+	ErrStanzaTooLarge = errors.New("xmppconn: stanza too large")
+
+	// ErrProtocol: the server violated the protocol.
+	ErrProtocol = errors.New("xmppconn: protocol error")
+)
+
+// StreamError is a stream-level error received from (or sent to) the server,
+// carrying its RFC 6120 §4.9.3 condition, e.g. "conflict", "system-shutdown".
+type StreamError struct {
+	Condition string
+	Text      string
+}
+
+func (e *StreamError) Error() string {
+	if e.Text != "" {
+		return fmt.Sprintf("xmppconn: stream error %s: %s", e.Condition, e.Text)
+	}
+	return "xmppconn: stream error " + e.Condition
+}
+
+// StanzaError is an error reply to an IQ (RFC 6120 §8.3), e.g. type "cancel",
+// condition "item-not-found".
+type StanzaError struct {
+	Type      string
+	Condition string
+	Text      string
+}
+
+func (e *StanzaError) Error() string {
+	if e.Text != "" {
+		return fmt.Sprintf("xmppconn: stanza error %s/%s: %s", e.Type, e.Condition, e.Text)
+	}
+	return fmt.Sprintf("xmppconn: stanza error %s/%s", e.Type, e.Condition)
+}
