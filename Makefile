@@ -1,0 +1,101 @@
+# imsidecar — build, test and demo entry points.
+#
+# `make demo` and `make test` are the whole set-up on a fresh Debian/Ubuntu
+# machine: both install the Debian packages they need first (see `deps`).
+
+SHELL      := /bin/bash
+GO         ?= go
+BIN        := bin/imsidecar
+VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS    := -s -w -X expressolivre.org/imsidecar/sidecar.version=$(VERSION)
+FUZZTIME   ?= 30s
+FUZZSHORT  ?= 3s
+TESTFLAGS  ?=
+GOTEST_TIMEOUT ?= 45m
+
+# Debian packages the tests and the demo run for real.
+DEB_PACKAGES := prosody redis-server php-cli php-redis php-curl php-mbstring \
+	php-xml phpunit apache2 libapache2-mod-php chromium nodejs npm \
+	ca-certificates openssl
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@awk 'BEGIN{FS=":.*## "} /^[a-z-]+:.*## /{printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: deps
+deps: ## install missing Debian packages (apt-get, via sudo when not root)
+	@missing=""; \
+	for p in $(DEB_PACKAGES); do \
+	  if [ "$$p" = nodejs ] || [ "$$p" = npm ]; then command -v $${p/nodejs/node} >/dev/null 2>&1 && continue; fi; \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	echo "installing:$$missing"; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=""; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo"; \
+	else echo "make: cannot install packages (not root, no passwordless sudo). Run:"; \
+	  echo "  sudo apt-get update && sudo apt-get install -y$$missing"; exit 1; fi; \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing \
+	  || { $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; } \
+	  || { echo "make: apt-get failed; install by hand: apt-get install -y$$missing"; exit 1; }
+	@command -v $(GO) >/dev/null || { echo "make: Go 1.26 is required (https://go.dev/dl/), then re-run"; exit 1; }
+
+.PHONY: build
+build: ## build bin/imsidecar
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./sidecar/cmd/imsidecar
+
+examples/browser/node_modules: examples/browser/package.json examples/browser/package-lock.json
+	cd examples/browser && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+.PHONY: test
+test: deps examples/browser/node_modules ## run every test: unit, fuzz seeds, integration, PHP client, browser
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout $(GOTEST_TIMEOUT) $(TESTFLAGS) ./...
+	$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZSHORT)
+
+.PHONY: fuzz
+fuzz: ## run every fuzz target for FUZZTIME (default 30s) each
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
+.PHONY: bench
+bench: deps build ## micro-benchmarks, then the quick load profile (~1,000 users)
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(GO) run ./sidecar/internal/loadtest/cmd/imsidecar-loadtest -users 1000 -sidecar $(BIN) -out bench/results.json
+
+.PHONY: bench-full
+bench-full: deps build ## the large load profile (10,000 users)
+	$(GO) run ./sidecar/internal/loadtest/cmd/imsidecar-loadtest -users 10000 -sidecar $(BIN) -out bench/results.json
+
+.PHONY: faults
+faults: deps ## the fault-injection suite with its summary table
+	$(GO) test -count=1 -timeout 40m -run 'TestFault' -v ./sidecar/... | tee /dev/stderr | grep -E '^\|' || true
+
+.PHONY: demo
+demo: deps build ## run Prosody, the demo PHP app and the sidecar locally (Ctrl-C stops all)
+	BIN=$(BIN) examples/demo/run.sh
+
+.PHONY: lint
+lint: ## go vet, gofmt, staticcheck when installed
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@if command -v staticcheck >/dev/null; then staticcheck ./...; else echo "staticcheck not installed (go install honnef.co/go/tools/cmd/staticcheck@2025.1.1)"; fi
+
+.PHONY: tidy-check
+tidy-check: ## fail if go.mod/go.sum are not tidy
+	@cp go.mod /tmp/go.mod.orig; cp go.sum /tmp/go.sum.orig; \
+	$(GO) mod tidy; \
+	if ! diff -q go.mod /tmp/go.mod.orig >/dev/null || ! diff -q go.sum /tmp/go.sum.orig >/dev/null; then \
+	  diff -u /tmp/go.mod.orig go.mod; cp /tmp/go.mod.orig go.mod; cp /tmp/go.sum.orig go.sum; \
+	  echo "go.mod/go.sum not tidy: run go mod tidy"; exit 1; fi
+
+.PHONY: clean
+clean: ## remove build outputs
+	rm -rf bin examples/browser/out

@@ -1,0 +1,656 @@
+package xmppconntest
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/pbkdf2"
+	"crypto/rand"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"fmt"
+	"hash"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Paths of the Debian binaries.
+const (
+	ProsodyBin    = "/usr/bin/prosody"
+	ProsodyctlBin = "/usr/bin/prosodyctl"
+)
+
+// DefaultDomain is the XMPP domain used when Options.Domain is empty.
+const DefaultDomain = "example.test"
+
+// readyMarker is logged by the helper module once Prosody has started.
+const readyMarker = "xmppconntest: server ready"
+
+// Options configures StartProsody. The zero value gives a STARTTLS-only
+// server with SCRAM-SHA-1 and PLAIN, XEP-0198, carbons, MAM and offline
+// storage, without rate limits.
+type Options struct {
+	// Domain is the VirtualHost; default DefaultDomain.
+	Domain string
+	// Modules are enabled in addition to the default set (e.g. "muc").
+	Modules []string
+	// DisableModules removes modules from the default set (e.g. "smacks").
+	DisableModules []string
+	// PlainOnly uses authentication = "internal_plain" and disables every
+	// SCRAM mechanism, so the server offers only PLAIN, as an LDAP-backed
+	// site does.
+	PlainOnly bool
+	// PasswordHash is "SHA-1" (default) or "SHA-256" for internal_hashed:
+	// it selects the one SCRAM mechanism the server offers.
+	PasswordHash string
+	// NoTLS builds a server without mod_tls (no STARTTLS offered) that
+	// allows PLAIN in the clear.
+	NoTLS bool
+	// DirectTLS also opens a XEP-0368 direct TLS port (Server.DirectTLSAddr).
+	DirectTLS bool
+	// HTTP enables mod_bosh and mod_websocket on a plain loopback HTTP port
+	// (Server.HTTPAddr), considered secure.
+	HTTP bool
+	// SmacksHibernation is smacks_hibernation_time; default 600s as Prosody.
+	SmacksHibernation time.Duration
+	// StanzaSizeLimit is c2s_stanza_size_limit in bytes; 0 = Prosody's 256 KiB.
+	StanzaSizeLimit int
+	// LogLevel is the minimum level written to the log file; default "debug".
+	LogLevel string
+	// ExtraConfig is appended verbatim to the global section of the config.
+	ExtraConfig string
+	// StartTimeout bounds each start; default 30s.
+	StartTimeout time.Duration
+}
+
+// Server is a running (or stopped) private Prosody.
+type Server struct {
+	Domain        string // XMPP domain (VirtualHost)
+	Addr          string // c2s host:port (STARTTLS, or plaintext with NoTLS)
+	DirectTLSAddr string // direct TLS host:port, "" unless Options.DirectTLS
+	HTTPAddr      string // HTTP host:port for BOSH and WebSocket, "" unless Options.HTTP
+	BOSHURL       string // http://HTTPAddr/http-bind, "" unless Options.HTTP
+	WebSocketURL  string // ws://HTTPAddr/xmpp-websocket, "" unless Options.HTTP
+	Dir           string // root of the server's files
+	ConfigFile    string
+	LogFile       string
+	DataDir       string
+	CAFile        string         // PEM of the CA that signed the server certificate
+	CAPool        *x509.CertPool // pool with that CA only
+	Certs         *CertBundle
+
+	opts Options
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{} // closed when cmd has exited
+}
+
+// StartProsody starts a private Prosody for the test and registers its
+// shutdown with tb.Cleanup. A missing binary fails the test.
+func StartProsody(tb testing.TB, opts Options) *Server {
+	tb.Helper()
+	for _, bin := range []string{ProsodyBin, ProsodyctlBin, "timeout"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			tb.Fatalf("xmppconntest: %s not found (%v): apt-get install prosody coreutils", bin, err)
+		}
+	}
+	if opts.Domain == "" {
+		opts.Domain = DefaultDomain
+	}
+	if opts.PasswordHash == "" {
+		opts.PasswordHash = "SHA-1"
+	}
+	if opts.LogLevel == "" {
+		opts.LogLevel = "debug"
+	}
+	if opts.StartTimeout == 0 {
+		opts.StartTimeout = 30 * time.Second
+	}
+	dir := tb.TempDir()
+	s := &Server{
+		Domain:     opts.Domain,
+		Dir:        dir,
+		ConfigFile: filepath.Join(dir, "prosody.cfg.lua"),
+		LogFile:    filepath.Join(dir, "prosody.log"),
+		DataDir:    filepath.Join(dir, "data"),
+		opts:       opts,
+	}
+	for _, d := range []string{s.DataDir, filepath.Join(dir, "plugins"), filepath.Join(dir, "certs")} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			tb.Fatalf("xmppconntest: %v", err)
+		}
+	}
+	certs, err := NewCertBundle(filepath.Join(dir, "certs"), opts.Domain, "localhost")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s.Certs, s.CAFile, s.CAPool = certs, certs.CAFile, certs.CAPool
+
+	ports := freePorts(tb, 3)
+	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
+	if opts.DirectTLS {
+		s.DirectTLSAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1]))
+	}
+	if opts.HTTP {
+		s.HTTPAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[2]))
+		s.BOSHURL = "http://" + s.HTTPAddr + "/http-bind"
+		s.WebSocketURL = "ws://" + s.HTTPAddr + "/xmpp-websocket"
+	}
+	if err := os.WriteFile(filepath.Join(dir, "plugins", "mod_xmppconntest.lua"), []byte(auditModule), 0o644); err != nil {
+		tb.Fatalf("xmppconntest: %v", err)
+	}
+	if err := os.WriteFile(s.ConfigFile, []byte(s.config(ports)), 0o644); err != nil {
+		tb.Fatalf("xmppconntest: %v", err)
+	}
+	tb.Cleanup(func() { s.stop(5 * time.Second) })
+	s.Start(tb)
+	return s
+}
+
+// freePorts reserves n distinct free loopback TCP ports and releases them.
+func freePorts(tb testing.TB, n int) []int {
+	tb.Helper()
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	ports := make([]int, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatalf("xmppconntest: reserving a port: %v", err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports
+}
+
+func luaString(s string) string { return strconv.Quote(s) }
+
+func luaList(items []string) string {
+	q := make([]string, len(items))
+	for i, it := range items {
+		q[i] = luaString(it)
+	}
+	return "{ " + strings.Join(q, ", ") + " }"
+}
+
+// config renders prosody.cfg.lua.
+func (s *Server) config(ports []int) string {
+	o := s.opts
+	mods := []string{
+		"roster", "saslauth", "disco", "carbons", "mam", "ping",
+		"smacks", "blocklist", "vcard_legacy", "private", "pep", "version",
+		"time", "uptime", "xmppconntest",
+	}
+	if !o.NoTLS {
+		mods = append(mods, "tls")
+	}
+	if o.HTTP {
+		mods = append(mods, "bosh", "websocket")
+	}
+	mods = append(mods, o.Modules...)
+	var enabled []string
+	for _, m := range mods {
+		drop := false
+		for _, d := range o.DisableModules {
+			drop = drop || d == m
+		}
+		if !drop {
+			enabled = append(enabled, m)
+		}
+	}
+	disabled := []string{"s2s", "s2s_auth_certs", "dialback", "register", "limits"}
+	disabled = append(disabled, o.DisableModules...)
+
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
+	p("-- generated by xmppconntest")
+	p("run_as_root = true")
+	p("pidfile = %s", luaString(filepath.Join(s.Dir, "prosody.pid")))
+	p("data_path = %s", luaString(s.DataDir))
+	p("plugin_paths = { %s }", luaString(filepath.Join(s.Dir, "plugins")))
+	p("interfaces = { \"127.0.0.1\" }")
+	p("local_interfaces = { \"127.0.0.1\" }")
+	p("c2s_ports = { %d }", ports[0])
+	if o.DirectTLS {
+		p("c2s_direct_tls_ports = { %d }", ports[1])
+	}
+	p("s2s_ports = { }")
+	p("component_ports = { }")
+	p("https_ports = { }")
+	if o.HTTP {
+		p("http_ports = { %d }", ports[2])
+		p("http_interfaces = { \"127.0.0.1\" }")
+		p("http_default_host = %s", luaString(o.Domain))
+		p("consider_bosh_secure = true")
+		p("consider_websocket_secure = true")
+		p("http_default_cors_enabled = true")
+	} else {
+		p("http_ports = { }")
+	}
+	p("modules_enabled = %s", luaList(enabled))
+	p("modules_disabled = %s", luaList(disabled))
+	p("log = { { levels = { min = %s }, to = \"file\", filename = %s, timestamps = true } }",
+		luaString(o.LogLevel), luaString(s.LogFile))
+	p("storage = \"internal\"")
+	if o.PlainOnly {
+		p("authentication = \"internal_plain\"")
+		p("disable_sasl_mechanisms = %s", luaList([]string{
+			"DIGEST-MD5", "SCRAM-SHA-1", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-256-PLUS",
+		}))
+	} else {
+		p("authentication = \"internal_hashed\"")
+		p("password_hash = %s", luaString(o.PasswordHash))
+		p("default_iteration_count = %d", iterations)
+	}
+	if o.NoTLS {
+		p("c2s_require_encryption = false")
+		p("allow_unencrypted_plain_auth = true")
+	} else {
+		p("c2s_require_encryption = true")
+		p("ssl = { certificate = %s, key = %s }", luaString(s.Certs.CertFile), luaString(s.Certs.KeyFile))
+	}
+	p("archive_expires_after = \"1d\"")
+	p("default_archive_policy = true")
+	if o.SmacksHibernation > 0 {
+		p("smacks_hibernation_time = %d", int(o.SmacksHibernation.Seconds()))
+	}
+	if o.StanzaSizeLimit > 0 {
+		p("c2s_stanza_size_limit = %d", o.StanzaSizeLimit)
+	}
+	if o.ExtraConfig != "" {
+		p("%s", o.ExtraConfig)
+	}
+	p("VirtualHost %s", luaString(o.Domain))
+	if !o.NoTLS {
+		p("  ssl = { certificate = %s, key = %s }", luaString(s.Certs.CertFile), luaString(s.Certs.KeyFile))
+	}
+	return b.String()
+}
+
+// iterations is the PBKDF2 iteration count of accounts created by this
+// package: low, to keep tests fast; real deployments use 10000 or more.
+const iterations = 4096
+
+// auditModule logs SASL outcomes and readiness at info level.
+const auditModule = `-- xmppconntest helper: logs SASL outcomes and readiness.
+module:hook("authentication-failure", function(event)
+	local session = event.session;
+	local user = session.sasl_handler and session.sasl_handler.username or "?";
+	module:log("info", "xmppconntest: auth-failure user=%s condition=%s", tostring(user), tostring(event.condition));
+end);
+module:hook("authentication-success", function(event)
+	local session = event.session;
+	local mech = session.sasl_handler and session.sasl_handler.selected or "?";
+	module:log("info", "xmppconntest: auth-success user=%s mechanism=%s", tostring(session.username), tostring(mech));
+end);
+local function ready() module:log("info", "` + readyMarker + `"); end
+module:hook_global("server-started", ready);
+`
+
+// Start starts the (stopped) server and waits until it accepts clients.
+func (s *Server) Start(tb testing.TB) {
+	tb.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd != nil {
+		tb.Fatalf("xmppconntest: prosody already running")
+	}
+	before := s.logSize()
+	out, err := os.OpenFile(filepath.Join(s.Dir, "prosody.stdout"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		tb.Fatalf("xmppconntest: %v", err)
+	}
+	defer out.Close()
+	cmd := exec.Command(ProsodyBin, "-F", "--config", s.ConfigFile)
+	cmd.Dir = s.Dir
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		tb.Fatalf("xmppconntest: starting prosody: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	s.cmd, s.done = cmd, done
+
+	deadline := time.Now().Add(s.opts.StartTimeout)
+	for {
+		select {
+		case <-done:
+			s.cmd, s.done = nil, nil
+			tb.Fatalf("xmppconntest: prosody exited during startup (%v)\n%s\n%s", cmd.ProcessState,
+				readTail(filepath.Join(s.Dir, "prosody.stdout"), 4096), s.LogTail(40))
+		default:
+		}
+		if s.readySince(before) && s.accepting() {
+			return
+		}
+		if time.Now().After(deadline) {
+			s.killLocked()
+			tb.Fatalf("xmppconntest: prosody not ready after %v\n%s", s.opts.StartTimeout, s.LogTail(40))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (s *Server) logSize() int64 {
+	fi, err := os.Stat(s.LogFile)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// readySince reports whether the ready marker was logged after offset.
+func (s *Server) readySince(offset int64) bool {
+	f, err := os.Open(s.LogFile)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if _, err := f.Seek(offset, 0); err != nil {
+		return false
+	}
+	data, err := readAllLimit(f, 64<<20)
+	if err != nil {
+		return false
+	}
+	return bytes.Contains(data, []byte(readyMarker))
+}
+
+func (s *Server) accepting() bool {
+	addrs := []string{s.Addr, s.DirectTLSAddr, s.HTTPAddr}
+	for _, a := range addrs {
+		if a == "" {
+			continue
+		}
+		c, err := net.DialTimeout("tcp", a, time.Second)
+		if err != nil {
+			return false
+		}
+		c.Close()
+	}
+	return true
+}
+
+// Stop shuts the server down gracefully (SIGTERM; SIGKILL after 10s).
+func (s *Server) Stop(tb testing.TB) {
+	tb.Helper()
+	if err := s.stop(10 * time.Second); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+func (s *Server) stop(grace time.Duration) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return nil
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+		s.cmd, s.done = nil, nil
+		return nil
+	case <-time.After(grace):
+	}
+	s.killLocked()
+	return fmt.Errorf("xmppconntest: prosody ignored SIGTERM for %v, killed", grace)
+}
+
+// Kill stops the server with SIGKILL: no stream is closed, nothing is flushed.
+func (s *Server) Kill(tb testing.TB) {
+	tb.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		tb.Fatalf("xmppconntest: Kill: prosody not running")
+	}
+	s.killLocked()
+}
+
+func (s *Server) killLocked() {
+	if s.cmd == nil {
+		return
+	}
+	_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+	_ = s.cmd.Process.Kill()
+	<-s.done
+	s.cmd, s.done = nil, nil
+}
+
+// Restart stops the server gracefully and starts it again on the same ports
+// with the same data. XEP-0198 sessions do not survive it.
+func (s *Server) Restart(tb testing.TB) {
+	tb.Helper()
+	s.Stop(tb)
+	s.Start(tb)
+}
+
+// Running reports whether the Prosody process is alive.
+func (s *Server) Running() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cmd != nil
+}
+
+// TLSConfig returns a client TLS configuration trusting only the test CA,
+// with ServerName set to the domain.
+func (s *Server) TLSConfig() *tls.Config {
+	return &tls.Config{RootCAs: s.CAPool, ServerName: s.Domain, MinVersion: tls.VersionTLS12}
+}
+
+// JID returns user@domain.
+func (s *Server) JID(user string) string { return user + "@" + s.Domain }
+
+// Prosodyctl runs prosodyctl with the server's config under a timeout and
+// returns its combined output.
+func (s *Server) Prosodyctl(ctx context.Context, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	full := append([]string{"-k", "2", "50", ProsodyctlBin, "--config", s.ConfigFile}, args...)
+	cmd := exec.CommandContext(ctx, "timeout", full...)
+	cmd.Dir = s.Dir
+	cmd.WaitDelay = 2 * time.Second
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("xmppconntest: prosodyctl %s: %w: %s", args[0], err, out)
+	}
+	return string(out), nil
+}
+
+// Register creates an account with "prosodyctl register", as an
+// administrator would. It takes about a second; see RegisterMany.
+func (s *Server) Register(tb testing.TB, user, pass string) {
+	tb.Helper()
+	ctx := context.Background()
+	if c, ok := tb.(interface{ Context() context.Context }); ok {
+		ctx = c.Context()
+	}
+	if _, err := s.Prosodyctl(ctx, "register", user, s.Domain, pass); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// RegisterMany creates accounts by writing Prosody's internal storage files
+// directly (milliseconds per account). It works while the server runs:
+// mod_storage_internal reads the file on every lookup.
+func (s *Server) RegisterMany(tb testing.TB, users map[string]string) {
+	tb.Helper()
+	dir := filepath.Join(s.DataDir, escapeNode(s.Domain), "accounts")
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		tb.Fatalf("xmppconntest: %v", err)
+	}
+	for user, pass := range users {
+		if strings.ToLower(user) != user || user == "" {
+			tb.Fatalf("xmppconntest: RegisterMany: user %q must be a non-empty lowercase localpart", user)
+		}
+		data, err := s.accountFile(pass)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		name := filepath.Join(dir, escapeNode(user)+".dat")
+		tmp := name + ".tmp"
+		if err := os.WriteFile(tmp, data, 0o640); err != nil {
+			tb.Fatalf("xmppconntest: %v", err)
+		}
+		if err := os.Rename(tmp, name); err != nil {
+			tb.Fatalf("xmppconntest: %v", err)
+		}
+	}
+}
+
+// RegisterN creates users prefix0..prefix(n-1), all with password pass, and
+// returns their localparts.
+func (s *Server) RegisterN(tb testing.TB, prefix string, n int, pass string) []string {
+	tb.Helper()
+	users := make(map[string]string, n)
+	names := make([]string, n)
+	for i := range n {
+		names[i] = prefix + strconv.Itoa(i)
+		users[names[i]] = pass
+	}
+	s.RegisterMany(tb, users)
+	return names
+}
+
+// escapeNode is datamanager's encode: every non-alphanumeric byte becomes %xx.
+func escapeNode(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "%%%02x", c)
+		}
+	}
+	return b.String()
+}
+
+// accountFile renders the Lua table mod_auth_internal_{plain,hashed} stores.
+func (s *Server) accountFile(pass string) ([]byte, error) {
+	if s.opts.PlainOnly {
+		return []byte("return {\n\t[\"password\"] = " + luaString(pass) + ";\n};\n"), nil
+	}
+	var fn func() hash.Hash
+	switch s.opts.PasswordHash {
+	case "SHA-1":
+		fn = sha1.New
+	case "SHA-256":
+		fn = sha256.New
+	default:
+		return nil, fmt.Errorf("xmppconntest: unsupported password_hash %q", s.opts.PasswordHash)
+	}
+	saltRaw := make([]byte, 16)
+	if _, err := rand.Read(saltRaw); err != nil {
+		return nil, fmt.Errorf("xmppconntest: %w", err)
+	}
+	salt := hex.EncodeToString(saltRaw)
+	salted, err := pbkdf2.Key(fn, pass, []byte(salt), iterations, fn().Size())
+	if err != nil {
+		return nil, fmt.Errorf("xmppconntest: %w", err)
+	}
+	mac := func(msg string) []byte {
+		h := hmac.New(fn, salted)
+		h.Write([]byte(msg))
+		return h.Sum(nil)
+	}
+	clientKey := mac("Client Key")
+	h := fn()
+	h.Write(clientKey)
+	stored := h.Sum(nil)
+	server := mac("Server Key")
+	return fmt.Appendf(nil, "return {\n\t[\"iteration_count\"] = %d;\n\t[\"salt\"] = %s;\n\t[\"server_key\"] = %s;\n\t[\"stored_key\"] = %s;\n};\n",
+		iterations, luaString(salt), luaString(hex.EncodeToString(server)), luaString(hex.EncodeToString(stored))), nil
+}
+
+// Log returns the whole log file.
+func (s *Server) Log() string {
+	data, _ := os.ReadFile(s.LogFile)
+	return string(data)
+}
+
+// LogTail returns the last n lines of the log, for failure messages.
+func (s *Server) LogTail(n int) string {
+	data := readTail(s.LogFile, 256<<10)
+	lines := strings.Split(strings.TrimRight(data, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return "--- prosody log tail (" + s.LogFile + ") ---\n" + strings.Join(lines, "\n")
+}
+
+var (
+	authLine = regexp.MustCompile(`xmppconntest: auth-(failure|success) user=(\S+)`)
+	mechLine = regexp.MustCompile(`xmppconntest: auth-success user=(\S+) mechanism=(\S+)`)
+)
+
+// AuthMechanisms lists, in order, the SASL mechanisms of user's successful
+// logins ("" = any user).
+func (s *Server) AuthMechanisms(user string) []string {
+	var mechs []string
+	for _, m := range mechLine.FindAllStringSubmatch(s.Log(), -1) {
+		if user == "" || m[1] == user {
+			mechs = append(mechs, m[2])
+		}
+	}
+	return mechs
+}
+
+// AuthFailures counts SASL failures logged for user ("" = any user).
+func (s *Server) AuthFailures(user string) int { return s.countAuth("failure", user) }
+
+// AuthSuccesses counts successful SASL logins of user ("" = any user).
+func (s *Server) AuthSuccesses(user string) int { return s.countAuth("success", user) }
+
+func (s *Server) countAuth(kind, user string) int {
+	n := 0
+	for _, m := range authLine.FindAllStringSubmatch(s.Log(), -1) {
+		if m[1] == kind && (user == "" || m[2] == user) {
+			n++
+		}
+	}
+	return n
+}
+
+func readTail(name string, max int64) string {
+	f, err := os.Open(name)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	if fi.Size() > max {
+		if _, err := f.Seek(fi.Size()-max, 0); err != nil {
+			return ""
+		}
+	}
+	data, _ := readAllLimit(f, max)
+	return string(data)
+}
+
+func readAllLimit(f *os.File, max int64) ([]byte, error) {
+	return io.ReadAll(io.LimitReader(f, max))
+}
