@@ -17,8 +17,9 @@
 // default internal_hashed backend (computed in Go with a low iteration
 // count), or the plaintext password for internal_plain (Options.PlainOnly).
 //
-// A small helper module loaded into the server logs every SASL success and
-// failure, so tests can count authentication attempts (AuthFailures) without
+// A small helper module loaded into the server records every SASL success and
+// failure in Server.AuditFile, so tests can count authentication attempts
+// (AuthFailures, AuthMechanisms) at any log level, without
 // depending on Prosody's debug output.
 //
 // StartEjabberd does the same for Debian's ejabberd 23.01: a private node

@@ -30,6 +30,10 @@ type FakeOptions struct {
 	// (its own TLS record once encrypted), so the client's reads split
 	// tags and even UTF-8 sequences.
 	ByteAtATime bool
+	// StreamManagement offers XEP-0198: <enable/> is accepted (resumption
+	// is always refused), <r/> is answered with the number of stanzas
+	// received since, and <a/> from the client is delivered on In.
+	StreamManagement bool
 	// NoAutoReply stops the server from answering the client's IQ get/set
 	// requests after binding; they are then only delivered on FakeConn.In.
 	NoAutoReply bool
@@ -273,6 +277,7 @@ const (
 	nsSASL    = "urn:ietf:params:xml:ns:xmpp-sasl"
 	nsBind    = "urn:ietf:params:xml:ns:xmpp-bind"
 	nsSession = "urn:ietf:params:xml:ns:xmpp-session"
+	nsSM      = "urn:xmpp:sm:3"
 )
 
 var errStreamClosed = errors.New("xmppconntest: client closed the stream")
@@ -362,10 +367,15 @@ func (c *FakeConn) serve() error {
 		return err
 	}
 	c.restart()
-	if err := c.header(`<bind xmlns='` + nsBind + `'/><session xmlns='` + nsSession + `'><optional/></session>`); err != nil {
+	features := `<bind xmlns='` + nsBind + `'/><session xmlns='` + nsSession + `'><optional/></session>`
+	if s.opts.StreamManagement {
+		features += `<sm xmlns='` + nsSM + `'/>`
+	}
+	if err := c.header(features); err != nil {
 		return err
 	}
 	delivered := false
+	smOn, handled := false, 0
 	c.conn.SetDeadline(time.Time{})
 	for {
 		e, err := c.next()
@@ -375,6 +385,29 @@ func (c *FakeConn) serve() error {
 		}
 		if err != nil {
 			return err
+		}
+		if e.XMLName.Space == nsSM && s.opts.StreamManagement {
+			var reply string
+			switch e.XMLName.Local {
+			case "enable":
+				smOn = true
+				reply = `<enabled xmlns='` + nsSM + `' id='fake-sm' resume='true' max='60'/>`
+			case "resume":
+				reply = `<failed xmlns='` + nsSM + `'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>`
+			case "r":
+				reply = fmt.Sprintf(`<a xmlns='`+nsSM+`' h='%d'/>`, handled)
+			}
+			if reply != "" {
+				if err := c.Write(reply); err != nil {
+					return err
+				}
+			}
+		}
+		if smOn && e.XMLName.Space == "jabber:client" {
+			switch e.XMLName.Local {
+			case "message", "presence", "iq":
+				handled++
+			}
 		}
 		if e.XMLName.Local == "iq" && (e.Attr("type") == "get" || e.Attr("type") == "set") {
 			switch {

@@ -36,7 +36,7 @@ const (
 // DefaultDomain is the XMPP domain used when Options.Domain is empty.
 const DefaultDomain = "example.test"
 
-// readyMarker is logged by the helper module once Prosody has started.
+// readyMarker is written to the audit file once Prosody has started.
 const readyMarker = "xmppconntest: server ready"
 
 // Options configures StartProsody. The zero value gives a STARTTLS-only
@@ -87,6 +87,7 @@ type Server struct {
 	Dir           string // root of the server's files
 	ConfigFile    string
 	LogFile       string
+	AuditFile     string // SASL outcomes and readiness, one line each
 	DataDir       string
 	CAFile        string         // PEM of the CA that signed the server certificate
 	CAPool        *x509.CertPool // pool with that CA only
@@ -100,7 +101,7 @@ type Server struct {
 }
 
 // StartProsody starts a private Prosody for the test and registers its
-// shutdown with tb.Cleanup. A missing binary fails the test.
+// shutdown (SIGKILL) with tb.Cleanup. A missing binary fails the test.
 func StartProsody(tb testing.TB, opts Options) *Server {
 	tb.Helper()
 	for _, bin := range []string{ProsodyBin, ProsodyctlBin, "timeout"} {
@@ -126,6 +127,7 @@ func StartProsody(tb testing.TB, opts Options) *Server {
 		Dir:        dir,
 		ConfigFile: filepath.Join(dir, "prosody.cfg.lua"),
 		LogFile:    filepath.Join(dir, "prosody.log"),
+		AuditFile:  filepath.Join(dir, "audit.log"),
 		DataDir:    filepath.Join(dir, "data"),
 		opts:       opts,
 	}
@@ -156,7 +158,12 @@ func StartProsody(tb testing.TB, opts Options) *Server {
 	if err := os.WriteFile(s.ConfigFile, []byte(s.config(ports)), 0o644); err != nil {
 		tb.Fatalf("xmppconntest: %v", err)
 	}
-	tb.Cleanup(func() { s.stop(5 * time.Second) })
+	// The data is thrown away: no need for a graceful shutdown.
+	tb.Cleanup(func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.killLocked()
+	})
 	s.Start(tb)
 	return s
 }
@@ -250,6 +257,7 @@ func (s *Server) config(ports []int) string {
 	p("modules_disabled = %s", luaList(disabled))
 	p("log = { { levels = { min = %s }, to = \"file\", filename = %s, timestamps = true } }",
 		luaString(o.LogLevel), luaString(s.LogFile))
+	p("xmppconntest_audit_file = %s", luaString(s.AuditFile))
 	p("storage = \"internal\"")
 	if o.PlainOnly {
 		p("authentication = \"internal_plain\"")
@@ -290,20 +298,27 @@ func (s *Server) config(ports []int) string {
 // package: low, to keep tests fast; real deployments use 10000 or more.
 const iterations = 4096
 
-// auditModule logs SASL outcomes and readiness at info level.
-const auditModule = `-- xmppconntest helper: logs SASL outcomes and readiness.
+// auditModule appends SASL outcomes and a readiness line to the file named
+// by xmppconntest_audit_file, independently of the log level.
+const auditModule = `-- xmppconntest helper: records SASL outcomes and readiness.
+local audit_file = module:get_option_string("xmppconntest_audit_file");
+local function audit(fmt, ...)
+	local line = string.format(fmt, ...);
+	module:log("info", "%s", line);
+	local f = audit_file and io.open(audit_file, "a");
+	if f then f:write(line, "\n"); f:close(); end
+end
 module:hook("authentication-failure", function(event)
 	local session = event.session;
 	local user = session.sasl_handler and session.sasl_handler.username or "?";
-	module:log("info", "xmppconntest: auth-failure user=%s condition=%s", tostring(user), tostring(event.condition));
+	audit("xmppconntest: auth-failure user=%s condition=%s", tostring(user), tostring(event.condition));
 end);
 module:hook("authentication-success", function(event)
 	local session = event.session;
 	local mech = session.sasl_handler and session.sasl_handler.selected or "?";
-	module:log("info", "xmppconntest: auth-success user=%s mechanism=%s", tostring(session.username), tostring(mech));
+	audit("xmppconntest: auth-success user=%s mechanism=%s", tostring(session.username), tostring(mech));
 end);
-local function ready() module:log("info", "` + readyMarker + `"); end
-module:hook_global("server-started", ready);
+module:hook_global("server-started", function() audit("` + readyMarker + `"); end);
 `
 
 // Start starts the (stopped) server and waits until it accepts clients.
@@ -314,7 +329,7 @@ func (s *Server) Start(tb testing.TB) {
 	if s.cmd != nil {
 		tb.Fatalf("xmppconntest: prosody already running")
 	}
-	before := s.logSize()
+	before := s.auditSize()
 	out, err := os.OpenFile(filepath.Join(s.Dir, "prosody.stdout"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		tb.Fatalf("xmppconntest: %v", err)
@@ -351,17 +366,17 @@ func (s *Server) Start(tb testing.TB) {
 	}
 }
 
-func (s *Server) logSize() int64 {
-	fi, err := os.Stat(s.LogFile)
+func (s *Server) auditSize() int64 {
+	fi, err := os.Stat(s.AuditFile)
 	if err != nil {
 		return 0
 	}
 	return fi.Size()
 }
 
-// readySince reports whether the ready marker was logged after offset.
+// readySince reports whether the ready marker was written after offset.
 func (s *Server) readySince(offset int64) bool {
-	f, err := os.Open(s.LogFile)
+	f, err := os.Open(s.AuditFile)
 	if err != nil {
 		return false
 	}
@@ -589,6 +604,11 @@ func (s *Server) Log() string {
 	return string(data)
 }
 
+func (s *Server) audit() string {
+	data, _ := os.ReadFile(s.AuditFile)
+	return string(data)
+}
+
 // LogTail returns the last n lines of the log, for failure messages.
 func (s *Server) LogTail(n int) string {
 	data := readTail(s.LogFile, 256<<10)
@@ -608,7 +628,7 @@ var (
 // logins ("" = any user).
 func (s *Server) AuthMechanisms(user string) []string {
 	var mechs []string
-	for _, m := range mechLine.FindAllStringSubmatch(s.Log(), -1) {
+	for _, m := range mechLine.FindAllStringSubmatch(s.audit(), -1) {
 		if user == "" || m[1] == user {
 			mechs = append(mechs, m[2])
 		}
@@ -624,7 +644,7 @@ func (s *Server) AuthSuccesses(user string) int { return s.countAuth("success", 
 
 func (s *Server) countAuth(kind, user string) int {
 	n := 0
-	for _, m := range authLine.FindAllStringSubmatch(s.Log(), -1) {
+	for _, m := range authLine.FindAllStringSubmatch(s.audit(), -1) {
 		if m[1] == kind && (user == "" || m[2] == user) {
 			n++
 		}

@@ -205,6 +205,21 @@ func TestRestartKillHTTP(t *testing.T) {
 		t.Errorf("BOSH GET: %q", resp)
 	}
 
+	// WebSocket upgrades on the same port.
+	wc, err := net.DialTimeout("tcp", s.HTTPAddr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(wc, "GET /xmpp-websocket HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: xmpp\r\n\r\n", s.Domain)
+	wc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 512)
+	n, _ := wc.Read(buf)
+	wc.Close()
+	if !strings.Contains(string(buf[:n]), "101 Switching Protocols") {
+		t.Errorf("WebSocket upgrade: %q", buf[:n])
+	}
+
 	start := time.Now()
 	s.Restart(t)
 	t.Logf("restart took %v", time.Since(start))

@@ -1,0 +1,170 @@
+package xmppconn
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+)
+
+// Send sends a message and returns its id (generated when m.ID is empty).
+// m.Type defaults to "chat". While the stream is down the message is
+// queued (up to Config.MaxQueue) and sent once it is back.
+func (c *Conn) Send(ctx context.Context, m Message) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	to, err := validJID(m.To)
+	if err != nil {
+		return "", err
+	}
+	m.To = to
+	switch m.Type {
+	case "":
+		m.Type = "chat"
+	case "chat", "groupchat", "normal", "headline":
+	default:
+		return "", fmt.Errorf("xmppconn: invalid message type %q", m.Type)
+	}
+	if m.ChatState != "" && !chatStates[m.ChatState] {
+		return "", fmt.Errorf("xmppconn: invalid chat state %q", m.ChatState)
+	}
+	if m.ID == "" {
+		m.ID = c.newID()
+	}
+	if err := c.send(encodeMessage(m), true); err != nil {
+		return "", err
+	}
+	return m.ID, nil
+}
+
+// SendPresence broadcasts our presence (p.To empty) or sends a directed
+// presence. Type is "available" (or empty) or "unavailable".
+func (c *Conn) SendPresence(ctx context.Context, p Presence) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := checkPresence(p); err != nil {
+		return err
+	}
+	if p.To != "" {
+		to, err := validJID(p.To)
+		if err != nil {
+			return err
+		}
+		p.To = to
+	}
+	return c.send(encodePresence(p), true)
+}
+
+// Subscribe manages a presence subscription with jid. action is
+// "subscribe" (ask to see their presence), "approve" (let them see ours:
+// subscribed), "deny" (refuse their request) or "cancel" (revoke the
+// subscription they have: RFC 6121 §3.2, both send unsubscribed). The raw
+// presence types are accepted too; "unsubscribe" stops our seeing theirs.
+func (c *Conn) Subscribe(ctx context.Context, jid, action string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	to, err := ParseJID(jid)
+	if err != nil {
+		return err
+	}
+	var typ string
+	switch action {
+	case "subscribe", "subscribed", "unsubscribe", "unsubscribed":
+		typ = action
+	case "approve":
+		typ = "subscribed"
+	case "deny":
+		typ = "unsubscribed"
+	case "cancel":
+		typ = "unsubscribed"
+	default:
+		return fmt.Errorf("xmppconn: invalid subscription action %q", action)
+	}
+	var b bytes.Buffer
+	b.WriteString(`<presence`)
+	attr(&b, "to", to.Bare().String())
+	attr(&b, "type", typ)
+	b.WriteString(`/>`)
+	return c.send(b.Bytes(), true)
+}
+
+// SendChatState sends a standalone XEP-0085 chat state (active, composing,
+// paused, inactive, gone).
+func (c *Conn) SendChatState(ctx context.Context, to, state string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if !chatStates[state] {
+		return fmt.Errorf("xmppconn: invalid chat state %q", state)
+	}
+	j, err := validJID(to)
+	if err != nil {
+		return err
+	}
+	var b bytes.Buffer
+	b.WriteString(`<message type="chat"`)
+	attr(&b, "to", j)
+	b.WriteString(`><` + state + ` xmlns="` + nsChat + `"/><no-store xmlns="urn:xmpp:hints"/></message>`)
+	return c.send(b.Bytes(), true)
+}
+
+// Roster fetches the roster.
+func (c *Conn) Roster(ctx context.Context) ([]RosterItem, error) {
+	n, err := c.iq(ctx, "get", "", []byte(`<query xmlns="`+nsRoster+`"/>`))
+	if err != nil {
+		return nil, err
+	}
+	q := n.child(nsRoster, "query")
+	if q == nil {
+		return []RosterItem{}, nil
+	}
+	items := parseRosterItems(q)
+	if items == nil {
+		items = []RosterItem{}
+	}
+	return items, nil
+}
+
+// SetRosterItem adds or updates a roster item (JID, Name, Groups). It does
+// not subscribe; use Subscribe for that.
+func (c *Conn) SetRosterItem(ctx context.Context, it RosterItem) error {
+	j, err := ParseJID(it.JID)
+	if err != nil {
+		return err
+	}
+	var b bytes.Buffer
+	b.WriteString(`<query xmlns="` + nsRoster + `"><item`)
+	attr(&b, "jid", j.Bare().String())
+	attr(&b, "name", it.Name)
+	b.WriteByte('>')
+	seen := map[string]bool{}
+	for _, g := range it.Groups {
+		if g == "" || seen[g] {
+			continue
+		}
+		seen[g] = true
+		b.WriteString(`<group>`)
+		esc(&b, g)
+		b.WriteString(`</group>`)
+	}
+	b.WriteString(`</item></query>`)
+	_, err = c.iq(ctx, "set", "", b.Bytes())
+	return err
+}
+
+// RemoveRosterItem removes jid from the roster (and, per RFC 6121, cancels
+// subscriptions both ways).
+func (c *Conn) RemoveRosterItem(ctx context.Context, jid string) error {
+	j, err := ParseJID(jid)
+	if err != nil {
+		return err
+	}
+	var b bytes.Buffer
+	b.WriteString(`<query xmlns="` + nsRoster + `"><item`)
+	attr(&b, "jid", j.Bare().String())
+	b.WriteString(` subscription="remove"/></query>`)
+	_, err = c.iq(ctx, "set", "", b.Bytes())
+	return err
+}

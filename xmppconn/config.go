@@ -1,0 +1,219 @@
+package xmppconn
+
+import (
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+)
+
+// TLSMode selects how the stream is secured.
+type TLSMode string
+
+const (
+	// TLSStartTLS upgrades the TCP connection with STARTTLS and refuses a
+	// server that does not offer it (ErrTLSRequired). The default.
+	TLSStartTLS TLSMode = "starttls"
+	// TLSDirect starts TLS immediately (XEP-0368, usually port 5223).
+	TLSDirect TLSMode = "direct"
+	// TLSNone sends everything in clear text. It is accepted only when
+	// Addr is a loopback address; otherwise Dial returns ErrTLSRequired.
+	TLSNone TLSMode = "none"
+)
+
+// Defaults applied by Dial to zero Config fields.
+const (
+	DefaultMaxStanzaSize = 256 << 10
+	DefaultPingInterval  = 60 * time.Second
+	DefaultPingTimeout   = 20 * time.Second
+	DefaultIQTimeout     = 30 * time.Second
+	DefaultMinBackoff    = time.Second
+	DefaultMaxBackoff    = 2 * time.Minute
+	DefaultWriteTimeout  = 10 * time.Second
+	DefaultMaxQueue      = 256
+)
+
+// Config describes one client connection. Zero fields take the defaults
+// above; Domain, User and Password are required.
+type Config struct {
+	Addr      string // host:port; "" = DNS SRV _xmpp-client._tcp.Domain (_xmpps-client for TLSDirect), else Domain:5222 (5223)
+	Domain    string // XMPP domain
+	TLS       TLSMode
+	TLSConfig *tls.Config // RootCAs / ServerName; nil = system roots, ServerName=Domain. Used as is (shared) when ServerName and MinVersion ≥ TLS 1.2 are set, else copied once per Conn
+	User      string      // localpart
+	Password  string
+	Resource  string // "" lets the server choose
+	Handler   Handler
+	Logger    *slog.Logger
+
+	// InitialPresence is sent after every fresh (not resumed) stream; nil = available.
+	InitialPresence *Presence
+	MaxStanzaSize   int           // default 256 KiB
+	PingInterval    time.Duration // idle time before a liveness probe; default 60s
+	PingTimeout     time.Duration // default 20s
+	IQTimeout       time.Duration // default 30s
+	// Reconnect reconnects with backoff after a broken stream (never after ErrAuth).
+	Reconnect              bool
+	MinBackoff, MaxBackoff time.Duration
+	// Carbons enables XEP-0280 message carbons.
+	Carbons                 bool
+	DisableStreamManagement bool
+
+	// WriteTimeout bounds every write to the socket; default 10s.
+	WriteTimeout time.Duration
+	// MaxQueue bounds the messages and presences queued while the stream is
+	// down; beyond it Send returns ErrNotConnected. Default 256.
+	MaxQueue int
+	// SoftwareName and SoftwareVersion answer jabber:iq:version requests;
+	// defaults "imsidecar" and "1".
+	SoftwareName, SoftwareVersion string
+}
+
+var discardLogger = slog.New(slog.DiscardHandler)
+
+// completeTLS returns tc itself when it already names the server and a
+// minimum version (so that thousands of connections share one config), or
+// a completed copy: ServerName defaults to the XMPP domain, MinVersion to
+// TLS 1.2.
+func completeTLS(tc *tls.Config, domain string) *tls.Config {
+	if tc != nil && tc.ServerName != "" && tc.MinVersion >= tls.VersionTLS12 {
+		return tc
+	}
+	if tc == nil {
+		tc = &tls.Config{}
+	} else {
+		tc = tc.Clone()
+	}
+	if tc.ServerName == "" {
+		tc.ServerName = domain
+	}
+	if tc.MinVersion < tls.VersionTLS12 {
+		tc.MinVersion = tls.VersionTLS12
+	}
+	return tc
+}
+
+type discardHandler struct{}
+
+func (discardHandler) HandleEvent(Event) {}
+
+// normalize validates cfg and fills in defaults.
+func (cfg Config) normalize() (Config, error) {
+	bad := func(format string, a ...any) (Config, error) {
+		return cfg, fmt.Errorf("%w: "+format, append([]any{ErrConfig}, a...)...)
+	}
+	if cfg.Domain == "" {
+		return bad("Domain is empty")
+	}
+	d, err := ParseJID(cfg.Domain)
+	if err != nil || d.Local != "" || d.Resource != "" {
+		return bad("Domain %q is not a valid XMPP domain", cfg.Domain)
+	}
+	cfg.Domain = d.Domain
+	if cfg.User == "" {
+		return bad("User is empty")
+	}
+	u, err := ParseJID(cfg.User + "@" + cfg.Domain)
+	if err != nil || u.Resource != "" {
+		return bad("User is not a valid localpart")
+	}
+	cfg.User = u.Local
+	if cfg.Password == "" {
+		return bad("Password is empty")
+	}
+	if cfg.Resource != "" {
+		r, err := ParseJID(cfg.Domain + "/" + cfg.Resource)
+		if err != nil {
+			return bad("Resource is not a valid resourcepart")
+		}
+		cfg.Resource = r.Resource
+	}
+	switch cfg.TLS {
+	case "":
+		cfg.TLS = TLSStartTLS
+	case TLSStartTLS, TLSDirect:
+	case TLSNone:
+		if !isLoopbackAddr(cfg.Addr) {
+			return cfg, fmt.Errorf("%w: plaintext refused for non-loopback address %q", ErrTLSRequired, cfg.Addr)
+		}
+	default:
+		return bad("unknown TLS mode %q", cfg.TLS)
+	}
+	if cfg.Addr != "" {
+		if _, _, err := net.SplitHostPort(cfg.Addr); err != nil {
+			return bad("Addr %q: %v", cfg.Addr, err)
+		}
+	}
+	if cfg.Handler == nil {
+		cfg.Handler = discardHandler{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = discardLogger
+	}
+	if cfg.TLS != TLSNone {
+		cfg.TLSConfig = completeTLS(cfg.TLSConfig, cfg.Domain)
+	}
+	type dur struct {
+		p   *time.Duration
+		def time.Duration
+		n   string
+	}
+	for _, f := range []dur{
+		{&cfg.PingInterval, DefaultPingInterval, "PingInterval"},
+		{&cfg.PingTimeout, DefaultPingTimeout, "PingTimeout"},
+		{&cfg.IQTimeout, DefaultIQTimeout, "IQTimeout"},
+		{&cfg.MinBackoff, DefaultMinBackoff, "MinBackoff"},
+		{&cfg.MaxBackoff, DefaultMaxBackoff, "MaxBackoff"},
+		{&cfg.WriteTimeout, DefaultWriteTimeout, "WriteTimeout"},
+	} {
+		if *f.p < 0 {
+			return bad("%s is negative", f.n)
+		}
+		if *f.p == 0 {
+			*f.p = f.def
+		}
+	}
+	if cfg.MaxBackoff < cfg.MinBackoff {
+		return bad("MaxBackoff %v < MinBackoff %v", cfg.MaxBackoff, cfg.MinBackoff)
+	}
+	if cfg.MaxStanzaSize < 0 {
+		return bad("MaxStanzaSize is negative")
+	}
+	if cfg.MaxStanzaSize == 0 {
+		cfg.MaxStanzaSize = DefaultMaxStanzaSize
+	}
+	if cfg.MaxStanzaSize < 4096 {
+		return bad("MaxStanzaSize %d is below 4096", cfg.MaxStanzaSize)
+	}
+	if cfg.MaxQueue < 0 {
+		return bad("MaxQueue is negative")
+	}
+	if cfg.MaxQueue == 0 {
+		cfg.MaxQueue = DefaultMaxQueue
+	}
+	if cfg.SoftwareName == "" {
+		cfg.SoftwareName = "imsidecar"
+	}
+	if cfg.SoftwareVersion == "" {
+		cfg.SoftwareVersion = "1"
+	}
+	if cfg.InitialPresence != nil {
+		p := *cfg.InitialPresence
+		cfg.InitialPresence = &p
+	}
+	return cfg, nil
+}
+
+// isLoopbackAddr reports whether host:port names a loopback address.
+func isLoopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

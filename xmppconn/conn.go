@@ -1,0 +1,747 @@
+package xmppconn
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Conn is one logged-in XMPP client stream, kept alive (and, with
+// Config.Reconnect, re-established) until Close. Its methods are safe for
+// concurrent use. The Handler may call Send, SendPresence, Subscribe and
+// SendChatState, but must not wait for IQ results (Roster, SetRosterItem,
+// RemoveRosterItem, SendIQ): the replies are read by the goroutine that
+// runs the Handler.
+type Conn struct {
+	cfg Config
+	log *slog.Logger
+	own JID // own bare JID
+
+	jid   atomic.Pointer[string]
+	state atomic.Pointer[State]
+
+	// wmu serializes writes and guards s, sm and queue.
+	wmu   sync.Mutex
+	s     *stream
+	sm    smState
+	queue [][]byte
+
+	// inH is the number of inbound stanzas handled; only the goroutine
+	// that reads the stream touches it.
+	inH atomic.Uint32
+
+	mu      sync.Mutex // guards pending
+	pending map[string]*iqWait
+
+	closing    atomic.Bool
+	closeCtx   context.Context // canceled by Close
+	closeStart context.CancelFunc
+	done       chan struct{}
+	err        error // set before done is closed
+
+	idPrefix string
+	idSeq    atomic.Uint64
+}
+
+// smState is the XEP-0198 outbound state.
+type smState struct {
+	enabled  bool
+	id       string // resumption id; "" if the server did not allow resume
+	acked    uint32 // last h the server acknowledged
+	unacked  [][]byte
+	sinceReq int
+}
+
+// stableOnline is how long a stream must have stayed up for the backoff to
+// start again from MinBackoff.
+const stableOnline = time.Minute
+
+// ackEvery is how many stanzas we send before asking for an ack.
+const ackEvery = 5
+
+// Dial connects, authenticates, binds Config.Resource and sends the initial
+// presence. It returns once the stream is online, or an error: ErrAuth
+// (permanent: do not retry), ErrTLSRequired, *StreamError, ErrConfig, or a
+// wrapped network error.
+func Dial(ctx context.Context, cfg Config) (*Conn, error) {
+	cfg, err := cfg.normalize()
+	if err != nil {
+		return nil, err
+	}
+	var rnd [6]byte
+	crand.Read(rnd[:])
+	c := &Conn{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		own:      JID{Local: cfg.User, Domain: cfg.Domain},
+		pending:  map[string]*iqWait{},
+		done:     make(chan struct{}),
+		idPrefix: hex.EncodeToString(rnd[:]),
+	}
+	c.closeCtx, c.closeStart = context.WithCancel(context.Background())
+	c.setState(StateConnecting)
+	s, _, err := c.establish(ctx)
+	if err != nil {
+		c.closeStart()
+		c.setState(StateOffline)
+		if errors.Is(err, ErrAuth) {
+			c.setState(StateAuthFailed)
+		}
+		return nil, err
+	}
+	c.setState(StateOnline)
+	go c.run(s)
+	return c, nil
+}
+
+// JID returns the full JID as bound by the server.
+func (c *Conn) JID() string {
+	if p := c.jid.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// State returns the current lifecycle state.
+func (c *Conn) State() State { return *c.state.Load() }
+
+func (c *Conn) setState(s State) { c.state.Store(&s) }
+
+// Done is closed when the Conn has stopped for good.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Err returns why the Conn stopped (ErrClosed after Close), or nil while it
+// runs.
+func (c *Conn) Err() error {
+	select {
+	case <-c.done:
+		return c.err
+	default:
+		return nil
+	}
+}
+
+func (c *Conn) emit(ev Event) { c.cfg.Handler.HandleEvent(ev) }
+
+func (c *Conn) newID() string {
+	return c.idPrefix + strconv.FormatUint(c.idSeq.Add(1), 36)
+}
+
+// establish opens a stream, authenticates and resumes the previous XEP-0198
+// session or binds a fresh one. On return the stream is installed as c.s.
+func (c *Conn) establish(ctx context.Context) (*stream, bool, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.IQTimeout+c.cfg.WriteTimeout)
+		defer cancel()
+	}
+	s, err := dialStream(ctx, &c.cfg)
+	if err != nil {
+		return nil, false, ctxErr(ctx, err)
+	}
+	ok := false
+	defer func() {
+		s.unwatch()
+		if !ok {
+			s.close()
+			c.wmu.Lock()
+			if c.s == s {
+				c.s = nil
+			}
+			c.wmu.Unlock()
+		}
+	}()
+	resumed, err := c.negotiate(s)
+	if err != nil {
+		return nil, false, ctxErr(ctx, err)
+	}
+	if !s.unwatch() {
+		return nil, false, ctxErr(ctx, context.Canceled)
+	}
+	s.unwatch = func() bool { return false } // drop the reference to ctx
+	s.nc.SetDeadline(time.Time{})
+	s.features = nil // not needed any more; free it
+	s.fr.release()
+	ok = true
+	return s, resumed, nil
+}
+
+// ctxErr adds the context's error to err when the context ended (or its
+// deadline passed: the socket deadline may fire before the context's timer).
+func ctxErr(ctx context.Context, err error) error {
+	cerr := ctx.Err()
+	if dl, ok := ctx.Deadline(); cerr == nil && ok && !time.Now().Before(dl) {
+		cerr = context.DeadlineExceeded
+	}
+	if cerr != nil && !errors.Is(err, cerr) {
+		return fmt.Errorf("%w (%w)", err, cerr)
+	}
+	return err
+}
+
+// negotiate runs SASL, then resumption or bind, session, SM enable,
+// carbons, initial presence, and flushes what waited for a stream.
+func (c *Conn) negotiate(s *stream) (resumed bool, err error) {
+	if err := s.authenticate(c.cfg.User, c.cfg.Password); err != nil {
+		return false, err
+	}
+	if err := s.restart(c.cfg.Domain); err != nil {
+		return false, err
+	}
+	smOffered := s.features.child(nsSM, "sm") != nil && !c.cfg.DisableStreamManagement
+	c.wmu.Lock()
+	prevID := c.sm.id
+	c.wmu.Unlock()
+	if smOffered && prevID != "" {
+		ok, err := c.resume(s, prevID)
+		if err != nil {
+			return false, err
+		}
+		if ok {
+			return true, nil
+		}
+	}
+	// Fresh session: whatever the old one did not get acked is re-sent
+	// once, after the initial presence.
+	c.wmu.Lock()
+	resend := c.sm.unacked
+	c.sm = smState{}
+	c.wmu.Unlock()
+	c.inH.Store(0)
+
+	if err := c.bind(s); err != nil {
+		return false, err
+	}
+	if sess := s.features.child(nsSession, "session"); sess != nil && sess.child("", "optional") == nil {
+		id := c.newID()
+		if err := c.writeOn(s, []byte(`<iq type="set" id="`+id+`"><session xmlns="`+nsSession+`"/></iq>`)); err != nil {
+			return false, err
+		}
+		if _, err := c.awaitIQ(s, id); err != nil {
+			return false, fmt.Errorf("xmppconn: session: %w", err)
+		}
+	}
+	if smOffered {
+		if err := c.writeOn(s, []byte(`<enable xmlns="`+nsSM+`" resume="true"/>`)); err != nil {
+			return false, err
+		}
+		n, err := c.await(s, func(n *node) bool { return n.is(nsSM, "enabled") || n.is(nsSM, "failed") })
+		if err != nil {
+			return false, err
+		}
+		if n.name.Local == "enabled" {
+			c.wmu.Lock()
+			c.sm.enabled = true
+			if n.get("resume") == "true" || n.get("resume") == "1" {
+				c.sm.id = n.get("id")
+			}
+			c.wmu.Unlock()
+		}
+	}
+	if c.cfg.Carbons {
+		id := c.newID()
+		if err := c.writeStanzaOn(s, []byte(`<iq type="set" id="`+id+`"><enable xmlns="`+nsCarbons+`"/></iq>`)); err != nil {
+			return false, err
+		}
+		if _, err := c.awaitIQ(s, id); err != nil {
+			c.log.Warn("xmppconn: enabling carbons failed", "err", err)
+		}
+	}
+	// Become an "interested resource" (RFC 6121 §2.1.6): servers send
+	// roster pushes and subscription approvals only to resources that
+	// requested the roster. The reply is awaited (so that pushes are
+	// guaranteed once Dial returns) and dropped; Roster() fetches it for
+	// callers that want it.
+	rid := c.newID()
+	if err := c.writeStanzaOn(s, []byte(`<iq type="get" id="`+rid+`"><query xmlns="`+nsRoster+`"/></iq>`)); err != nil {
+		return false, err
+	}
+	if _, err := c.awaitIQ(s, rid); err != nil {
+		var se *StanzaError
+		if !errors.As(err, &se) {
+			return false, err
+		}
+	}
+	p := Presence{}
+	if c.cfg.InitialPresence != nil {
+		p = *c.cfg.InitialPresence
+	}
+	if err := c.writeStanzaOn(s, encodePresence(p)); err != nil {
+		return false, err
+	}
+	for _, raw := range resend {
+		if err := c.writeStanzaOn(s, raw); err != nil {
+			return false, err
+		}
+	}
+	return false, c.install(s, len(resend) > 0)
+}
+
+// install flushes the queue and makes s the current stream. resent says
+// that stanzas were re-sent, which deserves an ack request.
+func (c *Conn) install(s *stream, resent bool) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.closing.Load() {
+		return ErrClosed
+	}
+	if len(c.queue) > 0 {
+		resent = true
+	}
+	for len(c.queue) > 0 {
+		if err := c.writeLocked(s, c.queue[0], true); err != nil {
+			return err
+		}
+		c.queue[0] = nil
+		c.queue = c.queue[1:]
+	}
+	c.queue = nil
+	if resent && c.sm.enabled && len(c.sm.unacked) > 0 {
+		c.requestAckLocked(s)
+	}
+	c.s = s
+	return nil
+}
+
+// resume tries XEP-0198 resumption. ok=false means the server refused and
+// a fresh session must be bound.
+func (c *Conn) resume(s *stream, prevID string) (ok bool, err error) {
+	req := `<resume xmlns="` + nsSM + `" previd="` + escAttr(prevID) + `" h="` + strconv.FormatUint(uint64(c.inH.Load()), 10) + `"/>`
+	if err := c.writeOn(s, []byte(req)); err != nil {
+		return false, err
+	}
+	n, err := s.read()
+	if err != nil {
+		return false, err
+	}
+	switch {
+	case n.is(nsSM, "resumed"):
+	case n.is(nsSM, "failed"):
+		c.log.Info("xmppconn: stream resumption refused", "condition", firstChildName(n))
+		if h, err := strconv.ParseUint(n.get("h"), 10, 32); err == nil {
+			c.wmu.Lock()
+			c.ackLocked(uint32(h))
+			c.wmu.Unlock()
+		}
+		return false, nil
+	default:
+		return false, fmt.Errorf("%w: unexpected %s in reply to resume", ErrProtocol, n.name.Local)
+	}
+	h, err := strconv.ParseUint(n.get("h"), 10, 32)
+	if err != nil {
+		return false, fmt.Errorf("%w: bad h in resumed", ErrProtocol)
+	}
+	c.wmu.Lock()
+	c.ackLocked(uint32(h))
+	resend := c.sm.unacked
+	c.sm.unacked = nil
+	c.sm.enabled = true
+	for _, raw := range resend {
+		if err := c.writeLocked(s, raw, true); err != nil {
+			c.sm.unacked = append(c.sm.unacked, resend[len(c.sm.unacked):]...)
+			c.wmu.Unlock()
+			return false, err
+		}
+	}
+	c.wmu.Unlock()
+	return true, c.install(s, len(resend) > 0)
+}
+
+func firstChildName(n *node) string {
+	if len(n.kids) > 0 {
+		return n.kids[0].name.Local
+	}
+	return ""
+}
+
+// bind binds the configured resource and records the full JID.
+func (c *Conn) bind(s *stream) error {
+	if s.features.child(nsBind, "bind") == nil {
+		return fmt.Errorf("%w: server offers no resource binding", ErrProtocol)
+	}
+	id := c.newID()
+	req := `<iq type="set" id="` + id + `"><bind xmlns="` + nsBind + `">`
+	if c.cfg.Resource != "" {
+		req += `<resource>` + escText(c.cfg.Resource) + `</resource>`
+	}
+	req += `</bind></iq>`
+	if err := c.writeOn(s, []byte(req)); err != nil {
+		return err
+	}
+	n, err := c.awaitIQ(s, id)
+	if err != nil {
+		return fmt.Errorf("xmppconn: bind: %w", err)
+	}
+	j, err := ParseJID(n.child(nsBind, "bind").child("", "jid").textOrEmpty())
+	if err != nil || j.Bare() != c.own {
+		return fmt.Errorf("%w: bind returned an unexpected JID", ErrProtocol)
+	}
+	full := j.String()
+	c.jid.Store(&full)
+	return nil
+}
+
+func (n *node) textOrEmpty() string {
+	if n == nil {
+		return ""
+	}
+	return n.text
+}
+
+// await reads elements until match, handling everything else as usual.
+func (c *Conn) await(s *stream, match func(*node) bool) (*node, error) {
+	for {
+		n, err := s.read()
+		if err != nil {
+			return nil, err
+		}
+		if match(n) {
+			if n.name.Space == nsClient {
+				c.countInbound()
+			}
+			return n, nil
+		}
+		c.handle(s, n)
+	}
+}
+
+// awaitIQ waits for the result of the IQ with the given id; an error reply
+// becomes *StanzaError.
+func (c *Conn) awaitIQ(s *stream, id string) (*node, error) {
+	n, err := c.await(s, func(n *node) bool {
+		return n.is(nsClient, "iq") && n.get("id") == id && (n.get("type") == "result" || n.get("type") == "error")
+	})
+	if err != nil {
+		return nil, err
+	}
+	if n.get("type") == "error" {
+		return nil, parseStanzaError(n)
+	}
+	return n, nil
+}
+
+// writeOn writes a non-stanza (not counted by XEP-0198) to s.
+func (c *Conn) writeOn(s *stream, raw []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.writeLocked(s, raw, false)
+}
+
+// writeStanzaOn writes a stanza to s, counting it for XEP-0198.
+func (c *Conn) writeStanzaOn(s *stream, raw []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.writeLocked(s, raw, true)
+}
+
+// writeLocked writes raw to s under wmu with the write deadline. Stanzas
+// are kept until acknowledged when stream management is on.
+func (c *Conn) writeLocked(s *stream, raw []byte, stanza bool) error {
+	s.nc.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
+	err := s.write(raw)
+	if stanza && c.sm.enabled {
+		c.sm.unacked = append(c.sm.unacked, raw)
+		c.sm.sinceReq++
+		if err == nil && c.sm.sinceReq >= ackEvery {
+			err = c.requestAckLocked(s)
+		}
+	}
+	if err != nil {
+		s.close()
+		if c.s == s {
+			c.s = nil
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			err = fmt.Errorf("%w: %w", ErrTimeout, err)
+		}
+	}
+	return err
+}
+
+func (c *Conn) requestAckLocked(s *stream) error {
+	c.sm.sinceReq = 0
+	return s.write([]byte(`<r xmlns="` + nsSM + `"/>`))
+}
+
+// ackLocked drops the stanzas acknowledged by h.
+func (c *Conn) ackLocked(h uint32) {
+	n := h - c.sm.acked // wraps mod 2^32 like the counter itself
+	if int64(n) > int64(len(c.sm.unacked)) {
+		// A stale or bogus h: keep everything rather than drop stanzas
+		// the server may not have.
+		c.log.Warn("xmppconn: ignoring ack for more stanzas than sent", "h", h, "acked", c.sm.acked, "unacked", len(c.sm.unacked))
+		return
+	}
+	for i := range n {
+		c.sm.unacked[i] = nil
+	}
+	c.sm.unacked = c.sm.unacked[n:]
+	if len(c.sm.unacked) == 0 {
+		c.sm.unacked = nil
+	}
+	c.sm.acked = h
+}
+
+// send writes a stanza on the current stream, or queues it while the
+// stream is down (queueable stanzas only).
+func (c *Conn) send(raw []byte, queueable bool) error {
+	if c.closing.Load() {
+		return ErrClosed
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	s := c.s
+	if s == nil {
+		select {
+		case <-c.done:
+			return ErrClosed
+		default:
+		}
+		if !queueable || !c.cfg.Reconnect || len(c.queue) >= c.cfg.MaxQueue {
+			return ErrNotConnected
+		}
+		c.queue = append(c.queue, raw)
+		return nil
+	}
+	err := c.writeLocked(s, raw, true)
+	if err != nil {
+		if c.sm.enabled {
+			return nil // kept in the unacked queue, re-sent after reconnecting
+		}
+		if queueable && c.cfg.Reconnect && len(c.queue) < c.cfg.MaxQueue {
+			c.queue = append(c.queue, raw)
+			return nil
+		}
+	}
+	return err
+}
+
+// run is the Conn's only goroutine: it reads the stream and, when it
+// breaks, reconnects.
+func (c *Conn) run(s *stream) {
+	defer close(c.done)
+	c.emit(&StateChange{State: StateOnline})
+	backoff := c.cfg.MinBackoff
+	onlineSince := time.Now()
+	for {
+		err := c.readLoop(s)
+		s.close()
+		c.wmu.Lock()
+		if c.s == s {
+			c.s = nil
+		}
+		c.wmu.Unlock()
+		if c.closing.Load() {
+			c.finish(ErrClosed, StateOffline, nil)
+			return
+		}
+		c.log.Info("xmppconn: stream broken", "err", err)
+		var se *StreamError
+		if !c.cfg.Reconnect || (errors.As(err, &se) && se.Condition == "conflict") {
+			// conflict: another session took our resource; fighting
+			// back would make the two kick each other forever.
+			c.finish(err, StateOffline, err)
+			return
+		}
+		c.setState(StateReconnecting)
+		c.emit(&StateChange{State: StateReconnecting, Err: err})
+		if time.Since(onlineSince) >= stableOnline {
+			backoff = c.cfg.MinBackoff
+		}
+		var resumed bool
+		s, resumed, err = c.reconnect(&backoff)
+		if err != nil {
+			st := StateOffline
+			if errors.Is(err, ErrAuth) {
+				st = StateAuthFailed
+			}
+			if c.closing.Load() {
+				err = ErrClosed
+			}
+			c.finish(err, st, err)
+			return
+		}
+		onlineSince = time.Now()
+		c.setState(StateOnline)
+		c.emit(&StateChange{State: StateOnline, Resumed: resumed, ContinuityLost: !resumed})
+	}
+}
+
+// finish records why the Conn stopped and fails everything waiting.
+func (c *Conn) finish(err error, st State, evErr error) {
+	c.err = err
+	c.setState(st)
+	c.mu.Lock()
+	for id, w := range c.pending {
+		w.ch <- iqResult{err: ErrClosed}
+		delete(c.pending, id)
+	}
+	c.mu.Unlock()
+	c.wmu.Lock()
+	c.queue = nil
+	c.wmu.Unlock()
+	c.emit(&StateChange{State: st, Err: evErr})
+}
+
+// reconnect retries establish with capped, jittered exponential backoff
+// until it succeeds, Close is called, or authentication fails.
+func (c *Conn) reconnect(backoff *time.Duration) (*stream, bool, error) {
+	quick := *backoff == c.cfg.MinBackoff
+	for {
+		wait := *backoff
+		if quick {
+			wait /= 4 // a quick first retry: most breaks are blips or restarts
+		}
+		wait = wait/2 + rand.N(wait/2+1)
+		t := time.NewTimer(wait)
+		select {
+		case <-c.closeCtx.Done():
+			t.Stop()
+			return nil, false, ErrClosed
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(c.closeCtx, c.cfg.IQTimeout+c.cfg.WriteTimeout)
+		s, resumed, err := c.establish(ctx)
+		cancel()
+		if err == nil {
+			// A stream that breaks again soon will wait longer: a
+			// flapping server must not get a reconnection storm.
+			c.growBackoff(backoff)
+			return s, resumed, nil
+		}
+		if errors.Is(err, ErrAuth) || c.closing.Load() {
+			return nil, false, err
+		}
+		if !quick {
+			c.growBackoff(backoff)
+		}
+		quick = false
+		c.log.Info("xmppconn: reconnect failed", "err", err, "next_wait", *backoff)
+	}
+}
+
+// readLoop reads and handles elements until the stream breaks. After
+// PingInterval without inbound traffic it sends a probe (<r/> or a ping);
+// without an answer within PingTimeout the stream is declared dead.
+func (c *Conn) readLoop(s *stream) error {
+	probing := false
+	for {
+		if s.br.Buffered() == 0 {
+			wait := c.cfg.PingInterval
+			if probing {
+				wait = c.cfg.PingTimeout
+			}
+			s.nc.SetReadDeadline(time.Now().Add(wait))
+			if err := s.br.wait(); err != nil {
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() {
+					if probing {
+						return fmt.Errorf("%w: no reply to keepalive within %v", ErrTimeout, c.cfg.PingTimeout)
+					}
+					probing = true
+					if err := c.probe(s); err != nil {
+						return err
+					}
+					continue
+				}
+				return s.readErr(err)
+			}
+			// Bound the rest of this element too: a peer that stalls
+			// mid-stanza is as dead as a silent one.
+			s.nc.SetReadDeadline(time.Now().Add(c.cfg.PingInterval + c.cfg.PingTimeout))
+		}
+		probing = false
+		n, err := s.readOne()
+		if err != nil {
+			return err
+		}
+		s.fr.release()
+		if n != nil {
+			c.handle(s, n)
+		}
+	}
+}
+
+// probe asks the server for a sign of life.
+func (c *Conn) probe(s *stream) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.sm.enabled {
+		s.nc.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
+		return c.requestAckLocked(s)
+	}
+	raw := []byte(`<iq type="get" id="` + c.newID() + `" to="` + escAttr(c.cfg.Domain) + `"><ping xmlns="` + nsPing + `"/></iq>`)
+	return c.writeLocked(s, raw, true)
+}
+
+// Close ends the session: it sends unavailable presence and the stream
+// close, waits (bounded by ctx, and at most a second) for the server to
+// close its side, and stops the Conn. It is idempotent and returns nil
+// once the Conn stopped, or ctx.Err(). Called from the Handler, it cannot
+// see the Conn stop (the Handler runs on the goroutine it waits for), so
+// it then returns only when ctx ends.
+func (c *Conn) Close(ctx context.Context) error {
+	if c.closing.Swap(true) {
+		select {
+		case <-c.done:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	c.closeStart()
+	c.wmu.Lock()
+	s := c.s
+	if s != nil {
+		dl := time.Now().Add(time.Second)
+		if d, ok := ctx.Deadline(); ok && d.Before(dl) {
+			dl = d
+		}
+		c.s = nil // nothing else gets written to this stream
+		s.nc.SetWriteDeadline(dl)
+		if err := s.write([]byte(`<presence type="unavailable"/>`)); err == nil {
+			if c.sm.enabled {
+				c.sm.unacked = append(c.sm.unacked, nil)
+				s.write([]byte(`<a xmlns="` + nsSM + `" h="` + strconv.FormatUint(uint64(c.inH.Load()), 10) + `"/>`))
+			}
+			s.write([]byte(`</stream:stream>`))
+		}
+	}
+	c.wmu.Unlock()
+	if s != nil {
+		// Give the server a moment to close its side, then cut.
+		t := time.NewTimer(time.Second)
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	if s != nil {
+		s.close()
+	}
+	select {
+	case <-c.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (c *Conn) growBackoff(b *time.Duration) {
+	*b *= 2
+	if *b > c.cfg.MaxBackoff {
+		*b = c.cfg.MaxBackoff
+	}
+}

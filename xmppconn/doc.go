@@ -1,0 +1,40 @@
+// Package xmppconn is a lean, resumable XMPP client connection (RFC 6120,
+// RFC 6121) for holding many long-lived, mostly idle sessions in one
+// process.
+//
+// Dial opens a stream over STARTTLS (default), direct TLS (XEP-0368) or, on a
+// loopback address only, plaintext; authenticates with SCRAM-SHA-256,
+// SCRAM-SHA-1 or PLAIN (the strongest offered, exactly one attempt); binds
+// the caller's resource; requests the roster (servers send roster pushes
+// and subscription approvals only to resources that did, RFC 6121 §2.1.6);
+// and sends the initial presence. The returned Conn
+// sends messages, presence, subscriptions, chat states (XEP-0085) and roster
+// changes, answers ping (XEP-0199), disco#info and version requests, and
+// hands everything it receives to a Handler as typed events: messages (with
+// XEP-0203 delay stamps and unwrapped XEP-0280 carbons), presence,
+// subscriptions, roster pushes, chat states, XEP-0184 receipts (which it
+// also answers) and state changes.
+//
+// Stream management (XEP-0198) is enabled when the server offers it: the
+// Conn acknowledges inbound stanzas only after the Handler returned, keeps
+// unacknowledged outbound stanzas, and after a broken stream resumes it or,
+// if resumption fails, starts a fresh stream, re-sends what the server had
+// not acknowledged and reports StateChange{ContinuityLost: true}. With
+// Config.Reconnect it reconnects with capped, jittered exponential backoff,
+// never after an authentication failure (ErrAuth), so that a stale password
+// cannot trigger a server's login-failure ban.
+//
+// Each Conn runs exactly one goroutine, which reads the stream, delivers
+// events and, while the stream is down, reconnects. Writes happen on the
+// caller's goroutine, serialized by a mutex and bounded by a deadline.
+// Inbound stanzas are framed by a small scanner that enforces
+// Config.MaxStanzaSize while reading and parsed one at a time, so a large
+// stanza leaves no large buffer behind: an idle connection waits with a
+// one-byte read and holds no read buffer at all (crypto/tls itself keeps
+// its largest record buffer, golang/go#43563). Pass one shared
+// Config.TLSConfig with ServerName and MinVersion set so that connections
+// do not each copy it.
+//
+// The Handler runs on the Conn's goroutine: it may send, but must not wait
+// for IQ results (Roster, SetRosterItem, RemoveRosterItem, SendIQ).
+package xmppconn

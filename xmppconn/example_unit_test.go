@@ -1,0 +1,89 @@
+package xmppconn_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log"
+	"time"
+
+	"expressolivre.org/imsidecar/xmppconn"
+)
+
+// Dial a co-located server over STARTTLS, print what arrives, and send a
+// message with a delivery receipt request.
+func ExampleDial() {
+	roots := x509.NewCertPool() // add the server's CA here
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := xmppconn.Dial(ctx, xmppconn.Config{
+		Addr:      "127.0.0.1:5222",
+		Domain:    "example.org",
+		TLSConfig: &tls.Config{RootCAs: roots},
+		User:      "alice",
+		Password:  "secret",
+		Resource:  "expresso-web",
+		Reconnect: true,
+		Carbons:   true,
+		Handler: xmppconn.HandlerFunc(func(ev xmppconn.Event) {
+			switch ev := ev.(type) {
+			case *xmppconn.Message:
+				fmt.Printf("%s says %q\n", ev.From, ev.Body)
+			case *xmppconn.StateChange:
+				if ev.ContinuityLost {
+					fmt.Println("stream replaced: reload roster and history")
+				}
+			}
+		}),
+	})
+	switch {
+	case errors.Is(err, xmppconn.ErrAuth):
+		log.Print("wrong password: do not retry")
+		return
+	case err != nil:
+		log.Print(err)
+		return
+	}
+	defer conn.Close(context.Background())
+	id, err := conn.Send(ctx, xmppconn.Message{To: "bob@example.org", Body: "hi", Receipt: true})
+	if err != nil {
+		log.Print(err)
+		return
+	}
+	fmt.Println("sent", id)
+}
+
+// Roster items come back with their groups; pushes arrive as
+// *xmppconn.RosterPush events.
+func ExampleConn_Roster() {
+	var conn *xmppconn.Conn // from Dial
+	if conn == nil {
+		return
+	}
+	ctx := context.Background()
+	if err := conn.SetRosterItem(ctx, xmppconn.RosterItem{JID: "bob@example.org", Name: "Bob", Groups: []string{"Friends"}}); err != nil {
+		log.Print(err)
+	}
+	if err := conn.Subscribe(ctx, "bob@example.org", "subscribe"); err != nil {
+		log.Print(err)
+	}
+	items, err := conn.Roster(ctx)
+	if err != nil {
+		log.Print(err)
+		return
+	}
+	for _, it := range items {
+		fmt.Println(it.JID, it.Name, it.Groups, it.Subscription)
+	}
+}
+
+func ExampleParseJID() {
+	j, err := xmppconn.ParseJID("Alice@Example.ORG/Gajim")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(j, j.Bare())
+	// Output: alice@example.org/Gajim alice@example.org
+}

@@ -1,0 +1,60 @@
+package xmppconn
+
+import (
+	"net"
+	"testing"
+)
+
+// FuzzHandle: any well-formed stanza from the server is handled without a
+// panic, and events carry only what the parsers accepted.
+func FuzzHandle(f *testing.F) {
+	for _, s := range []string{
+		`<message from="alice@example.test"><sent xmlns="urn:xmpp:carbons:2"><forwarded xmlns="urn:xmpp:forward:0"><message xmlns="jabber:client" from="a@b/c" id="1"><body>x</body></message></forwarded></sent></message>`,
+		`<message from="alice@example.test"><received xmlns="urn:xmpp:carbons:2"/></message>`,
+		`<message from="b@x/y" id="2" type="chat"><body>hi</body><request xmlns="urn:xmpp:receipts"/><delay xmlns="urn:xmpp:delay" stamp="bogus"/></message>`,
+		`<message><received xmlns="urn:xmpp:receipts"/></message>`,
+		`<iq type="set" id="3"><query xmlns="jabber:iq:roster"><item jid="c@x"><group>g</group></item><item/></query></iq>`,
+		`<iq type="get" id="4"><query xmlns="http://jabber.org/protocol/disco#info" node="n"/></iq>`,
+		`<iq type="result" id="5"/>`, `<iq type="error" id="6"><error/></iq>`,
+		`<presence from="x@y/z"><priority>999</priority><show>dnd</show></presence>`,
+		`<presence type="subscribe" from="x@y"/>`, `<a xmlns="urn:xmpp:sm:3" h="99"/>`, `<r xmlns="urn:xmpp:sm:3"/>`,
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		n, err := parseElement(stdHeader, []byte(s))
+		if err != nil {
+			return
+		}
+		cfg, err := Config{Domain: "example.test", User: "alice", Password: "pw", TLS: TLSNone, Addr: "127.0.0.1:1"}.normalize()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var events int
+		cfg.Handler = HandlerFunc(func(Event) { events++ })
+		c := &Conn{cfg: cfg, log: cfg.Logger, own: JID{Local: "alice", Domain: "example.test"}, pending: map[string]*iqWait{}}
+		c.sm.enabled = true
+		st := &stream{nc: pipeSink(t)}
+		c.handle(st, n)
+		if events > 2 {
+			t.Fatalf("%d events from one stanza", events)
+		}
+	})
+}
+
+// pipeSink returns a connection whose writes are read and dropped.
+func pipeSink(t *testing.T) net.Conn {
+	a, b := net.Pipe()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 4096)
+		for {
+			if _, err := b.Read(buf); err != nil {
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() { a.Close(); b.Close(); <-done })
+	return a
+}

@@ -1,0 +1,319 @@
+package xmppconn
+
+import (
+	"bytes"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// handle processes one inbound top-level element on the reading goroutine.
+// Stanzas advance the XEP-0198 inbound counter after the Handler returned.
+func (c *Conn) handle(s *stream, n *node) {
+	switch {
+	case n.is(nsSM, "r"):
+		c.wmu.Lock()
+		if c.sm.enabled {
+			c.writeLocked(s, []byte(`<a xmlns="`+nsSM+`" h="`+strconv.FormatUint(uint64(c.inH.Load()), 10)+`"/>`), false)
+		}
+		c.wmu.Unlock()
+		return
+	case n.is(nsSM, "a"):
+		if h, err := strconv.ParseUint(n.get("h"), 10, 32); err == nil {
+			c.wmu.Lock()
+			c.ackLocked(uint32(h))
+			c.wmu.Unlock()
+		}
+		return
+	case n.name.Space != nsClient:
+		c.log.Debug("xmppconn: ignoring element", "name", n.name.Local, "ns", n.name.Space)
+		return
+	}
+	switch n.name.Local {
+	case "message":
+		c.handleMessage(s, n)
+	case "presence":
+		c.handlePresence(n)
+	case "iq":
+		switch n.get("type") {
+		case "result", "error":
+			c.handleIQResponse(n)
+		case "get", "set":
+			c.handleIQRequest(s, n)
+		}
+	default:
+		return
+	}
+	c.countInbound()
+}
+
+// countInbound advances the XEP-0198 inbound counter for a handled stanza.
+func (c *Conn) countInbound() {
+	c.wmu.Lock()
+	enabled := c.sm.enabled
+	c.wmu.Unlock()
+	if enabled {
+		c.inH.Add(1)
+	}
+}
+
+func (c *Conn) handleMessage(s *stream, n *node) {
+	carbon := ""
+	var fwdDelay time.Time
+	for _, dir := range []string{"sent", "received"} {
+		w := n.child(nsCarbons, dir)
+		if w == nil {
+			continue
+		}
+		if !c.fromOwnBare(n.get("from")) {
+			c.log.Warn("xmppconn: dropping carbon not from own account", "from", n.get("from"))
+			return
+		}
+		fwd := w.child(nsForward, "forwarded")
+		inner := fwd.child("", "message") // jabber:client, or inherited from forwarded
+		if inner == nil {
+			return
+		}
+		fwdDelay = parseDelay(fwd)
+		carbon = dir
+		n = inner
+		break
+	}
+	m := &Message{
+		From:    n.get("from"),
+		To:      n.get("to"),
+		ID:      n.get("id"),
+		Type:    n.get("type"),
+		Carbon:  carbon,
+		Delay:   parseDelay(n),
+		Receipt: n.child(nsReceipts, "request") != nil,
+	}
+	if m.Type == "" {
+		m.Type = "normal"
+	}
+	if m.Delay.IsZero() {
+		m.Delay = fwdDelay
+	}
+	hasBody := false
+	ns := n.name.Space
+	for _, k := range n.kids {
+		switch {
+		case k.name.Space == ns && k.name.Local == "body" && !hasBody:
+			m.Body, hasBody = k.text, true
+		case k.name.Space == ns && k.name.Local == "subject":
+			m.Subject = k.text
+			hasBody = true
+		case k.name.Space == ns && k.name.Local == "thread":
+			m.Thread = k.text
+		case k.name.Space == nsChat:
+			m.ChatState = k.name.Local
+		}
+	}
+	if r := n.child(nsReceipts, "received"); r != nil {
+		id := r.get("id")
+		if id == "" {
+			id = m.ID
+		}
+		c.emit(&Receipt{From: m.From, ID: id})
+		if !hasBody {
+			return
+		}
+	}
+	switch {
+	case hasBody || m.Type == "error":
+		c.emit(m)
+	case m.ChatState != "":
+		c.emit(&ChatState{From: m.From, To: m.To, State: m.ChatState})
+	default:
+		return
+	}
+	if m.Receipt && hasBody && carbon == "" && m.ID != "" && m.From != "" && m.Type != "groupchat" && m.Type != "error" {
+		var b bytes.Buffer
+		b.WriteString(`<message`)
+		attr(&b, "to", m.From)
+		attr(&b, "id", c.newID())
+		attr(&b, "type", m.Type)
+		b.WriteString(`><received xmlns="` + nsReceipts + `"`)
+		attr(&b, "id", m.ID)
+		b.WriteString(`/></message>`)
+		c.writeStanzaOn(s, b.Bytes())
+	}
+}
+
+func (c *Conn) fromOwnBare(from string) bool {
+	j, err := ParseJID(from)
+	return err == nil && j == c.own
+}
+
+func parseDelay(n *node) time.Time {
+	d := n.child(nsDelay, "delay")
+	if d == nil {
+		return time.Time{}
+	}
+	t, err := time.Parse(time.RFC3339Nano, d.get("stamp"))
+	if err != nil {
+		return time.Time{}
+	}
+	return t
+}
+
+func (c *Conn) handlePresence(n *node) {
+	typ := n.get("type")
+	switch typ {
+	case "", "unavailable":
+		p := &Presence{From: n.get("from"), To: n.get("to"), Type: "available"}
+		if typ != "" {
+			p.Type = typ
+		}
+		for _, k := range n.kids {
+			if k.name.Space != nsClient {
+				continue
+			}
+			switch k.name.Local {
+			case "show":
+				p.Show = strings.TrimSpace(k.text)
+			case "status":
+				if p.Status == "" {
+					p.Status = k.text
+				}
+			case "priority":
+				if v, err := strconv.Atoi(strings.TrimSpace(k.text)); err == nil && v >= -128 && v <= 127 {
+					p.Priority = v
+				}
+			}
+		}
+		c.emit(p)
+	case "subscribe", "subscribed", "unsubscribe", "unsubscribed":
+		c.emit(&Subscription{From: n.get("from"), To: n.get("to"), Type: typ})
+	}
+}
+
+func (c *Conn) handleRosterPush(s *stream, n, q *node) {
+	items := parseRosterItems(q)
+	var b bytes.Buffer
+	b.WriteString(`<iq type="result"`)
+	attr(&b, "to", n.get("from"))
+	attr(&b, "id", n.get("id"))
+	b.WriteString(`/>`)
+	if len(items) != 1 {
+		c.replyError(s, n, "modify", "bad-request")
+		return
+	}
+	c.writeStanzaOn(s, b.Bytes())
+	c.emit(&RosterPush{Item: items[0]})
+}
+
+func parseRosterItems(q *node) []RosterItem {
+	var items []RosterItem
+	for _, k := range q.kids {
+		if !k.is(nsRoster, "item") {
+			continue
+		}
+		it := RosterItem{
+			JID:          k.get("jid"),
+			Name:         k.get("name"),
+			Subscription: k.get("subscription"),
+			Ask:          k.get("ask"),
+			Groups:       []string{},
+		}
+		if it.Subscription == "" {
+			it.Subscription = "none"
+		}
+		for _, g := range k.kids {
+			if g.is(nsRoster, "group") {
+				it.Groups = append(it.Groups, g.text)
+			}
+		}
+		items = append(items, it)
+	}
+	return items
+}
+
+// encodeMessage renders an outgoing message.
+func encodeMessage(m Message) []byte {
+	var b bytes.Buffer
+	b.WriteString(`<message`)
+	attr(&b, "to", m.To)
+	attr(&b, "id", m.ID)
+	attr(&b, "type", m.Type)
+	b.WriteByte('>')
+	if m.Subject != "" {
+		b.WriteString(`<subject>`)
+		esc(&b, m.Subject)
+		b.WriteString(`</subject>`)
+	}
+	if m.Body != "" {
+		b.WriteString(`<body>`)
+		esc(&b, m.Body)
+		b.WriteString(`</body>`)
+	}
+	if m.Thread != "" {
+		b.WriteString(`<thread>`)
+		esc(&b, m.Thread)
+		b.WriteString(`</thread>`)
+	}
+	if m.Receipt {
+		b.WriteString(`<request xmlns="` + nsReceipts + `"/>`)
+	}
+	if m.ChatState != "" {
+		b.WriteString(`<` + m.ChatState + ` xmlns="` + nsChat + `"/>`)
+	}
+	b.WriteString(`</message>`)
+	return b.Bytes()
+}
+
+// encodePresence renders an available or unavailable presence.
+func encodePresence(p Presence) []byte {
+	var b bytes.Buffer
+	b.WriteString(`<presence`)
+	attr(&b, "to", p.To)
+	if p.Type == "unavailable" {
+		attr(&b, "type", p.Type)
+	}
+	if p.Show == "" && p.Status == "" && p.Priority == 0 {
+		b.WriteString(`/>`)
+		return b.Bytes()
+	}
+	b.WriteByte('>')
+	if p.Show != "" {
+		b.WriteString(`<show>` + p.Show + `</show>`)
+	}
+	if p.Status != "" {
+		b.WriteString(`<status>`)
+		esc(&b, p.Status)
+		b.WriteString(`</status>`)
+	}
+	if p.Priority != 0 {
+		b.WriteString(`<priority>` + strconv.Itoa(p.Priority) + `</priority>`)
+	}
+	b.WriteString(`</presence>`)
+	return b.Bytes()
+}
+
+var chatStates = map[string]bool{"active": true, "composing": true, "paused": true, "inactive": true, "gone": true}
+
+func validJID(s string) (string, error) {
+	j, err := ParseJID(s)
+	if err != nil {
+		return "", err
+	}
+	return j.String(), nil
+}
+
+func checkPresence(p Presence) error {
+	switch p.Show {
+	case "", "away", "chat", "dnd", "xa":
+	default:
+		return fmt.Errorf("xmppconn: invalid presence show %q", p.Show)
+	}
+	switch p.Type {
+	case "", "available", "unavailable":
+	default:
+		return fmt.Errorf("xmppconn: invalid presence type %q (use Subscribe for subscriptions)", p.Type)
+	}
+	if p.Priority < -128 || p.Priority > 127 {
+		return fmt.Errorf("xmppconn: presence priority %d out of range", p.Priority)
+	}
+	return nil
+}
