@@ -66,6 +66,10 @@ type smState struct {
 // start again from MinBackoff.
 const stableOnline = time.Minute
 
+// shutdownBackoff is the least wait before reconnecting after the server
+// sent a system-shutdown stream error.
+const shutdownBackoff = 3 * time.Second
+
 // ackEvery is how many stanzas we send before asking for an ack.
 const ackEvery = 5
 
@@ -557,6 +561,12 @@ func (c *Conn) run(s *stream) {
 		c.emit(&StateChange{State: StateReconnecting, Err: err})
 		if time.Since(onlineSince) >= stableOnline {
 			backoff = c.cfg.MinBackoff
+		}
+		if errors.As(err, &se) && se.Condition == "system-shutdown" {
+			// The server announced it is stopping: it may still accept
+			// logins for a moment and then drop them silently, so skip
+			// the quick first retry and give it time to come back.
+			backoff = max(backoff, min(max(2*c.cfg.MinBackoff, shutdownBackoff), c.cfg.MaxBackoff))
 		}
 		var resumed bool
 		s, resumed, err = c.reconnect(&backoff)
