@@ -1,0 +1,610 @@
+package phpsession
+
+import (
+	"fmt"
+	"math"
+	"strconv"
+)
+
+// Serializer names PHP's session.serialize_handler. It is configured, never
+// guessed: a value read with the wrong grammar could be read as structure.
+type Serializer string
+
+// The serialize handlers PHP 8.2 ships.
+const (
+	SerializerPHP          Serializer = "php"           // name|value name|value …
+	SerializerPHPSerialize Serializer = "php_serialize" // serialize($_SESSION)
+	SerializerPHPBinary    Serializer = "php_binary"    // <len byte>name value …
+)
+
+// ParseSerializer validates a serialize_handler name.
+func ParseSerializer(name string) (Serializer, error) {
+	switch s := Serializer(name); s {
+	case SerializerPHP, SerializerPHPSerialize, SerializerPHPBinary:
+		return s, nil
+	}
+	return "", fmt.Errorf("%w: unknown serializer %q (want php, php_serialize or php_binary)", ErrConfig, name)
+}
+
+// Limits bound the work Decode does on untrusted input.
+type Limits struct {
+	MaxBytes int // longest input accepted
+	MaxDepth int // deepest nesting of arrays and objects
+}
+
+// DefaultLimits fit any real Expresso session with a wide margin.
+var DefaultLimits = Limits{MaxBytes: 8 << 20, MaxDepth: 64}
+
+// Decode parses session data written by the given serialize handler and
+// returns the top-level session variables in PHP's order. It accepts
+// exactly what PHP 8.2 accepts (including its clamping of out-of-range
+// integers) and resolves r:/R: references with PHP's slot numbering; a
+// reference cycle yields an Array that contains itself. The result aliases
+// data. Errors wrap ErrMalformed (as a *SyntaxError with the offset) or
+// ErrTooLarge.
+func Decode(data []byte, ser Serializer, lim Limits) (*Array, error) {
+	if lim.MaxBytes <= 0 {
+		lim.MaxBytes = DefaultLimits.MaxBytes
+	}
+	if lim.MaxDepth <= 0 {
+		lim.MaxDepth = DefaultLimits.MaxDepth
+	}
+	if len(data) > lim.MaxBytes {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(data), lim.MaxBytes)
+	}
+	d := decoder{data: data, maxDepth: lim.MaxDepth}
+	switch ser {
+	case SerializerPHP:
+		return d.sessionPHP()
+	case SerializerPHPBinary:
+		return d.sessionBinary()
+	case SerializerPHPSerialize:
+		return d.sessionSerialize()
+	}
+	return nil, fmt.Errorf("%w: unknown serializer %q", ErrConfig, ser)
+}
+
+type decoder struct {
+	data     []byte
+	pos      int
+	maxDepth int
+	depth    int
+	// slots holds every value PHP's var_hash would: each value parsed
+	// except R: ones and array keys, numbered from 1.
+	slots []*Value
+}
+
+func (d *decoder) fail(at int, format string, args ...any) error {
+	return &SyntaxError{Offset: at, Msg: fmt.Sprintf(format, args...)}
+}
+
+// sessionPHP: repeated "name|value". Like PHP, bytes after the last value
+// that contain no '|' end decoding without error.
+func (d *decoder) sessionPHP() (*Array, error) {
+	vars := &Array{}
+	for d.pos < len(d.data) {
+		start := d.pos
+		bar := -1
+		for i := d.pos; i < len(d.data); i++ {
+			if d.data[i] == '|' {
+				bar = i
+				break
+			}
+		}
+		if bar < 0 {
+			break
+		}
+		name := string(d.data[start:bar])
+		d.pos = bar + 1
+		v, err := d.value()
+		if err != nil {
+			return nil, err
+		}
+		vars.set(Key{Str: name}, *v)
+	}
+	return vars, nil
+}
+
+// sessionBinary: repeated <length byte><name><value>; the top bit of the
+// length byte is PHP's old "undefined" marker and is ignored.
+func (d *decoder) sessionBinary() (*Array, error) {
+	vars := &Array{}
+	for d.pos < len(d.data) {
+		n := int(d.data[d.pos] & 0x7f)
+		if d.pos+1+n >= len(d.data) {
+			return nil, d.fail(d.pos, "variable name of %d bytes runs past the end", n)
+		}
+		name := string(d.data[d.pos+1 : d.pos+1+n])
+		d.pos += 1 + n
+		v, err := d.value()
+		if err != nil {
+			return nil, err
+		}
+		vars.set(Key{Str: name}, *v)
+	}
+	return vars, nil
+}
+
+// sessionSerialize: one serialize()d array and nothing after it.
+func (d *decoder) sessionSerialize() (*Array, error) {
+	if len(d.data) == 0 {
+		return &Array{}, nil
+	}
+	v, err := d.value()
+	if err != nil {
+		return nil, err
+	}
+	if v.kind != KindArray {
+		return nil, d.fail(0, "top level is %s, not an array", v.kind)
+	}
+	if d.pos != len(d.data) {
+		return nil, d.fail(d.pos, "trailing bytes after the session array")
+	}
+	return v.arr, nil
+}
+
+func (d *decoder) expect(c byte) error {
+	if d.pos >= len(d.data) {
+		return d.fail(d.pos, "unexpected end, want %q", c)
+	}
+	if d.data[d.pos] != c {
+		return d.fail(d.pos, "want %q, found %q", c, d.data[d.pos])
+	}
+	d.pos++
+	return nil
+}
+
+// uint parses PHP's uiv: [0-9]+, bounded so it cannot overflow.
+func (d *decoder) uint() (int, error) {
+	start := d.pos
+	n := 0
+	for d.pos < len(d.data) && d.data[d.pos] >= '0' && d.data[d.pos] <= '9' {
+		if n > (math.MaxInt32-9)/10 {
+			return 0, d.fail(start, "length out of range")
+		}
+		n = n*10 + int(d.data[d.pos]-'0')
+		d.pos++
+	}
+	if d.pos == start {
+		return 0, d.fail(start, "want a digit")
+	}
+	return n, nil
+}
+
+// int parses PHP's iv: [+-]?[0-9]+, clamping out-of-range values to
+// PHP_INT_MAX/PHP_INT_MIN exactly as PHP 8.2's parse_iv2 does.
+func (d *decoder) int() (int64, error) {
+	neg := false
+	if d.pos < len(d.data) && (d.data[d.pos] == '-' || d.data[d.pos] == '+') {
+		neg = d.data[d.pos] == '-'
+		d.pos++
+	}
+	for d.pos < len(d.data) && d.data[d.pos] == '0' && d.pos+1 < len(d.data) && d.data[d.pos+1] >= '0' && d.data[d.pos+1] <= '9' {
+		d.pos++
+	}
+	start := d.pos
+	var u uint64
+	overflow := false
+	for d.pos < len(d.data) && d.data[d.pos] >= '0' && d.data[d.pos] <= '9' {
+		if u > (math.MaxUint64-9)/10 {
+			overflow = true
+		}
+		u = u*10 + uint64(d.data[d.pos]-'0')
+		d.pos++
+	}
+	if d.pos == start {
+		return 0, d.fail(start, "want a digit")
+	}
+	limit := uint64(math.MaxInt64)
+	if neg {
+		limit++
+	}
+	if overflow || d.pos-start > 19 || u > limit {
+		if neg {
+			return math.MinInt64, nil
+		}
+		return math.MaxInt64, nil
+	}
+	if neg {
+		return int64(-u), nil
+	}
+	return int64(u), nil
+}
+
+func (d *decoder) push(v *Value) { d.slots = append(d.slots, v) }
+
+// value parses one serialized value.
+func (d *decoder) value() (*Value, error) {
+	if d.pos+1 >= len(d.data) {
+		return nil, d.fail(d.pos, "unexpected end of data")
+	}
+	start := d.pos
+	tag := d.data[d.pos]
+	v := &Value{}
+	if tag != 'R' {
+		d.push(v)
+	}
+	if tag == 'N' {
+		d.pos++
+		return v, d.expect(';')
+	}
+	d.pos++
+	if err := d.expect(':'); err != nil {
+		return nil, err
+	}
+	switch tag {
+	case 'b':
+		if d.pos >= len(d.data) || (d.data[d.pos] != '0' && d.data[d.pos] != '1') {
+			return nil, d.fail(d.pos, "bool must be 0 or 1")
+		}
+		*v = Value{kind: KindBool, num: uint64(d.data[d.pos] - '0')}
+		d.pos++
+		return v, d.expect(';')
+	case 'i':
+		n, err := d.int()
+		if err != nil {
+			return nil, err
+		}
+		*v = Value{kind: KindInt, num: uint64(n)}
+		return v, d.expect(';')
+	case 'd':
+		f, err := d.float()
+		if err != nil {
+			return nil, err
+		}
+		*v = Value{kind: KindFloat, num: math.Float64bits(f)}
+		return v, d.expect(';')
+	case 's', 'S':
+		b, err := d.str(tag == 'S')
+		if err != nil {
+			return nil, err
+		}
+		*v = Value{kind: KindString, str: b}
+		return v, d.expect(';')
+	case 'a':
+		return v, d.array(v)
+	case 'O':
+		return v, d.object(v)
+	case 'C':
+		return v, d.custom(v)
+	case 'E':
+		b, err := d.str(false)
+		if err != nil {
+			return nil, err
+		}
+		if !validEnum(b) {
+			return nil, d.fail(start, "invalid enum name")
+		}
+		*v = Value{kind: KindEnum, str: b}
+		return v, d.expect(';')
+	case 'r', 'R':
+		n, err := d.int()
+		if err != nil {
+			return nil, err
+		}
+		// For r: this value already took a slot, which cannot be its own target.
+		limit := len(d.slots)
+		if tag == 'r' {
+			limit--
+		}
+		if n < 1 || n > int64(limit) {
+			return nil, d.fail(start, "reference to slot %d of %d", n, limit)
+		}
+		target := d.slots[n-1]
+		if tag == 'r' {
+			*v = *target
+			d.slots[len(d.slots)-1] = v
+			return v, d.expect(';')
+		}
+		if err := d.expect(';'); err != nil {
+			return nil, err
+		}
+		// An R: shares the target: an array under construction is the
+		// same *Array, which is how a cycle comes to contain itself.
+		return target, nil
+	}
+	return nil, d.fail(start, "unknown type %q", tag)
+}
+
+// float accepts PHP's d: grammar: iv, nv, nvexp, INF, -INF, NAN.
+func (d *decoder) float() (float64, error) {
+	start := d.pos
+	end := start
+	for end < len(d.data) && d.data[end] != ';' {
+		end++
+	}
+	if end >= len(d.data) {
+		return 0, d.fail(start, "unterminated float")
+	}
+	s := string(d.data[start:end])
+	switch s {
+	case "NAN":
+		d.pos = end
+		return math.NaN(), nil
+	case "INF":
+		d.pos = end
+		return math.Inf(1), nil
+	case "-INF":
+		d.pos = end
+		return math.Inf(-1), nil
+	}
+	if !validFloat(s) {
+		return 0, d.fail(start, "invalid float %q", s)
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		// Out of range: PHP's zend_strtod yields ±INF or 0, as does
+		// ParseFloat alongside its range error.
+		if ne, ok := err.(*strconv.NumError); !ok || ne.Err != strconv.ErrRange {
+			return 0, d.fail(start, "invalid float %q", s)
+		}
+	}
+	d.pos = end
+	return f, nil
+}
+
+// validFloat: [+-]? ( [0-9]+ | [0-9]* "." [0-9]+ | [0-9]+ "." [0-9]* ) ( [eE] [+-]? [0-9]+ )?
+func validFloat(s string) bool {
+	i := 0
+	if i < len(s) && (s[i] == '+' || s[i] == '-') {
+		i++
+	}
+	intDigits := 0
+	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		i++
+		intDigits++
+	}
+	fracDigits := 0
+	if i < len(s) && s[i] == '.' {
+		i++
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+			i++
+			fracDigits++
+		}
+	}
+	if intDigits == 0 && fracDigits == 0 {
+		return false
+	}
+	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
+		i++
+		if i < len(s) && (s[i] == '+' || s[i] == '-') {
+			i++
+		}
+		expDigits := 0
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+			i++
+			expDigits++
+		}
+		if expDigits == 0 {
+			return false
+		}
+	}
+	return i == len(s)
+}
+
+// str parses len:"bytes" (s:, E: and class names) or, escaped, S:'s form.
+func (d *decoder) str(escaped bool) ([]byte, error) {
+	n, err := d.uint()
+	if err != nil {
+		return nil, err
+	}
+	if err := d.expect(':'); err != nil {
+		return nil, err
+	}
+	if err := d.expect('"'); err != nil {
+		return nil, err
+	}
+	if !escaped {
+		if n > len(d.data)-d.pos {
+			return nil, d.fail(d.pos, "string of %d bytes runs past the end", n)
+		}
+		b := d.data[d.pos : d.pos+n : d.pos+n]
+		d.pos += n
+		return b, d.expect('"')
+	}
+	if n > len(d.data)-d.pos {
+		return nil, d.fail(d.pos, "string of %d bytes runs past the end", n)
+	}
+	out := make([]byte, 0, n)
+	for len(out) < n {
+		if d.pos >= len(d.data) {
+			return nil, d.fail(d.pos, "unterminated escaped string")
+		}
+		c := d.data[d.pos]
+		if c != '\\' {
+			out = append(out, c)
+			d.pos++
+			continue
+		}
+		if d.pos+2 >= len(d.data) {
+			return nil, d.fail(d.pos, "truncated escape")
+		}
+		hi, ok1 := unhex(d.data[d.pos+1])
+		lo, ok2 := unhex(d.data[d.pos+2])
+		if !ok1 || !ok2 {
+			return nil, d.fail(d.pos, "invalid escape")
+		}
+		out = append(out, hi<<4|lo)
+		d.pos += 3
+	}
+	return out, d.expect('"')
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0', true
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10, true
+	case c >= 'A' && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
+}
+
+func (d *decoder) enter() error {
+	d.depth++
+	if d.depth > d.maxDepth {
+		return fmt.Errorf("%w: nesting deeper than %d at byte %d", ErrTooLarge, d.maxDepth, d.pos)
+	}
+	return nil
+}
+
+// elements parses "n:{ key value … }" into arr. Keys are ints or strings;
+// numeric string keys become ints for arrays; the last duplicate wins.
+func (d *decoder) elements(arr *Array, object bool) error {
+	if err := d.enter(); err != nil {
+		return err
+	}
+	defer func() { d.depth-- }()
+	at := d.pos
+	n, err := d.uint()
+	if err != nil {
+		return err
+	}
+	if err := d.expect(':'); err != nil {
+		return err
+	}
+	if err := d.expect('{'); err != nil {
+		return err
+	}
+	// Each element takes at least 4 bytes ("i:0;" + "N;"): never trust a
+	// count the remaining input cannot hold.
+	if n > (len(d.data)-d.pos)/4 {
+		return d.fail(at, "%d elements cannot fit in the remaining %d bytes", n, len(d.data)-d.pos)
+	}
+	arr.keys = make([]Key, 0, n)
+	arr.vals = make([]Value, 0, n)
+	for range n {
+		k, err := d.key(object)
+		if err != nil {
+			return err
+		}
+		v, err := d.value()
+		if err != nil {
+			return err
+		}
+		arr.set(k, *v)
+	}
+	return d.expect('}')
+}
+
+func (d *decoder) key(object bool) (Key, error) {
+	at := d.pos
+	if d.pos+1 >= len(d.data) {
+		return Key{}, d.fail(at, "unexpected end in key")
+	}
+	tag := d.data[d.pos]
+	d.pos++
+	if err := d.expect(':'); err != nil {
+		return Key{}, err
+	}
+	switch tag {
+	case 'i':
+		n, err := d.int()
+		if err != nil {
+			return Key{}, err
+		}
+		if object {
+			return Key{Str: strconv.FormatInt(n, 10)}, d.expect(';')
+		}
+		return Key{Int: n, IsInt: true}, d.expect(';')
+	case 's', 'S':
+		b, err := d.str(tag == 'S')
+		if err != nil {
+			return Key{}, err
+		}
+		if err := d.expect(';'); err != nil {
+			return Key{}, err
+		}
+		if object {
+			return Key{Str: string(b)}, nil
+		}
+		return canonicalKey(string(b)), nil
+	}
+	return Key{}, d.fail(at, "array key must be int or string, found %q", tag)
+}
+
+func (d *decoder) array(v *Value) error {
+	arr := &Array{}
+	*v = Value{kind: KindArray, arr: arr}
+	return d.elements(arr, false)
+}
+
+func (d *decoder) className() ([]byte, error) {
+	at := d.pos
+	b, err := d.str(false)
+	if err != nil {
+		return nil, err
+	}
+	if !validClass(b) {
+		return nil, d.fail(at, "invalid class name")
+	}
+	return b, nil
+}
+
+func (d *decoder) object(v *Value) error {
+	name, err := d.className()
+	if err != nil {
+		return err
+	}
+	if err := d.expect(':'); err != nil {
+		return err
+	}
+	arr := &Array{}
+	*v = Value{kind: KindObject, str: name, arr: arr}
+	return d.elements(arr, true)
+}
+
+func (d *decoder) custom(v *Value) error {
+	name, err := d.className()
+	if err != nil {
+		return err
+	}
+	if err := d.expect(':'); err != nil {
+		return err
+	}
+	n, err := d.uint()
+	if err != nil {
+		return err
+	}
+	if err := d.expect(':'); err != nil {
+		return err
+	}
+	if err := d.expect('{'); err != nil {
+		return err
+	}
+	if n > len(d.data)-d.pos {
+		return d.fail(d.pos, "payload of %d bytes runs past the end", n)
+	}
+	payload := d.data[d.pos : d.pos+n : d.pos+n]
+	d.pos += n
+	*v = Value{kind: KindCustom, class: string(name), str: payload}
+	return d.expect('}')
+}
+
+// validClass mirrors PHP's check for class names in serialized data:
+// letters, digits, '_', '\' and bytes >= 0x80, not starting with a digit.
+func validClass(b []byte) bool {
+	if len(b) == 0 {
+		return false
+	}
+	for i, c := range b {
+		ok := c == '_' || c == '\\' || c >= 0x80 || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (i > 0 && c >= '0' && c <= '9')
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+func validEnum(b []byte) bool {
+	for i, c := range b {
+		if c == ':' {
+			return validClass(b[:i]) && validClass(b[i+1:])
+		}
+	}
+	return false
+}
+
+func float64frombits(u uint64) float64 { return math.Float64frombits(u) }

@@ -1,0 +1,147 @@
+package phpsession
+
+import (
+	"errors"
+	"math"
+	"testing"
+)
+
+func TestDecodeValues(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want string // MarshalJSON of the decoded session
+	}{
+		{"null", `v|N;`, `{"v":null}`},
+		{"bools", `t|b:1;f|b:0;`, `{"t":true,"f":false}`},
+		{"ints", `a|i:0;b|i:-17;c|i:+5;d|i:007;`, `{"a":0,"b":-17,"c":5,"d":7}`},
+		{"int max", `v|i:9223372036854775807;`, `{"v":9223372036854775807}`},
+		{"int min", `v|i:-9223372036854775808;`, `{"v":-9223372036854775808}`},
+		{"int clamp high", `v|i:9223372036854775808;`, `{"v":9223372036854775807}`},
+		{"int clamp low", `v|i:-99999999999999999999999;`, `{"v":-9223372036854775808}`},
+		{"floats", `a|d:0.5;b|d:-1.5E+25;c|d:1e-7;d|d:.5;e|d:5.;f|d:3;`, `{"a":0.5,"b":-1.5e+25,"c":1.0e-7,"d":0.5,"e":5.0,"f":3.0}`},
+		{"float specials", `a|d:INF;b|d:-INF;c|d:NAN;d|d:-0;`, `{"a":"INF","b":"-INF","c":"NAN","d":-0.0}`},
+		{"string bytes", `v|s:5:"a|;"}";`, `{"v":"a|;\"}"}`},
+		{"escaped string", `v|S:3:"\41\62c";`, `{"v":"Abc"}`},
+		{"list", `v|a:2:{i:0;s:1:"x";i:1;s:1:"y";}`, `{"v":["x","y"]}`},
+		{"map order", `v|a:2:{i:1;s:1:"x";i:0;s:1:"y";}`, `{"v":{"1":"x","0":"y"}}`},
+		{"numeric string keys", `v|a:2:{s:1:"0";s:1:"a";s:2:"05";s:1:"b";}`, `{"v":{"0":"a","05":"b"}}`},
+		{"numeric key is a list", `v|a:1:{s:1:"0";s:1:"a";}`, `{"v":["a"]}`},
+		{"last duplicate wins", `v|a:2:{s:1:"k";i:1;s:1:"k";i:2;}`, `{"v":{"k":2}}`},
+		{"object", `v|O:1:"P":3:{s:1:"a";i:1;s:4:"` + "\x00*\x00" + `b";i:2;s:4:"` + "\x00P\x00" + `c";i:3;}`, `{"v":{"__class":"P","a":1,"b":2,"c":3}}`},
+		{"enum", `v|E:11:"Suit:Hearts";`, `{"v":{"__enum":"Suit:Hearts"}}`},
+		{"custom", `v|C:3:"Foo":5:{ab}cd}`, `{"v":{"__class":"Foo","__serialized":"ab}cd"}}`},
+		{"r copy", `a|i:5;b|r:1;`, `{"a":5,"b":5}`},
+		{"R shares", `a|a:1:{i:0;i:1;}b|R:1;`, `{"a":[1],"b":[1]}`},
+		{"R skips a slot", `a|i:1;b|R:1;c|i:2;d|r:2;`, `{"a":1,"b":1,"c":2,"d":2}`},
+		{"object self", `o|O:8:"stdClass":1:{s:4:"self";r:1;}`, `{"o":{"__class":"stdClass","self":null}}`},
+		{"trailing garbage without bar", `a|i:1;junk`, `{"a":1}`},
+		{"empty", ``, `[]`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			vars, err := Decode([]byte(tt.in), SerializerPHP, DefaultLimits)
+			if err != nil {
+				t.Fatalf("Decode(%q): %v", tt.in, err)
+			}
+			got, _ := MarshalJSON(vars, Charset{})
+			if string(got) != tt.want {
+				t.Errorf("Decode(%q)\n got %s\nwant %s", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestDecodeRejects(t *testing.T) {
+	tests := []struct {
+		name string
+		ser  Serializer
+		in   string
+	}{
+		{"bad bool", SerializerPHP, `v|b:2;`},
+		{"int without digits", SerializerPHP, `v|i:;`},
+		{"int with space", SerializerPHP, `v|i: 1;`},
+		{"float garbage", SerializerPHP, `v|d:1x;`},
+		{"float bare e", SerializerPHP, `v|d:1e;`},
+		{"short string", SerializerPHP, `v|s:10:"abc";`},
+		{"string bad quote", SerializerPHP, `v|s:3:"abc';`},
+		{"negative length", SerializerPHP, `v|s:-1:"";`},
+		{"huge count", SerializerPHP, `v|a:99999999:{}`},
+		{"array key float", SerializerPHP, `v|a:1:{d:1.5;i:1;}`},
+		{"array key array", SerializerPHP, `v|a:1:{a:0:{}i:1;}`},
+		{"unterminated array", SerializerPHP, `v|a:1:{i:0;i:1;`},
+		{"ref to nothing", SerializerPHP, `v|r:1;`},
+		{"ref out of range", SerializerPHP, `a|i:1;v|R:5;`},
+		{"ref zero", SerializerPHP, `a|i:1;v|R:0;`},
+		{"bad class name", SerializerPHP, `v|O:3:"a-b":0:{}`},
+		{"enum without case", SerializerPHP, `v|E:4:"Suit";`},
+		{"unknown tag", SerializerPHP, `v|x:1;`},
+		{"truncated", SerializerPHP, `v|i:1`},
+		{"serialize not array", SerializerPHPSerialize, `i:1;`},
+		{"serialize trailing", SerializerPHPSerialize, `a:0:{}x`},
+		{"binary name past end", SerializerPHPBinary, "\x05ab"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Decode([]byte(tt.in), tt.ser, DefaultLimits)
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("Decode(%q) = %v, want ErrMalformed", tt.in, err)
+			}
+			var se *SyntaxError
+			if !errors.As(err, &se) || se.Offset < 0 || se.Offset > len(tt.in) {
+				t.Fatalf("Decode(%q) = %v, want a SyntaxError with an offset inside the input", tt.in, err)
+			}
+		})
+	}
+}
+
+func TestDecodeLimits(t *testing.T) {
+	deep := "v|"
+	for range 100 {
+		deep += "a:1:{i:0;"
+	}
+	if _, err := Decode([]byte(deep), SerializerPHP, Limits{MaxDepth: 64}); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("deep nesting: %v, want ErrTooLarge", err)
+	}
+	if _, err := Decode(make([]byte, 100), SerializerPHP, Limits{MaxBytes: 10}); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("size: %v, want ErrTooLarge", err)
+	}
+}
+
+func TestDecodeCycle(t *testing.T) {
+	// php_serialize numbers the session array itself as slot 1.
+	vars, err := Decode([]byte(`a:1:{s:4:"self";a:1:{s:1:"x";R:2;}}`), SerializerPHPSerialize, DefaultLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inner, ok := vars.Path("self", "x", "x", "x")
+	if !ok || inner.Kind() != KindArray {
+		t.Fatalf("cycle not followed: %v %v", inner.Kind(), ok)
+	}
+	if _, err := MarshalJSON(vars, Charset{}); err != nil {
+		t.Fatal(err)
+	}
+	v, _ := vars.Get("self")
+	if v.Array().Len() != 1 {
+		t.Fatalf("len = %d", v.Array().Len())
+	}
+}
+
+func TestArrayGet(t *testing.T) {
+	vars, err := Decode([]byte(`v|a:3:{i:5;s:1:"a";i:-3;s:1:"b";s:2:"05";s:1:"c";}`), SerializerPHP, DefaultLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for key, want := range map[string]string{"5": "a", "-3": "b", "05": "c"} {
+		got, ok := vars.Path("v", key)
+		if !ok || string(got.Bytes()) != want {
+			t.Errorf("Path(v, %q) = %q, %v; want %q", key, got.Bytes(), ok, want)
+		}
+	}
+	if _, ok := vars.Path("v", "+5"); ok {
+		t.Error(`"+5" must not find int key 5`)
+	}
+	if f := (Value{kind: KindFloat, num: math.Float64bits(2.5)}).Float(); f != 2.5 {
+		t.Error(f)
+	}
+}

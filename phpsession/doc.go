@@ -1,0 +1,17 @@
+// Package phpsession reads PHP sessions exactly as PHP writes them, so the
+// sidecar can authenticate a request by the PHP session it names.
+//
+// Storage and decoding are kept apart. Stores return raw bytes: FileStore
+// reads PHP's "files" handler (sess_<id> files, opened read-only without
+// following symlinks, never blocking on PHP's request lock and never
+// returning a torn read) and RedisStore reads phpredis's keys. Decode is a
+// pure function over those bytes for the "php", "php_serialize" and
+// "php_binary" serialize handlers, bounded in size and depth and fuzzed.
+// A Profile finds the logged-in user in the decoded variables (Expresso's
+// layout, or configured key paths), and a Reader puts the three together
+// with a cache that is never stale.
+//
+// Every error wraps one of the sentinels in errors.go, so callers can tell
+// "no such session" from "expired", "not logged in", "malformed" and
+// "store unavailable" without matching strings.
+package phpsession

@@ -1,0 +1,242 @@
+package phpsession
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// FileOptions configure a FileStore.
+type FileOptions struct {
+	// Owner is the uid session files must belong to; -1 means the uid of
+	// this process (PHP and the sidecar both run as www-data).
+	Owner int
+	// MaxSize is the largest session file read (default 8 MiB).
+	MaxSize int64
+	// LockWait bounds how long Load keeps retrying while PHP holds the
+	// file's lock and the contents keep changing (default 250 ms).
+	LockWait time.Duration
+}
+
+// FileStore reads sessions written by PHP's "files" save handler. It opens
+// files read-only and never creates, locks exclusively or modifies anything.
+//
+// Consistency: PHP holds an exclusive flock on sess_<id> for the whole
+// request and, at its end, truncates and rewrites the file. PHP code may
+// well call the sidecar while holding that lock, so Load never blocks on it.
+// It first tries a shared lock without waiting; when that succeeds no writer
+// can be active and the read is consistent. When PHP holds the lock, Load
+// reads optimistically: it takes fstat before and after reading and accepts
+// the bytes only when size, mtime and ctime are unchanged and the byte count
+// equals the size. A write in between changes mtime (nanosecond resolution on
+// tmpfs and ext4), so a torn read is never returned; if the file keeps
+// changing for LockWait, Load fails closed with ErrUnavailable.
+type FileStore struct {
+	dir    string
+	levels int
+	opt    FileOptions
+}
+
+// NewFileStore parses PHP's session.save_path syntax: "/dir", "N;/dir" or
+// "N;MODE;/dir", where N levels of subdirectories are named by the first N
+// characters of the id.
+func NewFileStore(savePath string, opt FileOptions) (*FileStore, error) {
+	parts := strings.Split(savePath, ";")
+	var dir string
+	levels := 0
+	switch len(parts) {
+	case 1:
+		dir = parts[0]
+	case 2, 3:
+		n, err := strconv.Atoi(parts[0])
+		if err != nil || n < 0 || n > 16 {
+			return nil, fmt.Errorf("%w: save path %q: bad directory depth", ErrConfig, savePath)
+		}
+		levels = n
+		dir = parts[len(parts)-1]
+	default:
+		return nil, fmt.Errorf("%w: save path %q", ErrConfig, savePath)
+	}
+	if dir == "" || !filepath.IsAbs(dir) {
+		return nil, fmt.Errorf("%w: save path %q must be an absolute directory", ErrConfig, savePath)
+	}
+	if opt.Owner < 0 {
+		opt.Owner = os.Getuid()
+	}
+	if opt.MaxSize <= 0 {
+		opt.MaxSize = int64(DefaultLimits.MaxBytes)
+	}
+	if opt.LockWait <= 0 {
+		opt.LockWait = 250 * time.Millisecond
+	}
+	return &FileStore{dir: filepath.Clean(dir), levels: levels, opt: opt}, nil
+}
+
+// Path returns the file a session id maps to. The id must be valid.
+func (s *FileStore) Path(id string) string {
+	p := s.dir
+	for i := 0; i < s.levels && i < len(id); i++ {
+		p = filepath.Join(p, id[i:i+1])
+	}
+	return filepath.Join(p, "sess_"+id)
+}
+
+// Ready reports whether the session directory can be read.
+func (s *FileStore) Ready(context.Context) error {
+	st, err := os.Stat(s.dir)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("%w: %s is not a directory", ErrUnavailable, s.dir)
+	}
+	return nil
+}
+
+func version(st *unix.Stat_t) string {
+	return fmt.Sprintf("%x:%x:%x:%x.%x:%x.%x", st.Dev, st.Ino, st.Size, st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec)
+}
+
+// open validates the id and opens its file without following symlinks,
+// accepting only a regular file owned by the expected uid.
+func (s *FileStore) open(id string) (*os.File, *unix.Stat_t, error) {
+	if err := ValidateID(id, 1); err != nil {
+		return nil, nil, err
+	}
+	fd, err := unix.Open(s.Path(id), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		switch {
+		case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ELOOP), errors.Is(err, unix.ENOTDIR):
+			return nil, nil, ErrNotFound
+		case errors.Is(err, unix.EACCES):
+			return nil, nil, fmt.Errorf("%w: permission denied", ErrNotFound)
+		}
+		return nil, nil, fmt.Errorf("%w: open: %w", ErrUnavailable, err)
+	}
+	f := os.NewFile(uintptr(fd), "sess")
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("%w: fstat: %w", ErrUnavailable, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		f.Close()
+		return nil, nil, fmt.Errorf("%w: not a regular file", ErrNotFound)
+	}
+	if int(st.Uid) != s.opt.Owner {
+		f.Close()
+		return nil, nil, fmt.Errorf("%w: file owned by uid %d, want %d", ErrNotFound, st.Uid, s.opt.Owner)
+	}
+	if st.Size > s.opt.MaxSize {
+		f.Close()
+		return nil, nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, st.Size, s.opt.MaxSize)
+	}
+	return f, &st, nil
+}
+
+// Stat returns the session's current version without opening the file:
+// one lstat, which does not follow symlinks, with the same checks as open.
+func (s *FileStore) Stat(_ context.Context, id string) (string, error) {
+	if err := ValidateID(id, 1); err != nil {
+		return "", err
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(s.Path(id), &st); err != nil {
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
+			return "", ErrNotFound
+		}
+		return "", fmt.Errorf("%w: lstat: %w", ErrUnavailable, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || int(st.Uid) != s.opt.Owner {
+		return "", fmt.Errorf("%w: not a regular file of uid %d", ErrNotFound, s.opt.Owner)
+	}
+	return version(&st), nil
+}
+
+// Load reads the session file. See FileStore for the consistency rules.
+func (s *FileStore) Load(ctx context.Context, id string) (Record, error) {
+	f, st, err := s.open(id)
+	if err != nil {
+		return Record{}, err
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+	if err := unix.Flock(fd, unix.LOCK_SH|unix.LOCK_NB); err == nil {
+		defer unix.Flock(fd, unix.LOCK_UN)
+		// Re-stat under the lock: a writer may have finished just before.
+		if err := unix.Fstat(fd, st); err != nil {
+			return Record{}, fmt.Errorf("%w: fstat: %w", ErrUnavailable, err)
+		}
+		data, err := readAt(f, st.Size, s.opt.MaxSize)
+		if err != nil {
+			return Record{}, err
+		}
+		return record(data, st), nil
+	} else if !errors.Is(err, unix.EWOULDBLOCK) {
+		return Record{}, fmt.Errorf("%w: flock: %w", ErrUnavailable, err)
+	}
+	deadline := time.Now().Add(s.opt.LockWait)
+	wait := 2 * time.Millisecond
+	for {
+		var before, after unix.Stat_t
+		if err := unix.Fstat(fd, &before); err != nil {
+			return Record{}, fmt.Errorf("%w: fstat: %w", ErrUnavailable, err)
+		}
+		data, err := readAt(f, before.Size, s.opt.MaxSize)
+		if err != nil && !errors.Is(err, errShortRead) {
+			return Record{}, err
+		}
+		if err == nil {
+			if err := unix.Fstat(fd, &after); err != nil {
+				return Record{}, fmt.Errorf("%w: fstat: %w", ErrUnavailable, err)
+			}
+			if int64(len(data)) == after.Size && before.Size == after.Size && before.Mtim == after.Mtim && before.Ctim == after.Ctim {
+				return record(data, &after), nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return Record{}, fmt.Errorf("%w: session file kept changing while PHP held its lock", ErrUnavailable)
+		}
+		select {
+		case <-ctx.Done():
+			return Record{}, fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 20*time.Millisecond)
+	}
+}
+
+var errShortRead = errors.New("phpsession: short read")
+
+// readAt reads exactly size bytes from the start, or reports errShortRead
+// when the file changed size underneath.
+func readAt(f *os.File, size, limit int64) ([]byte, error) {
+	if size > limit {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, size, limit)
+	}
+	buf := make([]byte, size+1)
+	n, err := f.ReadAt(buf, 0)
+	if err != nil && err != io.EOF {
+		return nil, fmt.Errorf("%w: read: %w", ErrUnavailable, err)
+	}
+	if int64(n) != size {
+		return nil, errShortRead
+	}
+	return buf[:n:n], nil
+}
+
+func record(data []byte, st *unix.Stat_t) Record {
+	return Record{
+		Data:    data,
+		ModTime: time.Unix(st.Mtim.Sec, st.Mtim.Nsec),
+		Version: version(st),
+	}
+}

@@ -1,0 +1,68 @@
+package phpsession
+
+import (
+	"errors"
+	"testing"
+)
+
+var fuzzSeeds = []string{
+	`a|i:1;b|s:3:"x|y";c|a:2:{i:0;d:0.5;s:1:"k";O:8:"stdClass":1:{s:1:"p";r:1;}}d|R:2;`,
+	`a:2:{s:1:"a";i:1;s:1:"b";a:1:{i:0;R:2;}}`,
+	"\x01aN;\x02bcs:1:\"z\";",
+	`v|E:11:"Suit:Hearts";w|C:3:"Foo":2:{xy}`,
+	`v|S:3:"\41\62c";`,
+	`v|d:-1.5E+25;w|d:NAN;`,
+}
+
+func fuzzDecode(f *testing.F, ser Serializer) {
+	for _, s := range fuzzSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		vars, err := Decode(data, ser, Limits{MaxBytes: 1 << 16, MaxDepth: 32})
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrTooLarge) {
+				t.Fatalf("unexpected error class: %v", err)
+			}
+			return
+		}
+		if _, err := MarshalJSON(vars, Charset{}); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func FuzzDecodePHP(f *testing.F)          { fuzzDecode(f, SerializerPHP) }
+func FuzzDecodePHPSerialize(f *testing.F) { fuzzDecode(f, SerializerPHPSerialize) }
+func FuzzDecodePHPBinary(f *testing.F)    { fuzzDecode(f, SerializerPHPBinary) }
+
+func FuzzValidateID(f *testing.F) {
+	for _, s := range []string{"abcdefghijklmnopqrstuvwxyz012345", "../../etc/passwd", "a\x00b", "%2e%2e%2f", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, id string) {
+		if ValidateID(id, 1) != nil {
+			return
+		}
+		for i := 0; i < len(id); i++ {
+			if c := id[i]; c == '/' || c == '.' || c == 0 || c == '%' || c == '\\' {
+				t.Fatalf("accepted %q", id)
+			}
+		}
+	})
+}
+
+func FuzzIDFromCookie(f *testing.F) {
+	f.Add("sessionid=abc; other=1", "sessionid")
+	f.Add("a=%ZZ; sessionid=%2e%2e", "sessionid")
+	f.Fuzz(func(t *testing.T, header, name string) {
+		id, ok := IDFromCookie(header, name)
+		if ok && ValidateID(id, 1) == nil {
+			for i := 0; i < len(id); i++ {
+				if id[i] == '/' || id[i] == '.' {
+					t.Fatalf("%q", id)
+				}
+			}
+		}
+	})
+}

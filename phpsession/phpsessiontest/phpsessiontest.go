@@ -1,0 +1,185 @@
+package phpsessiontest
+
+import (
+	"bytes"
+	_ "embed"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+//go:embed php/write.php
+var writeScript []byte
+
+//go:embed php/expresso.php
+var expressoScript []byte
+
+// Store says where and how PHP saves sessions.
+type Store struct {
+	Handler    string // "files" or "redis"
+	SavePath   string // session.save_path: a directory ("N;/dir" allowed) or a phpredis spec
+	Serializer string // session.serialize_handler; "" = php
+}
+
+// ExpressoUser is the user an Expresso-shaped session logs in.
+type ExpressoUser struct {
+	User, Password, FullName, Email, Domain string
+	// Pad grows the session with preferences to about this many bytes
+	// (Expresso's real sessions are tens of KB).
+	Pad int
+}
+
+// PHP returns the path of the PHP CLI or fails the test.
+func PHP(tb testing.TB) string {
+	tb.Helper()
+	p, err := exec.LookPath("php")
+	if err != nil {
+		tb.Fatal("phpsessiontest: php not found: apt-get install php-cli php-redis php-mbstring")
+	}
+	return p
+}
+
+func script(tb testing.TB, name string, body []byte) string {
+	tb.Helper()
+	dir := tb.TempDir()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, body, 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
+func run(tb testing.TB, st Store, env []string, scriptPath string) {
+	tb.Helper()
+	ser := st.Serializer
+	if ser == "" {
+		ser = "php"
+	}
+	handler := st.Handler
+	if handler == "" {
+		handler = "files"
+	}
+	args := []string{"-d", "session.save_handler=" + handler, "-d", "session.save_path=\"" + st.SavePath + "\"",
+		"-d", "session.serialize_handler=" + ser, "-d", "session.use_strict_mode=0",
+		"-d", "session.gc_probability=0", "-d", "error_reporting=E_ALL", "-d", "display_errors=stderr"}
+	args = append(args, scriptPath)
+	cmd := exec.Command(PHP(tb), args...)
+	cmd.Env = append(os.Environ(), env...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil || strings.Contains(out.String(), "Warning") || strings.Contains(out.String(), "Fatal") {
+		tb.Fatalf("phpsessiontest: php: %v\n%s", err, out.String())
+	}
+}
+
+// WriteSession runs code (PHP statements filling $_SESSION) inside a real
+// session_start()/session_write_close() for id.
+func WriteSession(tb testing.TB, st Store, id, code string) {
+	tb.Helper()
+	run(tb, st, []string{"SESS_ID=" + id, "SESS_CODE=" + code}, script(tb, "write.php", writeScript))
+}
+
+// WriteExpressoSession writes an Expresso-shaped logged-in session for u.
+func WriteExpressoSession(tb testing.TB, st Store, id string, u ExpressoUser) {
+	tb.Helper()
+	if u.Domain == "" {
+		u.Domain = "example.test"
+	}
+	if u.Email == "" {
+		u.Email = u.User + "@" + u.Domain
+	}
+	if u.FullName == "" {
+		u.FullName = u.User
+	}
+	ex := script(tb, "expresso.php", expressoScript)
+	code := "require " + strconv.Quote(ex) + ";"
+	run(tb, st, []string{"SESS_ID=" + id, "SESS_CODE=" + code, "EX_USER=" + u.User, "EX_PASSWORD=" + u.Password,
+		"EX_FULLNAME=" + u.FullName, "EX_EMAIL=" + u.Email, "EX_DOMAIN=" + u.Domain, "EX_PAD=" + strconv.Itoa(u.Pad)},
+		script(tb, "write.php", writeScript))
+}
+
+// DestroySession calls session_destroy() for id, as Expresso's logout does.
+func DestroySession(tb testing.TB, st Store, id string) {
+	tb.Helper()
+	run(tb, st, []string{"SESS_ID=" + id, "SESS_DESTROY=1"}, script(tb, "write.php", writeScript))
+}
+
+// NewID returns a fresh valid session id (32 characters, PHP's default).
+func NewID(tb testing.TB) string {
+	tb.Helper()
+	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+	b := make([]byte, 32)
+	seed := time.Now().UnixNano()
+	for i := range b {
+		seed = seed*6364136223846793005 + 1442695040888963407
+		b[i] = alphabet[uint64(seed>>33)%uint64(len(alphabet))]
+	}
+	return string(b)
+}
+
+// Redis is a private redis-server on a random loopback port.
+type Redis struct {
+	Addr string
+	dir  string
+	cmd  *exec.Cmd
+	tb   testing.TB
+}
+
+// StartRedis starts redis-server without persistence; it is stopped when
+// the test ends.
+func StartRedis(tb testing.TB) *Redis {
+	tb.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		tb.Fatal("phpsessiontest: redis-server not found: apt-get install redis-server")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	r := &Redis{Addr: addr, dir: tb.TempDir(), tb: tb}
+	r.Start()
+	tb.Cleanup(r.Stop)
+	return r
+}
+
+// Spec is the phpredis session.save_path for this server.
+func (r *Redis) Spec() string { return "tcp://" + r.Addr }
+
+// Start (re)starts the server on the same port.
+func (r *Redis) Start() {
+	r.tb.Helper()
+	_, port, _ := net.SplitHostPort(r.Addr)
+	r.cmd = exec.Command("redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--dir", r.dir, "--logfile", filepath.Join(r.dir, "redis.log"))
+	if err := r.cmd.Start(); err != nil {
+		r.tb.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if c, err := net.Dial("tcp", r.Addr); err == nil {
+			c.Close()
+			return
+		}
+	}
+	r.tb.Fatalf("phpsessiontest: redis-server did not listen on %s", r.Addr)
+}
+
+// Stop kills the server (its data is lost: no persistence).
+func (r *Redis) Stop() {
+	if r.cmd == nil || r.cmd.Process == nil {
+		return
+	}
+	r.cmd.Process.Kill()
+	r.cmd.Wait()
+	r.cmd = nil
+}
+
+// String describes the server for test logs.
+func (r *Redis) String() string { return fmt.Sprintf("redis-server at %s", r.Addr) }

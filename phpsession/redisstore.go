@@ -1,0 +1,219 @@
+package phpsession
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RedisOptions configure a RedisStore beyond its save path.
+type RedisOptions struct {
+	// Cluster reads keys with phpredis's cluster prefix
+	// "PHPREDIS_CLUSTER_SESSION:" from a Redis Cluster.
+	Cluster bool
+}
+
+// RedisStore reads sessions written by phpredis's session handler. The
+// key's TTL is authoritative for expiry: a missing key is ErrNotFound, and
+// every Redis failure is ErrUnavailable, never "not logged in".
+type RedisStore struct {
+	hosts  []redisHost
+	total  int
+	closer []func() error
+}
+
+type redisHost struct {
+	client redis.Cmdable
+	prefix string
+	weight int
+}
+
+// NewRedisStore accepts the operator's own session.save_path string
+// ("tcp://h:6379?auth=x&database=2&prefix=P&timeout=2&weight=1,
+// tcp://h2:6379?weight=2", "unix:///run/redis.sock?database=1") or a
+// redis:// / rediss:// / unix:// URL. With several hosts, a session lives
+// on the host phpredis picks: the first four bytes of the id read as a
+// little-endian uint32, modulo the total weight, walking the hosts from
+// the last one.
+func NewRedisStore(saveSpec string, opt RedisOptions) (*RedisStore, error) {
+	s := &RedisStore{}
+	for part := range strings.SplitSeq(saveSpec, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		h, closeFn, err := parseRedisHost(part, opt)
+		if err != nil {
+			s.Close()
+			return nil, err
+		}
+		s.hosts = append(s.hosts, h)
+		s.closer = append(s.closer, closeFn)
+		s.total += h.weight
+	}
+	if len(s.hosts) == 0 {
+		return nil, fmt.Errorf("%w: empty redis save path", ErrConfig)
+	}
+	return s, nil
+}
+
+func parseRedisHost(spec string, opt RedisOptions) (redisHost, func() error, error) {
+	if !strings.Contains(spec, "://") {
+		spec = "tcp://" + spec
+	}
+	u, err := url.Parse(spec)
+	if err != nil {
+		return redisHost{}, nil, fmt.Errorf("%w: redis save path: %w", ErrConfig, err)
+	}
+	q := u.Query()
+	o := &redis.Options{DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
+		PoolSize: 16, MaxRetries: 1}
+	switch u.Scheme {
+	case "tcp", "redis", "rediss":
+		host := u.Host
+		if u.Port() == "" {
+			host += ":6379"
+		}
+		o.Addr = host
+		if u.Scheme == "redis" || u.Scheme == "rediss" {
+			ro, err := redis.ParseURL(spec)
+			if err != nil {
+				return redisHost{}, nil, fmt.Errorf("%w: redis URL: %w", ErrConfig, err)
+			}
+			ro.DialTimeout, ro.ReadTimeout, ro.WriteTimeout, ro.MaxRetries = o.DialTimeout, o.ReadTimeout, o.WriteTimeout, 1
+			o = ro
+		}
+	case "unix":
+		o.Network, o.Addr = "unix", u.Path
+	default:
+		return redisHost{}, nil, fmt.Errorf("%w: redis save path scheme %q", ErrConfig, u.Scheme)
+	}
+	if a := q.Get("auth"); a != "" {
+		if user, pass, ok := strings.Cut(a, ":"); ok && q.Has("user") {
+			o.Username, o.Password = user, pass
+		} else {
+			o.Password = a
+		}
+	}
+	if u.User != nil && o.Password == "" {
+		o.Password, _ = u.User.Password()
+	}
+	if d := q.Get("database"); d != "" {
+		n, err := strconv.Atoi(d)
+		if err != nil || n < 0 {
+			return redisHost{}, nil, fmt.Errorf("%w: redis database %q", ErrConfig, d)
+		}
+		o.DB = n
+	}
+	if t := q.Get("timeout"); t != "" {
+		f, err := strconv.ParseFloat(t, 64)
+		if err != nil || f <= 0 {
+			return redisHost{}, nil, fmt.Errorf("%w: redis timeout %q", ErrConfig, t)
+		}
+		o.DialTimeout = time.Duration(f * float64(time.Second))
+	}
+	if t := q.Get("read_timeout"); t != "" {
+		if f, err := strconv.ParseFloat(t, 64); err == nil && f > 0 {
+			o.ReadTimeout = time.Duration(f * float64(time.Second))
+		}
+	}
+	h := redisHost{prefix: "PHPREDIS_SESSION:", weight: 1}
+	if opt.Cluster {
+		h.prefix = "PHPREDIS_CLUSTER_SESSION:"
+	}
+	if q.Has("prefix") {
+		h.prefix = q.Get("prefix")
+	}
+	if w := q.Get("weight"); w != "" {
+		n, err := strconv.Atoi(w)
+		if err != nil || n < 1 {
+			return redisHost{}, nil, fmt.Errorf("%w: redis weight %q", ErrConfig, w)
+		}
+		h.weight = n
+	}
+	if opt.Cluster {
+		c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{o.Addr}, Username: o.Username, Password: o.Password,
+			DialTimeout: o.DialTimeout, ReadTimeout: o.ReadTimeout, WriteTimeout: o.WriteTimeout, MaxRetries: 1})
+		h.client = c
+		return h, c.Close, nil
+	}
+	c := redis.NewClient(o)
+	h.client = c
+	return h, c.Close, nil
+}
+
+// host picks the server for id the way phpredis's redis_pool_get_sock does.
+func (s *RedisStore) host(id string) redisHost {
+	if len(s.hosts) == 1 {
+		return s.hosts[0]
+	}
+	var b [4]byte
+	copy(b[:], id)
+	pos := int(binary.LittleEndian.Uint32(b[:]) % uint32(s.total))
+	i := 0
+	for j := len(s.hosts) - 1; j >= 0; j-- {
+		i += s.hosts[j].weight
+		if pos < i {
+			return s.hosts[j]
+		}
+	}
+	return s.hosts[0]
+}
+
+// Load reads PHPREDIS_SESSION:<id> (or the configured prefix) and its TTL.
+func (s *RedisStore) Load(ctx context.Context, id string) (Record, error) {
+	if err := ValidateID(id, 1); err != nil {
+		return Record{}, err
+	}
+	h := s.host(id)
+	key := h.prefix + id
+	var get *redis.StringCmd
+	var ttl *redis.DurationCmd
+	_, err := h.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		get = p.Get(ctx, key)
+		ttl = p.PTTL(ctx, key)
+		return nil
+	})
+	if errors.Is(err, redis.Nil) || (err == nil && errors.Is(get.Err(), redis.Nil)) {
+		return Record{}, ErrNotFound
+	}
+	if err != nil {
+		return Record{}, fmt.Errorf("%w: redis: %w", ErrUnavailable, err)
+	}
+	data, err := get.Bytes()
+	if err != nil {
+		return Record{}, fmt.Errorf("%w: redis: %w", ErrUnavailable, err)
+	}
+	rec := Record{Data: data}
+	if d, err := ttl.Result(); err == nil && d > 0 {
+		rec.TTL = d
+	}
+	return rec, nil
+}
+
+// Ready pings every host.
+func (s *RedisStore) Ready(ctx context.Context) error {
+	for _, h := range s.hosts {
+		if err := h.client.Ping(ctx).Err(); err != nil {
+			return fmt.Errorf("%w: redis: %w", ErrUnavailable, err)
+		}
+	}
+	return nil
+}
+
+// Close closes the connection pools.
+func (s *RedisStore) Close() error {
+	var errs []error
+	for _, c := range s.closer {
+		errs = append(errs, c())
+	}
+	s.closer = nil
+	return errors.Join(errs...)
+}

@@ -1,0 +1,286 @@
+package phpsession_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"expressolivre.org/imsidecar/phpsession"
+	"expressolivre.org/imsidecar/phpsession/phpsessiontest"
+)
+
+const testPassword = "s3cr|et;\"}é"
+
+func openReader(t *testing.T, cfg phpsession.Config) *phpsession.Reader {
+	t.Helper()
+	if cfg.Serializer == "" {
+		cfg.Serializer = phpsession.SerializerPHP
+	}
+	if cfg.Charset == "" {
+		cfg.Charset = "ISO-8859-1"
+	}
+	if cfg.Profile.Name() == "expresso" {
+		cfg.Profile = phpsession.ExpressoProfile(0)
+	}
+	if cfg.Owner == 0 {
+		cfg.Owner = -1
+	}
+	r, err := phpsession.Open(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+// TestReaderFilesAllSerializers: sessions written by real PHP through the
+// files handler, flat and nested, with each serialize handler.
+func TestReaderFilesAllSerializers(t *testing.T) {
+	for _, ser := range []string{"php", "php_serialize", "php_binary"} {
+		for _, nested := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/nested=%v", ser, nested), func(t *testing.T) {
+				dir := t.TempDir()
+				save := dir
+				id := phpsessiontest.NewID(t)
+				if nested {
+					save = "2;0600;" + dir
+					// PHP does not create the levels; a site's cron does.
+					if err := os.MkdirAll(filepath.Join(dir, id[:1], id[1:2]), 0o700); err != nil {
+						t.Fatal(err)
+					}
+				}
+				st := phpsessiontest.Store{Handler: "files", SavePath: save, Serializer: ser}
+				phpsessiontest.WriteExpressoSession(t, st, id, phpsessiontest.ExpressoUser{
+					User: "alice", Password: testPassword, FullName: "Alice Araújo", Pad: 20000})
+				r := openReader(t, phpsession.Config{Store: "files", SavePath: save, Serializer: phpsession.Serializer(ser)})
+				s, err := r.Lookup(t.Context(), id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if s.Identity.User != "alice" || s.Identity.Password != testPassword || s.Identity.FullName != "Alice Araújo" || s.Identity.Email != "alice@example.test" {
+					t.Fatalf("identity = %+v", s.Identity)
+				}
+			})
+		}
+	}
+}
+
+func TestReaderErrors(t *testing.T) {
+	dir := t.TempDir()
+	st := phpsessiontest.Store{Handler: "files", SavePath: dir}
+	now := time.Now()
+	r := openReader(t, phpsession.Config{Store: "files", SavePath: dir, MaxLifetime: time.Hour, Now: func() time.Time { return now }})
+	good := phpsessiontest.NewID(t) + "a"
+	phpsessiontest.WriteExpressoSession(t, st, good, phpsessiontest.ExpressoUser{User: "bob", Password: "pw"})
+	loggedOut := phpsessiontest.NewID(t) + "b"
+	phpsessiontest.WriteSession(t, st, loggedOut, `$_SESSION['phpgw_info'] = ['x' => 1];`)
+	empty := phpsessiontest.NewID(t) + "c"
+	phpsessiontest.WriteSession(t, st, empty, ``)
+	stale := phpsessiontest.NewID(t) + "d"
+	phpsessiontest.WriteExpressoSession(t, st, stale, phpsessiontest.ExpressoUser{User: "bob", Password: "pw"})
+	old := now.Add(-2 * time.Hour)
+	if err := os.Chtimes(filepath.Join(dir, "sess_"+stale), old, old); err != nil {
+		t.Fatal(err)
+	}
+	malformed := phpsessiontest.NewID(t) + "e"
+	if err := os.WriteFile(filepath.Join(dir, "sess_"+malformed), []byte(`phpgw_session|a:1:{s:10:"session_id";s:99:"x";}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	symlink := phpsessiontest.NewID(t) + "f"
+	if err := os.Symlink(filepath.Join(dir, "sess_"+good), filepath.Join(dir, "sess_"+symlink)); err != nil {
+		t.Fatal(err)
+	}
+	foreign := phpsessiontest.NewID(t) + "g"
+	phpsessiontest.WriteExpressoSession(t, st, foreign, phpsessiontest.ExpressoUser{User: "eve", Password: "pw"})
+	if err := os.Chown(filepath.Join(dir, "sess_"+foreign), 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		id   string
+		want error
+	}{
+		{"good", good, nil},
+		{"missing", phpsessiontest.NewID(t) + "z", phpsession.ErrNotFound},
+		{"not logged in", loggedOut, phpsession.ErrNotLoggedIn},
+		{"empty", empty, phpsession.ErrNotLoggedIn},
+		{"expired by mtime", stale, phpsession.ErrExpired},
+		{"malformed", malformed, phpsession.ErrMalformed},
+		{"symlink", symlink, phpsession.ErrNotFound},
+		{"foreign owner", foreign, phpsession.ErrNotFound},
+		{"traversal", "../../../../etc/passwd", phpsession.ErrInvalidID},
+		{"encoded traversal", "%2e%2e%2f%2e%2e%2fetc%2fpasswdxxxxxxxx", phpsession.ErrInvalidID},
+		{"nul", "abcdefghijklmnopqrstuvwxyz\x00123456", phpsession.ErrInvalidID},
+		{"overlong", strings.Repeat("a", 300), phpsession.ErrInvalidID},
+		{"short", "abc", phpsession.ErrInvalidID},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := r.Lookup(t.Context(), tt.id)
+			if !errors.Is(err, tt.want) && !(tt.want == nil && err == nil) {
+				t.Fatalf("Lookup = %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestReaderCacheNeverStale: a rewritten, replaced or deleted session is
+// never served from the cache.
+func TestReaderCacheNeverStale(t *testing.T) {
+	dir := t.TempDir()
+	st := phpsessiontest.Store{Handler: "files", SavePath: dir}
+	r := openReader(t, phpsession.Config{Store: "files", SavePath: dir})
+	id := phpsessiontest.NewID(t)
+	phpsessiontest.WriteExpressoSession(t, st, id, phpsessiontest.ExpressoUser{User: "alice", Password: "one"})
+	s1, err := r.Lookup(t.Context(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2, err := r.Lookup(t.Context(), id)
+	if err != nil || s2 != s1 {
+		t.Fatalf("second lookup not served from cache: %v", err)
+	}
+	phpsessiontest.WriteExpressoSession(t, st, id, phpsessiontest.ExpressoUser{User: "carol", Password: "two"})
+	s3, err := r.Lookup(t.Context(), id)
+	if err != nil || s3.Identity.User != "carol" || s3.Identity.Password != "two" {
+		t.Fatalf("after rewrite: %+v, %v", s3, err)
+	}
+	phpsessiontest.DestroySession(t, st, id)
+	if _, err := r.Lookup(t.Context(), id); !errors.Is(err, phpsession.ErrNotFound) {
+		t.Fatalf("after destroy: %v", err)
+	}
+}
+
+// TestFileLockedByPHP: PHP holds its exclusive lock (a request in
+// progress) while the sidecar reads; the read neither blocks for long nor
+// returns anything but the stored session.
+func TestFileLockedByPHP(t *testing.T) {
+	dir := t.TempDir()
+	st := phpsessiontest.Store{Handler: "files", SavePath: dir}
+	id := phpsessiontest.NewID(t)
+	phpsessiontest.WriteExpressoSession(t, st, id, phpsessiontest.ExpressoUser{User: "alice", Password: "pw"})
+	cmd := exec.CommandContext(t.Context(), phpsessiontest.PHP(t), "-d", "session.save_path="+dir, "-d", "session.use_strict_mode=0",
+		"-r", `session_id($argv[1]); session_start(); echo "locked\n"; fflush(STDOUT); sleep(3);`, id)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	buf := make([]byte, 7)
+	if _, err := out.Read(buf); err != nil || string(buf) != "locked\n" {
+		t.Fatalf("php did not lock: %q %v", buf, err)
+	}
+	r := openReader(t, phpsession.Config{Store: "files", SavePath: dir})
+	start := time.Now()
+	s, err := r.Lookup(t.Context(), id)
+	if err != nil || s.Identity.User != "alice" {
+		t.Fatalf("Lookup while locked: %v", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("Lookup blocked %v on PHP's lock", d)
+	}
+}
+
+// TestFileTornReads: PHP rewrites a session in a loop with sizes that grow
+// and shrink while Go reads it; every successful read is one of the
+// versions PHP wrote, whole.
+func TestFileTornReads(t *testing.T) {
+	dir := t.TempDir()
+	id := phpsessiontest.NewID(t)
+	st := phpsessiontest.Store{Handler: "files", SavePath: dir}
+	phpsessiontest.WriteSession(t, st, id, `$_SESSION['n'] = 0; $_SESSION['pad'] = '';`)
+	fs, err := phpsession.NewFileStore(dir, phpsession.FileOptions{Owner: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	cmd := exec.CommandContext(ctx, phpsessiontest.PHP(t), "-d", "session.save_path="+dir, "-d", "session.use_strict_mode=0", "-r", `
+		ob_start();
+		for ($i = 1; $i <= 400; $i++) {
+			session_id($argv[1]); session_start();
+			$_SESSION['n'] = $i; $_SESSION['pad'] = str_repeat(chr(97 + $i % 26), ($i * 7919) % 20000);
+			session_write_close();
+		}`, id)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	done := make(chan struct{})
+	go func() {
+		defer wg.Done()
+		defer close(done)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("php: %v %s", err, out)
+		}
+	}()
+	reads, busy := 0, 0
+	for running := true; running; {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		rec, err := fs.Load(t.Context(), id)
+		if errors.Is(err, phpsession.ErrUnavailable) {
+			busy++
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rec.Data) == 0 {
+			continue // between PHP's truncate and write, the empty file is "not logged in", never a partial session
+		}
+		vars, err := phpsession.Decode(rec.Data, phpsession.SerializerPHP, phpsession.DefaultLimits)
+		if err != nil {
+			t.Fatalf("torn read after %d reads: %v", reads, err)
+		}
+		n, _ := vars.Get("n")
+		pad, _ := vars.Get("pad")
+		i := n.Int()
+		if want := int((i * 7919) % 20000); i > 0 && len(pad.Bytes()) != want {
+			t.Fatalf("version %d has pad %d, want %d", i, len(pad.Bytes()), want)
+		}
+		reads++
+	}
+	wg.Wait()
+	t.Logf("%d consistent reads, %d busy", reads, busy)
+	if reads < 100 {
+		t.Fatalf("only %d reads", reads)
+	}
+}
+
+func TestReaderRedis(t *testing.T) {
+	srv := phpsessiontest.StartRedis(t)
+	st := phpsessiontest.Store{Handler: "redis", SavePath: srv.Spec() + "?database=2"}
+	id := phpsessiontest.NewID(t)
+	phpsessiontest.WriteExpressoSession(t, st, id, phpsessiontest.ExpressoUser{User: "alice", Password: testPassword})
+	r := openReader(t, phpsession.Config{Store: "redis", Redis: srv.Spec() + "?database=2"})
+	s, err := r.Lookup(t.Context(), id)
+	if err != nil || s.Identity.Password != testPassword {
+		t.Fatalf("Lookup: %v", err)
+	}
+	if _, err := r.Lookup(t.Context(), phpsessiontest.NewID(t)+"x"); !errors.Is(err, phpsession.ErrNotFound) {
+		t.Fatalf("missing key: %v", err)
+	}
+	phpsessiontest.DestroySession(t, st, id)
+	if _, err := r.Lookup(t.Context(), id); !errors.Is(err, phpsession.ErrNotFound) {
+		t.Fatalf("after destroy: %v", err)
+	}
+	srv.Stop()
+	if _, err := r.Lookup(t.Context(), id); !errors.Is(err, phpsession.ErrUnavailable) {
+		t.Fatalf("redis down: %v", err)
+	}
+	if err := r.Ready(t.Context()); !errors.Is(err, phpsession.ErrUnavailable) {
+		t.Fatalf("Ready with redis down: %v", err)
+	}
+}
