@@ -1,0 +1,644 @@
+package sidecar
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"expressolivre.org/imsidecar/phpsession"
+	"expressolivre.org/imsidecar/xmppconn"
+)
+
+// maxBody caps every request body.
+const maxBody = 64 << 10
+
+// api serves the HTTP API v1 (docs/API.md).
+type api struct {
+	cfg      *Config
+	reg      *registry
+	reader   sessionReader
+	token    string // "" = no token required
+	logger   *slog.Logger
+	metrics  *metrics
+	draining atomic.Bool
+	now      func() time.Time
+}
+
+// caller is who a request speaks for.
+type caller struct {
+	id       string // PHP session id (never logged)
+	byCookie bool
+	php      *phpsession.Session
+}
+
+type handlerFunc func(w http.ResponseWriter, r *http.Request, c *caller) error
+
+func (a *api) routes() http.Handler {
+	mux := http.NewServeMux()
+	handle := func(pattern string, cookieOK bool, h handlerFunc) {
+		mux.Handle(pattern, a.wrap(pattern, cookieOK, h))
+	}
+	handle("POST /v1/connect", false, a.connect)
+	handle("POST /v1/disconnect", false, a.disconnect)
+	handle("GET /v1/me", true, a.me)
+	handle("GET /v1/events", true, a.events)
+	handle("POST /v1/messages", false, a.message)
+	handle("POST /v1/presence", false, a.presence)
+	handle("GET /v1/roster", false, a.roster)
+	handle("PUT /v1/roster/{jid}", false, a.rosterSet)
+	handle("DELETE /v1/roster/{jid}", false, a.rosterRemove)
+	handle("POST /v1/subscriptions/{jid}", false, a.subscription)
+	handle("POST /v1/chatstates", false, a.chatState)
+	mux.Handle("/", a.wrap("other", true, func(http.ResponseWriter, *http.Request, *caller) error {
+		return fmt.Errorf("%w: no such endpoint", ErrNotFound)
+	}))
+	return mux
+}
+
+// statusRecorder remembers the status for logs and metrics.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+func (s *statusRecorder) Flush() {
+	if f, ok := s.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// wrap authenticates the caller, runs h, maps its error, logs and measures.
+func (a *api) wrap(route string, cookieOK bool, h handlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w}
+		var c *caller
+		err := func() error {
+			if a.draining.Load() {
+				return ErrShuttingDown
+			}
+			if route == "other" {
+				return h(rec, r, nil)
+			}
+			var err error
+			c, err = a.authenticate(r, cookieOK)
+			if err != nil {
+				return err
+			}
+			return h(rec, r, c)
+		}()
+		if err != nil {
+			a.writeError(rec, r, err, c)
+		}
+		status := rec.status
+		if status == 0 {
+			status = http.StatusOK
+		}
+		a.metrics.apiLatency.WithLabelValues(route, strconv.Itoa(status)).Observe(time.Since(start).Seconds())
+		attrs := []slog.Attr{slog.String("route", route), slog.Int("status", status), slog.Duration("duration", time.Since(start))}
+		if c != nil && c.php != nil {
+			attrs = append(attrs, slog.String("user", c.php.Identity.User))
+		}
+		a.logger.LogAttrs(r.Context(), slog.LevelDebug, "api", attrs...)
+	})
+}
+
+// authenticate finds the PHP session: X-Session-Id (server-side PHP; with
+// the API token when one is configured), else the session cookie (the
+// browser through Apache, read-only routes only).
+func (a *api) authenticate(r *http.Request, cookieOK bool) (*caller, error) {
+	c := &caller{}
+	if id := r.Header.Get("X-Session-Id"); id != "" {
+		if a.token != "" {
+			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(a.token)) != 1 {
+				return nil, ErrUnauthorized
+			}
+		}
+		c.id = id
+	} else if id, ok := phpsession.IDFromCookie(strings.Join(r.Header.Values("Cookie"), "; "), a.cfg.SessionCookie); ok {
+		if !cookieOK {
+			return nil, fmt.Errorf("%w: this call needs X-Session-Id (server-side only)", ErrSessionMissing)
+		}
+		c.id, c.byCookie = id, true
+	} else {
+		return nil, ErrSessionMissing
+	}
+	start := time.Now()
+	ps, err := a.reader.Lookup(r.Context(), c.id)
+	a.metrics.storeLatency.Observe(time.Since(start).Seconds())
+	if err != nil {
+		return nil, err
+	}
+	c.php = ps
+	return c, nil
+}
+
+type errorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+func (a *api) writeError(w http.ResponseWriter, r *http.Request, err error, c *caller) {
+	status, code := statusFor(err)
+	var body errorBody
+	body.Error.Code = code
+	body.Error.Message = publicMessage(err, status)
+	if status >= 500 {
+		attrs := []any{"route", r.Pattern, "status", status, "code", code, "err", err}
+		if c != nil && c.php != nil {
+			attrs = append(attrs, "user", c.php.Identity.User)
+		}
+		a.logger.Warn("api error", attrs...)
+	}
+	if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
+		w.Header().Set("Retry-After", "1")
+	}
+	writeJSON(w, status, body)
+}
+
+// publicMessage is the error text the client sees: ours and the session
+// package's are safe; anything internal is generic.
+func publicMessage(err error, status int) string {
+	if status == http.StatusInternalServerError {
+		return "internal error (see the sidecar's log)"
+	}
+	if status == http.StatusBadGateway {
+		if errors.Is(err, xmppconn.ErrAuth) {
+			return "the Jabber server rejected the user's credentials"
+		}
+		return "the Jabber server is unavailable"
+	}
+	return err.Error()
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	if v != nil {
+		json.NewEncoder(w).Encode(v)
+	}
+}
+
+// decode reads a JSON body strictly: capped, unknown fields rejected, one
+// value only. An empty body leaves v untouched when optional.
+func decode(r *http.Request, v any, optional bool) error {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	if err != nil {
+		return fmt.Errorf("%w: reading body: %w", ErrBadRequest, err)
+	}
+	if len(body) > maxBody {
+		return fmt.Errorf("%w: body over %d bytes", ErrTooLarge, maxBody)
+	}
+	if len(strings.TrimSpace(string(body))) == 0 {
+		if optional {
+			return nil
+		}
+		return fmt.Errorf("%w: JSON body required", ErrBadRequest)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: %s", ErrBadRequest, strings.TrimPrefix(err.Error(), "json: "))
+	}
+	if dec.More() {
+		return fmt.Errorf("%w: trailing data after the JSON body", ErrBadRequest)
+	}
+	return nil
+}
+
+func validJID(s string, bareOnly bool) (string, error) {
+	j, err := xmppconn.ParseJID(s)
+	if err != nil || j.Domain == "" || (bareOnly && j.Resource != "") {
+		return "", fmt.Errorf("%w: %q is not a valid JID", ErrBadRequest, s)
+	}
+	return j.String(), nil
+}
+
+var validShow = map[string]bool{"": true, "away": true, "chat": true, "dnd": true, "xa": true}
+
+type presenceBody struct {
+	Show     string `json:"show"`
+	Status   string `json:"status"`
+	Priority *int   `json:"priority"`
+}
+
+func (p presenceBody) toXMPP() (xmppconn.Presence, error) {
+	if !validShow[p.Show] {
+		return xmppconn.Presence{}, fmt.Errorf("%w: show must be one of away, chat, dnd, xa or empty", ErrBadRequest)
+	}
+	if len(p.Status) > 1024 {
+		return xmppconn.Presence{}, fmt.Errorf("%w: status longer than 1024 bytes", ErrBadRequest)
+	}
+	out := xmppconn.Presence{Show: p.Show, Status: p.Status}
+	if p.Priority != nil {
+		if *p.Priority < -128 || *p.Priority > 127 {
+			return xmppconn.Presence{}, fmt.Errorf("%w: priority must be within -128..127", ErrBadRequest)
+		}
+		out.Priority = *p.Priority
+	}
+	return out, nil
+}
+
+func (a *api) connect(w http.ResponseWriter, r *http.Request, c *caller) error {
+	var body presenceBody
+	if err := decode(r, &body, true); err != nil {
+		return err
+	}
+	initial, err := body.toXMPP()
+	if err != nil {
+		return err
+	}
+	s, fresh, err := a.reg.connect(r.Context(), c.id, c.php, &initial)
+	if err != nil {
+		return err
+	}
+	a.reg.remember(s, c.id)
+	s.lastPoll.Store(time.Now().UnixNano())
+	cur := s.log.head()
+	if fresh {
+		// A new stream: the caller starts before its first event, so the
+		// presences that arrived while connecting are not skipped.
+		cur = s.start
+	} else if body != (presenceBody{}) {
+		conn, err := s.stream()
+		if err != nil {
+			return err
+		}
+		if err := conn.SendPresence(r.Context(), initial); err != nil {
+			return err
+		}
+	}
+	s.mu.Lock()
+	jid := s.fullJID
+	s.mu.Unlock()
+	writeJSON(w, http.StatusOK, map[string]string{"jid": jid, "state": string(s.State()), "cursor": cur.String()})
+	return nil
+}
+
+func (a *api) disconnect(w http.ResponseWriter, _ *http.Request, c *caller) error {
+	a.reg.disconnect(c.id)
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (a *api) me(w http.ResponseWriter, _ *http.Request, c *caller) error {
+	ident := c.php.Identity
+	state := string(xmppconn.StateOffline)
+	jid := ident.User + "@" + a.cfg.XMPPDomain
+	if s := a.reg.get(c.id); s != nil && s.user == ident.User {
+		state = string(s.State())
+		s.mu.Lock()
+		if s.fullJID != "" {
+			jid = s.fullJID
+		}
+		s.mu.Unlock()
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"user": ident.User, "jid": jid, "fullname": ident.FullName, "email": ident.Email, "state": state})
+	return nil
+}
+
+// session returns the caller's session, which must belong to the same user.
+func (a *api) session(c *caller) (*session, error) {
+	s := a.reg.get(c.id)
+	if s == nil {
+		return nil, ErrNotConnected
+	}
+	if s.user != c.php.Identity.User {
+		a.reg.closeSession(s, "user_changed")
+		return nil, ErrNotConnected
+	}
+	return s, nil
+}
+
+// mutate returns the live stream for a state-changing call, rate limited.
+func (a *api) mutate(c *caller) (*session, xmppSession, error) {
+	s, err := a.session(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	s.mu.Lock()
+	ok := s.limiter.allow(time.Now())
+	s.mu.Unlock()
+	if !ok {
+		return nil, nil, ErrRateLimited
+	}
+	conn, err := s.stream()
+	return s, conn, err
+}
+
+func (a *api) events(w http.ResponseWriter, r *http.Request, c *caller) error {
+	s, err := a.session(c)
+	if err != nil {
+		return err
+	}
+	q := r.URL.Query()
+	raw := q.Get("cursor")
+	if raw == "" {
+		raw = r.Header.Get("Last-Event-ID")
+	}
+	cur, given, err := parseCursor(raw)
+	if err != nil {
+		return err
+	}
+	wait := 25 * time.Second
+	if v := q.Get("wait"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > 55 {
+			return fmt.Errorf("%w: wait must be 0..55 seconds", ErrBadRequest)
+		}
+		wait = time.Duration(n) * time.Second
+	}
+	limit := 100
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			return fmt.Errorf("%w: limit must be 1..1000", ErrBadRequest)
+		}
+		limit = n
+	}
+	s.lastPoll.Store(time.Now().UnixNano())
+	if strings.Contains(r.Header.Get("Accept"), "text/event-stream") {
+		return a.stream(w, r, s, cur, given)
+	}
+	res := s.log.poll(r.Context(), cur, given, wait, limit)
+	s.lastPoll.Store(time.Now().UnixNano())
+	var b strings.Builder
+	b.WriteString(`{"events":`)
+	encodeEvents(&b, res.cursor.epoch, res.events)
+	b.WriteString(`,"cursor":"`)
+	b.WriteString(res.cursor.String())
+	b.WriteString(`","recovered":`)
+	b.WriteString(strconv.FormatBool(res.recovered))
+	b.WriteString("}\n")
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	io.WriteString(w, b.String())
+	return nil
+}
+
+// stream serves the events as Server-Sent Events: each event's id is its
+// cursor, so EventSource resumes with Last-Event-ID; a comment line every
+// 15 s keeps proxies from timing out; the response ends after 10 minutes
+// and the browser reconnects where it was.
+func (a *api) stream(w http.ResponseWriter, r *http.Request, s *session, cur cursor, given bool) error {
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		return fmt.Errorf("%w: streaming unsupported", ErrBadRequest)
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	io.WriteString(w, "retry: 2000\n\n")
+	flusher.Flush()
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Minute)
+	defer cancel()
+	first := true
+	for ctx.Err() == nil && !a.draining.Load() {
+		res := s.log.poll(ctx, cur, given, 15*time.Second, 100)
+		s.lastPoll.Store(time.Now().UnixNano())
+		var b strings.Builder
+		if first && !res.recovered {
+			fmt.Fprintf(&b, "id: %s\nevent: reset\ndata: {\"recovered\":false,\"cursor\":\"%s\"}\n\n", res.cursor, res.cursor)
+		}
+		first = false
+		for _, ev := range res.events {
+			var data strings.Builder
+			encodeEvent(&data, res.cursor.epoch, ev)
+			fmt.Fprintf(&b, "id: %s\nevent: %s\ndata: %s\n\n", cursor{res.cursor.epoch, ev.offset}, ev.kind, data.String())
+		}
+		if len(res.events) == 0 {
+			b.WriteString(": ping\n\n")
+		}
+		if _, err := io.WriteString(w, b.String()); err != nil {
+			return nil
+		}
+		flusher.Flush()
+		cur, given = res.cursor, true
+	}
+	return nil
+}
+
+type messageBody struct {
+	To      string `json:"to"`
+	Body    string `json:"body"`
+	Type    string `json:"type"`
+	ID      string `json:"id"`
+	Thread  string `json:"thread"`
+	Receipt bool   `json:"receipt"`
+}
+
+func (a *api) message(w http.ResponseWriter, r *http.Request, c *caller) error {
+	var m messageBody
+	if err := decode(r, &m, false); err != nil {
+		return err
+	}
+	to, err := validJID(m.To, false)
+	if err != nil {
+		return err
+	}
+	switch m.Type {
+	case "":
+		m.Type = "chat"
+	case "chat", "normal", "headline", "groupchat":
+	default:
+		return fmt.Errorf("%w: type must be chat, normal, headline or groupchat", ErrBadRequest)
+	}
+	if m.Body == "" {
+		return fmt.Errorf("%w: body is required", ErrBadRequest)
+	}
+	if len(m.ID) > 128 || len(m.Thread) > 256 {
+		return fmt.Errorf("%w: id or thread too long", ErrBadRequest)
+	}
+	_, conn, err := a.mutate(c)
+	if err != nil {
+		return err
+	}
+	id, err := conn.Send(r.Context(), xmppconn.Message{To: to, Body: m.Body, Type: m.Type, ID: m.ID, Thread: m.Thread, Receipt: m.Receipt, ChatState: "active"})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusAccepted, map[string]string{"id": id})
+	return nil
+}
+
+func (a *api) presence(w http.ResponseWriter, r *http.Request, c *caller) error {
+	var body presenceBody
+	if err := decode(r, &body, false); err != nil {
+		return err
+	}
+	p, err := body.toXMPP()
+	if err != nil {
+		return err
+	}
+	_, conn, err := a.mutate(c)
+	if err != nil {
+		return err
+	}
+	if err := conn.SendPresence(r.Context(), p); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+type rosterItemOut struct {
+	JID          string         `json:"jid"`
+	Name         string         `json:"name"`
+	Groups       []string       `json:"groups"`
+	Subscription string         `json:"subscription"`
+	Ask          string         `json:"ask"`
+	Presence     []presenceInfo `json:"presence"`
+}
+
+func (a *api) roster(w http.ResponseWriter, r *http.Request, c *caller) error {
+	s, err := a.session(c)
+	if err != nil {
+		return err
+	}
+	conn, err := s.stream()
+	if err != nil {
+		return err
+	}
+	items, err := conn.Roster(r.Context())
+	if err != nil {
+		return err
+	}
+	out := make([]rosterItemOut, 0, len(items))
+	for _, it := range items {
+		groups := it.Groups
+		if groups == nil {
+			groups = []string{}
+		}
+		out = append(out, rosterItemOut{JID: it.JID, Name: it.Name, Groups: groups, Subscription: it.Subscription, Ask: it.Ask, Presence: s.presenceOf(it.JID)})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"items": out})
+	return nil
+}
+
+func (a *api) rosterSet(w http.ResponseWriter, r *http.Request, c *caller) error {
+	jid, err := validJID(r.PathValue("jid"), true)
+	if err != nil {
+		return err
+	}
+	var body struct {
+		Name   string   `json:"name"`
+		Groups []string `json:"groups"`
+	}
+	if err := decode(r, &body, true); err != nil {
+		return err
+	}
+	if len(body.Name) > 1024 || len(body.Groups) > 64 {
+		return fmt.Errorf("%w: name or groups too long", ErrBadRequest)
+	}
+	_, conn, err := a.mutate(c)
+	if err != nil {
+		return err
+	}
+	if err := conn.SetRosterItem(r.Context(), xmppconn.RosterItem{JID: jid, Name: body.Name, Groups: body.Groups}); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (a *api) rosterRemove(w http.ResponseWriter, r *http.Request, c *caller) error {
+	jid, err := validJID(r.PathValue("jid"), true)
+	if err != nil {
+		return err
+	}
+	_, conn, err := a.mutate(c)
+	if err != nil {
+		return err
+	}
+	if err := conn.RemoveRosterItem(r.Context(), jid); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (a *api) subscription(w http.ResponseWriter, r *http.Request, c *caller) error {
+	jid, err := validJID(r.PathValue("jid"), true)
+	if err != nil {
+		return err
+	}
+	var body struct {
+		Action string `json:"action"`
+	}
+	if err := decode(r, &body, false); err != nil {
+		return err
+	}
+	switch body.Action {
+	case "subscribe", "approve", "deny", "cancel":
+	default:
+		return fmt.Errorf("%w: action must be subscribe, approve, deny or cancel", ErrBadRequest)
+	}
+	_, conn, err := a.mutate(c)
+	if err != nil {
+		return err
+	}
+	if err := conn.Subscribe(r.Context(), jid, body.Action); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (a *api) chatState(w http.ResponseWriter, r *http.Request, c *caller) error {
+	var body struct {
+		To    string `json:"to"`
+		State string `json:"state"`
+	}
+	if err := decode(r, &body, false); err != nil {
+		return err
+	}
+	to, err := validJID(body.To, false)
+	if err != nil {
+		return err
+	}
+	switch body.State {
+	case "active", "composing", "paused", "inactive", "gone":
+	default:
+		return fmt.Errorf("%w: state must be active, composing, paused, inactive or gone", ErrBadRequest)
+	}
+	_, conn, err := a.mutate(c)
+	if err != nil {
+		return err
+	}
+	if err := conn.SendChatState(r.Context(), to, body.State); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}

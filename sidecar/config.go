@@ -1,0 +1,335 @@
+package sidecar
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"expressolivre.org/imsidecar/phpsession"
+	"expressolivre.org/imsidecar/xmppconn"
+)
+
+// Config is the whole configuration of the daemon: flags, each with an
+// environment twin IMSIDECAR_<NAME> (upper case, dashes as underscores).
+// A flag on the command line wins over the environment, which wins over
+// the default.
+type Config struct {
+	Listen       string
+	ListenMode   string
+	ListenGroup  string
+	UnsafeListen bool
+	OpsListen    string
+
+	XMPPAddr           string
+	XMPPDomain         string
+	XMPPTLS            string
+	XMPPCAFile         string
+	XMPPServerName     string
+	XMPPResourcePrefix string
+
+	APITokenFile    string
+	SessionCookie   string
+	Inactivity      time.Duration
+	EventBuffer     int
+	ShutdownTimeout time.Duration
+	RecheckInterval time.Duration
+	RateLimit       float64
+
+	SessionStore       string
+	SessionSavePath    string
+	SessionRedis       string
+	SessionSerializer  string
+	SessionMaxLifetime time.Duration
+	SessionCharset     string
+	SessionTimeout     time.Duration
+	SessionMinIDLength int
+	SessionOwner       int
+	Profile            string
+	GenericUserPath    string
+	GenericPassword    string
+	GenericFullname    string
+	GenericEmail       string
+
+	LogLevel  string
+	LogFormat string
+}
+
+// flagSet declares every flag into c. The same set drives parsing, the
+// environment twins, --help and docs/CONFIG.md.
+func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("imsidecar", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.StringVar(&c.Listen, "listen", "127.0.0.1:8765", "API address: host:port on loopback, or unix:/path for a unix socket")
+	fs.StringVar(&c.ListenMode, "listen-mode", "0660", "permissions of the API unix socket (octal)")
+	fs.StringVar(&c.ListenGroup, "listen-group", "", "group owning the API unix socket (name or gid; empty keeps the process's)")
+	fs.BoolVar(&c.UnsafeListen, "unsafe-listen", false, "allow --listen and --ops-listen on non-loopback addresses")
+	fs.StringVar(&c.OpsListen, "ops-listen", "127.0.0.1:8766", "address of /healthz, /readyz, /metrics and /status (empty disables)")
+	fs.StringVar(&c.XMPPAddr, "xmpp-addr", "", "Jabber server c2s address host:port (required)")
+	fs.StringVar(&c.XMPPDomain, "xmpp-domain", "", "XMPP domain: users are <login>@<domain> (required)")
+	fs.StringVar(&c.XMPPTLS, "xmpp-tls", "starttls", "TLS to the Jabber server: starttls, direct (XEP-0368) or none (loopback only)")
+	fs.StringVar(&c.XMPPCAFile, "xmpp-ca-file", "", "PEM CA bundle to verify the Jabber server (default: system roots)")
+	fs.StringVar(&c.XMPPServerName, "xmpp-server-name", "", "name expected in the server certificate (default: --xmpp-domain)")
+	fs.StringVar(&c.XMPPResourcePrefix, "xmpp-resource-prefix", "expresso", "XMPP resource prefix; the resource is <prefix>-<hash of the PHP session>")
+	fs.StringVar(&c.APITokenFile, "api-token-file", "", "file holding a bearer token required on X-Session-Id calls (optional)")
+	fs.StringVar(&c.SessionCookie, "session-cookie", "", "PHP session cookie name (default: sessionid for --profile=expresso, PHPSESSID for generic)")
+	fs.DurationVar(&c.Inactivity, "inactivity", 120*time.Second, "close a user's stream after this long without a poll")
+	fs.IntVar(&c.EventBuffer, "event-buffer", 1000, "events kept per session for polls to catch up")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on graceful shutdown")
+	fs.DurationVar(&c.RecheckInterval, "recheck-interval", 5*time.Second, "how often each connected PHP session is re-read (logout/expiry detection)")
+	fs.Float64Var(&c.RateLimit, "rate-limit", 20, "mutating API calls per second allowed per session (bursts of twice that)")
+	fs.StringVar(&c.SessionStore, "session-store", "files", "PHP session store: files or redis")
+	fs.StringVar(&c.SessionSavePath, "session-save-path", "/var/lib/php/sessions", "files store: PHP's session.save_path (\"/dir\", \"N;/dir\" or \"N;MODE;/dir\")")
+	fs.StringVar(&c.SessionRedis, "session-redis", "", "redis store: PHP's session.save_path for phpredis (tcp://host:port?auth=…&database=N…) or a redis:// URL")
+	fs.StringVar(&c.SessionSerializer, "session-serializer", "php", "PHP's session.serialize_handler: php, php_serialize or php_binary")
+	fs.DurationVar(&c.SessionMaxLifetime, "session-max-lifetime", 1440*time.Second, "PHP's session.gc_maxlifetime: files untouched for longer are expired")
+	fs.StringVar(&c.SessionCharset, "session-charset", "", "charset of session strings (default: ISO-8859-1 for expresso, UTF-8 for generic)")
+	fs.DurationVar(&c.SessionTimeout, "session-timeout", 14400*time.Second, "expresso profile: Expresso's sessions_timeout (session_dla older is expired)")
+	fs.IntVar(&c.SessionMinIDLength, "session-min-id-length", phpsession.DefaultMinIDLength, "shortest session id accepted")
+	fs.IntVar(&c.SessionOwner, "session-owner", -1, "uid that must own session files (-1: the sidecar's own uid)")
+	fs.StringVar(&c.Profile, "profile", "expresso", "where the user is in the session: expresso or generic")
+	fs.StringVar(&c.GenericUserPath, "generic-user-path", "", "generic profile: dotted path of the login, e.g. auth.user")
+	fs.StringVar(&c.GenericPassword, "generic-password-path", "", "generic profile: dotted path of the password")
+	fs.StringVar(&c.GenericFullname, "generic-fullname-path", "", "generic profile: dotted path of the full name (optional)")
+	fs.StringVar(&c.GenericEmail, "generic-email-path", "", "generic profile: dotted path of the e-mail (optional)")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.LogFormat, "log-format", "text", "text or json")
+	return fs
+}
+
+// envName is the environment twin of a flag.
+func envName(flagName string) string {
+	return "IMSIDECAR_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parseConfig parses args, fills unset flags from the environment, applies
+// the per-profile defaults and validates everything.
+func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Config, []string, error) {
+	c := &Config{}
+	fs := c.flagSet(out)
+	if err := fs.Parse(args); err != nil {
+		return nil, nil, err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] {
+			return
+		}
+		if v := getenv(envName(f.Name)); v != "" {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", envName(f.Name), err))
+			}
+		}
+	})
+	if len(errs) > 0 {
+		return nil, nil, fmt.Errorf("%w: %w", ErrConfig, errors.Join(errs...))
+	}
+	c.applyDefaults()
+	return c, fs.Args(), nil
+}
+
+func (c *Config) applyDefaults() {
+	if c.SessionCookie == "" {
+		c.SessionCookie = "sessionid"
+		if c.Profile == "generic" {
+			c.SessionCookie = "PHPSESSID"
+		}
+	}
+	if c.SessionCharset == "" {
+		c.SessionCharset = "ISO-8859-1"
+		if c.Profile == "generic" {
+			c.SessionCharset = "UTF-8"
+		}
+	}
+}
+
+// Validate reports every problem at once, each naming its flag.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(flagName, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("--%s: %s", flagName, fmt.Sprintf(format, args...)))
+	}
+	checkListen := func(name, addr string, allowEmpty bool) {
+		if addr == "" {
+			if !allowEmpty {
+				bad(name, "must not be empty")
+			}
+			return
+		}
+		if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+			if !strings.HasPrefix(path, "/") {
+				bad(name, "unix socket path %q must be absolute", path)
+			}
+			return
+		}
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			bad(name, "%q is not host:port or unix:/path", addr)
+			return
+		}
+		if !c.UnsafeListen && !isLoopback(host) {
+			bad(name, "%q is not a loopback address (add --unsafe-listen to allow it)", addr)
+		}
+	}
+	checkListen("listen", c.Listen, false)
+	checkListen("ops-listen", c.OpsListen, true)
+	if _, err := strconv.ParseUint(c.ListenMode, 8, 32); err != nil {
+		bad("listen-mode", "%q is not an octal mode", c.ListenMode)
+	}
+	if c.XMPPAddr == "" {
+		bad("xmpp-addr", "required (host:port of the Jabber server)")
+	} else if _, _, err := net.SplitHostPort(c.XMPPAddr); err != nil {
+		bad("xmpp-addr", "%q is not host:port", c.XMPPAddr)
+	}
+	if c.XMPPDomain == "" {
+		bad("xmpp-domain", "required")
+	} else if _, err := xmppconn.ParseJID(c.XMPPDomain); err != nil || strings.ContainsAny(c.XMPPDomain, "@/") {
+		bad("xmpp-domain", "%q is not a valid XMPP domain", c.XMPPDomain)
+	}
+	switch xmppconn.TLSMode(c.XMPPTLS) {
+	case xmppconn.TLSStartTLS, xmppconn.TLSDirect:
+	case xmppconn.TLSNone:
+		if host, _, err := net.SplitHostPort(c.XMPPAddr); err == nil && !isLoopback(host) {
+			bad("xmpp-tls", "none is only allowed when --xmpp-addr is a loopback address")
+		}
+	default:
+		bad("xmpp-tls", "%q is not starttls, direct or none", c.XMPPTLS)
+	}
+	if c.XMPPCAFile != "" {
+		if _, err := os.Stat(c.XMPPCAFile); err != nil {
+			bad("xmpp-ca-file", "%v", err)
+		}
+	}
+	if c.XMPPResourcePrefix == "" || strings.ContainsAny(c.XMPPResourcePrefix, "/@ ") {
+		bad("xmpp-resource-prefix", "%q must be a non-empty word", c.XMPPResourcePrefix)
+	}
+	if c.APITokenFile != "" {
+		if _, err := readToken(c.APITokenFile); err != nil {
+			bad("api-token-file", "%v", err)
+		}
+	}
+	if c.SessionCookie == "" || strings.ContainsAny(c.SessionCookie, "=; ") {
+		bad("session-cookie", "%q is not a cookie name", c.SessionCookie)
+	}
+	positive := func(name string, d time.Duration) {
+		if d <= 0 {
+			bad(name, "must be positive, got %v", d)
+		}
+	}
+	positive("inactivity", c.Inactivity)
+	positive("shutdown-timeout", c.ShutdownTimeout)
+	positive("recheck-interval", c.RecheckInterval)
+	positive("session-max-lifetime", c.SessionMaxLifetime)
+	positive("session-timeout", c.SessionTimeout)
+	if c.EventBuffer < 10 || c.EventBuffer > 1_000_000 {
+		bad("event-buffer", "must be within 10..1000000, got %d", c.EventBuffer)
+	}
+	if c.RateLimit <= 0 {
+		bad("rate-limit", "must be positive")
+	}
+	switch c.SessionStore {
+	case "files":
+		if _, err := phpsession.NewFileStore(c.SessionSavePath, phpsession.FileOptions{Owner: -1}); err != nil {
+			bad("session-save-path", "%v", err)
+		}
+	case "redis":
+		if c.SessionRedis == "" {
+			bad("session-redis", "required with --session-store=redis")
+		} else if s, err := phpsession.NewRedisStore(c.SessionRedis, phpsession.RedisOptions{}); err != nil {
+			bad("session-redis", "%v", err)
+		} else {
+			s.Close()
+		}
+	default:
+		bad("session-store", "%q is not files or redis", c.SessionStore)
+	}
+	if _, err := phpsession.ParseSerializer(c.SessionSerializer); err != nil {
+		bad("session-serializer", "%q is not php, php_serialize or php_binary", c.SessionSerializer)
+	}
+	if _, err := phpsession.ParseCharset(c.SessionCharset); err != nil {
+		bad("session-charset", "unknown charset %q", c.SessionCharset)
+	}
+	if c.SessionMinIDLength < 1 || c.SessionMinIDLength > phpsession.MaxIDLength {
+		bad("session-min-id-length", "must be within 1..%d", phpsession.MaxIDLength)
+	}
+	switch c.Profile {
+	case "expresso":
+	case "generic":
+		if c.GenericUserPath == "" {
+			bad("generic-user-path", "required with --profile=generic")
+		}
+		if c.GenericPassword == "" {
+			bad("generic-password-path", "required with --profile=generic")
+		}
+	default:
+		bad("profile", "%q is not expresso or generic", c.Profile)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log-level", "%q is not debug, info, warn or error", c.LogLevel)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		bad("log-format", "%q is not text or json", c.LogFormat)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w:\n  %w", ErrConfig, joinLines(errs))
+	}
+	return nil
+}
+
+func joinLines(errs []error) error {
+	msgs := make([]string, len(errs))
+	for i, e := range errs {
+		msgs[i] = e.Error()
+	}
+	return errors.New(strings.Join(msgs, "\n  "))
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+// readToken reads the API token file: one line, at least 16 bytes.
+func readToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	tok := strings.TrimSpace(string(b))
+	if len(tok) < 16 {
+		return "", fmt.Errorf("token in %s is shorter than 16 bytes", path)
+	}
+	return tok, nil
+}
+
+// readerConfig turns the session flags into a phpsession.Config.
+func (c *Config) readerConfig() phpsession.Config {
+	profile := phpsession.ExpressoProfile(c.SessionTimeout)
+	if c.Profile == "generic" {
+		profile = phpsession.GenericProfile(c.GenericUserPath, c.GenericPassword, c.GenericFullname, c.GenericEmail)
+	}
+	return phpsession.Config{
+		Store:       c.SessionStore,
+		SavePath:    c.SessionSavePath,
+		Redis:       c.SessionRedis,
+		Serializer:  phpsession.Serializer(c.SessionSerializer),
+		MaxLifetime: c.SessionMaxLifetime,
+		Charset:     c.SessionCharset,
+		Profile:     profile,
+		MinIDLength: c.SessionMinIDLength,
+		Owner:       c.SessionOwner,
+	}
+}

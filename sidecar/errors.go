@@ -1,0 +1,76 @@
+package sidecar
+
+import (
+	"errors"
+	"net/http"
+
+	"expressolivre.org/imsidecar/phpsession"
+	"expressolivre.org/imsidecar/xmppconn"
+)
+
+// Sentinel errors of the HTTP API. statusFor maps them, and those of
+// phpsession and xmppconn, to HTTP statuses and the JSON error codes that
+// are part of the public API (docs/API.md).
+var (
+	ErrBadRequest     = errors.New("sidecar: bad request")
+	ErrSessionMissing = errors.New("sidecar: no session id")
+	ErrUnauthorized   = errors.New("sidecar: missing or wrong API token")
+	ErrNotFound       = errors.New("sidecar: not found")
+	ErrNotConnected   = errors.New("sidecar: not connected")
+	ErrTooLarge       = errors.New("sidecar: request body too large")
+	ErrRateLimited    = errors.New("sidecar: rate limited")
+	ErrShuttingDown   = errors.New("sidecar: shutting down")
+	ErrConfig         = errors.New("sidecar: invalid configuration")
+)
+
+// statusFor is the one place errors become HTTP statuses and API codes.
+// Anything unknown is a 500 "internal", whose detail stays in the log.
+func statusFor(err error) (int, string) {
+	switch {
+	case errors.Is(err, ErrBadRequest), errors.Is(err, xmppconn.ErrInvalidJID):
+		return http.StatusBadRequest, "bad_request"
+	case errors.Is(err, ErrSessionMissing):
+		return http.StatusUnauthorized, "session_missing"
+	case errors.Is(err, ErrUnauthorized), errors.Is(err, phpsession.ErrInvalidID),
+		errors.Is(err, phpsession.ErrMalformed), errors.Is(err, phpsession.ErrTooLarge):
+		return http.StatusUnauthorized, "session_invalid"
+	case errors.Is(err, phpsession.ErrNotFound):
+		return http.StatusUnauthorized, "session_not_found"
+	case errors.Is(err, phpsession.ErrExpired):
+		return http.StatusUnauthorized, "session_expired"
+	case errors.Is(err, phpsession.ErrNotLoggedIn):
+		return http.StatusUnauthorized, "not_logged_in"
+	case errors.Is(err, ErrNotFound):
+		return http.StatusNotFound, "not_found"
+	case errors.Is(err, ErrNotConnected), errors.Is(err, xmppconn.ErrNotConnected), errors.Is(err, xmppconn.ErrClosed):
+		return http.StatusConflict, "not_connected"
+	case errors.Is(err, ErrTooLarge):
+		return http.StatusRequestEntityTooLarge, "too_large"
+	case errors.Is(err, ErrRateLimited):
+		return http.StatusTooManyRequests, "rate_limited"
+	case errors.Is(err, xmppconn.ErrAuth):
+		return http.StatusBadGateway, "xmpp_auth_failed"
+	case errors.Is(err, errXMPP), errors.Is(err, xmppconn.ErrTLSRequired), errors.Is(err, xmppconn.ErrTimeout),
+		errors.Is(err, xmppconn.ErrProtocol), errors.Is(err, xmppconn.ErrStanzaTooLarge):
+		return http.StatusBadGateway, "xmpp_unavailable"
+	case errors.Is(err, phpsession.ErrUnavailable):
+		return http.StatusServiceUnavailable, "store_unavailable"
+	case errors.Is(err, ErrShuttingDown):
+		return http.StatusServiceUnavailable, "shutting_down"
+	}
+	var se *xmppconn.StreamError
+	if errors.As(err, &se) {
+		return http.StatusBadGateway, "xmpp_unavailable"
+	}
+	var ste *xmppconn.StanzaError
+	if errors.As(err, &ste) {
+		if ste.Condition == "item-not-found" {
+			return http.StatusNotFound, "not_found"
+		}
+		return http.StatusBadGateway, "xmpp_unavailable"
+	}
+	return http.StatusInternalServerError, "internal"
+}
+
+// errXMPP wraps failures to reach the XMPP server (dial, TLS, network).
+var errXMPP = errors.New("sidecar: XMPP server unavailable")

@@ -1,0 +1,198 @@
+package sidecar
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// cursor names a position in an event log: the log's epoch and the offset
+// of the last event the caller has processed. Its text form is
+// "epoch:offset".
+type cursor struct {
+	epoch  uint64
+	offset uint64
+}
+
+func (c cursor) String() string { return strconv.FormatUint(c.epoch, 10) + ":" + strconv.FormatUint(c.offset, 10) }
+
+// parseCursor parses "epoch:offset"; "" is the zero cursor (start).
+func parseCursor(s string) (cursor, bool, error) {
+	if s == "" {
+		return cursor{}, false, nil
+	}
+	e, o, ok := strings.Cut(s, ":")
+	if !ok || len(s) > 41 {
+		return cursor{}, false, fmt.Errorf("%w: cursor %q is not epoch:offset", ErrBadRequest, s)
+	}
+	epoch, err1 := strconv.ParseUint(e, 10, 64)
+	offset, err2 := strconv.ParseUint(o, 10, 64)
+	if err1 != nil || err2 != nil {
+		return cursor{}, false, fmt.Errorf("%w: cursor %q is not epoch:offset", ErrBadRequest, s)
+	}
+	return cursor{epoch, offset}, true, nil
+}
+
+// epochs are unique across restarts of the process (they start from the
+// start time) and across logs within it.
+var epochCounter atomic.Uint64
+
+func init() { epochCounter.Store(uint64(time.Now().Unix()) * 1000) }
+
+func newEpoch() uint64 { return epochCounter.Add(1) }
+
+// event is one entry: its kind and its JSON fields, encoded once at append
+// time (without braces), so a poll only concatenates bytes.
+type event struct {
+	offset uint64
+	kind   string
+	fields []byte
+}
+
+// eventLog is a bounded, per-session log of events with a monotonic cursor.
+// A poll returns the events after the caller's cursor; the caller
+// acknowledges by sending the new cursor next time, so a response lost on
+// the way costs nothing. When the caller's cursor is older than the oldest
+// kept event, from another epoch, or from before a gap (the XMPP stream had
+// to be replaced without resumption, so the server may have dropped
+// stanzas), the poll says recovered=false.
+type eventLog struct {
+	mu      sync.Mutex
+	epoch   uint64
+	buf     []event // ring
+	start   int     // index of the oldest event in buf
+	n       int     // events in buf
+	next    uint64  // offset of the next event (offsets start at 1)
+	gap     uint64  // cursors below this offset are not recovered
+	notify  chan struct{}
+	dropped uint64
+	onDrop  func()
+}
+
+func newEventLog(size int, onDrop func()) *eventLog {
+	return &eventLog{epoch: newEpoch(), buf: make([]event, size), next: 1, notify: make(chan struct{}), onDrop: onDrop}
+}
+
+// append adds an event and wakes the pollers.
+func (l *eventLog) append(kind string, fields []byte) {
+	l.mu.Lock()
+	ev := event{offset: l.next, kind: kind, fields: fields}
+	l.next++
+	if l.n == len(l.buf) {
+		l.buf[l.start] = ev
+		l.start = (l.start + 1) % len(l.buf)
+		l.dropped++
+		if l.onDrop != nil {
+			l.onDrop()
+		}
+	} else {
+		l.buf[(l.start+l.n)%len(l.buf)] = ev
+		l.n++
+	}
+	ch := l.notify
+	l.notify = make(chan struct{})
+	l.mu.Unlock()
+	close(ch)
+}
+
+// markGap makes every cursor before the next event unrecovered.
+func (l *eventLog) markGap() {
+	l.mu.Lock()
+	l.gap = l.next
+	l.mu.Unlock()
+}
+
+// head is the cursor after the newest event.
+func (l *eventLog) head() cursor {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return cursor{l.epoch, l.next - 1}
+}
+
+// pollResult is what a poll returns.
+type pollResult struct {
+	events    []event
+	cursor    cursor
+	recovered bool
+}
+
+// read returns up to limit events after c without waiting.
+func (l *eventLog) read(c cursor, given bool, limit int) (pollResult, <-chan struct{}) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	oldest := l.next - uint64(l.n) // offset of buf[start]
+	after := c.offset
+	recovered := true
+	switch {
+	case !given:
+		after = oldest - 1
+	case c.epoch != l.epoch || c.offset >= l.next:
+		// Another epoch (a restart, or a log replaced) or a cursor from the
+		// future: start again from the oldest we have.
+		recovered = false
+		after = oldest - 1
+	case c.offset < oldest-1:
+		recovered = false
+		after = oldest - 1
+	}
+	if given && c.epoch == l.epoch && l.gap > 0 && c.offset < l.gap-1 {
+		recovered = false
+	}
+	res := pollResult{cursor: cursor{l.epoch, after}, recovered: recovered}
+	for i := 0; i < l.n && len(res.events) < limit; i++ {
+		ev := l.buf[(l.start+i)%len(l.buf)]
+		if ev.offset <= after {
+			continue
+		}
+		res.events = append(res.events, ev)
+		res.cursor.offset = ev.offset
+	}
+	return res, l.notify
+}
+
+// poll returns the events after c, waiting up to wait for the first one.
+func (l *eventLog) poll(ctx context.Context, c cursor, given bool, wait time.Duration, limit int) pollResult {
+	res, ch := l.read(c, given, limit)
+	if len(res.events) > 0 || wait <= 0 {
+		return res
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-ch:
+		next, _ := l.read(c, given, limit)
+		return next
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return res
+}
+
+// encode writes the events of a poll as a JSON array.
+func encodeEvents(b *strings.Builder, epoch uint64, evs []event) {
+	b.WriteByte('[')
+	for i, ev := range evs {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		encodeEvent(b, epoch, ev)
+	}
+	b.WriteByte(']')
+}
+
+func encodeEvent(b *strings.Builder, epoch uint64, ev event) {
+	b.WriteString(`{"cursor":"`)
+	b.WriteString(cursor{epoch, ev.offset}.String())
+	b.WriteString(`","event":"`)
+	b.WriteString(ev.kind)
+	b.WriteByte('"')
+	if len(ev.fields) > 0 {
+		b.WriteByte(',')
+		b.Write(ev.fields)
+	}
+	b.WriteByte('}')
+}

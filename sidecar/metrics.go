@@ -1,0 +1,58 @@
+package sidecar
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"expressolivre.org/imsidecar/xmppconn"
+)
+
+// metrics are the daemon's Prometheus series, on a private registry.
+type metrics struct {
+	reg           *prometheus.Registry
+	connects      prometheus.Counter
+	reconnects    prometheus.Counter
+	resumptions   prometheus.Counter
+	authFailures  prometheus.Counter
+	eventsQueued  prometheus.Counter
+	eventsDropped prometheus.Counter
+	apiLatency    *prometheus.HistogramVec
+	storeLatency  prometheus.Histogram
+}
+
+func newMetrics(sessions func() map[xmppconn.State]int) *metrics {
+	reg := prometheus.NewRegistry()
+	m := &metrics{
+		reg:           reg,
+		connects:      prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_connects_total", Help: "XMPP streams opened."}),
+		reconnects:    prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_reconnects_total", Help: "Streams replaced without resumption (continuity lost)."}),
+		resumptions:   prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_resumptions_total", Help: "Streams resumed with XEP-0198."}),
+		authFailures:  prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_auth_failures_total", Help: "XMPP authentication failures."}),
+		eventsQueued:  prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_events_queued_total", Help: "Events appended to session logs."}),
+		eventsDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_events_dropped_total", Help: "Events dropped from full session logs."}),
+		apiLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "imsidecar_api_request_duration_seconds",
+			Help: "API latency by route and status (long polls included).", Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5, 30, 60}},
+			[]string{"route", "status"}),
+		storeLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "imsidecar_session_store_duration_seconds",
+			Help: "PHP session lookups.", Buckets: []float64{.00001, .00005, .0001, .0005, .001, .005, .01, .05, .1, .5}}),
+	}
+	reg.MustRegister(m.connects, m.reconnects, m.resumptions, m.authFailures, m.eventsQueued, m.eventsDropped, m.apiLatency, m.storeLatency,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	states := []xmppconn.State{xmppconn.StateConnecting, xmppconn.StateOnline, xmppconn.StateReconnecting, xmppconn.StateOffline, xmppconn.StateAuthFailed}
+	desc := prometheus.NewDesc("imsidecar_sessions", "Sessions by state.", []string{"state"}, nil)
+	reg.MustRegister(collectorFunc{desc: desc, collect: func(ch chan<- prometheus.Metric) {
+		counts := sessions()
+		for _, st := range states {
+			ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, float64(counts[st]), string(st))
+		}
+	}})
+	return m
+}
+
+type collectorFunc struct {
+	desc    *prometheus.Desc
+	collect func(chan<- prometheus.Metric)
+}
+
+func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }

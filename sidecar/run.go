@@ -1,0 +1,352 @@
+package sidecar
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/user"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"expressolivre.org/imsidecar/phpsession"
+	"expressolivre.org/imsidecar/xmppconn"
+)
+
+// version is set at build time with -ldflags -X.
+var version = "dev"
+
+const usage = `imsidecar keeps Expresso users online in Jabber while they use the web app.
+
+usage:
+  imsidecar [serve] [flags]          run the daemon (the default)
+  imsidecar check-config [flags]     validate the configuration and exit
+  imsidecar session show [flags] ID  print a PHP session decoded as JSON
+  imsidecar version                  print the version
+
+Every flag has an environment twin IMSIDECAR_<FLAG> (e.g. IMSIDECAR_XMPP_ADDR).
+flags:
+`
+
+// Run is the whole program: main only builds the context and exits with
+// Run's error. getenv supplies the environment twins of the flags.
+func Run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cmd := "serve"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	for _, a := range args {
+		if a == "--version" || a == "-version" {
+			cmd = "version"
+		}
+	}
+	switch cmd {
+	case "version":
+		fmt.Fprintln(stdout, "imsidecar", version)
+		return nil
+	case "help":
+		return printUsage(stderr)
+	case "serve", "check-config":
+	case "session":
+		if len(args) == 0 || args[0] != "show" {
+			return fmt.Errorf("%w: usage: imsidecar session show [flags] ID", ErrConfig)
+		}
+		args = args[1:]
+	default:
+		return fmt.Errorf("%w: unknown command %q (serve, check-config, session show, version)", ErrConfig, cmd)
+	}
+	cfg, rest, err := parseConfig(args, getenv, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return printUsage(stderr)
+	}
+	if err != nil {
+		return err
+	}
+	if cmd == "session" {
+		return sessionShow(ctx, cfg, rest, stdout)
+	}
+	if len(rest) > 0 {
+		return fmt.Errorf("%w: unexpected arguments %q", ErrConfig, rest)
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if cmd == "check-config" {
+		fmt.Fprintln(stdout, "imsidecar: configuration OK")
+		return nil
+	}
+	logger, err := newLogger(cfg, stderr)
+	if err != nil {
+		return err
+	}
+	return serve(ctx, cfg, logger, nil)
+}
+
+func printUsage(w io.Writer) error {
+	io.WriteString(w, usage)
+	var c Config
+	fs := c.flagSet(w)
+	fs.PrintDefaults()
+	return nil
+}
+
+func newLogger(cfg *Config, w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		return nil, fmt.Errorf("%w: --log-level: %w", ErrConfig, err)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return slog.New(slog.NewTextHandler(w, opts)), nil
+}
+
+// sessionShow prints {"id","data","identity"} for one session; never the
+// password.
+func sessionShow(ctx context.Context, cfg *Config, rest []string, stdout io.Writer) error {
+	if len(rest) != 1 {
+		return fmt.Errorf("%w: usage: imsidecar session show [flags] ID", ErrConfig)
+	}
+	id := rest[0]
+	rc := cfg.readerConfig()
+	if err := phpsession.ValidateID(id, rc.MinIDLength); err != nil {
+		return err
+	}
+	var rec phpsession.Record
+	var err error
+	switch cfg.SessionStore {
+	case "redis":
+		var s *phpsession.RedisStore
+		if s, err = phpsession.NewRedisStore(cfg.SessionRedis, phpsession.RedisOptions{}); err != nil {
+			return err
+		}
+		defer s.Close()
+		rec, err = s.Load(ctx, id)
+	default:
+		var s *phpsession.FileStore
+		if s, err = phpsession.NewFileStore(cfg.SessionSavePath, phpsession.FileOptions{Owner: cfg.SessionOwner}); err != nil {
+			return err
+		}
+		rec, err = s.Load(ctx, id)
+		if err == nil && time.Since(rec.ModTime) > cfg.SessionMaxLifetime {
+			err = fmt.Errorf("%w: not written for %s", phpsession.ErrExpired, time.Since(rec.ModTime).Round(time.Second))
+		}
+	}
+	if err != nil {
+		return err
+	}
+	vars, err := phpsession.Decode(rec.Data, rc.Serializer, phpsession.DefaultLimits)
+	if err != nil {
+		return err
+	}
+	cs, err := phpsession.ParseCharset(rc.Charset)
+	if err != nil {
+		return err
+	}
+	data, err := phpsession.MarshalJSON(vars, cs)
+	if err != nil {
+		return err
+	}
+	var identity any
+	if ident, err := rc.Profile.Identity(vars, cs, time.Now()); err == nil {
+		var last any
+		if !ident.LastActivity.IsZero() {
+			last = ident.LastActivity.UTC().Format(time.RFC3339)
+		}
+		identity = map[string]any{"user": ident.User, "password_present": ident.Password != "",
+			"fullname": ident.FullName, "email": ident.Email, "last_activity": last}
+	}
+	out, err := json.MarshalIndent(map[string]any{"id": id, "data": json.RawMessage(data), "identity": identity}, "", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(stdout, "%s\n", out)
+	return err
+}
+
+// deps lets tests replace the XMPP dialer; nil uses xmppconn.Dial.
+type deps struct {
+	dial   dialFunc
+	reader sessionReader
+}
+
+func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error {
+	tlsConf, err := xmppTLS(cfg)
+	if err != nil {
+		return err
+	}
+	var reader sessionReader
+	var closeReader func() error
+	if d != nil && d.reader != nil {
+		reader, closeReader = d.reader, func() error { return nil }
+	} else {
+		r, err := phpsession.Open(ctx, cfg.readerConfig())
+		if err != nil {
+			return err
+		}
+		reader, closeReader = r, r.Close
+	}
+	defer closeReader()
+	dial := dialFunc(func(ctx context.Context, c xmppconn.Config) (xmppSession, error) { return xmppconn.Dial(ctx, c) })
+	if d != nil && d.dial != nil {
+		dial = d.dial
+	}
+	token := ""
+	if cfg.APITokenFile != "" {
+		if token, err = readToken(cfg.APITokenFile); err != nil {
+			return fmt.Errorf("%w: --api-token-file: %w", ErrConfig, err)
+		}
+	}
+	var reg *registry
+	m := newMetrics(func() map[xmppconn.State]int { return reg.stateCounts() })
+	reg = newRegistry(cfg, reader, dial, tlsConf, logger, m)
+	a := &api{cfg: cfg, reg: reg, reader: reader, token: token, logger: logger, metrics: m, now: time.Now}
+	o := &ops{cfg: cfg, reg: reg, reader: reader, metrics: m, api: a}
+
+	apiLn, err := listen(cfg.Listen, cfg.ListenMode, cfg.ListenGroup)
+	if err != nil {
+		return err
+	}
+	apiSrv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
+		IdleTimeout: 120 * time.Second, MaxHeaderBytes: 32 << 10, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
+	var opsSrv *http.Server
+	var opsLn net.Listener
+	if cfg.OpsListen != "" {
+		if opsLn, err = listen(cfg.OpsListen, "0660", ""); err != nil {
+			apiLn.Close()
+			return err
+		}
+		opsSrv = &http.Server{Handler: o.routes(), ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second,
+			MaxHeaderBytes: 16 << 10, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
+	}
+
+	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	defer stop()
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	wg.Go(func() { reg.janitor(runCtx) })
+	wg.Go(func() {
+		if err := apiSrv.Serve(apiLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("sidecar: API listener: %w", err)
+		}
+	})
+	if opsSrv != nil {
+		wg.Go(func() {
+			if err := opsSrv.Serve(opsLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("sidecar: ops listener: %w", err)
+			}
+		})
+	}
+	logger.Info("imsidecar ready", "version", version, "listen", cfg.Listen, "ops", cfg.OpsListen,
+		"xmpp", cfg.XMPPAddr, "domain", cfg.XMPPDomain, "store", cfg.SessionStore, "profile", cfg.Profile)
+	sdNotify("READY=1")
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	// Ordered, bounded shutdown: stop being ready, drain HTTP (long polls
+	// end at once), close every stream with unavailable, close the store.
+	logger.Info("imsidecar shutting down")
+	sdNotify("STOPPING=1")
+	a.draining.Store(true)
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	stop()
+	apiSrv.Shutdown(sctx)
+	reg.shutdown(sctx)
+	if opsSrv != nil {
+		opsSrv.Shutdown(sctx)
+	}
+	wg.Wait()
+	logger.Info("imsidecar stopped")
+	return runErr
+}
+
+func xmppTLS(cfg *Config) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: cfg.XMPPServerName}
+	if tc.ServerName == "" {
+		tc.ServerName = cfg.XMPPDomain
+	}
+	if cfg.XMPPCAFile != "" {
+		pem, err := os.ReadFile(cfg.XMPPCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("%w: --xmpp-ca-file: %w", ErrConfig, err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%w: --xmpp-ca-file: no PEM certificates in %s", ErrConfig, cfg.XMPPCAFile)
+		}
+		tc.RootCAs = pool
+	}
+	return tc, nil
+}
+
+// listen opens host:port or unix:/path (with mode and group).
+func listen(addr, mode, group string) (net.Listener, error) {
+	path, ok := strings.CutPrefix(addr, "unix:")
+	if !ok {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("sidecar: listen %s: %w", addr, err)
+		}
+		return ln, nil
+	}
+	if st, err := os.Lstat(path); err == nil && st.Mode()&os.ModeSocket != 0 {
+		os.Remove(path) // a stale socket from a previous run
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("sidecar: listen %s: %w", addr, err)
+	}
+	m, _ := strconv.ParseUint(mode, 8, 32)
+	if err := os.Chmod(path, os.FileMode(m)); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("sidecar: chmod %s: %w", path, err)
+	}
+	if group != "" {
+		gid, err := strconv.Atoi(group)
+		if err != nil {
+			g, err := user.LookupGroup(group)
+			if err != nil {
+				ln.Close()
+				return nil, fmt.Errorf("%w: --listen-group: %w", ErrConfig, err)
+			}
+			gid, _ = strconv.Atoi(g.Gid)
+		}
+		if err := os.Chown(path, -1, gid); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("sidecar: chown %s: %w", path, err)
+		}
+	}
+	return ln, nil
+}
+
+// sdNotify tells systemd (Type=notify) about readiness and shutdown.
+func sdNotify(state string) {
+	sock := os.Getenv("NOTIFY_SOCKET")
+	if sock == "" {
+		return
+	}
+	if strings.HasPrefix(sock, "@") {
+		sock = "\x00" + sock[1:]
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	c.Write([]byte(state))
+}
