@@ -18,7 +18,9 @@ type cursor struct {
 	offset uint64
 }
 
-func (c cursor) String() string { return strconv.FormatUint(c.epoch, 10) + ":" + strconv.FormatUint(c.offset, 10) }
+func (c cursor) String() string {
+	return strconv.FormatUint(c.epoch, 10) + ":" + strconv.FormatUint(c.offset, 10)
+}
 
 // parseCursor parses "epoch:offset"; "" is the zero cursor (start).
 func parseCursor(s string) (cursor, bool, error) {

@@ -99,10 +99,10 @@ type registry struct {
 	authFailed map[string][32]byte // key → credentials that failed
 	// ids remembers, per session key, the PHP session id the API last
 	// saw, so the janitor can re-read the session. Only in memory.
-	idsMu sync.Mutex
-	ids   map[string]string
-	closing    bool
-	wg         sync.WaitGroup
+	idsMu   sync.Mutex
+	ids     map[string]string
+	closing bool
+	wg      sync.WaitGroup
 }
 
 func newRegistry(cfg *Config, reader sessionReader, dial dialFunc, tlsConf *tls.Config, logger *slog.Logger, m *metrics) *registry {
