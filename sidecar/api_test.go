@@ -1,0 +1,587 @@
+package sidecar
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"expressolivre.org/imsidecar/phpsession"
+	"expressolivre.org/imsidecar/xmppconn"
+)
+
+const (
+	goodID    = "goodsessionid0123456789abcdefghij"
+	otherID   = "othersessionid0123456789abcdefghi"
+	secretPW  = "pa55-secret-word"
+	testToken = "0123456789abcdef0123456789abcdef"
+)
+
+// fakeReader serves sessions from a map; err overrides everything.
+type fakeReader struct {
+	mu       sync.Mutex
+	sessions map[string]*phpsession.Session
+	errs     map[string]error
+	down     bool
+}
+
+func (f *fakeReader) Lookup(_ context.Context, id string) (*phpsession.Session, error) {
+	if err := phpsession.ValidateID(id, 0); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.down {
+		return nil, phpsession.ErrUnavailable
+	}
+	if err := f.errs[id]; err != nil {
+		return nil, err
+	}
+	if s := f.sessions[id]; s != nil {
+		return s, nil
+	}
+	return nil, phpsession.ErrNotFound
+}
+
+func (f *fakeReader) Ready(context.Context) error {
+	if f.down {
+		return phpsession.ErrUnavailable
+	}
+	return nil
+}
+
+func (f *fakeReader) set(id, user, pw string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.sessions[id] = &phpsession.Session{Identity: phpsession.Identity{User: user, Password: pw, FullName: "Alice A", Email: user + "@example.test"}}
+}
+
+// fakeConn records what the API asked of the stream.
+type fakeConn struct {
+	mu     sync.Mutex
+	jid    string
+	sent   []xmppconn.Message
+	pres   []xmppconn.Presence
+	subs   []string
+	states []string
+	roster []xmppconn.RosterItem
+	done   chan struct{}
+	closed bool
+	fail   error
+}
+
+func (c *fakeConn) JID() string             { return c.jid }
+func (c *fakeConn) State() xmppconn.State   { return xmppconn.StateOnline }
+func (c *fakeConn) Done() <-chan struct{}   { return c.done }
+func (c *fakeConn) Close(context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.closed {
+		c.closed = true
+		close(c.done)
+	}
+	return nil
+}
+func (c *fakeConn) Send(_ context.Context, m xmppconn.Message) (string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fail != nil {
+		return "", c.fail
+	}
+	c.sent = append(c.sent, m)
+	if m.ID == "" {
+		m.ID = fmt.Sprintf("m%d", len(c.sent))
+	}
+	return m.ID, nil
+}
+func (c *fakeConn) SendPresence(_ context.Context, p xmppconn.Presence) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.pres = append(c.pres, p)
+	return nil
+}
+func (c *fakeConn) Subscribe(_ context.Context, jid, action string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.subs = append(c.subs, action+" "+jid)
+	return nil
+}
+func (c *fakeConn) SendChatState(_ context.Context, to, state string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.states = append(c.states, state+" "+to)
+	return nil
+}
+func (c *fakeConn) Roster(context.Context) ([]xmppconn.RosterItem, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]xmppconn.RosterItem(nil), c.roster...), nil
+}
+func (c *fakeConn) SetRosterItem(_ context.Context, it xmppconn.RosterItem) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.roster = append(c.roster, it)
+	return nil
+}
+func (c *fakeConn) RemoveRosterItem(_ context.Context, jid string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.roster) == 0 {
+		return &xmppconn.StanzaError{Type: "cancel", Condition: "item-not-found"}
+	}
+	c.roster = c.roster[:0]
+	return nil
+}
+
+// harness is an API over fakes, with every log line captured.
+type harness struct {
+	t       *testing.T
+	api     *api
+	reg     *registry
+	reader  *fakeReader
+	srv     http.Handler
+	logs    *bytes.Buffer
+	logMu   *sync.Mutex
+	dials   int
+	dialErr error
+	handler xmppconn.Handler
+	conn    *fakeConn
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	b  *bytes.Buffer
+}
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func newHarness(t *testing.T, token string) *harness {
+	t.Helper()
+	cfg, _, err := parseConfig([]string{"--xmpp-addr=127.0.0.1:5222", "--xmpp-domain=example.test", "--session-save-path=" + t.TempDir()}, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{t: t, reader: &fakeReader{sessions: map[string]*phpsession.Session{}, errs: map[string]error{}}, logs: &bytes.Buffer{}, logMu: &sync.Mutex{}}
+	logger := slog.New(slog.NewTextHandler(lockedWriter{h.logMu, h.logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	dial := func(_ context.Context, c xmppconn.Config) (xmppSession, error) {
+		h.dials++
+		if h.dialErr != nil {
+			return nil, h.dialErr
+		}
+		h.handler = c.Handler
+		h.conn = &fakeConn{jid: c.User + "@" + c.Domain + "/" + c.Resource, done: make(chan struct{})}
+		return h.conn, nil
+	}
+	var reg *registry
+	m := newMetrics(func() map[xmppconn.State]int { return reg.stateCounts() })
+	reg = newRegistry(cfg, h.reader, dial, nil, logger, m)
+	h.reg = reg
+	h.api = &api{cfg: cfg, reg: reg, reader: h.reader, token: token, logger: logger, metrics: m, now: time.Now}
+	h.srv = h.api.routes()
+	h.reader.set(goodID, "alice", secretPW)
+	return h
+}
+
+func (h *harness) do(method, path, body string, hdr ...string) *httptest.ResponseRecorder {
+	h.t.Helper()
+	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	rec := httptest.NewRecorder()
+	h.srv.ServeHTTP(rec, req)
+	return rec
+}
+
+func (h *harness) code(rec *httptest.ResponseRecorder) string {
+	var b errorBody
+	if err := jsonUnmarshal(rec.Body.Bytes(), &b); err != nil {
+		return ""
+	}
+	return b.Error.Code
+}
+
+// TestErrorCodes drives the API to every documented error code.
+func TestErrorCodes(t *testing.T) {
+	h := newHarness(t, "")
+	sid := func(id string) []string { return []string{"X-Session-Id", id} }
+	h.reader.errs["expiredsession0123456789abcdefgh"] = phpsession.ErrExpired
+	h.reader.errs["loggedoutsession0123456789abcdef"] = phpsession.ErrNotLoggedIn
+	h.reader.errs["malformedsession0123456789abcdef"] = &phpsession.SyntaxError{Offset: 3, Msg: "x"}
+	tests := []struct {
+		name   string
+		method string
+		path   string
+		body   string
+		hdr    []string
+		status int
+		code   string
+	}{
+		{"no session", "GET", "/v1/me", "", nil, 401, "session_missing"},
+		{"invalid id", "GET", "/v1/me", "", sid("../../etc/passwd"), 401, "session_invalid"},
+		{"malformed session", "GET", "/v1/me", "", sid("malformedsession0123456789abcdef"), 401, "session_invalid"},
+		{"not found", "GET", "/v1/me", "", sid("missingsession0123456789abcdefgh"), 401, "session_not_found"},
+		{"expired", "GET", "/v1/me", "", sid("expiredsession0123456789abcdefgh"), 401, "session_expired"},
+		{"not logged in", "GET", "/v1/me", "", sid("loggedoutsession0123456789abcdef"), 401, "not_logged_in"},
+		{"unknown route", "GET", "/v2/nothing", "", sid(goodID), 404, "not_found"},
+		{"not connected", "POST", "/v1/messages", `{"to":"bob@example.test","body":"hi"}`, sid(goodID), 409, "not_connected"},
+		{"events not connected", "GET", "/v1/events?wait=0", "", sid(goodID), 409, "not_connected"},
+		{"bad json", "POST", "/v1/connect", `{"show":`, sid(goodID), 400, "bad_request"},
+		{"unknown field", "POST", "/v1/connect", `{"colour":"red"}`, sid(goodID), 400, "bad_request"},
+		{"bad show", "POST", "/v1/connect", `{"show":"sleepy"}`, sid(goodID), 400, "bad_request"},
+		{"too large", "POST", "/v1/connect", `{"status":"` + strings.Repeat("x", maxBody) + `"}`, sid(goodID), 413, "too_large"},
+		{"cookie mutation", "POST", "/v1/connect", ``, []string{"Cookie", "sessionid=" + goodID}, 401, "session_missing"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := h.do(tt.method, tt.path, tt.body, tt.hdr...)
+			if rec.Code != tt.status || h.code(rec) != tt.code {
+				t.Fatalf("%s %s = %d %q, want %d %q (%s)", tt.method, tt.path, rec.Code, h.code(rec), tt.status, tt.code, rec.Body)
+			}
+		})
+	}
+
+	// The rest need a connected session.
+	if rec := h.do("POST", "/v1/connect", "", sid(goodID)...); rec.Code != 200 {
+		t.Fatalf("connect: %d %s", rec.Code, rec.Body)
+	}
+	more := []struct {
+		name   string
+		method string
+		path   string
+		body   string
+		status int
+		code   string
+	}{
+		{"bad jid", "POST", "/v1/messages", `{"to":"not a jid@@","body":"hi"}`, 400, "bad_request"},
+		{"empty body", "POST", "/v1/messages", `{"to":"bob@example.test","body":""}`, 400, "bad_request"},
+		{"bad type", "POST", "/v1/messages", `{"to":"bob@example.test","body":"x","type":"spam"}`, 400, "bad_request"},
+		{"bad cursor", "GET", "/v1/events?cursor=abc", "", 400, "bad_request"},
+		{"bad wait", "GET", "/v1/events?wait=99", "", 400, "bad_request"},
+		{"bad action", "POST", "/v1/subscriptions/bob@example.test", `{"action":"spy"}`, 400, "bad_request"},
+		{"bad chat state", "POST", "/v1/chatstates", `{"to":"bob@example.test","state":"sleeping"}`, 400, "bad_request"},
+		{"roster item missing", "DELETE", "/v1/roster/nobody@example.test", ``, 404, "not_found"},
+		{"full jid in roster", "PUT", "/v1/roster/bob@example.test%2Fres", `{}`, 400, "bad_request"},
+	}
+	for _, tt := range more {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := h.do(tt.method, tt.path, tt.body, sid(goodID)...)
+			if rec.Code != tt.status || h.code(rec) != tt.code {
+				t.Fatalf("%s %s = %d %q, want %d %q (%s)", tt.method, tt.path, rec.Code, h.code(rec), tt.status, tt.code, rec.Body)
+			}
+		})
+	}
+	t.Run("xmpp unavailable", func(t *testing.T) {
+		h.conn.fail = fmt.Errorf("%w: down", errXMPP)
+		defer func() { h.conn.fail = nil }()
+		rec := h.do("POST", "/v1/messages", `{"to":"bob@example.test","body":"hi"}`, sid(goodID)...)
+		if rec.Code != 502 || h.code(rec) != "xmpp_unavailable" {
+			t.Fatalf("= %d %s", rec.Code, rec.Body)
+		}
+	})
+	t.Run("rate limited", func(t *testing.T) {
+		var last *httptest.ResponseRecorder
+		for range 100 {
+			last = h.do("POST", "/v1/chatstates", `{"to":"bob@example.test","state":"composing"}`, sid(goodID)...)
+			if last.Code == 429 {
+				break
+			}
+		}
+		if last.Code != 429 || h.code(last) != "rate_limited" {
+			t.Fatalf("= %d %s", last.Code, last.Body)
+		}
+	})
+	t.Run("store unavailable", func(t *testing.T) {
+		h.reader.down = true
+		defer func() { h.reader.down = false }()
+		rec := h.do("GET", "/v1/me", "", sid(goodID)...)
+		if rec.Code != 503 || h.code(rec) != "store_unavailable" || rec.Header().Get("Retry-After") == "" {
+			t.Fatalf("= %d %s", rec.Code, rec.Body)
+		}
+	})
+	t.Run("shutting down", func(t *testing.T) {
+		h.api.draining.Store(true)
+		defer h.api.draining.Store(false)
+		rec := h.do("GET", "/v1/me", "", sid(goodID)...)
+		if rec.Code != 503 || h.code(rec) != "shutting_down" {
+			t.Fatalf("= %d %s", rec.Code, rec.Body)
+		}
+	})
+}
+
+func TestAuthFailureNotRetried(t *testing.T) {
+	h := newHarness(t, "")
+	h.dialErr = fmt.Errorf("%w: not-authorized", xmppconn.ErrAuth)
+	for range 5 {
+		rec := h.do("POST", "/v1/connect", "", "X-Session-Id", goodID)
+		if rec.Code != 502 || h.code(rec) != "xmpp_auth_failed" {
+			t.Fatalf("= %d %s", rec.Code, rec.Body)
+		}
+	}
+	if h.dials != 1 {
+		t.Fatalf("dialed %d times with the same failing password, want 1", h.dials)
+	}
+	// A new password in the PHP session is tried again.
+	h.reader.set(goodID, "alice", "new-password")
+	h.dialErr = nil
+	if rec := h.do("POST", "/v1/connect", "", "X-Session-Id", goodID); rec.Code != 200 {
+		t.Fatalf("after password change: %d %s", rec.Code, rec.Body)
+	}
+	if h.dials != 2 {
+		t.Fatalf("dials = %d, want 2", h.dials)
+	}
+}
+
+func TestTokenRequired(t *testing.T) {
+	h := newHarness(t, testToken)
+	if rec := h.do("GET", "/v1/me", "", "X-Session-Id", goodID); rec.Code != 401 || h.code(rec) != "session_invalid" {
+		t.Fatalf("without token: %d %s", rec.Code, rec.Body)
+	}
+	if rec := h.do("GET", "/v1/me", "", "X-Session-Id", goodID, "Authorization", "Bearer wrong"); rec.Code != 401 {
+		t.Fatalf("wrong token: %d", rec.Code)
+	}
+	if rec := h.do("GET", "/v1/me", "", "X-Session-Id", goodID, "Authorization", "Bearer "+testToken); rec.Code != 200 {
+		t.Fatalf("with token: %d %s", rec.Code, rec.Body)
+	}
+	// The cookie path needs no token but only reads.
+	if rec := h.do("GET", "/v1/me", "", "Cookie", "other=1; sessionid="+goodID); rec.Code != 200 {
+		t.Fatalf("cookie me: %d %s", rec.Code, rec.Body)
+	}
+}
+
+// TestConversationAndCursor: events flow to the poll, a poll whose response
+// was lost is repeated with the old cursor and gets the same events.
+func TestConversationAndCursor(t *testing.T) {
+	h := newHarness(t, "")
+	sid := []string{"X-Session-Id", goodID}
+	rec := h.do("POST", "/v1/connect", `{"show":"away","status":"at lunch","priority":5}`, sid...)
+	if rec.Code != 200 || !strings.Contains(rec.Body.String(), `"jid":"alice@example.test/expresso-`) {
+		t.Fatalf("connect: %d %s", rec.Code, rec.Body)
+	}
+	var conn struct{ Cursor string }
+	jsonUnmarshal(rec.Body.Bytes(), &conn)
+	h.handler.HandleEvent(&xmppconn.Presence{From: "bob@example.test/web", Show: "dnd", Status: "busy", Priority: 1})
+	h.handler.HandleEvent(&xmppconn.Message{From: "bob@example.test/web", To: "alice@example.test", ID: "m1", Type: "chat", Body: "olá"})
+	h.handler.HandleEvent(&xmppconn.ChatState{From: "bob@example.test/web", State: "composing"})
+	h.handler.HandleEvent(&xmppconn.Receipt{From: "bob@example.test/web", ID: "a1"})
+	h.handler.HandleEvent(&xmppconn.Subscription{From: "carol@example.test", Type: "subscribe"})
+	h.handler.HandleEvent(&xmppconn.RosterPush{Item: xmppconn.RosterItem{JID: "bob@example.test", Subscription: "both"}})
+	first := h.do("GET", "/v1/events?wait=0&cursor="+conn.Cursor, "", sid...)
+	again := h.do("GET", "/v1/events?wait=0&cursor="+conn.Cursor, "", sid...)
+	if first.Body.String() != again.Body.String() {
+		t.Fatalf("same cursor, different events:\n%s\n%s", first.Body, again.Body)
+	}
+	body := first.Body.String()
+	for _, want := range []string{
+		`"event":"presence","from":"bob@example.test/web","type":"available","show":"dnd","status":"busy","priority":1`,
+		`"event":"message","from":"bob@example.test/web","to":"alice@example.test","id":"m1","type":"chat","body":"olá","thread":"","delay":null,"carbon":null`,
+		`"event":"chatstate","from":"bob@example.test/web","state":"composing"`,
+		`"event":"receipt","from":"bob@example.test/web","id":"a1"`,
+		`"event":"subscription","from":"carol@example.test","type":"subscribe"`,
+		`"event":"roster","item":{"jid":"bob@example.test","name":"","groups":[],"subscription":"both","ask":""}`,
+		`"recovered":true`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("events lack %s\n%s", want, body)
+		}
+	}
+	var page struct{ Cursor string }
+	jsonUnmarshal(first.Body.Bytes(), &page)
+	empty := h.do("GET", "/v1/events?wait=0&cursor="+page.Cursor, "", sid...)
+	if !strings.Contains(empty.Body.String(), `"events":[]`) {
+		t.Fatalf("after the last cursor: %s", empty.Body)
+	}
+	// Roster shows presence per resource.
+	h.conn.roster = []xmppconn.RosterItem{{JID: "bob@example.test", Subscription: "both", Groups: []string{"Work"}}}
+	roster := h.do("GET", "/v1/roster", "", sid...)
+	if !strings.Contains(roster.Body.String(), `"presence":[{"resource":"web","show":"dnd","status":"busy","priority":1}]`) {
+		t.Fatalf("roster: %s", roster.Body)
+	}
+	// Mutations reach the stream.
+	for _, c := range []struct{ method, path, body string }{
+		{"POST", "/v1/messages", `{"to":"bob@example.test","body":"hi","receipt":true}`},
+		{"POST", "/v1/presence", `{"show":"xa","status":"gone"}`},
+		{"PUT", "/v1/roster/carol@example.test", `{"name":"Carol","groups":["Friends"]}`},
+		{"POST", "/v1/subscriptions/carol@example.test", `{"action":"approve"}`},
+		{"POST", "/v1/chatstates", `{"to":"bob@example.test","state":"paused"}`},
+	} {
+		if rec := h.do(c.method, c.path, c.body, sid...); rec.Code/100 != 2 {
+			t.Errorf("%s %s = %d %s", c.method, c.path, rec.Code, rec.Body)
+		}
+	}
+	if len(h.conn.sent) != 1 || !h.conn.sent[0].Receipt || len(h.conn.subs) != 1 || len(h.conn.states) != 1 {
+		t.Fatalf("stream saw sent=%v subs=%v states=%v", h.conn.sent, h.conn.subs, h.conn.states)
+	}
+	if rec := h.do("POST", "/v1/disconnect", "", sid...); rec.Code != 204 || !h.conn.closed {
+		t.Fatalf("disconnect: %d closed=%v", rec.Code, h.conn.closed)
+	}
+}
+
+// TestSSE: the same events as Server-Sent Events, resumable by Last-Event-ID.
+func TestSSE(t *testing.T) {
+	h := newHarness(t, "")
+	srv := httptest.NewServer(h.srv)
+	defer srv.Close()
+	h.do("POST", "/v1/connect", "", "X-Session-Id", goodID)
+	h.handler.HandleEvent(&xmppconn.Message{From: "bob@example.test/web", ID: "m1", Type: "chat", Body: "one"})
+	head := h.reg.get(goodID).log.head()
+	h.handler.HandleEvent(&xmppconn.Message{From: "bob@example.test/web", ID: "m2", Type: "chat", Body: "two"})
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/v1/events", nil)
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("Cookie", "sessionid="+goodID)
+	req.Header.Set("Last-Event-ID", head.String())
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
+		t.Fatalf("content type %q", ct)
+	}
+	buf := make([]byte, 4096)
+	var got strings.Builder
+	for !strings.Contains(got.String(), `"body":"two"`) {
+		n, err := resp.Body.Read(buf)
+		got.Write(buf[:n])
+		if err != nil {
+			t.Fatalf("read: %v; got %q", err, got.String())
+		}
+	}
+	if strings.Contains(got.String(), `"body":"one"`) || !strings.Contains(got.String(), "event: message\n") {
+		t.Fatalf("resume from Last-Event-ID wrong: %q", got.String())
+	}
+}
+
+// TestJanitorClosesEndedSessions: logout, another user, inactivity.
+func TestJanitorClosesEndedSessions(t *testing.T) {
+	h := newHarness(t, "")
+	h.reader.set(otherID, "bob", "pw")
+	h.do("POST", "/v1/connect", "", "X-Session-Id", goodID)
+	alice := h.conn
+	h.do("POST", "/v1/connect", "", "X-Session-Id", otherID)
+	bob := h.conn
+	delete(h.reader.sessions, goodID) // Expresso logout: session_destroy()
+	h.reader.set(otherID, "mallory", "pw")
+	h.reg.sweep(t.Context())
+	if !alice.closed || !bob.closed {
+		t.Fatalf("closed alice=%v bob=%v", alice.closed, bob.closed)
+	}
+	res := h.reg.get(goodID).log.poll(t.Context(), cursor{}, false, 0, 100)
+	last := res.events[len(res.events)-1]
+	if last.kind != "state" || !strings.Contains(string(last.fields), `"state":"offline","reason":"logged_out"`) {
+		t.Fatalf("last event %s %s", last.kind, last.fields)
+	}
+	// Inactivity.
+	h.reader.set(goodID, "alice", secretPW)
+	h.do("POST", "/v1/connect", "", "X-Session-Id", goodID)
+	s := h.reg.get(goodID)
+	s.lastPoll.Store(time.Now().Add(-time.Hour).UnixNano())
+	h.reg.sweep(t.Context())
+	if !h.conn.closed || s.State() != xmppconn.StateOffline {
+		t.Fatalf("inactive session not closed: %v", s.State())
+	}
+}
+
+// TestLogsNeverLeakSecrets runs a scripted session and checks that no log
+// line carries the password or the session id.
+func TestLogsNeverLeakSecrets(t *testing.T) {
+	h := newHarness(t, testToken)
+	sid := []string{"X-Session-Id", goodID, "Authorization", "Bearer " + testToken}
+	h.do("POST", "/v1/connect", "", sid...)
+	h.do("POST", "/v1/messages", `{"to":"bob@example.test","body":"hi"}`, sid...)
+	h.do("GET", "/v1/events?wait=0", "", sid...)
+	h.do("GET", "/v1/me", "", "Cookie", "sessionid="+goodID)
+	h.conn.fail = errors.New("boom " + goodID[:4])
+	h.do("POST", "/v1/messages", `{"to":"bob@example.test","body":"hi"}`, sid...)
+	h.reg.closeSession(h.reg.get(goodID), "test")
+	h.logMu.Lock()
+	logs := h.logs.String()
+	h.logMu.Unlock()
+	if logs == "" {
+		t.Fatal("nothing was logged")
+	}
+	for _, secret := range []string{secretPW, goodID, testToken} {
+		if strings.Contains(logs, secret) {
+			t.Fatalf("log contains a secret %q:\n%s", secret, logs)
+		}
+	}
+}
+
+// FuzzAPI: whatever arrives, the API answers 2xx or 4xx and never panics.
+func FuzzAPI(f *testing.F) {
+	f.Add("POST", "/v1/messages", `{"to":"bob@example.test","body":"hi"}`, goodID, "")
+	f.Add("GET", "/v1/events?cursor=1:2&wait=0&limit=5", "", goodID, "text/event-stream")
+	f.Add("PUT", "/v1/roster/bob@example.test", `{"name":"x","groups":["a"]}`, goodID, "")
+	f.Add("POST", "/v1/connect", `{"priority":1e99}`, "sessionid=../../x", "")
+	f.Fuzz(func(t *testing.T, method, path, body, id, accept string) {
+		h := newHarness(t, "")
+		h.do("POST", "/v1/connect", "", "X-Session-Id", goodID)
+		if !strings.HasPrefix(path, "/") || strings.ContainsAny(path, " \r\n\t#") || strings.ContainsAny(method, " \r\n\t/()<>@,;:\\\"[]?={}") || method == "" {
+			return
+		}
+		req, err := http.NewRequest(method, "http://sidecar"+path, strings.NewReader(body))
+		if err != nil {
+			return
+		}
+		req.Header.Set("X-Session-Id", id)
+		if strings.Contains(accept, "event-stream") {
+			return // streams never end on their own; covered by TestSSE
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+		defer cancel()
+		req = req.WithContext(ctx)
+		rec := httptest.NewRecorder()
+		h.srv.ServeHTTP(rec, req)
+		if rec.Code >= 500 {
+			t.Fatalf("%s %s %q -> %d %s", method, path, body, rec.Code, rec.Body)
+		}
+	})
+}
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// TestRunShutdownLeavesNothing starts the whole daemon over fakes, then
+// cancels it: Run returns and no goroutine is left behind.
+func TestRunShutdownLeavesNothing(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	cfg, _, err := parseConfig([]string{"--listen=127.0.0.1:0", "--ops-listen=127.0.0.1:0", "--xmpp-addr=127.0.0.1:5222",
+		"--xmpp-domain=example.test", "--session-save-path=" + t.TempDir(), "--shutdown-timeout=2s"}, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reader := &fakeReader{sessions: map[string]*phpsession.Session{}, errs: map[string]error{}}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		done <- serve(ctx, cfg, slog.New(slog.DiscardHandler), &deps{reader: reader, dial: func(context.Context, xmppconn.Config) (xmppSession, error) {
+			return &fakeConn{done: make(chan struct{})}, nil
+		}})
+	}()
+	time.Sleep(100 * time.Millisecond)
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("serve did not return")
+	}
+}

@@ -1,0 +1,102 @@
+package sidecar
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+func TestCursorParse(t *testing.T) {
+	for _, tt := range []struct {
+		in    string
+		ok    bool
+		given bool
+	}{{"", true, false}, {"7:42", true, true}, {"7", false, false}, {"a:1", false, false}, {"1:-1", false, false}, {"99999999999999999999:1", false, false}} {
+		_, given, err := parseCursor(tt.in)
+		if (err == nil) != tt.ok || given != tt.given {
+			t.Errorf("parseCursor(%q) = given %v, err %v", tt.in, given, err)
+		}
+	}
+}
+
+func TestEventLogRecovery(t *testing.T) {
+	l := newEventLog(10, nil)
+	for i := range 5 {
+		l.append("message", []byte(fmt.Sprintf(`"n":%d`, i)))
+	}
+	res := l.poll(t.Context(), cursor{}, false, 0, 100)
+	if len(res.events) != 5 || !res.recovered || res.cursor.offset != 5 {
+		t.Fatalf("from start: %d events, recovered %v, cursor %v", len(res.events), res.recovered, res.cursor)
+	}
+	// The same cursor twice gives the same events: an unacknowledged poll loses nothing.
+	a := l.poll(t.Context(), cursor{l.epoch, 2}, true, 0, 100)
+	b := l.poll(t.Context(), cursor{l.epoch, 2}, true, 0, 100)
+	if len(a.events) != 3 || len(b.events) != 3 || a.events[0].offset != 3 {
+		t.Fatalf("repeat: %v %v", a.events, b.events)
+	}
+	// Limit.
+	if p := l.poll(t.Context(), cursor{l.epoch, 0}, true, 0, 2); len(p.events) != 2 || p.cursor.offset != 2 {
+		t.Fatalf("limit: %+v", p)
+	}
+	// Overflow drops the oldest; an old cursor is not recovered.
+	for i := range 20 {
+		l.append("message", []byte(fmt.Sprintf(`"m":%d`, i)))
+	}
+	if p := l.poll(t.Context(), cursor{l.epoch, 2}, true, 0, 100); p.recovered || len(p.events) != 10 || p.events[0].offset != 16 {
+		t.Fatalf("overflow: recovered %v, %d events from %d", p.recovered, len(p.events), p.events[0].offset)
+	}
+	// Another epoch (a restart) is not recovered.
+	if p := l.poll(t.Context(), cursor{l.epoch - 1, 20}, true, 0, 100); p.recovered {
+		t.Fatal("foreign epoch recovered")
+	}
+	// A gap (stream replaced without resumption) un-recovers older cursors only.
+	head := l.head()
+	l.markGap()
+	l.append("state", []byte(`"state":"online"`))
+	if p := l.poll(t.Context(), cursor{l.epoch, head.offset - 1}, true, 0, 100); p.recovered {
+		t.Fatal("cursor before the gap recovered")
+	}
+	if p := l.poll(t.Context(), head, true, 0, 100); !p.recovered || len(p.events) != 1 {
+		t.Fatalf("cursor at the gap: %+v", p)
+	}
+}
+
+func TestEventLogWait(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newEventLog(10, nil)
+		start := time.Now()
+		res := l.poll(t.Context(), l.head(), true, 25*time.Second, 10)
+		if len(res.events) != 0 || time.Since(start) != 25*time.Second {
+			t.Fatalf("empty wait returned %d events after %v", len(res.events), time.Since(start))
+		}
+		go func() {
+			time.Sleep(3 * time.Second)
+			l.append("message", []byte(`"x":1`))
+		}()
+		start = time.Now()
+		res = l.poll(t.Context(), l.head(), true, 25*time.Second, 10)
+		if len(res.events) != 1 || time.Since(start) != 3*time.Second {
+			t.Fatalf("woke with %d events after %v", len(res.events), time.Since(start))
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		go func() { time.Sleep(time.Second); cancel() }()
+		start = time.Now()
+		l.poll(ctx, l.head(), true, 25*time.Second, 10)
+		if time.Since(start) != time.Second {
+			t.Fatalf("cancel honoured after %v", time.Since(start))
+		}
+	})
+}
+
+func BenchmarkEventLogAppendPoll(b *testing.B) {
+	l := newEventLog(1000, nil)
+	fields := []byte(`"from":"bob@example.test/web","to":"alice@example.test","id":"m1","type":"chat","body":"hello"`)
+	cur := l.head()
+	for b.Loop() {
+		l.append("message", fields)
+		res := l.poll(b.Context(), cur, true, 0, 10)
+		cur = res.cursor
+	}
+}
