@@ -81,9 +81,9 @@ type fakeConn struct {
 	fail   error
 }
 
-func (c *fakeConn) JID() string             { return c.jid }
-func (c *fakeConn) State() xmppconn.State   { return xmppconn.StateOnline }
-func (c *fakeConn) Done() <-chan struct{}   { return c.done }
+func (c *fakeConn) JID() string           { return c.jid }
+func (c *fakeConn) State() xmppconn.State { return xmppconn.StateOnline }
+func (c *fakeConn) Done() <-chan struct{} { return c.done }
 func (c *fakeConn) Close(context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
