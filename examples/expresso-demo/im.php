@@ -1,0 +1,45 @@
+<?php
+declare(strict_types=1);
+require __DIR__ . '/config.php';
+session_start();
+if (!demo_logged_in()) {
+    header('Location: login.php');
+    exit;
+}
+$user = $_SESSION['phpgw_info']['expressomail']['user'];
+$fullname = mb_convert_encoding($user['fullname'], 'UTF-8', DEMO_CHARSET);
+// Events reach the page by PHP long-poll (api.php?action=poll) or, with
+// ?transport=sse, as Server-Sent Events proxied by Apache (examples/apache).
+$transport = ($_GET['transport'] ?? '') === 'sse' ? 'sse' : 'poll';
+session_write_close();
+?><!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Expresso IM</title>
+<link rel="stylesheet" href="style.css"></head>
+<body class="im" data-transport="<?= h($transport) ?>" data-user="<?= h($user['account_lid']) ?>">
+<header>
+  <strong>Expresso IM</strong>
+  <span id="me"><?= h($fullname) ?></span>
+  <select id="show" title="status">
+    <option value="">Online</option><option value="chat">Free to chat</option><option value="away">Away</option>
+    <option value="xa">Not available</option><option value="dnd">Do not disturb</option>
+  </select>
+  <input id="status" placeholder="status message">
+  <span id="conn" class="pill">connecting…</span>
+  <a href="logout.php" id="logout">Log out</a>
+</header>
+<main>
+  <aside>
+    <div id="requests"></div>
+    <div id="contacts"></div>
+    <form id="add" class="add">
+      <input name="jid" placeholder="user@domain" required>
+      <input name="name" placeholder="name">
+      <input name="group" placeholder="group">
+      <button>Add contact</button>
+    </form>
+  </aside>
+  <section id="chats"><p class="empty">Pick a contact to chat.</p></section>
+</main>
+<audio id="beep" src="data:audio/wav;base64,UklGRiQAAABXQVZFZm10IBAAAAABAAEAQB8AAEAfAAABAAgAZGF0YQAAAAA="></audio>
+<script src="app.js"></script>
+</body></html>
