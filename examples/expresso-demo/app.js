@@ -40,8 +40,9 @@ function renderRoster() {
       const st = Object.values(state.presence[it.jid] || {}).map(p => p.status).filter(Boolean)[0] || '';
       const n = state.unread[it.jid] || 0;
       return `<li class="contact ${show}" data-jid="${esc(it.jid)}" title="${esc(it.jid)}">
-        <span class="dot"></span><span class="name">${esc(it.name || it.jid)}</span>
-        <span class="show">${esc(show)}${st ? ' — ' + esc(st) : ''}</span>
+        <span class="dot"></span>
+        <span class="who"><span class="name">${esc(it.name || it.jid)}</span>
+        <span class="show">${esc(show)}${st ? ' — ' + esc(st) : ''}</span></span>
         ${n ? `<span class="badge">${n}</span>` : ''}
         ${it.ask === 'subscribe' ? '<span class="pending">pending</span>' : ''}
         <button class="rename" title="rename">✎</button><button class="remove" title="remove">✕</button></li>`;

@@ -1,0 +1,99 @@
+// Drives the Expresso demo in headless Chromium: Alice and Bob log in from
+// two browser contexts, befriend each other through the UI, chat both ways,
+// see the typing indicator and each other's status, and Alice logs out.
+// env: BASE_URL, OUT_DIR, DOMAIN, ALICE_PASSWORD, BOB_PASSWORD
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+
+const base = process.env.BASE_URL;
+const out = process.env.OUT_DIR;
+const domain = process.env.DOMAIN;
+mkdirSync(out, { recursive: true });
+const T = 20000;
+let step = 0;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
+const shots = async (name, ...pages) => {
+  step++;
+  for (const [i, p] of pages.entries()) {
+    await p.screenshot({ path: `${out}/${String(step).padStart(2, '0')}-${name}-${i ? 'bob' : 'alice'}.png` });
+  }
+};
+
+async function login(user, password) {
+  const ctx = await browser.newContext({ viewport: { width: 1100, height: 700 } });
+  const page = await ctx.newPage();
+  page.on('pageerror', e => console.error(`[${user}] page error:`, e.message));
+  await page.goto(base + '/login.php');
+  await page.fill('#user', user);
+  await page.fill('#password', password);
+  await page.click('#login');
+  await page.waitForSelector('#conn.online', { timeout: T });
+  const html = await page.content();
+  if (html.includes(password)) throw new Error(`${user}'s password reached the browser`);
+  return page;
+}
+
+function contact(page, jid) { return page.locator(`li.contact[data-jid="${jid}"]`); }
+
+try {
+  const alice = await login('alice', process.env.ALICE_PASSWORD);
+  const bob = await login('bob', process.env.BOB_PASSWORD);
+  await shots('logged-in', alice, bob);
+
+  // Alice adds Bob; Bob approves (and adds her back); Alice approves.
+  await alice.fill('#add input[name=jid]', `bob@${domain}`);
+  await alice.fill('#add input[name=name]', 'Bob');
+  await alice.fill('#add input[name=group]', 'Team');
+  await alice.click('#add button');
+  await bob.waitForSelector(`.request[data-jid="alice@${domain}"] .approve`, { timeout: T });
+  await shots('subscription-request', alice, bob);
+  await bob.click(`.request[data-jid="alice@${domain}"] .approve`);
+  await alice.waitForSelector(`.request[data-jid="bob@${domain}"] .approve`, { timeout: T });
+  await alice.click(`.request[data-jid="bob@${domain}"] .approve`);
+  await contact(alice, `bob@${domain}`).and(alice.locator('.online')).waitFor({ timeout: T });
+  await contact(bob, `alice@${domain}`).and(bob.locator('.online')).waitFor({ timeout: T });
+  await shots('online', alice, bob);
+
+  // Alice writes to Bob.
+  await contact(alice, `bob@${domain}`).locator('.name').click();
+  await alice.fill('.chat:not([hidden]) .compose input', 'Olá Bob, tudo bem?');
+  await alice.press('.chat:not([hidden]) .compose input', 'Enter');
+  await bob.locator('.log li.them', { hasText: 'Olá Bob, tudo bem?' }).waitFor({ timeout: T });
+  await alice.locator('.log li.me .tick', { hasText: '✓' }).first().waitFor({ timeout: T });
+  await shots('alice-to-bob', alice, bob);
+
+  // Bob types: Alice sees the typing indicator; then he answers.
+  await bob.locator('.chat:not([hidden]) .compose input').pressSequentially('Tudo ', { delay: 50 });
+  await alice.locator('.typing', { hasText: 'is typing' }).waitFor({ timeout: T });
+  await shots('typing', alice, bob);
+  await bob.locator('.chat:not([hidden]) .compose input').pressSequentially('ótimo!', { delay: 20 });
+  await bob.press('.chat:not([hidden]) .compose input', 'Enter');
+  await alice.locator('.log li.them', { hasText: 'Tudo ótimo!' }).waitFor({ timeout: T });
+  await shots('bob-to-alice', alice, bob);
+
+  // Alice goes away; Bob sees it.
+  await alice.fill('#status', 'almoçando');
+  await alice.selectOption('#show', 'away');
+  await contact(bob, `alice@${domain}`).and(bob.locator('.away')).waitFor({ timeout: T });
+  await shots('alice-away', alice, bob);
+
+  // Alice logs out; Bob sees her offline.
+  await alice.click('#logout');
+  await alice.waitForSelector('#login-form', { timeout: T });
+  await contact(bob, `alice@${domain}`).and(bob.locator('.offline')).waitFor({ timeout: T });
+  await shots('alice-logged-out', alice, bob);
+  console.log(`browser test passed; ${step} steps, screenshots in ${out}`);
+} catch (e) {
+  console.error('browser test failed at step', step + 1, ':', e.message);
+  for (const ctx of browser.contexts()) for (const [i, p] of ctx.pages().entries()) {
+    await p.screenshot({ path: `${out}/failure-${browser.contexts().indexOf(ctx)}-${i}.png` }).catch(() => {});
+  }
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}

@@ -1,0 +1,206 @@
+// Package browser_test runs the demo app in a real Apache with mod_php,
+// beside a real Prosody and the imsidecar binary, and drives it with
+// headless Chromium through Playwright (browser.mjs).
+package browser_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"expressolivre.org/imsidecar/xmppconn/xmppconntest"
+)
+
+func need(t *testing.T, bin, pkg string) string {
+	t.Helper()
+	p, err := exec.LookPath(bin)
+	if err != nil {
+		t.Fatalf("%s not found: apt-get install %s (or run make deps)", bin, pkg)
+	}
+	return p
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func waitHTTP(t *testing.T, url string) {
+	t.Helper()
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			return
+		}
+	}
+	t.Fatalf("%s never answered", url)
+}
+
+// sharedDir is a temp directory that Apache's www-data can enter (the
+// test's own TempDir is private to root).
+func sharedDir(t *testing.T, uid, gid int) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "imsidecar-browser-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sess := filepath.Join(dir, "sessions")
+	if err := os.Mkdir(sess, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(sess, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+const apacheConf = `ServerName localhost
+Listen 127.0.0.1:%[1]d
+PidFile %[2]s/httpd.pid
+Mutex file:%[2]s default
+ErrorLog %[2]s/error.log
+LogLevel warn
+LoadModule mpm_prefork_module /usr/lib/apache2/modules/mod_mpm_prefork.so
+LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so
+LoadModule mime_module /usr/lib/apache2/modules/mod_mime.so
+LoadModule dir_module /usr/lib/apache2/modules/mod_dir.so
+LoadModule env_module /usr/lib/apache2/modules/mod_env.so
+LoadModule headers_module /usr/lib/apache2/modules/mod_headers.so
+LoadModule proxy_module /usr/lib/apache2/modules/mod_proxy.so
+LoadModule proxy_http_module /usr/lib/apache2/modules/mod_proxy_http.so
+LoadModule php_module /usr/lib/apache2/modules/libphp8.2.so
+User %[3]s
+Group %[4]s
+StartServers 4
+MaxRequestWorkers 30
+TypesConfig /etc/mime.types
+DocumentRoot "%[5]s"
+DirectoryIndex index.php
+<Directory "%[5]s">
+  Require all granted
+</Directory>
+<FilesMatch "\.php$">
+  SetHandler application/x-httpd-php
+</FilesMatch>
+php_admin_value session.save_path "%[2]s/sessions"
+php_admin_value session.gc_probability 0
+SetEnv IMSIDECAR_URL http://127.0.0.1:%[6]d
+SetEnv DEMO_USERS_FILE %[2]s/users.txt
+SetEnv DEMO_DOMAIN %[7]s
+# The SSE path of examples/apache/imsidecar.conf: the browser's
+# EventSource reaches the sidecar through Apache with its session cookie.
+ProxyPass /im/events http://127.0.0.1:%[6]d/v1/events flushpackets=on timeout=120
+`
+
+func TestBrowserChat(t *testing.T) {
+	need(t, "apache2", "apache2 libapache2-mod-php")
+	need(t, "node", "nodejs")
+	chromium := need(t, "chromium", "chromium")
+	if _, err := os.Stat("/usr/lib/apache2/modules/libphp8.2.so"); err != nil {
+		t.Fatal("mod_php missing: apt-get install libapache2-mod-php")
+	}
+	if _, err := os.Stat("node_modules/playwright-core"); err != nil {
+		t.Fatal("playwright-core missing: run `npm ci` in examples/browser (make test does)")
+	}
+	www, err := user.Lookup("www-data")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, _ := strconv.Atoi(www.Uid)
+	gid, _ := strconv.Atoi(www.Gid)
+
+	srv := xmppconntest.StartProsody(t, xmppconntest.Options{})
+	srv.Register(t, "alice", "alice-pw-1")
+	srv.Register(t, "bob", "bob-pw-2")
+	dir := sharedDir(t, uid, gid)
+	users := "alice:alice-pw-1:Alice Araújo\nbob:bob-pw-2:Bob Brandão\n"
+	if err := os.WriteFile(filepath.Join(dir, "users.txt"), []byte(users), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	bin := filepath.Join(t.TempDir(), "imsidecar")
+	if out, err := exec.Command("go", "build", "-o", bin, "../../sidecar/cmd/imsidecar").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	apiPort, opsPort, webPort := freePort(t), freePort(t), freePort(t)
+	var sidecarLog bytes.Buffer
+	side := exec.Command(bin, "serve", "--listen=127.0.0.1:"+strconv.Itoa(apiPort), "--ops-listen=127.0.0.1:"+strconv.Itoa(opsPort),
+		"--xmpp-addr="+srv.Addr, "--xmpp-domain="+srv.Domain, "--xmpp-ca-file="+srv.CAFile,
+		"--session-store=files", "--session-save-path="+filepath.Join(dir, "sessions"), "--session-owner="+www.Uid,
+		"--recheck-interval=1s", "--log-level=debug")
+	side.Stdout, side.Stderr = &sidecarLog, &sidecarLog
+	if err := side.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		side.Process.Signal(os.Interrupt)
+		side.Wait()
+		if t.Failed() {
+			t.Logf("imsidecar log:\n%s", sidecarLog.String())
+		}
+	})
+	waitHTTP(t, fmt.Sprintf("http://127.0.0.1:%d/healthz", opsPort))
+
+	demo, err := filepath.Abs("../expresso-demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(dir, "httpd.conf")
+	if err := os.WriteFile(conf, fmt.Appendf(nil, apacheConf, webPort, dir, www.Username, "www-data", demo, apiPort, srv.Domain), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	apache := exec.Command("apache2", "-f", conf, "-DFOREGROUND")
+	apache.Env = append(os.Environ(), "APACHE_RUN_DIR="+dir, "APACHE_LOCK_DIR="+dir)
+	var apacheOut bytes.Buffer
+	apache.Stdout, apache.Stderr = &apacheOut, &apacheOut
+	if err := apache.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		apache.Process.Signal(os.Interrupt) // graceful-stop
+		done := make(chan struct{})
+		go func() { apache.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			apache.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			errLog, _ := os.ReadFile(filepath.Join(dir, "error.log"))
+			t.Logf("apache:\n%s\n%s", apacheOut.String(), errLog)
+		}
+	})
+	base := fmt.Sprintf("http://127.0.0.1:%d", webPort)
+	waitHTTP(t, base+"/login.php")
+
+	out, _ := filepath.Abs("out")
+	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "node", "browser.mjs")
+	cmd.Env = append(os.Environ(), "BASE_URL="+base, "OUT_DIR="+out, "DOMAIN="+srv.Domain,
+		"ALICE_PASSWORD=alice-pw-1", "BOB_PASSWORD=bob-pw-2", "CHROMIUM="+chromium)
+	res, err := cmd.CombinedOutput()
+	t.Logf("playwright:\n%s", res)
+	if err != nil {
+		t.Fatalf("browser test failed: %v (screenshots in %s)", err, out)
+	}
+}
