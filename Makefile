@@ -66,17 +66,9 @@ fuzz: ## run every fuzz target for FUZZTIME (default 30s) each
 	done
 
 .PHONY: bench
-bench: deps build ## micro-benchmarks, then the quick load profile (~1,000 users)
-	$(GO) test -run '^$$' -bench . -benchmem ./...
-	$(GO) run ./sidecar/internal/loadtest/cmd/imsidecar-loadtest -users 1000 -sidecar $(BIN) -out bench/results.json
-
-.PHONY: bench-full
-bench-full: deps build ## the large load profile (10,000 users)
-	$(GO) run ./sidecar/internal/loadtest/cmd/imsidecar-loadtest -users 10000 -sidecar $(BIN) -out bench/results.json
-
-.PHONY: faults
-faults: deps ## the fault-injection suite with its summary table
-	$(GO) test -count=1 -timeout 40m -run 'TestFault' -v ./sidecar/... | tee /dev/stderr | grep -E '^\|' || true
+bench: deps ## Go benchmarks: session decode vs PHP, cached lookups, event log, idle XMPP memory
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2000x ./phpsession ./sidecar
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./xmppconn
 
 .PHONY: demo
 demo: deps build ## run Prosody, the demo PHP app and the sidecar locally (Ctrl-C stops all)
