@@ -14,6 +14,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -169,19 +170,22 @@ func TestBrowserChat(t *testing.T) {
 	}
 	apache := exec.Command("apache2", "-f", conf, "-DFOREGROUND")
 	apache.Env = append(os.Environ(), "APACHE_RUN_DIR="+dir, "APACHE_LOCK_DIR="+dir)
+	// Apache signals its whole process group when it stops: give it its
+	// own, or it would take the test binary (and make) down with it.
+	apache.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	var apacheOut bytes.Buffer
 	apache.Stdout, apache.Stderr = &apacheOut, &apacheOut
 	if err := apache.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		apache.Process.Signal(os.Interrupt) // graceful-stop
+		apache.Process.Signal(syscall.SIGTERM) // stops its children too
 		done := make(chan struct{})
 		go func() { apache.Wait(); close(done) }()
 		select {
 		case <-done:
 		case <-time.After(10 * time.Second):
-			apache.Process.Kill()
+			syscall.Kill(-apache.Process.Pid, syscall.SIGKILL)
 			<-done
 		}
 		if t.Failed() {
