@@ -21,16 +21,24 @@ import (
 //   - an array or object met again while it is being rendered (a reference
 //     cycle) is rendered as null.
 func MarshalJSON(a *Array, cs Charset) ([]byte, error) {
+	return MarshalJSONRedacted(a, cs)
+}
+
+// MarshalJSONRedacted is MarshalJSON with every string whose bytes equal
+// one of secrets rendered as "[redacted]": `imsidecar session show` uses
+// it so the user's password never reaches a terminal or a ticket.
+func MarshalJSONRedacted(a *Array, cs Charset, secrets ...[]byte) ([]byte, error) {
 	var buf bytes.Buffer
-	m := marshaler{cs: cs, buf: &buf, active: map[*Array]bool{}}
+	m := marshaler{cs: cs, buf: &buf, active: map[*Array]bool{}, secrets: secrets}
 	m.array(a)
 	return buf.Bytes(), nil
 }
 
 type marshaler struct {
-	cs     Charset
-	buf    *bytes.Buffer
-	active map[*Array]bool
+	cs      Charset
+	buf     *bytes.Buffer
+	active  map[*Array]bool
+	secrets [][]byte
 }
 
 func (m *marshaler) str(s string) {
@@ -59,6 +67,12 @@ func (m *marshaler) value(v Value) {
 			m.buf.WriteString(formatFloat(f))
 		}
 	case KindString:
+		for _, sec := range m.secrets {
+			if len(sec) > 0 && bytes.Equal(v.str, sec) {
+				m.buf.WriteString(`"[redacted]"`)
+				return
+			}
+		}
 		m.str(m.cs.String(v.str))
 	case KindArray:
 		m.array(v.arr)

@@ -284,3 +284,25 @@ func TestReaderRedis(t *testing.T) {
 		t.Fatalf("Ready with redis down: %v", err)
 	}
 }
+
+// TestRedisTTLAuthoritative: phpredis sets the key's TTL to gc_maxlifetime;
+// when Redis expires the key, the session is gone.
+func TestRedisTTLAuthoritative(t *testing.T) {
+	srv := phpsessiontest.StartRedis(t)
+	st := phpsessiontest.Store{Handler: "redis", SavePath: srv.Spec()}
+	id := phpsessiontest.NewID(t)
+	phpsessiontest.WriteExpressoSession(t, st, id, phpsessiontest.ExpressoUser{User: "alice", Password: "pw"})
+	out, err := exec.Command("redis-cli", "-h", "127.0.0.1", "-p", strings.TrimPrefix(srv.Addr[strings.LastIndex(srv.Addr, ":"):], ":"),
+		"PEXPIRE", "PHPREDIS_SESSION:"+id, "100").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "1" {
+		t.Fatalf("redis-cli: %v %s", err, out)
+	}
+	r := openReader(t, phpsession.Config{Store: "redis", Redis: srv.Spec()})
+	if _, err := r.Lookup(t.Context(), id); err != nil {
+		t.Fatalf("before expiry: %v", err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if _, err := r.Lookup(t.Context(), id); !errors.Is(err, phpsession.ErrNotFound) {
+		t.Fatalf("after the TTL: %v, want ErrNotFound", err)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -18,6 +19,9 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/text/encoding/charmap"
+	"golang.org/x/text/encoding/htmlindex"
 
 	"expressolivre.org/imsidecar/phpsession"
 	"expressolivre.org/imsidecar/xmppconn"
@@ -154,12 +158,23 @@ func sessionShow(ctx context.Context, cfg *Config, rest []string, stdout io.Writ
 	if err != nil {
 		return err
 	}
-	data, err := phpsession.MarshalJSON(vars, cs)
+	var identity any
+	var secrets [][]byte
+	ident, identErr := rc.Profile.Identity(vars, cs, time.Now())
+	if identErr == nil {
+		// The password as stored (session charset) and base64-encoded, as
+		// Expresso keeps a copy of it, is never printed.
+		raw := []byte(ident.Password)
+		if enc, err := charsetEncode(rc.Charset, ident.Password); err == nil {
+			raw = enc
+		}
+		secrets = append(secrets, raw, []byte(ident.Password), []byte(base64.StdEncoding.EncodeToString(raw)))
+	}
+	data, err := phpsession.MarshalJSONRedacted(vars, cs, secrets...)
 	if err != nil {
 		return err
 	}
-	var identity any
-	if ident, err := rc.Profile.Identity(vars, cs, time.Now()); err == nil {
+	if identErr == nil {
 		var last any
 		if !ident.LastActivity.IsZero() {
 			last = ident.LastActivity.UTC().Format(time.RFC3339)
@@ -173,6 +188,18 @@ func sessionShow(ctx context.Context, cfg *Config, rest []string, stdout io.Writ
 	}
 	_, err = fmt.Fprintf(stdout, "%s\n", out)
 	return err
+}
+
+// charsetEncode converts a UTF-8 string back to the session charset.
+func charsetEncode(charset, s string) ([]byte, error) {
+	enc, err := htmlindex.Get(charset)
+	if err != nil {
+		return nil, err
+	}
+	if strings.EqualFold(charset, "ISO-8859-1") || strings.EqualFold(charset, "latin1") {
+		enc = charmap.ISO8859_1
+	}
+	return enc.NewEncoder().Bytes([]byte(s))
 }
 
 // deps lets tests replace the XMPP dialer; nil uses xmppconn.Dial.
