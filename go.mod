@@ -3,13 +3,10 @@ module expressolivre.org/imsidecar
 go 1.26.8
 
 require (
-	github.com/cespare/xxhash/v2 v2.3.0
-	github.com/dgryski/go-rendezvous v0.0.0-20200823014737-9f7001d12a5f
 	github.com/emersion/go-sasl v0.0.0-20241020182733-b788ff22d5a6
 	github.com/prometheus/client_golang v1.23.2
 	github.com/redis/go-redis/v9 v9.17.3
 	go.uber.org/goleak v1.3.0
-	golang.org/x/crypto v0.27.0
 	golang.org/x/sys v0.38.0
 	golang.org/x/text v0.31.0
 	mellium.im/sasl v0.3.2
@@ -17,10 +14,14 @@ require (
 
 require (
 	github.com/beorn7/perks v1.0.1 // indirect
+	github.com/cespare/xxhash/v2 v2.3.0 // indirect
+	github.com/dgryski/go-rendezvous v0.0.0-20200823014737-9f7001d12a5f // indirect
+	github.com/kr/text v0.2.0 // indirect
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
 	github.com/prometheus/client_model v0.6.2 // indirect
 	github.com/prometheus/common v0.66.1 // indirect
 	github.com/prometheus/procfs v0.16.1 // indirect
 	go.yaml.in/yaml/v2 v2.4.2 // indirect
+	golang.org/x/crypto v0.27.0 // indirect
 	google.golang.org/protobuf v1.36.8 // indirect
 )
