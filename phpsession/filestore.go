@@ -35,10 +35,13 @@ type FileOptions struct {
 // It first tries a shared lock without waiting; when that succeeds no writer
 // can be active and the read is consistent. When PHP holds the lock, Load
 // reads optimistically: it takes fstat before and after reading and accepts
-// the bytes only when size, mtime and ctime are unchanged and the byte count
-// equals the size. A write in between changes mtime (nanosecond resolution on
-// tmpfs and ext4), so a torn read is never returned; if the file keeps
-// changing for LockWait, Load fails closed with ErrUnavailable.
+// the bytes only when size, mtime and ctime are unchanged, the byte count
+// equals the size, and the file has not been modified for quietPeriod.
+// PHP writes only at the end of a request, in one truncate and one write,
+// and every write moves mtime forward; because file timestamps follow the
+// kernel's coarse clock, the quiet period (longer than its tick) is what
+// rules out a write still in progress. If the file keeps changing for
+// LockWait, Load fails closed with ErrUnavailable: never a torn read.
 type FileStore struct {
 	dir    string
 	levels int
@@ -169,38 +172,16 @@ func (s *FileStore) Load(ctx context.Context, id string) (Record, error) {
 	}
 	defer f.Close()
 	fd := int(f.Fd())
-	if err := unix.Flock(fd, unix.LOCK_SH|unix.LOCK_NB); err == nil {
-		defer unix.Flock(fd, unix.LOCK_UN)
-		// Re-stat under the lock: a writer may have finished just before.
-		if err := unix.Fstat(fd, st); err != nil {
-			return Record{}, fmt.Errorf("%w: fstat: %w", ErrUnavailable, err)
-		}
-		data, err := readAt(f, st.Size, s.opt.MaxSize)
-		if err != nil {
-			return Record{}, err
-		}
-		return record(data, st), nil
-	} else if !errors.Is(err, unix.EWOULDBLOCK) {
-		return Record{}, fmt.Errorf("%w: flock: %w", ErrUnavailable, err)
-	}
 	deadline := time.Now().Add(s.opt.LockWait)
 	wait := 2 * time.Millisecond
 	for {
-		var before, after unix.Stat_t
-		if err := unix.Fstat(fd, &before); err != nil {
-			return Record{}, fmt.Errorf("%w: fstat: %w", ErrUnavailable, err)
+		rec, ok, err := s.tryLocked(f, fd, st)
+		if err != nil || ok {
+			return rec, err
 		}
-		data, err := readAt(f, before.Size, s.opt.MaxSize)
-		if err != nil && !errors.Is(err, errShortRead) {
-			return Record{}, err
-		}
-		if err == nil {
-			if err := unix.Fstat(fd, &after); err != nil {
-				return Record{}, fmt.Errorf("%w: fstat: %w", ErrUnavailable, err)
-			}
-			if int64(len(data)) == after.Size && before.Size == after.Size && before.Mtim == after.Mtim && before.Ctim == after.Ctim {
-				return record(data, &after), nil
-			}
+		rec, ok, err = s.tryOptimistic(f, fd)
+		if err != nil || ok {
+			return rec, err
 		}
 		if time.Now().After(deadline) {
 			return Record{}, fmt.Errorf("%w: session file kept changing while PHP held its lock", ErrUnavailable)
@@ -214,7 +195,61 @@ func (s *FileStore) Load(ctx context.Context, id string) (Record, error) {
 	}
 }
 
+// tryLocked reads under a shared lock if PHP does not hold its exclusive
+// one; ok is false when the lock is taken.
+func (s *FileStore) tryLocked(f *os.File, fd int, st *unix.Stat_t) (Record, bool, error) {
+	if err := unix.Flock(fd, unix.LOCK_SH|unix.LOCK_NB); err != nil {
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return Record{}, false, nil
+		}
+		return Record{}, false, fmt.Errorf("%w: flock: %w", ErrUnavailable, err)
+	}
+	defer unix.Flock(fd, unix.LOCK_UN)
+	// Re-stat under the lock: a writer may have finished just before.
+	if err := unix.Fstat(fd, st); err != nil {
+		return Record{}, false, fmt.Errorf("%w: fstat: %w", ErrUnavailable, err)
+	}
+	data, err := readAt(f, st.Size, s.opt.MaxSize)
+	if err != nil {
+		return Record{}, false, err
+	}
+	return record(data, st), true, nil
+}
+
+// tryOptimistic reads without the lock and accepts the bytes only when the
+// file provably did not change while it was read (see FileStore).
+func (s *FileStore) tryOptimistic(f *os.File, fd int) (Record, bool, error) {
+	var before, after unix.Stat_t
+	if err := unix.Fstat(fd, &before); err != nil {
+		return Record{}, false, fmt.Errorf("%w: fstat: %w", ErrUnavailable, err)
+	}
+	data, err := readAt(f, before.Size, s.opt.MaxSize)
+	if errors.Is(err, errShortRead) {
+		return Record{}, false, nil
+	}
+	if err != nil {
+		return Record{}, false, err
+	}
+	if err := unix.Fstat(fd, &after); err != nil {
+		return Record{}, false, fmt.Errorf("%w: fstat: %w", ErrUnavailable, err)
+	}
+	// File timestamps tick with the kernel's coarse clock (a few ms), so a
+	// write in progress can leave them unchanged across our read: only a
+	// file that has been quiet for longer than that is trusted.
+	quiet := time.Since(time.Unix(after.Mtim.Sec, after.Mtim.Nsec)) > quietPeriod &&
+		time.Since(time.Unix(after.Ctim.Sec, after.Ctim.Nsec)) > quietPeriod
+	if quiet && int64(len(data)) == after.Size && before.Size == after.Size && before.Mtim == after.Mtim && before.Ctim == after.Ctim {
+		return record(data, &after), true, nil
+	}
+	return Record{}, false, nil
+}
+
 var errShortRead = errors.New("phpsession: short read")
+
+// quietPeriod is how long a session file must have been untouched before
+// Load trusts a read taken while PHP holds the lock: longer than the
+// coarse-clock tick that file timestamps use (1-10 ms).
+const quietPeriod = 20 * time.Millisecond
 
 // readAt reads exactly size bytes from the start, or reports errShortRead
 // when the file changed size underneath.

@@ -207,8 +207,9 @@ func TestFileTornReads(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, phpsessiontest.PHP(t), "-d", "session.save_path="+dir, "-d", "session.use_strict_mode=0", "-r", `
 		ob_start();
-		for ($i = 1; $i <= 400; $i++) {
+		for ($i = 1; $i <= 300; $i++) {
 			session_id($argv[1]); session_start();
+			if ($i % 2) { usleep(3000); } // hold the lock like a request in progress
 			$_SESSION['n'] = $i; $_SESSION['pad'] = str_repeat(chr(97 + $i % 26), ($i * 7919) % 20000);
 			session_write_close();
 		}`, id)
