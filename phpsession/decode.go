@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"unsafe"
 )
 
 // Serializer names PHP's session.serialize_handler. It is configured, never
@@ -72,6 +73,16 @@ type decoder struct {
 	// slots holds every value PHP's var_hash would: each value parsed
 	// except R: ones and array keys, numbered from 1.
 	slots []*Value
+	// slab hands out Values in chunks: one allocation per 128 values.
+	slab []Value
+}
+
+func (d *decoder) newValue() *Value {
+	if len(d.slab) == cap(d.slab) {
+		d.slab = make([]Value, 0, 128)
+	}
+	d.slab = d.slab[:len(d.slab)+1]
+	return &d.slab[len(d.slab)-1]
 }
 
 func (d *decoder) fail(at int, format string, args ...any) error {
@@ -220,7 +231,7 @@ func (d *decoder) value() (*Value, error) {
 	}
 	start := d.pos
 	tag := d.data[d.pos]
-	v := &Value{}
+	v := d.newValue()
 	if tag != 'R' {
 		d.push(v)
 	}
@@ -518,9 +529,9 @@ func (d *decoder) key(object bool) (Key, error) {
 			return Key{}, err
 		}
 		if object {
-			return Key{Str: string(b)}, nil
+			return Key{Str: alias(b)}, nil
 		}
-		return canonicalKey(string(b)), nil
+		return canonicalKey(alias(b)), nil
 	}
 	return Key{}, d.fail(at, "array key must be int or string, found %q", tag)
 }
@@ -608,3 +619,12 @@ func validEnum(b []byte) bool {
 }
 
 func float64frombits(u uint64) float64 { return math.Float64frombits(u) }
+
+// alias views b as a string without copying. Keys, like string values,
+// alias the buffer given to Decode (see Decode's contract).
+func alias(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
+}
