@@ -486,6 +486,9 @@ func (d *decoder) elements(arr *Array, object bool) error {
 	}
 	arr.keys = make([]Key, 0, n)
 	arr.vals = make([]Value, 0, n)
+	if n >= indexThreshold {
+		arr.idx = make(map[Key]int, n) // sized once: no rehashing while decoding
+	}
 	for range n {
 		k, err := d.key(object)
 		if err != nil {
