@@ -453,6 +453,9 @@ func unhex(c byte) (byte, bool) {
 	return 0, false
 }
 
+// maxPrealloc bounds the elements reserved before they are actually read.
+const maxPrealloc = 1024
+
 func (d *decoder) enter() error {
 	d.depth++
 	if d.depth > d.maxDepth {
@@ -484,10 +487,13 @@ func (d *decoder) elements(arr *Array, object bool) error {
 	if n > (len(d.data)-d.pos)/4 {
 		return d.fail(at, "%d elements cannot fit in the remaining %d bytes", n, len(d.data)-d.pos)
 	}
-	arr.keys = make([]Key, 0, n)
-	arr.vals = make([]Value, 0, n)
+	// Preallocate for the declared count, but never more than a bounded
+	// hint: a forged count must not buy a large allocation up front.
+	hint := min(n, maxPrealloc)
+	arr.keys = make([]Key, 0, hint)
+	arr.vals = make([]Value, 0, hint)
 	if n >= indexThreshold {
-		arr.idx = make(map[Key]int, n) // sized once: no rehashing while decoding
+		arr.idx = make(map[Key]int, hint) // sized once: no rehashing while decoding
 	}
 	for range n {
 		k, err := d.key(object)
