@@ -58,6 +58,9 @@ func (a *api) routes() http.Handler {
 	handle("DELETE /v1/roster/{jid}", false, a.rosterRemove)
 	handle("POST /v1/subscriptions/{jid}", false, a.subscription)
 	handle("POST /v1/chatstates", false, a.chatState)
+	handle("GET /v1/blocklist", false, a.blocklist)
+	handle("PUT /v1/blocklist/{jid}", false, a.block)
+	handle("DELETE /v1/blocklist/{jid}", false, a.unblock)
 	mux.Handle("/", a.wrap("other", true, func(http.ResponseWriter, *http.Request, *caller) error {
 		return fmt.Errorf("%w: no such endpoint", ErrNotFound)
 	}))
@@ -637,6 +640,54 @@ func (a *api) chatState(w http.ResponseWriter, r *http.Request, c *caller) error
 		return err
 	}
 	if err := conn.SendChatState(r.Context(), to, body.State); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// blocklist lists the blocked JIDs (XEP-0191).
+func (a *api) blocklist(w http.ResponseWriter, r *http.Request, c *caller) error {
+	s, err := a.session(c)
+	if err != nil {
+		return err
+	}
+	conn, err := s.stream()
+	if err != nil {
+		return err
+	}
+	items, err := conn.Blocklist(r.Context())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"items": items})
+	return nil
+}
+
+// block blocks a JID: the server drops everything it sends to the user.
+func (a *api) block(w http.ResponseWriter, r *http.Request, c *caller) error {
+	return a.blocking(w, r, c, true)
+}
+
+func (a *api) unblock(w http.ResponseWriter, r *http.Request, c *caller) error {
+	return a.blocking(w, r, c, false)
+}
+
+func (a *api) blocking(w http.ResponseWriter, r *http.Request, c *caller, block bool) error {
+	jid, err := validJID(r.PathValue("jid"), false)
+	if err != nil {
+		return err
+	}
+	_, conn, err := a.mutate(c)
+	if err != nil {
+		return err
+	}
+	if block {
+		err = conn.Block(r.Context(), jid)
+	} else {
+		err = conn.Unblock(r.Context(), jid)
+	}
+	if err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)

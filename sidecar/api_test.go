@@ -69,16 +69,17 @@ func (f *fakeReader) set(id, user, pw string) {
 
 // fakeConn records what the API asked of the stream.
 type fakeConn struct {
-	mu     sync.Mutex
-	jid    string
-	sent   []xmppconn.Message
-	pres   []xmppconn.Presence
-	subs   []string
-	states []string
-	roster []xmppconn.RosterItem
-	done   chan struct{}
-	closed bool
-	fail   error
+	mu      sync.Mutex
+	jid     string
+	sent    []xmppconn.Message
+	pres    []xmppconn.Presence
+	subs    []string
+	states  []string
+	roster  []xmppconn.RosterItem
+	blocked []string
+	done    chan struct{}
+	closed  bool
+	fail    error
 }
 
 func (c *fakeConn) JID() string           { return c.jid }
@@ -132,6 +133,23 @@ func (c *fakeConn) SetRosterItem(_ context.Context, it xmppconn.RosterItem) erro
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.roster = append(c.roster, it)
+	return nil
+}
+func (c *fakeConn) Blocklist(context.Context) ([]string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string{}, c.blocked...), nil
+}
+func (c *fakeConn) Block(_ context.Context, jids ...string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.blocked = append(c.blocked, jids...)
+	return nil
+}
+func (c *fakeConn) Unblock(_ context.Context, jids ...string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.blocked = c.blocked[:0]
 	return nil
 }
 func (c *fakeConn) RemoveRosterItem(_ context.Context, jid string) error {
@@ -419,6 +437,7 @@ func TestConversationAndCursor(t *testing.T) {
 		{"PUT", "/v1/roster/carol@example.test", `{"name":"Carol","groups":["Friends"]}`},
 		{"POST", "/v1/subscriptions/carol@example.test", `{"action":"approve"}`},
 		{"POST", "/v1/chatstates", `{"to":"bob@example.test","state":"paused"}`},
+		{"PUT", "/v1/blocklist/spam@example.test", ``},
 	} {
 		if rec := h.do(c.method, c.path, c.body, sid...); rec.Code/100 != 2 {
 			t.Errorf("%s %s = %d %s", c.method, c.path, rec.Code, rec.Body)
@@ -426,6 +445,12 @@ func TestConversationAndCursor(t *testing.T) {
 	}
 	if len(h.conn.sent) != 1 || !h.conn.sent[0].Receipt || len(h.conn.subs) != 1 || len(h.conn.states) != 1 {
 		t.Fatalf("stream saw sent=%v subs=%v states=%v", h.conn.sent, h.conn.subs, h.conn.states)
+	}
+	if rec := h.do("GET", "/v1/blocklist", "", sid...); rec.Code != 200 || !strings.Contains(rec.Body.String(), `{"items":["spam@example.test"]}`) {
+		t.Fatalf("blocklist: %d %s", rec.Code, rec.Body)
+	}
+	if rec := h.do("DELETE", "/v1/blocklist/spam@example.test", "", sid...); rec.Code != 204 || len(h.conn.blocked) != 0 {
+		t.Fatalf("unblock: %d %v", rec.Code, h.conn.blocked)
 	}
 	if rec := h.do("POST", "/v1/disconnect", "", sid...); rec.Code != 204 || !h.conn.closed {
 		t.Fatalf("disconnect: %d closed=%v", rec.Code, h.conn.closed)

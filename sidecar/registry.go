@@ -30,6 +30,9 @@ type xmppSession interface {
 	Roster(ctx context.Context) ([]xmppconn.RosterItem, error)
 	SetRosterItem(ctx context.Context, it xmppconn.RosterItem) error
 	RemoveRosterItem(ctx context.Context, jid string) error
+	Blocklist(ctx context.Context) ([]string, error)
+	Block(ctx context.Context, jids ...string) error
+	Unblock(ctx context.Context, jids ...string) error
 	Close(ctx context.Context) error
 	Done() <-chan struct{}
 }
