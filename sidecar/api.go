@@ -2,7 +2,9 @@ package sidecar
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -59,6 +61,8 @@ func (a *api) routes() http.Handler {
 	handle("POST /v1/subscriptions/{jid}", false, a.subscription)
 	handle("POST /v1/chatstates", false, a.chatState)
 	handle("GET /v1/blocklist", false, a.blocklist)
+	handle("GET /v1/vcard/{jid}", false, a.vcard)
+	handle("GET /v1/avatar/{jid}", true, a.avatar)
 	handle("PUT /v1/blocklist/{jid}", false, a.block)
 	handle("DELETE /v1/blocklist/{jid}", false, a.unblock)
 	mux.Handle("/", a.wrap("other", true, func(http.ResponseWriter, *http.Request, *caller) error {
@@ -691,5 +695,65 @@ func (a *api) blocking(w http.ResponseWriter, r *http.Request, c *caller, block 
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// fetchVCard reads a contact's vCard through the caller's stream.
+func (a *api) fetchVCard(r *http.Request, c *caller) (xmppconn.VCard, error) {
+	jid, err := validJID(r.PathValue("jid"), true)
+	if err != nil {
+		return xmppconn.VCard{}, err
+	}
+	s, err := a.session(c)
+	if err != nil {
+		return xmppconn.VCard{}, err
+	}
+	conn, err := s.stream()
+	if err != nil {
+		return xmppconn.VCard{}, err
+	}
+	return conn.VCard(r.Context(), jid)
+}
+
+// vcard answers {"jid","fullname","nickname","email","photo_type","has_photo"}.
+func (a *api) vcard(w http.ResponseWriter, r *http.Request, c *caller) error {
+	v, err := a.fetchVCard(r, c)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"jid": r.PathValue("jid"), "fullname": v.FullName, "nickname": v.Nickname,
+		"email": v.Email, "photo_type": v.PhotoType, "has_photo": len(v.Photo) > 0})
+	return nil
+}
+
+// avatar serves a contact's vCard photo as an image, cacheable by ETag. It
+// is also allowed by cookie so an <img> on the page can load it.
+func (a *api) avatar(w http.ResponseWriter, r *http.Request, c *caller) error {
+	v, err := a.fetchVCard(r, c)
+	if err != nil {
+		return err
+	}
+	if len(v.Photo) == 0 {
+		return fmt.Errorf("%w: no avatar", ErrNotFound)
+	}
+	ctype := http.DetectContentType(v.Photo)
+	if !strings.HasPrefix(ctype, "image/") {
+		// Never serve a contact's bytes as anything but an image.
+		return fmt.Errorf("%w: the vCard photo is not an image", ErrNotFound)
+	}
+	sum := sha256.Sum256(v.Photo)
+	etag := `"` + hex.EncodeToString(sum[:16]) + `"`
+	h := w.Header()
+	h.Set("ETag", etag)
+	h.Set("Cache-Control", "private, max-age=300")
+	h.Set("X-Content-Type-Options", "nosniff")
+	if r.Header.Get("If-None-Match") == etag {
+		w.WriteHeader(http.StatusNotModified)
+		return nil
+	}
+	h.Set("Content-Type", ctype)
+	h.Set("Content-Length", strconv.Itoa(len(v.Photo)))
+	w.WriteHeader(http.StatusOK)
+	w.Write(v.Photo)
 	return nil
 }

@@ -152,6 +152,13 @@ func (c *fakeConn) Unblock(_ context.Context, jids ...string) error {
 	c.blocked = c.blocked[:0]
 	return nil
 }
+func (c *fakeConn) VCard(_ context.Context, jid string) (xmppconn.VCard, error) {
+	if jid == "nobody@example.test" {
+		return xmppconn.VCard{}, nil
+	}
+	png := []byte("\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+	return xmppconn.VCard{FullName: "Bob B", Email: "bob@example.test", PhotoType: "image/png", Photo: png}, nil
+}
 func (c *fakeConn) RemoveRosterItem(_ context.Context, jid string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -451,6 +458,19 @@ func TestConversationAndCursor(t *testing.T) {
 	}
 	if rec := h.do("DELETE", "/v1/blocklist/spam@example.test", "", sid...); rec.Code != 204 || len(h.conn.blocked) != 0 {
 		t.Fatalf("unblock: %d %v", rec.Code, h.conn.blocked)
+	}
+	if rec := h.do("GET", "/v1/vcard/bob@example.test", "", sid...); rec.Code != 200 || !strings.Contains(rec.Body.String(), `"fullname":"Bob B"`) || !strings.Contains(rec.Body.String(), `"has_photo":true`) {
+		t.Fatalf("vcard: %d %s", rec.Code, rec.Body)
+	}
+	av := h.do("GET", "/v1/avatar/bob@example.test", "", "Cookie", "sessionid="+goodID)
+	if av.Code != 200 || av.Header().Get("Content-Type") != "image/png" || av.Header().Get("ETag") == "" {
+		t.Fatalf("avatar: %d %v", av.Code, av.Header())
+	}
+	if rec := h.do("GET", "/v1/avatar/bob@example.test", "", append(sid, "If-None-Match", av.Header().Get("ETag"))...); rec.Code != 304 {
+		t.Fatalf("avatar revalidation: %d", rec.Code)
+	}
+	if rec := h.do("GET", "/v1/avatar/nobody@example.test", "", sid...); rec.Code != 404 {
+		t.Fatalf("missing avatar: %d", rec.Code)
 	}
 	if rec := h.do("POST", "/v1/disconnect", "", sid...); rec.Code != 204 || !h.conn.closed {
 		t.Fatalf("disconnect: %d closed=%v", rec.Code, h.conn.closed)

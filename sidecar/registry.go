@@ -33,6 +33,7 @@ type xmppSession interface {
 	Blocklist(ctx context.Context) ([]string, error)
 	Block(ctx context.Context, jids ...string) error
 	Unblock(ctx context.Context, jids ...string) error
+	VCard(ctx context.Context, jid string) (xmppconn.VCard, error)
 	Close(ctx context.Context) error
 	Done() <-chan struct{}
 }
