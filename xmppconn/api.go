@@ -25,6 +25,12 @@ func (c *Conn) Send(ctx context.Context, m Message) (string, error) {
 	default:
 		return "", fmt.Errorf("xmppconn: invalid message type %q", m.Type)
 	}
+	if m.Type == "groupchat" {
+		j, _ := ParseJID(m.To)
+		if j.Resource != "" || !c.InRoom(m.To) {
+			return "", fmt.Errorf("%w: %s", ErrNotInRoom, m.To)
+		}
+	}
 	if m.ChatState != "" && !chatStates[m.ChatState] {
 		return "", fmt.Errorf("xmppconn: invalid chat state %q", m.ChatState)
 	}

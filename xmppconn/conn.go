@@ -51,6 +51,11 @@ type Conn struct {
 
 	idPrefix string
 	idSeq    atomic.Uint64
+
+	// mucMu guards rooms, the group chat rooms joined (muc.go).
+	mucMu      sync.Mutex
+	rooms      map[string]*mucRoom
+	mucService atomic.Pointer[string]
 }
 
 // smState is the XEP-0198 outbound state.
@@ -283,7 +288,15 @@ func (c *Conn) negotiate(s *stream) (resumed bool, err error) {
 	if err := c.writeStanzaOn(s, encodePresence(p)); err != nil {
 		return false, err
 	}
+	// A fresh session is in no room: join them again before re-sending
+	// what may include messages to them.
+	if err := c.rejoinRooms(s); err != nil {
+		return false, err
+	}
 	for _, raw := range resend {
+		if isRoomJoin(raw) {
+			continue // the rooms were joined again just above
+		}
 		if err := c.writeStanzaOn(s, raw); err != nil {
 			return false, err
 		}

@@ -15,6 +15,14 @@
 // subscriptions, roster pushes, chat states, XEP-0184 receipts (which it
 // also answers) and state changes.
 //
+// Group chat (XEP-0045, muc.go): MUCService discovers the server's MUC
+// service, Rooms lists its rooms, JoinRoom enters (or creates, as an
+// instant room) a room with a nickname and optional password, LeaveRoom
+// and SetSubject do what they say, and room presences arrive as *Occupant
+// events with affiliation and role. Rooms are joined again after a fresh
+// (not resumed) stream, asking only for the history that may have been
+// missed and dropping repeats.
+//
 // Stream management (XEP-0198) is enabled when the server offers it: the
 // Conn acknowledges inbound stanzas only after the Handler returned, keeps
 // unacknowledged outbound stanzas, and after a broken stream resumes it or,

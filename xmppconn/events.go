@@ -3,7 +3,8 @@ package xmppconn
 import "time"
 
 // Event is anything the connection reports to its Handler: *Message,
-// *Presence, *Subscription, *RosterPush, *ChatState, *Receipt, *StateChange.
+// *Presence, *Subscription, *RosterPush, *ChatState, *Receipt, *StateChange,
+// *Occupant (group chat, muc.go).
 type Event interface{ isEvent() }
 
 // Handler receives events on the connection's reader goroutine, in stream
@@ -36,6 +37,9 @@ type Message struct {
 	Receipt bool
 	// ChatState is an XEP-0085 state carried with the message, if any.
 	ChatState string
+	// Own marks a groupchat message from our own nickname: the room's
+	// echo of what we sent (or history of what we said).
+	Own bool
 }
 
 // Presence is an available/unavailable <presence/> from a contact, or one we send.

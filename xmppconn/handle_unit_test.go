@@ -17,7 +17,10 @@ func FuzzHandle(f *testing.F) {
 		`<iq type="get" id="4"><query xmlns="http://jabber.org/protocol/disco#info" node="n"/></iq>`,
 		`<iq type="result" id="5"/>`, `<iq type="error" id="6"><error/></iq>`,
 		`<presence from="x@y/z"><priority>999</priority><show>dnd</show></presence>`,
-		`<presence type="subscribe" from="x@y"/>`, `<a xmlns="urn:xmpp:sm:3" h="99"/>`, `<r xmlns="urn:xmpp:sm:3"/>`,
+		`<presence type="subscribe" from="x@y"/>`,
+		`<presence from="r@muc.example.test/n"><x xmlns="http://jabber.org/protocol/muc#user"><item affiliation="owner" role="moderator" jid="a@b/c" nick="m"/><status code="110"/><status code="201"/><status code="303"/></x></presence>`,
+		`<presence type="error" from="r@muc.example.test/n"><error type="cancel"><conflict xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/></error></presence>`,
+		`<message type="groupchat" from="r@muc.example.test/n" id="g"><subject>s</subject><delay xmlns="urn:xmpp:delay" stamp="2026-01-01T00:00:00Z"/></message>`, `<a xmlns="urn:xmpp:sm:3" h="99"/>`, `<r xmlns="urn:xmpp:sm:3"/>`,
 	} {
 		f.Add(s)
 	}
@@ -34,6 +37,12 @@ func FuzzHandle(f *testing.F) {
 		cfg.Handler = HandlerFunc(func(Event) { events++ })
 		c := &Conn{cfg: cfg, log: cfg.Logger, own: JID{Local: "alice", Domain: "example.test"}, pending: map[string]*iqWait{}}
 		c.sm.enabled = true
+		// In a room, and joining another, so that room stanzas take every path.
+		c.rooms = map[string]*mucRoom{
+			"r@muc.example.test": {jid: "r@muc.example.test", nick: "n", joined: true, occupants: map[string]Occupant{}},
+			"j@muc.example.test": {jid: "j@muc.example.test", occupants: map[string]Occupant{}, join: &joinWait{nick: "n", done: make(chan struct{})}},
+			"q@muc.example.test": {jid: "q@muc.example.test", nick: "n", rejoining: true, retries: maxRejoinRetries, occupants: map[string]Occupant{}},
+		}
 		st := &stream{nc: pipeSink(t)}
 		c.handle(st, n)
 		if events > 2 {

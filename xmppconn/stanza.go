@@ -34,7 +34,7 @@ func (c *Conn) handle(s *stream, n *node) {
 	case "message":
 		c.handleMessage(s, n)
 	case "presence":
-		c.handlePresence(n)
+		c.handlePresence(s, n)
 	case "iq":
 		switch n.get("type") {
 		case "result", "error":
@@ -95,7 +95,7 @@ func (c *Conn) handleMessage(s *stream, n *node) {
 	if m.Delay.IsZero() {
 		m.Delay = fwdDelay
 	}
-	hasBody := false
+	hasBody, hasSubject := false, false
 	ns := n.name.Space
 	for _, k := range n.kids {
 		switch {
@@ -103,7 +103,7 @@ func (c *Conn) handleMessage(s *stream, n *node) {
 			m.Body, hasBody = k.text, true
 		case k.name.Space == ns && k.name.Local == "subject":
 			m.Subject = k.text
-			hasBody = true
+			hasBody, hasSubject = true, true
 		case k.name.Space == ns && k.name.Local == "thread":
 			m.Thread = k.text
 		case k.name.Space == nsChat:
@@ -119,6 +119,9 @@ func (c *Conn) handleMessage(s *stream, n *node) {
 		if !hasBody {
 			return
 		}
+	}
+	if m.Type == "groupchat" && !c.roomMessage(m, hasSubject) {
+		return
 	}
 	switch {
 	case hasBody || m.Type == "error":
@@ -158,7 +161,10 @@ func parseDelay(n *node) time.Time {
 	return t
 }
 
-func (c *Conn) handlePresence(n *node) {
+func (c *Conn) handlePresence(s *stream, n *node) {
+	if c.handleRoomPresence(s, n) {
+		return
+	}
 	typ := n.get("type")
 	switch typ {
 	case "", "unavailable":

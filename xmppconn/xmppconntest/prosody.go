@@ -45,8 +45,14 @@ const readyMarker = "xmppconntest: server ready"
 type Options struct {
 	// Domain is the VirtualHost; default DefaultDomain.
 	Domain string
-	// Modules are enabled in addition to the default set (e.g. "muc").
+	// Modules are enabled in addition to the default set.
 	Modules []string
+	// MUC adds a group chat component (XEP-0045) at Server.MUCDomain,
+	// "conference." + Domain, where every user may create rooms.
+	MUC bool
+	// MUCConfig is appended verbatim to the MUC component's section
+	// (e.g. "muc_room_default_public = true").
+	MUCConfig string
 	// DisableModules removes modules from the default set (e.g. "smacks").
 	DisableModules []string
 	// PlainOnly uses authentication = "internal_plain" and disables every
@@ -84,6 +90,7 @@ type Server struct {
 	HTTPAddr      string // HTTP host:port for BOSH and WebSocket, "" unless Options.HTTP
 	BOSHURL       string // http://HTTPAddr/http-bind, "" unless Options.HTTP
 	WebSocketURL  string // ws://HTTPAddr/xmpp-websocket, "" unless Options.HTTP
+	MUCDomain     string // the group chat service, "" unless Options.MUC
 	Dir           string // root of the server's files
 	ConfigFile    string
 	LogFile       string
@@ -130,6 +137,9 @@ func StartProsody(tb testing.TB, opts Options) *Server {
 		AuditFile:  filepath.Join(dir, "audit.log"),
 		DataDir:    filepath.Join(dir, "data"),
 		opts:       opts,
+	}
+	if opts.MUC {
+		s.MUCDomain = "conference." + opts.Domain
 	}
 	for _, d := range []string{s.DataDir, filepath.Join(dir, "plugins"), filepath.Join(dir, "certs")} {
 		if err := os.MkdirAll(d, 0o750); err != nil {
@@ -290,6 +300,13 @@ func (s *Server) config(ports []int) string {
 	p("VirtualHost %s", luaString(o.Domain))
 	if !o.NoTLS {
 		p("  ssl = { certificate = %s, key = %s }", luaString(s.Certs.CertFile), luaString(s.Certs.KeyFile))
+	}
+	if o.MUC {
+		p("Component %s \"muc\"", luaString(s.MUCDomain))
+		p("  restrict_room_creation = false")
+		if o.MUCConfig != "" {
+			p("%s", o.MUCConfig)
+		}
 	}
 	return b.String()
 }
