@@ -65,6 +65,10 @@ func (a *api) routes() http.Handler {
 	handle("GET /v1/avatar/{jid}", true, a.avatar)
 	handle("PUT /v1/blocklist/{jid}", false, a.block)
 	handle("DELETE /v1/blocklist/{jid}", false, a.unblock)
+	handle("GET /v1/rooms", false, a.rooms)
+	handle("POST /v1/rooms/{room}/join", false, a.roomJoin)
+	handle("POST /v1/rooms/{room}/leave", false, a.roomLeave)
+	handle("PUT /v1/rooms/{room}/subject", false, a.roomSubject)
 	mux.Handle("/", a.wrap("other", true, func(http.ResponseWriter, *http.Request, *caller) error {
 		return fmt.Errorf("%w: no such endpoint", ErrNotFound)
 	}))
@@ -486,6 +490,12 @@ func (a *api) message(w http.ResponseWriter, r *http.Request, c *caller) error {
 	}
 	if len(m.ID) > 128 || len(m.Thread) > 256 {
 		return fmt.Errorf("%w: id or thread too long", ErrBadRequest)
+	}
+	if m.Type == "groupchat" {
+		if strings.Contains(to, "/") {
+			return fmt.Errorf("%w: a groupchat goes to a bare room JID", ErrBadRequest)
+		}
+		m.Receipt = false // XEP-0184 §5.3: no receipts in rooms
 	}
 	_, conn, err := a.mutate(c)
 	if err != nil {

@@ -77,6 +77,7 @@ type fakeConn struct {
 	states  []string
 	roster  []xmppconn.RosterItem
 	blocked []string
+	rooms   map[string]xmppconn.JoinedRoom // rooms_test.go
 	done    chan struct{}
 	closed  bool
 	fail    error

@@ -33,6 +33,7 @@ type Config struct {
 	XMPPCAFile         string
 	XMPPServerName     string
 	XMPPResourcePrefix string
+	XMPPMUCService     string
 
 	APITokenFile    string
 	SessionCookie   string
@@ -77,6 +78,7 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.XMPPCAFile, "xmpp-ca-file", "", "PEM CA bundle to verify the Jabber server (default: system roots)")
 	fs.StringVar(&c.XMPPServerName, "xmpp-server-name", "", "name expected in the server certificate (default: --xmpp-domain)")
 	fs.StringVar(&c.XMPPResourcePrefix, "xmpp-resource-prefix", "expresso", "XMPP resource prefix; the resource is <prefix>-<hash of the PHP session>")
+	fs.StringVar(&c.XMPPMUCService, "xmpp-muc-service", "", "group chat (XEP-0045) service domain, e.g. conference.example.org (default: discovered from the server)")
 	fs.StringVar(&c.APITokenFile, "api-token-file", "", "file holding a bearer token required on X-Session-Id calls (optional)")
 	fs.StringVar(&c.SessionCookie, "session-cookie", "", "PHP session cookie name (default: sessionid for --profile=expresso, PHPSESSID for generic)")
 	fs.DurationVar(&c.Inactivity, "inactivity", 120*time.Second, "close a user's stream after this long without a poll")
@@ -210,6 +212,13 @@ func (c *Config) Validate() error {
 	}
 	if c.XMPPResourcePrefix == "" || strings.ContainsAny(c.XMPPResourcePrefix, "/@ ") {
 		bad("xmpp-resource-prefix", "%q must be a non-empty word", c.XMPPResourcePrefix)
+	}
+	if c.XMPPMUCService != "" {
+		if j, err := xmppconn.ParseJID(c.XMPPMUCService); err != nil || j.Local != "" || j.Resource != "" {
+			bad("xmpp-muc-service", "%q is not a service domain", c.XMPPMUCService)
+		} else {
+			c.XMPPMUCService = j.Domain
+		}
 	}
 	if c.APITokenFile != "" {
 		if _, err := readToken(c.APITokenFile); err != nil {

@@ -278,6 +278,8 @@ type daemonOptions struct {
 	Inactivity      time.Duration // default: the daemon's
 	ShutdownTimeout time.Duration // default 10s
 	Extra           []string      // more flags
+	// Prosody configures the server startE2E starts (e.g. MUC: true).
+	Prosody xmppconntest.Options
 }
 
 // daemon is a running imsidecar subprocess.
@@ -485,7 +487,7 @@ type e2e struct {
 func startE2E(tb testing.TB, store string, opts daemonOptions) *e2e {
 	tb.Helper()
 	requireBinary(tb, "php", "php-cli php-redis")
-	e := &e2e{XMPP: xmppconntest.StartProsody(tb, xmppconntest.Options{})}
+	e := &e2e{XMPP: xmppconntest.StartProsody(tb, opts.Prosody)}
 	switch store {
 	case "files":
 		dir := filepath.Join(tb.TempDir(), "sessions")
@@ -652,6 +654,17 @@ type event struct {
 	State    string          `json:"state"`
 	Reason   string          `json:"reason"`
 	Item     json.RawMessage `json:"item"`
+	// Group chat: message and "room" event fields.
+	Subject     string `json:"subject"`
+	Room        string `json:"room"`
+	Nick        string `json:"nick"`
+	Own         bool   `json:"own"`
+	JID         string `json:"jid"`
+	Affiliation string `json:"affiliation"`
+	Role        string `json:"role"`
+	Self        bool   `json:"self"`
+	NewNick     string `json:"new_nick"`
+	Error       string `json:"error"`
 }
 
 type eventsPage struct {

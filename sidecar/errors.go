@@ -42,6 +42,22 @@ func statusFor(err error) (int, string) {
 		return http.StatusUnauthorized, "not_logged_in"
 	case errors.Is(err, ErrNotFound):
 		return http.StatusNotFound, "not_found"
+	case errors.Is(err, xmppconn.ErrNickInUse):
+		return http.StatusConflict, "nick_in_use"
+	case errors.Is(err, xmppconn.ErrRoomPassword):
+		return http.StatusForbidden, "room_password_required"
+	case errors.Is(err, xmppconn.ErrRoomBanned):
+		return http.StatusForbidden, "room_banned"
+	case errors.Is(err, xmppconn.ErrRoomMembersOnly):
+		return http.StatusForbidden, "room_members_only"
+	case errors.Is(err, xmppconn.ErrRoomCreation):
+		return http.StatusForbidden, "room_creation_forbidden"
+	case errors.Is(err, xmppconn.ErrRoomFull):
+		return http.StatusConflict, "room_full"
+	case errors.Is(err, xmppconn.ErrNotInRoom):
+		return http.StatusConflict, "not_in_room"
+	case errors.Is(err, xmppconn.ErrNoMUCService):
+		return http.StatusNotFound, "no_muc_service"
 	case errors.Is(err, ErrNotConnected), errors.Is(err, xmppconn.ErrNotConnected), errors.Is(err, xmppconn.ErrClosed):
 		return http.StatusConflict, "not_connected"
 	case errors.Is(err, ErrTooLarge):

@@ -34,6 +34,12 @@ type xmppSession interface {
 	Block(ctx context.Context, jids ...string) error
 	Unblock(ctx context.Context, jids ...string) error
 	VCard(ctx context.Context, jid string) (xmppconn.VCard, error)
+	MUCService(ctx context.Context) (string, error)
+	Rooms(ctx context.Context, service string) ([]xmppconn.RoomItem, error)
+	JoinRoom(ctx context.Context, j xmppconn.RoomJoin) (xmppconn.JoinedRoom, bool, error)
+	LeaveRoom(ctx context.Context, room string) error
+	SetSubject(ctx context.Context, room, subject string) error
+	JoinedRooms() []xmppconn.JoinedRoom
 	Close(ctx context.Context) error
 	Done() <-chan struct{}
 }
@@ -257,6 +263,10 @@ func (r *registry) handle(s *session, ev xmppconn.Event) {
 		if e.Carbon != "" {
 			carbon = &e.Carbon
 		}
+		var room, nick string
+		if e.Type == "groupchat" {
+			room, nick, _ = strings.Cut(e.From, "/")
+		}
 		s.appendJSON("message", struct {
 			From    string  `json:"from"`
 			To      string  `json:"to"`
@@ -267,7 +277,12 @@ func (r *registry) handle(s *session, ev xmppconn.Event) {
 			Thread  string  `json:"thread"`
 			Delay   *string `json:"delay"`
 			Carbon  *string `json:"carbon"`
-		}{e.From, e.To, e.ID, messageType(e.Type), e.Body, e.Subject, e.Thread, delay, carbon})
+			Room    string  `json:"room,omitempty"`
+			Nick    string  `json:"nick,omitempty"`
+			Own     bool    `json:"own,omitempty"`
+		}{e.From, e.To, e.ID, messageType(e.Type), e.Body, e.Subject, e.Thread, delay, carbon, room, nick, e.Own})
+	case *xmppconn.Occupant:
+		s.appendOccupant(e)
 	case *xmppconn.Presence:
 		s.trackPresence(e)
 		typ := e.Type

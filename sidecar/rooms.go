@@ -1,0 +1,251 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"expressolivre.org/imsidecar/xmppconn"
+)
+
+// Group chat (XEP-0045) through the API: GET /v1/rooms, POST
+// /v1/rooms/{room}/join and /leave, PUT /v1/rooms/{room}/subject;
+// messages to a room are POST /v1/messages with "type":"groupchat", and
+// room presences are "room" events (docs/API.md).
+
+type occupantOut struct {
+	Nick        string `json:"nick"`
+	JID         string `json:"jid"`
+	Affiliation string `json:"affiliation"`
+	Role        string `json:"role"`
+	Show        string `json:"show"`
+	Status      string `json:"status"`
+	Self        bool   `json:"self"`
+}
+
+type joinedRoomOut struct {
+	JID       string        `json:"jid"`
+	Nick      string        `json:"nick"`
+	Subject   string        `json:"subject"`
+	Joined    bool          `json:"joined"` // false while re-joining after a reconnect
+	Occupants []occupantOut `json:"occupants"`
+}
+
+func roomOut(jr xmppconn.JoinedRoom) joinedRoomOut {
+	out := joinedRoomOut{JID: jr.Room, Nick: jr.Nick, Subject: jr.Subject, Joined: jr.Joined, Occupants: make([]occupantOut, 0, len(jr.Occupants))}
+	for _, o := range jr.Occupants {
+		out.Occupants = append(out.Occupants, occupantOut{Nick: o.Nick, JID: o.JID, Affiliation: o.Affiliation, Role: o.Role, Show: o.Show, Status: o.Status, Self: o.Self})
+	}
+	return out
+}
+
+// mucService is the configured MUC service, or the one the server announces.
+func (a *api) mucService(ctx context.Context, conn xmppSession) (string, error) {
+	if a.cfg.XMPPMUCService != "" {
+		return a.cfg.XMPPMUCService, nil
+	}
+	return conn.MUCService(ctx)
+}
+
+// roomJID resolves {room}: a bare room JID, or a room name on the MUC service.
+func (a *api) roomJID(ctx context.Context, conn xmppSession, raw string) (string, error) {
+	if raw == "" || len(raw) > 1024 {
+		return "", fmt.Errorf("%w: room is required", ErrBadRequest)
+	}
+	if !strings.Contains(raw, "@") {
+		svc, err := a.mucService(ctx, conn)
+		if err != nil {
+			return "", err
+		}
+		raw += "@" + svc
+	}
+	j, err := xmppconn.ParseJID(raw)
+	if err != nil || j.Local == "" || j.Resource != "" {
+		return "", fmt.Errorf("%w: %q is not a room (name or room@service)", ErrBadRequest, raw)
+	}
+	return j.String(), nil
+}
+
+// rooms lists the MUC service's rooms and the rooms this session is in.
+func (a *api) rooms(w http.ResponseWriter, r *http.Request, c *caller) error {
+	s, err := a.session(c)
+	if err != nil {
+		return err
+	}
+	conn, err := s.stream()
+	if err != nil {
+		return err
+	}
+	joined := conn.JoinedRooms()
+	in := map[string]bool{}
+	joinedOut := make([]joinedRoomOut, 0, len(joined))
+	for _, jr := range joined {
+		in[jr.Room] = true
+		joinedOut = append(joinedOut, roomOut(jr))
+	}
+	type roomItem struct {
+		JID    string `json:"jid"`
+		Name   string `json:"name"`
+		Joined bool   `json:"joined"`
+	}
+	items := []roomItem{}
+	svc, err := a.mucService(r.Context(), conn)
+	switch {
+	case errors.Is(err, xmppconn.ErrNoMUCService):
+		svc = ""
+	case err != nil:
+		return err
+	default:
+		list, err := conn.Rooms(r.Context(), svc)
+		if err != nil {
+			return err
+		}
+		for _, it := range list {
+			name := it.Name
+			if name == "" {
+				name, _, _ = strings.Cut(it.JID, "@")
+			}
+			items = append(items, roomItem{JID: it.JID, Name: name, Joined: in[it.JID]})
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"service": svc, "rooms": items, "joined": joinedOut})
+	return nil
+}
+
+type joinBody struct {
+	Nick     string `json:"nick"`
+	Password string `json:"password"`
+	History  *int   `json:"history"`
+	Public   *bool  `json:"public"`
+}
+
+// roomJoin joins (or creates) a room. Without a nick the user's full name
+// is used, and the login when that name is taken.
+func (a *api) roomJoin(w http.ResponseWriter, r *http.Request, c *caller) error {
+	var body joinBody
+	if err := decode(r, &body, true); err != nil {
+		return err
+	}
+	if len(body.Nick) > 256 || len(body.Password) > 1024 {
+		return fmt.Errorf("%w: nick or password too long", ErrBadRequest)
+	}
+	history := 0
+	if body.History != nil {
+		if *body.History < 0 || *body.History > 1000 {
+			return fmt.Errorf("%w: history must be 0..1000", ErrBadRequest)
+		}
+		history = *body.History
+		if history == 0 {
+			history = -1
+		}
+	}
+	public := true
+	if body.Public != nil {
+		public = *body.Public
+	}
+	_, conn, err := a.mutate(c)
+	if err != nil {
+		return err
+	}
+	room, err := a.roomJID(r.Context(), conn, r.PathValue("room"))
+	if err != nil {
+		return err
+	}
+	nicks := []string{body.Nick}
+	if body.Nick == "" {
+		ident := c.php.Identity
+		nicks = []string{strings.TrimSpace(ident.FullName), ident.User}
+		if nicks[0] == "" || nicks[0] == ident.User {
+			nicks = nicks[1:]
+		}
+	}
+	var jr xmppconn.JoinedRoom
+	var created bool
+	for i, nick := range nicks {
+		jr, created, err = conn.JoinRoom(r.Context(), xmppconn.RoomJoin{Room: room, Nick: nick, Password: body.Password, History: history, Public: public})
+		if err == nil || !errors.Is(err, xmppconn.ErrNickInUse) || i == len(nicks)-1 {
+			break
+		}
+	}
+	if errors.Is(err, xmppconn.ErrInvalidJID) {
+		return fmt.Errorf("%w: %w", ErrBadRequest, err)
+	}
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, struct {
+		joinedRoomOut
+		Created bool `json:"created"`
+	}{roomOut(jr), created})
+	return nil
+}
+
+// roomLeave leaves a room (a room not joined is fine).
+func (a *api) roomLeave(w http.ResponseWriter, r *http.Request, c *caller) error {
+	_, conn, err := a.mutate(c)
+	if err != nil {
+		return err
+	}
+	room, err := a.roomJID(r.Context(), conn, r.PathValue("room"))
+	if err != nil {
+		return err
+	}
+	if err := conn.LeaveRoom(r.Context(), room); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// roomSubject sets a room's subject ("" clears it).
+func (a *api) roomSubject(w http.ResponseWriter, r *http.Request, c *caller) error {
+	var body struct {
+		Subject string `json:"subject"`
+	}
+	if err := decode(r, &body, false); err != nil {
+		return err
+	}
+	if len(body.Subject) > 4096 {
+		return fmt.Errorf("%w: subject longer than 4096 bytes", ErrBadRequest)
+	}
+	_, conn, err := a.mutate(c)
+	if err != nil {
+		return err
+	}
+	room, err := a.roomJID(r.Context(), conn, r.PathValue("room"))
+	if err != nil {
+		return err
+	}
+	if err := conn.SetSubject(r.Context(), room, body.Subject); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// appendOccupant records a room presence as a "room" event.
+func (s *session) appendOccupant(o *xmppconn.Occupant) {
+	codes := o.Codes
+	if codes == nil {
+		codes = []int{}
+	}
+	s.appendJSON("room", struct {
+		Room        string `json:"room"`
+		Nick        string `json:"nick"`
+		JID         string `json:"jid"`
+		Type        string `json:"type"`
+		Show        string `json:"show"`
+		Status      string `json:"status"`
+		Affiliation string `json:"affiliation"`
+		Role        string `json:"role"`
+		Self        bool   `json:"self"`
+		Codes       []int  `json:"codes"`
+		NewNick     string `json:"new_nick"`
+		Kicked      bool   `json:"kicked"`
+		Banned      bool   `json:"banned"`
+		Reason      string `json:"reason"`
+		Error       string `json:"error"`
+	}{o.Room, o.Nick, o.JID, o.Type, o.Show, o.Status, o.Affiliation, o.Role, o.Self, codes, o.NewNick, o.Kicked, o.Banned, o.Reason, o.Error})
+}
