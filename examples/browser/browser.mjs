@@ -1,7 +1,8 @@
 // Drives the Expresso demo in headless Chromium: Alice and Bob log in from
 // two browser contexts, befriend each other through the UI, chat both ways,
-// see the typing indicator and each other's status, and Alice logs out.
-// env: BASE_URL, OUT_DIR, DOMAIN, ALICE_PASSWORD, BOB_PASSWORD
+// see the typing indicator and each other's status, talk in a group chat
+// room, and Alice logs out.
+// env: BASE_URL, OUT_DIR, DOMAIN, MUC_DOMAIN, ALICE_PASSWORD, BOB_PASSWORD
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
 
@@ -81,6 +82,34 @@ try {
   await alice.selectOption('#show', 'away');
   await contact(bob, `alice@${domain}`).and(bob.locator('.away')).waitFor({ timeout: T });
   await shots('alice-away', alice, bob);
+
+  // Group chat: Alice creates a room from the Rooms panel, Bob finds it in
+  // the list and joins; they talk, each sees the other among the occupants.
+  const room = `equipe@${process.env.MUC_DOMAIN}`;
+  const roomWin = p => p.locator(`.chat.room[data-jid="${room}"]:not([hidden])`);
+  await alice.fill('#join-room input[name=room]', 'equipe');
+  await alice.click('#join-room button');
+  await roomWin(alice).locator('.occupant.moderator.self', { hasText: 'Alice Araújo' }).waitFor({ timeout: T });
+  await bob.click('#rooms-refresh');
+  await bob.locator(`.room-item[data-jid="${room}"]`).click();
+  await roomWin(bob).locator('.occupant.self', { hasText: 'Bob Brandão' }).waitFor({ timeout: T });
+  await roomWin(alice).locator('.occupant.participant', { hasText: 'Bob Brandão' }).waitFor({ timeout: T });
+  await roomWin(bob).locator('.occupant.moderator', { hasText: 'Alice Araújo' }).waitFor({ timeout: T });
+  await roomWin(alice).locator('.compose input').fill('Bom dia, equipe!');
+  await roomWin(alice).locator('.compose input').press('Enter');
+  await roomWin(bob).locator('.log li.them', { hasText: 'Bom dia, equipe!' }).waitFor({ timeout: T });
+  await roomWin(alice).locator('.log li.me', { hasText: 'Bom dia, equipe!' }).waitFor({ timeout: T });
+  await roomWin(bob).locator('.compose input').fill('Bom dia, Alice!');
+  await roomWin(bob).locator('.compose input').press('Enter');
+  await roomWin(alice).locator('.log li.them', { hasText: 'Bom dia, Alice!' }).waitFor({ timeout: T });
+  await roomWin(alice).locator('.log li.them .nick', { hasText: 'Bob Brandão' }).waitFor({ timeout: T });
+  alice.once('dialog', d => d.accept('Planejamento de 2027'));
+  await roomWin(alice).locator('.set-subject').click();
+  await roomWin(bob).locator('h2 .subject', { hasText: 'Planejamento de 2027' }).waitFor({ timeout: T });
+  await shots('room-conversation', alice, bob);
+  await roomWin(bob).locator('.leave-room').click();
+  await roomWin(alice).locator('.log li.system', { hasText: 'Bob Brandão left' }).waitFor({ timeout: T });
+  await shots('room-bob-left', alice, bob);
 
   // Alice logs out; Bob sees her offline.
   await alice.click('#logout');

@@ -128,7 +128,7 @@ func TestBrowserChat(t *testing.T) {
 	uid, _ := strconv.Atoi(www.Uid)
 	gid, _ := strconv.Atoi(www.Gid)
 
-	srv := xmppconntest.StartProsody(t, xmppconntest.Options{})
+	srv := xmppconntest.StartProsody(t, xmppconntest.Options{MUC: true})
 	srv.Register(t, "alice", "alice-pw-1")
 	srv.Register(t, "bob", "bob-pw-2")
 	dir := sharedDir(t, uid, gid)
@@ -200,7 +200,7 @@ func TestBrowserChat(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "node", "browser.mjs")
-	cmd.Env = append(os.Environ(), "BASE_URL="+base, "OUT_DIR="+out, "DOMAIN="+srv.Domain,
+	cmd.Env = append(os.Environ(), "BASE_URL="+base, "OUT_DIR="+out, "DOMAIN="+srv.Domain, "MUC_DOMAIN="+srv.MUCDomain,
 		"ALICE_PASSWORD=alice-pw-1", "BOB_PASSWORD=bob-pw-2", "CHROMIUM="+chromium)
 	res, err := cmd.CombinedOutput()
 	t.Logf("playwright:\n%s", res)

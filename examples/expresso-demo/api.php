@@ -76,6 +76,25 @@ try {
             Client::releaseSessionLock();
             $im->subscription((string)($in['jid'] ?? ''), (string)($in['action'] ?? ''));
             reply(200, ['ok' => true]);
+
+        // ---- Group chat (XEP-0045) ----
+        case 'rooms':
+            Client::releaseSessionLock();
+            reply(200, $im->rooms());
+        case 'room_join':
+            Client::releaseSessionLock();
+            reply(200, $im->joinRoom((string)($in['room'] ?? ''), (string)($in['nick'] ?? ''), (string)($in['password'] ?? '')));
+        case 'room_leave':
+            Client::releaseSessionLock();
+            $im->leaveRoom((string)($in['room'] ?? ''));
+            reply(200, ['ok' => true]);
+        case 'room_send':
+            Client::releaseSessionLock();
+            reply(202, ['id' => $im->sendMessage((string)($in['room'] ?? ''), (string)($in['body'] ?? ''), type: 'groupchat')]);
+        case 'room_subject':
+            Client::releaseSessionLock();
+            $im->setRoomSubject((string)($in['room'] ?? ''), (string)($in['subject'] ?? ''));
+            reply(200, ['ok' => true]);
     }
     reply(404, ['error' => ['code' => 'not_found', 'message' => 'unknown action']]);
 } catch (ApiException $e) {

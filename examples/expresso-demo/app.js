@@ -2,7 +2,7 @@
 // through api.php (PHP calls the sidecar); the password never reaches here.
 'use strict';
 const $ = (s, el = document) => el.querySelector(s);
-const state = { cursor: '', roster: {}, presence: {}, chats: {}, unread: {}, active: null, typing: {}, title: document.title };
+const state = { cursor: '', roster: {}, presence: {}, chats: {}, unread: {}, active: null, typing: {}, title: document.title, receipts: new Set() };
 
 async function call(action, body, query = '') {
   const opts = body === undefined ? {} : {
@@ -100,7 +100,7 @@ function addLine(jid, who, text, id) {
   const li = document.createElement('li');
   li.className = who;
   if (id) li.dataset.id = id;
-  li.innerHTML = `<span class="text">${esc(text)}</span><span class="tick"></span>`;
+  li.innerHTML = `<span class="text">${esc(text)}</span><span class="tick">${id && state.receipts.has(id) ? '✓' : ''}</span>`;
   log.appendChild(li);
   log.scrollTop = log.scrollHeight;
 }
@@ -111,6 +111,7 @@ function titleNotice() {
 }
 
 function handle(ev) {
+  if (roomHandle(ev)) return; // group chat: rooms section below
   switch (ev.event) {
     case 'message': {
       if (!ev.body) break;
@@ -129,6 +130,7 @@ function handle(ev) {
     case 'receipt': {
       const li = document.querySelector(`.log li[data-id="${CSS.escape(ev.id)}"] .tick`);
       if (li) li.textContent = '✓';
+      else state.receipts.add(ev.id); // it can arrive before the send call returned
       break;
     }
     case 'chatstate': {
@@ -183,7 +185,7 @@ async function loadRoster() {
 }
 
 function apply(page) {
-  if (!page.recovered) loadRoster().catch(() => {});
+  if (!page.recovered) { loadRoster().catch(() => {}); loadRooms().catch(() => {}); }
   page.events.forEach(handle);
   state.cursor = page.cursor;
 }
@@ -202,9 +204,9 @@ async function pollLoop() {
 
 function sse() {
   const src = new EventSource('/im/events' + (state.cursor ? '?cursor=' + encodeURIComponent(state.cursor) : ''));
-  const kinds = ['message', 'presence', 'subscription', 'roster', 'chatstate', 'receipt', 'state'];
+  const kinds = ['message', 'presence', 'subscription', 'roster', 'chatstate', 'receipt', 'state', 'room'];
   for (const k of kinds) src.addEventListener(k, m => { const ev = JSON.parse(m.data); handle(ev); state.cursor = ev.cursor; });
-  src.addEventListener('reset', () => loadRoster().catch(() => {}));
+  src.addEventListener('reset', () => { loadRoster().catch(() => {}); loadRooms().catch(() => {}); });
 }
 
 document.addEventListener('click', async ev => {
@@ -247,5 +249,192 @@ document.addEventListener('visibilitychange', () => { if (!document.hidden && st
   $('#conn').textContent = c.state;
   $('#conn').className = 'pill ' + c.state;
   await loadRoster();
+  await loadRooms().catch(() => {});
   if (document.body.dataset.transport === 'sse') sse(); else pollLoop();
 })().catch(e => { $('#conn').textContent = 'error: ' + e.message; });
+
+// ---- Group chat (XEP-0045) -------------------------------------------------
+// The Rooms panel (#rooms-panel in im.php) lists the MUC service's rooms and
+// the ones joined; a room window shows the conversation, the subject and the
+// occupants with their role. Everything here is self-contained: handle()
+// only forwards "room" events and groupchat messages to roomHandle().
+
+state.rooms = {};     // room JID → {nick, subject, occupants: {nick → occupant}}
+state.roomList = [];  // what the service lists
+
+function roomName(jid) { return jid.split('@')[0]; }
+
+async function loadRooms() {
+  const r = await call('rooms');
+  state.roomList = r.rooms || [];
+  state.rooms = {};
+  for (const jr of r.joined || []) {
+    const occupants = {};
+    for (const o of jr.occupants) occupants[o.nick] = o;
+    state.rooms[jr.jid] = { nick: jr.nick, subject: jr.subject, occupants };
+    roomWindow(jr.jid);
+    renderRoomWindow(jr.jid);
+  }
+  renderRooms();
+}
+
+function renderRooms() {
+  const jids = new Set(state.roomList.map(r => r.jid).concat(Object.keys(state.rooms)));
+  const html = [...jids].sort().map(jid => {
+    const listed = state.roomList.find(r => r.jid === jid);
+    const joined = !!state.rooms[jid];
+    const n = state.unread[jid] || 0;
+    return `<li class="room-item${joined ? ' joined' : ''}" data-jid="${esc(jid)}" title="${esc(jid)}">
+      <span class="hash">#</span><span class="who"><span class="name">${esc((listed && listed.name) || roomName(jid))}</span>
+      <span class="show">${joined ? Object.keys(state.rooms[jid].occupants).length + ' here' : 'join'}</span></span>
+      ${n ? `<span class="badge">${n}</span>` : ''}</li>`;
+  }).join('');
+  $('#rooms').innerHTML = html || '<li class="empty">No rooms yet.</li>';
+}
+
+function roomWindow(jid) {
+  if (state.chats[jid]) return state.chats[jid];
+  const el = document.createElement('div');
+  el.className = 'chat room';
+  el.dataset.jid = jid;
+  el.hidden = state.active !== jid;
+  el.innerHTML = `<h2><span class="room-title"># ${esc(roomName(jid))}</span> <span class="subject"></span>
+      <button class="set-subject" type="button" title="change subject">✎</button>
+      <button class="leave-room" type="button">Leave</button></h2>
+    <div class="room-body"><ol class="log"></ol><ul class="occupants"></ul></div>
+    <form class="compose"><input name="body" autocomplete="off" placeholder="Message the room"><button>Send</button></form>`;
+  $('#chats').appendChild(el);
+  state.chats[jid] = el;
+  $('form', el).addEventListener('submit', async ev => {
+    ev.preventDefault();
+    const input = $('input', el);
+    const body = input.value.trim();
+    if (!body) return;
+    input.value = '';
+    // No line yet: the room's echo ("own") shows it, as everyone sees it.
+    try { await call('room_send', { room: jid, body }); } catch (e) { roomLine(jid, 'error', '', 'not sent: ' + e.message); }
+  });
+  $('.leave-room', el).addEventListener('click', async () => {
+    await call('room_leave', { room: jid }).catch(e => alert(e.message));
+    delete state.rooms[jid];
+    el.remove();
+    delete state.chats[jid];
+    if (state.active === jid) state.active = null;
+    loadRooms().catch(() => {});
+  });
+  $('.set-subject', el).addEventListener('click', async () => {
+    const subject = prompt('Subject of ' + roomName(jid), (state.rooms[jid] && state.rooms[jid].subject) || '');
+    if (subject !== null) await call('room_subject', { room: jid, subject }).catch(e => alert('Could not set the subject: ' + e.message));
+  });
+  return el;
+}
+
+function renderRoomWindow(jid) {
+  const r = state.rooms[jid], el = state.chats[jid];
+  if (!r || !el) return;
+  $('.subject', el).textContent = r.subject ? '— ' + r.subject : '';
+  const roleMark = { moderator: '★ ', visitor: '· ' };
+  $('.occupants', el).innerHTML = Object.values(r.occupants).sort((a, b) => a.nick.localeCompare(b.nick)).map(o =>
+    `<li class="occupant ${esc(o.role)} ${esc(o.show || 'online')}${o.nick === r.nick ? ' self' : ''}" data-nick="${esc(o.nick)}"
+      title="${esc(o.affiliation + ' / ' + o.role + (o.jid ? ' — ' + o.jid : ''))}">${esc(roleMark[o.role] || '')}${esc(o.nick)}
+      <span class="aff">${esc(o.affiliation !== 'none' ? o.affiliation : '')}</span></li>`).join('');
+}
+
+function roomLine(jid, who, nick, text, opts = {}) {
+  const log = $('.log', roomWindow(jid));
+  const li = document.createElement('li');
+  li.className = who + (opts.history ? ' history' : '');
+  if (opts.id) li.dataset.id = opts.id;
+  li.innerHTML = (nick && who !== 'me' ? `<b class="nick">${esc(nick)}</b> ` : '') + `<span class="text">${esc(text)}</span>`;
+  log.appendChild(li);
+  log.scrollTop = log.scrollHeight;
+}
+
+function openRoom(jid) {
+  state.active = jid;
+  const el = roomWindow(jid);
+  for (const c of Object.values(state.chats)) c.hidden = c !== el;
+  $('.empty', $('#chats')) && $('.empty', $('#chats')).remove();
+  state.unread[jid] = 0;
+  renderRoomWindow(jid);
+  renderRooms(); titleNotice();
+  $('.compose input', el).focus();
+}
+
+async function joinRoom(room, nick = '', password = '') {
+  const jr = await call('room_join', { room, nick, password });
+  // Events of the room (history, presences) may have come first.
+  const r = roomState(jr.jid);
+  r.nick = jr.nick;
+  r.subject = jr.subject || r.subject;
+  for (const o of jr.occupants) r.occupants[o.nick] = o;
+  openRoom(jr.jid);
+  loadRooms().catch(() => {});
+  return jr;
+}
+
+function roomState(jid) {
+  return state.rooms[jid] || (state.rooms[jid] = { nick: '', subject: '', occupants: {} });
+}
+
+// roomHandle takes the events of group chat; it returns false for others.
+// The sidecar only reports rooms this session is in (or joining).
+function roomHandle(ev) {
+  if (ev.event === 'room') {
+    const r = roomState(ev.room);
+    if (ev.type === 'available') {
+      const isNew = !r.occupants[ev.nick];
+      r.occupants[ev.nick] = ev;
+      if (ev.self) r.nick = ev.nick;
+      else if (isNew && state.chats[ev.room]) roomLine(ev.room, 'system', '', ev.nick + ' joined');
+    } else {
+      delete r.occupants[ev.nick];
+      let what = ev.nick + ' left';
+      if (ev.new_nick) what = ev.nick + ' is now ' + ev.new_nick;
+      else if (ev.kicked) what = ev.nick + ' was kicked' + (ev.reason ? ': ' + ev.reason : '');
+      else if (ev.banned) what = ev.nick + ' was banned' + (ev.reason ? ': ' + ev.reason : '');
+      else if (ev.error) what = 'could not re-join the room (' + ev.error + ')';
+      roomLine(ev.room, 'system', '', what);
+      if (ev.self && !ev.new_nick && (ev.kicked || ev.banned || ev.error)) delete state.rooms[ev.room];
+    }
+    renderRoomWindow(ev.room);
+    renderRooms();
+    return true;
+  }
+  if (ev.event !== 'message' || ev.type !== 'groupchat' || !ev.room) return false;
+  roomState(ev.room);
+  if (ev.subject !== undefined && !ev.body) {
+    state.rooms[ev.room].subject = ev.subject;
+    roomLine(ev.room, 'system', '', (ev.nick ? ev.nick + ' set the subject: ' : 'Subject: ') + ev.subject);
+    renderRoomWindow(ev.room);
+    return true;
+  }
+  if (!ev.body) return true;
+  roomLine(ev.room, ev.own ? 'me' : 'them', ev.nick, ev.body, { id: ev.id, history: !!ev.delay });
+  if (!ev.own && !ev.delay && (state.active !== ev.room || document.hidden)) {
+    state.unread[ev.room] = (state.unread[ev.room] || 0) + 1;
+    renderRooms(); titleNotice();
+  }
+  return true;
+}
+
+document.addEventListener('click', ev => {
+  const li = ev.target.closest('.room-item');
+  if (!li) return;
+  if (state.rooms[li.dataset.jid]) openRoom(li.dataset.jid);
+  else joinRoom(li.dataset.jid).catch(e => alert('Could not join: ' + e.message));
+});
+
+$('#rooms-refresh').addEventListener('click', () => loadRooms().catch(e => alert(e.message)));
+
+$('#join-room').addEventListener('submit', async ev => {
+  ev.preventDefault();
+  const f = new FormData(ev.target);
+  try {
+    await joinRoom(f.get('room').trim(), f.get('nick').trim(), f.get('password'));
+    ev.target.reset();
+  } catch (e) {
+    const why = { nick_in_use: 'that nickname is taken', room_password_required: 'wrong or missing password', room_banned: 'you are banned' }[e.message];
+    alert('Could not join: ' + (why || e.message));
+  }
+});

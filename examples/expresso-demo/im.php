@@ -37,6 +37,17 @@ session_write_close();
       <input name="group" placeholder="group">
       <button>Add contact</button>
     </form>
+    <!-- Group chat (XEP-0045): rooms panel, filled by app.js (rooms section) -->
+    <section id="rooms-panel">
+      <h3>Rooms <button type="button" id="rooms-refresh" title="refresh">↻</button></h3>
+      <ul id="rooms"></ul>
+      <form id="join-room" class="add">
+        <input name="room" placeholder="room name or room@service" required>
+        <input name="nick" placeholder="nickname (default: your name)">
+        <input name="password" type="password" placeholder="password (optional)" autocomplete="off">
+        <button>Join or create room</button>
+      </form>
+    </section>
   </aside>
   <section id="chats"><p class="empty">Pick a contact to chat.</p></section>
 </main>

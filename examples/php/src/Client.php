@@ -279,6 +279,49 @@ final class Client
         $this->request('POST', '/v1/chatstates', ['to' => $to, 'state' => $state]);
     }
 
+    // ---- Group chat (XEP-0045) -------------------------------------------
+
+    /**
+     * The MUC service's rooms and the rooms this session is in.
+     *
+     * @return array{service:string,rooms:list<array{jid:string,name:string,joined:bool}>,joined:list<array<string,mixed>>}
+     */
+    public function rooms(): array
+    {
+        return $this->request('GET', '/v1/rooms');
+    }
+
+    /**
+     * Joins (or creates) a room: a name on the MUC service or room@service.
+     * An empty nick lets the sidecar use the user's full name.
+     *
+     * @return array<string,mixed> the room with its occupants and "created"
+     */
+    public function joinRoom(string $room, string $nick = '', string $password = ''): array
+    {
+        $body = [];
+        if ($nick !== '') {
+            $body['nick'] = $nick;
+        }
+        if ($password !== '') {
+            $body['password'] = $password;
+        }
+        // An empty PHP array would be encoded as a JSON list: send no body.
+        return $this->request('POST', '/v1/rooms/' . rawurlencode($room) . '/join', $body === [] ? null : $body);
+    }
+
+    /** Leaves a room. */
+    public function leaveRoom(string $room): void
+    {
+        $this->request('POST', '/v1/rooms/' . rawurlencode($room) . '/leave');
+    }
+
+    /** Sets a room's subject ("" clears it). */
+    public function setRoomSubject(string $room, string $subject): void
+    {
+        $this->request('PUT', '/v1/rooms/' . rawurlencode($room) . '/subject', ['subject' => $subject]);
+    }
+
     /**
      * Performs one call and decodes the answer.
      *
