@@ -93,6 +93,14 @@ func TestE2ERooms(t *testing.T) {
 		return ev.Event == "room" && ev.Room == room && ev.Nick == "Carol" && ev.Self
 	})
 
+	// A presence change reaches the room.
+	bob.C.mustCall(t, "POST", "/v1/presence", map[string]any{"show": "dnd", "status": "em reunião"}, nil, http.StatusNoContent)
+	for _, p := range []*poller{pa, pc} {
+		p.waitFor(t, 15*time.Second, "bob busy in the room", func(ev event) bool {
+			return ev.Event == "room" && ev.Room == room && ev.Nick == "Bob" && ev.Show == "dnd" && ev.Status == "em reunião"
+		})
+	}
+
 	// Everyone's messages reach everyone; the sender sees its echo as own.
 	users := []struct {
 		u    *user

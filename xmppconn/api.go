@@ -59,7 +59,15 @@ func (c *Conn) SendPresence(ctx context.Context, p Presence) error {
 		}
 		p.To = to
 	}
-	return c.send(encodePresence(p), true)
+	if err := c.send(encodePresence(p), true); err != nil || p.To != "" || p.Type == "unavailable" {
+		return err
+	}
+	for _, raw := range c.roomPresences(p) {
+		if err := c.send(raw, true); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Subscribe manages a presence subscription with jid. action is

@@ -55,6 +55,7 @@ type Conn struct {
 	// mucMu guards rooms, the group chat rooms joined (muc.go).
 	mucMu      sync.Mutex
 	rooms      map[string]*mucRoom
+	presence   Presence // our last broadcast show and status, for rooms
 	mucService atomic.Pointer[string]
 }
 
@@ -98,6 +99,9 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 		idPrefix: hex.EncodeToString(rnd[:]),
 	}
 	c.closeCtx, c.closeStart = context.WithCancel(context.Background())
+	if p := cfg.InitialPresence; p != nil {
+		c.presence = Presence{Show: p.Show, Status: p.Status}
+	}
 	c.setState(StateConnecting)
 	s, _, err := c.establish(ctx)
 	if err != nil {

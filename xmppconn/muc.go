@@ -350,7 +350,7 @@ func (c *Conn) JoinRoom(ctx context.Context, j RoomJoin) (JoinedRoom, bool, erro
 		if !first {
 			history = -1 // a nick change: the room sends no history anyway
 		}
-		raw := encodeJoin(room, nick, r.password, history, time.Time{})
+		raw := encodeJoin(room, nick, r.password, history, time.Time{}, c.presence)
 		c.mucMu.Unlock()
 
 		err := c.send(raw, false)
@@ -501,11 +501,13 @@ func (c *Conn) JoinedRooms() []JoinedRoom {
 
 // encodeJoin renders the presence that enters a room. since, when set,
 // asks for the history after it instead of history messages.
-func encodeJoin(room, nick, password string, history int, since time.Time) []byte {
+func encodeJoin(room, nick, password string, history int, since time.Time, p Presence) []byte {
 	var b bytes.Buffer
 	b.WriteString(`<presence`)
 	attr(&b, "to", room+"/"+nick)
-	b.WriteString(`><x xmlns="` + nsMUC + `">`)
+	b.WriteString(`>`)
+	writeShowStatus(&b, p)
+	b.WriteString(`<x xmlns="` + nsMUC + `">`)
 	if password != "" {
 		b.WriteString(`<password>`)
 		esc(&b, password)
@@ -521,6 +523,41 @@ func encodeJoin(room, nick, password string, history int, since time.Time) []byt
 	}
 	b.WriteString(`</x></presence>`)
 	return b.Bytes()
+}
+
+// writeShowStatus renders the show and status of our presence, which a
+// room shows to its occupants.
+func writeShowStatus(b *bytes.Buffer, p Presence) {
+	if p.Show != "" {
+		b.WriteString(`<show>` + p.Show + `</show>`)
+	}
+	if p.Status != "" {
+		b.WriteString(`<status>`)
+		esc(b, p.Status)
+		b.WriteString(`</status>`)
+	}
+}
+
+// roomPresences records p as our broadcast presence and returns it
+// addressed to each room we are in: servers do not forward presence
+// changes to rooms (XEP-0045 §7.7), so the client must.
+func (c *Conn) roomPresences(p Presence) [][]byte {
+	c.mucMu.Lock()
+	defer c.mucMu.Unlock()
+	c.presence = Presence{Show: p.Show, Status: p.Status}
+	var out [][]byte
+	for _, r := range c.rooms {
+		if r.joined && r.nick != "" {
+			var b bytes.Buffer
+			b.WriteString(`<presence`)
+			attr(&b, "to", r.jid+"/"+r.nick)
+			b.WriteString(`>`)
+			writeShowStatus(&b, c.presence)
+			b.WriteString(`</presence>`)
+			out = append(out, b.Bytes())
+		}
+	}
+	return out
 }
 
 // isRoomJoin reports whether raw is a presence made by encodeJoin.
@@ -701,7 +738,7 @@ func (c *Conn) handleRoomPresence(s *stream, n *node) bool {
 			// Another occupant is re-creating the room after a server
 			// restart and it is locked until configured: try again soon.
 			r.retries++
-			raw := encodeJoin(r.jid, r.nick, r.password, 0, r.last.Add(-rejoinMargin))
+			raw := encodeJoin(r.jid, r.nick, r.password, 0, r.last.Add(-rejoinMargin), c.presence)
 			time.AfterFunc(time.Duration(r.retries)*rejoinRetryWait, func() { c.send(raw, false) })
 			c.mucMu.Unlock()
 			return true
@@ -821,7 +858,7 @@ func (c *Conn) rejoinRooms(s *stream) error {
 		}
 		r.joined, r.rejoining, r.retries = false, true, 0
 		r.occupants = map[string]Occupant{}
-		raws = append(raws, encodeJoin(r.jid, nick, r.password, 0, r.last.Add(-rejoinMargin)))
+		raws = append(raws, encodeJoin(r.jid, nick, r.password, 0, r.last.Add(-rejoinMargin), c.presence))
 	}
 	c.mucMu.Unlock()
 	for _, raw := range raws {

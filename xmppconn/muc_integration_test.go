@@ -98,6 +98,15 @@ func TestMUCProsody(t *testing.T) {
 		t.Errorf("groupchat to a room not joined: %v", err)
 	}
 
+	// A presence change reaches the rooms too.
+	if err := alice.SendPresence(ctx, xmppconn.Presence{Show: "away", Status: "almoço"}); err != nil {
+		t.Fatal(err)
+	}
+	bob.rec.waitFor(t, 10*time.Second, "alice away in the room", func(ev xmppconn.Event) bool {
+		o, ok := ev.(*xmppconn.Occupant)
+		return ok && o.Room == room && o.Nick == "Alice" && o.Show == "away" && o.Status == "almoço" && o.Affiliation == "owner"
+	})
+
 	// Subject: set by the owner, seen by all, kept in JoinedRooms.
 	if err := alice.SetSubject(ctx, room, "Planejamento 2027"); err != nil {
 		t.Fatal(err)

@@ -75,10 +75,10 @@ func TestEncodeJoinAndForm(t *testing.T) {
 	for _, tc := range []struct {
 		got, want string
 	}{
-		{string(encodeJoin("r@s", "Zé <1>", "p&w", 0, time.Time{})), `<presence to="r@s/Zé &lt;1&gt;"><x xmlns="http://jabber.org/protocol/muc"><password>p&amp;w</password></x></presence>`},
-		{string(encodeJoin("r@s", "n", "", -1, time.Time{})), `<presence to="r@s/n"><x xmlns="http://jabber.org/protocol/muc"><history maxstanzas="0"/></x></presence>`},
-		{string(encodeJoin("r@s", "n", "", 5, time.Time{})), `<presence to="r@s/n"><x xmlns="http://jabber.org/protocol/muc"><history maxstanzas="5"/></x></presence>`},
-		{string(encodeJoin("r@s", "n", "", 5, since)), `<presence to="r@s/n"><x xmlns="http://jabber.org/protocol/muc"><history since="2026-12-01T07:00:00Z"/></x></presence>`},
+		{string(encodeJoin("r@s", "Zé <1>", "p&w", 0, time.Time{}, Presence{Show: "away", Status: "a<b"})), `<presence to="r@s/Zé &lt;1&gt;"><show>away</show><status>a&lt;b</status><x xmlns="http://jabber.org/protocol/muc"><password>p&amp;w</password></x></presence>`},
+		{string(encodeJoin("r@s", "n", "", -1, time.Time{}, Presence{})), `<presence to="r@s/n"><x xmlns="http://jabber.org/protocol/muc"><history maxstanzas="0"/></x></presence>`},
+		{string(encodeJoin("r@s", "n", "", 5, time.Time{}, Presence{})), `<presence to="r@s/n"><x xmlns="http://jabber.org/protocol/muc"><history maxstanzas="5"/></x></presence>`},
+		{string(encodeJoin("r@s", "n", "", 5, since, Presence{})), `<presence to="r@s/n"><x xmlns="http://jabber.org/protocol/muc"><history since="2026-12-01T07:00:00Z"/></x></presence>`},
 		{string(roomConfigForm("", false)), `<query xmlns="http://jabber.org/protocol/muc#owner"><x xmlns="jabber:x:data" type="submit"></x></query>`},
 		{string(roomConfigForm("s", true)), `<query xmlns="http://jabber.org/protocol/muc#owner"><x xmlns="jabber:x:data" type="submit"><field var="FORM_TYPE"><value>http://jabber.org/protocol/muc#roomconfig</value></field><field var="muc#roomconfig_passwordprotectedroom"><value>1</value></field><field var="muc#roomconfig_roomsecret"><value>s</value></field><field var="muc#roomconfig_publicroom"><value>1</value></field></x></query>`},
 	} {
