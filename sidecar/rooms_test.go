@@ -3,6 +3,9 @@ package sidecar
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"sort"
 	"strings"
 	"testing"
@@ -146,6 +149,27 @@ func TestRoomsAPI(t *testing.T) {
 			t.Errorf("events lack %s\n%s", want, body)
 		}
 	}
+}
+
+// FuzzRoomsAPI: the room routes answer any input without a 5xx.
+func FuzzRoomsAPI(f *testing.F) {
+	f.Add("POST", "sala", "join", `{"nick":"x","password":"p","history":3,"public":false}`)
+	f.Add("PUT", "sala@conference.example.test", "subject", `{"subject":"s"}`)
+	f.Add("POST", "a@b/c", "leave", ``)
+	f.Fuzz(func(t *testing.T, method, room, action, body string) {
+		h := newHarness(t, "")
+		h.do("POST", "/v1/connect", "", "X-Session-Id", goodID)
+		req, err := http.NewRequest(method, "http://sidecar/v1/rooms/"+url.PathEscape(room)+"/"+url.PathEscape(action), strings.NewReader(body))
+		if err != nil {
+			return
+		}
+		req.Header.Set("X-Session-Id", goodID)
+		rec := httptest.NewRecorder()
+		h.srv.ServeHTTP(rec, req)
+		if rec.Code >= 500 {
+			t.Fatalf("%s %s/%s %q -> %d %s", method, room, action, body, rec.Code, rec.Body)
+		}
+	})
 }
 
 func TestStatusForRooms(t *testing.T) {
