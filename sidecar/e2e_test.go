@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"expressolivre.org/imsidecar/xmppconn"
+	"expressolivre.org/imsidecar/xmppconn/xmppconntest"
 )
 
 // TestE2EChat: two web users connect, see each other's presence, chat both
@@ -421,7 +422,7 @@ func TestPHPClient(t *testing.T) {
 		unix  bool
 	}{{"files", false}, {"redis", true}} {
 		t.Run(tc.store, func(t *testing.T) {
-			e := startE2E(t, tc.store, daemonOptions{Token: true, UnixSocket: tc.unix})
+			e := startE2E(t, tc.store, daemonOptions{Token: true, UnixSocket: tc.unix, Prosody: xmppconntest.Options{MUC: true}})
 			e.register(t, "phpalice", "phpbob", "phpcarol")
 			a, b, c := e.login(t, "phpalice"), e.login(t, "phpbob"), e.login(t, "phpcarol")
 			cmd := exec.CommandContext(t.Context(), phpunit, "--configuration", filepath.Join(dir, "phpunit.xml.dist"), "--testdox")

@@ -231,6 +231,52 @@ final class ClientLiveTest extends TestCase
         $this->assertSame($this->bobJid, self::bare($msg['from']));
     }
 
+    public function testRoomConversation(): void
+    {
+        $room = 'php-sala-' . bin2hex(random_bytes(3));
+        $joined = $this->alice->joinRoom($room, 'Alice');
+        $this->assertTrue($joined['created']);
+        $this->assertSame('Alice', $joined['nick']);
+        $this->assertSame('owner', $joined['occupants'][0]['affiliation']);
+        $roomJid = $joined['jid'];
+
+        // Bob joins with his full name as the nick; Alice's nick is refused.
+        try {
+            $this->bob->joinRoom($room, 'Alice');
+            $this->fail('joining with a nick in use succeeded');
+        } catch (ApiException $e) {
+            $this->assertSame(409, $e->getStatus());
+            $this->assertSame('nick_in_use', $e->getErrorCode());
+        }
+        $bobJoin = $this->bob->joinRoom($roomJid);
+        $this->assertFalse($bobJoin['created']);
+        $this->assertCount(2, $bobJoin['occupants']);
+        $rooms = $this->bob->rooms();
+        $this->assertNotSame('', $rooms['service']);
+        $this->assertContains($roomJid, array_column($rooms['joined'], 'jid'));
+
+        $ev = $this->waitFor($this->alice, $this->aliceCursor, fn ($e) => $e['event'] === 'room' && $e['room'] === $roomJid
+            && $e['nick'] === $bobJoin['nick'] && $e['type'] === 'available', 'bob in the room');
+        $this->assertSame('participant', $ev['role']);
+
+        $id = $this->alice->sendMessage($roomJid, 'Olá, sala! ✓', 'groupchat');
+        $msg = $this->waitFor($this->bob, $this->bobCursor, fn ($e) => $e['event'] === 'message' && ($e['id'] ?? '') === $id, 'room message');
+        $this->assertSame('groupchat', $msg['type']);
+        $this->assertSame($roomJid, $msg['room']);
+        $this->assertSame('Alice', $msg['nick']);
+        $echo = $this->waitFor($this->alice, $this->aliceCursor, fn ($e) => $e['event'] === 'message' && ($e['id'] ?? '') === $id, 'echo');
+        $this->assertTrue($echo['own']);
+
+        $this->alice->setRoomSubject($room, 'Pauta');
+        $this->waitFor($this->bob, $this->bobCursor, fn ($e) => $e['event'] === 'message' && ($e['subject'] ?? '') === 'Pauta', 'subject');
+
+        $this->bob->leaveRoom($roomJid);
+        $this->waitFor($this->alice, $this->aliceCursor, fn ($e) => $e['event'] === 'room' && $e['room'] === $roomJid
+            && $e['nick'] === $bobJoin['nick'] && $e['type'] === 'unavailable', 'bob leaves');
+        $this->alice->leaveRoom($roomJid);
+        $this->assertSame([], $this->alice->rooms()['joined']);
+    }
+
     public function testChatStates(): void
     {
         $this->befriend();

@@ -25,6 +25,8 @@ final class ClientUnitTest extends TestCase
         yield 'session' => [401, 'session_expired', SessionException::class];
         yield 'not found' => [404, 'not_found', ApiException::class];
         yield 'not connected' => [409, 'not_connected', NotConnectedException::class];
+        yield 'nick in use' => [409, 'nick_in_use', ApiException::class];
+        yield 'room password' => [403, 'room_password_required', ApiException::class];
         yield 'too large' => [413, 'too_large', ApiException::class];
         yield 'rate limited' => [429, 'rate_limited', RateLimitedException::class];
         yield 'internal' => [500, 'internal', ApiException::class];

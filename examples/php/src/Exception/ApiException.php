@@ -46,7 +46,8 @@ class ApiException extends ClientException
         $text = sprintf('imsidecar: HTTP %d %s: %s', $status, $code !== '' ? $code : 'error', $message);
         return match (true) {
             $status === 401 => new SessionException($status, $code, $text),
-            $status === 409 => new NotConnectedException($status, $code, $text),
+            // Other 409s (nick_in_use, room_full, not_in_room) are not about the stream.
+            $status === 409 && ($code === 'not_connected' || $code === '') => new NotConnectedException($status, $code, $text),
             $status === 429 => new RateLimitedException($status, $code, $text),
             $status === 502 => new XmppException($status, $code, $text),
             $status === 503 => new UnavailableException($status, $code, $text),
