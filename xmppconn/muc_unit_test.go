@@ -249,3 +249,42 @@ func TestMUCJoinErrors(t *testing.T) {
 		t.Errorf("join without a nick: %v", err)
 	}
 }
+
+// TestMUCResumedKeepsRooms: a resumed stream never left its rooms, so
+// nothing is sent to them again.
+func TestMUCResumedKeepsRooms(t *testing.T) {
+	noLeaks(t)
+	s := startScriptServer(t)
+	h := make(chanHandler, 100)
+	c, sc := dialScript(t, s, h, func(sc *scriptConn) { sc.login(); sc.fresh("sm1") })
+	const room = "sala@conference.example.test"
+	ch := make(chan error, 1)
+	go func() {
+		_, _, err := c.JoinRoom(t.Context(), RoomJoin{Room: room, Nick: "Alice"})
+		ch <- err
+	}()
+	sc.expect("presence")
+	sc.write(`<presence from="sala@conference.example.test/Alice"><x xmlns="http://jabber.org/protocol/muc#user"><item affiliation="member" role="participant"/><status code="110"/></x></presence>`)
+	if err := <-ch; err != nil {
+		t.Fatal(err)
+	}
+	sc.write(`<a xmlns="urn:xmpp:sm:3" h="3"/>`) // roster request, presence, join
+	sc.write(`<r xmlns="urn:xmpp:sm:3"/>`)
+	sc.expect("a")
+	sc.nc.Close()
+	h.wait(t, func(ev Event) bool { s, ok := ev.(*StateChange); return ok && s.State == StateReconnecting })
+	sc2 := s.accept()
+	sc2.login()
+	sc2.expect("resume")
+	sc2.write(`<resumed xmlns="urn:xmpp:sm:3" previd="sm1" h="3"/>`)
+	h.wait(t, func(ev Event) bool { s, ok := ev.(*StateChange); return ok && s.State == StateOnline && s.Resumed })
+	if _, err := c.Send(t.Context(), Message{To: room, Type: "groupchat", ID: "after", Body: "still here"}); err != nil {
+		t.Fatal(err)
+	}
+	if m := sc2.expect("message"); m.get("id") != "after" {
+		t.Fatalf("after resumption the server got %s %s first", m.name.Local, m.get("to"))
+	}
+	if jrs := c.JoinedRooms(); len(jrs) != 1 || !jrs[0].Joined {
+		t.Fatalf("JoinedRooms after resumption = %+v", jrs)
+	}
+}
