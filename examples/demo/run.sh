@@ -60,6 +60,10 @@ c2s_require_encryption = true
 certificates = "$WORK/certs"
 VirtualHost "$DOMAIN"
   ssl = { key = "$WORK/certs/$DOMAIN.key"; certificate = "$WORK/certs/$DOMAIN.crt" }
+-- Group chat (XEP-0045) for the demo's Rooms panel.
+Component "conference.$DOMAIN" "muc"
+  restrict_room_creation = false
+  muc_room_default_public = true
 CFG
 
 export PROSODY_CONFIG="$WORK/prosody.cfg.lua"
