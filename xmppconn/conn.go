@@ -40,8 +40,9 @@ type Conn struct {
 	// that reads the stream touches it.
 	inH atomic.Uint32
 
-	mu      sync.Mutex // guards pending
+	mu      sync.Mutex // guards pending and mam
 	pending map[string]*iqWait
+	mam     map[string]*mamQuery // running archive queries by query id
 
 	closing    atomic.Bool
 	closeCtx   context.Context // canceled by Close
@@ -89,6 +90,7 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 		log:      cfg.Logger,
 		own:      JID{Local: cfg.User, Domain: cfg.Domain},
 		pending:  map[string]*iqWait{},
+		mam:      map[string]*mamQuery{},
 		done:     make(chan struct{}),
 		idPrefix: hex.EncodeToString(rnd[:]),
 	}

@@ -13,7 +13,11 @@
 // hands everything it receives to a Handler as typed events: messages (with
 // XEP-0203 delay stamps and unwrapped XEP-0280 carbons), presence,
 // subscriptions, roster pushes, chat states, XEP-0184 receipts (which it
-// also answers) and state changes.
+// also answers) and state changes. Presence events carry the contact's
+// XEP-0153 avatar hash. History reads one-to-one and room archives
+// (XEP-0313 message archive management, paged with XEP-0059); archive
+// results go to the query that asked for them, only from the archive
+// itself, and never to the Handler.
 //
 // Stream management (XEP-0198) is enabled when the server offers it: the
 // Conn acknowledges inbound stanzas only after the Handler returned, keeps

@@ -17,7 +17,12 @@ func FuzzHandle(f *testing.F) {
 		`<iq type="get" id="4"><query xmlns="http://jabber.org/protocol/disco#info" node="n"/></iq>`,
 		`<iq type="result" id="5"/>`, `<iq type="error" id="6"><error/></iq>`,
 		`<presence from="x@y/z"><priority>999</priority><show>dnd</show></presence>`,
-		`<presence type="subscribe" from="x@y"/>`, `<a xmlns="urn:xmpp:sm:3" h="99"/>`, `<r xmlns="urn:xmpp:sm:3"/>`,
+		`<presence type="subscribe" from="x@y"/>`,
+		`<presence from="x@y/z"><x xmlns="vcard-temp:x:update"><photo>0123456789abcdef0123456789abcdef01234567</photo></x></presence>`,
+		`<presence from="x@y/z"><x xmlns="vcard-temp:x:update"><photo/></x></presence>`,
+		`<message><result xmlns="urn:xmpp:mam:2" queryid="q1" id="a1"><forwarded xmlns="urn:xmpp:forward:0"><delay xmlns="urn:xmpp:delay" stamp="2026-01-02T03:04:05Z"/><message xmlns="jabber:client" from="b@x/y" type="chat"><body>old</body></message></forwarded></result></message>`,
+		`<message from="alice@example.test"><result xmlns="urn:xmpp:mam:2" queryid="q1"><forwarded xmlns="urn:xmpp:forward:0"/></result></message>`,
+		`<message from="mallory@example.test"><result xmlns="urn:xmpp:mam:2" queryid="q1" id="a2"><forwarded xmlns="urn:xmpp:forward:0"><message><body>forged</body></message></forwarded></result></message>`, `<a xmlns="urn:xmpp:sm:3" h="99"/>`, `<r xmlns="urn:xmpp:sm:3"/>`,
 	} {
 		f.Add(s)
 	}
@@ -32,12 +37,20 @@ func FuzzHandle(f *testing.F) {
 		}
 		var events int
 		cfg.Handler = HandlerFunc(func(Event) { events++ })
-		c := &Conn{cfg: cfg, log: cfg.Logger, own: JID{Local: "alice", Domain: "example.test"}, pending: map[string]*iqWait{}}
+		q := &mamQuery{ns: nsMAM2, max: 2}
+		c := &Conn{cfg: cfg, log: cfg.Logger, own: JID{Local: "alice", Domain: "example.test"}, pending: map[string]*iqWait{},
+			mam: map[string]*mamQuery{"q1": q, "q2": {ns: nsMAM2, max: 1, last: true}}}
 		c.sm.enabled = true
 		st := &stream{nc: pipeSink(t)}
 		c.handle(st, n)
 		if events > 2 {
 			t.Fatalf("%d events from one stanza", events)
+		}
+		if len(q.msgs) > q.max || len(c.mam["q2"].msgs) > 1 {
+			t.Fatalf("archive query holds %d results over its bound", len(q.msgs))
+		}
+		if mamResult(n) != nil && events != 0 {
+			t.Fatal("an archive result became an event")
 		}
 	})
 }
