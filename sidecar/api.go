@@ -2,9 +2,7 @@ package sidecar
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -65,6 +63,7 @@ func (a *api) routes() http.Handler {
 	handle("GET /v1/avatar/{jid}", true, a.avatar)
 	handle("PUT /v1/blocklist/{jid}", false, a.block)
 	handle("DELETE /v1/blocklist/{jid}", false, a.unblock)
+	handle("GET /v1/history", false, a.history)
 	mux.Handle("/", a.wrap("other", true, func(http.ResponseWriter, *http.Request, *caller) error {
 		return fmt.Errorf("%w: no such endpoint", ErrNotFound)
 	}))
@@ -741,8 +740,8 @@ func (a *api) avatar(w http.ResponseWriter, r *http.Request, c *caller) error {
 		// Never serve a contact's bytes as anything but an image.
 		return fmt.Errorf("%w: the vCard photo is not an image", ErrNotFound)
 	}
-	sum := sha256.Sum256(v.Photo)
-	etag := `"` + hex.EncodeToString(sum[:16]) + `"`
+	// The ETag is the XEP-0153 hash that presence events carry as avatar.
+	etag := `"` + xmppconn.AvatarHash(v.Photo) + `"`
 	h := w.Header()
 	h.Set("ETag", etag)
 	h.Set("Cache-Control", "private, max-age=300")

@@ -484,8 +484,14 @@ type e2e struct {
 // opts.Store and opts.XMPP are filled in.
 func startE2E(tb testing.TB, store string, opts daemonOptions) *e2e {
 	tb.Helper()
+	return startE2EWith(tb, store, xmppconntest.Options{}, opts)
+}
+
+// startE2EWith is startE2E with a Prosody configured by xopts.
+func startE2EWith(tb testing.TB, store string, xopts xmppconntest.Options, opts daemonOptions) *e2e {
+	tb.Helper()
 	requireBinary(tb, "php", "php-cli php-redis")
-	e := &e2e{XMPP: xmppconntest.StartProsody(tb, xmppconntest.Options{})}
+	e := &e2e{XMPP: xmppconntest.StartProsody(tb, xopts)}
 	switch store {
 	case "files":
 		dir := filepath.Join(tb.TempDir(), "sessions")
@@ -652,6 +658,7 @@ type event struct {
 	State    string          `json:"state"`
 	Reason   string          `json:"reason"`
 	Item     json.RawMessage `json:"item"`
+	Avatar   *string         `json:"avatar"`
 }
 
 type eventsPage struct {

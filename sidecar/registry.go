@@ -34,6 +34,7 @@ type xmppSession interface {
 	Block(ctx context.Context, jids ...string) error
 	Unblock(ctx context.Context, jids ...string) error
 	VCard(ctx context.Context, jid string) (xmppconn.VCard, error)
+	History(ctx context.Context, q xmppconn.HistoryQuery) (xmppconn.HistoryPage, error)
 	Close(ctx context.Context) error
 	Done() <-chan struct{}
 }
@@ -74,6 +75,8 @@ type presenceInfo struct {
 	Show     string `json:"show"`
 	Status   string `json:"status"`
 	Priority int    `json:"priority"`
+	// Avatar is the XEP-0153 photo hash: "" no avatar, absent unknown.
+	Avatar *string `json:"avatar,omitempty"`
 }
 
 func (s *session) State() xmppconn.State {
@@ -275,12 +278,13 @@ func (r *registry) handle(s *session, ev xmppconn.Event) {
 			typ = "available"
 		}
 		s.appendJSON("presence", struct {
-			From     string `json:"from"`
-			Type     string `json:"type"`
-			Show     string `json:"show"`
-			Status   string `json:"status"`
-			Priority int    `json:"priority"`
-		}{e.From, typ, e.Show, e.Status, e.Priority})
+			From     string  `json:"from"`
+			Type     string  `json:"type"`
+			Show     string  `json:"show"`
+			Status   string  `json:"status"`
+			Priority int     `json:"priority"`
+			Avatar   *string `json:"avatar,omitempty"`
+		}{e.From, typ, e.Show, e.Status, e.Priority, e.Avatar})
 	case *xmppconn.Subscription:
 		s.appendJSON("subscription", struct {
 			From string `json:"from"`
@@ -369,7 +373,12 @@ func (s *session) trackPresence(p *xmppconn.Presence) {
 	if s.presence[bare] == nil {
 		s.presence[bare] = map[string]presenceInfo{}
 	}
-	s.presence[bare][res] = presenceInfo{Resource: res, Show: p.Show, Status: p.Status, Priority: p.Priority}
+	avatar := p.Avatar
+	if avatar == nil {
+		// XEP-0153: a presence without the hash leaves it as it was.
+		avatar = s.presence[bare][res].Avatar
+	}
+	s.presence[bare][res] = presenceInfo{Resource: res, Show: p.Show, Status: p.Status, Priority: p.Priority, Avatar: avatar}
 }
 
 func (s *session) clearPresence() {
