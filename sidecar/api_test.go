@@ -78,6 +78,7 @@ type fakeConn struct {
 	roster      []xmppconn.RosterItem
 	blocked     []string
 	lastHistory xmppconn.HistoryQuery
+	ownAvatar   *string
 	done        chan struct{}
 	closed      bool
 	fail        error

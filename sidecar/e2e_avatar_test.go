@@ -91,3 +91,30 @@ func TestE2EAvatarHash(t *testing.T) {
 		t.Fatalf("presence avatar = %v, want \"\"", ev.Avatar)
 	}
 }
+
+// TestE2EOwnAvatarAdvertised: the web session advertises the user's own
+// vCard photo hash in its presence (XEP-0153), as desktop clients do.
+func TestE2EOwnAvatarAdvertised(t *testing.T) {
+	e := startE2E(t, "files", daemonOptions{})
+	e.register(t, "alice", "bob")
+	var photo bytes.Buffer
+	if err := png.Encode(&photo, image.NewGray(image.Rect(0, 0, 3, 3))); err != nil {
+		t.Fatal(err)
+	}
+	setup := dialDesktop(t, e.XMPP, "alice")
+	vcard := `<vCard xmlns="vcard-temp"><PHOTO><TYPE>image/png</TYPE><BINVAL>` + base64.StdEncoding.EncodeToString(photo.Bytes()) + `</BINVAL></PHOTO></vCard>`
+	if _, err := setup.Conn.SendIQ(t.Context(), "set", "", []byte(vcard)); err != nil {
+		t.Fatal(err)
+	}
+	setup.Conn.Close(t.Context())
+
+	alice := e.login(t, "alice")
+	pa := alice.connect(t)
+	bob := dialDesktop(t, e.XMPP, "bob")
+	befriendDesktop(t, alice, pa, bob)
+	hash := xmppconn.AvatarHash(photo.Bytes())
+	bob.waitFor(t, 15*time.Second, "alice's web presence with her avatar hash", func(ev xmppconn.Event) bool {
+		p, ok := ev.(*xmppconn.Presence)
+		return ok && bareJID(p.From) == alice.Bare && p.From != alice.Bare+"/desktop" && p.Avatar != nil && *p.Avatar == hash
+	})
+}

@@ -31,6 +31,13 @@ func (c *fakeConn) History(_ context.Context, q xmppconn.HistoryQuery) (xmppconn
 	}, nil
 }
 
+func (c *fakeConn) SetAvatarHash(_ context.Context, hash string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.ownAvatar = &hash
+	return nil
+}
+
 func TestParseHistoryQuery(t *testing.T) {
 	start := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	for _, tc := range []struct {

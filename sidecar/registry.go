@@ -35,6 +35,7 @@ type xmppSession interface {
 	Unblock(ctx context.Context, jids ...string) error
 	VCard(ctx context.Context, jid string) (xmppconn.VCard, error)
 	History(ctx context.Context, q xmppconn.HistoryQuery) (xmppconn.HistoryPage, error)
+	SetAvatarHash(ctx context.Context, hash string) error
 	Close(ctx context.Context) error
 	Done() <-chan struct{}
 }
@@ -241,7 +242,28 @@ func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session,
 	s.mu.Unlock()
 	s.setState(xmppconn.StateOnline, "")
 	logger.Info("xmpp online", "jid", conn.JID(), "took", time.Since(start).Round(time.Millisecond))
+	r.wg.Add(1)
+	go r.advertiseAvatar(conn, logger)
 	return s, nil
+}
+
+// advertiseAvatar reads the user's own vCard once the stream is up and
+// puts its photo's hash into the user's presence (XEP-0153), so contacts
+// on desktop clients show the web session with the user's avatar. It ends
+// with the vCard request: at most the IQ timeout, at once when the stream
+// closes.
+func (r *registry) advertiseAvatar(conn xmppSession, logger *slog.Logger) {
+	defer r.wg.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	v, err := conn.VCard(ctx, "")
+	if err != nil {
+		logger.Debug("own vCard not read; avatar not advertised", "err", err)
+		return
+	}
+	if err := conn.SetAvatarHash(ctx, xmppconn.AvatarHash(v.Photo)); err != nil {
+		logger.Debug("advertising the avatar", "err", err)
+	}
 }
 
 // handle turns an xmppconn event into an event-log entry. It runs on the

@@ -40,5 +40,5 @@
 // do not each copy it.
 //
 // The Handler runs on the Conn's goroutine: it may send, but must not wait
-// for IQ results (Roster, SetRosterItem, RemoveRosterItem, SendIQ).
+// for IQ results (Roster, SetRosterItem, RemoveRosterItem, SendIQ, History).
 package xmppconn

@@ -246,3 +246,41 @@ func deref(s *string) string {
 	}
 	return fmt.Sprintf("%q", *s)
 }
+
+// TestOwnAvatarHash: once set, the user's hash is re-announced with the
+// current presence and carried by every later broadcast presence, not by
+// directed ones.
+func TestOwnAvatarHash(t *testing.T) {
+	s := startScriptServer(t)
+	c, sc := dialScript(t, s, make(chanHandler, 100), func(sc *scriptConn) { sc.login(); sc.fresh("sm1") })
+	const h = "0123456789abcdef0123456789abcdef01234567"
+	photo := func(p *node) *string { return parseAvatarHash(p) }
+	if err := c.SetAvatarHash(t.Context(), "not-hex"); err == nil {
+		t.Fatal("bad hash accepted")
+	}
+	if err := c.SendPresence(t.Context(), Presence{Show: "dnd", Status: "busy"}); err != nil {
+		t.Fatal(err)
+	}
+	if p := sc.expect("presence"); photo(p) != nil {
+		t.Fatal("a hash before SetAvatarHash")
+	}
+	if err := c.SetAvatarHash(t.Context(), strings.ToUpper(h)); err != nil {
+		t.Fatal(err)
+	}
+	p := sc.expect("presence")
+	if got := photo(p); got == nil || *got != h || p.child(nsClient, "show").textOrEmpty() != "dnd" {
+		t.Fatalf("re-announced presence: avatar %s, show %q", deref(got), p.child(nsClient, "show").textOrEmpty())
+	}
+	if err := c.SendPresence(t.Context(), Presence{To: "room@conference.example.test/alice"}); err != nil {
+		t.Fatal(err)
+	}
+	if p := sc.expect("presence"); photo(p) != nil {
+		t.Fatal("directed presence carries the hash")
+	}
+	if err := c.SendPresence(t.Context(), Presence{Show: "away"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := photo(sc.expect("presence")); got == nil || *got != h {
+		t.Fatalf("later presence: avatar %s", deref(got))
+	}
+}
