@@ -2,9 +2,7 @@ package sidecar
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -69,6 +67,7 @@ func (a *api) routes() http.Handler {
 	handle("POST /v1/rooms/{room}/join", false, a.roomJoin)
 	handle("POST /v1/rooms/{room}/leave", false, a.roomLeave)
 	handle("PUT /v1/rooms/{room}/subject", false, a.roomSubject)
+	handle("GET /v1/history", false, a.history)
 	mux.Handle("/", a.wrap("other", true, func(http.ResponseWriter, *http.Request, *caller) error {
 		return fmt.Errorf("%w: no such endpoint", ErrNotFound)
 	}))
@@ -751,8 +750,8 @@ func (a *api) avatar(w http.ResponseWriter, r *http.Request, c *caller) error {
 		// Never serve a contact's bytes as anything but an image.
 		return fmt.Errorf("%w: the vCard photo is not an image", ErrNotFound)
 	}
-	sum := sha256.Sum256(v.Photo)
-	etag := `"` + hex.EncodeToString(sum[:16]) + `"`
+	// The ETag is the XEP-0153 hash that presence events carry as avatar.
+	etag := `"` + xmppconn.AvatarHash(v.Photo) + `"`
 	h := w.Header()
 	h.Set("ETag", etag)
 	h.Set("Cache-Control", "private, max-age=300")

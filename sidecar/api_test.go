@@ -69,18 +69,20 @@ func (f *fakeReader) set(id, user, pw string) {
 
 // fakeConn records what the API asked of the stream.
 type fakeConn struct {
-	mu      sync.Mutex
-	jid     string
-	sent    []xmppconn.Message
-	pres    []xmppconn.Presence
-	subs    []string
-	states  []string
-	roster  []xmppconn.RosterItem
-	blocked []string
-	rooms   map[string]xmppconn.JoinedRoom // rooms_test.go
-	done    chan struct{}
-	closed  bool
-	fail    error
+	mu          sync.Mutex
+	jid         string
+	sent        []xmppconn.Message
+	pres        []xmppconn.Presence
+	subs        []string
+	states      []string
+	roster      []xmppconn.RosterItem
+	blocked     []string
+	lastHistory xmppconn.HistoryQuery
+	ownAvatar   *string
+	rooms       map[string]xmppconn.JoinedRoom // rooms_test.go
+	done        chan struct{}
+	closed      bool
+	fail        error
 }
 
 func (c *fakeConn) JID() string           { return c.jid }
@@ -576,6 +578,7 @@ func FuzzAPI(f *testing.F) {
 	f.Add("GET", "/v1/events?cursor=1:2&wait=0&limit=5", "", goodID, "text/event-stream")
 	f.Add("PUT", "/v1/roster/bob@example.test", `{"name":"x","groups":["a"]}`, goodID, "")
 	f.Add("POST", "/v1/connect", `{"priority":1e99}`, "sessionid=../../x", "")
+	f.Add("GET", "/v1/history?with=bob@example.test&before=&max=5&start=2026-01-02T03:04:05Z", "", goodID, "")
 	f.Fuzz(func(t *testing.T, method, path, body, id, accept string) {
 		h := newHarness(t, "")
 		h.do("POST", "/v1/connect", "", "X-Session-Id", goodID)

@@ -486,8 +486,15 @@ type e2e struct {
 // opts.Store and opts.XMPP are filled in.
 func startE2E(tb testing.TB, store string, opts daemonOptions) *e2e {
 	tb.Helper()
+	return startE2EWith(tb, store, opts.Prosody, opts)
+}
+
+// startE2EWith is startE2E with a Prosody configured by xopts instead of
+// opts.Prosody.
+func startE2EWith(tb testing.TB, store string, xopts xmppconntest.Options, opts daemonOptions) *e2e {
+	tb.Helper()
 	requireBinary(tb, "php", "php-cli php-redis")
-	e := &e2e{XMPP: xmppconntest.StartProsody(tb, opts.Prosody)}
+	e := &e2e{XMPP: xmppconntest.StartProsody(tb, xopts)}
 	switch store {
 	case "files":
 		dir := filepath.Join(tb.TempDir(), "sessions")
@@ -665,6 +672,8 @@ type event struct {
 	Self        bool   `json:"self"`
 	NewNick     string `json:"new_nick"`
 	Error       string `json:"error"`
+	// Presence: the XEP-0153 avatar hash.
+	Avatar *string `json:"avatar"`
 }
 
 type eventsPage struct {

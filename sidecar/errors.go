@@ -64,6 +64,8 @@ func statusFor(err error) (int, string) {
 		return http.StatusRequestEntityTooLarge, "too_large"
 	case errors.Is(err, ErrRateLimited):
 		return http.StatusTooManyRequests, "rate_limited"
+	case errors.Is(err, xmppconn.ErrUnsupported):
+		return http.StatusNotImplemented, "feature_unavailable"
 	case errors.Is(err, xmppconn.ErrAuth):
 		return http.StatusBadGateway, "xmpp_auth_failed"
 	case errors.Is(err, errXMPP), errors.Is(err, xmppconn.ErrTLSRequired), errors.Is(err, xmppconn.ErrTimeout),

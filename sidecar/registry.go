@@ -40,6 +40,8 @@ type xmppSession interface {
 	LeaveRoom(ctx context.Context, room string) error
 	SetSubject(ctx context.Context, room, subject string) error
 	JoinedRooms() []xmppconn.JoinedRoom
+	History(ctx context.Context, q xmppconn.HistoryQuery) (xmppconn.HistoryPage, error)
+	SetAvatarHash(ctx context.Context, hash string) error
 	Close(ctx context.Context) error
 	Done() <-chan struct{}
 }
@@ -80,6 +82,8 @@ type presenceInfo struct {
 	Show     string `json:"show"`
 	Status   string `json:"status"`
 	Priority int    `json:"priority"`
+	// Avatar is the XEP-0153 photo hash: "" no avatar, absent unknown.
+	Avatar *string `json:"avatar,omitempty"`
 }
 
 func (s *session) State() xmppconn.State {
@@ -244,7 +248,28 @@ func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session,
 	s.mu.Unlock()
 	s.setState(xmppconn.StateOnline, "")
 	logger.Info("xmpp online", "jid", conn.JID(), "took", time.Since(start).Round(time.Millisecond))
+	r.wg.Add(1)
+	go r.advertiseAvatar(conn, logger)
 	return s, nil
+}
+
+// advertiseAvatar reads the user's own vCard once the stream is up and
+// puts its photo's hash into the user's presence (XEP-0153), so contacts
+// on desktop clients show the web session with the user's avatar. It ends
+// with the vCard request: at most the IQ timeout, at once when the stream
+// closes.
+func (r *registry) advertiseAvatar(conn xmppSession, logger *slog.Logger) {
+	defer r.wg.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	v, err := conn.VCard(ctx, "")
+	if err != nil {
+		logger.Debug("own vCard not read; avatar not advertised", "err", err)
+		return
+	}
+	if err := conn.SetAvatarHash(ctx, xmppconn.AvatarHash(v.Photo)); err != nil {
+		logger.Debug("advertising the avatar", "err", err)
+	}
 }
 
 // handle turns an xmppconn event into an event-log entry. It runs on the
@@ -290,12 +315,13 @@ func (r *registry) handle(s *session, ev xmppconn.Event) {
 			typ = "available"
 		}
 		s.appendJSON("presence", struct {
-			From     string `json:"from"`
-			Type     string `json:"type"`
-			Show     string `json:"show"`
-			Status   string `json:"status"`
-			Priority int    `json:"priority"`
-		}{e.From, typ, e.Show, e.Status, e.Priority})
+			From     string  `json:"from"`
+			Type     string  `json:"type"`
+			Show     string  `json:"show"`
+			Status   string  `json:"status"`
+			Priority int     `json:"priority"`
+			Avatar   *string `json:"avatar,omitempty"`
+		}{e.From, typ, e.Show, e.Status, e.Priority, e.Avatar})
 	case *xmppconn.Subscription:
 		s.appendJSON("subscription", struct {
 			From string `json:"from"`
@@ -384,7 +410,12 @@ func (s *session) trackPresence(p *xmppconn.Presence) {
 	if s.presence[bare] == nil {
 		s.presence[bare] = map[string]presenceInfo{}
 	}
-	s.presence[bare][res] = presenceInfo{Resource: res, Show: p.Show, Status: p.Status, Priority: p.Priority}
+	avatar := p.Avatar
+	if avatar == nil {
+		// XEP-0153: a presence without the hash leaves it as it was.
+		avatar = s.presence[bare][res].Avatar
+	}
+	s.presence[bare][res] = presenceInfo{Resource: res, Show: p.Show, Status: p.Status, Priority: p.Priority, Avatar: avatar}
 }
 
 func (s *session) clearPresence() {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"strings"
 )
 
 // Send sends a message and returns its id (generated when m.ID is empty).
@@ -58,7 +59,20 @@ func (c *Conn) SendPresence(ctx context.Context, p Presence) error {
 			return err
 		}
 		p.To = to
+	} else if p.Type != "unavailable" {
+		shown := p
+		c.lastShown.Store(&shown)
+		if p.Avatar == nil {
+			p.Avatar = c.ownAvatar.Load()
+		}
 	}
+	return c.sendPresenceEverywhere(p)
+}
+
+// sendPresenceEverywhere sends p and, when it is a broadcast available
+// presence, the same show and status to every joined room: MUC services do
+// not forward a user's broadcast presence to the rooms.
+func (c *Conn) sendPresenceEverywhere(p Presence) error {
 	if err := c.send(encodePresence(p), true); err != nil || p.To != "" || p.Type == "unavailable" {
 		return err
 	}
@@ -68,6 +82,37 @@ func (c *Conn) SendPresence(ctx context.Context, p Presence) error {
 		}
 	}
 	return nil
+}
+
+// SetAvatarHash advertises the user's own avatar (XEP-0153): hash is the
+// SHA-1 of their vCard photo in hex (AvatarHash), "" for none. Every
+// broadcast presence carries it from now on, and the current presence (the
+// last broadcast one, else the initial one) is sent again with it, except
+// when a first hash is "": contacts lose nothing by learning it later.
+func (c *Conn) SetAvatarHash(ctx context.Context, hash string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	hash = strings.ToLower(hash)
+	if hash != "" && !isSHA1Hex(hash) {
+		return fmt.Errorf("xmppconn: avatar hash %q is not a SHA-1 in hex", hash)
+	}
+	if old := c.ownAvatar.Swap(&hash); old != nil && *old == hash || old == nil && hash == "" {
+		return nil
+	}
+	p := Presence{}
+	if last := c.lastShown.Load(); last != nil {
+		p = *last
+	} else if c.cfg.InitialPresence != nil {
+		p = *c.cfg.InitialPresence
+	}
+	if p.Type == "unavailable" {
+		return nil
+	}
+	if p.Avatar == nil {
+		p.Avatar = &hash
+	}
+	return c.sendPresenceEverywhere(p)
 }
 
 // Subscribe manages a presence subscription with jid. action is

@@ -20,7 +20,7 @@ import (
 // Config.Reconnect, re-established) until Close. Its methods are safe for
 // concurrent use. The Handler may call Send, SendPresence, Subscribe and
 // SendChatState, but must not wait for IQ results (Roster, SetRosterItem,
-// RemoveRosterItem, SendIQ): the replies are read by the goroutine that
+// RemoveRosterItem, SendIQ, History): the replies are read by the goroutine that
 // runs the Handler.
 type Conn struct {
 	cfg Config
@@ -29,6 +29,12 @@ type Conn struct {
 
 	jid   atomic.Pointer[string]
 	state atomic.Pointer[State]
+
+	// ownAvatar is the user's XEP-0153 photo hash, added to every
+	// broadcast presence once SetAvatarHash was called; lastShown is the
+	// last broadcast presence, re-sent when the hash changes.
+	ownAvatar atomic.Pointer[string]
+	lastShown atomic.Pointer[Presence]
 
 	// wmu serializes writes and guards s, sm and queue.
 	wmu   sync.Mutex
@@ -40,8 +46,9 @@ type Conn struct {
 	// that reads the stream touches it.
 	inH atomic.Uint32
 
-	mu      sync.Mutex // guards pending
+	mu      sync.Mutex // guards pending and mam
 	pending map[string]*iqWait
+	mam     map[string]*mamQuery // running archive queries by query id
 
 	closing    atomic.Bool
 	closeCtx   context.Context // canceled by Close
@@ -95,6 +102,7 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 		log:      cfg.Logger,
 		own:      JID{Local: cfg.User, Domain: cfg.Domain},
 		pending:  map[string]*iqWait{},
+		mam:      map[string]*mamQuery{},
 		done:     make(chan struct{}),
 		idPrefix: hex.EncodeToString(rnd[:]),
 	}
@@ -288,6 +296,9 @@ func (c *Conn) negotiate(s *stream) (resumed bool, err error) {
 	p := Presence{}
 	if c.cfg.InitialPresence != nil {
 		p = *c.cfg.InitialPresence
+	}
+	if p.Avatar == nil {
+		p.Avatar = c.ownAvatar.Load()
 	}
 	if err := c.writeStanzaOn(s, encodePresence(p)); err != nil {
 		return false, err

@@ -13,7 +13,11 @@
 // hands everything it receives to a Handler as typed events: messages (with
 // XEP-0203 delay stamps and unwrapped XEP-0280 carbons), presence,
 // subscriptions, roster pushes, chat states, XEP-0184 receipts (which it
-// also answers) and state changes.
+// also answers) and state changes. Presence events carry the contact's
+// XEP-0153 avatar hash. History reads one-to-one and room archives
+// (XEP-0313 message archive management, paged with XEP-0059); archive
+// results go to the query that asked for them, only from the archive
+// itself, and never to the Handler.
 //
 // Group chat (XEP-0045, muc.go): MUCService discovers the server's MUC
 // service, Rooms lists its rooms, JoinRoom enters (or creates, as an
@@ -44,5 +48,5 @@
 // do not each copy it.
 //
 // The Handler runs on the Conn's goroutine: it may send, but must not wait
-// for IQ results (Roster, SetRosterItem, RemoveRosterItem, SendIQ).
+// for IQ results (Roster, SetRosterItem, RemoveRosterItem, SendIQ, History).
 package xmppconn

@@ -38,6 +38,10 @@ var (
 
 	// ErrProtocol: the server violated the protocol.
 	ErrProtocol = errors.New("xmppconn: protocol error")
+
+	// ErrUnsupported: the server (or the room) does not offer the feature
+	// asked for, e.g. a message archive (XEP-0313).
+	ErrUnsupported = errors.New("xmppconn: feature not supported by the server")
 )
 
 // StreamError is a stream-level error received from (or sent to) the server,

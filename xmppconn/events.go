@@ -49,6 +49,11 @@ type Presence struct {
 	Show     string // "", away, chat, dnd, xa
 	Status   string
 	Priority int
+	// Avatar is the contact's XEP-0153 vCard photo hash (lower-case SHA-1
+	// hex), "" when they advertise no avatar, nil when the presence does
+	// not say (no vcard-temp:x:update, or one without <photo/>). On an
+	// outgoing presence a non-nil Avatar advertises the user's own.
+	Avatar *string
 }
 
 // Subscription is a subscription-management presence (RFC 6121 §3).

@@ -20,7 +20,12 @@ func FuzzHandle(f *testing.F) {
 		`<presence type="subscribe" from="x@y"/>`,
 		`<presence from="r@muc.example.test/n"><x xmlns="http://jabber.org/protocol/muc#user"><item affiliation="owner" role="moderator" jid="a@b/c" nick="m"/><status code="110"/><status code="201"/><status code="303"/></x></presence>`,
 		`<presence type="error" from="r@muc.example.test/n"><error type="cancel"><conflict xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/></error></presence>`,
-		`<message type="groupchat" from="r@muc.example.test/n" id="g"><subject>s</subject><delay xmlns="urn:xmpp:delay" stamp="2026-01-01T00:00:00Z"/></message>`, `<a xmlns="urn:xmpp:sm:3" h="99"/>`, `<r xmlns="urn:xmpp:sm:3"/>`,
+		`<message type="groupchat" from="r@muc.example.test/n" id="g"><subject>s</subject><delay xmlns="urn:xmpp:delay" stamp="2026-01-01T00:00:00Z"/></message>`,
+		`<presence from="x@y/z"><x xmlns="vcard-temp:x:update"><photo>0123456789abcdef0123456789abcdef01234567</photo></x></presence>`,
+		`<presence from="x@y/z"><x xmlns="vcard-temp:x:update"><photo/></x></presence>`,
+		`<message><result xmlns="urn:xmpp:mam:2" queryid="q1" id="a1"><forwarded xmlns="urn:xmpp:forward:0"><delay xmlns="urn:xmpp:delay" stamp="2026-01-02T03:04:05Z"/><message xmlns="jabber:client" from="b@x/y" type="chat"><body>old</body></message></forwarded></result></message>`,
+		`<message from="alice@example.test"><result xmlns="urn:xmpp:mam:2" queryid="q1"><forwarded xmlns="urn:xmpp:forward:0"/></result></message>`,
+		`<message from="mallory@example.test"><result xmlns="urn:xmpp:mam:2" queryid="q1" id="a2"><forwarded xmlns="urn:xmpp:forward:0"><message><body>forged</body></message></forwarded></result></message>`, `<a xmlns="urn:xmpp:sm:3" h="99"/>`, `<r xmlns="urn:xmpp:sm:3"/>`,
 	} {
 		f.Add(s)
 	}
@@ -35,7 +40,9 @@ func FuzzHandle(f *testing.F) {
 		}
 		var events int
 		cfg.Handler = HandlerFunc(func(Event) { events++ })
-		c := &Conn{cfg: cfg, log: cfg.Logger, own: JID{Local: "alice", Domain: "example.test"}, pending: map[string]*iqWait{}}
+		q := &mamQuery{ns: nsMAM2, max: 2}
+		c := &Conn{cfg: cfg, log: cfg.Logger, own: JID{Local: "alice", Domain: "example.test"}, pending: map[string]*iqWait{},
+			mam: map[string]*mamQuery{"q1": q, "q2": {ns: nsMAM2, max: 1, last: true}}}
 		c.sm.enabled = true
 		// In a room, and joining another, so that room stanzas take every path.
 		c.rooms = map[string]*mucRoom{
@@ -47,6 +54,12 @@ func FuzzHandle(f *testing.F) {
 		c.handle(st, n)
 		if events > 2 {
 			t.Fatalf("%d events from one stanza", events)
+		}
+		if len(q.msgs) > q.max || len(c.mam["q2"].msgs) > 1 {
+			t.Fatalf("archive query holds %d results over its bound", len(q.msgs))
+		}
+		if mamResult(n) != nil && events != 0 {
+			t.Fatal("an archive result became an event")
 		}
 	})
 }

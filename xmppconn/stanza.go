@@ -59,6 +59,12 @@ func (c *Conn) countInbound() {
 }
 
 func (c *Conn) handleMessage(s *stream, n *node) {
+	if r := mamResult(n); r != nil {
+		// Archive results belong to the query that asked for them and are
+		// never incoming messages, whoever sent them.
+		c.handleMAMResult(n, r)
+		return
+	}
 	carbon := ""
 	var fwdDelay time.Time
 	for _, dir := range []string{"sent", "received"} {
@@ -189,6 +195,7 @@ func (c *Conn) handlePresence(s *stream, n *node) {
 				}
 			}
 		}
+		p.Avatar = parseAvatarHash(n)
 		c.emit(p)
 	case "subscribe", "subscribed", "unsubscribe", "unsubscribed":
 		c.emit(&Subscription{From: n.get("from"), To: n.get("to"), Type: typ})
@@ -277,7 +284,7 @@ func encodePresence(p Presence) []byte {
 	if p.Type == "unavailable" {
 		attr(&b, "type", p.Type)
 	}
-	if p.Show == "" && p.Status == "" && p.Priority == 0 {
+	if p.Show == "" && p.Status == "" && p.Priority == 0 && p.Avatar == nil {
 		b.WriteString(`/>`)
 		return b.Bytes()
 	}
@@ -292,6 +299,11 @@ func encodePresence(p Presence) []byte {
 	}
 	if p.Priority != 0 {
 		b.WriteString(`<priority>` + strconv.Itoa(p.Priority) + `</priority>`)
+	}
+	if p.Avatar != nil {
+		b.WriteString(`<x xmlns="` + nsVCardUpdate + `"><photo>`)
+		esc(&b, *p.Avatar)
+		b.WriteString(`</photo></x>`)
 	}
 	b.WriteString(`</presence>`)
 	return b.Bytes()
@@ -320,6 +332,9 @@ func checkPresence(p Presence) error {
 	}
 	if p.Priority < -128 || p.Priority > 127 {
 		return fmt.Errorf("xmppconn: presence priority %d out of range", p.Priority)
+	}
+	if p.Avatar != nil && *p.Avatar != "" && !isSHA1Hex(*p.Avatar) {
+		return fmt.Errorf("xmppconn: avatar hash %q is not a SHA-1 in hex", *p.Avatar)
 	}
 	return nil
 }

@@ -2,7 +2,9 @@ package xmppconn
 
 import (
 	"context"
+	"crypto/sha1"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/xml"
 	"fmt"
 	"strings"
@@ -71,4 +73,45 @@ func (c *Conn) VCard(ctx context.Context, jid string) (VCard, error) {
 		out.Photo, out.PhotoType = photo, strings.TrimSpace(v.Photo.Type)
 	}
 	return out, nil
+}
+
+// nsVCardUpdate carries vCard avatar hashes in presence (XEP-0153).
+const nsVCardUpdate = "vcard-temp:x:update"
+
+// AvatarHash is the XEP-0153 hash of a vCard photo: SHA-1 of the image
+// bytes in lower-case hex, "" for no photo.
+func AvatarHash(photo []byte) string {
+	if len(photo) == 0 {
+		return ""
+	}
+	sum := sha1.Sum(photo)
+	return hex.EncodeToString(sum[:])
+}
+
+// parseAvatarHash reads the XEP-0153 photo hash of a presence: nil when
+// the presence does not say (no <x/>, no <photo/>, or not a SHA-1), "" for
+// no avatar.
+func parseAvatarHash(n *node) *string {
+	photo := n.child(nsVCardUpdate, "x").child(nsVCardUpdate, "photo")
+	if photo == nil {
+		return nil
+	}
+	h := strings.ToLower(strings.TrimSpace(photo.text))
+	if h != "" && !isSHA1Hex(h) {
+		return nil
+	}
+	return &h
+}
+
+func isSHA1Hex(s string) bool {
+	if len(s) != 2*sha1.Size {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+			return false
+		}
+	}
+	return true
 }

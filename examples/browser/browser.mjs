@@ -1,7 +1,8 @@
 // Drives the Expresso demo in headless Chromium: Alice and Bob log in from
 // two browser contexts, befriend each other through the UI, chat both ways,
-// see the typing indicator and each other's status, talk in a group chat
-// room, and Alice logs out.
+// see the typing indicator, each other's status and avatars, talk in a
+// group chat room; Alice logs out, Bob writes, and Alice logs in again and
+// reads it all from history.
 // env: BASE_URL, OUT_DIR, DOMAIN, MUC_DOMAIN, ALICE_PASSWORD, BOB_PASSWORD
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
@@ -60,6 +61,14 @@ try {
   await contact(bob, `alice@${domain}`).and(bob.locator('.online')).waitFor({ timeout: T });
   await shots('online', alice, bob);
 
+  // Avatars: Bob's vCard photo (published by his desktop client) in
+  // Alice's list; Alice has none, so Bob sees her initial.
+  await alice.waitForFunction(jid => {
+    const img = document.querySelector(`li.contact[data-jid="${jid}"] img.avatar`);
+    return img && img.complete && img.naturalWidth === 32;
+  }, `bob@${domain}`, { timeout: T });
+  await contact(bob, `alice@${domain}`).locator('.avatar.none', { hasText: 'A' }).waitFor({ timeout: T });
+
   // Alice writes to Bob.
   await contact(alice, `bob@${domain}`).locator('.name').click();
   await alice.fill('.chat:not([hidden]) .compose input', 'Olá Bob, tudo bem?');
@@ -116,6 +125,37 @@ try {
   await alice.waitForSelector('#login-form', { timeout: T });
   await contact(bob, `alice@${domain}`).and(bob.locator('.offline')).waitFor({ timeout: T });
   await shots('alice-logged-out', alice, bob);
+
+  // While Alice is out, Bob writes. She logs in again (a new browser),
+  // opens the chat and finds the whole conversation in the history,
+  // three messages a page (?history_max=3) with "Load older messages".
+  for (const text of ['Você viu o relatório?', 'Me avisa quando voltar.']) {
+    await bob.fill('.chat:not([hidden]) .compose input', text);
+    await bob.press('.chat:not([hidden]) .compose input', 'Enter');
+    await bob.locator('.log li.me', { hasText: text }).waitFor({ timeout: T });
+  }
+  const alice2 = await login('alice', process.env.ALICE_PASSWORD);
+  await alice2.goto(base + '/im.php?history_max=3');
+  await alice2.waitForSelector('#conn.online', { timeout: T });
+  await contact(alice2, `bob@${domain}`).locator('.name').click();
+  const log2 = alice2.locator('.chat:not([hidden]) .log');
+  await log2.locator('li.them.hist', { hasText: 'Me avisa quando voltar.' }).waitFor({ timeout: T });
+  await log2.locator('li.them.hist', { hasText: 'Você viu o relatório?' }).waitFor({ timeout: T });
+  await log2.locator('li.hist', { hasText: 'Tudo ótimo!' }).waitFor({ timeout: T });
+  await shots('history-newest-page', alice2, bob);
+  // Page back to the start of the conversation.
+  for (let i = 0; i < 5 && await alice2.locator('.chat:not([hidden]) .older').isVisible(); i++) {
+    const n = await log2.locator('li').count();
+    await alice2.click('.chat:not([hidden]) .older');
+    await alice2.waitForFunction(n => document.querySelectorAll('.chat:not([hidden]) .log li').length > n ||
+      document.querySelector('.chat:not([hidden]) .older').hidden, n, { timeout: T });
+  }
+  await log2.locator('li.me.hist', { hasText: 'Olá Bob, tudo bem?' }).waitFor({ timeout: T });
+  await alice2.locator('.chat:not([hidden]) .older').waitFor({ state: 'hidden', timeout: T });
+  const lines = await log2.locator('li .text').allTextContents();
+  const want = ['Olá Bob, tudo bem?', 'Tudo ótimo!', 'Você viu o relatório?', 'Me avisa quando voltar.'];
+  if (JSON.stringify(lines) !== JSON.stringify(want)) throw new Error('history shows ' + JSON.stringify(lines));
+  await shots('history-all', alice2, bob);
   console.log(`browser test passed; ${step} steps, screenshots in ${out}`);
 } catch (e) {
   console.error('browser test failed at step', step + 1, ':', e.message);

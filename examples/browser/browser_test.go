@@ -6,7 +6,11 @@ package browser_test
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"fmt"
+	"image"
+	"image/color"
+	"image/png"
 	"net"
 	"net/http"
 	"os"
@@ -18,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"expressolivre.org/imsidecar/xmppconn"
 	"expressolivre.org/imsidecar/xmppconn/xmppconntest"
 )
 
@@ -131,6 +136,7 @@ func TestBrowserChat(t *testing.T) {
 	srv := xmppconntest.StartProsody(t, xmppconntest.Options{MUC: true})
 	srv.Register(t, "alice", "alice-pw-1")
 	srv.Register(t, "bob", "bob-pw-2")
+	publishAvatar(t, srv, "bob", "bob-pw-2")
 	dir := sharedDir(t, uid, gid)
 	users := "alice:alice-pw-1:Alice Araújo\nbob:bob-pw-2:Bob Brandão\n"
 	if err := os.WriteFile(filepath.Join(dir, "users.txt"), []byte(users), 0o644); err != nil {
@@ -206,5 +212,32 @@ func TestBrowserChat(t *testing.T) {
 	t.Logf("playwright:\n%s", res)
 	if err != nil {
 		t.Fatalf("browser test failed: %v (screenshots in %s)", err, out)
+	}
+}
+
+// publishAvatar stores a vCard with a photo for user, as a desktop client
+// would, so the demo's contact list has an avatar to show.
+func publishAvatar(t *testing.T, srv *xmppconntest.Server, user, pass string) {
+	t.Helper()
+	img := image.NewRGBA(image.Rect(0, 0, 32, 32))
+	for y := range 32 {
+		for x := range 32 {
+			img.Set(x, y, color.RGBA{uint8(40 + 6*x), uint8(90 + 4*y), 200, 255})
+		}
+	}
+	var photo bytes.Buffer
+	if err := png.Encode(&photo, img); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := xmppconn.Dial(t.Context(), xmppconn.Config{Addr: srv.Addr, Domain: srv.Domain, TLSConfig: srv.TLSConfig(),
+		User: user, Password: pass, Resource: "setup", Handler: xmppconn.HandlerFunc(func(xmppconn.Event) {})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(t.Context())
+	vcard := `<vCard xmlns="vcard-temp"><FN>Bob Brandão</FN><PHOTO><TYPE>image/png</TYPE><BINVAL>` +
+		base64.StdEncoding.EncodeToString(photo.Bytes()) + `</BINVAL></PHOTO></vCard>`
+	if _, err := conn.SendIQ(t.Context(), "set", "", []byte(vcard)); err != nil {
+		t.Fatalf("publishing %s's vCard: %v", user, err)
 	}
 }

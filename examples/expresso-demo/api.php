@@ -95,6 +95,30 @@ try {
             Client::releaseSessionLock();
             $im->setRoomSubject((string)($in['room'] ?? ''), (string)($in['subject'] ?? ''));
             reply(200, ['ok' => true]);
+        case 'history':
+            // Past messages of one conversation (GET /v1/history): the
+            // newest page when the window opens, older ones on demand.
+            Client::releaseSessionLock();
+            $q = ['with' => (string)($_GET['with'] ?? ''), 'max' => max(1, min(50, (int)($_GET['max'] ?? 30)))];
+            $q['before'] = (string)($_GET['before'] ?? '');
+            reply(200, $im->history($q));
+        case 'avatar':
+            // A contact's picture for <img src="api.php?action=avatar&jid=…&v=hash">.
+            Client::releaseSessionLock();
+            $av = $im->avatar((string)($_GET['jid'] ?? ''));
+            if ($av === null || !str_starts_with($av['type'], 'image/')) {
+                reply(404, ['error' => ['code' => 'not_found', 'message' => 'no avatar']]);
+            }
+            header('Cache-Control: private, max-age=300');
+            header('X-Content-Type-Options: nosniff');
+            header('ETag: ' . $av['etag']);
+            if (($_SERVER['HTTP_IF_NONE_MATCH'] ?? '') === $av['etag']) {
+                http_response_code(304);
+                exit;
+            }
+            header('Content-Type: ' . $av['type']);
+            echo $av['data'];
+            exit;
     }
     reply(404, ['error' => ['code' => 'not_found', 'message' => 'unknown action']]);
 } catch (ApiException $e) {

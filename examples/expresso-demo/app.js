@@ -2,7 +2,8 @@
 // through api.php (PHP calls the sidecar); the password never reaches here.
 'use strict';
 const $ = (s, el = document) => el.querySelector(s);
-const state = { cursor: '', roster: {}, presence: {}, chats: {}, unread: {}, active: null, typing: {}, title: document.title, receipts: new Set() };
+const state = { cursor: '', roster: {}, presence: {}, chats: {}, unread: {}, active: null, typing: {}, title: document.title,
+  receipts: new Set(), history: {}, noAvatar: {} };
 
 async function call(action, body, query = '') {
   const opts = body === undefined ? {} : {
@@ -40,7 +41,7 @@ function renderRoster() {
       const st = Object.values(state.presence[it.jid] || {}).map(p => p.status).filter(Boolean)[0] || '';
       const n = state.unread[it.jid] || 0;
       return `<li class="contact ${show}" data-jid="${esc(it.jid)}" title="${esc(it.jid)}">
-        <span class="dot"></span>
+        ${avatarHTML(it)}<span class="dot"></span>
         <span class="who"><span class="name">${esc(it.name || it.jid)}</span>
         <span class="show">${esc(show)}${st ? ' — ' + esc(st) : ''}</span></span>
         ${n ? `<span class="badge">${n}</span>` : ''}
@@ -60,6 +61,7 @@ function chat(jid) {
       <form class="compose"><input name="body" autocomplete="off" placeholder="Write a message"><button>Send</button></form>`;
     $('#chats').appendChild(el);
     state.chats[jid] = el;
+    historyInit(jid, el);
     const input = $('input', el);
     let pausedTimer = null, composing = false;
     input.addEventListener('input', () => {
@@ -97,6 +99,7 @@ function open(jid) {
 
 function addLine(jid, who, text, id) {
   const log = $('.log', chat(jid));
+  if (id && log.querySelector(`li[data-id="${CSS.escape(id)}"]`)) return; // already shown from history
   const li = document.createElement('li');
   li.className = who;
   if (id) li.dataset.id = id;
@@ -116,7 +119,7 @@ function handle(ev) {
     case 'message': {
       if (!ev.body) break;
       const peer = ev.carbon === 'sent' ? bare(ev.to) : bare(ev.from);
-      addLine(peer, ev.carbon === 'sent' ? 'me' : 'them', ev.body);
+      addLine(peer, ev.carbon === 'sent' ? 'me' : 'them', ev.body, ev.id);
       $('.typing', chat(peer)).textContent = '';
       if (ev.carbon !== 'sent' && (state.active !== peer || document.hidden)) {
         state.unread[peer] = (state.unread[peer] || 0) + 1;
@@ -144,7 +147,8 @@ function handle(ev) {
       const jid = bare(ev.from), res = ev.from.slice(jid.length + 1);
       state.presence[jid] = state.presence[jid] || {};
       if (ev.type === 'unavailable') delete state.presence[jid][res];
-      else state.presence[jid][res] = { show: ev.show, status: ev.status, priority: ev.priority };
+      else state.presence[jid][res] = { show: ev.show, status: ev.status, priority: ev.priority,
+        avatar: ev.avatar !== undefined ? ev.avatar : (state.presence[jid][res] || {}).avatar };
       renderRoster();
       break;
     }
@@ -185,7 +189,7 @@ async function loadRoster() {
 }
 
 function apply(page) {
-  if (!page.recovered) { loadRoster().catch(() => {}); loadRooms().catch(() => {}); }
+  if (!page.recovered) { loadRoster().catch(() => {}); loadRooms().catch(() => {}); historyCatchUp(); }
   page.events.forEach(handle);
   state.cursor = page.cursor;
 }
@@ -206,7 +210,7 @@ function sse() {
   const src = new EventSource('/im/events' + (state.cursor ? '?cursor=' + encodeURIComponent(state.cursor) : ''));
   const kinds = ['message', 'presence', 'subscription', 'roster', 'chatstate', 'receipt', 'state', 'room'];
   for (const k of kinds) src.addEventListener(k, m => { const ev = JSON.parse(m.data); handle(ev); state.cursor = ev.cursor; });
-  src.addEventListener('reset', () => { loadRoster().catch(() => {}); loadRooms().catch(() => {}); });
+  src.addEventListener('reset', () => { loadRoster().catch(() => {}); loadRooms().catch(() => {}); historyCatchUp(); });
 }
 
 document.addEventListener('click', async ev => {
@@ -438,3 +442,114 @@ $('#join-room').addEventListener('submit', async ev => {
     alert('Could not join: ' + (why || e.message));
   }
 });
+
+// ---------------------------------------------------------------------------
+// History (GET /v1/history through api.php): a chat window shows the
+// newest archived messages when it opens, "Load older" pages back, and
+// after recovered:false every open window catches up from the archive.
+
+const HISTORY_MAX = Math.min(50, Math.max(1, Number(new URLSearchParams(location.search).get('history_max')) || 30));
+
+function historyLine(jid, m) {
+  const li = document.createElement('li');
+  li.className = (bare(m.from) === jid ? 'them' : 'me') + ' hist';
+  if (m.id) li.dataset.id = m.id;
+  li.dataset.archiveId = m.archive_id;
+  li.title = m.time ? new Date(m.time).toLocaleString() : '';
+  li.innerHTML = `<span class="text">${esc(m.body)}</span><span class="tick"></span>`;
+  return li;
+}
+
+function historyShown(log, m) {
+  return (m.id && log.querySelector(`li[data-id="${CSS.escape(m.id)}"]`)) ||
+    log.querySelector(`li[data-archive-id="${CSS.escape(m.archive_id)}"]`);
+}
+
+async function historyPage(jid, before) {
+  return call('history', undefined, '&with=' + encodeURIComponent(jid) + '&before=' + encodeURIComponent(before) + '&max=' + HISTORY_MAX);
+}
+
+function historyInit(jid, el) {
+  const h = state.history[jid] = { first: '', complete: false, loading: false };
+  const older = document.createElement('button');
+  older.type = 'button';
+  older.className = 'older';
+  older.textContent = 'Load older messages';
+  older.hidden = true;
+  older.addEventListener('click', () => historyOlder(jid));
+  $('.log', el).before(older);
+  historyOlder(jid);
+}
+
+// historyOlder prepends the page before the oldest one shown (the newest
+// page the first time).
+async function historyOlder(jid) {
+  const h = state.history[jid], el = state.chats[jid];
+  if (!h || h.loading || h.complete) return;
+  h.loading = true;
+  const older = $('.older', el), log = $('.log', el);
+  try {
+    // Archives also keep receipts, which have no text: fetch on until a
+    // page's worth of messages is shown (or the archive's start).
+    const firstLoad = !h.first;
+    let added = 0;
+    for (let i = 0; i < 5 && added < HISTORY_MAX && !h.complete; i++) {
+      const p = await historyPage(jid, h.first);
+      const height = log.scrollHeight, anchor = log.firstChild;
+      for (const m of p.messages) if (!historyShown(log, m)) { log.insertBefore(historyLine(jid, m), anchor); added++; }
+      if (p.first) h.first = p.first;
+      h.complete = p.complete || !p.first;
+      // The first page shows the newest messages; older ones keep the view.
+      log.scrollTop = firstLoad ? log.scrollHeight : log.scrollTop + log.scrollHeight - height;
+    }
+    older.hidden = h.complete;
+    older.textContent = 'Load older messages';
+  } catch (e) {
+    older.hidden = false;
+    older.textContent = 'History unavailable (' + e.message + ') — retry';
+  } finally { h.loading = false; }
+}
+
+// historyCatchUp adds to every open window what the archive has and the
+// window lacks: the events between the old cursor and now may be lost.
+function historyCatchUp() {
+  for (const jid of Object.keys(state.chats)) {
+    if (state.rooms[jid]) continue; // room windows: the re-join sends what was missed
+    historyPage(jid, '').then(p => {
+      const log = $('.log', state.chats[jid]);
+      for (const m of p.messages) if (!historyShown(log, m)) log.appendChild(historyLine(jid, m)).classList.add('caught-up');
+      log.scrollTop = log.scrollHeight;
+    }).catch(() => {});
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Avatars in the contact list: the vCard photo through api.php, versioned
+// by the XEP-0153 hash from presence when the contact's client sends one.
+
+function avatarHash(jid) {
+  let h;
+  for (const p of Object.values(state.presence[jid] || {})) if (p.avatar !== undefined && p.avatar !== null) h = h || p.avatar;
+  return h; // undefined: unknown, "": none
+}
+
+function avatarHTML(it) {
+  const h = avatarHash(it.jid);
+  const initial = esc(((it.name || it.jid).trim()[0] || '?').toUpperCase());
+  const v = h === undefined ? '0' : h;
+  if (h === '' || state.noAvatar[it.jid] === v) return `<span class="avatar none">${initial}</span>`;
+  return `<img class="avatar" alt="" data-jid="${esc(it.jid)}" data-v="${esc(v)}" src="api.php?action=avatar&jid=${encodeURIComponent(it.jid)}&v=${encodeURIComponent(v)}">`;
+}
+
+// A contact without a photo: remember it (per hash) so the list does not
+// ask again on every render.
+document.addEventListener('error', ev => {
+  const img = ev.target;
+  if (!(img instanceof HTMLImageElement) || !img.classList.contains('avatar')) return;
+  state.noAvatar[img.dataset.jid] = img.dataset.v;
+  const span = document.createElement('span');
+  span.className = 'avatar none';
+  const it = state.roster[img.dataset.jid];
+  span.textContent = (((it && it.name) || img.dataset.jid).trim()[0] || '?').toUpperCase();
+  img.replaceWith(span);
+}, true);

@@ -323,6 +323,74 @@ final class Client
     }
 
     /**
+     * One page of message history (XEP-0313) from GET /v1/history.
+     *
+     * @param array{with?:string,room?:string,before?:string,after?:string,start?:string,end?:string,max?:int} $query
+     *        "before" => "" asks for the newest page; see docs/API.md
+     * @return array{messages:list<array<string,mixed>>,complete:bool,first:string,last:string,count?:int}
+     */
+    public function history(array $query = []): array
+    {
+        $q = http_build_query(array_map('strval', $query), '', '&', PHP_QUERY_RFC3986);
+        // http_build_query drops nothing, and keeps before= when empty.
+        return $this->request('GET', '/v1/history' . ($q === '' ? '' : '?' . $q));
+    }
+
+    /**
+     * A contact's avatar (vCard photo), or null when they have none.
+     *
+     * @return array{type:string,data:string,etag:string}|null
+     */
+    public function avatar(string $jid): ?array
+    {
+        $type = $etag = '';
+        $ch = $this->handle();
+        $headers = ['X-Session-Id: ' . $this->sessionId, 'Expect:'];
+        if ($this->token !== null) {
+            $headers[] = 'Authorization: Bearer ' . $this->token;
+        }
+        $opts = [
+            CURLOPT_URL => $this->baseUrl . '/v1/avatar/' . rawurlencode($jid),
+            CURLOPT_HTTPGET => true,
+            CURLOPT_HTTPHEADER => $headers,
+            CURLOPT_RETURNTRANSFER => true,
+            CURLOPT_FOLLOWLOCATION => false,
+            CURLOPT_NOSIGNAL => true,
+            CURLOPT_PROXY => '',
+            CURLOPT_NOPROXY => '*',
+            CURLOPT_CONNECTTIMEOUT_MS => (int) ceil($this->connectTimeout * 1000),
+            CURLOPT_TIMEOUT_MS => (int) ceil($this->timeout * 1000),
+            CURLOPT_HEADERFUNCTION => function ($ch, string $line) use (&$type, &$etag): int {
+                if (stripos($line, 'content-type:') === 0) {
+                    $type = trim(substr($line, 13));
+                } elseif (stripos($line, 'etag:') === 0) {
+                    $etag = trim(substr($line, 5));
+                }
+                return strlen($line);
+            },
+        ];
+        if ($this->socketPath !== null) {
+            $opts[CURLOPT_UNIX_SOCKET_PATH] = $this->socketPath;
+        }
+        curl_setopt_array($ch, $opts);
+        $raw = curl_exec($ch);
+        curl_setopt($ch, CURLOPT_HEADERFUNCTION, null);
+        if ($raw === false) {
+            throw new TransportException('imsidecar: GET /v1/avatar failed: ' . curl_error($ch), curl_errno($ch));
+        }
+        $status = (int) curl_getinfo($ch, CURLINFO_RESPONSE_CODE);
+        if ($status === 200) {
+            return ['type' => $type, 'data' => (string) $raw, 'etag' => $etag];
+        }
+        $data = json_decode((string) $raw, true, 8);
+        $err = is_array($data) && is_array($data['error'] ?? null) ? $data['error'] : [];
+        if ($status === 404 && ($err['code'] ?? '') === 'not_found') {
+            return null;
+        }
+        throw ApiException::fromResponse($status, (string) ($err['code'] ?? ''), (string) ($err['message'] ?? 'HTTP ' . $status));
+    }
+
+    /**
      * Performs one call and decodes the answer.
      *
      * @param array<string,mixed>|null $body JSON body, or null for none

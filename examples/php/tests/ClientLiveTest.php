@@ -277,6 +277,27 @@ final class ClientLiveTest extends TestCase
         $this->assertSame([], $this->alice->rooms()['joined']);
     }
 
+    public function testHistory(): void
+    {
+        $this->befriend();
+        $id = 'hist-' . bin2hex(random_bytes(6));
+        $this->alice->sendMessage($this->bobJid, "archived $id", 'chat', $id);
+        $this->waitFor($this->bob, $this->bobCursor, fn ($e) => $e['event'] === 'message' && ($e['id'] ?? '') === $id, "message $id");
+        $page = $this->bob->history(['with' => $this->aliceJid, 'before' => '', 'max' => 5]);
+        $ids = array_column($page['messages'], 'id');
+        $this->assertContains($id, $ids);
+        $this->assertIsBool($page['complete']);
+        $this->assertNotSame('', $page['first']);
+        try {
+            $this->bob->history(['max' => 1000]);
+            $this->fail('max=1000 accepted');
+        } catch (ApiException $e) {
+            $this->assertSame(400, $e->getStatus());
+            $this->assertSame('bad_request', $e->getErrorCode());
+        }
+        $this->assertNull($this->bob->avatar($this->aliceJid));
+    }
+
     public function testChatStates(): void
     {
         $this->befriend();

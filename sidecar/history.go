@@ -1,0 +1,128 @@
+package sidecar
+
+import (
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"expressolivre.org/imsidecar/xmppconn"
+)
+
+// historyMessage is one archived message in GET /v1/history.
+type historyMessage struct {
+	ArchiveID string `json:"archive_id"`
+	From      string `json:"from"`
+	To        string `json:"to"`
+	Type      string `json:"type"`
+	Body      string `json:"body"`
+	Subject   string `json:"subject,omitempty"`
+	Thread    string `json:"thread"`
+	ID        string `json:"id"`
+	Time      string `json:"time"`
+}
+
+// historyPage is the answer of GET /v1/history.
+type historyPage struct {
+	Messages []historyMessage `json:"messages"`
+	Complete bool             `json:"complete"`
+	First    string           `json:"first"`
+	Last     string           `json:"last"`
+	Count    *int             `json:"count,omitempty"`
+}
+
+// maxArchiveID bounds the before/after ids accepted.
+const maxArchiveID = 256
+
+// parseHistoryQuery validates the query string of GET /v1/history.
+func parseHistoryQuery(v url.Values) (xmppconn.HistoryQuery, error) {
+	var q xmppconn.HistoryQuery
+	for name, vals := range v {
+		switch name {
+		case "with", "room", "before", "after", "start", "end", "max":
+			if len(vals) > 1 {
+				return q, fmt.Errorf("%w: %s given more than once", ErrBadRequest, name)
+			}
+		default:
+			return q, fmt.Errorf("%w: unknown parameter %q", ErrBadRequest, name)
+		}
+	}
+	var err error
+	if s := v.Get("with"); s != "" {
+		if q.With, err = validJID(s, false); err != nil {
+			return q, err
+		}
+	}
+	if s := v.Get("room"); s != "" {
+		if q.Room, err = validJID(s, true); err != nil {
+			return q, err
+		}
+	}
+	if v.Has("before") {
+		q.Last, q.Before = true, v.Get("before") // empty: the newest page (XEP-0059 <before/>)
+	}
+	q.After = v.Get("after")
+	if len(q.Before) > maxArchiveID || len(q.After) > maxArchiveID {
+		return q, fmt.Errorf("%w: archive id longer than %d bytes", ErrBadRequest, maxArchiveID)
+	}
+	for _, p := range []struct {
+		name string
+		t    *time.Time
+	}{{"start", &q.Start}, {"end", &q.End}} {
+		s := v.Get(p.name)
+		if s == "" {
+			continue
+		}
+		t, err := time.Parse(time.RFC3339Nano, s)
+		if err != nil {
+			return q, fmt.Errorf("%w: %s must be an RFC 3339 time such as 2026-01-02T15:04:05Z", ErrBadRequest, p.name)
+		}
+		*p.t = t
+	}
+	if !q.Start.IsZero() && !q.End.IsZero() && q.End.Before(q.Start) {
+		return q, fmt.Errorf("%w: end is before start", ErrBadRequest)
+	}
+	if s := v.Get("max"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > xmppconn.MaxHistoryMax {
+			return q, fmt.Errorf("%w: max must be 1..%d", ErrBadRequest, xmppconn.MaxHistoryMax)
+		}
+		q.Max = n
+	}
+	return q, nil
+}
+
+// history reads a page of the user's archive, or of a room's (XEP-0313).
+func (a *api) history(w http.ResponseWriter, r *http.Request, c *caller) error {
+	q, err := parseHistoryQuery(r.URL.Query())
+	if err != nil {
+		return err
+	}
+	s, err := a.session(c)
+	if err != nil {
+		return err
+	}
+	conn, err := s.stream()
+	if err != nil {
+		return err
+	}
+	p, err := conn.History(r.Context(), q)
+	if err != nil {
+		return err
+	}
+	out := historyPage{Messages: make([]historyMessage, 0, len(p.Messages)), Complete: p.Complete, First: p.First, Last: p.Last}
+	if p.Count >= 0 {
+		out.Count = &p.Count
+	}
+	for _, m := range p.Messages {
+		hm := historyMessage{ArchiveID: m.ArchiveID, From: m.From, To: m.To, Type: messageType(m.Type), Body: m.Body,
+			Subject: m.Subject, Thread: m.Thread, ID: m.ID}
+		if !m.Time.IsZero() {
+			hm.Time = m.Time.UTC().Format(time.RFC3339Nano)
+		}
+		out.Messages = append(out.Messages, hm)
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
