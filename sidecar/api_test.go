@@ -332,11 +332,26 @@ func TestErrorCodes(t *testing.T) {
 		}
 	})
 	t.Run("store unavailable", func(t *testing.T) {
+		// A session without a live stream waits for the store; one with a
+		// live stream keeps working on what was last read (Redis restarting
+		// must not stop users who are chatting).
+		h.reader.set(otherID, "bob", "pw")
+		h.reader.mu.Lock()
 		h.reader.down = true
-		defer func() { h.reader.down = false }()
+		h.reader.mu.Unlock()
+		defer func() { h.reader.mu.Lock(); h.reader.down = false; h.reader.mu.Unlock() }()
+		for _, call := range [][2]string{{"GET", "/v1/me"}, {"POST", "/v1/connect"}} {
+			rec := h.do(call[0], call[1], "", sid(otherID)...)
+			if rec.Code != 503 || h.code(rec) != "store_unavailable" || rec.Header().Get("Retry-After") == "" {
+				t.Fatalf("%s %s of a session not connected = %d %s", call[0], call[1], rec.Code, rec.Body)
+			}
+		}
 		rec := h.do("GET", "/v1/me", "", sid(goodID)...)
-		if rec.Code != 503 || h.code(rec) != "store_unavailable" || rec.Header().Get("Retry-After") == "" {
-			t.Fatalf("= %d %s", rec.Code, rec.Body)
+		if rec.Code != 200 || !strings.Contains(rec.Body.String(), `"state":"online"`) {
+			t.Fatalf("GET /v1/me of a connected session while the store is down = %d %s", rec.Code, rec.Body)
+		}
+		if rec := h.do("GET", "/v1/events?wait=0", "", sid(goodID)...); rec.Code != 200 {
+			t.Fatalf("poll of a connected session while the store is down = %d %s", rec.Code, rec.Body)
 		}
 	})
 	t.Run("shutting down", func(t *testing.T) {

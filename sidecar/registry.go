@@ -54,6 +54,7 @@ type session struct {
 	user  string
 	jid   string // bare JID
 	cred  [32]byte
+	ident phpsession.Identity // as last read, for API calls while the store is down
 	log   *eventLog
 	start cursor // the log's head when this stream was opened
 	since time.Time
@@ -81,6 +82,12 @@ func (s *session) State() xmppconn.State {
 		return v
 	}
 	return xmppconn.StateConnecting
+}
+
+// live reports whether the stream is up or coming back by itself.
+func (s *session) live() bool {
+	st := s.State()
+	return st != xmppconn.StateOffline && st != xmppconn.StateAuthFailed
 }
 
 func (s *session) setState(st xmppconn.State, reason string) {
@@ -186,7 +193,7 @@ func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session,
 		r.closeSession(old, "replaced")
 	}
 	s := &session{key: key, short: key[:8], user: ps.Identity.User, jid: ps.Identity.User + "@" + r.cfg.XMPPDomain,
-		cred: credentials(ps.Identity), since: time.Now(), presence: map[string]map[string]presenceInfo{},
+		cred: credentials(ps.Identity), ident: ps.Identity, since: time.Now(), presence: map[string]map[string]presenceInfo{},
 		limiter: tokenBucket{rate: r.cfg.RateLimit, burst: 2 * r.cfg.RateLimit}}
 	if old != nil && old.user == s.user {
 		s.log = old.log
@@ -257,7 +264,7 @@ func (r *registry) handle(s *session, ev xmppconn.Event) {
 		if e.Carbon != "" {
 			carbon = &e.Carbon
 		}
-		s.appendJSON("message", struct {
+		s.appendJSONOnce("message", messageKey(e), struct {
 			From    string  `json:"from"`
 			To      string  `json:"to"`
 			ID      string  `json:"id"`
@@ -340,12 +347,31 @@ func messageType(t string) string {
 	return t
 }
 
-func (s *session) appendJSON(kind string, v any) {
+func (s *session) appendJSON(kind string, v any) { s.appendJSONOnce(kind, "", v) }
+
+// appendJSONOnce appends unless an event with the same non-empty key is
+// still in the log.
+func (s *session) appendJSONOnce(kind, key string, v any) {
 	b, err := json.Marshal(v)
 	if err != nil || len(b) < 2 {
 		return
 	}
-	s.log.append(kind, b[1:len(b)-1])
+	s.log.appendOnce(kind, key, b[1:len(b)-1])
+}
+
+// messageKey identifies a message for dedup: the same sender (bare JID),
+// id, carbon direction and body. Messages without an id are never merged.
+func messageKey(m *xmppconn.Message) string {
+	if m.ID == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(m.Carbon + "\x00" + bareOf(m.From) + "\x00" + m.ID + "\x00" + m.Type + "\x00" + m.Subject + "\x00" + m.Body))
+	return string(sum[:16])
+}
+
+func bareOf(jid string) string {
+	bare, _, _ := strings.Cut(jid, "/")
+	return bare
 }
 
 func (s *session) appendState(st xmppconn.State, reason string) {
