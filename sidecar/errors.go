@@ -20,6 +20,9 @@ var (
 	ErrTooLarge       = errors.New("sidecar: request body too large")
 	ErrRateLimited    = errors.New("sidecar: rate limited")
 	ErrShuttingDown   = errors.New("sidecar: shutting down")
+	// ErrAuthThrottled: too many XMPP authentication failures in the last
+	// hour (--auth-failure-limit); a password not seen working is not tried.
+	ErrAuthThrottled = errors.New("sidecar: XMPP authentication throttled after too many failures")
 	ErrConfig         = errors.New("sidecar: invalid configuration")
 )
 
@@ -57,6 +60,8 @@ func statusFor(err error) (int, string) {
 		return http.StatusServiceUnavailable, "store_unavailable"
 	case errors.Is(err, ErrShuttingDown):
 		return http.StatusServiceUnavailable, "shutting_down"
+	case errors.Is(err, ErrAuthThrottled):
+		return http.StatusServiceUnavailable, "auth_throttled"
 	}
 	var se *xmppconn.StreamError
 	if errors.As(err, &se) {
