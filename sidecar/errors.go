@@ -23,7 +23,7 @@ var (
 	// ErrAuthThrottled: too many XMPP authentication failures in the last
 	// hour (--auth-failure-limit); a password not seen working is not tried.
 	ErrAuthThrottled = errors.New("sidecar: XMPP authentication throttled after too many failures")
-	ErrConfig         = errors.New("sidecar: invalid configuration")
+	ErrConfig        = errors.New("sidecar: invalid configuration")
 )
 
 // statusFor is the one place errors become HTTP statuses and API codes.
