@@ -16,6 +16,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -272,7 +273,7 @@ func (tr *traffic) send(u *fuser, idx int) {
 				ID string `json:"id"`
 			}
 			ctx, cancel := context.WithTimeout(tr.ctx, 15*time.Second)
-			st, err := u.C.call(ctx, "POST", "/v1/messages", map[string]any{"to": to.Bare, "body": body, "type": "chat", "id": id}, &r)
+			st, _ := u.C.call(ctx, "POST", "/v1/messages", map[string]any{"to": to.Bare, "body": body, "type": "chat", "id": id}, &r)
 			cancel()
 			if st == http.StatusAccepted && r.ID == id {
 				tr.mu.Lock()
@@ -283,7 +284,6 @@ func (tr *traffic) send(u *fuser, idx int) {
 			tr.mu.Lock()
 			tr.refused++
 			tr.mu.Unlock()
-			_ = err
 			select {
 			case <-tr.ctx.Done():
 				return
@@ -917,7 +917,7 @@ func abortedPoll(host, sid, token, cursor string) (cut bool, err error) {
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		var ne net.Error
-		if ok := asNetErr(err, &ne); ok && ne.Timeout() {
+		if errors.As(err, &ne) && ne.Timeout() {
 			return false, nil // cut while the daemon was waiting
 		}
 		return false, err
@@ -931,14 +931,6 @@ func abortedPoll(host, sid, token, cursor string) (cut bool, err error) {
 		return false, err
 	}
 	return true, nil
-}
-
-func asNetErr(err error, target *net.Error) bool {
-	ne, ok := err.(net.Error)
-	if ok {
-		*target = ne
-	}
-	return ok
 }
 
 // daemonGauge reads one gauge from the daemon's /metrics.
