@@ -100,6 +100,7 @@ func TestFaults(t *testing.T) {
 		{"session-lifecycle", faultSessionLifecycle},
 		{"wrong-password", faultWrongPassword},
 		{"buffer-overflow", faultBufferOverflow},
+		{"duplicate-delivery", faultDuplicateDelivery},
 		{"graceful-shutdown", faultGracefulShutdown},
 	}
 	for _, s := range scenarios {
@@ -1221,6 +1222,47 @@ func faultBufferOverflow(t *testing.T, sc faultScale) faultRow {
 	tr.stop(30 * time.Second)
 	row := tr.row(t)
 	row.Note = fmt.Sprintf("slow page: %d sent, newest %d kept, recovered:false; others unaffected; ", extra, len(got)) + row.Note
+	return row
+}
+
+// faultDuplicateDelivery: the same message reaching the daemon twice (what
+// a sender's stream re-sending after a server crash, or offline storage
+// re-delivering, produces) reaches the page once, while the traffic runs; a
+// different message that reuses the id is not merged.
+func faultDuplicateDelivery(t *testing.T, sc faultScale) faultRow {
+	e := startE2E(t, "files", daemonOptions{})
+	tr := newTraffic(t, e, "dd", sc.Users, sc.Interval)
+	e.register(t, "dddesk")
+	desk := dialDesktop(t, e.XMPP, "dddesk")
+	tr.start()
+	const n = 20
+	for i := range n {
+		to := tr.users[i%len(tr.users)]
+		m := xmppconn.Message{To: to.Bare, Type: "chat", ID: fmt.Sprintf("dd-dddesk-%d", i), Body: fmt.Sprintf("em dobro %d", i)}
+		for range 2 {
+			if _, err := desk.Conn.Send(t.Context(), m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		tr.mu.Lock()
+		tr.sent[m.ID] = sentMsg{to: to.Name, at: time.Now()}
+		tr.mu.Unlock()
+		time.Sleep(sc.Interval / 2)
+	}
+	// The same id with another body is another message.
+	reused := tr.users[0]
+	if _, err := desk.Conn.Send(t.Context(), xmppconn.Message{To: reused.Bare, Type: "chat", ID: "dd-dddesk-0", Body: "outra coisa"}); err != nil {
+		t.Fatal(err)
+	}
+	tr.stop(30 * time.Second)
+	tr.mu.Lock()
+	if got := tr.got["dd-dddesk-0"]; got != 2 {
+		t.Errorf("a different message reusing an id was delivered %d times with the first, want 2 in all", got)
+	}
+	tr.got["dd-dddesk-0"]-- // the reuse is a distinct message, counted apart
+	tr.mu.Unlock()
+	row := tr.row(t)
+	row.Note = fmt.Sprintf("%d messages each delivered twice by the server: the page saw each once; a reused id with another body kept; ", n) + row.Note
 	return row
 }
 
