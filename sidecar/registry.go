@@ -310,7 +310,7 @@ func (r *registry) handle(s *session, ev xmppconn.Event) {
 		if e.Carbon != "" {
 			carbon = &e.Carbon
 		}
-		s.appendJSONOnce("message", messageKey(e), struct {
+		if !s.appendJSONOnce("message", messageKey(e), struct {
 			From    string  `json:"from"`
 			To      string  `json:"to"`
 			ID      string  `json:"id"`
@@ -320,7 +320,9 @@ func (r *registry) handle(s *session, ev xmppconn.Event) {
 			Thread  string  `json:"thread"`
 			Delay   *string `json:"delay"`
 			Carbon  *string `json:"carbon"`
-		}{e.From, e.To, e.ID, messageType(e.Type), e.Body, e.Subject, e.Thread, delay, carbon})
+		}{e.From, e.To, e.ID, messageType(e.Type), e.Body, e.Subject, e.Thread, delay, carbon}) {
+			return // a copy of a message still in the log
+		}
 	case *xmppconn.Presence:
 		s.trackPresence(e)
 		typ := e.Type
@@ -399,13 +401,13 @@ func messageType(t string) string {
 func (s *session) appendJSON(kind string, v any) { s.appendJSONOnce(kind, "", v) }
 
 // appendJSONOnce appends unless an event with the same non-empty key is
-// still in the log.
-func (s *session) appendJSONOnce(kind, key string, v any) {
+// still in the log, and reports whether it did.
+func (s *session) appendJSONOnce(kind, key string, v any) bool {
 	b, err := json.Marshal(v)
 	if err != nil || len(b) < 2 {
-		return
+		return false
 	}
-	s.log.appendOnce(kind, key, b[1:len(b)-1])
+	return s.log.appendOnce(kind, key, b[1:len(b)-1])
 }
 
 // messageKey identifies a message for dedup: the same sender (bare JID),
