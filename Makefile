@@ -65,6 +65,13 @@ fuzz: ## run every fuzz target for FUZZTIME (default 30s) each
 	  done; \
 	done
 
+.PHONY: faults
+faults: deps ## the fault-injection matrix in full (30 s outages, 2000 cut polls); prints the table
+	@mkdir -p bin
+	IMSIDECAR_FAULTS=full IMSIDECAR_FAULTS_TABLE=$(CURDIR)/bin/faults.md \
+	  $(GO) test -race -count=1 -timeout 30m -run '^TestFaults$$' -v ./sidecar; \
+	  rc=$$?; echo; cat bin/faults.md 2>/dev/null; exit $$rc
+
 .PHONY: bench
 bench: deps ## Go benchmarks: session decode vs PHP, cached lookups, event log, idle XMPP memory
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2000x ./phpsession ./sidecar

@@ -162,6 +162,15 @@ func (a *api) authenticate(r *http.Request, cookieOK bool) (*caller, error) {
 	start := time.Now()
 	ps, err := a.reader.Lookup(r.Context(), c.id)
 	a.metrics.storeLatency.Observe(time.Since(start).Seconds())
+	if errors.Is(err, phpsession.ErrUnavailable) {
+		// The store is down (Redis restarting). A session with a live
+		// stream keeps working on what it last read, as the janitor keeps
+		// it online; anything else waits for the store.
+		if s := a.reg.get(c.id); s != nil && s.live() {
+			c.php = &phpsession.Session{Identity: s.ident}
+			return c, nil
+		}
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -335,11 +335,26 @@ func TestErrorCodes(t *testing.T) {
 		}
 	})
 	t.Run("store unavailable", func(t *testing.T) {
+		// A session without a live stream waits for the store; one with a
+		// live stream keeps working on what was last read (Redis restarting
+		// must not stop users who are chatting).
+		h.reader.set(otherID, "bob", "pw")
+		h.reader.mu.Lock()
 		h.reader.down = true
-		defer func() { h.reader.down = false }()
+		h.reader.mu.Unlock()
+		defer func() { h.reader.mu.Lock(); h.reader.down = false; h.reader.mu.Unlock() }()
+		for _, call := range [][2]string{{"GET", "/v1/me"}, {"POST", "/v1/connect"}} {
+			rec := h.do(call[0], call[1], "", sid(otherID)...)
+			if rec.Code != 503 || h.code(rec) != "store_unavailable" || rec.Header().Get("Retry-After") == "" {
+				t.Fatalf("%s %s of a session not connected = %d %s", call[0], call[1], rec.Code, rec.Body)
+			}
+		}
 		rec := h.do("GET", "/v1/me", "", sid(goodID)...)
-		if rec.Code != 503 || h.code(rec) != "store_unavailable" || rec.Header().Get("Retry-After") == "" {
-			t.Fatalf("= %d %s", rec.Code, rec.Body)
+		if rec.Code != 200 || !strings.Contains(rec.Body.String(), `"state":"online"`) {
+			t.Fatalf("GET /v1/me of a connected session while the store is down = %d %s", rec.Code, rec.Body)
+		}
+		if rec := h.do("GET", "/v1/events?wait=0", "", sid(goodID)...); rec.Code != 200 {
+			t.Fatalf("poll of a connected session while the store is down = %d %s", rec.Code, rec.Body)
 		}
 	})
 	t.Run("shutting down", func(t *testing.T) {
@@ -372,6 +387,51 @@ func TestAuthFailureNotRetried(t *testing.T) {
 	}
 	if h.dials != 2 {
 		t.Fatalf("dials = %d, want 2", h.dials)
+	}
+}
+
+// TestAuthFailureLimit: past --auth-failure-limit failures in an hour, a
+// password never seen working is not sent to the server (503
+// auth_throttled); one that worked before still is; an hour later the
+// limit is free again.
+func TestAuthFailureLimit(t *testing.T) {
+	h := newHarness(t, "")
+	h.reg.cfg.AuthFailLimit = 3
+	// alice connects once: her password is known to work.
+	if rec := h.do("POST", "/v1/connect", "", "X-Session-Id", goodID); rec.Code != 200 {
+		t.Fatalf("alice: %d %s", rec.Code, rec.Body)
+	}
+	h.dialErr = fmt.Errorf("%w: not-authorized", xmppconn.ErrAuth)
+	for i := range 6 {
+		id := fmt.Sprintf("badsession%02d0123456789abcdefghijk", i)
+		h.reader.set(id, fmt.Sprintf("user%d", i), "stale")
+		rec := h.do("POST", "/v1/connect", "", "X-Session-Id", id)
+		want, code := 502, "xmpp_auth_failed"
+		if i >= 3 {
+			want, code = 503, "auth_throttled"
+		}
+		if rec.Code != want || h.code(rec) != code {
+			t.Fatalf("bad session %d: %d %s, want %d %s", i, rec.Code, rec.Body, want, code)
+		}
+	}
+	if h.dials != 1+3 {
+		t.Fatalf("dialed %d times, want 4 (alice + 3 failures)", h.dials)
+	}
+	// alice's known password is still tried (a new PHP session of hers).
+	h.dialErr = nil
+	h.reader.set(otherID, "alice", secretPW)
+	if rec := h.do("POST", "/v1/connect", "", "X-Session-Id", otherID); rec.Code != 200 {
+		t.Fatalf("alice's known password past the limit: %d %s", rec.Code, rec.Body)
+	}
+	// An hour later the failures have aged out.
+	h.reg.mu.Lock()
+	for i := range h.reg.failTimes {
+		h.reg.failTimes[i] = h.reg.failTimes[i].Add(-time.Hour)
+	}
+	h.reg.mu.Unlock()
+	h.reader.set("newcomer0123456789abcdefghijklm", "newcomer", "fine")
+	if rec := h.do("POST", "/v1/connect", "", "X-Session-Id", "newcomer0123456789abcdefghijklm"); rec.Code != 200 {
+		t.Fatalf("a new password an hour later: %d %s", rec.Code, rec.Body)
 	}
 }
 

@@ -42,6 +42,7 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	RecheckInterval time.Duration
 	RateLimit       float64
+	AuthFailLimit   int
 
 	SessionStore       string
 	SessionSavePath    string
@@ -86,6 +87,7 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on graceful shutdown")
 	fs.DurationVar(&c.RecheckInterval, "recheck-interval", 5*time.Second, "how often each connected PHP session is re-read (logout/expiry detection)")
 	fs.Float64Var(&c.RateLimit, "rate-limit", 20, "mutating API calls per second allowed per session (bursts of twice that)")
+	fs.IntVar(&c.AuthFailLimit, "auth-failure-limit", 10, "XMPP authentication failures allowed per hour for the whole daemon, below the server's per-IP ban (ejabberd mod_fail2ban: 20); past it only passwords that worked before are tried (0: no limit)")
 	fs.StringVar(&c.SessionStore, "session-store", "files", "PHP session store: files or redis")
 	fs.StringVar(&c.SessionSavePath, "session-save-path", "/var/lib/php/sessions", "files store: PHP's session.save_path (\"/dir\", \"N;/dir\" or \"N;MODE;/dir\")")
 	fs.StringVar(&c.SessionRedis, "session-redis", "", "redis store: PHP's session.save_path for phpredis (tcp://host:port?auth=…&database=N…) or a redis:// URL")
@@ -240,6 +242,9 @@ func (c *Config) Validate() error {
 	positive("session-timeout", c.SessionTimeout)
 	if c.EventBuffer < 10 || c.EventBuffer > 1_000_000 {
 		bad("event-buffer", "must be within 10..1000000, got %d", c.EventBuffer)
+	}
+	if c.AuthFailLimit < 0 {
+		bad("auth-failure-limit", "must be 0 (no limit) or more, got %d", c.AuthFailLimit)
 	}
 	if c.RateLimit <= 0 {
 		bad("rate-limit", "must be positive")

@@ -20,7 +20,10 @@ var (
 	ErrTooLarge       = errors.New("sidecar: request body too large")
 	ErrRateLimited    = errors.New("sidecar: rate limited")
 	ErrShuttingDown   = errors.New("sidecar: shutting down")
-	ErrConfig         = errors.New("sidecar: invalid configuration")
+	// ErrAuthThrottled: too many XMPP authentication failures in the last
+	// hour (--auth-failure-limit); a password not seen working is not tried.
+	ErrAuthThrottled = errors.New("sidecar: XMPP authentication throttled after too many failures")
+	ErrConfig        = errors.New("sidecar: invalid configuration")
 )
 
 // statusFor is the one place errors become HTTP statuses and API codes.
@@ -75,6 +78,8 @@ func statusFor(err error) (int, string) {
 		return http.StatusServiceUnavailable, "store_unavailable"
 	case errors.Is(err, ErrShuttingDown):
 		return http.StatusServiceUnavailable, "shutting_down"
+	case errors.Is(err, ErrAuthThrottled):
+		return http.StatusServiceUnavailable, "auth_throttled"
 	}
 	var se *xmppconn.StreamError
 	if errors.As(err, &se) {

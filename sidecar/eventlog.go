@@ -53,6 +53,7 @@ type event struct {
 	offset uint64
 	kind   string
 	fields []byte
+	key    string // dedup key of a message, "" for other events
 }
 
 // eventLog is a bounded, per-session log of events with a monotonic cursor.
@@ -73,6 +74,9 @@ type eventLog struct {
 	notify  chan struct{}
 	dropped uint64
 	onDrop  func()
+	// keys holds the dedup keys of the events still in buf (key → offset),
+	// so a stanza the server delivers twice is logged once.
+	keys map[string]uint64
 }
 
 func newEventLog(size int, onDrop func()) *eventLog {
@@ -81,10 +85,32 @@ func newEventLog(size int, onDrop func()) *eventLog {
 
 // append adds an event and wakes the pollers.
 func (l *eventLog) append(kind string, fields []byte) {
+	l.appendOnce(kind, "", fields)
+}
+
+// appendOnce is append for an event with a dedup key: when an event with the
+// same key is still in the log, nothing is added and it reports false. An
+// XMPP message can reach us twice — re-sent by the sender's stream after a
+// server crash ate its acknowledgement, or re-delivered from offline storage
+// — and the page must see it once.
+func (l *eventLog) appendOnce(kind, key string, fields []byte) bool {
 	l.mu.Lock()
-	ev := event{offset: l.next, kind: kind, fields: fields}
+	if key != "" {
+		if _, dup := l.keys[key]; dup {
+			l.mu.Unlock()
+			return false
+		}
+		if l.keys == nil {
+			l.keys = map[string]uint64{}
+		}
+		l.keys[key] = l.next
+	}
+	ev := event{offset: l.next, kind: kind, fields: fields, key: key}
 	l.next++
 	if l.n == len(l.buf) {
+		if old := l.buf[l.start]; old.key != "" && l.keys[old.key] == old.offset {
+			delete(l.keys, old.key)
+		}
 		l.buf[l.start] = ev
 		l.start = (l.start + 1) % len(l.buf)
 		l.dropped++
@@ -99,6 +125,7 @@ func (l *eventLog) append(kind string, fields []byte) {
 	l.notify = make(chan struct{})
 	l.mu.Unlock()
 	close(ch)
+	return true
 }
 
 // markGap makes every cursor before the next event unrecovered.

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"expressolivre.org/imsidecar/xmppconn"
 )
 
 func TestCursorParse(t *testing.T) {
@@ -98,5 +100,49 @@ func BenchmarkEventLogAppendPoll(b *testing.B) {
 		l.append("message", fields)
 		res := l.poll(b.Context(), cur, true, 0, 10)
 		cur = res.cursor
+	}
+}
+
+// TestEventLogDedup: a message delivered twice while the first copy is
+// still in the log is logged once; once the first copy has left the ring,
+// the key is free again; events without a key are never merged.
+func TestEventLogDedup(t *testing.T) {
+	l := newEventLog(4, nil)
+	for _, tt := range []struct {
+		key  string
+		want bool
+	}{{"a", true}, {"b", true}, {"a", false}, {"", true}, {"", true}, {"b", false}, {"c", true}, {"a", true}, {"c", false}} {
+		if got := l.appendOnce("message", tt.key, []byte(`"k":1`)); got != tt.want {
+			t.Errorf("appendOnce(%q) = %v, want %v", tt.key, got, tt.want)
+		}
+	}
+	if len(l.keys) > len(l.buf) {
+		t.Errorf("%d keys kept for a log of %d events", len(l.keys), len(l.buf))
+	}
+	if p := l.poll(t.Context(), cursor{}, false, 0, 100); len(p.events) != 4 || p.cursor.offset != 6 {
+		t.Errorf("after dedup the log has %d events up to %d, want 4 up to 6", len(p.events), p.cursor.offset)
+	}
+}
+
+func TestMessageKey(t *testing.T) {
+	base := xmppconn.Message{From: "bob@example.org/desk", ID: "m1", Type: "chat", Body: "oi"}
+	same := base
+	same.From = "bob@example.org/other" // the same sender from another resource
+	for _, tt := range []struct {
+		name string
+		m    xmppconn.Message
+		eq   bool
+	}{
+		{"same sender bare JID", same, true},
+		{"another body", xmppconn.Message{From: base.From, ID: "m1", Type: "chat", Body: "tchau"}, false},
+		{"another sender", xmppconn.Message{From: "carol@example.org/desk", ID: "m1", Type: "chat", Body: "oi"}, false},
+		{"a carbon", xmppconn.Message{From: base.From, ID: "m1", Type: "chat", Body: "oi", Carbon: "sent"}, false},
+	} {
+		if got := messageKey(&tt.m) == messageKey(&base); got != tt.eq {
+			t.Errorf("%s: same key = %v, want %v", tt.name, got, tt.eq)
+		}
+	}
+	if k := messageKey(&xmppconn.Message{From: base.From, Body: "no id"}); k != "" {
+		t.Errorf("a message without an id got key %q", k)
 	}
 }

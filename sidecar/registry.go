@@ -62,6 +62,7 @@ type session struct {
 	user  string
 	jid   string // bare JID
 	cred  [32]byte
+	ident phpsession.Identity // as last read, for API calls while the store is down
 	log   *eventLog
 	start cursor // the log's head when this stream was opened
 	since time.Time
@@ -93,6 +94,12 @@ func (s *session) State() xmppconn.State {
 	return xmppconn.StateConnecting
 }
 
+// live reports whether the stream is up or coming back by itself.
+func (s *session) live() bool {
+	st := s.State()
+	return st != xmppconn.StateOffline && st != xmppconn.StateAuthFailed
+}
+
 func (s *session) setState(st xmppconn.State, reason string) {
 	s.state.Store(st)
 	s.reason.Store(reason)
@@ -111,6 +118,11 @@ type registry struct {
 	sessions   map[string]*session
 	dialing    map[string]chan struct{}
 	authFailed map[string][32]byte // key → credentials that failed
+	// failTimes are the XMPP authentication failures of the last hour, for
+	// --auth-failure-limit; goodCreds the credentials that last worked per
+	// user (hashes), which are still tried past the limit.
+	failTimes []time.Time
+	goodCreds map[string][32]byte
 	// ids remembers, per session key, the PHP session id the API last
 	// saw, so the janitor can re-read the session. Only in memory.
 	idsMu   sync.Mutex
@@ -121,7 +133,8 @@ type registry struct {
 
 func newRegistry(cfg *Config, reader sessionReader, dial dialFunc, tlsConf *tls.Config, logger *slog.Logger, m *metrics) *registry {
 	return &registry{cfg: cfg, reader: reader, dial: dial, tlsConf: tlsConf, logger: logger, metrics: m,
-		sessions: map[string]*session{}, dialing: map[string]chan struct{}{}, authFailed: map[string][32]byte{}}
+		sessions: map[string]*session{}, dialing: map[string]chan struct{}{}, authFailed: map[string][32]byte{},
+		goodCreds: map[string][32]byte{}}
 }
 
 func sessionKey(id string) string {
@@ -156,6 +169,10 @@ func (r *registry) connect(ctx context.Context, id string, ps *phpsession.Sessio
 			r.mu.Unlock()
 			return nil, false, fmt.Errorf("%w: not retried until the PHP session changes", xmppconn.ErrAuth)
 		}
+		if r.throttledLocked(ps.Identity.User, cred, time.Now()) {
+			r.mu.Unlock()
+			return nil, false, ErrAuthThrottled
+		}
 		if ch, ok := r.dialing[key]; ok {
 			r.mu.Unlock()
 			select {
@@ -181,12 +198,48 @@ func (r *registry) connect(ctx context.Context, id string, ps *phpsession.Sessio
 		if err == nil {
 			r.sessions[key] = s
 			delete(r.authFailed, key)
+			r.goodCreds[ps.Identity.User] = cred
 		} else if errors.Is(err, xmppconn.ErrAuth) {
 			r.authFailed[key] = cred
+			r.noteAuthFailureLocked(ps.Identity.User, time.Now())
 		}
 		r.mu.Unlock()
 		return s, true, err
 	}
+}
+
+// throttledLocked reports whether cred must not be tried now: the daemon
+// had --auth-failure-limit failures in the last hour, and cred is not what
+// last worked for user. Every web user reaches the server from one address,
+// and servers ban an address after a number of failures (ejabberd's
+// mod_fail2ban: 20 per hour), so a storm of stale passwords must never
+// get there. r.mu is held.
+func (r *registry) throttledLocked(user string, cred [32]byte, now time.Time) bool {
+	if r.cfg.AuthFailLimit <= 0 {
+		return false
+	}
+	r.pruneFailuresLocked(now)
+	if len(r.failTimes) < r.cfg.AuthFailLimit {
+		return false
+	}
+	good, ok := r.goodCreds[user]
+	return !ok || good != cred
+}
+
+func (r *registry) pruneFailuresLocked(now time.Time) {
+	i := 0
+	for i < len(r.failTimes) && now.Sub(r.failTimes[i]) >= time.Hour {
+		i++
+	}
+	r.failTimes = r.failTimes[i:]
+}
+
+// noteAuthFailureLocked counts a failure; the credentials that last worked
+// for user no longer count as good. r.mu is held.
+func (r *registry) noteAuthFailureLocked(user string, now time.Time) {
+	r.pruneFailuresLocked(now)
+	r.failTimes = append(r.failTimes, now)
+	delete(r.goodCreds, user)
 }
 
 // open dials a stream for a PHP session, reusing the event log of an
@@ -196,7 +249,7 @@ func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session,
 		r.closeSession(old, "replaced")
 	}
 	s := &session{key: key, short: key[:8], user: ps.Identity.User, jid: ps.Identity.User + "@" + r.cfg.XMPPDomain,
-		cred: credentials(ps.Identity), since: time.Now(), presence: map[string]map[string]presenceInfo{},
+		cred: credentials(ps.Identity), ident: ps.Identity, since: time.Now(), presence: map[string]map[string]presenceInfo{},
 		limiter: tokenBucket{rate: r.cfg.RateLimit, burst: 2 * r.cfg.RateLimit}}
 	if old != nil && old.user == s.user {
 		s.log = old.log
@@ -292,7 +345,7 @@ func (r *registry) handle(s *session, ev xmppconn.Event) {
 		if e.Type == "groupchat" {
 			room, nick, _ = strings.Cut(e.From, "/")
 		}
-		s.appendJSON("message", struct {
+		if !s.appendJSONOnce("message", messageKey(e), struct {
 			From    string  `json:"from"`
 			To      string  `json:"to"`
 			ID      string  `json:"id"`
@@ -305,7 +358,9 @@ func (r *registry) handle(s *session, ev xmppconn.Event) {
 			Room    string  `json:"room,omitempty"`
 			Nick    string  `json:"nick,omitempty"`
 			Own     bool    `json:"own,omitempty"`
-		}{e.From, e.To, e.ID, messageType(e.Type), e.Body, e.Subject, e.Thread, delay, carbon, room, nick, e.Own})
+		}{e.From, e.To, e.ID, messageType(e.Type), e.Body, e.Subject, e.Thread, delay, carbon, room, nick, e.Own}) {
+			return // a copy of a message still in the log
+		}
 	case *xmppconn.Occupant:
 		s.appendOccupant(e)
 	case *xmppconn.Presence:
@@ -363,6 +418,9 @@ func (r *registry) handle(s *session, ev xmppconn.Event) {
 		if e.State == xmppconn.StateAuthFailed {
 			r.metrics.authFailures.Inc()
 			reason = "auth_failed"
+			r.mu.Lock()
+			r.noteAuthFailureLocked(s.user, time.Now())
+			r.mu.Unlock()
 		}
 		// The state of a closing session is set by closeSession itself.
 		if cur := s.State(); cur == xmppconn.StateOffline && e.State == xmppconn.StateOffline {
@@ -381,12 +439,35 @@ func messageType(t string) string {
 	return t
 }
 
-func (s *session) appendJSON(kind string, v any) {
+func (s *session) appendJSON(kind string, v any) { s.appendJSONOnce(kind, "", v) }
+
+// appendJSONOnce appends unless an event with the same non-empty key is
+// still in the log, and reports whether it did.
+func (s *session) appendJSONOnce(kind, key string, v any) bool {
 	b, err := json.Marshal(v)
 	if err != nil || len(b) < 2 {
-		return
+		return false
 	}
-	s.log.append(kind, b[1:len(b)-1])
+	return s.log.appendOnce(kind, key, b[1:len(b)-1])
+}
+
+// messageKey identifies a message for dedup: the same sender (bare JID),
+// id, carbon direction and body. Messages without an id are never merged.
+func messageKey(m *xmppconn.Message) string {
+	if m.ID == "" {
+		return ""
+	}
+	from := bareOf(m.From)
+	if m.Type == "groupchat" {
+		from = m.From // room@service/nick: occupants are told apart by nick
+	}
+	sum := sha256.Sum256([]byte(m.Carbon + "\x00" + from + "\x00" + m.ID + "\x00" + m.Type + "\x00" + m.Subject + "\x00" + m.Body))
+	return string(sum[:16])
+}
+
+func bareOf(jid string) string {
+	bare, _, _ := strings.Cut(jid, "/")
+	return bare
 }
 
 func (s *session) appendState(st xmppconn.State, reason string) {
