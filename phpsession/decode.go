@@ -1,6 +1,8 @@
 package phpsession
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
 	"math"
 	"strconv"
@@ -56,11 +58,11 @@ func Decode(data []byte, ser Serializer, lim Limits) (*Array, error) {
 	d := decoder{data: data, maxDepth: lim.MaxDepth}
 	switch ser {
 	case SerializerPHP:
-		return d.sessionPHP()
+		return d.run(d.sessionPHP)
 	case SerializerPHPBinary:
-		return d.sessionBinary()
+		return d.run(d.sessionBinary)
 	case SerializerPHPSerialize:
-		return d.sessionSerialize()
+		return d.run(d.sessionSerialize)
 	}
 	return nil, fmt.Errorf("%w: unknown serializer %q", ErrConfig, ser)
 }
@@ -70,19 +72,101 @@ type decoder struct {
 	pos      int
 	maxDepth int
 	depth    int
+	// track records slots for r:/R:. Sessions rarely hold references, so
+	// the first pass does not, and restarts with tracking when it meets one.
+	track bool
 	// slots holds every value PHP's var_hash would: each value parsed
 	// except R: ones and array keys, numbered from 1.
-	slots []*Value
-	// slab hands out Values in chunks: one allocation per 128 values.
-	slab []Value
+	slots []Value
+	// stack collects the elements of the arrays being parsed; a finished
+	// array moves its own into one exactly sized run of ents.
+	stack []entry
+	ents  []entry // slab the finished arrays' elements are carved from
+	arrs  []Array // slab of Array headers
+	table []int32 // scratch hash table for duplicate keys in large arrays
 }
 
-func (d *decoder) newValue() *Value {
-	if len(d.slab) == cap(d.slab) {
-		d.slab = make([]Value, 0, 128)
+// errNeedSlots restarts decoding with reference tracking.
+var errNeedSlots = errors.New("phpsession: references need slots")
+
+func (d *decoder) run(parse func() (*Array, error)) (*Array, error) {
+	vars, err := parse()
+	if err != errNeedSlots {
+		return vars, err
 	}
-	d.slab = d.slab[:len(d.slab)+1]
-	return &d.slab[len(d.slab)-1]
+	*d = decoder{data: d.data, maxDepth: d.maxDepth, track: true, slots: make([]Value, 0, min(len(d.data)/8, 1<<16))}
+	return parse()
+}
+
+func (d *decoder) newArray() *Array {
+	if len(d.arrs) == cap(d.arrs) {
+		d.arrs = make([]Array, 0, min(128, max(4, len(d.data)>>8)))
+	}
+	d.arrs = d.arrs[:len(d.arrs)+1]
+	return &d.arrs[len(d.arrs)-1]
+}
+
+// allocEntries returns n zeroed entries from the slab.
+func (d *decoder) allocEntries(n int) []entry {
+	chunk := min(512, max(16, len(d.data)>>4))
+	if n >= chunk {
+		return make([]entry, n)
+	}
+	if n > cap(d.ents)-len(d.ents) {
+		d.ents = make([]entry, 0, chunk)
+	}
+	l := len(d.ents)
+	d.ents = d.ents[:l+n]
+	return d.ents[l : l+n : l+n]
+}
+
+// finish moves the elements stacked since base into their own slice,
+// applying PHP's rule that a duplicate key replaces the earlier value in
+// its place. unique says the keys are known distinct (ascending ints).
+func (d *decoder) finish(base int, unique bool) []entry {
+	src := d.stack[base:]
+	if len(src) == 0 {
+		return nil
+	}
+	ents := d.allocEntries(len(src))
+	m := 0
+	switch {
+	case unique:
+		m = copy(ents, src)
+	case len(src) < indexThreshold:
+		for _, e := range src {
+			if i := scan(ents[:m], e.k); i >= 0 {
+				ents[i].v = e.v
+				continue
+			}
+			ents[m] = e
+			m++
+		}
+	default:
+		size := tableSize(len(src))
+		if cap(d.table) < size {
+			d.table = make([]int32, size)
+		}
+		t := d.table[:size]
+		clear(t)
+		mask := uint64(size - 1)
+	next:
+		for _, e := range src {
+			h := hashKey(e.k) & mask
+			for ; t[h] != 0; h = (h + 1) & mask {
+				if i := t[h] - 1; ents[i].k == e.k {
+					ents[i].v = e.v
+					continue next
+				}
+			}
+			ents[m] = e
+			m++
+			t[h] = int32(m)
+		}
+	}
+	clear(d.stack[base:]) // drop references held by the scratch stack
+	d.stack = d.stack[:base]
+	return ents[:m:m]
 }
 
 func (d *decoder) fail(at int, format string, args ...any) error {
@@ -92,48 +176,40 @@ func (d *decoder) fail(at int, format string, args ...any) error {
 // sessionPHP: repeated "name|value". Like PHP, bytes after the last value
 // that contain no '|' end decoding without error.
 func (d *decoder) sessionPHP() (*Array, error) {
-	vars := &Array{}
 	for d.pos < len(d.data) {
 		start := d.pos
-		bar := -1
-		for i := d.pos; i < len(d.data); i++ {
-			if d.data[i] == '|' {
-				bar = i
-				break
-			}
-		}
+		bar := bytes.IndexByte(d.data[start:], '|')
 		if bar < 0 {
 			break
 		}
-		name := string(d.data[start:bar])
-		d.pos = bar + 1
+		name := alias(d.data[start : start+bar])
+		d.pos = start + bar + 1
 		v, err := d.value()
 		if err != nil {
 			return nil, err
 		}
-		vars.set(Key{Str: name}, *v)
+		d.stack = append(d.stack, entry{k: key{s: name}, v: v})
 	}
-	return vars, nil
+	return &Array{ents: d.finish(0, false)}, nil
 }
 
 // sessionBinary: repeated <length byte><name><value>; the top bit of the
 // length byte is PHP's old "undefined" marker and is ignored.
 func (d *decoder) sessionBinary() (*Array, error) {
-	vars := &Array{}
 	for d.pos < len(d.data) {
 		n := int(d.data[d.pos] & 0x7f)
 		if d.pos+1+n >= len(d.data) {
 			return nil, d.fail(d.pos, "variable name of %d bytes runs past the end", n)
 		}
-		name := string(d.data[d.pos+1 : d.pos+1+n])
+		name := alias(d.data[d.pos+1 : d.pos+1+n])
 		d.pos += 1 + n
 		v, err := d.value()
 		if err != nil {
 			return nil, err
 		}
-		vars.set(Key{Str: name}, *v)
+		d.stack = append(d.stack, entry{k: key{s: name}, v: v})
 	}
-	return vars, nil
+	return &Array{ents: d.finish(0, false)}, nil
 }
 
 // sessionSerialize: one serialize()d array and nothing after it.
@@ -151,18 +227,22 @@ func (d *decoder) sessionSerialize() (*Array, error) {
 	if d.pos != len(d.data) {
 		return nil, d.fail(d.pos, "trailing bytes after the session array")
 	}
-	return v.arr, nil
+	return v.arr(), nil
 }
 
 func (d *decoder) expect(c byte) error {
+	if d.pos < len(d.data) && d.data[d.pos] == c {
+		d.pos++
+		return nil
+	}
+	return d.unexpected(c)
+}
+
+func (d *decoder) unexpected(c byte) error {
 	if d.pos >= len(d.data) {
 		return d.fail(d.pos, "unexpected end, want %q", c)
 	}
-	if d.data[d.pos] != c {
-		return d.fail(d.pos, "want %q, found %q", c, d.data[d.pos])
-	}
-	d.pos++
-	return nil
+	return d.fail(d.pos, "want %q, found %q", c, d.data[d.pos])
 }
 
 // uint parses PHP's uiv: [0-9]+, bounded so it cannot overflow.
@@ -222,76 +302,102 @@ func (d *decoder) int() (int64, error) {
 	return int64(u), nil
 }
 
-func (d *decoder) push(v *Value) { d.slots = append(d.slots, v) }
-
 // value parses one serialized value.
-func (d *decoder) value() (*Value, error) {
+func (d *decoder) value() (Value, error) {
 	if d.pos+1 >= len(d.data) {
-		return nil, d.fail(d.pos, "unexpected end of data")
+		return Value{}, d.fail(d.pos, "unexpected end of data")
 	}
-	start := d.pos
 	tag := d.data[d.pos]
-	v := d.newValue()
-	if tag != 'R' {
-		d.push(v)
+	slot := -1
+	if d.track && tag != 'R' {
+		slot = len(d.slots)
+		d.slots = append(d.slots, Value{})
 	}
+	v, err := d.parse(tag, slot)
+	if slot >= 0 && err == nil {
+		d.slots[slot] = v
+	}
+	return v, err
+}
+
+func (d *decoder) parse(tag byte, slot int) (Value, error) {
+	start := d.pos
 	if tag == 'N' {
 		d.pos++
-		return v, d.expect(';')
+		return Value{}, d.expect(';')
 	}
 	d.pos++
 	if err := d.expect(':'); err != nil {
-		return nil, err
+		return Value{}, err
 	}
 	switch tag {
 	case 'b':
 		if d.pos >= len(d.data) || (d.data[d.pos] != '0' && d.data[d.pos] != '1') {
-			return nil, d.fail(d.pos, "bool must be 0 or 1")
+			return Value{}, d.fail(d.pos, "bool must be 0 or 1")
 		}
-		*v = Value{kind: KindBool, num: uint64(d.data[d.pos] - '0')}
+		v := Value{kind: KindBool, num: uint64(d.data[d.pos] - '0')}
 		d.pos++
 		return v, d.expect(';')
 	case 'i':
 		n, err := d.int()
 		if err != nil {
-			return nil, err
+			return Value{}, err
 		}
-		*v = Value{kind: KindInt, num: uint64(n)}
-		return v, d.expect(';')
+		return Value{kind: KindInt, num: uint64(n)}, d.expect(';')
 	case 'd':
 		f, err := d.float()
 		if err != nil {
-			return nil, err
+			return Value{}, err
 		}
-		*v = Value{kind: KindFloat, num: math.Float64bits(f)}
-		return v, d.expect(';')
+		return Value{kind: KindFloat, num: math.Float64bits(f)}, d.expect(';')
 	case 's', 'S':
 		b, err := d.str(tag == 'S')
 		if err != nil {
-			return nil, err
+			return Value{}, err
 		}
-		*v = Value{kind: KindString, str: b}
-		return v, d.expect(';')
+		return stringValue(b), d.expect(';')
 	case 'a':
-		return v, d.array(v)
+		arr := d.newArray()
+		v := Value{kind: KindArray, p: unsafe.Pointer(arr)}
+		if slot >= 0 {
+			d.slots[slot] = v // visible to references inside the array
+		}
+		return v, d.elements(arr, false)
 	case 'O':
-		return v, d.object(v)
+		name, err := d.className()
+		if err != nil {
+			return Value{}, err
+		}
+		if err := d.expect(':'); err != nil {
+			return Value{}, err
+		}
+		arr := d.newArray()
+		arr.class = alias(name)
+		v := Value{kind: KindObject, p: unsafe.Pointer(arr)}
+		if slot >= 0 {
+			d.slots[slot] = v
+		}
+		return v, d.elements(arr, true)
 	case 'C':
-		return v, d.custom(v)
+		return d.custom()
 	case 'E':
 		b, err := d.str(false)
 		if err != nil {
-			return nil, err
+			return Value{}, err
 		}
 		if !validEnum(b) {
-			return nil, d.fail(start, "invalid enum name")
+			return Value{}, d.fail(start, "invalid enum name")
 		}
-		*v = Value{kind: KindEnum, str: b}
+		v := stringValue(b)
+		v.kind = KindEnum
 		return v, d.expect(';')
 	case 'r', 'R':
+		if !d.track {
+			return Value{}, errNeedSlots
+		}
 		n, err := d.int()
 		if err != nil {
-			return nil, err
+			return Value{}, err
 		}
 		// For r: this value already took a slot, which cannot be its own target.
 		limit := len(d.slots)
@@ -299,22 +405,14 @@ func (d *decoder) value() (*Value, error) {
 			limit--
 		}
 		if n < 1 || n > int64(limit) {
-			return nil, d.fail(start, "reference to slot %d of %d", n, limit)
+			return Value{}, d.fail(start, "reference to slot %d of %d", n, limit)
 		}
-		target := d.slots[n-1]
-		if tag == 'r' {
-			*v = *target
-			d.slots[len(d.slots)-1] = v
-			return v, d.expect(';')
-		}
-		if err := d.expect(';'); err != nil {
-			return nil, err
-		}
-		// An R: shares the target: an array under construction is the
-		// same *Array, which is how a cycle comes to contain itself.
-		return target, nil
+		// r: copies the target; R: shares it. Either way an array (even
+		// one still under construction, which is how a cycle comes to
+		// contain itself) is the same *Array.
+		return d.slots[n-1], d.expect(';')
 	}
-	return nil, d.fail(start, "unknown type %q", tag)
+	return Value{}, d.fail(start, "unknown type %q", tag)
 }
 
 // float accepts PHP's d: grammar: iv, nv, nvexp, INF, -INF, NAN.
@@ -327,7 +425,7 @@ func (d *decoder) float() (float64, error) {
 	if end >= len(d.data) {
 		return 0, d.fail(start, "unterminated float")
 	}
-	s := string(d.data[start:end])
+	s := alias(d.data[start:end])
 	switch s {
 	case "NAN":
 		d.pos = end
@@ -453,9 +551,6 @@ func unhex(c byte) (byte, bool) {
 	return 0, false
 }
 
-// maxPrealloc bounds the elements reserved before they are actually read.
-const maxPrealloc = 1024
-
 func (d *decoder) enter() error {
 	d.depth++
 	if d.depth > d.maxDepth {
@@ -487,68 +582,62 @@ func (d *decoder) elements(arr *Array, object bool) error {
 	if n > (len(d.data)-d.pos)/4 {
 		return d.fail(at, "%d elements cannot fit in the remaining %d bytes", n, len(d.data)-d.pos)
 	}
-	// Preallocate for the declared count, but never more than a bounded
-	// hint: a forged count must not buy a large allocation up front.
-	hint := min(n, maxPrealloc)
-	arr.keys = make([]Key, 0, hint)
-	arr.vals = make([]Value, 0, hint)
-	if n >= indexThreshold {
-		arr.idx = make(map[Key]int, hint) // sized once: no rehashing while decoding
-	}
-	for range n {
+	base := len(d.stack)
+	unique := true // ascending int keys cannot repeat
+	prev := int64(math.MinInt64)
+	for i := range n {
 		k, err := d.key(object)
 		if err != nil {
 			return err
 		}
+		if unique && (!k.isInt || (i > 0 && k.n <= prev)) {
+			unique = false
+		}
+		prev = k.n
 		v, err := d.value()
 		if err != nil {
 			return err
 		}
-		arr.set(k, *v)
+		d.stack = append(d.stack, entry{k: k, v: v})
 	}
+	arr.ents = d.finish(base, unique)
 	return d.expect('}')
 }
 
-func (d *decoder) key(object bool) (Key, error) {
+func (d *decoder) key(object bool) (key, error) {
 	at := d.pos
 	if d.pos+1 >= len(d.data) {
-		return Key{}, d.fail(at, "unexpected end in key")
+		return key{}, d.fail(at, "unexpected end in key")
 	}
 	tag := d.data[d.pos]
 	d.pos++
 	if err := d.expect(':'); err != nil {
-		return Key{}, err
+		return key{}, err
 	}
 	switch tag {
 	case 'i':
 		n, err := d.int()
 		if err != nil {
-			return Key{}, err
+			return key{}, err
 		}
 		if object {
-			return Key{Str: strconv.FormatInt(n, 10)}, d.expect(';')
+			return key{s: strconv.FormatInt(n, 10)}, d.expect(';')
 		}
-		return Key{Int: n, IsInt: true}, d.expect(';')
+		return key{n: n, isInt: true}, d.expect(';')
 	case 's', 'S':
 		b, err := d.str(tag == 'S')
 		if err != nil {
-			return Key{}, err
+			return key{}, err
 		}
 		if err := d.expect(';'); err != nil {
-			return Key{}, err
+			return key{}, err
 		}
 		if object {
-			return Key{Str: alias(b)}, nil
+			return key{s: alias(b)}, nil
 		}
 		return canonicalKey(alias(b)), nil
 	}
-	return Key{}, d.fail(at, "array key must be int or string, found %q", tag)
-}
-
-func (d *decoder) array(v *Value) error {
-	arr := &Array{}
-	*v = Value{kind: KindArray, arr: arr}
-	return d.elements(arr, false)
+	return key{}, d.fail(at, "array key must be int or string, found %q", tag)
 }
 
 func (d *decoder) className() ([]byte, error) {
@@ -563,44 +652,30 @@ func (d *decoder) className() ([]byte, error) {
 	return b, nil
 }
 
-func (d *decoder) object(v *Value) error {
+func (d *decoder) custom() (Value, error) {
 	name, err := d.className()
 	if err != nil {
-		return err
+		return Value{}, err
 	}
 	if err := d.expect(':'); err != nil {
-		return err
-	}
-	arr := &Array{}
-	*v = Value{kind: KindObject, str: name, arr: arr}
-	return d.elements(arr, true)
-}
-
-func (d *decoder) custom(v *Value) error {
-	name, err := d.className()
-	if err != nil {
-		return err
-	}
-	if err := d.expect(':'); err != nil {
-		return err
+		return Value{}, err
 	}
 	n, err := d.uint()
 	if err != nil {
-		return err
+		return Value{}, err
 	}
 	if err := d.expect(':'); err != nil {
-		return err
+		return Value{}, err
 	}
 	if err := d.expect('{'); err != nil {
-		return err
+		return Value{}, err
 	}
 	if n > len(d.data)-d.pos {
-		return d.fail(d.pos, "payload of %d bytes runs past the end", n)
+		return Value{}, d.fail(d.pos, "payload of %d bytes runs past the end", n)
 	}
-	payload := d.data[d.pos : d.pos+n : d.pos+n]
+	c := &custom{class: alias(name), payload: d.data[d.pos : d.pos+n : d.pos+n]}
 	d.pos += n
-	*v = Value{kind: KindCustom, class: string(name), str: payload}
-	return d.expect('}')
+	return Value{kind: KindCustom, p: unsafe.Pointer(c)}, d.expect('}')
 }
 
 // validClass mirrors PHP's check for class names in serialized data:

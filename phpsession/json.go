@@ -68,25 +68,26 @@ func (m *marshaler) value(v Value) {
 		}
 	case KindString:
 		for _, sec := range m.secrets {
-			if len(sec) > 0 && bytes.Equal(v.str, sec) {
+			if len(sec) > 0 && bytes.Equal(v.bytes(), sec) {
 				m.buf.WriteString(`"[redacted]"`)
 				return
 			}
 		}
-		m.str(m.cs.String(v.str))
+		m.str(m.cs.String(v.bytes()))
 	case KindArray:
-		m.array(v.arr)
+		m.array(v.arr())
 	case KindObject:
 		m.object(v)
 	case KindEnum:
 		m.buf.WriteString(`{"__enum":`)
-		m.str(m.cs.String(v.str))
+		m.str(m.cs.String(v.bytes()))
 		m.buf.WriteByte('}')
 	case KindCustom:
 		m.buf.WriteString(`{"__class":`)
-		m.str(m.cs.String([]byte(v.class)))
+		c := (*custom)(v.p)
+		m.str(m.cs.String([]byte(c.class)))
 		m.buf.WriteString(`,"__serialized":`)
-		m.str(m.cs.String(v.str))
+		m.str(m.cs.String(c.payload))
 		m.buf.WriteByte('}')
 	}
 }
@@ -114,8 +115,8 @@ func formatFloat(f float64) string {
 }
 
 func isList(a *Array) bool {
-	for i, k := range a.keys {
-		if !k.IsInt || k.Int != int64(i) {
+	for i, e := range a.ents {
+		if !e.k.isInt || e.k.n != int64(i) {
 			return false
 		}
 	}
@@ -135,29 +136,29 @@ func (m *marshaler) array(a *Array) {
 	defer delete(m.active, a)
 	if isList(a) {
 		m.buf.WriteByte('[')
-		for i, v := range a.vals {
+		for i, e := range a.ents {
 			if i > 0 {
 				m.buf.WriteByte(',')
 			}
-			m.value(v)
+			m.value(e.v)
 		}
 		m.buf.WriteByte(']')
 		return
 	}
 	m.buf.WriteByte('{')
-	for i, k := range a.keys {
+	for i, e := range a.ents {
 		if i > 0 {
 			m.buf.WriteByte(',')
 		}
-		m.str(m.cs.String([]byte(k.String())))
+		m.str(m.cs.String([]byte(e.k.export().String())))
 		m.buf.WriteByte(':')
-		m.value(a.vals[i])
+		m.value(e.v)
 	}
 	m.buf.WriteByte('}')
 }
 
 func (m *marshaler) object(v Value) {
-	a := v.arr
+	a := v.arr()
 	if m.active[a] {
 		m.buf.WriteString("null")
 		return
@@ -165,12 +166,12 @@ func (m *marshaler) object(v Value) {
 	m.active[a] = true
 	defer delete(m.active, a)
 	m.buf.WriteString(`{"__class":`)
-	m.str(m.cs.String(v.str))
-	for i, k := range a.keys {
+	m.str(m.cs.String([]byte(a.class)))
+	for _, e := range a.ents {
 		m.buf.WriteByte(',')
-		m.str(m.cs.String([]byte(k.PropName())))
+		m.str(m.cs.String([]byte(e.k.export().PropName())))
 		m.buf.WriteByte(':')
-		m.value(a.vals[i])
+		m.value(e.v)
 	}
 	m.buf.WriteByte('}')
 }

@@ -1,8 +1,11 @@
 package phpsession
 
 import (
+	"hash/maphash"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"unsafe"
 )
 
 // Kind is the PHP type of a Value.
@@ -34,13 +37,42 @@ func (k Kind) String() string {
 //
 // String bytes alias the buffer given to Decode: do not modify that buffer
 // while the values are in use.
+//
+// A Value is three words and holds at most one pointer, so the slabs a
+// 64 KB session decodes into stay small and cheap for the GC to scan.
 type Value struct {
-	kind  Kind
-	num   uint64 // bool (0/1), int (two's complement) or float bits
-	str   []byte // string bytes, class name, enum "Class:Case", custom payload
-	class string // class name for KindCustom
-	arr   *Array // array elements or object properties
+	// p is the first byte of a string or enum name (nil when empty), the
+	// *Array of an array or object, or the *custom of a C: value.
+	p unsafe.Pointer
+	// num is a bool (0/1), an int (two's complement), float bits, or the
+	// byte length of a string or enum name.
+	num  uint64
+	kind Kind
 }
+
+// custom is the out-of-line part of a C: value (rare).
+type custom struct {
+	class   string
+	payload []byte
+}
+
+func stringValue(b []byte) Value {
+	if len(b) == 0 {
+		return Value{kind: KindString}
+	}
+	return Value{kind: KindString, p: unsafe.Pointer(&b[0]), num: uint64(len(b))}
+}
+
+// bytes views p/num as a slice whose capacity ends at its length, so an
+// append by the caller can never write into the decoded buffer.
+func (v Value) bytes() []byte {
+	if v.p == nil {
+		return nil
+	}
+	return unsafe.Slice((*byte)(v.p), int(v.num))
+}
+
+func (v Value) arr() *Array { return (*Array)(v.p) }
 
 // Kind reports the PHP type.
 func (v Value) Kind() Kind { return v.kind }
@@ -67,8 +99,11 @@ func (v Value) Float() float64 {
 // Bytes returns the raw bytes of a string (in the session's charset), the
 // payload of a custom-serialized object, or nil.
 func (v Value) Bytes() []byte {
-	if v.kind == KindString || v.kind == KindCustom {
-		return v.str
+	switch v.kind {
+	case KindString:
+		return v.bytes()
+	case KindCustom:
+		return (*custom)(v.p).payload
 	}
 	return nil
 }
@@ -77,7 +112,7 @@ func (v Value) Bytes() []byte {
 // or nil for other kinds.
 func (v Value) Array() *Array {
 	if v.kind == KindArray || v.kind == KindObject {
-		return v.arr
+		return v.arr()
 	}
 	return nil
 }
@@ -87,11 +122,11 @@ func (v Value) Array() *Array {
 func (v Value) Class() string {
 	switch v.kind {
 	case KindObject:
-		return string(v.str)
+		return v.arr().class
 	case KindCustom:
-		return v.class
+		return (*custom)(v.p).class
 	case KindEnum:
-		return string(v.str)
+		return string(v.bytes())
 	}
 	return ""
 }
@@ -123,12 +158,29 @@ func (k Key) PropName() string {
 	return k.Str
 }
 
+// key is Key as stored: an int, or a string aliasing the decoded buffer.
+type key struct {
+	s     string
+	n     int64
+	isInt bool
+}
+
+func (k key) export() Key { return Key{Int: k.n, Str: k.s, IsInt: k.isInt} }
+
+type entry struct {
+	k key
+	v Value
+}
+
 // Array is an ordered PHP array (or an object's property table). Arrays may
 // be shared and may contain themselves through references.
+//
+// Decoding builds no lookup structure: a large array gets its hash index on
+// the first Get, so the many arrays nobody looks up cost nothing extra.
 type Array struct {
-	keys []Key
-	vals []Value
-	idx  map[Key]int // built lazily for large arrays
+	ents  []entry
+	class string                  // object class name
+	idx   atomic.Pointer[[]int32] // open-addressed index, built lazily for large arrays
 }
 
 // Len returns the number of elements.
@@ -136,11 +188,11 @@ func (a *Array) Len() int {
 	if a == nil {
 		return 0
 	}
-	return len(a.keys)
+	return len(a.ents)
 }
 
 // At returns the i-th element in PHP's order.
-func (a *Array) At(i int) (Key, Value) { return a.keys[i], a.vals[i] }
+func (a *Array) At(i int) (Key, Value) { return a.ents[i].k.export(), a.ents[i].v }
 
 // Get finds an element by key. A canonical decimal string ("5", "-3", not
 // "05") finds the int key, as PHP's array access does. For objects the key
@@ -150,13 +202,13 @@ func (a *Array) Get(key string) (Value, bool) {
 		return Value{}, false
 	}
 	k := canonicalKey(key)
-	if i, ok := a.find(k); ok {
-		return a.vals[i], true
+	if i := a.find(k); i >= 0 {
+		return a.ents[i].v, true
 	}
-	if !k.IsInt {
-		for i, ak := range a.keys {
-			if !ak.IsInt && strings.HasPrefix(ak.Str, "\x00") && ak.PropName() == key {
-				return a.vals[i], true
+	if !k.isInt {
+		for _, e := range a.ents {
+			if !e.k.isInt && strings.HasPrefix(e.k.s, "\x00") && e.k.export().PropName() == key {
+				return e.v, true
 			}
 		}
 	}
@@ -165,7 +217,7 @@ func (a *Array) Get(key string) (Value, bool) {
 
 // Path walks nested arrays and objects: Path("a", "b") is $v['a']['b'].
 func (a *Array) Path(keys ...string) (Value, bool) {
-	cur := Value{kind: KindArray, arr: a}
+	cur := Value{kind: KindArray, p: unsafe.Pointer(a)}
 	for _, k := range keys {
 		arr := cur.Array()
 		if arr == nil {
@@ -180,48 +232,89 @@ func (a *Array) Path(keys ...string) (Value, bool) {
 	return cur, true
 }
 
+// indexThreshold: below it a linear scan beats hashing.
 const indexThreshold = 16
 
-func (a *Array) find(k Key) (int, bool) {
-	if len(a.keys) < indexThreshold {
-		for i, ak := range a.keys {
-			if ak == k {
-				return i, true
-			}
-		}
-		return 0, false
+func (a *Array) find(k key) int {
+	if len(a.ents) < indexThreshold {
+		return scan(a.ents, k)
 	}
-	if a.idx == nil {
-		a.idx = make(map[Key]int, len(a.keys))
-		for i, ak := range a.keys {
-			a.idx[ak] = i
+	t := a.idx.Load()
+	if t == nil {
+		// Concurrent first lookups may both build it; either result is
+		// the same index, so the race is harmless.
+		nt := make([]int32, tableSize(len(a.ents)))
+		for i := range a.ents {
+			tableInsert(nt, a.ents, int32(i))
 		}
+		a.idx.Store(&nt)
+		t = &nt
 	}
-	i, ok := a.idx[k]
-	return i, ok
+	return tableFind(*t, a.ents, k)
 }
 
-// set stores v under k, replacing an earlier duplicate in place as PHP does.
-func (a *Array) set(k Key, v Value) {
-	if i, ok := a.find(k); ok {
-		a.vals[i] = v
-		return
+func scan(ents []entry, k key) int {
+	for i := range ents {
+		if ents[i].k == k {
+			return i
+		}
 	}
-	a.keys = append(a.keys, k)
-	a.vals = append(a.vals, v)
-	if a.idx != nil {
-		a.idx[k] = len(a.keys) - 1
+	return -1
+}
+
+// The index is an open-addressed table of entry positions + 1 (0 = empty)
+// with linear probing, at most half full.
+
+var hashSeed = maphash.MakeSeed()
+
+func hashKey(k key) uint64 {
+	if k.isInt {
+		h := uint64(k.n) * 0x9e3779b97f4a7c15
+		return h ^ h>>29
+	}
+	return maphash.String(hashSeed, k.s)
+}
+
+func tableSize(n int) int {
+	size := 32
+	for size < 2*n {
+		size <<= 1
+	}
+	return size
+}
+
+// tableInsert adds entry i, which must not have a duplicate in the table.
+func tableInsert(t []int32, ents []entry, i int32) {
+	mask := uint64(len(t) - 1)
+	for h := hashKey(ents[i].k) & mask; ; h = (h + 1) & mask {
+		if t[h] == 0 {
+			t[h] = i + 1
+			return
+		}
+	}
+}
+
+func tableFind(t []int32, ents []entry, k key) int {
+	mask := uint64(len(t) - 1)
+	for h := hashKey(k) & mask; ; h = (h + 1) & mask {
+		j := t[h]
+		if j == 0 {
+			return -1
+		}
+		if ents[j-1].k == k {
+			return int(j - 1)
+		}
 	}
 }
 
 // canonicalKey converts a string key to an int key when PHP would
 // (ZEND_HANDLE_NUMERIC_STR): an optional '-', no leading zeros, no '+',
 // within the int64 range, and not "-0".
-func canonicalKey(s string) Key {
+func canonicalKey(s string) key {
 	if n, ok := numericKey(s); ok {
-		return Key{Int: n, IsInt: true}
+		return key{n: n, isInt: true}
 	}
-	return Key{Str: s}
+	return key{s: s}
 }
 
 func numericKey(s string) (int64, bool) {
@@ -238,10 +331,20 @@ func numericKey(s string) (int64, bool) {
 	if d[0] == '0' && len(d) > 1 {
 		return 0, false
 	}
+	var u uint64
 	for i := 0; i < len(d); i++ {
 		if d[i] < '0' || d[i] > '9' {
 			return 0, false
 		}
+		if i < 18 {
+			u = u*10 + uint64(d[i]-'0')
+		}
+	}
+	if len(d) <= 18 {
+		if s[0] == '-' {
+			return -int64(u), true
+		}
+		return int64(u), true
 	}
 	n, err := strconv.ParseInt(s, 10, 64)
 	if err != nil {
