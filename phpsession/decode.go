@@ -78,12 +78,13 @@ type decoder struct {
 	// slots holds every value PHP's var_hash would: each value parsed
 	// except R: ones and array keys, numbered from 1.
 	slots []Value
-	// stack collects the elements of the arrays being parsed; a finished
-	// array moves its own into one exactly sized run of ents.
-	stack []entry
-	ents  []entry // slab the finished arrays' elements are carved from
-	arrs  []Array // slab of Array headers
-	table []int32 // scratch hash table for duplicate keys in large arrays
+	// pending counts the elements that open arrays have declared but not
+	// yet started: honest input holds each in at least 4 more bytes.
+	pending int
+	stack   []entry // the top-level session variables
+	ents    []entry // slab the arrays' elements are carved from
+	arrs    []Array // slab of Array headers
+	table   []int32 // scratch hash table for duplicate keys in large arrays
 }
 
 // errNeedSlots restarts decoding with reference tracking.
@@ -106,35 +107,34 @@ func (d *decoder) newArray() *Array {
 	return &d.arrs[len(d.arrs)-1]
 }
 
-// allocEntries returns n zeroed entries from the slab.
+// allocEntries returns room for n entries (length 0, capacity n) from the
+// slab, or nil when n is too large to reserve before the elements are read.
 func (d *decoder) allocEntries(n int) []entry {
+	if n > maxPrealloc {
+		return nil // grown by append, as the elements really arrive
+	}
 	chunk := min(512, max(16, len(d.data)>>4))
 	if n >= chunk {
-		return make([]entry, n)
+		return make([]entry, 0, n)
 	}
 	if n > cap(d.ents)-len(d.ents) {
 		d.ents = make([]entry, 0, chunk)
 	}
 	l := len(d.ents)
 	d.ents = d.ents[:l+n]
-	return d.ents[l : l+n : l+n]
+	return d.ents[l : l : l+n]
 }
 
-// finish moves the elements stacked since base into their own slice,
-// applying PHP's rule that a duplicate key replaces the earlier value in
-// its place. unique says the keys are known distinct (ascending ints).
-func (d *decoder) finish(base int, unique bool) []entry {
-	src := d.stack[base:]
-	if len(src) == 0 {
-		return nil
+// dedupe applies PHP's rule that a duplicate key replaces the earlier
+// value in its place, compacting ents in place. unique says the keys are
+// known distinct (ascending ints).
+func (d *decoder) dedupe(ents []entry, unique bool) []entry {
+	if unique || len(ents) < 2 {
+		return ents
 	}
-	ents := d.allocEntries(len(src))
 	m := 0
-	switch {
-	case unique:
-		m = copy(ents, src)
-	case len(src) < indexThreshold:
-		for _, e := range src {
+	if len(ents) < indexThreshold {
+		for _, e := range ents {
 			if i := scan(ents[:m], e.k); i >= 0 {
 				ents[i].v = e.v
 				continue
@@ -142,30 +142,28 @@ func (d *decoder) finish(base int, unique bool) []entry {
 			ents[m] = e
 			m++
 		}
-	default:
-		size := tableSize(len(src))
-		if cap(d.table) < size {
-			d.table = make([]int32, size)
-		}
-		t := d.table[:size]
-		clear(t)
-		mask := uint64(size - 1)
-	next:
-		for _, e := range src {
-			h := hashKey(e.k) & mask
-			for ; t[h] != 0; h = (h + 1) & mask {
-				if i := t[h] - 1; ents[i].k == e.k {
-					ents[i].v = e.v
-					continue next
-				}
-			}
-			ents[m] = e
-			m++
-			t[h] = int32(m)
-		}
+		return ents[:m:m]
 	}
-	clear(d.stack[base:]) // drop references held by the scratch stack
-	d.stack = d.stack[:base]
+	size := tableSize(len(ents))
+	if cap(d.table) < size {
+		d.table = make([]int32, size)
+	}
+	t := d.table[:size]
+	clear(t)
+	mask := uint64(size - 1)
+next:
+	for _, e := range ents {
+		h := hashKey(e.k) & mask
+		for ; t[h] != 0; h = (h + 1) & mask {
+			if i := t[h] - 1; ents[i].k == e.k {
+				ents[i].v = e.v
+				continue next
+			}
+		}
+		ents[m] = e
+		m++
+		t[h] = int32(m)
+	}
 	return ents[:m:m]
 }
 
@@ -190,7 +188,7 @@ func (d *decoder) sessionPHP() (*Array, error) {
 		}
 		d.stack = append(d.stack, entry{k: key{s: name}, v: v})
 	}
-	return &Array{ents: d.finish(0, false)}, nil
+	return &Array{ents: d.dedupe(d.stack, false)}, nil
 }
 
 // sessionBinary: repeated <length byte><name><value>; the top bit of the
@@ -209,7 +207,7 @@ func (d *decoder) sessionBinary() (*Array, error) {
 		}
 		d.stack = append(d.stack, entry{k: key{s: name}, v: v})
 	}
-	return &Array{ents: d.finish(0, false)}, nil
+	return &Array{ents: d.dedupe(d.stack, false)}, nil
 }
 
 // sessionSerialize: one serialize()d array and nothing after it.
@@ -231,14 +229,23 @@ func (d *decoder) sessionSerialize() (*Array, error) {
 }
 
 func (d *decoder) expect(c byte) error {
-	if d.pos < len(d.data) && d.data[d.pos] == c {
-		d.pos++
+	if d.eat(c) {
 		return nil
 	}
-	return d.unexpected(c)
+	return unexpected(d, c)
 }
 
-func (d *decoder) unexpected(c byte) error {
+// eat consumes c if it is next; small enough to inline on the hot paths.
+func (d *decoder) eat(c byte) bool {
+	if d.pos < len(d.data) && d.data[d.pos] == c {
+		d.pos++
+		return true
+	}
+	return false
+}
+
+//go:noinline
+func unexpected(d *decoder, c byte) error {
 	if d.pos >= len(d.data) {
 		return d.fail(d.pos, "unexpected end, want %q", c)
 	}
@@ -324,11 +331,14 @@ func (d *decoder) parse(tag byte, slot int) (Value, error) {
 	start := d.pos
 	if tag == 'N' {
 		d.pos++
-		return Value{}, d.expect(';')
+		if !d.eat(';') {
+			return Value{}, unexpected(d, ';')
+		}
+		return Value{}, nil
 	}
 	d.pos++
-	if err := d.expect(':'); err != nil {
-		return Value{}, err
+	if !d.eat(':') {
+		return Value{}, unexpected(d, ':')
 	}
 	switch tag {
 	case 'b':
@@ -337,25 +347,37 @@ func (d *decoder) parse(tag byte, slot int) (Value, error) {
 		}
 		v := Value{kind: KindBool, num: uint64(d.data[d.pos] - '0')}
 		d.pos++
-		return v, d.expect(';')
+		if !d.eat(';') {
+			return Value{}, unexpected(d, ';')
+		}
+		return v, nil
 	case 'i':
 		n, err := d.int()
 		if err != nil {
 			return Value{}, err
 		}
-		return Value{kind: KindInt, num: uint64(n)}, d.expect(';')
+		if !d.eat(';') {
+			return Value{}, unexpected(d, ';')
+		}
+		return Value{kind: KindInt, num: uint64(n)}, nil
 	case 'd':
 		f, err := d.float()
 		if err != nil {
 			return Value{}, err
 		}
-		return Value{kind: KindFloat, num: math.Float64bits(f)}, d.expect(';')
+		if !d.eat(';') {
+			return Value{}, unexpected(d, ';')
+		}
+		return Value{kind: KindFloat, num: math.Float64bits(f)}, nil
 	case 's', 'S':
 		b, err := d.str(tag == 'S')
 		if err != nil {
 			return Value{}, err
 		}
-		return stringValue(b), d.expect(';')
+		if !d.eat(';') {
+			return Value{}, unexpected(d, ';')
+		}
+		return stringValue(b), nil
 	case 'a':
 		arr := d.newArray()
 		v := Value{kind: KindArray, p: unsafe.Pointer(arr)}
@@ -368,8 +390,8 @@ func (d *decoder) parse(tag byte, slot int) (Value, error) {
 		if err != nil {
 			return Value{}, err
 		}
-		if err := d.expect(':'); err != nil {
-			return Value{}, err
+		if !d.eat(':') {
+			return Value{}, unexpected(d, ':')
 		}
 		arr := d.newArray()
 		arr.class = alias(name)
@@ -390,7 +412,10 @@ func (d *decoder) parse(tag byte, slot int) (Value, error) {
 		}
 		v := stringValue(b)
 		v.kind = KindEnum
-		return v, d.expect(';')
+		if !d.eat(';') {
+			return Value{}, unexpected(d, ';')
+		}
+		return v, nil
 	case 'r', 'R':
 		if !d.track {
 			return Value{}, errNeedSlots
@@ -410,7 +435,10 @@ func (d *decoder) parse(tag byte, slot int) (Value, error) {
 		// r: copies the target; R: shares it. Either way an array (even
 		// one still under construction, which is how a cycle comes to
 		// contain itself) is the same *Array.
-		return d.slots[n-1], d.expect(';')
+		if !d.eat(';') {
+			return Value{}, unexpected(d, ';')
+		}
+		return d.slots[n-1], nil
 	}
 	return Value{}, d.fail(start, "unknown type %q", tag)
 }
@@ -497,11 +525,11 @@ func (d *decoder) str(escaped bool) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := d.expect(':'); err != nil {
-		return nil, err
+	if !d.eat(':') {
+		return nil, unexpected(d, ':')
 	}
-	if err := d.expect('"'); err != nil {
-		return nil, err
+	if !d.eat('"') {
+		return nil, unexpected(d, '"')
 	}
 	if !escaped {
 		if n > len(d.data)-d.pos {
@@ -509,7 +537,10 @@ func (d *decoder) str(escaped bool) ([]byte, error) {
 		}
 		b := d.data[d.pos : d.pos+n : d.pos+n]
 		d.pos += n
-		return b, d.expect('"')
+		if !d.eat('"') {
+			return nil, unexpected(d, '"')
+		}
+		return b, nil
 	}
 	if n > len(d.data)-d.pos {
 		return nil, d.fail(d.pos, "string of %d bytes runs past the end", n)
@@ -536,7 +567,10 @@ func (d *decoder) str(escaped bool) ([]byte, error) {
 		out = append(out, hi<<4|lo)
 		d.pos += 3
 	}
-	return out, d.expect('"')
+	if !d.eat('"') {
+		return nil, unexpected(d, '"')
+	}
+	return out, nil
 }
 
 func unhex(c byte) (byte, bool) {
@@ -550,6 +584,9 @@ func unhex(c byte) (byte, bool) {
 	}
 	return 0, false
 }
+
+// maxPrealloc bounds the elements reserved before they are actually read.
+const maxPrealloc = 1024
 
 func (d *decoder) enter() error {
 	d.depth++
@@ -571,21 +608,25 @@ func (d *decoder) elements(arr *Array, object bool) error {
 	if err != nil {
 		return err
 	}
-	if err := d.expect(':'); err != nil {
-		return err
+	if !d.eat(':') {
+		return unexpected(d, ':')
 	}
-	if err := d.expect('{'); err != nil {
-		return err
+	if !d.eat('{') {
+		return unexpected(d, '{')
 	}
-	// Each element takes at least 4 bytes ("i:0;" + "N;"): never trust a
-	// count the remaining input cannot hold.
-	if n > (len(d.data)-d.pos)/4 {
+	// Each element takes at least 4 bytes ("i:0;" + "N;"), and so does
+	// each element the enclosing arrays still owe: never trust a count the
+	// remaining input cannot hold. So the room reserved below never
+	// exceeds what the remaining input justifies.
+	if n > (len(d.data)-d.pos)/4-d.pending {
 		return d.fail(at, "%d elements cannot fit in the remaining %d bytes", n, len(d.data)-d.pos)
 	}
-	base := len(d.stack)
+	d.pending += n
+	ents := d.allocEntries(n)
 	unique := true // ascending int keys cannot repeat
 	prev := int64(math.MinInt64)
 	for i := range n {
+		d.pending--
 		k, err := d.key(object)
 		if err != nil {
 			return err
@@ -598,9 +639,9 @@ func (d *decoder) elements(arr *Array, object bool) error {
 		if err != nil {
 			return err
 		}
-		d.stack = append(d.stack, entry{k: k, v: v})
+		ents = append(ents, entry{k: k, v: v})
 	}
-	arr.ents = d.finish(base, unique)
+	arr.ents = d.dedupe(ents, unique)
 	return d.expect('}')
 }
 
@@ -611,8 +652,8 @@ func (d *decoder) key(object bool) (key, error) {
 	}
 	tag := d.data[d.pos]
 	d.pos++
-	if err := d.expect(':'); err != nil {
-		return key{}, err
+	if !d.eat(':') {
+		return key{}, unexpected(d, ':')
 	}
 	switch tag {
 	case 'i':
@@ -621,16 +662,22 @@ func (d *decoder) key(object bool) (key, error) {
 			return key{}, err
 		}
 		if object {
-			return key{s: strconv.FormatInt(n, 10)}, d.expect(';')
+			if !d.eat(';') {
+				return key{}, unexpected(d, ';')
+			}
+			return key{s: strconv.FormatInt(n, 10)}, nil
 		}
-		return key{n: n, isInt: true}, d.expect(';')
+		if !d.eat(';') {
+			return key{}, unexpected(d, ';')
+		}
+		return key{n: n, isInt: true}, nil
 	case 's', 'S':
 		b, err := d.str(tag == 'S')
 		if err != nil {
 			return key{}, err
 		}
-		if err := d.expect(';'); err != nil {
-			return key{}, err
+		if !d.eat(';') {
+			return key{}, unexpected(d, ';')
 		}
 		if object {
 			return key{s: alias(b)}, nil
@@ -657,25 +704,28 @@ func (d *decoder) custom() (Value, error) {
 	if err != nil {
 		return Value{}, err
 	}
-	if err := d.expect(':'); err != nil {
-		return Value{}, err
+	if !d.eat(':') {
+		return Value{}, unexpected(d, ':')
 	}
 	n, err := d.uint()
 	if err != nil {
 		return Value{}, err
 	}
-	if err := d.expect(':'); err != nil {
-		return Value{}, err
+	if !d.eat(':') {
+		return Value{}, unexpected(d, ':')
 	}
-	if err := d.expect('{'); err != nil {
-		return Value{}, err
+	if !d.eat('{') {
+		return Value{}, unexpected(d, '{')
 	}
 	if n > len(d.data)-d.pos {
 		return Value{}, d.fail(d.pos, "payload of %d bytes runs past the end", n)
 	}
 	c := &custom{class: alias(name), payload: d.data[d.pos : d.pos+n : d.pos+n]}
 	d.pos += n
-	return Value{kind: KindCustom, p: unsafe.Pointer(c)}, d.expect('}')
+	if !d.eat('}') {
+		return Value{}, unexpected(d, '}')
+	}
+	return Value{kind: KindCustom, p: unsafe.Pointer(c)}, nil
 }
 
 // validClass mirrors PHP's check for class names in serialized data:
