@@ -127,22 +127,19 @@ func (d *decoder) allocEntries(n int) []entry {
 
 // dedupe applies PHP's rule that a duplicate key replaces the earlier
 // value in its place, compacting ents in place. unique says the keys are
-// known distinct (ascending ints).
+// known distinct (ascending ints). Real sessions have no duplicates, so
+// ents is first only read: moving entries costs GC write barriers.
 func (d *decoder) dedupe(ents []entry, unique bool) []entry {
 	if unique || len(ents) < 2 {
 		return ents
 	}
-	m := 0
 	if len(ents) < indexThreshold {
-		for _, e := range ents {
-			if i := scan(ents[:m], e.k); i >= 0 {
-				ents[i].v = e.v
-				continue
+		for i := 1; i < len(ents); i++ {
+			if scan(ents[:i], ents[i].k) >= 0 {
+				return compact(ents, func(m int, k key) int { return scan(ents[:m], k) }, func(int) {})
 			}
-			ents[m] = e
-			m++
 		}
-		return ents[:m:m]
+		return ents
 	}
 	size := tableSize(len(ents))
 	if cap(d.table) < size {
@@ -151,18 +148,35 @@ func (d *decoder) dedupe(ents []entry, unique bool) []entry {
 	t := d.table[:size]
 	clear(t)
 	mask := uint64(size - 1)
-next:
-	for _, e := range ents {
-		h := hashKey(e.k) & mask
+	for i := range ents {
+		h := hashKey(ents[i].k) & mask
 		for ; t[h] != 0; h = (h + 1) & mask {
-			if i := t[h] - 1; ents[i].k == e.k {
-				ents[i].v = e.v
-				continue next
+			if ents[t[h]-1].k.eq(ents[i].k) {
+				clear(t)
+				return compact(ents,
+					func(m int, k key) int { return tableFind(t, ents[:m], k) },
+					func(m int) { tableInsert(t, ents, int32(m)) })
 			}
 		}
-		ents[m] = e
+		t[h] = int32(i + 1)
+	}
+	return ents
+}
+
+// compact keeps the first position of each key with its last value. find
+// looks a key up among the first m kept entries; added records entry m.
+func compact(ents []entry, find func(m int, k key) int, added func(m int)) []entry {
+	m := 0
+	for i := range ents {
+		if j := find(m, ents[i].k); j >= 0 {
+			ents[j].v = ents[i].v
+			continue
+		}
+		if m != i {
+			ents[m] = ents[i]
+		}
+		added(m)
 		m++
-		t[h] = int32(m)
 	}
 	return ents[:m:m]
 }
@@ -186,7 +200,7 @@ func (d *decoder) sessionPHP() (*Array, error) {
 		if err != nil {
 			return nil, err
 		}
-		d.stack = append(d.stack, entry{k: key{s: name}, v: v})
+		d.stack = append(d.stack, entry{k: strKey(name), v: v})
 	}
 	return &Array{ents: d.dedupe(d.stack, false)}, nil
 }
@@ -205,7 +219,7 @@ func (d *decoder) sessionBinary() (*Array, error) {
 		if err != nil {
 			return nil, err
 		}
-		d.stack = append(d.stack, entry{k: key{s: name}, v: v})
+		d.stack = append(d.stack, entry{k: strKey(name), v: v})
 	}
 	return &Array{ents: d.dedupe(d.stack, false)}, nil
 }
@@ -219,8 +233,8 @@ func (d *decoder) sessionSerialize() (*Array, error) {
 	if err != nil {
 		return nil, err
 	}
-	if v.kind != KindArray {
-		return nil, d.fail(0, "top level is %s, not an array", v.kind)
+	if v.Kind() != KindArray {
+		return nil, d.fail(0, "top level is %s, not an array", v.Kind())
 	}
 	if d.pos != len(d.data) {
 		return nil, d.fail(d.pos, "trailing bytes after the session array")
@@ -345,7 +359,7 @@ func (d *decoder) parse(tag byte, slot int) (Value, error) {
 		if d.pos >= len(d.data) || (d.data[d.pos] != '0' && d.data[d.pos] != '1') {
 			return Value{}, d.fail(d.pos, "bool must be 0 or 1")
 		}
-		v := Value{kind: KindBool, num: uint64(d.data[d.pos] - '0')}
+		v := scalarValue(KindBool, uint64(d.data[d.pos]-'0'))
 		d.pos++
 		if !d.eat(';') {
 			return Value{}, unexpected(d, ';')
@@ -359,7 +373,7 @@ func (d *decoder) parse(tag byte, slot int) (Value, error) {
 		if !d.eat(';') {
 			return Value{}, unexpected(d, ';')
 		}
-		return Value{kind: KindInt, num: uint64(n)}, nil
+		return scalarValue(KindInt, uint64(n)), nil
 	case 'd':
 		f, err := d.float()
 		if err != nil {
@@ -368,7 +382,7 @@ func (d *decoder) parse(tag byte, slot int) (Value, error) {
 		if !d.eat(';') {
 			return Value{}, unexpected(d, ';')
 		}
-		return Value{kind: KindFloat, num: math.Float64bits(f)}, nil
+		return scalarValue(KindFloat, math.Float64bits(f)), nil
 	case 's', 'S':
 		b, err := d.str(tag == 'S')
 		if err != nil {
@@ -380,7 +394,7 @@ func (d *decoder) parse(tag byte, slot int) (Value, error) {
 		return stringValue(b), nil
 	case 'a':
 		arr := d.newArray()
-		v := Value{kind: KindArray, p: unsafe.Pointer(arr)}
+		v := refValue(KindArray, unsafe.Pointer(arr))
 		if slot >= 0 {
 			d.slots[slot] = v // visible to references inside the array
 		}
@@ -395,7 +409,7 @@ func (d *decoder) parse(tag byte, slot int) (Value, error) {
 		}
 		arr := d.newArray()
 		arr.class = alias(name)
-		v := Value{kind: KindObject, p: unsafe.Pointer(arr)}
+		v := refValue(KindObject, unsafe.Pointer(arr))
 		if slot >= 0 {
 			d.slots[slot] = v
 		}
@@ -410,8 +424,7 @@ func (d *decoder) parse(tag byte, slot int) (Value, error) {
 		if !validEnum(b) {
 			return Value{}, d.fail(start, "invalid enum name")
 		}
-		v := stringValue(b)
-		v.kind = KindEnum
+		v := bytesValue(KindEnum, b)
 		if !d.eat(';') {
 			return Value{}, unexpected(d, ';')
 		}
@@ -631,10 +644,10 @@ func (d *decoder) elements(arr *Array, object bool) error {
 		if err != nil {
 			return err
 		}
-		if unique && (!k.isInt || (i > 0 && k.n <= prev)) {
+		if unique && (!k.isInt() || (i > 0 && k.int() <= prev)) {
 			unique = false
 		}
-		prev = k.n
+		prev = k.int()
 		v, err := d.value()
 		if err != nil {
 			return err
@@ -665,12 +678,12 @@ func (d *decoder) key(object bool) (key, error) {
 			if !d.eat(';') {
 				return key{}, unexpected(d, ';')
 			}
-			return key{s: strconv.FormatInt(n, 10)}, nil
+			return strKey(strconv.FormatInt(n, 10)), nil
 		}
 		if !d.eat(';') {
 			return key{}, unexpected(d, ';')
 		}
-		return key{n: n, isInt: true}, nil
+		return intKey(n), nil
 	case 's', 'S':
 		b, err := d.str(tag == 'S')
 		if err != nil {
@@ -680,7 +693,7 @@ func (d *decoder) key(object bool) (key, error) {
 			return key{}, unexpected(d, ';')
 		}
 		if object {
-			return key{s: alias(b)}, nil
+			return strKey(alias(b)), nil
 		}
 		return canonicalKey(alias(b)), nil
 	}
@@ -725,7 +738,7 @@ func (d *decoder) custom() (Value, error) {
 	if !d.eat('}') {
 		return Value{}, unexpected(d, '}')
 	}
-	return Value{kind: KindCustom, p: unsafe.Pointer(c)}, nil
+	return refValue(KindCustom, unsafe.Pointer(c)), nil
 }
 
 // validClass mirrors PHP's check for class names in serialized data:

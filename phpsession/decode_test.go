@@ -141,7 +141,7 @@ func TestArrayGet(t *testing.T) {
 	if _, ok := vars.Path("v", "+5"); ok {
 		t.Error(`"+5" must not find int key 5`)
 	}
-	if f := (Value{kind: KindFloat, num: math.Float64bits(2.5)}).Float(); f != 2.5 {
+	if f := scalarValue(KindFloat, math.Float64bits(2.5)).Float(); f != 2.5 {
 		t.Error(f)
 	}
 }

@@ -47,7 +47,7 @@ func (m *marshaler) str(s string) {
 }
 
 func (m *marshaler) value(v Value) {
-	switch v.kind {
+	switch v.Kind() {
 	case KindNull:
 		m.buf.WriteString("null")
 	case KindBool:
@@ -116,7 +116,7 @@ func formatFloat(f float64) string {
 
 func isList(a *Array) bool {
 	for i, e := range a.ents {
-		if !e.k.isInt || e.k.n != int64(i) {
+		if !e.k.isInt() || e.k.int() != int64(i) {
 			return false
 		}
 	}

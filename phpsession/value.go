@@ -38,17 +38,30 @@ func (k Kind) String() string {
 // String bytes alias the buffer given to Decode: do not modify that buffer
 // while the values are in use.
 //
-// A Value is three words and holds at most one pointer, so the slabs a
-// 64 KB session decodes into stay small and cheap for the GC to scan.
+// A Value is two words holding one pointer, so the slabs a 64 KB session
+// decodes into stay small and cheap for the GC to scan:
+//
+//   - null: p nil, num 0 (the zero Value);
+//   - bool, int, float: p points at scalarTags[kind], num holds the bits;
+//   - string, enum name: p is the first byte (nil when empty), num the
+//     length with the kind in its top byte;
+//   - array, object: p is the *Array, num the kind in its top byte;
+//   - custom: p is the *custom, num the kind in its top byte.
 type Value struct {
-	// p is the first byte of a string or enum name (nil when empty), the
-	// *Array of an array or object, or the *custom of a C: value.
-	p unsafe.Pointer
-	// num is a bool (0/1), an int (two's complement), float bits, or the
-	// byte length of a string or enum name.
-	num  uint64
-	kind Kind
+	p   unsafe.Pointer
+	num uint64
 }
+
+// scalarTags mark the kinds whose num needs all 64 bits.
+var scalarTags [KindFloat + 1]byte
+
+const kindShift = 56
+
+func scalarValue(k Kind, bits uint64) Value {
+	return Value{p: unsafe.Pointer(&scalarTags[k]), num: bits}
+}
+
+func refValue(k Kind, p unsafe.Pointer) Value { return Value{p: p, num: uint64(k) << kindShift} }
 
 // custom is the out-of-line part of a C: value (rare).
 type custom struct {
@@ -56,33 +69,41 @@ type custom struct {
 	payload []byte
 }
 
-func stringValue(b []byte) Value {
+func bytesValue(k Kind, b []byte) Value {
 	if len(b) == 0 {
-		return Value{kind: KindString}
+		return Value{num: uint64(k) << kindShift}
 	}
-	return Value{kind: KindString, p: unsafe.Pointer(&b[0]), num: uint64(len(b))}
+	return Value{p: unsafe.Pointer(&b[0]), num: uint64(k)<<kindShift | uint64(len(b))}
 }
 
-// bytes views p/num as a slice whose capacity ends at its length, so an
-// append by the caller can never write into the decoded buffer.
+func stringValue(b []byte) Value { return bytesValue(KindString, b) }
+
+// bytes views a string or enum name as a slice whose capacity ends at its
+// length, so an append by the caller can never write into the decoded
+// buffer.
 func (v Value) bytes() []byte {
 	if v.p == nil {
 		return nil
 	}
-	return unsafe.Slice((*byte)(v.p), int(v.num))
+	return unsafe.Slice((*byte)(v.p), int(v.num&(1<<kindShift-1)))
 }
 
 func (v Value) arr() *Array { return (*Array)(v.p) }
 
 // Kind reports the PHP type.
-func (v Value) Kind() Kind { return v.kind }
+func (v Value) Kind() Kind {
+	if i := uintptr(v.p) - uintptr(unsafe.Pointer(&scalarTags)); i < uintptr(len(scalarTags)) {
+		return Kind(i)
+	}
+	return Kind(v.num >> kindShift)
+}
 
 // Bool returns the value of a bool (false for other kinds).
-func (v Value) Bool() bool { return v.kind == KindBool && v.num != 0 }
+func (v Value) Bool() bool { return v.p == unsafe.Pointer(&scalarTags[KindBool]) && v.num != 0 }
 
 // Int returns the value of an int (0 for other kinds).
 func (v Value) Int() int64 {
-	if v.kind != KindInt {
+	if v.p != unsafe.Pointer(&scalarTags[KindInt]) {
 		return 0
 	}
 	return int64(v.num)
@@ -90,7 +111,7 @@ func (v Value) Int() int64 {
 
 // Float returns the value of a float (0 for other kinds).
 func (v Value) Float() float64 {
-	if v.kind != KindFloat {
+	if v.p != unsafe.Pointer(&scalarTags[KindFloat]) {
 		return 0
 	}
 	return float64frombits(v.num)
@@ -99,7 +120,7 @@ func (v Value) Float() float64 {
 // Bytes returns the raw bytes of a string (in the session's charset), the
 // payload of a custom-serialized object, or nil.
 func (v Value) Bytes() []byte {
-	switch v.kind {
+	switch v.Kind() {
 	case KindString:
 		return v.bytes()
 	case KindCustom:
@@ -111,7 +132,7 @@ func (v Value) Bytes() []byte {
 // Array returns the elements of an array or the properties of an object,
 // or nil for other kinds.
 func (v Value) Array() *Array {
-	if v.kind == KindArray || v.kind == KindObject {
+	if k := v.Kind(); k == KindArray || k == KindObject {
 		return v.arr()
 	}
 	return nil
@@ -120,7 +141,7 @@ func (v Value) Array() *Array {
 // Class returns the class name of an object or custom-serialized object,
 // or "Class:Case" for an enum; "" for other kinds.
 func (v Value) Class() string {
-	switch v.kind {
+	switch v.Kind() {
 	case KindObject:
 		return v.arr().class
 	case KindCustom:
@@ -158,14 +179,47 @@ func (k Key) PropName() string {
 	return k.Str
 }
 
-// key is Key as stored: an int, or a string aliasing the decoded buffer.
+// key is Key as stored in two words: an int key has p = &intKeyTag and n
+// the int; a string key has p its first byte (nil when empty) and n its
+// length. Strings alias the decoded buffer.
 type key struct {
-	s     string
-	n     int64
-	isInt bool
+	p unsafe.Pointer
+	n uint64
 }
 
-func (k key) export() Key { return Key{Int: k.n, Str: k.s, IsInt: k.isInt} }
+var intKeyTag byte
+
+func intKey(n int64) key { return key{p: unsafe.Pointer(&intKeyTag), n: uint64(n)} }
+
+func strKey(s string) key { return key{p: unsafe.Pointer(unsafe.StringData(s)), n: uint64(len(s))} }
+
+func (k key) isInt() bool { return k.p == unsafe.Pointer(&intKeyTag) }
+
+func (k key) int() int64 { return int64(k.n) }
+
+func (k key) str() string {
+	if k.isInt() || k.p == nil {
+		return ""
+	}
+	return unsafe.String((*byte)(k.p), int(k.n))
+}
+
+func (k key) eq(o key) bool {
+	if k.n != o.n {
+		return false
+	}
+	if k.p == o.p {
+		return true
+	}
+	return !k.isInt() && !o.isInt() && k.str() == o.str()
+}
+
+func (k key) export() Key {
+	if k.isInt() {
+		return Key{Int: k.int(), IsInt: true}
+	}
+	return Key{Str: k.str()}
+}
 
 type entry struct {
 	k key
@@ -205,9 +259,9 @@ func (a *Array) Get(key string) (Value, bool) {
 	if i := a.find(k); i >= 0 {
 		return a.ents[i].v, true
 	}
-	if !k.isInt {
+	if !k.isInt() {
 		for _, e := range a.ents {
-			if !e.k.isInt && strings.HasPrefix(e.k.s, "\x00") && e.k.export().PropName() == key {
+			if s := e.k.str(); strings.HasPrefix(s, "\x00") && e.k.export().PropName() == key {
 				return e.v, true
 			}
 		}
@@ -217,7 +271,7 @@ func (a *Array) Get(key string) (Value, bool) {
 
 // Path walks nested arrays and objects: Path("a", "b") is $v['a']['b'].
 func (a *Array) Path(keys ...string) (Value, bool) {
-	cur := Value{kind: KindArray, p: unsafe.Pointer(a)}
+	cur := refValue(KindArray, unsafe.Pointer(a))
 	for _, k := range keys {
 		arr := cur.Array()
 		if arr == nil {
@@ -255,7 +309,7 @@ func (a *Array) find(k key) int {
 
 func scan(ents []entry, k key) int {
 	for i := range ents {
-		if ents[i].k == k {
+		if ents[i].k.eq(k) {
 			return i
 		}
 	}
@@ -268,11 +322,11 @@ func scan(ents []entry, k key) int {
 var hashSeed = maphash.MakeSeed()
 
 func hashKey(k key) uint64 {
-	if k.isInt {
-		h := uint64(k.n) * 0x9e3779b97f4a7c15
+	if k.isInt() {
+		h := k.n * 0x9e3779b97f4a7c15
 		return h ^ h>>29
 	}
-	return maphash.String(hashSeed, k.s)
+	return maphash.String(hashSeed, k.str())
 }
 
 func tableSize(n int) int {
@@ -301,7 +355,7 @@ func tableFind(t []int32, ents []entry, k key) int {
 		if j == 0 {
 			return -1
 		}
-		if ents[j-1].k == k {
+		if ents[j-1].k.eq(k) {
 			return int(j - 1)
 		}
 	}
@@ -312,9 +366,9 @@ func tableFind(t []int32, ents []entry, k key) int {
 // within the int64 range, and not "-0".
 func canonicalKey(s string) key {
 	if n, ok := numericKey(s); ok {
-		return key{n: n, isInt: true}
+		return intKey(n)
 	}
-	return key{s: s}
+	return strKey(s)
 }
 
 func numericKey(s string) (int64, bool) {
