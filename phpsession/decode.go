@@ -456,8 +456,57 @@ func (d *decoder) parse(tag byte, slot int) (Value, error) {
 	return Value{}, d.fail(start, "unknown type %q", tag)
 }
 
+// pow10 holds the powers of ten a float64 represents exactly.
+var pow10 = [...]float64{1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10,
+	1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22}
+
+// shortFloat is the fast path for the common [-]digits[.digits] with at
+// most 15 significant digits and 22 decimals: the mantissa and the power
+// of ten are exact float64s, so one division rounds correctly, exactly as
+// strconv would. ok is false for anything else.
+func (d *decoder) shortFloat() (f float64, ok bool) {
+	data, i := d.data, d.pos
+	neg := i < len(data) && data[i] == '-'
+	if neg {
+		i++
+	}
+	var m uint64
+	sig, digits, decimals := 0, 0, 0
+	dot := false
+	for ; i < len(data); i++ {
+		c := data[i]
+		if c == '.' && !dot {
+			dot = true
+			continue
+		}
+		if c < '0' || c > '9' {
+			break
+		}
+		digits++
+		if dot {
+			decimals++
+		}
+		if m != 0 || c != '0' {
+			sig++
+		}
+		m = m*10 + uint64(c-'0')
+	}
+	if digits == 0 || sig > 15 || decimals >= len(pow10) || i >= len(data) || data[i] != ';' {
+		return 0, false
+	}
+	f = float64(m) / pow10[decimals]
+	if neg {
+		f = -f
+	}
+	d.pos = i
+	return f, true
+}
+
 // float accepts PHP's d: grammar: iv, nv, nvexp, INF, -INF, NAN.
 func (d *decoder) float() (float64, error) {
+	if f, ok := d.shortFloat(); ok {
+		return f, nil
+	}
 	start := d.pos
 	end := start
 	for end < len(d.data) && d.data[end] != ';' {

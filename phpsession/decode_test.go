@@ -3,6 +3,7 @@ package phpsession
 import (
 	"errors"
 	"math"
+	"strconv"
 	"testing"
 )
 
@@ -143,5 +144,27 @@ func TestArrayGet(t *testing.T) {
 	}
 	if f := scalarValue(KindFloat, math.Float64bits(2.5)).Float(); f != 2.5 {
 		t.Error(f)
+	}
+}
+
+// TestShortFloat checks the float fast path against strconv on the forms
+// it takes and the ones it must leave to strconv.
+func TestShortFloat(t *testing.T) {
+	ins := []string{"0", "-0", "1", "0.1", "-12.25", ".5", "5.", "0.000001", "123456789012345", "999999999999999.9",
+		"1234567890123456", "0.14285714285714285", "0.3333333333333333", "0.0000000000000000000001", "00012.5000"}
+	for i := range 2000 {
+		f := float64(i) / 7
+		ins = append(ins, strconv.FormatFloat(f, 'f', -1, 64), strconv.FormatFloat(-f/1000, 'f', -1, 64), strconv.FormatFloat(f, 'f', 3, 64))
+	}
+	for _, in := range ins {
+		vars, err := Decode([]byte("v|d:"+in+";"), SerializerPHP, DefaultLimits)
+		if err != nil {
+			t.Fatalf("%s: %v", in, err)
+		}
+		v, _ := vars.Get("v")
+		want, _ := strconv.ParseFloat(in, 64)
+		if got := v.Float(); math.Float64bits(got) != math.Float64bits(want) {
+			t.Errorf("d:%s; = %v, want %v", in, got, want)
+		}
 	}
 }

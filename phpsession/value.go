@@ -205,14 +205,11 @@ func (k key) str() string {
 }
 
 func (k key) eq(o key) bool {
-	if k.n != o.n {
-		return false
-	}
-	if k.p == o.p {
-		return true
-	}
-	return !k.isInt() && !o.isInt() && k.str() == o.str()
+	return k.n == o.n && (k.p == o.p || k.strEq(o))
 }
+
+//go:noinline
+func (k key) strEq(o key) bool { return !k.isInt() && !o.isInt() && k.str() == o.str() }
 
 func (k key) export() Key {
 	if k.isInt() {
