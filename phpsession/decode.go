@@ -460,12 +460,15 @@ func (d *decoder) parse(tag byte, slot int) (Value, error) {
 var pow10 = [...]float64{1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10,
 	1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22}
 
-// shortFloat is the fast path for the common [-]digits[.digits] with at
-// most 15 significant digits and 22 decimals: the mantissa and the power
-// of ten are exact float64s, so one division rounds correctly, exactly as
-// strconv would. ok is false for anything else.
-func (d *decoder) shortFloat() (f float64, ok bool) {
-	data, i := d.data, d.pos
+// plainFloat is the fast path for the common [-]digits[.digits] form
+// (what PHP writes for every finite float without an exponent), in one
+// scan. With at most 15 significant digits and 22 decimals the mantissa
+// and the power of ten are exact float64s, so one correctly rounded
+// division gives strconv's result; longer ones go to strconv without the
+// grammar check. ok is false for any other form.
+func (d *decoder) plainFloat() (f float64, ok bool) {
+	data, start := d.data, d.pos
+	i := start
 	neg := i < len(data) && data[i] == '-'
 	if neg {
 		i++
@@ -491,8 +494,20 @@ func (d *decoder) shortFloat() (f float64, ok bool) {
 		}
 		m = m*10 + uint64(c-'0')
 	}
-	if digits == 0 || sig > 15 || decimals >= len(pow10) || i >= len(data) || data[i] != ';' {
+	if digits == 0 || i >= len(data) || data[i] != ';' {
 		return 0, false
+	}
+	if sig > 15 || decimals >= len(pow10) {
+		f, err := strconv.ParseFloat(alias(data[start:i]), 64)
+		if err != nil {
+			// Out of range: PHP's zend_strtod yields ±INF or 0, as does
+			// ParseFloat alongside its range error.
+			if ne, isNum := err.(*strconv.NumError); !isNum || ne.Err != strconv.ErrRange {
+				return 0, false
+			}
+		}
+		d.pos = i
+		return f, true
 	}
 	f = float64(m) / pow10[decimals]
 	if neg {
@@ -504,7 +519,7 @@ func (d *decoder) shortFloat() (f float64, ok bool) {
 
 // float accepts PHP's d: grammar: iv, nv, nvexp, INF, -INF, NAN.
 func (d *decoder) float() (float64, error) {
-	if f, ok := d.shortFloat(); ok {
+	if f, ok := d.plainFloat(); ok {
 		return f, nil
 	}
 	start := d.pos
