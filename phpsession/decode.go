@@ -134,8 +134,12 @@ func (d *decoder) dedupe(ents []entry, unique bool) []entry {
 		return ents
 	}
 	if len(ents) < indexThreshold {
+		// A 64-bit filter of cheap key fingerprints: only a key whose bit
+		// is already set is compared with the earlier ones.
+		var seen uint64
 		for i := 1; i < len(ents); i++ {
-			if scan(ents[:i], ents[i].k) >= 0 {
+			seen |= 1 << (ents[i-1].k.fingerprint() & 63)
+			if seen&(1<<(ents[i].k.fingerprint()&63)) != 0 && scan(ents[:i], ents[i].k) >= 0 {
 				return compact(ents, func(m int, k key) int { return scan(ents[:m], k) }, func(int) {})
 			}
 		}
@@ -323,8 +327,124 @@ func (d *decoder) int() (int64, error) {
 	return int64(u), nil
 }
 
+// scanStr is the fast path for a string's `N:"bytes";` after its "s:":
+// a length of at most 9 digits and the closing `";` where the length says.
+// It returns the bytes' bounds; ok is false for anything else, which the
+// general path then parses (or rejects with the right message).
+func scanStr(data []byte, p int) (start, end int, ok bool) {
+	n, q := 0, p
+	for q < len(data) && q-p < 9 && data[q] >= '0' && data[q] <= '9' {
+		n = n*10 + int(data[q]-'0')
+		q++
+	}
+	if q == p || q+1 >= len(data) || data[q] != ':' || data[q+1] != '"' {
+		return 0, 0, false
+	}
+	start = q + 2
+	end = start + n
+	if end+1 >= len(data) || data[end] != '"' || data[end+1] != ';' {
+		return 0, 0, false
+	}
+	return start, end, true
+}
+
+// scanInt is the fast path for an int's `[-]digits;` after its "i:", with
+// at most 18 digits (so no clamping); ok is false for anything else.
+func scanInt(data []byte, p int) (n int64, next int, ok bool) {
+	q := p
+	neg := q < len(data) && data[q] == '-'
+	if neg {
+		q++
+	}
+	start := q
+	var u uint64
+	for q < len(data) && q-start < 18 && data[q] >= '0' && data[q] <= '9' {
+		u = u*10 + uint64(data[q]-'0')
+		q++
+	}
+	if q == start || q >= len(data) || data[q] != ';' {
+		return 0, 0, false
+	}
+	if neg {
+		return -int64(u), q + 1, true
+	}
+	return int64(u), q + 1, true
+}
+
+// fastKey parses the common array keys (`i:N;`, `s:N:"…";`) with local
+// state; ok is false for the rest, which key() handles.
+func (d *decoder) fastKey(object bool) (key, bool) {
+	data, p := d.data, d.pos
+	if p+2 >= len(data) || data[p+1] != ':' {
+		return key{}, false
+	}
+	switch data[p] {
+	case 's':
+		if start, end, ok := scanStr(data, p+2); ok {
+			d.pos = end + 2
+			if object {
+				return strKey(alias(data[start:end])), true
+			}
+			return canonicalKey(alias(data[start:end])), true
+		}
+	case 'i':
+		if object {
+			return key{}, false
+		}
+		if n, next, ok := scanInt(data, p+2); ok {
+			d.pos = next
+			return intKey(n), true
+		}
+	}
+	return key{}, false
+}
+
+// scalar parses the common scalars (N, b, i, s, plain d) with local
+// state; ok is false for the rest, which parse() handles.
+func (d *decoder) scalar() (Value, bool) {
+	data, p := d.data, d.pos
+	if p+2 >= len(data) || data[p+1] != ':' {
+		if p+1 < len(data) && data[p] == 'N' && data[p+1] == ';' {
+			d.pos = p + 2
+			return Value{}, true
+		}
+		return Value{}, false
+	}
+	switch data[p] {
+	case 's':
+		if start, end, ok := scanStr(data, p+2); ok {
+			d.pos = end + 2
+			return stringValue(data[start:end:end]), true
+		}
+	case 'i':
+		if n, next, ok := scanInt(data, p+2); ok {
+			d.pos = next
+			return scalarValue(KindInt, uint64(n)), true
+		}
+	case 'b':
+		if p+3 < len(data) && (data[p+2] == '0' || data[p+2] == '1') && data[p+3] == ';' {
+			d.pos = p + 4
+			return scalarValue(KindBool, uint64(data[p+2]-'0')), true
+		}
+	case 'd':
+		d.pos = p + 2
+		if f, ok := d.plainFloat(); ok {
+			d.pos++ // the ';' plainFloat stopped at
+			return scalarValue(KindFloat, math.Float64bits(f)), true
+		}
+		d.pos = p
+	}
+	return Value{}, false
+}
+
 // value parses one serialized value.
 func (d *decoder) value() (Value, error) {
+	if v, ok := d.scalar(); ok {
+		if d.track {
+			d.slots = append(d.slots, v)
+		}
+		return v, nil
+	}
 	if d.pos+1 >= len(d.data) {
 		return Value{}, d.fail(d.pos, "unexpected end of data")
 	}
@@ -704,9 +824,11 @@ func (d *decoder) elements(arr *Array, object bool) error {
 	prev := int64(math.MinInt64)
 	for i := range n {
 		d.pending--
-		k, err := d.key(object)
-		if err != nil {
-			return err
+		k, ok := d.fastKey(object)
+		if !ok {
+			if k, err = d.key(object); err != nil {
+				return err
+			}
 		}
 		if unique && (!k.isInt() || (i > 0 && k.int() <= prev)) {
 			unique = false

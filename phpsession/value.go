@@ -211,6 +211,14 @@ func (k key) eq(o key) bool {
 //go:noinline
 func (k key) strEq(o key) bool { return !k.isInt() && !o.isInt() && k.str() == o.str() }
 
+// fingerprint is a cheap hash: equal keys have equal fingerprints.
+func (k key) fingerprint() uint64 {
+	if k.isInt() || k.n == 0 {
+		return k.n
+	}
+	return k.n + 7*uint64(*(*byte)(k.p)) + 13*uint64(*(*byte)(unsafe.Add(k.p, k.n-1)))
+}
+
 func (k key) export() Key {
 	if k.isInt() {
 		return Key{Int: k.int(), IsInt: true}
