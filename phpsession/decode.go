@@ -45,6 +45,11 @@ var DefaultLimits = Limits{MaxBytes: 8 << 20, MaxDepth: 64}
 // reference cycle yields an Array that contains itself. The result aliases
 // data. Errors wrap ErrMalformed (as a *SyntaxError with the offset) or
 // ErrTooLarge.
+//
+// Every byte is validated before Decode returns, but in a session without
+// references a nested array's elements are built on its first access
+// (safe for concurrent use): a lookup that reads a few keys of a large
+// session builds only the arrays on its path.
 func Decode(data []byte, ser Serializer, lim Limits) (*Array, error) {
 	if lim.MaxBytes <= 0 {
 		lim.MaxBytes = DefaultLimits.MaxBytes
@@ -56,6 +61,9 @@ func Decode(data []byte, ser Serializer, lim Limits) (*Array, error) {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(data), lim.MaxBytes)
 	}
 	d := decoder{data: data, maxDepth: lim.MaxDepth}
+	if len(data) <= math.MaxInt32 {
+		d.doc = &doc{data: data}
+	}
 	switch ser {
 	case SerializerPHP:
 		return d.run(d.sessionPHP)
@@ -75,6 +83,16 @@ type decoder struct {
 	// track records slots for r:/R:. Sessions rarely hold references, so
 	// the first pass does not, and restarts with tracking when it meets one.
 	track bool
+	// Without references (!track) an array is self-contained, so only the
+	// level being built is stored: nested arrays are validated (skip) and
+	// get a header that builds their elements on first access from doc.
+	skip  bool
+	doc   *doc
+	level int // elements in the level being built (sizes header slabs)
+	// replay: building a lazy array from validated input, jumping over
+	// its nested arrays by their recorded spans; ord is the next one's.
+	replay bool
+	ord    int
 	// slots holds every value PHP's var_hash would: each value parsed
 	// except R: ones and array keys, numbered from 1.
 	slots []Value
@@ -95,13 +113,21 @@ func (d *decoder) run(parse func() (*Array, error)) (*Array, error) {
 	if err != errNeedSlots {
 		return vars, err
 	}
+	// References number every value in the session, so this pass builds
+	// everything eagerly, with slots.
 	*d = decoder{data: d.data, maxDepth: d.maxDepth, track: true, slots: make([]Value, 0, min(len(d.data)/8, 1<<16))}
 	return parse()
 }
 
 func (d *decoder) newArray() *Array {
 	if len(d.arrs) == cap(d.arrs) {
-		d.arrs = make([]Array, 0, min(128, max(4, len(d.data)>>8)))
+		size := min(128, max(4, len(d.data)>>8))
+		if !d.track {
+			// Only one level is built at a time: at most one header per
+			// element of that level.
+			size = min(128, max(1, d.level))
+		}
+		d.arrs = make([]Array, 0, size)
 	}
 	d.arrs = d.arrs[:len(d.arrs)+1]
 	return &d.arrs[len(d.arrs)-1]
@@ -112,6 +138,10 @@ func (d *decoder) newArray() *Array {
 func (d *decoder) allocEntries(n int) []entry {
 	if n > maxPrealloc {
 		return nil // grown by append, as the elements really arrive
+	}
+	if !d.track {
+		d.level = n // one array is built per decoder: no slab to share
+		return make([]entry, 0, n)
 	}
 	chunk := min(512, max(16, len(d.data)>>4))
 	if n >= chunk {
@@ -513,12 +543,23 @@ func (d *decoder) parse(tag byte, slot int) (Value, error) {
 		}
 		return stringValue(b), nil
 	case 'a':
+		if d.replay {
+			return d.jump(KindArray, start, ""), nil
+		}
+		o := d.openSpan()
+		if d.skip {
+			err := d.elements(nil, false)
+			d.closeSpan(o)
+			return Value{}, err
+		}
 		arr := d.newArray()
 		v := refValue(KindArray, unsafe.Pointer(arr))
 		if slot >= 0 {
 			d.slots[slot] = v // visible to references inside the array
 		}
-		return v, d.elements(arr, false)
+		err := d.nested(arr, start, o, false)
+		d.closeSpan(o)
+		return v, err
 	case 'O':
 		name, err := d.className()
 		if err != nil {
@@ -527,13 +568,24 @@ func (d *decoder) parse(tag byte, slot int) (Value, error) {
 		if !d.eat(':') {
 			return Value{}, unexpected(d, ':')
 		}
+		if d.replay {
+			return d.jump(KindObject, start, alias(name)), nil
+		}
+		o := d.openSpan()
+		if d.skip {
+			err := d.elements(nil, true)
+			d.closeSpan(o)
+			return Value{}, err
+		}
 		arr := d.newArray()
 		arr.class = alias(name)
 		v := refValue(KindObject, unsafe.Pointer(arr))
 		if slot >= 0 {
 			d.slots[slot] = v
 		}
-		return v, d.elements(arr, true)
+		err = d.nested(arr, start, o, true)
+		d.closeSpan(o)
+		return v, err
 	case 'C':
 		return d.custom()
 	case 'E':
@@ -819,7 +871,10 @@ func (d *decoder) elements(arr *Array, object bool) error {
 		return d.fail(at, "%d elements cannot fit in the remaining %d bytes", n, len(d.data)-d.pos)
 	}
 	d.pending += n
-	ents := d.allocEntries(n)
+	var ents []entry
+	if !d.skip {
+		ents = d.allocEntries(n)
+	}
 	unique := true // ascending int keys cannot repeat
 	prev := int64(math.MinInt64)
 	for i := range n {
@@ -838,10 +893,78 @@ func (d *decoder) elements(arr *Array, object bool) error {
 		if err != nil {
 			return err
 		}
-		ents = append(ents, entry{k: k, v: v})
+		if !d.skip {
+			ents = append(ents, entry{k: k, v: v})
+		}
 	}
-	arr.ents = d.dedupe(ents, unique)
+	if !d.skip {
+		arr.ents = d.dedupe(ents, unique)
+	}
 	return d.expect('}')
+}
+
+// doc is what lazy arrays share: the validated input and, for every
+// array in the order they start, where it ends and the ordinal after its
+// last descendant, so building one level can jump over the next.
+type doc struct {
+	data  []byte
+	spans []span
+}
+
+type span struct{ end, next int32 }
+
+// openSpan numbers the array starting here (-1 when nothing is lazy).
+func (d *decoder) openSpan() int {
+	if d.track || d.doc == nil {
+		return -1
+	}
+	d.doc.spans = append(d.doc.spans, span{})
+	return len(d.doc.spans) - 1
+}
+
+func (d *decoder) closeSpan(o int) {
+	if o >= 0 {
+		d.doc.spans[o] = span{end: int32(d.pos), next: int32(len(d.doc.spans))}
+	}
+}
+
+// nested parses the elements of the array (or object) number o, whose
+// tag is at start, into arr: now when references need every value built,
+// else only validated, leaving arr to build them on first access.
+func (d *decoder) nested(arr *Array, start, o int, object bool) error {
+	if o < 0 {
+		return d.elements(arr, object)
+	}
+	arr.doc, arr.at, arr.ord = d.doc, int32(start), int32(o)
+	d.skip = true
+	err := d.elements(nil, object)
+	d.skip = false
+	return err
+}
+
+// jump, while building a lazy array, makes the header of the nested array
+// whose tag is at start and moves past it without parsing it again.
+func (d *decoder) jump(kind Kind, start int, class string) Value {
+	arr := d.newArray()
+	arr.doc, arr.at, arr.ord, arr.class = d.doc, int32(start), int32(d.ord), class
+	sp := d.doc.spans[d.ord]
+	d.pos, d.ord = int(sp.end), int(sp.next)
+	return refValue(kind, unsafe.Pointer(arr))
+}
+
+// build parses a's own elements from the input Decode validated.
+func (a *Array) build() {
+	data := a.doc.data
+	d := decoder{data: data, pos: int(a.at) + 2, maxDepth: math.MaxInt, doc: a.doc, replay: true, ord: int(a.ord) + 1}
+	object := data[a.at] == 'O'
+	if object {
+		if _, err := d.className(); err != nil || !d.eat(':') {
+			return // cannot happen: Decode validated these bytes
+		}
+	}
+	if err := d.elements(a, object); err != nil {
+		a.ents = nil // cannot happen, as above; never expose a partial array
+	}
 }
 
 func (d *decoder) key(object bool) (key, error) {
@@ -918,6 +1041,13 @@ func (d *decoder) custom() (Value, error) {
 	}
 	if n > len(d.data)-d.pos {
 		return Value{}, d.fail(d.pos, "payload of %d bytes runs past the end", n)
+	}
+	if d.skip {
+		d.pos += n
+		if !d.eat('}') {
+			return Value{}, unexpected(d, '}')
+		}
+		return Value{}, nil
 	}
 	c := &custom{class: alias(name), payload: d.data[d.pos : d.pos+n : d.pos+n]}
 	d.pos += n

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"math"
 	"strconv"
+	"sync"
 	"testing"
 )
 
@@ -167,4 +168,31 @@ func TestShortFloat(t *testing.T) {
 			t.Errorf("d:%s; = %v, want %v", in, got, want)
 		}
 	}
+}
+
+// TestLazyArraysConcurrent: nested arrays of a session without references
+// are built on first access; concurrent first accesses (the Reader's cache
+// shares sessions between API calls) must agree and not race.
+func TestLazyArraysConcurrent(t *testing.T) {
+	in := []byte(`a|a:2:{s:1:"x";a:1:{i:0;O:8:"stdClass":1:{s:1:"p";a:1:{s:1:"q";i:7;}}}s:1:"y";i:2;}b|i:1;`)
+	want := `{"a":{"x":[{"__class":"stdClass","p":{"q":7}}],"y":2},"b":1}`
+	vars, err := Decode(in, SerializerPHP, DefaultLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			if i%2 == 0 {
+				if v, ok := vars.Path("a", "x", "0", "p", "q"); !ok || v.Int() != 7 {
+					t.Errorf("Path = %v, %v", v, ok)
+				}
+				return
+			}
+			if got, _ := MarshalJSON(vars, Charset{}); string(got) != want {
+				t.Errorf("MarshalJSON = %s", got)
+			}
+		})
+	}
+	wg.Wait()
 }

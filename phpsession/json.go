@@ -115,6 +115,7 @@ func formatFloat(f float64) string {
 }
 
 func isList(a *Array) bool {
+	a.load()
 	for i, e := range a.ents {
 		if !e.k.isInt() || e.k.int() != int64(i) {
 			return false
@@ -134,6 +135,7 @@ func (m *marshaler) array(a *Array) {
 	}
 	m.active[a] = true
 	defer delete(m.active, a)
+	a.load()
 	if isList(a) {
 		m.buf.WriteByte('[')
 		for i, e := range a.ents {
@@ -159,6 +161,7 @@ func (m *marshaler) array(a *Array) {
 
 func (m *marshaler) object(v Value) {
 	a := v.arr()
+	a.load()
 	if m.active[a] {
 		m.buf.WriteString("null")
 		return

@@ -4,6 +4,7 @@ import (
 	"hash/maphash"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"unsafe"
 )
@@ -240,6 +241,19 @@ type Array struct {
 	ents  []entry
 	class string                  // object class name
 	idx   atomic.Pointer[[]int32] // open-addressed index, built lazily for large arrays
+	// A nested array of a session without references keeps only where it
+	// is: its elements are built on first access, from validated input.
+	doc  *doc
+	at   int32 // offset of its a:/O: tag
+	ord  int32 // its number in doc.spans
+	once sync.Once
+}
+
+// load builds a lazy array's elements, once.
+func (a *Array) load() {
+	if a.doc != nil {
+		a.once.Do(a.build)
+	}
 }
 
 // Len returns the number of elements.
@@ -247,11 +261,15 @@ func (a *Array) Len() int {
 	if a == nil {
 		return 0
 	}
+	a.load()
 	return len(a.ents)
 }
 
 // At returns the i-th element in PHP's order.
-func (a *Array) At(i int) (Key, Value) { return a.ents[i].k.export(), a.ents[i].v }
+func (a *Array) At(i int) (Key, Value) {
+	a.load()
+	return a.ents[i].k.export(), a.ents[i].v
+}
 
 // Get finds an element by key. A canonical decimal string ("5", "-3", not
 // "05") finds the int key, as PHP's array access does. For objects the key
@@ -260,6 +278,7 @@ func (a *Array) Get(key string) (Value, bool) {
 	if a == nil {
 		return Value{}, false
 	}
+	a.load()
 	k := canonicalKey(key)
 	if i := a.find(k); i >= 0 {
 		return a.ents[i].v, true
