@@ -60,7 +60,7 @@ func Decode(data []byte, ser Serializer, lim Limits) (*Array, error) {
 	if len(data) > lim.MaxBytes {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(data), lim.MaxBytes)
 	}
-	d := decoder{data: data, maxDepth: lim.MaxDepth}
+	d := decoder{data: data, maxDepth: lim.MaxDepth, budget: len(data)}
 	if len(data) <= math.MaxInt32 {
 		d.doc = &doc{data: data}
 	}
@@ -93,6 +93,7 @@ type decoder struct {
 	// its nested arrays by their recorded spans; ord is the next one's.
 	replay bool
 	ord    int
+	budget int // bytes being built, which sizes the slabs
 	// slots holds every value PHP's var_hash would: each value parsed
 	// except R: ones and array keys, numbered from 1.
 	slots []Value
@@ -115,16 +116,18 @@ func (d *decoder) run(parse func() (*Array, error)) (*Array, error) {
 	}
 	// References number every value in the session, so this pass builds
 	// everything eagerly, with slots.
-	*d = decoder{data: d.data, maxDepth: d.maxDepth, track: true, slots: make([]Value, 0, min(len(d.data)/8, 1<<16))}
+	*d = decoder{data: d.data, maxDepth: d.maxDepth, budget: len(d.data), track: true, slots: make([]Value, 0, min(len(d.data)/8, 1<<16))}
 	return parse()
 }
 
 func (d *decoder) newArray() *Array {
 	if len(d.arrs) == cap(d.arrs) {
-		size := min(128, max(4, len(d.data)>>8))
-		if !d.track {
-			// Only one level is built at a time: at most one header per
-			// element of that level.
+		size := min(128, max(4, d.budget>>8))
+		if d.replay {
+			size = min(128, max(4, 2*cap(d.arrs))) // grow with actual use
+		}
+		if !d.track && !d.replay {
+			// Only one level is built: at most one header per element.
 			size = min(128, max(1, d.level))
 		}
 		d.arrs = make([]Array, 0, size)
@@ -139,11 +142,14 @@ func (d *decoder) allocEntries(n int) []entry {
 	if n > maxPrealloc {
 		return nil // grown by append, as the elements really arrive
 	}
-	if !d.track {
+	if !d.track && !d.replay {
 		d.level = n // one array is built per decoder: no slab to share
 		return make([]entry, 0, n)
 	}
-	chunk := min(512, max(16, len(d.data)>>4))
+	chunk := min(512, max(16, d.budget>>4))
+	if d.replay {
+		chunk = min(512, max(16, 2*cap(d.ents))) // grow with actual use
+	}
 	if n >= chunk {
 		return make([]entry, 0, n)
 	}
@@ -412,6 +418,9 @@ func (d *decoder) fastKey(object bool) (key, bool) {
 	case 's':
 		if start, end, ok := scanStr(data, p+2); ok {
 			d.pos = end + 2
+			if d.skip {
+				return key{}, true // only validated
+			}
 			if object {
 				return strKey(alias(data[start:end])), true
 			}
@@ -458,6 +467,15 @@ func (d *decoder) scalar() (Value, bool) {
 		}
 	case 'd':
 		d.pos = p + 2
+		if d.skip {
+			// Only validated: the plain form needs no conversion.
+			if next, ok := scanPlainFloat(data, p+2); ok {
+				d.pos = next
+				return Value{}, true
+			}
+			d.pos = p
+			return Value{}, false
+		}
 		if f, ok := d.plainFloat(); ok {
 			d.pos++ // the ';' plainFloat stopped at
 			return scalarValue(KindFloat, math.Float64bits(f)), true
@@ -544,7 +562,7 @@ func (d *decoder) parse(tag byte, slot int) (Value, error) {
 		return stringValue(b), nil
 	case 'a':
 		if d.replay {
-			return d.jump(KindArray, start, ""), nil
+			return d.jump(KindArray, start, "")
 		}
 		o := d.openSpan()
 		if d.skip {
@@ -569,7 +587,7 @@ func (d *decoder) parse(tag byte, slot int) (Value, error) {
 			return Value{}, unexpected(d, ':')
 		}
 		if d.replay {
-			return d.jump(KindObject, start, alias(name)), nil
+			return d.jump(KindObject, start, alias(name))
 		}
 		o := d.openSpan()
 		if d.skip {
@@ -631,6 +649,29 @@ func (d *decoder) parse(tag byte, slot int) (Value, error) {
 // pow10 holds the powers of ten a float64 represents exactly.
 var pow10 = [...]float64{1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10,
 	1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22}
+
+// scanPlainFloat checks [-]digits[.digits]; (with at least one digit)
+// and returns the position after the ';'.
+func scanPlainFloat(data []byte, p int) (next int, ok bool) {
+	q := p
+	if q < len(data) && data[q] == '-' {
+		q++
+	}
+	digits, dot := 0, false
+	for ; q < len(data); q++ {
+		if c := data[q]; c >= '0' && c <= '9' {
+			digits++
+		} else if c == '.' && !dot {
+			dot = true
+		} else {
+			break
+		}
+	}
+	if digits == 0 || q >= len(data) || data[q] != ';' {
+		return 0, false
+	}
+	return q + 1, true
+}
 
 // plainFloat is the fast path for the common [-]digits[.digits] form
 // (what PHP writes for every finite float without an exponent), in one
@@ -942,20 +983,34 @@ func (d *decoder) nested(arr *Array, start, o int, object bool) error {
 	return err
 }
 
-// jump, while building a lazy array, makes the header of the nested array
-// whose tag is at start and moves past it without parsing it again.
-func (d *decoder) jump(kind Kind, start int, class string) Value {
+// eagerBytes: while building a lazy array, a nested array this small is
+// built along with it; a header and a later build would cost more.
+const eagerBytes = 1024
+
+// jump, while building a lazy array, handles the nested array whose tag
+// is at start (d.pos is at its count): a small one is built now, a large
+// one gets a lazy header and is jumped over without parsing it again.
+func (d *decoder) jump(kind Kind, start int, class string) (Value, error) {
 	arr := d.newArray()
-	arr.doc, arr.at, arr.ord, arr.class = d.doc, int32(start), int32(d.ord), class
+	arr.class = class
+	v := refValue(kind, unsafe.Pointer(arr))
 	sp := d.doc.spans[d.ord]
+	if int(sp.end)-start <= eagerBytes {
+		d.ord++ // its descendants come next
+		err := d.elements(arr, kind == KindObject)
+		d.ord = int(sp.next)
+		return v, err
+	}
+	arr.doc, arr.at, arr.ord = d.doc, int32(start), int32(d.ord)
 	d.pos, d.ord = int(sp.end), int(sp.next)
-	return refValue(kind, unsafe.Pointer(arr))
+	return v, nil
 }
 
 // build parses a's own elements from the input Decode validated.
 func (a *Array) build() {
 	data := a.doc.data
-	d := decoder{data: data, pos: int(a.at) + 2, maxDepth: math.MaxInt, doc: a.doc, replay: true, ord: int(a.ord) + 1}
+	d := decoder{data: data, pos: int(a.at) + 2, maxDepth: math.MaxInt, doc: a.doc, replay: true, ord: int(a.ord) + 1,
+		budget: int(a.doc.spans[a.ord].end - a.at)}
 	object := data[a.at] == 'O'
 	if object {
 		if _, err := d.className(); err != nil || !d.eat(':') {
