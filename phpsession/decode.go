@@ -635,9 +635,13 @@ func (d *decoder) parse(tag byte, slot int) (Value, error) {
 		if n < 1 || n > int64(limit) {
 			return Value{}, d.fail(start, "reference to slot %d of %d", n, limit)
 		}
-		// r: copies the target; R: shares it. Either way an array (even
-		// one still under construction, which is how a cycle comes to
-		// contain itself) is the same *Array.
+		// r: copies an object handle: PHP 8.2 (var_unserializer.re) refuses
+		// one whose target is not an object (O:, C: or enum). R: shares
+		// any value; an array still under construction is the same *Array,
+		// which is how a cycle comes to contain itself.
+		if k := d.slots[n-1].Kind(); tag == 'r' && k != KindObject && k != KindCustom && k != KindEnum {
+			return Value{}, d.fail(start, "r: reference to a %s, not an object", k)
+		}
 		if !d.eat(';') {
 			return Value{}, unexpected(d, ';')
 		}
