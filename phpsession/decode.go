@@ -640,7 +640,7 @@ func (d *decoder) parse(tag byte, slot int) (Value, error) {
 		// any value; an array still under construction is the same *Array,
 		// which is how a cycle comes to contain itself.
 		if k := d.slots[n-1].Kind(); tag == 'r' && k != KindObject && k != KindCustom && k != KindEnum {
-			return Value{}, d.fail(start, "r: reference to a %s, not an object", k)
+			return Value{}, d.fail(start, "r: reference to %s, not an object", k)
 		}
 		if !d.eat(';') {
 			return Value{}, unexpected(d, ';')
