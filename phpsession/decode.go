@@ -995,6 +995,11 @@ const eagerBytes = 1024
 // is at start (d.pos is at its count): a small one is built now, a large
 // one gets a lazy header and is jumped over without parsing it again.
 func (d *decoder) jump(kind Kind, start int, class string) (Value, error) {
+	if d.ord >= len(d.doc.spans) || int(d.doc.spans[d.ord].end) < d.pos {
+		// Only if the caller changed the buffer after Decode (which its
+		// contract forbids): fail rather than index out of range.
+		return Value{}, d.fail(start, "session buffer changed after Decode")
+	}
 	arr := d.newArray()
 	arr.class = class
 	v := refValue(kind, unsafe.Pointer(arr))
