@@ -3,6 +3,8 @@ package phpsession
 import (
 	"errors"
 	"math"
+	"strconv"
+	"sync"
 	"testing"
 )
 
@@ -31,9 +33,11 @@ func TestDecodeValues(t *testing.T) {
 		{"object", `v|O:1:"P":3:{s:1:"a";i:1;s:4:"` + "\x00*\x00" + `b";i:2;s:4:"` + "\x00P\x00" + `c";i:3;}`, `{"v":{"__class":"P","a":1,"b":2,"c":3}}`},
 		{"enum", `v|E:11:"Suit:Hearts";`, `{"v":{"__enum":"Suit:Hearts"}}`},
 		{"custom", `v|C:3:"Foo":5:{ab}cd}`, `{"v":{"__class":"Foo","__serialized":"ab}cd"}}`},
-		{"r copy", `a|i:5;b|r:1;`, `{"a":5,"b":5}`},
+		{"r copies an object", `a|O:8:"stdClass":0:{}b|r:1;`, `{"a":{"__class":"stdClass"},"b":{"__class":"stdClass"}}`},
+		{"r copies an enum", `a|E:11:"Suit:Hearts";b|r:1;`, `{"a":{"__enum":"Suit:Hearts"},"b":{"__enum":"Suit:Hearts"}}`},
 		{"R shares", `a|a:1:{i:0;i:1;}b|R:1;`, `{"a":[1],"b":[1]}`},
-		{"R skips a slot", `a|i:1;b|R:1;c|i:2;d|r:2;`, `{"a":1,"b":1,"c":2,"d":2}`},
+		{"R shares a scalar", `a|i:5;b|R:1;`, `{"a":5,"b":5}`},
+		{"R skips a slot", `a|i:1;b|R:1;c|O:8:"stdClass":0:{}d|r:2;`, `{"a":1,"b":1,"c":{"__class":"stdClass"},"d":{"__class":"stdClass"}}`},
 		{"object self", `o|O:8:"stdClass":1:{s:4:"self";r:1;}`, `{"o":{"__class":"stdClass","self":null}}`},
 		{"trailing garbage without bar", `a|i:1;junk`, `{"a":1}`},
 		{"empty", ``, `[]`},
@@ -71,6 +75,10 @@ func TestDecodeRejects(t *testing.T) {
 		{"array key array", SerializerPHP, `v|a:1:{a:0:{}i:1;}`},
 		{"unterminated array", SerializerPHP, `v|a:1:{i:0;i:1;`},
 		{"ref to nothing", SerializerPHP, `v|r:1;`},
+		{"r to an int", SerializerPHP, `a|i:5;b|r:1;`},
+		{"r to an array", SerializerPHP, `a|a:1:{i:0;i:5;}b|r:1;`},
+		{"r to a string", SerializerPHP, `a|s:1:"x";b|r:1;`},
+		{"r to itself", SerializerPHP, `a|O:8:"stdClass":0:{}b|R:1;c|r:2;`},
 		{"ref out of range", SerializerPHP, `a|i:1;v|R:5;`},
 		{"ref zero", SerializerPHP, `a|i:1;v|R:0;`},
 		{"bad class name", SerializerPHP, `v|O:3:"a-b":0:{}`},
@@ -141,7 +149,56 @@ func TestArrayGet(t *testing.T) {
 	if _, ok := vars.Path("v", "+5"); ok {
 		t.Error(`"+5" must not find int key 5`)
 	}
-	if f := (Value{kind: KindFloat, num: math.Float64bits(2.5)}).Float(); f != 2.5 {
+	if f := scalarValue(KindFloat, math.Float64bits(2.5)).Float(); f != 2.5 {
 		t.Error(f)
 	}
+}
+
+// TestShortFloat checks the float fast path against strconv on the forms
+// it takes and the ones it must leave to strconv.
+func TestShortFloat(t *testing.T) {
+	ins := []string{"0", "-0", "1", "0.1", "-12.25", ".5", "5.", "0.000001", "123456789012345", "999999999999999.9",
+		"1234567890123456", "0.14285714285714285", "0.3333333333333333", "0.0000000000000000000001", "00012.5000"}
+	for i := range 2000 {
+		f := float64(i) / 7
+		ins = append(ins, strconv.FormatFloat(f, 'f', -1, 64), strconv.FormatFloat(-f/1000, 'f', -1, 64), strconv.FormatFloat(f, 'f', 3, 64))
+	}
+	for _, in := range ins {
+		vars, err := Decode([]byte("v|d:"+in+";"), SerializerPHP, DefaultLimits)
+		if err != nil {
+			t.Fatalf("%s: %v", in, err)
+		}
+		v, _ := vars.Get("v")
+		want, _ := strconv.ParseFloat(in, 64)
+		if got := v.Float(); math.Float64bits(got) != math.Float64bits(want) {
+			t.Errorf("d:%s; = %v, want %v", in, got, want)
+		}
+	}
+}
+
+// TestLazyArraysConcurrent: nested arrays of a session without references
+// are built on first access; concurrent first accesses (the Reader's cache
+// shares sessions between API calls) must agree and not race.
+func TestLazyArraysConcurrent(t *testing.T) {
+	in := []byte(`a|a:2:{s:1:"x";a:1:{i:0;O:8:"stdClass":1:{s:1:"p";a:1:{s:1:"q";i:7;}}}s:1:"y";i:2;}b|i:1;`)
+	want := `{"a":{"x":[{"__class":"stdClass","p":{"q":7}}],"y":2},"b":1}`
+	vars, err := Decode(in, SerializerPHP, DefaultLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			if i%2 == 0 {
+				if v, ok := vars.Path("a", "x", "0", "p", "q"); !ok || v.Int() != 7 {
+					t.Errorf("Path = %v, %v", v, ok)
+				}
+				return
+			}
+			if got, _ := MarshalJSON(vars, Charset{}); string(got) != want {
+				t.Errorf("MarshalJSON = %s", got)
+			}
+		})
+	}
+	wg.Wait()
 }

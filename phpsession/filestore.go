@@ -85,11 +85,19 @@ func NewFileStore(savePath string, opt FileOptions) (*FileStore, error) {
 
 // Path returns the file a session id maps to. The id must be valid.
 func (s *FileStore) Path(id string) string {
-	p := s.dir
-	for i := 0; i < s.levels && i < len(id); i++ {
-		p = filepath.Join(p, id[i:i+1])
+	// Built by hand, not with filepath.Join: this runs on every API call,
+	// the directory is already clean and a valid id holds no separator.
+	b := make([]byte, 0, len(s.dir)+2*s.levels+6+len(id))
+	b = append(b, s.dir...)
+	if s.dir != "/" {
+		b = append(b, '/')
 	}
-	return filepath.Join(p, "sess_"+id)
+	for i := 0; i < s.levels && i < len(id); i++ {
+		b = append(b, id[i], '/')
+	}
+	b = append(b, "sess_"...)
+	b = append(b, id...)
+	return string(b)
 }
 
 // Ready reports whether the session directory can be read.
@@ -104,8 +112,20 @@ func (s *FileStore) Ready(context.Context) error {
 	return nil
 }
 
+// version names a file's identity and last change (device, inode, size,
+// mtime, ctime) in hex; it is computed on every cached lookup, so with
+// strconv into a stack buffer rather than fmt.
 func version(st *unix.Stat_t) string {
-	return fmt.Sprintf("%x:%x:%x:%x.%x:%x.%x", st.Dev, st.Ino, st.Size, st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec)
+	var buf [7 * 17]byte
+	b := buf[:0]
+	for i, n := range [...]uint64{uint64(st.Dev), uint64(st.Ino), uint64(st.Size), uint64(st.Mtim.Sec), uint64(st.Mtim.Nsec),
+		uint64(st.Ctim.Sec), uint64(st.Ctim.Nsec)} {
+		if i > 0 {
+			b = append(b, " :::.:."[i])
+		}
+		b = strconv.AppendUint(b, n, 16)
+	}
+	return string(b)
 }
 
 // open validates the id and opens its file without following symlinks,

@@ -47,7 +47,7 @@ func (m *marshaler) str(s string) {
 }
 
 func (m *marshaler) value(v Value) {
-	switch v.kind {
+	switch v.Kind() {
 	case KindNull:
 		m.buf.WriteString("null")
 	case KindBool:
@@ -68,25 +68,26 @@ func (m *marshaler) value(v Value) {
 		}
 	case KindString:
 		for _, sec := range m.secrets {
-			if len(sec) > 0 && bytes.Equal(v.str, sec) {
+			if len(sec) > 0 && bytes.Equal(v.bytes(), sec) {
 				m.buf.WriteString(`"[redacted]"`)
 				return
 			}
 		}
-		m.str(m.cs.String(v.str))
+		m.str(m.cs.String(v.bytes()))
 	case KindArray:
-		m.array(v.arr)
+		m.array(v.arr())
 	case KindObject:
 		m.object(v)
 	case KindEnum:
 		m.buf.WriteString(`{"__enum":`)
-		m.str(m.cs.String(v.str))
+		m.str(m.cs.String(v.bytes()))
 		m.buf.WriteByte('}')
 	case KindCustom:
 		m.buf.WriteString(`{"__class":`)
-		m.str(m.cs.String([]byte(v.class)))
+		c := (*custom)(v.p)
+		m.str(m.cs.String([]byte(c.class)))
 		m.buf.WriteString(`,"__serialized":`)
-		m.str(m.cs.String(v.str))
+		m.str(m.cs.String(c.payload))
 		m.buf.WriteByte('}')
 	}
 }
@@ -114,8 +115,9 @@ func formatFloat(f float64) string {
 }
 
 func isList(a *Array) bool {
-	for i, k := range a.keys {
-		if !k.IsInt || k.Int != int64(i) {
+	a.load()
+	for i, e := range a.ents {
+		if !e.k.isInt() || e.k.int() != int64(i) {
 			return false
 		}
 	}
@@ -133,31 +135,33 @@ func (m *marshaler) array(a *Array) {
 	}
 	m.active[a] = true
 	defer delete(m.active, a)
+	a.load()
 	if isList(a) {
 		m.buf.WriteByte('[')
-		for i, v := range a.vals {
+		for i, e := range a.ents {
 			if i > 0 {
 				m.buf.WriteByte(',')
 			}
-			m.value(v)
+			m.value(e.v)
 		}
 		m.buf.WriteByte(']')
 		return
 	}
 	m.buf.WriteByte('{')
-	for i, k := range a.keys {
+	for i, e := range a.ents {
 		if i > 0 {
 			m.buf.WriteByte(',')
 		}
-		m.str(m.cs.String([]byte(k.String())))
+		m.str(m.cs.String([]byte(e.k.export().String())))
 		m.buf.WriteByte(':')
-		m.value(a.vals[i])
+		m.value(e.v)
 	}
 	m.buf.WriteByte('}')
 }
 
 func (m *marshaler) object(v Value) {
-	a := v.arr
+	a := v.arr()
+	a.load()
 	if m.active[a] {
 		m.buf.WriteString("null")
 		return
@@ -165,12 +169,12 @@ func (m *marshaler) object(v Value) {
 	m.active[a] = true
 	defer delete(m.active, a)
 	m.buf.WriteString(`{"__class":`)
-	m.str(m.cs.String(v.str))
-	for i, k := range a.keys {
+	m.str(m.cs.String([]byte(a.class)))
+	for _, e := range a.ents {
 		m.buf.WriteByte(',')
-		m.str(m.cs.String([]byte(k.PropName())))
+		m.str(m.cs.String([]byte(e.k.export().PropName())))
 		m.buf.WriteByte(':')
-		m.value(a.vals[i])
+		m.value(e.v)
 	}
 	m.buf.WriteByte('}')
 }

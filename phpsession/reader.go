@@ -21,7 +21,7 @@ type Record struct {
 type Config struct {
 	Store       string        // "files" or "redis"
 	SavePath    string        // files: PHP's session.save_path
-	Redis       string        // redis: phpredis save_path or redis:// URL
+	Redis       string        // redis: phpredis save_path (hosts or rediscluster seed[]=…) or redis:// URL
 	Serializer  Serializer    // session.serialize_handler
 	MaxLifetime time.Duration // session.gc_maxlifetime (files); 0 = 1440 s
 	Charset     string        // session charset; "" = UTF-8

@@ -5,10 +5,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -35,20 +38,29 @@ type redisHost struct {
 	weight int
 }
 
-// NewRedisStore accepts the operator's own session.save_path string
-// ("tcp://h:6379?auth=x&database=2&prefix=P&timeout=2&weight=1,
-// tcp://h2:6379?weight=2", "unix:///run/redis.sock?database=1") or a
-// redis:// / rediss:// / unix:// URL. With several hosts, a session lives
-// on the host phpredis picks: the first four bytes of the id read as a
-// little-endian uint32, modulo the total weight, walking the hosts from
-// the last one.
+// NewRedisStore accepts the operator's own session.save_path string, as
+// phpredis reads it:
+//
+//   - session.save_handler=redis: one or more hosts separated by commas or
+//     spaces ("tcp://h:6379?auth=x&database=2&prefix=P&timeout=2&weight=1,
+//     tcp://h2:6379?weight=2", "unix:///run/redis.sock?database=1"), or a
+//     redis:// / rediss:// URL. With several hosts, a session lives on the
+//     host phpredis picks: the first four bytes of the id read as a
+//     little-endian uint32, modulo the total weight, walking the hosts from
+//     the last one;
+//   - session.save_handler=rediscluster: the query-string form
+//     "seed[]=h1:7000&seed[]=h2:7001&auth=…&prefix=…&timeout=…&read_timeout=…",
+//     read from the Redis Cluster with the PHPREDIS_CLUSTER_SESSION: prefix.
+//
+// opt.Cluster reads a host-style save path from a Redis Cluster instead.
 func NewRedisStore(saveSpec string, opt RedisOptions) (*RedisStore, error) {
+	if isClusterSpec(saveSpec) {
+		return newClusterStore(saveSpec)
+	}
 	s := &RedisStore{}
-	for part := range strings.SplitSeq(saveSpec, ",") {
-		part = strings.TrimSpace(part)
-		if part == "" {
-			continue
-		}
+	// phpredis ends each host's URL at a comma or white space.
+	parts := strings.FieldsFunc(saveSpec, func(r rune) bool { return r == ',' || unicode.IsSpace(r) })
+	for _, part := range parts {
 		h, closeFn, err := parseRedisHost(part, opt)
 		if err != nil {
 			s.Close()
@@ -62,6 +74,76 @@ func NewRedisStore(saveSpec string, opt RedisOptions) (*RedisStore, error) {
 		return nil, fmt.Errorf("%w: empty redis save path", ErrConfig)
 	}
 	return s, nil
+}
+
+// isClusterSpec recognises phpredis's rediscluster save_path: a query
+// string with seed[] entries and no URL scheme.
+func isClusterSpec(spec string) bool {
+	spec = strings.TrimSpace(spec)
+	return !strings.Contains(spec, "://") && (strings.HasPrefix(spec, "seed[") || strings.Contains(spec, "&seed["))
+}
+
+// newClusterStore parses the rediscluster save_path the way phpredis's
+// PS_OPEN_FUNC(rediscluster) does (PHP's query-string parsing; seed[] is
+// required; auth is a password, or auth[]=user&auth[]=pass).
+func newClusterStore(spec string) (*RedisStore, error) {
+	q, err := url.ParseQuery(strings.TrimSpace(spec))
+	if err != nil {
+		return nil, fmt.Errorf("%w: rediscluster save path: %w", ErrConfig, err)
+	}
+	o := &redis.ClusterOptions{DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
+		PoolSize: 16, MaxRetries: 1}
+	var auth []string
+	for k, vs := range q {
+		name, _, indexed := strings.Cut(k, "[")
+		switch {
+		case name == "seed" && indexed:
+			for _, v := range vs {
+				if v = strings.TrimSpace(v); v != "" {
+					o.Addrs = append(o.Addrs, v)
+				}
+			}
+		case name == "auth" && indexed:
+			auth = append(auth, vs...)
+		}
+	}
+	slices.Sort(o.Addrs) // map order; any seed maps the whole cluster
+	if len(o.Addrs) == 0 {
+		return nil, fmt.Errorf("%w: rediscluster save path has no seed[]", ErrConfig)
+	}
+	for _, a := range o.Addrs {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return nil, fmt.Errorf("%w: rediscluster seed %q: want host:port", ErrConfig, a)
+		}
+	}
+	switch {
+	case q.Has("auth"):
+		o.Password = q.Get("auth")
+	case len(auth) == 1:
+		o.Password = auth[0]
+	case len(auth) >= 2:
+		o.Username, o.Password = auth[0], auth[1]
+	}
+	for _, t := range []struct {
+		name string
+		dst  *time.Duration
+	}{{"timeout", &o.DialTimeout}, {"read_timeout", &o.ReadTimeout}} {
+		if v := q.Get(t.name); v != "" {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil || f < 0 {
+				return nil, fmt.Errorf("%w: rediscluster %s %q", ErrConfig, t.name, v)
+			}
+			if f > 0 {
+				*t.dst = time.Duration(f * float64(time.Second))
+			}
+		}
+	}
+	prefix := "PHPREDIS_CLUSTER_SESSION:"
+	if q.Has("prefix") {
+		prefix = q.Get("prefix")
+	}
+	c := redis.NewClusterClient(o)
+	return &RedisStore{hosts: []redisHost{{client: c, prefix: prefix, weight: 1}}, total: 1, closer: []func() error{c.Close}}, nil
 }
 
 func parseRedisHost(spec string, opt RedisOptions) (redisHost, func() error, error) {

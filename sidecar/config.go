@@ -90,7 +90,7 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.AuthFailLimit, "auth-failure-limit", 10, "XMPP authentication failures allowed per hour for the whole daemon, below the server's per-IP ban (ejabberd mod_fail2ban: 20); past it only passwords that worked before are tried (0: no limit)")
 	fs.StringVar(&c.SessionStore, "session-store", "files", "PHP session store: files or redis")
 	fs.StringVar(&c.SessionSavePath, "session-save-path", "/var/lib/php/sessions", "files store: PHP's session.save_path (\"/dir\", \"N;/dir\" or \"N;MODE;/dir\")")
-	fs.StringVar(&c.SessionRedis, "session-redis", "", "redis store: PHP's session.save_path for phpredis (tcp://host:port?auth=…&database=N…) or a redis:// URL")
+	fs.StringVar(&c.SessionRedis, "session-redis", "", "redis store: PHP's session.save_path for phpredis: one or more hosts (tcp://host:port?auth=…&database=N&weight=W…, separated by commas or spaces), a rediscluster seed[]=host:port&seed[]=…&auth=… string, or a redis:// URL")
 	fs.StringVar(&c.SessionSerializer, "session-serializer", "php", "PHP's session.serialize_handler: php, php_serialize or php_binary")
 	fs.DurationVar(&c.SessionMaxLifetime, "session-max-lifetime", 1440*time.Second, "PHP's session.gc_maxlifetime: files untouched for longer are expired")
 	fs.StringVar(&c.SessionCharset, "session-charset", "", "charset of session strings (default: ISO-8859-1 for expresso, UTF-8 for generic)")

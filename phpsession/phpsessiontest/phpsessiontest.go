@@ -125,29 +125,114 @@ func NewID(tb testing.TB) string {
 
 // Redis is a private redis-server on a random loopback port.
 type Redis struct {
-	Addr string
-	dir  string
-	cmd  *exec.Cmd
-	tb   testing.TB
+	Addr  string
+	dir   string
+	extra []string // more redis-server arguments
+	cmd   *exec.Cmd
+	tb    testing.TB
 }
 
 // StartRedis starts redis-server without persistence; it is stopped when
 // the test ends.
 func StartRedis(tb testing.TB) *Redis {
 	tb.Helper()
+	return startRedis(tb, freePort(tb, false))
+}
+
+func startRedis(tb testing.TB, port int, extra ...string) *Redis {
+	tb.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		tb.Fatal("phpsessiontest: redis-server not found: apt-get install redis-server")
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	r := &Redis{Addr: addr, dir: tb.TempDir(), tb: tb}
+	r := &Redis{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), dir: tb.TempDir(), extra: extra, tb: tb}
 	r.Start()
 	tb.Cleanup(r.Stop)
 	return r
+}
+
+// freePort picks a free loopback port; for a cluster node also its bus
+// port (port+10000) must exist and be free.
+func freePort(tb testing.TB, bus bool) int {
+	tb.Helper()
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		if !bus {
+			l.Close()
+			return port
+		}
+		if port+10000 <= 65535 {
+			if lb, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port+10000))); err == nil {
+				lb.Close()
+				l.Close()
+				return port
+			}
+		}
+		l.Close()
+	}
+	tb.Fatal("phpsessiontest: no free port")
+	return 0
+}
+
+// RedisCluster is a Redis Cluster of masters without replicas on random
+// loopback ports, joined by redis-cli --cluster create, which splits the
+// 16384 slots evenly in the order of Nodes.
+type RedisCluster struct {
+	Nodes []*Redis
+}
+
+// StartRedisCluster starts n (at least 3) cluster-enabled redis-servers,
+// creates the cluster and waits until every node reports cluster_state:ok.
+func StartRedisCluster(tb testing.TB, n int) *RedisCluster {
+	tb.Helper()
+	if _, err := exec.LookPath("redis-cli"); err != nil {
+		tb.Fatal("phpsessiontest: redis-cli not found: apt-get install redis-tools")
+	}
+	c := &RedisCluster{}
+	args := []string{"--cluster", "create"}
+	for range n {
+		dir := tb.TempDir()
+		r := startRedis(tb, freePort(tb, true), "--cluster-enabled", "yes",
+			"--cluster-config-file", filepath.Join(dir, "nodes.conf"), "--cluster-node-timeout", "5000")
+		c.Nodes = append(c.Nodes, r)
+		args = append(args, r.Addr)
+	}
+	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
+		tb.Fatalf("phpsessiontest: redis-cli --cluster create: %v\n%s", err, out)
+	}
+	for _, r := range c.Nodes {
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			out, _ := r.CLI("CLUSTER", "INFO")
+			if strings.Contains(out, "cluster_state:ok") {
+				break
+			}
+			if time.Now().After(deadline) {
+				tb.Fatalf("phpsessiontest: cluster node %s not ready:\n%s", r.Addr, out)
+			}
+		}
+	}
+	return c
+}
+
+// Spec is phpredis's rediscluster session.save_path for the cluster.
+func (c *RedisCluster) Spec() string {
+	var seeds []string
+	for _, r := range c.Nodes {
+		seeds = append(seeds, "seed[]="+r.Addr)
+	}
+	return strings.Join(seeds, "&")
+}
+
+// CLI runs one redis-cli command against this server (not following
+// cluster redirections) and returns its output.
+func (r *Redis) CLI(args ...string) (string, error) {
+	host, port, _ := net.SplitHostPort(r.Addr)
+	out, err := exec.Command("redis-cli", append([]string{"-h", host, "-p", port}, args...)...).CombinedOutput()
+	return string(out), err
 }
 
 // Spec is the phpredis session.save_path for this server.
@@ -157,8 +242,8 @@ func (r *Redis) Spec() string { return "tcp://" + r.Addr }
 func (r *Redis) Start() {
 	r.tb.Helper()
 	_, port, _ := net.SplitHostPort(r.Addr)
-	r.cmd = exec.Command("redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", r.dir, "--logfile", filepath.Join(r.dir, "redis.log"))
+	r.cmd = exec.Command("redis-server", append([]string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--dir", r.dir, "--logfile", filepath.Join(r.dir, "redis.log")}, r.extra...)...)
 	if err := r.cmd.Start(); err != nil {
 		r.tb.Fatal(err)
 	}
