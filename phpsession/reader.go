@@ -129,7 +129,8 @@ func (r *Reader) Close() error {
 
 // Lookup returns the logged-in session named by id. Errors wrap exactly one
 // of ErrInvalidID, ErrNotFound, ErrExpired, ErrNotLoggedIn, ErrMalformed,
-// ErrTooLarge or ErrUnavailable.
+// ErrTooLarge or ErrUnavailable. A verdict against the user (anything but
+// ErrUnavailable) always comes from a read no PHP write overlapped.
 func (r *Reader) Lookup(ctx context.Context, id string) (*Session, error) {
 	if err := ValidateID(id, r.cfg.MinIDLength); err != nil {
 		return nil, err
