@@ -3,8 +3,11 @@
 //
 // Storage and decoding are kept apart. Stores return raw bytes: FileStore
 // reads PHP's "files" handler (sess_<id> files, opened read-only without
-// following symlinks, never blocking on PHP's request lock and never
-// returning a torn read) and RedisStore reads phpredis's keys. Decode is a
+// following symlinks and never blocking on PHP's request lock) and
+// RedisStore reads phpredis's keys. A file read while PHP holds its lock
+// may be PHP's truncate-then-write in progress, so the Reader never logs a
+// user out on one: it reads again and otherwise fails closed with
+// ErrUnavailable. Decode is a
 // pure function over those bytes for the "php", "php_serialize" and
 // "php_binary" serialize handlers, bounded in size and depth and fuzzed.
 // A Profile finds the logged-in user in the decoded variables (Expresso's

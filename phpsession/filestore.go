@@ -35,13 +35,19 @@ type FileOptions struct {
 // It first tries a shared lock without waiting; when that succeeds no writer
 // can be active and the read is consistent. When PHP holds the lock, Load
 // reads optimistically: it takes fstat before and after reading and accepts
-// the bytes only when size, mtime and ctime are unchanged, the byte count
-// equals the size, and the file has not been modified for quietPeriod.
-// PHP writes only at the end of a request, in one truncate and one write,
-// and every write moves mtime forward; because file timestamps follow the
-// kernel's coarse clock, the quiet period (longer than its tick) is what
-// rules out a write still in progress. If the file keeps changing for
-// LockWait, Load fails closed with ErrUnavailable: never a torn read.
+// the bytes only when the file is not empty, size, mtime and ctime are
+// unchanged, the byte count equals the size, and the file has not been
+// modified for quietPeriod. Such a read is marked Record.Unlocked.
+//
+// An optimistic read is not proof of a whole session. PHP writes at the end
+// of a request in two system calls, ftruncate(fd, 0) then pwrite, and
+// between them the file is empty, its mtime that of the truncate, for as
+// long as PHP happens not to be scheduled: tens of milliseconds on a busy
+// machine, so no quiet period can tell that gap from a quiet file. An empty
+// file PHP holds locked is therefore never accepted (retried, then
+// ErrUnavailable), and the Reader never turns a failed decode of an
+// Unlocked record into a verdict (see Reader.Lookup). If the file keeps
+// changing for LockWait, Load fails closed with ErrUnavailable.
 type FileStore struct {
 	dir    string
 	levels int
@@ -258,8 +264,12 @@ func (s *FileStore) tryOptimistic(f *os.File, fd int) (Record, bool, error) {
 	// file that has been quiet for longer than that is trusted.
 	quiet := time.Since(time.Unix(after.Mtim.Sec, after.Mtim.Nsec)) > quietPeriod &&
 		time.Since(time.Unix(after.Ctim.Sec, after.Ctim.Nsec)) > quietPeriod
-	if quiet && int64(len(data)) == after.Size && before.Size == after.Size && before.Mtim == after.Mtim && before.Ctim == after.Ctim {
-		return record(data, &after), true, nil
+	// An empty file PHP holds locked is PHP between its truncate and its
+	// write (or a session created this request): never a session to trust.
+	if quiet && after.Size > 0 && int64(len(data)) == after.Size && before.Size == after.Size && before.Mtim == after.Mtim && before.Ctim == after.Ctim {
+		rec := record(data, &after)
+		rec.Unlocked = true
+		return rec, true, nil
 	}
 	return Record{}, false, nil
 }

@@ -15,6 +15,10 @@ type Record struct {
 	ModTime time.Time     // files: mtime; redis: zero
 	TTL     time.Duration // redis: remaining TTL; files: 0
 	Version string        // changes whenever the stored session changes
+	// Unlocked (files) marks bytes read while PHP held the file's lock:
+	// consistent by every check the store can make, but possibly a write
+	// in progress, so only a successful decode of them is believed.
+	Unlocked bool
 }
 
 // Config configures a Reader.
@@ -79,6 +83,9 @@ func Open(ctx context.Context, cfg Config) (*Reader, error) {
 	if cfg.MinIDLength <= 0 {
 		cfg.MinIDLength = DefaultMinIDLength
 	}
+	if cfg.LockWait <= 0 {
+		cfg.LockWait = 250 * time.Millisecond
+	}
 	if cfg.CacheSize <= 0 {
 		cfg.CacheSize = 10000
 	}
@@ -122,7 +129,8 @@ func (r *Reader) Close() error {
 
 // Lookup returns the logged-in session named by id. Errors wrap exactly one
 // of ErrInvalidID, ErrNotFound, ErrExpired, ErrNotLoggedIn, ErrMalformed,
-// ErrTooLarge or ErrUnavailable.
+// ErrTooLarge or ErrUnavailable. A verdict against the user (anything but
+// ErrUnavailable) always comes from a read no PHP write overlapped.
 func (r *Reader) Lookup(ctx context.Context, id string) (*Session, error) {
 	if err := ValidateID(id, r.cfg.MinIDLength); err != nil {
 		return nil, err
@@ -139,23 +147,41 @@ func (r *Reader) Lookup(ctx context.Context, id string) (*Session, error) {
 			return r.check(c, now)
 		}
 	}
-	rec, err := r.store.Load(ctx, id)
-	if err != nil {
-		r.forget(key)
-		return nil, err
+	deadline := time.Now().Add(r.cfg.LockWait)
+	wait := 2 * time.Millisecond
+	for {
+		rec, err := r.store.Load(ctx, id)
+		if err != nil {
+			r.forget(key)
+			return nil, err
+		}
+		ver := rec.Version
+		if ver == "" {
+			sum := sha256.Sum256(rec.Data)
+			ver = fmt.Sprintf("%x", sum[:16])
+		}
+		if c, ok := r.get(key); ok && c.version == ver {
+			return r.check(c, now)
+		}
+		c := cached{version: ver}
+		c.sess, c.err = r.decode(rec, now)
+		if c.err == nil || !rec.Unlocked {
+			r.put(key, c)
+			return r.check(c, now)
+		}
+		// Read while PHP held the lock and it does not decode to a
+		// logged-in user: perhaps PHP's write in progress. Logging the user
+		// out on it would be a guess; read again, then fail closed.
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("%w: session did not read whole while PHP held its lock (%v)", ErrUnavailable, c.err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 20*time.Millisecond)
 	}
-	ver := rec.Version
-	if ver == "" {
-		sum := sha256.Sum256(rec.Data)
-		ver = fmt.Sprintf("%x", sum[:16])
-	}
-	if c, ok := r.get(key); ok && c.version == ver {
-		return r.check(c, now)
-	}
-	c := cached{version: ver}
-	c.sess, c.err = r.decode(rec, now)
-	r.put(key, c)
-	return r.check(c, now)
 }
 
 func (r *Reader) decode(rec Record, now time.Time) (*Session, error) {
