@@ -129,6 +129,8 @@ try {
   // While Alice is out, Bob writes. She logs in again (a new browser),
   // opens the chat and finds the whole conversation in the history,
   // three messages a page (?history_max=3) with "Load older messages".
+  // Bob left the room, so he opens his chat with Alice again first.
+  await contact(bob, `alice@${domain}`).locator('.name').click();
   for (const text of ['Você viu o relatório?', 'Me avisa quando voltar.']) {
     await bob.fill('.chat:not([hidden]) .compose input', text);
     await bob.press('.chat:not([hidden]) .compose input', 'Enter');
