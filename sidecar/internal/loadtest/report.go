@@ -131,13 +131,13 @@ func (r Report) Markdown(w io.Writer) {
 	fmt.Fprintf(w, "%d users, %.0f msg/s for %.0f s (%s profile) on %d × %s, load %s → %s, %.0f s\n\n",
 		r.Config.Users, r.Config.Rate, r.Config.Seconds, r.Profile, r.Machine.NProc, r.Machine.CPUModel,
 		r.Machine.LoadStart, r.Machine.LoadEnd, r.Machine.Seconds)
-	fmt.Fprintln(w, "| path | online | logins/s | KB/user (path adds) | Prosody KB/user | CPU s/1k msgs | Prosody CPU s/1k | delivered msg/s | p50 ms | p99 ms | max ms | lost | knee msg/s (p99 ≤ 50 ms) |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| path | online | logins/s | KB/user (path adds) | Prosody KB/user | CPU s/1k msgs | Prosody CPU s/1k | delivered msg/s | p50 ms | p99 ms | max ms | lost | send errors | knee msg/s (p99 ≤ 50 ms) |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, p := range r.Paths {
-		fmt.Fprintf(w, "| %s | %d/%d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s |\n",
+		fmt.Fprintf(w, "| %s | %d/%d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d | %s |\n",
 			p.Path, p.Online, p.Users, f1(p.LoginsPerSec), f2(p.MemPerUserKB), f2(p.ProsodyMemPerUserKB),
 			f3(p.CPUPer1k), f3(p.ProsodyCPUPer1k), f1(p.DeliveredPerSec), f2(p.P50ms), f2(p.P99ms), f2(p.Maxms),
-			p.Lost, knee(p))
+			p.Lost, p.SendErrors, knee(p))
 	}
 	if len(r.Ratios) > 0 {
 		q := func(k string) string {
@@ -146,7 +146,7 @@ func (r Report) Markdown(w io.Writer) {
 			}
 			return "–"
 		}
-		fmt.Fprintf(w, "| **sidecar/BOSH** | | %s | %s | | %s | | %s | %s | %s | %s | | %s |\n",
+		fmt.Fprintf(w, "| **sidecar/BOSH** | | %s | %s | | %s | | %s | %s | %s | %s | | | %s |\n",
 			q("logins_per_sec"), q("mem_per_user"), q("cpu_per_1k_msgs"), q("delivered_per_sec"),
 			q("p50"), q("p99"), q("max"), q("knee_rate"))
 		if v, ok := r.Ratios["logins_vs_bare"]; ok {
@@ -156,12 +156,12 @@ func (r Report) Markdown(w io.Writer) {
 }
 
 func knee(p PathResult) string {
-	if len(p.Sweep) == 0 {
-		return "–"
-	}
 	k := KneeRate(p)
 	s := f1(k)
-	last := p.Sweep[len(p.Sweep)-1]
+	last := p.Phase
+	if len(p.Sweep) > 0 {
+		last = p.Sweep[len(p.Sweep)-1]
+	}
 	if last.P99ms <= 50 && last.Lost == 0 {
 		s = "≥ " + s // never passed 50 ms within the sweep
 	}

@@ -66,10 +66,12 @@ type PathResult struct {
 
 // Phase is one message phase at a target rate.
 type Phase struct {
-	TargetRate      float64 `json:"target_rate"`
-	Sent            int     `json:"sent"`
-	SendErrors      int     `json:"send_errors"`
-	Delivered       int     `json:"delivered"`
+	TargetRate float64 `json:"target_rate"`
+	Sent       int     `json:"sent"`
+	SendErrors int     `json:"send_errors"`
+	Delivered  int     `json:"delivered"`
+	// Lost counts messages whose send call succeeded but that never
+	// reached the receiver within 20 s of the last send.
 	Lost            int     `json:"lost"`
 	Duplicates      int     `json:"duplicates"`
 	DeliveredPerSec float64 `json:"delivered_per_sec"`
@@ -260,14 +262,15 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 		res.ProsodyCPUPer1k = ph.cpuPro / (float64(ph.Delivered) / 1000)
 	}
 	for i, rate := range cfg.SweepRates {
+		if ph.P99ms > 50 || ph.Lost > 0 {
+			break // already past the knee at the target rate
+		}
 		sp, err := r.phase(ctx, 2+i, rate, cfg.SweepTime)
 		if err != nil {
 			return res, err
 		}
 		res.Sweep = append(res.Sweep, sp)
-		if sp.P99ms > 50 || sp.Lost > 0 {
-			break // past the knee: higher rates only queue
-		}
+		ph = sp // past the knee, higher rates only queue
 	}
 	stop()
 	r.closeAll(ctx)
@@ -461,7 +464,7 @@ func (r *rig) phase(ctx context.Context, id int, rate float64, d time.Duration) 
 	ph.SendErrors = int(sendErrs.Load())
 	ph.Delivered = int(t.delivered.Load())
 	ph.Duplicates = int(t.dups.Load())
-	ph.Lost = ph.Sent - ph.Delivered
+	ph.Lost = ph.Sent - ph.SendErrors - ph.Delivered
 	end := time.Unix(0, t.last.Load())
 	if end.Before(sendEnd) {
 		end = sendEnd
