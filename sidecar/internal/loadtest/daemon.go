@@ -25,7 +25,7 @@ type daemon struct {
 
 // startDaemon runs bin against p with the PHP sessions in sessDir, plain
 // XMPP on loopback like the other paths, and waits for /readyz.
-func startDaemon(ctx context.Context, bin, dir, sessDir string, p *Prosody, extra ...string) (*daemon, error) {
+func startDaemon(ctx context.Context, bin string, env []string, dir, sessDir string, p *Prosody, extra ...string) (*daemon, error) {
 	ports, err := freePorts(2)
 	if err != nil {
 		return nil, err
@@ -54,7 +54,7 @@ func startDaemon(ctx context.Context, bin, dir, sessDir string, p *Prosody, extr
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}, env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logf.Close()

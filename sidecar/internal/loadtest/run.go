@@ -38,6 +38,7 @@ type Config struct {
 	SourceAddrs int           // 127.0.0.x client source addresses; default Users/2000+1
 	PHPSample   int           // sessions written by the real PHP CLI; the rest by EncodeSession
 	SidecarBin  string        // the imsidecar binary
+	SidecarEnv  []string      // extra environment for it, e.g. GODEBUG=gctrace=1
 	Dir         string        // scratch directory (Prosody, sessions, logs)
 	Timeout     time.Duration // bound on the whole run; default 30 min
 	Logger      *slog.Logger  // progress; nil = discard
@@ -204,7 +205,7 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 		if err := r.writeSessions(ctx, sessDir); err != nil {
 			return res, err
 		}
-		r.d, err = startDaemon(ctx, cfg.SidecarBin, dir, sessDir, pro)
+		r.d, err = startDaemon(ctx, cfg.SidecarBin, cfg.SidecarEnv, dir, sessDir, pro)
 		if err != nil {
 			return res, err
 		}

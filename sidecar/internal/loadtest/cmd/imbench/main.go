@@ -37,6 +37,7 @@ func run() error {
 		out     = flag.String("out", "bench/results.json", "JSON output file")
 		profile = flag.String("profile", "quick", "name recorded in the results")
 		keep    = flag.Bool("keep", false, "keep the scratch directory (logs) after the run")
+		env     = flag.String("sidecar-env", "", "comma-separated NAME=value pairs for imsidecar, e.g. GODEBUG=gctrace=1")
 	)
 	flag.IntVar(&cfg.Users, "users", 1000, "simulated users online at once")
 	flag.Float64Var(&cfg.Rate, "rate", 500, "target messages per second")
@@ -49,6 +50,9 @@ func run() error {
 	flag.DurationVar(&cfg.Timeout, "timeout", 30*time.Minute, "bound on the whole run")
 	flag.Parse()
 	cfg.Paths = strings.Split(*paths, ",")
+	if *env != "" {
+		cfg.SidecarEnv = strings.Split(*env, ",")
+	}
 	for _, s := range strings.Split(*sweep, ",") {
 		if s = strings.TrimSpace(s); s == "" {
 			continue
