@@ -48,15 +48,21 @@ func (d *sourceDialer) DialContext(ctx context.Context, network, addr string) (n
 	return nd.DialContext(ctx, network, addr)
 }
 
-// httpClient is a keep-alive client for up to conns simultaneous requests
-// to one loopback server, dialing through d.
-func (d *sourceDialer) httpClient(conns int) *http.Client {
+// maxIdle bounds the keep-alive connections parked between requests: the
+// pending polls are in flight, not idle, and every parked connection is a
+// descriptor in the server too (at 10,000 users an unbounded pool pushed
+// Prosody past its open-files limit).
+const maxIdle = 512
+
+// httpClient is a keep-alive client to one loopback server, dialing
+// through d.
+func (d *sourceDialer) httpClient() *http.Client {
 	return &http.Client{
 		Timeout: 90 * time.Second,
 		Transport: &http.Transport{
 			DialContext:         d.DialContext,
-			MaxIdleConns:        conns,
-			MaxIdleConnsPerHost: conns,
+			MaxIdleConns:        maxIdle,
+			MaxIdleConnsPerHost: maxIdle,
 			IdleConnTimeout:     2 * time.Minute,
 			DisableCompression:  true,
 		},

@@ -194,7 +194,7 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 	}
 	defer pro.Stop()
 	r := &rig{cfg: cfg, path: path, pro: pro, dialer: newSourceDialer(cfg.SourceAddrs)}
-	r.hc = r.dialer.httpClient(2*cfg.Users + 64)
+	r.hc = r.dialer.httpClient()
 	defer r.hc.CloseIdleConnections()
 
 	if path == PathSidecar {
