@@ -73,9 +73,18 @@ faults: deps ## the fault-injection matrix in full (30 s outages, 2000 cut polls
 	  rc=$$?; echo; cat bin/faults.md 2>/dev/null; exit $$rc
 
 .PHONY: bench
-bench: deps ## Go benchmarks: session decode vs PHP, cached lookups, event log, idle XMPP memory
+bench: deps build ## Go micro-benchmarks, then the load test: 1,000 users, sidecar vs BOSH vs WebSocket (bench/results.json)
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2000x ./phpsession ./sidecar
-	$(GO) test -run '^$$' -bench . -benchtime 1x ./xmppconn
+	$(GO) test -run '^$$' -bench 'Stanza' -benchmem -benchtime 20000x ./xmppconn
+	$(GO) test -run '^$$' -bench 'IdleConnMemory' -benchtime 1x ./xmppconn
+	$(GO) run ./sidecar/internal/loadtest/cmd/imbench -imsidecar $(BIN) -profile quick \
+	  -users 1000 -rate 500 -duration 10s -sweep 1000 -sweep-time 5s -out bench/results.json
+
+.PHONY: bench-full
+bench-full: deps build ## the load test with 10,000 users online (bench/results.json)
+	$(GO) run ./sidecar/internal/loadtest/cmd/imbench -imsidecar $(BIN) -profile full \
+	  -users 10000 -rate 500 -duration 20s -sweep 1000,2000 -sweep-time 10s -concurrency 200 \
+	  -timeout 40m -out bench/results.json
 
 .PHONY: demo
 demo: deps build ## run Prosody, the demo PHP app and the sidecar locally (Ctrl-C stops all)

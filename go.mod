@@ -3,6 +3,7 @@ module expressolivre.org/imsidecar
 go 1.26.8
 
 require (
+	github.com/coder/websocket v1.8.14
 	github.com/emersion/go-sasl v0.0.0-20241020182733-b788ff22d5a6
 	github.com/prometheus/client_golang v1.23.2
 	github.com/redis/go-redis/v9 v9.17.3

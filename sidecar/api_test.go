@@ -174,7 +174,7 @@ func (c *fakeConn) RemoveRosterItem(_ context.Context, jid string) error {
 
 // harness is an API over fakes, with every log line captured.
 type harness struct {
-	t       *testing.T
+	t       testing.TB
 	api     *api
 	reg     *registry
 	reader  *fakeReader
@@ -198,7 +198,7 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 	return w.b.Write(p)
 }
 
-func newHarness(t *testing.T, token string) *harness {
+func newHarness(t testing.TB, token string) *harness {
 	t.Helper()
 	cfg, _, err := parseConfig([]string{"--xmpp-addr=127.0.0.1:5222", "--xmpp-domain=example.test", "--session-save-path=" + t.TempDir()}, func(string) string { return "" }, io.Discard)
 	if err != nil {

@@ -66,7 +66,8 @@ type event struct {
 type eventLog struct {
 	mu      sync.Mutex
 	epoch   uint64
-	buf     []event // ring
+	buf     []event // ring, grown on demand up to size
+	size    int     // most events kept
 	start   int     // index of the oldest event in buf
 	n       int     // events in buf
 	next    uint64  // offset of the next event (offsets start at 1)
@@ -79,8 +80,13 @@ type eventLog struct {
 	keys map[string]uint64
 }
 
+// initialEvents is the ring's first allocation. Most sessions hold a few
+// events at a time, so the ring starts small and doubles up to its size:
+// preallocating 1,000 events was 48 KB per online user.
+const initialEvents = 16
+
 func newEventLog(size int, onDrop func()) *eventLog {
-	return &eventLog{epoch: newEpoch(), buf: make([]event, size), next: 1, notify: make(chan struct{}), onDrop: onDrop}
+	return &eventLog{epoch: newEpoch(), buf: make([]event, min(size, initialEvents)), size: size, next: 1, notify: make(chan struct{}), onDrop: onDrop}
 }
 
 // append adds an event and wakes the pollers.
@@ -107,6 +113,13 @@ func (l *eventLog) appendOnce(kind, key string, fields []byte) bool {
 	}
 	ev := event{offset: l.next, kind: kind, fields: fields, key: key}
 	l.next++
+	if l.n == len(l.buf) && len(l.buf) < l.size {
+		grown := make([]event, min(2*len(l.buf), l.size))
+		for i := range l.n {
+			grown[i] = l.buf[(l.start+i)%len(l.buf)]
+		}
+		l.buf, l.start = grown, 0
+	}
 	if l.n == len(l.buf) {
 		if old := l.buf[l.start]; old.key != "" && l.keys[old.key] == old.offset {
 			delete(l.keys, old.key)

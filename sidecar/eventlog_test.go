@@ -3,6 +3,7 @@ package sidecar
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -144,5 +145,37 @@ func TestMessageKey(t *testing.T) {
 	}
 	if k := messageKey(&xmppconn.Message{From: base.From, Body: "no id"}); k != "" {
 		t.Errorf("a message without an id got key %q", k)
+	}
+}
+
+// TestEventLogGrows: the ring starts small and grows up to its size,
+// keeping the newest events in order across every growth and wrap.
+func TestEventLogGrows(t *testing.T) {
+	tests := []struct {
+		size, appended int
+	}{
+		{1, 3}, {5, 5}, {16, 16}, {17, 40}, {40, 10}, {40, 100}, {1000, 2500},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("size %d appended %d", tt.size, tt.appended), func(t *testing.T) {
+			l := newEventLog(tt.size, nil)
+			for i := 1; i <= tt.appended; i++ {
+				l.append("message", []byte(strconv.Itoa(i)))
+			}
+			if len(l.buf) > tt.size {
+				t.Fatalf("ring of %d events exceeds size %d", len(l.buf), tt.size)
+			}
+			res, _ := l.read(cursor{}, false, 10000)
+			want := min(tt.size, tt.appended)
+			if len(res.events) != want {
+				t.Fatalf("read %d events, want %d", len(res.events), want)
+			}
+			for i, ev := range res.events {
+				off := uint64(tt.appended - want + i + 1)
+				if ev.offset != off || string(ev.fields) != strconv.FormatUint(off, 10) {
+					t.Fatalf("event %d = offset %d %q, want %d", i, ev.offset, ev.fields, off)
+				}
+			}
+		})
 	}
 }

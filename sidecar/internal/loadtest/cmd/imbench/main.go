@@ -1,0 +1,119 @@
+// Command imbench runs the load generator of package loadtest: the sidecar
+// path against Prosody's BOSH and WebSocket and a bare XMPP client, on one
+// private Prosody on loopback. It prints a markdown table and writes the
+// same figures as JSON (default bench/results.json).
+//
+//	go run ./sidecar/internal/loadtest/cmd/imbench -users 1000 -rate 500
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"expressolivre.org/imsidecar/sidecar/internal/loadtest"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "imbench:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var (
+		cfg     loadtest.Config
+		paths   = flag.String("paths", "bare,sidecar,bosh,websocket", "paths to measure, in order")
+		sweep   = flag.String("sweep", "", "comma-separated extra rates (msg/s) to find where p99 passes 50 ms")
+		out     = flag.String("out", "bench/results.json", "JSON output file")
+		profile = flag.String("profile", "quick", "name recorded in the results")
+		keep    = flag.Bool("keep", false, "keep the scratch directory (logs) after the run")
+		env     = flag.String("sidecar-env", "", "comma-separated NAME=value pairs for imsidecar, e.g. GODEBUG=gctrace=1")
+	)
+	flag.IntVar(&cfg.Users, "users", 1000, "simulated users online at once")
+	flag.Float64Var(&cfg.Rate, "rate", 500, "target messages per second")
+	flag.DurationVar(&cfg.Duration, "duration", 10*time.Second, "message phase at -rate")
+	flag.DurationVar(&cfg.SweepTime, "sweep-time", 5*time.Second, "each sweep step")
+	flag.IntVar(&cfg.Concurrency, "concurrency", 100, "logins in flight during the login storm")
+	flag.IntVar(&cfg.SourceAddrs, "source-addrs", 0, "127.0.0.x client source addresses (0: users/2000+1)")
+	flag.IntVar(&cfg.PHPSample, "php-sample", 20, "sessions written by the real PHP CLI (the rest by the Go generator)")
+	flag.StringVar(&cfg.SidecarBin, "imsidecar", "", "imsidecar binary (default: go build ./sidecar/cmd/imsidecar)")
+	flag.DurationVar(&cfg.Timeout, "timeout", 30*time.Minute, "bound on the whole run")
+	flag.Parse()
+	cfg.Paths = strings.Split(*paths, ",")
+	if *env != "" {
+		cfg.SidecarEnv = strings.Split(*env, ",")
+	}
+	for _, s := range strings.Split(*sweep, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		v, err := strconv.ParseFloat(s, 64)
+		if err != nil || v <= 0 {
+			return fmt.Errorf("-sweep: bad rate %q", s)
+		}
+		cfg.SweepRates = append(cfg.SweepRates, v)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+
+	dir, err := os.MkdirTemp("", "imbench-")
+	if err != nil {
+		return err
+	}
+	if *keep {
+		cfg.Logger.Info("scratch directory kept", "dir", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
+	cfg.Dir = dir
+	if cfg.SidecarBin == "" {
+		root, err := moduleRoot()
+		if err != nil {
+			return err
+		}
+		cfg.SidecarBin = filepath.Join(dir, "imsidecar")
+		if err := loadtest.BuildSidecar(ctx, root, cfg.SidecarBin); err != nil {
+			return err
+		}
+	}
+	m := loadtest.ThisMachine()
+	results, err := loadtest.Run(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	rep := loadtest.NewReport(*profile, m, cfg, results)
+	rep.Markdown(os.Stdout)
+	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
+		return err
+	}
+	return rep.WriteJSON(*out)
+}
+
+// moduleRoot walks up from the working directory to go.mod.
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("no go.mod above the working directory; pass -imsidecar")
+		}
+		dir = parent
+	}
+}

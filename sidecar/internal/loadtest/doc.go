@@ -1,0 +1,20 @@
+// Package loadtest is the load generator behind `make bench`: it measures
+// the sidecar path (PHP → imsidecar → Prosody) side by side with what sites
+// use today, Prosody's own BOSH (XEP-0124/0206) and WebSocket (RFC 7395)
+// endpoints, and with a bare XMPP client logging in (the login-storm
+// baseline), all against one private Prosody on loopback.
+//
+// For each path it logs N simulated users in from cold, keeps every user
+// online with a long poll (sidecar: GET /v1/events; BOSH: hold=1), sends
+// chat messages between random pairs at a target rate and records logins
+// per second, resident memory per online user of the process(es) the path
+// adds, CPU seconds per 1,000 messages, delivered messages per second,
+// latency from the send call's start to the receiving side's return with
+// the message (p50/p99/max), and lost messages.
+//
+// Everything is loopback only and bounded in time: every phase has a
+// deadline and the generator stops by itself. Client sockets are bound to
+// several 127.0.0.x source addresses so 10,000 users do not exhaust one
+// address's ephemeral ports. The command is cmd/imbench; docs/PERFORMANCE.md
+// describes the method and the latest figures.
+package loadtest

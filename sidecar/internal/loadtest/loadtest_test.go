@@ -1,0 +1,264 @@
+package loadtest
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"expressolivre.org/imsidecar/phpsession"
+)
+
+func TestPercentile(t *testing.T) {
+	ms := func(v ...int) []time.Duration {
+		d := make([]time.Duration, len(v))
+		for i, x := range v {
+			d[i] = time.Duration(x) * time.Millisecond
+		}
+		return d
+	}
+	hundred := make([]int, 100)
+	for i := range hundred {
+		hundred[i] = i + 1
+	}
+	tests := []struct {
+		name   string
+		sorted []time.Duration
+		p      float64
+		want   time.Duration
+	}{
+		{"empty", nil, 50, 0},
+		{"one p50", ms(7), 50, 7 * time.Millisecond},
+		{"one p99", ms(7), 99, 7 * time.Millisecond},
+		{"two p50 is the lower", ms(1, 2), 50, time.Millisecond},
+		{"four p50", ms(1, 2, 3, 4), 50, 2 * time.Millisecond},
+		{"four p99 is the max", ms(1, 2, 3, 4), 99, 4 * time.Millisecond},
+		{"hundred p50", ms(hundred...), 50, 50 * time.Millisecond},
+		{"hundred p99", ms(hundred...), 99, 99 * time.Millisecond},
+		{"hundred max", ms(hundred...), 100, 100 * time.Millisecond},
+		{"tiny p clamps to the min", ms(1, 2, 3), 0.001, time.Millisecond},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Percentile(tt.sorted, tt.p); got != tt.want {
+				t.Errorf("Percentile(%v, %v) = %v, want %v", tt.sorted, tt.p, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestLatenciesSummaryConcurrent(t *testing.T) {
+	var l Latencies
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 250 {
+				l.Add(time.Duration(g*250+i+1) * time.Microsecond)
+			}
+		})
+	}
+	wg.Wait()
+	s := l.Summary()
+	if s.N != 1000 || s.P50 != 500*time.Microsecond || s.P99 != 990*time.Microsecond || s.Max != 1000*time.Microsecond {
+		t.Fatalf("summary = %+v", s)
+	}
+}
+
+func TestParseStatCPU(t *testing.T) {
+	tests := []struct {
+		name    string
+		stat    string
+		want    float64
+		wantErr bool
+	}{
+		{"prosody", "4242 (lua5.4) S 1 4242 4242 0 -1 4194560 900 0 0 0 150 50 0 0 20 0 1 0 100 1000 200", 2.0, false},
+		{"name with spaces and parens", "7 (a b) c)) R 1 7 7 0 -1 0 0 0 0 0 1 2 0 0 20 0 1 0 100 1000 200", 0.03, false},
+		{"no parenthesis", "7 a R 1", 0, true},
+		{"short", "7 (x) R 1 2 3", 0, true},
+		{"not numbers", "7 (x) R 1 7 7 0 -1 0 0 0 0 0 u s 0 0", 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseStatCPU([]byte(tt.stat))
+			if (err != nil) != tt.wantErr || (err == nil && got != tt.want) {
+				t.Fatalf("parseStatCPU = %v, %v; want %v, error %v", got, err, tt.want, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestProcOfSelf(t *testing.T) {
+	rss, err := RSS(os.Getpid())
+	if err != nil || rss < 1<<20 {
+		t.Fatalf("RSS(self) = %d, %v", rss, err)
+	}
+	if _, err := CPUSeconds(os.Getpid()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDialerRefusesNonLoopback(t *testing.T) {
+	d := newSourceDialer(3)
+	for _, addr := range []string{"192.0.2.1:80", "example.com:80", "[2001:db8::1]:80", "nonsense"} {
+		if c, err := d.DialContext(t.Context(), "tcp", addr); err == nil {
+			c.Close()
+			t.Errorf("dialed %s", addr)
+		}
+	}
+}
+
+// TestSessionMatchesPHP checks that the Go generator writes byte for byte
+// what PHP writes for the same user and time, and that the sidecar's own
+// reader finds the user and password in both.
+func TestSessionMatchesPHP(t *testing.T) {
+	phpDir, goDir := t.TempDir(), t.TempDir()
+	now := time.Unix(1_790_000_000, 0)
+	u := SessionUser{ID: sessionID(7), User: "u7", Password: `p"w;|}:{s:1`}
+	if err := WriteSessionPHP(t.Context(), phpDir, u, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteSessions(goDir, []SessionUser{u}, now); err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile(filepath.Join(phpDir, "sess_"+u.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join(goDir, "sess_"+u.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("Go session differs from PHP's:\n go: %q\nphp: %q", got, want)
+	}
+	r, err := phpsession.Open(t.Context(), phpsession.Config{Store: "files", SavePath: goDir, Serializer: phpsession.SerializerPHP,
+		Charset: "ISO-8859-1", Profile: phpsession.ExpressoProfile(100 * 365 * 24 * time.Hour), MaxLifetime: time.Hour, Owner: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	s, err := r.Lookup(t.Context(), u.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Identity.User != u.User || s.Identity.Password != u.Password {
+		t.Fatalf("identity = %q/%q, want %q/%q", s.Identity.User, s.Identity.Password, u.User, u.Password)
+	}
+}
+
+func TestSessionIDs(t *testing.T) {
+	seen := map[string]bool{}
+	for _, i := range []int{0, 1, 9, 10, 1234, 9999, 10000, 123456} {
+		id := sessionID(i)
+		if err := phpsession.ValidateID(id, 0); err != nil || len(id) != 32 {
+			t.Errorf("sessionID(%d) = %q: %v", i, id, err)
+		}
+		if seen[id] {
+			t.Errorf("sessionID(%d) = %q repeats", i, id)
+		}
+		seen[id] = true
+	}
+}
+
+// TestRunEveryPath runs the whole generator on a handful of users against
+// real Prosody, the real imsidecar binary and real PHP: every path logs
+// everyone in, delivers every message exactly once and reports figures.
+func TestRunEveryPath(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "imsidecar")
+	root, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		t.Fatalf("go env GOMOD: %v", err)
+	}
+	if err := BuildSidecar(t.Context(), filepath.Dir(strings.TrimSpace(string(root))), bin); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Users: 6, Rate: 30, Duration: time.Second, SweepRates: []float64{60}, SweepTime: time.Second,
+		PHPSample: 2, SourceAddrs: 3, SidecarBin: bin, Dir: t.TempDir(), Timeout: 3 * time.Minute}
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	res, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 4 {
+		t.Fatalf("%d paths measured, want 4", len(res))
+	}
+	for _, p := range res {
+		if p.Online != cfg.Users || p.LoginErrors != 0 || p.LoginsPerSec <= 0 {
+			t.Errorf("%s: online %d, login errors %d, %v logins/s", p.Path, p.Online, p.LoginErrors, p.LoginsPerSec)
+		}
+		for _, ph := range append([]Phase{p.Phase}, p.Sweep...) {
+			if ph.Sent != int(ph.TargetRate) || ph.Delivered != ph.Sent || ph.Lost != 0 || ph.Duplicates != 0 || ph.SendErrors != 0 {
+				t.Errorf("%s at %v/s: sent %d delivered %d lost %d dups %d send errors %d", p.Path, ph.TargetRate,
+					ph.Sent, ph.Delivered, ph.Lost, ph.Duplicates, ph.SendErrors)
+			}
+			if ph.P50ms <= 0 || ph.P99ms < ph.P50ms || ph.Maxms < ph.P99ms {
+				t.Errorf("%s: latencies p50 %v p99 %v max %v", p.Path, ph.P50ms, ph.P99ms, ph.Maxms)
+			}
+		}
+		if p.CPUPer1k < 0 {
+			t.Errorf("%s: negative CPU", p.Path)
+		}
+	}
+	rep := NewReport("test", ThisMachine(), cfg, res)
+	var b bytes.Buffer
+	rep.Markdown(&b)
+	for _, want := range []string{"| sidecar | 6/6 |", "| bosh | 6/6 |", "| websocket | 6/6 |", "| bare | 6/6 |", "**sidecar/BOSH**", "Login storm"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, b.String())
+		}
+	}
+	out := filepath.Join(t.TempDir(), "results.json")
+	if err := rep.WriteJSON(out); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := rep.Ratios["p99"]; !ok {
+		t.Errorf("no sidecar/BOSH p99 ratio: %v", rep.Ratios)
+	}
+}
+
+func TestConfigRejects(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  Config
+	}{
+		{"one user", Config{Users: 1, Rate: 1, Duration: time.Second, Dir: "x", Paths: []string{PathBare}}},
+		{"no rate", Config{Users: 2, Duration: time.Second, Dir: "x", Paths: []string{PathBare}}},
+		{"unknown path", Config{Users: 2, Rate: 1, Duration: time.Second, Dir: "x", Paths: []string{"xmpp"}}},
+		{"sidecar without binary", Config{Users: 2, Rate: 1, Duration: time.Second, Dir: "x", Paths: []string{PathSidecar}}},
+		{"no dir", Config{Users: 2, Rate: 1, Duration: time.Second, Paths: []string{PathBare}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := Run(t.Context(), tt.cfg); err == nil {
+				t.Fatal("Run accepted the config")
+			}
+		})
+	}
+}
+
+func FuzzParseElement(f *testing.F) {
+	for _, s := range []string{
+		`<body xmlns="http://jabber.org/protocol/httpbind" sid="x"><message xmlns="jabber:client"><body>hi</body></message></body>`,
+		`<failure xmlns="urn:ietf:params:xml:ns:xmpp-sasl"><not-authorized/></failure>`,
+		`<open xmlns="urn:ietf:params:xml:ns:xmpp-framing"/>`, ``, `<`, `<a><b></a>`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		e, err := parseElement(data)
+		if err != nil {
+			return
+		}
+		_ = bodyOf(e)
+		_ = e.attr("sid")
+		if e.XMLName.Local == "failure" {
+			_ = saslFailure(e)
+		}
+	})
+}

@@ -1,0 +1,181 @@
+package loadtest
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Machine describes where a run happened.
+type Machine struct {
+	NProc     int       `json:"nproc"`
+	CPUModel  string    `json:"cpu_model"`
+	Kernel    string    `json:"kernel"`
+	LoadStart string    `json:"loadavg_start"`
+	LoadEnd   string    `json:"loadavg_end"`
+	Started   time.Time `json:"started"`
+	Seconds   float64   `json:"seconds"`
+}
+
+// ThisMachine reads nproc, the CPU model, the kernel and the load average.
+func ThisMachine() Machine {
+	m := Machine{NProc: runtime.NumCPU(), Started: time.Now().UTC(), LoadStart: loadavg()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	return m
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// Report is what bench/results.json holds.
+type Report struct {
+	Profile string       `json:"profile"`
+	Machine Machine      `json:"machine"`
+	Config  ReportConfig `json:"config"`
+	Paths   []PathResult `json:"paths"`
+	// Ratios are sidecar/BOSH for every figure, and the sidecar's login
+	// rate over the bare client's.
+	Ratios map[string]float64 `json:"ratios"`
+}
+
+// ReportConfig is the part of Config worth recording.
+type ReportConfig struct {
+	Users       int       `json:"users"`
+	Rate        float64   `json:"rate"`
+	Seconds     float64   `json:"seconds"`
+	SweepRates  []float64 `json:"sweep_rates,omitempty"`
+	Concurrency int       `json:"login_concurrency"`
+	SourceAddrs int       `json:"source_addrs"`
+	PHPSample   int       `json:"php_sample"`
+}
+
+// NewReport assembles a report and computes the ratios.
+func NewReport(profile string, m Machine, cfg Config, paths []PathResult) Report {
+	m.LoadEnd = loadavg()
+	m.Seconds = time.Since(m.Started).Seconds()
+	r := Report{Profile: profile, Machine: m, Paths: paths, Ratios: map[string]float64{},
+		Config: ReportConfig{Users: cfg.Users, Rate: cfg.Rate, Seconds: cfg.Duration.Seconds(), SweepRates: cfg.SweepRates,
+			Concurrency: cfg.Concurrency, SourceAddrs: cfg.SourceAddrs, PHPSample: cfg.PHPSample}}
+	get := func(name string) *PathResult {
+		for i := range paths {
+			if paths[i].Path == name {
+				return &paths[i]
+			}
+		}
+		return nil
+	}
+	ratio := func(key string, a, b float64) {
+		if b != 0 {
+			r.Ratios[key] = a / b
+		}
+	}
+	sc, bo, ba := get(PathSidecar), get(PathBOSH), get(PathBare)
+	if sc != nil && bo != nil {
+		ratio("logins_per_sec", sc.LoginsPerSec, bo.LoginsPerSec)
+		ratio("mem_per_user", sc.MemPerUserKB, bo.MemPerUserKB)
+		ratio("cpu_per_1k_msgs", sc.CPUPer1k, bo.CPUPer1k)
+		ratio("delivered_per_sec", sc.DeliveredPerSec, bo.DeliveredPerSec)
+		ratio("p50", sc.P50ms, bo.P50ms)
+		ratio("p99", sc.P99ms, bo.P99ms)
+		ratio("max", sc.Maxms, bo.Maxms)
+		ratio("knee_rate", KneeRate(*sc), KneeRate(*bo))
+	}
+	if sc != nil && ba != nil {
+		ratio("logins_vs_bare", sc.LoginsPerSec, ba.LoginsPerSec)
+	}
+	return r
+}
+
+// KneeRate is the highest measured target rate whose p99 stayed within
+// 50 ms with nothing lost (0 if none did).
+func KneeRate(p PathResult) float64 {
+	best := 0.0
+	for _, ph := range append([]Phase{p.Phase}, p.Sweep...) {
+		if ph.P99ms <= 50 && ph.Lost == 0 && ph.Sent > 0 && ph.TargetRate > best {
+			best = ph.TargetRate
+		}
+	}
+	return best
+}
+
+func f1(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) }
+func f2(v float64) string { return strconv.FormatFloat(v, 'f', 2, 64) }
+func f3(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
+
+// Markdown writes the table: one row per path, then the sidecar/BOSH row.
+func (r Report) Markdown(w io.Writer) {
+	fmt.Fprintf(w, "%d users, %.0f msg/s for %.0f s (%s profile) on %d × %s, load %s → %s, %.0f s\n\n",
+		r.Config.Users, r.Config.Rate, r.Config.Seconds, r.Profile, r.Machine.NProc, r.Machine.CPUModel,
+		r.Machine.LoadStart, r.Machine.LoadEnd, r.Machine.Seconds)
+	fmt.Fprintln(w, "| path | online | logins/s | KB/user (path adds) | Prosody KB/user | CPU s/1k msgs | Prosody CPU s/1k | delivered msg/s | p50 ms | p99 ms | max ms | lost | send errors | knee msg/s (p99 ≤ 50 ms) |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	for _, p := range r.Paths {
+		fmt.Fprintf(w, "| %s | %d/%d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d | %s |\n",
+			p.Path, p.Online, p.Users, f1(p.LoginsPerSec), f2(p.MemPerUserKB), f2(p.ProsodyMemPerUserKB),
+			f3(p.CPUPer1k), f3(p.ProsodyCPUPer1k), f1(p.DeliveredPerSec), f2(p.P50ms), f2(p.P99ms), f2(p.Maxms),
+			p.Lost, p.SendErrors, knee(p))
+	}
+	if len(r.Ratios) > 0 {
+		q := func(k string) string {
+			if v, ok := r.Ratios[k]; ok {
+				return f2(v)
+			}
+			return "–"
+		}
+		fmt.Fprintf(w, "| **sidecar/BOSH** | | %s | %s | | %s | | %s | %s | %s | %s | | | %s |\n",
+			q("logins_per_sec"), q("mem_per_user"), q("cpu_per_1k_msgs"), q("delivered_per_sec"),
+			q("p50"), q("p99"), q("max"), q("knee_rate"))
+		if v, ok := r.Ratios["logins_vs_bare"]; ok {
+			fmt.Fprintf(w, "\nLogin storm: sidecar/bare XMPP client = %s.\n", f2(v))
+		}
+	}
+}
+
+func knee(p PathResult) string {
+	k := KneeRate(p)
+	s := f1(k)
+	last := p.Phase
+	if len(p.Sweep) > 0 {
+		last = p.Sweep[len(p.Sweep)-1]
+	}
+	if last.P99ms <= 50 && last.Lost == 0 {
+		s = "≥ " + s // never passed 50 ms within the sweep
+	}
+	return s
+}
+
+// WriteJSON writes the report, indented, to name.
+func (r Report) WriteJSON(name string) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return fmt.Errorf("loadtest: %w", err)
+	}
+	if err := os.WriteFile(name, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("loadtest: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,550 @@
+package loadtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"expressolivre.org/imsidecar/xmppconn"
+)
+
+// The paths a run can measure.
+const (
+	PathBare      = "bare"      // xmppconn straight to Prosody's c2s port: the baseline
+	PathSidecar   = "sidecar"   // HTTP API of imsidecar, which holds the c2s streams
+	PathBOSH      = "bosh"      // Prosody's mod_bosh
+	PathWebSocket = "websocket" // Prosody's mod_websocket
+)
+
+// Config is one run of the generator.
+type Config struct {
+	Users       int           // simulated users online at once
+	Rate        float64       // target messages per second
+	Duration    time.Duration // of the message phase at Rate
+	SweepRates  []float64     // more rates, each for SweepTime, to find where p99 passes 50 ms
+	SweepTime   time.Duration
+	Paths       []string      // default: bare, sidecar, bosh, websocket
+	Concurrency int           // logins in flight during the storm; default 100
+	SourceAddrs int           // 127.0.0.x client source addresses; default Users/2000+1
+	PHPSample   int           // sessions written by the real PHP CLI; the rest by EncodeSession
+	SidecarBin  string        // the imsidecar binary
+	SidecarEnv  []string      // extra environment for it, e.g. GODEBUG=gctrace=1
+	Dir         string        // scratch directory (Prosody, sessions, logs)
+	Timeout     time.Duration // bound on the whole run; default 30 min
+	Logger      *slog.Logger  // progress; nil = discard
+}
+
+// PathResult holds one path's figures.
+type PathResult struct {
+	Path         string  `json:"path"`
+	Users        int     `json:"users"`
+	Online       int     `json:"online"`
+	LoginErrors  int     `json:"login_errors"`
+	LoginsPerSec float64 `json:"logins_per_sec"`
+	// MemPerUserKB is the RSS growth per online user of the process the
+	// path adds: imsidecar for the sidecar, Prosody for BOSH and WebSocket,
+	// nothing for the bare client (0).
+	MemPerUserKB float64 `json:"mem_per_user_kb"`
+	// ProsodyMemPerUserKB is Prosody's own RSS growth per online user.
+	ProsodyMemPerUserKB float64 `json:"prosody_mem_per_user_kb"`
+	// CPUPer1k is the CPU seconds per 1,000 delivered messages of the
+	// processes the path uses: imsidecar + Prosody, or Prosody alone.
+	CPUPer1k        float64 `json:"cpu_s_per_1k_msgs"`
+	ProsodyCPUPer1k float64 `json:"prosody_cpu_s_per_1k_msgs"`
+	Phase
+	Sweep []Phase `json:"sweep,omitempty"`
+}
+
+// Phase is one message phase at a target rate.
+type Phase struct {
+	TargetRate float64 `json:"target_rate"`
+	Sent       int     `json:"sent"`
+	SendErrors int     `json:"send_errors"`
+	Delivered  int     `json:"delivered"`
+	// Lost counts messages whose send call succeeded but that never
+	// reached the receiver within 20 s of the last send.
+	Lost            int     `json:"lost"`
+	Duplicates      int     `json:"duplicates"`
+	DeliveredPerSec float64 `json:"delivered_per_sec"`
+	P50ms           float64 `json:"p50_ms"`
+	P99ms           float64 `json:"p99_ms"`
+	Maxms           float64 `json:"max_ms"`
+	cpuPath, cpuPro float64
+}
+
+// client is one online user on some path.
+type client interface {
+	Send(ctx context.Context, to, body string) error
+	Close(ctx context.Context) error
+}
+
+func (c *Config) defaults() error {
+	if c.Users < 2 {
+		return errors.New("loadtest: at least 2 users")
+	}
+	if c.Rate <= 0 || c.Duration <= 0 {
+		return errors.New("loadtest: rate and duration must be positive")
+	}
+	if len(c.Paths) == 0 {
+		c.Paths = []string{PathBare, PathSidecar, PathBOSH, PathWebSocket}
+	}
+	for _, p := range c.Paths {
+		switch p {
+		case PathBare, PathBOSH, PathWebSocket:
+		case PathSidecar:
+			if c.SidecarBin == "" {
+				return errors.New("loadtest: the sidecar path needs SidecarBin")
+			}
+		default:
+			return fmt.Errorf("loadtest: unknown path %q", p)
+		}
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = 100
+	}
+	if c.SourceAddrs <= 0 {
+		c.SourceAddrs = c.Users/2000 + 1
+	}
+	if c.SweepTime <= 0 {
+		c.SweepTime = 5 * time.Second
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = 30 * time.Minute
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Dir == "" {
+		return errors.New("loadtest: Dir is required")
+	}
+	return nil
+}
+
+func userName(i int) string { return "u" + strconv.Itoa(i) }
+func password(i int) string { return "pw-" + strconv.Itoa(i) + "-bench" }
+
+// Run measures every configured path, one after the other, each against a
+// freshly started Prosody (so "from cold" holds and one path's heap does
+// not flatter the next).
+func Run(ctx context.Context, cfg Config) ([]PathResult, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	// Prosody, imsidecar and this process each hold a socket per user and
+	// more; children inherit the limit.
+	if lim, err := RaiseOpenFiles(uint64(cfg.Users)*3 + 4096); err != nil {
+		return nil, err
+	} else if lim < uint64(cfg.Users)*2+1024 {
+		cfg.Logger.Warn("open-files limit may be too low", "limit", lim, "users", cfg.Users)
+	}
+	var out []PathResult
+	for _, p := range cfg.Paths {
+		cfg.Logger.Info("path", "path", p, "users", cfg.Users)
+		r, err := runPath(ctx, cfg, p)
+		if err != nil {
+			return out, fmt.Errorf("%s path: %w", p, err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+type rig struct {
+	cfg    Config
+	path   string
+	pro    *Prosody
+	d      *daemon
+	dialer *sourceDialer
+	hc     *http.Client
+	sids   []string
+
+	clients []client
+	phaseMu sync.Mutex
+	track   *tracker
+}
+
+func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
+	res := PathResult{Path: path, Users: cfg.Users}
+	dir := filepath.Join(cfg.Dir, path)
+	pro, err := NewProsody(dir)
+	if err != nil {
+		return res, err
+	}
+	users := make(map[string]string, cfg.Users)
+	for i := range cfg.Users {
+		users[userName(i)] = password(i)
+	}
+	if err := pro.Register(users); err != nil {
+		return res, err
+	}
+	if err := pro.Start(ctx); err != nil {
+		return res, err
+	}
+	defer pro.Stop()
+	r := &rig{cfg: cfg, path: path, pro: pro, dialer: newSourceDialer(cfg.SourceAddrs)}
+	r.hc = r.dialer.httpClient()
+	defer r.hc.CloseIdleConnections()
+
+	if path == PathSidecar {
+		sessDir := filepath.Join(dir, "sessions")
+		if err := os.MkdirAll(sessDir, 0o700); err != nil {
+			return res, fmt.Errorf("loadtest: %w", err)
+		}
+		if err := r.writeSessions(ctx, sessDir); err != nil {
+			return res, err
+		}
+		r.d, err = startDaemon(ctx, cfg.SidecarBin, cfg.SidecarEnv, dir, sessDir, pro)
+		if err != nil {
+			return res, err
+		}
+		defer r.d.Stop()
+	}
+	time.Sleep(time.Second) // let both settle before the idle figures
+	proBefore, err := RSS(pro.PID())
+	if err != nil {
+		return res, err
+	}
+	var dBefore int64
+	if r.d != nil {
+		if dBefore, err = RSS(r.d.PID()); err != nil {
+			return res, err
+		}
+	}
+
+	// Everything the users run (poll loops) lives until life ends.
+	life, stop := context.WithCancel(ctx)
+	defer stop()
+	r.track = newTracker(0)
+	start := time.Now()
+	online, errs, firstErr := r.loginAll(ctx, life)
+	elapsed := time.Since(start)
+	res.Online, res.LoginErrors = online, errs
+	res.LoginsPerSec = float64(online) / elapsed.Seconds()
+	cfg.Logger.Info("logged in", "path", path, "online", online, "errors", errs, "seconds", elapsed.Seconds(), "first_error", firstErr)
+	if online < 2 {
+		return res, fmt.Errorf("loadtest: only %d users online: %v", online, firstErr)
+	}
+	time.Sleep(2 * time.Second) // let the storm's garbage settle
+	proAfter, err := RSS(pro.PID())
+	if err != nil {
+		return res, err
+	}
+	res.ProsodyMemPerUserKB = float64(proAfter-proBefore) / 1024 / float64(online)
+	switch path {
+	case PathSidecar:
+		dAfter, err := RSS(r.d.PID())
+		if err != nil {
+			return res, err
+		}
+		res.MemPerUserKB = float64(dAfter-dBefore) / 1024 / float64(online)
+	case PathBOSH, PathWebSocket:
+		res.MemPerUserKB = res.ProsodyMemPerUserKB
+	}
+
+	ph, err := r.phase(ctx, 1, cfg.Rate, cfg.Duration)
+	if err != nil {
+		return res, err
+	}
+	res.Phase = ph
+	if ph.Delivered > 0 {
+		res.CPUPer1k = ph.cpuPath / (float64(ph.Delivered) / 1000)
+		res.ProsodyCPUPer1k = ph.cpuPro / (float64(ph.Delivered) / 1000)
+	}
+	for i, rate := range cfg.SweepRates {
+		if ph.P99ms > 50 || ph.Lost > 0 {
+			break // already past the knee at the target rate
+		}
+		sp, err := r.phase(ctx, 2+i, rate, cfg.SweepTime)
+		if err != nil {
+			return res, err
+		}
+		res.Sweep = append(res.Sweep, sp)
+		ph = sp // past the knee, higher rates only queue
+	}
+	stop()
+	r.closeAll(ctx)
+	return res, nil
+}
+
+// writeSessions writes cfg.PHPSample sessions with the real PHP CLI and
+// the rest with EncodeSession, in the same format.
+func (r *rig) writeSessions(ctx context.Context, dir string) error {
+	now := time.Now()
+	r.sids = make([]string, r.cfg.Users)
+	var bulk []SessionUser
+	for i := range r.cfg.Users {
+		r.sids[i] = sessionID(i)
+		u := SessionUser{ID: r.sids[i], User: userName(i), Password: password(i)}
+		if i < r.cfg.PHPSample {
+			if err := WriteSessionPHP(ctx, dir, u, now); err != nil {
+				return err
+			}
+			continue
+		}
+		bulk = append(bulk, u)
+	}
+	return WriteSessions(dir, bulk, now)
+}
+
+// sessionID is a 32-character PHP-style id, distinct per user.
+func sessionID(i int) string {
+	s := fmt.Sprintf("lt%030d", i)
+	return strings.NewReplacer("0", "a", "1", "b", "2", "c", "3", "d", "4", "e").Replace(s[:12]) + s[12:]
+}
+
+// login brings user i online on the rig's path.
+func (r *rig) login(ctx, life context.Context, i int) (client, error) {
+	onMsg := r.receive
+	switch r.path {
+	case PathSidecar:
+		return dialSidecar(ctx, life, r.hc, r.d.URL, r.sids[i], onMsg)
+	case PathBOSH:
+		return dialBOSH(ctx, life, r.hc, r.pro.BOSHURL(), userName(i), password(i), "bench", onMsg)
+	case PathWebSocket:
+		return dialWS(ctx, life, r.hc, r.pro.WebSocketURL(), userName(i), password(i), "bench", onMsg)
+	default:
+		return dialBare(ctx, r.pro.Addr, userName(i), password(i), onMsg)
+	}
+}
+
+// loginAll logs every user in with cfg.Concurrency logins in flight.
+func (r *rig) loginAll(ctx, life context.Context) (online, errs int, first error) {
+	r.clients = make([]client, r.cfg.Users)
+	var next atomic.Int64
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for range min(r.cfg.Concurrency, r.cfg.Users) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= r.cfg.Users || ctx.Err() != nil {
+					return
+				}
+				lctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+				c, err := r.login(lctx, life, i)
+				cancel()
+				mu.Lock()
+				if err != nil {
+					errs++
+					if first == nil {
+						first = err
+					}
+				} else {
+					r.clients[i] = c
+					online++
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return online, errs, first
+}
+
+func (r *rig) closeAll(ctx context.Context) {
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 200)
+	for _, c := range r.clients {
+		if c == nil {
+			continue
+		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			_ = c.Close(cctx)
+		})
+	}
+	wg.Wait()
+}
+
+// cpu returns the CPU seconds of the processes the path uses and of Prosody.
+func (r *rig) cpu() (path, prosody float64, err error) {
+	prosody, err = CPUSeconds(r.pro.PID())
+	if err != nil {
+		return 0, 0, err
+	}
+	path = prosody
+	if r.d != nil {
+		d, err := CPUSeconds(r.d.PID())
+		if err != nil {
+			return 0, 0, err
+		}
+		path += d
+	}
+	return path, prosody, nil
+}
+
+// receive is every client's message callback.
+func (r *rig) receive(body string) {
+	r.phaseMu.Lock()
+	t := r.track
+	r.phaseMu.Unlock()
+	t.received(body)
+}
+
+// phase sends messages between random online pairs at rate for d, waits
+// for the deliveries (at most 20 s after the last send) and summarises.
+func (r *rig) phase(ctx context.Context, id int, rate float64, d time.Duration) (Phase, error) {
+	var live []int
+	for i, c := range r.clients {
+		if c != nil {
+			live = append(live, i)
+		}
+	}
+	total := int(rate * d.Seconds())
+	t := newTracker(id)
+	t.start = make([]atomic.Int64, total)
+	t.got = make([]atomic.Bool, total)
+	r.phaseMu.Lock()
+	r.track = t
+	r.phaseMu.Unlock()
+
+	cpu0, pro0, err := r.cpu()
+	if err != nil {
+		return Phase{}, err
+	}
+	ph := Phase{TargetRate: rate}
+	rng := rand.New(rand.NewPCG(uint64(id), 42))
+	sem := make(chan struct{}, 4096) // bound on sends in flight
+	var sendErrs atomic.Int64
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	interval := time.Duration(float64(time.Second) / rate)
+	for k := range total {
+		if ctx.Err() != nil {
+			break
+		}
+		if wait := time.Until(t0.Add(time.Duration(k) * interval)); wait > 0 {
+			time.Sleep(wait)
+		}
+		ai, bi := rng.IntN(len(live)), rng.IntN(len(live)-1)
+		if bi >= ai {
+			bi++ // a random pair of two distinct users
+		}
+		a, b := live[ai], live[bi]
+		sem <- struct{}{}
+		ph.Sent++
+		body := t.body(k)
+		from, to := r.clients[a], userName(b)+"@"+Domain
+		t.start[k].Store(time.Now().UnixNano())
+		wg.Go(func() {
+			defer func() { <-sem }()
+			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			if err := from.Send(sctx, to, body); err != nil {
+				sendErrs.Add(1)
+				t.failed(k)
+			}
+		})
+	}
+	sendEnd := time.Now()
+	wg.Wait()
+	deadline := time.Now().Add(20 * time.Second)
+	for t.delivered.Load()+sendErrs.Load() < int64(ph.Sent) && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
+	cpu1, pro1, err := r.cpu()
+	if err != nil {
+		return Phase{}, err
+	}
+	ph.cpuPath, ph.cpuPro = cpu1-cpu0, pro1-pro0
+	ph.SendErrors = int(sendErrs.Load())
+	ph.Delivered = int(t.delivered.Load())
+	ph.Duplicates = int(t.dups.Load())
+	ph.Lost = ph.Sent - ph.SendErrors - ph.Delivered
+	end := time.Unix(0, t.last.Load())
+	if end.Before(sendEnd) {
+		end = sendEnd
+	}
+	ph.DeliveredPerSec = float64(ph.Delivered) / end.Sub(t0).Seconds()
+	s := t.lat.Summary()
+	ph.P50ms, ph.P99ms, ph.Maxms = ms(s.P50), ms(s.P99), ms(s.Max)
+	r.cfg.Logger.Info("phase", "path", r.path, "rate", rate, "sent", ph.Sent, "delivered", ph.Delivered,
+		"lost", ph.Lost, "p50_ms", ph.P50ms, "p99_ms", ph.P99ms, "max_ms", ph.Maxms)
+	return ph, nil
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// tracker matches received bodies with their send times.
+type tracker struct {
+	id        int
+	prefix    string
+	start     []atomic.Int64 // send call start, UnixNano, by sequence
+	got       []atomic.Bool
+	delivered atomic.Int64
+	dups      atomic.Int64
+	last      atomic.Int64 // UnixNano of the last delivery
+	lat       Latencies
+}
+
+func newTracker(id int) *tracker {
+	return &tracker{id: id, prefix: "lt-" + strconv.Itoa(id) + "-"}
+}
+
+func (t *tracker) body(k int) string { return t.prefix + strconv.Itoa(k) }
+
+// failed forgets a message whose send call failed: it is counted as a send
+// error, not a loss, and not waited for.
+func (t *tracker) failed(k int) { t.got[k].Store(true) }
+
+func (t *tracker) received(body string) {
+	rest, ok := strings.CutPrefix(body, t.prefix)
+	if !ok {
+		return // an earlier phase's straggler
+	}
+	k, err := strconv.Atoi(rest)
+	if err != nil || k < 0 || k >= len(t.start) {
+		return
+	}
+	now := time.Now()
+	if t.got[k].Swap(true) {
+		t.dups.Add(1)
+		return
+	}
+	t.lat.Add(now.Sub(time.Unix(0, t.start[k].Load())))
+	t.delivered.Add(1)
+	t.last.Store(now.UnixNano())
+}
+
+// bareClient is an xmppconn stream: what a desktop client holds, and what
+// imsidecar holds per user.
+type bareClient struct{ c *xmppconn.Conn }
+
+// dialBare logs in with xmppconn as imsidecar does (carbons, XEP-0198).
+func dialBare(ctx context.Context, addr, user, pass string, onMsg func(string)) (*bareClient, error) {
+	conn, err := xmppconn.Dial(ctx, xmppconn.Config{
+		Addr: addr, Domain: Domain, TLS: xmppconn.TLSNone, User: user, Password: pass, Resource: "bench",
+		Carbons: true,
+		Handler: xmppconn.HandlerFunc(func(ev xmppconn.Event) {
+			if m, ok := ev.(*xmppconn.Message); ok && m.Body != "" {
+				onMsg(m.Body)
+			}
+		}),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("loadtest: xmppconn: %w", err)
+	}
+	return &bareClient{conn}, nil
+}
+
+func (b *bareClient) Send(ctx context.Context, to, body string) error {
+	_, err := b.c.Send(ctx, xmppconn.Message{To: to, Body: body, Type: "chat"})
+	return err
+}
+
+func (b *bareClient) Close(ctx context.Context) error { return b.c.Close(ctx) }

@@ -1,0 +1,118 @@
+package loadtest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"time"
+)
+
+// apiClient speaks the sidecar's HTTP API for one PHP session, as the
+// Expresso PHP code does on behalf of the page.
+type apiClient struct {
+	hc   *http.Client
+	base string
+	sid  string
+	done chan struct{} // closed when the poll loop has returned
+}
+
+func (c *apiClient) call(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("loadtest: %w", err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return fmt.Errorf("loadtest: %w", err)
+	}
+	req.Header.Set("X-Session-Id", c.sid)
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("loadtest: %s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("loadtest: %s %s: %w", method, path, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("loadtest: %s %s: HTTP %d: %.300s", method, path, resp.StatusCode, raw)
+	}
+	if out != nil && resp.StatusCode != http.StatusNoContent {
+		if err := json.Unmarshal(raw, out); err != nil {
+			return fmt.Errorf("loadtest: %s %s: decoding %.100q: %w", method, path, raw, err)
+		}
+	}
+	return nil
+}
+
+// dialSidecar is POST /v1/connect (the sidecar reads the PHP session and
+// logs the user in) followed by a long-poll loop on GET /v1/events that
+// delivers every message body to onMsg until Close or life ends.
+func dialSidecar(ctx, life context.Context, hc *http.Client, base, sid string, onMsg func(string)) (*apiClient, error) {
+	c := &apiClient{hc: hc, base: base, sid: sid, done: make(chan struct{})}
+	var r struct {
+		State  string `json:"state"`
+		Cursor string `json:"cursor"`
+	}
+	if err := c.call(ctx, http.MethodPost, "/v1/connect", struct{}{}, &r); err != nil {
+		close(c.done)
+		return nil, err
+	}
+	if r.State != "online" {
+		close(c.done)
+		return nil, fmt.Errorf("loadtest: connect answered state %q", r.State)
+	}
+	go c.pollLoop(life, r.Cursor, onMsg)
+	return c, nil
+}
+
+func (c *apiClient) pollLoop(ctx context.Context, cursor string, onMsg func(string)) {
+	defer close(c.done)
+	for ctx.Err() == nil {
+		var page struct {
+			Events []struct {
+				Event string `json:"event"`
+				Body  string `json:"body"`
+			} `json:"events"`
+			Cursor string `json:"cursor"`
+		}
+		q := url.Values{"wait": {"25"}, "limit": {"1000"}}
+		if cursor != "" {
+			q.Set("cursor", cursor)
+		}
+		if err := c.call(ctx, http.MethodGet, "/v1/events?"+q.Encode(), nil, &page); err != nil {
+			if ctx.Err() == nil {
+				time.Sleep(100 * time.Millisecond) // retry with the same cursor: nothing is lost
+			}
+			continue
+		}
+		cursor = page.Cursor
+		for _, ev := range page.Events {
+			if ev.Event == "message" && ev.Body != "" {
+				onMsg(ev.Body)
+			}
+		}
+	}
+}
+
+// Send is POST /v1/messages.
+func (c *apiClient) Send(ctx context.Context, to, body string) error {
+	return c.call(ctx, http.MethodPost, "/v1/messages", map[string]string{"to": to, "body": body, "type": "chat"}, nil)
+}
+
+// Close is POST /v1/disconnect; the poll loop ends with the run's context.
+func (c *apiClient) Close(ctx context.Context) error {
+	return c.call(ctx, http.MethodPost, "/v1/disconnect", nil, nil)
+}
