@@ -20,7 +20,10 @@ var (
 	ErrTooLarge       = errors.New("sidecar: request body too large")
 	ErrRateLimited    = errors.New("sidecar: rate limited")
 	ErrShuttingDown   = errors.New("sidecar: shutting down")
-	ErrConfig         = errors.New("sidecar: invalid configuration")
+	// ErrTooManyConnections: the API already holds --max-connections
+	// connections; the new one is answered 503 and closed.
+	ErrTooManyConnections = errors.New("sidecar: too many connections to the API (--max-connections)")
+	ErrConfig             = errors.New("sidecar: invalid configuration")
 )
 
 // statusFor is the one place errors become HTTP statuses and API codes.
@@ -57,6 +60,8 @@ func statusFor(err error) (int, string) {
 		return http.StatusServiceUnavailable, "store_unavailable"
 	case errors.Is(err, ErrShuttingDown):
 		return http.StatusServiceUnavailable, "shutting_down"
+	case errors.Is(err, ErrTooManyConnections):
+		return http.StatusServiceUnavailable, "too_many_connections"
 	}
 	var se *xmppconn.StreamError
 	if errors.As(err, &se) {
