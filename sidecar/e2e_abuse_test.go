@@ -36,8 +36,10 @@ type chatter struct {
 	sendErrs       atomic.Int64
 	mu             sync.Mutex
 	want           map[string]bool // bodies sent and not yet seen
-	stop           context.CancelFunc
-	wg             sync.WaitGroup
+	stopSending    context.CancelFunc
+	stopPolling    context.CancelFunc
+	sending        sync.WaitGroup
+	polling        sync.WaitGroup
 }
 
 // startChatter connects a and b and keeps them talking until the test ends,
@@ -45,10 +47,11 @@ type chatter struct {
 func startChatter(t *testing.T, a, b *user) *chatter {
 	t.Helper()
 	pa, pb := a.connect(t), b.connect(t)
-	ctx, stop := context.WithCancel(context.Background())
-	c := &chatter{a: a, b: b, want: map[string]bool{}, stop: stop}
+	ctx, stopPolling := context.WithCancel(context.Background())
+	sendCtx, stopSending := context.WithCancel(ctx)
+	c := &chatter{a: a, b: b, want: map[string]bool{}, stopSending: stopSending, stopPolling: stopPolling}
 	for _, p := range []*poller{pa, pb} {
-		c.wg.Go(func() {
+		c.polling.Go(func() {
 			cur := p.cursor
 			for ctx.Err() == nil {
 				page, err := p.c.events(ctx, cur, 5*time.Second, 0)
@@ -70,7 +73,8 @@ func startChatter(t *testing.T, a, b *user) *chatter {
 			}
 		})
 	}
-	c.wg.Go(func() {
+	c.sending.Go(func() {
+		ctx := sendCtx
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
 		for n := 0; ctx.Err() == nil; n++ {
@@ -128,29 +132,22 @@ func (c *chatter) alive(t *testing.T, what string) {
 	}
 }
 
+// finish stops sending, waits up to 10 s for what was sent to arrive, and
+// fails on any message sent (202) and never received.
 func (c *chatter) finish(t *testing.T) {
+	c.stopSending()
+	c.sending.Wait()
 	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c.mu.Lock()
-		pending := len(c.want)
-		c.mu.Unlock()
-		if pending == 0 || time.Now().After(deadline) {
-			c.stop()
-			c.wg.Wait()
-			c.mu.Lock()
-			pending = len(c.want)
-			c.mu.Unlock()
-			// The sender may have been cut mid-call by stop: only a body
-			// whose send was acknowledged counts.
-			if lost := c.sent.Load() - c.received.Load(); lost > 0 && pending > 0 {
-				t.Errorf("conversation between %s and %s: %d sent, %d received, %d lost", c.a.Name, c.b.Name, c.sent.Load(), c.received.Load(), lost)
-			}
-			t.Logf("conversation between %s and %s during the abuse: %d sent, %d received, %d send errors",
-				c.a.Name, c.b.Name, c.sent.Load(), c.received.Load(), c.sendErrs.Load())
-			return
-		}
+	for c.received.Load() < c.sent.Load() && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
+	c.stopPolling()
+	c.polling.Wait()
+	if lost := c.sent.Load() - c.received.Load(); lost > 0 {
+		t.Errorf("conversation between %s and %s: %d sent, %d received, %d lost", c.a.Name, c.b.Name, c.sent.Load(), c.received.Load(), lost)
+	}
+	t.Logf("conversation between %s and %s during the abuse: %d sent, %d received, %d send errors",
+		c.a.Name, c.b.Name, c.sent.Load(), c.received.Load(), c.sendErrs.Load())
 }
 
 // rawResponse sends raw bytes to the daemon's TCP API and reads one answer.
