@@ -57,13 +57,23 @@ test: deps examples/browser/node_modules ## run every test: unit, fuzz seeds, in
 	$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZSHORT)
 
 .PHONY: fuzz
-fuzz: ## run every fuzz target for FUZZTIME (default 30s) each
-	@set -e; for pkg in $$($(GO) list ./...); do \
+fuzz: ## run every fuzz target of every package for FUZZTIME (default 30s) each; crashers become regression seeds
+	@set -e; n=0; for pkg in $$($(GO) list ./...); do \
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
-	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
-	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+	    n=$$((n+1)); echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || { \
+	      echo "make fuzz: $$f failed; its input is in $$($(GO) list -f '{{.Dir}}' $$pkg)/testdata/fuzz/$$f/"; \
+	      echo "  fix the bug and commit that file: it then runs as a regression seed in every go test"; exit 1; }; \
 	  done; \
-	done
+	done; echo "make fuzz: $$n fuzz targets, $(FUZZTIME) each, no failure"
+
+SOAK_USERS    ?= 2000
+SOAK_DURATION ?= 10m
+SOAK_TIMEOUT  ?= 60m
+
+.PHONY: soak
+soak: deps ## hold SOAK_USERS (2000) users chatting for SOAK_DURATION (10m); fails on RSS/goroutine/fd growth or a lost message
+	SOAK_USERS=$(SOAK_USERS) SOAK_DURATION=$(SOAK_DURATION) $(GO) test -count=1 -run '^TestSoak$$' -v -timeout $(SOAK_TIMEOUT) ./sidecar
 
 .PHONY: faults
 faults: deps ## the fault-injection matrix in full (30 s outages, 2000 cut polls); prints the table

@@ -23,7 +23,10 @@ var (
 	// ErrAuthThrottled: too many XMPP authentication failures in the last
 	// hour (--auth-failure-limit); a password not seen working is not tried.
 	ErrAuthThrottled = errors.New("sidecar: XMPP authentication throttled after too many failures")
-	ErrConfig        = errors.New("sidecar: invalid configuration")
+	// ErrTooManyConnections: the API already holds --max-connections
+	// connections; the new one is answered 503 and closed.
+	ErrTooManyConnections = errors.New("sidecar: too many connections to the API (--max-connections)")
+	ErrConfig             = errors.New("sidecar: invalid configuration")
 )
 
 // statusFor is the one place errors become HTTP statuses and API codes.
@@ -80,6 +83,8 @@ func statusFor(err error) (int, string) {
 		return http.StatusServiceUnavailable, "shutting_down"
 	case errors.Is(err, ErrAuthThrottled):
 		return http.StatusServiceUnavailable, "auth_throttled"
+	case errors.Is(err, ErrTooManyConnections):
+		return http.StatusServiceUnavailable, "too_many_connections"
 	}
 	var se *xmppconn.StreamError
 	if errors.As(err, &se) {

@@ -16,6 +16,7 @@ type metrics struct {
 	authFailures  prometheus.Counter
 	eventsQueued  prometheus.Counter
 	eventsDropped prometheus.Counter
+	connRejected  prometheus.Counter
 	apiLatency    *prometheus.HistogramVec
 	storeLatency  prometheus.Histogram
 }
@@ -30,13 +31,14 @@ func newMetrics(sessions func() map[xmppconn.State]int) *metrics {
 		authFailures:  prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_auth_failures_total", Help: "XMPP authentication failures."}),
 		eventsQueued:  prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_events_queued_total", Help: "Events appended to session logs."}),
 		eventsDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_events_dropped_total", Help: "Events dropped from full session logs."}),
+		connRejected:  prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_api_connections_rejected_total", Help: "API connections answered 503 too_many_connections (--max-connections)."}),
 		apiLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "imsidecar_api_request_duration_seconds",
 			Help: "API latency by route and status (long polls included).", Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5, 30, 60}},
 			[]string{"route", "status"}),
 		storeLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "imsidecar_session_store_duration_seconds",
 			Help: "PHP session lookups.", Buckets: []float64{.00001, .00005, .0001, .0005, .001, .005, .01, .05, .1, .5}}),
 	}
-	reg.MustRegister(m.connects, m.reconnects, m.resumptions, m.authFailures, m.eventsQueued, m.eventsDropped, m.apiLatency, m.storeLatency,
+	reg.MustRegister(m.connects, m.reconnects, m.resumptions, m.authFailures, m.eventsQueued, m.eventsDropped, m.connRejected, m.apiLatency, m.storeLatency,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	states := []xmppconn.State{xmppconn.StateConnecting, xmppconn.StateOnline, xmppconn.StateReconnecting, xmppconn.StateOffline, xmppconn.StateAuthFailed}
 	desc := prometheus.NewDesc("imsidecar_sessions", "Sessions by state.", []string{"state"}, nil)

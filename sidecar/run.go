@@ -241,10 +241,11 @@ func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error
 	a := &api{cfg: cfg, reg: reg, reader: reader, token: token, logger: logger, metrics: m, now: time.Now}
 	o := &ops{cfg: cfg, reg: reg, reader: reader, metrics: m, api: a}
 
-	apiLn, err := listen(cfg.Listen, cfg.ListenMode, cfg.ListenGroup)
+	rawLn, err := listen(cfg.Listen, cfg.ListenMode, cfg.ListenGroup)
 	if err != nil {
 		return err
 	}
+	apiLn := newLimitListener(rawLn, cfg.MaxConnections, m.connRejected.Inc)
 	apiSrv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
 		IdleTimeout: 120 * time.Second, MaxHeaderBytes: 32 << 10, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
 	var opsSrv *http.Server

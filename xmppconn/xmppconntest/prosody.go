@@ -25,6 +25,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Paths of the Debian binaries.
@@ -80,6 +82,11 @@ type Options struct {
 	ExtraConfig string
 	// StartTimeout bounds each start; default 30s.
 	StartTimeout time.Duration
+	// MaxOpenFiles raises the server's RLIMIT_NOFILE (soft and hard) right
+	// after it starts, with prlimit(2): Prosody holds one descriptor per
+	// client, and a CI machine's soft limit is often 1024. 0 keeps the
+	// inherited limit.
+	MaxOpenFiles uint64
 }
 
 // Server is a running (or stopped) private Prosody.
@@ -362,6 +369,12 @@ func (s *Server) Start(tb testing.TB) {
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
 	s.cmd, s.done = cmd, done
+	if n := s.opts.MaxOpenFiles; n > 0 {
+		if err := raiseNoFile(cmd.Process.Pid, n); err != nil {
+			s.killLocked()
+			tb.Fatalf("xmppconntest: %v", err)
+		}
+	}
 
 	deadline := time.Now().Add(s.opts.StartTimeout)
 	for {
@@ -381,6 +394,31 @@ func (s *Server) Start(tb testing.TB) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// raiseNoFile sets pid's RLIMIT_NOFILE to n. Without the privilege to raise
+// the hard limit it raises the soft limit to the hard one, and fails when
+// that is still below n.
+func raiseNoFile(pid int, n uint64) error {
+	var old unix.Rlimit
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &old); err != nil {
+		return fmt.Errorf("reading prosody's open files limit: %w", err)
+	}
+	if old.Cur >= n {
+		return nil
+	}
+	lim := unix.Rlimit{Cur: n, Max: max(n, old.Max)}
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &lim, nil); err == nil {
+		return nil
+	}
+	if old.Max < n {
+		return fmt.Errorf("prosody needs %d open files but the hard limit is %d (raise it with ulimit -Hn or run as root)", n, old.Max)
+	}
+	lim = unix.Rlimit{Cur: n, Max: old.Max}
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &lim, nil); err != nil {
+		return fmt.Errorf("raising prosody's open files limit to %d: %w", n, err)
+	}
+	return nil
 }
 
 func (s *Server) auditSize() int64 {
