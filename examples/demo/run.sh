@@ -62,6 +62,7 @@ VirtualHost "$DOMAIN"
   ssl = { key = "$WORK/certs/$DOMAIN.key"; certificate = "$WORK/certs/$DOMAIN.crt" }
 -- Group chat (XEP-0045) for the demo's Rooms panel.
 Component "conference.$DOMAIN" "muc"
+  modules_enabled = { "muc_mam" } -- room history (XEP-0313)
   restrict_room_creation = false
   muc_room_default_public = true
 CFG
