@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -304,4 +305,60 @@ func BenchmarkLookupCold(b *testing.B) {
 	cold := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
 	b.ReportMetric(cachedNs, "cached-ns/op")
 	b.ReportMetric(cold/cachedNs, "cold/cached")
+}
+
+// BenchmarkCachedSessionMemory is the heap a Reader keeps per cached 64 KB
+// Expresso session, with IdentityOnly (what the sidecar runs) against the
+// whole decoded session measured in the same run: identity-B/session,
+// full-B/session and their ratio. Each op looks up 200 distinct sessions
+// into a fresh Reader and measures the live heap once they are cached.
+func BenchmarkCachedSessionMemory(b *testing.B) {
+	const sessions = 200
+	dir, id, data := expressoSession(b)
+	ids := []string{id}
+	for len(ids) < sessions {
+		other := phpsessiontest.NewID(b)
+		if err := os.WriteFile(filepath.Join(dir, "sess_"+other), data, 0o600); err != nil {
+			b.Fatal(err)
+		}
+		ids = append(ids, other)
+	}
+	retained := func(identityOnly bool) float64 {
+		before := liveHeap()
+		r, err := phpsession.Open(b.Context(), phpsession.Config{Store: "files", SavePath: dir, Serializer: phpsession.SerializerPHP,
+			Charset: "ISO-8859-1", Profile: phpsession.ExpressoProfile(0), Owner: -1, IdentityOnly: identityOnly})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, id := range ids {
+			s, err := r.Lookup(b.Context(), id)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if (s.Vars == nil) != identityOnly {
+				b.Fatalf("IdentityOnly=%v but Vars nil = %v", identityOnly, s.Vars == nil)
+			}
+		}
+		after := liveHeap()
+		runtime.KeepAlive(r)
+		return float64(after-before) / sessions
+	}
+	var idSum, fullSum float64
+	for b.Loop() {
+		idSum += retained(true)
+		fullSum += retained(false)
+	}
+	n := float64(b.N)
+	b.ReportMetric(idSum/n, "identity-B/session")
+	b.ReportMetric(fullSum/n, "full-B/session")
+	b.ReportMetric(idSum/fullSum, "identity/full")
+}
+
+// liveHeap is the heap in use after a full collection.
+func liveHeap() int64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapAlloc)
 }

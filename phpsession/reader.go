@@ -36,6 +36,12 @@ type Config struct {
 	CacheSize   int    // sessions kept decoded; 0 = 10000
 	LockWait    time.Duration
 	Now         func() time.Time
+	// IdentityOnly makes Lookup leave Session.Vars nil, so the cache holds
+	// identities only. Vars alias the raw session bytes, so a daemon that
+	// keeps thousands of sessions and needs only who they name (the
+	// sidecar) would otherwise keep every whole session alive: tens of KB
+	// each for Expresso's.
+	IdentityOnly bool
 }
 
 // store is what the Reader needs from a session store.
@@ -198,6 +204,9 @@ func (r *Reader) decode(rec Record, now time.Time) (*Session, error) {
 	}
 	if id.LastActivity.IsZero() {
 		id.LastActivity = rec.ModTime
+	}
+	if r.cfg.IdentityOnly {
+		vars = nil
 	}
 	return &Session{Identity: id, Vars: vars, Version: rec.Version, ModTime: rec.ModTime}, nil
 }

@@ -218,7 +218,9 @@ func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error
 	if d != nil && d.reader != nil {
 		reader, closeReader = d.reader, func() error { return nil }
 	} else {
-		r, err := phpsession.Open(ctx, cfg.readerConfig())
+		rc := cfg.readerConfig()
+		rc.IdentityOnly = true // the daemon needs only who a session names, not its variables
+		r, err := phpsession.Open(ctx, rc)
 		if err != nil {
 			return err
 		}
