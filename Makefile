@@ -58,12 +58,25 @@ test: deps examples/browser/node_modules ## run every test: unit, fuzz seeds, in
 
 .PHONY: fuzz
 fuzz: ## run every fuzz target of every package for FUZZTIME (default 30s) each; crashers become regression seeds
-	@set -e; n=0; for pkg in $$($(GO) list ./...); do \
+	@# Go 1.26's fuzz coordinator can fail a target with a bare "context
+	@# deadline exceeded" at the end of -fuzztime, writing no input
+	@# (golang/go#75804, fixed in Go 1.27). Such a run is repeated once; a
+	@# written input, any other error, or a second such run fails.
+	@set -e; n=0; log=$$(mktemp); trap 'rm -f $$log' EXIT; \
+	for pkg in $$($(GO) list ./...); do \
+	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
-	    n=$$((n+1)); echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
-	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || { \
-	      echo "make fuzz: $$f failed; its input is in $$($(GO) list -f '{{.Dir}}' $$pkg)/testdata/fuzz/$$f/"; \
-	      echo "  fix the bug and commit that file: it then runs as a regression seed in every go test"; exit 1; }; \
+	    n=$$((n+1)); \
+	    for try in 1 2; do \
+	      echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
+	      seeds=$$(ls $$dir/testdata/fuzz/$$f 2>/dev/null | wc -l); \
+	      if $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg 2>&1 | tee $$log; test $${PIPESTATUS[0]} -eq 0; then break; fi; \
+	      if [ $$try = 1 ] && [ "$$(ls $$dir/testdata/fuzz/$$f 2>/dev/null | wc -l)" = "$$seeds" ] \
+	        && grep -q '^    context deadline exceeded$$' $$log && ! grep -q 'Failing input written' $$log; then \
+	        echo "make fuzz: $$f stopped on Go's fuzztime deadline race (golang/go#75804), no input written: once more"; continue; fi; \
+	      echo "make fuzz: $$f failed; its input is in $$dir/testdata/fuzz/$$f/"; \
+	      echo "  fix the bug and commit that file: it then runs as a regression seed in every go test"; exit 1; \
+	    done; \
 	  done; \
 	done; echo "make fuzz: $$n fuzz targets, $(FUZZTIME) each, no failure"
 
