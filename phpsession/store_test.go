@@ -215,14 +215,7 @@ func TestFileTornReads(t *testing.T) {
 		}`, id)
 	// The goroutine reports through done, never through t, so a failing
 	// read can end the test at once (the deferred cancel stops PHP).
-	done := make(chan error, 1)
-	go func() {
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			err = fmt.Errorf("php: %w %s", err, out)
-		}
-		done <- err
-	}()
+	done := runPHP(cmd)
 	reads, busy := 0, 0
 	for running := true; running; {
 		select {
@@ -344,14 +337,7 @@ func TestLookupWhilePHPRewrites(t *testing.T) {
 					$_SESSION['phpgw_session']['session_action'] = str_repeat('/', $i % 37); // changed, so really written
 					session_write_close();
 				}`, id, strconv.Itoa(rewrites))
-			done := make(chan error, 1)
-			go func() {
-				out, err := cmd.CombinedOutput()
-				if err != nil {
-					err = fmt.Errorf("php: %w %s", err, out)
-				}
-				done <- err
-			}()
+			done := runPHP(cmd)
 			counts := map[string]int{}
 			for running := true; running; {
 				select {
@@ -385,4 +371,19 @@ func TestLookupWhilePHPRewrites(t *testing.T) {
 			}
 		})
 	}
+}
+
+// runPHP runs cmd in the background; the channel gets its error (with
+// PHP's output) once it exits. The test reads it, so nothing reports
+// through t after the test ended.
+func runPHP(cmd *exec.Cmd) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			err = fmt.Errorf("php: %w %s", err, out)
+		}
+		done <- err
+	}()
+	return done
 }

@@ -301,7 +301,6 @@ type daemon struct {
 // startDaemon runs the imsidecar binary and waits until /readyz answers 200.
 func startDaemon(tb testing.TB, opts daemonOptions) *daemon {
 	tb.Helper()
-	bin := daemonBinary(tb)
 	dir := tb.TempDir()
 	d := &daemon{
 		logFile: filepath.Join(dir, "imsidecar.log"),
@@ -362,12 +361,21 @@ func startDaemon(tb testing.TB, opts daemonOptions) *daemon {
 	}
 	args = append(args, opts.Extra...)
 	d.Args = args
+	d.run(tb, opts.ShutdownTimeout+5*time.Second)
+	return d
+}
 
+// run starts the binary with d.Args, logging to d.logFile, and waits until
+// /readyz answers 200. At the end of the test the daemon gets SIGTERM and
+// grace to exit, then SIGKILL. faults_test.go's respawn runs a daemon
+// again with the same flags through it.
+func (d *daemon) run(tb testing.TB, grace time.Duration) {
+	tb.Helper()
 	logf, err := os.Create(d.logFile)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	cmd := exec.Command(bin, args...)
+	cmd := exec.Command(daemonBinary(tb), d.Args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Keep the environment from overriding flags through IMSIDECAR_* twins.
 	for _, kv := range os.Environ() {
@@ -390,7 +398,7 @@ func startDaemon(tb testing.TB, opts daemonOptions) *daemon {
 			d.cmd.Process.Signal(syscall.SIGTERM)
 			select {
 			case <-d.done:
-			case <-time.After(opts.ShutdownTimeout + 5*time.Second):
+			case <-time.After(grace):
 				d.cmd.Process.Kill()
 				<-d.done
 			}
@@ -404,7 +412,7 @@ func startDaemon(tb testing.TB, opts daemonOptions) *daemon {
 	for {
 		select {
 		case <-d.done:
-			tb.Fatalf("imsidecar exited during startup (%v); args %q\n%s", cmd.ProcessState, args, d.LogTail(60))
+			tb.Fatalf("imsidecar exited during startup (%v); args %q\n%s", cmd.ProcessState, d.Args, d.LogTail(60))
 		default:
 		}
 		resp, err := http.Get(d.OpsURL + "/readyz")
@@ -412,7 +420,7 @@ func startDaemon(tb testing.TB, opts daemonOptions) *daemon {
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return d
+				return
 			}
 		}
 		if time.Now().After(deadline) {
@@ -923,6 +931,26 @@ func (d *desktop) waitFor(tb testing.TB, timeout time.Duration, what string, mat
 			tb.Fatalf("desktop %s: timed out after %v waiting for %s", d.Bare, timeout, what)
 		}
 	}
+}
+
+// waitClosed waits until n web users sent unavailable to d, and fails on
+// any that was dropped (the server's "Disconnected" status) instead of
+// closed by the sidecar. It returns the bare JIDs seen go.
+func (d *desktop) waitClosed(tb testing.TB, n int) map[string]bool {
+	tb.Helper()
+	gone := map[string]bool{}
+	for len(gone) < n {
+		ev := d.waitFor(tb, 15*time.Second, "unavailable from every web user", func(ev xmppconn.Event) bool {
+			p, ok := ev.(*xmppconn.Presence)
+			return ok && p.Type == "unavailable"
+		})
+		p := ev.(*xmppconn.Presence)
+		if strings.HasPrefix(p.Status, "Disconnected") {
+			tb.Errorf("%s was dropped, not closed: %q", p.From, p.Status)
+		}
+		gone[bareJID(p.From)] = true
+	}
+	return gone
 }
 
 // befriendDesktop makes web user u and desktop user d mutual contacts.

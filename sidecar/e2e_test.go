@@ -375,18 +375,7 @@ func TestE2ESIGTERM(t *testing.T) {
 	if code != 0 {
 		t.Errorf("exit code %d after SIGTERM, want 0\n%s", code, e.D.LogTail(30))
 	}
-	gone := map[string]bool{}
-	for len(gone) < 2 {
-		ev := carol.waitFor(t, 15*time.Second, "unavailable from the web users", func(ev xmppconn.Event) bool {
-			p, ok := ev.(*xmppconn.Presence)
-			return ok && p.Type == "unavailable"
-		})
-		p := ev.(*xmppconn.Presence)
-		if strings.HasPrefix(p.Status, "Disconnected") {
-			t.Errorf("%s was dropped, not closed: %q", p.From, p.Status)
-		}
-		gone[bareJID(p.From)] = true
-	}
+	carol.waitClosed(t, 2)
 }
 
 // TestE2EWrongPassword: a session whose password Prosody refuses gives 502

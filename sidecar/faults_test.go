@@ -593,59 +593,8 @@ func respawn(t *testing.T, d *daemon) *daemon {
 	t.Helper()
 	n := &daemon{URL: d.URL, Socket: d.Socket, OpsURL: d.OpsURL, Token: d.Token, TokenFile: d.TokenFile, Args: d.Args,
 		logFile: filepath.Join(t.TempDir(), "imsidecar.log"), done: make(chan struct{})}
-	logf, err := os.Create(n.logFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(daemonBinary(t), d.Args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "IMSIDECAR_") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("restarting imsidecar: %v", err)
-	}
-	n.cmd = cmd
-	go func() { cmd.Wait(); logf.Close(); close(n.done) }()
-	t.Cleanup(func() {
-		n.mu.Lock()
-		stopped := n.stopped
-		n.mu.Unlock()
-		if !stopped {
-			cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-n.done:
-			case <-time.After(15 * time.Second):
-				cmd.Process.Kill()
-				<-n.done
-			}
-		}
-		if t.Failed() {
-			t.Logf("restarted imsidecar log (last 60 lines):\n%s", n.LogTail(60))
-		}
-	})
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		select {
-		case <-n.done:
-			t.Fatalf("restarted imsidecar exited (%v)\n%s", cmd.ProcessState, n.LogTail(60))
-		default:
-		}
-		if resp, err := http.Get(n.OpsURL + "/readyz"); err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return n
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("restarted imsidecar not ready after 20s\n%s", n.LogTail(60))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	n.run(t, 15*time.Second)
+	return n
 }
 
 // faultSidecarKill: imsidecar dies with SIGKILL mid-traffic and is started
@@ -1339,18 +1288,7 @@ func faultGracefulShutdown(t *testing.T, sc faultScale) faultRow {
 	if code != 0 {
 		t.Errorf("exit code %d after SIGTERM", code)
 	}
-	gone := map[string]bool{}
-	for len(gone) < len(tr.users) {
-		ev := desk.waitFor(t, 15*time.Second, "unavailable from every web user", func(ev xmppconn.Event) bool {
-			p, ok := ev.(*xmppconn.Presence)
-			return ok && p.Type == "unavailable"
-		})
-		p := ev.(*xmppconn.Presence)
-		if strings.HasPrefix(p.Status, "Disconnected") {
-			t.Errorf("%s was dropped, not closed: %q", p.From, p.Status)
-		}
-		gone[bareJID(p.From)] = true
-	}
+	gone := desk.waitClosed(t, len(tr.users))
 	row.Recover = time.Since(start)
 	close(tr2.stopSend)
 	tr2.cancel()

@@ -49,6 +49,20 @@ func (a *api) mucService(ctx context.Context, conn xmppSession) (string, error) 
 	return conn.MUCService(ctx)
 }
 
+// roomCall is the start of every call on one room: the caller's stream
+// (a mutating call, rate limited) and the room's bare JID from the path.
+func (a *api) roomCall(r *http.Request, c *caller) (xmppSession, string, error) {
+	_, conn, err := a.mutate(c)
+	if err != nil {
+		return nil, "", err
+	}
+	room, err := a.roomJID(r.Context(), conn, r.PathValue("room"))
+	if err != nil {
+		return nil, "", err
+	}
+	return conn, room, nil
+}
+
 // roomJID resolves {room}: a bare room JID, or a room name on the MUC service.
 func (a *api) roomJID(ctx context.Context, conn xmppSession, raw string) (string, error) {
 	if raw == "" || len(raw) > 1024 {
@@ -145,11 +159,7 @@ func (a *api) roomJoin(w http.ResponseWriter, r *http.Request, c *caller) error 
 	if body.Public != nil {
 		public = *body.Public
 	}
-	_, conn, err := a.mutate(c)
-	if err != nil {
-		return err
-	}
-	room, err := a.roomJID(r.Context(), conn, r.PathValue("room"))
+	conn, room, err := a.roomCall(r, c)
 	if err != nil {
 		return err
 	}
@@ -184,11 +194,7 @@ func (a *api) roomJoin(w http.ResponseWriter, r *http.Request, c *caller) error 
 
 // roomLeave leaves a room (a room not joined is fine).
 func (a *api) roomLeave(w http.ResponseWriter, r *http.Request, c *caller) error {
-	_, conn, err := a.mutate(c)
-	if err != nil {
-		return err
-	}
-	room, err := a.roomJID(r.Context(), conn, r.PathValue("room"))
+	conn, room, err := a.roomCall(r, c)
 	if err != nil {
 		return err
 	}
@@ -210,11 +216,7 @@ func (a *api) roomSubject(w http.ResponseWriter, r *http.Request, c *caller) err
 	if len(body.Subject) > 4096 {
 		return fmt.Errorf("%w: subject longer than 4096 bytes", ErrBadRequest)
 	}
-	_, conn, err := a.mutate(c)
-	if err != nil {
-		return err
-	}
-	room, err := a.roomJID(r.Context(), conn, r.PathValue("room"))
+	conn, room, err := a.roomCall(r, c)
 	if err != nil {
 		return err
 	}
