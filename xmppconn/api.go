@@ -59,10 +59,10 @@ func (c *Conn) SendPresence(ctx context.Context, p Presence) error {
 			return err
 		}
 		p.To = to
-	} else if p.Type != "unavailable" {
+	} else {
 		shown := p
 		c.lastShown.Store(&shown)
-		if p.Avatar == nil {
+		if p.Type != "unavailable" && p.Avatar == nil {
 			p.Avatar = c.ownAvatar.Load()
 		}
 	}
@@ -100,12 +100,7 @@ func (c *Conn) SetAvatarHash(ctx context.Context, hash string) error {
 	if old := c.ownAvatar.Swap(&hash); old != nil && *old == hash || old == nil && hash == "" {
 		return nil
 	}
-	p := Presence{}
-	if last := c.lastShown.Load(); last != nil {
-		p = *last
-	} else if c.cfg.InitialPresence != nil {
-		p = *c.cfg.InitialPresence
-	}
+	p := c.currentPresence()
 	if p.Type == "unavailable" {
 		return nil
 	}
@@ -113,6 +108,18 @@ func (c *Conn) SetAvatarHash(ctx context.Context, hash string) error {
 		p.Avatar = &hash
 	}
 	return c.sendPresenceEverywhere(p)
+}
+
+// currentPresence is the user's broadcast presence: the last one sent,
+// else the initial one.
+func (c *Conn) currentPresence() Presence {
+	if last := c.lastShown.Load(); last != nil {
+		return *last
+	}
+	if c.cfg.InitialPresence != nil {
+		return *c.cfg.InitialPresence
+	}
+	return Presence{}
 }
 
 // Subscribe manages a presence subscription with jid. action is

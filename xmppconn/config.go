@@ -47,7 +47,9 @@ type Config struct {
 	Handler   Handler
 	Logger    *slog.Logger
 
-	// InitialPresence is sent after every fresh (not resumed) stream; nil = available.
+	// InitialPresence is sent after the first stream; nil = available. A
+	// later fresh (not resumed) stream sends the last broadcast presence
+	// given to SendPresence instead, or this one if there was none.
 	InitialPresence *Presence
 	MaxStanzaSize   int           // default 256 KiB
 	PingInterval    time.Duration // idle time before a liveness probe; default 60s

@@ -32,7 +32,8 @@ type Conn struct {
 
 	// ownAvatar is the user's XEP-0153 photo hash, added to every
 	// broadcast presence once SetAvatarHash was called; lastShown is the
-	// last broadcast presence, re-sent when the hash changes.
+	// last broadcast presence, re-sent when the hash changes and after a
+	// fresh stream.
 	ownAvatar atomic.Pointer[string]
 	lastShown atomic.Pointer[Presence]
 
@@ -293,15 +294,16 @@ func (c *Conn) negotiate(s *stream) (resumed bool, err error) {
 			return false, err
 		}
 	}
-	p := Presence{}
-	if c.cfg.InitialPresence != nil {
-		p = *c.cfg.InitialPresence
-	}
-	if p.Avatar == nil {
-		p.Avatar = c.ownAvatar.Load()
-	}
-	if err := c.writeStanzaOn(s, encodePresence(p)); err != nil {
-		return false, err
+	// The presence the user last chose, not the initial one: a fresh
+	// stream after a lost one must not turn "away" back into "available".
+	// A user who broadcast unavailable stays so.
+	if p := c.currentPresence(); p.Type != "unavailable" {
+		if p.Avatar == nil {
+			p.Avatar = c.ownAvatar.Load()
+		}
+		if err := c.writeStanzaOn(s, encodePresence(p)); err != nil {
+			return false, err
+		}
 	}
 	// A fresh session is in no room: join them again before re-sending
 	// what may include messages to them.

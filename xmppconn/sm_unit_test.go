@@ -318,3 +318,72 @@ func TestDialSilentServer(t *testing.T) {
 	}
 	s.accept()
 }
+
+// TestFreshStreamKeepsPresence: after a stream that could not be resumed,
+// the new one announces the presence the user last chose, not the initial
+// one, and a user who went unavailable stays unavailable.
+func TestFreshStreamKeepsPresence(t *testing.T) {
+	tests := []struct {
+		name string
+		set  Presence
+		want string // show of the re-sent presence; "-" = none is sent
+	}{
+		{"away", Presence{Show: "away", Status: "at lunch"}, "away"},
+		{"unavailable", Presence{Type: "unavailable"}, "-"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			noLeaks(t)
+			s := startScriptServer(t)
+			h := make(chanHandler, 100)
+			c, sc := dialScript(t, s, h, func(sc *scriptConn) { sc.login(); sc.fresh("sm1") })
+			if err := c.SendPresence(t.Context(), tt.set); err != nil {
+				t.Fatal(err)
+			}
+			sc.expect("presence")
+			// Acknowledge roster get, initial presence and this one, so
+			// nothing is re-sent from the unacknowledged queue; the message
+			// after the ack shows the client has read it.
+			sc.write(`<a xmlns="urn:xmpp:sm:3" h="3"/>`)
+			sc.write(`<message from="bob@example.test/x" type="chat" id="in1"><body>hi</body></message>`)
+			h.wait(t, func(ev Event) bool { m, ok := ev.(*Message); return ok && m.ID == "in1" })
+			sc.nc.Close()
+
+			sc2 := s.accept()
+			sc2.login()
+			sc2.expect("resume")
+			sc2.write(`<failed xmlns="urn:xmpp:sm:3"><item-not-found xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/></failed>`)
+			iq := sc2.expect("iq")
+			sc2.write(`<iq type="result" id="` + iq.get("id") + `"><bind xmlns="urn:ietf:params:xml:ns:xmpp-bind"><jid>alice@example.test/web</jid></bind></iq>`)
+			sc2.expect("enable")
+			sc2.write(`<enabled xmlns="urn:xmpp:sm:3" id="sm2" resume="true"/>`)
+			iq = sc2.expect("iq")
+			sc2.write(`<iq type="result" id="` + iq.get("id") + `"><query xmlns="jabber:iq:roster"/></iq>`)
+			if tt.want == "-" {
+				h.wait(t, func(ev Event) bool { sc, ok := ev.(*StateChange); return ok && sc.State == StateOnline })
+				if _, err := c.Send(t.Context(), Message{To: "bob@example.test", ID: "after", Body: "x"}); err != nil {
+					t.Fatal(err)
+				}
+				for {
+					kind, n := sc2.next()
+					if kind != frameElement {
+						t.Fatal("stream ended before the message")
+					}
+					if n.name.Local == "presence" {
+						t.Fatalf("an unavailable user announced a presence after a fresh stream: %s", n.inner)
+					}
+					if n.name.Local == "message" && n.get("id") == "after" {
+						return
+					}
+				}
+			}
+			p := sc2.expect("presence")
+			if got := p.child("", "show").textOrEmpty(); got != tt.want {
+				t.Fatalf("re-sent presence has show %q, want %q", got, tt.want)
+			}
+			if got := p.child("", "status").textOrEmpty(); got != tt.set.Status {
+				t.Fatalf("re-sent presence lost its status %q", tt.set.Status)
+			}
+		})
+	}
+}
