@@ -165,7 +165,7 @@ func TestEventLogGrows(t *testing.T) {
 			if len(l.buf) > tt.size {
 				t.Fatalf("ring of %d events exceeds size %d", len(l.buf), tt.size)
 			}
-			res, _ := l.read(cursor{}, false, 10000)
+			res := l.read(cursor{}, false, 10000)
 			want := min(tt.size, tt.appended)
 			if len(res.events) != want {
 				t.Fatalf("read %d events, want %d", len(res.events), want)
