@@ -44,17 +44,19 @@ type pollQuery struct {
 
 // parker owns the parked polls and the goroutines that answer them.
 type parker struct {
-	a  *api
-	ln *resumeListener // nil: every answered connection is closed
+	a    *api
+	ln   *resumeListener // nil: every answered connection is closed
+	idle time.Duration   // the server's IdleTimeout
 
 	mu     sync.Mutex
 	polls  map[*parkedPoll]struct{}
-	closed bool           // shutting down: answer at once, keep nothing alive
-	wg     sync.WaitGroup // one per parked poll, until its answer is written
+	idlers map[net.Conn]struct{} // answered, waiting for the next request
+	closed bool                  // shutting down: answer at once, keep nothing alive
+	wg     sync.WaitGroup        // one per parked poll, until its connection is handed on
 }
 
-func newParker(a *api, ln *resumeListener) *parker {
-	return &parker{a: a, ln: ln, polls: map[*parkedPoll]struct{}{}}
+func newParker(a *api, ln *resumeListener, idle time.Duration) *parker {
+	return &parker{a: a, ln: ln, idle: idle, polls: map[*parkedPoll]struct{}{}, idlers: map[net.Conn]struct{}{}}
 }
 
 // parkedPoll is one pending long poll held without net/http.
@@ -176,18 +178,49 @@ func (p *parkedPoll) answer() {
 	delete(pk.polls, p)
 	keep = keep && !pk.closed
 	pk.mu.Unlock()
-	if err == nil && keep {
-		var c net.Conn = p.conn
-		if len(p.unread) > 0 {
-			c = &resumedConn{Conn: p.conn, rest: p.unread}
-		}
-		pk.ln.resume(c)
-	} else {
+	switch {
+	case err != nil || !keep:
 		p.conn.Close()
+	case len(p.unread) > 0:
+		pk.ln.resume(&resumedConn{Conn: p.conn, rest: p.unread})
+	default:
+		pk.awaitNext(p.conn)
 	}
 	if p.tracked {
 		pk.wg.Done()
 	}
+}
+
+// awaitNext waits, on the answering goroutine, for the first byte of the
+// connection's next request, up to the server's IdleTimeout, and then
+// hands the connection back: net/http treats a connection it accepts as
+// new, starting its ReadHeaderTimeout at once, while a kept-alive one may
+// idle for IdleTimeout before its next request. PHP asks again at once,
+// so the wait is short.
+func (pk *parker) awaitNext(c net.Conn) {
+	pk.mu.Lock()
+	if pk.closed {
+		pk.mu.Unlock()
+		c.Close()
+		return
+	}
+	pk.idlers[c] = struct{}{}
+	pk.mu.Unlock()
+	if pk.idle > 0 {
+		c.SetReadDeadline(time.Now().Add(pk.idle))
+	}
+	var first [1]byte
+	n, _ := c.Read(first[:])
+	c.SetReadDeadline(time.Time{})
+	pk.mu.Lock()
+	delete(pk.idlers, c)
+	closed := pk.closed
+	pk.mu.Unlock()
+	if n == 0 || closed {
+		c.Close()
+		return
+	}
+	pk.ln.resume(&resumedConn{Conn: c, rest: first[:]})
 }
 
 // response is the bytes net/http writes for the same answer: the status
@@ -224,7 +257,8 @@ func (p *parkedPoll) response(res pollResult, keep bool, now time.Time) []byte {
 }
 
 // shutdown answers every parked poll with what it has and closes its
-// connection; polls that would park from now on are answered at once.
+// connection, and closes the answered ones waiting for their next request;
+// polls that would park from now on are answered at once.
 // When ctx ends first, the connections still being written are closed.
 func (pk *parker) shutdown(ctx context.Context) {
 	pk.mu.Lock()
@@ -232,6 +266,9 @@ func (pk *parker) shutdown(ctx context.Context) {
 	polls := make([]*parkedPoll, 0, len(pk.polls))
 	for p := range pk.polls {
 		polls = append(polls, p)
+	}
+	for c := range pk.idlers {
+		c.Close() // answered and idle, as http.Server.Shutdown closes its idle ones
 	}
 	pk.mu.Unlock()
 	for _, p := range polls {

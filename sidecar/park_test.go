@@ -48,7 +48,7 @@ func (l countingListener) Accept() (net.Conn, error) {
 	return c, err
 }
 
-func startParkServer(tb testing.TB, park bool, maxConns int) *parkServer {
+func startParkServer(tb testing.TB, park bool, maxConns int, opts ...func(*http.Server)) *parkServer {
 	tb.Helper()
 	h := newHarness(tb, "")
 	raw, err := net.Listen("tcp", "127.0.0.1:0")
@@ -57,12 +57,15 @@ func startParkServer(tb testing.TB, park bool, maxConns int) *parkServer {
 	}
 	ps := &parkServer{h: h, addr: raw.Addr().String(), served: make(chan struct{})}
 	var ln net.Listener = newLimitListener(countingListener{raw, &ps.accepts}, maxConns, func() {})
+	ps.srv = &http.Server{Handler: h.srv, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 120 * time.Second}
+	for _, o := range opts {
+		o(ps.srv)
+	}
 	if park {
 		rl := newResumeListener(ln)
-		h.api.parked = newParker(h.api, rl)
+		h.api.parked = newParker(h.api, rl, ps.srv.IdleTimeout)
 		ln = rl
 	}
-	ps.srv = &http.Server{Handler: h.srv, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 120 * time.Second}
 	go func() {
 		defer close(ps.served)
 		ps.srv.Serve(ln)
@@ -176,6 +179,55 @@ func TestParkKeepAlive(t *testing.T) {
 	}
 	if n := ps.apiLines("GET /v1/events", 200); n != rounds {
 		t.Errorf("%d access log lines for %d polls", n, rounds)
+	}
+}
+
+// TestParkIdleTimeout: an answered connection may idle up to the server's
+// IdleTimeout before its next request, as a kept-alive one does — not
+// only its ReadHeaderTimeout, as a new one — and is closed after it.
+func TestParkIdleTimeout(t *testing.T) {
+	ps := startParkServer(t, true, 16, func(s *http.Server) {
+		s.ReadHeaderTimeout, s.IdleTimeout = 300*time.Millisecond, 1500*time.Millisecond
+	})
+	cur := ps.connect(t, goodID, "alice")
+	c, err := net.Dial("tcp", ps.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	br := bufio.NewReader(c)
+	answer := func(what string) {
+		t.Helper()
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %v %v", what, resp, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+	}
+	for i, idle := range []time.Duration{800 * time.Millisecond, 0} {
+		io.WriteString(c, pollRequest(cur, 25, ""))
+		ps.waitParked(t, 1)
+		ps.message(fmt.Sprintf("m%d", i))
+		answer("poll")
+		cur.offset++
+		time.Sleep(idle) // longer than ReadHeaderTimeout
+		io.WriteString(c, "GET /v1/me HTTP/1.1\r\nHost: sidecar\r\nX-Session-Id: "+goodID+"\r\n\r\n")
+		answer("the request after an idle answered connection")
+	}
+	io.WriteString(c, pollRequest(cur, 25, ""))
+	ps.waitParked(t, 1)
+	ps.message("last")
+	answer("last poll")
+	start := time.Now()
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("idle answered connection: %v, want EOF", err)
+	}
+	if d := time.Since(start); d < time.Second {
+		t.Errorf("the idle connection was closed after %v, before the IdleTimeout", d)
+	}
+	if n := ps.accepts.Load(); n != 1 {
+		t.Errorf("%d connections accepted, want 1", n)
 	}
 }
 
