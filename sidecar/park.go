@@ -18,8 +18,9 @@ import (
 // and a waiter on the event log — with no goroutine and none of
 // net/http's per-connection buffers. The first event, the wait running
 // out or the shutdown answers it on a short-lived goroutine, which writes
-// the HTTP/1.1 response itself and hands a kept-alive connection back to
-// the same http.Server through the resumeListener. An online user's
+// the HTTP/1.1 response itself and, once the next request starts, hands a
+// kept-alive connection back to the same http.Server through the
+// resumeListener. An online user's
 // pending poll cost ≈ 10 KB of net/http buffers and two goroutines; parked
 // it costs a few hundred bytes (BenchmarkPendingPollMemory).
 //

@@ -257,6 +257,7 @@ func TestParkAnswerBytes(t *testing.T) {
 	parked.connect(t, goodID, "alice")
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
 			var answers []string
 			for _, ps := range []*parkServer{held, parked} {
 				c, err := net.Dial("tcp", ps.addr)
