@@ -31,6 +31,9 @@ type api struct {
 	metrics  *metrics
 	draining atomic.Bool
 	now      func() time.Time
+	// parked holds the JSON long polls waiting without net/http (park.go);
+	// nil holds them in their handler, as the tests' recorders need.
+	parked *parker
 }
 
 // caller is who a request speaks for.
@@ -74,10 +77,12 @@ func (a *api) routes() http.Handler {
 	return mux
 }
 
-// statusRecorder remembers the status for logs and metrics.
+// statusRecorder remembers the status for logs and metrics, and when the
+// request started, for a poll that is answered after its handler returned.
 type statusRecorder struct {
 	http.ResponseWriter
 	status int
+	start  time.Time
 }
 
 func (s *statusRecorder) WriteHeader(code int) {
@@ -106,7 +111,7 @@ func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter 
 func (a *api) wrap(route string, cookieOK bool, h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		rec := &statusRecorder{ResponseWriter: w}
+		rec := &statusRecorder{ResponseWriter: w, start: start}
 		var c *caller
 		err := func() error {
 			if a.draining.Load() {
@@ -122,6 +127,9 @@ func (a *api) wrap(route string, cookieOK bool, h handlerFunc) http.Handler {
 			}
 			return h(rec, r, c)
 		}()
+		if err == errParked {
+			return // the parker answers, logs and measures it (park.go)
+		}
 		if err != nil {
 			a.writeError(rec, r, err, c)
 		}
@@ -129,13 +137,23 @@ func (a *api) wrap(route string, cookieOK bool, h handlerFunc) http.Handler {
 		if status == 0 {
 			status = http.StatusOK
 		}
-		a.metrics.apiLatency.WithLabelValues(route, strconv.Itoa(status)).Observe(time.Since(start).Seconds())
-		attrs := []slog.Attr{slog.String("route", route), slog.Int("status", status), slog.Duration("duration", time.Since(start))}
+		user := ""
 		if c != nil && c.php != nil {
-			attrs = append(attrs, slog.String("user", c.php.Identity.User))
+			user = c.php.Identity.User
 		}
-		a.logger.LogAttrs(r.Context(), slog.LevelDebug, "api", attrs...)
+		a.record(r.Context(), route, status, start, user)
 	})
+}
+
+// record measures and logs one answered request.
+func (a *api) record(ctx context.Context, route string, status int, start time.Time, user string) {
+	d := time.Since(start)
+	a.metrics.apiLatency.WithLabelValues(route, strconv.Itoa(status)).Observe(d.Seconds())
+	attrs := []slog.Attr{slog.String("route", route), slog.Int("status", status), slog.Duration("duration", d)}
+	if user != "" {
+		attrs = append(attrs, slog.String("user", user))
+	}
+	a.logger.LogAttrs(ctx, slog.LevelDebug, "api", attrs...)
 }
 
 // authenticate finds the PHP session: X-Session-Id (server-side PHP; with
@@ -408,8 +426,24 @@ func (a *api) events(w http.ResponseWriter, r *http.Request, c *caller) error {
 	if strings.Contains(r.Header.Get("Accept"), "text/event-stream") {
 		return a.stream(w, r, s, cur, given)
 	}
-	res := s.log.poll(r.Context(), cur, given, wait, limit)
+	res := s.log.read(cur, given, limit)
+	if len(res.events) == 0 && wait > 0 {
+		// Nothing yet: the poll waits parked, holding no goroutine and
+		// no buffer of net/http's, or, where it cannot be, here.
+		if a.park(w, r, c, s, pollQuery{cur, given, limit}, wait) {
+			return errParked
+		}
+		res = s.log.poll(r.Context(), cur, given, wait, limit)
+	}
 	s.lastPoll.Store(time.Now().UnixNano())
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	io.WriteString(w, eventsPage(res))
+	return nil
+}
+
+// eventsPage is the JSON answer of GET /v1/events.
+func eventsPage(res pollResult) string {
 	var b strings.Builder
 	b.WriteString(`{"events":`)
 	encodeEvents(&b, res.cursor.epoch, res.events)
@@ -418,10 +452,7 @@ func (a *api) events(w http.ResponseWriter, r *http.Request, c *caller) error {
 	b.WriteString(`","recovered":`)
 	b.WriteString(strconv.FormatBool(res.recovered))
 	b.WriteString("}\n")
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	io.WriteString(w, b.String())
-	return nil
+	return b.String()
 }
 
 // stream serves the events as Server-Sent Events: each event's id is its

@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -666,25 +668,80 @@ func FuzzAPI(f *testing.F) {
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 
-// TestRunShutdownLeavesNothing starts the whole daemon over fakes, then
-// cancels it: Run returns and no goroutine is left behind.
+// TestRunShutdownLeavesNothing starts the whole daemon over fakes, parks
+// long polls on it, then cancels it: every parked poll is answered at once
+// and its connection closed, Run returns and no goroutine is left behind.
 func TestRunShutdownLeavesNothing(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	cfg, _, err := parseConfig([]string{"--listen=127.0.0.1:0", "--ops-listen=127.0.0.1:0", "--xmpp-addr=127.0.0.1:5222",
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	cfg, _, err := parseConfig([]string{"--listen=" + addr, "--ops-listen=127.0.0.1:0", "--xmpp-addr=127.0.0.1:5222",
 		"--xmpp-domain=example.test", "--session-save-path=" + t.TempDir(), "--shutdown-timeout=2s"}, func(string) string { return "" }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	reader := &fakeReader{sessions: map[string]*phpsession.Session{}, errs: map[string]error{}}
+	reader.set(goodID, "alice", secretPW)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
+	started := make(chan *api, 1)
 	go func() {
 		done <- serve(ctx, cfg, slog.New(slog.DiscardHandler), &deps{reader: reader, dial: func(context.Context, xmppconn.Config) (xmppSession, error) {
 			return &fakeConn{done: make(chan struct{})}, nil
-		}})
+		}, started: func(a *api) { started <- a }})
 	}()
-	time.Sleep(100 * time.Millisecond)
+	a := <-started
+	hc := &http.Client{Transport: &http.Transport{}}
+	var head struct{ Cursor string }
+	for _, call := range []struct{ method, path string }{{"POST", "/v1/connect"}, {"GET", "/v1/events?wait=0"}} {
+		req, _ := http.NewRequestWithContext(t.Context(), call.method, "http://"+addr+call.path, nil)
+		req.Header.Set("X-Session-Id", goodID)
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = json.NewDecoder(resp.Body).Decode(&head) // the events page's cursor is the head
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s %s: %d %v", call.method, call.path, resp.StatusCode, err)
+		}
+	}
+	hc.CloseIdleConnections()
+	const polls = 10
+	var conns []net.Conn
+	for range polls {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(c, "GET /v1/events?cursor=%s&wait=55 HTTP/1.1\r\nHost: sidecar\r\nX-Session-Id: %s\r\n\r\n", head.Cursor, goodID)
+		conns = append(conns, c)
+	}
+	for deadline := time.Now().Add(10 * time.Second); a.parked.parkedCount() != polls; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d polls parked", a.parked.parkedCount(), polls)
+		}
+	}
+	start := time.Now()
 	cancel()
+	for i, c := range conns {
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != http.StatusOK || !resp.Close {
+			t.Fatalf("parked poll %d at shutdown: %v %v", i, resp, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		if _, err := br.ReadByte(); err != io.EOF {
+			t.Fatalf("parked poll %d: the connection stayed open: %v", i, err)
+		}
+	}
+	t.Logf("%d parked polls answered and closed %v after the shutdown began", polls, time.Since(start).Round(time.Millisecond))
 	select {
 	case err := <-done:
 		if err != nil {

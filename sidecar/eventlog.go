@@ -72,7 +72,7 @@ type eventLog struct {
 	n       int     // events in buf
 	next    uint64  // offset of the next event (offsets start at 1)
 	gap     uint64  // cursors below this offset are not recovered
-	notify  chan struct{}
+	waiters []waiter
 	dropped uint64
 	onDrop  func()
 	// keys holds the dedup keys of the events still in buf (key → offset),
@@ -86,8 +86,19 @@ type eventLog struct {
 const initialEvents = 16
 
 func newEventLog(size int, onDrop func()) *eventLog {
-	return &eventLog{epoch: newEpoch(), buf: make([]event, min(size, initialEvents)), size: size, next: 1, notify: make(chan struct{}), onDrop: onDrop}
+	return &eventLog{epoch: newEpoch(), buf: make([]event, min(size, initialEvents)), size: size, next: 1, onDrop: onDrop}
 }
+
+// A waiter is woken, once, by the first event appended after it was
+// registered with readOrWait. wake runs on the appending goroutine (the
+// XMPP stream's reader) outside the log's lock: it must only hand off.
+type waiter interface{ wake() }
+
+// chanWaiter wakes by closing its channel: poll and the SSE stream wait on
+// it.
+type chanWaiter chan struct{}
+
+func (c chanWaiter) wake() { close(c) }
 
 // append adds an event and wakes the pollers.
 func (l *eventLog) append(kind string, fields []byte) {
@@ -134,10 +145,12 @@ func (l *eventLog) appendOnce(kind, key string, fields []byte) bool {
 		l.buf[(l.start+l.n)%len(l.buf)] = ev
 		l.n++
 	}
-	ch := l.notify
-	l.notify = make(chan struct{})
+	ws := l.waiters
+	l.waiters = nil
 	l.mu.Unlock()
-	close(ch)
+	for _, w := range ws {
+		w.wake()
+	}
 	return true
 }
 
@@ -163,9 +176,44 @@ type pollResult struct {
 }
 
 // read returns up to limit events after c without waiting.
-func (l *eventLog) read(c cursor, given bool, limit int) (pollResult, <-chan struct{}) {
+func (l *eventLog) read(c cursor, given bool, limit int) pollResult {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return l.readLocked(c, given, limit)
+}
+
+// readOrWait is read that, when there is nothing to return, registers w
+// under the same lock, so an event appended between the read and the
+// registration cannot be missed: w is woken by the next append. It reports
+// whether w was registered; the caller cancels it with cancelWait when it
+// stops waiting first.
+func (l *eventLog) readOrWait(c cursor, given bool, limit int, w waiter) (pollResult, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	res := l.readLocked(c, given, limit)
+	if len(res.events) > 0 {
+		return res, false
+	}
+	l.waiters = append(l.waiters, w)
+	return res, true
+}
+
+// cancelWait unregisters w if it is still waiting (not yet woken).
+func (l *eventLog) cancelWait(w waiter) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i, x := range l.waiters {
+		if x == w {
+			last := len(l.waiters) - 1
+			l.waiters[i] = l.waiters[last]
+			l.waiters[last] = nil
+			l.waiters = l.waiters[:last]
+			return
+		}
+	}
+}
+
+func (l *eventLog) readLocked(c cursor, given bool, limit int) pollResult {
 	oldest := l.next - uint64(l.n) // offset of buf[start]
 	after := c.offset
 	recovered := true
@@ -193,24 +241,29 @@ func (l *eventLog) read(c cursor, given bool, limit int) (pollResult, <-chan str
 		res.events = append(res.events, ev)
 		res.cursor.offset = ev.offset
 	}
-	return res, l.notify
+	return res
 }
 
-// poll returns the events after c, waiting up to wait for the first one.
+// poll returns the events after c, waiting up to wait for the first one
+// on the calling goroutine.
 func (l *eventLog) poll(ctx context.Context, c cursor, given bool, wait time.Duration, limit int) pollResult {
-	res, ch := l.read(c, given, limit)
-	if len(res.events) > 0 || wait <= 0 {
+	if wait <= 0 {
+		return l.read(c, given, limit)
+	}
+	ch := make(chanWaiter)
+	res, waiting := l.readOrWait(c, given, limit, ch)
+	if !waiting {
 		return res
 	}
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
 	case <-ch:
-		next, _ := l.read(c, given, limit)
-		return next
+		return l.read(c, given, limit)
 	case <-t.C:
 	case <-ctx.Done():
 	}
+	l.cancelWait(ch)
 	return res
 }
 

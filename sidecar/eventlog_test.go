@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -74,6 +75,9 @@ func TestEventLogWait(t *testing.T) {
 		if len(res.events) != 0 || time.Since(start) != 25*time.Second {
 			t.Fatalf("empty wait returned %d events after %v", len(res.events), time.Since(start))
 		}
+		if len(l.waiters) != 0 {
+			t.Fatalf("a poll that timed out left %d waiters", len(l.waiters))
+		}
 		go func() {
 			time.Sleep(3 * time.Second)
 			l.append("message", []byte(`"x":1`))
@@ -91,6 +95,88 @@ func TestEventLogWait(t *testing.T) {
 			t.Fatalf("cancel honoured after %v", time.Since(start))
 		}
 	})
+}
+
+// countWaiter counts its wakes.
+type countWaiter struct{ n atomic.Int32 }
+
+func (w *countWaiter) wake() { w.n.Add(1) }
+
+// TestEventLogWaiter: a waiter is registered only when there is nothing to
+// read, woken once by the next append, and not at all once cancelled.
+func TestEventLogWaiter(t *testing.T) {
+	tests := []struct {
+		name    string
+		before  int  // events appended before readOrWait
+		cancel  bool // cancelWait before the appends
+		appends int
+		waiting bool
+		wakes   int32
+	}{
+		{"woken by the next append", 0, false, 1, true, 1},
+		{"woken once", 0, false, 3, true, 1},
+		{"cancelled", 0, true, 2, true, 0},
+		{"events ready: not registered", 2, false, 1, false, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := newEventLog(10, nil)
+			head := l.head()
+			for range tt.before {
+				l.append("message", []byte(`"x":1`))
+			}
+			w, other := &countWaiter{}, &countWaiter{}
+			res, waiting := l.readOrWait(head, true, 10, w)
+			if waiting != tt.waiting || len(res.events) != tt.before {
+				t.Fatalf("readOrWait: waiting %v with %d events, want %v with %d", waiting, len(res.events), tt.waiting, tt.before)
+			}
+			l.readOrWait(l.head(), true, 10, other)
+			if tt.cancel {
+				l.cancelWait(w)
+				l.cancelWait(w) // twice is harmless
+			}
+			for range tt.appends {
+				l.append("message", []byte(`"y":2`))
+			}
+			if got := w.n.Load(); got != tt.wakes {
+				t.Errorf("woken %d times, want %d", got, tt.wakes)
+			}
+			if other.n.Load() != 1 {
+				t.Errorf("the other waiter was woken %d times, want 1", other.n.Load())
+			}
+			if len(l.waiters) != 0 {
+				t.Errorf("%d waiters left registered", len(l.waiters))
+			}
+		})
+	}
+}
+
+// TestEventLogWaiterRace: an event appended concurrently with readOrWait is
+// either returned by it or wakes the waiter it registered, never neither.
+func TestEventLogWaiterRace(t *testing.T) {
+	l := newEventLog(1000, nil)
+	for i := range 2000 {
+		head := l.head()
+		w := make(chanWaiter)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			l.append("message", []byte(strconv.Itoa(i)))
+		}()
+		res, waiting := l.readOrWait(head, true, 10, w)
+		<-done
+		if !waiting {
+			if len(res.events) != 1 {
+				t.Fatalf("round %d: not waiting and %d events", i, len(res.events))
+			}
+			continue
+		}
+		select {
+		case <-w:
+		default:
+			t.Fatalf("round %d: registered after an empty read, but the append did not wake it", i)
+		}
+	}
 }
 
 func BenchmarkEventLogAppendPoll(b *testing.B) {
@@ -165,7 +251,7 @@ func TestEventLogGrows(t *testing.T) {
 			if len(l.buf) > tt.size {
 				t.Fatalf("ring of %d events exceeds size %d", len(l.buf), tt.size)
 			}
-			res, _ := l.read(cursor{}, false, 10000)
+			res := l.read(cursor{}, false, 10000)
 			want := min(tt.size, tt.appended)
 			if len(res.events) != want {
 				t.Fatalf("read %d events, want %d", len(res.events), want)

@@ -206,6 +206,8 @@ func charsetEncode(charset, s string) ([]byte, error) {
 type deps struct {
 	dial   dialFunc
 	reader sessionReader
+	// started, when set, is given the API once it serves (tests).
+	started func(*api)
 }
 
 func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error {
@@ -247,9 +249,12 @@ func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error
 	if err != nil {
 		return err
 	}
-	apiLn := newLimitListener(rawLn, cfg.MaxConnections, m.connRejected.Inc)
+	// The parked long polls' connections come back to the server through
+	// resumeLn, above the limit, so they keep their slot while parked.
+	apiLn := newResumeListener(newLimitListener(rawLn, cfg.MaxConnections, m.connRejected.Inc))
 	apiSrv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
 		IdleTimeout: 120 * time.Second, MaxHeaderBytes: 32 << 10, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
+	a.parked = newParker(a, apiLn, apiSrv.IdleTimeout)
 	var opsSrv *http.Server
 	var opsLn net.Listener
 	if cfg.OpsListen != "" {
@@ -281,20 +286,25 @@ func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error
 	logger.Info("imsidecar ready", "version", version, "listen", cfg.Listen, "ops", cfg.OpsListen,
 		"xmpp", cfg.XMPPAddr, "domain", cfg.XMPPDomain, "store", cfg.SessionStore, "profile", cfg.Profile)
 	sdNotify("READY=1")
+	if d != nil && d.started != nil {
+		d.started(a)
+	}
 
 	var runErr error
 	select {
 	case <-ctx.Done():
 	case runErr = <-errc:
 	}
-	// Ordered, bounded shutdown: stop being ready, drain HTTP (long polls
-	// end at once), close every stream with unavailable, close the store.
+	// Ordered, bounded shutdown: stop being ready, answer the parked long
+	// polls and close their connections, drain HTTP, close every stream
+	// with unavailable, close the store.
 	logger.Info("imsidecar shutting down")
 	sdNotify("STOPPING=1")
 	a.draining.Store(true)
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	stop()
+	a.parked.shutdown(sctx)
 	apiSrv.Shutdown(sctx)
 	reg.shutdown(sctx)
 	if opsSrv != nil {

@@ -1,0 +1,396 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// A JSON long poll that finds nothing to return is parked: its handler
+// hijacks the connection from net/http and returns, and the poll waits as
+// a parkedPoll — the net.Conn, the few fields needed to answer, a timer
+// and a waiter on the event log — with no goroutine and none of
+// net/http's per-connection buffers. The first event, the wait running
+// out or the shutdown answers it on a short-lived goroutine, which writes
+// the HTTP/1.1 response itself and, once the next request starts, hands a
+// kept-alive connection back to the same http.Server through the
+// resumeListener. An online user's
+// pending poll cost ≈ 10 KB of net/http buffers and two goroutines; parked
+// it costs a few hundred bytes (BenchmarkPendingPollMemory).
+//
+// A client that goes away while its poll is parked is not noticed (nothing
+// reads the connection) until the answer's write fails, within the wait
+// (≤ 55 s); the connection, and its --max-connections slot, are then
+// released.
+
+// errParked is what the events handler returns once it has parked the
+// poll: wrap then neither answers nor records; the parker does both.
+var errParked = errors.New("sidecar: poll parked")
+
+// parkWriteTimeout bounds the write of a parked poll's answer.
+const parkWriteTimeout = 10 * time.Second
+
+// pollQuery is what a poll asked for.
+type pollQuery struct {
+	cur   cursor
+	given bool
+	limit int
+}
+
+// parker owns the parked polls and the goroutines that answer them.
+type parker struct {
+	a    *api
+	ln   *resumeListener // nil: every answered connection is closed
+	idle time.Duration   // the server's IdleTimeout
+
+	mu     sync.Mutex
+	polls  map[*parkedPoll]struct{}
+	idlers map[net.Conn]struct{} // answered, waiting for the next request
+	closed bool                  // shutting down: answer at once, keep nothing alive
+	wg     sync.WaitGroup        // one per parked poll, until its connection is handed on
+}
+
+func newParker(a *api, ln *resumeListener, idle time.Duration) *parker {
+	return &parker{a: a, ln: ln, idle: idle, polls: map[*parkedPoll]struct{}{}, idlers: map[net.Conn]struct{}{}}
+}
+
+// parkedPoll is one pending long poll held without net/http.
+type parkedPoll struct {
+	pk     *parker
+	conn   net.Conn
+	unread []byte // bytes net/http had read past this request (pipelined)
+	s      *session
+	q      pollQuery
+	header http.Header // set before the poll parked (nil: none)
+	keep   bool        // the client keeps the connection alive
+	http11 bool
+	route  string
+	user   string
+	start  time.Time
+
+	mu      sync.Mutex // held while parking; the answer waits for it
+	timer   *time.Timer
+	fired   atomic.Bool
+	tracked bool // counted in pk.wg
+}
+
+// park hijacks the connection of a poll that found nothing and leaves it
+// waiting; it reports false, leaving the request untouched, where it
+// cannot (no parker, a request body, HTTP/2, a writer that cannot be
+// hijacked): the caller then waits as before.
+func (a *api) park(w http.ResponseWriter, r *http.Request, c *caller, s *session, q pollQuery, wait time.Duration) bool {
+	pk := a.parked
+	rec, ok := w.(*statusRecorder)
+	if pk == nil || !ok || r.Method != http.MethodGet || r.ProtoMajor != 1 || r.ContentLength != 0 || len(r.TransferEncoding) > 0 {
+		return false
+	}
+	header := rec.Header()
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return false
+	}
+	p := &parkedPoll{pk: pk, conn: conn, s: s, q: q, route: r.Pattern, start: rec.start,
+		http11: r.ProtoAtLeast(1, 1), keep: r.ProtoAtLeast(1, 1) && !r.Close}
+	if p.route == "" {
+		p.route = "GET /v1/events"
+	}
+	if c != nil && c.php != nil {
+		p.user = c.php.Identity.User
+	}
+	if len(header) > 0 {
+		p.header = header.Clone()
+	}
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n)
+		p.unread = append([]byte(nil), b...)
+	}
+	if rc, ok := conn.(*resumedConn); ok {
+		// A connection parked before: what it still had to give follows
+		// what net/http had buffered from it.
+		p.unread = append(p.unread, rc.rest...)
+		p.conn = rc.Conn
+	}
+	p.conn.SetDeadline(time.Time{})
+	pk.hold(p, wait)
+	return true
+}
+
+// hold registers p and arms its timer and its waiter on the event log.
+func (pk *parker) hold(p *parkedPoll, wait time.Duration) {
+	pk.mu.Lock()
+	if pk.closed {
+		pk.mu.Unlock()
+		p.fired.Store(true)
+		p.answer()
+		return
+	}
+	pk.polls[p] = struct{}{}
+	pk.wg.Add(1)
+	p.tracked = true
+	p.mu.Lock()
+	pk.mu.Unlock()
+	defer p.mu.Unlock()
+	p.timer = time.AfterFunc(wait, p.wake)
+	if _, waiting := p.s.log.readOrWait(p.q.cur, p.q.given, p.q.limit, p); !waiting {
+		p.wake() // an event arrived since the handler's read
+	}
+}
+
+// wake answers the poll, once, on a goroutine of its own: it is called by
+// the event log's append, the timer and the shutdown.
+func (p *parkedPoll) wake() {
+	if p.fired.CompareAndSwap(false, true) {
+		go func() {
+			p.mu.Lock() // wait until hold has finished arming
+			p.mu.Unlock()
+			p.answer()
+		}()
+	}
+}
+
+// answer writes the poll's response and then hands the connection back to
+// the HTTP server, or closes it.
+func (p *parkedPoll) answer() {
+	pk := p.pk
+	if p.timer != nil {
+		p.timer.Stop()
+	}
+	p.s.log.cancelWait(p)
+	res := p.s.log.read(p.q.cur, p.q.given, p.q.limit)
+	now := time.Now()
+	p.s.lastPoll.Store(now.UnixNano())
+	pk.mu.Lock()
+	keep := p.keep && pk.ln != nil && !pk.closed && !pk.a.draining.Load()
+	pk.mu.Unlock()
+	msg := p.response(res, keep, now)
+	// Recorded when answered, as wrap does before net/http flushes.
+	pk.a.record(context.Background(), p.route, http.StatusOK, p.start, p.user)
+	p.conn.SetWriteDeadline(now.Add(parkWriteTimeout))
+	_, err := p.conn.Write(msg)
+	p.conn.SetWriteDeadline(time.Time{})
+
+	pk.mu.Lock()
+	delete(pk.polls, p)
+	keep = keep && !pk.closed
+	pk.mu.Unlock()
+	switch {
+	case err != nil || !keep:
+		p.conn.Close()
+	case len(p.unread) > 0:
+		pk.ln.resume(&resumedConn{Conn: p.conn, rest: p.unread})
+	default:
+		pk.awaitNext(p.conn)
+	}
+	if p.tracked {
+		pk.wg.Done()
+	}
+}
+
+// awaitNext waits, on the answering goroutine, for the first byte of the
+// connection's next request, up to the server's IdleTimeout, and then
+// hands the connection back: net/http treats a connection it accepts as
+// new, starting its ReadHeaderTimeout at once, while a kept-alive one may
+// idle for IdleTimeout before its next request. PHP asks again at once,
+// so the wait is short.
+func (pk *parker) awaitNext(c net.Conn) {
+	pk.mu.Lock()
+	if pk.closed {
+		pk.mu.Unlock()
+		c.Close()
+		return
+	}
+	pk.idlers[c] = struct{}{}
+	pk.mu.Unlock()
+	if pk.idle > 0 {
+		c.SetReadDeadline(time.Now().Add(pk.idle))
+	}
+	var first [1]byte
+	n, _ := c.Read(first[:])
+	c.SetReadDeadline(time.Time{})
+	pk.mu.Lock()
+	delete(pk.idlers, c)
+	closed := pk.closed
+	pk.mu.Unlock()
+	if n == 0 || closed {
+		c.Close()
+		return
+	}
+	pk.ln.resume(&resumedConn{Conn: c, rest: first[:]})
+}
+
+// response is the bytes net/http writes for the same answer: the status
+// line in the request's version, the handler's headers (sorted), Date,
+// Content-Length, Connection and the JSON page. (net/http chunks a page
+// over 2 KB; this always gives its length.)
+func (p *parkedPoll) response(res pollResult, keep bool, now time.Time) []byte {
+	body := eventsPage(res)
+	h := p.header
+	if h == nil {
+		h = make(http.Header, 2)
+	}
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	var b strings.Builder
+	b.Grow(160 + len(body))
+	if p.http11 {
+		b.WriteString("HTTP/1.1 200 OK\r\n")
+	} else {
+		b.WriteString("HTTP/1.0 200 OK\r\n")
+	}
+	h.Write(&b)
+	b.WriteString("Date: ")
+	b.WriteString(now.UTC().Format(http.TimeFormat))
+	b.WriteString("\r\nContent-Length: ")
+	b.WriteString(strconv.Itoa(len(body)))
+	b.WriteString("\r\n")
+	if !keep && p.http11 {
+		b.WriteString("Connection: close\r\n")
+	}
+	b.WriteString("\r\n")
+	b.WriteString(body)
+	return []byte(b.String())
+}
+
+// shutdown answers every parked poll with what it has and closes its
+// connection, and closes the answered ones waiting for their next request;
+// polls that would park from now on are answered at once.
+// When ctx ends first, the connections still being written are closed.
+func (pk *parker) shutdown(ctx context.Context) {
+	pk.mu.Lock()
+	pk.closed = true
+	polls := make([]*parkedPoll, 0, len(pk.polls))
+	for p := range pk.polls {
+		polls = append(polls, p)
+	}
+	for c := range pk.idlers {
+		c.Close() // answered and idle, as http.Server.Shutdown closes its idle ones
+	}
+	pk.mu.Unlock()
+	for _, p := range polls {
+		p.wake()
+	}
+	done := make(chan struct{})
+	go func() { // ends when the last answer is written
+		pk.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return
+	case <-ctx.Done():
+	}
+	pk.mu.Lock()
+	for p := range pk.polls {
+		p.conn.Close() // the pending write fails at once
+	}
+	pk.mu.Unlock()
+	<-done
+}
+
+// parkedCount is how many polls are parked (tests).
+func (pk *parker) parkedCount() int {
+	pk.mu.Lock()
+	defer pk.mu.Unlock()
+	return len(pk.polls)
+}
+
+// resumeListener is the API server's listener: Accept yields the
+// connections of the listener under it and the connections of answered
+// parked polls handed back by resume, which net/http then serves as new
+// (with fresh pooled buffers, its ReadHeaderTimeout and IdleTimeout). It
+// sits above the limitListener, so a parked connection keeps its
+// --max-connections slot until it is finally closed.
+type resumeListener struct {
+	net.Listener
+	conns  chan accepted // from the pump and from resume
+	done   chan struct{} // closed by Close
+	pumped chan struct{} // closed when the pump has returned
+	once   sync.Once
+	err    error
+}
+
+type accepted struct {
+	c   net.Conn
+	err error
+}
+
+func newResumeListener(ln net.Listener) *resumeListener {
+	l := &resumeListener{Listener: ln, conns: make(chan accepted), done: make(chan struct{}), pumped: make(chan struct{})}
+	go l.pump() // owned by the listener; returns on Close
+	return l
+}
+
+// pump hands the connections of the listener below to Accept.
+func (l *resumeListener) pump() {
+	defer close(l.pumped)
+	for {
+		c, err := l.Listener.Accept()
+		select {
+		case l.conns <- accepted{c, err}:
+		case <-l.done:
+			if c != nil {
+				c.Close()
+			}
+			return
+		}
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+	}
+}
+
+func (l *resumeListener) Accept() (net.Conn, error) {
+	select {
+	case a := <-l.conns:
+		return a.c, a.err
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// resume gives c back to the server; after Close it closes c.
+func (l *resumeListener) resume(c net.Conn) {
+	select {
+	case <-l.done:
+		c.Close()
+		return
+	default:
+	}
+	select {
+	case l.conns <- accepted{c: c}:
+	case <-l.done:
+		c.Close()
+	}
+}
+
+// Close closes the listener below and waits for the pump to return.
+func (l *resumeListener) Close() error {
+	l.once.Do(func() {
+		close(l.done)
+		l.err = l.Listener.Close()
+		<-l.pumped
+	})
+	return l.err
+}
+
+// resumedConn is a connection handed back with bytes read from it before
+// (a pipelined request net/http had buffered): they are read first.
+type resumedConn struct {
+	net.Conn
+	rest []byte
+}
+
+func (c *resumedConn) Read(b []byte) (int, error) {
+	if len(c.rest) == 0 {
+		return c.Conn.Read(b)
+	}
+	n := copy(b, c.rest)
+	c.rest = c.rest[n:]
+	return n, nil
+}
