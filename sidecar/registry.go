@@ -264,7 +264,7 @@ func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session,
 	s.lastPoll.Store(time.Now().UnixNano())
 	s.setState(xmppconn.StateConnecting, "")
 	s.appendState(xmppconn.StateConnecting, "")
-	logger := r.logger.With("user", s.user, "session", s.short)
+	logger := slog.New(sessionLog{r.logger.Handler(), s})
 	cfg := xmppconn.Config{
 		Addr:            r.cfg.XMPPAddr,
 		Domain:          r.cfg.XMPPDomain,
@@ -308,6 +308,35 @@ func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session,
 	r.wg.Add(1)
 	go r.advertiseAvatar(conn, logger)
 	return s, nil
+}
+
+// sessionLog is r.logger.With("user", ..., "session", ...) for one session
+// without its cost: Logger.With copies the handler and preformats the
+// attributes, a few hundred bytes for each of thousands of online users,
+// while this adds the two attributes (first, as With would) only to the
+// records actually logged.
+type sessionLog struct {
+	slog.Handler
+	s *session
+}
+
+func (h sessionLog) attrs() []slog.Attr {
+	return []slog.Attr{slog.String("user", h.s.user), slog.String("session", h.s.short)}
+}
+
+func (h sessionLog) Handle(ctx context.Context, r slog.Record) error {
+	out := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
+	out.AddAttrs(h.attrs()...)
+	r.Attrs(func(a slog.Attr) bool { out.AddAttrs(a); return true })
+	return h.Handler.Handle(ctx, out)
+}
+
+func (h sessionLog) WithAttrs(as []slog.Attr) slog.Handler {
+	return h.Handler.WithAttrs(h.attrs()).WithAttrs(as)
+}
+
+func (h sessionLog) WithGroup(name string) slog.Handler {
+	return h.Handler.WithAttrs(h.attrs()).WithGroup(name)
 }
 
 // advertiseAvatar reads the user's own vCard once the stream is up and

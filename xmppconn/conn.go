@@ -46,7 +46,10 @@ type Conn struct {
 	// that reads the stream touches it.
 	inH atomic.Uint32
 
-	mu      sync.Mutex // guards pending and mam
+	// mu guards pending and mam. Both are made on first use and dropped
+	// when empty again: a Go map never shrinks, and an idle Conn would
+	// keep a few hundred bytes of slots for IQs long answered.
+	mu      sync.Mutex
 	pending map[string]*iqWait
 	mam     map[string]*mamQuery // running archive queries by query id
 
@@ -101,8 +104,6 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 		cfg:      cfg,
 		log:      cfg.Logger,
 		own:      JID{Local: cfg.User, Domain: cfg.Domain},
-		pending:  map[string]*iqWait{},
-		mam:      map[string]*mamQuery{},
 		done:     make(chan struct{}),
 		idPrefix: hex.EncodeToString(rnd[:]),
 	}
@@ -645,10 +646,10 @@ func (c *Conn) finish(err error, st State, evErr error) {
 	c.err = err
 	c.setState(st)
 	c.mu.Lock()
-	for id, w := range c.pending {
+	for _, w := range c.pending {
 		w.ch <- iqResult{err: ErrClosed}
-		delete(c.pending, id)
 	}
+	c.pending = nil
 	c.mu.Unlock()
 	c.wmu.Lock()
 	c.queue = nil
