@@ -83,7 +83,7 @@ type eventLog struct {
 // initialEvents is the ring's first allocation. Most sessions hold a few
 // events at a time, so the ring starts small and doubles up to its size:
 // preallocating 1,000 events was 48 KB per online user.
-const initialEvents = 16
+const initialEvents = 4
 
 func newEventLog(size int, onDrop func()) *eventLog {
 	return &eventLog{epoch: newEpoch(), buf: make([]event, min(size, initialEvents)), size: size, next: 1, onDrop: onDrop}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -71,10 +72,13 @@ type session struct {
 	state    atomic.Value // xmppconn.State
 	reason   atomic.Value // string
 
-	mu       sync.Mutex
-	conn     xmppSession
-	fullJID  string
-	presence map[string]map[string]presenceInfo // bare JID → resource → presence
+	mu      sync.Mutex
+	conn    xmppSession
+	fullJID string
+	// presence is, per bare JID, the available resources sorted by
+	// Resource: a contact has one or two, and a slice of them costs a
+	// tenth of a map (a map per online contact was ≈ 700 bytes).
+	presence map[string][]presenceInfo
 	limiter  tokenBucket
 }
 
@@ -249,7 +253,7 @@ func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session,
 		r.closeSession(old, "replaced")
 	}
 	s := &session{key: key, short: key[:8], user: ps.Identity.User, jid: ps.Identity.User + "@" + r.cfg.XMPPDomain,
-		cred: credentials(ps.Identity), ident: ps.Identity, since: time.Now(), presence: map[string]map[string]presenceInfo{},
+		cred: credentials(ps.Identity), ident: ps.Identity, since: time.Now(), presence: map[string][]presenceInfo{},
 		limiter: tokenBucket{rate: r.cfg.RateLimit, burst: 2 * r.cfg.RateLimit}}
 	if old != nil && old.user == s.user {
 		s.log = old.log
@@ -260,7 +264,7 @@ func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session,
 	s.lastPoll.Store(time.Now().UnixNano())
 	s.setState(xmppconn.StateConnecting, "")
 	s.appendState(xmppconn.StateConnecting, "")
-	logger := r.logger.With("user", s.user, "session", s.short)
+	logger := slog.New(sessionLog{r.logger.Handler(), s})
 	cfg := xmppconn.Config{
 		Addr:            r.cfg.XMPPAddr,
 		Domain:          r.cfg.XMPPDomain,
@@ -304,6 +308,35 @@ func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session,
 	r.wg.Add(1)
 	go r.advertiseAvatar(conn, logger)
 	return s, nil
+}
+
+// sessionLog is r.logger.With("user", ..., "session", ...) for one session
+// without its cost: Logger.With copies the handler and preformats the
+// attributes, a few hundred bytes for each of thousands of online users,
+// while this adds the two attributes (first, as With would) only to the
+// records actually logged.
+type sessionLog struct {
+	slog.Handler
+	s *session
+}
+
+func (h sessionLog) attrs() []slog.Attr {
+	return []slog.Attr{slog.String("user", h.s.user), slog.String("session", h.s.short)}
+}
+
+func (h sessionLog) Handle(ctx context.Context, r slog.Record) error {
+	out := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
+	out.AddAttrs(h.attrs()...)
+	r.Attrs(func(a slog.Attr) bool { out.AddAttrs(a); return true })
+	return h.Handler.Handle(ctx, out)
+}
+
+func (h sessionLog) WithAttrs(as []slog.Attr) slog.Handler {
+	return h.Handler.WithAttrs(h.attrs()).WithAttrs(as)
+}
+
+func (h sessionLog) WithGroup(name string) slog.Handler {
+	return h.Handler.WithAttrs(h.attrs()).WithGroup(name)
 }
 
 // advertiseAvatar reads the user's own vCard once the stream is up and
@@ -481,39 +514,45 @@ func (s *session) trackPresence(p *xmppconn.Presence) {
 	bare, res, _ := strings.Cut(p.From, "/")
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	list := s.presence[bare]
+	i, found := slices.BinarySearchFunc(list, res, func(pi presenceInfo, res string) int { return strings.Compare(pi.Resource, res) })
 	if p.Type == "unavailable" {
-		delete(s.presence[bare], res)
-		if len(s.presence[bare]) == 0 {
-			delete(s.presence, bare)
+		if !found {
+			return
 		}
+		if len(list) == 1 {
+			delete(s.presence, bare)
+			return
+		}
+		s.presence[bare] = slices.Delete(list, i, i+1)
 		return
 	}
-	if s.presence[bare] == nil {
-		s.presence[bare] = map[string]presenceInfo{}
+	pi := presenceInfo{Resource: res, Show: p.Show, Status: p.Status, Priority: p.Priority, Avatar: p.Avatar}
+	if found {
+		if pi.Avatar == nil {
+			// XEP-0153: a presence without the hash leaves it as it was.
+			pi.Avatar = list[i].Avatar
+		}
+		list[i] = pi
+		return
 	}
-	avatar := p.Avatar
-	if avatar == nil {
-		// XEP-0153: a presence without the hash leaves it as it was.
-		avatar = s.presence[bare][res].Avatar
+	if len(list) == 0 {
+		list = make([]presenceInfo, 0, 1) // most contacts have one resource
 	}
-	s.presence[bare][res] = presenceInfo{Resource: res, Show: p.Show, Status: p.Status, Priority: p.Priority, Avatar: avatar}
+	s.presence[bare] = slices.Insert(list, i, pi)
 }
 
 func (s *session) clearPresence() {
 	s.mu.Lock()
-	s.presence = map[string]map[string]presenceInfo{}
+	s.presence = map[string][]presenceInfo{}
 	s.mu.Unlock()
 }
 
+// presenceOf returns a copy of the resources of bare, sorted by Resource.
 func (s *session) presenceOf(bare string) []presenceInfo {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]presenceInfo, 0, len(s.presence[bare]))
-	for _, p := range s.presence[bare] {
-		out = append(out, p)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Resource < out[j].Resource })
-	return out
+	return append(make([]presenceInfo, 0, len(s.presence[bare])), s.presence[bare]...)
 }
 
 // stream returns the session's live XMPP stream, or ErrNotConnected.

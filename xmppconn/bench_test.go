@@ -56,29 +56,58 @@ func (h *countingHandler) HandleEvent(ev xmppconn.Event) {
 }
 
 // BenchmarkIdleConnMemory measures the client-side memory of idleConns idle,
-// logged-in, STARTTLS connections to a real Prosody (XEP-0198 and carbons
-// enabled), then again after each received one 20 KB stanza. A baseline of
-// idleConns bare TLS connections (one reader goroutine each, no XMPP) is
-// measured in the same run. Run with -benchtime=1x:
+// logged-in connections to a real Prosody (XEP-0198 and carbons enabled),
+// then again after each received one 20 KB stanza. Two variants: "tls"
+// (direct TLS, as in production) against a baseline of idleConns bare TLS
+// connections, and "plain" (no TLS, as the load generator runs the daemon)
+// against bare TCP connections; each baseline (one reader goroutine per
+// connection, no XMPP) is measured in the same run. Run with -benchtime=1x:
 //
 //	go test ./xmppconn -run '^$' -bench IdleConnMemory -benchtime=1x
+//
+// XMPPCONN_BENCH_HEAPPROFILE=file writes the live heap (sampling every
+// allocation) with every connection idle after its large stanza.
 func BenchmarkIdleConnMemory(b *testing.B) {
-	srv := xmppconntest.StartProsody(b, xmppconntest.Options{DirectTLS: true, LogLevel: "warn"})
+	if os.Getenv("XMPPCONN_BENCH_HEAPPROFILE") != "" {
+		defer func(r int) { runtime.MemProfileRate = r }(runtime.MemProfileRate)
+		runtime.MemProfileRate = 1
+	}
+	for _, tc := range []struct {
+		name string
+		tls  bool
+	}{{"tls", true}, {"plain", false}} {
+		b.Run(tc.name, func(b *testing.B) { benchIdleConnMemory(b, tc.tls) })
+	}
+}
+
+func benchIdleConnMemory(b *testing.B, useTLS bool) {
+	srv := xmppconntest.StartProsody(b, xmppconntest.Options{DirectTLS: useTLS, NoTLS: !useTLS, LogLevel: "warn"})
 	users := srv.RegisterN(b, "u", idleConns, "pw")
 	srv.RegisterMany(b, map[string]string{"sender": "pw"})
 	discard := slog.New(slog.NewTextHandler(io.Discard, nil))
+	mode, tlsConf := xmppconn.TLSNone, (*tls.Config)(nil)
+	if useTLS {
+		mode, tlsConf = xmppconn.TLSStartTLS, srv.TLSConfig()
+	}
+	dialBare := func() (net.Conn, error) {
+		if !useTLS {
+			return net.Dial("tcp", srv.Addr)
+		}
+		c, err := tls.Dial("tcp", srv.DirectTLSAddr, srv.TLSConfig())
+		if err != nil {
+			return nil, err
+		}
+		return c, c.Handshake()
+	}
 
 	for b.Loop() {
-		// Baseline: bare TLS connections, one blocked reader each.
+		// Baseline: bare connections, one blocked reader each.
 		base0 := sampleMem()
 		var raw []net.Conn
 		var rwg sync.WaitGroup
 		for range idleConns {
-			c, err := tls.Dial("tcp", srv.DirectTLSAddr, srv.TLSConfig())
+			c, err := dialBare()
 			if err != nil {
-				b.Fatal(err)
-			}
-			if err := c.Handshake(); err != nil {
 				b.Fatal(err)
 			}
 			raw = append(raw, c)
@@ -110,7 +139,7 @@ func BenchmarkIdleConnMemory(b *testing.B) {
 		start := time.Now()
 		for _, u := range users {
 			c, err := xmppconn.Dial(ctx, xmppconn.Config{
-				Addr: srv.Addr, Domain: srv.Domain, TLSConfig: srv.TLSConfig(),
+				Addr: srv.Addr, Domain: srv.Domain, TLS: mode, TLSConfig: tlsConf,
 				User: u, Password: "pw", Resource: "expresso-web",
 				Handler: h, Logger: discard, Carbons: true, Reconnect: true,
 			})
@@ -127,7 +156,7 @@ func BenchmarkIdleConnMemory(b *testing.B) {
 
 		// One 20 KB stanza to each connection.
 		sender, err := xmppconn.Dial(ctx, xmppconn.Config{
-			Addr: srv.Addr, Domain: srv.Domain, TLSConfig: srv.TLSConfig(),
+			Addr: srv.Addr, Domain: srv.Domain, TLS: mode, TLSConfig: tlsConf,
 			User: "sender", Password: "pw", Resource: "bench", Handler: xmppconn.HandlerFunc(func(xmppconn.Event) {}),
 			Logger: discard,
 		})
@@ -150,9 +179,8 @@ func BenchmarkIdleConnMemory(b *testing.B) {
 		m2 := sampleMem()
 		heap2, stack2 := perConn(m0, m2, idleConns)
 		if name := os.Getenv("XMPPCONN_BENCH_HEAPPROFILE"); name != "" {
-			// The live heap with every connection idle after its large
-			// stanza: go tool pprof -sample_index=inuse_space <file>
-			writeHeapProfile(b, name)
+			// go tool pprof -sample_index=inuse_space <file>
+			writeHeapProfile(b, name+"."+b.Name()[strings.LastIndexByte(b.Name(), '/')+1:])
 		}
 
 		b.ReportMetric(heap, "heapB/conn")
@@ -161,12 +189,13 @@ func BenchmarkIdleConnMemory(b *testing.B) {
 		b.ReportMetric(heap2, "heapB/conn-after20KB")
 		b.ReportMetric(stack2, "stackB/conn-after20KB")
 		b.ReportMetric(heap2+stack2, "B/conn-after20KB")
-		b.ReportMetric(baseHeap+baseStack, "baselineTLS-B/conn")
+		b.ReportMetric(baseHeap+baseStack, "baseline-B/conn")
 		b.ReportMetric((heap+stack)/(baseHeap+baseStack), "x-baseline")
 		b.ReportMetric(float64(loginTime.Milliseconds())/idleConns, "login-ms/conn")
 		b.ReportMetric(goroutines, "goroutines/conn")
-		b.Logf("%d conns: idle %.1f KB/conn (heap %.1f, stack %.1f); after one 20 KB stanza %.1f KB/conn; bare TLS baseline %.1f KB/conn; logins %v",
-			idleConns, (heap+stack)/1024, heap/1024, stack/1024, (heap2+stack2)/1024, (baseHeap+baseStack)/1024, loginTime)
+		b.Logf("%d conns: idle %.1f KB/conn (heap %.1f, stack %.1f); after one 20 KB stanza %.1f KB/conn (heap %.1f, stack %.1f); bare baseline %.1f KB/conn (heap %.1f, stack %.1f); logins %v",
+			idleConns, (heap+stack)/1024, heap/1024, stack/1024, (heap2+stack2)/1024, heap2/1024, stack2/1024,
+			(baseHeap+baseStack)/1024, baseHeap/1024, baseStack/1024, loginTime)
 
 		var wg sync.WaitGroup
 		for _, c := range conns {

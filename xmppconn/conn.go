@@ -47,7 +47,10 @@ type Conn struct {
 	// that reads the stream touches it.
 	inH atomic.Uint32
 
-	mu      sync.Mutex // guards pending and mam
+	// mu guards pending and mam. Both are made on first use and dropped
+	// when empty again: a Go map never shrinks, and an idle Conn would
+	// keep a few hundred bytes of slots for IQs long answered.
+	mu      sync.Mutex
 	pending map[string]*iqWait
 	mam     map[string]*mamQuery // running archive queries by query id
 
@@ -102,8 +105,6 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 		cfg:      cfg,
 		log:      cfg.Logger,
 		own:      JID{Local: cfg.User, Domain: cfg.Domain},
-		pending:  map[string]*iqWait{},
-		mam:      map[string]*mamQuery{},
 		done:     make(chan struct{}),
 		idPrefix: hex.EncodeToString(rnd[:]),
 	}
@@ -560,15 +561,37 @@ func (c *Conn) send(raw []byte, queueable bool) error {
 	return err
 }
 
-// run is the Conn's only goroutine: it reads the stream and, when it
-// breaks, reconnects.
+// run is the Conn's goroutine: it reads the stream and, when it breaks,
+// reconnects. It is one logical goroutine run as a relay: whenever the
+// stream goes idle after it handled elements (or after a login), it starts
+// its successor and returns (errRelay), so that the goroutine parked on an
+// idle stream has a fresh, minimal stack. The Handler, XML parsing and the
+// TLS handshake grow a goroutine's stack to 8 KB and more, and Go gives a
+// grown stack back only slowly, a GC at a time, halving it; with thousands
+// of idle users that was several KB each. The last goroutine of the relay
+// closes done.
 func (c *Conn) run(s *stream) {
-	defer close(c.done)
 	c.emit(&StateChange{State: StateOnline})
-	backoff := c.cfg.MinBackoff
-	onlineSince := time.Now()
+	c.loop(s, &runState{backoff: c.cfg.MinBackoff, onlineSince: time.Now()}, true)
+}
+
+// runState is what the relay hands from one goroutine to the next.
+type runState struct {
+	backoff     time.Duration
+	onlineSince time.Time
+}
+
+// errRelay is readLoop's way to ask for a fresh goroutine.
+var errRelay = errors.New("xmppconn: relay to a fresh goroutine")
+
+// loop is one goroutine of the relay; grown says its stack is not fresh.
+func (c *Conn) loop(s *stream, st *runState, grown bool) {
 	for {
-		err := c.readLoop(s)
+		err := c.readLoop(s, grown)
+		if err == errRelay {
+			go c.loop(s, st, false)
+			return
+		}
 		s.close()
 		c.wmu.Lock()
 		if c.s == s {
@@ -589,43 +612,46 @@ func (c *Conn) run(s *stream) {
 		}
 		c.setState(StateReconnecting)
 		c.emit(&StateChange{State: StateReconnecting, Err: err})
-		if time.Since(onlineSince) >= stableOnline {
-			backoff = c.cfg.MinBackoff
+		if time.Since(st.onlineSince) >= stableOnline {
+			st.backoff = c.cfg.MinBackoff
 		}
 		if errors.As(err, &se) && se.Condition == "system-shutdown" {
 			// The server announced it is stopping: it may still accept
 			// logins for a moment and then drop them silently, so skip
 			// the quick first retry and give it time to come back.
-			backoff = max(backoff, min(max(2*c.cfg.MinBackoff, shutdownBackoff), c.cfg.MaxBackoff))
+			st.backoff = max(st.backoff, min(max(2*c.cfg.MinBackoff, shutdownBackoff), c.cfg.MaxBackoff))
 		}
 		var resumed bool
-		s, resumed, err = c.reconnect(&backoff)
+		s, resumed, err = c.reconnect(&st.backoff)
 		if err != nil {
-			st := StateOffline
+			state := StateOffline
 			if errors.Is(err, ErrAuth) {
-				st = StateAuthFailed
+				state = StateAuthFailed
 			}
 			if c.closing.Load() {
 				err = ErrClosed
 			}
-			c.finish(err, st, err)
+			c.finish(err, state, err)
 			return
 		}
-		onlineSince = time.Now()
+		st.onlineSince = time.Now()
 		c.setState(StateOnline)
 		c.emit(&StateChange{State: StateOnline, Resumed: resumed, ContinuityLost: !resumed})
+		grown = true // the login grew this goroutine's stack
 	}
 }
 
-// finish records why the Conn stopped and fails everything waiting.
+// finish records why the Conn stopped, fails everything waiting, and
+// closes done: the relay's last goroutine ends.
 func (c *Conn) finish(err error, st State, evErr error) {
+	defer close(c.done)
 	c.err = err
 	c.setState(st)
 	c.mu.Lock()
-	for id, w := range c.pending {
+	for _, w := range c.pending {
 		w.ch <- iqResult{err: ErrClosed}
-		delete(c.pending, id)
 	}
+	c.pending = nil
 	c.mu.Unlock()
 	c.wmu.Lock()
 	c.queue = nil
@@ -673,10 +699,19 @@ func (c *Conn) reconnect(backoff *time.Duration) (*stream, bool, error) {
 // readLoop reads and handles elements until the stream breaks. After
 // PingInterval without inbound traffic it sends a probe (<r/> or a ping);
 // without an answer within PingTimeout the stream is declared dead.
-func (c *Conn) readLoop(s *stream) error {
+//
+// Once it handled an element (or from the start when grown: the goroutine
+// just logged in), it returns errRelay instead of waiting on an idle
+// stream; probing is then false, so the successor starts from the same
+// state.
+func (c *Conn) readLoop(s *stream, grown bool) error {
 	probing := false
+	handled := grown
 	for {
 		if s.br.Buffered() == 0 {
+			if handled {
+				return errRelay
+			}
 			wait := c.cfg.PingInterval
 			if probing {
 				wait = c.cfg.PingTimeout
@@ -708,6 +743,7 @@ func (c *Conn) readLoop(s *stream) error {
 		s.fr.release()
 		if n != nil {
 			c.handle(s, n)
+			handled = true
 		}
 	}
 }

@@ -36,8 +36,12 @@
 // never after an authentication failure (ErrAuth), so that a stale password
 // cannot trigger a server's login-failure ban.
 //
-// Each Conn runs exactly one goroutine, which reads the stream, delivers
-// events and, while the stream is down, reconnects. Writes happen on the
+// Each Conn runs exactly one goroutine at a time, which reads the stream,
+// delivers events and, while the stream is down, reconnects. It is a
+// relay: when the stream goes idle after traffic or a login, the goroutine
+// starts its successor and ends, so that what waits on an idle stream is a
+// fresh goroutine with the smallest stack (2 KB) instead of one grown by
+// parsing, the Handler or the TLS handshake. Writes happen on the
 // caller's goroutine, serialized by a mutex and bounded by a deadline.
 // Inbound stanzas are framed by a small scanner that enforces
 // Config.MaxStanzaSize while reading and parsed one at a time, so a large

@@ -62,11 +62,14 @@ func (c *Conn) iq(ctx context.Context, typ, to string, payload []byte) (*node, e
 	b.WriteString(`</iq>`)
 	w := &iqWait{to: norm, ch: make(chan iqResult, 1)}
 	c.mu.Lock()
+	if c.pending == nil {
+		c.pending = map[string]*iqWait{}
+	}
 	c.pending[id] = w
 	c.mu.Unlock()
 	defer func() {
 		c.mu.Lock()
-		delete(c.pending, id)
+		c.pending = deleteKey(c.pending, id)
 		c.mu.Unlock()
 	}()
 	if err := c.send(b.Bytes(), false); err != nil {
@@ -84,6 +87,16 @@ func (c *Conn) iq(ctx context.Context, typ, to string, payload []byte) (*node, e
 	}
 }
 
+// deleteKey deletes k from m and returns m, or nil once m is empty, so
+// that the map's slots are freed.
+func deleteKey[V any](m map[string]V, k string) map[string]V {
+	delete(m, k)
+	if len(m) == 0 {
+		return nil
+	}
+	return m
+}
+
 // handleIQResponse delivers a result or error to its waiter, if the sender
 // is the one the request went to.
 func (c *Conn) handleIQResponse(n *node) {
@@ -93,7 +106,7 @@ func (c *Conn) handleIQResponse(n *node) {
 	w := c.pending[id]
 	ok := w != nil && c.sameAddr(w.to, from)
 	if ok {
-		delete(c.pending, id)
+		c.pending = deleteKey(c.pending, id)
 	}
 	c.mu.Unlock()
 	if !ok {

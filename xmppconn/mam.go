@@ -147,11 +147,14 @@ func (c *Conn) history(ctx context.Context, ns, archive string, q HistoryQuery) 
 	qid := c.newID()
 	mq := &mamQuery{archive: archive, ns: ns, last: q.Last, max: q.Max}
 	c.mu.Lock()
+	if c.mam == nil {
+		c.mam = map[string]*mamQuery{}
+	}
 	c.mam[qid] = mq
 	c.mu.Unlock()
 	defer func() {
 		c.mu.Lock()
-		delete(c.mam, qid)
+		c.mam = deleteKey(c.mam, qid)
 		c.mu.Unlock()
 	}()
 	n, err := c.iq(ctx, "set", archive, encodeMAMQuery(ns, qid, q))
@@ -159,7 +162,7 @@ func (c *Conn) history(ctx context.Context, ns, archive string, q HistoryQuery) 
 		return HistoryPage{}, err
 	}
 	c.mu.Lock()
-	delete(c.mam, qid)
+	c.mam = deleteKey(c.mam, qid)
 	msgs, over := mq.msgs, mq.over
 	c.mu.Unlock()
 	page := HistoryPage{Count: -1}
