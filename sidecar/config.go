@@ -44,6 +44,7 @@ type Config struct {
 	RateLimit       float64
 	AuthFailLimit   int
 	MaxConnections  int
+	GCPercent       int
 
 	SessionStore       string
 	SessionSavePath    string
@@ -90,6 +91,7 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.Float64Var(&c.RateLimit, "rate-limit", 20, "mutating API calls per second allowed per session (bursts of twice that)")
 	fs.IntVar(&c.AuthFailLimit, "auth-failure-limit", 10, "XMPP authentication failures allowed per hour for the whole daemon, below the server's per-IP ban (ejabberd mod_fail2ban: 20); past it only passwords that worked before are tried (0: no limit)")
 	fs.IntVar(&c.MaxConnections, "max-connections", 10000, "open API connections at most; more are answered 503 too_many_connections (keep it below the open files limit minus one per user)")
+	fs.IntVar(&c.GCPercent, "gc-percent", 50, "Go garbage collector target (GOGC): heap growth allowed over live memory before a collection; lower keeps less memory per user for a little CPU (10..1000; a GOGC environment variable wins)")
 	fs.StringVar(&c.SessionStore, "session-store", "files", "PHP session store: files or redis")
 	fs.StringVar(&c.SessionSavePath, "session-save-path", "/var/lib/php/sessions", "files store: PHP's session.save_path (\"/dir\", \"N;/dir\" or \"N;MODE;/dir\")")
 	fs.StringVar(&c.SessionRedis, "session-redis", "", "redis store: PHP's session.save_path for phpredis: one or more hosts (tcp://host:port?auth=…&database=N&weight=W…, separated by commas or spaces), a rediscluster seed[]=host:port&seed[]=…&auth=… string, or a redis:// URL")
@@ -250,6 +252,9 @@ func (c *Config) Validate() error {
 	}
 	if c.RateLimit <= 0 {
 		bad("rate-limit", "must be positive")
+	}
+	if c.GCPercent < 10 || c.GCPercent > 1000 {
+		bad("gc-percent", "must be within 10..1000, got %d", c.GCPercent)
 	}
 	if c.MaxConnections < 16 {
 		bad("max-connections", "must be at least 16, got %d", c.MaxConnections)

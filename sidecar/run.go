@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"os/user"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -92,6 +93,12 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	logger, err := newLogger(cfg, stderr)
 	if err != nil {
 		return err
+	}
+	if getenv("GOGC") == "" {
+		// Most of the daemon's memory is small per-user state that lives
+		// as long as the user is online; the default GOGC=100 lets the
+		// heap grow to twice that before collecting (docs/PERFORMANCE.md).
+		debug.SetGCPercent(cfg.GCPercent)
 	}
 	return serve(ctx, cfg, logger, nil)
 }
