@@ -51,6 +51,7 @@ func newEpoch() uint64 { return epochCounter.Add(1) }
 // time (without braces), so a poll only concatenates bytes.
 type event struct {
 	offset uint64
+	at     int64 // when it was appended, unix nanoseconds
 	kind   string
 	fields []byte
 	key    string // dedup key of a message, "" for other events
@@ -59,7 +60,10 @@ type event struct {
 // eventLog is a bounded, per-session log of events with a monotonic cursor.
 // A poll returns the events after the caller's cursor; the caller
 // acknowledges by sending the new cursor next time, so a response lost on
-// the way costs nothing. When the caller's cursor is older than the oldest
+// the way costs nothing. An acknowledged event is kept for ackedRetention
+// more, for a poll that repeats an older cursor (a lost response, a second
+// page), then let go, so a chatty user does not pin --event-buffer events
+// for as long as they stay online. When the caller's cursor is older than the oldest
 // kept event, from another epoch, or from before a gap (the XMPP stream had
 // to be replaced without resumption, so the server may have dropped
 // stanzas), the poll says recovered=false.
@@ -72,8 +76,9 @@ type eventLog struct {
 	n       int     // events in buf
 	next    uint64  // offset of the next event (offsets start at 1)
 	gap     uint64  // cursors below this offset are not recovered
+	acked   uint64  // highest offset a poll's cursor has acknowledged
 	waiters []waiter
-	dropped uint64
+	dropped uint64 // unacknowledged events pushed out of a full ring
 	onDrop  func()
 	// keys holds the dedup keys of the events still in buf (key → offset),
 	// so a stanza the server delivers twice is logged once.
@@ -84,6 +89,12 @@ type eventLog struct {
 // events at a time, so the ring starts small and doubles up to its size:
 // preallocating 1,000 events was 48 KB per online user.
 const initialEvents = 4
+
+// ackedRetention is how long an acknowledged event stays for a repeated
+// poll: longer than a page takes to poll again (the longest wait is 55 s)
+// and than --inactivity's default, after which a page that stopped polling
+// has lost its stream anyway.
+const ackedRetention = 2 * time.Minute
 
 func newEventLog(size int, onDrop func()) *eventLog {
 	return &eventLog{epoch: newEpoch(), buf: make([]event, min(size, initialEvents)), size: size, next: 1, onDrop: onDrop}
@@ -122,7 +133,9 @@ func (l *eventLog) appendOnce(kind, key string, fields []byte) bool {
 		}
 		l.keys[key] = l.next
 	}
-	ev := event{offset: l.next, kind: kind, fields: fields, key: key}
+	now := time.Now().UnixNano()
+	l.trimLocked(now)
+	ev := event{offset: l.next, at: now, kind: kind, fields: fields, key: key}
 	l.next++
 	if l.n == len(l.buf) && len(l.buf) < l.size {
 		grown := make([]event, min(2*len(l.buf), l.size))
@@ -135,11 +148,16 @@ func (l *eventLog) appendOnce(kind, key string, fields []byte) bool {
 		if old := l.buf[l.start]; old.key != "" && l.keys[old.key] == old.offset {
 			delete(l.keys, old.key)
 		}
+		old := l.buf[l.start]
 		l.buf[l.start] = ev
 		l.start = (l.start + 1) % len(l.buf)
-		l.dropped++
-		if l.onDrop != nil {
-			l.onDrop()
+		if old.offset > l.acked {
+			// Nobody has seen it: a poller this far behind will be told
+			// recovered=false.
+			l.dropped++
+			if l.onDrop != nil {
+				l.onDrop()
+			}
 		}
 	} else {
 		l.buf[(l.start+l.n)%len(l.buf)] = ev
@@ -152,6 +170,50 @@ func (l *eventLog) appendOnce(kind, key string, fields []byte) bool {
 		w.wake()
 	}
 	return true
+}
+
+// trim lets go of the acknowledged events older than ackedRetention; the
+// janitor calls it for logs nothing is appended to.
+func (l *eventLog) trim() {
+	l.mu.Lock()
+	l.trimLocked(time.Now().UnixNano())
+	l.mu.Unlock()
+}
+
+func (l *eventLog) trimLocked(now int64) {
+	cut := 0
+	for cut < l.n {
+		ev := &l.buf[(l.start+cut)%len(l.buf)]
+		if ev.offset > l.acked || now-ev.at < int64(ackedRetention) {
+			break
+		}
+		if ev.key != "" && l.keys[ev.key] == ev.offset {
+			delete(l.keys, ev.key)
+		}
+		*ev = event{} // let the bytes go
+		cut++
+	}
+	if cut == 0 {
+		return
+	}
+	l.start = (l.start + cut) % len(l.buf)
+	l.n -= cut
+	if len(l.keys) == 0 {
+		l.keys = nil // a map never shrinks
+	}
+	// Give back a ring that grew for a burst: halve it while a quarter
+	// or less of it is used.
+	size := len(l.buf)
+	for size > initialEvents && l.n <= size/4 {
+		size /= 2
+	}
+	if size < len(l.buf) {
+		small := make([]event, size)
+		for i := range l.n {
+			small[i] = l.buf[(l.start+i)%len(l.buf)]
+		}
+		l.buf, l.start = small, 0
+	}
 }
 
 // markGap makes every cursor before the next event unrecovered.
@@ -231,6 +293,9 @@ func (l *eventLog) readLocked(c cursor, given bool, limit int) pollResult {
 	}
 	if given && c.epoch == l.epoch && l.gap > 0 && c.offset < l.gap-1 {
 		recovered = false
+	}
+	if given && c.epoch == l.epoch && c.offset < l.next && c.offset > l.acked {
+		l.acked = c.offset // the caller has processed everything up to here
 	}
 	res := pollResult{cursor: cursor{l.epoch, after}, recovered: recovered}
 	for i := 0; i < l.n && len(res.events) < limit; i++ {

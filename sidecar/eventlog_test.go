@@ -265,3 +265,76 @@ func TestEventLogGrows(t *testing.T) {
 		})
 	}
 }
+
+// TestEventLogRetention: an acknowledged event stays for ackedRetention
+// (a repeated poll gets it again), then goes, and the ring that grew for a
+// burst shrinks; unacknowledged events stay however old; only they count
+// as dropped when a full ring pushes them out.
+func TestEventLogRetention(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		drops := 0
+		l := newEventLog(64, func() { drops++ })
+		for i := range 64 {
+			l.append("message", []byte(strconv.Itoa(i)))
+		}
+		if len(l.buf) != 64 {
+			t.Fatalf("ring of %d after a burst of 64", len(l.buf))
+		}
+		// The page acknowledges the first 60 (its next poll carries 60).
+		if p := l.read(cursor{l.epoch, 60}, true, 100); len(p.events) != 4 || !p.recovered {
+			t.Fatalf("poll after 60: %d events, recovered %v", len(p.events), p.recovered)
+		}
+		time.Sleep(ackedRetention - time.Second)
+		l.trim()
+		if p := l.read(cursor{l.epoch, 10}, true, 100); !p.recovered || len(p.events) != 54 {
+			t.Fatalf("a repeated older cursor within the retention: %d events, recovered %v", len(p.events), p.recovered)
+		}
+		time.Sleep(2 * time.Second)
+		l.trim()
+		if l.n != 4 || len(l.buf) > 16 {
+			t.Fatalf("after the retention: %d events in a ring of %d, want the 4 unacknowledged in a shrunk ring", l.n, len(l.buf))
+		}
+		if p := l.read(cursor{l.epoch, 10}, true, 100); p.recovered || len(p.events) != 4 || p.events[0].offset != 61 {
+			t.Fatalf("a cursor behind the let-go events must not be recovered: %+v", p)
+		}
+		if p := l.read(cursor{l.epoch, 60}, true, 100); !p.recovered || len(p.events) != 4 {
+			t.Fatalf("the acknowledged cursor: %d events, recovered %v", len(p.events), p.recovered)
+		}
+		// Unacknowledged events are kept however old.
+		time.Sleep(time.Hour)
+		l.trim()
+		if l.n != 4 {
+			t.Fatalf("%d unacknowledged events kept after an hour, want 4", l.n)
+		}
+		// A full ring: evicting acknowledged events is no drop, evicting
+		// unacknowledged ones is.
+		l.read(cursor{l.epoch, 64}, true, 100)
+		for i := range 64 {
+			l.append("message", []byte(strconv.Itoa(i)))
+		}
+		if drops != 0 {
+			t.Fatalf("%d drops counted for acknowledged events", drops)
+		}
+		l.append("message", []byte(`"one more"`))
+		if drops != 1 || l.dropped != 1 {
+			t.Fatalf("%d drops (%d) for one unacknowledged event pushed out, want 1", drops, l.dropped)
+		}
+	})
+}
+
+// TestEventLogRetentionDedup: the dedup key of a let-go event goes with it.
+func TestEventLogRetentionDedup(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newEventLog(16, nil)
+		l.appendOnce("message", "k", []byte(`"n":1`))
+		if l.appendOnce("message", "k", []byte(`"n":1`)) {
+			t.Fatal("duplicate accepted while the first is in the log")
+		}
+		l.read(cursor{l.epoch, 1}, true, 100)
+		time.Sleep(ackedRetention)
+		l.trim()
+		if l.keys != nil {
+			t.Fatalf("keys kept after their events went: %v", l.keys)
+		}
+	})
+}

@@ -30,7 +30,7 @@ func newMetrics(sessions func() map[xmppconn.State]int) *metrics {
 		resumptions:   prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_resumptions_total", Help: "Streams resumed with XEP-0198."}),
 		authFailures:  prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_auth_failures_total", Help: "XMPP authentication failures."}),
 		eventsQueued:  prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_events_queued_total", Help: "Events appended to session logs."}),
-		eventsDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_events_dropped_total", Help: "Events dropped from full session logs."}),
+		eventsDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_events_dropped_total", Help: "Unacknowledged events pushed out of full session logs; a poller that far behind is told recovered=false."}),
 		connRejected:  prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_api_connections_rejected_total", Help: "API connections answered 503 too_many_connections (--max-connections)."}),
 		apiLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "imsidecar_api_request_duration_seconds",
 			Help: "API latency by route and status (long polls included).", Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5, 30, 60}},

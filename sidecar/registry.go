@@ -625,6 +625,7 @@ func (r *registry) sweep(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		s.log.trim()
 		st := s.State()
 		if st == xmppconn.StateOffline || st == xmppconn.StateAuthFailed {
 			if now.Sub(time.Unix(0, s.lastPoll.Load())) > r.cfg.Inactivity {
