@@ -248,8 +248,7 @@ func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error
 		return err
 	}
 	apiLn := newLimitListener(rawLn, cfg.MaxConnections, m.connRejected.Inc)
-	apiSrv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
-		IdleTimeout: 120 * time.Second, MaxHeaderBytes: 32 << 10, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
+	apiSrv := newAPIServer(cfg, a.routes(), logger)
 	var opsSrv *http.Server
 	var opsLn net.Listener
 	if cfg.OpsListen != "" {
