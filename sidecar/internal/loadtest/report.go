@@ -140,12 +140,6 @@ func (r Report) Markdown(w io.Writer) {
 			f3(p.CPUPer1k), f3(p.ProsodyCPUPer1k), f1(p.DeliveredPerSec), f2(p.P50ms), f2(p.P99ms), f2(p.Maxms),
 			p.Lost, p.SendErrors, knee(p))
 	}
-	for _, p := range r.Paths {
-		if p.SidecarFDs > 0 {
-			fmt.Fprintf(w, "\n%s: imsidecar held %d descriptors with %d users online over %d API connections (%s).\n",
-				p.Path, p.SidecarFDs, p.Online, p.SidecarConns, r.Config.Transport)
-		}
-	}
 	if len(r.Ratios) > 0 {
 		q := func(k string) string {
 			if v, ok := r.Ratios[k]; ok {
@@ -158,6 +152,12 @@ func (r Report) Markdown(w io.Writer) {
 			q("p50"), q("p99"), q("max"), q("knee_rate"))
 		if v, ok := r.Ratios["logins_vs_bare"]; ok {
 			fmt.Fprintf(w, "\nLogin storm: sidecar/bare XMPP client = %s.\n", f2(v))
+		}
+	}
+	for _, p := range r.Paths {
+		if p.SidecarFDs > 0 {
+			fmt.Fprintf(w, "\n%s: imsidecar held %d descriptors with %d users online over %d API connections dialed (%s).\n",
+				p.Path, p.SidecarFDs, p.Online, p.SidecarConns, r.Config.Transport)
 		}
 	}
 }
