@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -185,6 +186,28 @@ func TestE2EH2C(t *testing.T) {
 					}
 				}
 			}
+			// The browser's event stream (SSE, cookie) over HTTP/2: flushed
+			// event by event through the status recorder.
+			sctx, cancelSSE := context.WithTimeout(t.Context(), 20*time.Second)
+			req, _ := http.NewRequestWithContext(sctx, "GET", alice.C.base+"/v1/events", nil)
+			req.Header.Set("Cookie", "sessionid="+alice.SID)
+			req.Header.Set("Accept", "text/event-stream")
+			req.Header.Set("Last-Event-ID", pa.cursor)
+			resp, err := alice.C.hc.Do(req)
+			if err != nil || resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
+				t.Fatalf("SSE over HTTP/2: %v %v", resp, err)
+			}
+			id := bob.C.send(t, alice.Bare, "pelo SSE", false)
+			sc := bufio.NewScanner(resp.Body)
+			var lines []string
+			for sc.Scan() && !strings.Contains(sc.Text(), `"body":"pelo SSE"`) {
+				lines = append(lines, sc.Text())
+			}
+			if !strings.Contains(sc.Text(), `"id":"`+id+`"`) {
+				t.Errorf("SSE over HTTP/2 ended (%v) without message %s: %q", sc.Err(), id, lines)
+			}
+			cancelSSE()
+			resp.Body.Close()
 			if n := dials.Load(); n != 1 {
 				t.Errorf("alice's calls took %d HTTP/2 connections, want 1", n)
 			}
@@ -192,6 +215,7 @@ func TestE2EH2C(t *testing.T) {
 			// SIGTERM with polls pending over HTTP/2 (25 s waits, 10 s
 			// shutdown timeout): each is answered, an empty page whose
 			// cursor stays valid, and the daemon exits 0.
+			settled(t, pa) // past the SSE's message: the polls below wait
 			var pending []<-chan pollResult
 			for range 3 {
 				pending = append(pending, pollAsync(t.Context(), alice.C, pa.cursor, 25*time.Second))
@@ -203,7 +227,7 @@ func TestE2EH2C(t *testing.T) {
 			}
 			for i, ch := range pending {
 				r := <-ch
-				if r.err != nil || r.page.Cursor == "" {
+				if r.err != nil || r.page.Cursor == "" || len(r.page.Events) > 0 {
 					t.Errorf("pending HTTP/2 poll %d at shutdown: %+v %v", i, r.page, r.err)
 				}
 			}
@@ -434,9 +458,9 @@ func TestE2EH2CAbuse(t *testing.T) {
 	var dials atomic.Int64
 	vic.C = h2cClient(e.D, h2cTransport(e.D, &dials), vic.SID) // tim is on HTTP/1.1
 	pv, pt := vic.connect(t), tim.connect(t)
-	mal.connect(t)
+	pm := mal.connect(t)
 	snd.connect(t)
-	settled(t, pv, pt)
+	settled(t, pv, pt, pm)
 
 	// victims checks that a poll of each victim, pending while the abuse
 	// goes on, returns the message snd sends it.
@@ -467,13 +491,16 @@ func TestE2EH2CAbuse(t *testing.T) {
 	over := dialH2Raw(t, e.D)
 	time.Sleep(100 * time.Millisecond) // the server's SETTINGS arrive and are acknowledged
 	for range 32 {
-		if _, err := over.get("/v1/events?wait=25", "x-session-id", mal.SID); err != nil {
+		if _, err := over.get("/v1/events?wait=25&cursor="+url.QueryEscape(pm.cursor), "x-session-id", mal.SID); err != nil {
 			t.Fatal(err)
 		}
 	}
 	victims("over the limit")
-	if got := over.rsts.Load(); got < 16 {
-		t.Errorf("the 16 streams over --http2-max-streams got %d RST_STREAM, want 16", got)
+	for deadline := time.Now().Add(5 * time.Second); over.rsts.Load() < 16 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got, heads := over.rsts.Load(), over.heads.Load(); got != 16 || heads != 0 {
+		t.Errorf("32 polls with --http2-max-streams=16: %d answered, %d reset; want the 16 over the limit reset and the rest pending", heads, got)
 	}
 
 	// 2. Rapid reset: HEADERS then RST_STREAM(CANCEL), 20,000 times or
