@@ -59,13 +59,14 @@ func h2cClient(d *daemon, rt http.RoundTripper, sid string) *apiClient {
 	return &apiClient{base: base, sid: sid, token: d.Token, hc: &http.Client{Timeout: 70 * time.Second, Transport: rt}}
 }
 
-// pollAsync starts one GET /v1/events from cursor; the page arrives on the
-// channel.
+// pollResult is what one GET /v1/events returned.
 type pollResult struct {
 	page eventsPage
 	err  error
 }
 
+// pollAsync starts one GET /v1/events from cursor; the page arrives on the
+// channel.
 func pollAsync(ctx context.Context, c *apiClient, cursor string, wait time.Duration) <-chan pollResult {
 	ch := make(chan pollResult, 1)
 	go func() {
@@ -332,20 +333,23 @@ func TestE2EH2CManyPolls(t *testing.T) {
 // A raw HTTP/2 client for what Go's client never sends: more streams than
 // the server allows, and resets as fast as it can write (CVE-2023-44487).
 
+// h2Raw is one HTTP/2 connection to the API written frame by frame; a
+// goroutine reads and counts the server's frames until it closes.
 type h2Raw struct {
-	c     net.Conn
-	wmu   sync.Mutex
-	next  uint32 // next stream id
-	rsts  atomic.Int64
-	goAwy atomic.Int64
-	heads atomic.Int64 // response HEADERS frames
-	done  chan struct{}
+	c       net.Conn
+	wmu     sync.Mutex
+	next    uint32 // next stream id
+	rsts    atomic.Int64
+	goAways atomic.Int64
+	heads   atomic.Int64 // response HEADERS frames
+	done    chan struct{}
 }
 
 const (
 	frameData, frameHeaders, frameRST, frameSettings, framePing, frameGoAway, frameWindow = 0, 1, 3, 4, 6, 7, 8
 )
 
+// dialH2Raw connects to d's API and sends the client preface and SETTINGS.
 func dialH2Raw(tb testing.TB, d *daemon) *h2Raw {
 	tb.Helper()
 	network, addr := "tcp", strings.TrimPrefix(d.URL, "http://")
@@ -366,6 +370,7 @@ func dialH2Raw(tb testing.TB, d *daemon) *h2Raw {
 	return h
 }
 
+// frame writes one frame.
 func (h *h2Raw) frame(typ, flags byte, stream uint32, payload []byte) error {
 	b := make([]byte, 9, 9+len(payload))
 	b[0], b[1], b[2] = byte(len(payload)>>16), byte(len(payload)>>8), byte(len(payload))
@@ -410,7 +415,7 @@ func (h *h2Raw) read() {
 		case frameRST:
 			h.rsts.Add(1)
 		case frameGoAway:
-			h.goAwy.Add(1)
+			h.goAways.Add(1)
 		}
 	}
 }
@@ -509,7 +514,7 @@ func TestE2EH2CAbuse(t *testing.T) {
 	abuseDone := make(chan int)
 	go func() {
 		i := 0
-		for ; i < 20000 && rr.goAwy.Load() == 0; i++ {
+		for ; i < 20000 && rr.goAways.Load() == 0; i++ {
 			id, err := rr.get("/v1/me", "x-session-id", mal.SID)
 			if err != nil || rr.frame(frameRST, 0, id, []byte{0, 0, 0, 8}) != nil {
 				break
@@ -524,7 +529,7 @@ func TestE2EH2CAbuse(t *testing.T) {
 	case <-time.After(3 * time.Second):
 	}
 	t.Logf("rapid reset: %d streams opened and reset; the server answered %d HEADERS, %d RST_STREAM, %d GOAWAY",
-		sent, rr.heads.Load(), rr.rsts.Load(), rr.goAwy.Load())
+		sent, rr.heads.Load(), rr.rsts.Load(), rr.goAways.Load())
 	victims("after the abuse")
 	resp, err := http.Get(e.D.OpsURL + "/readyz")
 	if err != nil || resp.StatusCode != http.StatusOK {
