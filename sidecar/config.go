@@ -93,7 +93,7 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.AuthFailLimit, "auth-failure-limit", 10, "XMPP authentication failures allowed per hour for the whole daemon, below the server's per-IP ban (ejabberd mod_fail2ban: 20); past it only passwords that worked before are tried (0: no limit)")
 	fs.IntVar(&c.MaxConnections, "max-connections", 10000, "open API connections at most; more are answered 503 too_many_connections (keep it below the open files limit minus one per user); an HTTP/2 connection counts once however many requests it carries")
 	fs.BoolVar(&c.HTTP2, "http2", true, "also accept HTTP/2 without TLS (h2c with prior knowledge, RFC 9113 §3.3) on --listen, next to HTTP/1.1: one connection carries many pending polls")
-	fs.IntVar(&c.HTTP2MaxStreams, "http2-max-streams", 1000, "HTTP/2: requests in flight at most on one connection (pending polls included); a client needs users/this connections")
+	fs.IntVar(&c.HTTP2MaxStreams, "http2-max-streams", 100, "HTTP/2: requests in flight at most on one connection (pending polls included), so a client needs users/this connections; more costs CPU per frame, as Go's server visits every open stream to pick the next frame")
 	fs.StringVar(&c.SessionStore, "session-store", "files", "PHP session store: files or redis")
 	fs.StringVar(&c.SessionSavePath, "session-save-path", "/var/lib/php/sessions", "files store: PHP's session.save_path (\"/dir\", \"N;/dir\" or \"N;MODE;/dir\")")
 	fs.StringVar(&c.SessionRedis, "session-redis", "", "redis store: PHP's session.save_path for phpredis: one or more hosts (tcp://host:port?auth=…&database=N&weight=W…, separated by commas or spaces), a rediscluster seed[]=host:port&seed[]=…&auth=… string, or a redis:// URL")

@@ -241,11 +241,12 @@ func TestE2EH2C(t *testing.T) {
 }
 
 // TestE2EH2CManyPolls: 100 users with 5 long polls each, 500 pending
-// requests on one HTTP/2 connection, then every user sends the next one a
-// message: each of the 500 polls returns its user's message, none lost.
+// requests on one HTTP/2 connection (--http2-max-streams=1000), then every
+// user sends the next one a message: each of the 500 polls returns its
+// user's message, none lost.
 func TestE2EH2CManyPolls(t *testing.T) {
 	const n, per = 100, 5
-	e := startE2E(t, "files", daemonOptions{})
+	e := startE2E(t, "files", daemonOptions{Extra: []string{"--http2-max-streams=1000"}})
 	names := make([]string, n)
 	for i := range names {
 		names[i] = fmt.Sprintf("many%03d", i)
