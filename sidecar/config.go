@@ -45,6 +45,8 @@ type Config struct {
 	AuthFailLimit   int
 	MaxConnections  int
 	GCPercent       int
+	HTTP2           bool
+	HTTP2MaxStreams int
 
 	SessionStore       string
 	SessionSavePath    string
@@ -90,7 +92,9 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.RecheckInterval, "recheck-interval", 5*time.Second, "how often each connected PHP session is re-read (logout/expiry detection)")
 	fs.Float64Var(&c.RateLimit, "rate-limit", 20, "mutating API calls per second allowed per session (bursts of twice that)")
 	fs.IntVar(&c.AuthFailLimit, "auth-failure-limit", 10, "XMPP authentication failures allowed per hour for the whole daemon, below the server's per-IP ban (ejabberd mod_fail2ban: 20); past it only passwords that worked before are tried (0: no limit)")
-	fs.IntVar(&c.MaxConnections, "max-connections", 10000, "open API connections at most; more are answered 503 too_many_connections (keep it below the open files limit minus one per user)")
+	fs.IntVar(&c.MaxConnections, "max-connections", 10000, "open API connections at most; more are answered 503 too_many_connections (keep it below the open files limit minus one per user); an HTTP/2 connection counts once however many requests it carries")
+	fs.BoolVar(&c.HTTP2, "http2", true, "also accept HTTP/2 without TLS (h2c with prior knowledge, RFC 9113 §3.3) on --listen, next to HTTP/1.1: one connection carries many pending polls")
+	fs.IntVar(&c.HTTP2MaxStreams, "http2-max-streams", 100, "HTTP/2: requests in flight at most on one connection (pending polls included), so a client needs users/this connections; more costs CPU per frame, as Go's server visits every open stream to pick the next frame")
 	fs.IntVar(&c.GCPercent, "gc-percent", 50, "Go garbage collector target (GOGC): heap growth allowed over live memory before a collection; lower keeps less memory per user for a little CPU (10..1000; a GOGC environment variable wins)")
 	fs.StringVar(&c.SessionStore, "session-store", "files", "PHP session store: files or redis")
 	fs.StringVar(&c.SessionSavePath, "session-save-path", "/var/lib/php/sessions", "files store: PHP's session.save_path (\"/dir\", \"N;/dir\" or \"N;MODE;/dir\")")
@@ -258,6 +262,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxConnections < 16 {
 		bad("max-connections", "must be at least 16, got %d", c.MaxConnections)
+	}
+	if c.HTTP2MaxStreams < 1 || c.HTTP2MaxStreams > 100_000 {
+		bad("http2-max-streams", "must be within 1..100000, got %d", c.HTTP2MaxStreams)
 	}
 	switch c.SessionStore {
 	case "files":

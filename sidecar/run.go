@@ -259,8 +259,7 @@ func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error
 	// The parked long polls' connections come back to the server through
 	// resumeLn, above the limit, so they keep their slot while parked.
 	apiLn := newResumeListener(newLimitListener(rawLn, cfg.MaxConnections, m.connRejected.Inc))
-	apiSrv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
-		IdleTimeout: 120 * time.Second, MaxHeaderBytes: 32 << 10, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
+	apiSrv := newAPIServer(cfg, a.routes(), logger)
 	a.parked = newParker(a, apiLn, apiSrv.IdleTimeout)
 	var opsSrv *http.Server
 	var opsLn net.Listener

@@ -20,6 +20,7 @@ var ErrAuth = errors.New("loadtest: authentication failed")
 type sourceDialer struct {
 	addrs []*net.TCPAddr
 	next  atomic.Uint64
+	dials atomic.Int64 // connections dialed so far
 }
 
 // newSourceDialer uses 127.0.0.2 … 127.0.0.(n+1); n ≤ 0 means one address
@@ -42,6 +43,7 @@ func (d *sourceDialer) DialContext(ctx context.Context, network, addr string) (n
 		return nil, fmt.Errorf("loadtest: refusing to dial non-loopback %s", addr)
 	}
 	nd := net.Dialer{Timeout: 30 * time.Second}
+	d.dials.Add(1)
 	if len(d.addrs) > 0 {
 		nd.LocalAddr = d.addrs[d.next.Add(1)%uint64(len(d.addrs))]
 	}
@@ -67,4 +69,23 @@ func (d *sourceDialer) httpClient() *http.Client {
 			DisableCompression:  true,
 		},
 	}
+}
+
+// h2cClient is a client to the sidecar speaking HTTP/2 without TLS (prior
+// knowledge, RFC 9113 §3.3) only: the requests in flight, pending polls
+// included, share a few connections. When every connection has as many
+// streams as the server's SETTINGS_MAX_CONCURRENT_STREAMS allows
+// (imsidecar --http2-max-streams), the transport dials one more, so
+// Users/limit+1 connections (a user may have a send in flight next to its
+// poll), each from the next source address, carry the run.
+func (d *sourceDialer) h2cClient() *http.Client {
+	tr := &http.Transport{
+		DialContext:        d.DialContext,
+		IdleConnTimeout:    2 * time.Minute,
+		DisableCompression: true,
+		Protocols:          new(http.Protocols),
+		HTTP2:              &http.HTTP2Config{StrictMaxConcurrentRequests: false},
+	}
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	return &http.Client{Timeout: 90 * time.Second, Transport: tr}
 }

@@ -36,6 +36,15 @@ func RSS(pid int) (int64, error) {
 	return 0, fmt.Errorf("loadtest: no VmRSS for pid %d", pid)
 }
 
+// OpenFiles counts the descriptors pid holds (/proc/PID/fd).
+func OpenFiles(pid int) (int, error) {
+	ents, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
+	if err != nil {
+		return 0, fmt.Errorf("loadtest: %w", err)
+	}
+	return len(ents), nil
+}
+
 // CPUSeconds returns utime+stime of pid in seconds.
 func CPUSeconds(pid int) (float64, error) {
 	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")

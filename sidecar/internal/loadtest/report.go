@@ -71,6 +71,7 @@ type ReportConfig struct {
 	Concurrency int       `json:"login_concurrency"`
 	SourceAddrs int       `json:"source_addrs"`
 	PHPSample   int       `json:"php_sample"`
+	Transport   string    `json:"sidecar_transport"` // of the sidecar path's HTTP API: http1 or h2c
 }
 
 // NewReport assembles a report and computes the ratios.
@@ -79,7 +80,7 @@ func NewReport(profile string, m Machine, cfg Config, paths []PathResult) Report
 	m.Seconds = time.Since(m.Started).Seconds()
 	r := Report{Profile: profile, Machine: m, Paths: paths, Ratios: map[string]float64{},
 		Config: ReportConfig{Users: cfg.Users, Rate: cfg.Rate, Seconds: cfg.Duration.Seconds(), SweepRates: cfg.SweepRates,
-			Concurrency: cfg.Concurrency, SourceAddrs: cfg.SourceAddrs, PHPSample: cfg.PHPSample}}
+			Concurrency: cfg.Concurrency, SourceAddrs: cfg.SourceAddrs, PHPSample: cfg.PHPSample, Transport: cfg.Transport}}
 	get := func(name string) *PathResult {
 		for i := range paths {
 			if paths[i].Path == name {
@@ -128,8 +129,8 @@ func f3(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
 
 // Markdown writes the table: one row per path, then the sidecar/BOSH row.
 func (r Report) Markdown(w io.Writer) {
-	fmt.Fprintf(w, "%d users, %.0f msg/s for %.0f s (%s profile) on %d × %s, load %s → %s, %.0f s\n\n",
-		r.Config.Users, r.Config.Rate, r.Config.Seconds, r.Profile, r.Machine.NProc, r.Machine.CPUModel,
+	fmt.Fprintf(w, "%d users, %.0f msg/s for %.0f s (%s profile, sidecar API over %s) on %d × %s, load %s → %s, %.0f s\n\n",
+		r.Config.Users, r.Config.Rate, r.Config.Seconds, r.Profile, r.Config.Transport, r.Machine.NProc, r.Machine.CPUModel,
 		r.Machine.LoadStart, r.Machine.LoadEnd, r.Machine.Seconds)
 	fmt.Fprintln(w, "| path | online | logins/s | KB/user (path adds) | Prosody KB/user | CPU s/1k msgs | Prosody CPU s/1k | delivered msg/s | p50 ms | p99 ms | max ms | lost | send errors | knee msg/s (p99 ≤ 50 ms) |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -151,6 +152,12 @@ func (r Report) Markdown(w io.Writer) {
 			q("p50"), q("p99"), q("max"), q("knee_rate"))
 		if v, ok := r.Ratios["logins_vs_bare"]; ok {
 			fmt.Fprintf(w, "\nLogin storm: sidecar/bare XMPP client = %s.\n", f2(v))
+		}
+	}
+	for _, p := range r.Paths {
+		if p.SidecarFDs > 0 {
+			fmt.Fprintf(w, "\n%s: imsidecar held %d descriptors with %d users online over %d API connections dialed (%s).\n",
+				p.Path, p.SidecarFDs, p.Online, p.SidecarConns, r.Config.Transport)
 		}
 	}
 }

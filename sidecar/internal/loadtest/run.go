@@ -36,6 +36,7 @@ type Config struct {
 	Paths       []string      // default: bare, sidecar, bosh, websocket
 	Concurrency int           // logins in flight during the storm; default 100
 	SourceAddrs int           // 127.0.0.x client source addresses; default Users/2000+1
+	Transport   string        // of the sidecar path's HTTP API: TransportHTTP1 (default) or TransportH2C
 	PHPSample   int           // sessions written by the real PHP CLI; the rest by EncodeSession
 	SidecarBin  string        // the imsidecar binary
 	SidecarEnv  []string      // extra environment for it, e.g. GODEBUG=gctrace=1
@@ -61,6 +62,10 @@ type PathResult struct {
 	// processes the path uses: imsidecar + Prosody, or Prosody alone.
 	CPUPer1k        float64 `json:"cpu_s_per_1k_msgs"`
 	ProsodyCPUPer1k float64 `json:"prosody_cpu_s_per_1k_msgs"`
+	// SidecarFDs is the descriptors imsidecar holds with every user online
+	// and polling; SidecarConns the API connections the client dialed.
+	SidecarFDs   int `json:"sidecar_fds,omitempty"`
+	SidecarConns int `json:"sidecar_conns,omitempty"`
 	Phase
 	Sweep []Phase `json:"sweep,omitempty"`
 }
@@ -108,6 +113,13 @@ func (c *Config) defaults() error {
 		default:
 			return fmt.Errorf("loadtest: unknown path %q", p)
 		}
+	}
+	switch c.Transport {
+	case "":
+		c.Transport = TransportHTTP1
+	case TransportHTTP1, TransportH2C:
+	default:
+		return fmt.Errorf("loadtest: unknown transport %q (%s or %s)", c.Transport, TransportHTTP1, TransportH2C)
 	}
 	if c.Concurrency <= 0 {
 		c.Concurrency = 100
@@ -210,6 +222,10 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 			return res, err
 		}
 		defer r.d.Stop()
+		if cfg.Transport == TransportH2C {
+			r.hc = r.dialer.h2cClient()
+			defer r.hc.CloseIdleConnections()
+		}
 	}
 	time.Sleep(time.Second) // let both settle before the idle figures
 	proBefore, err := RSS(pro.PID())
@@ -249,6 +265,11 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 			return res, err
 		}
 		res.MemPerUserKB = float64(dAfter-dBefore) / 1024 / float64(online)
+		if res.SidecarFDs, err = OpenFiles(r.d.PID()); err != nil {
+			return res, err
+		}
+		res.SidecarConns = int(r.dialer.dials.Load())
+		cfg.Logger.Info("sidecar descriptors", "transport", cfg.Transport, "fds", res.SidecarFDs, "api_conns", res.SidecarConns)
 	case PathBOSH, PathWebSocket:
 		res.MemPerUserKB = res.ProsodyMemPerUserKB
 	}

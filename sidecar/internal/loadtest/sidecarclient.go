@@ -11,6 +11,12 @@ import (
 	"time"
 )
 
+// The transports the sidecar path's HTTP API can run over.
+const (
+	TransportHTTP1 = "http1" // a keep-alive connection per request in flight: each pending poll holds one
+	TransportH2C   = "h2c"   // HTTP/2 without TLS, prior knowledge: many requests share a connection
+)
+
 // apiClient speaks the sidecar's HTTP API for one PHP session, as the
 // Expresso PHP code does on behalf of the page.
 type apiClient struct {

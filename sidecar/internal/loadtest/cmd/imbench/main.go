@@ -45,6 +45,7 @@ func run() error {
 	flag.DurationVar(&cfg.SweepTime, "sweep-time", 5*time.Second, "each sweep step")
 	flag.IntVar(&cfg.Concurrency, "concurrency", 100, "logins in flight during the login storm")
 	flag.IntVar(&cfg.SourceAddrs, "source-addrs", 0, "127.0.0.x client source addresses (0: users/2000+1)")
+	flag.StringVar(&cfg.Transport, "transport", loadtest.TransportHTTP1, "sidecar path's HTTP API: http1, or h2c (HTTP/2 without TLS: pending polls share a few connections)")
 	flag.IntVar(&cfg.PHPSample, "php-sample", 20, "sessions written by the real PHP CLI (the rest by the Go generator)")
 	flag.StringVar(&cfg.SidecarBin, "imsidecar", "", "imsidecar binary (default: go build ./sidecar/cmd/imsidecar)")
 	flag.DurationVar(&cfg.Timeout, "timeout", 30*time.Minute, "bound on the whole run")

@@ -2,7 +2,9 @@
 // the daemon under the load generator (docs/PERFORMANCE.md): the same
 // sidecar.Run, plus a pprof listener on the loopback address in
 // IMBENCH_PPROF_ADDR. It is a benchmarking tool, never installed; the
-// product binary serves no pprof.
+// product binary serves no pprof. IMBENCH_MEMPROFILERATE sets
+// runtime.MemProfileRate (1 records every allocation: exact per-user
+// figures for a heap profile, at a cost in speed).
 //
 //	go build -o /tmp/imsidecar-pprof ./sidecar/internal/loadtest/cmd/imsidecar-pprof
 //	imbench -paths sidecar -imsidecar /tmp/imsidecar-pprof -sidecar-env IMBENCH_PPROF_ADDR=127.0.0.1:6060
@@ -17,12 +19,22 @@ import (
 	_ "net/http/pprof" // the point of this command
 	"os"
 	"os/signal"
+	"runtime"
+	"strconv"
 	"syscall"
 
 	"expressolivre.org/imsidecar/sidecar"
 )
 
 func main() {
+	if v := os.Getenv("IMBENCH_MEMPROFILERATE"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			fmt.Fprintln(os.Stderr, "imsidecar-pprof: IMBENCH_MEMPROFILERATE must be a positive integer")
+			os.Exit(2)
+		}
+		runtime.MemProfileRate = n
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	if err := servePprof(ctx, os.Getenv("IMBENCH_PPROF_ADDR")); err != nil {
 		fmt.Fprintln(os.Stderr, "imsidecar-pprof:", err)
