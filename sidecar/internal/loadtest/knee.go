@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"runtime/trace"
 	"strconv"
-	"time"
 )
 
 // DefaultSweepRates is the knee ladder of cmd/imbench, in msg/s.
@@ -48,26 +47,35 @@ func Check(ph Phase) (keptUp, held bool, why string) {
 	return true, true, ""
 }
 
-// Knee reads a ladder's steps (ascending rates, run up to the first that
-// did not keep up). For each of the two criteria it gives the highest
-// rate met before the first step that failed it (0 if the first step
-// failed or there were none), whether a step failed it (bounded: false
-// means the figure is a lower bound) and what failed at that step.
+// Knee reads a ladder's steps (ascending rates, each run once or twice,
+// up to the first rate that did not keep up). A rate meets a criterion
+// when one of its attempts did. For each of the two criteria it gives the
+// highest rate met before the first rate that failed it (0 if the first
+// failed or there were none), whether a rate failed it (bounded: false
+// means the figure is a lower bound) and what failed at that rate (its
+// last attempt).
 func Knee(steps []Phase) (knee, capacity Limit) {
 	kneeDone, capDone := false, false
-	for _, ph := range steps {
-		keptUp, held, why := Check(ph)
-		stop := why + " at " + f1(ph.TargetRate) + " msg/s"
+	for i := 0; i < len(steps); {
+		rate := steps[i].TargetRate
+		keptUp, held, stop := false, false, ""
+		for ; i < len(steps) && steps[i].TargetRate == rate; i++ {
+			k, h, why := Check(steps[i])
+			keptUp, held = keptUp || k, held || h
+			if !h {
+				stop = why + " at " + f1(rate) + " msg/s"
+			}
+		}
 		if !kneeDone {
 			if held {
-				knee.Rate = ph.TargetRate
+				knee.Rate = rate
 			} else {
 				knee.Bounded, knee.Stop, kneeDone = true, stop, true
 			}
 		}
 		if !capDone {
 			if keptUp {
-				capacity.Rate = ph.TargetRate
+				capacity.Rate = rate
 			} else {
 				capacity.Bounded, capacity.Stop, capDone = true, stop, true
 			}
@@ -109,9 +117,10 @@ func (r *rig) startTrace() (func(), error) {
 }
 
 // writeCSV writes one line per message of the phase: sequence, sender and
-// receiver index, then microseconds since t0 of the send call's start, its
-// return and the delivery (-1 when it never came).
-func (t *tracker) writeCSV(name string, t0 time.Time) error {
+// receiver index, then the Unix time in microseconds of the send call's
+// start, its return and the delivery (-1 when it never came), so the lines
+// can be laid beside other logs (Prosody's, strace, perf).
+func (t *tracker) writeCSV(name string) error {
 	f, err := os.Create(name)
 	if err != nil {
 		return fmt.Errorf("loadtest: %w", err)
@@ -122,7 +131,7 @@ func (t *tracker) writeCSV(name string, t0 time.Time) error {
 		if ns == 0 {
 			return -1
 		}
-		return (ns - t0.UnixNano()) / 1000
+		return ns / 1000
 	}
 	for k := range t.start {
 		if t.start[k].Load() == 0 {

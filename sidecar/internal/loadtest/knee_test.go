@@ -68,6 +68,13 @@ func TestKnee(t *testing.T) {
 		{"a step that holds after a failure does not count", []Phase{step(100, nil), step(200, slow), step(300, nil), step(500, queued)},
 			Limit{Rate: 100, Bounded: true, Stop: "p99 80.0 ms > 50.0 ms at 200.0 msg/s"},
 			Limit{Rate: 300, Bounded: true, Stop: "delivered 350.0 msg/s at 500.0 msg/s"}},
+		{"a repeat that holds rescues the rate", []Phase{step(100, nil), step(200, slow), step(200, nil), step(300, nil)},
+			Limit{Rate: 300}, Limit{Rate: 300}},
+		{"both attempts past p99", []Phase{step(100, nil), step(200, slow), step(200, func(p *Phase) { p.P99ms = 90 })},
+			Limit{Rate: 100, Bounded: true, Stop: "p99 90.0 ms > 50.0 ms at 200.0 msg/s"}, Limit{Rate: 200}},
+		{"a repeat that keeps up rescues the capacity", []Phase{step(100, slow), step(100, slow), step(200, queued), step(200, slow), step(300, queued), step(300, queued)},
+			Limit{Bounded: true, Stop: "p99 80.0 ms > 50.0 ms at 100.0 msg/s"},
+			Limit{Rate: 200, Bounded: true, Stop: "delivered 210.0 msg/s at 300.0 msg/s"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -43,7 +43,7 @@ func run() error {
 	flag.Float64Var(&cfg.Rate, "rate", 500, "target messages per second")
 	flag.DurationVar(&cfg.Duration, "duration", 10*time.Second, "message phase at -rate")
 	flag.DurationVar(&cfg.SweepTime, "sweep-time", 3*time.Second, "each knee step")
-	flag.DurationVar(&cfg.SweepSettle, "sweep-settle", 500*time.Millisecond, "pause between knee steps, after the previous one drained")
+	flag.DurationVar(&cfg.SweepSettle, "sweep-settle", 500*time.Millisecond, "least pause after a phase has drained before the next knee step; the step also waits until Prosody (and imsidecar) are idle")
 	flag.Func("prosody-set", "extra line for Prosody's global config, e.g. 'network_settings = { nagle = false }' (repeatable)", func(s string) error {
 		cfg.ProsodyConfig = append(cfg.ProsodyConfig, s)
 		return nil
