@@ -204,10 +204,10 @@ func TestRunEveryPath(t *testing.T) {
 		if p.CPUPer1k < 0 {
 			t.Errorf("%s: negative CPU", p.Path)
 		}
-		// The ladder runs whatever the target phase gave; the knee is read
-		// from its steps.
-		if len(p.Sweep) != 1 || p.Sweep[0].TargetRate != 60 {
-			t.Errorf("%s: ladder steps %+v, want one at 60 msg/s", p.Path, p.Sweep)
+		// The ladder runs whatever the target phase gave (a step that
+		// fails is run twice); the knee is read from its steps.
+		if n := len(p.Sweep); n < 1 || n > 2 || p.Sweep[0].TargetRate != 60 || p.Sweep[n-1].TargetRate != 60 {
+			t.Errorf("%s: ladder steps %+v, want one or two at 60 msg/s", p.Path, p.Sweep)
 		}
 		want := p
 		want.setKnee()
