@@ -2,8 +2,11 @@ package loadtest
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // step is a phase at rate that held unless changed.
@@ -143,5 +146,42 @@ func TestReportKnee(t *testing.T) {
 	first := path(PathBOSH, step(100, slow))
 	if got := limit(first, first.KneeRate, first.KneeBounded); got != "< 100.0" {
 		t.Errorf("knee when the first step fails = %q", got)
+	}
+}
+
+// TestLagProbeLoads starts a real Prosody with the loop-lag probe and an
+// extra setting, and waits for the probe's log: Prosody accepted both
+// configuration lines and loaded the module.
+func TestLagProbeLoads(t *testing.T) {
+	dir := t.TempDir()
+	logFile := filepath.Join(dir, "lag.log")
+	probe, err := LagProbe(dir, logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pro, err := NewProsody(dir, append(probe, `network_settings = { nagle = false }`)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pro.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	defer pro.Stop()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		b, _ := os.ReadFile(logFile)
+		if strings.HasPrefix(string(b), "unix_s lag_ms cpu_ms") {
+			break
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(pro.LogFile)
+			t.Fatalf("no probe log after 20 s; Prosody's log:\n%s", log)
+		}
+	}
+	cfg, err := os.ReadFile(pro.cfgFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i, j := strings.Index(string(cfg), "nagle = false"), strings.Index(string(cfg), "VirtualHost"); i < 0 || i > j {
+		t.Errorf("the extra line is not in the global section:\n%s", cfg)
 	}
 }

@@ -59,9 +59,13 @@ type Config struct {
 	// TraceDir, when set, receives a runtime/trace of the generator during
 	// each path's target phase (PATH.trace).
 	TraceDir string
-	Dir      string        // scratch directory (Prosody, sessions, logs)
-	Timeout  time.Duration // bound on the whole run; default 30 min
-	Logger   *slog.Logger  // progress; nil = discard
+	// LagDir, when set, receives PATH-prosody-lag.log from a probe module
+	// loaded into each Prosody (see LagProbe): its event-loop stalls and
+	// Lua GC cycle ends, in Unix time like the LatencyDir files.
+	LagDir  string
+	Dir     string        // scratch directory (Prosody, sessions, logs)
+	Timeout time.Duration // bound on the whole run; default 30 min
+	Logger  *slog.Logger  // progress; nil = discard
 }
 
 // PathResult holds one path's figures.
@@ -198,7 +202,7 @@ func Run(ctx context.Context, cfg Config) ([]PathResult, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	for _, d := range []string{cfg.LatencyDir, cfg.TraceDir} {
+	for _, d := range []string{cfg.LatencyDir, cfg.TraceDir, cfg.LagDir} {
 		if d != "" {
 			if err := os.MkdirAll(d, 0o755); err != nil {
 				return nil, fmt.Errorf("loadtest: %w", err)
@@ -241,7 +245,15 @@ type rig struct {
 func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 	res := PathResult{Path: path, Users: cfg.Users}
 	dir := filepath.Join(cfg.Dir, path)
-	pro, err := NewProsody(dir, cfg.ProsodyConfig...)
+	extra := cfg.ProsodyConfig
+	if cfg.LagDir != "" {
+		probe, err := LagProbe(dir, filepath.Join(cfg.LagDir, path+"-prosody-lag.log"))
+		if err != nil {
+			return res, err
+		}
+		extra = append(probe, extra...)
+	}
+	pro, err := NewProsody(dir, extra...)
 	if err != nil {
 		return res, err
 	}
