@@ -107,6 +107,9 @@ type PathResult struct {
 // Phase is one message phase at a target rate.
 type Phase struct {
 	TargetRate float64 `json:"target_rate"`
+	// UsersSkipped counts online users left out because a send of theirs
+	// failed or a message to or from them was lost in an earlier phase.
+	UsersSkipped int `json:"users_skipped,omitempty"`
 	// OfferedPerSec is the rate the sends were started at: Sent over the
 	// sending time (or the planned duration, whichever is longer).
 	OfferedPerSec float64 `json:"offered_per_sec"`
@@ -238,6 +241,7 @@ type rig struct {
 	sids   []string
 
 	clients []client
+	broken  []bool // users whose send failed or whose message was lost; phases run one at a time
 	phaseMu sync.Mutex
 	track   *tracker
 }
@@ -427,6 +431,7 @@ func (r *rig) login(ctx, life context.Context, i int) (client, error) {
 // loginAll logs every user in with cfg.Concurrency logins in flight.
 func (r *rig) loginAll(ctx, life context.Context) (online, errs int, first error) {
 	r.clients = make([]client, r.cfg.Users)
+	r.broken = make([]bool, r.cfg.Users)
 	var next atomic.Int64
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -544,12 +549,23 @@ func (r *rig) receive(body string) {
 
 // phase sends messages between random online pairs at rate for d, waits
 // for the deliveries (at most 20 s after the last send) and summarises.
+// Users whose send failed or whose message was lost in an earlier phase
+// take no part: a phase past the path's capacity can leave sessions broken
+// (BOSH sessions reset by Prosody), which would otherwise fail the next.
 func (r *rig) phase(ctx context.Context, id int, rate float64, d time.Duration) (Phase, error) {
 	var live []int
+	skipped := 0
 	for i, c := range r.clients {
-		if c != nil {
+		switch {
+		case c == nil:
+		case r.broken[i]:
+			skipped++
+		default:
 			live = append(live, i)
 		}
+	}
+	if len(live) < 2 {
+		return Phase{}, fmt.Errorf("loadtest: %s: only %d users left whose sends and deliveries work", r.path, len(live))
 	}
 	total := int(rate * d.Seconds())
 	t := newTracker(id, total)
@@ -561,7 +577,7 @@ func (r *rig) phase(ctx context.Context, id int, rate float64, d time.Duration) 
 	if err != nil {
 		return Phase{}, err
 	}
-	ph := Phase{TargetRate: rate}
+	ph := Phase{TargetRate: rate, UsersSkipped: skipped}
 	rng := rand.New(rand.NewPCG(uint64(id), 42))
 	sem := make(chan struct{}, 4096) // bound on sends in flight
 	var sendErrs atomic.Int64
@@ -614,6 +630,14 @@ func (r *rig) phase(ctx context.Context, id int, rate float64, d time.Duration) 
 	ph.Delivered = int(t.delivered.Load())
 	ph.Duplicates = int(t.dups.Load())
 	ph.Lost = ph.Sent - ph.SendErrors - ph.Delivered
+	for k := range ph.Sent {
+		switch {
+		case t.fail[k].Load():
+			r.broken[t.from[k]] = true
+		case !t.got[k].Load():
+			r.broken[t.from[k]], r.broken[t.to[k]] = true, true
+		}
+	}
 	end := time.Unix(0, t.last.Load())
 	if end.Before(sendEnd) {
 		end = sendEnd
@@ -622,7 +646,7 @@ func (r *rig) phase(ctx context.Context, id int, rate float64, d time.Duration) 
 	s := t.lat.Summary()
 	ph.P50ms, ph.P99ms, ph.Maxms = ms(s.P50), ms(s.P99), ms(s.Max)
 	ph.KeptUp, ph.Held, ph.Why = Check(ph)
-	r.cfg.Logger.Info("phase", "path", r.path, "rate", rate, "sent", ph.Sent, "delivered", ph.Delivered,
+	r.cfg.Logger.Info("phase", "path", r.path, "rate", rate, "skipped", skipped, "sent", ph.Sent, "delivered", ph.Delivered,
 		"lost", ph.Lost, "p50_ms", ph.P50ms, "p99_ms", ph.P99ms, "max_ms", ph.Maxms, "kept_up", ph.KeptUp, "held", ph.Held, "why", ph.Why)
 	if r.cfg.LatencyDir != "" {
 		name := filepath.Join(r.cfg.LatencyDir, r.path+"-"+strconv.Itoa(id)+".csv")
@@ -644,6 +668,7 @@ type tracker struct {
 	recv      []atomic.Int64 // first delivery, UnixNano
 	from, to  []int32        // user indexes, written before the send starts
 	got       []atomic.Bool
+	fail      []atomic.Bool // the send call failed
 	delivered atomic.Int64
 	dups      atomic.Int64
 	last      atomic.Int64 // UnixNano of the last delivery
@@ -653,14 +678,14 @@ type tracker struct {
 func newTracker(id, n int) *tracker {
 	return &tracker{id: id, prefix: "lt-" + strconv.Itoa(id) + "-",
 		start: make([]atomic.Int64, n), sent: make([]atomic.Int64, n), recv: make([]atomic.Int64, n),
-		from: make([]int32, n), to: make([]int32, n), got: make([]atomic.Bool, n)}
+		from: make([]int32, n), to: make([]int32, n), got: make([]atomic.Bool, n), fail: make([]atomic.Bool, n)}
 }
 
 func (t *tracker) body(k int) string { return t.prefix + strconv.Itoa(k) }
 
 // failed forgets a message whose send call failed: it is counted as a send
 // error, not a loss, and not waited for.
-func (t *tracker) failed(k int) { t.got[k].Store(true) }
+func (t *tracker) failed(k int) { t.fail[k].Store(true); t.got[k].Store(true) }
 
 func (t *tracker) received(body string) {
 	rest, ok := strings.CutPrefix(body, t.prefix)
