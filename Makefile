@@ -102,7 +102,7 @@ bench: deps build ## Go micro-benchmarks, then the load test: 1,000 users, sidec
 	$(GO) test -run '^$$' -bench 'Stanza' -benchmem -benchtime 20000x ./xmppconn
 	$(GO) test -run '^$$' -bench 'IdleConnMemory' -benchtime 1x ./xmppconn
 	$(GO) run ./sidecar/internal/loadtest/cmd/imbench -imsidecar $(BIN) -profile quick \
-	  -users 1000 -rate 500 -duration 10s -sweep 1000 -sweep-time 5s -out bench/results.json
+	  -users 1000 -rate 500 -duration 10s -sweep-time 3s -out bench/results.json
 
 .PHONY: bench-full
 # bench-full runs the sidecar path over h2c (HTTP/2 without TLS, prior
@@ -112,7 +112,7 @@ bench: deps build ## Go micro-benchmarks, then the load test: 1,000 users, sidec
 # h2c the polls share users/--http2-max-streams connections.
 bench-full: deps build ## the load test with 10,000 users online (bench/results.json)
 	$(GO) run ./sidecar/internal/loadtest/cmd/imbench -imsidecar $(BIN) -profile full -transport h2c \
-	  -users 10000 -rate 500 -duration 20s -sweep 1000,2000 -sweep-time 10s -concurrency 200 \
+	  -users 10000 -rate 500 -duration 20s -sweep-time 5s -concurrency 200 \
 	  -timeout 40m -out bench/results.json
 
 .PHONY: demo

@@ -10,7 +10,17 @@
 // per second, resident memory per online user of the process(es) the path
 // adds, CPU seconds per 1,000 messages, delivered messages per second,
 // latency from the send call's start to the receiving side's return with
-// the message (p50/p99/max), and lost messages.
+// the message (p50/p99/max), and lost messages. Then, whatever the target
+// rate gave, it climbs a ladder of rates (Config.SweepRates), each step
+// drained and the server idle again before the next, up to the first rate
+// the path cannot keep up with: the path's knee is the highest rate whose
+// p99 stayed within 50 ms, its capacity the highest it kept up with
+// (see Check and Knee).
+//
+// For finding where latency comes from, a run can write every message's
+// send and delivery times as CSV (Config.LatencyDir), a runtime/trace of
+// the generator (Config.TraceDir), and add settings to Prosody's
+// configuration (Config.ProsodyConfig).
 //
 // Everything is loopback only and bounded in time: every phase has a
 // deadline and the generator stops by itself. Client sockets are bound to

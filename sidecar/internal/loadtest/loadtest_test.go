@@ -204,6 +204,17 @@ func TestRunEveryPath(t *testing.T) {
 		if p.CPUPer1k < 0 {
 			t.Errorf("%s: negative CPU", p.Path)
 		}
+		// The ladder runs whatever the target phase gave (a step that
+		// fails is run twice); the knee is read from its steps.
+		if n := len(p.Sweep); n < 1 || n > 2 || p.Sweep[0].TargetRate != 60 || p.Sweep[n-1].TargetRate != 60 {
+			t.Errorf("%s: ladder steps %+v, want one or two at 60 msg/s", p.Path, p.Sweep)
+		}
+		want := p
+		want.setKnee()
+		if p.KneeRate != want.KneeRate || p.KneeStop != want.KneeStop || p.CapacityRate != want.CapacityRate || p.CapacityStop != want.CapacityStop {
+			t.Errorf("%s: knee %v %q capacity %v %q; its steps give %v %q, %v %q", p.Path, p.KneeRate, p.KneeStop,
+				p.CapacityRate, p.CapacityStop, want.KneeRate, want.KneeStop, want.CapacityRate, want.CapacityStop)
+		}
 	}
 	rep := NewReport("test", ThisMachine(), cfg, res)
 	var b bytes.Buffer

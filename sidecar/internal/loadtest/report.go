@@ -68,6 +68,7 @@ type ReportConfig struct {
 	Rate        float64   `json:"rate"`
 	Seconds     float64   `json:"seconds"`
 	SweepRates  []float64 `json:"sweep_rates,omitempty"`
+	SweepSecs   float64   `json:"sweep_seconds,omitempty"`
 	Concurrency int       `json:"login_concurrency"`
 	SourceAddrs int       `json:"source_addrs"`
 	PHPSample   int       `json:"php_sample"`
@@ -80,6 +81,7 @@ func NewReport(profile string, m Machine, cfg Config, paths []PathResult) Report
 	m.Seconds = time.Since(m.Started).Seconds()
 	r := Report{Profile: profile, Machine: m, Paths: paths, Ratios: map[string]float64{},
 		Config: ReportConfig{Users: cfg.Users, Rate: cfg.Rate, Seconds: cfg.Duration.Seconds(), SweepRates: cfg.SweepRates,
+			SweepSecs:   cfg.SweepTime.Seconds(),
 			Concurrency: cfg.Concurrency, SourceAddrs: cfg.SourceAddrs, PHPSample: cfg.PHPSample, Transport: cfg.Transport}}
 	get := func(name string) *PathResult {
 		for i := range paths {
@@ -103,24 +105,13 @@ func NewReport(profile string, m Machine, cfg Config, paths []PathResult) Report
 		ratio("p50", sc.P50ms, bo.P50ms)
 		ratio("p99", sc.P99ms, bo.P99ms)
 		ratio("max", sc.Maxms, bo.Maxms)
-		ratio("knee_rate", KneeRate(*sc), KneeRate(*bo))
+		ratio("knee_rate", sc.KneeRate, bo.KneeRate)
+		ratio("capacity_rate", sc.CapacityRate, bo.CapacityRate)
 	}
 	if sc != nil && ba != nil {
 		ratio("logins_vs_bare", sc.LoginsPerSec, ba.LoginsPerSec)
 	}
 	return r
-}
-
-// KneeRate is the highest measured target rate whose p99 stayed within
-// 50 ms with nothing lost (0 if none did).
-func KneeRate(p PathResult) float64 {
-	best := 0.0
-	for _, ph := range append([]Phase{p.Phase}, p.Sweep...) {
-		if ph.P99ms <= 50 && ph.Lost == 0 && ph.Sent > 0 && ph.TargetRate > best {
-			best = ph.TargetRate
-		}
-	}
-	return best
 }
 
 func f1(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) }
@@ -132,13 +123,13 @@ func (r Report) Markdown(w io.Writer) {
 	fmt.Fprintf(w, "%d users, %.0f msg/s for %.0f s (%s profile, sidecar API over %s) on %d × %s, load %s → %s, %.0f s\n\n",
 		r.Config.Users, r.Config.Rate, r.Config.Seconds, r.Profile, r.Config.Transport, r.Machine.NProc, r.Machine.CPUModel,
 		r.Machine.LoadStart, r.Machine.LoadEnd, r.Machine.Seconds)
-	fmt.Fprintln(w, "| path | online | logins/s | KB/user (path adds) | Prosody KB/user | CPU s/1k msgs | Prosody CPU s/1k | delivered msg/s | p50 ms | p99 ms | max ms | lost | send errors | knee msg/s (p99 ≤ 50 ms) |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| path | online | logins/s | KB/user (path adds) | Prosody KB/user | CPU s/1k msgs | Prosody CPU s/1k | delivered msg/s | p50 ms | p99 ms | max ms | lost | send errors | knee msg/s (p99 ≤ 50 ms) | capacity msg/s (kept up) |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, p := range r.Paths {
-		fmt.Fprintf(w, "| %s | %d/%d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d | %s |\n",
+		fmt.Fprintf(w, "| %s | %d/%d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d | %s | %s |\n",
 			p.Path, p.Online, p.Users, f1(p.LoginsPerSec), f2(p.MemPerUserKB), f2(p.ProsodyMemPerUserKB),
 			f3(p.CPUPer1k), f3(p.ProsodyCPUPer1k), f1(p.DeliveredPerSec), f2(p.P50ms), f2(p.P99ms), f2(p.Maxms),
-			p.Lost, p.SendErrors, knee(p))
+			p.Lost, p.SendErrors, limit(p, p.KneeRate, p.KneeBounded), limit(p, p.CapacityRate, p.CapacityBounded))
 	}
 	if len(r.Ratios) > 0 {
 		q := func(k string) string {
@@ -147,9 +138,9 @@ func (r Report) Markdown(w io.Writer) {
 			}
 			return "–"
 		}
-		fmt.Fprintf(w, "| **sidecar/BOSH** | | %s | %s | | %s | | %s | %s | %s | %s | | | %s |\n",
+		fmt.Fprintf(w, "| **sidecar/BOSH** | | %s | %s | | %s | | %s | %s | %s | %s | | | %s | %s |\n",
 			q("logins_per_sec"), q("mem_per_user"), q("cpu_per_1k_msgs"), q("delivered_per_sec"),
-			q("p50"), q("p99"), q("max"), q("knee_rate"))
+			q("p50"), q("p99"), q("max"), q("knee_rate"), q("capacity_rate"))
 		if v, ok := r.Ratios["logins_vs_bare"]; ok {
 			fmt.Fprintf(w, "\nLogin storm: sidecar/bare XMPP client = %s.\n", f2(v))
 		}
@@ -160,17 +151,39 @@ func (r Report) Markdown(w io.Writer) {
 				p.Path, p.SidecarFDs, p.Online, p.SidecarConns, r.Config.Transport)
 		}
 	}
+	if len(r.Config.SweepRates) == 0 {
+		return
+	}
+	rates := make([]string, len(r.Config.SweepRates))
+	for i, v := range r.Config.SweepRates {
+		rates[i] = strconv.FormatFloat(v, 'f', -1, 64)
+	}
+	fmt.Fprintf(w, "\nKnee ladder %s msg/s, %.0f s a step: the knee is the highest rate with p99 ≤ %.0f ms before the first that failed, "+
+		"the capacity the highest that kept up (nothing lost, ≥ %.0f%% delivered, p50 ≤ %.0f ms).\n\n",
+		strings.Join(rates, ", "), r.Config.SweepSecs, KneeP99ms, KneeRateShare*100, KneeP50ms)
+	for _, p := range r.Paths {
+		fmt.Fprintf(w, "- %s: knee %s (%s); capacity %s (%s)\n", p.Path,
+			limit(p, p.KneeRate, p.KneeBounded), orDash(p.KneeStop), limit(p, p.CapacityRate, p.CapacityBounded), orDash(p.CapacityStop))
+	}
 }
 
-func knee(p PathResult) string {
-	k := KneeRate(p)
-	s := f1(k)
-	last := p.Phase
-	if len(p.Sweep) > 0 {
-		last = p.Sweep[len(p.Sweep)-1]
+// limit renders a path's knee or capacity: "–" without a ladder, "≥ R"
+// when every step met the criterion, "< R" when even the first failed.
+func limit(p PathResult, rate float64, bounded bool) string {
+	switch {
+	case len(p.Sweep) == 0:
+		return "–"
+	case !bounded:
+		return "≥ " + f1(rate)
+	case rate == 0:
+		return "< " + f1(p.Sweep[0].TargetRate)
 	}
-	if last.P99ms <= 50 && last.Lost == 0 {
-		s = "≥ " + s // never passed 50 ms within the sweep
+	return f1(rate)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "–"
 	}
 	return s
 }

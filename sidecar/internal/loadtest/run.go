@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,21 +29,44 @@ const (
 
 // Config is one run of the generator.
 type Config struct {
-	Users       int           // simulated users online at once
-	Rate        float64       // target messages per second
-	Duration    time.Duration // of the message phase at Rate
-	SweepRates  []float64     // more rates, each for SweepTime, to find where p99 passes 50 ms
-	SweepTime   time.Duration
-	Paths       []string      // default: bare, sidecar, bosh, websocket
-	Concurrency int           // logins in flight during the storm; default 100
-	SourceAddrs int           // 127.0.0.x client source addresses; default Users/2000+1
-	Transport   string        // of the sidecar path's HTTP API: TransportHTTP1 (default) or TransportH2C
-	PHPSample   int           // sessions written by the real PHP CLI; the rest by EncodeSession
-	SidecarBin  string        // the imsidecar binary
-	SidecarEnv  []string      // extra environment for it, e.g. GODEBUG=gctrace=1
-	Dir         string        // scratch directory (Prosody, sessions, logs)
-	Timeout     time.Duration // bound on the whole run; default 30 min
-	Logger      *slog.Logger  // progress; nil = discard
+	Users    int           // simulated users online at once
+	Rate     float64       // target messages per second
+	Duration time.Duration // of the message phase at Rate
+	// SweepRates is the knee ladder: after the target phase every path
+	// runs these rates in ascending order, each for SweepTime, and stops
+	// at the first that does not keep up (see Check). The highest rate
+	// that held (p99 within 50 ms) before the first that did not is the
+	// path's knee; the highest that kept up, its capacity. Empty: neither.
+	SweepRates []float64
+	SweepTime  time.Duration
+	// SweepSettle is the least pause after a phase has drained (every
+	// delivery arrived or timed out) before the next starts; the next also
+	// waits until the path's processes are idle again (see quiesce).
+	// Default 500 ms.
+	SweepSettle time.Duration
+	Paths       []string // default: bare, sidecar, bosh, websocket
+	Concurrency int      // logins in flight during the storm; default 100
+	SourceAddrs int      // 127.0.0.x client source addresses; default Users/2000+1
+	Transport   string   // of the sidecar path's HTTP API: TransportHTTP1 (default) or TransportH2C
+	PHPSample   int      // sessions written by the real PHP CLI; the rest by EncodeSession
+	SidecarBin  string   // the imsidecar binary
+	SidecarEnv  []string // extra environment for it, e.g. GODEBUG=gctrace=1
+	// ProsodyConfig holds extra lines for the global section of every
+	// Prosody's configuration, e.g. `network_settings = { nagle = false }`.
+	ProsodyConfig []string
+	// LatencyDir, when set, receives one CSV per path and phase with every
+	// message's send start, send return and delivery times (PATH-PHASE.csv).
+	LatencyDir string
+	// TraceDir, when set, receives a runtime/trace of the generator during
+	// each path's target phase (PATH.trace).
+	TraceDir string
+	// LagDir, when set, receives PATH-prosody-lag.log from a probe module
+	// loaded into each Prosody (see LagProbe): its event-loop stalls and
+	// Lua GC cycle ends, in Unix time like the LatencyDir files.
+	LagDir  string
+	Dir     string        // scratch directory (Prosody, sessions, logs)
+	Timeout time.Duration // bound on the whole run; default 30 min
+	Logger  *slog.Logger  // progress; nil = discard
 }
 
 // PathResult holds one path's figures.
@@ -67,15 +91,36 @@ type PathResult struct {
 	SidecarFDs   int `json:"sidecar_fds,omitempty"`
 	SidecarConns int `json:"sidecar_conns,omitempty"`
 	Phase
+	// Sweep holds the knee ladder's steps, in order, up to the first that
+	// did not keep up.
 	Sweep []Phase `json:"sweep,omitempty"`
+	// KneeRate is the highest ladder rate that held (p99 within 50 ms, see
+	// Check) before the first that did not (0: the first did not);
+	// KneeBounded says a step failed, so the knee lies below that step's
+	// rate (false: every step held and the knee is at least KneeRate);
+	// KneeStop says what failed at which rate.
+	KneeRate    float64 `json:"knee_rate"`
+	KneeBounded bool    `json:"knee_bounded"`
+	KneeStop    string  `json:"knee_stop,omitempty"`
+	// CapacityRate and the rest are the same for keeping up (nothing lost,
+	// 90% of the rate delivered, p50 within 50 ms) whatever the p99.
+	CapacityRate    float64 `json:"capacity_rate"`
+	CapacityBounded bool    `json:"capacity_bounded"`
+	CapacityStop    string  `json:"capacity_stop,omitempty"`
 }
 
 // Phase is one message phase at a target rate.
 type Phase struct {
 	TargetRate float64 `json:"target_rate"`
-	Sent       int     `json:"sent"`
-	SendErrors int     `json:"send_errors"`
-	Delivered  int     `json:"delivered"`
+	// UsersSkipped counts online users left out because a send of theirs
+	// failed or a message to or from them was lost in an earlier phase.
+	UsersSkipped int `json:"users_skipped,omitempty"`
+	// OfferedPerSec is the rate the sends were started at: Sent over the
+	// sending time (or the planned duration, whichever is longer).
+	OfferedPerSec float64 `json:"offered_per_sec"`
+	Sent          int     `json:"sent"`
+	SendErrors    int     `json:"send_errors"`
+	Delivered     int     `json:"delivered"`
 	// Lost counts messages whose send call succeeded but that never
 	// reached the receiver within 20 s of the last send.
 	Lost            int     `json:"lost"`
@@ -84,6 +129,13 @@ type Phase struct {
 	P50ms           float64 `json:"p50_ms"`
 	P99ms           float64 `json:"p99_ms"`
 	Maxms           float64 `json:"max_ms"`
+	// Attempt numbers the runs of a knee step at one rate (2: a repeat).
+	Attempt int `json:"attempt,omitempty"`
+	// KeptUp and Held are the phase against the knee criteria (see
+	// Check); Why says what failed when it did not hold.
+	KeptUp          bool   `json:"kept_up"`
+	Held            bool   `json:"held"`
+	Why             string `json:"why,omitempty"`
 	cpuPath, cpuPro float64
 }
 
@@ -130,6 +182,17 @@ func (c *Config) defaults() error {
 	if c.SweepTime <= 0 {
 		c.SweepTime = 5 * time.Second
 	}
+	if c.SweepSettle <= 0 {
+		c.SweepSettle = 500 * time.Millisecond
+	}
+	for _, r := range c.SweepRates {
+		if !(r > 0) {
+			return fmt.Errorf("loadtest: sweep rate %v is not positive", r)
+		}
+	}
+	c.SweepRates = slices.Clone(c.SweepRates)
+	slices.Sort(c.SweepRates)
+	c.SweepRates = slices.Compact(c.SweepRates)
 	if c.Timeout <= 0 {
 		c.Timeout = 30 * time.Minute
 	}
@@ -154,6 +217,13 @@ func Run(ctx context.Context, cfg Config) ([]PathResult, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
+	for _, d := range []string{cfg.LatencyDir, cfg.TraceDir, cfg.LagDir} {
+		if d != "" {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				return nil, fmt.Errorf("loadtest: %w", err)
+			}
+		}
+	}
 	// Prosody, imsidecar and this process each hold a socket per user and
 	// more; children inherit the limit.
 	if lim, err := RaiseOpenFiles(uint64(cfg.Users)*3 + 4096); err != nil {
@@ -183,6 +253,7 @@ type rig struct {
 	sids   []string
 
 	clients []client
+	broken  []bool // users whose send failed or whose message was lost; phases run one at a time
 	phaseMu sync.Mutex
 	track   *tracker
 }
@@ -190,7 +261,15 @@ type rig struct {
 func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 	res := PathResult{Path: path, Users: cfg.Users}
 	dir := filepath.Join(cfg.Dir, path)
-	pro, err := NewProsody(dir)
+	extra := cfg.ProsodyConfig
+	if cfg.LagDir != "" {
+		probe, err := LagProbe(dir, filepath.Join(cfg.LagDir, path+"-prosody-lag.log"))
+		if err != nil {
+			return res, err
+		}
+		extra = append(probe, extra...)
+	}
+	pro, err := NewProsody(dir, extra...)
 	if err != nil {
 		return res, err
 	}
@@ -242,7 +321,7 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 	// Everything the users run (poll loops) lives until life ends.
 	life, stop := context.WithCancel(ctx)
 	defer stop()
-	r.track = newTracker(0)
+	r.track = newTracker(0, 0)
 	start := time.Now()
 	online, errs, firstErr := r.loginAll(ctx, life)
 	elapsed := time.Since(start)
@@ -274,7 +353,12 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 		res.MemPerUserKB = res.ProsodyMemPerUserKB
 	}
 
+	stopTrace, err := r.startTrace()
+	if err != nil {
+		return res, err
+	}
 	ph, err := r.phase(ctx, 1, cfg.Rate, cfg.Duration)
+	stopTrace()
 	if err != nil {
 		return res, err
 	}
@@ -283,17 +367,42 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 		res.CPUPer1k = ph.cpuPath / (float64(ph.Delivered) / 1000)
 		res.ProsodyCPUPer1k = ph.cpuPro / (float64(ph.Delivered) / 1000)
 	}
-	for i, rate := range cfg.SweepRates {
-		if ph.P99ms > 50 || ph.Lost > 0 {
-			break // already past the knee at the target rate
+	// The knee ladder, independent of how the target phase went: each
+	// step starts once the previous one has drained and settled.
+	// A step that fails a criterion not yet settled is run once more
+	// (Attempt 2), and the rate counts for that criterion if either
+	// attempt met it: on a shared machine a neighbour's burst can spoil
+	// one short step.
+	id, kneeFound := 2, false
+ladder:
+	for _, rate := range cfg.SweepRates {
+		keptUp, held := false, false
+		for attempt := 1; attempt <= 2; attempt++ {
+			if err := r.quiesce(ctx); err != nil {
+				return res, err
+			}
+			sp, err := r.phase(ctx, id, rate, cfg.SweepTime)
+			if err != nil {
+				return res, err
+			}
+			id++
+			sp.Attempt = attempt
+			res.Sweep = append(res.Sweep, sp)
+			keptUp, held = keptUp || sp.KeptUp, held || sp.Held
+			if keptUp && (held || kneeFound) {
+				break
+			}
 		}
-		sp, err := r.phase(ctx, 2+i, rate, cfg.SweepTime)
-		if err != nil {
-			return res, err
+		switch {
+		case !keptUp:
+			break ladder // saturated: higher rates only queue
+		case !held:
+			kneeFound = true
 		}
-		res.Sweep = append(res.Sweep, sp)
-		ph = sp // past the knee, higher rates only queue
 	}
+	res.setKnee()
+	cfg.Logger.Info("knee", "path", path, "knee", res.KneeRate, "bounded", res.KneeBounded, "stop", res.KneeStop,
+		"capacity", res.CapacityRate, "capacity_bounded", res.CapacityBounded, "capacity_stop", res.CapacityStop)
 	stop()
 	r.closeAll(ctx)
 	return res, nil
@@ -343,6 +452,7 @@ func (r *rig) login(ctx, life context.Context, i int) (client, error) {
 // loginAll logs every user in with cfg.Concurrency logins in flight.
 func (r *rig) loginAll(ctx, life context.Context) (online, errs int, first error) {
 	r.clients = make([]client, r.cfg.Users)
+	r.broken = make([]bool, r.cfg.Users)
 	var next atomic.Int64
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -409,6 +519,47 @@ func (r *rig) cpu() (path, prosody float64, err error) {
 	return path, prosody, nil
 }
 
+// Quiet is how idle the path's processes must be before the next phase:
+// at most quietShare of one core over quietWindow, for up to quietMax.
+const (
+	quietWindow = 500 * time.Millisecond
+	quietShare  = 0.1
+	quietMax    = 30 * time.Second
+)
+
+// quiesce waits SweepSettle, then until the processes of the path
+// (Prosody, and imsidecar) use at most quietShare of a core over a
+// quietWindow: a phase past the path's capacity leaves a queue in the
+// server that would otherwise slow the next one down. After quietMax it
+// goes on and says so.
+func (r *rig) quiesce(ctx context.Context) error {
+	start := time.Now()
+	time.Sleep(r.cfg.SweepSettle)
+	prev, _, err := r.cpu()
+	if err != nil {
+		return err
+	}
+	for ctx.Err() == nil {
+		time.Sleep(quietWindow)
+		cur, _, err := r.cpu()
+		if err != nil {
+			return err
+		}
+		if cur-prev <= quietShare*quietWindow.Seconds() {
+			if waited := time.Since(start); waited > r.cfg.SweepSettle+2*quietWindow {
+				r.cfg.Logger.Info("quiet again", "path", r.path, "seconds", waited.Seconds())
+			}
+			return nil
+		}
+		if time.Since(start) > quietMax {
+			r.cfg.Logger.Warn("path still busy before the next phase", "path", r.path, "seconds", time.Since(start).Seconds())
+			return nil
+		}
+		prev = cur
+	}
+	return ctx.Err()
+}
+
 // receive is every client's message callback.
 func (r *rig) receive(body string) {
 	r.phaseMu.Lock()
@@ -419,17 +570,26 @@ func (r *rig) receive(body string) {
 
 // phase sends messages between random online pairs at rate for d, waits
 // for the deliveries (at most 20 s after the last send) and summarises.
+// Users whose send failed or whose message was lost in an earlier phase
+// take no part: a phase past the path's capacity can leave sessions broken
+// (BOSH sessions reset by Prosody), which would otherwise fail the next.
 func (r *rig) phase(ctx context.Context, id int, rate float64, d time.Duration) (Phase, error) {
 	var live []int
+	skipped := 0
 	for i, c := range r.clients {
-		if c != nil {
+		switch {
+		case c == nil:
+		case r.broken[i]:
+			skipped++
+		default:
 			live = append(live, i)
 		}
 	}
+	if len(live) < 2 {
+		return Phase{}, fmt.Errorf("loadtest: %s: only %d users left whose sends and deliveries work", r.path, len(live))
+	}
 	total := int(rate * d.Seconds())
-	t := newTracker(id)
-	t.start = make([]atomic.Int64, total)
-	t.got = make([]atomic.Bool, total)
+	t := newTracker(id, total)
 	r.phaseMu.Lock()
 	r.track = t
 	r.phaseMu.Unlock()
@@ -438,7 +598,7 @@ func (r *rig) phase(ctx context.Context, id int, rate float64, d time.Duration) 
 	if err != nil {
 		return Phase{}, err
 	}
-	ph := Phase{TargetRate: rate}
+	ph := Phase{TargetRate: rate, UsersSkipped: skipped}
 	rng := rand.New(rand.NewPCG(uint64(id), 42))
 	sem := make(chan struct{}, 4096) // bound on sends in flight
 	var sendErrs atomic.Int64
@@ -461,18 +621,22 @@ func (r *rig) phase(ctx context.Context, id int, rate float64, d time.Duration) 
 		ph.Sent++
 		body := t.body(k)
 		from, to := r.clients[a], userName(b)+"@"+Domain
+		t.from[k], t.to[k] = int32(a), int32(b)
 		t.start[k].Store(time.Now().UnixNano())
 		wg.Go(func() {
 			defer func() { <-sem }()
 			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			defer cancel()
-			if err := from.Send(sctx, to, body); err != nil {
+			err := from.Send(sctx, to, body)
+			t.sent[k].Store(time.Now().UnixNano())
+			if err != nil {
 				sendErrs.Add(1)
 				t.failed(k)
 			}
 		})
 	}
 	sendEnd := time.Now()
+	ph.OfferedPerSec = float64(ph.Sent) / max(sendEnd.Sub(t0), d).Seconds()
 	wg.Wait()
 	deadline := time.Now().Add(20 * time.Second)
 	for t.delivered.Load()+sendErrs.Load() < int64(ph.Sent) && time.Now().Before(deadline) && ctx.Err() == nil {
@@ -487,6 +651,14 @@ func (r *rig) phase(ctx context.Context, id int, rate float64, d time.Duration) 
 	ph.Delivered = int(t.delivered.Load())
 	ph.Duplicates = int(t.dups.Load())
 	ph.Lost = ph.Sent - ph.SendErrors - ph.Delivered
+	for k := range ph.Sent {
+		switch {
+		case t.fail[k].Load():
+			r.broken[t.from[k]] = true
+		case !t.got[k].Load():
+			r.broken[t.from[k]], r.broken[t.to[k]] = true, true
+		}
+	}
 	end := time.Unix(0, t.last.Load())
 	if end.Before(sendEnd) {
 		end = sendEnd
@@ -494,8 +666,15 @@ func (r *rig) phase(ctx context.Context, id int, rate float64, d time.Duration) 
 	ph.DeliveredPerSec = float64(ph.Delivered) / end.Sub(t0).Seconds()
 	s := t.lat.Summary()
 	ph.P50ms, ph.P99ms, ph.Maxms = ms(s.P50), ms(s.P99), ms(s.Max)
-	r.cfg.Logger.Info("phase", "path", r.path, "rate", rate, "sent", ph.Sent, "delivered", ph.Delivered,
-		"lost", ph.Lost, "p50_ms", ph.P50ms, "p99_ms", ph.P99ms, "max_ms", ph.Maxms)
+	ph.KeptUp, ph.Held, ph.Why = Check(ph)
+	r.cfg.Logger.Info("phase", "path", r.path, "rate", rate, "skipped", skipped, "sent", ph.Sent, "delivered", ph.Delivered,
+		"lost", ph.Lost, "p50_ms", ph.P50ms, "p99_ms", ph.P99ms, "max_ms", ph.Maxms, "kept_up", ph.KeptUp, "held", ph.Held, "why", ph.Why)
+	if r.cfg.LatencyDir != "" {
+		name := filepath.Join(r.cfg.LatencyDir, r.path+"-"+strconv.Itoa(id)+".csv")
+		if err := t.writeCSV(name); err != nil {
+			return ph, err
+		}
+	}
 	return ph, nil
 }
 
@@ -506,22 +685,28 @@ type tracker struct {
 	id        int
 	prefix    string
 	start     []atomic.Int64 // send call start, UnixNano, by sequence
+	sent      []atomic.Int64 // send call return, UnixNano
+	recv      []atomic.Int64 // first delivery, UnixNano
+	from, to  []int32        // user indexes, written before the send starts
 	got       []atomic.Bool
+	fail      []atomic.Bool // the send call failed
 	delivered atomic.Int64
 	dups      atomic.Int64
 	last      atomic.Int64 // UnixNano of the last delivery
 	lat       Latencies
 }
 
-func newTracker(id int) *tracker {
-	return &tracker{id: id, prefix: "lt-" + strconv.Itoa(id) + "-"}
+func newTracker(id, n int) *tracker {
+	return &tracker{id: id, prefix: "lt-" + strconv.Itoa(id) + "-",
+		start: make([]atomic.Int64, n), sent: make([]atomic.Int64, n), recv: make([]atomic.Int64, n),
+		from: make([]int32, n), to: make([]int32, n), got: make([]atomic.Bool, n), fail: make([]atomic.Bool, n)}
 }
 
 func (t *tracker) body(k int) string { return t.prefix + strconv.Itoa(k) }
 
 // failed forgets a message whose send call failed: it is counted as a send
 // error, not a loss, and not waited for.
-func (t *tracker) failed(k int) { t.got[k].Store(true) }
+func (t *tracker) failed(k int) { t.fail[k].Store(true); t.got[k].Store(true) }
 
 func (t *tracker) received(body string) {
 	rest, ok := strings.CutPrefix(body, t.prefix)
@@ -537,6 +722,7 @@ func (t *tracker) received(body string) {
 		t.dups.Add(1)
 		return
 	}
+	t.recv[k].Store(now.UnixNano())
 	t.lat.Add(now.Sub(time.Unix(0, t.start[k].Load())))
 	t.delivered.Add(1)
 	t.last.Store(now.UnixNano())

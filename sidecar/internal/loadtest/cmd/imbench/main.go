@@ -33,7 +33,7 @@ func run() error {
 	var (
 		cfg     loadtest.Config
 		paths   = flag.String("paths", "bare,sidecar,bosh,websocket", "paths to measure, in order")
-		sweep   = flag.String("sweep", "", "comma-separated extra rates (msg/s) to find where p99 passes 50 ms")
+		sweep   = flag.String("sweep", joinRates(loadtest.DefaultSweepRates), "knee ladder: comma-separated rates (msg/s) run after the target phase, each for -sweep-time, up to the first that does not hold (p99 > 50 ms, a loss, or under 90% of the rate delivered); empty: no knee")
 		out     = flag.String("out", "bench/results.json", "JSON output file")
 		profile = flag.String("profile", "quick", "name recorded in the results")
 		keep    = flag.Bool("keep", false, "keep the scratch directory (logs) after the run")
@@ -42,7 +42,15 @@ func run() error {
 	flag.IntVar(&cfg.Users, "users", 1000, "simulated users online at once")
 	flag.Float64Var(&cfg.Rate, "rate", 500, "target messages per second")
 	flag.DurationVar(&cfg.Duration, "duration", 10*time.Second, "message phase at -rate")
-	flag.DurationVar(&cfg.SweepTime, "sweep-time", 5*time.Second, "each sweep step")
+	flag.DurationVar(&cfg.SweepTime, "sweep-time", 3*time.Second, "each knee step")
+	flag.DurationVar(&cfg.SweepSettle, "sweep-settle", 500*time.Millisecond, "least pause after a phase has drained before the next knee step; the step also waits until Prosody (and imsidecar) are idle")
+	flag.Func("prosody-set", "extra line for Prosody's global config, e.g. 'network_settings = { nagle = false }' (repeatable)", func(s string) error {
+		cfg.ProsodyConfig = append(cfg.ProsodyConfig, s)
+		return nil
+	})
+	flag.StringVar(&cfg.LatencyDir, "latency-dir", "", "write every message's send/receive times per path and phase as CSV into this directory")
+	flag.StringVar(&cfg.LagDir, "prosody-lag-dir", "", "load a probe into Prosody that logs its event-loop stalls and Lua GC cycle ends into this directory")
+	flag.StringVar(&cfg.TraceDir, "trace-dir", "", "write a runtime/trace of the generator during each path's target phase into this directory")
 	flag.IntVar(&cfg.Concurrency, "concurrency", 100, "logins in flight during the login storm")
 	flag.IntVar(&cfg.SourceAddrs, "source-addrs", 0, "127.0.0.x client source addresses (0: users/2000+1)")
 	flag.StringVar(&cfg.Transport, "transport", loadtest.TransportHTTP1, "sidecar path's HTTP API: http1, or h2c (HTTP/2 without TLS: pending polls share a few connections)")
@@ -99,6 +107,14 @@ func run() error {
 		return err
 	}
 	return rep.WriteJSON(*out)
+}
+
+func joinRates(rates []float64) string {
+	s := make([]string, len(rates))
+	for i, r := range rates {
+		s[i] = strconv.FormatFloat(r, 'f', -1, 64)
+	}
+	return strings.Join(s, ",")
 }
 
 // moduleRoot walks up from the working directory to go.mod.
