@@ -140,13 +140,19 @@ func (c *scriptConn) login() {
 // presence.
 func (c *scriptConn) fresh(smID string) {
 	c.t.Helper()
+	c.bindAndRoster(smID)
+	c.expect("presence")
+}
+
+// bindAndRoster is fresh up to the roster answer.
+func (c *scriptConn) bindAndRoster(smID string) {
+	c.t.Helper()
 	iq := c.expect("iq")
 	c.write(`<iq type="result" id="` + iq.get("id") + `"><bind xmlns="urn:ietf:params:xml:ns:xmpp-bind"><jid>alice@example.test/web</jid></bind></iq>`)
 	c.expect("enable")
 	c.write(`<enabled xmlns="urn:xmpp:sm:3" id="` + smID + `" resume="true"/>`)
 	iq = c.expect("iq")
 	c.write(`<iq type="result" id="` + iq.get("id") + `"><query xmlns="jabber:iq:roster"/></iq>`)
-	c.expect("presence")
 }
 
 type chanHandler chan Event
@@ -353,12 +359,7 @@ func TestFreshStreamKeepsPresence(t *testing.T) {
 			sc2.login()
 			sc2.expect("resume")
 			sc2.write(`<failed xmlns="urn:xmpp:sm:3"><item-not-found xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/></failed>`)
-			iq := sc2.expect("iq")
-			sc2.write(`<iq type="result" id="` + iq.get("id") + `"><bind xmlns="urn:ietf:params:xml:ns:xmpp-bind"><jid>alice@example.test/web</jid></bind></iq>`)
-			sc2.expect("enable")
-			sc2.write(`<enabled xmlns="urn:xmpp:sm:3" id="sm2" resume="true"/>`)
-			iq = sc2.expect("iq")
-			sc2.write(`<iq type="result" id="` + iq.get("id") + `"><query xmlns="jabber:iq:roster"/></iq>`)
+			sc2.bindAndRoster("sm2")
 			if tt.want == "-" {
 				h.wait(t, func(ev Event) bool { sc, ok := ev.(*StateChange); return ok && sc.State == StateOnline })
 				if _, err := c.Send(t.Context(), Message{To: "bob@example.test", ID: "after", Body: "x"}); err != nil {
