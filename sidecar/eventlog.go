@@ -63,10 +63,10 @@ type event struct {
 // the way costs nothing. An acknowledged event is kept for ackedRetention
 // more, for a poll that repeats an older cursor (a lost response, a second
 // page), then let go, so a chatty user does not pin --event-buffer events
-// for as long as they stay online. When the caller's cursor is older than the oldest
-// kept event, from another epoch, or from before a gap (the XMPP stream had
-// to be replaced without resumption, so the server may have dropped
-// stanzas), the poll says recovered=false.
+// for as long as they stay online. When the caller's cursor is older than
+// the oldest kept event, from another epoch, or from before a gap (the
+// XMPP stream had to be replaced without resumption, so the server may
+// have dropped stanzas), the poll says recovered=false.
 type eventLog struct {
 	mu      sync.Mutex
 	epoch   uint64
