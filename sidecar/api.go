@@ -377,6 +377,17 @@ func (a *api) session(c *caller) (*session, error) {
 }
 
 // mutate returns the live stream for a state-changing call, rate limited.
+// live is the caller's session and its live XMPP stream, for the calls
+// that read through the stream.
+func (a *api) live(c *caller) (*session, xmppSession, error) {
+	s, err := a.session(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err := s.stream()
+	return s, conn, err
+}
+
 func (a *api) mutate(c *caller) (*session, xmppSession, error) {
 	s, err := a.session(c)
 	if err != nil {
@@ -578,11 +589,7 @@ type rosterItemOut struct {
 }
 
 func (a *api) roster(w http.ResponseWriter, r *http.Request, c *caller) error {
-	s, err := a.session(c)
-	if err != nil {
-		return err
-	}
-	conn, err := s.stream()
+	s, conn, err := a.live(c)
 	if err != nil {
 		return err
 	}
@@ -701,11 +708,7 @@ func (a *api) chatState(w http.ResponseWriter, r *http.Request, c *caller) error
 
 // blocklist lists the blocked JIDs (XEP-0191).
 func (a *api) blocklist(w http.ResponseWriter, r *http.Request, c *caller) error {
-	s, err := a.session(c)
-	if err != nil {
-		return err
-	}
-	conn, err := s.stream()
+	_, conn, err := a.live(c)
 	if err != nil {
 		return err
 	}
@@ -753,11 +756,7 @@ func (a *api) fetchVCard(r *http.Request, c *caller) (xmppconn.VCard, error) {
 	if err != nil {
 		return xmppconn.VCard{}, err
 	}
-	s, err := a.session(c)
-	if err != nil {
-		return xmppconn.VCard{}, err
-	}
-	conn, err := s.stream()
+	_, conn, err := a.live(c)
 	if err != nil {
 		return xmppconn.VCard{}, err
 	}

@@ -99,11 +99,7 @@ func (a *api) history(w http.ResponseWriter, r *http.Request, c *caller) error {
 	if err != nil {
 		return err
 	}
-	s, err := a.session(c)
-	if err != nil {
-		return err
-	}
-	conn, err := s.stream()
+	_, conn, err := a.live(c)
 	if err != nil {
 		return err
 	}

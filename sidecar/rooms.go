@@ -84,11 +84,7 @@ func (a *api) roomJID(ctx context.Context, conn xmppSession, raw string) (string
 
 // rooms lists the MUC service's rooms and the rooms this session is in.
 func (a *api) rooms(w http.ResponseWriter, r *http.Request, c *caller) error {
-	s, err := a.session(c)
-	if err != nil {
-		return err
-	}
-	conn, err := s.stream()
+	_, conn, err := a.live(c)
 	if err != nil {
 		return err
 	}
