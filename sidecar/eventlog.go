@@ -145,10 +145,10 @@ func (l *eventLog) appendOnce(kind, key string, fields []byte) bool {
 		l.buf, l.start = grown, 0
 	}
 	if l.n == len(l.buf) {
-		if old := l.buf[l.start]; old.key != "" && l.keys[old.key] == old.offset {
+		old := l.buf[l.start]
+		if old.key != "" && l.keys[old.key] == old.offset {
 			delete(l.keys, old.key)
 		}
-		old := l.buf[l.start]
 		l.buf[l.start] = ev
 		l.start = (l.start + 1) % len(l.buf)
 		if old.offset > l.acked {
