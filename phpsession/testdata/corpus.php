@@ -130,7 +130,8 @@ function craftedValues(): array {
         'a:1:{s:20:"99999999999999999999";i:1;}', 'a:1:{s:19:"9223372036854775807";i:1;}',
         'a:1:{s:19:"9223372036854775808";i:1;}', 'a:1:{s:20:"-9223372036854775808";i:1;}',
         'a:1:{b:1;i:1;}', 'a:1:{N;i:1;}', 'a:1:{d:1;i:1;}', 'a:1:{S:1:"a";i:1;}', 'a:2:{s:1:"a";i:1;s:1:"a";i:2;}',
-        'a:2:{i:1;i:1;s:1:"1";i:2;}',
+        'a:2:{i:1;i:1;s:1:"1";i:2;}', 'a:1:{s:1:"5";i:1;}', 'a:1:{S:2:"\61b";i:1;}',
+        'O:8:"stdClass":2:{s:1:"a";i:1;s:1:"a";i:2;}', 'O:8:"stdClass":1:{s:1:"5";i:1;}',
         // O: class name length is uiv; the property count is parse_iv2.
         'O:8:"stdClass":+1:{s:1:"a";i:1;}', 'O:8:"stdClass":01:{s:1:"a";i:1;}', 'O:8:"stdClass"::{}',
         'O:8:"stdClass":-0:{}', 'O:8:"stdClass":-:{}', 'O:8:"stdClass":+:{}', 'O:8:"stdClass":-1:{}',
@@ -158,7 +159,8 @@ function craftedValues(): array {
 // Sessions of two variables: "k" holds a value that can be referred to,
 // "j" a reference to it, written with a sign, zeros, spaces or a number
 // that wraps at 2^64. {s} is k's slot (one more for php_serialize, whose
-// session array is slot 1), {w} the same plus 2^64.
+// session array is slot 1), {s1} and {s2} the slots after it, {w} {s}
+// plus 2^64.
 function craftedRefs(): array {
     $obj = 'O:8:"stdClass":0:{}';
     return [
@@ -166,7 +168,9 @@ function craftedRefs(): array {
         ['i:1;', 'R:+{s};'], ['i:1;', 'R:-{s};'], ['i:1;', 'R:0{s};'], ['i:1;', 'R: {s};'], ['i:1;', 'R:{s} ;'],
         ['i:1;', 'R:;'], ['i:1;', 'R:{s}'], ['i:1;', 'R:{w};'], ['i:1;', 'R:18446744073709551616;'], ['i:1;', 'R:0;'],
         [$obj, 'r:+{s};'], [$obj, 'r:-{s};'], [$obj, 'r:0{s};'], [$obj, 'r:{w};'], [$obj, 'r:{s};'], [$obj, 'r: {s};'],
-        ['i:1;', 'r:{s};'],
+        ['i:1;', 'r:{s};'], ['a:2:{i:0;i:5;i:1;O:8:"stdClass":0:{}}', 'R:{s1};'],
+        ['a:2:{i:0;i:5;i:1;O:8:"stdClass":0:{}}', 'r:{s2};'], ['a:2:{i:0;i:5;i:1;O:8:"stdClass":0:{}}', 'r:{s1};'],
+        ['a:2:{i:0;i:5;i:1;O:8:"stdClass":0:{}}', 'r:+{s2};'], ['a:2:{i:0;i:5;i:1;O:8:"stdClass":0:{}}', 'R:00{s2};'],
     ];
 }
 
@@ -181,7 +185,8 @@ function craftedRaw(): array {
     return ['', 'x', '|', 'N;', 'i:1;', 's:0:"";', 'b:0;', 'b:1;', 'd:1.5;', 'a:0:{}', 'a:1:{s:1:"k";i:1;}', 'a:1:{s:1:"k";i:1;}}',
         'a:1:{s:1:"k";i:1;', 'a:1:{s:3:"foo";s:3:"bar";}', 'O:8:"stdClass":1:{s:1:"k";i:1;}', 'C:6:"Legacy":3:{abc}',
         'E:11:"Suit:Hearts";', 'N;garbage', 'i:1;garbage', ' a:0:{}', 'N', 'R:1;', 'r:1;', 'k|i:1;', '|i:1;', 'k|', 'k|i:1',
-        "\x01ki:1;", "\x00i:1;", "\x81ki:1;", "\x01k", "\x7f", "\xff", "\n"];
+        "\x01ki:1;", "\x00i:1;", "\x81ki:1;", "\x01k", "\x7f", "\xff", "\n", 'a|b|i:1;', 'k|i:1;k|i:2;',
+        "new\nline|i:1;", 'k!|i:1;', '!k|i:1;', "\x00", "\x02k|i:1;", 'a:1:{s:1:"k";i:1;}k|i:2;'];
 }
 
 function encodeSession(string $handler, array $vars): string {
@@ -199,7 +204,8 @@ function crafted(string $handler): array {
     foreach (craftedValues() as $v) $cases[] = encodeSession($handler, ['k' => $v]);
     $off = $handler === 'php_serialize' ? 1 : 0;
     foreach (craftedRefs() as [$k, $j]) {
-        $j = strtr($j, ['{s}' => (string)(1 + $off), '{w}' => '184467440737095516' . (17 + $off)]);
+        $j = strtr($j, ['{s}' => (string)(1 + $off), '{s1}' => (string)(2 + $off), '{s2}' => (string)(3 + $off),
+            '{w}' => '184467440737095516' . (17 + $off)]);
         $cases[] = encodeSession($handler, ['k' => $k, 'j' => $j]);
     }
     foreach (craftedTrailers() as $t) $cases[] = encodeSession($handler, ['k' => 'i:1;']) . $t;
