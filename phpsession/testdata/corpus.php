@@ -186,7 +186,7 @@ function craftedRaw(): array {
         'a:1:{s:1:"k";i:1;', 'a:1:{s:3:"foo";s:3:"bar";}', 'O:8:"stdClass":1:{s:1:"k";i:1;}', 'C:6:"Legacy":3:{abc}',
         'E:11:"Suit:Hearts";', 'N;garbage', 'i:1;garbage', ' a:0:{}', 'N', 'R:1;', 'r:1;', 'k|i:1;', '|i:1;', 'k|', 'k|i:1',
         "\x01ki:1;", "\x00i:1;", "\x81ki:1;", "\x01k", "\x7f", "\xff", "\n", 'a|b|i:1;', 'k|i:1;k|i:2;',
-        "new\nline|i:1;", 'k!|i:1;', '!k|i:1;', "\x00", "\x02k|i:1;", 'a:1:{s:1:"k";i:1;}k|i:2;'];
+        "new\nline|i:1;", "k\0|i:1;", 'k!|i:1;', '!k|i:1;', "\x7f" . str_repeat('k', 127) . 'i:1;', "\xff" . str_repeat('k', 127) . 'i:1;', "\x00", "\x02k|i:1;", 'a:1:{s:1:"k";i:1;}k|i:2;'];
 }
 
 function encodeSession(string $handler, array $vars): string {
