@@ -40,11 +40,21 @@ var DefaultLimits = Limits{MaxBytes: 8 << 20, MaxDepth: 64}
 
 // Decode parses session data written by the given serialize handler and
 // returns the top-level session variables in PHP's order. It accepts
-// exactly what PHP 8.2 accepts (including its clamping of out-of-range
-// integers) and resolves r:/R: references with PHP's slot numbering; a
-// reference cycle yields an Array that contains itself. The result aliases
-// data. Errors wrap ErrMalformed (as a *SyntaxError with the offset) or
-// ErrTooLarge.
+// exactly what PHP 8.2's session_start() accepts and fails where PHP
+// destroys the session instead (TestDifferentialPHP holds it to that):
+// number fields read by PHP's own three rules (i: clamps out-of-range
+// values, lengths and r:/R: slots are digits only and wrap at 2^64, object
+// counts and C: lengths take a sign or no digits), "php" and "php_binary"
+// data must end with its last value, and "php_serialize" data is one value
+// with anything after it ignored; a value there that is not an array (N;,
+// a scalar, an object) gives a session without variables, as no PHP code
+// can read one from such a $_SESSION. It resolves r:/R: references with
+// PHP's slot numbering; a reference cycle yields an Array that contains
+// itself. What PHP decides by the application's classes is taken as
+// valid: any syntactically valid enum case (PHP refuses an enum or a case
+// it does not know), and objects whatever their class's __unserialize,
+// __wakeup or typed properties would say. The result aliases data. Errors
+// wrap ErrMalformed (as a *SyntaxError with the offset) or ErrTooLarge.
 //
 // Every byte is validated before Decode returns, but in a session without
 // references a nested array's elements are built on its first access
@@ -225,14 +235,16 @@ func (d *decoder) fail(at int, format string, args ...any) error {
 	return &SyntaxError{Offset: at, Msg: fmt.Sprintf(format, args...)}
 }
 
-// sessionPHP: repeated "name|value". Like PHP, bytes after the last value
-// that contain no '|' end decoding without error.
+// sessionPHP: repeated "name|value" to the last byte. Like PHP 8.2, which
+// destroys such a session, bytes after the last value that hold no '|'
+// (a stray newline, a NUL, a php_serialize array read with this handler)
+// are an error, not an end.
 func (d *decoder) sessionPHP() (*Array, error) {
 	for d.pos < len(d.data) {
 		start := d.pos
 		bar := bytes.IndexByte(d.data[start:], '|')
 		if bar < 0 {
-			break
+			return nil, d.fail(start, "%d bytes after the last value hold no '|'", len(d.data)-start)
 		}
 		name := alias(d.data[start : start+bar])
 		d.pos = start + bar + 1
@@ -264,7 +276,12 @@ func (d *decoder) sessionBinary() (*Array, error) {
 	return &Array{ents: d.dedupe(d.stack, false)}, nil
 }
 
-// sessionSerialize: one serialize()d array and nothing after it.
+// sessionSerialize: one serialize()d value, read as PHP 8.2 reads it. The
+// bytes after that value are ignored, as PHP ignores them. A value that is
+// not an array (N;, a scalar, an object) is what PHP then holds as
+// $_SESSION: no session variable can be read from it, so the session has
+// none. The value is validated all the same: PHP destroys a session whose
+// value does not parse.
 func (d *decoder) sessionSerialize() (*Array, error) {
 	if len(d.data) == 0 {
 		return &Array{}, nil
@@ -274,10 +291,7 @@ func (d *decoder) sessionSerialize() (*Array, error) {
 		return nil, err
 	}
 	if v.Kind() != KindArray {
-		return nil, d.fail(0, "top level is %s, not an array", v.Kind())
-	}
-	if d.pos != len(d.data) {
-		return nil, d.fail(d.pos, "trailing bytes after the session array")
+		return &Array{}, nil
 	}
 	return v.arr(), nil
 }
@@ -306,15 +320,34 @@ func unexpected(d *decoder, c byte) error {
 	return d.fail(d.pos, "want %q, found %q", c, d.data[d.pos])
 }
 
-// uint parses PHP's uiv: [0-9]+, bounded so it cannot overflow.
-func (d *decoder) uint() (int, error) {
+// count parses an array's element count: PHP's uiv, [0-9]+, which PHP
+// then reads with parse_iv, so leading zeros pass and a count too large
+// for any input fails. Bounded so it cannot overflow.
+func (d *decoder) count() (int, error) {
 	start := d.pos
 	n := 0
 	for d.pos < len(d.data) && d.data[d.pos] >= '0' && d.data[d.pos] <= '9' {
 		if n > (math.MaxInt32-9)/10 {
-			return 0, d.fail(start, "length out of range")
+			return 0, d.fail(start, "count out of range")
 		}
 		n = n*10 + int(d.data[d.pos]-'0')
+		d.pos++
+	}
+	if d.pos == start {
+		return 0, d.fail(start, "want a digit")
+	}
+	return n, nil
+}
+
+// uiv parses PHP's uiv, [0-9]+ (a string or class name length, an r:/R:
+// slot), as PHP's parse_uiv does: in 64-bit arithmetic that wraps, so
+// "18446744073709551617" is 1. Callers bound it by the bytes that remain,
+// as PHP does. No sign is allowed.
+func (d *decoder) uiv() (uint64, error) {
+	start := d.pos
+	var n uint64
+	for d.pos < len(d.data) && d.data[d.pos] >= '0' && d.data[d.pos] <= '9' {
+		n = n*10 + uint64(d.data[d.pos]-'0')
 		d.pos++
 	}
 	if d.pos == start {
@@ -326,41 +359,50 @@ func (d *decoder) uint() (int, error) {
 // int parses PHP's iv: [+-]?[0-9]+, clamping out-of-range values to
 // PHP_INT_MAX/PHP_INT_MIN exactly as PHP 8.2's parse_iv2 does.
 func (d *decoder) int() (int64, error) {
+	p := d.pos
+	if p < len(d.data) && (d.data[p] == '-' || d.data[p] == '+') {
+		p++
+	}
+	if p >= len(d.data) || d.data[p] < '0' || d.data[p] > '9' {
+		return 0, d.fail(p, "want a digit")
+	}
+	return d.iv2(), nil
+}
+
+// iv2 is PHP's parse_iv2 itself, which reads the counts no grammar rule
+// checked first (an object's property count, a C: payload length): an
+// optional sign, then digits that may be absent ("O:8:\"stdClass\"::{}" has
+// no properties). More than 19 significant digits, or a value past the
+// int64 range, clamp to PHP_INT_MAX/PHP_INT_MIN.
+func (d *decoder) iv2() int64 {
 	neg := false
 	if d.pos < len(d.data) && (d.data[d.pos] == '-' || d.data[d.pos] == '+') {
 		neg = d.data[d.pos] == '-'
 		d.pos++
 	}
-	for d.pos < len(d.data) && d.data[d.pos] == '0' && d.pos+1 < len(d.data) && d.data[d.pos+1] >= '0' && d.data[d.pos+1] <= '9' {
+	for d.pos < len(d.data) && d.data[d.pos] == '0' {
 		d.pos++
 	}
 	start := d.pos
 	var u uint64
-	overflow := false
 	for d.pos < len(d.data) && d.data[d.pos] >= '0' && d.data[d.pos] <= '9' {
-		if u > (math.MaxUint64-9)/10 {
-			overflow = true
-		}
-		u = u*10 + uint64(d.data[d.pos]-'0')
+		u = u*10 + uint64(d.data[d.pos]-'0') // wraps only past 19 digits, which clamp below
 		d.pos++
-	}
-	if d.pos == start {
-		return 0, d.fail(start, "want a digit")
 	}
 	limit := uint64(math.MaxInt64)
 	if neg {
 		limit++
 	}
-	if overflow || d.pos-start > 19 || u > limit {
+	if d.pos-start > 19 || u > limit {
 		if neg {
-			return math.MinInt64, nil
+			return math.MinInt64
 		}
-		return math.MaxInt64, nil
+		return math.MaxInt64
 	}
 	if neg {
-		return int64(-u), nil
+		return int64(-u)
 	}
-	return int64(u), nil
+	return int64(u)
 }
 
 // scanStr is the fast path for a string's `N:"bytes";` after its "s:":
@@ -623,7 +665,8 @@ func (d *decoder) parse(tag byte, slot int) (Value, error) {
 		if !d.track {
 			return Value{}, errNeedSlots
 		}
-		n, err := d.int()
+		// A slot is PHP's uiv: digits only ("R:+1;" is refused), wrapping.
+		n, err := d.uiv()
 		if err != nil {
 			return Value{}, err
 		}
@@ -632,7 +675,7 @@ func (d *decoder) parse(tag byte, slot int) (Value, error) {
 		if tag == 'r' {
 			limit--
 		}
-		if n < 1 || n > int64(limit) {
+		if n < 1 || n > uint64(limit) {
 			return Value{}, d.fail(start, "reference to slot %d of %d", n, limit)
 		}
 		// r: copies an object handle: PHP 8.2 (var_unserializer.re) refuses
@@ -815,7 +858,7 @@ func validFloat(s string) bool {
 
 // str parses len:"bytes" (s:, E: and class names) or, escaped, S:'s form.
 func (d *decoder) str(escaped bool) ([]byte, error) {
-	n, err := d.uint()
+	u, err := d.uiv()
 	if err != nil {
 		return nil, err
 	}
@@ -825,19 +868,17 @@ func (d *decoder) str(escaped bool) ([]byte, error) {
 	if !d.eat('"') {
 		return nil, unexpected(d, '"')
 	}
+	if u > uint64(len(d.data)-d.pos) {
+		return nil, d.fail(d.pos, "string of %d bytes runs past the end", u)
+	}
+	n := int(u)
 	if !escaped {
-		if n > len(d.data)-d.pos {
-			return nil, d.fail(d.pos, "string of %d bytes runs past the end", n)
-		}
 		b := d.data[d.pos : d.pos+n : d.pos+n]
 		d.pos += n
 		if !d.eat('"') {
 			return nil, unexpected(d, '"')
 		}
 		return b, nil
-	}
-	if n > len(d.data)-d.pos {
-		return nil, d.fail(d.pos, "string of %d bytes runs past the end", n)
 	}
 	out := make([]byte, 0, n)
 	for len(out) < n {
@@ -898,9 +939,20 @@ func (d *decoder) elements(arr *Array, object bool) error {
 	}
 	defer func() { d.depth-- }()
 	at := d.pos
-	n, err := d.uint()
-	if err != nil {
-		return err
+	var n int
+	if object {
+		// PHP reads an object's count with parse_iv2 and no grammar rule:
+		// "+1", "-0" and no digits at all (0) pass; only a negative fails.
+		c := d.iv2()
+		if c < 0 || c > int64(len(d.data)) {
+			return d.fail(at, "property count %d out of range", c)
+		}
+		n = int(c)
+	} else {
+		var err error
+		if n, err = d.count(); err != nil {
+			return err
+		}
 	}
 	if !d.eat(':') {
 		return unexpected(d, ':')
@@ -926,6 +978,7 @@ func (d *decoder) elements(arr *Array, object bool) error {
 		d.pending--
 		k, ok := d.fastKey(object)
 		if !ok {
+			var err error
 			if k, err = d.key(object); err != nil {
 				return err
 			}
@@ -1093,19 +1146,22 @@ func (d *decoder) custom() (Value, error) {
 	if !d.eat(':') {
 		return Value{}, unexpected(d, ':')
 	}
-	n, err := d.uint()
-	if err != nil {
-		return Value{}, err
-	}
+	// The payload length is parse_iv2's, like an object's count.
+	at := d.pos
+	c := d.iv2()
 	if !d.eat(':') {
 		return Value{}, unexpected(d, ':')
 	}
 	if !d.eat('{') {
 		return Value{}, unexpected(d, '{')
 	}
-	if n > len(d.data)-d.pos {
-		return Value{}, d.fail(d.pos, "payload of %d bytes runs past the end", n)
+	if c < 0 {
+		return Value{}, d.fail(at, "negative payload length")
 	}
+	if c > int64(len(d.data)-d.pos) {
+		return Value{}, d.fail(d.pos, "payload of %d bytes runs past the end", c)
+	}
+	n := int(c)
 	if d.skip {
 		d.pos += n
 		if !d.eat('}') {
@@ -1113,36 +1169,66 @@ func (d *decoder) custom() (Value, error) {
 		}
 		return Value{}, nil
 	}
-	c := &custom{class: alias(name), payload: d.data[d.pos : d.pos+n : d.pos+n]}
+	cv := &custom{class: alias(name), payload: d.data[d.pos : d.pos+n : d.pos+n]}
 	d.pos += n
 	if !d.eat('}') {
 		return Value{}, unexpected(d, '}')
 	}
-	return refValue(KindCustom, unsafe.Pointer(c)), nil
+	return refValue(KindCustom, unsafe.Pointer(cv)), nil
 }
 
-// validClass mirrors PHP's check for class names in serialized data:
-// letters, digits, '_', '\' and bytes >= 0x80, not starting with a digit.
+// validClass mirrors PHP 8.2's check for O: and C: class names
+// (zend_is_valid_class_name, plus unserialize's own rules): not empty, not
+// starting with '\\', and only letters, digits, '_', '\\' and bytes >= 0x80.
+// A leading digit passes: PHP makes an incomplete object of class "5".
 func validClass(b []byte) bool {
-	if len(b) == 0 {
+	if len(b) == 0 || b[0] == '\\' {
 		return false
 	}
-	for i, c := range b {
-		ok := c == '_' || c == '\\' || c >= 0x80 || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (i > 0 && c >= '0' && c <= '9')
-		if !ok {
+	for _, c := range b {
+		if !labelByte(c) && c != '\\' && (c < '0' || c > '9') {
 			return false
 		}
 	}
 	return true
 }
 
+// validEnum checks E:'s "Class:Case". PHP refuses an enum whose class it
+// cannot load, so a name no PHP code could declare (a segment starting with
+// a digit, an empty namespace part) cannot be one.
 func validEnum(b []byte) bool {
-	for i, c := range b {
-		if c == ':' {
-			return validClass(b[:i]) && validClass(b[i+1:])
+	colon := bytes.IndexByte(b, ':')
+	if colon < 0 || !label(b[colon+1:]) {
+		return false
+	}
+	name := b[:colon]
+	for {
+		seg := bytes.IndexByte(name, '\\')
+		if seg < 0 {
+			return label(name)
+		}
+		if !label(name[:seg]) {
+			return false
+		}
+		name = name[seg+1:]
+	}
+}
+
+// label is a PHP identifier: [A-Za-z_\x80-\xff][A-Za-z0-9_\x80-\xff]*.
+func label(b []byte) bool {
+	if len(b) == 0 || !labelByte(b[0]) {
+		return false
+	}
+	for _, c := range b {
+		if !labelByte(c) && (c < '0' || c > '9') {
+			return false
 		}
 	}
-	return false
+	return true
+}
+
+func labelByte(c byte) bool {
+	return c == '_' || c >= 0x80 || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
 }
 
 func float64frombits(u uint64) float64 { return math.Float64frombits(u) }

@@ -39,7 +39,6 @@ func TestDecodeValues(t *testing.T) {
 		{"R shares a scalar", `a|i:5;b|R:1;`, `{"a":5,"b":5}`},
 		{"R skips a slot", `a|i:1;b|R:1;c|O:8:"stdClass":0:{}d|r:2;`, `{"a":1,"b":1,"c":{"__class":"stdClass"},"d":{"__class":"stdClass"}}`},
 		{"object self", `o|O:8:"stdClass":1:{s:4:"self";r:1;}`, `{"o":{"__class":"stdClass","self":null}}`},
-		{"trailing garbage without bar", `a|i:1;junk`, `{"a":1}`},
 		{"empty", ``, `[]`},
 	}
 	for _, tt := range tests {
@@ -85,8 +84,23 @@ func TestDecodeRejects(t *testing.T) {
 		{"enum without case", SerializerPHP, `v|E:4:"Suit";`},
 		{"unknown tag", SerializerPHP, `v|x:1;`},
 		{"truncated", SerializerPHP, `v|i:1`},
-		{"serialize not array", SerializerPHPSerialize, `i:1;`},
-		{"serialize trailing", SerializerPHPSerialize, `a:0:{}x`},
+		{"bytes after the last value", SerializerPHP, `k|i:1;x`},
+		{"newline after the last value", SerializerPHP, "k|i:1;\n"},
+		{"php_serialize data read as php", SerializerPHP, `a:1:{s:3:"foo";s:3:"bar";}`},
+		{"R with a plus", SerializerPHP, `k|a:1:{i:0;R:+1;}`},
+		{"r with a plus", SerializerPHP, `k|O:8:"stdClass":0:{}j|r:+1;`},
+		{"R with a minus", SerializerPHP, `k|i:1;j|R:-1;`},
+		{"R wrapping to 0", SerializerPHP, `k|i:1;j|R:18446744073709551616;`},
+		{"string length with a plus", SerializerPHP, `k|s:+1:"a";`},
+		{"array count with a plus", SerializerPHP, `k|a:+1:{i:0;i:1;}`},
+		{"array count minus zero", SerializerPHP, `k|a:-0:{}`},
+		{"negative property count", SerializerPHP, `k|O:8:"stdClass":-1:{}`},
+		{"property count overflow", SerializerPHP, `k|O:8:"stdClass":99999999999999999999:{}`},
+		{"negative payload length", SerializerPHP, `k|C:3:"Foo":-1:{}`},
+		{"class name with a leading backslash", SerializerPHP, `k|O:4:"\Foo":0:{}`},
+		{"serialize truncated", SerializerPHPSerialize, `a:1:{s:1:"k";i:1;`},
+		{"serialize leading space", SerializerPHPSerialize, ` a:0:{}`},
+		{"binary bytes after the last value", SerializerPHPBinary, "\x01ki:1;x"},
 		{"binary name past end", SerializerPHPBinary, "\x05ab"},
 	}
 	for _, tt := range tests {
@@ -98,6 +112,47 @@ func TestDecodeRejects(t *testing.T) {
 			var se *SyntaxError
 			if !errors.As(err, &se) || se.Offset < 0 || se.Offset > len(tt.in) {
 				t.Fatalf("Decode(%q) = %v, want a SyntaxError with an offset inside the input", tt.in, err)
+			}
+		})
+	}
+}
+
+// TestDecodeLikePHP82 pins, without PHP, what TestDifferentialPHP checks
+// against it: the forms PHP 8.2's session_start() accepts though no PHP
+// writer produces them.
+func TestDecodeLikePHP82(t *testing.T) {
+	tests := []struct {
+		name string
+		ser  Serializer
+		in   string
+		want string
+	}{
+		{"php_serialize null", SerializerPHPSerialize, `N;`, `[]`},
+		{"php_serialize scalar", SerializerPHPSerialize, `i:1;`, `[]`},
+		{"php_serialize empty string", SerializerPHPSerialize, `s:0:"";`, `[]`},
+		{"php_serialize object", SerializerPHPSerialize, `O:8:"stdClass":1:{s:1:"k";i:1;}`, `[]`},
+		{"php_serialize trailing brace", SerializerPHPSerialize, `a:1:{s:1:"k";i:1;}}`, `{"k":1}`},
+		{"php_serialize trailing array", SerializerPHPSerialize, `a:1:{s:1:"k";i:1;}a:0:{}`, `{"k":1}`},
+		{"php_serialize trailing NUL", SerializerPHPSerialize, "a:1:{s:1:\"k\";i:1;}\x00", `{"k":1}`},
+		{"R with leading zeros", SerializerPHP, `k|i:1;j|R:01;`, `{"k":1,"j":1}`},
+		{"R wrapping past 2^64", SerializerPHP, `k|i:1;j|R:18446744073709551617;`, `{"k":1,"j":1}`},
+		{"string length wrapping past 2^64", SerializerPHP, `k|s:18446744073709551617:"a";`, `{"k":"a"}`},
+		{"property count with a plus", SerializerPHP, `k|O:8:"stdClass":+1:{s:1:"a";i:1;}`, `{"k":{"__class":"stdClass","a":1}}`},
+		{"property count without digits", SerializerPHP, `k|O:8:"stdClass"::{}`, `{"k":{"__class":"stdClass"}}`},
+		{"property count minus zero", SerializerPHP, `k|O:8:"stdClass":-0:{}`, `{"k":{"__class":"stdClass"}}`},
+		{"payload length with a plus", SerializerPHP, `k|C:3:"Foo":+2:{ab}`, `{"k":{"__class":"Foo","__serialized":"ab"}}`},
+		{"payload length without digits", SerializerPHP, `k|C:3:"Foo"::{}`, `{"k":{"__class":"Foo","__serialized":""}}`},
+		{"class name starting with a digit", SerializerPHP, `k|O:1:"5":0:{}`, `{"k":{"__class":"5"}}`},
+		{"class name ending with a backslash", SerializerPHP, `k|O:4:"Foo\":0:{}`, `{"k":{"__class":"Foo\\"}}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			vars, err := Decode([]byte(tt.in), tt.ser, DefaultLimits)
+			if err != nil {
+				t.Fatalf("Decode(%q): %v", tt.in, err)
+			}
+			if got, _ := MarshalJSON(vars, Charset{}); string(got) != tt.want {
+				t.Errorf("Decode(%q)\n got %s\nwant %s", tt.in, got, tt.want)
 			}
 		})
 	}

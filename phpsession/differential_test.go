@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"io"
 	"math"
 	"os"
@@ -27,9 +28,15 @@ func requirePHP(t testing.TB) string {
 
 // TestDifferentialPHP has real PHP write a corpus of sessions with each
 // serialize handler through its own files handler, and print its own view
-// of every session; the Go decoder must see exactly the same.
+// of every session; the Go decoder must see exactly the same. PHP then
+// reads crafted bytes no PHP writer produces with a real session_start():
+// where PHP destroys the session, Decode must fail with ErrMalformed; where
+// PHP keeps it, Decode must agree on every variable; where PHP keeps a
+// $_SESSION that is not an array (php_serialize's N;, a scalar, an object),
+// Decode must return a session with no variables.
 func TestDifferentialPHP(t *testing.T) {
 	php := requirePHP(t)
+	total, crafted := 0, 0
 	for _, handler := range []string{"php", "php_serialize", "php_binary"} {
 		t.Run(handler, func(t *testing.T) {
 			dir := t.TempDir()
@@ -50,24 +57,41 @@ func TestDifferentialPHP(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			n := 0
+			written, planted, rejected := 0, 0, 0
 			sc := bufio.NewScanner(bytes.NewReader(out))
 			sc.Buffer(nil, 1<<20)
 			for sc.Scan() {
-				var line struct {
-					ID   string          `json:"id"`
-					JSON json.RawMessage `json:"json"`
-				}
+				var line corpusLine
 				if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
 					t.Fatalf("corpus line: %v", err)
 				}
-				data, err := os.ReadFile(filepath.Join(dir, "sess_"+line.ID))
-				if err != nil {
-					t.Fatal(err)
+				data := line.Raw
+				if data == nil {
+					if data, err = os.ReadFile(filepath.Join(dir, "sess_"+line.ID)); err != nil {
+						t.Fatal(err)
+					}
+					written++
+				} else {
+					planted++
 				}
 				vars, err := phpsession.Decode(data, ser, phpsession.DefaultLimits)
-				if err != nil {
-					t.Errorf("%s: decode: %v\n%q", line.ID, err, data)
+				switch {
+				case line.OK != nil && !*line.OK:
+					rejected++
+					if !line.Destroyed {
+						t.Errorf("%s: PHP refused %q without destroying it: the corpus no longer shows what it claims", line.ID, data)
+					}
+					if !errors.Is(err, phpsession.ErrMalformed) {
+						t.Errorf("%s: PHP destroys this session, Decode = %v, want ErrMalformed\nraw: %q\nphp: %q", line.ID, err, data, line.Warnings)
+					}
+					continue
+				case err != nil:
+					t.Errorf("%s: PHP reads this session, Decode = %v\nraw: %q", line.ID, err, data)
+					continue
+				case line.Scalar != "":
+					if vars.Len() != 0 {
+						t.Errorf("%s: PHP's $_SESSION is a %s, Decode found %d variables\nraw: %q", line.ID, line.Scalar, vars.Len(), data)
+					}
 					continue
 				}
 				got, err := phpsession.MarshalJSON(vars, cs)
@@ -77,13 +101,30 @@ func TestDifferentialPHP(t *testing.T) {
 				if msg := sameJSON(got, line.JSON); msg != "" {
 					t.Errorf("%s: %s\n go: %s\nphp: %s\nraw: %q", line.ID, msg, got, line.JSON, data)
 				}
-				n++
 			}
-			if n < 90 {
-				t.Fatalf("only %d corpus sessions", n)
+			if written < 90 || planted < 200 {
+				t.Fatalf("only %d written and %d crafted corpus sessions", written, planted)
 			}
+			t.Logf("%d sessions PHP wrote, %d crafted (%d of them destroyed by PHP)", written, planted, rejected)
+			total += written + planted
+			crafted += planted
 		})
 	}
+	if !t.Failed() {
+		t.Logf("Go and PHP 8.2 agree on all %d sessions (%d crafted)", total, crafted)
+	}
+}
+
+// corpusLine is one session of testdata/corpus.php's output. Raw, OK,
+// Destroyed, Warnings and Scalar are set for crafted sessions only.
+type corpusLine struct {
+	ID        string          `json:"id"`
+	JSON      json.RawMessage `json:"json"`
+	Raw       []byte          `json:"raw"` // base64 in the JSON
+	OK        *bool           `json:"ok"`  // session_start()'s result
+	Destroyed bool            `json:"destroyed"`
+	Warnings  []string        `json:"warnings"`
+	Scalar    string          `json:"scalar"` // get_debug_type($_SESSION) when it is no array
 }
 
 // sameJSON compares two documents token by token (so key order counts),

@@ -12,22 +12,50 @@ var fuzzSeeds = []string{
 	`v|E:11:"Suit:Hearts";w|C:3:"Foo":2:{xy}`,
 	`v|S:3:"\41\62c";`,
 	`v|d:-1.5E+25;w|d:NAN;`,
+	// The forms where PHP 8.2's session_start() and an earlier decoder
+	// disagreed (see TestDifferentialPHP), and their siblings.
+	`k|i:1;x`, `a:1:{s:3:"foo";s:3:"bar";}`, "k|i:1;\n",
+	`k|a:1:{i:0;R:+1;}`, `k|O:8:"stdClass":0:{}j|r:18446744073709551617;`, `k|i:1;j|R:01;`,
+	`N;`, `i:1;garbage`, `O:8:"stdClass":1:{s:1:"k";i:1;}`, `a:1:{s:1:"k";i:1;}}`, `a:1:{s:1:"k";i:1;}a:0:{}`,
+	`k|O:8:"stdClass"::{}`, `k|O:8:"stdClass":-0:{}`, `k|C:3:"Foo":+2:{ab}`, `k|O:1:"5":0:{}`,
+	`k|s:18446744073709551617:"a";`, `k|S:18446744073709551617:"a";`, "\x01ki:1;\x00",
 }
 
 func fuzzDecode(f *testing.F, ser Serializer) {
 	for _, s := range fuzzSeeds {
 		f.Add([]byte(s))
 	}
+	lim := Limits{MaxBytes: 1 << 16, MaxDepth: 32}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		vars, err := Decode(data, ser, Limits{MaxBytes: 1 << 16, MaxDepth: 32})
+		vars, err := Decode(data, ser, lim)
 		if err != nil {
 			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrTooLarge) {
 				t.Fatalf("unexpected error class: %v", err)
 			}
 			return
 		}
-		if _, err := MarshalJSON(vars, Charset{}); err != nil {
+		got, err := MarshalJSON(vars, Charset{})
+		if err != nil {
 			t.Fatal(err)
+		}
+		if len(data) == 0 || len(data) >= lim.MaxBytes {
+			return
+		}
+		// PHP's rule for bytes after a whole session: php_serialize
+		// ignores them, php and php_binary destroy the session.
+		more := append(data[:len(data):len(data)], 'x')
+		vars2, err := Decode(more, ser, lim)
+		if ser != SerializerPHPSerialize {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("%q decodes, %q = %v, want ErrMalformed", data, more, err)
+			}
+			return
+		}
+		if err != nil {
+			t.Fatalf("%q decodes, %q = %v", data, more, err)
+		}
+		if got2, _ := MarshalJSON(vars2, Charset{}); string(got2) != string(got) {
+			t.Fatalf("a trailing byte changed %q from %s to %s", data, got, got2)
 		}
 	})
 }
