@@ -21,7 +21,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,12 +53,11 @@ var (
 func daemonBinary(tb testing.TB) string {
 	tb.Helper()
 	binOnce.Do(func() {
-		goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-		if _, err := os.Stat(goBin); err != nil {
-			if goBin, err = exec.LookPath("go"); err != nil {
-				binErr = fmt.Errorf("go toolchain not found: %w", err)
-				return
-			}
+		// go test puts its own GOROOT/bin first in PATH.
+		goBin, err := exec.LookPath("go")
+		if err != nil {
+			binErr = fmt.Errorf("go toolchain not found: %w", err)
+			return
 		}
 		binDir, binErr = os.MkdirTemp("", "imsidecar-e2e-")
 		if binErr != nil {
