@@ -52,6 +52,7 @@ var (
 // daemonBinary builds ./cmd/imsidecar once per test run and returns its path.
 func daemonBinary(tb testing.TB) string {
 	tb.Helper()
+	skipShort(tb, "imsidecar daemon")
 	binOnce.Do(func() {
 		// go test puts its own GOROOT/bin first in PATH.
 		goBin, err := exec.LookPath("go")
@@ -79,9 +80,20 @@ func daemonBinary(tb testing.TB) string {
 	return binPath
 }
 
-// requireBinary fails the test loudly when a tool the e2e tests need is missing.
+// skipShort skips an integration test under -short (make test-short), and
+// only then: without -short a missing binary fails it (requireBinary).
+func skipShort(tb testing.TB, what string) {
+	tb.Helper()
+	if testing.Short() {
+		tb.Skipf("integration test, skipped under -short: it runs a real %s", what)
+	}
+}
+
+// requireBinary fails the test loudly when a tool the e2e tests need is
+// missing; under -short it skips the test instead (skipShort).
 func requireBinary(tb testing.TB, name, pkg string) string {
 	tb.Helper()
+	skipShort(tb, name)
 	p, err := exec.LookPath(name)
 	if err != nil {
 		tb.Fatalf("%s not found (%v): apt-get install %s", name, err, pkg)
