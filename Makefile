@@ -57,7 +57,7 @@ test: deps examples/browser/node_modules ## run every test: unit, fuzz seeds, in
 	$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZSHORT)
 
 .PHONY: test-short
-test-short: ## unit tests only (go test -short): Go alone, no Prosody/Redis/PHP/Apache/Chromium, about a minute
+test-short: ## unit tests only (go test -short): Go alone, no Prosody/Redis/PHP/Apache/Chromium
 	$(GO) test -short -count=1 $(TESTFLAGS) ./...
 
 .PHONY: fuzz
