@@ -26,8 +26,13 @@ import (
 	"expressolivre.org/imsidecar/xmppconn/xmppconntest"
 )
 
+// need returns the path of bin or fails the test; under -short (unit tests
+// only) it skips the test instead.
 func need(t *testing.T, bin, pkg string) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skipf("integration test, skipped under -short: it runs a real %s", bin)
+	}
 	p, err := exec.LookPath(bin)
 	if err != nil {
 		t.Fatalf("%s not found: apt-get install %s (or run make deps)", bin, pkg)
