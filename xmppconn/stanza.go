@@ -30,6 +30,7 @@ func (c *Conn) handle(s *stream, n *node) {
 		c.log.Debug("xmppconn: ignoring element", "name", n.name.Local, "ns", n.name.Space)
 		return
 	}
+	tap := c.cfg.Tap != nil && c.tappable(n)
 	switch n.name.Local {
 	case "message":
 		c.handleMessage(s, n)
@@ -44,6 +45,9 @@ func (c *Conn) handle(s *stream, n *node) {
 		}
 	default:
 		return
+	}
+	if tap {
+		c.cfg.Tap(stanzaOf(n))
 	}
 	c.countInbound()
 }
