@@ -43,6 +43,8 @@ type xmppSession interface {
 	JoinedRooms() []xmppconn.JoinedRoom
 	History(ctx context.Context, q xmppconn.HistoryQuery) (xmppconn.HistoryPage, error)
 	SetAvatarHash(ctx context.Context, hash string) error
+	SendStanza(ctx context.Context, st *xmppconn.Stanza) error
+	Presence() xmppconn.Presence
 	Close(ctx context.Context) error
 	Done() <-chan struct{}
 }
@@ -80,6 +82,9 @@ type session struct {
 	// tenth of a map (a map per online contact was ≈ 700 bytes).
 	presence map[string][]presenceInfo
 	limiter  tokenBucket
+	// bridge holds the browser streams attached (bridge.go); nil until
+	// the first one.
+	bridge *bridge
 }
 
 type presenceInfo struct {
@@ -280,6 +285,7 @@ func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session,
 		Carbons:         true,
 		SoftwareName:    "imsidecar",
 		SoftwareVersion: version,
+		Tap:             s.tap,
 	}
 	r.metrics.connects.Inc()
 	start := time.Now()
@@ -572,7 +578,11 @@ func (r *registry) closeSession(s *session, reason string) {
 	s.mu.Lock()
 	conn := s.conn
 	s.conn = nil
+	b := s.bridge
 	s.mu.Unlock()
+	if b != nil {
+		b.close(reason)
+	}
 	if s.State() != xmppconn.StateOffline {
 		s.setState(xmppconn.StateOffline, reason)
 		s.appendState(xmppconn.StateOffline, reason)
