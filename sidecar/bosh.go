@@ -211,8 +211,14 @@ func (h *boshServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return nil
 		}
 		user = bs.s.user
-		if !a.sameBrowserSession(r, bs.s) {
+		foreign, ended := a.sameBrowserSession(r, bs.s)
+		if foreign {
 			writeBOSH(rec, terminateBody("item-not-found", ""))
+			return nil
+		}
+		if ended != "" {
+			bs.c.end("not-authorized", ended)
+			bs.writeEnd(rec)
 			return nil
 		}
 		bs.serve(rec, r, body, rid)

@@ -17,23 +17,23 @@ import (
 	"expressolivre.org/imsidecar/xmppconn"
 )
 
-// boshClient is a minimal XEP-0124/0206 client for the tests: one request
+// BOSHClient is a minimal XEP-0124/0206 client for the tests: one request
 // at a time, like a page with hold=1 between its sends.
-type boshClient struct {
+type BOSHClient struct {
 	t    testing.TB
 	url  string
 	hc   *http.Client
 	hdr  http.Header
-	sid  string
-	rid  int64
-	wait int
+	SID  string
+	RID  int64
+	Wait int
 	mu   sync.Mutex
-	got  []string // stanzas received, in order
-	last string   // the last raw response
+	Got  []string // stanzas received, in order
+	Last string   // the last raw response
 }
 
-func newBOSHClient(t testing.TB, url string, hdr ...string) *boshClient {
-	c := &boshClient{t: t, url: url, hc: &http.Client{Timeout: 90 * time.Second}, hdr: http.Header{}, rid: 1000, wait: 3}
+func NewBOSHClient(t testing.TB, url string, hdr ...string) *BOSHClient {
+	c := &BOSHClient{t: t, url: url, hc: &http.Client{Timeout: 90 * time.Second}, hdr: http.Header{}, RID: 1000, Wait: 3}
 	for i := 0; i+1 < len(hdr); i += 2 {
 		c.hdr.Set(hdr[i], hdr[i+1])
 	}
@@ -41,7 +41,7 @@ func newBOSHClient(t testing.TB, url string, hdr ...string) *boshClient {
 }
 
 // post sends one raw body and returns the status and parsed response.
-func (c *boshClient) post(ctx context.Context, body string) (int, *boshBody) {
+func (c *BOSHClient) Post(ctx context.Context, body string) (int, *boshBody) {
 	c.t.Helper()
 	req, err := http.NewRequestWithContext(ctx, "POST", c.url, strings.NewReader(body))
 	if err != nil {
@@ -56,7 +56,7 @@ func (c *boshClient) post(ctx context.Context, body string) (int, *boshBody) {
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(resp.Body)
 	c.mu.Lock()
-	c.last = string(data)
+	c.Last = string(data)
 	c.mu.Unlock()
 	if resp.StatusCode != http.StatusOK {
 		return resp.StatusCode, nil
@@ -67,88 +67,88 @@ func (c *boshClient) post(ctx context.Context, body string) (int, *boshBody) {
 	}
 	c.mu.Lock()
 	for _, k := range b.kids {
-		c.got = append(c.got, string(k.raw))
+		c.Got = append(c.Got, string(k.raw))
 	}
 	c.mu.Unlock()
 	return resp.StatusCode, b
 }
 
 // send posts payload with the next rid (attrs are more body attributes).
-func (c *boshClient) send(attrs, payload string) *boshBody {
+func (c *BOSHClient) Send(attrs, payload string) *boshBody {
 	c.t.Helper()
-	c.rid++
-	st, b := c.post(c.t.Context(), `<body xmlns="http://jabber.org/protocol/httpbind" xmlns:xmpp="urn:xmpp:xbosh" rid="`+
-		strconv.FormatInt(c.rid, 10)+`" sid="`+c.sid+`" `+attrs+`>`+payload+`</body>`)
+	c.RID++
+	st, b := c.Post(c.t.Context(), `<body xmlns="http://jabber.org/protocol/httpbind" xmlns:xmpp="urn:xmpp:xbosh" rid="`+
+		strconv.FormatInt(c.RID, 10)+`" sid="`+c.SID+`" `+attrs+`>`+payload+`</body>`)
 	if st != http.StatusOK {
-		c.t.Fatalf("bosh: HTTP %d: %s", st, c.last)
+		c.t.Fatalf("bosh: HTTP %d: %s", st, c.Last)
 	}
 	return b
 }
 
 // create opens a session with the cookie and checks the answer.
-func (c *boshClient) create(to string) *boshBody {
+func (c *BOSHClient) Create(to string) *boshBody {
 	c.t.Helper()
-	st, b := c.post(c.t.Context(), `<body xmlns="http://jabber.org/protocol/httpbind" xmlns:xmpp="urn:xmpp:xbosh" content="text/xml; charset=utf-8" hold="1" rid="`+
-		strconv.FormatInt(c.rid, 10)+`" to="`+to+`" ver="1.6" wait="`+strconv.Itoa(c.wait)+`" xmpp:version="1.0"/>`)
+	st, b := c.Post(c.t.Context(), `<body xmlns="http://jabber.org/protocol/httpbind" xmlns:xmpp="urn:xmpp:xbosh" content="text/xml; charset=utf-8" hold="1" rid="`+
+		strconv.FormatInt(c.RID, 10)+`" to="`+to+`" ver="1.6" wait="`+strconv.Itoa(c.Wait)+`" xmpp:version="1.0"/>`)
 	if st != http.StatusOK || b == nil || b.attrs["sid"] == "" {
-		c.t.Fatalf("bosh create: HTTP %d: %s", st, c.last)
+		c.t.Fatalf("bosh create: HTTP %d: %s", st, c.Last)
 	}
-	c.sid = b.attrs["sid"]
+	c.SID = b.attrs["sid"]
 	return b
 }
 
 // login runs SASL PLAIN (authcid user, any password), the restart, bind,
 // session and the initial presence.
-func (c *boshClient) login(user, password string) string {
+func (c *BOSHClient) Login(user, password string) string {
 	c.t.Helper()
 	plain := base64.StdEncoding.EncodeToString([]byte("\x00" + user + "\x00" + password))
-	b := c.send("", `<auth xmlns="urn:ietf:params:xml:ns:xmpp-sasl" mechanism="PLAIN">`+plain+`</auth>`)
+	b := c.Send("", `<auth xmlns="urn:ietf:params:xml:ns:xmpp-sasl" mechanism="PLAIN">`+plain+`</auth>`)
 	if len(b.kids) != 1 || b.kids[0].name.Local != "success" {
-		c.t.Fatalf("bosh auth: %s", c.last)
+		c.t.Fatalf("bosh auth: %s", c.Last)
 	}
-	b = c.send(`xmpp:restart="true"`, "")
-	if !strings.Contains(c.last, "urn:ietf:params:xml:ns:xmpp-bind") {
-		c.t.Fatalf("bosh restart: %s", c.last)
+	b = c.Send(`xmpp:restart="true"`, "")
+	if !strings.Contains(c.Last, "urn:ietf:params:xml:ns:xmpp-bind") {
+		c.t.Fatalf("bosh restart: %s", c.Last)
 	}
-	c.send("", `<iq xmlns="jabber:client" type="set" id="bind1"><bind xmlns="urn:ietf:params:xml:ns:xmpp-bind"><resource>web</resource></bind></iq>`)
-	jid := c.waitFor(5*time.Second, "bind result", func(s string) bool { return strings.Contains(s, `id="bind1"`) })
-	c.send("", `<iq xmlns="jabber:client" type="set" id="sess1"><session xmlns="urn:ietf:params:xml:ns:xmpp-session"/></iq>`)
-	c.waitFor(5*time.Second, "session result", func(s string) bool { return strings.Contains(s, `id="sess1"`) })
+	c.Send("", `<iq xmlns="jabber:client" type="set" id="bind1"><bind xmlns="urn:ietf:params:xml:ns:xmpp-bind"><resource>web</resource></bind></iq>`)
+	jid := c.WaitFor(5*time.Second, "bind result", func(s string) bool { return strings.Contains(s, `id="bind1"`) })
+	c.Send("", `<iq xmlns="jabber:client" type="set" id="sess1"><session xmlns="urn:ietf:params:xml:ns:xmpp-session"/></iq>`)
+	c.WaitFor(5*time.Second, "session result", func(s string) bool { return strings.Contains(s, `id="sess1"`) })
 	start := strings.Index(jid, "<jid>") + len("<jid>")
 	return jid[start:strings.Index(jid, "</jid>")]
 }
 
 // waitFor polls until a received stanza matches, and returns it; matched
 // stanzas are consumed.
-func (c *boshClient) waitFor(timeout time.Duration, what string, match func(string) bool) string {
+func (c *BOSHClient) WaitFor(timeout time.Duration, what string, match func(string) bool) string {
 	c.t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
 		c.mu.Lock()
-		for i, s := range c.got {
+		for i, s := range c.Got {
 			if match(s) {
-				c.got = append(c.got[:i:i], c.got[i+1:]...)
+				c.Got = append(c.Got[:i:i], c.Got[i+1:]...)
 				c.mu.Unlock()
 				return s
 			}
 		}
 		c.mu.Unlock()
 		if time.Now().After(deadline) {
-			c.t.Fatalf("bosh: timed out waiting for %s; got %q", what, c.got)
+			c.t.Fatalf("bosh: timed out waiting for %s; got %q", what, c.Got)
 		}
-		b := c.send("", "")
+		b := c.Send("", "")
 		if b.attrs["type"] == "terminate" {
-			c.t.Fatalf("bosh: terminated waiting for %s: %s", what, c.last)
+			c.t.Fatalf("bosh: terminated waiting for %s: %s", what, c.Last)
 		}
 	}
 }
 
 // count is how many received stanzas match (without polling).
-func (c *boshClient) count(match func(string) bool) int {
+func (c *BOSHClient) Count(match func(string) bool) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	n := 0
-	for _, s := range c.got {
+	for _, s := range c.Got {
 		if match(s) {
 			n++
 		}
@@ -163,8 +163,8 @@ func boshHarness(t *testing.T) (*harness, *httptest.Server) {
 	return h, srv
 }
 
-func (h *harness) boshClient(srv *httptest.Server, id string) *boshClient {
-	return newBOSHClient(h.t, srv.URL+"/http-bind", "Cookie", "sessionid="+id, "Origin", srv.URL)
+func (h *harness) newBOSH(srv *httptest.Server, id string) *BOSHClient {
+	return NewBOSHClient(h.t, srv.URL+"/http-bind", "Cookie", "sessionid="+id, "Origin", srv.URL)
 }
 
 // serverStanza hands the bridge a stanza as if the server sent it.
@@ -180,29 +180,29 @@ func (h *harness) serverStanza(raw string) {
 
 func TestBOSHLoginAndChat(t *testing.T) {
 	h, srv := boshHarness(t)
-	c := h.boshClient(srv, goodID)
-	b := c.create("example.test")
+	c := h.newBOSH(srv, goodID)
+	b := c.Create("example.test")
 	for k, want := range map[string]string{"ver": "1.6", "hold": "1", "requests": "2", "wait": "3", "xmpp:version": "1.0"} {
 		if b.attrs[k] != want {
 			t.Errorf("session creation %s = %q, want %q", k, b.attrs[k], want)
 		}
 	}
-	if len(b.attrs["sid"]) < 32 || !strings.Contains(c.last, "<mechanism>PLAIN</mechanism>") {
-		t.Fatalf("session creation answer: %s", c.last)
+	if len(b.attrs["sid"]) < 32 || !strings.Contains(c.Last, "<mechanism>PLAIN</mechanism>") {
+		t.Fatalf("session creation answer: %s", c.Last)
 	}
 	// Someone else's name: refused, the stream stays for a retry.
 	wrong := base64.StdEncoding.EncodeToString([]byte("\x00mallory\x00x"))
-	if b := c.send("", `<auth xmlns="urn:ietf:params:xml:ns:xmpp-sasl" mechanism="PLAIN">`+wrong+`</auth>`); len(b.kids) != 1 || b.kids[0].name.Local != "failure" {
-		t.Fatalf("auth as someone else: %s", c.last)
+	if b := c.Send("", `<auth xmlns="urn:ietf:params:xml:ns:xmpp-sasl" mechanism="PLAIN">`+wrong+`</auth>`); len(b.kids) != 1 || b.kids[0].name.Local != "failure" {
+		t.Fatalf("auth as someone else: %s", c.Last)
 	}
-	jid := c.login("alice", "placeholder-not-a-password")
+	jid := c.Login("alice", "placeholder-not-a-password")
 	if jid != h.conn.jid {
 		t.Fatalf("bound %q, want the stream's %q", jid, h.conn.jid)
 	}
 	// The first presence replays the contacts' presences.
 	h.handler.HandleEvent(&xmppconn.Presence{From: "bob@example.test/desk", Type: "available", Show: "away", Status: "lunch"})
-	c.send("", `<presence xmlns="jabber:client"/>`)
-	c.waitFor(5*time.Second, "bob's presence", func(s string) bool {
+	c.Send("", `<presence xmlns="jabber:client"/>`)
+	c.WaitFor(5*time.Second, "bob's presence", func(s string) bool {
 		return strings.Contains(s, `from="bob@example.test/desk"`) && strings.Contains(s, "<show>away</show>")
 	})
 	// Same presence as the user's: not sent again (no flap).
@@ -210,23 +210,25 @@ func TestBOSHLoginAndChat(t *testing.T) {
 		t.Fatalf("the initial presence went upstream: %v", h.conn.stanzaLog())
 	}
 	// A message out, with a forged from: sent as the user's.
-	c.send("", `<message xmlns="jabber:client" from="bob@example.test/x" to="bob@example.test" type="chat" id="m1"><body>oi</body></message>`)
+	c.Send("", `<message xmlns="jabber:client" from="bob@example.test/x" to="bob@example.test" type="chat" id="m1"><body>oi</body></message>`)
 	sent := h.conn.stanzaLog()
 	if len(sent) != 1 || strings.Contains(sent[0], "from=") || !strings.Contains(sent[0], "<body>oi</body>") {
 		t.Fatalf("sent %q", sent)
 	}
 	// A message in.
 	h.serverStanza(`<message from="bob@example.test/desk" to="` + jid + `" type="chat" id="r1"><body>olá</body></message>`)
-	c.waitFor(5*time.Second, "bob's message", func(s string) bool { return strings.Contains(s, "olá") && strings.Contains(s, `xmlns="jabber:client"`) })
+	c.WaitFor(5*time.Second, "bob's message", func(s string) bool {
+		return strings.Contains(s, "olá") && strings.Contains(s, `xmlns="jabber:client"`)
+	})
 	// Terminate: the client detaches, the user's stream stays.
-	b = c.send(`type="terminate"`, `<presence xmlns="jabber:client" type="unavailable"/>`)
+	b = c.Send(`type="terminate"`, `<presence xmlns="jabber:client" type="unavailable"/>`)
 	if b.attrs["type"] != "terminate" {
-		t.Fatalf("terminate answered %s", c.last)
+		t.Fatalf("terminate answered %s", c.Last)
 	}
 	if len(h.conn.stanzaLog()) != 1 || h.conn.isClosed() {
 		t.Fatalf("a tab closing changed the user's presence: %q closed=%v", h.conn.stanzaLog(), h.conn.closed)
 	}
-	h.checkNoSecrets(c.sid, "placeholder-not-a-password")
+	h.checkNoSecrets(c.SID, "placeholder-not-a-password")
 }
 
 func (h *harness) checkNoSecrets(secrets ...string) {
@@ -242,27 +244,27 @@ func (h *harness) checkNoSecrets(secrets ...string) {
 
 func TestBOSHRIDWindow(t *testing.T) {
 	h, srv := boshHarness(t)
-	c := h.boshClient(srv, goodID)
-	c.create("example.test")
-	c.login("alice", "x")
+	c := h.newBOSH(srv, goodID)
+	c.Create("example.test")
+	c.Login("alice", "x")
 	h.serverStanza(`<message from="bob@example.test/d" type="chat" id="w1"><body>one</body></message>`)
-	c.send("", "")
-	first := c.last
+	c.Send("", "")
+	first := c.Last
 	if !strings.Contains(first, "one") {
 		t.Fatalf("poll: %s", first)
 	}
 	// The same rid again (the answer was lost): the same answer.
-	c.rid--
-	c.send("", "")
-	if c.last != first {
-		t.Fatalf("retransmission answered %s, want %s", c.last, first)
+	c.RID--
+	c.Send("", "")
+	if c.Last != first {
+		t.Fatalf("retransmission answered %s, want %s", c.Last, first)
 	}
 	// Out of the window: the session ends.
-	c.rid += 5
-	if b := c.send("", ""); b.attrs["type"] != "terminate" || b.attrs["condition"] != "item-not-found" {
-		t.Fatalf("rid out of window: %s", c.last)
+	c.RID += 5
+	if b := c.Send("", ""); b.attrs["type"] != "terminate" || b.attrs["condition"] != "item-not-found" {
+		t.Fatalf("rid out of window: %s", c.Last)
 	}
-	if h.bosh().get(c.sid) != nil {
+	if h.bosh().get(c.SID) != nil {
 		t.Fatal("session kept after a fatal rid")
 	}
 }
@@ -274,32 +276,32 @@ func TestBOSHHostile(t *testing.T) {
 	other := "othersession0123456789abcdefghijk"
 	h.reader.set(other, "mallory", "m-pw")
 	// A foreign Origin: 403, before anything else.
-	foreign := newBOSHClient(t, srv.URL+"/http-bind", "Cookie", "sessionid="+goodID, "Origin", "https://evil.example")
-	if st, _ := foreign.post(t.Context(), `<body xmlns="http://jabber.org/protocol/httpbind" rid="5" to="example.test" wait="3" hold="1"/>`); st != http.StatusForbidden {
-		t.Fatalf("foreign origin: %d %s", st, foreign.last)
+	foreign := NewBOSHClient(t, srv.URL+"/http-bind", "Cookie", "sessionid="+goodID, "Origin", "https://evil.example")
+	if st, _ := foreign.Post(t.Context(), `<body xmlns="http://jabber.org/protocol/httpbind" rid="5" to="example.test" wait="3" hold="1"/>`); st != http.StatusForbidden {
+		t.Fatalf("foreign origin: %d %s", st, foreign.Last)
 	}
 	// No cookie, no session.
-	anon := newBOSHClient(t, srv.URL+"/http-bind", "Origin", srv.URL)
-	if st, _ := anon.post(t.Context(), `<body xmlns="http://jabber.org/protocol/httpbind" rid="5" to="example.test" wait="3" hold="1"/>`); st != http.StatusUnauthorized {
-		t.Fatalf("no cookie: %d %s", st, anon.last)
+	anon := NewBOSHClient(t, srv.URL+"/http-bind", "Origin", srv.URL)
+	if st, _ := anon.Post(t.Context(), `<body xmlns="http://jabber.org/protocol/httpbind" rid="5" to="example.test" wait="3" hold="1"/>`); st != http.StatusUnauthorized {
+		t.Fatalf("no cookie: %d %s", st, anon.Last)
 	}
 	// A cookie of a logged-out session.
 	h.reader.errs["loggedoutsession0123456789abcdef"] = fmt.Errorf("wrapped: %w", phpsession.ErrNotLoggedIn)
-	out := h.boshClient(srv, "loggedoutsession0123456789abcdef")
-	if st, _ := out.post(t.Context(), `<body xmlns="http://jabber.org/protocol/httpbind" rid="5" to="example.test" wait="3" hold="1"/>`); st != http.StatusUnauthorized {
-		t.Fatalf("logged-out cookie: %d %s", st, out.last)
+	out := h.newBOSH(srv, "loggedoutsession0123456789abcdef")
+	if st, _ := out.Post(t.Context(), `<body xmlns="http://jabber.org/protocol/httpbind" rid="5" to="example.test" wait="3" hold="1"/>`); st != http.StatusUnauthorized {
+		t.Fatalf("logged-out cookie: %d %s", st, out.Last)
 	}
 	// Alice's sid with Mallory's cookie: refused, Alice's stream is fine.
-	alice := h.boshClient(srv, goodID)
-	alice.create("example.test")
-	alice.login("alice", "x")
-	thief := h.boshClient(srv, other)
-	thief.sid, thief.rid = alice.sid, alice.rid
-	if b := thief.send("", ""); b.attrs["type"] != "terminate" || b.attrs["condition"] != "item-not-found" {
-		t.Fatalf("a sid from another PHP session: %s", thief.last)
+	alice := h.newBOSH(srv, goodID)
+	alice.Create("example.test")
+	alice.Login("alice", "x")
+	thief := h.newBOSH(srv, other)
+	thief.SID, thief.RID = alice.SID, alice.RID
+	if b := thief.Send("", ""); b.attrs["type"] != "terminate" || b.attrs["condition"] != "item-not-found" {
+		t.Fatalf("a sid from another PHP session: %s", thief.Last)
 	}
 	h.serverStanza(`<message from="bob@example.test/d" type="chat" id="h1"><body>still here</body></message>`)
-	alice.waitFor(5*time.Second, "a message after the theft attempt", func(s string) bool { return strings.Contains(s, "still here") })
+	alice.WaitFor(5*time.Second, "a message after the theft attempt", func(s string) bool { return strings.Contains(s, "still here") })
 	// Malformed and oversized bodies.
 	for name, body := range map[string]string{
 		"not xml":   "<body",
@@ -308,14 +310,14 @@ func TestBOSHHostile(t *testing.T) {
 		"dtd":       `<!DOCTYPE x [<!ENTITY a "b">]><body xmlns="http://jabber.org/protocol/httpbind" rid="1"/>`,
 		"no rid":    `<body xmlns="http://jabber.org/protocol/httpbind" sid="x"/>`,
 	} {
-		if st, _ := alice.post(t.Context(), body); st != http.StatusBadRequest {
-			t.Errorf("%s: %d %s", name, st, alice.last)
+		if st, _ := alice.Post(t.Context(), body); st != http.StatusBadRequest {
+			t.Errorf("%s: %d %s", name, st, alice.Last)
 		}
 	}
-	if st, _ := alice.post(t.Context(), `<body xmlns="http://jabber.org/protocol/httpbind" rid="1">`+strings.Repeat("x", boshMaxBody)+`</body>`); st != http.StatusRequestEntityTooLarge {
+	if st, _ := alice.Post(t.Context(), `<body xmlns="http://jabber.org/protocol/httpbind" rid="1">`+strings.Repeat("x", boshMaxBody)+`</body>`); st != http.StatusRequestEntityTooLarge {
 		t.Errorf("oversized body: %d", st)
 	}
-	if st, _ := alice.post(t.Context(), ""); st != http.StatusBadRequest {
+	if st, _ := alice.Post(t.Context(), ""); st != http.StatusBadRequest {
 		t.Errorf("empty body: %d", st)
 	}
 }
@@ -325,13 +327,13 @@ func TestBOSHHostile(t *testing.T) {
 // stream-level element ends the tab that sent it and no other.
 func TestBridgeIsolation(t *testing.T) {
 	h, srv := boshHarness(t)
-	a, b := h.boshClient(srv, goodID), h.boshClient(srv, goodID)
-	a.create("example.test")
-	a.login("alice", "x")
-	b.create("example.test")
-	b.login("alice", "x")
-	a.send("", `<iq xmlns="jabber:client" type="get" id="same"><query xmlns="jabber:iq:roster"/></iq>`)
-	b.send("", `<iq xmlns="jabber:client" type="get" id="same"><query xmlns="jabber:iq:roster"/></iq>`)
+	a, b := h.newBOSH(srv, goodID), h.newBOSH(srv, goodID)
+	a.Create("example.test")
+	a.Login("alice", "x")
+	b.Create("example.test")
+	b.Login("alice", "x")
+	a.Send("", `<iq xmlns="jabber:client" type="get" id="same"><query xmlns="jabber:iq:roster"/></iq>`)
+	b.Send("", `<iq xmlns="jabber:client" type="get" id="same"><query xmlns="jabber:iq:roster"/></iq>`)
 	sent := h.conn.stanzaLog()
 	if len(sent) != 2 || strings.Contains(sent[0], `id="same"`) {
 		t.Fatalf("IQs sent with the clients' ids: %q", sent)
@@ -341,23 +343,27 @@ func TestBridgeIsolation(t *testing.T) {
 	h.serverStanza(`<iq type="result" id="same"><query xmlns="jabber:iq:roster"><item jid="forged@example.test"/></query></iq>`)
 	h.serverStanza(`<iq type="result" from="eve@example.test/x" id="` + idA + `"><query xmlns="jabber:iq:roster"><item jid="eve@example.test"/></query></iq>`)
 	h.serverStanza(`<iq type="result" id="` + idA + `"><query xmlns="jabber:iq:roster"><item jid="bob@example.test"/></query></iq>`)
-	a.waitFor(5*time.Second, "A's roster", func(s string) bool { return strings.Contains(s, `id="same"`) && strings.Contains(s, "bob@example.test") })
-	b.send("", "")
-	for _, c := range []*boshClient{a, b} {
-		if n := c.count(func(s string) bool { return strings.Contains(s, "forged") || strings.Contains(s, "eve@") || strings.Contains(s, "bob@example.test\"/>") }); n != 0 {
-			t.Fatalf("a client got someone else's or a forged answer: %q", c.got)
+	a.WaitFor(5*time.Second, "A's roster", func(s string) bool {
+		return strings.Contains(s, `id="same"`) && strings.Contains(s, "bob@example.test")
+	})
+	b.Send("", "")
+	for _, c := range []*BOSHClient{a, b} {
+		if n := c.Count(func(s string) bool {
+			return strings.Contains(s, "forged") || strings.Contains(s, "eve@") || strings.Contains(s, "bob@example.test\"/>")
+		}); n != 0 {
+			t.Fatalf("a client got someone else's or a forged answer: %q", c.Got)
 		}
 	}
 	// Injection: a stream-level element ends B only.
-	if r := b.send("", `<enable xmlns="urn:xmpp:sm:3"/>`); r.attrs["type"] != "terminate" || !strings.Contains(b.last, "policy-violation") {
-		t.Fatalf("stream-level element: %s", b.last)
+	if r := b.Send("", `<enable xmlns="urn:xmpp:sm:3"/>`); r.attrs["type"] != "terminate" || !strings.Contains(b.Last, "policy-violation") {
+		t.Fatalf("stream-level element: %s", b.Last)
 	}
 	h.serverStanza(`<message from="bob@example.test/d" type="chat" id="i1"><body>after</body></message>`)
-	a.waitFor(5*time.Second, "a message after B was cut off", func(s string) bool { return strings.Contains(s, "after") })
+	a.WaitFor(5*time.Second, "a message after B was cut off", func(s string) bool { return strings.Contains(s, "after") })
 	// An oversized stanza ends A (the user's stream is untouched).
 	big := `<message xmlns="jabber:client" to="bob@example.test"><body>` + strings.Repeat("x", maxClientStanza) + `</body></message>`
-	if r := a.send("", big); r.attrs["type"] != "terminate" {
-		t.Fatalf("oversized stanza: %s", a.last)
+	if r := a.Send("", big); r.attrs["type"] != "terminate" {
+		t.Fatalf("oversized stanza: %s", a.Last)
 	}
 	if h.conn.isClosed() {
 		t.Fatal("a bad client closed the user's stream")
@@ -378,26 +384,26 @@ func attrOf(raw, name string) string {
 // loses nothing.
 func TestBridgeKeepsWhileDetached(t *testing.T) {
 	h, srv := boshHarness(t)
-	a := h.boshClient(srv, goodID)
-	a.create("example.test")
-	a.login("alice", "x")
-	a.send(`type="terminate"`, "")
+	a := h.newBOSH(srv, goodID)
+	a.Create("example.test")
+	a.Login("alice", "x")
+	a.Send(`type="terminate"`, "")
 	h.serverStanza(`<message from="bob@example.test/d" type="chat" id="k1"><body>while away</body></message>`)
 	// The next page gets it, once.
-	b := h.boshClient(srv, goodID)
-	b.create("example.test")
-	b.login("alice", "x")
-	b.waitFor(5*time.Second, "the message sent while detached", func(s string) bool { return strings.Contains(s, "while away") })
+	b := h.newBOSH(srv, goodID)
+	b.Create("example.test")
+	b.Login("alice", "x")
+	b.WaitFor(5*time.Second, "the message sent while detached", func(s string) bool { return strings.Contains(s, "while away") })
 	// Then b is reloaded: it stops polling without saying so; a message
 	// arrives before the new page attaches.
 	h.serverStanza(`<message from="bob@example.test/d" type="chat" id="k2"><body>during reload</body></message>`)
-	c := h.boshClient(srv, goodID)
-	c.create("example.test")
-	c.login("alice", "x")
-	c.waitFor(5*time.Second, "the message sent during the reload", func(s string) bool { return strings.Contains(s, "during reload") })
-	c.send("", "")
+	c := h.newBOSH(srv, goodID)
+	c.Create("example.test")
+	c.Login("alice", "x")
+	c.WaitFor(5*time.Second, "the message sent during the reload", func(s string) bool { return strings.Contains(s, "during reload") })
+	c.Send("", "")
 	for _, body := range []string{"while away", "during reload"} {
-		if n := c.count(func(s string) bool { return strings.Contains(s, body) }); n != 0 {
+		if n := c.Count(func(s string) bool { return strings.Contains(s, body) }); n != 0 {
 			t.Fatalf("%q reached the new page again", body)
 		}
 	}
@@ -407,22 +413,22 @@ func TestBridgeKeepsWhileDetached(t *testing.T) {
 // with a stream error, and a held request answers at once.
 func TestBridgeLogout(t *testing.T) {
 	h, srv := boshHarness(t)
-	a := h.boshClient(srv, goodID)
-	a.wait = 30
-	a.create("example.test")
-	a.login("alice", "x")
+	a := h.newBOSH(srv, goodID)
+	a.Wait = 30
+	a.Create("example.test")
+	a.Login("alice", "x")
 	done := make(chan *boshBody)
 	go func() {
-		a.rid++
-		_, b := a.post(context.Background(), `<body xmlns="http://jabber.org/protocol/httpbind" rid="`+strconv.FormatInt(a.rid, 10)+`" sid="`+a.sid+`"/>`)
+		a.RID++
+		_, b := a.Post(context.Background(), `<body xmlns="http://jabber.org/protocol/httpbind" rid="`+strconv.FormatInt(a.RID, 10)+`" sid="`+a.SID+`"/>`)
 		done <- b
 	}()
 	time.Sleep(200 * time.Millisecond) // let the poll be held
 	h.reg.closeSession(h.reg.get(goodID), "logged_out")
 	select {
 	case b := <-done:
-		if b == nil || b.attrs["type"] != "terminate" || !strings.Contains(a.last, "logged_out") {
-			t.Fatalf("held request at logout: %s", a.last)
+		if b == nil || b.attrs["type"] != "terminate" || !strings.Contains(a.Last, "logged_out") {
+			t.Fatalf("held request at logout: %s", a.Last)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the held request was not answered at logout")
@@ -488,3 +494,6 @@ func (c *fakeConn) isClosed() bool {
 	defer c.mu.Unlock()
 	return c.closed
 }
+
+// Attr returns a response attribute (for the e2e tests).
+func (b *boshBody) Attr(name string) string { return b.attrs[name] }

@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/xml"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -98,19 +99,32 @@ func (a *api) browserSession(r *http.Request) (*session, error) {
 	return s, nil
 }
 
-// sameBrowserSession reports whether a request for s's stream may go on:
-// without a session cookie the sid alone authorises it; with one, the
-// cookie must name s's PHP session, still logged in as s's user.
-func (a *api) sameBrowserSession(r *http.Request, s *session) bool {
+// sameBrowserSession checks a request for s's stream: without a session
+// cookie the sid alone authorises it; with one, the cookie must name s's
+// PHP session (else foreign), still logged in as s's user (else ended
+// says why the session is over: logged_out, session_expired, ...).
+func (a *api) sameBrowserSession(r *http.Request, s *session) (foreign bool, ended string) {
 	id, ok := a.cookieID(r)
 	if !ok {
-		return true
+		return false, ""
 	}
 	if sessionKey(id) != s.key {
-		return false
+		return true, ""
 	}
 	ps, err := a.reader.Lookup(r.Context(), id)
-	return err == nil && ps.Identity.User == s.user
+	switch {
+	case errors.Is(err, phpsession.ErrUnavailable):
+		return false, "" // the store is down: keep users chatting
+	case errors.Is(err, phpsession.ErrNotFound):
+		return false, "logged_out"
+	case errors.Is(err, phpsession.ErrExpired):
+		return false, "session_expired"
+	case err != nil:
+		return false, "not_logged_in"
+	case ps.Identity.User != s.user:
+		return false, "user_changed"
+	}
+	return false, ""
 }
 
 // checkAuth checks a SASL <auth> element from a browser: PLAIN, for the
