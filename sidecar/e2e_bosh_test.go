@@ -314,7 +314,9 @@ func (c *wsClient) waitFor(what string, match func(string) bool) string {
 	}
 }
 
-func contains(sub string) func(string) bool { return func(s string) bool { return strings.Contains(s, sub) } }
+func contains(sub string) func(string) bool {
+	return func(s string) bool { return strings.Contains(s, sub) }
+}
 
 func TestE2EWebSocket(t *testing.T) {
 	r := startBrowserRig(t, daemonOptions{})
