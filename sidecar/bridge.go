@@ -435,10 +435,23 @@ func (b *bridge) fromClient(ctx context.Context, c *bridgeClient, raw []byte) er
 	if err != nil {
 		return fmt.Errorf("%w: %w", errClientBadStanza, err)
 	}
-	b.s.lastPoll.Store(time.Now().UnixNano())
+	now := time.Now()
+	b.s.lastPoll.Store(now.UnixNano())
 	conn, err := b.s.stream()
 	if err != nil {
 		return err
+	}
+	if st.Kind == "iq" && (st.Type == "result" || st.Type == "error") {
+		return nil // answers to the server's pushes: the Conn answered them
+	}
+	// What a browser sends counts against the session's --rate-limit, as
+	// the /v1 calls do: a page cannot flood the user's stream.
+	b.s.mu.Lock()
+	ok := b.s.limiter.allow(now)
+	b.s.mu.Unlock()
+	if !ok {
+		c.push(stanzaError(st, "wait", "resource-constraint"))
+		return nil
 	}
 	switch st.Kind {
 	case "iq":
