@@ -19,6 +19,7 @@ import (
 
 	"expressolivre.org/imsidecar/sidecar"
 	"expressolivre.org/imsidecar/xmppconn"
+	"expressolivre.org/imsidecar/xmppconn/xmppconntest"
 )
 
 // browserRig is alice (a browser), bob (a /v1 user) and carol (a desktop
@@ -54,6 +55,7 @@ func (r *browserRig) page(t *testing.T) (*sidecar.BOSHClient, string) {
 	t.Helper()
 	c := sidecar.NewBOSHClient(t, r.e.D.URL+"/http-bind", "Cookie", "sessionid="+r.alice.SID, "Origin", r.e.D.URL)
 	c.Create(r.e.XMPP.Domain)
+	r.e.secrets = append(r.e.secrets, c.SID) // a BOSH sid is never logged either
 	jid := c.Login("alice", "placeholder")
 	return c, jid
 }
@@ -231,6 +233,7 @@ func TestE2EPrebind(t *testing.T) {
 	// The page: no cookie needed, no password anywhere.
 	page := sidecar.NewBOSHClient(t, r.e.D.URL+"/http-bind", "Origin", r.e.D.URL)
 	page.SID, page.RID = pb.SID, pb.RID-1
+	r.e.secrets = append(r.e.secrets, pb.SID)
 	page.Send("", `<presence xmlns="jabber:client"/>`)
 	page.WaitFor(10*time.Second, "bob's presence", func(s string) bool { return strings.Contains(s, `from="`+r.bob.Bare+`/`) })
 	page.Send("", `<message xmlns="jabber:client" to="`+r.carol.Bare+`" type="chat"><body>prebound</body></message>`)
@@ -368,4 +371,37 @@ func TestE2EWebSocket(t *testing.T) {
 	r.e.logout(t, r.alice)
 	c2.waitFor("the logout stream error", contains("logged_out"))
 	c2.waitFor("close", contains("<close"))
+}
+
+// TestE2EBOSHRoomReplay: a page attaching to a stream that is in a room
+// gets the room's occupants (itself last, with status 110) and subject, as
+// if it had joined, while the other occupants see no leave or join; it
+// then talks in the room like any occupant.
+func TestE2EBOSHRoomReplay(t *testing.T) {
+	r := startBrowserRig(t, daemonOptions{Prosody: xmppconntest.Options{MUC: true}})
+	room := "replay@" + r.e.XMPP.MUCDomain
+	r.alice.C.mustCall(t, "POST", "/v1/rooms/"+room+"/join", map[string]any{"nick": "Alice"}, nil, http.StatusOK)
+	r.bob.C.mustCall(t, "POST", "/v1/rooms/"+room+"/join", map[string]any{"nick": "Bob"}, nil, http.StatusOK)
+	r.alice.C.mustCall(t, "PUT", "/v1/rooms/"+room+"/subject", map[string]any{"subject": "Pauta de hoje"}, nil, http.StatusNoContent)
+	r.pb.waitFor(t, 10*time.Second, "the subject", func(ev event) bool { return ev.Event == "message" && ev.Subject == "Pauta de hoje" })
+	page, _ := r.page(t)
+	page.Send("", `<presence xmlns="jabber:client"/>`)
+	bobIn := page.WaitFor(10*time.Second, "bob in the room", func(s string) bool { return strings.Contains(s, `from="`+room+`/Bob"`) })
+	self := page.WaitFor(10*time.Second, "alice's own occupant", func(s string) bool {
+		return strings.Contains(s, `from="`+room+`/Alice"`) && strings.Contains(s, `code="110"`)
+	})
+	page.WaitFor(10*time.Second, "the subject", func(s string) bool {
+		return strings.Contains(s, `from="`+room+`"`) && strings.Contains(s, "<subject>Pauta de hoje</subject>")
+	})
+	if !strings.Contains(self, `affiliation="owner"`) || !strings.Contains(bobIn, `role="participant"`) {
+		t.Fatalf("occupants replayed as %s and %s", self, bobIn)
+	}
+	page.Send("", `<message xmlns="jabber:client" to="`+room+`" type="groupchat" id="g1"><body>voltei para a sala</body></message>`)
+	r.pb.waitFor(t, 10*time.Second, "alice in the room", func(ev event) bool {
+		if ev.Event == "room" && ev.Nick == "Alice" {
+			t.Errorf("bob saw alice's occupant presence change on attach: %+v", ev)
+		}
+		return ev.Event == "message" && ev.Body == "voltei para a sala" && ev.Nick == "Alice"
+	})
+	page.WaitFor(10*time.Second, "the room's echo", func(s string) bool { return strings.Contains(s, "voltei para a sala") })
 }

@@ -95,22 +95,23 @@ type wsStream struct {
 	wake chan struct{}
 }
 
-// run reads frames until the browser closes, the client is cut off or the
-// request's context ends (shutdown); a writer goroutine, which run waits
-// for, sends what the bridge queues and pings.
+// run reads frames until the browser closes or the client is cut off; a
+// writer goroutine, which run waits for, sends what the bridge queues,
+// pings, and ends the stream (a stream error and <close/>) when the
+// client is cut off or the request's context ends (shutdown). Reads are
+// not bound to the request's context: coder/websocket closes the
+// connection when a read's context ends, before the end could be said.
 func (t *wsStream) run(ctx context.Context) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	rctx, stopReading := context.WithCancel(context.Background())
+	defer stopReading()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		t.writer(ctx)
+		stopReading()
 	}()
-	err := t.reader(ctx)
-	if err != nil && !errors.Is(err, context.Canceled) && websocket.CloseStatus(err) == -1 {
+	if err := t.reader(rctx); err != nil && !errors.Is(err, context.Canceled) {
 		t.c.end("policy-violation", "")
-	} else if ctx.Err() != nil && t.a.draining.Load() {
-		t.c.end("system-shutdown", "shutdown")
 	} else {
 		t.c.end("", "")
 	}
@@ -159,7 +160,11 @@ func (t *wsStream) writer(ctx context.Context) {
 			}
 			t.s.lastPoll.Store(time.Now().UnixNano())
 		case <-ctx.Done():
-			t.c.end("", "")
+			if t.a.draining.Load() {
+				t.c.end("system-shutdown", "shutdown")
+			} else {
+				t.c.end("", "")
+			}
 		}
 	}
 }
