@@ -435,7 +435,7 @@ func (bs *boshSession) process(ctx context.Context, body *boshBody) ([]byte, boo
 		bs.mu.Lock()
 		bs.authed = true
 		bs.mu.Unlock()
-		return boshPayload(`<success xmlns="` + nsSASL + `"/>`), false
+		return boshPayload(`<success xmlns="` + nsSASL + `"></success>`), false
 	}
 	if !bound {
 		if body.attrs["xmpp:restart"] != "true" && body.attrs["xmpp:restart"] != "1" {

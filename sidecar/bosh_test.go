@@ -497,3 +497,110 @@ func (c *fakeConn) isClosed() bool {
 
 // Attr returns a response attribute (for the e2e tests).
 func (b *boshBody) Attr(name string) string { return b.attrs[name] }
+
+// TestBOSHExpressoQuirks is a stand-in for Expresso 2.5's messenger
+// (jquery.xmpp.js): single-quoted bodies posted as form data, a session
+// creation read for its sid and "mechanism:contains('PLAIN')" after
+// rewriting <body to <div class='body', a PLAIN blob with "==" appended,
+// stanzas without a namespace, a roster request without an id, forged
+// froms, and sends overlapping the held poll (hold=1).
+func TestBOSHExpressoQuirks(t *testing.T) {
+	h, srv := boshHarness(t)
+	c := h.newBOSH(srv, goodID)
+	c.hdr.Set("Content-Type", "application/x-www-form-urlencoded; charset=UTF-8")
+	post := func(body string) string {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(t.Context(), "POST", c.url, strings.NewReader(body))
+		req.Header = c.hdr.Clone()
+		resp, err := c.hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("HTTP %d: %s", resp.StatusCode, data)
+		}
+		// What the messenger does before handing the answer to jQuery.
+		html := strings.ReplaceAll(string(data), "</body>", "</div>")
+		return strings.ReplaceAll(html, "<body", "<div class='body'")
+	}
+	rid := int64(4711)
+	next := func() string { rid++; return strconv.FormatInt(rid, 10) }
+	first := post(`<body rid='` + strconv.FormatInt(rid, 10) + `' xmlns='http://jabber.org/protocol/httpbind' to='example.test' xml:lang='en' wait='20' inactivity='60' hold='1' content='text/xml; charset=utf-8' ver='1.6' xmpp:version='1.0' xmlns:xmpp='urn:xmpp:xbosh'/>`)
+	if !strings.HasPrefix(first, "<div class='body'") || !strings.Contains(first, "<mechanism>PLAIN</mechanism>") {
+		t.Fatalf("session creation as the messenger reads it: %s", first)
+	}
+	sid := attrOf(first, "sid")
+	blob := base64.StdEncoding.EncodeToString([]byte("alice@example.test\x00alice\x00placeholder")) + "=="
+	if r := post(`<body rid='` + next() + `' xmlns='http://jabber.org/protocol/httpbind' sid='` + sid + `'><auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>` + blob + `</auth></body>`); !strings.Contains(r, "<success") {
+		t.Fatalf("auth: %s", r)
+	}
+	post(`<body rid='` + next() + `' xmlns='http://jabber.org/protocol/httpbind' sid='` + sid + `' to='example.test' xml:lang='en' xmpp:restart='true' xmlns:xmpp='urn:xmpp:xbosh'/>`)
+	if r := post(`<body rid='` + next() + `' xmlns='http://jabber.org/protocol/httpbind' sid='` + sid + `'><iq type='set' id='_bind_auth_2' xmlns='jabber:client'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>Expresso</resource></bind></iq></body>`); !strings.Contains(r, "<jid>"+h.conn.jid+"</jid>") {
+		t.Fatalf("bind: %s", r)
+	}
+	post(`<body rid='` + next() + `' xmlns='http://jabber.org/protocol/httpbind' sid='` + sid + `'><iq type='set' id='_session_auth_2' xmlns='jabber:client'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq></body>`)
+
+	// The roster request: no namespace, no id.
+	rosterRID := next()
+	answered := make(chan string, 1)
+	go func() {
+		answered <- post(`<body rid='` + rosterRID + `' xmlns='http://jabber.org/protocol/httpbind' sid='` + sid + `'><iq type='get'><query xmlns='jabber:iq:roster'/></iq></body>`)
+	}()
+	var sent []string
+	for deadline := time.Now().Add(5 * time.Second); len(sent) == 0; sent = h.conn.stanzaLog() {
+		if time.Now().After(deadline) {
+			t.Fatal("the roster request was not sent")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if len(sent) != 1 || !strings.Contains(sent[0], `xmlns="jabber:client"`) {
+		t.Fatalf("roster request sent as %q", sent)
+	}
+	h.serverStanza(`<iq type="result" id="` + attrOf(sent[0], "id") + `"><query xmlns="jabber:iq:roster"><item jid="bob@example.test" subscription="both"/></query></iq>`)
+	r := <-answered
+	if !strings.Contains(r, `<iq xmlns="jabber:client" type="result"><query`) || !strings.Contains(r, "bob@example.test") {
+		t.Fatalf("the roster answer, without an id, as the messenger reads it: %s", r)
+	}
+
+	// The poll is held; a chat state with a forged from and a message
+	// overlap it: the poll is answered at once (hold=1) while the send's
+	// request is the one held now.
+	polled := make(chan string, 1)
+	pollRID := next()
+	go func() {
+		polled <- post(`<body rid='` + pollRID + `' xmlns='http://jabber.org/protocol/httpbind' sid='` + sid + `'></body>`)
+	}()
+	bs := h.bosh().get(sid)
+	for deadline := time.Now().Add(5 * time.Second); bs.heldCount() == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the poll was not held")
+		}
+	}
+	sendRID := next()
+	sendDone := make(chan string, 1)
+	go func() {
+		sendDone <- post(`<body rid='` + sendRID + `' xmlns='http://jabber.org/protocol/httpbind' sid='` + sid + `'><message type='chat' to='bob@example.test' from='alice@example.test/Expresso'><composing xmlns='http://jabber.org/protocol/chatstates'/></message><message type='chat' to='bob@example.test' xmlns='jabber:client'><body>oi</body></message></body>`)
+	}()
+	select {
+	case <-polled:
+	case r := <-sendDone:
+		t.Fatalf("the send was answered (%s) while the older poll was still held", r)
+	}
+	h.serverStanza(`<message from="bob@example.test/desk" type="chat" id="e1"><body>resposta</body></message>`)
+	if r := <-sendDone; !strings.Contains(r, "<div class='body'>resposta</div>") {
+		t.Fatalf("the held send's answer as the messenger reads it: %s", r)
+	}
+	sent = h.conn.stanzaLog()
+	if len(sent) != 3 || strings.Contains(sent[1], "from=") || !strings.Contains(sent[2], "<body>oi</body>") {
+		t.Fatalf("sent %q", sent)
+	}
+}
+
+// heldCount is the number of held requests.
+func (bs *boshSession) heldCount() int {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	return len(bs.held)
+}

@@ -485,9 +485,8 @@ func (b *bridge) clientIQ(ctx context.Context, c *bridgeClient, conn xmppSession
 	if st.Type != "get" && st.Type != "set" {
 		return nil
 	}
-	if st.ID == "" {
-		return fmt.Errorf("%w: an IQ without an id", errClientBadStanza)
-	}
+	// An IQ without an id (Expresso 2.5's roster request) is answered
+	// without one, as it asked.
 	switch st.Payload.Space {
 	case nsBindNS:
 		full := b.s.fullJIDNow()
@@ -495,7 +494,7 @@ func (b *bridge) clientIQ(ctx context.Context, c *bridgeClient, conn xmppSession
 		b.markReady(c)
 		return nil
 	case nsSessionNS:
-		c.push([]byte(`<iq xmlns="jabber:client" type="result" id="` + xmlEsc(st.ID) + `"/>`))
+		c.push([]byte(`<iq xmlns="jabber:client" type="result" id="` + xmlEsc(st.ID) + `"></iq>`))
 		return nil
 	}
 	to := ""

@@ -144,11 +144,11 @@ func checkAuth(raw []byte, user, bare string) bool {
 	return ok
 }
 
+// decodeBase64 decodes a SASL payload leniently about padding: "=" is an
+// empty one (RFC 6120 §6.4.2), and Expresso 2.5's messenger appends "=="
+// to an already padded blob.
 func decodeBase64(s string) ([]byte, error) {
-	if s == "=" {
-		return nil, nil
-	}
-	b, err := base64.StdEncoding.DecodeString(s)
+	b, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(s, "="))
 	if err != nil {
 		return nil, fmt.Errorf("%w: base64", ErrBadRequest)
 	}

@@ -88,8 +88,9 @@ func stanzaOf(n *node) *Stanza {
 }
 
 // Bytes renders the stanza with xmlns="jabber:client" on its element, as
-// XEP-0206 and RFC 7395 want every stanza, and the current From, To, ID
-// and Type; its other attributes and content are as received.
+// XEP-0206 and RFC 7395 want every stanza, the current From, To, ID and
+// Type, and an explicit end tag; its other attributes and content are as
+// received.
 func (st *Stanza) Bytes() []byte {
 	var b bytes.Buffer
 	b.WriteString(`<` + st.Kind + ` xmlns="` + nsClient + `"`)
@@ -110,10 +111,8 @@ func (st *Stanza) Bytes() []byte {
 			attr(&b, "xml:"+a.Name.Local, a.Value)
 		}
 	}
-	if len(st.n.inner) == 0 && len(st.n.kids) == 0 && st.n.text == "" {
-		b.WriteString(`/>`)
-		return b.Bytes()
-	}
+	// Always an end tag, never <presence/>: clients that read stanzas
+	// as HTML (Expresso 2.5's messenger) would nest what follows.
 	b.WriteByte('>')
 	b.Write(st.n.inner)
 	b.WriteString(`</` + st.Kind + `>`)

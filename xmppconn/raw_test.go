@@ -17,7 +17,7 @@ func TestParseStanza(t *testing.T) {
 		{"no namespace is jabber:client", `<presence><show>away</show></presence>`, true, `<presence xmlns="jabber:client"><show>away</show></presence>`},
 		{"forged from dropped", `<message from="boss@example.org/x" to="bob@example.org"><body>b</body></message>`, true,
 			`<message xmlns="jabber:client" to="bob@example.org"><body>b</body></message>`},
-		{"self-closing iq", `<iq type="get" id="p" to="example.org"/>`, true, `<iq xmlns="jabber:client" to="example.org" id="p" type="get"/>`},
+		{"self-closing iq", `<iq type="get" id="p" to="example.org"/>`, true, `<iq xmlns="jabber:client" to="example.org" id="p" type="get"></iq>`},
 		{"xml:lang and prefixes kept", `<message xml:lang="pt" xmlns:x="urn:x" to="a@b"><x:y/></message>`, true,
 			`<message xmlns="jabber:client" to="a@b" xml:lang="pt" xmlns:x="urn:x"><x:y/></message>`},
 		{"stream-level element", `<enable xmlns="urn:xmpp:sm:3"/>`, false, ""},
