@@ -72,6 +72,7 @@ type boshSession struct {
 	answers  map[int64][]byte // responses kept for retransmission
 	held     []*boshWaiter
 	idle     *time.Timer
+	lastSeen time.Time // when a request last came or left
 	authed   bool // SASL done (or prebound)
 	bound    bool // restarted after SASL (or prebound)
 	fails    int
@@ -98,6 +99,7 @@ func (h *boshServer) create(s *session, c *bridgeClient, rid int64, wait time.Du
 	bs := &boshSession{srv: h, sid: newSID(), s: s, c: c, wait: wait, hold: hold, rid: rid,
 		progress: make(chan struct{}), answers: map[int64][]byte{}, authed: prebound, bound: prebound,
 		limiter: tokenBucket{rate: boshRate, burst: boshBurst}}
+	bs.lastSeen = time.Now()
 	bs.idle = time.AfterFunc(boshInactivity, bs.idleCheck)
 	h.mu.Lock()
 	h.sessions[bs.sid] = bs
@@ -132,14 +134,26 @@ func (bs *boshSession) release(w *boshWaiter) {
 	}
 }
 
-// idleCheck detaches a session without a request for boshInactivity.
+// idleCheck detaches a session that held no request and got none for
+// boshInactivity; otherwise it looks again when that could be true.
 func (bs *boshSession) idleCheck() {
 	bs.mu.Lock()
-	idle := len(bs.held) == 0 && !bs.done
+	left := boshInactivity - time.Since(bs.lastSeen)
+	idle := len(bs.held) == 0 && !bs.done && left <= 0
+	if !idle && !bs.done {
+		bs.idle.Reset(max(left, time.Second))
+	}
 	bs.mu.Unlock()
 	if idle {
 		bs.finish()
 	}
+}
+
+// seen notes a request coming or going.
+func (bs *boshSession) seen() {
+	bs.mu.Lock()
+	bs.lastSeen = time.Now()
+	bs.mu.Unlock()
 }
 
 // finish ends the session: the client detaches (the user stays online),
@@ -315,7 +329,17 @@ func (h *boshServer) creationBody(bs *boshSession, body *boshBody, features stri
 // serve handles one request of an existing session, in rid order.
 func (bs *boshSession) serve(w http.ResponseWriter, r *http.Request, body *boshBody, rid int64) {
 	bs.s.lastPoll.Store(time.Now().UnixNano())
+	bs.seen()
+	defer bs.seen()
 	window := int64(bs.hold + 1)
+	bs.mu.Lock()
+	ok := bs.limiter.allow(time.Now())
+	bs.mu.Unlock()
+	if !ok {
+		bs.c.end("policy-violation", "too many requests")
+		bs.writeEnd(w)
+		return
+	}
 	for {
 		if ended, _, _ := bs.c.ending(); ended {
 			bs.writeEnd(w)
@@ -324,12 +348,6 @@ func (bs *boshSession) serve(w http.ResponseWriter, r *http.Request, body *boshB
 		bs.mu.Lock()
 		if bs.done {
 			bs.mu.Unlock()
-			bs.writeEnd(w)
-			return
-		}
-		if !bs.limiter.allow(time.Now()) {
-			bs.mu.Unlock()
-			bs.c.end("policy-violation", "too many requests")
 			bs.writeEnd(w)
 			return
 		}
@@ -342,12 +360,6 @@ func (bs *boshSession) serve(w http.ResponseWriter, r *http.Request, body *boshB
 				bs.mu.Unlock()
 				writeBOSH(w, resp)
 				return
-			}
-			for _, hw := range bs.held {
-				if hw.rid == rid {
-					hw.gone = true
-					bs.release(hw)
-				}
 			}
 			bs.mu.Unlock()
 			bs.hold1(w, r, rid)
@@ -378,9 +390,17 @@ func (bs *boshSession) serve(w http.ResponseWriter, r *http.Request, body *boshB
 			}
 		}
 		bs.mu.Unlock()
-		break
+		// The next rid: process it, unless a copy of this request
+		// (a retransmission) got there first.
+		bs.proc.Lock()
+		bs.mu.Lock()
+		next := bs.rid == rid-1
+		bs.mu.Unlock()
+		if next {
+			break
+		}
+		bs.proc.Unlock()
 	}
-	bs.proc.Lock()
 	resp, hold := bs.process(r.Context(), body)
 	bs.mu.Lock()
 	bs.rid = rid
@@ -503,7 +523,14 @@ func (bs *boshSession) hold1(w http.ResponseWriter, r *http.Request, rid int64) 
 		bs.writeEnd(w)
 		return
 	}
-	bs.idle.Stop()
+	for _, o := range bs.held {
+		if o.rid == rid {
+			// A retransmission takes over: the copy nobody reads
+			// answers empty and takes nothing.
+			o.gone = true
+			bs.release(o)
+		}
+	}
 	bs.held = append(bs.held, hw)
 	// Too many held: the oldest answers now, so the client can send.
 	live := 0
@@ -541,9 +568,7 @@ func (bs *boshSession) hold1(w http.ResponseWriter, r *http.Request, rid int64) 
 			break
 		}
 	}
-	if len(bs.held) == 0 && !bs.done {
-		bs.idle.Reset(boshInactivity)
-	}
+	bs.lastSeen = time.Now()
 	superseded := hw.gone
 	bs.mu.Unlock()
 	bs.s.lastPoll.Store(time.Now().UnixNano())

@@ -604,3 +604,57 @@ func (bs *boshSession) heldCount() int {
 	defer bs.mu.Unlock()
 	return len(bs.held)
 }
+
+// TestBOSHOrderAndLimits: requests that arrive out of order are processed
+// in rid order; a retransmission racing its original sends nothing twice;
+// more tabs than --max-browser-streams get 429; a request flood ends that
+// stream only.
+func TestBOSHOrderAndLimits(t *testing.T) {
+	h, srv := boshHarness(t)
+	c := h.newBOSH(srv, goodID)
+	c.Create("example.test")
+	c.Login("alice", "x")
+	body := func(rid int64, payload string) string {
+		return `<body xmlns="http://jabber.org/protocol/httpbind" rid="` + strconv.FormatInt(rid, 10) + `" sid="` + c.SID + `">` + payload + `</body>`
+	}
+	msg := func(text string) string {
+		return `<message xmlns="jabber:client" to="bob@example.test" type="chat"><body>` + text + `</body></message>`
+	}
+	// rid+2 first, then rid+1, then rid+2 again (a retransmission).
+	second := make(chan int, 2)
+	go func() { st, _ := c.Post(t.Context(), body(c.RID+2, msg("two"))); second <- st }()
+	go func() { st, _ := c.Post(t.Context(), body(c.RID+2, msg("two"))); second <- st }()
+	time.Sleep(50 * time.Millisecond) // both wait for rid+1
+	if n := len(h.conn.stanzaLog()); n != 0 {
+		t.Fatalf("a request was processed before the one before it: %q", h.conn.stanzaLog())
+	}
+	if st, _ := c.Post(t.Context(), body(c.RID+1, msg("one"))); st != http.StatusOK {
+		t.Fatal(st)
+	}
+	<-second
+	<-second
+	c.RID += 2
+	sent := h.conn.stanzaLog()
+	if len(sent) != 2 || !strings.Contains(sent[0], "one") || !strings.Contains(sent[1], "two") {
+		t.Fatalf("sent %q, want one then two, once each", sent)
+	}
+
+	// Tabs: up to --max-browser-streams (8) attached, then 429.
+	for i := 1; i < h.api.cfg.MaxBrowserStreams; i++ {
+		h.newBOSH(srv, goodID).Create("example.test")
+	}
+	extra := h.newBOSH(srv, goodID)
+	if st, _ := extra.Post(t.Context(), `<body xmlns="http://jabber.org/protocol/httpbind" rid="9" to="example.test" wait="3" hold="1"/>`); st != http.StatusTooManyRequests {
+		t.Fatalf("one tab too many: %d %s", st, extra.Last)
+	}
+
+	// A flood of requests (retransmissions, answered at once) ends that
+	// stream.
+	var last *boshBody
+	for i := 0; i < 2*boshBurst && (last == nil || last.attrs["type"] != "terminate"); i++ {
+		_, last = c.Post(t.Context(), body(c.RID, ""))
+	}
+	if last.attrs["type"] != "terminate" || !strings.Contains(c.Last, "policy-violation") {
+		t.Fatalf("a request flood: %s", c.Last)
+	}
+}

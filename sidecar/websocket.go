@@ -215,8 +215,7 @@ func (t *wsStream) reader(ctx context.Context) error {
 				return nil
 			}
 		case name.Space == nsFraming && name.Local == "close":
-			t.write([]byte(`<close xmlns="` + nsFraming + `"/>`))
-			return nil
+			return nil // the writer answers <close/>
 		case name.Space == nsSASL && name.Local == "auth" && !authed:
 			if checkAuth(data, t.s.user, t.s.jid) {
 				authed = true
