@@ -73,8 +73,8 @@ type boshSession struct {
 	held     []*boshWaiter
 	idle     *time.Timer
 	lastSeen time.Time // when a request last came or left
-	authed   bool // SASL done (or prebound)
-	bound    bool // restarted after SASL (or prebound)
+	authed   bool      // SASL done (or prebound)
+	bound    bool      // restarted after SASL (or prebound)
 	fails    int
 	done     bool
 	limiter  tokenBucket
