@@ -658,3 +658,27 @@ func TestBOSHOrderAndLimits(t *testing.T) {
 		t.Fatalf("a request flood: %s", c.Last)
 	}
 }
+
+func TestCheckPlain(t *testing.T) {
+	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+	tests := []struct {
+		name, payload string
+		ok            bool
+	}{
+		{"own login", b64("\x00alice\x00anything"), true},
+		{"own JID as authcid", b64("\x00alice@example.test\x00x"), true},
+		{"authzid own JID", b64("alice@example.test\x00alice\x00x"), true},
+		{"empty identities (examples/expresso/auth_messenger.php)", strings.TrimRight(b64("\x00\x00imsidecar"), "=") + "==", true},
+		{"Expresso's blob with its padding doubled", b64("alice@example.test\x00alice\x00pw") + "==", true},
+		{"someone else", b64("\x00bob\x00bob-pw"), false},
+		{"someone else as authzid", b64("bob@example.test\x00alice\x00x"), false},
+		{"not base64", "!!!", false},
+		{"two fields", b64("alice\x00x"), false},
+		{"empty", "=", false},
+	}
+	for _, tt := range tests {
+		if got := checkPlain(tt.payload, "alice", "alice@example.test"); got != tt.ok {
+			t.Errorf("%s: checkPlain(%q) = %v, want %v", tt.name, tt.payload, got, tt.ok)
+		}
+	}
+}
