@@ -77,8 +77,8 @@ func (a *api) routes() http.Handler {
 	if a.bosh == nil {
 		a.bosh = newBOSHServer(a)
 	}
-	mux.Handle("/http-bind", a.bosh)
-	mux.HandleFunc("/xmpp-websocket", a.websocket)
+	mux.Handle("/http-bind", a.browserHandler("bosh", http.MethodPost, a.bosh.handle))
+	mux.Handle("/xmpp-websocket", a.browserHandler("websocket", http.MethodGet, a.websocket))
 	mux.Handle("/", a.wrap("other", true, func(http.ResponseWriter, *http.Request, *caller) error {
 		return fmt.Errorf("%w: no such endpoint", ErrNotFound)
 	}))

@@ -176,76 +176,47 @@ func (bs *boshSession) finish() {
 	bs.c.b.detach(bs.c)
 }
 
-// ServeHTTP serves /http-bind.
-func (h *boshServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	a := h.a
-	start := time.Now()
-	rec := &statusRecorder{ResponseWriter: w, start: start}
-	user := ""
-	err := func() error {
-		if a.draining.Load() {
-			return ErrShuttingDown
-		}
-		if r.Method != http.MethodPost {
-			rec.Header().Set("Allow", "POST")
-			rec.WriteHeader(http.StatusMethodNotAllowed)
-			return nil
-		}
-		if err := a.browserAllowed(r); err != nil {
-			return err
-		}
-		data, err := io.ReadAll(io.LimitReader(r.Body, boshMaxBody+1))
-		if err != nil {
-			return fmt.Errorf("%w: reading body: %w", ErrBadRequest, err)
-		}
-		if len(data) > boshMaxBody {
-			return fmt.Errorf("%w: body over %d bytes", ErrTooLarge, boshMaxBody)
-		}
-		// The wait may exceed the server's ReadTimeout, whose expiry
-		// would end the request's context.
-		http.NewResponseController(w).SetReadDeadline(time.Time{})
-		body, err := parseBOSHBody(data)
-		if err != nil {
-			return fmt.Errorf("%w: %w", ErrBadRequest, err)
-		}
-		rid, err := body.ridOf()
-		if err != nil {
-			return fmt.Errorf("%w: %w", ErrBadRequest, err)
-		}
-		sid := body.attrs["sid"]
-		if sid == "" {
-			var u string
-			u, err = h.open(rec, r, body, rid)
-			user = u
-			return err
-		}
-		bs := h.get(sid)
-		if bs == nil {
-			writeBOSH(rec, terminateBody("item-not-found", ""))
-			return nil
-		}
-		user = bs.s.user
-		foreign, ended := a.sameBrowserSession(r, bs.s)
-		if foreign {
-			writeBOSH(rec, terminateBody("item-not-found", ""))
-			return nil
-		}
-		if ended != "" {
-			bs.c.end("not-authorized", ended)
-			bs.writeEnd(rec)
-			return nil
-		}
-		bs.serve(rec, r, body, rid)
-		return nil
-	}()
+// handle serves a request to /http-bind (through browserHandler).
+func (h *boshServer) handle(w http.ResponseWriter, r *http.Request) (string, error) {
+	data, err := io.ReadAll(io.LimitReader(r.Body, boshMaxBody+1))
 	if err != nil {
-		a.writeError(rec, r, err, nil)
+		return "", fmt.Errorf("%w: reading body: %w", ErrBadRequest, err)
 	}
-	status := rec.status
-	if status == 0 {
-		status = http.StatusOK
+	if len(data) > boshMaxBody {
+		return "", fmt.Errorf("%w: body over %d bytes", ErrTooLarge, boshMaxBody)
 	}
-	a.record(r.Context(), "bosh", status, start, user)
+	// The wait may exceed the server's ReadTimeout, whose expiry would
+	// end the request's context.
+	http.NewResponseController(w).SetReadDeadline(time.Time{})
+	body, err := parseBOSHBody(data)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrBadRequest, err)
+	}
+	rid, err := body.ridOf()
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrBadRequest, err)
+	}
+	sid := body.attrs["sid"]
+	if sid == "" {
+		return h.open(w, r, body, rid)
+	}
+	bs := h.get(sid)
+	if bs == nil {
+		writeBOSH(w, terminateBody("item-not-found", ""))
+		return "", nil
+	}
+	foreign, ended := h.a.sameBrowserSession(r, bs.s)
+	if foreign {
+		writeBOSH(w, terminateBody("item-not-found", ""))
+		return "", nil
+	}
+	if ended != "" {
+		bs.c.end("not-authorized", ended)
+		bs.writeEnd(w)
+		return bs.s.user, nil
+	}
+	bs.serve(w, r, body, rid)
+	return bs.s.user, nil
 }
 
 // open creates a BOSH session for the browser's PHP session cookie

@@ -54,12 +54,35 @@ func (a *api) originAllowed(r *http.Request) bool {
 	return fwd != "" && strings.EqualFold(u.Host, strings.TrimSpace(fwd))
 }
 
-// browserAllowed checks the Origin of a browser stream request.
-func (a *api) browserAllowed(r *http.Request) error {
-	if !a.originAllowed(r) {
-		return ErrForbiddenOrigin
-	}
-	return nil
+// browserHandler serves a browser stream endpoint: the drain, the method
+// and the Origin are checked, then h runs; its error is answered, and the
+// request logged and measured, as wrap does for the /v1 calls.
+func (a *api) browserHandler(route, method string, h func(http.ResponseWriter, *http.Request) (user string, err error)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, start: start}
+		var user string
+		var err error
+		switch {
+		case a.draining.Load():
+			err = ErrShuttingDown
+		case r.Method != method:
+			rec.Header().Set("Allow", method)
+			rec.WriteHeader(http.StatusMethodNotAllowed)
+		case !a.originAllowed(r):
+			err = ErrForbiddenOrigin
+		default:
+			user, err = h(rec, r)
+		}
+		if err != nil {
+			a.writeError(rec, r, err, nil)
+		}
+		status := rec.status
+		if status == 0 {
+			status = http.StatusOK
+		}
+		a.record(r.Context(), route, status, start, user)
+	})
 }
 
 // tokenOK checks the API token, when one is configured.

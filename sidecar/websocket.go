@@ -26,64 +26,41 @@ const (
 	wsRate, wsBurst = 20, 60
 )
 
-// websocket serves /xmpp-websocket.
-func (a *api) websocket(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
-	rec := &statusRecorder{ResponseWriter: w, start: start}
-	user := ""
-	err := func() error {
-		if a.draining.Load() {
-			return ErrShuttingDown
-		}
-		if r.Method != http.MethodGet {
-			rec.Header().Set("Allow", "GET")
-			rec.WriteHeader(http.StatusMethodNotAllowed)
-			return nil
-		}
-		if err := a.browserAllowed(r); err != nil {
-			return err
-		}
-		s, err := a.browserSession(r)
-		if err != nil {
-			return err
-		}
-		user = s.user
-		b := s.bridgeOf(a.cfg.MaxBrowserStreams, a.cfg.EventBuffer)
-		wake := make(chan struct{}, 1)
-		c, err := b.attach(func() {
-			select {
-			case wake <- struct{}{}:
-			default:
-			}
-		})
-		if err != nil {
-			return err
-		}
-		defer b.detach(c)
-		ws, err := websocket.Accept(rec, r, &websocket.AcceptOptions{
-			Subprotocols: []string{"xmpp"},
-			// The Origin was checked above, against --allowed-origins.
-			InsecureSkipVerify: true,
-		})
-		if err != nil {
-			return nil // Accept answered the client
-		}
-		if ws.Subprotocol() != "xmpp" {
-			ws.Close(websocket.StatusProtocolError, "the xmpp subprotocol is required")
-			return nil
-		}
-		ws.SetReadLimit(maxClientStanza + 1024)
-		(&wsStream{a: a, s: s, c: c, ws: ws, wake: wake}).run(r.Context())
-		return nil
-	}()
+// websocket serves a request to /xmpp-websocket (through
+// browserHandler).
+func (a *api) websocket(w http.ResponseWriter, r *http.Request) (string, error) {
+	s, err := a.browserSession(r)
 	if err != nil {
-		a.writeError(rec, r, err, nil)
+		return "", err
 	}
-	status := rec.status
-	if status == 0 {
-		status = http.StatusOK
+	b := s.bridgeOf(a.cfg.MaxBrowserStreams, a.cfg.EventBuffer)
+	wake := make(chan struct{}, 1)
+	c, err := b.attach(func() {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		return s.user, err
 	}
-	a.record(r.Context(), "websocket", status, start, user)
+	defer b.detach(c)
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		Subprotocols: []string{"xmpp"},
+		// The Origin was checked by browserHandler, against
+		// --allowed-origins.
+		InsecureSkipVerify: true,
+	})
+	if err != nil {
+		return s.user, nil // Accept answered the client
+	}
+	if ws.Subprotocol() != "xmpp" {
+		ws.Close(websocket.StatusProtocolError, "the xmpp subprotocol is required")
+		return s.user, nil
+	}
+	ws.SetReadLimit(maxClientStanza + 1024)
+	(&wsStream{a: a, s: s, c: c, ws: ws, wake: wake}).run(r.Context())
+	return s.user, nil
 }
 
 // wsStream is one browser WebSocket.

@@ -136,12 +136,15 @@ func (st *Stanza) Attr(name string) string { return st.n.get(name) }
 func (st *Stanza) Text() string { return st.n.text }
 
 // Presence returns the show, status and priority of a presence stanza.
-func (st *Stanza) Presence() Presence {
-	p := Presence{From: st.From, To: st.To, Type: st.Type}
-	if p.Type == "" {
-		p.Type = "available"
+func (st *Stanza) Presence() Presence { return *presenceOf(st.n) }
+
+// presenceOf reads an available or unavailable presence.
+func presenceOf(n *node) *Presence {
+	p := &Presence{From: n.get("from"), To: n.get("to"), Type: "available"}
+	if typ := n.get("type"); typ != "" {
+		p.Type = typ
 	}
-	for _, k := range st.n.kids {
+	for _, k := range n.kids {
 		if k.name.Space != nsClient {
 			continue
 		}
@@ -158,7 +161,7 @@ func (st *Stanza) Presence() Presence {
 			}
 		}
 	}
-	p.Avatar = parseAvatarHash(st.n)
+	p.Avatar = parseAvatarHash(n)
 	return p
 }
 

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 )
 
@@ -178,29 +177,7 @@ func (c *Conn) handlePresence(s *stream, n *node) {
 	typ := n.get("type")
 	switch typ {
 	case "", "unavailable":
-		p := &Presence{From: n.get("from"), To: n.get("to"), Type: "available"}
-		if typ != "" {
-			p.Type = typ
-		}
-		for _, k := range n.kids {
-			if k.name.Space != nsClient {
-				continue
-			}
-			switch k.name.Local {
-			case "show":
-				p.Show = strings.TrimSpace(k.text)
-			case "status":
-				if p.Status == "" {
-					p.Status = k.text
-				}
-			case "priority":
-				if v, err := strconv.Atoi(strings.TrimSpace(k.text)); err == nil && v >= -128 && v <= 127 {
-					p.Priority = v
-				}
-			}
-		}
-		p.Avatar = parseAvatarHash(n)
-		c.emit(p)
+		c.emit(presenceOf(n))
 	case "subscribe", "subscribed", "unsubscribe", "unsubscribed":
 		c.emit(&Subscription{From: n.get("from"), To: n.get("to"), Type: typ})
 	}

@@ -6,7 +6,7 @@
 // page, request or WebSocket frame of Alice's carries her password; her
 // logout ends the clients' streams.
 // env: BASE_URL, OUT_DIR, DOMAIN, ALICE_PASSWORD, BOB_PASSWORD, CHROMIUM
-import { chromium } from 'playwright-core';
+import { launch, login as loginAs } from './common.mjs';
 import { mkdirSync } from 'node:fs';
 
 const base = process.env.BASE_URL;
@@ -18,11 +18,7 @@ const T = 20000;
 let step = 0;
 const leaks = [];
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch();
 const shot = async (name, page) => {
   step++;
   await page.screenshot({ path: `${out}/clients-${String(step).padStart(2, '0')}-${name}.png` });
@@ -48,18 +44,8 @@ function watch(ctx, who, secret) {
   }));
 }
 
-async function login(user, password) {
-  const ctx = await browser.newContext({ viewport: { width: 1100, height: 700 } });
-  if (user === 'alice') watch(ctx, user, password);
-  const page = await ctx.newPage();
-  page.on('pageerror', e => console.error(`[${user}] page error:`, e.message));
-  await page.goto(base + '/login.php');
-  await page.fill('#user', user);
-  await page.fill('#password', password);
-  await page.click('#login');
-  await page.waitForSelector('#conn.online', { timeout: T });
-  return page;
-}
+const login = (user, password) => loginAs(browser, base, user, password,
+  { timeout: T, onContext: ctx => { if (user === 'alice') watch(ctx, user, password); } });
 
 const aliceJID = `alice@${domain}`;
 const bobJID = `bob@${domain}`;

@@ -49,6 +49,16 @@ function demo_client(): \Expresso\ImSidecar\Client
     );
 }
 
+/** Starts the session of a page; a visitor not logged in goes to the login page. */
+function demo_page_session(): void
+{
+    session_start();
+    if (!demo_logged_in()) {
+        header('Location: login.php');
+        exit;
+    }
+}
+
 /** Is this session logged in the way Expresso marks it? */
 function demo_logged_in(): bool
 {

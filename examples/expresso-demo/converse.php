@@ -7,11 +7,7 @@
 // ignores. The page never sees the user's password.
 declare(strict_types=1);
 require __DIR__ . '/config.php';
-session_start();
-if (!demo_logged_in()) {
-    header('Location: login.php');
-    exit;
-}
+demo_page_session();
 $jid = $_SESSION['phpgw_info']['expressomail']['user']['account_lid'] . '@' . demo_domain();
 $ws = ($_GET['transport'] ?? '') === 'websocket';
 $settings = [

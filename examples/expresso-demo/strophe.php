@@ -4,11 +4,7 @@
 // sidecar for. The page never sees a password.
 declare(strict_types=1);
 require __DIR__ . '/config.php';
-session_start();
-if (!demo_logged_in()) {
-    header('Location: login.php');
-    exit;
-}
+demo_page_session();
 ?><!doctype html>
 <html lang="en">
 <head>
