@@ -682,3 +682,31 @@ func TestCheckPlain(t *testing.T) {
 		}
 	}
 }
+
+// TestBridgeCarbonsBetweenTabs: tabs share one resource, so the server
+// would not copy to tab B what tab A sends; the bridge gives B (which asked
+// for carbons) a XEP-0280 "sent" copy, and A none.
+func TestBridgeCarbonsBetweenTabs(t *testing.T) {
+	h, srv := boshHarness(t)
+	a, b := h.newBOSH(srv, goodID), h.newBOSH(srv, goodID)
+	a.Create("example.test")
+	a.Login("alice", "x")
+	b.Create("example.test")
+	b.Login("alice", "x")
+	b.Send("", `<iq xmlns="jabber:client" type="set" id="c"><enable xmlns="urn:xmpp:carbons:2"/></iq>`)
+	a.Send("", `<message xmlns="jabber:client" to="bob@example.test" type="chat" id="t1"><body>de uma aba</body></message>`)
+	a.Send("", `<message xmlns="jabber:client" to="bob@example.test" type="chat" id="t2"><body>privada</body><private xmlns="urn:xmpp:carbons:2"/></message>`)
+	cc := b.WaitFor(5*time.Second, "the sent carbon", func(s string) bool { return strings.Contains(s, "de uma aba") })
+	for _, want := range []string{`<sent xmlns="urn:xmpp:carbons:2">`, `from="alice@example.test"`, `id="t1"`, `from="` + h.conn.jid + `"`} {
+		if !strings.Contains(cc, want) {
+			t.Errorf("carbon %s lacks %s", cc, want)
+		}
+	}
+	b.Send("", "")
+	if n := b.Count(func(s string) bool { return strings.Contains(s, "privada") }); n != 0 {
+		t.Error("a private message was copied")
+	}
+	if n := a.Count(func(s string) bool { return strings.Contains(s, "<sent") }); n != 0 {
+		t.Error("the sender got a carbon of its own message")
+	}
+}

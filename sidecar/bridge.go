@@ -86,6 +86,7 @@ type bridgeClient struct {
 	queueLen  int
 	iqs       int
 	presented bool   // sent its first available presence
+	carbons   bool   // asked for XEP-0280 carbons: gets copies of what the other tabs send
 	ended     bool   // cut off or detached
 	endCond   string // why, as a stream error condition ("" = detached cleanly)
 	endText   string
@@ -460,8 +461,55 @@ func (b *bridge) fromClient(ctx context.Context, c *bridgeClient, raw []byte) er
 		if st.To == "" && (st.Type == "" || st.Type == "unavailable") {
 			return b.clientPresence(ctx, c, conn, st)
 		}
+	case "message":
+		if err := b.send(ctx, c, conn, st); err != nil {
+			return err
+		}
+		b.carbonCopy(c, st)
+		return nil
 	}
 	return b.send(ctx, c, conn, st)
+}
+
+// carbonCopy gives the other tabs that asked for carbons (XEP-0280) a
+// "sent" copy of a chat message c sent: all tabs share one resource, and
+// the server copies only to the user's other resources.
+func (b *bridge) carbonCopy(c *bridgeClient, st *xmppconn.Stanza) {
+	if st.Type == "groupchat" || st.Type == "error" || st.Type == "headline" {
+		return
+	}
+	if _, ok := st.Child("", "body"); !ok {
+		return
+	}
+	if _, private := st.Child(nsCarbons, "private"); private {
+		return
+	}
+	if _, noCopy := st.Child("urn:xmpp:hints", "no-copy"); noCopy {
+		return
+	}
+	full := b.s.fullJIDNow()
+	st.From = full
+	var m bytes.Buffer
+	m.WriteString(`<message xmlns="jabber:client"`)
+	xmlAttr(&m, "from", b.s.jid)
+	xmlAttr(&m, "to", full)
+	m.WriteString(` type="` + messageType(st.Type) + `"><sent xmlns="` + nsCarbons + `"><forwarded xmlns="urn:xmpp:forward:0">`)
+	m.Write(st.Bytes())
+	m.WriteString(`</forwarded></sent></message>`)
+	raw := m.Bytes()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for o := range b.clients {
+		if o == c {
+			continue
+		}
+		o.mu.Lock()
+		want := o.ready && !o.ended && o.carbons
+		o.mu.Unlock()
+		if want {
+			o.push(raw)
+		}
+	}
 }
 
 // send sends st as the user's; a stanza the stream refuses (the server
@@ -487,6 +535,11 @@ func (b *bridge) clientIQ(ctx context.Context, c *bridgeClient, conn xmppSession
 	}
 	// An IQ without an id (Expresso 2.5's roster request) is answered
 	// without one, as it asked.
+	if st.Payload.Space == nsCarbons && st.Type == "set" {
+		c.mu.Lock()
+		c.carbons = st.Payload.Local == "enable"
+		c.mu.Unlock()
+	}
 	switch st.Payload.Space {
 	case nsBindNS:
 		full := b.s.fullJIDNow()
@@ -683,6 +736,7 @@ func stanzaError(st *xmppconn.Stanza, typ, cond string) []byte {
 }
 
 const (
+	nsCarbons   = "urn:xmpp:carbons:2"
 	nsBindNS    = "urn:ietf:params:xml:ns:xmpp-bind"
 	nsSessionNS = "urn:ietf:params:xml:ns:xmpp-session"
 	nsSASL      = "urn:ietf:params:xml:ns:xmpp-sasl"

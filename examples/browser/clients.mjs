@@ -95,6 +95,10 @@ try {
     await conv.evaluate(j => window.converseAPI.chats.open(j, {}, true), bobJID);
     const input = conv.locator('textarea.chat-textarea:visible').first();
     await input.waitFor({ timeout: T });
+    // What Alice said from Strophe.js never reached this tab live: it is
+    // there because converse.js paged the archive (XEP-0313) through the
+    // sidecar, the answers routed to this tab alone.
+    await conv.locator('.chat-msg__text', { hasText: 'Olá do Strophe.js' }).first().waitFor({ timeout: T });
     const text = `Olá do ${name}`;
     await input.fill(text);
     await input.press('Enter');
