@@ -245,7 +245,7 @@ func (h *boshServer) open(w http.ResponseWriter, r *http.Request, body *boshBody
 // attach makes a bridge client and its BOSH session; rid is the last rid
 // the client used.
 func (h *boshServer) attach(s *session, rid int64, body *boshBody, prebound bool) (*boshSession, error) {
-	b := s.bridgeOf(h.a.cfg.MaxBrowserStreams, h.a.cfg.EventBuffer)
+	b := s.bridgeOf(h.a.cfg.MaxBrowserStreams, h.a.cfg.EventBuffer, h.a.metrics)
 	var bsp atomic.Pointer[boshSession]
 	c, err := b.attach(func() {
 		if bs := bsp.Load(); bs != nil {

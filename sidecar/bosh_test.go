@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"expressolivre.org/imsidecar/phpsession"
 	"expressolivre.org/imsidecar/xmppconn"
 )
@@ -368,6 +370,12 @@ func TestBridgeIsolation(t *testing.T) {
 	if h.conn.isClosed() {
 		t.Fatal("a bad client closed the user's stream")
 	}
+	if n := h.metric("imsidecar_browser_stanzas_rejected_total"); n != "2" {
+		t.Errorf("imsidecar_browser_stanzas_rejected_total = %s, want 2", n)
+	}
+	if n := h.metric("imsidecar_browser_streams"); n != "0" {
+		t.Errorf("imsidecar_browser_streams = %s after both tabs were cut off, want 0", n)
+	}
 }
 
 func attrOf(raw, name string) string {
@@ -709,4 +717,18 @@ func TestBridgeCarbonsBetweenTabs(t *testing.T) {
 	if n := a.Count(func(s string) bool { return strings.Contains(s, "<sent") }); n != 0 {
 		t.Error("the sender got a carbon of its own message")
 	}
+}
+
+// metric scrapes the value of an unlabelled series.
+func (h *harness) metric(name string) string {
+	h.t.Helper()
+	rec := httptest.NewRecorder()
+	promhttp.HandlerFor(h.api.metrics.reg, promhttp.HandlerOpts{}).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, line := range strings.Split(rec.Body.String(), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return v
+		}
+	}
+	h.t.Fatalf("no series %s", name)
+	return ""
 }

@@ -52,6 +52,7 @@ var (
 // bridge is one session's set of browser clients.
 type bridge struct {
 	s      *session
+	m      *metrics
 	max    int // clients at most
 	keep   int // stanzas kept while detached at most
 	prefix string
@@ -93,20 +94,20 @@ type bridgeClient struct {
 	notify    func() // wakes the transport; never blocks
 }
 
-func newBridge(s *session, maxClients, keep int) *bridge {
+func newBridge(s *session, maxClients, keep int, m *metrics) *bridge {
 	var rnd [6]byte
 	crand.Read(rnd[:])
-	return &bridge{s: s, max: maxClients, keep: keep, prefix: "b" + hex.EncodeToString(rnd[:]) + "-",
+	return &bridge{s: s, m: m, max: maxClients, keep: keep, prefix: "b" + hex.EncodeToString(rnd[:]) + "-",
 		clients: map[*bridgeClient]struct{}{}}
 }
 
 // bridgeOf returns the session's bridge, made on first use: sessions no
 // browser ever attached to keep nothing for one.
-func (s *session) bridgeOf(maxClients, keep int) *bridge {
+func (s *session) bridgeOf(maxClients, keep int, m *metrics) *bridge {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.bridge == nil {
-		s.bridge = newBridge(s, maxClients, keep)
+		s.bridge = newBridge(s, maxClients, keep, m)
 	}
 	return s.bridge
 }
@@ -133,6 +134,7 @@ func (b *bridge) attach(notify func()) (*bridgeClient, error) {
 	}
 	c := &bridgeClient{b: b, notify: notify}
 	b.clients[c] = struct{}{}
+	b.m.browserStreams.Inc()
 	return c, nil
 }
 
@@ -184,6 +186,7 @@ func (b *bridge) detach(c *bridgeClient) {
 		return
 	}
 	delete(b.clients, c)
+	b.m.browserStreams.Dec()
 	for id, r := range b.routes {
 		if r.c == c {
 			delete(b.routes, id)
@@ -434,6 +437,7 @@ func (s *session) fullJIDNow() string {
 func (b *bridge) fromClient(ctx context.Context, c *bridgeClient, raw []byte) error {
 	st, err := xmppconn.ParseStanza(raw, maxClientStanza)
 	if err != nil {
+		b.m.browserRejected.Inc()
 		return fmt.Errorf("%w: %w", errClientBadStanza, err)
 	}
 	now := time.Now()

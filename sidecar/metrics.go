@@ -17,8 +17,11 @@ type metrics struct {
 	eventsQueued  prometheus.Counter
 	eventsDropped prometheus.Counter
 	connRejected  prometheus.Counter
-	apiLatency    *prometheus.HistogramVec
-	storeLatency  prometheus.Histogram
+	// Browser XMPP clients (bridge.go).
+	browserStreams  prometheus.Gauge
+	browserRejected prometheus.Counter
+	apiLatency      *prometheus.HistogramVec
+	storeLatency    prometheus.Histogram
 }
 
 func newMetrics(sessions func() map[xmppconn.State]int) *metrics {
@@ -32,13 +35,17 @@ func newMetrics(sessions func() map[xmppconn.State]int) *metrics {
 		eventsQueued:  prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_events_queued_total", Help: "Events appended to session logs."}),
 		eventsDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_events_dropped_total", Help: "Unacknowledged events pushed out of full session logs; a poller that far behind is told recovered=false."}),
 		connRejected:  prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_api_connections_rejected_total", Help: "API connections answered 503 too_many_connections (--max-connections)."}),
+		browserStreams: prometheus.NewGauge(prometheus.GaugeOpts{Name: "imsidecar_browser_streams",
+			Help: "Browser XMPP clients (BOSH, WebSocket) attached to users' streams."}),
+		browserRejected: prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_browser_stanzas_rejected_total",
+			Help: "Stanzas from browser clients refused (malformed, oversized, stream-level); each ended that client's stream."}),
 		apiLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "imsidecar_api_request_duration_seconds",
 			Help: "API latency by route and status (long polls included).", Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5, 30, 60}},
 			[]string{"route", "status"}),
 		storeLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "imsidecar_session_store_duration_seconds",
 			Help: "PHP session lookups.", Buckets: []float64{.00001, .00005, .0001, .0005, .001, .005, .01, .05, .1, .5}}),
 	}
-	reg.MustRegister(m.connects, m.reconnects, m.resumptions, m.authFailures, m.eventsQueued, m.eventsDropped, m.connRejected, m.apiLatency, m.storeLatency,
+	reg.MustRegister(m.connects, m.reconnects, m.resumptions, m.authFailures, m.eventsQueued, m.eventsDropped, m.connRejected, m.browserStreams, m.browserRejected, m.apiLatency, m.storeLatency,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	states := []xmppconn.State{xmppconn.StateConnecting, xmppconn.StateOnline, xmppconn.StateReconnecting, xmppconn.StateOffline, xmppconn.StateAuthFailed}
 	desc := prometheus.NewDesc("imsidecar_sessions", "Sessions by state.", []string{"state"}, nil)

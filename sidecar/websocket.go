@@ -33,7 +33,7 @@ func (a *api) websocket(w http.ResponseWriter, r *http.Request) (string, error) 
 	if err != nil {
 		return "", err
 	}
-	b := s.bridgeOf(a.cfg.MaxBrowserStreams, a.cfg.EventBuffer)
+	b := s.bridgeOf(a.cfg.MaxBrowserStreams, a.cfg.EventBuffer, a.metrics)
 	wake := make(chan struct{}, 1)
 	c, err := b.attach(func() {
 		select {
