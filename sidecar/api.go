@@ -156,18 +156,20 @@ func (a *api) record(ctx context.Context, route string, status int, start time.T
 	a.logger.LogAttrs(ctx, slog.LevelDebug, "api", attrs...)
 }
 
-// authenticate finds the PHP session: X-Session-Id (server-side PHP; with
-// the API token when one is configured), else the session cookie (the
-// browser through Apache, read-only routes only).
+// authenticate finds the PHP session: X-Session-Id (server-side PHP), else
+// the session cookie (the browser through Apache, read-only routes only).
+// With an API token configured every call needs it, the cookie ones too
+// (Apache adds it on its proxied paths): a local user who learns a session
+// id cannot read that user's events on loopback.
 func (a *api) authenticate(r *http.Request, cookieOK bool) (*caller, error) {
+	if a.token != "" {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(a.token)) != 1 {
+			return nil, ErrUnauthorized
+		}
+	}
 	c := &caller{}
 	if id := r.Header.Get("X-Session-Id"); id != "" {
-		if a.token != "" {
-			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(a.token)) != 1 {
-				return nil, ErrUnauthorized
-			}
-		}
 		c.id = id
 	} else if id, ok := phpsession.IDFromCookie(strings.Join(r.Header.Values("Cookie"), "; "), a.cfg.SessionCookie); ok {
 		if !cookieOK {

@@ -26,6 +26,7 @@ type Config struct {
 	ListenGroup  string
 	UnsafeListen bool
 	OpsListen    string
+	OpsTokenFile string
 
 	XMPPAddr           string
 	XMPPDomain         string
@@ -77,6 +78,7 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.ListenGroup, "listen-group", "", "group owning the API unix socket (name or gid; empty keeps the process's)")
 	fs.BoolVar(&c.UnsafeListen, "unsafe-listen", false, "allow --listen and --ops-listen on non-loopback addresses")
 	fs.StringVar(&c.OpsListen, "ops-listen", "127.0.0.1:8766", "address of /healthz, /readyz, /metrics and /status (empty disables)")
+	fs.StringVar(&c.OpsTokenFile, "ops-token-file", "", "file holding a bearer token that opens the per-user rows of /status (the API token does too; without either, /status shows counts only)")
 	fs.StringVar(&c.XMPPAddr, "xmpp-addr", "", "Jabber server c2s address host:port (required)")
 	fs.StringVar(&c.XMPPDomain, "xmpp-domain", "", "XMPP domain: users are <login>@<domain> (required)")
 	fs.StringVar(&c.XMPPTLS, "xmpp-tls", "starttls", "TLS to the Jabber server: starttls, direct (XEP-0368) or none (loopback only)")
@@ -84,7 +86,7 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.XMPPServerName, "xmpp-server-name", "", "name expected in the server certificate (default: --xmpp-domain)")
 	fs.StringVar(&c.XMPPResourcePrefix, "xmpp-resource-prefix", "expresso", "XMPP resource prefix; the resource is <prefix>-<hash of the PHP session>")
 	fs.StringVar(&c.XMPPMUCService, "xmpp-muc-service", "", "group chat (XEP-0045) service domain, e.g. conference.example.org (default: discovered from the server)")
-	fs.StringVar(&c.APITokenFile, "api-token-file", "", "file holding a bearer token required on X-Session-Id calls (optional)")
+	fs.StringVar(&c.APITokenFile, "api-token-file", "", "file holding a bearer token required on every API call, cookie calls included (Apache adds it; optional)")
 	fs.StringVar(&c.SessionCookie, "session-cookie", "", "PHP session cookie name (default: sessionid for --profile=expresso, PHPSESSID for generic)")
 	fs.DurationVar(&c.Inactivity, "inactivity", 120*time.Second, "close a user's stream after this long without a poll")
 	fs.IntVar(&c.EventBuffer, "event-buffer", 1000, "events kept per session for polls to catch up")
@@ -233,6 +235,11 @@ func (c *Config) Validate() error {
 	if c.APITokenFile != "" {
 		if _, err := readToken(c.APITokenFile); err != nil {
 			bad("api-token-file", "%v", err)
+		}
+	}
+	if c.OpsTokenFile != "" {
+		if _, err := readToken(c.OpsTokenFile); err != nil {
+			bad("ops-token-file", "%v", err)
 		}
 	}
 	if c.SessionCookie == "" || strings.ContainsAny(c.SessionCookie, "=; ") {

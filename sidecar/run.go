@@ -250,7 +250,14 @@ func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error
 	m := newMetrics(func() map[xmppconn.State]int { return reg.stateCounts() })
 	reg = newRegistry(cfg, reader, dial, tlsConf, logger, m)
 	a := &api{cfg: cfg, reg: reg, reader: reader, token: token, logger: logger, metrics: m, now: time.Now}
-	o := &ops{cfg: cfg, reg: reg, reader: reader, metrics: m, api: a}
+	o := &ops{cfg: cfg, reg: reg, reader: reader, metrics: m, api: a, tokens: []string{token}}
+	if cfg.OpsTokenFile != "" {
+		opsToken, err := readToken(cfg.OpsTokenFile)
+		if err != nil {
+			return fmt.Errorf("%w: --ops-token-file: %w", ErrConfig, err)
+		}
+		o.tokens = append(o.tokens, opsToken)
+	}
 
 	rawLn, err := listen(cfg.Listen, cfg.ListenMode, cfg.ListenGroup)
 	if err != nil {
