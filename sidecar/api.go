@@ -435,6 +435,22 @@ func (a *api) events(w http.ResponseWriter, r *http.Request, c *caller) error {
 		}
 		limit = n
 	}
+	// One session (a page in a loop, a hostile script) must not hold every
+	// API connection: its polls in flight are capped, and the one over the
+	// cap is answered at once and its connection closed, so the slot goes
+	// back to other users.
+	if !s.acquirePoll(a.cfg.MaxPolls) {
+		if r.ProtoMajor == 1 {
+			w.Header().Set("Connection", "close")
+		}
+		return ErrTooManyPolls
+	}
+	parked := false
+	defer func() {
+		if !parked {
+			s.releasePoll()
+		}
+	}()
 	s.lastPoll.Store(time.Now().UnixNano())
 	if strings.Contains(r.Header.Get("Accept"), "text/event-stream") {
 		return a.stream(w, r, s, cur, given)
@@ -442,8 +458,10 @@ func (a *api) events(w http.ResponseWriter, r *http.Request, c *caller) error {
 	res := s.log.read(cur, given, limit)
 	if len(res.events) == 0 && wait > 0 {
 		// Nothing yet: the poll waits parked, holding no goroutine and
-		// no buffer of net/http's, or, where it cannot be, here.
+		// no buffer of net/http's, or, where it cannot be, here. A parked
+		// poll counts against the cap until it is answered (park.go).
 		if a.park(w, r, c, s, pollQuery{cur, given, limit}, wait) {
+			parked = true
 			return errParked
 		}
 		res = s.log.poll(r.Context(), cur, given, wait, limit)

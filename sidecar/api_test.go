@@ -696,7 +696,7 @@ func TestRunShutdownLeavesNothing(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	cfg, _, err := parseConfig([]string{"--listen=" + addr, "--ops-listen=127.0.0.1:0", "--xmpp-addr=127.0.0.1:5222",
-		"--xmpp-domain=example.test", "--session-save-path=" + t.TempDir(), "--shutdown-timeout=2s"}, func(string) string { return "" }, io.Discard)
+		"--xmpp-domain=example.test", "--session-save-path=" + t.TempDir(), "--shutdown-timeout=2s", "--max-polls-per-session=10"}, func(string) string { return "" }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}

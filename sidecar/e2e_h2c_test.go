@@ -459,7 +459,8 @@ func (h *h2Raw) get(path string, headers ...string) (uint32, error) {
 // server; meanwhile other users' pending polls, on another HTTP/2
 // connection and on HTTP/1.1, get their messages and the daemon stays ready.
 func TestE2EH2CAbuse(t *testing.T) {
-	e := startE2E(t, "files", daemonOptions{Extra: []string{"--http2-max-streams=16"}})
+	// mal's 32 polls test the stream limit, not --max-polls-per-session.
+	e := startE2E(t, "files", daemonOptions{Extra: []string{"--http2-max-streams=16", "--max-polls-per-session=64"}})
 	e.register(t, "vic", "tim", "mal", "snd")
 	vic, tim, mal, snd := e.login(t, "vic"), e.login(t, "tim"), e.login(t, "mal"), e.login(t, "snd")
 	var dials atomic.Int64

@@ -179,6 +179,7 @@ func (p *parkedPoll) answer() {
 	delete(pk.polls, p)
 	keep = keep && !pk.closed
 	pk.mu.Unlock()
+	p.s.releasePoll() // counted since the handler; answered now
 	switch {
 	case err != nil || !keep:
 		p.conn.Close()

@@ -414,6 +414,7 @@ func TestParkShutdown(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	const n = 40
 	ps := startParkServer(t, true, 2*n)
+	ps.h.api.cfg.MaxPolls = n // one session's n polls, here
 	cur := ps.connect(t, goodID, "alice")
 	var conns []net.Conn
 	for range n {
@@ -584,4 +585,107 @@ func liveMemory() (int64, int) {
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	return int64(m.HeapAlloc + m.StackInuse), runtime.NumGoroutine()
+}
+
+// TestPollCapPerSession: one session opening 25 long polls against
+// --max-connections 20 once held every connection and starved bob. Its
+// polls in flight are now capped (a parked poll counts until answered):
+// the ones over the cap get 429 too_many_polls and their connection is
+// closed, so bob's poll gets a slot; once answered, the cap is free again.
+func TestPollCapPerSession(t *testing.T) {
+	for _, park := range []bool{true, false} {
+		t.Run(fmt.Sprintf("parked=%v", park), func(t *testing.T) {
+			const maxConns, polls, capN = 20, 25, 8
+			ps := startParkServer(t, park, maxConns)
+			bobCur := ps.connect(t, otherID, "bob")
+			cur := ps.connect(t, goodID, "alice") // last: ps.message goes to alice
+			s := ps.h.reg.get(goodID)
+			if ps.h.api.cfg.MaxPolls != capN {
+				t.Fatalf("default --max-polls-per-session = %d, want %d", ps.h.api.cfg.MaxPolls, capN)
+			}
+			type answer struct {
+				status int
+				body   string
+				closed bool // the server closed the connection after it
+			}
+			answers := make(chan answer, polls)
+			for range polls {
+				c, err := net.Dial("tcp", ps.addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { c.Close() })
+				go func() {
+					if _, err := io.WriteString(c, pollRequest(cur, 55, "")); err != nil {
+						answers <- answer{status: -1, body: err.Error()}
+						return
+					}
+					c.SetReadDeadline(time.Now().Add(30 * time.Second))
+					br := bufio.NewReader(c)
+					resp, err := http.ReadResponse(br, nil)
+					if err != nil {
+						answers <- answer{status: -1, body: err.Error()}
+						return
+					}
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					closed := false
+					if resp.Close {
+						_, err = br.ReadByte()
+						closed = err == io.EOF
+					}
+					answers <- answer{resp.StatusCode, string(b), closed}
+				}()
+			}
+			// capN polls wait; every other one is answered at once.
+			counts := map[int]int{}
+			for range polls - capN {
+				a := <-answers
+				counts[a.status]++
+				switch {
+				case a.status == http.StatusTooManyRequests && strings.Contains(a.body, `"too_many_polls"`) && a.closed:
+				case a.status == http.StatusServiceUnavailable && strings.Contains(a.body, `"too_many_connections"`):
+				default:
+					t.Fatalf("a poll over the cap: %+v", a)
+				}
+			}
+			if counts[http.StatusTooManyRequests] == 0 {
+				t.Fatalf("no poll was refused too_many_polls: %v", counts)
+			}
+			if park {
+				ps.waitParked(t, capN)
+			}
+			if n := s.polls.Load(); n != capN {
+				t.Fatalf("%d polls counted, want %d", n, capN)
+			}
+			// Bob gets a connection and his answer.
+			c, err := net.Dial("tcp", ps.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			fmt.Fprintf(c, "GET /v1/events?cursor=%s&wait=0 HTTP/1.1\r\nHost: sidecar\r\nX-Session-Id: %s\r\n\r\n", bobCur, otherID)
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("bob's poll while alice holds her %d: %v %v", capN, resp, err)
+			}
+			resp.Body.Close()
+			// Alice's waiting polls are answered by her next event and
+			// give their places back.
+			ps.message("hello")
+			for range capN {
+				if a := <-answers; a.status != http.StatusOK || !strings.Contains(a.body, "hello") {
+					t.Fatalf("a waiting poll: %+v", a)
+				}
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for s.polls.Load() != 0 {
+				if time.Now().After(deadline) {
+					t.Fatalf("%d polls still counted after every one was answered", s.polls.Load())
+				}
+				time.Sleep(time.Millisecond)
+			}
+		})
+	}
 }
