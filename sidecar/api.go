@@ -34,7 +34,14 @@ type api struct {
 	// parked holds the JSON long polls waiting without net/http (park.go);
 	// nil holds them in their handler, as the tests' recorders need.
 	parked *parker
+	// sseWrite bounds each write of an SSE stream (0: sseWriteTimeout).
+	sseWrite time.Duration
 }
+
+// sseWriteTimeout bounds each write (and flush) of an SSE stream: a
+// reader that stops reading ends its stream, and gives back its goroutine
+// and connection, this long after the socket's buffers fill up.
+const sseWriteTimeout = 10 * time.Second
 
 // caller is who a request speaks for.
 type caller struct {
@@ -103,6 +110,12 @@ func (s *statusRecorder) Flush() {
 	if f, ok := s.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}
+}
+
+// FlushError flushes and says whether the write behind it failed (an SSE
+// write past its deadline), which Flush cannot.
+func (s *statusRecorder) FlushError() error {
+	return http.NewResponseController(s.ResponseWriter).Flush()
 }
 
 func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
@@ -491,17 +504,41 @@ func eventsPage(res pollResult) string {
 // 15 s keeps proxies from timing out; the response ends after 10 minutes
 // and the browser reconnects where it was.
 func (a *api) stream(w http.ResponseWriter, r *http.Request, s *session, cur cursor, given bool) error {
-	flusher, ok := w.(http.Flusher)
-	if !ok {
+	if _, ok := w.(http.Flusher); !ok {
 		return fmt.Errorf("%w: streaming unsupported", ErrBadRequest)
 	}
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Accel-Buffering", "no")
+	// Every write and flush has a deadline: a reader that stops reading
+	// (the socket's buffers full) ends the stream instead of holding this
+	// goroutine and its connection for the stream's 10 minutes.
+	rc := http.NewResponseController(w)
+	timeout := a.sseWrite
+	if timeout <= 0 {
+		timeout = sseWriteTimeout
+	}
+	send := func(b string) error {
+		rc.SetWriteDeadline(time.Now().Add(timeout))
+		if _, err := io.WriteString(w, b); err != nil {
+			return err
+		}
+		return rc.Flush()
+	}
+	// A stream that ended on a failed write keeps its passed deadline, so
+	// net/http's last flush fails at once too; one that ended normally is
+	// freed for the connection's next request.
+	failed := false
+	defer func() {
+		if !failed {
+			rc.SetWriteDeadline(time.Time{})
+		}
+	}()
 	w.WriteHeader(http.StatusOK)
-	io.WriteString(w, "retry: 2000\n\n")
-	flusher.Flush()
+	if failed = send("retry: 2000\n\n") != nil; failed {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Minute)
 	defer cancel()
 	first := true
@@ -521,10 +558,11 @@ func (a *api) stream(w http.ResponseWriter, r *http.Request, s *session, cur cur
 		if len(res.events) == 0 {
 			b.WriteString(": ping\n\n")
 		}
-		if _, err := io.WriteString(w, b.String()); err != nil {
+		if err := send(b.String()); err != nil {
+			a.logger.Debug("SSE stream ended: the client does not read", "user", s.user, "err", err)
+			failed = true
 			return nil
 		}
-		flusher.Flush()
 		cur, given = res.cursor, true
 	}
 	return nil

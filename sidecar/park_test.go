@@ -689,3 +689,91 @@ func TestPollCapPerSession(t *testing.T) {
 		})
 	}
 }
+
+// TestSSEReaderStopsReading: a client that opens an SSE stream and then
+// stops reading while events keep coming once held its handler goroutine
+// and its connection for the stream's 10 minutes. Each write now has a
+// deadline: the stream ends, its goroutine returns and the connection is
+// closed, while the events stay in the log for the next poll.
+func TestSSEReaderStopsReading(t *testing.T) {
+	ps := startParkServer(t, true, 16)
+	ps.h.api.sseWrite = 300 * time.Millisecond
+	cur := ps.connect(t, goodID, "alice")
+	s := ps.h.reg.get(goodID)
+	c, err := net.Dial("tcp", ps.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetReadBuffer(4 << 10)
+	fmt.Fprintf(c, "GET /v1/events?cursor=%s HTTP/1.1\r\nHost: sidecar\r\nAccept: text/event-stream\r\nCookie: sessionid=%s\r\n\r\n", cur, goodID)
+	br := bufio.NewReaderSize(c, 64)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("SSE: %v %v", resp, err)
+	}
+	if s.polls.Load() != 1 {
+		t.Fatalf("%d streams counted", s.polls.Load())
+	}
+	// The client reads no more; events keep coming (16 KiB each) until
+	// the stream gives up.
+	body := strings.Repeat("x", 16<<10)
+	stop := make(chan struct{})
+	produced := make(chan int)
+	go func() {
+		n := 0
+		defer func() { produced <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			n++
+			ps.h.handler.HandleEvent(&xmppconn.Message{From: "bob@example.test/web", ID: strconv.Itoa(n), Type: "chat", Body: body})
+			if n%50 == 0 {
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for s.polls.Load() != 0 || streamGoroutines() != 0 {
+		if time.Now().After(deadline) {
+			close(stop)
+			t.Fatalf("the stream of a client that stopped reading still runs after 30 s (%d events produced, %d handler goroutines)", <-produced, streamGoroutines())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(stop)
+	n := <-produced
+	// The connection gave its --max-connections slot back: 16 others
+	// (the cap) are all served at once.
+	for i := range 16 {
+		o, err := net.Dial("tcp", ps.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer o.Close()
+		o.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(o, "GET /v1/me HTTP/1.1\r\nHost: sidecar\r\nX-Session-Id: %s\r\n\r\n", goodID)
+		resp, err := http.ReadResponse(bufio.NewReader(o), nil)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("connection %d of 16 after the stream ended: %v %v", i+1, resp, err)
+		}
+		resp.Body.Close()
+	}
+	t.Logf("stream ended after %d events of 16 KiB", n)
+	// Nothing is lost: the next poll finds the events in the log.
+	rec := ps.h.do("GET", "/v1/events?wait=0&cursor="+cur.String(), "", "X-Session-Id", goodID)
+	if rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), body) {
+		t.Fatalf("a poll after the stream ended: %d", rec.Code)
+	}
+}
+
+// streamGoroutines counts the goroutines inside an SSE handler.
+func streamGoroutines() int {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	return strings.Count(string(buf), "sidecar.(*api).stream(")
+}
