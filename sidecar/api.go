@@ -130,6 +130,11 @@ func (a *api) wrap(route string, cookieOK bool, h handlerFunc) http.Handler {
 			if a.draining.Load() {
 				return ErrShuttingDown
 			}
+			if r.ContentLength > maxBody {
+				// Refused before reading, so net/http never answers
+				// "100 Continue" and the client sends no body.
+				return fmt.Errorf("%w: Content-Length over %d bytes", ErrTooLarge, maxBody)
+			}
 			if route == "other" {
 				return h(rec, r, nil)
 			}
@@ -143,7 +148,10 @@ func (a *api) wrap(route string, cookieOK bool, h handlerFunc) http.Handler {
 		if err == errParked {
 			return // the parker answers, logs and measures it (park.go)
 		}
-		if err != nil {
+		switch {
+		case errors.Is(err, ErrTooLarge) && rec.status == 0 && a.refuseBody(rec, r, err):
+			rec.status = http.StatusRequestEntityTooLarge
+		case err != nil:
 			a.writeError(rec, r, err, c)
 		}
 		status := rec.status
@@ -209,6 +217,30 @@ func (a *api) authenticate(r *http.Request, cookieOK bool) (*caller, error) {
 	}
 	c.php = ps
 	return c, nil
+}
+
+// refuseTooLargeTimeout bounds the drain after a 413 (refuseBody).
+const refuseTooLargeTimeout = 2 * time.Second
+
+// refuseBody answers a body over the limit on HTTP/1.x itself: net/http
+// would close the connection with the rest of the upload unread, and the
+// TCP reset that follows can wipe the 413 before the client reads it
+// (curl and PHP's curl, uploading while they wait). Here the answer is
+// written, the connection half-closed and the upload drained, up to
+// 2 s and 16 MiB, so the client reads its 413. It reports false where it
+// cannot take the connection (HTTP/2, whose streams end without a reset
+// of the connection): the caller then answers as usual.
+func (a *api) refuseBody(w http.ResponseWriter, r *http.Request, err error) bool {
+	if r.ProtoMajor != 1 {
+		return false
+	}
+	conn, brw, herr := http.NewResponseController(w).Hijack()
+	if herr != nil {
+		return false
+	}
+	brw.Reader.Discard(brw.Reader.Buffered())
+	refuse(conn, err, refuseTooLargeTimeout, 16<<20)
+	return true
 }
 
 type errorBody struct {

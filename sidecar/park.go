@@ -387,6 +387,8 @@ type resumedConn struct {
 	rest []byte
 }
 
+func (c *resumedConn) CloseWrite() error { return closeWrite(c.Conn) }
+
 func (c *resumedConn) Read(b []byte) (int, error) {
 	if len(c.rest) == 0 {
 		return c.Conn.Read(b)
