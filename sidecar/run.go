@@ -111,7 +111,11 @@ func RunIO(ctx context.Context, args []string, getenv func(string) string, stdin
 		// heap grow to twice that before collecting (docs/PERFORMANCE.md).
 		debug.SetGCPercent(cfg.GCPercent)
 	}
-	return serve(ctx, cfg, logger, nil)
+	err = serve(ctx, cfg, logger, nil)
+	if t, ok := logger.Handler().(*throttle); ok {
+		t.flush() // the counts of warnings still held back
+	}
+	return err
 }
 
 func printUsage(w io.Writer) error {
@@ -128,10 +132,12 @@ func newLogger(cfg *Config, w io.Writer) (*slog.Logger, error) {
 		return nil, fmt.Errorf("%w: --log-level: %w", ErrConfig, err)
 	}
 	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if cfg.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		h = slog.NewJSONHandler(w, opts)
 	}
-	return slog.New(slog.NewTextHandler(w, opts)), nil
+	// Repeated warnings of one source are counted, not each written.
+	return slog.New(newThrottle(h, logWindow, logBurst)), nil
 }
 
 // sessionShow prints {"id","data","identity"} for one session; never the
