@@ -16,7 +16,7 @@ GOTEST_TIMEOUT ?= 45m
 # Debian packages the tests and the demo run for real.
 DEB_PACKAGES := prosody redis-server php-cli php-redis php-curl php-mbstring \
 	php-xml phpunit apache2 libapache2-mod-php chromium nodejs npm ejabberd \
-	ca-certificates openssl
+	ca-certificates openssl curl systemd
 
 .DEFAULT_GOAL := help
 
