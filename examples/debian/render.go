@@ -248,11 +248,11 @@ func roff(s string) string {
 	return b.String()
 }
 
-// packagedValue is the value the package gives name, if any.
-func packagedValue(name string) (string, bool) {
+// packagedValue is the value the package gives name, "" if none.
+func packagedValue(name string) string {
 	i := slices.IndexFunc(Packaged, func(s Setting) bool { return s.Name == name })
 	if i < 0 {
-		return "", false
+		return ""
 	}
-	return Packaged[i].Value, true
+	return Packaged[i].Value
 }
