@@ -169,3 +169,59 @@ func TestRequired(t *testing.T) {
 		}
 	}
 }
+
+// TestConfiguredRule runs the two places that decide whether the service
+// is configured, the postinst's configured() and the unit's ExecCondition
+// (with systemd's "$$" unescaped), against the generated default file: not
+// configured as shipped, nor with one required setting, configured with
+// both.
+func TestConfiguredRule(t *testing.T) {
+	postinst, err := os.ReadFile("postinst")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fn := regexp.MustCompile(`(?ms)^configured\(\) \{\n.*?^\}\n`).Find(postinst)
+	unit, err := os.ReadFile("../systemd/imsidecar.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^ExecCondition=/bin/sh -c '([^']*)'$`).FindSubmatch(unit)
+	if fn == nil || m == nil {
+		t.Fatal("no configured() in postinst or no ExecCondition=/bin/sh -c '...' in the unit")
+	}
+	condition := strings.ReplaceAll(string(m[1]), "$$", "$")
+	var def bytes.Buffer
+	if err := DefaultFile(&def, sidecar.Flags()); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		extra string
+		want  bool
+	}{
+		{"", false},
+		{"IMSIDECAR_XMPP_ADDR=127.0.0.1:5222\n", false},
+		{"IMSIDECAR_XMPP_DOMAIN=example.org\n", false},
+		{"IMSIDECAR_XMPP_ADDR=127.0.0.1:5222\nIMSIDECAR_XMPP_DOMAIN=example.org\n", true},
+	} {
+		path := filepath.Join(t.TempDir(), "imsidecar")
+		if err := os.WriteFile(path, []byte(def.String()+"\n"+c.extra), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		script := strings.ReplaceAll(string(fn), "/etc/default/imsidecar", path) + "configured\n"
+		got := exec.Command("/bin/sh", "-ec", script).Run() == nil
+		if got != c.want {
+			t.Errorf("postinst configured() with %q: %v, want %v", c.extra, got, c.want)
+		}
+		var env []string
+		for _, line := range strings.Split(def.String()+"\n"+c.extra, "\n") {
+			if line != "" && !strings.HasPrefix(line, "#") {
+				env = append(env, line)
+			}
+		}
+		cmd := exec.Command("/bin/sh", "-c", condition)
+		cmd.Env = env
+		if got := cmd.Run() == nil; got != c.want {
+			t.Errorf("unit ExecCondition with %q: %v, want %v", c.extra, got, c.want)
+		}
+	}
+}
