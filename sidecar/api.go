@@ -451,18 +451,21 @@ func (a *api) mutate(c *caller) (*session, xmppSession, error) {
 }
 
 func (a *api) events(w http.ResponseWriter, r *http.Request, c *caller) error {
-	s, err := a.session(c)
-	if err != nil {
-		return err
-	}
 	q := r.URL.Query()
 	raw := q.Get("cursor")
 	if raw == "" {
 		raw = r.Header.Get("Last-Event-ID")
 	}
-	cur, given, err := parseCursor(raw)
+	cur, given, curErr := parseCursor(raw)
+	s, err := a.session(c)
+	if errors.Is(err, ErrNotConnected) && curErr == nil && given && !c.byCookie && fromEarlierRun(cur) {
+		s, err = a.resume(r, c)
+	}
 	if err != nil {
 		return err
+	}
+	if curErr != nil {
+		return curErr
 	}
 	wait := 25 * time.Second
 	if v := q.Get("wait"); v != "" {
@@ -516,6 +519,23 @@ func (a *api) events(w http.ResponseWriter, r *http.Request, c *caller) error {
 	w.Header().Set("Cache-Control", "no-store")
 	io.WriteString(w, eventsPage(res))
 	return nil
+}
+
+// resume reconnects a session whose page polls with a cursor an earlier
+// run of the daemon gave it: the daemon was restarted (a package upgrade)
+// and lost its registry, but the user was online and nothing of theirs
+// asked to go offline, so their next poll brings them back, with the
+// default presence, and answers recovered:false (the cursor is from another
+// epoch). Only server-side calls get here, never a cookie call: those change
+// no state (see routes).
+func (a *api) resume(r *http.Request, c *caller) (*session, error) {
+	s, _, err := a.reg.connect(r.Context(), c.id, c.php, nil)
+	if err != nil {
+		return nil, err
+	}
+	a.reg.remember(s, c.id)
+	a.logger.Info("session resumed after a restart", "user", s.user, "session", s.short)
+	return s, nil
 }
 
 // eventsPage is the JSON answer of GET /v1/events.

@@ -119,6 +119,28 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	return fs
 }
 
+// Flag describes one setting of the flag set, for documentation that is
+// generated from it (docs/CONFIG.md, the man page and /etc/default/imsidecar
+// of the Debian package).
+type Flag struct {
+	Name    string // without dashes, e.g. "xmpp-addr"
+	Env     string // the environment twin, e.g. "IMSIDECAR_XMPP_ADDR"
+	Type    string // the value's kind as --help names it: "string", "duration", "int", "float"; "" for a boolean
+	Default string // as --help prints it; "" when there is none
+	Usage   string
+}
+
+// Flags lists every setting in name order: the same set that Run parses.
+func Flags() []Flag {
+	var c Config
+	var flags []Flag
+	c.flagSet(io.Discard).VisitAll(func(f *flag.Flag) {
+		kind, _ := flag.UnquoteUsage(f)
+		flags = append(flags, Flag{Name: f.Name, Env: envName(f.Name), Type: kind, Default: f.DefValue, Usage: f.Usage})
+	})
+	return flags
+}
+
 // envName is the environment twin of a flag.
 func envName(flagName string) string {
 	return "IMSIDECAR_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
