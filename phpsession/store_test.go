@@ -263,7 +263,7 @@ func TestReaderRedis(t *testing.T) {
 	st := phpsessiontest.Store{Handler: "redis", SavePath: srv.Spec() + "?database=2"}
 	id := phpsessiontest.NewID(t)
 	phpsessiontest.WriteExpressoSession(t, st, id, phpsessiontest.ExpressoUser{User: "alice", Password: testPassword})
-	r := openReader(t, phpsession.Config{Store: "redis", Redis: srv.Spec() + "?database=2"})
+	r := openReader(t, phpsession.Config{Store: "redis", SavePath: srv.Spec() + "?database=2"})
 	s, err := r.Lookup(t.Context(), id)
 	if err != nil || s.Identity.Password != testPassword {
 		t.Fatalf("Lookup: %v", err)
@@ -296,7 +296,7 @@ func TestRedisTTLAuthoritative(t *testing.T) {
 	if err != nil || strings.TrimSpace(string(out)) != "1" {
 		t.Fatalf("redis-cli: %v %s", err, out)
 	}
-	r := openReader(t, phpsession.Config{Store: "redis", Redis: srv.Spec()})
+	r := openReader(t, phpsession.Config{Store: "redis", SavePath: srv.Spec()})
 	if _, err := r.Lookup(t.Context(), id); err != nil {
 		t.Fatalf("before expiry: %v", err)
 	}
