@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -34,6 +35,9 @@ type api struct {
 	// parked holds the JSON long polls waiting without net/http (park.go);
 	// nil holds them in their handler, as the tests' recorders need.
 	parked *parker
+
+	pwWarnedMu sync.Mutex
+	pwWarned   map[string]struct{} // users already logged as password_unavailable
 }
 
 // caller is who a request speaks for.
@@ -190,10 +194,33 @@ func (a *api) authenticate(r *http.Request, cookieOK bool) (*caller, error) {
 		}
 	}
 	if err != nil {
+		a.warnPasswordUnavailable(err)
 		return nil, err
 	}
 	c.php = ps
 	return c, nil
+}
+
+// warnPasswordUnavailable logs, once per user, that the session keeps the
+// password only encrypted and which session key to have Expresso fill.
+func (a *api) warnPasswordUnavailable(err error) {
+	var pe *phpsession.PasswordUnavailableError
+	if !errors.As(err, &pe) {
+		return
+	}
+	a.pwWarnedMu.Lock()
+	_, seen := a.pwWarned[pe.User]
+	if !seen {
+		if a.pwWarned == nil || len(a.pwWarned) >= 10000 {
+			a.pwWarned = map[string]struct{}{}
+		}
+		a.pwWarned[pe.User] = struct{}{}
+	}
+	a.pwWarnedMu.Unlock()
+	if !seen {
+		a.logger.Warn("password unavailable: not connecting to XMPP", "user", pe.User, "key", pe.Key,
+			"reason", pe.Reason, "enable", pe.Enable)
+	}
 }
 
 type errorBody struct {
