@@ -162,3 +162,63 @@ func TestMemcacheFailover(t *testing.T) {
 		t.Fatalf("cancelled: %v", err)
 	}
 }
+
+// TestMemcacheLockKeys: while a PHP request holds a session, each
+// extension's lock key is where MemcacheStore's documentation says, and
+// the store still reads the session at once (it never takes the lock).
+func TestMemcacheLockKeys(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration: real PHP and memcached")
+	}
+	for _, tc := range []struct {
+		handler string
+		lock    func(id string) string
+	}{
+		{"memcached", func(id string) string { return "memc.sess.key.lock." + id }},
+		{"memcache", func(id string) string { return id + ".lock" }},
+	} {
+		t.Run(tc.handler, func(t *testing.T) {
+			servers := phpsessiontest.StartMemcachedServers(t, 3)
+			var addrs []string
+			for _, m := range servers {
+				addrs = append(addrs, m.Addr)
+			}
+			path := strings.Join(addrs, ",")
+			php := phpsessiontest.Store{Handler: tc.handler, SavePath: path}
+			id := phpsessiontest.NewID(t)
+			phpsessiontest.WriteExpressoSession(t, php, id, phpsessiontest.ExpressoUser{User: "ana", Password: "pw"})
+			cmd := exec.CommandContext(t.Context(), phpsessiontest.PHP(t), append(php.Args(), "-r",
+				`ob_start(); session_id($argv[1]); session_start(); fwrite(STDERR, "locked\n"); sleep(2);`, id)...)
+			stderr, err := cmd.StderrPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer cmd.Wait()
+			buf := make([]byte, 7)
+			if _, err := stderr.Read(buf); err != nil || string(buf) != "locked\n" {
+				t.Fatalf("php did not take the session: %q %v", buf, err)
+			}
+			var holders []string
+			for _, m := range servers {
+				if m.Has(t, tc.lock(id)) {
+					holders = append(holders, m.Addr)
+				}
+			}
+			if len(holders) == 0 {
+				t.Fatalf("no server holds the lock key %q while PHP holds the session", tc.lock(id))
+			}
+			st, err := phpsession.NewStore(phpsession.Config{Store: tc.handler, SavePath: path})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			if rec, err := st.Load(t.Context(), id); err != nil || len(rec.Data) == 0 {
+				t.Fatalf("Load while PHP holds the lock: %v", err)
+			}
+			t.Logf("lock %q on %v", tc.lock(id), holders)
+		})
+	}
+}
