@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"expressolivre.org/imsidecar/phpsession"
 	"expressolivre.org/imsidecar/phpsession/phpsessiontest"
@@ -187,20 +188,7 @@ func TestMemcacheLockKeys(t *testing.T) {
 			php := phpsessiontest.Store{Handler: tc.handler, SavePath: path}
 			id := phpsessiontest.NewID(t)
 			phpsessiontest.WriteExpressoSession(t, php, id, phpsessiontest.ExpressoUser{User: "ana", Password: "pw"})
-			cmd := exec.CommandContext(t.Context(), phpsessiontest.PHP(t), append(php.Args(), "-r",
-				`ob_start(); session_id($argv[1]); session_start(); fwrite(STDERR, "locked\n"); sleep(2);`, id)...)
-			stderr, err := cmd.StderrPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			defer cmd.Wait()
-			buf := make([]byte, 7)
-			if _, err := stderr.Read(buf); err != nil || string(buf) != "locked\n" {
-				t.Fatalf("php did not take the session: %q %v", buf, err)
-			}
+			phpsessiontest.HoldSession(t, php, id, 2*time.Second)
 			var holders []string
 			for _, m := range servers {
 				if m.Has(t, tc.lock(id)) {

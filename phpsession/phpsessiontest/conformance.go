@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strconv"
@@ -234,22 +235,7 @@ func RunStoreTests(t *testing.T, open func(*testing.T) Case) {
 		c := open(t)
 		id := NewID(t)
 		WriteExpressoSession(t, c.PHP, id, ExpressoUser{User: "ana", Password: "pw"})
-		ctx, cancel := context.WithCancel(t.Context())
-		defer cancel()
-		cmd := exec.CommandContext(ctx, PHP(t), append(c.PHP.Args(), "-r",
-			`ob_start(); session_id($argv[1]); session_start(); fwrite(STDERR, "locked\n"); sleep(3);`, id)...)
-		stderr, err := cmd.StderrPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		defer cmd.Wait()
-		buf := make([]byte, 7)
-		if _, err := stderr.Read(buf); err != nil || string(buf) != "locked\n" {
-			t.Fatalf("php did not take the session: %q %v", buf, err)
-		}
+		HoldSession(t, c.PHP, id, 3*time.Second)
 		start := time.Now()
 		s, err := expressoReader(t, c).Lookup(t.Context(), id)
 		if err != nil || s.Identity.User != "ana" {
@@ -266,54 +252,11 @@ func RunStoreTests(t *testing.T, open func(*testing.T) Case) {
 		WriteExpressoSession(t, c.PHP, id, ExpressoUser{User: "ana", Password: suitePassword, Pad: 20000})
 		r := expressoReader(t, c)
 		const rewrites = 150
-		cmd := exec.CommandContext(t.Context(), PHP(t), append(c.PHP.Args(), "-r", `
-			ob_start();
-			for ($i = 1; $i <= (int)$argv[2]; $i++) {
-				session_id($argv[1]); session_start();
-				if ($i % 4 === 0) { usleep(2000); } // a request working under the lock
-				$_SESSION['phpgw_session']['session_dla'] = time();
-				$_SESSION['phpgw_session']['session_action'] = str_repeat('/', $i % 37);
-				session_write_close();
-			}`, id, strconv.Itoa(rewrites))...)
-		done := make(chan error, 1)
-		go func() {
-			out, err := cmd.CombinedOutput()
-			if err != nil || len(out) > 0 {
-				err = fmt.Errorf("php: %v %s", err, out)
-			}
-			done <- err
-		}()
-		counts := map[string]int{}
-		for running := true; running; {
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Fatal(err)
-				}
-				running = false
-			default:
-			}
-			s, err := r.Lookup(t.Context(), id)
-			switch {
-			case err == nil && s.Identity.User == "ana" && s.Identity.Password == suitePassword:
-				counts["ok"]++
-			case errors.Is(err, phpsession.ErrUnavailable):
-				counts["unavailable"]++
-			case err == nil:
-				counts["wrong identity"]++
-			default:
-				counts[err.Error()]++
-			}
-		}
+		counts := RaceRewrites(t, c.PHP, id, rewrites, func() string {
+			return Verdict(r, t.Context(), id, "ana", suitePassword)
+		})
 		t.Logf("%d rewrites: %v", rewrites, counts)
-		if counts["ok"] < 20 {
-			t.Errorf("only %d good reads", counts["ok"])
-		}
-		for k, n := range counts {
-			if k != "ok" && k != "unavailable" {
-				t.Errorf("%d lookups of a logged-in session failed: %s", n, k)
-			}
-		}
+		CheckRaceCounts(t, counts, 20)
 	})
 
 	t.Run("store down", func(t *testing.T) {
@@ -336,4 +279,96 @@ func RunStoreTests(t *testing.T, open func(*testing.T) Case) {
 			t.Fatalf("Ready with the store down = %v, want ErrUnavailable", err)
 		}
 	})
+}
+
+// HoldSession runs PHP holding id's session (session_start without a
+// close: a request in progress, with the store's lock) for d, and returns
+// once PHP holds it. The test waits for PHP at its end.
+func HoldSession(t *testing.T, st Store, id string, d time.Duration) {
+	t.Helper()
+	cmd := exec.CommandContext(t.Context(), PHP(t), append(st.Args(), "-r",
+		`ob_start(); session_id($argv[1]); session_start(); fwrite(STDERR, "locked\n"); usleep((int)$argv[2]);`,
+		id, strconv.FormatInt(d.Microseconds(), 10))...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Wait() })
+	buf := make([]byte, 7)
+	if _, err := io.ReadFull(stderr, buf); err != nil || string(buf) != "locked\n" {
+		t.Fatalf("phpsessiontest: php did not take the session: %q %v", buf, err)
+	}
+}
+
+// RaceRewrites runs PHP rewriting id's (Expresso) session rewrites times,
+// as every Expresso request does (session_start, a fresh session_dla,
+// sometimes work under the lock, session_write_close), and calls look in
+// a loop until PHP is done. It returns how often look answered each
+// string.
+func RaceRewrites(t *testing.T, st Store, id string, rewrites int, look func() string) map[string]int {
+	t.Helper()
+	cmd := exec.CommandContext(t.Context(), PHP(t), append(st.Args(), "-r", `
+		ob_start();
+		for ($i = 1; $i <= (int)$argv[2]; $i++) {
+			session_id($argv[1]); session_start();
+			if ($i % 4 === 0) { usleep(2000); } // a request working under the lock
+			$_SESSION['phpgw_session']['session_dla'] = time();
+			$_SESSION['phpgw_session']['session_action'] = str_repeat('/', $i % 37); // changed, so really written
+			session_write_close();
+		}`, id, strconv.Itoa(rewrites))...)
+	// The goroutine reports through done, never through t.
+	done := make(chan error, 1)
+	go func() {
+		out, err := cmd.CombinedOutput()
+		if err != nil || len(out) > 0 {
+			err = fmt.Errorf("php: %v %s", err, out)
+		}
+		done <- err
+	}()
+	counts := map[string]int{}
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			return counts
+		default:
+		}
+		counts[look()]++
+	}
+}
+
+// Verdict looks id up and names the answer: "ok" when it is user with
+// password, "unavailable" for a busy store, else what went wrong.
+func Verdict(r *phpsession.Reader, ctx context.Context, id, user, password string) string {
+	s, err := r.Lookup(ctx, id)
+	switch {
+	case err == nil && s.Identity.User == user && s.Identity.Password == password:
+		return "ok"
+	case errors.Is(err, phpsession.ErrUnavailable):
+		return "unavailable"
+	case err == nil:
+		return "wrong identity"
+	}
+	return err.Error()
+}
+
+// CheckRaceCounts fails the test unless look answered "ok" at least min
+// times and nothing but "ok" or "unavailable" (a busy store, retried
+// later): any other answer about an always logged-in session logs its
+// user out.
+func CheckRaceCounts(t *testing.T, counts map[string]int, min int) {
+	t.Helper()
+	if counts["ok"] < min {
+		t.Errorf("only %d good reads", counts["ok"])
+	}
+	for k, n := range counts {
+		if k != "ok" && k != "unavailable" {
+			t.Errorf("%d lookups of a logged-in session failed: %s", n, k)
+		}
+	}
 }
