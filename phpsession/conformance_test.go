@@ -59,6 +59,9 @@ func TestMemcacheKeyPlacement(t *testing.T) {
 		{"memcache", "", nil, func(a []string) string {
 			return "tcp://" + a[0] + "?weight=2, tcp://" + a[1] + "?weight=1, tcp://" + a[2] + "?weight=3"
 		}, 2},
+		{"memcache", "site_", []string{"memcache.session_prefix_static_key=site_"}, func(a []string) string {
+			return a[0] + " " + a[1] + " " + a[2] // bare host:port entries, separated by spaces
+		}, 2},
 	} {
 		t.Run(fmt.Sprintf("%s/%s", tc.handler, tc.path([]string{"a", "b", "c"})), func(t *testing.T) {
 			servers := phpsessiontest.StartMemcachedServers(t, 3)

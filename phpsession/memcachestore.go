@@ -169,6 +169,10 @@ func NewMemcacheStore(savePath string, opt MemcacheOptions) (*MemcacheStore, err
 	if len(st.prefix) > 250 {
 		return nil, fmt.Errorf("%w: memcache session prefix longer than 250 bytes", ErrConfig)
 	}
+	if strings.Contains(st.prefix, ".") {
+		// PHP refuses it at startup and stores bare ids.
+		return nil, fmt.Errorf("%w: memcache.session_prefix_static_key %q: PHP ignores a prefix with a dot", ErrConfig, st.prefix)
+	}
 	var ring continuum
 	for _, part := range strings.FieldsFunc(savePath, func(r rune) bool { return r == ',' || unicode.IsSpace(r) }) {
 		if !strings.Contains(part, "://") {

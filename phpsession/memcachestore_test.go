@@ -12,6 +12,9 @@ import (
 // TestMemcacheSavePaths: the save_path forms each extension accepts, and
 // the ones refused with ErrConfig.
 func TestMemcacheSavePaths(t *testing.T) {
+	if _, err := NewMemcacheStore("tcp://a:1", MemcacheOptions{Prefix: "site."}); !errors.Is(err, ErrConfig) {
+		t.Errorf("memcache prefix with a dot: %v", err)
+	}
 	for _, tc := range []struct {
 		handler, path string
 		addrs         []string // nil: ErrConfig

@@ -1,6 +1,8 @@
 package sidecar_test
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -9,6 +11,7 @@ import (
 
 	"expressolivre.org/imsidecar/phpsession"
 	"expressolivre.org/imsidecar/phpsession/phpsessiontest"
+	"expressolivre.org/imsidecar/sidecar"
 	"expressolivre.org/imsidecar/xmppconn/xmppconntest"
 )
 
@@ -51,6 +54,17 @@ func TestE2EExpressoFidelity(t *testing.T) {
 			d.client(at).mustCall(t, "GET", "/v1/me", nil, &me, http.StatusOK)
 			if me.User != "maria@setor" {
 				t.Errorf("session_lid maria@setor@%s read as user %q", srv.Domain, me.User)
+			}
+			// session show opens the same store through the same factory.
+			var out, errOut bytes.Buffer
+			args := append([]string{"session", "show", "--session-store=" + name, "--session-save-path=" + c.Config.SavePath}, extra...)
+			if err := sidecar.Run(t.Context(), append(args, ana), func(string) string { return "" }, &out, &errOut); err != nil {
+				t.Fatalf("session show: %v %s", err, errOut.String())
+			}
+			var shown struct{ Identity map[string]any }
+			if err := json.Unmarshal(out.Bytes(), &shown); err != nil || shown.Identity["user"] != "ana" ||
+				shown.Identity["fullname"] != "Ana Conceição Araújo" || strings.Contains(out.String(), password) {
+				t.Errorf("session show: %v\n%s", err, out.String())
 			}
 
 			enc := phpsessiontest.NewID(t)
