@@ -37,8 +37,9 @@ type Profile struct {
 // the password when Expresso's mcrypt is off) and
 // phpgw_info.jabberit_messenger.passwd. When mcrypt is on, that app-session
 // content is the hex of 3DES ciphertext whose key needs the browser's kp3
-// cookie and the site's encryption key: it is recognised and refused with
-// a *PasswordUnavailableError, never decoded as base64 and never guessed.
+// cookie and the site's encryption key: it is recognised, never decoded as
+// base64 nor guessed, and when no other key holds the password the session
+// is refused with a *PasswordUnavailableError.
 func ExpressoProfile(sessionTimeout time.Duration) Profile {
 	if sessionTimeout <= 0 {
 		sessionTimeout = ExpressoSessionTimeout
@@ -170,6 +171,7 @@ func (p Profile) Identity(vars *Array, cs Charset, now time.Time) (Identity, err
 			}
 		}
 	}
+	var encrypted *PasswordUnavailableError
 	for _, path := range ExpressoPasswordPaths {
 		pw := get(path)
 		if pw == "" {
@@ -177,9 +179,11 @@ func (p Profile) Identity(vars *Array, cs Charset, now time.Time) (Identity, err
 		}
 		if path == appSessionPassword {
 			if isMcryptHex(pw) {
-				return Identity{}, &PasswordUnavailableError{User: id.User, Key: path,
+				// Unusable, but a later key may still hold the password.
+				encrypted = &PasswordUnavailableError{User: id.User, Key: path,
 					Reason: "it holds Expresso's mcrypt ciphertext (hex of 3DES keyed by the browser's kp3 cookie and the site's encryption key), which cannot and must not be decrypted here",
 					Enable: "phpgw_info.expressomail.user.passwd (ExpressoMail copies the user into the session when it opens) or wallet.user.password"}
+				continue
 			}
 			raw, err := base64.StdEncoding.DecodeString(pw)
 			if err != nil {
@@ -189,6 +193,9 @@ func (p Profile) Identity(vars *Array, cs Charset, now time.Time) (Identity, err
 		}
 		id.Password = pw
 		break
+	}
+	if id.Password == "" && encrypted != nil && id.User != "" {
+		return Identity{}, encrypted
 	}
 	id.FullName = get("phpgw_info.expressomail.user.fullname")
 	id.Email = get("phpgw_info.expressomail.user.email")

@@ -67,6 +67,16 @@ func TestExpressoPasswordUnavailable(t *testing.T) {
 	if err != nil || id.User != "maria@setor" || id.Password != "pw" {
 		t.Fatalf("with a plaintext copy: %+v %v", id, err)
 	}
+	// JabberIt's plaintext copy comes after the app session in the order,
+	// and is still used.
+	jabberit := enc + `phpgw_info|a:1:{s:18:"jabberit_messenger";a:1:{s:6:"passwd";s:3:"pw2";}}`
+	vars, err = Decode([]byte(jabberit), SerializerPHP, DefaultLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, err := ExpressoProfile(0).Identity(vars, cs, time.Now()); err != nil || id.Password != "pw2" {
+		t.Fatalf("with JabberIt's copy: %+v %v", id, err)
+	}
 }
 
 func TestCheckActivity(t *testing.T) {
