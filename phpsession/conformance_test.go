@@ -38,15 +38,23 @@ func TestMemcacheKeyPlacement(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration: real PHP and memcached")
 	}
+	joinW := func(a []string, sep string, w ...string) string {
+		var out []string
+		for i, x := range a {
+			out = append(out, x+w[i])
+		}
+		return strings.Join(out, sep)
+	}
 	for _, tc := range []struct {
 		handler string
 		prefix  string
 		ini     []string
 		path    func(addrs []string) string
 		copies  int
+		hash    string
 	}{
-		{"memcached", "memc.sess.key.", nil, func(a []string) string { return strings.Join(a, ",") }, 1},
-		{"memcached", "site.", []string{"memcached.sess_prefix=site."}, func(a []string) string { return strings.Join(a, ", ") }, 1},
+		{"memcached", "memc.sess.key.", nil, func(a []string) string { return strings.Join(a, ",") }, 1, ""},
+		{"memcached", "site.", []string{"memcached.sess_prefix=site."}, func(a []string) string { return strings.Join(a, ", ") }, 1, ""},
 		// Port 11211 is named differently on libmemcached's continuum;
 		// it cannot be had in a test, so it is covered by the unit test.
 		{"memcache", "", nil, func(a []string) string {
@@ -55,15 +63,26 @@ func TestMemcacheKeyPlacement(t *testing.T) {
 				u = append(u, "tcp://"+x+"?persistent=1&weight=1&timeout=1&retry_interval=15")
 			}
 			return strings.Join(u, ",")
-		}, 2},
+		}, 2, ""},
 		{"memcache", "", nil, func(a []string) string {
 			return "tcp://" + a[0] + "?weight=2, tcp://" + a[1] + "?weight=1, tcp://" + a[2] + "?weight=3"
-		}, 2},
+		}, 2, ""},
 		{"memcache", "site_", []string{"memcache.session_prefix_static_key=site_"}, func(a []string) string {
 			return a[0] + " " + a[1] + " " + a[2] // bare host:port entries, separated by spaces
-		}, 2},
+		}, 2, ""},
+		// The extensions' other distribution settings.
+		{"memcached", "memc.sess.key.", []string{"memcached.sess_consistent_hash=Off"},
+			func(a []string) string { return strings.Join(a, ",") }, 1, "modula"},
+		{"memcached", "memc.sess.key.", []string{"memcached.sess_consistent_hash_type=ketama_weighted"},
+			func(a []string) string { return joinW(a, ",", ":1", ":3", ":2") }, 1, "ketama_weighted"},
+		{"memcache", "", []string{"memcache.hash_function=fnv"},
+			func(a []string) string { return "tcp://" + joinW(a, ",tcp://", "", "", "") }, 2, "fnv"},
+		{"memcache", "", []string{"memcache.hash_strategy=standard"},
+			func(a []string) string { return "tcp://" + joinW(a, ",tcp://", "?weight=2", "", "") }, 2, "standard"},
+		{"memcache", "", []string{"memcache.hash_strategy=standard", "memcache.hash_function=fnv"},
+			func(a []string) string { return "tcp://" + joinW(a, ",tcp://", "", "?weight=3", "") }, 2, "standard,fnv"},
 	} {
-		t.Run(fmt.Sprintf("%s/%s", tc.handler, tc.path([]string{"a", "b", "c"})), func(t *testing.T) {
+		t.Run(fmt.Sprintf("%s/%s/%s", tc.handler, tc.hash, tc.path([]string{"a", "b", "c"})), func(t *testing.T) {
 			servers := phpsessiontest.StartMemcachedServers(t, 3)
 			var addrs []string
 			for _, m := range servers {
@@ -81,7 +100,7 @@ func TestMemcacheKeyPlacement(t *testing.T) {
 			if err != nil || len(out) > 0 {
 				t.Fatalf("php: %v %s", err, out)
 			}
-			cfg := phpsession.Config{Store: tc.handler, SavePath: path}
+			cfg := phpsession.Config{Store: tc.handler, SavePath: path, Hash: tc.hash}
 			if len(tc.ini) > 0 {
 				cfg.KeyPrefix = tc.prefix
 			}

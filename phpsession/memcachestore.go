@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"compress/zlib"
 	"context"
+	"crypto/md5"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math"
 	"net"
 	"net/url"
 	"slices"
@@ -25,6 +28,12 @@ type MemcachedOptions struct {
 	Prefix string
 	// MaxSize is the largest session read (0 = DefaultLimits.MaxBytes).
 	MaxSize int
+	// Distribution is how PHP's settings spread sessions over servers:
+	// "ketama" ("" — memcached.sess_consistent_hash=On,
+	// sess_consistent_hash_type=ketama, the defaults), "ketama_weighted"
+	// (sess_consistent_hash_type=ketama_weighted) or "modula"
+	// (sess_consistent_hash=Off).
+	Distribution string
 }
 
 // MemcacheOptions configure a store for PHP's older memcache extension.
@@ -37,6 +46,12 @@ type MemcacheOptions struct {
 	// Redundancy is memcache.session_redundancy: how many servers PHP
 	// writes each session to (0 = 2, the extension's default).
 	Redundancy int
+	// Strategy is memcache.hash_strategy: "consistent" ("", the default)
+	// or "standard".
+	Strategy string
+	// HashFunction is memcache.hash_function: "crc32" ("", the default)
+	// or "fnv".
+	HashFunction string
 }
 
 // MemcacheStore reads sessions written by PHP's memcached extension
@@ -49,19 +64,25 @@ type MemcacheOptions struct {
 // Where PHP puts a session, determined by running both extensions against
 // several memcached servers (TestMemcacheKeyPlacement):
 //
-//   - memcached (php-memcached 3 over libmemcached, its session defaults
-//     memcached.sess_consistent_hash=On, sess_consistent_hash_type=ketama):
-//     key sess_prefix+id, its lock at sess_prefix+"lock."+id. The server
-//     is chosen on a ketama continuum of 100 points per server, each the
-//     Jenkins one-at-a-time hash of "host:port-i" ("host-i" on port
-//     11211), i from 0; the key hashed is the bare id (libmemcached hashes
-//     without its prefix), served by the first point at or after it.
-//   - memcache (pecl memcache 4 and 8, memcache.hash_strategy=consistent,
-//     hash_function=crc32): key prefix+id, its lock at id+".lock". 160
-//     points per unit of weight at CRC-32 of "host:port-i", folded into
-//     1024 buckets; the session goes to the servers of "id-0", "id-1", …
-//     skipping servers already chosen, session_redundancy of them (2),
-//     and PHP reads them in that order. Values above 20000 bytes are
+//   - memcached (php-memcached 3 over libmemcached): key sess_prefix+id,
+//     its lock at sess_prefix+"lock."+id. The key hashed is the bare id
+//     (libmemcached hashes without its prefix). With the defaults
+//     (sess_consistent_hash=On, type ketama) the server is the first point
+//     at or after the id's Jenkins one-at-a-time hash on a continuum of 100
+//     points per server, each the one-at-a-time hash of "host:port-i"
+//     ("host-i" on port 11211), i from 0. ketama_weighted: MD5 instead,
+//     each digest of "host:port-i" giving four points, 160 points per
+//     server shared out by weight ("host:port:weight"). Off: the id's
+//     one-at-a-time hash modulo the number of servers.
+//   - memcache (pecl memcache 4 and 8): key prefix+id, its lock at
+//     prefix+id+".lock". The session goes to the servers of "key-0",
+//     "key-1", … skipping servers already chosen, session_redundancy of
+//     them (2), and PHP reads them in that order. The server of a string:
+//     with hash_strategy=consistent (the default), 160 points per unit of
+//     weight at the hash of "host:port-i", folded into 1024 buckets; with
+//     standard, bits 16-30 of its hash modulo the total weight, servers
+//     repeated by weight. The hash is CRC-32 (hash_function=crc32, the
+//     default) or FNV-1a (fnv). Values above 20000 bytes are
 //     zlib-compressed (flag 2).
 type MemcacheStore struct {
 	handler  string
@@ -87,8 +108,8 @@ func NewMemcachedStore(savePath string, opt MemcachedOptions) (*MemcacheStore, e
 		_, spec, _ = strings.Cut(rest, " ")
 	}
 	type server struct {
-		host string
-		port int
+		host         string
+		port, weight int
 	}
 	var list []server
 	for _, part := range strings.Split(spec, ",") {
@@ -100,14 +121,14 @@ func NewMemcachedStore(savePath string, opt MemcachedOptions) (*MemcacheStore, e
 			return nil, fmt.Errorf("%w: memcached save path %q: separate servers with commas (php-memcached reads only the first of a space-separated list)", ErrConfig, savePath)
 		}
 		if strings.HasPrefix(part, "/") {
-			list = append(list, server{host: part})
+			list = append(list, server{host: part, weight: 1})
 			continue
 		}
 		fields := strings.Split(part, ":")
 		if len(fields) > 3 || fields[0] == "" {
 			return nil, fmt.Errorf("%w: memcached save path entry %q: want host:port", ErrConfig, part)
 		}
-		s := server{host: fields[0], port: memcachedDefaultPort}
+		s := server{host: fields[0], port: memcachedDefaultPort, weight: 1}
 		if len(fields) >= 2 {
 			p, err := strconv.Atoi(fields[1])
 			if err != nil || p < 1 || p > 65535 {
@@ -116,9 +137,11 @@ func NewMemcachedStore(savePath string, opt MemcachedOptions) (*MemcacheStore, e
 			s.port = p
 		}
 		if len(fields) == 3 {
-			if w, err := strconv.Atoi(fields[2]); err != nil || w < 0 {
+			w, err := strconv.Atoi(fields[2])
+			if err != nil || w < 0 {
 				return nil, fmt.Errorf("%w: memcached save path entry %q: bad weight", ErrConfig, part)
 			}
+			s.weight = max(w, 1)
 		}
 		list = append(list, s)
 	}
@@ -133,6 +156,10 @@ func NewMemcachedStore(savePath string, opt MemcachedOptions) (*MemcacheStore, e
 		return nil, fmt.Errorf("%w: memcached.sess_prefix longer than 218 bytes", ErrConfig)
 	}
 	st := &MemcacheStore{handler: "memcached", prefix: prefix, maxSize: opt.MaxSize}
+	total := 0
+	for _, s := range list {
+		total += s.weight
+	}
 	var ring continuum
 	for i, s := range list {
 		addr := s.host
@@ -140,20 +167,41 @@ func NewMemcachedStore(savePath string, opt MemcachedOptions) (*MemcacheStore, e
 			addr = net.JoinHostPort(s.host, strconv.Itoa(s.port))
 		}
 		st.addrs = append(st.addrs, addr)
-		for p := range 100 {
-			var name string
+		name := func(p int) string {
 			if s.port == memcachedDefaultPort || s.port == 0 {
-				name = s.host + "-" + strconv.Itoa(p)
-			} else {
-				name = s.host + ":" + strconv.Itoa(s.port) + "-" + strconv.Itoa(p)
+				return s.host + "-" + strconv.Itoa(p)
 			}
-			ring = append(ring, point{oneAtATime(name), i})
+			return s.host + ":" + strconv.Itoa(s.port) + "-" + strconv.Itoa(p)
+		}
+		switch opt.Distribution {
+		case "", "ketama":
+			for p := range 100 {
+				ring = append(ring, point{oneAtATime(name(p)), i})
+			}
+		case "ketama_weighted":
+			pct := float32(s.weight) / float32(total)
+			n := int(float32(math.Floor(float64(pct*160/4*float32(len(list)) + 0.0000000001))))
+			for p := range n {
+				sum := md5.Sum([]byte(name(p)))
+				for k := range 4 {
+					ring = append(ring, point{binary.LittleEndian.Uint32(sum[4*k:]), i})
+				}
+			}
+		case "modula":
+		default:
+			return nil, fmt.Errorf("%w: memcached distribution %q (want ketama, ketama_weighted or modula)", ErrConfig, opt.Distribution)
 		}
 	}
 	ring.sort()
 	st.pick = func(id string) []int {
-		if len(st.addrs) == 1 {
+		switch {
+		case len(st.addrs) == 1:
 			return []int{0}
+		case opt.Distribution == "modula":
+			return []int{int(oneAtATime(id) % uint32(len(st.addrs)))}
+		case opt.Distribution == "ketama_weighted":
+			sum := md5.Sum([]byte(id))
+			return []int{ring.find(binary.LittleEndian.Uint32(sum[:4]))}
 		}
 		return []int{ring.find(oneAtATime(id))}
 	}
@@ -173,7 +221,20 @@ func NewMemcacheStore(savePath string, opt MemcacheOptions) (*MemcacheStore, err
 		// PHP refuses it at startup and stores bare ids.
 		return nil, fmt.Errorf("%w: memcache.session_prefix_static_key %q: PHP ignores a prefix with a dot", ErrConfig, st.prefix)
 	}
+	var hash func(string) uint32
+	switch opt.HashFunction {
+	case "", "crc32":
+		hash = func(s string) uint32 { return crc32.ChecksumIEEE([]byte(s)) }
+	case "fnv":
+		hash = fnv1a
+	default:
+		return nil, fmt.Errorf("%w: memcache hash function %q (want crc32 or fnv)", ErrConfig, opt.HashFunction)
+	}
+	if opt.Strategy != "" && opt.Strategy != "consistent" && opt.Strategy != "standard" {
+		return nil, fmt.Errorf("%w: memcache hash strategy %q (want consistent or standard)", ErrConfig, opt.Strategy)
+	}
 	var ring continuum
+	var standard []int // hash_strategy=standard: server indexes, each repeated by weight
 	for _, part := range strings.FieldsFunc(savePath, func(r rune) bool { return r == ',' || unicode.IsSpace(r) }) {
 		if !strings.Contains(part, "://") {
 			part = "tcp://" + part
@@ -218,7 +279,10 @@ func NewMemcacheStore(savePath string, opt MemcacheOptions) (*MemcacheStore, err
 		i := len(st.addrs)
 		st.addrs = append(st.addrs, addr)
 		for p := range weight * 160 {
-			ring = append(ring, point{crc32.ChecksumIEEE([]byte(name + "-" + strconv.Itoa(p))), i})
+			ring = append(ring, point{hash(name + "-" + strconv.Itoa(p)), i})
+		}
+		for range weight {
+			standard = append(standard, i)
 		}
 	}
 	if len(st.addrs) == 0 {
@@ -229,6 +293,10 @@ func NewMemcacheStore(savePath string, opt MemcacheOptions) (*MemcacheStore, err
 	step := uint32(0xffffffff) / uint32(len(buckets))
 	for i := range buckets {
 		buckets[i] = ring.find(step * uint32(i))
+	}
+	server := func(key string) int { return buckets[hash(key)%uint32(len(buckets))] }
+	if opt.Strategy == "standard" {
+		server = func(key string) int { return standard[((hash(key)>>16)&0x7fff)%uint32(len(standard))] }
 	}
 	redundancy := opt.Redundancy
 	if redundancy <= 0 {
@@ -243,7 +311,7 @@ func NewMemcacheStore(savePath string, opt MemcacheOptions) (*MemcacheStore, err
 		key := st.prefix + id
 		var order []int
 		for n := 0; len(order) < redundancy && n < maxFailoverAttempts; n++ {
-			s := buckets[crc32.ChecksumIEEE([]byte(key+"-"+strconv.Itoa(n)))%uint32(len(buckets))]
+			s := server(key + "-" + strconv.Itoa(n))
 			if !slices.Contains(order, s) {
 				order = append(order, s)
 			}
@@ -400,6 +468,16 @@ func (c continuum) find(h uint32) int {
 		i = 0
 	}
 	return c[i].server
+}
+
+// fnv1a is 32-bit FNV-1a, pecl memcache's "fnv".
+func fnv1a(s string) uint32 {
+	h := uint32(0x811c9dc5)
+	for i := 0; i < len(s); i++ {
+		h ^= uint32(s[i])
+		h *= 0x01000193
+	}
+	return h
 }
 
 // oneAtATime is Bob Jenkins's one-at-a-time hash, libmemcached's default.

@@ -15,6 +15,18 @@ func TestMemcacheSavePaths(t *testing.T) {
 	if _, err := NewMemcacheStore("tcp://a:1", MemcacheOptions{Prefix: "site."}); !errors.Is(err, ErrConfig) {
 		t.Errorf("memcache prefix with a dot: %v", err)
 	}
+	for _, cfg := range []Config{
+		{Store: "memcached", SavePath: "a:1", Hash: "standard"},
+		{Store: "memcache", SavePath: "tcp://a:1", Hash: "ketama"},
+		{Store: "memcache", SavePath: "tcp://a:1", Hash: "standard,md5"},
+		{Store: "files", SavePath: "/tmp", Hash: "fnv"},
+		{Store: "couchbase", SavePath: "a:1"},
+		{Store: "memcached"},
+	} {
+		if _, err := NewStore(cfg); !errors.Is(err, ErrConfig) {
+			t.Errorf("NewStore(%+v) = %v, want ErrConfig", cfg, err)
+		}
+	}
 	for _, tc := range []struct {
 		handler, path string
 		addrs         []string // nil: ErrConfig

@@ -33,7 +33,14 @@ type Config struct {
 	// KeyPrefix is the memcache stores' key prefix: memcached.sess_prefix
 	// for memcached ("" = memc.sess.key.), memcache.session_prefix_static_key
 	// for memcache ("" = none). Redis takes its prefix from the save path.
-	KeyPrefix   string
+	KeyPrefix string
+	// Hash is how the memcache stores' PHP settings spread sessions over
+	// several servers ("" = the extensions' defaults). memcached: ketama,
+	// ketama_weighted (memcached.sess_consistent_hash_type) or modula
+	// (memcached.sess_consistent_hash=Off). memcache: memcache.hash_strategy
+	// consistent or standard and/or memcache.hash_function crc32 or fnv,
+	// comma-separated, e.g. "standard,fnv".
+	Hash        string
 	Serializer  Serializer    // session.serialize_handler
 	MaxLifetime time.Duration // session.gc_maxlifetime (files); 0 = 1440 s
 	Charset     string        // session charset; "" = UTF-8

@@ -31,10 +31,22 @@ var storeKinds = map[string]func(Config) (Store, error){
 		return NewRedisStore(cfg.SavePath, RedisOptions{})
 	},
 	"memcached": func(cfg Config) (Store, error) {
-		return NewMemcachedStore(cfg.SavePath, MemcachedOptions{Prefix: cfg.KeyPrefix, MaxSize: cfg.Limits.MaxBytes})
+		return NewMemcachedStore(cfg.SavePath, MemcachedOptions{Prefix: cfg.KeyPrefix, MaxSize: cfg.Limits.MaxBytes, Distribution: cfg.Hash})
 	},
 	"memcache": func(cfg Config) (Store, error) {
-		return NewMemcacheStore(cfg.SavePath, MemcacheOptions{Prefix: cfg.KeyPrefix, MaxSize: cfg.Limits.MaxBytes})
+		opt := MemcacheOptions{Prefix: cfg.KeyPrefix, MaxSize: cfg.Limits.MaxBytes}
+		for w := range strings.SplitSeq(cfg.Hash, ",") {
+			switch w = strings.TrimSpace(w); w {
+			case "":
+			case "consistent", "standard":
+				opt.Strategy = w
+			case "crc32", "fnv":
+				opt.HashFunction = w
+			default:
+				return nil, fmt.Errorf("%w: memcache hash %q (want consistent or standard, and crc32 or fnv)", ErrConfig, w)
+			}
+		}
+		return NewMemcacheStore(cfg.SavePath, opt)
 	},
 }
 
@@ -60,6 +72,9 @@ func NewStore(cfg Config) (Store, error) {
 	open, ok := storeKinds[name]
 	if !ok {
 		return nil, fmt.Errorf("%w: unknown store %q (want %s)", ErrConfig, cfg.Store, strings.Join(StoreNames(), ", "))
+	}
+	if cfg.Hash != "" && name != "memcached" && name != "memcache" {
+		return nil, fmt.Errorf("%w: only the memcached and memcache stores take a hash setting", ErrConfig)
 	}
 	if strings.TrimSpace(cfg.SavePath) == "" {
 		return nil, fmt.Errorf("%w: the %s store needs a save path", ErrConfig, name)

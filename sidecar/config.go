@@ -53,6 +53,7 @@ type Config struct {
 	SessionSavePath    string
 	SessionRedis       string
 	SessionKeyPrefix   string
+	SessionHash        string
 	SessionSerializer  string
 	SessionMaxLifetime time.Duration
 	SessionCharset     string
@@ -107,6 +108,7 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.SessionSavePath, "session-save-path", "", "PHP's session.save_path for the store: files: \"/dir\", \"N;/dir\" or \"N;MODE;/dir\" (default "+phpsession.ExpressoSavePath+" for --profile=expresso, "+genericSavePath+" for generic); memcached: host:port,host:port…; memcache: tcp://host:port?weight=N…,…; redis: as --session-redis")
 	fs.StringVar(&c.SessionRedis, "session-redis", "", "redis store: PHP's session.save_path for phpredis: one or more hosts (tcp://host:port?auth=…&database=N&weight=W…, separated by commas or spaces), a rediscluster seed[]=host:port&seed[]=…&auth=… string, or a redis:// URL")
 	fs.StringVar(&c.SessionKeyPrefix, "session-key-prefix", "", "memcached store: PHP's memcached.sess_prefix (default memc.sess.key.); memcache store: memcache.session_prefix_static_key (default none)")
+	fs.StringVar(&c.SessionHash, "session-hash", "", "how PHP spreads sessions over several memcached servers, if not the extension's default: memcached store: ketama_weighted (memcached.sess_consistent_hash_type) or modula (memcached.sess_consistent_hash=Off); memcache store: standard (memcache.hash_strategy) and/or fnv (memcache.hash_function), comma-separated")
 	fs.StringVar(&c.SessionSerializer, "session-serializer", "php", "PHP's session.serialize_handler: php, php_serialize or php_binary")
 	fs.DurationVar(&c.SessionMaxLifetime, "session-max-lifetime", 0, "PHP's session.gc_maxlifetime: files untouched for longer are expired (default 4h0m0s, Expresso's, for --profile=expresso; 24m0s, PHP's, for generic)")
 	fs.StringVar(&c.SessionCharset, "session-charset", "", "charset of session strings (default: ISO-8859-1 for expresso, UTF-8 for generic)")
@@ -315,14 +317,39 @@ func (c *Config) Validate() error {
 		}
 		if c.SessionSavePath == "" {
 			bad(pathFlag, "required with --session-store=%s", c.SessionStore)
-		} else if st, err := phpsession.NewStore(c.readerConfig()); err != nil {
-			bad(pathFlag, "%v", err)
+		} else {
+			rc := c.readerConfig()
+			rc.Hash, rc.KeyPrefix = "", ""
+			if st, err := phpsession.NewStore(rc); err != nil {
+				bad(pathFlag, "%v", err)
+			} else {
+				st.Close()
+			}
+		}
+	}
+	memcache := c.SessionStore == "memcached" || c.SessionStore == "memcache"
+	for _, f := range []struct{ name, value, what string }{
+		{"session-key-prefix", c.SessionKeyPrefix, "a key prefix (redis: prefix= in its save path)"},
+		{"session-hash", c.SessionHash, "a hash setting"},
+	} {
+		if f.value == "" {
+			continue
+		}
+		if !memcache {
+			bad(f.name, "only the memcached and memcache stores take %s", f.what)
+			continue
+		}
+		rc := phpsession.Config{Store: c.SessionStore, SavePath: "127.0.0.1:11211"}
+		if f.name == "session-key-prefix" {
+			rc.KeyPrefix = f.value
+		} else {
+			rc.Hash = f.value
+		}
+		if st, err := phpsession.NewStore(rc); err != nil {
+			bad(f.name, "%v", err)
 		} else {
 			st.Close()
 		}
-	}
-	if c.SessionKeyPrefix != "" && c.SessionStore != "memcached" && c.SessionStore != "memcache" {
-		bad("session-key-prefix", "only the memcached and memcache stores take a key prefix (redis: prefix= in its save path)")
 	}
 	if _, err := phpsession.ParseSerializer(c.SessionSerializer); err != nil {
 		bad("session-serializer", "%q is not php, php_serialize or php_binary", c.SessionSerializer)
@@ -398,6 +425,7 @@ func (c *Config) readerConfig() phpsession.Config {
 		Store:       c.SessionStore,
 		SavePath:    c.SessionSavePath,
 		KeyPrefix:   c.SessionKeyPrefix,
+		Hash:        c.SessionHash,
 		Serializer:  phpsession.Serializer(c.SessionSerializer),
 		MaxLifetime: c.SessionMaxLifetime,
 		Charset:     c.SessionCharset,

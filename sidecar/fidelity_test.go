@@ -114,6 +114,11 @@ func TestStoreFlagsValidated(t *testing.T) {
 		{[]string{"--session-store=redis", "--session-redis=tcp://a:1", "--session-save-path=tcp://b:1"}, "--session-redis: differs"},
 		{[]string{"--session-store=files", "--session-save-path=relative"}, "--session-save-path:"},
 		{[]string{"--session-key-prefix=x."}, "--session-key-prefix:"},
+		{[]string{"--session-store=memcache", "--session-save-path=tcp://a:1", "--session-key-prefix=x."}, "--session-key-prefix: phpsession"},
+		{[]string{"--session-store=memcached", "--session-save-path=a:1", "--session-hash=ketama_weighted"}, ""},
+		{[]string{"--session-store=memcache", "--session-save-path=tcp://a:1", "--session-hash=standard,fnv"}, ""},
+		{[]string{"--session-store=memcached", "--session-save-path=a:1", "--session-hash=standard"}, "--session-hash:"},
+		{[]string{"--session-store=files", "--session-hash=modula"}, "--session-hash: only"},
 	} {
 		cfg, _, err := parseConfig(append(base, tc.args...), func(string) string { return "" }, io.Discard)
 		if err != nil {
