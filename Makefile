@@ -15,6 +15,7 @@ GOTEST_TIMEOUT ?= 45m
 
 # Debian packages the tests and the demo run for real.
 DEB_PACKAGES := prosody redis-server php-cli php-redis php-curl php-mbstring \
+	memcached php-memcached php-memcache \
 	php-xml phpunit apache2 libapache2-mod-php chromium nodejs npm ejabberd \
 	ca-certificates openssl curl systemd lintian
 

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,6 +37,9 @@ type api struct {
 	parked *parker
 	// sseWrite bounds each write of an SSE stream (0: sseWriteTimeout).
 	sseWrite time.Duration
+
+	pwWarnedMu sync.Mutex
+	pwWarned   map[string]struct{} // users already logged as password_unavailable
 }
 
 // sseWriteTimeout bounds each write (and flush) of an SSE stream: a
@@ -213,6 +217,7 @@ func (a *api) authenticate(r *http.Request, cookieOK bool) (*caller, error) {
 		}
 	}
 	if err != nil {
+		a.warnPasswordUnavailable(err)
 		return nil, err
 	}
 	c.php = ps
@@ -241,6 +246,28 @@ func (a *api) refuseBody(w http.ResponseWriter, r *http.Request, err error) bool
 	brw.Reader.Discard(brw.Reader.Buffered())
 	refuse(conn, err, refuseTooLargeTimeout, 16<<20)
 	return true
+}
+
+// warnPasswordUnavailable logs, once per user, that the session keeps the
+// password only encrypted and which session key to have Expresso fill.
+func (a *api) warnPasswordUnavailable(err error) {
+	var pe *phpsession.PasswordUnavailableError
+	if !errors.As(err, &pe) {
+		return
+	}
+	a.pwWarnedMu.Lock()
+	_, seen := a.pwWarned[pe.User]
+	if !seen {
+		if a.pwWarned == nil || len(a.pwWarned) >= 10000 {
+			a.pwWarned = map[string]struct{}{}
+		}
+		a.pwWarned[pe.User] = struct{}{}
+	}
+	a.pwWarnedMu.Unlock()
+	if !seen {
+		a.logger.Warn("password unavailable: not connecting to XMPP", "user", pe.User, "key", pe.Key,
+			"reason", pe.Reason, "enable", pe.Enable)
+	}
 }
 
 type errorBody struct {

@@ -37,7 +37,7 @@ func TestConfigPrecedence(t *testing.T) {
 
 func TestConfigValidateNamesEveryFlag(t *testing.T) {
 	cfg, _, err := parseConfig([]string{"--listen=0.0.0.0:8765", "--ops-listen=10.0.0.1:1", "--xmpp-tls=maybe",
-		"--session-store=memcache", "--session-serializer=json", "--profile=ldap", "--inactivity=0s", "--event-buffer=1",
+		"--session-store=couchbase", "--session-serializer=json", "--profile=ldap", "--inactivity=0s", "--event-buffer=1",
 		"--log-format=xml", "--gc-percent=5", "--http2-max-streams=0"}, func(string) string { return "" }, io.Discard)
 	if err != nil {
 		t.Fatal(err)

@@ -50,6 +50,11 @@ func statusFor(err error) (int, string) {
 		return http.StatusUnauthorized, "session_expired"
 	case errors.Is(err, phpsession.ErrNotLoggedIn):
 		return http.StatusUnauthorized, "not_logged_in"
+	case errors.Is(err, phpsession.ErrPasswordUnavailable):
+		// Not the session's fault nor the Jabber server's: the site keeps
+		// the password only encrypted. Never an XMPP attempt, never an
+		// authentication failure.
+		return http.StatusForbidden, "password_unavailable"
 	case errors.Is(err, ErrNotFound):
 		return http.StatusNotFound, "not_found"
 	case errors.Is(err, xmppconn.ErrNickInUse):
