@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -291,7 +292,7 @@ func (c *Conn) negotiate(s *stream) (resumed bool, err error) {
 	}
 	if _, err := c.awaitIQ(s, rid); err != nil {
 		var se *StanzaError
-		if !errors.As(err, &se) {
+		if !errors.As(err, &se) && !errors.Is(err, ErrStanzaTooLarge) {
 			return false, err
 		}
 	}
@@ -459,6 +460,9 @@ func (c *Conn) awaitIQ(s *stream, id string) (*node, error) {
 	if err != nil {
 		return nil, err
 	}
+	if n.skipped > 0 {
+		return nil, fmt.Errorf("%w: a reply of %d bytes", ErrStanzaTooLarge, n.skipped)
+	}
 	if n.get("type") == "error" {
 		return nil, parseStanzaError(n)
 	}
@@ -532,6 +536,11 @@ func (c *Conn) ackLocked(h uint32) {
 func (c *Conn) send(raw []byte, queueable bool) error {
 	if c.closing.Load() {
 		return ErrClosed
+	}
+	if len(raw) > c.cfg.MaxSendSize {
+		// The server would close the stream on it (policy-violation),
+		// and XEP-0198 would send it again after every reconnect.
+		return fmt.Errorf("%w: %d bytes encoded, over the %d-byte limit", ErrSendTooLarge, len(raw), c.cfg.MaxSendSize)
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -610,6 +619,9 @@ func (c *Conn) loop(s *stream, st *runState, grown bool) {
 			c.finish(err, StateOffline, err)
 			return
 		}
+		if errors.As(err, &se) && se.Condition == "policy-violation" {
+			c.dropRefused()
+		}
 		c.setState(StateReconnecting)
 		c.emit(&StateChange{State: StateReconnecting, Err: err})
 		if time.Since(st.onlineSince) >= stableOnline {
@@ -639,6 +651,41 @@ func (c *Conn) loop(s *stream, st *runState, grown bool) {
 		c.emit(&StateChange{State: StateOnline, Resumed: resumed, ContinuityLost: !resumed})
 		grown = true // the login grew this goroutine's stack
 	}
+}
+
+// minRefusable is the smallest stanza taken for the cause of a
+// policy-violation stream error: Prosody does not let c2s_stanza_size_limit
+// go below 10,000 bytes, so a smaller stanza was not refused for its size.
+const minRefusable = 10000
+
+// dropRefused takes out of the XEP-0198 resend queue the stanza the server
+// closed the stream on with policy-violation, so that it is not sent again
+// after every reconnect. Servers send that error for a stanza over their
+// size limit, and the culprit is the largest unacknowledged stanza: the
+// server read none of the stanzas from the culprit on, and any of them as
+// large would have been refused as well. Dropping it leaves the positions
+// of those before it, which are all an ack can still cover, untouched.
+func (c *Conn) dropRefused() {
+	c.wmu.Lock()
+	i := -1
+	for j, raw := range c.sm.unacked {
+		if len(raw) >= minRefusable && (i < 0 || len(raw) > len(c.sm.unacked[i])) {
+			i = j
+		}
+	}
+	if i < 0 {
+		c.wmu.Unlock()
+		return
+	}
+	raw := c.sm.unacked[i]
+	c.sm.unacked = slices.Delete(c.sm.unacked, i, i+1)
+	c.wmu.Unlock()
+	ev := &SendFailed{Bytes: len(raw), Reason: "policy-violation"}
+	if n, err := parseStartTag(stdHeader, raw); err == nil {
+		ev.Stanza, ev.To, ev.ID = n.name.Local, n.get("to"), n.get("id")
+	}
+	c.log.Warn("xmppconn: the server refused a stanza (policy-violation); not sending it again", "stanza", ev.Stanza, "to", ev.To, "bytes", ev.Bytes)
+	c.emit(ev)
 }
 
 // finish records why the Conn stopped, fails everything waiting, and

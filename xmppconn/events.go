@@ -4,7 +4,7 @@ import "time"
 
 // Event is anything the connection reports to its Handler: *Message,
 // *Presence, *Subscription, *RosterPush, *ChatState, *Receipt, *StateChange,
-// *Occupant (group chat, muc.go).
+// *Occupant (group chat, muc.go), *Dropped, *SendFailed.
 type Event interface{ isEvent() }
 
 // Handler receives events on the connection's reader goroutine, in stream
@@ -88,6 +88,32 @@ type Receipt struct {
 	ID   string
 }
 
+// Dropped reports an inbound stanza over Config.MaxStanzaSize: it was read
+// through without being kept, counted as handled for XEP-0198 (so the
+// server never sends it again) and the stream stayed up. Only its start
+// tag was read: From, Type and ID are its attributes ("" when absent, or
+// when even the start tag was over the limit). A dropped IQ request was
+// answered with a policy-violation error; a dropped IQ reply fails its
+// request with ErrStanzaTooLarge.
+type Dropped struct {
+	Stanza   string // message, presence or iq
+	From, ID string
+	Type     string
+	Bytes    int // the stanza's size as received
+}
+
+// SendFailed reports a stanza the server refused after it was accepted
+// for sending: the server closed the stream with a policy-violation error
+// (RFC 6120 §4.9.3.14; Prosody and ejabberd do so for a stanza over their
+// size limit) while it was unacknowledged. It is taken out of the XEP-0198
+// resend queue, so it is never sent again; the stream reconnects as usual.
+type SendFailed struct {
+	Stanza string // message, presence or iq
+	To, ID string
+	Bytes  int    // its encoded size
+	Reason string // the stream error condition: "policy-violation"
+}
+
 // State is the connection's lifecycle state.
 type State string
 
@@ -120,3 +146,5 @@ func (*RosterPush) isEvent()   {}
 func (*ChatState) isEvent()    {}
 func (*Receipt) isEvent()      {}
 func (*StateChange) isEvent()  {}
+func (*Dropped) isEvent()      {}
+func (*SendFailed) isEvent()   {}

@@ -29,6 +29,10 @@ func (c *Conn) handle(s *stream, n *node) {
 	case n.name.Space != nsClient:
 		c.log.Debug("xmppconn: ignoring element", "name", n.name.Local, "ns", n.name.Space)
 		return
+	case n.skipped > 0:
+		c.handleSkipped(s, n)
+		c.countInbound()
+		return
 	}
 	switch n.name.Local {
 	case "message":
@@ -46,6 +50,23 @@ func (c *Conn) handle(s *stream, n *node) {
 		return
 	}
 	c.countInbound()
+}
+
+// handleSkipped deals with a stanza over MaxStanzaSize that was read
+// through without being kept: an IQ request is refused (the sender must
+// get an answer), a reply fails its request, and the user is told.
+func (c *Conn) handleSkipped(s *stream, n *node) {
+	d := &Dropped{Stanza: n.name.Local, From: n.get("from"), ID: n.get("id"), Type: n.get("type"), Bytes: n.skipped}
+	c.log.Warn("xmppconn: dropped a stanza over the size limit", "stanza", d.Stanza, "from", d.From, "bytes", d.Bytes, "limit", c.cfg.MaxStanzaSize)
+	if d.Stanza == "iq" {
+		switch d.Type {
+		case "get", "set":
+			c.replyError(s, n, "modify", "policy-violation")
+		case "result", "error":
+			c.handleIQResponse(n)
+		}
+	}
+	c.emit(d)
 }
 
 // countInbound advances the XEP-0198 inbound counter for a handled stanza.
