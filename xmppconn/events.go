@@ -103,15 +103,18 @@ type Dropped struct {
 }
 
 // SendFailed reports a stanza the server refused after it was accepted
-// for sending: the server closed the stream with a policy-violation error
-// (RFC 6120 §4.9.3.14; Prosody and ejabberd do so for a stanza over their
-// size limit) while it was unacknowledged. It is taken out of the XEP-0198
-// resend queue, so it is never sent again; the stream reconnects as usual.
+// for sending. Either the server closed the stream with a policy-violation
+// error (RFC 6120 §4.9.3.14; Prosody and ejabberd do so for a stanza over
+// their size limit) while it was unacknowledged: it is taken out of the
+// XEP-0198 resend queue, so it is never sent again, and the stream
+// reconnects as usual. Or a message came back as a policy-violation stanza
+// error (the server counted it, so it is not re-sent either; the error is
+// also delivered as a *Message of type "error").
 type SendFailed struct {
 	Stanza string // message, presence or iq
 	To, ID string
-	Bytes  int    // its encoded size
-	Reason string // the stream error condition: "policy-violation"
+	Bytes  int    // its encoded size; 0 for a stanza error, which does not say
+	Reason string // the error condition: "policy-violation"
 }
 
 // State is the connection's lifecycle state.

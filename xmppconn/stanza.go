@@ -150,6 +150,13 @@ func (c *Conn) handleMessage(s *stream, n *node) {
 	if m.Type == "groupchat" && !c.roomMessage(m, hasSubject) {
 		return
 	}
+	if m.Type == "error" && carbon == "" {
+		if se := parseStanzaError(n); se.Condition == "policy-violation" {
+			// The server (or the recipient's) refused a message we
+			// sent; it counted it, so it is not in the resend queue.
+			c.emit(&SendFailed{Stanza: "message", To: m.From, ID: m.ID, Reason: se.Condition})
+		}
+	}
 	switch {
 	case hasBody || m.Type == "error":
 		c.emit(m)
