@@ -531,16 +531,24 @@ func (c *Conn) ackLocked(h uint32) {
 	c.sm.acked = h
 }
 
+// sendable refuses a stanza over MaxSendSize: the server could close the
+// stream on it (policy-violation), and XEP-0198 would send it again after
+// every reconnect.
+func (c *Conn) sendable(raw []byte) error {
+	if len(raw) > c.cfg.MaxSendSize {
+		return fmt.Errorf("%w: %d bytes encoded, over the %d-byte limit", ErrSendTooLarge, len(raw), c.cfg.MaxSendSize)
+	}
+	return nil
+}
+
 // send writes a stanza on the current stream, or queues it while the
 // stream is down (queueable stanzas only).
 func (c *Conn) send(raw []byte, queueable bool) error {
 	if c.closing.Load() {
 		return ErrClosed
 	}
-	if len(raw) > c.cfg.MaxSendSize {
-		// The server would close the stream on it (policy-violation),
-		// and XEP-0198 would send it again after every reconnect.
-		return fmt.Errorf("%w: %d bytes encoded, over the %d-byte limit", ErrSendTooLarge, len(raw), c.cfg.MaxSendSize)
+	if err := c.sendable(raw); err != nil {
+		return err
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()

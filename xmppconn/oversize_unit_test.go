@@ -104,3 +104,22 @@ func TestPolicyViolationKeepsSmall(t *testing.T) {
 		}
 	}
 }
+
+// TestPresenceTooLargeNotKept: a broadcast presence over MaxSendSize is
+// refused and not kept as the one every fresh stream sends again.
+func TestPresenceTooLargeNotKept(t *testing.T) {
+	noLeaks(t)
+	s := startScriptServer(t)
+	h := make(chanHandler, 100)
+	c, _ := dialScript(t, s, h, func(sc *scriptConn) { sc.login(); sc.fresh("sm1") })
+	if err := c.SendPresence(t.Context(), Presence{Show: "away", Status: "ok"}); err != nil {
+		t.Fatal(err)
+	}
+	err := c.SendPresence(t.Context(), Presence{Show: "dnd", Status: strings.Repeat("'", DefaultMaxSendSize/5)})
+	if !errors.Is(err, ErrSendTooLarge) {
+		t.Fatalf("SendPresence over the limit: %v, want ErrSendTooLarge", err)
+	}
+	if p := c.currentPresence(); p.Show != "away" || p.Status != "ok" {
+		t.Fatalf("the presence a fresh stream sends is %+v, want the last one sent", p)
+	}
+}
