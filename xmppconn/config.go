@@ -199,23 +199,23 @@ func (cfg Config) normalize() (Config, error) {
 	if cfg.MaxBackoff < cfg.MinBackoff {
 		return bad("MaxBackoff %v < MinBackoff %v", cfg.MaxBackoff, cfg.MinBackoff)
 	}
-	if cfg.MaxStanzaSize < 0 {
-		return bad("MaxStanzaSize is negative")
-	}
-	if cfg.MaxStanzaSize == 0 {
-		cfg.MaxStanzaSize = DefaultMaxStanzaSize
-	}
-	if cfg.MaxStanzaSize < 4096 {
-		return bad("MaxStanzaSize %d is below 4096", cfg.MaxStanzaSize)
-	}
-	if cfg.MaxSendSize < 0 {
-		return bad("MaxSendSize is negative")
-	}
-	if cfg.MaxSendSize == 0 {
-		cfg.MaxSendSize = DefaultMaxSendSize
-	}
-	if cfg.MaxSendSize < 1024 {
-		return bad("MaxSendSize %d is below 1024", cfg.MaxSendSize)
+	for _, f := range []struct {
+		p        *int
+		def, min int
+		n        string
+	}{
+		{&cfg.MaxStanzaSize, DefaultMaxStanzaSize, 4096, "MaxStanzaSize"},
+		{&cfg.MaxSendSize, DefaultMaxSendSize, 1024, "MaxSendSize"},
+	} {
+		if *f.p < 0 {
+			return bad("%s is negative", f.n)
+		}
+		if *f.p == 0 {
+			*f.p = f.def
+		}
+		if *f.p < f.min {
+			return bad("%s %d is below %d", f.n, *f.p, f.min)
+		}
 	}
 	if cfg.MaxQueue < 0 {
 		return bad("MaxQueue is negative")
