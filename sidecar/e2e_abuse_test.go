@@ -662,7 +662,7 @@ func TestAbuseServerStanzas(t *testing.T) {
 		if d.From != "x@"+fake.Domain+"/r" || d.ID != "big" || d.Type != "chat" || d.Stanza != "message" || d.Bytes != len(big) {
 			t.Errorf("dropped event %+v, want the %d-byte message big from x", d, len(big))
 		}
-		pe.waitFor(t, 10*time.Second, "the next message", func(ev event) bool { return ev.Event == "message" && ev.Body == "next" })
+		pe.seenOrWait(t, 10*time.Second, "the next message", func(ev event) bool { return ev.Event == "message" && ev.Body == "next" })
 		for _, ev := range pe.seen {
 			if ev.Event == "state" && ev.State != "connecting" && ev.State != "online" {
 				t.Errorf("the stream changed state: %+v", ev)

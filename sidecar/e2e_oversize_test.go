@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -169,10 +170,16 @@ func TestE2EOversizedOutgoing(t *testing.T) {
 		t.Fatalf("50,000 bytes: %d %v, want 202", st, err)
 	}
 	f := pa.waitFor(t, 30*time.Second, "send_failed", func(ev event) bool { return ev.Event == "send_failed" })
-	if f.ID != id || f.To != bob.Bare || f.Stanza != "message" || f.Reason != "policy-violation" || f.Bytes < 50000 {
-		t.Errorf("send_failed event %+v, want message %s to %s, policy-violation", f, id, bob.Bare)
+	if f.ID != id || f.To != bob.Bare || f.Stanza != "message" || (f.Reason != "policy-violation" && f.Reason != "stream_broken") || f.Bytes < 50000 {
+		t.Errorf("send_failed event %+v, want message %s to %s, policy-violation (or stream_broken)", f, id, bob.Bare)
 	}
-	pa.waitFor(t, 30*time.Second, "online again", func(ev event) bool { return ev.Event == "state" && ev.State == "online" })
+	online := false
+	for _, ev := range pa.seen[slices.IndexFunc(pa.seen, func(ev event) bool { return ev.Event == "send_failed" }):] {
+		online = online || ev.Event == "state" && ev.State == "online"
+	}
+	if !online {
+		pa.waitFor(t, 30*time.Second, "online again", func(ev event) bool { return ev.Event == "state" && ev.State == "online" })
+	}
 	delivered("second after the refusal")
 	delivered("third after the refusal")
 	breaks := 0
@@ -181,11 +188,13 @@ func TestE2EOversizedOutgoing(t *testing.T) {
 			breaks++
 		}
 	}
-	if breaks != 1 {
-		t.Errorf("alice's stream broke %d times, want once", breaks)
+	// Once; twice when the server's first error was lost.
+	if breaks < 1 || breaks > 2 || f.Reason == "stream_broken" && breaks != 2 {
+		t.Errorf("alice's stream broke %d times (send_failed reason %s), want once, or twice at most", breaks, f.Reason)
 	}
-	if n := metricValue(t, e.D, "imsidecar_reconnects_total") + metricValue(t, e.D, "imsidecar_resumptions_total"); n != 1 {
-		t.Errorf("%d reconnects and resumptions, want 1", n)
+	t.Logf("alice's stream broke %d times; send_failed reason %s", breaks, f.Reason)
+	if n := metricValue(t, e.D, "imsidecar_reconnects_total") + metricValue(t, e.D, "imsidecar_resumptions_total"); n != breaks {
+		t.Errorf("%d reconnects and resumptions, want %d", n, breaks)
 	}
 	if n := metricValue(t, e.D, "imsidecar_sends_refused_total"); n != 1 {
 		t.Errorf("imsidecar_sends_refused_total = %d, want 1", n)

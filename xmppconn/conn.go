@@ -38,11 +38,14 @@ type Conn struct {
 	ownAvatar atomic.Pointer[string]
 	lastShown atomic.Pointer[Presence]
 
-	// wmu serializes writes and guards s, sm and queue.
+	// wmu serializes writes and guards s, sm, queue and suspect.
 	wmu   sync.Mutex
 	s     *stream
 	sm    smState
 	queue [][]byte
+	// suspect is the first byte of the largest unacknowledged stanza when
+	// the stream last broke without saying why (dropRefused).
+	suspect *byte
 
 	// inH is the number of inbound stanzas handled; only the goroutine
 	// that reads the stream touches it.
@@ -627,9 +630,7 @@ func (c *Conn) loop(s *stream, st *runState, grown bool) {
 			c.finish(err, StateOffline, err)
 			return
 		}
-		if errors.As(err, &se) && se.Condition == "policy-violation" {
-			c.dropRefused()
-		}
+		c.dropRefused(err)
 		c.setState(StateReconnecting)
 		c.emit(&StateChange{State: StateReconnecting, Err: err})
 		if time.Since(st.onlineSince) >= stableOnline {
@@ -661,19 +662,39 @@ func (c *Conn) loop(s *stream, st *runState, grown bool) {
 	}
 }
 
-// minRefusable is the smallest stanza taken for the cause of a
-// policy-violation stream error: Prosody does not let c2s_stanza_size_limit
-// go below 10,000 bytes, so a smaller stanza was not refused for its size.
+// minRefusable is the smallest stanza taken for the cause of a broken
+// stream: Prosody does not let c2s_stanza_size_limit go below 10,000
+// bytes, so a smaller stanza was not refused for its size.
 const minRefusable = 10000
 
-// dropRefused takes out of the XEP-0198 resend queue the stanza the server
-// closed the stream on with policy-violation, so that it is not sent again
-// after every reconnect. Servers send that error for a stanza over their
-// size limit, and the culprit is the largest unacknowledged stanza: the
-// server read none of the stanzas from the culprit on, and any of them as
-// large would have been refused as well. Dropping it leaves the positions
-// of those before it, which are all an ack can still cover, untouched.
-func (c *Conn) dropRefused() {
+// dropRefused takes out of the XEP-0198 resend queue a stanza the server
+// refused, so that it is not sent again after every reconnect. Servers
+// close the stream with policy-violation on a stanza over their size
+// limit, and the culprit is the largest unacknowledged stanza: the server
+// read none of the stanzas from the culprit on, and any of them as large
+// would have been refused as well. Dropping it leaves the positions of
+// those before it, which are all an ack can still cover, untouched.
+//
+// The server's error is often lost: it closes the socket with the rest of
+// the stanza unread, and the TCP reset that follows discards the error
+// before it is read. So when the connection itself broke (no stream error,
+// no timeout) twice in a row with the same stanza the largest
+// unacknowledged one, it is taken for refused too: at most two breaks,
+// instead of one after every reconnect.
+func (c *Conn) dropRefused(why error) {
+	var se *StreamError
+	reason := ""
+	switch {
+	case errors.As(why, &se) && se.Condition == "policy-violation":
+		reason = "policy-violation"
+	case errors.As(why, &se), errors.Is(why, ErrTimeout), errors.Is(why, ErrProtocol), errors.Is(why, ErrStanzaTooLarge):
+		// The break has another explanation: another stream error, a
+		// silent server, or what the server sent us.
+		c.wmu.Lock()
+		c.suspect = nil
+		c.wmu.Unlock()
+		return
+	}
 	c.wmu.Lock()
 	i := -1
 	for j, raw := range c.sm.unacked {
@@ -682,17 +703,27 @@ func (c *Conn) dropRefused() {
 		}
 	}
 	if i < 0 {
+		c.suspect = nil
 		c.wmu.Unlock()
 		return
 	}
 	raw := c.sm.unacked[i]
+	if reason == "" && c.suspect == &raw[0] {
+		reason = "stream_broken"
+	}
+	if reason == "" {
+		c.suspect = &raw[0]
+		c.wmu.Unlock()
+		return
+	}
+	c.suspect = nil
 	c.sm.unacked = slices.Delete(c.sm.unacked, i, i+1)
 	c.wmu.Unlock()
-	ev := &SendFailed{Bytes: len(raw), Reason: "policy-violation"}
+	ev := &SendFailed{Bytes: len(raw), Reason: reason}
 	if n, err := parseStartTag(stdHeader, raw); err == nil {
 		ev.Stanza, ev.To, ev.ID = n.name.Local, n.get("to"), n.get("id")
 	}
-	c.log.Warn("xmppconn: the server refused a stanza (policy-violation); not sending it again", "stanza", ev.Stanza, "to", ev.To, "bytes", ev.Bytes)
+	c.log.Warn("xmppconn: the server refused a stanza; not sending it again", "reason", reason, "stanza", ev.Stanza, "to", ev.To, "bytes", ev.Bytes)
 	c.emit(ev)
 }
 

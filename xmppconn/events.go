@@ -114,7 +114,11 @@ type SendFailed struct {
 	Stanza string // message, presence or iq
 	To, ID string
 	Bytes  int    // its encoded size; 0 for a stanza error, which does not say
-	Reason string // the error condition: "policy-violation"
+	// Reason is "policy-violation", or "stream_broken": the connection
+	// broke twice in a row, without a stream error, while this was the
+	// largest unacknowledged stanza (the server's error is lost when it
+	// closes the socket with the stanza's end unread).
+	Reason string
 }
 
 // State is the connection's lifecycle state.

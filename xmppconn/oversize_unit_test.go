@@ -123,3 +123,57 @@ func TestPresenceTooLargeNotKept(t *testing.T) {
 		t.Fatalf("the presence a fresh stream sends is %+v, want the last one sent", p)
 	}
 }
+
+// TestResetTwiceDropsLargest: the server's policy-violation is lost in a
+// TCP reset (the connection just breaks) while a large stanza is
+// unacknowledged. The first break re-sends it; a second break in a row
+// with the same stanza still unacknowledged drops it (SendFailed, reason
+// stream_broken); the third stream gets only the small one behind it.
+func TestResetTwiceDropsLargest(t *testing.T) {
+	noLeaks(t)
+	s := startScriptServer(t)
+	h := make(chanHandler, 100)
+	c, sc := dialScript(t, s, h, func(sc *scriptConn) { sc.login(); sc.fresh("sm1") })
+	for _, m := range []Message{{ID: "big", Body: strings.Repeat("x", 20000)}, {ID: "o1", Body: "a"}} {
+		m.To = "bob@example.test"
+		if _, err := c.Send(t.Context(), m); err != nil {
+			t.Fatal(err)
+		}
+		sc.expect("message")
+	}
+	sc.nc.Close()
+	for i, want := range [][]string{{"big", "o1"}, {"o1"}} {
+		next := s.accept()
+		next.login()
+		next.expect("resume")
+		next.write(`<resumed xmlns="urn:xmpp:sm:3" previd="sm1" h="2"/>`)
+		var got []string
+		for range want {
+			got = append(got, next.expect("message").get("id"))
+		}
+		if strings.Join(got, ",") != strings.Join(want, ",") {
+			t.Fatalf("stream %d got %v, want %v", i+2, got, want)
+		}
+		if i == 0 {
+			next.nc.Close()
+		}
+	}
+	// Every event up to the third stream's going online, in order.
+	var failed []SendFailed
+	for online := 0; online < 3; {
+		switch ev := h.wait(t, func(Event) bool { return true }).(type) {
+		case *StateChange:
+			if ev.State == StateOnline {
+				online++
+			}
+		case *SendFailed:
+			if online != 2 {
+				t.Errorf("SendFailed after stream %d, want after the second", online)
+			}
+			failed = append(failed, *ev)
+		}
+	}
+	if len(failed) != 1 || failed[0].ID != "big" || failed[0].Reason != "stream_broken" {
+		t.Fatalf("SendFailed events %+v, want one for big, stream_broken", failed)
+	}
+}
