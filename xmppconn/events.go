@@ -113,7 +113,7 @@ type Dropped struct {
 type SendFailed struct {
 	Stanza string // message, presence or iq
 	To, ID string
-	Bytes  int    // its encoded size; 0 for a stanza error, which does not say
+	Bytes  int // its encoded size; 0 for a stanza error, which does not say
 	// Reason is "policy-violation", or "stream_broken": the connection
 	// broke twice in a row, without a stream error, while this was the
 	// largest unacknowledged stanza (the server's error is lost when it
