@@ -36,6 +36,8 @@ type Config struct {
 	XMPPServerName     string
 	XMPPResourcePrefix string
 	XMPPMUCService     string
+	XMPPMaxStanzaSize  int
+	XMPPMaxSendSize    int
 
 	APITokenFile    string
 	SessionCookie   string
@@ -95,6 +97,8 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.XMPPServerName, "xmpp-server-name", "", "name expected in the server certificate (default: --xmpp-domain)")
 	fs.StringVar(&c.XMPPResourcePrefix, "xmpp-resource-prefix", "expresso", "XMPP resource prefix; the resource is <prefix>-<hash of the PHP session>")
 	fs.StringVar(&c.XMPPMUCService, "xmpp-muc-service", "", "group chat (XEP-0045) service domain, e.g. conference.example.org (default: discovered from the server)")
+	fs.IntVar(&c.XMPPMaxStanzaSize, "xmpp-max-stanza-size", xmppconn.DefaultMaxStanzaSize, "largest stanza (bytes) read from the Jabber server and kept in memory; a larger one is skipped and reported as a \"dropped\" event, the stream stays up (default four times the servers' 256 KiB: they re-escape what they relay, so a stanza may arrive larger than it was sent)")
+	fs.IntVar(&c.XMPPMaxSendSize, "xmpp-max-send-size", xmppconn.DefaultMaxSendSize, "largest stanza (bytes, once encoded) sent to the Jabber server; a larger message is refused with 413 message_too_large; keep it below the server's limit (Prosody c2s_stanza_size_limit, ejabberd max_stanza_size)")
 	fs.StringVar(&c.APITokenFile, "api-token-file", "", "file holding a bearer token required on every API call, cookie calls included (Apache adds it; optional)")
 	fs.StringVar(&c.SessionCookie, "session-cookie", "", "PHP session cookie name (default: sessionid for --profile=expresso, PHPSESSID for generic)")
 	fs.DurationVar(&c.Inactivity, "inactivity", 120*time.Second, "close a user's stream after this long without a poll")
@@ -318,6 +322,12 @@ func (c *Config) Validate() error {
 	positive("recheck-interval", c.RecheckInterval)
 	positive("session-max-lifetime", c.SessionMaxLifetime)
 	positive("session-timeout", c.SessionTimeout)
+	if c.XMPPMaxStanzaSize < 64<<10 || c.XMPPMaxStanzaSize > 64<<20 {
+		bad("xmpp-max-stanza-size", "must be within 65536..67108864, got %d", c.XMPPMaxStanzaSize)
+	}
+	if c.XMPPMaxSendSize < 4096 || c.XMPPMaxSendSize > c.XMPPMaxStanzaSize {
+		bad("xmpp-max-send-size", "must be within 4096..--xmpp-max-stanza-size, got %d", c.XMPPMaxSendSize)
+	}
 	if c.EventBuffer < 10 || c.EventBuffer > 1_000_000 {
 		bad("event-buffer", "must be within 10..1000000, got %d", c.EventBuffer)
 	}

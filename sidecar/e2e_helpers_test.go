@@ -690,6 +690,9 @@ type event struct {
 	Error       string `json:"error"`
 	// Presence: the XEP-0153 avatar hash.
 	Avatar *string `json:"avatar"`
+	// dropped and send_failed: the stanza's kind and size.
+	Stanza string `json:"stanza"`
+	Bytes  int    `json:"bytes"`
 }
 
 type eventsPage struct {

@@ -77,6 +77,8 @@ func statusFor(err error) (int, string) {
 		return http.StatusConflict, "not_connected"
 	case errors.Is(err, ErrTooLarge):
 		return http.StatusRequestEntityTooLarge, "too_large"
+	case errors.Is(err, xmppconn.ErrSendTooLarge):
+		return http.StatusRequestEntityTooLarge, "message_too_large"
 	case errors.Is(err, ErrRateLimited):
 		return http.StatusTooManyRequests, "rate_limited"
 	case errors.Is(err, ErrTooManyPolls):
