@@ -32,14 +32,18 @@ const authWindow = time.Hour
 //
 // Credentials that worked before (the same Conn's, or the last that worked
 // for the user) go before every waiting unproven login, at once when a unit
-// is free. The first refusal of such credentials ends that priority for
-// the rest of the window: they wait in line like any other.
+// is free, and only they may use the last fifth of the budget (reserve: 2
+// of the default 10), so that a storm of stale passwords cannot keep the
+// users whose password works from logging in or reconnecting. The first
+// refusal of such credentials ends both for the rest of the window: they
+// wait in line like any other, and nobody uses the reserve.
 //
 // Waiters are granted units in order, by hand-off (the unit is counted for
 // the waiter before it wakes), so a freed unit wakes one waiter, not all.
 type authLimiter struct {
-	limit  int // 0: no limit
-	window time.Duration
+	limit   int // 0: no limit
+	reserve int // units only known-good credentials may use
+	window  time.Duration
 	failed func() // counts a refusal (the metric)
 
 	mu       sync.Mutex
@@ -60,7 +64,7 @@ type authWaiter struct {
 }
 
 func newAuthLimiter(limit int, failed func()) *authLimiter {
-	return &authLimiter{limit: limit, window: authWindow, failed: failed, good: map[string][32]byte{}}
+	return &authLimiter{limit: limit, reserve: limit / 5, window: authWindow, failed: failed, good: map[string][32]byte{}}
 }
 
 // gate returns the xmppconn.AuthGate of one session's credentials.
@@ -93,17 +97,8 @@ func (l *authLimiter) acquire(ctx context.Context, user string, cred [32]byte, k
 		return l.releaser(user, cred, knownGood, false), nil
 	}
 	priority := knownGood && !now.Before(l.reservedUntil)
-	if l.freeLocked() > 0 { // then nobody waits: dispatchLocked just ran
-		l.inFlight++
-		l.mu.Unlock()
-		return l.releaser(user, cred, knownGood, true), nil
-	}
 	w := &authWaiter{ready: make(chan struct{}), priority: priority}
 	w.deadline, _ = ctx.Deadline()
-	if l.hopelessLocked(w) {
-		l.mu.Unlock()
-		return nil, l.throttled()
-	}
 	i := len(l.queue)
 	if priority {
 		i = 0
@@ -114,7 +109,9 @@ func (l *authLimiter) acquire(ctx context.Context, user string, cred [32]byte, k
 	l.queue = append(l.queue, nil)
 	copy(l.queue[i+1:], l.queue[i:])
 	l.queue[i] = w
-	l.armLocked(now)
+	// Granted at once when nobody waits before w and a unit is free;
+	// refused at once when hopeless.
+	l.dispatchLocked(now)
 	l.mu.Unlock()
 
 	select {
@@ -181,27 +178,38 @@ func (l *authLimiter) finish(user string, cred [32]byte, knownGood, holds bool, 
 	l.dispatchLocked(now)
 }
 
-// freeLocked is the failure budget no attempt holds.
-func (l *authLimiter) freeLocked() int { return l.limit - len(l.failures) - l.inFlight }
+// capLocked is the part of the budget w may use.
+func (l *authLimiter) capLocked(w *authWaiter) int {
+	if w.priority {
+		return l.limit
+	}
+	return l.limit - l.reserve
+}
+
+// freeLocked is the budget w may use that no attempt holds.
+func (l *authLimiter) freeLocked(w *authWaiter) int {
+	return l.capLocked(w) - len(l.failures) - l.inFlight
+}
 
 // hopelessLocked reports whether w cannot be granted before its deadline:
-// the whole budget is spent on failures that leave the window after it.
+// its whole budget is spent on failures that leave the window after it.
 func (l *authLimiter) hopelessLocked(w *authWaiter) bool {
-	return len(l.failures) >= l.limit && !w.deadline.IsZero() &&
-		w.deadline.Before(l.failures[len(l.failures)-l.limit].Add(l.window))
+	c := l.capLocked(w)
+	return len(l.failures) >= c && !w.deadline.IsZero() &&
+		(c <= 0 || w.deadline.Before(l.failures[len(l.failures)-c].Add(l.window)))
 }
 
 // dispatchLocked hands free units to waiters in order, and refuses at once
 // the waiters that can no longer be served in time.
 func (l *authLimiter) dispatchLocked(now time.Time) {
-	for len(l.queue) > 0 && l.freeLocked() > 0 {
+	for len(l.queue) > 0 && l.freeLocked(l.queue[0]) > 0 {
 		w := l.queue[0]
 		l.queue[0] = nil
 		l.queue = l.queue[1:]
 		l.inFlight++
 		close(w.ready)
 	}
-	if len(l.queue) > 0 && len(l.failures) >= l.limit {
+	if len(l.queue) > 0 && len(l.failures) >= l.limit-l.reserve {
 		kept := l.queue[:0]
 		for _, w := range l.queue {
 			if l.hopelessLocked(w) {

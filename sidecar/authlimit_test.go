@@ -319,3 +319,54 @@ func TestAuthLimiterUnlimited(t *testing.T) {
 		}
 	})
 }
+
+// TestAuthLimiterReserve: unproven logins may spend only four fifths of
+// the budget; the rest is kept for credentials that worked before, so a
+// storm of stale passwords does not lock out the users whose password
+// works. The first failure of known-good credentials closes the reserve.
+func TestAuthLimiterReserve(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newAuthLimiter(10, func() {})
+		ctx, cancel := context.WithTimeout(t.Context(), 40*time.Second)
+		defer cancel()
+		var stale []*attempt
+		for i := range 9 {
+			stale = append(stale, startAttempt(ctx, l, fmt.Sprint("s", i), "old", false))
+			synctest.Wait()
+		}
+		if admitted(stale) != 8 {
+			t.Fatalf("%d unproven admitted, want 8 (limit 10 less the reserve 2)", admitted(stale))
+		}
+		k1 := startAttempt(ctx, l, "k1", "pw", true)
+		synctest.Wait()
+		if !k1.finished() || k1.err != nil {
+			t.Fatalf("a known-good login with the reserve free: %v %v", k1.finished(), k1.err)
+		}
+		for _, a := range stale[:8] {
+			a.release(xmppconn.AuthFailed)
+		}
+		synctest.Wait()
+		if !stale[8].finished() || !errors.Is(stale[8].err, ErrAuthThrottled) {
+			t.Fatalf("the ninth stale login: %v, want ErrAuthThrottled at once", stale[8].err)
+		}
+		k2 := startAttempt(ctx, l, "k2", "pw", true)
+		synctest.Wait()
+		k3 := startAttempt(ctx, l, "k3", "pw", true)
+		synctest.Wait()
+		if !k2.finished() || k2.err != nil || k3.finished() {
+			t.Fatal("with 8 failures and one known-good in flight, one more known-good should go, a third wait")
+		}
+		k1.release(xmppconn.AuthFailed) // 9 failures; the reserve is closed
+		synctest.Wait()
+		if !k3.finished() || !errors.Is(k3.err, ErrAuthThrottled) {
+			t.Fatalf("known-good after a known-good failure: %v, want ErrAuthThrottled", k3.err)
+		}
+		k2.release(xmppconn.AuthFailed) // 10: the limit, never more
+		k4 := startAttempt(ctx, l, "k4", "pw", true)
+		synctest.Wait()
+		if !errors.Is(k4.err, ErrAuthThrottled) {
+			t.Fatalf("past the limit: %v", k4.err)
+		}
+		l.stop()
+	})
+}
