@@ -44,7 +44,7 @@ type authLimiter struct {
 	limit   int // 0: no limit
 	reserve int // units only known-good credentials may use
 	window  time.Duration
-	failed func() // counts a refusal (the metric)
+	failed  func() // counts a refusal (the metric)
 
 	mu       sync.Mutex
 	failures []time.Time // refusals within the window, oldest first

@@ -174,4 +174,3 @@ func notAdmitted(log, user string) bool {
 	}
 	return false
 }
-
