@@ -232,7 +232,7 @@ func newHarness(t testing.TB, token string) *harness {
 		return h.conn, nil
 	}
 	var reg *registry
-	m := newMetrics(func() map[xmppconn.State]int { return reg.stateCounts() })
+	m := newMetrics(func() map[xmppconn.State]int { return reg.stateCounts() }, func() int64 { return reg.mem.total.Load() })
 	reg = newRegistry(cfg, h.reader, dial, nil, logger, m)
 	h.reg = reg
 	h.api = &api{cfg: cfg, reg: reg, reader: h.reader, token: token, logger: logger, metrics: m, now: time.Now}

@@ -39,6 +39,8 @@ type Config struct {
 	SessionCookie   string
 	Inactivity      time.Duration
 	EventBuffer     int
+	EventBufferMB   int // byte cap of one session's event log, MiB
+	EventMemoryMB   int // byte cap of every event log together, MiB; 0: none
 	ShutdownTimeout time.Duration
 	RecheckInterval time.Duration
 	RateLimit       float64
@@ -88,6 +90,8 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.SessionCookie, "session-cookie", "", "PHP session cookie name (default: sessionid for --profile=expresso, PHPSESSID for generic)")
 	fs.DurationVar(&c.Inactivity, "inactivity", 120*time.Second, "close a user's stream after this long without a poll")
 	fs.IntVar(&c.EventBuffer, "event-buffer", 1000, "events kept per session for polls to catch up")
+	fs.IntVar(&c.EventBufferMB, "event-buffer-mb", 4, "MiB of events kept per session at most; past it the oldest go, unacknowledged ones with recovered:false (1..1024)")
+	fs.IntVar(&c.EventMemoryMB, "event-memory-mb", 256, "MiB of events kept by all sessions together at most; past it acknowledged events go first, then the oldest of the largest logs (0: no cap)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on graceful shutdown")
 	fs.DurationVar(&c.RecheckInterval, "recheck-interval", 5*time.Second, "how often each connected PHP session is re-read (logout/expiry detection)")
 	fs.Float64Var(&c.RateLimit, "rate-limit", 20, "mutating API calls per second allowed per session (bursts of twice that)")
@@ -250,6 +254,12 @@ func (c *Config) Validate() error {
 	positive("session-timeout", c.SessionTimeout)
 	if c.EventBuffer < 10 || c.EventBuffer > 1_000_000 {
 		bad("event-buffer", "must be within 10..1000000, got %d", c.EventBuffer)
+	}
+	if c.EventBufferMB < 1 || c.EventBufferMB > 1024 {
+		bad("event-buffer-mb", "must be within 1..1024, got %d", c.EventBufferMB)
+	}
+	if c.EventMemoryMB < 0 {
+		bad("event-memory-mb", "must be 0 (no cap) or more, got %d", c.EventMemoryMB)
 	}
 	if c.AuthFailLimit < 0 {
 		bad("auth-failure-limit", "must be 0 (no limit) or more, got %d", c.AuthFailLimit)

@@ -125,6 +125,8 @@ type registry struct {
 	// auth admits every XMPP authentication, first or reconnection
 	// (--auth-failure-limit).
 	auth *authLimiter
+	// mem is the daemon-wide byte budget of the event logs.
+	mem *eventMemory
 	// ids remembers, per session key, the PHP session id the API last
 	// saw, so the janitor can re-read the session. Only in memory.
 	idsMu   sync.Mutex
@@ -136,7 +138,7 @@ type registry struct {
 func newRegistry(cfg *Config, reader sessionReader, dial dialFunc, tlsConf *tls.Config, logger *slog.Logger, m *metrics) *registry {
 	return &registry{cfg: cfg, reader: reader, dial: dial, tlsConf: tlsConf, logger: logger, metrics: m,
 		sessions: map[string]*session{}, dialing: map[string]chan struct{}{}, authFailed: map[string][32]byte{},
-		auth: newAuthLimiter(cfg.AuthFailLimit, m.authFailures.Inc)}
+		auth: newAuthLimiter(cfg.AuthFailLimit, m.authFailures.Inc), mem: newEventMemory(int64(cfg.EventMemoryMB) << 20)}
 }
 
 func sessionKey(id string) string {
@@ -195,6 +197,9 @@ func (r *registry) connect(ctx context.Context, id string, ps *phpsession.Sessio
 		delete(r.dialing, key)
 		close(ch)
 		if err == nil {
+			if old := r.sessions[key]; old != nil && old.log != s.log {
+				r.mem.release(old.log) // another user's: the page is no longer theirs
+			}
 			r.sessions[key] = s
 			delete(r.authFailed, key)
 		} else if errors.Is(err, xmppconn.ErrAuth) {
@@ -207,7 +212,7 @@ func (r *registry) connect(ctx context.Context, id string, ps *phpsession.Sessio
 
 // open dials a stream for a PHP session, reusing the event log of an
 // earlier stream of the same session so that cursors stay valid.
-func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session, old *session, initial *xmppconn.Presence) (*session, error) {
+func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session, old *session, initial *xmppconn.Presence) (_ *session, err error) {
 	if old != nil {
 		r.closeSession(old, "replaced")
 	}
@@ -217,7 +222,12 @@ func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session,
 	if old != nil && old.user == s.user {
 		s.log = old.log
 	} else {
-		s.log = newEventLog(r.cfg.EventBuffer, r.metrics.eventsDropped.Inc)
+		s.log = r.mem.newLog(r.cfg.EventBuffer, int64(r.cfg.EventBufferMB)<<20, r.metrics.eventsDropped.Inc)
+		defer func() {
+			if err != nil {
+				r.mem.release(s.log) // nobody can poll it
+			}
+		}()
 	}
 	s.start = s.log.head()
 	s.lastPoll.Store(time.Now().UnixNano())
@@ -651,6 +661,7 @@ func (r *registry) forget(s *session) {
 	r.mu.Lock()
 	if r.sessions[s.key] == s {
 		delete(r.sessions, s.key)
+		r.mem.release(s.log)
 	}
 	r.mu.Unlock()
 	r.idsMu.Lock()
