@@ -33,6 +33,24 @@ func connectAll(t *testing.T, us []*user) (status []int, code []string) {
 	return status, code
 }
 
+// onlineMany registers n users named prefix+N with password pw, logs them
+// in to Expresso and connects them all at once; every one must get 200.
+func onlineMany(t *testing.T, e *e2e, prefix string, n int, pw string) ([]string, []*user) {
+	t.Helper()
+	names := e.XMPP.RegisterN(t, prefix, n, pw)
+	us := loginMany(t, e, names, pw)
+	status, code := connectAll(t, us)
+	for i := range status {
+		if status[i] != http.StatusOK {
+			t.Errorf("%s: correct password answered %d %s, want 200", names[i], status[i], code[i])
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	return names, us
+}
+
 var authFailuresMetric = regexp.MustCompile(`(?m)^imsidecar_auth_failures_total (\d+)$`)
 
 func authFailuresCounted(t *testing.T, d *daemon) int {
@@ -55,21 +73,14 @@ func authFailuresCounted(t *testing.T, d *daemon) int {
 // counted after.
 func TestAuthLimitLoginStorms(t *testing.T) {
 	e := startE2E(t, "files", daemonOptions{Extra: []string{"--auth-failure-limit=" + strconv.Itoa(authFailureLimit)}})
-	good := e.XMPP.RegisterN(t, "storm", 30, "the-right-password")
-	goodUsers := loginMany(t, e, good, "the-right-password")
-	status, code := connectAll(t, goodUsers)
-	for i := range status {
-		if status[i] != http.StatusOK {
-			t.Errorf("%s: correct password answered %d %s, want 200", good[i], status[i], code[i])
-		}
-	}
+	_, goodUsers := onlineMany(t, e, "storm", 30, "the-right-password")
 	if n := e.XMPP.AuthFailures(""); n != 0 {
 		t.Fatalf("%d authentication failures with correct passwords", n)
 	}
 
 	stale := e.XMPP.RegisterN(t, "stale", 30, "the-new-password")
 	staleUsers := loginMany(t, e, stale, "an-old-password")
-	status, code = connectAll(t, staleUsers)
+	status, code := connectAll(t, staleUsers)
 	tried := 0
 	for i := range status {
 		switch {
@@ -110,14 +121,7 @@ func TestAuthLimitLoginStorms(t *testing.T) {
 // at most --auth-failure-limit failures, not 25.
 func TestAuthLimitReconnectStorm(t *testing.T) {
 	e := startE2E(t, "files", daemonOptions{Extra: []string{"--auth-failure-limit=" + strconv.Itoa(authFailureLimit)}})
-	names := e.XMPP.RegisterN(t, "rc", 25, "the-first-password")
-	us := loginMany(t, e, names, "the-first-password")
-	status, code := connectAll(t, us)
-	for i := range status {
-		if status[i] != http.StatusOK {
-			t.Fatalf("%s: connect %d %s", names[i], status[i], code[i])
-		}
-	}
+	names, _ := onlineMany(t, e, "rc", 25, "the-first-password")
 	changed := map[string]string{}
 	for _, n := range names {
 		changed[n] = "changed-on-the-server"

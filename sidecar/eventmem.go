@@ -77,13 +77,22 @@ func (m *eventMemory) shrink() {
 }
 
 func (m *eventMemory) shrinkLocked() {
-	logs := make([]*eventLog, 0, len(m.logs))
+	type sized struct {
+		l     *eventLog
+		bytes int64
+	}
+	all := make([]sized, 0, len(m.logs))
 	for l := range m.logs {
-		if l.bytes.Load() > 0 {
-			logs = append(logs, l)
+		if b := l.bytes.Load(); b > 0 {
+			all = append(all, sized{l, b})
 		}
 	}
-	slices.SortFunc(logs, func(a, b *eventLog) int { return cmp.Compare(b.bytes.Load(), a.bytes.Load()) })
+	slices.SortFunc(all, func(a, b sized) int { return cmp.Compare(b.bytes, a.bytes) })
+	logs := make([]*eventLog, len(all))
+	sizes := make([]int64, len(all))
+	for i, s := range all {
+		logs[i], sizes[i] = s.l, s.bytes
+	}
 	// Acknowledged events first, largest log first: nobody loses anything.
 	for _, l := range logs {
 		if !m.over() {
@@ -102,10 +111,6 @@ func (m *eventMemory) shrinkLocked() {
 	// Then unacknowledged events, oldest first, from the largest logs:
 	// every log over a level is brought down to it, the level chosen so
 	// that this frees the excess; smaller logs are not touched.
-	sizes := make([]int64, len(logs))
-	for i, l := range logs {
-		sizes[i] = l.bytes.Load()
-	}
 	level := waterLevel(sizes, m.total.Load()-m.limit)
 	// A log of one large event cannot go below it: what it cannot give
 	// is then taken from the others, largest first (level 0).
