@@ -77,23 +77,8 @@ func (m *eventMemory) shrink() {
 }
 
 func (m *eventMemory) shrinkLocked() {
-	type sized struct {
-		l     *eventLog
-		bytes int64
-	}
-	all := make([]sized, 0, len(m.logs))
-	for l := range m.logs {
-		if b := l.bytes.Load(); b > 0 {
-			all = append(all, sized{l, b})
-		}
-	}
-	slices.SortFunc(all, func(a, b sized) int { return cmp.Compare(b.bytes, a.bytes) })
-	logs := make([]*eventLog, len(all))
-	sizes := make([]int64, len(all))
-	for i, s := range all {
-		logs[i], sizes[i] = s.l, s.bytes
-	}
 	// Acknowledged events first, largest log first: nobody loses anything.
+	logs, _ := m.bySizeLocked()
 	for _, l := range logs {
 		if !m.over() {
 			return
@@ -110,11 +95,11 @@ func (m *eventMemory) shrinkLocked() {
 	}
 	// Then unacknowledged events, oldest first, from the largest logs:
 	// every log over a level is brought down to it, the level chosen so
-	// that this frees the excess; smaller logs are not touched.
-	level := waterLevel(sizes, m.total.Load()-m.limit)
-	// A log of one large event cannot go below it: what it cannot give
-	// is then taken from the others, largest first (level 0).
-	for _, level := range []int64{level, 0} {
+	// that this frees the excess; smaller logs are not touched. A log of
+	// one large event cannot go below it: what it cannot give is then
+	// taken from the others, largest first (level 0).
+	logs, sizes := m.bySizeLocked()
+	for _, level := range []int64{waterLevel(sizes, m.total.Load()-m.limit), 0} {
 		for _, l := range logs {
 			if !m.over() {
 				return
@@ -127,6 +112,27 @@ func (m *eventMemory) shrinkLocked() {
 			l.mu.Unlock()
 		}
 	}
+}
+
+// bySizeLocked returns the logs holding events, largest first, with their
+// sizes when looked at.
+func (m *eventMemory) bySizeLocked() ([]*eventLog, []int64) {
+	type sized struct {
+		l     *eventLog
+		bytes int64
+	}
+	all := make([]sized, 0, len(m.logs))
+	for l := range m.logs {
+		if b := l.bytes.Load(); b > 0 {
+			all = append(all, sized{l, b})
+		}
+	}
+	slices.SortFunc(all, func(a, b sized) int { return cmp.Compare(b.bytes, a.bytes) })
+	logs, sizes := make([]*eventLog, len(all)), make([]int64, len(all))
+	for i, s := range all {
+		logs[i], sizes[i] = s.l, s.bytes
+	}
+	return logs, sizes
 }
 
 // waterLevel returns the highest level such that cutting every size above
