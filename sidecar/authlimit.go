@@ -54,6 +54,7 @@ type authLimiter struct {
 	good          map[string][32]byte // per user, the credentials that last worked
 	queue         []*authWaiter       // priority waiters first, each group in arrival order
 	timer         *time.Timer         // armed while waiters wait for a failure to age out
+	stopped       bool
 }
 
 type authWaiter struct {
@@ -86,6 +87,10 @@ func (g authGate) Acquire(ctx context.Context, knownGood bool) (func(xmppconn.Au
 // for a unit of the failure budget if none is free.
 func (l *authLimiter) acquire(ctx context.Context, user string, cred [32]byte, knownGood bool) (func(xmppconn.AuthResult), error) {
 	l.mu.Lock()
+	if l.stopped {
+		l.mu.Unlock()
+		return nil, ErrShuttingDown
+	}
 	now := time.Now()
 	l.pruneLocked(now)
 	l.dispatchLocked(now) // units freed by failures that just aged out
@@ -266,12 +271,19 @@ func (l *authLimiter) pruneLocked(now time.Time) {
 	}
 }
 
-// stop ends the timer; waiters end with their contexts.
+// stop ends the timer and refuses the waiting logins: the daemon is
+// shutting down.
 func (l *authLimiter) stop() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.stopped = true
 	if l.timer != nil {
 		l.timer.Stop()
 		l.timer = nil
 	}
+	for _, w := range l.queue {
+		w.err = ErrShuttingDown
+		close(w.ready)
+	}
+	l.queue = nil
 }

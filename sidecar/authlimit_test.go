@@ -370,3 +370,24 @@ func TestAuthLimiterReserve(t *testing.T) {
 		l.stop()
 	})
 }
+
+// TestAuthLimiterStop: shutdown refuses the waiting logins and any new one
+// at once (ErrShuttingDown), instead of letting them wait their timeout.
+func TestAuthLimiterStop(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newAuthLimiter(1, func() {})
+		held := startAttempt(t.Context(), l, "a", "x", false)
+		synctest.Wait()
+		waiting := startAttempt(t.Context(), l, "b", "x", false)
+		synctest.Wait()
+		l.stop()
+		synctest.Wait()
+		if !errors.Is(waiting.err, ErrShuttingDown) {
+			t.Fatalf("waiting login after stop: %v, want ErrShuttingDown", waiting.err)
+		}
+		if _, err := l.acquire(t.Context(), "c", sha("c", "x"), true); !errors.Is(err, ErrShuttingDown) {
+			t.Fatalf("new login after stop: %v, want ErrShuttingDown", err)
+		}
+		held.release(xmppconn.AuthSucceeded)
+	})
+}

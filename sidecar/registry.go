@@ -268,7 +268,7 @@ func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session,
 		}
 		s.setState(xmppconn.StateOffline, "unavailable")
 		logger.Warn("xmpp connect failed", "err", err)
-		if ctx.Err() == nil && !errors.Is(err, xmppconn.ErrConfig) {
+		if ctx.Err() == nil && !errors.Is(err, xmppconn.ErrConfig) && !errors.Is(err, ErrShuttingDown) {
 			err = fmt.Errorf("%w: %w", errXMPP, err)
 		}
 		return nil, err
