@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,7 +37,17 @@ type api struct {
 	parked *parker
 	// bosh holds the BOSH sessions (bosh.go).
 	bosh *boshServer
+	// sseWrite bounds each write of an SSE stream (0: sseWriteTimeout).
+	sseWrite time.Duration
+
+	pwWarnedMu sync.Mutex
+	pwWarned   map[string]struct{} // users already logged as password_unavailable
 }
+
+// sseWriteTimeout bounds each write (and flush) of an SSE stream: a
+// reader that stops reading ends its stream, and gives back its goroutine
+// and connection, this long after the socket's buffers fill up.
+const sseWriteTimeout = 10 * time.Second
 
 // caller is who a request speaks for.
 type caller struct {
@@ -113,6 +124,12 @@ func (s *statusRecorder) Flush() {
 	}
 }
 
+// FlushError flushes and says whether the write behind it failed (an SSE
+// write past its deadline), which Flush cannot.
+func (s *statusRecorder) FlushError() error {
+	return http.NewResponseController(s.ResponseWriter).Flush()
+}
+
 func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 // wrap authenticates the caller, runs h, maps its error, logs and measures.
@@ -124,6 +141,11 @@ func (a *api) wrap(route string, cookieOK bool, h handlerFunc) http.Handler {
 		err := func() error {
 			if a.draining.Load() {
 				return ErrShuttingDown
+			}
+			if r.ContentLength > maxBody {
+				// Refused before reading, so net/http never answers
+				// "100 Continue" and the client sends no body.
+				return fmt.Errorf("%w: Content-Length over %d bytes", ErrTooLarge, maxBody)
 			}
 			if route == "other" {
 				return h(rec, r, nil)
@@ -138,7 +160,10 @@ func (a *api) wrap(route string, cookieOK bool, h handlerFunc) http.Handler {
 		if err == errParked {
 			return // the parker answers, logs and measures it (park.go)
 		}
-		if err != nil {
+		switch {
+		case errors.Is(err, ErrTooLarge) && rec.status == 0 && a.refuseBody(rec, r, err):
+			rec.status = http.StatusRequestEntityTooLarge
+		case err != nil:
 			a.writeError(rec, r, err, c)
 		}
 		status := rec.status
@@ -164,18 +189,20 @@ func (a *api) record(ctx context.Context, route string, status int, start time.T
 	a.logger.LogAttrs(ctx, slog.LevelDebug, "api", attrs...)
 }
 
-// authenticate finds the PHP session: X-Session-Id (server-side PHP; with
-// the API token when one is configured), else the session cookie (the
-// browser through Apache, read-only routes only).
+// authenticate finds the PHP session: X-Session-Id (server-side PHP), else
+// the session cookie (the browser through Apache, read-only routes only).
+// With an API token configured every call needs it, the cookie ones too
+// (Apache adds it on its proxied paths): a local user who learns a session
+// id cannot read that user's events on loopback.
 func (a *api) authenticate(r *http.Request, cookieOK bool) (*caller, error) {
+	if a.token != "" {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(a.token)) != 1 {
+			return nil, ErrUnauthorized
+		}
+	}
 	c := &caller{}
 	if id := r.Header.Get("X-Session-Id"); id != "" {
-		if a.token != "" {
-			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(a.token)) != 1 {
-				return nil, ErrUnauthorized
-			}
-		}
 		c.id = id
 	} else if id, ok := phpsession.IDFromCookie(strings.Join(r.Header.Values("Cookie"), "; "), a.cfg.SessionCookie); ok {
 		if !cookieOK {
@@ -198,10 +225,57 @@ func (a *api) authenticate(r *http.Request, cookieOK bool) (*caller, error) {
 		}
 	}
 	if err != nil {
+		a.warnPasswordUnavailable(err)
 		return nil, err
 	}
 	c.php = ps
 	return c, nil
+}
+
+// refuseTooLargeTimeout bounds the drain after a 413 (refuseBody).
+const refuseTooLargeTimeout = 2 * time.Second
+
+// refuseBody answers a body over the limit on HTTP/1.x itself: net/http
+// would close the connection with the rest of the upload unread, and the
+// TCP reset that follows can wipe the 413 before the client reads it
+// (curl and PHP's curl, uploading while they wait). Here the answer is
+// written, the connection half-closed and the upload drained, up to
+// 2 s and 16 MiB, so the client reads its 413. It reports false where it
+// cannot take the connection (HTTP/2, whose streams end without a reset
+// of the connection): the caller then answers as usual.
+func (a *api) refuseBody(w http.ResponseWriter, r *http.Request, err error) bool {
+	if r.ProtoMajor != 1 {
+		return false
+	}
+	conn, brw, herr := http.NewResponseController(w).Hijack()
+	if herr != nil {
+		return false
+	}
+	brw.Reader.Discard(brw.Reader.Buffered())
+	refuse(conn, err, refuseTooLargeTimeout, 16<<20)
+	return true
+}
+
+// warnPasswordUnavailable logs, once per user, that the session keeps the
+// password only encrypted and which session key to have Expresso fill.
+func (a *api) warnPasswordUnavailable(err error) {
+	var pe *phpsession.PasswordUnavailableError
+	if !errors.As(err, &pe) {
+		return
+	}
+	a.pwWarnedMu.Lock()
+	_, seen := a.pwWarned[pe.User]
+	if !seen {
+		if a.pwWarned == nil || len(a.pwWarned) >= 10000 {
+			a.pwWarned = map[string]struct{}{}
+		}
+		a.pwWarned[pe.User] = struct{}{}
+	}
+	a.pwWarnedMu.Unlock()
+	if !seen {
+		a.logger.Warn("password unavailable: not connecting to XMPP", "user", pe.User, "key", pe.Key,
+			"reason", pe.Reason, "enable", pe.Enable)
+	}
 }
 
 type errorBody struct {
@@ -412,18 +486,21 @@ func (a *api) mutate(c *caller) (*session, xmppSession, error) {
 }
 
 func (a *api) events(w http.ResponseWriter, r *http.Request, c *caller) error {
-	s, err := a.session(c)
-	if err != nil {
-		return err
-	}
 	q := r.URL.Query()
 	raw := q.Get("cursor")
 	if raw == "" {
 		raw = r.Header.Get("Last-Event-ID")
 	}
-	cur, given, err := parseCursor(raw)
+	cur, given, curErr := parseCursor(raw)
+	s, err := a.session(c)
+	if errors.Is(err, ErrNotConnected) && curErr == nil && given && !c.byCookie && fromEarlierRun(cur) {
+		s, err = a.resume(r, c)
+	}
 	if err != nil {
 		return err
+	}
+	if curErr != nil {
+		return curErr
 	}
 	wait := 25 * time.Second
 	if v := q.Get("wait"); v != "" {
@@ -441,6 +518,22 @@ func (a *api) events(w http.ResponseWriter, r *http.Request, c *caller) error {
 		}
 		limit = n
 	}
+	// One session (a page in a loop, a hostile script) must not hold every
+	// API connection: its polls in flight are capped, and the one over the
+	// cap is answered at once and its connection closed, so the slot goes
+	// back to other users.
+	if !s.acquirePoll(a.cfg.MaxPolls) {
+		if r.ProtoMajor == 1 {
+			w.Header().Set("Connection", "close")
+		}
+		return ErrTooManyPolls
+	}
+	parked := false
+	defer func() {
+		if !parked {
+			s.releasePoll()
+		}
+	}()
 	s.lastPoll.Store(time.Now().UnixNano())
 	if strings.Contains(r.Header.Get("Accept"), "text/event-stream") {
 		return a.stream(w, r, s, cur, given)
@@ -448,8 +541,10 @@ func (a *api) events(w http.ResponseWriter, r *http.Request, c *caller) error {
 	res := s.log.read(cur, given, limit)
 	if len(res.events) == 0 && wait > 0 {
 		// Nothing yet: the poll waits parked, holding no goroutine and
-		// no buffer of net/http's, or, where it cannot be, here.
+		// no buffer of net/http's, or, where it cannot be, here. A parked
+		// poll counts against the cap until it is answered (park.go).
 		if a.park(w, r, c, s, pollQuery{cur, given, limit}, wait) {
+			parked = true
 			return errParked
 		}
 		res = s.log.poll(r.Context(), cur, given, wait, limit)
@@ -459,6 +554,23 @@ func (a *api) events(w http.ResponseWriter, r *http.Request, c *caller) error {
 	w.Header().Set("Cache-Control", "no-store")
 	io.WriteString(w, eventsPage(res))
 	return nil
+}
+
+// resume reconnects a session whose page polls with a cursor an earlier
+// run of the daemon gave it: the daemon was restarted (a package upgrade)
+// and lost its registry, but the user was online and nothing of theirs
+// asked to go offline, so their next poll brings them back, with the
+// default presence, and answers recovered:false (the cursor is from another
+// epoch). Only server-side calls get here, never a cookie call: those change
+// no state (see routes).
+func (a *api) resume(r *http.Request, c *caller) (*session, error) {
+	s, _, err := a.reg.connect(r.Context(), c.id, c.php, nil)
+	if err != nil {
+		return nil, err
+	}
+	a.reg.remember(s, c.id)
+	a.logger.Info("session resumed after a restart", "user", s.user, "session", s.short)
+	return s, nil
 }
 
 // eventsPage is the JSON answer of GET /v1/events.
@@ -479,17 +591,41 @@ func eventsPage(res pollResult) string {
 // 15 s keeps proxies from timing out; the response ends after 10 minutes
 // and the browser reconnects where it was.
 func (a *api) stream(w http.ResponseWriter, r *http.Request, s *session, cur cursor, given bool) error {
-	flusher, ok := w.(http.Flusher)
-	if !ok {
+	if _, ok := w.(http.Flusher); !ok {
 		return fmt.Errorf("%w: streaming unsupported", ErrBadRequest)
 	}
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Accel-Buffering", "no")
+	// Every write and flush has a deadline: a reader that stops reading
+	// (the socket's buffers full) ends the stream instead of holding this
+	// goroutine and its connection for the stream's 10 minutes.
+	rc := http.NewResponseController(w)
+	timeout := a.sseWrite
+	if timeout <= 0 {
+		timeout = sseWriteTimeout
+	}
+	send := func(b string) error {
+		rc.SetWriteDeadline(time.Now().Add(timeout))
+		if _, err := io.WriteString(w, b); err != nil {
+			return err
+		}
+		return rc.Flush()
+	}
+	// A stream that ended on a failed write keeps its passed deadline, so
+	// net/http's last flush fails at once too; one that ended normally is
+	// freed for the connection's next request.
+	failed := false
+	defer func() {
+		if !failed {
+			rc.SetWriteDeadline(time.Time{})
+		}
+	}()
 	w.WriteHeader(http.StatusOK)
-	io.WriteString(w, "retry: 2000\n\n")
-	flusher.Flush()
+	if failed = send("retry: 2000\n\n") != nil; failed {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Minute)
 	defer cancel()
 	first := true
@@ -509,10 +645,11 @@ func (a *api) stream(w http.ResponseWriter, r *http.Request, s *session, cur cur
 		if len(res.events) == 0 {
 			b.WriteString(": ping\n\n")
 		}
-		if _, err := io.WriteString(w, b.String()); err != nil {
+		if err := send(b.String()); err != nil {
+			a.logger.Debug("SSE stream ended: the client does not read", "user", s.user, "err", err)
+			failed = true
 			return nil
 		}
-		flusher.Flush()
 		cur, given = res.cursor, true
 	}
 	return nil

@@ -523,6 +523,10 @@ func (b *bridge) send(ctx context.Context, c *bridgeClient, conn xmppSession, st
 	if errors.Is(err, xmppconn.ErrBadStanza) {
 		return fmt.Errorf("%w: %w", errClientBadStanza, err)
 	}
+	if errors.Is(err, xmppconn.ErrSendTooLarge) {
+		c.push(stanzaError(st, "modify", "policy-violation"))
+		return nil
+	}
 	if err != nil && st.Type != "error" && st.Type != "result" {
 		c.push(stanzaError(st, "wait", "remote-server-timeout"))
 	}

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -27,6 +28,7 @@ type Config struct {
 	ListenGroup  string
 	UnsafeListen bool
 	OpsListen    string
+	OpsTokenFile string
 
 	XMPPAddr           string
 	XMPPDomain         string
@@ -35,16 +37,21 @@ type Config struct {
 	XMPPServerName     string
 	XMPPResourcePrefix string
 	XMPPMUCService     string
+	XMPPMaxStanzaSize  int
+	XMPPMaxSendSize    int
 
 	APITokenFile    string
 	SessionCookie   string
 	Inactivity      time.Duration
 	EventBuffer     int
+	EventBufferMB   int // byte cap of one session's event log, MiB
+	EventMemoryMB   int // byte cap of every event log together, MiB; 0: none
 	ShutdownTimeout time.Duration
 	RecheckInterval time.Duration
 	RateLimit       float64
 	AuthFailLimit   int
 	MaxConnections  int
+	MaxPolls        int
 	GCPercent       int
 	HTTP2           bool
 	HTTP2MaxStreams int
@@ -58,6 +65,8 @@ type Config struct {
 	SessionStore       string
 	SessionSavePath    string
 	SessionRedis       string
+	SessionKeyPrefix   string
+	SessionHash        string
 	SessionSerializer  string
 	SessionMaxLifetime time.Duration
 	SessionCharset     string
@@ -72,6 +81,11 @@ type Config struct {
 
 	LogLevel  string
 	LogFormat string
+
+	// fromProfile lists the settings --profile chose because neither the
+	// command line nor the environment did ("--flag=value (why)"), for
+	// check-config to show.
+	fromProfile []string
 }
 
 // flagSet declares every flag into c. The same set drives parsing, the
@@ -84,6 +98,7 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.ListenGroup, "listen-group", "", "group owning the API unix socket (name or gid; empty keeps the process's)")
 	fs.BoolVar(&c.UnsafeListen, "unsafe-listen", false, "allow --listen and --ops-listen on non-loopback addresses")
 	fs.StringVar(&c.OpsListen, "ops-listen", "127.0.0.1:8766", "address of /healthz, /readyz, /metrics and /status (empty disables)")
+	fs.StringVar(&c.OpsTokenFile, "ops-token-file", "", "file holding a bearer token that opens the per-user rows of /status (the API token does too; without either, /status shows counts only)")
 	fs.StringVar(&c.XMPPAddr, "xmpp-addr", "", "Jabber server c2s address host:port (required)")
 	fs.StringVar(&c.XMPPDomain, "xmpp-domain", "", "XMPP domain: users are <login>@<domain> (required)")
 	fs.StringVar(&c.XMPPTLS, "xmpp-tls", "starttls", "TLS to the Jabber server: starttls, direct (XEP-0368) or none (loopback only)")
@@ -91,28 +106,35 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.XMPPServerName, "xmpp-server-name", "", "name expected in the server certificate (default: --xmpp-domain)")
 	fs.StringVar(&c.XMPPResourcePrefix, "xmpp-resource-prefix", "expresso", "XMPP resource prefix; the resource is <prefix>-<hash of the PHP session>")
 	fs.StringVar(&c.XMPPMUCService, "xmpp-muc-service", "", "group chat (XEP-0045) service domain, e.g. conference.example.org (default: discovered from the server)")
-	fs.StringVar(&c.APITokenFile, "api-token-file", "", "file holding a bearer token required on X-Session-Id calls (optional)")
+	fs.IntVar(&c.XMPPMaxStanzaSize, "xmpp-max-stanza-size", xmppconn.DefaultMaxStanzaSize, "largest stanza (bytes) read from the Jabber server and kept in memory; a larger one is skipped and reported as a \"dropped\" event, the stream stays up (default four times the servers' 256 KiB: they re-escape what they relay, so a stanza may arrive larger than it was sent)")
+	fs.IntVar(&c.XMPPMaxSendSize, "xmpp-max-send-size", xmppconn.DefaultMaxSendSize, "largest stanza (bytes, once encoded) sent to the Jabber server; a larger message is refused with 413 message_too_large; keep it below the server's limit (Prosody c2s_stanza_size_limit, ejabberd max_stanza_size)")
+	fs.StringVar(&c.APITokenFile, "api-token-file", "", "file holding a bearer token required on every API call, cookie calls included (Apache adds it; optional)")
 	fs.StringVar(&c.SessionCookie, "session-cookie", "", "PHP session cookie name (default: sessionid for --profile=expresso, PHPSESSID for generic)")
 	fs.DurationVar(&c.Inactivity, "inactivity", 120*time.Second, "close a user's stream after this long without a poll")
 	fs.IntVar(&c.EventBuffer, "event-buffer", 1000, "events kept per session for polls to catch up")
+	fs.IntVar(&c.EventBufferMB, "event-buffer-mb", 4, "MiB of events kept per session at most; past it the oldest go, unacknowledged ones with recovered:false (1..1024)")
+	fs.IntVar(&c.EventMemoryMB, "event-memory-mb", 256, "MiB of events kept by all sessions together at most; past it acknowledged events go first, then the oldest of the largest logs (0: no cap)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on graceful shutdown")
 	fs.DurationVar(&c.RecheckInterval, "recheck-interval", 5*time.Second, "how often each connected PHP session is re-read (logout/expiry detection)")
 	fs.Float64Var(&c.RateLimit, "rate-limit", 20, "mutating API calls per second allowed per session (bursts of twice that)")
-	fs.IntVar(&c.AuthFailLimit, "auth-failure-limit", 10, "XMPP authentication failures allowed per hour for the whole daemon, below the server's per-IP ban (ejabberd mod_fail2ban: 20); past it only passwords that worked before are tried (0: no limit)")
+	fs.IntVar(&c.AuthFailLimit, "auth-failure-limit", 10, "XMPP authentication failures the server may see per hour from the whole daemon, first logins and reconnections, below its per-IP ban (ejabberd mod_fail2ban: 20); logins in flight count against it and the others wait their turn; a fifth is kept for passwords that worked before (0: no limit)")
 	fs.IntVar(&c.MaxConnections, "max-connections", 10000, "open API connections at most; more are answered 503 too_many_connections (keep it below the open files limit minus one per user); an HTTP/2 connection counts once however many requests it carries")
+	fs.IntVar(&c.MaxPolls, "max-polls-per-session", 8, "GET /v1/events (long polls, SSE streams) in flight at most per PHP session, a parked poll counting until answered; more are answered 429 too_many_polls and their connection closed, so one session cannot hold every API connection (8: four tabs, each with a poll left over from a reload)")
 	fs.BoolVar(&c.HTTP2, "http2", true, "also accept HTTP/2 without TLS (h2c with prior knowledge, RFC 9113 §3.3) on --listen, next to HTTP/1.1: one connection carries many pending polls")
 	fs.IntVar(&c.HTTP2MaxStreams, "http2-max-streams", 100, "HTTP/2: requests in flight at most on one connection (pending polls included), so a client needs users/this connections; more costs CPU per frame, as Go's server visits every open stream to pick the next frame")
 	fs.StringVar(&c.BOSHURL, "bosh-url", "/http-bind", "the BOSH endpoint's URL as browsers reach it through the site (e.g. /im/http-bind), answered by POST /v1/prebind")
 	fs.StringVar(&c.AllowedOrigins, "allowed-origins", "", "browser origins allowed on /http-bind and /xmpp-websocket, comma-separated (e.g. https://mail.example.org); empty: the host the request was sent to (Host or X-Forwarded-Host)")
 	fs.IntVar(&c.MaxBrowserStreams, "max-browser-streams", 8, "BOSH and WebSocket streams attached at once per PHP session (tabs)")
 	fs.IntVar(&c.GCPercent, "gc-percent", 50, "Go garbage collector target (GOGC): heap growth allowed over live memory before a collection; lower keeps less memory per user for a little CPU (10..1000; a GOGC environment variable wins)")
-	fs.StringVar(&c.SessionStore, "session-store", "files", "PHP session store: files or redis")
-	fs.StringVar(&c.SessionSavePath, "session-save-path", "/var/lib/php/sessions", "files store: PHP's session.save_path (\"/dir\", \"N;/dir\" or \"N;MODE;/dir\")")
+	fs.StringVar(&c.SessionStore, "session-store", "files", "PHP session store, as session.save_handler: "+strings.Join(phpsession.StoreNames(), ", "))
+	fs.StringVar(&c.SessionSavePath, "session-save-path", "", "PHP's session.save_path for the store: files: \"/dir\", \"N;/dir\" or \"N;MODE;/dir\" (default "+phpsession.ExpressoSavePath+" for --profile=expresso, "+genericSavePath+" for generic); memcached: host:port,host:port…; memcache: tcp://host:port?weight=N…,…; redis: as --session-redis")
 	fs.StringVar(&c.SessionRedis, "session-redis", "", "redis store: PHP's session.save_path for phpredis: one or more hosts (tcp://host:port?auth=…&database=N&weight=W…, separated by commas or spaces), a rediscluster seed[]=host:port&seed[]=…&auth=… string, or a redis:// URL")
+	fs.StringVar(&c.SessionKeyPrefix, "session-key-prefix", "", "memcached store: PHP's memcached.sess_prefix (default memc.sess.key.); memcache store: memcache.session_prefix_static_key (default none)")
+	fs.StringVar(&c.SessionHash, "session-hash", "", "how PHP spreads sessions over several memcached servers, if not the extension's default: memcached store: ketama_weighted (memcached.sess_consistent_hash_type) or modula (memcached.sess_consistent_hash=Off); memcache store: standard (memcache.hash_strategy) and/or fnv (memcache.hash_function), comma-separated")
 	fs.StringVar(&c.SessionSerializer, "session-serializer", "php", "PHP's session.serialize_handler: php, php_serialize or php_binary")
-	fs.DurationVar(&c.SessionMaxLifetime, "session-max-lifetime", 1440*time.Second, "PHP's session.gc_maxlifetime: files untouched for longer are expired")
+	fs.DurationVar(&c.SessionMaxLifetime, "session-max-lifetime", 0, "PHP's session.gc_maxlifetime: files untouched for longer are expired (default 4h0m0s, Expresso's, for --profile=expresso; 24m0s, PHP's, for generic)")
 	fs.StringVar(&c.SessionCharset, "session-charset", "", "charset of session strings (default: ISO-8859-1 for expresso, UTF-8 for generic)")
-	fs.DurationVar(&c.SessionTimeout, "session-timeout", 14400*time.Second, "expresso profile: Expresso's sessions_timeout (session_dla older is expired)")
+	fs.DurationVar(&c.SessionTimeout, "session-timeout", phpsession.ExpressoSessionTimeout, "expresso profile: Expresso's sessions_timeout (session_dla older is expired)")
 	fs.IntVar(&c.SessionMinIDLength, "session-min-id-length", phpsession.DefaultMinIDLength, "shortest session id accepted")
 	fs.IntVar(&c.SessionOwner, "session-owner", -1, "uid that must own session files (-1: the sidecar's own uid)")
 	fs.StringVar(&c.Profile, "profile", "expresso", "where the user is in the session: expresso or generic")
@@ -123,6 +145,28 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "text or json")
 	return fs
+}
+
+// Flag describes one setting of the flag set, for documentation that is
+// generated from it (docs/CONFIG.md, the man page and /etc/default/imsidecar
+// of the Debian package).
+type Flag struct {
+	Name    string // without dashes, e.g. "xmpp-addr"
+	Env     string // the environment twin, e.g. "IMSIDECAR_XMPP_ADDR"
+	Type    string // the value's kind as --help names it: "string", "duration", "int", "float"; "" for a boolean
+	Default string // as --help prints it; "" when there is none
+	Usage   string
+}
+
+// Flags lists every setting in name order: the same set that Run parses.
+func Flags() []Flag {
+	var c Config
+	var flags []Flag
+	c.flagSet(io.Discard).VisitAll(func(f *flag.Flag) {
+		kind, _ := flag.UnquoteUsage(f)
+		flags = append(flags, Flag{Name: f.Name, Env: envName(f.Name), Type: kind, Default: f.DefValue, Usage: f.Usage})
+	})
+	return flags
 }
 
 // envName is the environment twin of a flag.
@@ -154,22 +198,51 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	if len(errs) > 0 {
 		return nil, nil, fmt.Errorf("%w: %w", ErrConfig, errors.Join(errs...))
 	}
-	c.applyDefaults()
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true }) // the environment's too
+	c.applyDefaults(set)
 	return c, fs.Args(), nil
 }
 
-func (c *Config) applyDefaults() {
-	if c.SessionCookie == "" {
-		c.SessionCookie = "sessionid"
-		if c.Profile == "generic" {
-			c.SessionCookie = "PHPSESSID"
+// genericSavePath is Debian's session.save_path, the generic profile's
+// default.
+const genericSavePath = "/var/lib/php/sessions"
+
+// applyDefaults fills what the profile implies into the flags left unset
+// (set names the flags given on the command line or in the environment),
+// and notes which for check-config.
+func (c *Config) applyDefaults(set map[string]bool) {
+	expresso := c.Profile != "generic"
+	def := func(name string, dst any, expressoVal, genericVal any, why string) {
+		if set[name] {
+			return
+		}
+		v := genericVal
+		if expresso {
+			v = expressoVal
+		}
+		switch d := dst.(type) {
+		case *string:
+			*d = v.(string)
+		case *time.Duration:
+			*d = v.(time.Duration)
+		}
+		if expresso && why != "" {
+			c.fromProfile = append(c.fromProfile, fmt.Sprintf("--%s=%v (%s)", name, v, why))
 		}
 	}
-	if c.SessionCharset == "" {
-		c.SessionCharset = "ISO-8859-1"
-		if c.Profile == "generic" {
-			c.SessionCharset = "UTF-8"
-		}
+	def("session-cookie", &c.SessionCookie, phpsession.ExpressoCookie, "PHPSESSID", "Expresso's session_name")
+	def("session-charset", &c.SessionCharset, phpsession.ExpressoCharset, "UTF-8", "Expresso's default_charset")
+	def("session-max-lifetime", &c.SessionMaxLifetime, phpsession.ExpressoSessionTimeout, 1440*time.Second,
+		"Expresso sets session.gc_maxlifetime to its sessions_timeout")
+	if c.SessionStore == "files" {
+		def("session-save-path", &c.SessionSavePath, phpsession.ExpressoSavePath, genericSavePath,
+			"session.save_path in Expresso's .htaccess; its Debian installer uses /var/lib/php5")
+	}
+	if expresso && !set["session-timeout"] {
+		c.fromProfile = append(c.fromProfile, fmt.Sprintf("--session-timeout=%v (Expresso's sessions_timeout default)", c.SessionTimeout))
+	}
+	if c.SessionStore == "redis" && c.SessionSavePath == "" {
+		c.SessionSavePath = c.SessionRedis
 	}
 }
 
@@ -245,6 +318,11 @@ func (c *Config) Validate() error {
 			bad("api-token-file", "%v", err)
 		}
 	}
+	if c.OpsTokenFile != "" {
+		if _, err := readToken(c.OpsTokenFile); err != nil {
+			bad("ops-token-file", "%v", err)
+		}
+	}
 	if c.SessionCookie == "" || strings.ContainsAny(c.SessionCookie, "=; ") {
 		bad("session-cookie", "%q is not a cookie name", c.SessionCookie)
 	}
@@ -258,8 +336,20 @@ func (c *Config) Validate() error {
 	positive("recheck-interval", c.RecheckInterval)
 	positive("session-max-lifetime", c.SessionMaxLifetime)
 	positive("session-timeout", c.SessionTimeout)
+	if c.XMPPMaxStanzaSize < 64<<10 || c.XMPPMaxStanzaSize > 64<<20 {
+		bad("xmpp-max-stanza-size", "must be within 65536..67108864, got %d", c.XMPPMaxStanzaSize)
+	}
+	if c.XMPPMaxSendSize < 4096 || c.XMPPMaxSendSize > c.XMPPMaxStanzaSize {
+		bad("xmpp-max-send-size", "must be within 4096..--xmpp-max-stanza-size, got %d", c.XMPPMaxSendSize)
+	}
 	if c.EventBuffer < 10 || c.EventBuffer > 1_000_000 {
 		bad("event-buffer", "must be within 10..1000000, got %d", c.EventBuffer)
+	}
+	if c.EventBufferMB < 1 || c.EventBufferMB > 1024 {
+		bad("event-buffer-mb", "must be within 1..1024, got %d", c.EventBufferMB)
+	}
+	if c.EventMemoryMB < 0 {
+		bad("event-memory-mb", "must be 0 (no cap) or more, got %d", c.EventMemoryMB)
 	}
 	if c.AuthFailLimit < 0 {
 		bad("auth-failure-limit", "must be 0 (no limit) or more, got %d", c.AuthFailLimit)
@@ -272,6 +362,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxConnections < 16 {
 		bad("max-connections", "must be at least 16, got %d", c.MaxConnections)
+	}
+	if c.MaxPolls < 1 || c.MaxPolls > 1000 {
+		bad("max-polls-per-session", "must be within 1..1000, got %d", c.MaxPolls)
 	}
 	if c.MaxBrowserStreams < 1 || c.MaxBrowserStreams > 1000 {
 		bad("max-browser-streams", "must be within 1..1000, got %d", c.MaxBrowserStreams)
@@ -294,21 +387,51 @@ func (c *Config) Validate() error {
 	if c.HTTP2MaxStreams < 1 || c.HTTP2MaxStreams > 100_000 {
 		bad("http2-max-streams", "must be within 1..100000, got %d", c.HTTP2MaxStreams)
 	}
-	switch c.SessionStore {
-	case "files":
-		if _, err := phpsession.NewFileStore(c.SessionSavePath, phpsession.FileOptions{Owner: -1}); err != nil {
-			bad("session-save-path", "%v", err)
+	if !slices.Contains(phpsession.StoreNames(), c.SessionStore) {
+		bad("session-store", "%q is not %s", c.SessionStore, strings.Join(phpsession.StoreNames(), ", "))
+	} else {
+		pathFlag := "session-save-path"
+		if c.SessionStore == "redis" && c.SessionRedis != "" {
+			pathFlag = "session-redis"
+			if c.SessionSavePath != c.SessionRedis {
+				bad("session-redis", "differs from --session-save-path: give the redis save path once")
+			}
 		}
-	case "redis":
-		if c.SessionRedis == "" {
-			bad("session-redis", "required with --session-store=redis")
-		} else if s, err := phpsession.NewRedisStore(c.SessionRedis, phpsession.RedisOptions{}); err != nil {
-			bad("session-redis", "%v", err)
+		if c.SessionSavePath == "" {
+			bad(pathFlag, "required with --session-store=%s", c.SessionStore)
 		} else {
-			s.Close()
+			rc := c.readerConfig()
+			rc.Hash, rc.KeyPrefix = "", ""
+			if st, err := phpsession.NewStore(rc); err != nil {
+				bad(pathFlag, "%v", err)
+			} else {
+				st.Close()
+			}
 		}
-	default:
-		bad("session-store", "%q is not files or redis", c.SessionStore)
+	}
+	memcache := c.SessionStore == "memcached" || c.SessionStore == "memcache"
+	for _, f := range []struct{ name, value, what string }{
+		{"session-key-prefix", c.SessionKeyPrefix, "a key prefix (redis: prefix= in its save path)"},
+		{"session-hash", c.SessionHash, "a hash setting"},
+	} {
+		if f.value == "" {
+			continue
+		}
+		if !memcache {
+			bad(f.name, "only the memcached and memcache stores take %s", f.what)
+			continue
+		}
+		rc := phpsession.Config{Store: c.SessionStore, SavePath: "127.0.0.1:11211"}
+		if f.name == "session-key-prefix" {
+			rc.KeyPrefix = f.value
+		} else {
+			rc.Hash = f.value
+		}
+		if st, err := phpsession.NewStore(rc); err != nil {
+			bad(f.name, "%v", err)
+		} else {
+			st.Close()
+		}
 	}
 	if _, err := phpsession.ParseSerializer(c.SessionSerializer); err != nil {
 		bad("session-serializer", "%q is not php, php_serialize or php_binary", c.SessionSerializer)
@@ -383,7 +506,8 @@ func (c *Config) readerConfig() phpsession.Config {
 	return phpsession.Config{
 		Store:       c.SessionStore,
 		SavePath:    c.SessionSavePath,
-		Redis:       c.SessionRedis,
+		KeyPrefix:   c.SessionKeyPrefix,
+		Hash:        c.SessionHash,
 		Serializer:  phpsession.Serializer(c.SessionSerializer),
 		MaxLifetime: c.SessionMaxLifetime,
 		Charset:     c.SessionCharset,

@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -351,12 +352,10 @@ func startDaemon(tb testing.TB, opts daemonOptions) *daemon {
 		"--shutdown-timeout=" + opts.ShutdownTimeout.String(),
 	}
 	switch opts.Store.Kind {
-	case "files":
-		args = append(args, "--session-save-path="+opts.Store.SavePath)
 	case "redis":
 		args = append(args, "--session-redis="+opts.Store.SavePath)
-	default:
-		tb.Fatalf("unknown store %q", opts.Store.Kind)
+	default: // the save path of any other store
+		args = append(args, "--session-save-path="+opts.Store.SavePath)
 	}
 	if opts.Inactivity > 0 {
 		args = append(args, "--inactivity="+opts.Inactivity.String())
@@ -692,6 +691,9 @@ type event struct {
 	Error       string `json:"error"`
 	// Presence: the XEP-0153 avatar hash.
 	Avatar *string `json:"avatar"`
+	// dropped and send_failed: the stanza's kind and size.
+	Stanza string `json:"stanza"`
+	Bytes  int    `json:"bytes"`
 }
 
 type eventsPage struct {
@@ -998,4 +1000,15 @@ func errCode(err error) string {
 		return ae.Code
 	}
 	return ""
+}
+
+// metricValue reads one unlabelled series from the daemon's /metrics.
+func metricValue(t *testing.T, d *daemon, name string) float64 {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)^` + name + ` (\S+)$`).FindStringSubmatch(metricsText(t, d))
+	if m == nil {
+		t.Fatalf("no %s in /metrics", name)
+	}
+	v, _ := strconv.ParseFloat(m[1], 64)
+	return v
 }

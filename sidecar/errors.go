@@ -20,14 +20,19 @@ var (
 	ErrTooLarge       = errors.New("sidecar: request body too large")
 	ErrRateLimited    = errors.New("sidecar: rate limited")
 	ErrShuttingDown   = errors.New("sidecar: shutting down")
-	// ErrAuthThrottled: too many XMPP authentication failures in the last
-	// hour (--auth-failure-limit); a password not seen working is not tried.
+	// ErrAuthThrottled: the XMPP authentication failure budget
+	// (--auth-failure-limit an hour) had no unit free for a login before
+	// its context ended; the password was not sent to the server.
 	ErrAuthThrottled = errors.New("sidecar: XMPP authentication throttled after too many failures")
 	// ErrTooManyConnections: the API already holds --max-connections
 	// connections; the new one is answered 503 and closed.
 	ErrTooManyConnections = errors.New("sidecar: too many connections to the API (--max-connections)")
 	ErrConfig             = errors.New("sidecar: invalid configuration")
 )
+
+// ErrTooManyPolls: the session already has --max-polls-per-session
+// GET /v1/events in flight; the one over is answered 429.
+var ErrTooManyPolls = errors.New("sidecar: too many polls in flight for this session (--max-polls-per-session)")
 
 // statusFor is the one place errors become HTTP statuses and API codes.
 // Anything unknown is a 500 "internal", whose detail stays in the log.
@@ -46,6 +51,11 @@ func statusFor(err error) (int, string) {
 		return http.StatusUnauthorized, "session_expired"
 	case errors.Is(err, phpsession.ErrNotLoggedIn):
 		return http.StatusUnauthorized, "not_logged_in"
+	case errors.Is(err, phpsession.ErrPasswordUnavailable):
+		// Not the session's fault nor the Jabber server's: the site keeps
+		// the password only encrypted. Never an XMPP attempt, never an
+		// authentication failure.
+		return http.StatusForbidden, "password_unavailable"
 	case errors.Is(err, ErrNotFound):
 		return http.StatusNotFound, "not_found"
 	case errors.Is(err, xmppconn.ErrNickInUse):
@@ -72,8 +82,12 @@ func statusFor(err error) (int, string) {
 		return http.StatusForbidden, "origin_forbidden"
 	case errors.Is(err, ErrTooManyStreams):
 		return http.StatusTooManyRequests, "too_many_streams"
+	case errors.Is(err, xmppconn.ErrSendTooLarge):
+		return http.StatusRequestEntityTooLarge, "message_too_large"
 	case errors.Is(err, ErrRateLimited):
 		return http.StatusTooManyRequests, "rate_limited"
+	case errors.Is(err, ErrTooManyPolls):
+		return http.StatusTooManyRequests, "too_many_polls"
 	case errors.Is(err, xmppconn.ErrUnsupported):
 		return http.StatusNotImplemented, "feature_unavailable"
 	case errors.Is(err, xmppconn.ErrAuth):

@@ -180,6 +180,7 @@ func (p *parkedPoll) answer() {
 	delete(pk.polls, p)
 	keep = keep && !pk.closed
 	pk.mu.Unlock()
+	p.s.releasePoll() // counted since the handler; answered now
 	switch {
 	case err != nil || !keep:
 		p.conn.Close()
@@ -386,6 +387,8 @@ type resumedConn struct {
 	net.Conn
 	rest []byte
 }
+
+func (c *resumedConn) CloseWrite() error { return closeWrite(c.Conn) }
 
 func (c *resumedConn) Read(b []byte) (int, error) {
 	if len(c.rest) == 0 {

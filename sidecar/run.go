@@ -21,9 +21,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/text/encoding/charmap"
-	"golang.org/x/text/encoding/htmlindex"
-
 	"expressolivre.org/imsidecar/phpsession"
 	"expressolivre.org/imsidecar/xmppconn"
 )
@@ -36,7 +33,12 @@ const usage = `imsidecar keeps Expresso users online in Jabber while they use th
 usage:
   imsidecar [serve] [flags]          run the daemon (the default)
   imsidecar check-config [flags]     validate the configuration and exit
-  imsidecar session show [flags] ID  print a PHP session decoded as JSON
+  imsidecar session show [flags] [ID|-]
+                                     print a PHP session decoded as JSON, every
+                                     secret-shaped value redacted (its length
+                                     only); without ID, or with -, the ID is
+                                     read from stdin (kept out of ps and
+                                     /proc/*/cmdline)
   imsidecar version                  print the version
 
 Every flag has an environment twin IMSIDECAR_<FLAG> (e.g. IMSIDECAR_XMPP_ADDR).
@@ -44,8 +46,14 @@ flags:
 `
 
 // Run is the whole program: main only builds the context and exits with
-// Run's error. getenv supplies the environment twins of the flags.
+// Run's error. getenv supplies the environment twins of the flags; stdin
+// is the process's (RunIO takes another).
 func Run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	return RunIO(ctx, args, getenv, os.Stdin, stdout, stderr)
+}
+
+// RunIO is Run reading stdin (`session show` without an ID) from stdin.
+func RunIO(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
 	cmd := "serve"
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		cmd, args = args[0], args[1:]
@@ -64,7 +72,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case "serve", "check-config":
 	case "session":
 		if len(args) == 0 || args[0] != "show" {
-			return fmt.Errorf("%w: usage: imsidecar session show [flags] ID", ErrConfig)
+			return fmt.Errorf("%w: usage: imsidecar session show [flags] [ID|-]", ErrConfig)
 		}
 		args = args[1:]
 	default:
@@ -78,7 +86,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	if cmd == "session" {
-		return sessionShow(ctx, cfg, rest, stdout)
+		return sessionShow(ctx, cfg, rest, stdin, stdout)
 	}
 	if len(rest) > 0 {
 		return fmt.Errorf("%w: unexpected arguments %q", ErrConfig, rest)
@@ -87,7 +95,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	if cmd == "check-config" {
-		fmt.Fprintln(stdout, "imsidecar: configuration OK")
+		checkConfigReport(cfg, stdout)
 		return nil
 	}
 	logger, err := newLogger(cfg, stderr)
@@ -100,7 +108,41 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		// heap grow to twice that before collecting (docs/PERFORMANCE.md).
 		debug.SetGCPercent(cfg.GCPercent)
 	}
-	return serve(ctx, cfg, logger, nil)
+	err = serve(ctx, cfg, logger, nil)
+	if t, ok := logger.Handler().(*throttle); ok {
+		t.flush() // the counts of warnings still held back
+	}
+	return err
+}
+
+// checkConfigReport prints what check-config found beyond validity: the
+// settings the profile chose, and a files store directory that holds no
+// session at all.
+func checkConfigReport(cfg *Config, w io.Writer) {
+	fmt.Fprintln(w, "imsidecar: configuration OK")
+	for _, line := range cfg.fromProfile {
+		fmt.Fprintf(w, "imsidecar: from --profile=%s: %s\n", cfg.Profile, line)
+	}
+	st, err := phpsession.NewStore(cfg.readerConfig())
+	if err != nil {
+		return // Validate has accepted it
+	}
+	defer st.Close()
+	fst, ok := st.(*phpsession.FileStore)
+	if !ok {
+		return
+	}
+	has, err := fst.HasSessions()
+	switch {
+	case err != nil:
+		fmt.Fprintf(w, "imsidecar: warning: --session-save-path: %v\n", err)
+	case !has:
+		fmt.Fprintf(w, "imsidecar: warning: --session-save-path: %s holds no sess_* file: "+
+			"PHP probably keeps its sessions elsewhere (compare session.save_handler and session.save_path in php.ini, "+
+			"the Apache configuration and Expresso's .htaccess; Expresso's Debian installer uses /var/lib/php5), "+
+			"or this process sees another /tmp or /dev/shm (systemd PrivateTmp= or PrivateDevices=), or nobody is logged in yet\n",
+			fst.Dir())
+	}
 }
 
 func printUsage(w io.Writer) error {
@@ -117,42 +159,33 @@ func newLogger(cfg *Config, w io.Writer) (*slog.Logger, error) {
 		return nil, fmt.Errorf("%w: --log-level: %w", ErrConfig, err)
 	}
 	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if cfg.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		h = slog.NewJSONHandler(w, opts)
 	}
-	return slog.New(slog.NewTextHandler(w, opts)), nil
+	// Repeated warnings of one source are counted, not each written.
+	return slog.New(newThrottle(h, logWindow, logBurst)), nil
 }
 
 // sessionShow prints {"id","data","identity"} for one session; never the
-// password.
-func sessionShow(ctx context.Context, cfg *Config, rest []string, stdout io.Writer) error {
-	if len(rest) != 1 {
-		return fmt.Errorf("%w: usage: imsidecar session show [flags] ID", ErrConfig)
+// password nor any secret-shaped value (redact.go).
+func sessionShow(ctx context.Context, cfg *Config, rest []string, stdin io.Reader, stdout io.Writer) error {
+	id, err := sessionIDArg(rest, stdin)
+	if err != nil {
+		return err
 	}
-	id := rest[0]
 	rc := cfg.readerConfig()
 	if err := phpsession.ValidateID(id, rc.MinIDLength); err != nil {
 		return err
 	}
-	var rec phpsession.Record
-	var err error
-	switch cfg.SessionStore {
-	case "redis":
-		var s *phpsession.RedisStore
-		if s, err = phpsession.NewRedisStore(cfg.SessionRedis, phpsession.RedisOptions{}); err != nil {
-			return err
-		}
-		defer s.Close()
-		rec, err = s.Load(ctx, id)
-	default:
-		var s *phpsession.FileStore
-		if s, err = phpsession.NewFileStore(cfg.SessionSavePath, phpsession.FileOptions{Owner: cfg.SessionOwner}); err != nil {
-			return err
-		}
-		rec, err = s.Load(ctx, id)
-		if err == nil && time.Since(rec.ModTime) > cfg.SessionMaxLifetime {
-			err = fmt.Errorf("%w: not written for %s", phpsession.ErrExpired, time.Since(rec.ModTime).Round(time.Second))
-		}
+	st, err := phpsession.NewStore(rc)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	rec, err := st.Load(ctx, id)
+	if err == nil {
+		err = phpsession.CheckLifetime(rec.ModTime, rc.MaxLifetime, time.Now())
 	}
 	if err != nil {
 		return err
@@ -172,12 +205,12 @@ func sessionShow(ctx context.Context, cfg *Config, rest []string, stdout io.Writ
 		// The password as stored (session charset) and base64-encoded, as
 		// Expresso keeps a copy of it, is never printed.
 		raw := []byte(ident.Password)
-		if enc, err := charsetEncode(rc.Charset, ident.Password); err == nil {
+		if enc, err := cs.Encode(ident.Password); err == nil {
 			raw = enc
 		}
 		secrets = append(secrets, raw, []byte(ident.Password), []byte(base64.StdEncoding.EncodeToString(raw)))
 	}
-	data, err := phpsession.MarshalJSONRedacted(vars, cs, secrets...)
+	data, err := phpsession.MarshalJSONRedact(vars, cs, phpsession.Redaction{Secrets: secrets, Key: secretKey})
 	if err != nil {
 		return err
 	}
@@ -195,18 +228,6 @@ func sessionShow(ctx context.Context, cfg *Config, rest []string, stdout io.Writ
 	}
 	_, err = fmt.Fprintf(stdout, "%s\n", out)
 	return err
-}
-
-// charsetEncode converts a UTF-8 string back to the session charset.
-func charsetEncode(charset, s string) ([]byte, error) {
-	enc, err := htmlindex.Get(charset)
-	if err != nil {
-		return nil, err
-	}
-	if strings.EqualFold(charset, "ISO-8859-1") || strings.EqualFold(charset, "latin1") {
-		enc = charmap.ISO8859_1
-	}
-	return enc.NewEncoder().Bytes([]byte(s))
 }
 
 // deps lets tests replace the XMPP dialer; nil uses xmppconn.Dial.
@@ -247,10 +268,17 @@ func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error
 		}
 	}
 	var reg *registry
-	m := newMetrics(func() map[xmppconn.State]int { return reg.stateCounts() })
+	m := newMetrics(func() map[xmppconn.State]int { return reg.stateCounts() }, func() int64 { return reg.mem.total.Load() })
 	reg = newRegistry(cfg, reader, dial, tlsConf, logger, m)
 	a := &api{cfg: cfg, reg: reg, reader: reader, token: token, logger: logger, metrics: m, now: time.Now}
-	o := &ops{cfg: cfg, reg: reg, reader: reader, metrics: m, api: a}
+	o := &ops{cfg: cfg, reg: reg, reader: reader, metrics: m, api: a, tokens: []string{token}}
+	if cfg.OpsTokenFile != "" {
+		opsToken, err := readToken(cfg.OpsTokenFile)
+		if err != nil {
+			return fmt.Errorf("%w: --ops-token-file: %w", ErrConfig, err)
+		}
+		o.tokens = append(o.tokens, opsToken)
+	}
 
 	rawLn, err := listen(cfg.Listen, cfg.ListenMode, cfg.ListenGroup)
 	if err != nil {

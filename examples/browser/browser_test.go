@@ -11,13 +11,17 @@ import (
 	"image"
 	"image/color"
 	"image/png"
+	"io"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -116,16 +120,32 @@ php_admin_value session.gc_probability 0
 SetEnv IMSIDECAR_URL http://127.0.0.1:%[6]d
 SetEnv DEMO_USERS_FILE %[2]s/users.txt
 SetEnv DEMO_DOMAIN %[7]s
+SetEnv IMSIDECAR_TOKEN_FILE %[2]s/token
 # The SSE path of examples/apache/imsidecar.conf: the browser's
-# EventSource reaches the sidecar through Apache with its session cookie.
-ProxyPass /im/events http://127.0.0.1:%[6]d/v1/events flushpackets=on timeout=120
-# The browser XMPP clients' paths (examples/apache/imsidecar.conf), and the
-# pinned npm copies of Strophe.js and converse.js the demo pages load.
-ProxyPass /im/http-bind http://127.0.0.1:%[6]d/http-bind timeout=70
-ProxyPass /im/xmpp-websocket http://127.0.0.1:%[6]d/xmpp-websocket upgrade=websocket timeout=120
+# EventSource reaches the sidecar through Apache with its session cookie,
+# and Apache adds the API token (--api-token-file) the browser never sees.
+Define IMSIDECAR_TOKEN %[8]s
+<Location "/im/events">
+  ProxyPass http://127.0.0.1:%[6]d/v1/events flushpackets=on timeout=120
+  RequestHeader unset X-Session-Id
+  RequestHeader set Authorization "Bearer ${IMSIDECAR_TOKEN}"
+</Location>
+# The browser XMPP clients' paths (examples/apache/imsidecar.conf), Apache
+# adding the token there too, and the pinned npm copies of Strophe.js and
+# converse.js the demo pages load.
+<Location "/im/http-bind">
+  ProxyPass http://127.0.0.1:%[6]d/http-bind timeout=70
+  RequestHeader unset X-Session-Id
+  RequestHeader set Authorization "Bearer ${IMSIDECAR_TOKEN}"
+</Location>
+<Location "/im/xmpp-websocket">
+  ProxyPass http://127.0.0.1:%[6]d/xmpp-websocket upgrade=websocket timeout=120
+  RequestHeader unset X-Session-Id
+  RequestHeader set Authorization "Bearer ${IMSIDECAR_TOKEN}"
+</Location>
 LoadModule alias_module /usr/lib/apache2/modules/mod_alias.so
-Alias /vendor/ "%[8]s/"
-<Directory "%[8]s">
+Alias /vendor/ "%[9]s/"
+<Directory "%[9]s">
   Require all granted
 </Directory>
 SetEnv DEMO_VENDOR_URL /vendor
@@ -135,6 +155,7 @@ SetEnv DEMO_BOSH_URL /im/http-bind
 // site is the demo app in Apache with mod_php, the sidecar and Prosody.
 type site struct {
 	base     string // the web server's URL
+	apiPort  int    // the sidecar's
 	srv      *xmppconntest.Server
 	chromium string
 }
@@ -170,6 +191,16 @@ func startSite(t *testing.T) *site {
 		t.Fatal(err)
 	}
 
+	// The token file is the PHP side's (www-data) and the sidecar's.
+	token := "browser-test-token-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(tokenFile, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+
 	bin := filepath.Join(t.TempDir(), "imsidecar")
 	if out, err := exec.Command("go", "build", "-o", bin, "../../sidecar/cmd/imsidecar").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
@@ -179,7 +210,7 @@ func startSite(t *testing.T) *site {
 	side := exec.Command(bin, "serve", "--listen=127.0.0.1:"+strconv.Itoa(apiPort), "--ops-listen=127.0.0.1:"+strconv.Itoa(opsPort),
 		"--xmpp-addr="+srv.Addr, "--xmpp-domain="+srv.Domain, "--xmpp-ca-file="+srv.CAFile,
 		"--session-store=files", "--session-save-path="+filepath.Join(dir, "sessions"), "--session-owner="+www.Uid,
-		"--recheck-interval=1s", "--log-level=debug", "--bosh-url=/im/http-bind")
+		"--recheck-interval=1s", "--log-level=debug", "--api-token-file="+tokenFile, "--bosh-url=/im/http-bind")
 	side.Stdout, side.Stderr = &sidecarLog, &sidecarLog
 	if err := side.Start(); err != nil {
 		t.Fatal(err)
@@ -202,7 +233,7 @@ func startSite(t *testing.T) *site {
 		t.Fatal(err)
 	}
 	conf := filepath.Join(dir, "httpd.conf")
-	if err := os.WriteFile(conf, fmt.Appendf(nil, apacheConf, webPort, dir, www.Username, "www-data", demo, apiPort, srv.Domain, vendor), 0o644); err != nil {
+	if err := os.WriteFile(conf, fmt.Appendf(nil, apacheConf, webPort, dir, www.Username, "www-data", demo, apiPort, srv.Domain, token, vendor), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	apache := exec.Command("apache2", "-f", conf, "-DFOREGROUND")
@@ -232,7 +263,7 @@ func startSite(t *testing.T) *site {
 	})
 	base := fmt.Sprintf("http://127.0.0.1:%d", webPort)
 	waitHTTP(t, base+"/login.php")
-	return &site{base: base, srv: srv, chromium: chromium}
+	return &site{base: base, apiPort: apiPort, srv: srv, chromium: chromium}
 }
 
 // runNode runs a Playwright script against the site.
@@ -251,8 +282,58 @@ func (s *site) runNode(t *testing.T, script string, env ...string) {
 	}
 }
 
+// checkApacheAddsToken: with --api-token-file, the session cookie alone
+// reads nothing from the sidecar directly, while the same cookie through
+// Apache's /im/events (which adds the token) gets the events.
+func checkApacheAddsToken(t *testing.T, base string, apiPort int) {
+	t.Helper()
+	jar, _ := cookiejar.New(nil)
+	hc := &http.Client{Jar: jar, Timeout: 20 * time.Second}
+	resp, err := hc.PostForm(base+"/login.php", url.Values{"user": {"bob"}, "password": {"bob-pw-2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	req, _ := http.NewRequestWithContext(t.Context(), "POST", base+"/api.php?action=connect", nil)
+	req.Header.Set("X-Requested-With", "imsidecar-demo")
+	if resp, err = hc.Do(req); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("connect through the demo: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	get := func(u string) (int, string) {
+		t.Helper()
+		resp, err := hc.Get(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if st, body := get(base + "/im/events?wait=0"); st != http.StatusOK || !strings.Contains(body, `"cursor"`) {
+		t.Fatalf("events through Apache with the cookie: %d %s", st, body)
+	}
+	// The sidecar itself, same cookie, no token: refused.
+	direct := fmt.Sprintf("http://127.0.0.1:%d/v1/events?wait=0", apiPort)
+	dreq, _ := http.NewRequestWithContext(t.Context(), "GET", direct, nil)
+	for _, c := range jar.Cookies(&url.URL{Scheme: "http", Host: strings.TrimPrefix(base, "http://")}) {
+		dreq.AddCookie(c)
+	}
+	dresp, err := http.DefaultClient.Do(dreq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(dresp.Body)
+	dresp.Body.Close()
+	if dresp.StatusCode != http.StatusUnauthorized || !strings.Contains(string(b), "session_invalid") {
+		t.Fatalf("the cookie without the token, straight to the sidecar: %d %s", dresp.StatusCode, b)
+	}
+}
+
 func TestBrowserChat(t *testing.T) {
-	startSite(t).runNode(t, "browser.mjs")
+	s := startSite(t)
+	s.runNode(t, "browser.mjs")
+	checkApacheAddsToken(t, s.base, s.apiPort)
 }
 
 // TestBrowserXMPPClients runs independently written web XMPP clients,
