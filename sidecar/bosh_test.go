@@ -732,3 +732,22 @@ func (h *harness) metric(name string) string {
 	h.t.Fatalf("no series %s", name)
 	return ""
 }
+
+// TestBOSHToken: with --api-token-file a page's cookie opens a stream only
+// through the front that adds the token; a sid, once made, is enough.
+func TestBOSHToken(t *testing.T) {
+	h := newHarness(t, "s3cret-token")
+	srv := httptest.NewServer(h.srv)
+	t.Cleanup(srv.Close)
+	create := `<body xmlns="http://jabber.org/protocol/httpbind" rid="5" to="example.test" wait="3" hold="1"/>`
+	bare := h.newBOSH(srv, goodID)
+	if st, _ := bare.Post(t.Context(), create); st != http.StatusUnauthorized {
+		t.Fatalf("cookie without the token: %d %s", st, bare.Last)
+	}
+	c := h.newBOSH(srv, goodID)
+	c.hdr.Set("Authorization", "Bearer s3cret-token")
+	c.Create("example.test")
+	c.hdr.Del("Authorization")
+	c.Login("alice", "x")
+	h.checkNoSecrets(c.SID, "s3cret-token")
+}
