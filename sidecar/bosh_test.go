@@ -751,3 +751,52 @@ func TestBOSHToken(t *testing.T) {
 	c.Login("alice", "x")
 	h.checkNoSecrets(c.SID, "s3cret-token")
 }
+
+// TestBridgeClientRooms: a room a page joined itself is, after a reload,
+// joined again from what the bridge kept: the new page gets the occupants
+// (itself last) and the subject, and the room hears nothing.
+func TestBridgeClientRooms(t *testing.T) {
+	h, srv := boshHarness(t)
+	room := "sala@conference.example.test"
+	a := h.newBOSH(srv, goodID)
+	a.Create("example.test")
+	jid := a.Login("alice", "x")
+	a.Send("", `<presence xmlns="jabber:client"/>`)
+	a.Send("", `<presence xmlns="jabber:client" to="`+room+`/Alice"><x xmlns="http://jabber.org/protocol/muc"/></presence>`)
+	if sent := h.conn.stanzaLog(); len(sent) != 1 || !strings.Contains(sent[0], room+"/Alice") {
+		t.Fatalf("the join went out as %q", sent)
+	}
+	h.serverStanza(`<presence from="` + room + `/Bob" to="` + jid + `"><x xmlns="http://jabber.org/protocol/muc#user"><item affiliation="none" role="participant"/></x></presence>`)
+	h.serverStanza(`<presence from="` + room + `/Carol" to="` + jid + `"><x xmlns="http://jabber.org/protocol/muc#user"><item affiliation="none" role="participant"/></x></presence>`)
+	h.serverStanza(`<presence from="` + room + `/Alice" to="` + jid + `"><x xmlns="http://jabber.org/protocol/muc#user"><item affiliation="owner" role="moderator"/><status code="110"/></x></presence>`)
+	h.serverStanza(`<message from="` + room + `" to="` + jid + `" type="groupchat"><subject>Pauta</subject></message>`)
+	h.serverStanza(`<presence from="` + room + `/Carol" to="` + jid + `" type="unavailable"><x xmlns="http://jabber.org/protocol/muc#user"><item affiliation="none" role="none"/></x></presence>`)
+	a.WaitFor(5*time.Second, "the subject", func(s string) bool { return strings.Contains(s, "Pauta") })
+	// The reload.
+	b := h.newBOSH(srv, goodID)
+	b.Create("example.test")
+	b.Login("alice", "x")
+	b.Send("", `<presence xmlns="jabber:client"/>`)
+	b.Send("", `<presence xmlns="jabber:client" to="`+room+`/Alice"><x xmlns="http://jabber.org/protocol/muc"/></presence>`)
+	var got []string
+	for len(got) < 3 {
+		s := b.WaitFor(5*time.Second, "the room replayed", func(s string) bool { return strings.Contains(s, `from="`+room) })
+		got = append(got, s)
+	}
+	if !strings.Contains(got[0], room+"/Bob") || !strings.Contains(got[1], `code="110"`) || !strings.Contains(got[2], "<subject>Pauta</subject>") {
+		t.Fatalf("replayed %q, want Bob, then Alice (110), then the subject", got)
+	}
+	b.Send("", "")
+	if n := b.Count(func(s string) bool { return strings.Contains(s, room+"/Carol") }); n != 0 {
+		t.Fatal("an occupant that left was replayed")
+	}
+	if sent := h.conn.stanzaLog(); len(sent) != 1 {
+		t.Fatalf("the second join reached the room: %q", sent)
+	}
+	// Leaving is passed on, and a later join goes to the room again.
+	b.Send("", `<presence xmlns="jabber:client" to="`+room+`/Alice" type="unavailable"/>`)
+	b.Send("", `<presence xmlns="jabber:client" to="`+room+`/Alice"><x xmlns="http://jabber.org/protocol/muc"/></presence>`)
+	if sent := h.conn.stanzaLog(); len(sent) != 3 {
+		t.Fatalf("leave and join again sent %q", sent)
+	}
+}

@@ -63,6 +63,7 @@ type bridge struct {
 	heldLen int      // bytes in held
 	routes  map[string]iqRoute
 	queries map[string]*bridgeClient // MAM query id → the client that asked
+	rooms   map[string]*clientRoom   // rooms the clients joined themselves (bridgerooms.go)
 	seq     uint64
 	closed  bool
 	reason  string
@@ -353,6 +354,9 @@ func (b *bridge) fromServer(st *xmppconn.Stanza) {
 	if b.closed {
 		return
 	}
+	if len(b.rooms) > 0 && (st.Kind == "presence" || st.Kind == "message") {
+		b.roomStanzaLocked(st, raw)
+	}
 	delivered := false
 	for c := range b.clients {
 		c.mu.Lock()
@@ -465,6 +469,10 @@ func (b *bridge) fromClient(ctx context.Context, c *bridgeClient, raw []byte) er
 		if st.To == "" && (st.Type == "" || st.Type == "unavailable") {
 			return b.clientPresence(ctx, c, conn, st)
 		}
+		if b.clientJoin(c, conn, st) {
+			return nil // already in the room: replayed to this client
+		}
+		b.clientLeave(st)
 	case "message":
 		if err := b.send(ctx, c, conn, st); err != nil {
 			return err
@@ -675,39 +683,45 @@ func (b *bridge) replay(conn xmppSession, own xmppconn.Presence) [][]byte {
 	}
 	b.s.mu.Unlock()
 	for _, r := range conn.JoinedRooms() {
-		if !r.Joined {
-			continue
+		if r.Joined {
+			out = append(out, roomReplay(r, full)...)
 		}
-		var self []byte
-		for _, o := range r.Occupants {
-			var x bytes.Buffer
-			x.WriteString(`<x xmlns="http://jabber.org/protocol/muc#user"><item`)
-			xmlAttr(&x, "affiliation", o.Affiliation)
-			xmlAttr(&x, "role", o.Role)
-			xmlAttr(&x, "jid", o.JID)
-			x.WriteString(`/>`)
-			if o.Self {
-				x.WriteString(`<status code="110"/>`)
-			}
-			x.WriteString(`</x>`)
-			raw := presenceXML(r.Room+"/"+o.Nick, full, o.Show, o.Status, 0, nil, x.String())
-			if o.Self {
-				self = raw
-				continue
-			}
-			out = append(out, raw)
-		}
-		if self != nil {
-			out = append(out, self)
-		}
-		var m bytes.Buffer
-		m.WriteString(`<message xmlns="jabber:client" type="groupchat"`)
-		xmlAttr(&m, "from", r.Room)
-		xmlAttr(&m, "to", full)
-		m.WriteString(`><subject>` + xmlEsc(r.Subject) + `</subject></message>`)
-		out = append(out, m.Bytes())
 	}
 	return out
+}
+
+// roomReplay is what a room sends a joining occupant: the occupants (the
+// user last, with status 110) and the subject.
+func roomReplay(r xmppconn.JoinedRoom, full string) [][]byte {
+	var out [][]byte
+	var self []byte
+	for _, o := range r.Occupants {
+		var x bytes.Buffer
+		x.WriteString(`<x xmlns="http://jabber.org/protocol/muc#user"><item`)
+		xmlAttr(&x, "affiliation", o.Affiliation)
+		xmlAttr(&x, "role", o.Role)
+		xmlAttr(&x, "jid", o.JID)
+		x.WriteString(`/>`)
+		if o.Self {
+			x.WriteString(`<status code="110"/>`)
+		}
+		x.WriteString(`</x>`)
+		raw := presenceXML(r.Room+"/"+o.Nick, full, o.Show, o.Status, 0, nil, x.String())
+		if o.Self {
+			self = raw
+			continue
+		}
+		out = append(out, raw)
+	}
+	if self != nil {
+		out = append(out, self)
+	}
+	var m bytes.Buffer
+	m.WriteString(`<message xmlns="jabber:client" type="groupchat"`)
+	xmlAttr(&m, "from", r.Room)
+	xmlAttr(&m, "to", full)
+	m.WriteString(`><subject>` + xmlEsc(r.Subject) + `</subject></message>`)
+	return append(out, m.Bytes())
 }
 
 func presenceXML(from, to, show, status string, priority int, avatar *string, extra string) []byte {

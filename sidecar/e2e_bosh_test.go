@@ -388,7 +388,7 @@ func TestE2EBOSHRoomReplay(t *testing.T) {
 	page.Send("", `<presence xmlns="jabber:client"/>`)
 	bobIn := page.WaitFor(10*time.Second, "bob in the room", func(s string) bool { return strings.Contains(s, `from="`+room+`/Bob"`) })
 	self := page.WaitFor(10*time.Second, "alice's own occupant", func(s string) bool {
-		return strings.Contains(s, `from="`+room+`/Alice"`) && strings.Contains(s, `code="110"`)
+		return strings.Contains(s, `from="`+room+`/Alice"`) && (strings.Contains(s, `code="110"`) || strings.Contains(s, `code='110'`))
 	})
 	page.WaitFor(10*time.Second, "the subject", func(s string) bool {
 		return strings.Contains(s, `from="`+room+`"`) && strings.Contains(s, "<subject>Pauta de hoje</subject>")
@@ -404,4 +404,40 @@ func TestE2EBOSHRoomReplay(t *testing.T) {
 		return ev.Event == "message" && ev.Body == "voltei para a sala" && ev.Nick == "Alice"
 	})
 	page.WaitFor(10*time.Second, "the room's echo", func(s string) bool { return strings.Contains(s, "voltei para a sala") })
+}
+
+// TestE2EBOSHClientRoomReload: a page joins a room itself (as converse.js
+// does from its bookmarks) and is reloaded; the new page's join is
+// answered with the occupants and subject, and the other occupants see no
+// leave, join or presence change.
+func TestE2EBOSHClientRoomReload(t *testing.T) {
+	r := startBrowserRig(t, daemonOptions{Prosody: xmppconntest.Options{MUC: true}})
+	room := "pagina@" + r.e.XMPP.MUCDomain
+	r.bob.C.mustCall(t, "POST", "/v1/rooms/"+room+"/join", map[string]any{"nick": "Bob"}, nil, http.StatusOK)
+	r.bob.C.mustCall(t, "PUT", "/v1/rooms/"+room+"/subject", map[string]any{"subject": "Assunto"}, nil, http.StatusNoContent)
+	join := `<presence xmlns="jabber:client" to="` + room + `/Alice"><x xmlns="http://jabber.org/protocol/muc"><history maxstanzas="0"/></x></presence>`
+	page, _ := r.page(t)
+	page.Send("", `<presence xmlns="jabber:client"/>`)
+	page.Send("", join)
+	page.WaitFor(10*time.Second, "the page in the room", func(s string) bool {
+		return strings.Contains(s, `from="`+room+`/Alice"`) && (strings.Contains(s, `code="110"`) || strings.Contains(s, `code='110'`))
+	})
+	page.WaitFor(10*time.Second, "the subject", func(s string) bool { return strings.Contains(s, "<subject>Assunto</subject>") })
+	r.pb.waitFor(t, 10*time.Second, "alice joining", func(ev event) bool { return ev.Event == "room" && ev.Nick == "Alice" && ev.Type == "available" })
+
+	page2, _ := r.page(t)
+	page2.Send("", `<presence xmlns="jabber:client"/>`)
+	page2.Send("", join)
+	page2.WaitFor(10*time.Second, "bob in the room", func(s string) bool { return strings.Contains(s, `from="`+room+`/Bob"`) })
+	page2.WaitFor(10*time.Second, "itself in the room", func(s string) bool {
+		return strings.Contains(s, `from="`+room+`/Alice"`) && (strings.Contains(s, `code="110"`) || strings.Contains(s, `code='110'`))
+	})
+	page2.WaitFor(10*time.Second, "the subject", func(s string) bool { return strings.Contains(s, "<subject>Assunto</subject>") })
+	page2.Send("", `<message xmlns="jabber:client" to="`+room+`" type="groupchat"><body>de volta</body></message>`)
+	r.pb.waitFor(t, 10*time.Second, "alice's message", func(ev event) bool {
+		if ev.Event == "room" && ev.Nick == "Alice" {
+			t.Errorf("bob saw alice's occupant presence on the reload: %+v", ev)
+		}
+		return ev.Event == "message" && ev.Body == "de volta" && ev.Nick == "Alice"
+	})
 }

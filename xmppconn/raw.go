@@ -119,7 +119,7 @@ func (st *Stanza) Bytes() []byte {
 	return b.Bytes()
 }
 
-// Child returns the inner XML of the first child element named space and
+// Child returns the first child element named space (any if "") and
 // local, and whether there is one.
 func (st *Stanza) Child(space, local string) (*Stanza, bool) {
 	k := st.n.child(space, local)
@@ -127,6 +127,17 @@ func (st *Stanza) Child(space, local string) (*Stanza, bool) {
 		return nil, false
 	}
 	return &Stanza{Kind: k.name.Local, n: k}, true
+}
+
+// Children returns the child elements named local, in any namespace.
+func (st *Stanza) Children(local string) []*Stanza {
+	var out []*Stanza
+	for _, k := range st.n.kids {
+		if k.name.Local == local {
+			out = append(out, &Stanza{Kind: k.name.Local, n: k})
+		}
+	}
+	return out
 }
 
 // Attr returns the value of an unqualified attribute.
