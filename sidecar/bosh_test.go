@@ -800,3 +800,26 @@ func TestBridgeClientRooms(t *testing.T) {
 		t.Fatalf("leave and join again sent %q", sent)
 	}
 }
+
+// TestBridgeClientRoomsAfterContinuityLost: a fresh stream is in none of
+// the rooms the pages joined: they are told so (110, 332), and a page's
+// next join goes to the room.
+func TestBridgeClientRoomsAfterContinuityLost(t *testing.T) {
+	h, srv := boshHarness(t)
+	room := "sala@conference.example.test"
+	a := h.newBOSH(srv, goodID)
+	a.Create("example.test")
+	jid := a.Login("alice", "x")
+	join := `<presence xmlns="jabber:client" to="` + room + `/Alice"><x xmlns="http://jabber.org/protocol/muc"/></presence>`
+	a.Send("", join)
+	h.serverStanza(`<presence from="` + room + `/Alice" to="` + jid + `"><x xmlns="http://jabber.org/protocol/muc#user"><item affiliation="owner" role="moderator"/><status code="110"/></x></presence>`)
+	a.WaitFor(5*time.Second, "joined", func(s string) bool { return strings.Contains(s, room+"/Alice") })
+	h.handler.HandleEvent(&xmppconn.StateChange{State: xmppconn.StateOnline, ContinuityLost: true})
+	a.WaitFor(5*time.Second, "out of the room", func(s string) bool {
+		return strings.Contains(s, room+"/Alice") && strings.Contains(s, `type="unavailable"`) && strings.Contains(s, `code="332"`)
+	})
+	a.Send("", join)
+	if sent := h.conn.stanzaLog(); len(sent) != 2 {
+		t.Fatalf("the join after a fresh stream did not reach the room: %q", sent)
+	}
+}

@@ -163,3 +163,49 @@ func hasStatus(x *xmppconn.Stanza, code string) bool {
 	}
 	return false
 }
+
+// bridgeReset is called when a fresh stream replaced a broken one that
+// could not be resumed: the server put the user in none of the rooms the
+// clients had joined. Each attached client is told it is out of them (its
+// own unavailable, status 110 and 332: removed by a system shutdown, so
+// clients join again), and nothing is kept for a later join.
+func (s *session) bridgeReset() {
+	s.mu.Lock()
+	b := s.bridge
+	full := s.fullJID
+	s.mu.Unlock()
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	var out [][]byte
+	for room, r := range b.rooms {
+		if r.joined {
+			out = append(out, presenceXMLTyped(room+"/"+r.nick, full, "unavailable",
+				`<x xmlns="`+nsMUCUser+`"><item affiliation="none" role="none"/><status code="110"/><status code="332"/></x>`))
+		}
+	}
+	b.rooms = nil
+	clients := make([]*bridgeClient, 0, len(b.clients))
+	for c := range b.clients {
+		clients = append(clients, c)
+	}
+	b.mu.Unlock()
+	for _, c := range clients {
+		c.mu.Lock()
+		ready := c.ready && !c.ended
+		c.mu.Unlock()
+		if ready {
+			c.push(out...)
+		}
+	}
+}
+
+// presenceXMLTyped is a presence of a type with extra content.
+func presenceXMLTyped(from, to, typ, extra string) []byte {
+	var b strings.Builder
+	b.WriteString(`<presence xmlns="jabber:client" from="` + xmlEsc(from) + `" to="` + xmlEsc(to) + `" type="` + typ + `">`)
+	b.WriteString(extra)
+	b.WriteString(`</presence>`)
+	return []byte(b.String())
+}

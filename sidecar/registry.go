@@ -463,6 +463,7 @@ func (r *registry) handle(s *session, ev xmppconn.Event) {
 			reason = "continuity_lost"
 			s.log.markGap()
 			s.clearPresence()
+			s.bridgeReset()
 		}
 		if e.State == xmppconn.StateAuthFailed {
 			reason = "auth_failed" // counted by r.auth
