@@ -108,7 +108,7 @@ func (c *BOSHClient) Login(user, password string) string {
 	if len(b.kids) != 1 || b.kids[0].name.Local != "success" {
 		c.t.Fatalf("bosh auth: %s", c.Last)
 	}
-	b = c.Send(`xmpp:restart="true"`, "")
+	c.Send(`xmpp:restart="true"`, "")
 	if !strings.Contains(c.Last, "urn:ietf:params:xml:ns:xmpp-bind") {
 		c.t.Fatalf("bosh restart: %s", c.Last)
 	}

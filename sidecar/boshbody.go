@@ -23,7 +23,6 @@ var errBOSHBody = errors.New("sidecar: bad BOSH body")
 // boshBody is a parsed XEP-0124 request <body/>.
 type boshBody struct {
 	attrs map[string]string // unqualified attributes, plus "xmpp:restart" and "xmpp:version"
-	rid   int64             // 0 when absent
 	// kids are the raw top-level child elements, in order, with their
 	// resolved names; a child without a namespace of its own is in the
 	// body's, which the bridge reads as jabber:client (XEP-0206 clients
