@@ -23,8 +23,8 @@ type boshClient struct {
 	hc     *http.Client
 	url    string
 	header http.Header // on every request (the sidecar's: the session cookie)
-	sid   string
-	onMsg func(body string)
+	sid    string
+	onMsg  func(body string)
 
 	mu  sync.Mutex
 	rid uint64
