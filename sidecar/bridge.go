@@ -40,7 +40,7 @@ const (
 // Errors that end a client's stream (not the user's).
 var (
 	errClientBadStanza = errors.New("sidecar: bad stanza from a browser client")
-	errBridgeClosed    = errors.New("sidecar: the user's stream is closed")
+	errBridgeClosed    = fmt.Errorf("%w: the user's stream is closing", ErrNotConnected)
 	// ErrTooManyStreams: the PHP session already has --max-browser-streams
 	// browser streams attached.
 	ErrTooManyStreams = errors.New("sidecar: too many browser streams for this session (--max-browser-streams)")
