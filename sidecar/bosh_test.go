@@ -246,9 +246,7 @@ func (h *harness) checkNoSecrets(secrets ...string) {
 
 func TestBOSHRIDWindow(t *testing.T) {
 	h, srv := boshHarness(t)
-	c := h.newBOSH(srv, goodID)
-	c.Create("example.test")
-	c.Login("alice", "x")
+	c := h.tab(srv)
 	h.serverStanza(`<message from="bob@example.test/d" type="chat" id="w1"><body>one</body></message>`)
 	c.Send("", "")
 	first := c.Last
@@ -294,9 +292,7 @@ func TestBOSHHostile(t *testing.T) {
 		t.Fatalf("logged-out cookie: %d %s", st, out.Last)
 	}
 	// Alice's sid with Mallory's cookie: refused, Alice's stream is fine.
-	alice := h.newBOSH(srv, goodID)
-	alice.Create("example.test")
-	alice.Login("alice", "x")
+	alice := h.tab(srv)
 	thief := h.newBOSH(srv, other)
 	thief.SID, thief.RID = alice.SID, alice.RID
 	if b := thief.Send("", ""); b.attrs["type"] != "terminate" || b.attrs["condition"] != "item-not-found" {
@@ -329,11 +325,7 @@ func TestBOSHHostile(t *testing.T) {
 // stream-level element ends the tab that sent it and no other.
 func TestBridgeIsolation(t *testing.T) {
 	h, srv := boshHarness(t)
-	a, b := h.newBOSH(srv, goodID), h.newBOSH(srv, goodID)
-	a.Create("example.test")
-	a.Login("alice", "x")
-	b.Create("example.test")
-	b.Login("alice", "x")
+	a, b := h.tab(srv), h.tab(srv)
 	a.Send("", `<iq xmlns="jabber:client" type="get" id="same"><query xmlns="jabber:iq:roster"/></iq>`)
 	b.Send("", `<iq xmlns="jabber:client" type="get" id="same"><query xmlns="jabber:iq:roster"/></iq>`)
 	sent := h.conn.stanzaLog()
@@ -392,22 +384,16 @@ func attrOf(raw, name string) string {
 // loses nothing.
 func TestBridgeKeepsWhileDetached(t *testing.T) {
 	h, srv := boshHarness(t)
-	a := h.newBOSH(srv, goodID)
-	a.Create("example.test")
-	a.Login("alice", "x")
+	a := h.tab(srv)
 	a.Send(`type="terminate"`, "")
 	h.serverStanza(`<message from="bob@example.test/d" type="chat" id="k1"><body>while away</body></message>`)
 	// The next page gets it, once.
-	b := h.newBOSH(srv, goodID)
-	b.Create("example.test")
-	b.Login("alice", "x")
+	b := h.tab(srv)
 	b.WaitFor(5*time.Second, "the message sent while detached", func(s string) bool { return strings.Contains(s, "while away") })
 	// Then b is reloaded: it stops polling without saying so; a message
 	// arrives before the new page attaches.
 	h.serverStanza(`<message from="bob@example.test/d" type="chat" id="k2"><body>during reload</body></message>`)
-	c := h.newBOSH(srv, goodID)
-	c.Create("example.test")
-	c.Login("alice", "x")
+	c := h.tab(srv)
 	c.WaitFor(5*time.Second, "the message sent during the reload", func(s string) bool { return strings.Contains(s, "during reload") })
 	c.Send("", "")
 	for _, body := range []string{"while away", "during reload"} {
@@ -619,9 +605,7 @@ func (bs *boshSession) heldCount() int {
 // stream only.
 func TestBOSHOrderAndLimits(t *testing.T) {
 	h, srv := boshHarness(t)
-	c := h.newBOSH(srv, goodID)
-	c.Create("example.test")
-	c.Login("alice", "x")
+	c := h.tab(srv)
 	body := func(rid int64, payload string) string {
 		return `<body xmlns="http://jabber.org/protocol/httpbind" rid="` + strconv.FormatInt(rid, 10) + `" sid="` + c.SID + `">` + payload + `</body>`
 	}
@@ -696,11 +680,7 @@ func TestCheckPlain(t *testing.T) {
 // for carbons) a XEP-0280 "sent" copy, and A none.
 func TestBridgeCarbonsBetweenTabs(t *testing.T) {
 	h, srv := boshHarness(t)
-	a, b := h.newBOSH(srv, goodID), h.newBOSH(srv, goodID)
-	a.Create("example.test")
-	a.Login("alice", "x")
-	b.Create("example.test")
-	b.Login("alice", "x")
+	a, b := h.tab(srv), h.tab(srv)
 	b.Send("", `<iq xmlns="jabber:client" type="set" id="c"><enable xmlns="urn:xmpp:carbons:2"/></iq>`)
 	a.Send("", `<message xmlns="jabber:client" to="bob@example.test" type="chat" id="t1"><body>de uma aba</body></message>`)
 	a.Send("", `<message xmlns="jabber:client" to="bob@example.test" type="chat" id="t2"><body>privada</body><private xmlns="urn:xmpp:carbons:2"/></message>`)
@@ -773,9 +753,7 @@ func TestBridgeClientRooms(t *testing.T) {
 	h.serverStanza(`<presence from="` + room + `/Carol" to="` + jid + `" type="unavailable"><x xmlns="http://jabber.org/protocol/muc#user"><item affiliation="none" role="none"/></x></presence>`)
 	a.WaitFor(5*time.Second, "the subject", func(s string) bool { return strings.Contains(s, "Pauta") })
 	// The reload.
-	b := h.newBOSH(srv, goodID)
-	b.Create("example.test")
-	b.Login("alice", "x")
+	b := h.tab(srv)
 	b.Send("", `<presence xmlns="jabber:client"/>`)
 	b.Send("", `<presence xmlns="jabber:client" to="`+room+`/Alice"><x xmlns="http://jabber.org/protocol/muc"/></presence>`)
 	var got []string
@@ -822,4 +800,13 @@ func TestBridgeClientRoomsAfterContinuityLost(t *testing.T) {
 	if sent := h.conn.stanzaLog(); len(sent) != 2 {
 		t.Fatalf("the join after a fresh stream did not reach the room: %q", sent)
 	}
+}
+
+// tab is a page of alice's session, logged in over BOSH.
+func (h *harness) tab(srv *httptest.Server) *BOSHClient {
+	h.t.Helper()
+	c := h.newBOSH(srv, goodID)
+	c.Create("example.test")
+	c.Login("alice", "x")
+	return c
 }

@@ -182,14 +182,7 @@ func TestSessionIDs(t *testing.T) {
 // everyone in, delivers every message exactly once and reports figures.
 func TestRunEveryPath(t *testing.T) {
 	skipShort(t, "Prosody, PHP and imsidecar")
-	bin := filepath.Join(t.TempDir(), "imsidecar")
-	root, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		t.Fatalf("go env GOMOD: %v", err)
-	}
-	if err := BuildSidecar(t.Context(), filepath.Dir(strings.TrimSpace(string(root))), bin); err != nil {
-		t.Fatal(err)
-	}
+	bin := buildSidecar(t)
 	cfg := Config{Users: 6, Rate: 30, Duration: time.Second, SweepRates: []float64{60}, SweepTime: time.Second,
 		PHPSample: 2, SourceAddrs: 3, SidecarBin: bin, Dir: t.TempDir(), Timeout: 3 * time.Minute}
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
@@ -251,14 +244,7 @@ func TestRunEveryPath(t *testing.T) {
 // beside Prosody's, and checks that nothing is lost and the ratios exist.
 func TestRunBrowserPaths(t *testing.T) {
 	skipShort(t, "Prosody, PHP and imsidecar")
-	bin := filepath.Join(t.TempDir(), "imsidecar")
-	root, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		t.Fatalf("go env GOMOD: %v", err)
-	}
-	if err := BuildSidecar(t.Context(), filepath.Dir(strings.TrimSpace(string(root))), bin); err != nil {
-		t.Fatal(err)
-	}
+	bin := buildSidecar(t)
 	cfg := Config{Users: 6, Rate: 30, Duration: time.Second, SweepRates: []float64{60}, SweepTime: time.Second,
 		PHPSample: 2, SourceAddrs: 3, SidecarBin: bin, Dir: t.TempDir(), Timeout: 3 * time.Minute,
 		Paths: []string{PathSidecarBOSH, PathBOSH, PathSidecarWebSocket, PathWebSocket}}
@@ -288,6 +274,20 @@ func TestRunBrowserPaths(t *testing.T) {
 			t.Errorf("no ratio %s: %v", k, rep.Ratios)
 		}
 	}
+}
+
+// buildSidecar builds the imsidecar binary of this tree.
+func buildSidecar(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "imsidecar")
+	root, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		t.Fatalf("go env GOMOD: %v", err)
+	}
+	if err := BuildSidecar(t.Context(), filepath.Dir(strings.TrimSpace(string(root))), bin); err != nil {
+		t.Fatal(err)
+	}
+	return bin
 }
 
 func TestConfigRejects(t *testing.T) {
