@@ -185,9 +185,6 @@ func (h *boshServer) handle(w http.ResponseWriter, r *http.Request) (string, err
 	if len(data) > boshMaxBody {
 		return "", fmt.Errorf("%w: body over %d bytes", ErrTooLarge, boshMaxBody)
 	}
-	// The wait may exceed the server's ReadTimeout, whose expiry would
-	// end the request's context.
-	http.NewResponseController(w).SetReadDeadline(time.Time{})
 	body, err := parseBOSHBody(data)
 	if err != nil {
 		return "", fmt.Errorf("%w: %w", ErrBadRequest, err)
