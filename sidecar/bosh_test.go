@@ -810,3 +810,26 @@ func (h *harness) tab(srv *httptest.Server) *BOSHClient {
 	c.Login("alice", "x")
 	return c
 }
+
+// TestBridgeArchiveIsolation: archive (XEP-0313) results go to the tab
+// whose query asked for them, and only from the user's own archive; a
+// contact (or another tab, through the server) forging them reaches no one.
+func TestBridgeArchiveIsolation(t *testing.T) {
+	h, srv := boshHarness(t)
+	a, b := h.tab(srv), h.tab(srv)
+	a.Send("", `<iq xmlns="jabber:client" type="set" id="mam1"><query xmlns="urn:xmpp:mam:2" queryid="q1"/></iq>`)
+	result := func(from, text string) string {
+		return `<message from="` + from + `" to="` + h.conn.jid + `"><result xmlns="urn:xmpp:mam:2" queryid="q1" id="x1"><forwarded xmlns="urn:xmpp:forward:0"><message xmlns="jabber:client" from="bob@example.test/d" to="alice@example.test" type="chat"><body>` + text + `</body></message></forwarded></result></message>`
+	}
+	h.serverStanza(result("alice@example.test", "arquivada"))
+	h.serverStanza(result("bob@example.test/d", "forjada por contato"))
+	h.serverStanza(result(h.conn.jid, "forjada por outra aba"))
+	a.WaitFor(5*time.Second, "the archived message", func(s string) bool { return strings.Contains(s, "arquivada") })
+	a.Send("", "")
+	b.Send("", "")
+	for _, c := range []*BOSHClient{a, b} {
+		if n := c.Count(func(s string) bool { return strings.Contains(s, "forjada") || strings.Contains(s, "arquivada") }); n != 0 {
+			t.Fatalf("a forged or someone else's archive result arrived: %q", c.Got)
+		}
+	}
+}
