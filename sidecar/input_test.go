@@ -26,7 +26,9 @@ func jsonString(v string) string { return fmt.Sprintf("%q", v) }
 
 var inputFields = []inputField{
 	{"message type", "/v1/messages",
-		func(v string) string { return `{"to":"sala@conference.example.test","body":"oi","type":` + jsonString(v) + `}` },
+		func(v string) string {
+			return `{"to":"sala@conference.example.test","body":"oi","type":` + jsonString(v) + `}`
+		},
 		func(v string) error { _, err := xmppconn.ParseMessageType(v); return err }},
 	{"presence show", "/v1/presence",
 		func(v string) string { return `{"show":` + jsonString(v) + `}` },
