@@ -2,6 +2,8 @@ package xmppconn
 
 import (
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -30,13 +32,10 @@ const (
 // anything else (error included: RFC 6120 §8.3 keeps it for replies)
 // is an ErrInvalidArgument.
 func ParseMessageType(s string) (MessageType, error) {
-	switch t := MessageType(s); t {
-	case "":
+	if s == "" {
 		return ChatMessage, nil
-	case ChatMessage, GroupChatMessage, NormalMessage, HeadlineMessage:
-		return t, nil
 	}
-	return "", invalid("message type", s, ChatMessage, GroupChatMessage, NormalMessage, HeadlineMessage)
+	return oneOf("message type", s, ChatMessage, GroupChatMessage, NormalMessage, HeadlineMessage)
 }
 
 // Show is the availability sub-state of a presence (RFC 6121 §4.7.2.1);
@@ -55,11 +54,7 @@ const (
 // ParseShow returns the show of a presence to send: "" (available), away,
 // chat, dnd or xa; anything else is an ErrInvalidArgument.
 func ParseShow(s string) (Show, error) {
-	switch sh := Show(s); sh {
-	case ShowAvailable, ShowAway, ShowChat, ShowDND, ShowXA:
-		return sh, nil
-	}
-	return "", invalid("presence show", s, ShowAway, ShowChat, ShowDND, ShowXA, `""`)
+	return oneOf("presence show", s, ShowAvailable, ShowAway, ShowChat, ShowDND, ShowXA)
 }
 
 // ChatStateKind is a XEP-0085 chat state.
@@ -77,11 +72,7 @@ const (
 // ParseChatState returns a chat state to send: active, composing, paused,
 // inactive or gone; anything else, "" included, is an ErrInvalidArgument.
 func ParseChatState(s string) (ChatStateKind, error) {
-	switch cs := ChatStateKind(s); cs {
-	case ChatActive, ChatComposing, ChatPaused, ChatInactive, ChatGone:
-		return cs, nil
-	}
-	return "", invalid("chat state", s, ChatActive, ChatComposing, ChatPaused, ChatInactive, ChatGone)
+	return oneOf("chat state", s, ChatActive, ChatComposing, ChatPaused, ChatInactive, ChatGone)
 }
 
 // SubscriptionAction is what Subscribe does about a presence subscription
@@ -105,11 +96,7 @@ const (
 // ParseSubscriptionAction returns a subscription action: subscribe,
 // approve, deny or cancel; anything else is an ErrInvalidArgument.
 func ParseSubscriptionAction(s string) (SubscriptionAction, error) {
-	switch a := SubscriptionAction(s); a {
-	case SubscribeAction, ApproveAction, DenyAction, CancelAction:
-		return a, nil
-	}
-	return "", invalid("subscription action", s, SubscribeAction, ApproveAction, DenyAction, CancelAction)
+	return oneOf("subscription action", s, SubscribeAction, ApproveAction, DenyAction, CancelAction)
 }
 
 // presenceType is the type attribute of the presence that carries a.
@@ -183,12 +170,15 @@ func (m Message) Outgoing() (Message, error) {
 	return m, nil
 }
 
-// invalid is the ErrInvalidArgument for value s of field, listing what is
-// accepted.
-func invalid[T ~string](field, s string, want ...T) error {
-	names := make([]string, len(want))
-	for i, w := range want {
-		names[i] = string(w)
+// oneOf returns s as a T if it is one of valid, else the
+// ErrInvalidArgument for field that lists them.
+func oneOf[T ~string](field, s string, valid ...T) (T, error) {
+	if slices.Contains(valid, T(s)) {
+		return T(s), nil
 	}
-	return fmt.Errorf("%w: %s %q is not one of %s", ErrInvalidArgument, field, s, strings.Join(names, ", "))
+	names := make([]string, len(valid))
+	for i, v := range valid {
+		names[i] = strconv.Quote(string(v))
+	}
+	return "", fmt.Errorf("%w: %s %q is not one of %s", ErrInvalidArgument, field, s, strings.Join(names, ", "))
 }
