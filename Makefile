@@ -16,7 +16,7 @@ GOTEST_TIMEOUT ?= 45m
 # Debian packages the tests and the demo run for real.
 DEB_PACKAGES := prosody redis-server php-cli php-redis php-curl php-mbstring \
 	php-xml phpunit apache2 libapache2-mod-php chromium nodejs npm ejabberd \
-	ca-certificates openssl
+	ca-certificates openssl curl systemd
 
 .DEFAULT_GOAL := help
 
@@ -55,6 +55,10 @@ test: deps examples/browser/node_modules ## run every test: unit, fuzz seeds, in
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout $(GOTEST_TIMEOUT) $(TESTFLAGS) ./...
 	$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZSHORT)
+
+.PHONY: test-short
+test-short: ## unit tests only (go test -short): Go alone, no Prosody/Redis/PHP/Apache/Chromium
+	$(GO) test -short -count=1 $(TESTFLAGS) ./...
 
 .PHONY: fuzz
 fuzz: ## run every fuzz target of every package for FUZZTIME (default 30s) each; crashers become regression seeds
@@ -119,17 +123,17 @@ demo: deps build ## run Prosody, the demo PHP app and the sidecar locally (Ctrl-
 	BIN=$(BIN) examples/demo/run.sh
 
 .PHONY: lint
-lint: ## go vet, gofmt, staticcheck when installed
+lint: ## go vet, gofmt, staticcheck (pinned by the tool directive in go.mod)
 	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
-	@if command -v staticcheck >/dev/null; then staticcheck ./...; else echo "staticcheck not installed (go install honnef.co/go/tools/cmd/staticcheck@2025.1.1)"; fi
+	$(GO) tool staticcheck ./...
 
 .PHONY: tidy-check
 tidy-check: ## fail if go.mod/go.sum are not tidy
-	@cp go.mod /tmp/go.mod.orig; cp go.sum /tmp/go.sum.orig; \
+	@orig=$$(mktemp -d); trap 'rm -rf $$orig' EXIT; cp go.mod go.sum $$orig/; \
 	$(GO) mod tidy; \
-	if ! diff -q go.mod /tmp/go.mod.orig >/dev/null || ! diff -q go.sum /tmp/go.sum.orig >/dev/null; then \
-	  diff -u /tmp/go.mod.orig go.mod; cp /tmp/go.mod.orig go.mod; cp /tmp/go.sum.orig go.sum; \
+	if ! diff -q go.mod $$orig/go.mod >/dev/null || ! diff -q go.sum $$orig/go.sum >/dev/null; then \
+	  diff -u $$orig/go.mod go.mod; cp $$orig/go.mod $$orig/go.sum .; \
 	  echo "go.mod/go.sum not tidy: run go mod tidy"; exit 1; fi
 
 .PHONY: clean

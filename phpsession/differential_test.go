@@ -14,16 +14,13 @@ import (
 	"testing"
 
 	"expressolivre.org/imsidecar/phpsession"
+	"expressolivre.org/imsidecar/phpsession/phpsessiontest"
 )
 
-// requirePHP fails (never skips) when the PHP CLI is missing.
+// requirePHP fails when the PHP CLI is missing, and skips only under -short.
 func requirePHP(t testing.TB) string {
 	t.Helper()
-	php, err := exec.LookPath("php")
-	if err != nil {
-		t.Fatal("php CLI not found: apt-get install php-cli php-redis php-mbstring (or run make deps)")
-	}
-	return php
+	return phpsessiontest.PHP(t)
 }
 
 // TestDifferentialPHP has real PHP write a corpus of sessions with each

@@ -25,11 +25,27 @@ func MarshalJSON(a *Array, cs Charset) ([]byte, error) {
 }
 
 // MarshalJSONRedacted is MarshalJSON with every string whose bytes equal
-// one of secrets rendered as "[redacted]": `imsidecar session show` uses
-// it so the user's password never reaches a terminal or a ticket.
+// one of secrets hidden (see Redaction).
 func MarshalJSONRedacted(a *Array, cs Charset, secrets ...[]byte) ([]byte, error) {
+	return MarshalJSONRedact(a, cs, Redaction{Secrets: secrets})
+}
+
+// Redaction says what MarshalJSONRedact hides, so that `imsidecar session
+// show` never puts a password, token or key on a terminal or in a ticket:
+// every string whose bytes equal one of Secrets, wherever it is, and every
+// string and number at or below a key (an array key or a property name)
+// for which Key reports true. A hidden string is rendered as
+// "[redacted: N bytes]" (its length only), a hidden number as
+// "[redacted]"; booleans and nulls are shown.
+type Redaction struct {
+	Secrets [][]byte
+	Key     func(key string) bool
+}
+
+// MarshalJSONRedact is MarshalJSON with the values r names hidden.
+func MarshalJSONRedact(a *Array, cs Charset, r Redaction) ([]byte, error) {
 	var buf bytes.Buffer
-	m := marshaler{cs: cs, buf: &buf, active: map[*Array]bool{}, secrets: secrets}
+	m := marshaler{cs: cs, buf: &buf, active: map[*Array]bool{}, secrets: r.Secrets, hideKey: r.Key}
 	m.array(a)
 	return buf.Bytes(), nil
 }
@@ -39,6 +55,23 @@ type marshaler struct {
 	buf     *bytes.Buffer
 	active  map[*Array]bool
 	secrets [][]byte
+	hideKey func(string) bool
+	hiding  int // > 0: below a key hideKey chose
+}
+
+// entry renders the value of key, hidden when the key is secret-shaped.
+func (m *marshaler) entry(key string, v Value) {
+	if m.hideKey != nil && m.hiding == 0 && m.hideKey(key) {
+		m.hiding++
+		defer func() { m.hiding-- }()
+	}
+	m.value(v)
+}
+
+func (m *marshaler) redacted(n int) {
+	m.buf.WriteString(`"[redacted: `)
+	m.buf.WriteString(strconv.Itoa(n))
+	m.buf.WriteString(` bytes]"`)
 }
 
 func (m *marshaler) str(s string) {
@@ -52,9 +85,15 @@ func (m *marshaler) value(v Value) {
 		m.buf.WriteString("null")
 	case KindBool:
 		m.buf.WriteString(strconv.FormatBool(v.Bool()))
-	case KindInt:
-		m.buf.WriteString(strconv.FormatInt(v.Int(), 10))
-	case KindFloat:
+	case KindInt, KindFloat:
+		if m.hiding > 0 {
+			m.buf.WriteString(`"[redacted]"`)
+			return
+		}
+		if v.Kind() == KindInt {
+			m.buf.WriteString(strconv.FormatInt(v.Int(), 10))
+			return
+		}
 		f := v.Float()
 		switch {
 		case math.IsNaN(f):
@@ -67,9 +106,13 @@ func (m *marshaler) value(v Value) {
 			m.buf.WriteString(formatFloat(f))
 		}
 	case KindString:
+		if m.hiding > 0 {
+			m.redacted(len(v.bytes()))
+			return
+		}
 		for _, sec := range m.secrets {
 			if len(sec) > 0 && bytes.Equal(v.bytes(), sec) {
-				m.buf.WriteString(`"[redacted]"`)
+				m.redacted(len(sec))
 				return
 			}
 		}
@@ -87,7 +130,11 @@ func (m *marshaler) value(v Value) {
 		c := (*custom)(v.p)
 		m.str(m.cs.String([]byte(c.class)))
 		m.buf.WriteString(`,"__serialized":`)
-		m.str(m.cs.String(c.payload))
+		if m.hiding > 0 || containsAny(c.payload, m.secrets) {
+			m.redacted(len(c.payload)) // an opaque payload that may hold anything
+		} else {
+			m.str(m.cs.String(c.payload))
+		}
 		m.buf.WriteByte('}')
 	}
 }
@@ -152,9 +199,10 @@ func (m *marshaler) array(a *Array) {
 		if i > 0 {
 			m.buf.WriteByte(',')
 		}
-		m.str(m.cs.String([]byte(e.k.export().String())))
+		k := e.k.export().String()
+		m.str(m.cs.String([]byte(k)))
 		m.buf.WriteByte(':')
-		m.value(e.v)
+		m.entry(k, e.v)
 	}
 	m.buf.WriteByte('}')
 }
@@ -172,9 +220,19 @@ func (m *marshaler) object(v Value) {
 	m.str(m.cs.String([]byte(a.class)))
 	for _, e := range a.ents {
 		m.buf.WriteByte(',')
-		m.str(m.cs.String([]byte(e.k.export().PropName())))
+		k := e.k.export().PropName()
+		m.str(m.cs.String([]byte(k)))
 		m.buf.WriteByte(':')
-		m.value(e.v)
+		m.entry(k, e.v)
 	}
 	m.buf.WriteByte('}')
+}
+
+func containsAny(b []byte, subs [][]byte) bool {
+	for _, s := range subs {
+		if len(s) > 0 && bytes.Contains(b, s) {
+			return true
+		}
+	}
+	return false
 }

@@ -34,7 +34,14 @@ type api struct {
 	// parked holds the JSON long polls waiting without net/http (park.go);
 	// nil holds them in their handler, as the tests' recorders need.
 	parked *parker
+	// sseWrite bounds each write of an SSE stream (0: sseWriteTimeout).
+	sseWrite time.Duration
 }
+
+// sseWriteTimeout bounds each write (and flush) of an SSE stream: a
+// reader that stops reading ends its stream, and gives back its goroutine
+// and connection, this long after the socket's buffers fill up.
+const sseWriteTimeout = 10 * time.Second
 
 // caller is who a request speaks for.
 type caller struct {
@@ -105,6 +112,12 @@ func (s *statusRecorder) Flush() {
 	}
 }
 
+// FlushError flushes and says whether the write behind it failed (an SSE
+// write past its deadline), which Flush cannot.
+func (s *statusRecorder) FlushError() error {
+	return http.NewResponseController(s.ResponseWriter).Flush()
+}
+
 func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 // wrap authenticates the caller, runs h, maps its error, logs and measures.
@@ -116,6 +129,11 @@ func (a *api) wrap(route string, cookieOK bool, h handlerFunc) http.Handler {
 		err := func() error {
 			if a.draining.Load() {
 				return ErrShuttingDown
+			}
+			if r.ContentLength > maxBody {
+				// Refused before reading, so net/http never answers
+				// "100 Continue" and the client sends no body.
+				return fmt.Errorf("%w: Content-Length over %d bytes", ErrTooLarge, maxBody)
 			}
 			if route == "other" {
 				return h(rec, r, nil)
@@ -130,7 +148,10 @@ func (a *api) wrap(route string, cookieOK bool, h handlerFunc) http.Handler {
 		if err == errParked {
 			return // the parker answers, logs and measures it (park.go)
 		}
-		if err != nil {
+		switch {
+		case errors.Is(err, ErrTooLarge) && rec.status == 0 && a.refuseBody(rec, r, err):
+			rec.status = http.StatusRequestEntityTooLarge
+		case err != nil:
 			a.writeError(rec, r, err, c)
 		}
 		status := rec.status
@@ -156,18 +177,20 @@ func (a *api) record(ctx context.Context, route string, status int, start time.T
 	a.logger.LogAttrs(ctx, slog.LevelDebug, "api", attrs...)
 }
 
-// authenticate finds the PHP session: X-Session-Id (server-side PHP; with
-// the API token when one is configured), else the session cookie (the
-// browser through Apache, read-only routes only).
+// authenticate finds the PHP session: X-Session-Id (server-side PHP), else
+// the session cookie (the browser through Apache, read-only routes only).
+// With an API token configured every call needs it, the cookie ones too
+// (Apache adds it on its proxied paths): a local user who learns a session
+// id cannot read that user's events on loopback.
 func (a *api) authenticate(r *http.Request, cookieOK bool) (*caller, error) {
+	if a.token != "" {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(a.token)) != 1 {
+			return nil, ErrUnauthorized
+		}
+	}
 	c := &caller{}
 	if id := r.Header.Get("X-Session-Id"); id != "" {
-		if a.token != "" {
-			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(a.token)) != 1 {
-				return nil, ErrUnauthorized
-			}
-		}
 		c.id = id
 	} else if id, ok := phpsession.IDFromCookie(strings.Join(r.Header.Values("Cookie"), "; "), a.cfg.SessionCookie); ok {
 		if !cookieOK {
@@ -194,6 +217,30 @@ func (a *api) authenticate(r *http.Request, cookieOK bool) (*caller, error) {
 	}
 	c.php = ps
 	return c, nil
+}
+
+// refuseTooLargeTimeout bounds the drain after a 413 (refuseBody).
+const refuseTooLargeTimeout = 2 * time.Second
+
+// refuseBody answers a body over the limit on HTTP/1.x itself: net/http
+// would close the connection with the rest of the upload unread, and the
+// TCP reset that follows can wipe the 413 before the client reads it
+// (curl and PHP's curl, uploading while they wait). Here the answer is
+// written, the connection half-closed and the upload drained, up to
+// 2 s and 16 MiB, so the client reads its 413. It reports false where it
+// cannot take the connection (HTTP/2, whose streams end without a reset
+// of the connection): the caller then answers as usual.
+func (a *api) refuseBody(w http.ResponseWriter, r *http.Request, err error) bool {
+	if r.ProtoMajor != 1 {
+		return false
+	}
+	conn, brw, herr := http.NewResponseController(w).Hijack()
+	if herr != nil {
+		return false
+	}
+	brw.Reader.Discard(brw.Reader.Buffered())
+	refuse(conn, err, refuseTooLargeTimeout, 16<<20)
+	return true
 }
 
 type errorBody struct {
@@ -428,6 +475,22 @@ func (a *api) events(w http.ResponseWriter, r *http.Request, c *caller) error {
 		}
 		limit = n
 	}
+	// One session (a page in a loop, a hostile script) must not hold every
+	// API connection: its polls in flight are capped, and the one over the
+	// cap is answered at once and its connection closed, so the slot goes
+	// back to other users.
+	if !s.acquirePoll(a.cfg.MaxPolls) {
+		if r.ProtoMajor == 1 {
+			w.Header().Set("Connection", "close")
+		}
+		return ErrTooManyPolls
+	}
+	parked := false
+	defer func() {
+		if !parked {
+			s.releasePoll()
+		}
+	}()
 	s.lastPoll.Store(time.Now().UnixNano())
 	if strings.Contains(r.Header.Get("Accept"), "text/event-stream") {
 		return a.stream(w, r, s, cur, given)
@@ -435,8 +498,10 @@ func (a *api) events(w http.ResponseWriter, r *http.Request, c *caller) error {
 	res := s.log.read(cur, given, limit)
 	if len(res.events) == 0 && wait > 0 {
 		// Nothing yet: the poll waits parked, holding no goroutine and
-		// no buffer of net/http's, or, where it cannot be, here.
+		// no buffer of net/http's, or, where it cannot be, here. A parked
+		// poll counts against the cap until it is answered (park.go).
 		if a.park(w, r, c, s, pollQuery{cur, given, limit}, wait) {
+			parked = true
 			return errParked
 		}
 		res = s.log.poll(r.Context(), cur, given, wait, limit)
@@ -466,17 +531,41 @@ func eventsPage(res pollResult) string {
 // 15 s keeps proxies from timing out; the response ends after 10 minutes
 // and the browser reconnects where it was.
 func (a *api) stream(w http.ResponseWriter, r *http.Request, s *session, cur cursor, given bool) error {
-	flusher, ok := w.(http.Flusher)
-	if !ok {
+	if _, ok := w.(http.Flusher); !ok {
 		return fmt.Errorf("%w: streaming unsupported", ErrBadRequest)
 	}
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Accel-Buffering", "no")
+	// Every write and flush has a deadline: a reader that stops reading
+	// (the socket's buffers full) ends the stream instead of holding this
+	// goroutine and its connection for the stream's 10 minutes.
+	rc := http.NewResponseController(w)
+	timeout := a.sseWrite
+	if timeout <= 0 {
+		timeout = sseWriteTimeout
+	}
+	send := func(b string) error {
+		rc.SetWriteDeadline(time.Now().Add(timeout))
+		if _, err := io.WriteString(w, b); err != nil {
+			return err
+		}
+		return rc.Flush()
+	}
+	// A stream that ended on a failed write keeps its passed deadline, so
+	// net/http's last flush fails at once too; one that ended normally is
+	// freed for the connection's next request.
+	failed := false
+	defer func() {
+		if !failed {
+			rc.SetWriteDeadline(time.Time{})
+		}
+	}()
 	w.WriteHeader(http.StatusOK)
-	io.WriteString(w, "retry: 2000\n\n")
-	flusher.Flush()
+	if failed = send("retry: 2000\n\n") != nil; failed {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Minute)
 	defer cancel()
 	first := true
@@ -496,10 +585,11 @@ func (a *api) stream(w http.ResponseWriter, r *http.Request, s *session, cur cur
 		if len(res.events) == 0 {
 			b.WriteString(": ping\n\n")
 		}
-		if _, err := io.WriteString(w, b.String()); err != nil {
+		if err := send(b.String()); err != nil {
+			a.logger.Debug("SSE stream ended: the client does not read", "user", s.user, "err", err)
+			failed = true
 			return nil
 		}
-		flusher.Flush()
 		cur, given = res.cursor, true
 	}
 	return nil

@@ -448,9 +448,25 @@ func TestTokenRequired(t *testing.T) {
 	if rec := h.do("GET", "/v1/me", "", "X-Session-Id", goodID, "Authorization", "Bearer "+testToken); rec.Code != 200 {
 		t.Fatalf("with token: %d %s", rec.Code, rec.Body)
 	}
-	// The cookie path needs no token but only reads.
-	if rec := h.do("GET", "/v1/me", "", "Cookie", "other=1; sessionid="+goodID); rec.Code != 200 {
-		t.Fatalf("cookie me: %d %s", rec.Code, rec.Body)
+	// The cookie calls need the token too (Apache adds it): a local user
+	// who learns a session id cannot read its events on loopback.
+	for _, path := range []string{"/v1/me", "/v1/events?wait=0", "/v1/avatar/bob@example.test"} {
+		for _, auth := range []string{"", "Bearer wrong", "Bearer " + testToken[:len(testToken)-1], testToken} {
+			if rec := h.do("GET", path, "", "Cookie", "other=1; sessionid="+goodID, "Authorization", auth); rec.Code != 401 || h.code(rec) != "session_invalid" {
+				t.Fatalf("cookie %s with Authorization %q: %d %s", path, auth, rec.Code, rec.Body)
+			}
+		}
+	}
+	if rec := h.do("GET", "/v1/me", "", "Cookie", "other=1; sessionid="+goodID, "Authorization", "Bearer "+testToken); rec.Code != 200 {
+		t.Fatalf("cookie me with the token: %d %s", rec.Code, rec.Body)
+	}
+	// Still read-only: the token does not open the mutating routes to a cookie.
+	if rec := h.do("POST", "/v1/connect", "", "Cookie", "sessionid="+goodID, "Authorization", "Bearer "+testToken); rec.Code != 401 || h.code(rec) != "session_missing" {
+		t.Fatalf("cookie connect with the token: %d %s", rec.Code, rec.Body)
+	}
+	// Without a configured token the cookie path works as before.
+	if rec := newHarness(t, "").do("GET", "/v1/me", "", "Cookie", "sessionid="+goodID); rec.Code != 200 {
+		t.Fatalf("cookie me without a token configured: %d %s", rec.Code, rec.Body)
 	}
 }
 
@@ -680,7 +696,7 @@ func TestRunShutdownLeavesNothing(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	cfg, _, err := parseConfig([]string{"--listen=" + addr, "--ops-listen=127.0.0.1:0", "--xmpp-addr=127.0.0.1:5222",
-		"--xmpp-domain=example.test", "--session-save-path=" + t.TempDir(), "--shutdown-timeout=2s"}, func(string) string { return "" }, io.Discard)
+		"--xmpp-domain=example.test", "--session-save-path=" + t.TempDir(), "--shutdown-timeout=2s", "--max-polls-per-session=10"}, func(string) string { return "" }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -749,5 +765,69 @@ func TestRunShutdownLeavesNothing(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("serve did not return")
+	}
+}
+
+// TestStatusNeedsToken: /status shows any local user the counts only; the
+// per-user rows (logins, JIDs, last polls) need the ops or the API token.
+func TestStatusNeedsToken(t *testing.T) {
+	const opsToken = "ops-token-0123456789abcdef"
+	h := newHarness(t, testToken)
+	if rec := h.do("POST", "/v1/connect", "", "X-Session-Id", goodID, "Authorization", "Bearer "+testToken); rec.Code != 200 {
+		t.Fatalf("connect: %d %s", rec.Code, rec.Body)
+	}
+	o := &ops{cfg: h.api.cfg, reg: h.reg, reader: h.reader, metrics: h.api.metrics, api: h.api, tokens: []string{testToken, opsToken}}
+	srv := o.routes()
+	get := func(path, auth string) *httptest.ResponseRecorder {
+		req := httptest.NewRequest("GET", path, nil)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		rec := httptest.NewRecorder()
+		srv.ServeHTTP(rec, req)
+		return rec
+	}
+	personal := []string{"alice", "example.test", "expresso-"}
+	for _, path := range []string{"/status", "/status?format=json"} {
+		for _, auth := range []string{"", "Bearer wrong", "Basic " + opsToken, "Bearer " + opsToken[:len(opsToken)-1], opsToken} {
+			rec := get(path, auth)
+			for _, p := range personal {
+				if strings.Contains(rec.Body.String(), p) {
+					t.Fatalf("%s with Authorization %q shows %q: %d %s", path, auth, p, rec.Code, rec.Body)
+				}
+			}
+			if auth == "" {
+				if rec.Code != 200 || !strings.Contains(rec.Body.String(), "online") {
+					t.Fatalf("%s without a token: %d %s, want the counts", path, rec.Code, rec.Body)
+				}
+			} else if rec.Code != http.StatusUnauthorized {
+				t.Fatalf("%s with Authorization %q: %d, want 401", path, auth, rec.Code)
+			}
+		}
+	}
+	var anon struct {
+		Counts   map[string]int `json:"counts"`
+		Sessions *[]statusRow   `json:"sessions"`
+	}
+	if err := json.Unmarshal(get("/status?format=json", "").Body.Bytes(), &anon); err != nil || anon.Counts["online"] != 1 || anon.Sessions != nil {
+		t.Fatalf("counts-only status: %+v %v", anon, err)
+	}
+	for _, tok := range []string{opsToken, testToken} {
+		var full struct {
+			Sessions []statusRow `json:"sessions"`
+		}
+		rec := get("/status?format=json", "Bearer "+tok)
+		if err := json.Unmarshal(rec.Body.Bytes(), &full); err != nil || len(full.Sessions) != 1 || full.Sessions[0].User != "alice" ||
+			!strings.HasPrefix(full.Sessions[0].JID, "alice@example.test/expresso-") {
+			t.Fatalf("status with a token: %d %s", rec.Code, rec.Body)
+		}
+		if html := get("/status", "Bearer "+tok).Body.String(); !strings.Contains(html, "<td>alice</td>") || strings.Contains(html, goodID) {
+			t.Fatalf("HTML status with a token: %s", html)
+		}
+	}
+	// No token configured at all: nobody gets the rows.
+	o.tokens = []string{""}
+	if rec := get("/status?format=json", "Bearer "); strings.Contains(rec.Body.String(), "alice") {
+		t.Fatalf("an empty bearer opened the rows: %d %s", rec.Code, rec.Body)
 	}
 }

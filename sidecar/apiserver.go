@@ -19,8 +19,9 @@ import (
 // that has not sent a request (HTTP/1.1) or its preface (HTTP/2); ReadTimeout
 // bounds reading a request body (per stream on HTTP/2); IdleTimeout closes a
 // connection with no request in flight (an HTTP/2 connection with a pending
-// poll is not idle); there is no write timeout, as long polls (up to 55 s)
-// and SSE streams (10 min) are long by design.
+// poll is not idle); there is no server-wide write timeout, as long polls
+// (up to 55 s) and SSE streams (10 min) are long by design: a parked poll's
+// answer and each write of an SSE stream have their own deadline instead.
 //
 // Every request's context ends when Shutdown begins, so pending long polls
 // and SSE streams answer at once (an empty page: the cursor stays valid)

@@ -26,6 +26,7 @@ type Config struct {
 	ListenGroup  string
 	UnsafeListen bool
 	OpsListen    string
+	OpsTokenFile string
 
 	XMPPAddr           string
 	XMPPDomain         string
@@ -44,6 +45,7 @@ type Config struct {
 	RateLimit       float64
 	AuthFailLimit   int
 	MaxConnections  int
+	MaxPolls        int
 	GCPercent       int
 	HTTP2           bool
 	HTTP2MaxStreams int
@@ -77,6 +79,7 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.ListenGroup, "listen-group", "", "group owning the API unix socket (name or gid; empty keeps the process's)")
 	fs.BoolVar(&c.UnsafeListen, "unsafe-listen", false, "allow --listen and --ops-listen on non-loopback addresses")
 	fs.StringVar(&c.OpsListen, "ops-listen", "127.0.0.1:8766", "address of /healthz, /readyz, /metrics and /status (empty disables)")
+	fs.StringVar(&c.OpsTokenFile, "ops-token-file", "", "file holding a bearer token that opens the per-user rows of /status (the API token does too; without either, /status shows counts only)")
 	fs.StringVar(&c.XMPPAddr, "xmpp-addr", "", "Jabber server c2s address host:port (required)")
 	fs.StringVar(&c.XMPPDomain, "xmpp-domain", "", "XMPP domain: users are <login>@<domain> (required)")
 	fs.StringVar(&c.XMPPTLS, "xmpp-tls", "starttls", "TLS to the Jabber server: starttls, direct (XEP-0368) or none (loopback only)")
@@ -84,7 +87,7 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.XMPPServerName, "xmpp-server-name", "", "name expected in the server certificate (default: --xmpp-domain)")
 	fs.StringVar(&c.XMPPResourcePrefix, "xmpp-resource-prefix", "expresso", "XMPP resource prefix; the resource is <prefix>-<hash of the PHP session>")
 	fs.StringVar(&c.XMPPMUCService, "xmpp-muc-service", "", "group chat (XEP-0045) service domain, e.g. conference.example.org (default: discovered from the server)")
-	fs.StringVar(&c.APITokenFile, "api-token-file", "", "file holding a bearer token required on X-Session-Id calls (optional)")
+	fs.StringVar(&c.APITokenFile, "api-token-file", "", "file holding a bearer token required on every API call, cookie calls included (Apache adds it; optional)")
 	fs.StringVar(&c.SessionCookie, "session-cookie", "", "PHP session cookie name (default: sessionid for --profile=expresso, PHPSESSID for generic)")
 	fs.DurationVar(&c.Inactivity, "inactivity", 120*time.Second, "close a user's stream after this long without a poll")
 	fs.IntVar(&c.EventBuffer, "event-buffer", 1000, "events kept per session for polls to catch up")
@@ -93,6 +96,7 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.Float64Var(&c.RateLimit, "rate-limit", 20, "mutating API calls per second allowed per session (bursts of twice that)")
 	fs.IntVar(&c.AuthFailLimit, "auth-failure-limit", 10, "XMPP authentication failures allowed per hour for the whole daemon, below the server's per-IP ban (ejabberd mod_fail2ban: 20); past it only passwords that worked before are tried (0: no limit)")
 	fs.IntVar(&c.MaxConnections, "max-connections", 10000, "open API connections at most; more are answered 503 too_many_connections (keep it below the open files limit minus one per user); an HTTP/2 connection counts once however many requests it carries")
+	fs.IntVar(&c.MaxPolls, "max-polls-per-session", 8, "GET /v1/events (long polls, SSE streams) in flight at most per PHP session, a parked poll counting until answered; more are answered 429 too_many_polls and their connection closed, so one session cannot hold every API connection (8: four tabs, each with a poll left over from a reload)")
 	fs.BoolVar(&c.HTTP2, "http2", true, "also accept HTTP/2 without TLS (h2c with prior knowledge, RFC 9113 §3.3) on --listen, next to HTTP/1.1: one connection carries many pending polls")
 	fs.IntVar(&c.HTTP2MaxStreams, "http2-max-streams", 100, "HTTP/2: requests in flight at most on one connection (pending polls included), so a client needs users/this connections; more costs CPU per frame, as Go's server visits every open stream to pick the next frame")
 	fs.IntVar(&c.GCPercent, "gc-percent", 50, "Go garbage collector target (GOGC): heap growth allowed over live memory before a collection; lower keeps less memory per user for a little CPU (10..1000; a GOGC environment variable wins)")
@@ -235,6 +239,11 @@ func (c *Config) Validate() error {
 			bad("api-token-file", "%v", err)
 		}
 	}
+	if c.OpsTokenFile != "" {
+		if _, err := readToken(c.OpsTokenFile); err != nil {
+			bad("ops-token-file", "%v", err)
+		}
+	}
 	if c.SessionCookie == "" || strings.ContainsAny(c.SessionCookie, "=; ") {
 		bad("session-cookie", "%q is not a cookie name", c.SessionCookie)
 	}
@@ -262,6 +271,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxConnections < 16 {
 		bad("max-connections", "must be at least 16, got %d", c.MaxConnections)
+	}
+	if c.MaxPolls < 1 || c.MaxPolls > 1000 {
+		bad("max-polls-per-session", "must be within 1..1000, got %d", c.MaxPolls)
 	}
 	if c.HTTP2MaxStreams < 1 || c.HTTP2MaxStreams > 100_000 {
 		bad("http2-max-streams", "must be within 1..100000, got %d", c.HTTP2MaxStreams)

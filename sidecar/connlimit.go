@@ -56,20 +56,37 @@ func (l *limitListener) Accept() (net.Conn, error) {
 // rejectTimeout bounds the answer to a rejected connection.
 const rejectTimeout = time.Second
 
-// reject writes the 503 answer, half-closes and drains what the client sent
-// (closing with unread data would reset the connection and lose the
-// answer), then closes.
+// reject writes the 503 answer and closes the connection (refuse).
 func reject(c net.Conn) {
+	refuse(c, ErrTooManyConnections, rejectTimeout, 64<<10)
+}
+
+// refuse writes err's JSON answer on c as a whole HTTP/1.1 response with
+// Connection: close, half-closes and drains what the client still sends —
+// closing with unread data would reset the connection, and the reset
+// wipes the answer before the client reads it — within timeout and up to
+// drain bytes, then closes c.
+func refuse(c net.Conn, err error, timeout time.Duration, drain int64) {
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(rejectTimeout))
-	status, code := statusFor(ErrTooManyConnections)
-	body := fmt.Sprintf(`{"error":{"code":%q,"message":%q}}`+"\n", code, publicMessage(ErrTooManyConnections, status))
-	fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: %s\r\n\r\n%s",
-		status, http.StatusText(status), strconv.Itoa(len(body)), body)
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
+	c.SetDeadline(time.Now().Add(timeout))
+	status, code := statusFor(err)
+	body := fmt.Sprintf(`{"error":{"code":%q,"message":%q}}`+"\n", code, publicMessage(err, status))
+	retry := ""
+	if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
+		retry = "Retry-After: 1\r\n"
 	}
-	io.Copy(io.Discard, io.LimitReader(c, 64<<10))
+	fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n%sConnection: close\r\nContent-Length: %s\r\n\r\n%s",
+		status, http.StatusText(status), retry, strconv.Itoa(len(body)), body)
+	closeWrite(c)
+	io.Copy(io.Discard, io.LimitReader(c, drain))
+}
+
+// closeWrite half-closes c (TCP and unix sockets, through our wrappers).
+func closeWrite(c net.Conn) error {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
 }
 
 // limitConn gives its slot back when closed, once.
@@ -78,6 +95,8 @@ type limitConn struct {
 	once    sync.Once
 	release func()
 }
+
+func (c *limitConn) CloseWrite() error { return closeWrite(c.Conn) }
 
 func (c *limitConn) Close() error {
 	err := c.Conn.Close()

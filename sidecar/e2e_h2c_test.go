@@ -166,9 +166,9 @@ func TestE2EH2C(t *testing.T) {
 					base := alice.C.base
 					req, _ := http.NewRequestWithContext(t.Context(), tt.method, base+tt.path, strings.NewReader(tt.body))
 					req.Header.Set("Cookie", "theme=dark; sessionid="+alice.SID+"; lang=pt-br")
+					req.Header.Set("Authorization", "Bearer "+e.D.Token) // as Apache adds it
 					if tt.name == "too large" {
 						req.Header.Set("X-Session-Id", alice.SID)
-						req.Header.Set("Authorization", "Bearer "+e.D.Token)
 					}
 					resp, err := hc.Do(req)
 					if err != nil {
@@ -192,6 +192,7 @@ func TestE2EH2C(t *testing.T) {
 			sctx, cancelSSE := context.WithTimeout(t.Context(), 20*time.Second)
 			req, _ := http.NewRequestWithContext(sctx, "GET", alice.C.base+"/v1/events", nil)
 			req.Header.Set("Cookie", "sessionid="+alice.SID)
+			req.Header.Set("Authorization", "Bearer "+e.D.Token)
 			req.Header.Set("Accept", "text/event-stream")
 			req.Header.Set("Last-Event-ID", pa.cursor)
 			resp, err := alice.C.hc.Do(req)
@@ -458,7 +459,8 @@ func (h *h2Raw) get(path string, headers ...string) (uint32, error) {
 // server; meanwhile other users' pending polls, on another HTTP/2
 // connection and on HTTP/1.1, get their messages and the daemon stays ready.
 func TestE2EH2CAbuse(t *testing.T) {
-	e := startE2E(t, "files", daemonOptions{Extra: []string{"--http2-max-streams=16"}})
+	// mal's 32 polls test the stream limit, not --max-polls-per-session.
+	e := startE2E(t, "files", daemonOptions{Extra: []string{"--http2-max-streams=16", "--max-polls-per-session=64"}})
 	e.register(t, "vic", "tim", "mal", "snd")
 	vic, tim, mal, snd := e.login(t, "vic"), e.login(t, "tim"), e.login(t, "mal"), e.login(t, "snd")
 	var dials atomic.Int64

@@ -21,7 +21,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,13 +52,13 @@ var (
 // daemonBinary builds ./cmd/imsidecar once per test run and returns its path.
 func daemonBinary(tb testing.TB) string {
 	tb.Helper()
+	skipShort(tb, "imsidecar daemon")
 	binOnce.Do(func() {
-		goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-		if _, err := os.Stat(goBin); err != nil {
-			if goBin, err = exec.LookPath("go"); err != nil {
-				binErr = fmt.Errorf("go toolchain not found: %w", err)
-				return
-			}
+		// go test puts its own GOROOT/bin first in PATH.
+		goBin, err := exec.LookPath("go")
+		if err != nil {
+			binErr = fmt.Errorf("go toolchain not found: %w", err)
+			return
 		}
 		binDir, binErr = os.MkdirTemp("", "imsidecar-e2e-")
 		if binErr != nil {
@@ -81,9 +80,20 @@ func daemonBinary(tb testing.TB) string {
 	return binPath
 }
 
-// requireBinary fails the test loudly when a tool the e2e tests need is missing.
+// skipShort skips an integration test under -short (make test-short), and
+// only then: without -short a missing binary fails it (requireBinary).
+func skipShort(tb testing.TB, what string) {
+	tb.Helper()
+	if testing.Short() {
+		tb.Skipf("integration test, skipped under -short: it runs a real %s", what)
+	}
+}
+
+// requireBinary fails the test loudly when a tool the e2e tests need is
+// missing; under -short it skips the test instead (skipShort).
 func requireBinary(tb testing.TB, name, pkg string) string {
 	tb.Helper()
+	skipShort(tb, name)
 	p, err := exec.LookPath(name)
 	if err != nil {
 		tb.Fatalf("%s not found (%v): apt-get install %s", name, err, pkg)

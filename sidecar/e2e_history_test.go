@@ -85,10 +85,7 @@ func pageAll(tb testing.TB, c *apiClient, peer string, max int, backwards bool) 
 // ends; with, start and end filter; forged archive results from another
 // user reach neither the history nor the events.
 func TestE2EHistory(t *testing.T) {
-	total := 250
-	if testing.Short() {
-		total = 60
-	}
+	const total = 250
 	e := startE2E(t, "files", daemonOptions{Extra: []string{"--rate-limit=1000"}})
 	e.register(t, "alice", "bob", "carol", "mallory")
 	alice, bob, carol := e.login(t, "alice"), e.login(t, "bob"), e.login(t, "carol")

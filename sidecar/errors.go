@@ -29,6 +29,10 @@ var (
 	ErrConfig             = errors.New("sidecar: invalid configuration")
 )
 
+// ErrTooManyPolls: the session already has --max-polls-per-session
+// GET /v1/events in flight; the one over is answered 429.
+var ErrTooManyPolls = errors.New("sidecar: too many polls in flight for this session (--max-polls-per-session)")
+
 // statusFor is the one place errors become HTTP statuses and API codes.
 // Anything unknown is a 500 "internal", whose detail stays in the log.
 func statusFor(err error) (int, string) {
@@ -70,6 +74,8 @@ func statusFor(err error) (int, string) {
 		return http.StatusRequestEntityTooLarge, "too_large"
 	case errors.Is(err, ErrRateLimited):
 		return http.StatusTooManyRequests, "rate_limited"
+	case errors.Is(err, ErrTooManyPolls):
+		return http.StatusTooManyRequests, "too_many_polls"
 	case errors.Is(err, xmppconn.ErrUnsupported):
 		return http.StatusNotImplemented, "feature_unavailable"
 	case errors.Is(err, xmppconn.ErrAuth):

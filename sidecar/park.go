@@ -146,11 +146,7 @@ func (pk *parker) hold(p *parkedPoll, wait time.Duration) {
 // the event log's append, the timer and the shutdown.
 func (p *parkedPoll) wake() {
 	if p.fired.CompareAndSwap(false, true) {
-		go func() {
-			p.mu.Lock() // wait until hold has finished arming
-			p.mu.Unlock()
-			p.answer()
-		}()
+		go p.answer()
 	}
 }
 
@@ -158,8 +154,13 @@ func (p *parkedPoll) wake() {
 // the HTTP server, or closes it.
 func (p *parkedPoll) answer() {
 	pk := p.pk
-	if p.timer != nil {
-		p.timer.Stop()
+	// hold arms the poll under p.mu and may wake it before it has done so:
+	// taking the lock waits for the arming, and what it set is read under it.
+	p.mu.Lock()
+	timer, tracked := p.timer, p.tracked
+	p.mu.Unlock()
+	if timer != nil {
+		timer.Stop()
 	}
 	p.s.log.cancelWait(p)
 	res := p.s.log.read(p.q.cur, p.q.given, p.q.limit)
@@ -179,6 +180,7 @@ func (p *parkedPoll) answer() {
 	delete(pk.polls, p)
 	keep = keep && !pk.closed
 	pk.mu.Unlock()
+	p.s.releasePoll() // counted since the handler; answered now
 	switch {
 	case err != nil || !keep:
 		p.conn.Close()
@@ -187,7 +189,7 @@ func (p *parkedPoll) answer() {
 	default:
 		pk.awaitNext(p.conn)
 	}
-	if p.tracked {
+	if tracked {
 		pk.wg.Done()
 	}
 }
@@ -385,6 +387,8 @@ type resumedConn struct {
 	net.Conn
 	rest []byte
 }
+
+func (c *resumedConn) CloseWrite() error { return closeWrite(c.Conn) }
 
 func (c *resumedConn) Read(b []byte) (int, error) {
 	if len(c.rest) == 0 {

@@ -414,6 +414,7 @@ func TestParkShutdown(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	const n = 40
 	ps := startParkServer(t, true, 2*n)
+	ps.h.api.cfg.MaxPolls = n // one session's n polls, here
 	cur := ps.connect(t, goodID, "alice")
 	var conns []net.Conn
 	for range n {
@@ -584,4 +585,195 @@ func liveMemory() (int64, int) {
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	return int64(m.HeapAlloc + m.StackInuse), runtime.NumGoroutine()
+}
+
+// TestPollCapPerSession: one session opening 25 long polls against
+// --max-connections 20 once held every connection and starved bob. Its
+// polls in flight are now capped (a parked poll counts until answered):
+// the ones over the cap get 429 too_many_polls and their connection is
+// closed, so bob's poll gets a slot; once answered, the cap is free again.
+func TestPollCapPerSession(t *testing.T) {
+	for _, park := range []bool{true, false} {
+		t.Run(fmt.Sprintf("parked=%v", park), func(t *testing.T) {
+			const maxConns, polls, capN = 20, 25, 8
+			ps := startParkServer(t, park, maxConns)
+			bobCur := ps.connect(t, otherID, "bob")
+			cur := ps.connect(t, goodID, "alice") // last: ps.message goes to alice
+			s := ps.h.reg.get(goodID)
+			if ps.h.api.cfg.MaxPolls != capN {
+				t.Fatalf("default --max-polls-per-session = %d, want %d", ps.h.api.cfg.MaxPolls, capN)
+			}
+			type answer struct {
+				status int
+				body   string
+				closed bool // the server closed the connection after it
+			}
+			answers := make(chan answer, polls)
+			for range polls {
+				c, err := net.Dial("tcp", ps.addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { c.Close() })
+				go func() {
+					if _, err := io.WriteString(c, pollRequest(cur, 55, "")); err != nil {
+						answers <- answer{status: -1, body: err.Error()}
+						return
+					}
+					c.SetReadDeadline(time.Now().Add(30 * time.Second))
+					br := bufio.NewReader(c)
+					resp, err := http.ReadResponse(br, nil)
+					if err != nil {
+						answers <- answer{status: -1, body: err.Error()}
+						return
+					}
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					closed := false
+					if resp.Close {
+						_, err = br.ReadByte()
+						closed = err == io.EOF
+					}
+					answers <- answer{resp.StatusCode, string(b), closed}
+				}()
+			}
+			// capN polls wait; every other one is answered at once.
+			counts := map[int]int{}
+			for range polls - capN {
+				a := <-answers
+				counts[a.status]++
+				switch {
+				case a.status == http.StatusTooManyRequests && strings.Contains(a.body, `"too_many_polls"`) && a.closed:
+				case a.status == http.StatusServiceUnavailable && strings.Contains(a.body, `"too_many_connections"`):
+				default:
+					t.Fatalf("a poll over the cap: %+v", a)
+				}
+			}
+			if counts[http.StatusTooManyRequests] == 0 {
+				t.Fatalf("no poll was refused too_many_polls: %v", counts)
+			}
+			if park {
+				ps.waitParked(t, capN)
+			}
+			if n := s.polls.Load(); n != capN {
+				t.Fatalf("%d polls counted, want %d", n, capN)
+			}
+			// Bob gets a connection and his answer.
+			c, err := net.Dial("tcp", ps.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			fmt.Fprintf(c, "GET /v1/events?cursor=%s&wait=0 HTTP/1.1\r\nHost: sidecar\r\nX-Session-Id: %s\r\n\r\n", bobCur, otherID)
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("bob's poll while alice holds her %d: %v %v", capN, resp, err)
+			}
+			resp.Body.Close()
+			// Alice's waiting polls are answered by her next event and
+			// give their places back.
+			ps.message("hello")
+			for range capN {
+				if a := <-answers; a.status != http.StatusOK || !strings.Contains(a.body, "hello") {
+					t.Fatalf("a waiting poll: %+v", a)
+				}
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for s.polls.Load() != 0 {
+				if time.Now().After(deadline) {
+					t.Fatalf("%d polls still counted after every one was answered", s.polls.Load())
+				}
+				time.Sleep(time.Millisecond)
+			}
+		})
+	}
+}
+
+// TestSSEReaderStopsReading: a client that opens an SSE stream and then
+// stops reading while events keep coming once held its handler goroutine
+// and its connection for the stream's 10 minutes. Each write now has a
+// deadline: the stream ends, its goroutine returns and the connection is
+// closed, while the events stay in the log for the next poll.
+func TestSSEReaderStopsReading(t *testing.T) {
+	ps := startParkServer(t, true, 16)
+	ps.h.api.sseWrite = 300 * time.Millisecond
+	cur := ps.connect(t, goodID, "alice")
+	s := ps.h.reg.get(goodID)
+	c, err := net.Dial("tcp", ps.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetReadBuffer(4 << 10)
+	fmt.Fprintf(c, "GET /v1/events?cursor=%s HTTP/1.1\r\nHost: sidecar\r\nAccept: text/event-stream\r\nCookie: sessionid=%s\r\n\r\n", cur, goodID)
+	br := bufio.NewReaderSize(c, 64)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("SSE: %v %v", resp, err)
+	}
+	if s.polls.Load() != 1 {
+		t.Fatalf("%d streams counted", s.polls.Load())
+	}
+	// The client reads no more; events keep coming (16 KiB each) until
+	// the stream gives up.
+	body := strings.Repeat("x", 16<<10)
+	stop := make(chan struct{})
+	produced := make(chan int)
+	go func() {
+		n := 0
+		defer func() { produced <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			n++
+			ps.h.handler.HandleEvent(&xmppconn.Message{From: "bob@example.test/web", ID: strconv.Itoa(n), Type: "chat", Body: body})
+			if n%50 == 0 {
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for s.polls.Load() != 0 || streamGoroutines() != 0 {
+		if time.Now().After(deadline) {
+			close(stop)
+			t.Fatalf("the stream of a client that stopped reading still runs after 30 s (%d events produced, %d handler goroutines)", <-produced, streamGoroutines())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(stop)
+	n := <-produced
+	// The connection gave its --max-connections slot back: 16 others
+	// (the cap) are all served at once.
+	for i := range 16 {
+		o, err := net.Dial("tcp", ps.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer o.Close()
+		o.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(o, "GET /v1/me HTTP/1.1\r\nHost: sidecar\r\nX-Session-Id: %s\r\n\r\n", goodID)
+		resp, err := http.ReadResponse(bufio.NewReader(o), nil)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("connection %d of 16 after the stream ended: %v %v", i+1, resp, err)
+		}
+		resp.Body.Close()
+	}
+	t.Logf("stream ended after %d events of 16 KiB", n)
+	// Nothing is lost: the next poll finds the events in the log.
+	rec := ps.h.do("GET", "/v1/events?wait=0&cursor="+cur.String(), "", "X-Session-Id", goodID)
+	if rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), body) {
+		t.Fatalf("a poll after the stream ended: %d", rec.Code)
+	}
+}
+
+// streamGoroutines counts the goroutines inside an SSE handler.
+func streamGoroutines() int {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	return strings.Count(string(buf), "sidecar.(*api).stream(")
 }

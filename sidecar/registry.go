@@ -71,6 +71,10 @@ type session struct {
 	lastPoll atomic.Int64 // unix nanos
 	state    atomic.Value // xmppconn.State
 	reason   atomic.Value // string
+	// polls is how many GET /v1/events of this PHP session are in flight
+	// (long polls, parked ones until answered, and SSE streams), capped
+	// at --max-polls-per-session.
+	polls atomic.Int32
 
 	mu      sync.Mutex
 	conn    xmppSession
@@ -90,6 +94,18 @@ type presenceInfo struct {
 	// Avatar is the XEP-0153 photo hash: "" no avatar, absent unknown.
 	Avatar *string `json:"avatar,omitempty"`
 }
+
+// acquirePoll counts one more poll in flight unless max already are;
+// releasePoll gives it back.
+func (s *session) acquirePoll(max int) bool {
+	if s.polls.Add(1) > int32(max) {
+		s.polls.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (s *session) releasePoll() { s.polls.Add(-1) }
 
 func (s *session) State() xmppconn.State {
 	if v, ok := s.state.Load().(xmppconn.State); ok {

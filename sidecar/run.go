@@ -36,7 +36,12 @@ const usage = `imsidecar keeps Expresso users online in Jabber while they use th
 usage:
   imsidecar [serve] [flags]          run the daemon (the default)
   imsidecar check-config [flags]     validate the configuration and exit
-  imsidecar session show [flags] ID  print a PHP session decoded as JSON
+  imsidecar session show [flags] [ID|-]
+                                     print a PHP session decoded as JSON, every
+                                     secret-shaped value redacted (its length
+                                     only); without ID, or with -, the ID is
+                                     read from stdin (kept out of ps and
+                                     /proc/*/cmdline)
   imsidecar version                  print the version
 
 Every flag has an environment twin IMSIDECAR_<FLAG> (e.g. IMSIDECAR_XMPP_ADDR).
@@ -44,8 +49,14 @@ flags:
 `
 
 // Run is the whole program: main only builds the context and exits with
-// Run's error. getenv supplies the environment twins of the flags.
+// Run's error. getenv supplies the environment twins of the flags; stdin
+// is the process's (RunIO takes another).
 func Run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	return RunIO(ctx, args, getenv, os.Stdin, stdout, stderr)
+}
+
+// RunIO is Run reading stdin (`session show` without an ID) from stdin.
+func RunIO(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
 	cmd := "serve"
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		cmd, args = args[0], args[1:]
@@ -64,7 +75,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case "serve", "check-config":
 	case "session":
 		if len(args) == 0 || args[0] != "show" {
-			return fmt.Errorf("%w: usage: imsidecar session show [flags] ID", ErrConfig)
+			return fmt.Errorf("%w: usage: imsidecar session show [flags] [ID|-]", ErrConfig)
 		}
 		args = args[1:]
 	default:
@@ -78,7 +89,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	if cmd == "session" {
-		return sessionShow(ctx, cfg, rest, stdout)
+		return sessionShow(ctx, cfg, rest, stdin, stdout)
 	}
 	if len(rest) > 0 {
 		return fmt.Errorf("%w: unexpected arguments %q", ErrConfig, rest)
@@ -100,7 +111,11 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		// heap grow to twice that before collecting (docs/PERFORMANCE.md).
 		debug.SetGCPercent(cfg.GCPercent)
 	}
-	return serve(ctx, cfg, logger, nil)
+	err = serve(ctx, cfg, logger, nil)
+	if t, ok := logger.Handler().(*throttle); ok {
+		t.flush() // the counts of warnings still held back
+	}
+	return err
 }
 
 func printUsage(w io.Writer) error {
@@ -117,25 +132,26 @@ func newLogger(cfg *Config, w io.Writer) (*slog.Logger, error) {
 		return nil, fmt.Errorf("%w: --log-level: %w", ErrConfig, err)
 	}
 	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if cfg.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		h = slog.NewJSONHandler(w, opts)
 	}
-	return slog.New(slog.NewTextHandler(w, opts)), nil
+	// Repeated warnings of one source are counted, not each written.
+	return slog.New(newThrottle(h, logWindow, logBurst)), nil
 }
 
 // sessionShow prints {"id","data","identity"} for one session; never the
-// password.
-func sessionShow(ctx context.Context, cfg *Config, rest []string, stdout io.Writer) error {
-	if len(rest) != 1 {
-		return fmt.Errorf("%w: usage: imsidecar session show [flags] ID", ErrConfig)
+// password nor any secret-shaped value (redact.go).
+func sessionShow(ctx context.Context, cfg *Config, rest []string, stdin io.Reader, stdout io.Writer) error {
+	id, err := sessionIDArg(rest, stdin)
+	if err != nil {
+		return err
 	}
-	id := rest[0]
 	rc := cfg.readerConfig()
 	if err := phpsession.ValidateID(id, rc.MinIDLength); err != nil {
 		return err
 	}
 	var rec phpsession.Record
-	var err error
 	switch cfg.SessionStore {
 	case "redis":
 		var s *phpsession.RedisStore
@@ -177,7 +193,7 @@ func sessionShow(ctx context.Context, cfg *Config, rest []string, stdout io.Writ
 		}
 		secrets = append(secrets, raw, []byte(ident.Password), []byte(base64.StdEncoding.EncodeToString(raw)))
 	}
-	data, err := phpsession.MarshalJSONRedacted(vars, cs, secrets...)
+	data, err := phpsession.MarshalJSONRedact(vars, cs, phpsession.Redaction{Secrets: secrets, Key: secretKey})
 	if err != nil {
 		return err
 	}
@@ -250,7 +266,14 @@ func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error
 	m := newMetrics(func() map[xmppconn.State]int { return reg.stateCounts() })
 	reg = newRegistry(cfg, reader, dial, tlsConf, logger, m)
 	a := &api{cfg: cfg, reg: reg, reader: reader, token: token, logger: logger, metrics: m, now: time.Now}
-	o := &ops{cfg: cfg, reg: reg, reader: reader, metrics: m, api: a}
+	o := &ops{cfg: cfg, reg: reg, reader: reader, metrics: m, api: a, tokens: []string{token}}
+	if cfg.OpsTokenFile != "" {
+		opsToken, err := readToken(cfg.OpsTokenFile)
+		if err != nil {
+			return fmt.Errorf("%w: --ops-token-file: %w", ErrConfig, err)
+		}
+		o.tokens = append(o.tokens, opsToken)
+	}
 
 	rawLn, err := listen(cfg.Listen, cfg.ListenMode, cfg.ListenGroup)
 	if err != nil {

@@ -137,12 +137,3 @@ func normDomain(d string) (string, error) {
 	}
 	return d, nil
 }
-
-// bareOf returns the normalized bare form of a JID string, or "" if invalid.
-func bareOf(s string) string {
-	j, err := ParseJID(s)
-	if err != nil {
-		return ""
-	}
-	return j.Bare().String()
-}

@@ -11,13 +11,17 @@ import (
 	"image"
 	"image/color"
 	"image/png"
+	"io"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -26,8 +30,13 @@ import (
 	"expressolivre.org/imsidecar/xmppconn/xmppconntest"
 )
 
+// need returns the path of bin or fails the test; under -short (unit tests
+// only) it skips the test instead.
 func need(t *testing.T, bin, pkg string) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skipf("integration test, skipped under -short: it runs a real %s", bin)
+	}
 	p, err := exec.LookPath(bin)
 	if err != nil {
 		t.Fatalf("%s not found: apt-get install %s (or run make deps)", bin, pkg)
@@ -111,9 +120,16 @@ php_admin_value session.gc_probability 0
 SetEnv IMSIDECAR_URL http://127.0.0.1:%[6]d
 SetEnv DEMO_USERS_FILE %[2]s/users.txt
 SetEnv DEMO_DOMAIN %[7]s
+SetEnv IMSIDECAR_TOKEN_FILE %[2]s/token
 # The SSE path of examples/apache/imsidecar.conf: the browser's
-# EventSource reaches the sidecar through Apache with its session cookie.
-ProxyPass /im/events http://127.0.0.1:%[6]d/v1/events flushpackets=on timeout=120
+# EventSource reaches the sidecar through Apache with its session cookie,
+# and Apache adds the API token (--api-token-file) the browser never sees.
+Define IMSIDECAR_TOKEN %[8]s
+<Location "/im/events">
+  ProxyPass http://127.0.0.1:%[6]d/v1/events flushpackets=on timeout=120
+  RequestHeader unset X-Session-Id
+  RequestHeader set Authorization "Bearer ${IMSIDECAR_TOKEN}"
+</Location>
 `
 
 func TestBrowserChat(t *testing.T) {
@@ -143,6 +159,16 @@ func TestBrowserChat(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// The token file is the PHP side's (www-data) and the sidecar's.
+	token := "browser-test-token-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(tokenFile, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+
 	bin := filepath.Join(t.TempDir(), "imsidecar")
 	if out, err := exec.Command("go", "build", "-o", bin, "../../sidecar/cmd/imsidecar").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
@@ -152,7 +178,7 @@ func TestBrowserChat(t *testing.T) {
 	side := exec.Command(bin, "serve", "--listen=127.0.0.1:"+strconv.Itoa(apiPort), "--ops-listen=127.0.0.1:"+strconv.Itoa(opsPort),
 		"--xmpp-addr="+srv.Addr, "--xmpp-domain="+srv.Domain, "--xmpp-ca-file="+srv.CAFile,
 		"--session-store=files", "--session-save-path="+filepath.Join(dir, "sessions"), "--session-owner="+www.Uid,
-		"--recheck-interval=1s", "--log-level=debug")
+		"--recheck-interval=1s", "--log-level=debug", "--api-token-file="+tokenFile)
 	side.Stdout, side.Stderr = &sidecarLog, &sidecarLog
 	if err := side.Start(); err != nil {
 		t.Fatal(err)
@@ -171,7 +197,7 @@ func TestBrowserChat(t *testing.T) {
 		t.Fatal(err)
 	}
 	conf := filepath.Join(dir, "httpd.conf")
-	if err := os.WriteFile(conf, fmt.Appendf(nil, apacheConf, webPort, dir, www.Username, "www-data", demo, apiPort, srv.Domain), 0o644); err != nil {
+	if err := os.WriteFile(conf, fmt.Appendf(nil, apacheConf, webPort, dir, www.Username, "www-data", demo, apiPort, srv.Domain, token), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	apache := exec.Command("apache2", "-f", conf, "-DFOREGROUND")
@@ -212,6 +238,55 @@ func TestBrowserChat(t *testing.T) {
 	t.Logf("playwright:\n%s", res)
 	if err != nil {
 		t.Fatalf("browser test failed: %v (screenshots in %s)", err, out)
+	}
+	checkApacheAddsToken(t, base, apiPort)
+}
+
+// checkApacheAddsToken: with --api-token-file, the session cookie alone
+// reads nothing from the sidecar directly, while the same cookie through
+// Apache's /im/events (which adds the token) gets the events.
+func checkApacheAddsToken(t *testing.T, base string, apiPort int) {
+	t.Helper()
+	jar, _ := cookiejar.New(nil)
+	hc := &http.Client{Jar: jar, Timeout: 20 * time.Second}
+	resp, err := hc.PostForm(base+"/login.php", url.Values{"user": {"bob"}, "password": {"bob-pw-2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	req, _ := http.NewRequestWithContext(t.Context(), "POST", base+"/api.php?action=connect", nil)
+	req.Header.Set("X-Requested-With", "imsidecar-demo")
+	if resp, err = hc.Do(req); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("connect through the demo: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	get := func(u string) (int, string) {
+		t.Helper()
+		resp, err := hc.Get(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if st, body := get(base + "/im/events?wait=0"); st != http.StatusOK || !strings.Contains(body, `"cursor"`) {
+		t.Fatalf("events through Apache with the cookie: %d %s", st, body)
+	}
+	// The sidecar itself, same cookie, no token: refused.
+	direct := fmt.Sprintf("http://127.0.0.1:%d/v1/events?wait=0", apiPort)
+	dreq, _ := http.NewRequestWithContext(t.Context(), "GET", direct, nil)
+	for _, c := range jar.Cookies(&url.URL{Scheme: "http", Host: strings.TrimPrefix(base, "http://")}) {
+		dreq.AddCookie(c)
+	}
+	dresp, err := http.DefaultClient.Do(dreq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(dresp.Body)
+	dresp.Body.Close()
+	if dresp.StatusCode != http.StatusUnauthorized || !strings.Contains(string(b), "session_invalid") {
+		t.Fatalf("the cookie without the token, straight to the sidecar: %d %s", dresp.StatusCode, b)
 	}
 }
 

@@ -4,5 +4,8 @@
 // Sessions are written through PHP's own session handlers (files or
 // phpredis) and serialize handlers, so what the tests read is exactly what
 // a production PHP would have written. A missing php or redis-server binary
-// fails the test; nothing is ever skipped.
+// fails the test. Only under -short (go test -short, make test-short: the
+// unit tests alone, on a machine without PHP or Redis) do PHP, StartRedis
+// and StartRedisCluster skip the test instead, and with it every helper
+// that runs PHP.
 package phpsessiontest

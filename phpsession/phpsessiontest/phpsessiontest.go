@@ -35,9 +35,11 @@ type ExpressoUser struct {
 	Pad int
 }
 
-// PHP returns the path of the PHP CLI or fails the test.
+// PHP returns the path of the PHP CLI or fails the test; under -short it
+// skips the test.
 func PHP(tb testing.TB) string {
 	tb.Helper()
+	skipShort(tb, "PHP")
 	p, err := exec.LookPath("php")
 	if err != nil {
 		tb.Fatal("phpsessiontest: php not found: apt-get install php-cli php-redis php-mbstring")
@@ -132,6 +134,14 @@ type Redis struct {
 	tb    testing.TB
 }
 
+// skipShort skips a test that runs PHP or Redis under -short, and only then.
+func skipShort(tb testing.TB, what string) {
+	tb.Helper()
+	if testing.Short() {
+		tb.Skipf("integration test, skipped under -short: it runs a real %s", what)
+	}
+}
+
 // StartRedis starts redis-server without persistence; it is stopped when
 // the test ends.
 func StartRedis(tb testing.TB) *Redis {
@@ -141,6 +151,7 @@ func StartRedis(tb testing.TB) *Redis {
 
 func startRedis(tb testing.TB, port int, extra ...string) *Redis {
 	tb.Helper()
+	skipShort(tb, "redis-server")
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		tb.Fatal("phpsessiontest: redis-server not found: apt-get install redis-server")
 	}
@@ -188,6 +199,7 @@ type RedisCluster struct {
 // creates the cluster and waits until every node reports cluster_state:ok.
 func StartRedisCluster(tb testing.TB, n int) *RedisCluster {
 	tb.Helper()
+	skipShort(tb, "Redis Cluster")
 	if _, err := exec.LookPath("redis-cli"); err != nil {
 		tb.Fatal("phpsessiontest: redis-cli not found: apt-get install redis-tools")
 	}

@@ -31,6 +31,11 @@
 // cannot be made to produce: the test receives each bound connection and
 // writes whatever bytes it wants, optionally one byte per write.
 //
+// StartProsody and StartEjabberd fail the test when their binaries are
+// missing, and skip it only under -short (go test -short, make test-short:
+// the unit tests alone, on a machine without the servers). StartFakeServer
+// never skips.
+//
 // Restart, Stop, Start and Kill let tests exercise reconnection: Restart and
 // Stop are graceful (SIGTERM), Kill is SIGKILL, and Start brings the server
 // back on the same ports with the same data.

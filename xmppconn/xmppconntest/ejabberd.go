@@ -57,9 +57,11 @@ type Ejabberd struct {
 }
 
 // StartEjabberd starts a private ejabberd for the test and registers its
-// shutdown with tb.Cleanup. A missing ejabberd fails the test.
+// shutdown with tb.Cleanup. A missing ejabberd fails the test; under
+// -short (unit tests only) the test is skipped instead.
 func StartEjabberd(tb testing.TB, opts EjabberdOptions) *Ejabberd {
 	tb.Helper()
+	skipShort(tb, "ejabberd")
 	for _, bin := range []string{EjabberdctlBin, "/usr/bin/erl", "timeout"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			tb.Fatalf("xmppconntest: %s not found (%v): apt-get install ejabberd", bin, err)

@@ -115,9 +115,11 @@ type Server struct {
 }
 
 // StartProsody starts a private Prosody for the test and registers its
-// shutdown (SIGKILL) with tb.Cleanup. A missing binary fails the test.
+// shutdown (SIGKILL) with tb.Cleanup. A missing binary fails the test;
+// under -short (unit tests only) the test is skipped instead.
 func StartProsody(tb testing.TB, opts Options) *Server {
 	tb.Helper()
+	skipShort(tb, "Prosody")
 	for _, bin := range []string{ProsodyBin, ProsodyctlBin, "timeout"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			tb.Fatalf("xmppconntest: %s not found (%v): apt-get install prosody coreutils", bin, err)
@@ -728,4 +730,13 @@ func readTail(name string, max int64) string {
 
 func readAllLimit(f *os.File, max int64) ([]byte, error) {
 	return io.ReadAll(io.LimitReader(f, max))
+}
+
+// skipShort skips a test that starts a real server under -short, and only
+// then.
+func skipShort(tb testing.TB, server string) {
+	tb.Helper()
+	if testing.Short() {
+		tb.Skipf("integration test, skipped under -short: it runs a real %s", server)
+	}
 }

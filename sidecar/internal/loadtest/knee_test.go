@@ -153,6 +153,7 @@ func TestReportKnee(t *testing.T) {
 // extra setting, and waits for the probe's log: Prosody accepted both
 // configuration lines and loaded the module.
 func TestLagProbeLoads(t *testing.T) {
+	skipShort(t, "Prosody")
 	dir := t.TempDir()
 	logFile := filepath.Join(dir, "lag.log")
 	probe, err := LagProbe(dir, logFile)

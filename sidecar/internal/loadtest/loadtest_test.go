@@ -14,6 +14,17 @@ import (
 	"expressolivre.org/imsidecar/phpsession"
 )
 
+// skipShort skips a test that runs real Prosody, PHP or the daemon under
+// -short (unit tests only), and only then: without -short a missing binary
+// fails it. The starters it guards are in the package's non-test code,
+// which the imbench command runs too.
+func skipShort(t *testing.T, what string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skipf("integration test, skipped under -short: it runs a real %s", what)
+	}
+}
+
 func TestPercentile(t *testing.T) {
 	ms := func(v ...int) []time.Duration {
 		d := make([]time.Duration, len(v))
@@ -116,6 +127,7 @@ func TestDialerRefusesNonLoopback(t *testing.T) {
 // what PHP writes for the same user and time, and that the sidecar's own
 // reader finds the user and password in both.
 func TestSessionMatchesPHP(t *testing.T) {
+	skipShort(t, "PHP")
 	phpDir, goDir := t.TempDir(), t.TempDir()
 	now := time.Unix(1_790_000_000, 0)
 	u := SessionUser{ID: sessionID(7), User: "u7", Password: `p"w;|}:{s:1`}
@@ -169,6 +181,7 @@ func TestSessionIDs(t *testing.T) {
 // real Prosody, the real imsidecar binary and real PHP: every path logs
 // everyone in, delivers every message exactly once and reports figures.
 func TestRunEveryPath(t *testing.T) {
+	skipShort(t, "Prosody, PHP and imsidecar")
 	bin := filepath.Join(t.TempDir(), "imsidecar")
 	root, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil {
