@@ -733,7 +733,7 @@ func (c *Conn) handleRoomPresence(s *stream, n *node) bool {
 			c.log.Info("xmppconn: room error", "room", room, "err", err)
 			return true
 		}
-		if cond := parseStanzaError(n).Condition; cond == "item-not-found" && r.retries < maxRejoinRetries {
+		if errors.Is(err, ErrItemNotFound) && r.retries < maxRejoinRetries {
 			// Another occupant is re-creating the room after a server
 			// restart and it is locked until configured: try again soon.
 			r.retries++
