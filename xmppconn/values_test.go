@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-	"time"
 )
 
 // TestParseValues: each input rule accepts exactly its values and refuses
@@ -112,31 +111,5 @@ func TestStanzaErrorIs(t *testing.T) {
 	}
 	if errors.Is(errors.New("item-not-found"), ErrItemNotFound) {
 		t.Error("a plain error matched")
-	}
-}
-
-// TestParseMessage: the one parse of a message, as the live path and the
-// archive path both call it.
-func TestParseMessage(t *testing.T) {
-	n, err := parseElement(stdHeader, []byte(`<message from="bob@example.test/x" to="alice@example.test" id="m1">`+
-		`<body>first</body><body>second</body><subject>s1</subject><subject>s2</subject><thread>t</thread>`+
-		`<composing xmlns="http://jabber.org/protocol/chatstates"/><request xmlns="urn:xmpp:receipts"/>`+
-		`<delay xmlns="urn:xmpp:delay" stamp="2026-01-02T03:04:05Z"/><body xmlns="other">no</body></message>`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, hasBody, hasSubject := parseMessage(n)
-	want := Message{From: "bob@example.test/x", To: "alice@example.test", ID: "m1", Type: NormalMessage, Body: "first",
-		Subject: "s2", Thread: "t", ChatState: ChatComposing, Receipt: true, Delay: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
-	if !hasBody || !hasSubject || m != want {
-		t.Fatalf("parseMessage =\n %+v %v %v\nwant\n %+v", m, hasBody, hasSubject, want)
-	}
-	n, _ = parseElement(stdHeader, []byte(`<message type="chat"><subject/></message>`))
-	if m, hasBody, hasSubject := parseMessage(n); !hasBody || !hasSubject || m.Subject != "" || m.Type != ChatMessage {
-		t.Fatalf("empty subject: %+v %v %v", m, hasBody, hasSubject)
-	}
-	n, _ = parseElement(stdHeader, []byte(`<message type="chat"><paused xmlns="http://jabber.org/protocol/chatstates"/></message>`))
-	if m, hasBody, hasSubject := parseMessage(n); hasBody || hasSubject || m.ChatState != ChatPaused {
-		t.Fatalf("chat state only: %+v %v %v", m, hasBody, hasSubject)
 	}
 }
