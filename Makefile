@@ -15,8 +15,9 @@ GOTEST_TIMEOUT ?= 45m
 
 # Debian packages the tests and the demo run for real.
 DEB_PACKAGES := prosody redis-server php-cli php-redis php-curl php-mbstring \
+	memcached php-memcached php-memcache \
 	php-xml phpunit apache2 libapache2-mod-php chromium nodejs npm ejabberd \
-	ca-certificates openssl curl systemd
+	ca-certificates openssl curl systemd lintian
 
 .DEFAULT_GOAL := help
 
@@ -45,6 +46,12 @@ deps: ## install missing Debian packages (apt-get, via sudo when not root)
 .PHONY: build
 build: ## build bin/imsidecar
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./sidecar/cmd/imsidecar
+
+DEB_ARCHS  ?= amd64 arm64
+
+.PHONY: deb
+deb: ## build bin/imsidecar_<version>_<arch>.deb for DEB_ARCHS (amd64 arm64) with dpkg-deb
+	@for a in $(DEB_ARCHS); do GO=$(GO) examples/debian/build.sh $$a bin || exit 1; done
 
 examples/browser/node_modules: examples/browser/package.json examples/browser/package-lock.json
 	cd examples/browser && npm ci --no-audit --no-fund --loglevel=error

@@ -3,8 +3,11 @@
 //
 // Storage and decoding are kept apart. Stores return raw bytes: FileStore
 // reads PHP's "files" handler (sess_<id> files, opened read-only without
-// following symlinks and never blocking on PHP's request lock) and
-// RedisStore reads phpredis's keys. A file read while PHP holds its lock
+// following symlinks and never blocking on PHP's request lock),
+// RedisStore reads phpredis's keys and MemcacheStore the keys of PHP's
+// memcached and memcache extensions, on the server each puts them. NewStore
+// is the one factory, by session.save_handler name, and
+// phpsessiontest.RunStoreTests the suite every store passes. A file read while PHP holds its lock
 // may be PHP's truncate-then-write in progress, so the Reader never logs a
 // user out on one: it reads again and otherwise fails closed with
 // ErrUnavailable. Decode is a

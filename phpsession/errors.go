@@ -39,6 +39,12 @@ var (
 	// It never means "not logged in".
 	ErrUnavailable = errors.New("phpsession: session store unavailable")
 
+	// ErrPasswordUnavailable: the session names a logged-in user but keeps
+	// the password only in a form this package must not use (Expresso's
+	// mcrypt-encrypted app session). A *PasswordUnavailableError wraps it.
+	// Nothing should try the user's XMPP login on it.
+	ErrPasswordUnavailable = errors.New("phpsession: password unavailable")
+
 	// ErrConfig: a store or reader option is invalid.
 	ErrConfig = errors.New("phpsession: invalid configuration")
 )
@@ -55,3 +61,20 @@ func (e *SyntaxError) Error() string {
 
 // Unwrap makes errors.Is(err, ErrMalformed) true.
 func (e *SyntaxError) Unwrap() error { return ErrMalformed }
+
+// PasswordUnavailableError says which session key held the password, why
+// it cannot be used and which key to have the application fill instead.
+// It wraps ErrPasswordUnavailable and never carries the stored value.
+type PasswordUnavailableError struct {
+	User   string // the login the session names (may be empty)
+	Key    string // dotted session key that held the unusable password
+	Reason string
+	Enable string // session key(s) to have the application set instead
+}
+
+func (e *PasswordUnavailableError) Error() string {
+	return fmt.Sprintf("phpsession: password unavailable: %s: %s; have Expresso set %s", e.Key, e.Reason, e.Enable)
+}
+
+// Unwrap makes errors.Is(err, ErrPasswordUnavailable) true.
+func (e *PasswordUnavailableError) Unwrap() error { return ErrPasswordUnavailable }

@@ -106,6 +106,51 @@ func (s *FileStore) Path(id string) string {
 	return string(b)
 }
 
+// Dir is the session directory (without the depth prefix of the save path).
+func (s *FileStore) Dir() string { return s.dir }
+
+// HasSessions reports whether the session directory (and, with N levels,
+// its subdirectories) holds at least one sess_* file; it stops at the first
+// and looks at no more than 100,000 entries. An empty directory usually
+// means PHP writes elsewhere, or that this process sees another mount
+// namespace (systemd PrivateTmp= or PrivateDevices=).
+func (s *FileStore) HasSessions() (bool, error) {
+	budget := 100_000
+	var walk func(dir string, depth int) (bool, error)
+	walk = func(dir string, depth int) (bool, error) {
+		f, err := os.Open(dir)
+		if err != nil {
+			return false, err
+		}
+		defer f.Close()
+		for budget > 0 {
+			ents, err := f.ReadDir(1024)
+			for _, e := range ents {
+				budget--
+				switch {
+				case depth == s.levels && strings.HasPrefix(e.Name(), "sess_") && e.Type().IsRegular():
+					return true, nil
+				case depth < s.levels && e.IsDir() && len(e.Name()) == 1:
+					if ok, err := walk(filepath.Join(dir, e.Name()), depth+1); ok || err != nil {
+						return ok, err
+					}
+				}
+			}
+			if errors.Is(err, io.EOF) || len(ents) == 0 {
+				return false, nil
+			}
+			if err != nil {
+				return false, err
+			}
+		}
+		return false, nil
+	}
+	return walk(s.dir, 0)
+}
+
+// Close does nothing: a FileStore holds no open files between calls.
+func (s *FileStore) Close() error { return nil }
+
 // Ready reports whether the session directory can be read.
 func (s *FileStore) Ready(context.Context) error {
 	st, err := os.Stat(s.dir)

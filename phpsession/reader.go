@@ -23,9 +23,24 @@ type Record struct {
 
 // Config configures a Reader.
 type Config struct {
-	Store       string        // "files" or "redis"
-	SavePath    string        // files: PHP's session.save_path
-	Redis       string        // redis: phpredis save_path (hosts or rediscluster seed[]=…) or redis:// URL
+	// Store is PHP's session.save_handler: one of StoreNames() ("" = files).
+	Store string
+	// SavePath is PHP's session.save_path for that handler: a directory
+	// ("N;/dir" allowed) for files; phpredis hosts, a rediscluster
+	// seed[]=… string or a redis:// URL for redis; "host:port,…" for
+	// memcached; "tcp://host:port?weight=…,…" for memcache.
+	SavePath string
+	// KeyPrefix is the memcache stores' key prefix: memcached.sess_prefix
+	// for memcached ("" = memc.sess.key.), memcache.session_prefix_static_key
+	// for memcache ("" = none). Redis takes its prefix from the save path.
+	KeyPrefix string
+	// Hash is how the memcache stores' PHP settings spread sessions over
+	// several servers ("" = the extensions' defaults). memcached: ketama,
+	// ketama_weighted (memcached.sess_consistent_hash_type) or modula
+	// (memcached.sess_consistent_hash=Off). memcache: memcache.hash_strategy
+	// consistent or standard and/or memcache.hash_function crc32 or fnv,
+	// comma-separated, e.g. "standard,fnv".
+	Hash        string
 	Serializer  Serializer    // session.serialize_handler
 	MaxLifetime time.Duration // session.gc_maxlifetime (files); 0 = 1440 s
 	Charset     string        // session charset; "" = UTF-8
@@ -44,12 +59,6 @@ type Config struct {
 	IdentityOnly bool
 }
 
-// store is what the Reader needs from a session store.
-type store interface {
-	Load(ctx context.Context, id string) (Record, error)
-	Ready(ctx context.Context) error
-}
-
 // versioner is implemented by stores that can tell a version without a read.
 type versioner interface {
 	Stat(ctx context.Context, id string) (string, error)
@@ -60,7 +69,7 @@ type versioner interface {
 // Redis one GET, and no decode when the bytes are unchanged.
 type Reader struct {
 	cfg   Config
-	store store
+	store Store
 	cs    Charset
 	now   func() time.Time
 
@@ -72,6 +81,10 @@ type cached struct {
 	version string
 	sess    *Session
 	err     error // a decode or identity error is cached too
+	// active is the profile's last-activity time (Expresso's
+	// session_dla), zero if the session has none: the profile's
+	// inactivity rule is applied to it at every lookup.
+	active time.Time
 }
 
 // Open validates cfg and opens the store.
@@ -103,22 +116,11 @@ func Open(ctx context.Context, cfg Config) (*Reader, error) {
 		now = time.Now
 	}
 	r := &Reader{cfg: cfg, cs: cs, now: now, cache: map[string]cached{}}
-	switch cfg.Store {
-	case "files", "":
-		fs, err := NewFileStore(cfg.SavePath, FileOptions{Owner: cfg.Owner, MaxSize: int64(cfg.Limits.MaxBytes), LockWait: cfg.LockWait})
-		if err != nil {
-			return nil, err
-		}
-		r.store = fs
-	case "redis":
-		rs, err := NewRedisStore(cfg.Redis, RedisOptions{})
-		if err != nil {
-			return nil, err
-		}
-		r.store = rs
-	default:
-		return nil, fmt.Errorf("%w: unknown store %q (want files or redis)", ErrConfig, cfg.Store)
+	st, err := NewStore(cfg)
+	if err != nil {
+		return nil, err
 	}
+	r.store = st
 	return r, nil
 }
 
@@ -126,12 +128,7 @@ func Open(ctx context.Context, cfg Config) (*Reader, error) {
 func (r *Reader) Ready(ctx context.Context) error { return r.store.Ready(ctx) }
 
 // Close releases the store's connections.
-func (r *Reader) Close() error {
-	if c, ok := r.store.(interface{ Close() error }); ok {
-		return c.Close()
-	}
-	return nil
-}
+func (r *Reader) Close() error { return r.store.Close() }
 
 // Lookup returns the logged-in session named by id. Errors wrap exactly one
 // of ErrInvalidID, ErrNotFound, ErrExpired, ErrNotLoggedIn, ErrMalformed,
@@ -170,7 +167,7 @@ func (r *Reader) Lookup(ctx context.Context, id string) (*Session, error) {
 			return r.check(c, now)
 		}
 		c := cached{version: ver}
-		c.sess, c.err = r.decode(rec, now)
+		c.sess, c.active, c.err = r.decode(rec, now)
 		if c.err == nil || !rec.Unlocked {
 			r.put(key, c)
 			return r.check(c, now)
@@ -190,42 +187,53 @@ func (r *Reader) Lookup(ctx context.Context, id string) (*Session, error) {
 	}
 }
 
-func (r *Reader) decode(rec Record, now time.Time) (*Session, error) {
+func (r *Reader) decode(rec Record, now time.Time) (*Session, time.Time, error) {
 	if len(rec.Data) == 0 {
-		return nil, fmt.Errorf("%w: empty session", ErrNotLoggedIn)
+		return nil, time.Time{}, fmt.Errorf("%w: empty session", ErrNotLoggedIn)
 	}
 	vars, err := Decode(rec.Data, r.cfg.Serializer, r.cfg.Limits)
 	if err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	id, err := r.cfg.Profile.Identity(vars, r.cs, now)
 	if err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
+	active := id.LastActivity
 	if id.LastActivity.IsZero() {
 		id.LastActivity = rec.ModTime
 	}
 	if r.cfg.IdentityOnly {
 		vars = nil
 	}
-	return &Session{Identity: id, Vars: vars, Version: rec.Version, ModTime: rec.ModTime}, nil
+	return &Session{Identity: id, Vars: vars, Version: rec.Version, ModTime: rec.ModTime}, active, nil
 }
 
 // check applies the time-dependent rules to a cached result: PHP's GC
-// lifetime by mtime, and the profile's inactivity limit.
+// lifetime by mtime, and the profile's inactivity rule.
 func (r *Reader) check(c cached, now time.Time) (*Session, error) {
 	if c.err != nil {
 		return nil, c.err
 	}
 	s := c.sess
-	if !s.ModTime.IsZero() && now.Sub(s.ModTime) > r.cfg.MaxLifetime {
-		return nil, fmt.Errorf("%w: not written for %s", ErrExpired, now.Sub(s.ModTime).Round(time.Second))
+	if err := CheckLifetime(s.ModTime, r.cfg.MaxLifetime, now); err != nil {
+		return nil, err
 	}
-	if r.cfg.Profile.Name() == "expresso" && !s.Identity.LastActivity.IsZero() &&
-		now.Sub(s.Identity.LastActivity) > r.cfg.Profile.sessionTimeout && s.Identity.LastActivity != s.ModTime {
-		return nil, fmt.Errorf("%w: inactive since %s", ErrExpired, s.Identity.LastActivity.UTC().Format(time.RFC3339))
+	if err := r.cfg.Profile.CheckActivity(c.active, now); err != nil {
+		return nil, err
 	}
 	return s, nil
+}
+
+// CheckLifetime is PHP's garbage-collection rule for stores that keep a
+// modification time (files): a session not written for longer than
+// session.gc_maxlifetime is expired. A zero modTime (stores whose own
+// TTL expires sessions) always passes.
+func CheckLifetime(modTime time.Time, maxLifetime time.Duration, now time.Time) error {
+	if !modTime.IsZero() && maxLifetime > 0 && now.Sub(modTime) > maxLifetime {
+		return fmt.Errorf("%w: not written for %s", ErrExpired, now.Sub(modTime).Round(time.Second))
+	}
+	return nil
 }
 
 func cacheKey(id string) string {

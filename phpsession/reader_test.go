@@ -24,6 +24,8 @@ func (s *scriptedStore) Load(context.Context, string) (Record, error) {
 
 func (s *scriptedStore) Ready(context.Context) error { return nil }
 
+func (s *scriptedStore) Close() error { return nil }
+
 // TestLookupUnlockedReads: a read taken while PHP held the lock decides
 // for the user when it decodes to one, and never against the user: an
 // empty or torn one is read again, and if it stays bad the answer is

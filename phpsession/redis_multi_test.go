@@ -47,7 +47,7 @@ func TestRedisMultiHostPHP(t *testing.T) {
 	spec := fmt.Sprintf("tcp://%s?weight=1, tcp://%s?weight=2 tcp://%s?weight=3", hosts[0].Addr, hosts[1].Addr, hosts[2].Addr)
 	owner := []int{2, 2, 2, 1, 1, 0} // position -> host
 	st := phpsessiontest.Store{Handler: "redis", SavePath: spec}
-	r := openReader(t, phpsession.Config{Store: "redis", Redis: spec})
+	r := openReader(t, phpsession.Config{Store: "redis", SavePath: spec})
 	want := make([]int, len(hosts))
 	for pos := range owner {
 		id := randomID()
@@ -100,7 +100,7 @@ func TestRedisClusterPHP(t *testing.T) {
 	cl := phpsessiontest.StartRedisCluster(t, 3)
 	spec := cl.Spec() + "&timeout=2&read_timeout=2"
 	st := phpsessiontest.Store{Handler: "rediscluster", SavePath: spec}
-	r := openReader(t, phpsession.Config{Store: "redis", Redis: spec})
+	r := openReader(t, phpsession.Config{Store: "redis", SavePath: spec})
 	const prefix = "PHPREDIS_CLUSTER_SESSION:"
 	var ids []string
 	// redis-cli --cluster create gives the three masters a third of the

@@ -158,39 +158,6 @@ func TestReaderCacheNeverStale(t *testing.T) {
 	}
 }
 
-// TestFileLockedByPHP: PHP holds its exclusive lock (a request in
-// progress) while the sidecar reads; the read neither blocks for long nor
-// returns anything but the stored session.
-func TestFileLockedByPHP(t *testing.T) {
-	dir := t.TempDir()
-	st := phpsessiontest.Store{Handler: "files", SavePath: dir}
-	id := phpsessiontest.NewID(t)
-	phpsessiontest.WriteExpressoSession(t, st, id, phpsessiontest.ExpressoUser{User: "alice", Password: "pw"})
-	cmd := exec.CommandContext(t.Context(), phpsessiontest.PHP(t), "-d", "session.save_path="+dir, "-d", "session.use_strict_mode=0",
-		"-r", `session_id($argv[1]); session_start(); echo "locked\n"; fflush(STDOUT); sleep(3);`, id)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Wait()
-	buf := make([]byte, 7)
-	if _, err := out.Read(buf); err != nil || string(buf) != "locked\n" {
-		t.Fatalf("php did not lock: %q %v", buf, err)
-	}
-	r := openReader(t, phpsession.Config{Store: "files", SavePath: dir})
-	start := time.Now()
-	s, err := r.Lookup(t.Context(), id)
-	if err != nil || s.Identity.User != "alice" {
-		t.Fatalf("Lookup while locked: %v", err)
-	}
-	if d := time.Since(start); d > time.Second {
-		t.Fatalf("Lookup blocked %v on PHP's lock", d)
-	}
-}
-
 // TestFileTornReads: PHP rewrites a session in a loop with sizes that grow
 // and shrink while Go reads it; every successful read is one of the
 // versions PHP wrote, whole.
@@ -263,7 +230,7 @@ func TestReaderRedis(t *testing.T) {
 	st := phpsessiontest.Store{Handler: "redis", SavePath: srv.Spec() + "?database=2"}
 	id := phpsessiontest.NewID(t)
 	phpsessiontest.WriteExpressoSession(t, st, id, phpsessiontest.ExpressoUser{User: "alice", Password: testPassword})
-	r := openReader(t, phpsession.Config{Store: "redis", Redis: srv.Spec() + "?database=2"})
+	r := openReader(t, phpsession.Config{Store: "redis", SavePath: srv.Spec() + "?database=2"})
 	s, err := r.Lookup(t.Context(), id)
 	if err != nil || s.Identity.Password != testPassword {
 		t.Fatalf("Lookup: %v", err)
@@ -296,7 +263,7 @@ func TestRedisTTLAuthoritative(t *testing.T) {
 	if err != nil || strings.TrimSpace(string(out)) != "1" {
 		t.Fatalf("redis-cli: %v %s", err, out)
 	}
-	r := openReader(t, phpsession.Config{Store: "redis", Redis: srv.Spec()})
+	r := openReader(t, phpsession.Config{Store: "redis", SavePath: srv.Spec()})
 	if _, err := r.Lookup(t.Context(), id); err != nil {
 		t.Fatalf("before expiry: %v", err)
 	}
@@ -327,48 +294,11 @@ func TestLookupWhilePHPRewrites(t *testing.T) {
 			st := phpsessiontest.Store{Handler: "files", SavePath: dir}
 			phpsessiontest.WriteExpressoSession(t, st, id, phpsessiontest.ExpressoUser{User: "alice", Password: testPassword, Pad: pad})
 			r := openReader(t, phpsession.Config{Store: "files", SavePath: dir})
-			cmd := exec.CommandContext(t.Context(), phpsessiontest.PHP(t), "-d", "session.save_path="+dir,
-				"-d", "session.use_strict_mode=0", "-d", "session.gc_probability=0", "-r", `
-				ob_start();
-				for ($i = 1; $i <= (int)$argv[2]; $i++) {
-					session_id($argv[1]); session_start();
-					if ($i % 4 === 0) { usleep(2000); } // a request doing work under the lock
-					$_SESSION['phpgw_session']['session_dla'] = time();
-					$_SESSION['phpgw_session']['session_action'] = str_repeat('/', $i % 37); // changed, so really written
-					session_write_close();
-				}`, id, strconv.Itoa(rewrites))
-			done := runPHP(cmd)
-			counts := map[string]int{}
-			for running := true; running; {
-				select {
-				case err := <-done:
-					if err != nil {
-						t.Fatal(err)
-					}
-					running = false
-				default:
-				}
-				s, err := r.Lookup(t.Context(), id)
-				switch {
-				case err == nil && s.Identity.User == "alice" && s.Identity.Password == testPassword:
-					counts["ok"]++
-				case errors.Is(err, phpsession.ErrUnavailable):
-					counts["unavailable"]++
-				case err == nil:
-					counts["wrong identity"]++
-				default:
-					counts[err.Error()]++
-				}
-			}
+			counts := phpsessiontest.RaceRewrites(t, st, id, rewrites, func() string {
+				return phpsessiontest.Verdict(r, t.Context(), id, "alice", testPassword)
+			})
 			t.Logf("%d rewrites: %v", rewrites, counts)
-			if counts["ok"] < 50 {
-				t.Errorf("only %d good reads", counts["ok"])
-			}
-			for k, n := range counts {
-				if k != "ok" && k != "unavailable" {
-					t.Errorf("%d lookups of a logged-in session failed: %s", n, k)
-				}
-			}
+			phpsessiontest.CheckRaceCounts(t, counts, 50)
 		})
 	}
 }

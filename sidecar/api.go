@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,6 +37,9 @@ type api struct {
 	parked *parker
 	// sseWrite bounds each write of an SSE stream (0: sseWriteTimeout).
 	sseWrite time.Duration
+
+	pwWarnedMu sync.Mutex
+	pwWarned   map[string]struct{} // users already logged as password_unavailable
 }
 
 // sseWriteTimeout bounds each write (and flush) of an SSE stream: a
@@ -213,6 +217,7 @@ func (a *api) authenticate(r *http.Request, cookieOK bool) (*caller, error) {
 		}
 	}
 	if err != nil {
+		a.warnPasswordUnavailable(err)
 		return nil, err
 	}
 	c.php = ps
@@ -241,6 +246,28 @@ func (a *api) refuseBody(w http.ResponseWriter, r *http.Request, err error) bool
 	brw.Reader.Discard(brw.Reader.Buffered())
 	refuse(conn, err, refuseTooLargeTimeout, 16<<20)
 	return true
+}
+
+// warnPasswordUnavailable logs, once per user, that the session keeps the
+// password only encrypted and which session key to have Expresso fill.
+func (a *api) warnPasswordUnavailable(err error) {
+	var pe *phpsession.PasswordUnavailableError
+	if !errors.As(err, &pe) {
+		return
+	}
+	a.pwWarnedMu.Lock()
+	_, seen := a.pwWarned[pe.User]
+	if !seen {
+		if a.pwWarned == nil || len(a.pwWarned) >= 10000 {
+			a.pwWarned = map[string]struct{}{}
+		}
+		a.pwWarned[pe.User] = struct{}{}
+	}
+	a.pwWarnedMu.Unlock()
+	if !seen {
+		a.logger.Warn("password unavailable: not connecting to XMPP", "user", pe.User, "key", pe.Key,
+			"reason", pe.Reason, "enable", pe.Enable)
+	}
 }
 
 type errorBody struct {
@@ -446,18 +473,21 @@ func (a *api) mutate(c *caller) (*session, xmppSession, error) {
 }
 
 func (a *api) events(w http.ResponseWriter, r *http.Request, c *caller) error {
-	s, err := a.session(c)
-	if err != nil {
-		return err
-	}
 	q := r.URL.Query()
 	raw := q.Get("cursor")
 	if raw == "" {
 		raw = r.Header.Get("Last-Event-ID")
 	}
-	cur, given, err := parseCursor(raw)
+	cur, given, curErr := parseCursor(raw)
+	s, err := a.session(c)
+	if errors.Is(err, ErrNotConnected) && curErr == nil && given && !c.byCookie && fromEarlierRun(cur) {
+		s, err = a.resume(r, c)
+	}
 	if err != nil {
 		return err
+	}
+	if curErr != nil {
+		return curErr
 	}
 	wait := 25 * time.Second
 	if v := q.Get("wait"); v != "" {
@@ -511,6 +541,23 @@ func (a *api) events(w http.ResponseWriter, r *http.Request, c *caller) error {
 	w.Header().Set("Cache-Control", "no-store")
 	io.WriteString(w, eventsPage(res))
 	return nil
+}
+
+// resume reconnects a session whose page polls with a cursor an earlier
+// run of the daemon gave it: the daemon was restarted (a package upgrade)
+// and lost its registry, but the user was online and nothing of theirs
+// asked to go offline, so their next poll brings them back, with the
+// default presence, and answers recovered:false (the cursor is from another
+// epoch). Only server-side calls get here, never a cookie call: those change
+// no state (see routes).
+func (a *api) resume(r *http.Request, c *caller) (*session, error) {
+	s, _, err := a.reg.connect(r.Context(), c.id, c.php, nil)
+	if err != nil {
+		return nil, err
+	}
+	a.reg.remember(s, c.id)
+	a.logger.Info("session resumed after a restart", "user", s.user, "session", s.short)
+	return s, nil
 }
 
 // eventsPage is the JSON answer of GET /v1/events.

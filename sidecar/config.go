@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -35,6 +36,8 @@ type Config struct {
 	XMPPServerName     string
 	XMPPResourcePrefix string
 	XMPPMUCService     string
+	XMPPMaxStanzaSize  int
+	XMPPMaxSendSize    int
 
 	APITokenFile    string
 	SessionCookie   string
@@ -53,6 +56,8 @@ type Config struct {
 	SessionStore       string
 	SessionSavePath    string
 	SessionRedis       string
+	SessionKeyPrefix   string
+	SessionHash        string
 	SessionSerializer  string
 	SessionMaxLifetime time.Duration
 	SessionCharset     string
@@ -67,6 +72,11 @@ type Config struct {
 
 	LogLevel  string
 	LogFormat string
+
+	// fromProfile lists the settings --profile chose because neither the
+	// command line nor the environment did ("--flag=value (why)"), for
+	// check-config to show.
+	fromProfile []string
 }
 
 // flagSet declares every flag into c. The same set drives parsing, the
@@ -87,6 +97,8 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.XMPPServerName, "xmpp-server-name", "", "name expected in the server certificate (default: --xmpp-domain)")
 	fs.StringVar(&c.XMPPResourcePrefix, "xmpp-resource-prefix", "expresso", "XMPP resource prefix; the resource is <prefix>-<hash of the PHP session>")
 	fs.StringVar(&c.XMPPMUCService, "xmpp-muc-service", "", "group chat (XEP-0045) service domain, e.g. conference.example.org (default: discovered from the server)")
+	fs.IntVar(&c.XMPPMaxStanzaSize, "xmpp-max-stanza-size", xmppconn.DefaultMaxStanzaSize, "largest stanza (bytes) read from the Jabber server and kept in memory; a larger one is skipped and reported as a \"dropped\" event, the stream stays up (default four times the servers' 256 KiB: they re-escape what they relay, so a stanza may arrive larger than it was sent)")
+	fs.IntVar(&c.XMPPMaxSendSize, "xmpp-max-send-size", xmppconn.DefaultMaxSendSize, "largest stanza (bytes, once encoded) sent to the Jabber server; a larger message is refused with 413 message_too_large; keep it below the server's limit (Prosody c2s_stanza_size_limit, ejabberd max_stanza_size)")
 	fs.StringVar(&c.APITokenFile, "api-token-file", "", "file holding a bearer token required on every API call, cookie calls included (Apache adds it; optional)")
 	fs.StringVar(&c.SessionCookie, "session-cookie", "", "PHP session cookie name (default: sessionid for --profile=expresso, PHPSESSID for generic)")
 	fs.DurationVar(&c.Inactivity, "inactivity", 120*time.Second, "close a user's stream after this long without a poll")
@@ -100,13 +112,15 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.BoolVar(&c.HTTP2, "http2", true, "also accept HTTP/2 without TLS (h2c with prior knowledge, RFC 9113 §3.3) on --listen, next to HTTP/1.1: one connection carries many pending polls")
 	fs.IntVar(&c.HTTP2MaxStreams, "http2-max-streams", 100, "HTTP/2: requests in flight at most on one connection (pending polls included), so a client needs users/this connections; more costs CPU per frame, as Go's server visits every open stream to pick the next frame")
 	fs.IntVar(&c.GCPercent, "gc-percent", 50, "Go garbage collector target (GOGC): heap growth allowed over live memory before a collection; lower keeps less memory per user for a little CPU (10..1000; a GOGC environment variable wins)")
-	fs.StringVar(&c.SessionStore, "session-store", "files", "PHP session store: files or redis")
-	fs.StringVar(&c.SessionSavePath, "session-save-path", "/var/lib/php/sessions", "files store: PHP's session.save_path (\"/dir\", \"N;/dir\" or \"N;MODE;/dir\")")
+	fs.StringVar(&c.SessionStore, "session-store", "files", "PHP session store, as session.save_handler: "+strings.Join(phpsession.StoreNames(), ", "))
+	fs.StringVar(&c.SessionSavePath, "session-save-path", "", "PHP's session.save_path for the store: files: \"/dir\", \"N;/dir\" or \"N;MODE;/dir\" (default "+phpsession.ExpressoSavePath+" for --profile=expresso, "+genericSavePath+" for generic); memcached: host:port,host:port…; memcache: tcp://host:port?weight=N…,…; redis: as --session-redis")
 	fs.StringVar(&c.SessionRedis, "session-redis", "", "redis store: PHP's session.save_path for phpredis: one or more hosts (tcp://host:port?auth=…&database=N&weight=W…, separated by commas or spaces), a rediscluster seed[]=host:port&seed[]=…&auth=… string, or a redis:// URL")
+	fs.StringVar(&c.SessionKeyPrefix, "session-key-prefix", "", "memcached store: PHP's memcached.sess_prefix (default memc.sess.key.); memcache store: memcache.session_prefix_static_key (default none)")
+	fs.StringVar(&c.SessionHash, "session-hash", "", "how PHP spreads sessions over several memcached servers, if not the extension's default: memcached store: ketama_weighted (memcached.sess_consistent_hash_type) or modula (memcached.sess_consistent_hash=Off); memcache store: standard (memcache.hash_strategy) and/or fnv (memcache.hash_function), comma-separated")
 	fs.StringVar(&c.SessionSerializer, "session-serializer", "php", "PHP's session.serialize_handler: php, php_serialize or php_binary")
-	fs.DurationVar(&c.SessionMaxLifetime, "session-max-lifetime", 1440*time.Second, "PHP's session.gc_maxlifetime: files untouched for longer are expired")
+	fs.DurationVar(&c.SessionMaxLifetime, "session-max-lifetime", 0, "PHP's session.gc_maxlifetime: files untouched for longer are expired (default 4h0m0s, Expresso's, for --profile=expresso; 24m0s, PHP's, for generic)")
 	fs.StringVar(&c.SessionCharset, "session-charset", "", "charset of session strings (default: ISO-8859-1 for expresso, UTF-8 for generic)")
-	fs.DurationVar(&c.SessionTimeout, "session-timeout", 14400*time.Second, "expresso profile: Expresso's sessions_timeout (session_dla older is expired)")
+	fs.DurationVar(&c.SessionTimeout, "session-timeout", phpsession.ExpressoSessionTimeout, "expresso profile: Expresso's sessions_timeout (session_dla older is expired)")
 	fs.IntVar(&c.SessionMinIDLength, "session-min-id-length", phpsession.DefaultMinIDLength, "shortest session id accepted")
 	fs.IntVar(&c.SessionOwner, "session-owner", -1, "uid that must own session files (-1: the sidecar's own uid)")
 	fs.StringVar(&c.Profile, "profile", "expresso", "where the user is in the session: expresso or generic")
@@ -117,6 +131,28 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "text or json")
 	return fs
+}
+
+// Flag describes one setting of the flag set, for documentation that is
+// generated from it (docs/CONFIG.md, the man page and /etc/default/imsidecar
+// of the Debian package).
+type Flag struct {
+	Name    string // without dashes, e.g. "xmpp-addr"
+	Env     string // the environment twin, e.g. "IMSIDECAR_XMPP_ADDR"
+	Type    string // the value's kind as --help names it: "string", "duration", "int", "float"; "" for a boolean
+	Default string // as --help prints it; "" when there is none
+	Usage   string
+}
+
+// Flags lists every setting in name order: the same set that Run parses.
+func Flags() []Flag {
+	var c Config
+	var flags []Flag
+	c.flagSet(io.Discard).VisitAll(func(f *flag.Flag) {
+		kind, _ := flag.UnquoteUsage(f)
+		flags = append(flags, Flag{Name: f.Name, Env: envName(f.Name), Type: kind, Default: f.DefValue, Usage: f.Usage})
+	})
+	return flags
 }
 
 // envName is the environment twin of a flag.
@@ -148,22 +184,51 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	if len(errs) > 0 {
 		return nil, nil, fmt.Errorf("%w: %w", ErrConfig, errors.Join(errs...))
 	}
-	c.applyDefaults()
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true }) // the environment's too
+	c.applyDefaults(set)
 	return c, fs.Args(), nil
 }
 
-func (c *Config) applyDefaults() {
-	if c.SessionCookie == "" {
-		c.SessionCookie = "sessionid"
-		if c.Profile == "generic" {
-			c.SessionCookie = "PHPSESSID"
+// genericSavePath is Debian's session.save_path, the generic profile's
+// default.
+const genericSavePath = "/var/lib/php/sessions"
+
+// applyDefaults fills what the profile implies into the flags left unset
+// (set names the flags given on the command line or in the environment),
+// and notes which for check-config.
+func (c *Config) applyDefaults(set map[string]bool) {
+	expresso := c.Profile != "generic"
+	def := func(name string, dst any, expressoVal, genericVal any, why string) {
+		if set[name] {
+			return
+		}
+		v := genericVal
+		if expresso {
+			v = expressoVal
+		}
+		switch d := dst.(type) {
+		case *string:
+			*d = v.(string)
+		case *time.Duration:
+			*d = v.(time.Duration)
+		}
+		if expresso && why != "" {
+			c.fromProfile = append(c.fromProfile, fmt.Sprintf("--%s=%v (%s)", name, v, why))
 		}
 	}
-	if c.SessionCharset == "" {
-		c.SessionCharset = "ISO-8859-1"
-		if c.Profile == "generic" {
-			c.SessionCharset = "UTF-8"
-		}
+	def("session-cookie", &c.SessionCookie, phpsession.ExpressoCookie, "PHPSESSID", "Expresso's session_name")
+	def("session-charset", &c.SessionCharset, phpsession.ExpressoCharset, "UTF-8", "Expresso's default_charset")
+	def("session-max-lifetime", &c.SessionMaxLifetime, phpsession.ExpressoSessionTimeout, 1440*time.Second,
+		"Expresso sets session.gc_maxlifetime to its sessions_timeout")
+	if c.SessionStore == "files" {
+		def("session-save-path", &c.SessionSavePath, phpsession.ExpressoSavePath, genericSavePath,
+			"session.save_path in Expresso's .htaccess; its Debian installer uses /var/lib/php5")
+	}
+	if expresso && !set["session-timeout"] {
+		c.fromProfile = append(c.fromProfile, fmt.Sprintf("--session-timeout=%v (Expresso's sessions_timeout default)", c.SessionTimeout))
+	}
+	if c.SessionStore == "redis" && c.SessionSavePath == "" {
+		c.SessionSavePath = c.SessionRedis
 	}
 }
 
@@ -257,6 +322,12 @@ func (c *Config) Validate() error {
 	positive("recheck-interval", c.RecheckInterval)
 	positive("session-max-lifetime", c.SessionMaxLifetime)
 	positive("session-timeout", c.SessionTimeout)
+	if c.XMPPMaxStanzaSize < 64<<10 || c.XMPPMaxStanzaSize > 64<<20 {
+		bad("xmpp-max-stanza-size", "must be within 65536..67108864, got %d", c.XMPPMaxStanzaSize)
+	}
+	if c.XMPPMaxSendSize < 4096 || c.XMPPMaxSendSize > c.XMPPMaxStanzaSize {
+		bad("xmpp-max-send-size", "must be within 4096..--xmpp-max-stanza-size, got %d", c.XMPPMaxSendSize)
+	}
 	if c.EventBuffer < 10 || c.EventBuffer > 1_000_000 {
 		bad("event-buffer", "must be within 10..1000000, got %d", c.EventBuffer)
 	}
@@ -278,21 +349,51 @@ func (c *Config) Validate() error {
 	if c.HTTP2MaxStreams < 1 || c.HTTP2MaxStreams > 100_000 {
 		bad("http2-max-streams", "must be within 1..100000, got %d", c.HTTP2MaxStreams)
 	}
-	switch c.SessionStore {
-	case "files":
-		if _, err := phpsession.NewFileStore(c.SessionSavePath, phpsession.FileOptions{Owner: -1}); err != nil {
-			bad("session-save-path", "%v", err)
+	if !slices.Contains(phpsession.StoreNames(), c.SessionStore) {
+		bad("session-store", "%q is not %s", c.SessionStore, strings.Join(phpsession.StoreNames(), ", "))
+	} else {
+		pathFlag := "session-save-path"
+		if c.SessionStore == "redis" && c.SessionRedis != "" {
+			pathFlag = "session-redis"
+			if c.SessionSavePath != c.SessionRedis {
+				bad("session-redis", "differs from --session-save-path: give the redis save path once")
+			}
 		}
-	case "redis":
-		if c.SessionRedis == "" {
-			bad("session-redis", "required with --session-store=redis")
-		} else if s, err := phpsession.NewRedisStore(c.SessionRedis, phpsession.RedisOptions{}); err != nil {
-			bad("session-redis", "%v", err)
+		if c.SessionSavePath == "" {
+			bad(pathFlag, "required with --session-store=%s", c.SessionStore)
 		} else {
-			s.Close()
+			rc := c.readerConfig()
+			rc.Hash, rc.KeyPrefix = "", ""
+			if st, err := phpsession.NewStore(rc); err != nil {
+				bad(pathFlag, "%v", err)
+			} else {
+				st.Close()
+			}
 		}
-	default:
-		bad("session-store", "%q is not files or redis", c.SessionStore)
+	}
+	memcache := c.SessionStore == "memcached" || c.SessionStore == "memcache"
+	for _, f := range []struct{ name, value, what string }{
+		{"session-key-prefix", c.SessionKeyPrefix, "a key prefix (redis: prefix= in its save path)"},
+		{"session-hash", c.SessionHash, "a hash setting"},
+	} {
+		if f.value == "" {
+			continue
+		}
+		if !memcache {
+			bad(f.name, "only the memcached and memcache stores take %s", f.what)
+			continue
+		}
+		rc := phpsession.Config{Store: c.SessionStore, SavePath: "127.0.0.1:11211"}
+		if f.name == "session-key-prefix" {
+			rc.KeyPrefix = f.value
+		} else {
+			rc.Hash = f.value
+		}
+		if st, err := phpsession.NewStore(rc); err != nil {
+			bad(f.name, "%v", err)
+		} else {
+			st.Close()
+		}
 	}
 	if _, err := phpsession.ParseSerializer(c.SessionSerializer); err != nil {
 		bad("session-serializer", "%q is not php, php_serialize or php_binary", c.SessionSerializer)
@@ -367,7 +468,8 @@ func (c *Config) readerConfig() phpsession.Config {
 	return phpsession.Config{
 		Store:       c.SessionStore,
 		SavePath:    c.SessionSavePath,
-		Redis:       c.SessionRedis,
+		KeyPrefix:   c.SessionKeyPrefix,
+		Hash:        c.SessionHash,
 		Serializer:  phpsession.Serializer(c.SessionSerializer),
 		MaxLifetime: c.SessionMaxLifetime,
 		Charset:     c.SessionCharset,

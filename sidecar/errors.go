@@ -50,6 +50,11 @@ func statusFor(err error) (int, string) {
 		return http.StatusUnauthorized, "session_expired"
 	case errors.Is(err, phpsession.ErrNotLoggedIn):
 		return http.StatusUnauthorized, "not_logged_in"
+	case errors.Is(err, phpsession.ErrPasswordUnavailable):
+		// Not the session's fault nor the Jabber server's: the site keeps
+		// the password only encrypted. Never an XMPP attempt, never an
+		// authentication failure.
+		return http.StatusForbidden, "password_unavailable"
 	case errors.Is(err, ErrNotFound):
 		return http.StatusNotFound, "not_found"
 	case errors.Is(err, xmppconn.ErrNickInUse):
@@ -72,6 +77,8 @@ func statusFor(err error) (int, string) {
 		return http.StatusConflict, "not_connected"
 	case errors.Is(err, ErrTooLarge):
 		return http.StatusRequestEntityTooLarge, "too_large"
+	case errors.Is(err, xmppconn.ErrSendTooLarge):
+		return http.StatusRequestEntityTooLarge, "message_too_large"
 	case errors.Is(err, ErrRateLimited):
 		return http.StatusTooManyRequests, "rate_limited"
 	case errors.Is(err, ErrTooManyPolls):

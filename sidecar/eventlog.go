@@ -40,10 +40,20 @@ func parseCursor(s string) (cursor, bool, error) {
 }
 
 // epochs are unique across restarts of the process (they start from the
-// start time) and across logs within it.
+// start time, in microseconds, so a restart within the same second, as a
+// package upgrade's, starts above the previous run's unless that one made
+// more than a million logs a second) and across logs within it.
 var epochCounter atomic.Uint64
 
-func init() { epochCounter.Store(uint64(time.Now().Unix()) * 1000) }
+// firstEpoch is where this process's epochs start: a cursor with an epoch
+// at or below it was given by an earlier run of the daemon.
+var firstEpoch = uint64(time.Now().UnixMicro())
+
+func init() { epochCounter.Store(firstEpoch) }
+
+// fromEarlierRun reports whether c was given by an earlier run of the
+// daemon.
+func fromEarlierRun(c cursor) bool { return c.epoch <= firstEpoch }
 
 func newEpoch() uint64 { return epochCounter.Add(1) }
 

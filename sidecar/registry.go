@@ -296,6 +296,8 @@ func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session,
 		Carbons:         true,
 		SoftwareName:    "imsidecar",
 		SoftwareVersion: version,
+		MaxStanzaSize:   r.cfg.XMPPMaxStanzaSize,
+		MaxSendSize:     r.cfg.XMPPMaxSendSize,
 	}
 	r.metrics.connects.Inc()
 	start := time.Now()
@@ -424,6 +426,24 @@ func (r *registry) handle(s *session, ev xmppconn.Event) {
 			From string `json:"from"`
 			ID   string `json:"id"`
 		}{e.From, e.ID})
+	case *xmppconn.Dropped:
+		r.metrics.stanzasDropped.Inc()
+		s.appendJSON("dropped", struct {
+			Stanza string `json:"stanza"`
+			From   string `json:"from"`
+			Type   string `json:"type"`
+			ID     string `json:"id"`
+			Bytes  int    `json:"bytes"`
+		}{e.Stanza, e.From, e.Type, e.ID, e.Bytes})
+	case *xmppconn.SendFailed:
+		r.metrics.sendsRefused.Inc()
+		s.appendJSON("send_failed", struct {
+			Stanza string `json:"stanza"`
+			To     string `json:"to"`
+			ID     string `json:"id"`
+			Bytes  int    `json:"bytes"`
+			Reason string `json:"reason"`
+		}{e.Stanza, e.To, e.ID, e.Bytes, e.Reason})
 	case *xmppconn.StateChange:
 		reason := ""
 		if e.Err != nil {

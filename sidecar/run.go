@@ -21,9 +21,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/text/encoding/charmap"
-	"golang.org/x/text/encoding/htmlindex"
-
 	"expressolivre.org/imsidecar/phpsession"
 	"expressolivre.org/imsidecar/xmppconn"
 )
@@ -98,7 +95,7 @@ func RunIO(ctx context.Context, args []string, getenv func(string) string, stdin
 		return err
 	}
 	if cmd == "check-config" {
-		fmt.Fprintln(stdout, "imsidecar: configuration OK")
+		checkConfigReport(cfg, stdout)
 		return nil
 	}
 	logger, err := newLogger(cfg, stderr)
@@ -116,6 +113,36 @@ func RunIO(ctx context.Context, args []string, getenv func(string) string, stdin
 		t.flush() // the counts of warnings still held back
 	}
 	return err
+}
+
+// checkConfigReport prints what check-config found beyond validity: the
+// settings the profile chose, and a files store directory that holds no
+// session at all.
+func checkConfigReport(cfg *Config, w io.Writer) {
+	fmt.Fprintln(w, "imsidecar: configuration OK")
+	for _, line := range cfg.fromProfile {
+		fmt.Fprintf(w, "imsidecar: from --profile=%s: %s\n", cfg.Profile, line)
+	}
+	st, err := phpsession.NewStore(cfg.readerConfig())
+	if err != nil {
+		return // Validate has accepted it
+	}
+	defer st.Close()
+	fst, ok := st.(*phpsession.FileStore)
+	if !ok {
+		return
+	}
+	has, err := fst.HasSessions()
+	switch {
+	case err != nil:
+		fmt.Fprintf(w, "imsidecar: warning: --session-save-path: %v\n", err)
+	case !has:
+		fmt.Fprintf(w, "imsidecar: warning: --session-save-path: %s holds no sess_* file: "+
+			"PHP probably keeps its sessions elsewhere (compare session.save_handler and session.save_path in php.ini, "+
+			"the Apache configuration and Expresso's .htaccess; Expresso's Debian installer uses /var/lib/php5), "+
+			"or this process sees another /tmp or /dev/shm (systemd PrivateTmp= or PrivateDevices=), or nobody is logged in yet\n",
+			fst.Dir())
+	}
 }
 
 func printUsage(w io.Writer) error {
@@ -151,24 +178,14 @@ func sessionShow(ctx context.Context, cfg *Config, rest []string, stdin io.Reade
 	if err := phpsession.ValidateID(id, rc.MinIDLength); err != nil {
 		return err
 	}
-	var rec phpsession.Record
-	switch cfg.SessionStore {
-	case "redis":
-		var s *phpsession.RedisStore
-		if s, err = phpsession.NewRedisStore(cfg.SessionRedis, phpsession.RedisOptions{}); err != nil {
-			return err
-		}
-		defer s.Close()
-		rec, err = s.Load(ctx, id)
-	default:
-		var s *phpsession.FileStore
-		if s, err = phpsession.NewFileStore(cfg.SessionSavePath, phpsession.FileOptions{Owner: cfg.SessionOwner}); err != nil {
-			return err
-		}
-		rec, err = s.Load(ctx, id)
-		if err == nil && time.Since(rec.ModTime) > cfg.SessionMaxLifetime {
-			err = fmt.Errorf("%w: not written for %s", phpsession.ErrExpired, time.Since(rec.ModTime).Round(time.Second))
-		}
+	st, err := phpsession.NewStore(rc)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	rec, err := st.Load(ctx, id)
+	if err == nil {
+		err = phpsession.CheckLifetime(rec.ModTime, rc.MaxLifetime, time.Now())
 	}
 	if err != nil {
 		return err
@@ -188,7 +205,7 @@ func sessionShow(ctx context.Context, cfg *Config, rest []string, stdin io.Reade
 		// The password as stored (session charset) and base64-encoded, as
 		// Expresso keeps a copy of it, is never printed.
 		raw := []byte(ident.Password)
-		if enc, err := charsetEncode(rc.Charset, ident.Password); err == nil {
+		if enc, err := cs.Encode(ident.Password); err == nil {
 			raw = enc
 		}
 		secrets = append(secrets, raw, []byte(ident.Password), []byte(base64.StdEncoding.EncodeToString(raw)))
@@ -211,18 +228,6 @@ func sessionShow(ctx context.Context, cfg *Config, rest []string, stdin io.Reade
 	}
 	_, err = fmt.Fprintf(stdout, "%s\n", out)
 	return err
-}
-
-// charsetEncode converts a UTF-8 string back to the session charset.
-func charsetEncode(charset, s string) ([]byte, error) {
-	enc, err := htmlindex.Get(charset)
-	if err != nil {
-		return nil, err
-	}
-	if strings.EqualFold(charset, "ISO-8859-1") || strings.EqualFold(charset, "latin1") {
-		enc = charmap.ISO8859_1
-	}
-	return enc.NewEncoder().Bytes([]byte(s))
 }
 
 // deps lets tests replace the XMPP dialer; nil uses xmppconn.Dial.

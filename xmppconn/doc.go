@@ -45,7 +45,12 @@
 // caller's goroutine, serialized by a mutex and bounded by a deadline.
 // Inbound stanzas are framed by a small scanner that enforces
 // Config.MaxStanzaSize while reading and parsed one at a time, so a large
-// stanza leaves no large buffer behind: an idle connection waits with a
+// stanza leaves no large buffer behind. A stanza over the limit is read
+// through without being kept, counted for XEP-0198 and reported as
+// *Dropped: one contact's huge message costs the user that message, not
+// the stream. Stanzas sent are bounded by Config.MaxSendSize, and one the
+// server refuses with a policy-violation stream error leaves the resend
+// queue (*SendFailed). An idle connection waits with a
 // one-byte read and holds no read buffer at all (crypto/tls itself keeps
 // its largest record buffer, golang/go#43563). Pass one shared
 // Config.TLSConfig with ServerName and MinVersion set so that connections

@@ -25,6 +25,9 @@ type Store struct {
 	Handler    string // "files" or "redis"
 	SavePath   string // session.save_path: a directory ("N;/dir" allowed) or a phpredis spec
 	Serializer string // session.serialize_handler; "" = php
+	// INI holds more php.ini settings, "name=value" (e.g.
+	// "memcached.sess_prefix=site.", "session.gc_maxlifetime=14400").
+	INI []string
 }
 
 // ExpressoUser is the user an Expresso-shaped session logs in.
@@ -33,6 +36,16 @@ type ExpressoUser struct {
 	// Pad grows the session with preferences to about this many bytes
 	// (Expresso's real sessions are tens of KB).
 	Pad int
+	// UserIn says where the session names the user: "" (ExpressoMail's
+	// copy and session_lid), "lid" (session_lid only), "wallet"
+	// (wallet.user, as 2.5.x's login writes it), "jabberit"
+	// (jabberit_messenger.user_jabber only).
+	UserIn string
+	// Mcrypt writes the app-session password as Expresso does with
+	// mcrypt_enabled (hex of 3DES ciphertext) and no plaintext copy.
+	Mcrypt bool
+	// DLA is session_dla (zero: now).
+	DLA time.Time
 }
 
 // PHP returns the path of the PHP CLI or fails the test; under -short it
@@ -42,7 +55,7 @@ func PHP(tb testing.TB) string {
 	skipShort(tb, "PHP")
 	p, err := exec.LookPath("php")
 	if err != nil {
-		tb.Fatal("phpsessiontest: php not found: apt-get install php-cli php-redis php-mbstring")
+		tb.Fatal("phpsessiontest: php not found: apt-get install php-cli php-redis php-mbstring php-memcached php-memcache")
 	}
 	return p
 }
@@ -57,8 +70,8 @@ func script(tb testing.TB, name string, body []byte) string {
 	return p
 }
 
-func run(tb testing.TB, st Store, env []string, scriptPath string) {
-	tb.Helper()
+// Args are the php command-line settings that make PHP save sessions in st.
+func (st Store) Args() []string {
 	ser := st.Serializer
 	if ser == "" {
 		ser = "php"
@@ -70,7 +83,15 @@ func run(tb testing.TB, st Store, env []string, scriptPath string) {
 	args := []string{"-d", "session.save_handler=" + handler, "-d", "session.save_path=\"" + st.SavePath + "\"",
 		"-d", "session.serialize_handler=" + ser, "-d", "session.use_strict_mode=0",
 		"-d", "session.gc_probability=0", "-d", "error_reporting=E_ALL", "-d", "display_errors=stderr"}
-	args = append(args, scriptPath)
+	for _, ini := range st.INI {
+		args = append(args, "-d", ini)
+	}
+	return args
+}
+
+func run(tb testing.TB, st Store, env []string, scriptPath string) {
+	tb.Helper()
+	args := append(st.Args(), scriptPath)
 	cmd := exec.Command(PHP(tb), args...)
 	cmd.Env = append(os.Environ(), env...)
 	var out bytes.Buffer
@@ -101,9 +122,16 @@ func WriteExpressoSession(tb testing.TB, st Store, id string, u ExpressoUser) {
 	}
 	ex := script(tb, "expresso.php", expressoScript)
 	code := "require " + strconv.Quote(ex) + ";"
-	run(tb, st, []string{"SESS_ID=" + id, "SESS_CODE=" + code, "EX_USER=" + u.User, "EX_PASSWORD=" + u.Password,
-		"EX_FULLNAME=" + u.FullName, "EX_EMAIL=" + u.Email, "EX_DOMAIN=" + u.Domain, "EX_PAD=" + strconv.Itoa(u.Pad)},
-		script(tb, "write.php", writeScript))
+	env := []string{"SESS_ID=" + id, "SESS_CODE=" + code, "EX_USER=" + u.User, "EX_PASSWORD=" + u.Password,
+		"EX_FULLNAME=" + u.FullName, "EX_EMAIL=" + u.Email, "EX_DOMAIN=" + u.Domain, "EX_PAD=" + strconv.Itoa(u.Pad),
+		"EX_USER_IN=" + u.UserIn}
+	if u.Mcrypt {
+		env = append(env, "EX_MCRYPT=1")
+	}
+	if !u.DLA.IsZero() {
+		env = append(env, "EX_DLA="+strconv.FormatInt(u.DLA.Unix(), 10))
+	}
+	run(tb, st, env, script(tb, "write.php", writeScript))
 }
 
 // DestroySession calls session_destroy() for id, as Expresso's logout does.
