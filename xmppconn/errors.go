@@ -91,6 +91,7 @@ var (
 	ErrItemNotFound          = &StanzaError{Condition: "item-not-found"}
 	ErrServiceUnavailable    = &StanzaError{Condition: "service-unavailable"}
 	ErrFeatureNotImplemented = &StanzaError{Condition: "feature-not-implemented"}
+	ErrPolicyViolation       = &StanzaError{Condition: "policy-violation"}
 )
 
 // Is reports whether e matches target, a *StanzaError: target's Type and

@@ -2,6 +2,7 @@ package xmppconn
 
 import (
 	"bytes"
+	"errors"
 	"strconv"
 	"strings"
 	"time"
@@ -125,8 +126,8 @@ func (c *Conn) handleMessage(s *stream, n *node) {
 	if m.Type == GroupChatMessage && !c.roomMessage(m, hasSubject) {
 		return
 	}
-	if m.Type == "error" && carbon == "" {
-		if se := parseStanzaError(n); se.Condition == "policy-violation" {
+	if m.Type == ErrorMessage && carbon == "" {
+		if se := parseStanzaError(n); errors.Is(se, ErrPolicyViolation) {
 			// The server (or the recipient's) refused a message we
 			// sent; it counted it, so it is not in the resend queue.
 			c.emit(&SendFailed{Stanza: "message", To: m.From, ID: m.ID, Reason: se.Condition})
