@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -999,4 +1000,15 @@ func errCode(err error) string {
 		return ae.Code
 	}
 	return ""
+}
+
+// metricValue reads one unlabelled series from the daemon's /metrics.
+func metricValue(t *testing.T, d *daemon, name string) float64 {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)^` + name + ` (\S+)$`).FindStringSubmatch(metricsText(t, d))
+	if m == nil {
+		t.Fatalf("no %s in /metrics", name)
+	}
+	v, _ := strconv.ParseFloat(m[1], 64)
+	return v
 }

@@ -20,8 +20,9 @@ var (
 	ErrTooLarge       = errors.New("sidecar: request body too large")
 	ErrRateLimited    = errors.New("sidecar: rate limited")
 	ErrShuttingDown   = errors.New("sidecar: shutting down")
-	// ErrAuthThrottled: too many XMPP authentication failures in the last
-	// hour (--auth-failure-limit); a password not seen working is not tried.
+	// ErrAuthThrottled: the XMPP authentication failure budget
+	// (--auth-failure-limit an hour) had no unit free for a login before
+	// its context ended; the password was not sent to the server.
 	ErrAuthThrottled = errors.New("sidecar: XMPP authentication throttled after too many failures")
 	// ErrTooManyConnections: the API already holds --max-connections
 	// connections; the new one is answered 503 and closed.

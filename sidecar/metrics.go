@@ -25,7 +25,9 @@ type metrics struct {
 	storeLatency   prometheus.Histogram
 }
 
-func newMetrics(sessions func() map[xmppconn.State]int) *metrics {
+// newMetrics registers the series; sessions counts the sessions by state
+// and eventBytes is what the event logs hold, both read at scrape time.
+func newMetrics(sessions func() map[xmppconn.State]int, eventBytes func() int64) *metrics {
 	reg := prometheus.NewRegistry()
 	m := &metrics{
 		reg:            reg,
@@ -34,7 +36,7 @@ func newMetrics(sessions func() map[xmppconn.State]int) *metrics {
 		resumptions:    prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_resumptions_total", Help: "Streams resumed with XEP-0198."}),
 		authFailures:   prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_auth_failures_total", Help: "XMPP authentication failures."}),
 		eventsQueued:   prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_events_queued_total", Help: "Events appended to session logs."}),
-		eventsDropped:  prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_events_dropped_total", Help: "Unacknowledged events pushed out of full session logs; a poller that far behind is told recovered=false."}),
+		eventsDropped:  prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_events_dropped_total", Help: "Unacknowledged events pushed out of session logs full of events (--event-buffer) or bytes (--event-buffer-mb, --event-memory-mb); a poller that far behind is told recovered=false."}),
 		connRejected:   prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_api_connections_rejected_total", Help: "API connections answered 503 too_many_connections (--max-connections)."}),
 		stanzasDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_stanzas_dropped_total", Help: "Stanzas from the Jabber server over --xmpp-max-stanza-size, skipped without breaking the stream (the user gets a dropped event)."}),
 		sendsRefused:   prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_sends_refused_total", Help: "Stanzas the Jabber server refused with a policy-violation stream error, taken out of the resend queue (the user gets a send_failed event)."}),
@@ -45,7 +47,9 @@ func newMetrics(sessions func() map[xmppconn.State]int) *metrics {
 			Help: "PHP session lookups.", Buckets: []float64{.00001, .00005, .0001, .0005, .001, .005, .01, .05, .1, .5}}),
 	}
 	reg.MustRegister(m.connects, m.reconnects, m.resumptions, m.authFailures, m.eventsQueued, m.eventsDropped, m.connRejected, m.stanzasDropped, m.sendsRefused, m.apiLatency, m.storeLatency,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "imsidecar_event_log_bytes", Help: "Bytes the session event logs hold, counted against --event-memory-mb."},
+			func() float64 { return float64(eventBytes()) }))
 	states := []xmppconn.State{xmppconn.StateConnecting, xmppconn.StateOnline, xmppconn.StateReconnecting, xmppconn.StateOffline, xmppconn.StateAuthFailed}
 	desc := prometheus.NewDesc("imsidecar_sessions", "Sessions by state.", []string{"state"}, nil)
 	reg.MustRegister(collectorFunc{desc: desc, collect: func(ch chan<- prometheus.Metric) {

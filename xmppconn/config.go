@@ -88,6 +88,9 @@ type Config struct {
 	// MaxQueue bounds the messages and presences queued while the stream is
 	// down; beyond it Send returns ErrNotConnected. Default 256.
 	MaxQueue int
+	// AuthGate, if set, admits every authentication attempt, the first
+	// and every reconnection, and learns each outcome (see AuthGate).
+	AuthGate AuthGate
 	// SoftwareName and SoftwareVersion answer jabber:iq:version requests;
 	// defaults "imsidecar" and "1".
 	SoftwareName, SoftwareVersion string

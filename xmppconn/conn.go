@@ -47,6 +47,10 @@ type Conn struct {
 	// the stream last broke without saying why (dropRefused).
 	suspect *byte
 
+	// authenticated: these credentials were accepted once (AuthGate's
+	// knownGood).
+	authenticated atomic.Bool
+
 	// inH is the number of inbound stanzas handled; only the goroutine
 	// that reads the stream touches it.
 	inH atomic.Uint32
@@ -172,6 +176,15 @@ func (c *Conn) establish(ctx context.Context) (*stream, bool, error) {
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.IQTimeout+c.cfg.WriteTimeout)
 		defer cancel()
 	}
+	var ticket authTicket
+	if g := c.cfg.AuthGate; g != nil {
+		release, err := g.Acquire(ctx, c.authenticated.Load())
+		if err != nil {
+			return nil, false, fmt.Errorf("xmppconn: authentication not admitted: %w", err)
+		}
+		ticket.release = release
+		defer ticket.end(AuthAborted) // the attempt ended before SASL did
+	}
 	s, err := dialStream(ctx, &c.cfg)
 	if err != nil {
 		return nil, false, ctxErr(ctx, err)
@@ -188,7 +201,7 @@ func (c *Conn) establish(ctx context.Context) (*stream, bool, error) {
 			c.wmu.Unlock()
 		}
 	}()
-	resumed, err := c.negotiate(s)
+	resumed, err := c.negotiate(s, &ticket)
 	if err != nil {
 		return nil, false, ctxErr(ctx, err)
 	}
@@ -218,10 +231,14 @@ func ctxErr(ctx context.Context, err error) error {
 
 // negotiate runs SASL, then resumption or bind, session, SM enable,
 // carbons, initial presence, and flushes what waited for a stream.
-func (c *Conn) negotiate(s *stream) (resumed bool, err error) {
-	if err := s.authenticate(c.cfg.User, c.cfg.Password); err != nil {
+// The gate's ticket ends with the SASL exchange.
+func (c *Conn) negotiate(s *stream, ticket *authTicket) (resumed bool, err error) {
+	err = s.authenticate(c.cfg.User, c.cfg.Password)
+	ticket.end(resultOf(err))
+	if err != nil {
 		return false, err
 	}
+	c.authenticated.Store(true)
 	if err := s.restart(c.cfg.Domain); err != nil {
 		return false, err
 	}

@@ -34,7 +34,10 @@
 // not acknowledged and reports StateChange{ContinuityLost: true}. With
 // Config.Reconnect it reconnects with capped, jittered exponential backoff,
 // never after an authentication failure (ErrAuth), so that a stale password
-// cannot trigger a server's login-failure ban.
+// cannot trigger a server's login-failure ban. Config.AuthGate, if set,
+// admits every attempt, the first and each reconnection, and learns each
+// outcome: one gate shared by every Conn of a process bounds the failures
+// the server sees from its address.
 //
 // Each Conn runs exactly one goroutine at a time, which reads the stream,
 // delivers events and, while the stream is down, reconnects. It is a
