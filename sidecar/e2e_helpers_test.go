@@ -903,10 +903,11 @@ type desktop struct {
 }
 
 // dialDesktop logs name in with resource "desktop".
-func dialDesktop(tb testing.TB, srv *xmppconntest.Server, name string) *desktop {
+// Each opt may change the stream's Config before it is dialed.
+func dialDesktop(tb testing.TB, srv *xmppconntest.Server, name string, opts ...func(*xmppconn.Config)) *desktop {
 	tb.Helper()
 	d := &desktop{Bare: srv.JID(name), events: make(chan xmppconn.Event, 1024)}
-	conn, err := xmppconn.Dial(tb.Context(), xmppconn.Config{
+	cfg := xmppconn.Config{
 		Addr: srv.Addr, Domain: srv.Domain, TLSConfig: srv.TLSConfig(),
 		User: name, Password: name + "-pw", Resource: "desktop",
 		Handler: xmppconn.HandlerFunc(func(ev xmppconn.Event) {
@@ -915,7 +916,11 @@ func dialDesktop(tb testing.TB, srv *xmppconntest.Server, name string) *desktop 
 			default: // the test stopped reading; drop
 			}
 		}),
-	})
+	}
+	for _, opt := range opts {
+		opt(&cfg)
+	}
+	conn, err := xmppconn.Dial(tb.Context(), cfg)
 	if err != nil {
 		tb.Fatalf("desktop %s: dial: %v", name, err)
 	}
