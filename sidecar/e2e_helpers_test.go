@@ -910,6 +910,9 @@ func dialDesktop(tb testing.TB, srv *xmppconntest.Server, name string, opts ...f
 	cfg := xmppconn.Config{
 		Addr: srv.Addr, Domain: srv.Domain, TLSConfig: srv.TLSConfig(),
 		User: name, Password: name + "-pw", Resource: "desktop",
+		// A desktop client sends what its user types, up to the server's
+		// own limit: only the daemon bounds what web users send.
+		MaxSendSize: 1 << 20,
 		Handler: xmppconn.HandlerFunc(func(ev xmppconn.Event) {
 			select {
 			case d.events <- ev:
