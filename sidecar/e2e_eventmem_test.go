@@ -62,9 +62,7 @@ func TestEventMemoryFlood(t *testing.T) {
 	pv, pv2 := victim.connect(t), victim2.connect(t)
 	alice.connect(t)
 	pb := bob.connect(t)
-	// A desktop client sending up to Prosody's own limit (256 KiB), not
-	// xmppconn's cautious 60 KiB default: its 200 KB messages must leave.
-	flooder := dialDesktop(t, e.XMPP, "flooder", func(c *xmppconn.Config) { c.MaxSendSize = 256 << 10 })
+	flooder := dialDesktop(t, e.XMPP, "flooder")
 	for range 3 { // let the logins' garbage settle
 		time.Sleep(300 * time.Millisecond)
 		metricsText(t, e.D)

@@ -903,11 +903,10 @@ type desktop struct {
 }
 
 // dialDesktop logs name in with resource "desktop".
-// Each opt may change the stream's Config before it is dialed.
-func dialDesktop(tb testing.TB, srv *xmppconntest.Server, name string, opts ...func(*xmppconn.Config)) *desktop {
+func dialDesktop(tb testing.TB, srv *xmppconntest.Server, name string) *desktop {
 	tb.Helper()
 	d := &desktop{Bare: srv.JID(name), events: make(chan xmppconn.Event, 1024)}
-	cfg := xmppconn.Config{
+	conn, err := xmppconn.Dial(tb.Context(), xmppconn.Config{
 		Addr: srv.Addr, Domain: srv.Domain, TLSConfig: srv.TLSConfig(),
 		User: name, Password: name + "-pw", Resource: "desktop",
 		// A desktop client sends what its user types, up to the server's
@@ -919,11 +918,7 @@ func dialDesktop(tb testing.TB, srv *xmppconntest.Server, name string, opts ...f
 			default: // the test stopped reading; drop
 			}
 		}),
-	}
-	for _, opt := range opts {
-		opt(&cfg)
-	}
-	conn, err := xmppconn.Dial(tb.Context(), cfg)
+	})
 	if err != nil {
 		tb.Fatalf("desktop %s: dial: %v", name, err)
 	}
