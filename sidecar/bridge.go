@@ -505,7 +505,11 @@ func (b *bridge) carbonCopy(c *bridgeClient, st *xmppconn.Stanza) {
 	m.WriteString(`<message xmlns="jabber:client"`)
 	xmlAttr(&m, "from", b.s.jid)
 	xmlAttr(&m, "to", full)
-	m.WriteString(` type="` + messageType(st.Type) + `"><sent xmlns="` + nsCarbons + `"><forwarded xmlns="urn:xmpp:forward:0">`)
+	typ := st.Type
+	if typ == "" {
+		typ = "normal"
+	}
+	m.WriteString(` type="` + xmlEsc(typ) + `"><sent xmlns="` + nsCarbons + `"><forwarded xmlns="urn:xmpp:forward:0">`)
 	m.Write(st.Bytes())
 	m.WriteString(`</forwarded></sent></message>`)
 	raw := m.Bytes()
@@ -724,14 +728,14 @@ func roomReplay(r xmppconn.JoinedRoom, full string) [][]byte {
 	return append(out, m.Bytes())
 }
 
-func presenceXML(from, to, show, status string, priority int, avatar *string, extra string) []byte {
+func presenceXML(from, to string, show xmppconn.Show, status string, priority int, avatar *string, extra string) []byte {
 	var b bytes.Buffer
 	b.WriteString(`<presence xmlns="jabber:client"`)
 	xmlAttr(&b, "from", from)
 	xmlAttr(&b, "to", to)
 	b.WriteByte('>')
 	if show != "" {
-		b.WriteString(`<show>` + xmlEsc(show) + `</show>`)
+		b.WriteString(`<show>` + xmlEsc(string(show)) + `</show>`)
 	}
 	if status != "" {
 		b.WriteString(`<status>` + xmlEsc(status) + `</status>`)

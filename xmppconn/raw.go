@@ -161,7 +161,7 @@ func presenceOf(n *node) *Presence {
 		}
 		switch k.name.Local {
 		case "show":
-			p.Show = strings.TrimSpace(k.text)
+			p.Show = Show(strings.TrimSpace(k.text))
 		case "status":
 			if p.Status == "" {
 				p.Status = k.text
@@ -195,7 +195,7 @@ func (c *Conn) SendStanza(ctx context.Context, st *Stanza) error {
 		return c.send(raw, true)
 	}
 	p := st.Presence()
-	if err := checkPresence(p); err != nil {
+	if err := p.Validate(); err != nil {
 		return fmt.Errorf("%w: %w", ErrBadStanza, err)
 	}
 	shown := p
