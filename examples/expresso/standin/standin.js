@@ -177,13 +177,21 @@
     var create = "<body rid='" + S.rid + "' xmlns='" + NS + "' to='" + o.domain + "' xml:lang='en' wait='" + (o.wait || 60) +
       "' inactivity='" + (o.inactivity || 60) + "' hold='1' content='text/xml; charset=utf-8' ver='1.6' xmpp:version='1.0' xmlns:xmpp='urn:xmpp:xbosh'/>";
     post(S.url, create, function (text) {
-      var $b = asHTML(text);
-      S.sid = $b.attr('sid');
+      var c = S.creation(text);
+      S.sid = c.sid;
       if (!S.sid) return fail('no sid in the session creation answer', text);
-      if (!$b.find("mechanism:contains('PLAIN')").length) return fail('No auth method supported', text);
+      if (!c.plain) return fail('No auth method supported', text);
       authenticate(o);
     });
   };
+
+  // creation reads a session creation answer as the client does: the sid
+  // and PLAIN must both be in it.
+  S.creation = function (text) {
+    var $b = asHTML(text);
+    return { sid: $b.attr('sid'), plain: $b.find("mechanism:contains('PLAIN')").length > 0 };
+  };
+  S.handle = handle;
 
   // The user's actions, as the UI triggers them.
   S.send = function (to, body) {
