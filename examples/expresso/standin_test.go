@@ -316,7 +316,7 @@ func TestStandinProsodyBOSH(t *testing.T) {
 			"dt__d": "alice", "dt__e": originalBlob(aliceJID, "alice", alicePW)})
 	})
 
-	standinScenario(t, d, web.URL+"/?auth=/auth_messenger.php&rid=9999999000", "/http-bind", aliceJID, bob, bc, srv.JID("bob"), expect{roster: false, flap: true})
+	standinScenario(t, d, web.URL+"/?auth=/auth_messenger.php&rid=9999999000", "/http-bind", aliceJID, bob, bc, srv.JID("bob"), expect{roster: false, flap: true, unloadFlap: true})
 
 	// Over-padded blobs: the client appends "==" to whatever it got, so a
 	// PLAIN blob whose base64 ends in one "=" or none reaches the server as
@@ -354,6 +354,9 @@ type expect struct {
 	// flap: a page reload shows the contact alice unavailable then available
 	// (Prosody: the new BOSH session replaces the old one); imsidecar: never.
 	flap bool
+	// unloadFlap: the same when the page also sends terminate + unavailable
+	// presence from window.onbeforeunload (the expressoMail1_2 tree).
+	unloadFlap bool
 }
 
 // standinScenario is the one scenario every server variant runs.
@@ -447,22 +450,18 @@ func standinScenario(t *testing.T, d *driver, pageURL, bosh, aliceJID string, bo
 	}
 
 	// A page reload: the old page's requests are cut, a new page logs in.
-	reload := bob.mark()
-	d.must(map[string]any{"op": "reload"}, nil)
-	d.wait("standin.connected || standin.failed")
-	d.wait(fmt.Sprintf("standin.presence[%q] !== undefined", bobJID))
-	// The new page's initial presence (no show) reaches bob: after it,
-	// everything the reload did to alice's presence has been seen.
-	bob.waitFor(t, "alice's presence after the reload", reload, func(e xmppconn.Event) bool {
-		p, ok := e.(*xmppconn.Presence)
-		return ok && strings.HasPrefix(p.From, aliceJID+"/") && p.Type == "available" && p.Show == ""
-	})
-	sawUnavailable := false
-	for _, p := range bob.presencesFrom(reload, aliceJID) {
-		sawUnavailable = sawUnavailable || p.Type == "unavailable"
+	if got := reloadFlaps(t, d, map[string]any{"op": "reload"}, aliceJID, bobJID, bob); got != want.flap {
+		t.Errorf("page reload: contact saw alice unavailable = %v, want %v", got, want.flap)
 	}
-	if sawUnavailable != want.flap {
-		t.Errorf("page reload: contact saw alice unavailable = %v, want %v (presences %+v)", sawUnavailable, want.flap, bob.presencesFrom(reload, aliceJID))
+	// The expressoMail1_2 tree: every unload sends terminate + unavailable.
+	d.must(map[string]any{"op": "goto", "url": pageURL + "&unload=1"}, nil)
+	d.wait("standin.connected || standin.failed")
+	terminates := len(terminatesSent(t, d, bosh))
+	if got := reloadFlaps(t, d, map[string]any{"op": "reload"}, aliceJID, bobJID, bob); got != want.unloadFlap {
+		t.Errorf("page reload with terminate + unavailable on unload: contact saw alice unavailable = %v, want %v", got, want.unloadFlap)
+	}
+	if n := len(terminatesSent(t, d, bosh)); n != terminates+1 {
+		t.Errorf("the unloading page sent %d terminate requests, want 1", n-terminates)
 	}
 
 	// Going offline from the menu: terminate with unavailable presence.
@@ -473,4 +472,39 @@ func standinScenario(t *testing.T, d *driver, pageURL, bosh, aliceJID string, bo
 		return ok && strings.HasPrefix(p.From, aliceJID+"/") && p.Type == "unavailable"
 	})
 	d.must(map[string]any{"op": "close"}, nil)
+}
+
+// reloadFlaps runs a page reload (or navigation) and reports whether the
+// contact saw alice unavailable meanwhile.
+func reloadFlaps(t *testing.T, d *driver, cmd map[string]any, aliceJID, bobJID string, bob *recorder) bool {
+	t.Helper()
+	from := bob.mark()
+	d.must(cmd, nil)
+	d.wait("standin.connected || standin.failed")
+	d.wait(fmt.Sprintf("standin.presence[%q] !== undefined", bobJID))
+	// The new page's initial presence (no show) reaches bob: after it,
+	// everything the reload did to alice's presence has been seen.
+	bob.waitFor(t, "alice's presence after the reload", from, func(e xmppconn.Event) bool {
+		p, ok := e.(*xmppconn.Presence)
+		return ok && strings.HasPrefix(p.From, aliceJID+"/") && p.Type == "available" && p.Show == ""
+	})
+	presences := bob.presencesFrom(from, aliceJID)
+	for _, p := range presences {
+		if p.Type == "unavailable" {
+			t.Logf("reload: contact saw %+v", presences)
+			return true
+		}
+	}
+	return false
+}
+
+func terminatesSent(t *testing.T, d *driver, bosh string) []string {
+	t.Helper()
+	var out []string
+	for _, r := range standinRequests(t, d, bosh) {
+		if strings.Contains(r.Body, "type='terminate'") {
+			out = append(out, r.Body)
+		}
+	}
+	return out
 }

@@ -7,6 +7,7 @@
 //   {"op":"eval","js":"..."}                 the value of an expression
 //   {"op":"wait","js":"...","timeout":ms}    until the expression is truthy
 //   {"op":"reload"}                          a full page reload
+//   {"op":"goto","url":"..."}                navigation in the same page
 //   {"op":"requests"}                        every request the page sent so far
 //   {"op":"close"}
 // env: CHROMIUM (default /usr/bin/chromium)
@@ -44,6 +45,9 @@ async function run(cmd) {
       return null;
     case 'reload':
       await page.reload();
+      return null;
+    case 'goto':
+      await page.goto(cmd.url);
       return null;
     case 'requests':
       return requests;
