@@ -264,6 +264,29 @@ func (r *recorder) presencesFrom(since int, bare string) []xmppconn.Presence {
 	return out
 }
 
+// contact is the other end of the chats: a desktop client on its own
+// XMPP stream, or a /v1 user of imsidecar.
+type contact interface {
+	send(t *testing.T, to, body string)
+	setPresence(t *testing.T, show, status string)
+}
+
+type xmppContact struct{ c *xmppconn.Conn }
+
+func (x xmppContact) send(t *testing.T, to, body string) {
+	t.Helper()
+	if _, err := x.c.Send(t.Context(), xmppconn.Message{To: to, Type: "chat", Body: body}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (x xmppContact) setPresence(t *testing.T, show, status string) {
+	t.Helper()
+	if err := x.c.SendPresence(t.Context(), xmppconn.Presence{Show: show, Status: status}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // originalBlob is what Expresso 2.5's own auth_messenger.php puts in dt__e:
 // base64(jid NUL user NUL password) with every "==" removed.
 func originalBlob(jid, user, password string) string {
@@ -316,7 +339,7 @@ func TestStandinProsodyBOSH(t *testing.T) {
 			"dt__d": "alice", "dt__e": originalBlob(aliceJID, "alice", alicePW)})
 	})
 
-	standinScenario(t, d, web.URL+"/?auth=/auth_messenger.php&rid=9999999000", "/http-bind", aliceJID, bob, bc, srv.JID("bob"), expect{roster: false, flap: true, unloadFlap: true})
+	standinScenario(t, d, nil, web.URL+"/?auth=/auth_messenger.php&rid=9999999000", "/http-bind", aliceJID, bob, xmppContact{bc}, srv.JID("bob"), expect{roster: false, flap: true, unloadFlap: true, menuOffline: true})
 
 	// Over-padded blobs: the client appends "==" to whatever it got, so a
 	// PLAIN blob whose base64 ends in one "=" or none reaches the server as
@@ -357,14 +380,20 @@ type expect struct {
 	// unloadFlap: the same when the page also sends terminate + unavailable
 	// presence from window.onbeforeunload (the expressoMail1_2 tree).
 	unloadFlap bool
+	// menuOffline: the status menu's "offline" (the same terminate with
+	// unavailable presence) shows the contact alice unavailable.
+	menuOffline bool
+	// aliceSays sends bob a message on alice's stream from elsewhere (the
+	// server side): when bob has it, all alice's stream did before has
+	// reached him. Needed when menuOffline is false.
+	aliceSays func(t *testing.T, body string)
 }
 
 // standinScenario is the one scenario every server variant runs.
-func standinScenario(t *testing.T, d *driver, pageURL, bosh, aliceJID string, bob *recorder, bc *xmppconn.Conn, bobJID string, want expect) {
+func standinScenario(t *testing.T, d *driver, cookies []map[string]any, pageURL, bosh, aliceJID string, bob *recorder, bc contact, bobJID string, want expect) {
 	t.Helper()
-	ctx := t.Context()
 	start := bob.mark()
-	d.must(map[string]any{"op": "open", "url": pageURL}, nil)
+	d.must(map[string]any{"op": "open", "url": pageURL, "cookies": cookies}, nil)
 	d.wait("standin.connected || standin.failed")
 	var failed string
 	d.eval("standin.failed || ''", &failed)
@@ -414,9 +443,7 @@ func standinScenario(t *testing.T, d *driver, pageURL, bosh, aliceJID string, bo
 
 	// Chat, desktop → web, with text that must survive XML → HTML parsing.
 	const text = "Oi Alice <3 & até já \"já\" 'sim'"
-	if _, err := bc.Send(ctx, xmppconn.Message{To: aliceJID, Type: "chat", Body: text}); err != nil {
-		t.Fatal(err)
-	}
+	bc.send(t, aliceJID, text)
 	d.wait("standin.messages.length > 0")
 	var got []struct{ From, HTML, Text string }
 	d.eval("standin.messages", &got)
@@ -425,9 +452,7 @@ func standinScenario(t *testing.T, d *driver, pageURL, bosh, aliceJID string, bo
 	}
 
 	// Presence and status, desktop → web.
-	if err := bc.SendPresence(ctx, xmppconn.Presence{Show: "away", Status: "Em reunião"}); err != nil {
-		t.Fatal(err)
-	}
+	bc.setPresence(t, "away", "Em reunião")
 	d.wait(fmt.Sprintf("standin.presence[%q].show === 'away' && standin.presence[%q].status === 'Em reunião'", bobJID, bobJID))
 	// Status, web → desktop.
 	d.eval("standin.setPresence({show: 'dnd', status: 'Ocupada'})", nil)
@@ -467,10 +492,25 @@ func standinScenario(t *testing.T, d *driver, pageURL, bosh, aliceJID string, bo
 	// Going offline from the menu: terminate with unavailable presence.
 	off := bob.mark()
 	d.eval("standin.disconnect()", nil)
-	bob.waitFor(t, "alice's unavailable presence", off, func(e xmppconn.Event) bool {
-		p, ok := e.(*xmppconn.Presence)
-		return ok && strings.HasPrefix(p.From, aliceJID+"/") && p.Type == "unavailable"
-	})
+	d.wait("!standin.connected")
+	// As after a reload: a later stanza from alice's stream orders events.
+	if want.menuOffline {
+		bob.waitFor(t, "alice's unavailable presence", off, func(e xmppconn.Event) bool {
+			p, ok := e.(*xmppconn.Presence)
+			return ok && strings.HasPrefix(p.From, aliceJID+"/") && p.Type == "unavailable"
+		})
+	} else {
+		want.aliceSays(t, "still online")
+		bob.waitFor(t, "alice's message after the menu's offline", off, func(e xmppconn.Event) bool {
+			m, ok := e.(*xmppconn.Message)
+			return ok && m.Body == "still online"
+		})
+		for _, p := range bob.presencesFrom(off, aliceJID) {
+			if p.Type == "unavailable" {
+				t.Errorf("the menu's offline showed the contact %+v", p)
+			}
+		}
+	}
 	d.must(map[string]any{"op": "close"}, nil)
 }
 
@@ -481,12 +521,13 @@ func reloadFlaps(t *testing.T, d *driver, cmd map[string]any, aliceJID, bobJID s
 	from := bob.mark()
 	d.must(cmd, nil)
 	d.wait("standin.connected || standin.failed")
-	d.wait(fmt.Sprintf("standin.presence[%q] !== undefined", bobJID))
-	// The new page's initial presence (no show) reaches bob: after it,
-	// everything the reload did to alice's presence has been seen.
-	bob.waitFor(t, "alice's presence after the reload", from, func(e xmppconn.Event) bool {
-		p, ok := e.(*xmppconn.Presence)
-		return ok && strings.HasPrefix(p.From, aliceJID+"/") && p.Type == "available" && p.Show == ""
+	// A message from the new page, after its initial presence: once bob has
+	// it, everything the reload did to alice's presence has reached him.
+	marker := fmt.Sprintf("reloaded %d", from)
+	d.eval(fmt.Sprintf("standin.send(%q, %q)", bobJID, marker), nil)
+	bob.waitFor(t, "the new page's message", from, func(e xmppconn.Event) bool {
+		m, ok := e.(*xmppconn.Message)
+		return ok && m.Body == marker
 	})
 	presences := bob.presencesFrom(from, aliceJID)
 	for _, p := range presences {

@@ -18,7 +18,7 @@
 //     the innerHTML of a div, and an XML declaration, a CDATA section or a
 //     namespace prefix on <body> breaks the client;
 //   - no check of type='terminate': the client learns of the end only from
-//     an HTTP error.
+//     an HTTP error, and polls again meanwhile (afterTerminate counts).
 //
 // window.standin holds the state the test driver (drive.mjs) reads.
 (function ($) {
@@ -27,7 +27,7 @@
   var S = window.standin = {
     connected: false, failed: null, sid: null, rid: 0, inflight: 0, maxInflight: 0,
     roster: {}, presence: {}, presenceLog: [], messages: [], states: [], requests: [],
-    terminated: false, stopped: false, log: [], answers: []
+    terminated: false, afterTerminate: 0, stopped: false, log: [], answers: []
   };
 
   function note(what) { S.log.push(new Date().toISOString() + ' ' + what); }
@@ -79,13 +79,18 @@
       var $b = asHTML(text);
       if ($b.children().length > 0) handle(text);
       if ($b.attr('type') === 'terminate') {
-        // The real client ignores this and polls again (see docs); the
-        // stand-in stops so that a test stays bounded, and says so.
+        // The real client does not look: it polls again with the dead sid,
+        // and stops only on an HTTP error. The stand-in does the same but
+        // gives up after 200 such answers, so that a test stays bounded.
         S.terminated = true;
-        S.stopped = true;
         S.connected = false;
-        note('terminate: ' + ($b.attr('condition') || ''));
-        return;
+        S.afterTerminate = (S.afterTerminate || 0) + 1;
+        if (S.afterTerminate === 1) note('terminate: ' + ($b.attr('condition') || ''));
+        if (S.afterTerminate >= 200) {
+          S.stopped = true;
+          note('still polling after 200 terminate answers: gave up');
+          return;
+        }
       }
       listen();
     });
