@@ -76,7 +76,7 @@ func startPHPSite(t *testing.T, fx expressoFixture, env ...string) *phpSite {
 	l.Close()
 	cmd := exec.Command(php, "-S", addr, "-t", root,
 		"-d", "session.save_path="+sessions, "-d", "session.use_strict_mode=0", "-d", "session.gc_probability=0",
-		"-d", "error_reporting=E_ALL", "-d", "display_errors=stderr", "-d", "log_errors=0")
+		"-d", "error_reporting=E_ALL", "-d", "display_errors=0", "-d", "log_errors=1")
 	cmd.Env = append(append(os.Environ(), "EXPRESSO_FIXTURE="+fixture), env...)
 	var log bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &log, &log
@@ -86,6 +86,13 @@ func startPHPSite(t *testing.T, fx expressoFixture, env ...string) *phpSite {
 	t.Cleanup(func() {
 		cmd.Process.Kill()
 		cmd.Wait()
+		// PHP logs errors to the server's stderr: none may come from the
+		// drop-in (the stand-in header's own session warnings may).
+		for _, line := range strings.Split(log.String(), "\n") {
+			if strings.Contains(line, "auth_messenger.php on line") {
+				t.Errorf("PHP: %s", line)
+			}
+		}
 		if t.Failed() {
 			t.Logf("php -S log:\n%s", log.String())
 		}
@@ -225,6 +232,13 @@ func TestAuthMessengerAnswer(t *testing.T) {
 		body, _ := site.post(t, "")
 		if body != `{"error":"Not Permission"}` {
 			t.Errorf("answer %q", body)
+		}
+	})
+	t.Run("hostile cookie", func(t *testing.T) {
+		for _, id := range []string{"../../../etc/passwd", strings.Repeat("a", 300), "..%2F..%2Fetc%2Fpasswd"} {
+			if body, _ := site.post(t, id); body != `{"error":"Not Permission"}` {
+				t.Errorf("cookie %q: answer %q", id, body)
+			}
 		}
 	})
 	t.Run("logged out", func(t *testing.T) {

@@ -461,6 +461,19 @@ func standinScenario(t *testing.T, d *driver, cookies []map[string]any, pageURL,
 		return ok && strings.HasPrefix(p.From, aliceJID+"/") && p.Show == "dnd" && p.Status == "Ocupada"
 	})
 
+	// Back from auto-away, im.js sends <show>null</show>: the user must
+	// come back as available (show "null" passed on, or dropped).
+	back := bob.mark()
+	d.eval("standin.setPresence({show: 'null'})", nil)
+	p := bob.waitFor(t, "alice back from away", back, func(e xmppconn.Event) bool {
+		p, ok := e.(*xmppconn.Presence)
+		return ok && strings.HasPrefix(p.From, aliceJID+"/")
+	}).(*xmppconn.Presence)
+	if p.Type != "available" || (p.Show != "" && p.Show != "null") {
+		t.Errorf("after <show>null</show> the contact sees %+v", *p)
+	}
+	t.Logf("<show>null</show> reaches the contact as show %q", p.Show)
+
 	// The wire: every BOSH request was a form-encoded POST of raw XML, and
 	// commands overlapped the pending poll.
 	for _, r := range standinRequests(t, d, bosh) {
