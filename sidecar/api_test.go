@@ -208,17 +208,31 @@ func newHarness(t testing.TB, token string) *harness {
 	}
 	h := &harness{t: t, reader: &fakeReader{sessions: map[string]*phpsession.Session{}, errs: map[string]error{}}, logs: &bytes.Buffer{}, logMu: &sync.Mutex{}}
 	logger := slog.New(slog.NewTextHandler(lockedWriter{h.logMu, h.logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	dial := func(_ context.Context, c xmppconn.Config) (xmppSession, error) {
+	dial := func(ctx context.Context, c xmppconn.Config) (xmppSession, error) {
+		// As xmppconn.Dial does: the gate admits the login, within the
+		// dial's own timeout, and learns how it ended.
+		ctx, cancel := context.WithTimeout(ctx, xmppconn.DefaultIQTimeout+xmppconn.DefaultWriteTimeout)
+		defer cancel()
+		release, err := c.AuthGate.Acquire(ctx, false)
+		if err != nil {
+			return nil, fmt.Errorf("xmppconn: authentication not admitted: %w", err)
+		}
 		h.dials++
 		if h.dialErr != nil {
+			res := xmppconn.AuthAborted
+			if errors.Is(h.dialErr, xmppconn.ErrAuth) {
+				res = xmppconn.AuthFailed
+			}
+			release(res)
 			return nil, h.dialErr
 		}
+		release(xmppconn.AuthSucceeded)
 		h.handler = c.Handler
 		h.conn = &fakeConn{jid: c.User + "@" + c.Domain + "/" + c.Resource, done: make(chan struct{})}
 		return h.conn, nil
 	}
 	var reg *registry
-	m := newMetrics(func() map[xmppconn.State]int { return reg.stateCounts() })
+	m := newMetrics(func() map[xmppconn.State]int { return reg.stateCounts() }, func() int64 { return reg.mem.total.Load() })
 	reg = newRegistry(cfg, h.reader, dial, nil, logger, m)
 	h.reg = reg
 	h.api = &api{cfg: cfg, reg: reg, reader: h.reader, token: token, logger: logger, metrics: m, now: time.Now}
@@ -392,13 +406,14 @@ func TestAuthFailureNotRetried(t *testing.T) {
 	}
 }
 
-// TestAuthFailureLimit: past --auth-failure-limit failures in an hour, a
-// password never seen working is not sent to the server (503
-// auth_throttled); one that worked before still is; an hour later the
-// limit is free again.
+// TestAuthFailureLimit: past --auth-failure-limit failures in an hour, no
+// password is sent to the server (503 auth_throttled at once), not even
+// one that worked before: the limit bounds what the server sees. An hour
+// later the limit is free again.
 func TestAuthFailureLimit(t *testing.T) {
 	h := newHarness(t, "")
 	h.reg.cfg.AuthFailLimit = 3
+	h.reg.auth = newAuthLimiter(3, h.reg.metrics.authFailures.Inc)
 	// alice connects once: her password is known to work.
 	if rec := h.do("POST", "/v1/connect", "", "X-Session-Id", goodID); rec.Code != 200 {
 		t.Fatalf("alice: %d %s", rec.Code, rec.Body)
@@ -419,18 +434,23 @@ func TestAuthFailureLimit(t *testing.T) {
 	if h.dials != 1+3 {
 		t.Fatalf("dialed %d times, want 4 (alice + 3 failures)", h.dials)
 	}
-	// alice's known password is still tried (a new PHP session of hers).
+	// alice's known password is not tried either (a new PHP session of
+	// hers): it could have changed on the server.
 	h.dialErr = nil
 	h.reader.set(otherID, "alice", secretPW)
-	if rec := h.do("POST", "/v1/connect", "", "X-Session-Id", otherID); rec.Code != 200 {
-		t.Fatalf("alice's known password past the limit: %d %s", rec.Code, rec.Body)
+	if rec := h.do("POST", "/v1/connect", "", "X-Session-Id", otherID); rec.Code != 503 || h.code(rec) != "auth_throttled" {
+		t.Fatalf("alice's known password past the limit: %d %s, want 503 auth_throttled", rec.Code, rec.Body)
+	}
+	if h.dials != 1+3 {
+		t.Fatalf("dialed %d times, want 4", h.dials)
 	}
 	// An hour later the failures have aged out.
-	h.reg.mu.Lock()
-	for i := range h.reg.failTimes {
-		h.reg.failTimes[i] = h.reg.failTimes[i].Add(-time.Hour)
+	l := h.reg.auth
+	l.mu.Lock()
+	for i := range l.failures {
+		l.failures[i] = l.failures[i].Add(-time.Hour)
 	}
-	h.reg.mu.Unlock()
+	l.mu.Unlock()
 	h.reader.set("newcomer0123456789abcdefghijklm", "newcomer", "fine")
 	if rec := h.do("POST", "/v1/connect", "", "X-Session-Id", "newcomer0123456789abcdefghijklm"); rec.Code != 200 {
 		t.Fatalf("a new password an hour later: %d %s", rec.Code, rec.Body)

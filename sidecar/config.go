@@ -36,11 +36,15 @@ type Config struct {
 	XMPPServerName     string
 	XMPPResourcePrefix string
 	XMPPMUCService     string
+	XMPPMaxStanzaSize  int
+	XMPPMaxSendSize    int
 
 	APITokenFile    string
 	SessionCookie   string
 	Inactivity      time.Duration
 	EventBuffer     int
+	EventBufferMB   int // byte cap of one session's event log, MiB
+	EventMemoryMB   int // byte cap of every event log together, MiB; 0: none
 	ShutdownTimeout time.Duration
 	RecheckInterval time.Duration
 	RateLimit       float64
@@ -95,14 +99,18 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.XMPPServerName, "xmpp-server-name", "", "name expected in the server certificate (default: --xmpp-domain)")
 	fs.StringVar(&c.XMPPResourcePrefix, "xmpp-resource-prefix", "expresso", "XMPP resource prefix; the resource is <prefix>-<hash of the PHP session>")
 	fs.StringVar(&c.XMPPMUCService, "xmpp-muc-service", "", "group chat (XEP-0045) service domain, e.g. conference.example.org (default: discovered from the server)")
+	fs.IntVar(&c.XMPPMaxStanzaSize, "xmpp-max-stanza-size", xmppconn.DefaultMaxStanzaSize, "largest stanza (bytes) read from the Jabber server and kept in memory; a larger one is skipped and reported as a \"dropped\" event, the stream stays up (default four times the servers' 256 KiB: they re-escape what they relay, so a stanza may arrive larger than it was sent)")
+	fs.IntVar(&c.XMPPMaxSendSize, "xmpp-max-send-size", xmppconn.DefaultMaxSendSize, "largest stanza (bytes, once encoded) sent to the Jabber server; a larger message is refused with 413 message_too_large; keep it below the server's limit (Prosody c2s_stanza_size_limit, ejabberd max_stanza_size)")
 	fs.StringVar(&c.APITokenFile, "api-token-file", "", "file holding a bearer token required on every API call, cookie calls included (Apache adds it; optional)")
 	fs.StringVar(&c.SessionCookie, "session-cookie", "", "PHP session cookie name (default: sessionid for --profile=expresso, PHPSESSID for generic)")
 	fs.DurationVar(&c.Inactivity, "inactivity", 120*time.Second, "close a user's stream after this long without a poll")
 	fs.IntVar(&c.EventBuffer, "event-buffer", 1000, "events kept per session for polls to catch up")
+	fs.IntVar(&c.EventBufferMB, "event-buffer-mb", 4, "MiB of events kept per session at most; past it the oldest go, unacknowledged ones with recovered:false (1..1024)")
+	fs.IntVar(&c.EventMemoryMB, "event-memory-mb", 256, "MiB of events kept by all sessions together at most; past it acknowledged events go first, then the oldest of the largest logs (0: no cap)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on graceful shutdown")
 	fs.DurationVar(&c.RecheckInterval, "recheck-interval", 5*time.Second, "how often each connected PHP session is re-read (logout/expiry detection)")
 	fs.Float64Var(&c.RateLimit, "rate-limit", 20, "mutating API calls per second allowed per session (bursts of twice that)")
-	fs.IntVar(&c.AuthFailLimit, "auth-failure-limit", 10, "XMPP authentication failures allowed per hour for the whole daemon, below the server's per-IP ban (ejabberd mod_fail2ban: 20); past it only passwords that worked before are tried (0: no limit)")
+	fs.IntVar(&c.AuthFailLimit, "auth-failure-limit", 10, "XMPP authentication failures the server may see per hour from the whole daemon, first logins and reconnections, below its per-IP ban (ejabberd mod_fail2ban: 20); logins in flight count against it and the others wait their turn; a fifth is kept for passwords that worked before (0: no limit)")
 	fs.IntVar(&c.MaxConnections, "max-connections", 10000, "open API connections at most; more are answered 503 too_many_connections (keep it below the open files limit minus one per user); an HTTP/2 connection counts once however many requests it carries")
 	fs.IntVar(&c.MaxPolls, "max-polls-per-session", 8, "GET /v1/events (long polls, SSE streams) in flight at most per PHP session, a parked poll counting until answered; more are answered 429 too_many_polls and their connection closed, so one session cannot hold every API connection (8: four tabs, each with a poll left over from a reload)")
 	fs.BoolVar(&c.HTTP2, "http2", true, "also accept HTTP/2 without TLS (h2c with prior knowledge, RFC 9113 §3.3) on --listen, next to HTTP/1.1: one connection carries many pending polls")
@@ -318,8 +326,20 @@ func (c *Config) Validate() error {
 	positive("recheck-interval", c.RecheckInterval)
 	positive("session-max-lifetime", c.SessionMaxLifetime)
 	positive("session-timeout", c.SessionTimeout)
+	if c.XMPPMaxStanzaSize < 64<<10 || c.XMPPMaxStanzaSize > 64<<20 {
+		bad("xmpp-max-stanza-size", "must be within 65536..67108864, got %d", c.XMPPMaxStanzaSize)
+	}
+	if c.XMPPMaxSendSize < 4096 || c.XMPPMaxSendSize > c.XMPPMaxStanzaSize {
+		bad("xmpp-max-send-size", "must be within 4096..--xmpp-max-stanza-size, got %d", c.XMPPMaxSendSize)
+	}
 	if c.EventBuffer < 10 || c.EventBuffer > 1_000_000 {
 		bad("event-buffer", "must be within 10..1000000, got %d", c.EventBuffer)
+	}
+	if c.EventBufferMB < 1 || c.EventBufferMB > 1024 {
+		bad("event-buffer-mb", "must be within 1..1024, got %d", c.EventBufferMB)
+	}
+	if c.EventMemoryMB < 0 {
+		bad("event-memory-mb", "must be 0 (no cap) or more, got %d", c.EventMemoryMB)
 	}
 	if c.AuthFailLimit < 0 {
 		bad("auth-failure-limit", "must be 0 (no limit) or more, got %d", c.AuthFailLimit)

@@ -38,7 +38,8 @@ func TestConfigPrecedence(t *testing.T) {
 func TestConfigValidateNamesEveryFlag(t *testing.T) {
 	cfg, _, err := parseConfig([]string{"--listen=0.0.0.0:8765", "--ops-listen=10.0.0.1:1", "--xmpp-tls=maybe",
 		"--session-store=couchbase", "--session-serializer=json", "--profile=ldap", "--inactivity=0s", "--event-buffer=1",
-		"--log-format=xml", "--gc-percent=5", "--http2-max-streams=0"}, func(string) string { return "" }, io.Discard)
+		"--log-format=xml", "--gc-percent=5", "--http2-max-streams=0",
+		"--xmpp-max-stanza-size=1000", "--xmpp-max-send-size=100"}, func(string) string { return "" }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +48,8 @@ func TestConfigValidateNamesEveryFlag(t *testing.T) {
 		t.Fatal("invalid config accepted")
 	}
 	for _, f := range []string{"--listen", "--ops-listen", "--xmpp-addr", "--xmpp-domain", "--xmpp-tls", "--session-store",
-		"--session-serializer", "--profile", "--inactivity", "--event-buffer", "--log-format", "--gc-percent", "--http2-max-streams"} {
+		"--session-serializer", "--profile", "--inactivity", "--event-buffer", "--log-format", "--gc-percent", "--http2-max-streams",
+		"--xmpp-max-stanza-size", "--xmpp-max-send-size"} {
 		if !strings.Contains(err.Error(), f+":") {
 			t.Errorf("error does not name %s:\n%v", f, err)
 		}
@@ -89,5 +91,32 @@ func TestConfigDoc(t *testing.T) {
 	got, err := os.ReadFile(path)
 	if err != nil || string(got) != b.String() {
 		t.Fatalf("docs/CONFIG.md is out of date (IMSIDECAR_UPDATE_DOCS=1 go test ./sidecar -run TestConfigDoc): %v", err)
+	}
+
+	// The README carries the same table, row for row.
+	rows := b.String()[strings.Index(b.String(), "| `--"):]
+	readme := filepath.Join("..", "README.md")
+	rb, err := os.ReadFile(readme)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := strings.Index(string(rb), "\n| `--")
+	if start < 0 {
+		t.Fatal("README.md has no configuration table")
+	}
+	start++
+	end := start
+	for end < len(rb) && strings.HasPrefix(string(rb[end:]), "| `--") {
+		end += strings.IndexByte(string(rb[end:]), '\n') + 1
+	}
+	if os.Getenv("IMSIDECAR_UPDATE_DOCS") == "1" {
+		rb = []byte(string(rb[:start]) + rows + string(rb[end:]))
+		if err := os.WriteFile(readme, rb, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		end = start + len(rows)
+	}
+	if string(rb[start:end]) != rows {
+		t.Fatal("README.md's configuration table differs from the flag set (IMSIDECAR_UPDATE_DOCS=1 go test ./sidecar -run TestConfigDoc)")
 	}
 }

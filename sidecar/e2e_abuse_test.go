@@ -559,14 +559,16 @@ func metricsText(t *testing.T, d *daemon) string {
 	return string(b)
 }
 
-// TestAbuseServerStanzas: a scripted server sends one user oversized,
-// malformed and hostile XML. That user's stream closes with a state event
-// (reason stream_error) and comes back; another user on the same daemon
-// keeps receiving.
+// TestAbuseServerStanzas: a scripted server sends one user an endless,
+// malformed or hostile element. That user's stream closes with a state
+// event (reason stream_error) and comes back; another user on the same
+// daemon keeps receiving. A stanza that is merely over
+// --xmpp-max-stanza-size is skipped instead: a dropped event, and the
+// stream stays up.
 func TestAbuseServerStanzas(t *testing.T) {
 	requireBinary(t, "php", "php-cli php-redis")
 	// One victim per case, so each reconnects after its first backoff.
-	const victims = 6
+	const victims = 7
 	accounts := map[string]string{"frank": "frank-pw"}
 	for i := range victims {
 		accounts[fmt.Sprintf("eve%d", i)] = fmt.Sprintf("eve%d-pw", i)
@@ -578,7 +580,7 @@ func TestAbuseServerStanzas(t *testing.T) {
 	}
 	srv := &xmppconntest.Server{Addr: fake.Addr, Domain: fake.Domain, CAFile: fake.Certs.CAFile}
 	e := &e2e{XMPP: srv, Store: phpStore{Kind: "files", SavePath: dir}}
-	e.D = startDaemon(t, daemonOptions{Store: e.Store, XMPP: srv})
+	e.D = startDaemon(t, daemonOptions{Store: e.Store, XMPP: srv, Extra: []string{"--xmpp-max-stanza-size=65536"}})
 	t.Cleanup(func() { e.checkLogs(t) })
 	frank := e.login(t, "frank")
 
@@ -611,7 +613,7 @@ func TestAbuseServerStanzas(t *testing.T) {
 	frankStates := len(pf.seen)
 
 	cases := []struct{ name, xml string }{
-		{"oversized stanza", "<message from='x@" + fake.Domain + "/r' type='chat'><body>" + strings.Repeat("A", 300<<10) + "</body></message>"},
+		{"endless stanza", "<message from='x@" + fake.Domain + "/r' type='chat'><body>" + strings.Repeat("A", 2<<20)},
 		{"malformed", "<message from='x@" + fake.Domain + "/r'><body>x</bdy></message>"},
 		{"nested 10000 deep", "<message from='x@" + fake.Domain + "/r'>" + strings.Repeat("<a>", 10000)},
 		{"invalid UTF-8", "<message from='x@" + fake.Domain + "/r'><body>\xff\xfe\xfd</body></message>"},
@@ -647,4 +649,29 @@ func TestAbuseServerStanzas(t *testing.T) {
 			t.Logf("%s: state %s (%s), then %s (%s)", name, down.State, down.Reason, up.State, up.Reason)
 		})
 	}
+	t.Run("oversized stanza", func(t *testing.T) {
+		name := fmt.Sprintf("eve%d", len(cases))
+		eve := e.login(t, name)
+		pe := eve.connect(t)
+		fc := nextConn(t, name)
+		big := "<message from='x@" + fake.Domain + "/r' type='chat' id='big'><body>" + strings.Repeat("A", 300<<10) + "</body></message>"
+		if err := fc.Write(big + "<message from='x@" + fake.Domain + "/r' type='chat' id='n'><body>next</body></message>"); err != nil {
+			t.Fatal(err)
+		}
+		d := pe.waitFor(t, 10*time.Second, "dropped", func(ev event) bool { return ev.Event == "dropped" })
+		if d.From != "x@"+fake.Domain+"/r" || d.ID != "big" || d.Type != "chat" || d.Stanza != "message" || d.Bytes != len(big) {
+			t.Errorf("dropped event %+v, want the %d-byte message big from x", d, len(big))
+		}
+		pe.seenOrWait(t, 10*time.Second, "the next message", func(ev event) bool { return ev.Event == "message" && ev.Body == "next" })
+		for _, ev := range pe.seen {
+			if ev.Event == "state" && ev.State != "connecting" && ev.State != "online" {
+				t.Errorf("the stream changed state: %+v", ev)
+			}
+		}
+		select {
+		case <-fc.Done():
+			t.Error("the stream closed")
+		default:
+		}
+	})
 }

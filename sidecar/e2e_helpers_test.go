@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -690,6 +691,9 @@ type event struct {
 	Error       string `json:"error"`
 	// Presence: the XEP-0153 avatar hash.
 	Avatar *string `json:"avatar"`
+	// dropped and send_failed: the stanza's kind and size.
+	Stanza string `json:"stanza"`
+	Bytes  int    `json:"bytes"`
 }
 
 type eventsPage struct {
@@ -905,6 +909,9 @@ func dialDesktop(tb testing.TB, srv *xmppconntest.Server, name string) *desktop 
 	conn, err := xmppconn.Dial(tb.Context(), xmppconn.Config{
 		Addr: srv.Addr, Domain: srv.Domain, TLSConfig: srv.TLSConfig(),
 		User: name, Password: name + "-pw", Resource: "desktop",
+		// A desktop client sends what its user types, up to the server's
+		// own limit: only the daemon bounds what web users send.
+		MaxSendSize: 1 << 20,
 		Handler: xmppconn.HandlerFunc(func(ev xmppconn.Event) {
 			select {
 			case d.events <- ev:
@@ -996,4 +1003,15 @@ func errCode(err error) string {
 		return ae.Code
 	}
 	return ""
+}
+
+// metricValue reads one unlabelled series from the daemon's /metrics.
+func metricValue(t *testing.T, d *daemon, name string) float64 {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)^` + name + ` (\S+)$`).FindStringSubmatch(metricsText(t, d))
+	if m == nil {
+		t.Fatalf("no %s in /metrics", name)
+	}
+	v, _ := strconv.ParseFloat(m[1], 64)
+	return v
 }

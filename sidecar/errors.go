@@ -20,8 +20,9 @@ var (
 	ErrTooLarge       = errors.New("sidecar: request body too large")
 	ErrRateLimited    = errors.New("sidecar: rate limited")
 	ErrShuttingDown   = errors.New("sidecar: shutting down")
-	// ErrAuthThrottled: too many XMPP authentication failures in the last
-	// hour (--auth-failure-limit); a password not seen working is not tried.
+	// ErrAuthThrottled: the XMPP authentication failure budget
+	// (--auth-failure-limit an hour) had no unit free for a login before
+	// its context ended; the password was not sent to the server.
 	ErrAuthThrottled = errors.New("sidecar: XMPP authentication throttled after too many failures")
 	// ErrTooManyConnections: the API already holds --max-connections
 	// connections; the new one is answered 503 and closed.
@@ -77,6 +78,8 @@ func statusFor(err error) (int, string) {
 		return http.StatusConflict, "not_connected"
 	case errors.Is(err, ErrTooLarge):
 		return http.StatusRequestEntityTooLarge, "too_large"
+	case errors.Is(err, xmppconn.ErrSendTooLarge):
+		return http.StatusRequestEntityTooLarge, "message_too_large"
 	case errors.Is(err, ErrRateLimited):
 		return http.StatusTooManyRequests, "rate_limited"
 	case errors.Is(err, ErrTooManyPolls):

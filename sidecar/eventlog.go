@@ -88,8 +88,16 @@ type eventLog struct {
 	gap     uint64  // cursors below this offset are not recovered
 	acked   uint64  // highest offset a poll's cursor has acknowledged
 	waiters []waiter
-	dropped uint64 // unacknowledged events pushed out of a full ring
+	dropped uint64 // unacknowledged events pushed out of a full ring or by a byte cap
 	onDrop  func()
+	// bytes is what the kept events cost (eventCost), at most maxBytes
+	// (0: no cap) but for the newest event; mem, if set, is the
+	// daemon-wide budget the log counts in. Written under mu, read
+	// without it by the daemon-wide eviction.
+	bytes    atomic.Int64
+	maxBytes int64
+	mem      *eventMemory
+	released bool // its session is gone: keep nothing
 	// keys holds the dedup keys of the events still in buf (key → offset),
 	// so a stanza the server delivers twice is logged once.
 	keys map[string]uint64
@@ -133,6 +141,10 @@ func (l *eventLog) append(kind string, fields []byte) {
 // — and the page must see it once.
 func (l *eventLog) appendOnce(kind, key string, fields []byte) bool {
 	l.mu.Lock()
+	if l.released {
+		l.mu.Unlock()
+		return false
+	}
 	if key != "" {
 		if _, dup := l.keys[key]; dup {
 			l.mu.Unlock()
@@ -147,6 +159,7 @@ func (l *eventLog) appendOnce(kind, key string, fields []byte) bool {
 	l.trimLocked(now)
 	ev := event{offset: l.next, at: now, kind: kind, fields: fields, key: key}
 	l.next++
+	cost := eventCost(&ev)
 	if l.n == len(l.buf) && len(l.buf) < l.size {
 		grown := make([]event, min(2*len(l.buf), l.size))
 		for i := range l.n {
@@ -155,23 +168,13 @@ func (l *eventLog) appendOnce(kind, key string, fields []byte) bool {
 		l.buf, l.start = grown, 0
 	}
 	if l.n == len(l.buf) {
-		old := l.buf[l.start]
-		if old.key != "" && l.keys[old.key] == old.offset {
-			delete(l.keys, old.key)
-		}
-		l.buf[l.start] = ev
-		l.start = (l.start + 1) % len(l.buf)
-		if old.offset > l.acked {
-			// Nobody has seen it: a poller this far behind will be told
-			// recovered=false.
-			l.dropped++
-			if l.onDrop != nil {
-				l.onDrop()
-			}
-		}
-	} else {
-		l.buf[(l.start+l.n)%len(l.buf)] = ev
-		l.n++
+		l.evictLocked()
+	}
+	l.buf[(l.start+l.n)%len(l.buf)] = ev
+	l.n++
+	l.addBytes(cost)
+	for l.maxBytes > 0 && l.bytes.Load() > l.maxBytes && l.n > 1 {
+		l.evictLocked()
 	}
 	ws := l.waiters
 	l.waiters = nil
@@ -179,7 +182,43 @@ func (l *eventLog) appendOnce(kind, key string, fields []byte) bool {
 	for _, w := range ws {
 		w.wake()
 	}
+	if m := l.mem; m != nil && m.over() {
+		m.shrink()
+	}
 	return true
+}
+
+// eventOverhead is what an event costs besides its bytes: its slot in
+// the ring (unsafe.Sizeof(event{}) on 64-bit) and its allocations' headers.
+const eventOverhead = 96
+
+// eventCost is what the event log counts for ev against the byte caps.
+func eventCost(ev *event) int64 { return int64(len(ev.fields) + len(ev.key) + eventOverhead) }
+
+func (l *eventLog) addBytes(n int64) {
+	l.bytes.Add(n)
+	if l.mem != nil {
+		l.mem.total.Add(n)
+	}
+}
+
+// evictLocked drops the oldest event. An unacknowledged one is counted as
+// dropped: a poller this far behind will be told recovered=false.
+func (l *eventLog) evictLocked() {
+	ev := &l.buf[l.start]
+	if ev.key != "" && l.keys[ev.key] == ev.offset {
+		delete(l.keys, ev.key)
+	}
+	if ev.offset > l.acked {
+		l.dropped++
+		if l.onDrop != nil {
+			l.onDrop()
+		}
+	}
+	l.addBytes(-eventCost(ev))
+	*ev = event{} // let the bytes go
+	l.start = (l.start + 1) % len(l.buf)
+	l.n--
 }
 
 // trim lets go of the acknowledged events older than ackedRetention; the
@@ -192,22 +231,23 @@ func (l *eventLog) trim() {
 
 func (l *eventLog) trimLocked(now int64) {
 	cut := 0
-	for cut < l.n {
-		ev := &l.buf[(l.start+cut)%len(l.buf)]
+	for l.n > 0 {
+		ev := &l.buf[l.start]
 		if ev.offset > l.acked || now-ev.at < int64(ackedRetention) {
 			break
 		}
-		if ev.key != "" && l.keys[ev.key] == ev.offset {
-			delete(l.keys, ev.key)
-		}
-		*ev = event{} // let the bytes go
+		l.evictLocked()
 		cut++
 	}
 	if cut == 0 {
 		return
 	}
-	l.start = (l.start + cut) % len(l.buf)
-	l.n -= cut
+	l.shrinkRingLocked()
+}
+
+// shrinkRingLocked forgets an empty key map and gives back a ring that
+// grew for a burst.
+func (l *eventLog) shrinkRingLocked() {
 	if len(l.keys) == 0 {
 		l.keys = nil // a map never shrinks
 	}

@@ -35,7 +35,7 @@ func TestSystemdUnit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	unit = strings.ReplaceAll(unit, "/usr/local/bin/imsidecar", daemonBinary(t))
+	unit = strings.ReplaceAll(unit, "/usr/bin/imsidecar", daemonBinary(t))
 	unit = strings.ReplaceAll(unit, "/etc/default/imsidecar", env)
 	path := filepath.Join(t.TempDir(), "imsidecar.service")
 	if err := os.WriteFile(path, []byte(unit), 0o644); err != nil {

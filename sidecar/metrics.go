@@ -17,29 +17,39 @@ type metrics struct {
 	eventsQueued  prometheus.Counter
 	eventsDropped prometheus.Counter
 	connRejected  prometheus.Counter
-	apiLatency    *prometheus.HistogramVec
-	storeLatency  prometheus.Histogram
+	// stanzasDropped counts inbound stanzas over --xmpp-max-stanza-size;
+	// sendsRefused the stanzas the server refused (policy-violation).
+	stanzasDropped prometheus.Counter
+	sendsRefused   prometheus.Counter
+	apiLatency     *prometheus.HistogramVec
+	storeLatency   prometheus.Histogram
 }
 
-func newMetrics(sessions func() map[xmppconn.State]int) *metrics {
+// newMetrics registers the series; sessions counts the sessions by state
+// and eventBytes is what the event logs hold, both read at scrape time.
+func newMetrics(sessions func() map[xmppconn.State]int, eventBytes func() int64) *metrics {
 	reg := prometheus.NewRegistry()
 	m := &metrics{
-		reg:           reg,
-		connects:      prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_connects_total", Help: "XMPP streams opened."}),
-		reconnects:    prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_reconnects_total", Help: "Streams replaced without resumption (continuity lost)."}),
-		resumptions:   prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_resumptions_total", Help: "Streams resumed with XEP-0198."}),
-		authFailures:  prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_auth_failures_total", Help: "XMPP authentication failures."}),
-		eventsQueued:  prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_events_queued_total", Help: "Events appended to session logs."}),
-		eventsDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_events_dropped_total", Help: "Unacknowledged events pushed out of full session logs; a poller that far behind is told recovered=false."}),
-		connRejected:  prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_api_connections_rejected_total", Help: "API connections answered 503 too_many_connections (--max-connections)."}),
+		reg:            reg,
+		connects:       prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_connects_total", Help: "XMPP streams opened."}),
+		reconnects:     prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_reconnects_total", Help: "Streams replaced without resumption (continuity lost)."}),
+		resumptions:    prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_resumptions_total", Help: "Streams resumed with XEP-0198."}),
+		authFailures:   prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_auth_failures_total", Help: "XMPP authentication failures."}),
+		eventsQueued:   prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_events_queued_total", Help: "Events appended to session logs."}),
+		eventsDropped:  prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_events_dropped_total", Help: "Unacknowledged events pushed out of session logs full of events (--event-buffer) or bytes (--event-buffer-mb, --event-memory-mb); a poller that far behind is told recovered=false."}),
+		connRejected:   prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_api_connections_rejected_total", Help: "API connections answered 503 too_many_connections (--max-connections)."}),
+		stanzasDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_stanzas_dropped_total", Help: "Stanzas from the Jabber server over --xmpp-max-stanza-size, skipped without breaking the stream (the user gets a dropped event)."}),
+		sendsRefused:   prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_sends_refused_total", Help: "Stanzas the Jabber server refused with a policy-violation stream error, taken out of the resend queue (the user gets a send_failed event)."}),
 		apiLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "imsidecar_api_request_duration_seconds",
 			Help: "API latency by route and status (long polls included).", Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5, 30, 60}},
 			[]string{"route", "status"}),
 		storeLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "imsidecar_session_store_duration_seconds",
 			Help: "PHP session lookups.", Buckets: []float64{.00001, .00005, .0001, .0005, .001, .005, .01, .05, .1, .5}}),
 	}
-	reg.MustRegister(m.connects, m.reconnects, m.resumptions, m.authFailures, m.eventsQueued, m.eventsDropped, m.connRejected, m.apiLatency, m.storeLatency,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(m.connects, m.reconnects, m.resumptions, m.authFailures, m.eventsQueued, m.eventsDropped, m.connRejected, m.stanzasDropped, m.sendsRefused, m.apiLatency, m.storeLatency,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "imsidecar_event_log_bytes", Help: "Bytes the session event logs hold, counted against --event-memory-mb."},
+			func() float64 { return float64(eventBytes()) }))
 	states := []xmppconn.State{xmppconn.StateConnecting, xmppconn.StateOnline, xmppconn.StateReconnecting, xmppconn.StateOffline, xmppconn.StateAuthFailed}
 	desc := prometheus.NewDesc("imsidecar_sessions", "Sessions by state.", []string{"state"}, nil)
 	reg.MustRegister(collectorFunc{desc: desc, collect: func(ch chan<- prometheus.Metric) {

@@ -138,11 +138,11 @@ type registry struct {
 	sessions   map[string]*session
 	dialing    map[string]chan struct{}
 	authFailed map[string][32]byte // key → credentials that failed
-	// failTimes are the XMPP authentication failures of the last hour, for
-	// --auth-failure-limit; goodCreds the credentials that last worked per
-	// user (hashes), which are still tried past the limit.
-	failTimes []time.Time
-	goodCreds map[string][32]byte
+	// auth admits every XMPP authentication, first or reconnection
+	// (--auth-failure-limit).
+	auth *authLimiter
+	// mem is the daemon-wide byte budget of the event logs.
+	mem *eventMemory
 	// ids remembers, per session key, the PHP session id the API last
 	// saw, so the janitor can re-read the session. Only in memory.
 	idsMu   sync.Mutex
@@ -154,7 +154,7 @@ type registry struct {
 func newRegistry(cfg *Config, reader sessionReader, dial dialFunc, tlsConf *tls.Config, logger *slog.Logger, m *metrics) *registry {
 	return &registry{cfg: cfg, reader: reader, dial: dial, tlsConf: tlsConf, logger: logger, metrics: m,
 		sessions: map[string]*session{}, dialing: map[string]chan struct{}{}, authFailed: map[string][32]byte{},
-		goodCreds: map[string][32]byte{}}
+		auth: newAuthLimiter(cfg.AuthFailLimit, m.authFailures.Inc), mem: newEventMemory(int64(cfg.EventMemoryMB) << 20)}
 }
 
 func sessionKey(id string) string {
@@ -175,7 +175,8 @@ func (r *registry) get(id string) *session {
 
 // connect returns the live stream of this PHP session, opening it when
 // needed. Concurrent connects for one session dial once. After an XMPP
-// authentication failure the same credentials are not tried again.
+// authentication failure the same credentials are not tried again. The
+// dial waits for r.auth to admit the login, bounded by ctx.
 func (r *registry) connect(ctx context.Context, id string, ps *phpsession.Session, initial *xmppconn.Presence) (*session, bool, error) {
 	key := sessionKey(id)
 	cred := credentials(ps.Identity)
@@ -188,10 +189,6 @@ func (r *registry) connect(ctx context.Context, id string, ps *phpsession.Sessio
 		if failed, ok := r.authFailed[key]; ok && failed == cred {
 			r.mu.Unlock()
 			return nil, false, fmt.Errorf("%w: not retried until the PHP session changes", xmppconn.ErrAuth)
-		}
-		if r.throttledLocked(ps.Identity.User, cred, time.Now()) {
-			r.mu.Unlock()
-			return nil, false, ErrAuthThrottled
 		}
 		if ch, ok := r.dialing[key]; ok {
 			r.mu.Unlock()
@@ -216,55 +213,22 @@ func (r *registry) connect(ctx context.Context, id string, ps *phpsession.Sessio
 		delete(r.dialing, key)
 		close(ch)
 		if err == nil {
+			if old := r.sessions[key]; old != nil && old.log != s.log {
+				r.mem.release(old.log) // another user's: the page is no longer theirs
+			}
 			r.sessions[key] = s
 			delete(r.authFailed, key)
-			r.goodCreds[ps.Identity.User] = cred
 		} else if errors.Is(err, xmppconn.ErrAuth) {
 			r.authFailed[key] = cred
-			r.noteAuthFailureLocked(ps.Identity.User, time.Now())
 		}
 		r.mu.Unlock()
 		return s, true, err
 	}
 }
 
-// throttledLocked reports whether cred must not be tried now: the daemon
-// had --auth-failure-limit failures in the last hour, and cred is not what
-// last worked for user. Every web user reaches the server from one address,
-// and servers ban an address after a number of failures (ejabberd's
-// mod_fail2ban: 20 per hour), so a storm of stale passwords must never
-// get there. r.mu is held.
-func (r *registry) throttledLocked(user string, cred [32]byte, now time.Time) bool {
-	if r.cfg.AuthFailLimit <= 0 {
-		return false
-	}
-	r.pruneFailuresLocked(now)
-	if len(r.failTimes) < r.cfg.AuthFailLimit {
-		return false
-	}
-	good, ok := r.goodCreds[user]
-	return !ok || good != cred
-}
-
-func (r *registry) pruneFailuresLocked(now time.Time) {
-	i := 0
-	for i < len(r.failTimes) && now.Sub(r.failTimes[i]) >= time.Hour {
-		i++
-	}
-	r.failTimes = r.failTimes[i:]
-}
-
-// noteAuthFailureLocked counts a failure; the credentials that last worked
-// for user no longer count as good. r.mu is held.
-func (r *registry) noteAuthFailureLocked(user string, now time.Time) {
-	r.pruneFailuresLocked(now)
-	r.failTimes = append(r.failTimes, now)
-	delete(r.goodCreds, user)
-}
-
 // open dials a stream for a PHP session, reusing the event log of an
 // earlier stream of the same session so that cursors stay valid.
-func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session, old *session, initial *xmppconn.Presence) (*session, error) {
+func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session, old *session, initial *xmppconn.Presence) (_ *session, err error) {
 	if old != nil {
 		r.closeSession(old, "replaced")
 	}
@@ -274,7 +238,12 @@ func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session,
 	if old != nil && old.user == s.user {
 		s.log = old.log
 	} else {
-		s.log = newEventLog(r.cfg.EventBuffer, r.metrics.eventsDropped.Inc)
+		s.log = r.mem.newLog(r.cfg.EventBuffer, int64(r.cfg.EventBufferMB)<<20, r.metrics.eventsDropped.Inc)
+		defer func() {
+			if err != nil {
+				r.mem.release(s.log) // nobody can poll it
+			}
+		}()
 	}
 	s.start = s.log.head()
 	s.lastPoll.Store(time.Now().UnixNano())
@@ -294,23 +263,30 @@ func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session,
 		InitialPresence: initial,
 		Reconnect:       true,
 		Carbons:         true,
+		AuthGate:        r.auth.gate(s.user, s.cred),
 		SoftwareName:    "imsidecar",
 		SoftwareVersion: version,
+		MaxStanzaSize:   r.cfg.XMPPMaxStanzaSize,
+		MaxSendSize:     r.cfg.XMPPMaxSendSize,
 	}
 	r.metrics.connects.Inc()
 	start := time.Now()
 	conn, err := r.dial(ctx, cfg)
 	if err != nil {
 		if errors.Is(err, xmppconn.ErrAuth) {
-			r.metrics.authFailures.Inc()
 			s.setState(xmppconn.StateAuthFailed, "auth_failed")
 			s.appendState(xmppconn.StateAuthFailed, "authentication failed")
 			logger.Warn("xmpp authentication failed; not retried until the PHP session changes")
 			return nil, err
 		}
+		if errors.Is(err, ErrAuthThrottled) {
+			s.setState(xmppconn.StateOffline, "auth_throttled")
+			logger.Warn("xmpp login not tried: the authentication failure budget is spent", "err", err)
+			return nil, err
+		}
 		s.setState(xmppconn.StateOffline, "unavailable")
 		logger.Warn("xmpp connect failed", "err", err)
-		if ctx.Err() == nil && !errors.Is(err, xmppconn.ErrConfig) {
+		if ctx.Err() == nil && !errors.Is(err, xmppconn.ErrConfig) && !errors.Is(err, ErrShuttingDown) {
 			err = fmt.Errorf("%w: %w", errXMPP, err)
 		}
 		return nil, err
@@ -449,6 +425,24 @@ func (r *registry) handle(s *session, ev xmppconn.Event) {
 			From string `json:"from"`
 			ID   string `json:"id"`
 		}{e.From, e.ID})
+	case *xmppconn.Dropped:
+		r.metrics.stanzasDropped.Inc()
+		s.appendJSON("dropped", struct {
+			Stanza string `json:"stanza"`
+			From   string `json:"from"`
+			Type   string `json:"type"`
+			ID     string `json:"id"`
+			Bytes  int    `json:"bytes"`
+		}{e.Stanza, e.From, e.Type, e.ID, e.Bytes})
+	case *xmppconn.SendFailed:
+		r.metrics.sendsRefused.Inc()
+		s.appendJSON("send_failed", struct {
+			Stanza string `json:"stanza"`
+			To     string `json:"to"`
+			ID     string `json:"id"`
+			Bytes  int    `json:"bytes"`
+			Reason string `json:"reason"`
+		}{e.Stanza, e.To, e.ID, e.Bytes, e.Reason})
 	case *xmppconn.StateChange:
 		reason := ""
 		if e.Err != nil {
@@ -465,11 +459,7 @@ func (r *registry) handle(s *session, ev xmppconn.Event) {
 			s.clearPresence()
 		}
 		if e.State == xmppconn.StateAuthFailed {
-			r.metrics.authFailures.Inc()
-			reason = "auth_failed"
-			r.mu.Lock()
-			r.noteAuthFailureLocked(s.user, time.Now())
-			r.mu.Unlock()
+			reason = "auth_failed" // counted by r.auth
 		}
 		// The state of a closing session is set by closeSession itself.
 		if cur := s.State(); cur == xmppconn.StateOffline && e.State == xmppconn.StateOffline {
@@ -707,6 +697,7 @@ func (r *registry) forget(s *session) {
 	r.mu.Lock()
 	if r.sessions[s.key] == s {
 		delete(r.sessions, s.key)
+		r.mem.release(s.log)
 	}
 	r.mu.Unlock()
 	r.idsMu.Lock()
@@ -716,6 +707,7 @@ func (r *registry) forget(s *session) {
 
 // shutdown closes every stream in parallel, bounded by ctx.
 func (r *registry) shutdown(ctx context.Context) {
+	r.auth.stop()
 	r.mu.Lock()
 	r.closing = true
 	list := make([]*session, 0, len(r.sessions))

@@ -268,7 +268,7 @@ func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error
 		}
 	}
 	var reg *registry
-	m := newMetrics(func() map[xmppconn.State]int { return reg.stateCounts() })
+	m := newMetrics(func() map[xmppconn.State]int { return reg.stateCounts() }, func() int64 { return reg.mem.total.Load() })
 	reg = newRegistry(cfg, reader, dial, tlsConf, logger, m)
 	a := &api{cfg: cfg, reg: reg, reader: reader, token: token, logger: logger, metrics: m, now: time.Now}
 	o := &ops{cfg: cfg, reg: reg, reader: reader, metrics: m, api: a, tokens: []string{token}}

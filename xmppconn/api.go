@@ -61,10 +61,14 @@ func (c *Conn) SendPresence(ctx context.Context, p Presence) error {
 		p.To = to
 	} else {
 		shown := p
-		c.lastShown.Store(&shown)
 		if p.Type != "unavailable" && p.Avatar == nil {
 			p.Avatar = c.ownAvatar.Load()
 		}
+		// Checked before it is kept: every fresh stream sends it again.
+		if err := c.sendable(encodePresence(p)); err != nil {
+			return err
+		}
+		c.lastShown.Store(&shown)
 	}
 	return c.sendPresenceEverywhere(p)
 }

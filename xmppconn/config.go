@@ -23,8 +23,21 @@ const (
 )
 
 // Defaults applied by Dial to zero Config fields.
+//
+// DefaultMaxStanzaSize is four times the 256 KiB Prosody and ejabberd
+// accept from a client: a server re-escapes what it relays (Prosody writes
+// each ' or " as a 6-byte &apos; or &quot;), so a stanza it accepted may
+// arrive larger than it left; 1 MiB holds any stanza the server accepted
+// unless more than 60% of it was quote characters. A larger one is skipped
+// and reported (Dropped), never fatal.
+//
+// DefaultMaxSendSize is below every server's default limit on what a
+// client sends: Prosody's c2s_stanza_size_limit (256 KiB), the 256 KiB of
+// the ejabberd.yml ejabberd ships, and the 64 KiB of its older example
+// configurations (its own option default is infinity).
 const (
-	DefaultMaxStanzaSize = 256 << 10
+	DefaultMaxStanzaSize = 1 << 20
+	DefaultMaxSendSize   = 60 << 10
 	DefaultPingInterval  = 60 * time.Second
 	DefaultPingTimeout   = 20 * time.Second
 	DefaultIQTimeout     = 30 * time.Second
@@ -51,10 +64,17 @@ type Config struct {
 	// later fresh (not resumed) stream sends the last broadcast presence
 	// given to SendPresence instead, or this one if there was none.
 	InitialPresence *Presence
-	MaxStanzaSize   int           // default 256 KiB
-	PingInterval    time.Duration // idle time before a liveness probe; default 60s
-	PingTimeout     time.Duration // default 20s
-	IQTimeout       time.Duration // default 30s
+	// MaxStanzaSize bounds the memory one inbound stanza may take: a
+	// larger one is read through without being kept, counted as handled
+	// and reported as *Dropped; the stream stays up. Default 1 MiB.
+	MaxStanzaSize int
+	// MaxSendSize bounds the encoded size of a stanza sent: a larger one
+	// is refused with ErrSendTooLarge and never queued. Default 60 KiB.
+	MaxSendSize int
+
+	PingInterval time.Duration // idle time before a liveness probe; default 60s
+	PingTimeout  time.Duration // default 20s
+	IQTimeout    time.Duration // default 30s
 	// Reconnect reconnects with backoff after a broken stream (never after ErrAuth).
 	Reconnect              bool
 	MinBackoff, MaxBackoff time.Duration
@@ -67,6 +87,9 @@ type Config struct {
 	// MaxQueue bounds the messages and presences queued while the stream is
 	// down; beyond it Send returns ErrNotConnected. Default 256.
 	MaxQueue int
+	// AuthGate, if set, admits every authentication attempt, the first
+	// and every reconnection, and learns each outcome (see AuthGate).
+	AuthGate AuthGate
 	// SoftwareName and SoftwareVersion answer jabber:iq:version requests;
 	// defaults "imsidecar" and "1".
 	SoftwareName, SoftwareVersion string
@@ -179,14 +202,23 @@ func (cfg Config) normalize() (Config, error) {
 	if cfg.MaxBackoff < cfg.MinBackoff {
 		return bad("MaxBackoff %v < MinBackoff %v", cfg.MaxBackoff, cfg.MinBackoff)
 	}
-	if cfg.MaxStanzaSize < 0 {
-		return bad("MaxStanzaSize is negative")
-	}
-	if cfg.MaxStanzaSize == 0 {
-		cfg.MaxStanzaSize = DefaultMaxStanzaSize
-	}
-	if cfg.MaxStanzaSize < 4096 {
-		return bad("MaxStanzaSize %d is below 4096", cfg.MaxStanzaSize)
+	for _, f := range []struct {
+		p        *int
+		def, min int
+		n        string
+	}{
+		{&cfg.MaxStanzaSize, DefaultMaxStanzaSize, 4096, "MaxStanzaSize"},
+		{&cfg.MaxSendSize, DefaultMaxSendSize, 1024, "MaxSendSize"},
+	} {
+		if *f.p < 0 {
+			return bad("%s is negative", f.n)
+		}
+		if *f.p == 0 {
+			*f.p = f.def
+		}
+		if *f.p < f.min {
+			return bad("%s %d is below %d", f.n, *f.p, f.min)
+		}
 	}
 	if cfg.MaxQueue < 0 {
 		return bad("MaxQueue is negative")

@@ -31,6 +31,8 @@ func TestConfigNormalize(t *testing.T) {
 		{"negative ping", func(c *Config) { c.PingInterval = -1 }, ErrConfig},
 		{"backoff order", func(c *Config) { c.MinBackoff = time.Minute; c.MaxBackoff = time.Second }, ErrConfig},
 		{"tiny stanza limit", func(c *Config) { c.MaxStanzaSize = 100 }, ErrConfig},
+		{"tiny send limit", func(c *Config) { c.MaxSendSize = 100 }, ErrConfig},
+		{"negative send limit", func(c *Config) { c.MaxSendSize = -1 }, ErrConfig},
 		{"negative queue", func(c *Config) { c.MaxQueue = -1 }, ErrConfig},
 	}
 	for _, tt := range tests {
@@ -45,7 +47,7 @@ func TestConfigNormalize(t *testing.T) {
 				return
 			}
 			if got.Domain != "example.org" || got.User != "alice" || got.Handler == nil || got.Logger == nil ||
-				got.MaxStanzaSize != DefaultMaxStanzaSize || got.PingInterval != DefaultPingInterval || got.MaxQueue != DefaultMaxQueue {
+				got.MaxStanzaSize != DefaultMaxStanzaSize || got.MaxSendSize != DefaultMaxSendSize || got.PingInterval != DefaultPingInterval || got.MaxQueue != DefaultMaxQueue {
 				t.Fatalf("defaults not applied: %+v", got)
 			}
 			if tt.name == "ok" && got.TLS != TLSStartTLS {

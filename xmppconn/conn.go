@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -37,11 +38,18 @@ type Conn struct {
 	ownAvatar atomic.Pointer[string]
 	lastShown atomic.Pointer[Presence]
 
-	// wmu serializes writes and guards s, sm and queue.
+	// wmu serializes writes and guards s, sm, queue and suspect.
 	wmu   sync.Mutex
 	s     *stream
 	sm    smState
 	queue [][]byte
+	// suspect is the first byte of the largest unacknowledged stanza when
+	// the stream last broke without saying why (dropRefused).
+	suspect *byte
+
+	// authenticated: these credentials were accepted once (AuthGate's
+	// knownGood).
+	authenticated atomic.Bool
 
 	// inH is the number of inbound stanzas handled; only the goroutine
 	// that reads the stream touches it.
@@ -168,6 +176,15 @@ func (c *Conn) establish(ctx context.Context) (*stream, bool, error) {
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.IQTimeout+c.cfg.WriteTimeout)
 		defer cancel()
 	}
+	var ticket authTicket
+	if g := c.cfg.AuthGate; g != nil {
+		release, err := g.Acquire(ctx, c.authenticated.Load())
+		if err != nil {
+			return nil, false, fmt.Errorf("xmppconn: authentication not admitted: %w", err)
+		}
+		ticket.release = release
+		defer ticket.end(AuthAborted) // the attempt ended before SASL did
+	}
 	s, err := dialStream(ctx, &c.cfg)
 	if err != nil {
 		return nil, false, ctxErr(ctx, err)
@@ -184,7 +201,7 @@ func (c *Conn) establish(ctx context.Context) (*stream, bool, error) {
 			c.wmu.Unlock()
 		}
 	}()
-	resumed, err := c.negotiate(s)
+	resumed, err := c.negotiate(s, &ticket)
 	if err != nil {
 		return nil, false, ctxErr(ctx, err)
 	}
@@ -214,10 +231,14 @@ func ctxErr(ctx context.Context, err error) error {
 
 // negotiate runs SASL, then resumption or bind, session, SM enable,
 // carbons, initial presence, and flushes what waited for a stream.
-func (c *Conn) negotiate(s *stream) (resumed bool, err error) {
-	if err := s.authenticate(c.cfg.User, c.cfg.Password); err != nil {
+// The gate's ticket ends with the SASL exchange.
+func (c *Conn) negotiate(s *stream, ticket *authTicket) (resumed bool, err error) {
+	err = s.authenticate(c.cfg.User, c.cfg.Password)
+	ticket.end(resultOf(err))
+	if err != nil {
 		return false, err
 	}
+	c.authenticated.Store(true)
 	if err := s.restart(c.cfg.Domain); err != nil {
 		return false, err
 	}
@@ -291,7 +312,7 @@ func (c *Conn) negotiate(s *stream) (resumed bool, err error) {
 	}
 	if _, err := c.awaitIQ(s, rid); err != nil {
 		var se *StanzaError
-		if !errors.As(err, &se) {
+		if !errors.As(err, &se) && !errors.Is(err, ErrStanzaTooLarge) {
 			return false, err
 		}
 	}
@@ -459,6 +480,9 @@ func (c *Conn) awaitIQ(s *stream, id string) (*node, error) {
 	if err != nil {
 		return nil, err
 	}
+	if n.skipped > 0 {
+		return nil, fmt.Errorf("%w: a reply of %d bytes", ErrStanzaTooLarge, n.skipped)
+	}
 	if n.get("type") == "error" {
 		return nil, parseStanzaError(n)
 	}
@@ -527,11 +551,24 @@ func (c *Conn) ackLocked(h uint32) {
 	c.sm.acked = h
 }
 
+// sendable refuses a stanza over MaxSendSize: the server could close the
+// stream on it (policy-violation), and XEP-0198 would send it again after
+// every reconnect.
+func (c *Conn) sendable(raw []byte) error {
+	if len(raw) > c.cfg.MaxSendSize {
+		return fmt.Errorf("%w: %d bytes encoded, over the %d-byte limit", ErrSendTooLarge, len(raw), c.cfg.MaxSendSize)
+	}
+	return nil
+}
+
 // send writes a stanza on the current stream, or queues it while the
 // stream is down (queueable stanzas only).
 func (c *Conn) send(raw []byte, queueable bool) error {
 	if c.closing.Load() {
 		return ErrClosed
+	}
+	if err := c.sendable(raw); err != nil {
+		return err
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -610,6 +647,7 @@ func (c *Conn) loop(s *stream, st *runState, grown bool) {
 			c.finish(err, StateOffline, err)
 			return
 		}
+		c.dropRefused(err)
 		c.setState(StateReconnecting)
 		c.emit(&StateChange{State: StateReconnecting, Err: err})
 		if time.Since(st.onlineSince) >= stableOnline {
@@ -639,6 +677,71 @@ func (c *Conn) loop(s *stream, st *runState, grown bool) {
 		c.emit(&StateChange{State: StateOnline, Resumed: resumed, ContinuityLost: !resumed})
 		grown = true // the login grew this goroutine's stack
 	}
+}
+
+// minRefusable is the smallest stanza taken for the cause of a broken
+// stream: Prosody does not let c2s_stanza_size_limit go below 10,000
+// bytes, so a smaller stanza was not refused for its size.
+const minRefusable = 10000
+
+// dropRefused takes out of the XEP-0198 resend queue a stanza the server
+// refused, so that it is not sent again after every reconnect. Servers
+// close the stream with policy-violation on a stanza over their size
+// limit, and the culprit is the largest unacknowledged stanza: the server
+// read none of the stanzas from the culprit on, and any of them as large
+// would have been refused as well. Dropping it leaves the positions of
+// those before it, which are all an ack can still cover, untouched.
+//
+// The server's error is often lost: it closes the socket with the rest of
+// the stanza unread, and the TCP reset that follows discards the error
+// before it is read. So when the connection itself broke (no stream error,
+// no timeout) twice in a row with the same stanza the largest
+// unacknowledged one, it is taken for refused too: at most two breaks,
+// instead of one after every reconnect.
+func (c *Conn) dropRefused(why error) {
+	var se *StreamError
+	reason := ""
+	switch {
+	case errors.As(why, &se) && se.Condition == "policy-violation":
+		reason = "policy-violation"
+	case errors.As(why, &se), errors.Is(why, ErrTimeout), errors.Is(why, ErrProtocol), errors.Is(why, ErrStanzaTooLarge):
+		// The break has another explanation: another stream error, a
+		// silent server, or what the server sent us.
+		c.wmu.Lock()
+		c.suspect = nil
+		c.wmu.Unlock()
+		return
+	}
+	c.wmu.Lock()
+	i := -1
+	for j, raw := range c.sm.unacked {
+		if len(raw) >= minRefusable && (i < 0 || len(raw) > len(c.sm.unacked[i])) {
+			i = j
+		}
+	}
+	if i < 0 {
+		c.suspect = nil
+		c.wmu.Unlock()
+		return
+	}
+	raw := c.sm.unacked[i]
+	if reason == "" && c.suspect == &raw[0] {
+		reason = "stream_broken"
+	}
+	if reason == "" {
+		c.suspect = &raw[0]
+		c.wmu.Unlock()
+		return
+	}
+	c.suspect = nil
+	c.sm.unacked = slices.Delete(c.sm.unacked, i, i+1)
+	c.wmu.Unlock()
+	ev := &SendFailed{Bytes: len(raw), Reason: reason}
+	if n, err := parseStartTag(stdHeader, raw); err == nil {
+		ev.Stanza, ev.To, ev.ID = n.name.Local, n.get("to"), n.get("id")
+	}
+	c.log.Warn("xmppconn: the server refused a stanza; not sending it again", "reason", reason, "stanza", ev.Stanza, "to", ev.To, "bytes", ev.Bytes)
+	c.emit(ev)
 }
 
 // finish records why the Conn stopped, fails everything waiting, and

@@ -34,7 +34,10 @@
 // not acknowledged and reports StateChange{ContinuityLost: true}. With
 // Config.Reconnect it reconnects with capped, jittered exponential backoff,
 // never after an authentication failure (ErrAuth), so that a stale password
-// cannot trigger a server's login-failure ban.
+// cannot trigger a server's login-failure ban. Config.AuthGate, if set,
+// admits every attempt, the first and each reconnection, and learns each
+// outcome: one gate shared by every Conn of a process bounds the failures
+// the server sees from its address.
 //
 // Each Conn runs exactly one goroutine at a time, which reads the stream,
 // delivers events and, while the stream is down, reconnects. It is a
@@ -45,7 +48,12 @@
 // caller's goroutine, serialized by a mutex and bounded by a deadline.
 // Inbound stanzas are framed by a small scanner that enforces
 // Config.MaxStanzaSize while reading and parsed one at a time, so a large
-// stanza leaves no large buffer behind: an idle connection waits with a
+// stanza leaves no large buffer behind. A stanza over the limit is read
+// through without being kept, counted for XEP-0198 and reported as
+// *Dropped: one contact's huge message costs the user that message, not
+// the stream. Stanzas sent are bounded by Config.MaxSendSize, and one the
+// server refuses with a policy-violation stream error leaves the resend
+// queue (*SendFailed). An idle connection waits with a
 // one-byte read and holds no read buffer at all (crypto/tls itself keeps
 // its largest record buffer, golang/go#43563). Pass one shared
 // Config.TLSConfig with ServerName and MinVersion set so that connections

@@ -135,7 +135,66 @@ func TestStreamErrorMidSession(t *testing.T) {
 	}
 }
 
-// TestOversizedStanza: a stanza over MaxStanzaSize ends the stream with
+// TestOversizedStanzaSkipped: a complete stanza over MaxStanzaSize is read
+// through and reported as Dropped; the stream stays up, the stanza counts
+// in the XEP-0198 h (so the server never sends it again), an IQ request
+// that large is answered with an error, and what follows is delivered.
+func TestOversizedStanzaSkipped(t *testing.T) {
+	const limit = 64 << 10
+	s := xmppconntest.StartFakeServer(t, xmppconntest.FakeOptions{StreamManagement: true})
+	c, fc := fakeClient(t, s, func(cfg *xmppconn.Config) { cfg.MaxStanzaSize = limit })
+	ackH := func() int {
+		t.Helper()
+		if err := fc.Write(`<r xmlns='urn:xmpp:sm:3'/>`); err != nil {
+			t.Fatal(err)
+		}
+		a, err := fc.WaitFor(10*time.Second, func(e xmppconntest.Element) bool { return e.XMLName.Local == "a" })
+		if err != nil {
+			t.Fatalf("no ack: %v", err)
+		}
+		var h int
+		fmt.Sscan(a.Attr("h"), &h)
+		return h
+	}
+	h0 := ackH()
+
+	big := strings.Repeat("&apos;", limit/6+100) // as Prosody relays 11,000 '
+	msg := `<message from='bob@example.test/x' type='chat' id='big1'><body>` + big + `</body></message>`
+	iq := `<iq from='bob@example.test/x' type='get' id='bigiq'><query xmlns='jabber:iq:version'><x>` + big + `</x></query></iq>`
+	for _, x := range []string{msg, iq, `<message from='bob@example.test/x' type='chat' id='next'><body>next</body></message>`} {
+		if err := fc.Write(x); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.rec.waitFor(t, 10*time.Second, "the message after the oversized ones", messageWithBody("next"))
+	var dropped []*xmppconn.Dropped
+	evs, _ := c.rec.snapshot()
+	for _, ev := range evs {
+		if d, ok := ev.(*xmppconn.Dropped); ok {
+			dropped = append(dropped, d)
+		}
+	}
+	want := []xmppconn.Dropped{
+		{Stanza: "message", From: "bob@example.test/x", ID: "big1", Type: "chat", Bytes: len(msg)},
+		{Stanza: "iq", From: "bob@example.test/x", ID: "bigiq", Type: "get", Bytes: len(iq)},
+	}
+	if len(dropped) != len(want) || *dropped[0] != want[0] || *dropped[1] != want[1] {
+		t.Fatalf("dropped events %s, want %+v", describe(evs), want)
+	}
+	reply, err := fc.WaitFor(10*time.Second, isIQ("bigiq"))
+	if err != nil || reply.Attr("type") != "error" || !strings.Contains(reply.Inner, "policy-violation") {
+		t.Fatalf("reply to the oversized IQ: %v %s", err, reply)
+	}
+	if h := ackH(); h != h0+3 {
+		t.Errorf("h = %d after 3 stanzas from %d: the skipped ones must count", h, h0)
+	}
+	if c.State() != xmppconn.StateOnline || s.Accepted() != 1 {
+		t.Errorf("state %s after %d connections, want online on the first", c.State(), s.Accepted())
+	}
+}
+
+// TestOversizedStanza: an element over MaxStanzaSize that never ends is
+// read no further than 16 times the limit: the stream ends with
 // policy-violation and ErrStanzaTooLarge, without buffering the rest.
 func TestOversizedStanza(t *testing.T) {
 	const limit = 64 << 10

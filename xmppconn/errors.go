@@ -33,8 +33,16 @@ var (
 	// ErrConfig: a Config field is invalid.
 	ErrConfig = errors.New("xmppconn: invalid configuration")
 
-	// ErrStanzaTooLarge: the peer sent a stanza over Config.MaxStanzaSize.
+	// ErrStanzaTooLarge: the server sent an element over
+	// Config.MaxStanzaSize that could not be skipped (not a stanza, nested
+	// too deep, or going on past 16 times the limit: the stream is
+	// closed), or the reply to a request was over it (the request fails,
+	// the stream stays up).
 	ErrStanzaTooLarge = errors.New("xmppconn: stanza too large")
+
+	// ErrSendTooLarge: a stanza to send is over Config.MaxSendSize once
+	// encoded; it was not sent nor queued.
+	ErrSendTooLarge = errors.New("xmppconn: stanza too large to send")
 
 	// ErrProtocol: the server violated the protocol.
 	ErrProtocol = errors.New("xmppconn: protocol error")

@@ -4,7 +4,7 @@ import "time"
 
 // Event is anything the connection reports to its Handler: *Message,
 // *Presence, *Subscription, *RosterPush, *ChatState, *Receipt, *StateChange,
-// *Occupant (group chat, muc.go).
+// *Occupant (group chat, muc.go), *Dropped, *SendFailed.
 type Event interface{ isEvent() }
 
 // Handler receives events on the connection's reader goroutine, in stream
@@ -88,6 +88,39 @@ type Receipt struct {
 	ID   string
 }
 
+// Dropped reports an inbound stanza over Config.MaxStanzaSize: it was read
+// through without being kept, counted as handled for XEP-0198 (so the
+// server never sends it again) and the stream stayed up. Only its start
+// tag was read: From, Type and ID are its attributes ("" when absent, or
+// when even the start tag was over the limit). A dropped IQ request was
+// answered with a policy-violation error; a dropped IQ reply fails its
+// request with ErrStanzaTooLarge.
+type Dropped struct {
+	Stanza   string // message, presence or iq
+	From, ID string
+	Type     string
+	Bytes    int // the stanza's size as received
+}
+
+// SendFailed reports a stanza the server refused after it was accepted
+// for sending. Either the server closed the stream with a policy-violation
+// error (RFC 6120 §4.9.3.14; Prosody and ejabberd do so for a stanza over
+// their size limit) while it was unacknowledged: it is taken out of the
+// XEP-0198 resend queue, so it is never sent again, and the stream
+// reconnects as usual. Or a message came back as a policy-violation stanza
+// error (the server counted it, so it is not re-sent either; the error is
+// also delivered as a *Message of type "error").
+type SendFailed struct {
+	Stanza string // message, presence or iq
+	To, ID string
+	Bytes  int // its encoded size; 0 for a stanza error, which does not say
+	// Reason is "policy-violation", or "stream_broken": the connection
+	// broke twice in a row, without a stream error, while this was the
+	// largest unacknowledged stanza (the server's error is lost when it
+	// closes the socket with the stanza's end unread).
+	Reason string
+}
+
 // State is the connection's lifecycle state.
 type State string
 
@@ -120,3 +153,5 @@ func (*RosterPush) isEvent()   {}
 func (*ChatState) isEvent()    {}
 func (*Receipt) isEvent()      {}
 func (*StateChange) isEvent()  {}
+func (*Dropped) isEvent()      {}
+func (*SendFailed) isEvent()   {}

@@ -38,20 +38,40 @@ const (
 	frameStreamOpen                   // <stream:stream ...> (unclosed start tag)
 	frameStreamClose                  // </stream:stream>
 	frameSpace                        // whitespace keepalive, nothing else buffered
+	frameSkipped                      // a complete element over the limit: its start tag only
 )
 
 // maxDepth bounds element nesting inside one stanza.
 const maxDepth = 64
 
+// skipFactor bounds how far the framer reads through one element over its
+// limit: an element longer than skipFactor times the limit is not a stanza
+// any server relays (Prosody and ejabberd refuse more than 256 or 512 KiB
+// from a sender; re-escaping '"' or "'" as &quot; or &apos; grows that at
+// most sixfold), so the stream is closed rather than read forever.
+const skipFactor = 16
+
 // framer cuts a byte stream into top-level XML elements without building a
-// tree, counting bytes so that no element can exceed max. It rejects what
-// RFC 6120 §11.1 forbids (comments, processing instructions after the
+// tree, counting bytes so that no element held can exceed max. An element
+// inside the stream that is well-formed but larger is read through to its
+// end without being kept (frameSkipped), so that one oversized stanza does
+// not cost the whole stream; nesting stays bounded by maxDepth, and an
+// element that goes on past skipFactor times max still fails. It rejects
+// what RFC 6120 §11.1 forbids (comments, processing instructions after the
 // header, DTDs).
 type framer struct {
 	r        *byteReader
 	max      int
 	inStream bool
 	buf      []byte // element being read; nil between elements when large
+
+	n    int  // bytes of the current element read so far
+	skip bool // over max: bytes are counted, not kept
+	// The top-level start tag, to give the start tag of a skipped element:
+	// whether it was read whole, and in f.buf the end of its name and of
+	// its last complete attribute.
+	topDone                   bool
+	topName, topAttrs, topEnd int
 }
 
 var errRestrictedXML = &StreamError{Condition: "restricted-xml"}
@@ -78,23 +98,61 @@ func (f *framer) release() {
 	f.buf = nil
 }
 
+// skipped returns the size in bytes of the element last returned as
+// frameSkipped.
+func (f *framer) skipped() int { return f.n }
+
 func (f *framer) byte() (byte, error) {
 	c, err := f.r.ReadByte()
 	if err != nil {
 		return 0, err
 	}
+	f.n++
+	if f.skip {
+		if f.n > skipFactor*f.max {
+			return 0, fmt.Errorf("%w: an element goes on past %d bytes", ErrStanzaTooLarge, skipFactor*f.max)
+		}
+		return c, nil
+	}
 	if len(f.buf) >= f.max {
-		return 0, ErrStanzaTooLarge
+		if !f.inStream {
+			return 0, ErrStanzaTooLarge
+		}
+		f.startSkip()
+		return c, nil
 	}
 	f.buf = append(f.buf, c)
 	return c, nil
 }
 
+// startSkip stops keeping the element: what stays is a copy of its start
+// tag (or of as much of it as was read, closed after its last complete
+// attribute), for the caller to tell whom it came from.
+func (f *framer) startSkip() {
+	var tag []byte
+	switch {
+	case f.topEnd > 0:
+		tag = f.buf[:f.topEnd]
+	case f.topAttrs > 0:
+		tag = append(f.buf[:f.topAttrs], '>')
+	case f.topName > 0:
+		tag = append(f.buf[:f.topName], '>')
+	}
+	small := (*frameBufPool.Get().(*[]byte))[:0]
+	small = append(small, tag...)
+	f.release()
+	f.buf = small
+	f.skip = true
+}
+
 // next returns the next frame. The returned bytes are valid until the next
-// call.
+// call. For frameSkipped they are the element's start tag (nil if not even
+// its name fitted in max) and skipped() its size.
 func (f *framer) next() (frameKind, []byte, error) {
 	f.release()
 	f.buf = (*frameBufPool.Get().(*[]byte))[:0]
+	f.n, f.skip = 0, false
+	f.topDone, f.topName, f.topAttrs, f.topEnd = false, 0, 0, 0
 	for {
 		c, err := f.r.ReadByte()
 		if err != nil {
@@ -120,6 +178,7 @@ func (f *framer) next() (frameKind, []byte, error) {
 		break
 	}
 	f.buf = append(f.buf, '<')
+	f.n = 1
 	c, err := f.byte()
 	if err != nil {
 		return 0, nil, err
@@ -139,15 +198,19 @@ func (f *framer) next() (frameKind, []byte, error) {
 		if !f.inStream {
 			return 0, nil, fmt.Errorf("%w: end tag before stream start", ErrProtocol)
 		}
-		if _, _, err := f.tag(); err != nil {
+		if _, _, err := f.tag(newNameHash()); err != nil {
 			return 0, nil, err
 		}
 		f.inStream = false
 		return frameStreamClose, f.buf, nil
 	}
-	closed, nameEnd, err := f.tag()
+	closed, name, err := f.tag(newNameHash().add(c))
 	if err != nil {
 		return 0, nil, err
+	}
+	f.topDone = true
+	if !f.skip {
+		f.topEnd = len(f.buf)
 	}
 	if !f.inStream {
 		if closed || !isStreamTag(f.buf) {
@@ -157,13 +220,14 @@ func (f *framer) next() (frameKind, []byte, error) {
 		return frameStreamOpen, f.buf, nil
 	}
 	if closed {
-		return frameElement, f.buf, nil
+		return f.done()
 	}
-	// open holds the [start, end) offsets in f.buf of the names of the
-	// open elements, so that a mismatched end tag fails at once instead
-	// of swallowing the stanzas after it.
-	var openBuf [8][2]int
-	open := append(openBuf[:0], [2]int{1, nameEnd})
+	// open holds a hash of the name of each open element, so that a
+	// mismatched end tag fails at once instead of swallowing the stanzas
+	// after it, even in an element being skipped; encoding/xml checks the
+	// names themselves of the elements kept.
+	var openBuf [8]nameHash
+	open := append(openBuf[:0], name)
 	for len(open) > 0 {
 		c, err := f.byte()
 		if err != nil {
@@ -178,13 +242,11 @@ func (f *framer) next() (frameKind, []byte, error) {
 		}
 		switch c {
 		case '/':
-			start := len(f.buf)
-			_, nameEnd, err := f.tag()
+			_, name, err := f.tag(newNameHash())
 			if err != nil {
 				return 0, nil, err
 			}
-			top := open[len(open)-1]
-			if !bytes.Equal(f.buf[start:nameEnd], f.buf[top[0]:top[1]]) {
+			if name != open[len(open)-1] {
 				return 0, nil, fmt.Errorf("%w: end tag does not match", ErrProtocol)
 			}
 			open = open[:len(open)-1]
@@ -198,8 +260,7 @@ func (f *framer) next() (frameKind, []byte, error) {
 		case '?':
 			return 0, nil, errRestrictedXML
 		default:
-			start := len(f.buf) - 1
-			closed, nameEnd, err := f.tag()
+			closed, name, err := f.tag(newNameHash().add(c))
 			if err != nil {
 				return 0, nil, err
 			}
@@ -207,34 +268,58 @@ func (f *framer) next() (frameKind, []byte, error) {
 				if len(open) >= maxDepth {
 					return 0, nil, fmt.Errorf("%w: elements nested too deep", ErrStanzaTooLarge)
 				}
-				open = append(open, [2]int{start, nameEnd})
+				open = append(open, name)
 			}
 		}
+	}
+	return f.done()
+}
+
+// done ends a top-level element: kept whole, or skipped.
+func (f *framer) done() (frameKind, []byte, error) {
+	if f.skip {
+		return frameSkipped, f.buf, nil
 	}
 	return frameElement, f.buf, nil
 }
 
+// nameHash is an FNV-1a hash of an element name, enough to match end tags
+// to start tags without keeping the names.
+type nameHash uint64
+
+func newNameHash() nameHash { return 14695981039346656037 }
+
+func (h nameHash) add(c byte) nameHash { return (h ^ nameHash(c)) * 1099511628211 }
+
 // tag reads the rest of a tag up to '>', honouring quoted attribute values.
-// It reports whether the tag was self-closing and the offset in f.buf where
-// the element name ended.
-func (f *framer) tag() (selfClosed bool, nameEnd int, err error) {
+// h is the hash of the part of the name already read. It reports whether
+// the tag was self-closing and the hash of the element name.
+func (f *framer) tag(h nameHash) (selfClosed bool, name nameHash, err error) {
 	var quote, prev byte
-	nameEnd = -1
+	inName := true
 	for {
 		c, err := f.byte()
 		if err != nil {
 			return false, 0, err
 		}
-		if nameEnd < 0 {
+		if inName {
 			switch c {
 			case ' ', '\t', '\r', '\n', '/', '>':
-				nameEnd = len(f.buf) - 1
+				inName = false
+				if !f.topDone && !f.skip {
+					f.topName = len(f.buf) - 1
+				}
+			default:
+				h = h.add(c)
 			}
 		}
 		switch {
 		case quote != 0:
 			if c == quote {
 				quote = 0
+				if !f.topDone && !f.skip {
+					f.topAttrs = len(f.buf)
+				}
 			} else if c == '<' {
 				return false, 0, fmt.Errorf("%w: '<' in attribute value", ErrProtocol)
 			}
@@ -243,18 +328,22 @@ func (f *framer) tag() (selfClosed bool, nameEnd int, err error) {
 		case c == '<':
 			return false, 0, fmt.Errorf("%w: '<' inside a tag", ErrProtocol)
 		case c == '>':
-			return prev == '/', nameEnd, nil
+			return prev == '/', h, nil
 		}
 		prev = c
 	}
 }
 
+// until reads up to and including end (at most 3 bytes long).
 func (f *framer) until(end string) error {
+	var last [3]byte
 	for {
-		if _, err := f.byte(); err != nil {
+		c, err := f.byte()
+		if err != nil {
 			return err
 		}
-		if bytes.HasSuffix(f.buf, []byte(end)) {
+		last[0], last[1], last[2] = last[1], last[2], c
+		if string(last[3-len(end):]) == end {
 			return nil
 		}
 	}
@@ -294,6 +383,9 @@ type node struct {
 	kids  []*node
 	text  string
 	inner []byte // raw bytes between the start and end tags (top level only)
+	// skipped is the size of a stanza over the limit that was read
+	// through and not kept: the node has its start tag only.
+	skipped int
 }
 
 func (n *node) get(local string) string {
@@ -375,6 +467,29 @@ func parseElement(hdr, frame []byte) (*node, error) {
 			}
 		}
 	}
+}
+
+// parseStartTag parses the start tag of a skipped element, in the namespace
+// context of the stream header hdr, into a node without children.
+func parseStartTag(hdr, tag []byte) (*node, error) {
+	if len(tag) == 0 {
+		return nil, fmt.Errorf("%w: no start tag", ErrProtocol)
+	}
+	data := make([]byte, 0, len(hdr)+len(tag))
+	d := xml.NewDecoder(bytes.NewReader(append(append(data, hdr...), tag...)))
+	d.Strict = true
+	if _, err := d.Token(); err != nil {
+		return nil, fmt.Errorf("%w: stream header: %v", ErrProtocol, err)
+	}
+	tok, err := d.Token()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrProtocol, err)
+	}
+	se, ok := tok.(xml.StartElement)
+	if !ok {
+		return nil, fmt.Errorf("%w: not a start tag", ErrProtocol)
+	}
+	return &node{name: se.Name, attr: se.Attr}, nil
 }
 
 // parseHeader reads the attributes of a stream header.

@@ -13,7 +13,8 @@ const testHeader = `<?xml version='1.0'?><stream:stream xmlns='jabber:client' xm
 type frameResult struct {
 	kind frameKind
 	name string // local name of the parsed element
-	raw  string
+	raw  string // the element, or the start tag of a skipped one
+	size int    // bytes of a skipped element
 }
 
 // frames runs the framer over input (read one byte at a time when split)
@@ -46,6 +47,11 @@ func frames(input string, max int, split bool) ([]frameResult, error) {
 				return out, err
 			}
 			fr.name = n.name.Space + " " + n.name.Local
+		case frameSkipped:
+			fr.size = f.skipped()
+			if n, err := parseStartTag(hdr, raw); err == nil {
+				fr.name = n.name.Space + " " + n.name.Local
+			}
 		}
 		out = append(out, fr)
 		f.release()
@@ -65,8 +71,19 @@ func TestFramer(t *testing.T) {
 			want: []string{"http://etherx.jabber.org/streams features", "jabber:client message", "urn:xmpp:sm:3 r", "close"}, wantErr: io.EOF},
 		{name: "whitespace keepalive", in: testHeader + " \n" + msg, want: []string{"jabber:client message"}, wantErr: io.EOF},
 		{name: "bom", in: "\xEF\xBB\xBF" + testHeader + msg, want: []string{"jabber:client message"}, wantErr: io.EOF},
-		{name: "too large", in: testHeader + `<message><body>` + strings.Repeat("x", 5000) + `</body></message>`, max: 4096, wantErr: ErrStanzaTooLarge},
+		{name: "too large is skipped", in: testHeader + `<message id='big'><body>` + strings.Repeat("x", 5000) + `</body></message>` + msg,
+			max: 4096, want: []string{"skipped jabber:client message", "jabber:client message"}, wantErr: io.EOF},
+		{name: "skipped with markup", in: testHeader + `<message><a><b x='>'/><![CDATA[</a>]]></a>` + strings.Repeat("<c>y</c>", 1000) + `<![CDATA[` + strings.Repeat("]", 5000) + `]]></message><r xmlns='urn:xmpp:sm:3'/>`,
+			max: 4096, want: []string{"skipped jabber:client message", "urn:xmpp:sm:3 r"}, wantErr: io.EOF},
+		{name: "start tag over the limit", in: testHeader + `<message from='bob@b/r' id='7' x='` + strings.Repeat("x", 5000) + `'/>` + msg,
+			max: 4096, want: []string{"skipped jabber:client message", "jabber:client message"}, wantErr: io.EOF},
+		{name: "header over the limit", in: `<stream:stream xmlns:stream='http://etherx.jabber.org/streams' x='` + strings.Repeat("x", 5000) + `'>`, max: 4096, wantErr: ErrStanzaTooLarge},
+		{name: "too large and ends early", in: testHeader + `<message><body>` + strings.Repeat("x", 5000), max: 4096, wantErr: io.EOF},
+		{name: "too large and mismatched", in: testHeader + `<message><body>` + strings.Repeat("x", 5000) + `</bodx></message>` + msg, max: 4096, wantErr: ErrProtocol},
+		{name: "too large with a comment", in: testHeader + `<message><body>` + strings.Repeat("x", 5000) + `<!-- c --></body></message>`, max: 4096, wantErr: errRestrictedXML},
+		{name: "too large without end", in: testHeader + `<message><body>` + strings.Repeat("x", 17*4096), max: 4096, wantErr: ErrStanzaTooLarge},
 		{name: "too deep", in: testHeader + strings.Repeat("<a>", 100), wantErr: ErrStanzaTooLarge},
+		{name: "too deep while skipping", in: testHeader + `<message>` + strings.Repeat("x", 5000) + strings.Repeat("<a>", 100) + strings.Repeat("</a>", 100) + `</message>`, max: 4096, wantErr: ErrStanzaTooLarge},
 		{name: "comment", in: testHeader + `<!-- hi -->`, wantErr: errRestrictedXML},
 		{name: "comment inside", in: testHeader + `<message><!-- hi --></message>`, wantErr: errRestrictedXML},
 		{name: "pi inside", in: testHeader + `<message><?pi x?></message>`, wantErr: errRestrictedXML},
@@ -95,6 +112,8 @@ func TestFramer(t *testing.T) {
 					switch f.kind {
 					case frameElement:
 						got = append(got, f.name)
+					case frameSkipped:
+						got = append(got, "skipped "+f.name)
 					case frameStreamClose:
 						got = append(got, "close")
 					}
@@ -188,6 +207,8 @@ func FuzzFrame(f *testing.F) {
 		`<iq type='get' id='1'><ping xmlns='urn:xmpp:ping'/></iq> <r xmlns='urn:xmpp:sm:3'/>`,
 		`<a><![CDATA[]]>]]></a>`, `</stream:stream>`, `<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>`,
 		`<x xmlns:p='u'><p:y p:a='1'/></x>`, "<m>\xff</m>",
+		`<message from='bob@example.org/x' id='1' type='chat'><body>''''''''''''''''''''''''''''''''''''''''''''''''''''''''</body></message><r/>`,
+		`<message from='b' x='aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'/><a/>`,
 	} {
 		f.Add(s)
 	}
@@ -203,6 +224,30 @@ func FuzzFrame(f *testing.F) {
 			split, _ := frames(testHeader+s, max, true)
 			if a, b := elements(out), elements(split); a != b {
 				t.Fatalf("split reads framed differently: %q vs %q", a, b)
+			}
+		}
+		// With a small limit, what is over it is skipped whole and the
+		// stream is framed as before: the same elements, in the same
+		// places, those over the limit skipped with their exact size.
+		const small = 128 // testHeader fits
+		low, _ := frames(testHeader+s, small, false)
+		if len(low) == 0 {
+			t.Fatal("the header did not fit the small limit")
+		}
+		// Past the common prefix one run stopped: at an element the
+		// parser refused (not parsed when skipped), or nested too deep.
+		for i := range min(len(low), len(out)) {
+			fr, want := low[i], out[i]
+			switch {
+			case want.kind == frameElement && len(want.raw) > small:
+				if fr.kind != frameSkipped || fr.size != len(want.raw) || len(fr.raw) > small+1 {
+					t.Fatalf("frame %d of %d bytes: got %v of %d bytes, tag %q", i, len(want.raw), fr.kind, fr.size, fr.raw)
+				}
+				if fr.raw != "" && !strings.HasPrefix(want.raw, strings.TrimSuffix(fr.raw, ">")) {
+					t.Fatalf("frame %d: start tag %q is not a prefix of %q", i, fr.raw, want.raw)
+				}
+			case fr.kind != want.kind || fr.raw != want.raw:
+				t.Fatalf("frame %d: %v %q with a small limit, %v %q with a large one", i, fr.kind, fr.raw, want.kind, want.raw)
 			}
 		}
 	})
@@ -238,4 +283,80 @@ func TestFramerMismatchedEnd(t *testing.T) {
 			t.Errorf("%s: %d frames, err %v; want the header then ErrProtocol", in, len(out), err)
 		}
 	}
+}
+
+// TestFramerSkip: an element over the limit is read through without being
+// kept; the framer says how large it was and gives its start tag, closed
+// after the last attribute that fitted, and the stream goes on.
+func TestFramerSkip(t *testing.T) {
+	const max = 4096
+	body := strings.Repeat("&apos;", 2000)
+	tests := []struct {
+		name, in, tag string
+	}{
+		{"body", `<message from='bob@b/r' type='chat' id='m1'><body>` + body + `</body></message>`, `<message from='bob@b/r' type='chat' id='m1'>`},
+		{"long attribute", `<message from='bob@b/r' id='m2' x='` + body + `'><body/></message>`, `<message from='bob@b/r' id='m2'>`},
+		{"long name", `<message` + strings.Repeat("x", 5000) + `/>`, ``},
+	}
+	for _, tt := range tests {
+		for _, split := range []bool{false, true} {
+			out, err := frames(testHeader+tt.in+`<message id='next'/>`, max, split)
+			if !errors.Is(err, io.EOF) || len(out) != 3 {
+				t.Fatalf("%s: %d frames, %v", tt.name, len(out), err)
+			}
+			sk := out[1]
+			if sk.kind != frameSkipped || sk.size != len(tt.in) {
+				t.Errorf("%s: frame %v of %d bytes, want skipped of %d", tt.name, sk.kind, sk.size, len(tt.in))
+			}
+			if sk.raw != tt.tag {
+				t.Errorf("%s: start tag %.80q, want %.80q", tt.name, sk.raw, tt.tag)
+			}
+			if out[2].kind != frameElement || out[2].raw != `<message id='next'/>` {
+				t.Errorf("%s: after the skipped element got %v %q", tt.name, out[2].kind, out[2].raw)
+			}
+		}
+	}
+}
+
+// TestFramerEndlessElement: an element that never ends is read no further
+// than skipFactor times the limit, without growing any buffer.
+func TestFramerEndlessElement(t *testing.T) {
+	const max = 4096
+	cr := &countingReader{r: io.MultiReader(strings.NewReader(testHeader+`<message><body>`), sameByte('x'))}
+	f := framer{max: max}
+	f.reset(&byteReader{r: cr})
+	if kind, _, err := f.next(); err != nil || kind != frameStreamOpen {
+		t.Fatalf("header: %v, %v", kind, err)
+	}
+	_, _, err := f.next()
+	if !errors.Is(err, ErrStanzaTooLarge) {
+		t.Fatalf("err = %v, want ErrStanzaTooLarge", err)
+	}
+	if cr.n > skipFactor*max+readBufSize+len(testHeader) {
+		t.Errorf("read %d bytes, want at most about %d", cr.n, skipFactor*max)
+	}
+	if cap(f.buf) > max {
+		t.Errorf("buffer grew to %d bytes", cap(f.buf))
+	}
+}
+
+type countingReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
+}
+
+// sameByte reads as an endless run of one byte.
+type sameByte byte
+
+func (r sameByte) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = byte(r)
+	}
+	return len(p), nil
 }

@@ -112,6 +112,10 @@ func (c *Conn) handleIQResponse(n *node) {
 	if !ok {
 		return
 	}
+	if n.skipped > 0 {
+		w.ch <- iqResult{err: fmt.Errorf("%w: a reply of %d bytes", ErrStanzaTooLarge, n.skipped)}
+		return
+	}
 	if n.get("type") == "error" {
 		w.ch <- iqResult{err: parseStanzaError(n)}
 		return

@@ -29,6 +29,10 @@ func (c *Conn) handle(s *stream, n *node) {
 	case n.name.Space != nsClient:
 		c.log.Debug("xmppconn: ignoring element", "name", n.name.Local, "ns", n.name.Space)
 		return
+	case n.skipped > 0:
+		c.handleSkipped(s, n)
+		c.countInbound()
+		return
 	}
 	switch n.name.Local {
 	case "message":
@@ -46,6 +50,23 @@ func (c *Conn) handle(s *stream, n *node) {
 		return
 	}
 	c.countInbound()
+}
+
+// handleSkipped deals with a stanza over MaxStanzaSize that was read
+// through without being kept: an IQ request is refused (the sender must
+// get an answer), a reply fails its request, and the user is told.
+func (c *Conn) handleSkipped(s *stream, n *node) {
+	d := &Dropped{Stanza: n.name.Local, From: n.get("from"), ID: n.get("id"), Type: n.get("type"), Bytes: n.skipped}
+	c.log.Warn("xmppconn: dropped a stanza over the size limit", "stanza", d.Stanza, "from", d.From, "bytes", d.Bytes, "limit", c.cfg.MaxStanzaSize)
+	if d.Stanza == "iq" {
+		switch d.Type {
+		case "get", "set":
+			c.replyError(s, n, "modify", "policy-violation")
+		case "result", "error":
+			c.handleIQResponse(n)
+		}
+	}
+	c.emit(d)
 }
 
 // countInbound advances the XEP-0198 inbound counter for a handled stanza.
@@ -128,6 +149,13 @@ func (c *Conn) handleMessage(s *stream, n *node) {
 	}
 	if m.Type == "groupchat" && !c.roomMessage(m, hasSubject) {
 		return
+	}
+	if m.Type == "error" && carbon == "" {
+		if se := parseStanzaError(n); se.Condition == "policy-violation" {
+			// The server (or the recipient's) refused a message we
+			// sent; it counted it, so it is not in the resend queue.
+			c.emit(&SendFailed{Stanza: "message", To: m.From, ID: m.ID, Reason: se.Condition})
+		}
 	}
 	switch {
 	case hasBody || m.Type == "error":

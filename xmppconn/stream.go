@@ -184,6 +184,8 @@ func (s *stream) readOne() (*node, error) {
 			return nil, fmt.Errorf("%w: server closed the stream", errStreamClosed)
 		case frameStreamOpen:
 			return nil, fmt.Errorf("%w: unexpected stream header", ErrProtocol)
+		case frameSkipped:
+			return s.skipped(frame)
 		}
 		n, err := parseElement(s.hdr, frame)
 		if err != nil {
@@ -194,6 +196,25 @@ func (s *stream) readOne() (*node, error) {
 		}
 		return n, nil
 	}
+}
+
+// skipped returns the node of a stanza read through because it was over
+// the size limit: its start tag, no children, and skipped set. Only
+// stanzas may be skipped; any other element that large (stream features,
+// a SASL challenge, a stream error) ends the stream.
+func (s *stream) skipped(tag []byte) (*node, error) {
+	size := s.fr.skipped()
+	n, err := parseStartTag(s.hdr, tag)
+	if err != nil || !isStanza(n) {
+		return nil, s.readErr(fmt.Errorf("%w: a %d-byte element", ErrStanzaTooLarge, size))
+	}
+	n.skipped = size
+	return n, nil
+}
+
+// isStanza reports whether n is a message, presence or iq (RFC 6120 §8).
+func isStanza(n *node) bool {
+	return n.name.Space == nsClient && (n.name.Local == "message" || n.name.Local == "presence" || n.name.Local == "iq")
 }
 
 // errStreamClosed marks a stream closed cleanly by the server.

@@ -1,0 +1,77 @@
+package xmppconn
+
+import (
+	"context"
+	"errors"
+)
+
+// AuthGate admits authentication attempts. When Config.AuthGate is set,
+// the Conn asks it before every connection attempt, the first one in Dial
+// and every reconnection (each attempt runs one SASL exchange), and tells
+// it the outcome as soon as the SASL exchange ends, before resource
+// binding. A caller that runs many Conns against one server gives them one
+// gate, so that it sees every login of the process: servers count login
+// failures per source address and ban it past a number (ejabberd's
+// mod_fail2ban), and every Conn of a process shares that address.
+//
+// Acquire blocks until the attempt may go, or returns an error to refuse
+// it; ctx bounds the wait (Dial's context, or, for a reconnection, the
+// reconnection's timeout and Close). knownGood reports that this Conn's
+// credentials authenticated before (Acquire for a reconnection). A refusal
+// is not an authentication failure: Dial returns the gate's error wrapped,
+// and the reconnection loop retries after its backoff, asking again.
+//
+// The release function must be called exactly once per admitted attempt;
+// the Conn calls it, with AuthAborted when the attempt ended without a
+// verdict from the server (the dial, TLS or stream failed, or the server
+// answered temporary-auth-failure).
+type AuthGate interface {
+	Acquire(ctx context.Context, knownGood bool) (release func(AuthResult), err error)
+}
+
+// AuthResult is how an attempt admitted by an AuthGate ended.
+type AuthResult int
+
+const (
+	// AuthAborted: no verdict from the server on the credentials. A
+	// server's <failure/> lost with the connection is also reported so:
+	// the Conn cannot tell it from a connection lost before it.
+	AuthAborted AuthResult = iota
+	// AuthSucceeded: the server accepted the credentials.
+	AuthSucceeded
+	// AuthFailed: the server refused them (ErrAuth).
+	AuthFailed
+)
+
+func (r AuthResult) String() string {
+	switch r {
+	case AuthSucceeded:
+		return "succeeded"
+	case AuthFailed:
+		return "failed"
+	}
+	return "aborted"
+}
+
+// authTicket is one attempt admitted by the gate; end reports its outcome
+// once, later calls do nothing.
+type authTicket struct{ release func(AuthResult) }
+
+func (t *authTicket) end(r AuthResult) {
+	if t.release != nil {
+		f := t.release
+		t.release = nil
+		f(r)
+	}
+}
+
+// resultOf classifies the error of a SASL exchange.
+func resultOf(err error) AuthResult {
+	switch {
+	case err == nil:
+		return AuthSucceeded
+	case errors.Is(err, ErrAuth):
+		return AuthFailed
+	}
+	return AuthAborted
+}
