@@ -502,6 +502,27 @@ func standinScenario(t *testing.T, d *driver, cookies []map[string]any, pageURL,
 		t.Errorf("the unloading page sent %d terminate requests, want 1", n-terminates)
 	}
 
+	// A message while no page is open (between two page loads): the
+	// abandoned page's BOSH session has no request to answer it with.
+	d.must(map[string]any{"op": "goto", "url": "about:blank"}, nil)
+	bc.send(t, aliceJID, "while you were away")
+	d.must(map[string]any{"op": "goto", "url": pageURL}, nil)
+	d.wait("standin.connected || standin.failed")
+	marker := "back again"
+	d.eval(fmt.Sprintf("standin.send(%q, %q)", bobJID, marker), nil)
+	bob.waitFor(t, "the new page's message", 0, func(e xmppconn.Event) bool {
+		m, ok := e.(*xmppconn.Message)
+		return ok && m.Body == marker
+	})
+	// It must reach the new page once, in an answer the client reads (not
+	// in those to its bind and session requests).
+	d.wait("standin.messages.some(function (m) { return m.text === 'while you were away' })")
+	var n int
+	d.eval("standin.messages.filter(function (m) { return m.text === 'while you were away' }).length", &n)
+	if n != 1 {
+		t.Errorf("the message sent while no page was open reached the next page %d times, want once", n)
+	}
+
 	// Going offline from the menu: terminate with unavailable presence.
 	off := bob.mark()
 	d.eval("standin.disconnect()", nil)
