@@ -354,29 +354,24 @@ func validJID(s string, bareOnly bool) (string, error) {
 	return j.String(), nil
 }
 
-var validShow = map[string]bool{"": true, "away": true, "chat": true, "dnd": true, "xa": true}
-
 type presenceBody struct {
-	Show     string `json:"show"`
-	Status   string `json:"status"`
-	Priority *int   `json:"priority"`
+	Show     xmppconn.Show `json:"show"`
+	Status   string        `json:"status"`
+	Priority *int          `json:"priority"`
 }
 
+// toXMPP is the presence the body asks for, checked by xmppconn's rules
+// (an error wrapping xmppconn.ErrInvalidArgument: 400) before any stream
+// is touched.
 func (p presenceBody) toXMPP() (xmppconn.Presence, error) {
-	if !validShow[p.Show] {
-		return xmppconn.Presence{}, fmt.Errorf("%w: show must be one of away, chat, dnd, xa or empty", ErrBadRequest)
-	}
 	if len(p.Status) > 1024 {
 		return xmppconn.Presence{}, fmt.Errorf("%w: status longer than 1024 bytes", ErrBadRequest)
 	}
 	out := xmppconn.Presence{Show: p.Show, Status: p.Status}
 	if p.Priority != nil {
-		if *p.Priority < -128 || *p.Priority > 127 {
-			return xmppconn.Presence{}, fmt.Errorf("%w: priority must be within -128..127", ErrBadRequest)
-		}
 		out.Priority = *p.Priority
 	}
-	return out, nil
+	return out, out.Validate()
 }
 
 func (a *api) connect(w http.ResponseWriter, r *http.Request, c *caller) error {
@@ -648,12 +643,12 @@ func (a *api) stream(w http.ResponseWriter, r *http.Request, s *session, cur cur
 }
 
 type messageBody struct {
-	To      string `json:"to"`
-	Body    string `json:"body"`
-	Type    string `json:"type"`
-	ID      string `json:"id"`
-	Thread  string `json:"thread"`
-	Receipt bool   `json:"receipt"`
+	To      string               `json:"to"`
+	Body    string               `json:"body"`
+	Type    xmppconn.MessageType `json:"type"`
+	ID      string               `json:"id"`
+	Thread  string               `json:"thread"`
+	Receipt bool                 `json:"receipt"`
 }
 
 func (a *api) message(w http.ResponseWriter, r *http.Request, c *caller) error {
@@ -665,30 +660,23 @@ func (a *api) message(w http.ResponseWriter, r *http.Request, c *caller) error {
 	if err != nil {
 		return err
 	}
-	switch m.Type {
-	case "":
-		m.Type = "chat"
-	case "chat", "normal", "headline", "groupchat":
-	default:
-		return fmt.Errorf("%w: type must be chat, normal, headline or groupchat", ErrBadRequest)
-	}
 	if m.Body == "" {
 		return fmt.Errorf("%w: body is required", ErrBadRequest)
 	}
 	if len(m.ID) > 128 || len(m.Thread) > 256 {
 		return fmt.Errorf("%w: id or thread too long", ErrBadRequest)
 	}
-	if m.Type == "groupchat" {
-		if strings.Contains(to, "/") {
-			return fmt.Errorf("%w: a groupchat goes to a bare room JID", ErrBadRequest)
-		}
-		m.Receipt = false // XEP-0184 §5.3: no receipts in rooms
+	// xmppconn's rules (type, a groupchat to a bare room JID, no receipt
+	// in a room), checked before the stream is touched.
+	out, err := xmppconn.Message{To: to, Body: m.Body, Type: m.Type, ID: m.ID, Thread: m.Thread, Receipt: m.Receipt, ChatState: xmppconn.ChatActive}.Outgoing()
+	if err != nil {
+		return err
 	}
 	_, conn, err := a.mutate(c)
 	if err != nil {
 		return err
 	}
-	id, err := conn.Send(r.Context(), xmppconn.Message{To: to, Body: m.Body, Type: m.Type, ID: m.ID, Thread: m.Thread, Receipt: m.Receipt, ChatState: "active"})
+	id, err := conn.Send(r.Context(), out)
 	if err != nil {
 		return err
 	}
@@ -799,16 +787,15 @@ func (a *api) subscription(w http.ResponseWriter, r *http.Request, c *caller) er
 	if err := decode(r, &body, false); err != nil {
 		return err
 	}
-	switch body.Action {
-	case "subscribe", "approve", "deny", "cancel":
-	default:
-		return fmt.Errorf("%w: action must be subscribe, approve, deny or cancel", ErrBadRequest)
+	action, err := xmppconn.ParseSubscriptionAction(body.Action)
+	if err != nil {
+		return err
 	}
 	_, conn, err := a.mutate(c)
 	if err != nil {
 		return err
 	}
-	if err := conn.Subscribe(r.Context(), jid, body.Action); err != nil {
+	if err := conn.Subscribe(r.Context(), jid, action); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -827,16 +814,15 @@ func (a *api) chatState(w http.ResponseWriter, r *http.Request, c *caller) error
 	if err != nil {
 		return err
 	}
-	switch body.State {
-	case "active", "composing", "paused", "inactive", "gone":
-	default:
-		return fmt.Errorf("%w: state must be active, composing, paused, inactive or gone", ErrBadRequest)
+	state, err := xmppconn.ParseChatState(body.State)
+	if err != nil {
+		return err
 	}
 	_, conn, err := a.mutate(c)
 	if err != nil {
 		return err
 	}
-	if err := conn.SendChatState(r.Context(), to, body.State); err != nil {
+	if err := conn.SendChatState(r.Context(), to, state); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -117,16 +117,16 @@ func (c *fakeConn) SendPresence(_ context.Context, p xmppconn.Presence) error {
 	c.pres = append(c.pres, p)
 	return nil
 }
-func (c *fakeConn) Subscribe(_ context.Context, jid, action string) error {
+func (c *fakeConn) Subscribe(_ context.Context, jid string, action xmppconn.SubscriptionAction) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.subs = append(c.subs, action+" "+jid)
+	c.subs = append(c.subs, string(action)+" "+jid)
 	return nil
 }
-func (c *fakeConn) SendChatState(_ context.Context, to, state string) error {
+func (c *fakeConn) SendChatState(_ context.Context, to string, state xmppconn.ChatStateKind) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.states = append(c.states, state+" "+to)
+	c.states = append(c.states, string(state)+" "+to)
 	return nil
 }
 func (c *fakeConn) Roster(context.Context) ([]xmppconn.RosterItem, error) {

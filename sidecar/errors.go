@@ -38,7 +38,7 @@ var ErrTooManyPolls = errors.New("sidecar: too many polls in flight for this ses
 // Anything unknown is a 500 "internal", whose detail stays in the log.
 func statusFor(err error) (int, string) {
 	switch {
-	case errors.Is(err, ErrBadRequest), errors.Is(err, xmppconn.ErrInvalidJID):
+	case errors.Is(err, ErrBadRequest), errors.Is(err, xmppconn.ErrInvalidArgument), errors.Is(err, xmppconn.ErrInvalidJID):
 		return http.StatusBadRequest, "bad_request"
 	case errors.Is(err, ErrSessionMissing):
 		return http.StatusUnauthorized, "session_missing"
@@ -99,16 +99,14 @@ func statusFor(err error) (int, string) {
 		return http.StatusServiceUnavailable, "auth_throttled"
 	case errors.Is(err, ErrTooManyConnections):
 		return http.StatusServiceUnavailable, "too_many_connections"
+	case errors.Is(err, xmppconn.ErrItemNotFound):
+		return http.StatusNotFound, "not_found"
 	}
 	var se *xmppconn.StreamError
 	if errors.As(err, &se) {
 		return http.StatusBadGateway, "xmpp_unavailable"
 	}
-	var ste *xmppconn.StanzaError
-	if errors.As(err, &ste) {
-		if ste.Condition == "item-not-found" {
-			return http.StatusNotFound, "not_found"
-		}
+	if errors.Is(err, &xmppconn.StanzaError{}) { // any other refusal by the server
 		return http.StatusBadGateway, "xmpp_unavailable"
 	}
 	return http.StatusInternalServerError, "internal"

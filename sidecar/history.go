@@ -10,19 +10,6 @@ import (
 	"expressolivre.org/imsidecar/xmppconn"
 )
 
-// historyMessage is one archived message in GET /v1/history.
-type historyMessage struct {
-	ArchiveID string `json:"archive_id"`
-	From      string `json:"from"`
-	To        string `json:"to"`
-	Type      string `json:"type"`
-	Body      string `json:"body"`
-	Subject   string `json:"subject,omitempty"`
-	Thread    string `json:"thread"`
-	ID        string `json:"id"`
-	Time      string `json:"time"`
-}
-
 // historyPage is the answer of GET /v1/history.
 type historyPage struct {
 	Messages []historyMessage `json:"messages"`
@@ -111,13 +98,8 @@ func (a *api) history(w http.ResponseWriter, r *http.Request, c *caller) error {
 	if p.Count >= 0 {
 		out.Count = &p.Count
 	}
-	for _, m := range p.Messages {
-		hm := historyMessage{ArchiveID: m.ArchiveID, From: m.From, To: m.To, Type: messageType(m.Type), Body: m.Body,
-			Subject: m.Subject, Thread: m.Thread, ID: m.ID}
-		if !m.Time.IsZero() {
-			hm.Time = m.Time.UTC().Format(time.RFC3339Nano)
-		}
-		out.Messages = append(out.Messages, hm)
+	for i := range p.Messages {
+		out.Messages = append(out.Messages, newHistoryMessage(&p.Messages[i]))
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil

@@ -26,7 +26,7 @@ func (c *fakeConn) History(_ context.Context, q xmppconn.HistoryQuery) (xmppconn
 	}
 	t := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	return xmppconn.HistoryPage{
-		Messages: []xmppconn.ArchivedMessage{{ArchiveID: "A1", Time: t, From: "bob@example.test/x", To: "alice@example.test", ID: "m1", Type: "chat", Body: "hi"}},
+		Messages: []xmppconn.ArchivedMessage{{ArchiveID: "A1", Time: t, Message: xmppconn.Message{From: "bob@example.test/x", To: "alice@example.test", ID: "m1", Type: "chat", Body: "hi"}}},
 		Complete: true, First: "A1", Last: "A1", Count: -1,
 	}, nil
 }
@@ -92,7 +92,9 @@ func TestHistoryAPI(t *testing.T) {
 	if rec.Code != 200 {
 		t.Fatalf("history: %d %s", rec.Code, rec.Body)
 	}
-	want := `{"messages":[{"archive_id":"A1","from":"bob@example.test/x","to":"alice@example.test","type":"chat","body":"hi","thread":"","id":"m1","time":"2026-01-02T03:04:05Z"}],"complete":true,"first":"A1","last":"A1"}`
+	// A history entry is the message event's shape (messageJSON) between
+	// archive_id and time.
+	want := `{"messages":[{"archive_id":"A1","from":"bob@example.test/x","to":"alice@example.test","id":"m1","type":"chat","body":"hi","thread":"","delay":null,"carbon":null,"time":"2026-01-02T03:04:05Z"}],"complete":true,"first":"A1","last":"A1"}`
 	if got := strings.TrimSpace(rec.Body.String()); got != want {
 		t.Fatalf("history answer\n got %s\nwant %s", got, want)
 	}

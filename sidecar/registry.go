@@ -26,8 +26,8 @@ type xmppSession interface {
 	State() xmppconn.State
 	Send(ctx context.Context, m xmppconn.Message) (string, error)
 	SendPresence(ctx context.Context, p xmppconn.Presence) error
-	Subscribe(ctx context.Context, jid, action string) error
-	SendChatState(ctx context.Context, to, state string) error
+	Subscribe(ctx context.Context, jid string, action xmppconn.SubscriptionAction) error
+	SendChatState(ctx context.Context, to string, state xmppconn.ChatStateKind) error
 	Roster(ctx context.Context) ([]xmppconn.RosterItem, error)
 	SetRosterItem(ctx context.Context, it xmppconn.RosterItem) error
 	RemoveRosterItem(ctx context.Context, jid string) error
@@ -87,10 +87,10 @@ type session struct {
 }
 
 type presenceInfo struct {
-	Resource string `json:"resource"`
-	Show     string `json:"show"`
-	Status   string `json:"status"`
-	Priority int    `json:"priority"`
+	Resource string        `json:"resource"`
+	Show     xmppconn.Show `json:"show"`
+	Status   string        `json:"status"`
+	Priority int           `json:"priority"`
 	// Avatar is the XEP-0153 photo hash: "" no avatar, absent unknown.
 	Avatar *string `json:"avatar,omitempty"`
 }
@@ -358,32 +358,7 @@ func (r *registry) handle(s *session, ev xmppconn.Event) {
 		if e.Body == "" && e.Subject == "" {
 			return
 		}
-		var delay, carbon *string
-		if !e.Delay.IsZero() {
-			d := e.Delay.UTC().Format(time.RFC3339Nano)
-			delay = &d
-		}
-		if e.Carbon != "" {
-			carbon = &e.Carbon
-		}
-		var room, nick string
-		if e.Type == "groupchat" {
-			room, nick, _ = strings.Cut(e.From, "/")
-		}
-		if !s.appendJSONOnce("message", messageKey(e), struct {
-			From    string  `json:"from"`
-			To      string  `json:"to"`
-			ID      string  `json:"id"`
-			Type    string  `json:"type"`
-			Body    string  `json:"body"`
-			Subject string  `json:"subject,omitempty"`
-			Thread  string  `json:"thread"`
-			Delay   *string `json:"delay"`
-			Carbon  *string `json:"carbon"`
-			Room    string  `json:"room,omitempty"`
-			Nick    string  `json:"nick,omitempty"`
-			Own     bool    `json:"own,omitempty"`
-		}{e.From, e.To, e.ID, messageType(e.Type), e.Body, e.Subject, e.Thread, delay, carbon, room, nick, e.Own}) {
+		if !s.appendJSONOnce("message", messageKey(e), newMessageJSON(e)) {
 			return // a copy of a message still in the log
 		}
 	case *xmppconn.Occupant:
@@ -395,12 +370,12 @@ func (r *registry) handle(s *session, ev xmppconn.Event) {
 			typ = "available"
 		}
 		s.appendJSON("presence", struct {
-			From     string  `json:"from"`
-			Type     string  `json:"type"`
-			Show     string  `json:"show"`
-			Status   string  `json:"status"`
-			Priority int     `json:"priority"`
-			Avatar   *string `json:"avatar,omitempty"`
+			From     string        `json:"from"`
+			Type     string        `json:"type"`
+			Show     xmppconn.Show `json:"show"`
+			Status   string        `json:"status"`
+			Priority int           `json:"priority"`
+			Avatar   *string       `json:"avatar,omitempty"`
 		}{e.From, typ, e.Show, e.Status, e.Priority, e.Avatar})
 	case *xmppconn.Subscription:
 		s.appendJSON("subscription", struct {
@@ -417,8 +392,8 @@ func (r *registry) handle(s *session, ev xmppconn.Event) {
 		}{item})
 	case *xmppconn.ChatState:
 		s.appendJSON("chatstate", struct {
-			From  string `json:"from"`
-			State string `json:"state"`
+			From  string                 `json:"from"`
+			State xmppconn.ChatStateKind `json:"state"`
 		}{e.From, e.State})
 	case *xmppconn.Receipt:
 		s.appendJSON("receipt", struct {
@@ -471,13 +446,6 @@ func (r *registry) handle(s *session, ev xmppconn.Event) {
 	r.metrics.eventsQueued.Inc()
 }
 
-func messageType(t string) string {
-	if t == "" {
-		return "normal"
-	}
-	return t
-}
-
 func (s *session) appendJSON(kind string, v any) { s.appendJSONOnce(kind, "", v) }
 
 // appendJSONOnce appends unless an event with the same non-empty key is
@@ -500,7 +468,7 @@ func messageKey(m *xmppconn.Message) string {
 	if m.Type == "groupchat" {
 		from = m.From // room@service/nick: occupants are told apart by nick
 	}
-	sum := sha256.Sum256([]byte(m.Carbon + "\x00" + from + "\x00" + m.ID + "\x00" + m.Type + "\x00" + m.Subject + "\x00" + m.Body))
+	sum := sha256.Sum256([]byte(m.Carbon + "\x00" + from + "\x00" + m.ID + "\x00" + string(m.Type) + "\x00" + m.Subject + "\x00" + m.Body))
 	return string(sum[:16])
 }
 

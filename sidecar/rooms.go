@@ -16,13 +16,13 @@ import (
 // room presences are "room" events (docs/API.md).
 
 type occupantOut struct {
-	Nick        string `json:"nick"`
-	JID         string `json:"jid"`
-	Affiliation string `json:"affiliation"`
-	Role        string `json:"role"`
-	Show        string `json:"show"`
-	Status      string `json:"status"`
-	Self        bool   `json:"self"`
+	Nick        string        `json:"nick"`
+	JID         string        `json:"jid"`
+	Affiliation string        `json:"affiliation"`
+	Role        string        `json:"role"`
+	Show        xmppconn.Show `json:"show"`
+	Status      string        `json:"status"`
+	Self        bool          `json:"self"`
 }
 
 type joinedRoomOut struct {
@@ -230,20 +230,20 @@ func (s *session) appendOccupant(o *xmppconn.Occupant) {
 		codes = []int{}
 	}
 	s.appendJSON("room", struct {
-		Room        string `json:"room"`
-		Nick        string `json:"nick"`
-		JID         string `json:"jid"`
-		Type        string `json:"type"`
-		Show        string `json:"show"`
-		Status      string `json:"status"`
-		Affiliation string `json:"affiliation"`
-		Role        string `json:"role"`
-		Self        bool   `json:"self"`
-		Codes       []int  `json:"codes"`
-		NewNick     string `json:"new_nick"`
-		Kicked      bool   `json:"kicked"`
-		Banned      bool   `json:"banned"`
-		Reason      string `json:"reason"`
-		Error       string `json:"error"`
+		Room        string        `json:"room"`
+		Nick        string        `json:"nick"`
+		JID         string        `json:"jid"`
+		Type        string        `json:"type"`
+		Show        xmppconn.Show `json:"show"`
+		Status      string        `json:"status"`
+		Affiliation string        `json:"affiliation"`
+		Role        string        `json:"role"`
+		Self        bool          `json:"self"`
+		Codes       []int         `json:"codes"`
+		NewNick     string        `json:"new_nick"`
+		Kicked      bool          `json:"kicked"`
+		Banned      bool          `json:"banned"`
+		Reason      string        `json:"reason"`
+		Error       string        `json:"error"`
 	}{o.Room, o.Nick, o.JID, o.Type, o.Show, o.Status, o.Affiliation, o.Role, o.Self, codes, o.NewNick, o.Kicked, o.Banned, o.Reason, o.Error})
 }

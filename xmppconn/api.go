@@ -8,32 +8,20 @@ import (
 )
 
 // Send sends a message and returns its id (generated when m.ID is empty).
-// m.Type defaults to "chat". While the stream is down the message is
+// m is checked and completed by Message.Outgoing (m.Type "" is
+// ChatMessage; a groupchat message goes to a bare room JID and never asks
+// for a receipt), and a groupchat's room must be joined (ErrNotInRoom). While the stream is down the message is
 // queued (up to Config.MaxQueue) and sent once it is back.
 func (c *Conn) Send(ctx context.Context, m Message) (string, error) {
 	if err := ctx.Err(); err != nil {
 		return "", err
 	}
-	to, err := validJID(m.To)
+	m, err := m.Outgoing()
 	if err != nil {
 		return "", err
 	}
-	m.To = to
-	switch m.Type {
-	case "":
-		m.Type = "chat"
-	case "chat", "groupchat", "normal", "headline":
-	default:
-		return "", fmt.Errorf("xmppconn: invalid message type %q", m.Type)
-	}
-	if m.Type == "groupchat" {
-		j, _ := ParseJID(m.To)
-		if j.Resource != "" || !c.InRoom(m.To) {
-			return "", fmt.Errorf("%w: %s", ErrNotInRoom, m.To)
-		}
-	}
-	if m.ChatState != "" && !chatStates[m.ChatState] {
-		return "", fmt.Errorf("xmppconn: invalid chat state %q", m.ChatState)
+	if m.Type == GroupChatMessage && !c.InRoom(m.To) {
+		return "", fmt.Errorf("%w: %s", ErrNotInRoom, m.To)
 	}
 	if m.ID == "" {
 		m.ID = c.newID()
@@ -45,12 +33,13 @@ func (c *Conn) Send(ctx context.Context, m Message) (string, error) {
 }
 
 // SendPresence broadcasts our presence (p.To empty) or sends a directed
-// presence. Type is "available" (or empty) or "unavailable".
+// presence. Type is "available" (or empty) or "unavailable"; p is checked
+// as Presence.Validate says.
 func (c *Conn) SendPresence(ctx context.Context, p Presence) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := checkPresence(p); err != nil {
+	if err := p.Validate(); err != nil {
 		return err
 	}
 	if p.To != "" {
@@ -99,7 +88,7 @@ func (c *Conn) SetAvatarHash(ctx context.Context, hash string) error {
 	}
 	hash = strings.ToLower(hash)
 	if hash != "" && !isSHA1Hex(hash) {
-		return fmt.Errorf("xmppconn: avatar hash %q is not a SHA-1 in hex", hash)
+		return fmt.Errorf("%w: avatar hash %q is not a SHA-1 in hex", ErrInvalidArgument, hash)
 	}
 	if old := c.ownAvatar.Swap(&hash); old != nil && *old == hash || old == nil && hash == "" {
 		return nil
@@ -126,48 +115,38 @@ func (c *Conn) currentPresence() Presence {
 	return Presence{}
 }
 
-// Subscribe manages a presence subscription with jid. action is
-// "subscribe" (ask to see their presence), "approve" (let them see ours:
-// subscribed), "deny" (refuse their request) or "cancel" (revoke the
-// subscription they have: RFC 6121 §3.2, both send unsubscribed). The raw
-// presence types are accepted too; "unsubscribe" stops our seeing theirs.
-func (c *Conn) Subscribe(ctx context.Context, jid, action string) error {
+// Subscribe manages a presence subscription with jid (RFC 6121 §3):
+// action is one ParseSubscriptionAction accepts, else an
+// ErrInvalidArgument.
+func (c *Conn) Subscribe(ctx context.Context, jid string, action SubscriptionAction) error {
 	if err := ctx.Err(); err != nil {
+		return err
+	}
+	action, err := ParseSubscriptionAction(string(action))
+	if err != nil {
 		return err
 	}
 	to, err := ParseJID(jid)
 	if err != nil {
 		return err
 	}
-	var typ string
-	switch action {
-	case "subscribe", "subscribed", "unsubscribe", "unsubscribed":
-		typ = action
-	case "approve":
-		typ = "subscribed"
-	case "deny":
-		typ = "unsubscribed"
-	case "cancel":
-		typ = "unsubscribed"
-	default:
-		return fmt.Errorf("xmppconn: invalid subscription action %q", action)
-	}
 	var b bytes.Buffer
 	b.WriteString(`<presence`)
 	attr(&b, "to", to.Bare().String())
-	attr(&b, "type", typ)
+	attr(&b, "type", action.presenceType())
 	b.WriteString(`/>`)
 	return c.send(b.Bytes(), true)
 }
 
-// SendChatState sends a standalone XEP-0085 chat state (active, composing,
-// paused, inactive, gone).
-func (c *Conn) SendChatState(ctx context.Context, to, state string) error {
+// SendChatState sends a standalone XEP-0085 chat state: one
+// ParseChatState accepts, else an ErrInvalidArgument.
+func (c *Conn) SendChatState(ctx context.Context, to string, state ChatStateKind) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if !chatStates[state] {
-		return fmt.Errorf("xmppconn: invalid chat state %q", state)
+	state, err := ParseChatState(string(state))
+	if err != nil {
+		return err
 	}
 	j, err := validJID(to)
 	if err != nil {
@@ -176,7 +155,7 @@ func (c *Conn) SendChatState(ctx context.Context, to, state string) error {
 	var b bytes.Buffer
 	b.WriteString(`<message type="chat"`)
 	attr(&b, "to", j)
-	b.WriteString(`><` + state + ` xmlns="` + nsChat + `"/><no-store xmlns="urn:xmpp:hints"/></message>`)
+	b.WriteString(`><` + string(state) + ` xmlns="` + nsChat + `"/><no-store xmlns="urn:xmpp:hints"/></message>`)
 	return c.send(b.Bytes(), true)
 }
 

@@ -60,7 +60,8 @@ type Config struct {
 	Handler   Handler
 	Logger    *slog.Logger
 
-	// InitialPresence is sent after the first stream; nil = available. A
+	// InitialPresence is sent after the first stream; nil = available. It
+	// must pass Presence.Validate (ErrConfig wrapping ErrInvalidArgument). A
 	// later fresh (not resumed) stream sends the last broadcast presence
 	// given to SendPresence instead, or this one if there was none.
 	InitialPresence *Presence
@@ -234,6 +235,9 @@ func (cfg Config) normalize() (Config, error) {
 	}
 	if cfg.InitialPresence != nil {
 		p := *cfg.InitialPresence
+		if err := p.Validate(); err != nil {
+			return cfg, fmt.Errorf("%w: InitialPresence: %w", ErrConfig, err)
+		}
 		cfg.InitialPresence = &p
 	}
 	return cfg, nil

@@ -59,6 +59,16 @@
 // Config.TLSConfig with ServerName and MinVersion set so that connections
 // do not each copy it.
 //
+// What a caller puts into a stanza is checked by the Conn, by one rule per
+// value (values.go): message types, presence shows, chat states and
+// subscription actions are typed strings with Parse functions, and
+// Message.Outgoing and Presence.Validate are what Send and SendPresence
+// check, for a caller that wants to refuse a bad value early. Every such
+// refusal wraps ErrInvalidArgument and names the field. A message is read
+// by one parser whether it arrives live or from an archive
+// (ArchivedMessage embeds Message); server refusals are *StanzaError,
+// matched with errors.Is against ErrItemNotFound and its siblings.
+//
 // The Handler runs on the Conn's goroutine: it may send, but must not wait
 // for IQ results (Roster, SetRosterItem, RemoveRosterItem, SendIQ, History).
 package xmppconn

@@ -27,6 +27,15 @@ var (
 	// instead and sent once the stream is back.
 	ErrNotConnected = errors.New("xmppconn: not connected")
 
+	// ErrInvalidArgument: a value given to a Conn method is not one XMPP
+	// allows: a message type, presence show, chat state, subscription
+	// action, priority, avatar hash or history query outside the rules of
+	// values.go and mam.go. The error wrapping it names the field, e.g.
+	// `xmppconn: invalid argument: chat state "sleeping" is not one of
+	// active, composing, paused, inactive, gone`. It is the caller's
+	// mistake, never the server's: nothing was sent.
+	ErrInvalidArgument = errors.New("xmppconn: invalid argument")
+
 	// ErrInvalidJID: a JID failed RFC 7622 validation.
 	ErrInvalidJID = errors.New("xmppconn: invalid JID")
 
@@ -67,11 +76,34 @@ func (e *StreamError) Error() string {
 }
 
 // StanzaError is an error reply to an IQ (RFC 6120 §8.3), e.g. type "cancel",
-// condition "item-not-found".
+// condition "item-not-found". Test for a condition with errors.Is and the
+// values below (or any *StanzaError: see Is), not by comparing strings.
 type StanzaError struct {
 	Type      string
 	Condition string
 	Text      string
+}
+
+// Stanza error conditions (RFC 6120 §8.3.3) that callers act on. Each
+// matches any *StanzaError with its condition, whatever its type and text:
+// errors.Is(err, ErrItemNotFound).
+var (
+	ErrItemNotFound          = &StanzaError{Condition: "item-not-found"}
+	ErrServiceUnavailable    = &StanzaError{Condition: "service-unavailable"}
+	ErrFeatureNotImplemented = &StanzaError{Condition: "feature-not-implemented"}
+	ErrPolicyViolation       = &StanzaError{Condition: "policy-violation"}
+)
+
+// Is reports whether e matches target, a *StanzaError: target's Type and
+// Condition must equal e's where they are not empty (its Text is ignored),
+// so &StanzaError{} matches every stanza error and
+// &StanzaError{Type: "auth"} every one of type auth.
+func (e *StanzaError) Is(target error) bool {
+	t, ok := target.(*StanzaError)
+	if !ok || e == nil || t == nil {
+		return false
+	}
+	return (t.Type == "" || t.Type == e.Type) && (t.Condition == "" || t.Condition == e.Condition)
 }
 
 func (e *StanzaError) Error() string {

@@ -21,11 +21,12 @@ type HandlerFunc func(Event)
 // HandleEvent calls f(ev).
 func (f HandlerFunc) HandleEvent(ev Event) { f(ev) }
 
-// Message is an incoming or outgoing <message/>.
+// Message is an incoming or outgoing <message/>, and the message of an
+// archive result (ArchivedMessage): parseMessage reads both.
 type Message struct {
 	From, To string
 	ID       string
-	Type     string // chat, groupchat, normal, headline, error
+	Type     MessageType // chat, groupchat, normal, headline, error
 	Body     string
 	Thread   string
 	Subject  string
@@ -36,7 +37,7 @@ type Message struct {
 	// Receipt asks for a XEP-0184 receipt (outgoing) or says one was asked (incoming).
 	Receipt bool
 	// ChatState is an XEP-0085 state carried with the message, if any.
-	ChatState string
+	ChatState ChatStateKind
 	// Own marks a groupchat message from our own nickname: the room's
 	// echo of what we sent (or history of what we said).
 	Own bool
@@ -46,7 +47,7 @@ type Message struct {
 type Presence struct {
 	From, To string
 	Type     string // "available" (no type attribute) or "unavailable"
-	Show     string // "", away, chat, dnd, xa
+	Show     Show   // "", away, chat, dnd, xa
 	Status   string
 	Priority int
 	// Avatar is the contact's XEP-0153 vCard photo hash (lower-case SHA-1
@@ -79,7 +80,7 @@ type RosterPush struct {
 // ChatState is a standalone XEP-0085 notification.
 type ChatState struct {
 	From, To string
-	State    string // active, composing, paused, inactive, gone
+	State    ChatStateKind // active, composing, paused, inactive, gone
 }
 
 // Receipt is an XEP-0184 delivery receipt for message ID.

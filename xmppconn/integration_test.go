@@ -192,7 +192,7 @@ func TestConversation(t *testing.T) {
 func conversation(t *testing.T, b *backend, alice, bob *client) {
 	ctx := ctxT(t)
 	// alice -> bob (full JID), every type.
-	for i, typ := range []string{"chat", "normal", "headline"} {
+	for i, typ := range []xmppconn.MessageType{"chat", "normal", "headline"} {
 		body := fmt.Sprintf("hello bob %d ✓ <&>", i)
 		out := xmppconn.Message{To: bob.JID(), Type: typ, Body: body, Thread: "th-1", ID: fmt.Sprintf("a2b-%d", i), Receipt: true}
 		id, err := alice.Send(ctx, out)
@@ -202,7 +202,7 @@ func conversation(t *testing.T, b *backend, alice, bob *client) {
 		if id != out.ID {
 			t.Errorf("Send returned id %q, want the caller's %q", id, out.ID)
 		}
-		m := bob.rec.waitFor(t, 10*time.Second, "bob receiving "+typ, messageWithBody(body)).(*xmppconn.Message)
+		m := bob.rec.waitFor(t, 10*time.Second, "bob receiving "+string(typ), messageWithBody(body)).(*xmppconn.Message)
 		if m.From != alice.JID() || m.Type != typ || m.ID != out.ID || m.Thread != "th-1" || !m.Receipt || m.Carbon != "" {
 			t.Errorf("bob got %+v, want from %s type %s id %s thread th-1 receipt", m, alice.JID(), typ, out.ID)
 		}

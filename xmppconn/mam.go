@@ -49,16 +49,13 @@ type HistoryQuery struct {
 	Max int
 }
 
-// ArchivedMessage is one message of an archive.
+// ArchivedMessage is one message of an archive: the Message as archived
+// (its ID is the one its sender gave it), read by the same parseMessage
+// as a live one, and where the archive keeps it.
 type ArchivedMessage struct {
+	Message
 	ArchiveID string    // the archive's id for it (XEP-0359 stanza-id)
 	Time      time.Time // when the server archived it
-	From, To  string
-	ID        string // the id its sender gave it
-	Type      string // chat, groupchat, normal, ...
-	Body      string
-	Subject   string
-	Thread    string
 }
 
 // HistoryPage is the answer to a HistoryQuery: the messages oldest first.
@@ -93,19 +90,19 @@ type mamQuery struct {
 // without an archive gives ErrUnsupported.
 func (c *Conn) History(ctx context.Context, q HistoryQuery) (HistoryPage, error) {
 	if q.Max < 0 || q.Max > MaxHistoryMax {
-		return HistoryPage{}, fmt.Errorf("xmppconn: history page size %d out of 0..%d", q.Max, MaxHistoryMax)
+		return HistoryPage{}, fmt.Errorf("%w: history page size %d out of 0..%d", ErrInvalidArgument, q.Max, MaxHistoryMax)
 	}
 	if q.Max == 0 {
 		q.Max = DefaultHistoryMax
 	}
 	if !q.Start.IsZero() && !q.End.IsZero() && q.End.Before(q.Start) {
-		return HistoryPage{}, fmt.Errorf("xmppconn: history end before start")
+		return HistoryPage{}, fmt.Errorf("%w: history end before start", ErrInvalidArgument)
 	}
 	if q.Before != "" {
 		q.Last = true
 	}
 	if len(q.After) > 256 || len(q.Before) > 256 {
-		return HistoryPage{}, fmt.Errorf("xmppconn: archive id too long")
+		return HistoryPage{}, fmt.Errorf("%w: archive id longer than 256 bytes", ErrInvalidArgument)
 	}
 	archive := ""
 	if q.Room != "" {
@@ -129,18 +126,19 @@ func (c *Conn) History(ctx context.Context, q HistoryQuery) (HistoryPage, error)
 		q.With = j.String()
 	}
 	page, err := c.history(ctx, nsMAM2, archive, q)
-	var se *StanzaError
-	if errors.As(err, &se) && notSupported(se) {
+	if notSupported(err) {
 		page, err = c.history(ctx, nsMAM1, archive, q)
-		if errors.As(err, &se) && notSupported(se) {
+		if notSupported(err) {
 			return HistoryPage{}, fmt.Errorf("%w: message archive (XEP-0313): %w", ErrUnsupported, err)
 		}
 	}
 	return page, err
 }
 
-func notSupported(se *StanzaError) bool {
-	return se.Condition == "service-unavailable" || se.Condition == "feature-not-implemented"
+// notSupported reports whether err says the archive (or the namespace
+// asked for) does not exist.
+func notSupported(err error) bool {
+	return errors.Is(err, ErrServiceUnavailable) || errors.Is(err, ErrFeatureNotImplemented)
 }
 
 func (c *Conn) history(ctx context.Context, ns, archive string, q HistoryQuery) (HistoryPage, error) {
@@ -257,21 +255,11 @@ func (c *Conn) handleMAMResult(n, r *node) {
 	if inner == nil {
 		return
 	}
-	m := ArchivedMessage{
-		ArchiveID: r.get("id"),
-		Time:      parseDelay(fwd),
-		From:      inner.get("from"),
-		To:        inner.get("to"),
-		ID:        inner.get("id"),
-		Type:      inner.get("type"),
-	}
-	if m.Type == "" {
-		m.Type = "normal"
-	}
+	msg, _, _ := parseMessage(inner)
+	m := ArchivedMessage{Message: msg, ArchiveID: r.get("id"), Time: parseDelay(fwd)}
 	if m.Time.IsZero() {
-		m.Time = parseDelay(inner)
+		m.Time = m.Delay
 	}
-	m.Body, m.Subject, m.Thread = messageText(inner)
 	if len(mq.msgs) >= mq.max {
 		mq.over = true
 		if !mq.last {
@@ -291,26 +279,4 @@ func (c *Conn) fromArchive(archive, from string) bool {
 	}
 	j, err := ParseJID(from)
 	return err == nil && j.String() == archive
-}
-
-// messageText returns the first body, subject and thread of a message in
-// its own namespace.
-func messageText(n *node) (body, subject, thread string) {
-	hasBody := false
-	for _, k := range n.kids {
-		if k.name.Space != n.name.Space {
-			continue
-		}
-		switch k.name.Local {
-		case "body":
-			if !hasBody {
-				body, hasBody = k.text, true
-			}
-		case "subject":
-			subject = k.text
-		case "thread":
-			thread = k.text
-		}
-	}
-	return body, subject, thread
 }

@@ -230,7 +230,7 @@ func TestAvatarHash(t *testing.T) {
 	if got := string(encodePresence(Presence{Avatar: ptr(h)})); got != `<presence><x xmlns="vcard-temp:x:update"><photo>`+h+`</photo></x></presence>` {
 		t.Errorf("encoded %s", got)
 	}
-	if checkPresence(Presence{Avatar: ptr("xyz")}) == nil {
+	if (Presence{Avatar: ptr("xyz")}).Validate() == nil {
 		t.Error("bad outgoing hash accepted")
 	}
 	if AvatarHash([]byte("abc")) != "a9993e364706816aba3e25717850c26c9cd0d89d" || AvatarHash(nil) != "" {

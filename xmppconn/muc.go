@@ -103,7 +103,7 @@ type Occupant struct {
 	Nick        string
 	JID         string // the occupant's real JID when the room discloses it, else ""
 	Type        string // "available" or "unavailable"
-	Show        string
+	Show        Show
 	Status      string
 	Affiliation string // owner, admin, member, outcast or none
 	Role        string // moderator, participant, visitor or none
@@ -366,8 +366,7 @@ func (c *Conn) JoinRoom(ctx context.Context, j RoomJoin) (JoinedRoom, bool, erro
 			return JoinedRoom{}, false, err
 		}
 		if w.err != nil {
-			var se *StanzaError
-			if errors.As(w.err, &se) && se.Condition == "item-not-found" && lockedTries < maxRejoinRetries {
+			if errors.Is(w.err, ErrItemNotFound) && lockedTries < maxRejoinRetries {
 				// Locked: someone else is creating the room right now.
 				lockedTries++
 				t := time.NewTimer(time.Duration(lockedTries) * rejoinRetryWait)
@@ -529,7 +528,7 @@ func encodeJoin(room, nick, password string, history int, since time.Time, p Pre
 // room shows to its occupants.
 func writeShowStatus(b *bytes.Buffer, p Presence) {
 	if p.Show != "" {
-		b.WriteString(`<show>` + p.Show + `</show>`)
+		b.WriteString(`<show>` + string(p.Show) + `</show>`)
 	}
 	if p.Status != "" {
 		b.WriteString(`<status>`)
@@ -630,7 +629,7 @@ func parseOccupant(n *node, room, nick string) Occupant {
 	for _, k := range n.kids {
 		switch {
 		case k.is(nsClient, "show"):
-			o.Show = strings.TrimSpace(k.text)
+			o.Show = Show(strings.TrimSpace(k.text))
 		case k.is(nsClient, "status") && o.Status == "":
 			o.Status = k.text
 		case k.is(nsMUCUser, "x"):
@@ -734,7 +733,7 @@ func (c *Conn) handleRoomPresence(s *stream, n *node) bool {
 			c.log.Info("xmppconn: room error", "room", room, "err", err)
 			return true
 		}
-		if cond := parseStanzaError(n).Condition; cond == "item-not-found" && r.retries < maxRejoinRetries {
+		if errors.Is(err, ErrItemNotFound) && r.retries < maxRejoinRetries {
 			// Another occupant is re-creating the room after a server
 			// restart and it is locked until configured: try again soon.
 			r.retries++

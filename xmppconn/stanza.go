@@ -2,7 +2,7 @@ package xmppconn
 
 import (
 	"bytes"
-	"fmt"
+	"errors"
 	"strconv"
 	"strings"
 	"time"
@@ -107,35 +107,11 @@ func (c *Conn) handleMessage(s *stream, n *node) {
 		n = inner
 		break
 	}
-	m := &Message{
-		From:    n.get("from"),
-		To:      n.get("to"),
-		ID:      n.get("id"),
-		Type:    n.get("type"),
-		Carbon:  carbon,
-		Delay:   parseDelay(n),
-		Receipt: n.child(nsReceipts, "request") != nil,
-	}
-	if m.Type == "" {
-		m.Type = "normal"
-	}
+	msg, hasBody, hasSubject := parseMessage(n)
+	m := &msg
+	m.Carbon = carbon
 	if m.Delay.IsZero() {
 		m.Delay = fwdDelay
-	}
-	hasBody, hasSubject := false, false
-	ns := n.name.Space
-	for _, k := range n.kids {
-		switch {
-		case k.name.Space == ns && k.name.Local == "body" && !hasBody:
-			m.Body, hasBody = k.text, true
-		case k.name.Space == ns && k.name.Local == "subject":
-			m.Subject = k.text
-			hasBody, hasSubject = true, true
-		case k.name.Space == ns && k.name.Local == "thread":
-			m.Thread = k.text
-		case k.name.Space == nsChat:
-			m.ChatState = k.name.Local
-		}
 	}
 	if r := n.child(nsReceipts, "received"); r != nil {
 		id := r.get("id")
@@ -147,35 +123,71 @@ func (c *Conn) handleMessage(s *stream, n *node) {
 			return
 		}
 	}
-	if m.Type == "groupchat" && !c.roomMessage(m, hasSubject) {
+	if m.Type == GroupChatMessage && !c.roomMessage(m, hasSubject) {
 		return
 	}
-	if m.Type == "error" && carbon == "" {
-		if se := parseStanzaError(n); se.Condition == "policy-violation" {
+	if m.Type == ErrorMessage && carbon == "" {
+		if se := parseStanzaError(n); errors.Is(se, ErrPolicyViolation) {
 			// The server (or the recipient's) refused a message we
 			// sent; it counted it, so it is not in the resend queue.
 			c.emit(&SendFailed{Stanza: "message", To: m.From, ID: m.ID, Reason: se.Condition})
 		}
 	}
 	switch {
-	case hasBody || m.Type == "error":
+	case hasBody || m.Type == ErrorMessage:
 		c.emit(m)
 	case m.ChatState != "":
 		c.emit(&ChatState{From: m.From, To: m.To, State: m.ChatState})
 	default:
 		return
 	}
-	if m.Receipt && hasBody && carbon == "" && m.ID != "" && m.From != "" && m.Type != "groupchat" && m.Type != "error" {
+	if m.Receipt && hasBody && carbon == "" && m.ID != "" && m.From != "" && m.Type != GroupChatMessage && m.Type != ErrorMessage {
 		var b bytes.Buffer
 		b.WriteString(`<message`)
 		attr(&b, "to", m.From)
 		attr(&b, "id", c.newID())
-		attr(&b, "type", m.Type)
+		attr(&b, "type", string(m.Type))
 		b.WriteString(`><received xmlns="` + nsReceipts + `"`)
 		attr(&b, "id", m.ID)
 		b.WriteString(`/></message>`)
 		c.writeStanzaOn(s, b.Bytes())
 	}
+}
+
+// parseMessage reads a <message/>: the one parse of a message, for live
+// messages (after a carbon is unwrapped) and archive results alike. Type
+// "" is NormalMessage (RFC 6121 §5.2.2); the first body, the last subject
+// and thread in the message's own namespace are kept. hasBody is true when
+// the message has a body or a subject element, even an empty one;
+// hasSubject when it has a subject element (an empty one clears a room's
+// subject).
+func parseMessage(n *node) (m Message, hasBody, hasSubject bool) {
+	m = Message{
+		From:    n.get("from"),
+		To:      n.get("to"),
+		ID:      n.get("id"),
+		Type:    MessageType(n.get("type")),
+		Delay:   parseDelay(n),
+		Receipt: n.child(nsReceipts, "request") != nil,
+	}
+	if m.Type == "" {
+		m.Type = NormalMessage
+	}
+	seenBody := false
+	ns := n.name.Space
+	for _, k := range n.kids {
+		switch {
+		case k.name.Space == ns && k.name.Local == "body" && !seenBody:
+			m.Body, seenBody = k.text, true
+		case k.name.Space == ns && k.name.Local == "subject":
+			m.Subject, hasSubject = k.text, true
+		case k.name.Space == ns && k.name.Local == "thread":
+			m.Thread = k.text
+		case k.name.Space == nsChat:
+			m.ChatState = ChatStateKind(k.name.Local)
+		}
+	}
+	return m, seenBody || hasSubject, hasSubject
 }
 
 func (c *Conn) fromOwnBare(from string) bool {
@@ -212,7 +224,7 @@ func (c *Conn) handlePresence(s *stream, n *node) {
 			}
 			switch k.name.Local {
 			case "show":
-				p.Show = strings.TrimSpace(k.text)
+				p.Show = Show(strings.TrimSpace(k.text))
 			case "status":
 				if p.Status == "" {
 					p.Status = k.text
@@ -277,7 +289,7 @@ func encodeMessage(m Message) []byte {
 	b.WriteString(`<message`)
 	attr(&b, "to", m.To)
 	attr(&b, "id", m.ID)
-	attr(&b, "type", m.Type)
+	attr(&b, "type", string(m.Type))
 	b.WriteByte('>')
 	if m.Subject != "" {
 		b.WriteString(`<subject>`)
@@ -298,7 +310,7 @@ func encodeMessage(m Message) []byte {
 		b.WriteString(`<request xmlns="` + nsReceipts + `"/>`)
 	}
 	if m.ChatState != "" {
-		b.WriteString(`<` + m.ChatState + ` xmlns="` + nsChat + `"/>`)
+		b.WriteString(`<` + string(m.ChatState) + ` xmlns="` + nsChat + `"/>`)
 	}
 	b.WriteString(`</message>`)
 	return b.Bytes()
@@ -318,7 +330,7 @@ func encodePresence(p Presence) []byte {
 	}
 	b.WriteByte('>')
 	if p.Show != "" {
-		b.WriteString(`<show>` + p.Show + `</show>`)
+		b.WriteString(`<show>` + string(p.Show) + `</show>`)
 	}
 	if p.Status != "" {
 		b.WriteString(`<status>`)
@@ -337,32 +349,10 @@ func encodePresence(p Presence) []byte {
 	return b.Bytes()
 }
 
-var chatStates = map[string]bool{"active": true, "composing": true, "paused": true, "inactive": true, "gone": true}
-
 func validJID(s string) (string, error) {
 	j, err := ParseJID(s)
 	if err != nil {
 		return "", err
 	}
 	return j.String(), nil
-}
-
-func checkPresence(p Presence) error {
-	switch p.Show {
-	case "", "away", "chat", "dnd", "xa":
-	default:
-		return fmt.Errorf("xmppconn: invalid presence show %q", p.Show)
-	}
-	switch p.Type {
-	case "", "available", "unavailable":
-	default:
-		return fmt.Errorf("xmppconn: invalid presence type %q (use Subscribe for subscriptions)", p.Type)
-	}
-	if p.Priority < -128 || p.Priority > 127 {
-		return fmt.Errorf("xmppconn: presence priority %d out of range", p.Priority)
-	}
-	if p.Avatar != nil && *p.Avatar != "" && !isSHA1Hex(*p.Avatar) {
-		return fmt.Errorf("xmppconn: avatar hash %q is not a SHA-1 in hex", *p.Avatar)
-	}
-	return nil
 }
