@@ -282,7 +282,7 @@ func (x xmppContact) send(t *testing.T, to, body string) {
 
 func (x xmppContact) setPresence(t *testing.T, show, status string) {
 	t.Helper()
-	if err := x.c.SendPresence(t.Context(), xmppconn.Presence{Show: show, Status: status}); err != nil {
+	if err := x.c.SendPresence(t.Context(), xmppconn.Presence{Show: xmppconn.Show(show), Status: status}); err != nil {
 		t.Fatal(err)
 	}
 }
