@@ -35,6 +35,8 @@ type api struct {
 	// parked holds the JSON long polls waiting without net/http (park.go);
 	// nil holds them in their handler, as the tests' recorders need.
 	parked *parker
+	// bosh holds the BOSH sessions (bosh.go).
+	bosh *boshServer
 	// sseWrite bounds each write of an SSE stream (0: sseWriteTimeout).
 	sseWrite time.Duration
 
@@ -82,6 +84,12 @@ func (a *api) routes() http.Handler {
 	handle("POST /v1/rooms/{room}/leave", false, a.roomLeave)
 	handle("PUT /v1/rooms/{room}/subject", false, a.roomSubject)
 	handle("GET /v1/history", false, a.history)
+	handle("POST /v1/prebind", false, a.prebind)
+	if a.bosh == nil {
+		a.bosh = newBOSHServer(a)
+	}
+	mux.Handle("/http-bind", a.browserHandler("bosh", http.MethodPost, a.bosh.handle))
+	mux.Handle("/xmpp-websocket", a.browserHandler("websocket", http.MethodGet, a.websocket))
 	mux.Handle("/", a.wrap("other", true, func(http.ResponseWriter, *http.Request, *caller) error {
 		return fmt.Errorf("%w: no such endpoint", ErrNotFound)
 	}))

@@ -82,6 +82,7 @@ type fakeConn struct {
 	lastHistory xmppconn.HistoryQuery
 	ownAvatar   *string
 	rooms       map[string]xmppconn.JoinedRoom // rooms_test.go
+	stanzas     []string                       // SendStanza (bosh_test.go)
 	done        chan struct{}
 	closed      bool
 	fail        error
@@ -186,6 +187,7 @@ type harness struct {
 	dials   int
 	dialErr error
 	handler xmppconn.Handler
+	tap     func(*xmppconn.Stanza) // bridge_test.go
 	conn    *fakeConn
 }
 
@@ -228,6 +230,7 @@ func newHarness(t testing.TB, token string) *harness {
 		}
 		release(xmppconn.AuthSucceeded)
 		h.handler = c.Handler
+		h.tap = c.Tap
 		h.conn = &fakeConn{jid: c.User + "@" + c.Domain + "/" + c.Resource, done: make(chan struct{})}
 		return h.conn, nil
 	}

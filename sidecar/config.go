@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -54,6 +55,12 @@ type Config struct {
 	GCPercent       int
 	HTTP2           bool
 	HTTP2MaxStreams int
+
+	// Browser streams (BOSH, WebSocket: bridge.go).
+	BOSHURL           string
+	AllowedOrigins    string
+	MaxBrowserStreams int
+	allowedOrigins    []string // AllowedOrigins, parsed by Validate
 
 	SessionStore       string
 	SessionSavePath    string
@@ -115,6 +122,9 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.MaxPolls, "max-polls-per-session", 8, "GET /v1/events (long polls, SSE streams) in flight at most per PHP session, a parked poll counting until answered; more are answered 429 too_many_polls and their connection closed, so one session cannot hold every API connection (8: four tabs, each with a poll left over from a reload)")
 	fs.BoolVar(&c.HTTP2, "http2", true, "also accept HTTP/2 without TLS (h2c with prior knowledge, RFC 9113 §3.3) on --listen, next to HTTP/1.1: one connection carries many pending polls")
 	fs.IntVar(&c.HTTP2MaxStreams, "http2-max-streams", 100, "HTTP/2: requests in flight at most on one connection (pending polls included), so a client needs users/this connections; more costs CPU per frame, as Go's server visits every open stream to pick the next frame")
+	fs.StringVar(&c.BOSHURL, "bosh-url", "/http-bind", "the BOSH endpoint's URL as browsers reach it through the site (e.g. /im/http-bind), answered by POST /v1/prebind")
+	fs.StringVar(&c.AllowedOrigins, "allowed-origins", "", "browser origins allowed on /http-bind and /xmpp-websocket, comma-separated (e.g. https://mail.example.org); empty: the host the request was sent to (Host or X-Forwarded-Host)")
+	fs.IntVar(&c.MaxBrowserStreams, "max-browser-streams", 8, "BOSH and WebSocket streams attached at once per PHP session (tabs)")
 	fs.IntVar(&c.GCPercent, "gc-percent", 50, "Go garbage collector target (GOGC): heap growth allowed over live memory before a collection; lower keeps less memory per user for a little CPU (10..1000; a GOGC environment variable wins)")
 	fs.StringVar(&c.SessionStore, "session-store", "files", "PHP session store, as session.save_handler: "+strings.Join(phpsession.StoreNames(), ", "))
 	fs.StringVar(&c.SessionSavePath, "session-save-path", "", "PHP's session.save_path for the store: files: \"/dir\", \"N;/dir\" or \"N;MODE;/dir\" (default "+phpsession.ExpressoSavePath+" for --profile=expresso, "+genericSavePath+" for generic); memcached: host:port,host:port…; memcache: tcp://host:port?weight=N…,…; redis: as --session-redis")
@@ -355,6 +365,24 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxPolls < 1 || c.MaxPolls > 1000 {
 		bad("max-polls-per-session", "must be within 1..1000, got %d", c.MaxPolls)
+	}
+	if c.MaxBrowserStreams < 1 || c.MaxBrowserStreams > 1000 {
+		bad("max-browser-streams", "must be within 1..1000, got %d", c.MaxBrowserStreams)
+	}
+	if c.BOSHURL == "" || !(strings.HasPrefix(c.BOSHURL, "/") || strings.HasPrefix(c.BOSHURL, "https://") || strings.HasPrefix(c.BOSHURL, "http://")) {
+		bad("bosh-url", "%q is not a path or an http(s) URL", c.BOSHURL)
+	}
+	c.allowedOrigins = nil
+	for _, o := range strings.Split(c.AllowedOrigins, ",") {
+		if o = strings.TrimSpace(o); o == "" {
+			continue
+		}
+		u, err := url.Parse(o)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+			bad("allowed-origins", "%q is not an origin (scheme://host[:port])", o)
+			continue
+		}
+		c.allowedOrigins = append(c.allowedOrigins, u.Scheme+"://"+u.Host)
 	}
 	if c.HTTP2MaxStreams < 1 || c.HTTP2MaxStreams > 100_000 {
 		bad("http2-max-streams", "must be within 1..100000, got %d", c.HTTP2MaxStreams)

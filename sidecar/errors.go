@@ -78,6 +78,10 @@ func statusFor(err error) (int, string) {
 		return http.StatusConflict, "not_connected"
 	case errors.Is(err, ErrTooLarge):
 		return http.StatusRequestEntityTooLarge, "too_large"
+	case errors.Is(err, ErrForbiddenOrigin):
+		return http.StatusForbidden, "origin_forbidden"
+	case errors.Is(err, ErrTooManyStreams):
+		return http.StatusTooManyRequests, "too_many_streams"
 	case errors.Is(err, xmppconn.ErrSendTooLarge):
 		return http.StatusRequestEntityTooLarge, "message_too_large"
 	case errors.Is(err, ErrRateLimited):

@@ -21,8 +21,11 @@ type metrics struct {
 	// sendsRefused the stanzas the server refused (policy-violation).
 	stanzasDropped prometheus.Counter
 	sendsRefused   prometheus.Counter
-	apiLatency     *prometheus.HistogramVec
-	storeLatency   prometheus.Histogram
+	// Browser XMPP clients (bridge.go).
+	browserStreams  prometheus.Gauge
+	browserRejected prometheus.Counter
+	apiLatency      *prometheus.HistogramVec
+	storeLatency    prometheus.Histogram
 }
 
 // newMetrics registers the series; sessions counts the sessions by state
@@ -40,13 +43,17 @@ func newMetrics(sessions func() map[xmppconn.State]int, eventBytes func() int64)
 		connRejected:   prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_api_connections_rejected_total", Help: "API connections answered 503 too_many_connections (--max-connections)."}),
 		stanzasDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_stanzas_dropped_total", Help: "Stanzas from the Jabber server over --xmpp-max-stanza-size, skipped without breaking the stream (the user gets a dropped event)."}),
 		sendsRefused:   prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_sends_refused_total", Help: "Stanzas the Jabber server refused with a policy-violation stream error, taken out of the resend queue (the user gets a send_failed event)."}),
+		browserStreams: prometheus.NewGauge(prometheus.GaugeOpts{Name: "imsidecar_browser_streams",
+			Help: "Browser XMPP clients (BOSH, WebSocket) attached to users' streams."}),
+		browserRejected: prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_browser_stanzas_rejected_total",
+			Help: "Stanzas from browser clients refused (malformed, oversized, stream-level); each ended that client's stream."}),
 		apiLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "imsidecar_api_request_duration_seconds",
 			Help: "API latency by route and status (long polls included).", Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5, 30, 60}},
 			[]string{"route", "status"}),
 		storeLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "imsidecar_session_store_duration_seconds",
 			Help: "PHP session lookups.", Buckets: []float64{.00001, .00005, .0001, .0005, .001, .005, .01, .05, .1, .5}}),
 	}
-	reg.MustRegister(m.connects, m.reconnects, m.resumptions, m.authFailures, m.eventsQueued, m.eventsDropped, m.connRejected, m.stanzasDropped, m.sendsRefused, m.apiLatency, m.storeLatency,
+	reg.MustRegister(m.connects, m.reconnects, m.resumptions, m.authFailures, m.eventsQueued, m.eventsDropped, m.connRejected, m.stanzasDropped, m.sendsRefused, m.browserStreams, m.browserRejected, m.apiLatency, m.storeLatency,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "imsidecar_event_log_bytes", Help: "Bytes the session event logs hold, counted against --event-memory-mb."},
 			func() float64 { return float64(eventBytes()) }))

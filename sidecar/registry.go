@@ -43,6 +43,8 @@ type xmppSession interface {
 	JoinedRooms() []xmppconn.JoinedRoom
 	History(ctx context.Context, q xmppconn.HistoryQuery) (xmppconn.HistoryPage, error)
 	SetAvatarHash(ctx context.Context, hash string) error
+	SendStanza(ctx context.Context, st *xmppconn.Stanza) error
+	Presence() xmppconn.Presence
 	Close(ctx context.Context) error
 	Done() <-chan struct{}
 }
@@ -84,6 +86,9 @@ type session struct {
 	// tenth of a map (a map per online contact was ≈ 700 bytes).
 	presence map[string][]presenceInfo
 	limiter  tokenBucket
+	// bridge holds the browser streams attached (bridge.go); nil until
+	// the first one.
+	bridge *bridge
 }
 
 type presenceInfo struct {
@@ -266,6 +271,7 @@ func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session,
 		AuthGate:        r.auth.gate(s.user, s.cred),
 		SoftwareName:    "imsidecar",
 		SoftwareVersion: version,
+		Tap:             s.tap,
 		MaxStanzaSize:   r.cfg.XMPPMaxStanzaSize,
 		MaxSendSize:     r.cfg.XMPPMaxSendSize,
 	}
@@ -432,6 +438,7 @@ func (r *registry) handle(s *session, ev xmppconn.Event) {
 			reason = "continuity_lost"
 			s.log.markGap()
 			s.clearPresence()
+			s.bridgeReset()
 		}
 		if e.State == xmppconn.StateAuthFailed {
 			reason = "auth_failed" // counted by r.auth
@@ -546,7 +553,11 @@ func (r *registry) closeSession(s *session, reason string) {
 	s.mu.Lock()
 	conn := s.conn
 	s.conn = nil
+	b := s.bridge
 	s.mu.Unlock()
+	if b != nil {
+		b.close(reason)
+	}
 	if s.State() != xmppconn.StateOffline {
 		s.setState(xmppconn.StateOffline, reason)
 		s.appendState(xmppconn.StateOffline, reason)

@@ -94,6 +94,12 @@ type Config struct {
 	// SoftwareName and SoftwareVersion answer jabber:iq:version requests;
 	// defaults "imsidecar" and "1".
 	SoftwareName, SoftwareVersion string
+
+	// Tap, when set, is handed every inbound stanza meant for the user's
+	// clients (raw.go): messages, presences, roster pushes and IQ
+	// answers the Conn did not ask for itself. It runs on the reading
+	// goroutine, after the Handler, and must not block.
+	Tap func(*Stanza)
 }
 
 var discardLogger = slog.New(slog.DiscardHandler)

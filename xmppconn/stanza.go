@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"strconv"
-	"strings"
 	"time"
 )
 
@@ -34,6 +33,7 @@ func (c *Conn) handle(s *stream, n *node) {
 		c.countInbound()
 		return
 	}
+	tap := c.cfg.Tap != nil && c.tappable(n)
 	switch n.name.Local {
 	case "message":
 		c.handleMessage(s, n)
@@ -48,6 +48,9 @@ func (c *Conn) handle(s *stream, n *node) {
 		}
 	default:
 		return
+	}
+	if tap {
+		c.cfg.Tap(stanzaOf(n))
 	}
 	c.countInbound()
 }
@@ -214,29 +217,7 @@ func (c *Conn) handlePresence(s *stream, n *node) {
 	typ := n.get("type")
 	switch typ {
 	case "", "unavailable":
-		p := &Presence{From: n.get("from"), To: n.get("to"), Type: "available"}
-		if typ != "" {
-			p.Type = typ
-		}
-		for _, k := range n.kids {
-			if k.name.Space != nsClient {
-				continue
-			}
-			switch k.name.Local {
-			case "show":
-				p.Show = Show(strings.TrimSpace(k.text))
-			case "status":
-				if p.Status == "" {
-					p.Status = k.text
-				}
-			case "priority":
-				if v, err := strconv.Atoi(strings.TrimSpace(k.text)); err == nil && v >= -128 && v <= 127 {
-					p.Priority = v
-				}
-			}
-		}
-		p.Avatar = parseAvatarHash(n)
-		c.emit(p)
+		c.emit(presenceOf(n))
 	case "subscribe", "subscribed", "unsubscribe", "unsubscribed":
 		c.emit(&Subscription{From: n.get("from"), To: n.get("to"), Type: typ})
 	}

@@ -4,7 +4,7 @@
 // group chat room; Alice logs out, Bob writes, and Alice logs in again and
 // reads it all from history.
 // env: BASE_URL, OUT_DIR, DOMAIN, MUC_DOMAIN, ALICE_PASSWORD, BOB_PASSWORD
-import { chromium } from 'playwright-core';
+import { launch, login as loginAs } from './common.mjs';
 import { mkdirSync } from 'node:fs';
 
 const base = process.env.BASE_URL;
@@ -14,11 +14,7 @@ mkdirSync(out, { recursive: true });
 const T = 20000;
 let step = 0;
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch();
 const shots = async (name, ...pages) => {
   step++;
   for (const [i, p] of pages.entries()) {
@@ -26,19 +22,7 @@ const shots = async (name, ...pages) => {
   }
 };
 
-async function login(user, password) {
-  const ctx = await browser.newContext({ viewport: { width: 1100, height: 700 } });
-  const page = await ctx.newPage();
-  page.on('pageerror', e => console.error(`[${user}] page error:`, e.message));
-  await page.goto(base + '/login.php');
-  await page.fill('#user', user);
-  await page.fill('#password', password);
-  await page.click('#login');
-  await page.waitForSelector('#conn.online', { timeout: T });
-  const html = await page.content();
-  if (html.includes(password)) throw new Error(`${user}'s password reached the browser`);
-  return page;
-}
+const login = (user, password) => loginAs(browser, base, user, password, { timeout: T });
 
 function contact(page, jid) { return page.locator(`li.contact[data-jid="${jid}"]`); }
 

@@ -130,17 +130,49 @@ Define IMSIDECAR_TOKEN %[8]s
   RequestHeader unset X-Session-Id
   RequestHeader set Authorization "Bearer ${IMSIDECAR_TOKEN}"
 </Location>
+# The browser XMPP clients' paths (examples/apache/imsidecar.conf), Apache
+# adding the token there too, and the pinned npm copies of Strophe.js and
+# converse.js the demo pages load.
+<Location "/im/http-bind">
+  ProxyPass http://127.0.0.1:%[6]d/http-bind timeout=70
+  RequestHeader unset X-Session-Id
+  RequestHeader set Authorization "Bearer ${IMSIDECAR_TOKEN}"
+</Location>
+<Location "/im/xmpp-websocket">
+  ProxyPass http://127.0.0.1:%[6]d/xmpp-websocket upgrade=websocket timeout=120
+  RequestHeader unset X-Session-Id
+  RequestHeader set Authorization "Bearer ${IMSIDECAR_TOKEN}"
+</Location>
+LoadModule alias_module /usr/lib/apache2/modules/mod_alias.so
+Alias /vendor/ "%[9]s/"
+<Directory "%[9]s">
+  Require all granted
+</Directory>
+SetEnv DEMO_VENDOR_URL /vendor
+SetEnv DEMO_BOSH_URL /im/http-bind
 `
 
-func TestBrowserChat(t *testing.T) {
+// site is the demo app in Apache with mod_php, the sidecar and Prosody.
+type site struct {
+	base     string // the web server's URL
+	apiPort  int    // the sidecar's
+	srv      *xmppconntest.Server
+	chromium string
+}
+
+// startSite starts Prosody (alice and bob registered, bob with an avatar),
+// the sidecar and Apache serving the demo.
+func startSite(t *testing.T) *site {
 	need(t, "apache2", "apache2 libapache2-mod-php")
 	need(t, "node", "nodejs")
 	chromium := need(t, "chromium", "chromium")
+	for _, pkg := range []string{"playwright-core", "strophe.js", "converse.js"} {
+		if _, err := os.Stat("node_modules/" + pkg); err != nil {
+			t.Fatalf("%s missing: run `npm ci` in examples/browser (make test does)", pkg)
+		}
+	}
 	if _, err := os.Stat("/usr/lib/apache2/modules/libphp8.2.so"); err != nil {
 		t.Fatal("mod_php missing: apt-get install libapache2-mod-php")
-	}
-	if _, err := os.Stat("node_modules/playwright-core"); err != nil {
-		t.Fatal("playwright-core missing: run `npm ci` in examples/browser (make test does)")
 	}
 	www, err := user.Lookup("www-data")
 	if err != nil {
@@ -178,7 +210,7 @@ func TestBrowserChat(t *testing.T) {
 	side := exec.Command(bin, "serve", "--listen=127.0.0.1:"+strconv.Itoa(apiPort), "--ops-listen=127.0.0.1:"+strconv.Itoa(opsPort),
 		"--xmpp-addr="+srv.Addr, "--xmpp-domain="+srv.Domain, "--xmpp-ca-file="+srv.CAFile,
 		"--session-store=files", "--session-save-path="+filepath.Join(dir, "sessions"), "--session-owner="+www.Uid,
-		"--recheck-interval=1s", "--log-level=debug", "--api-token-file="+tokenFile)
+		"--recheck-interval=1s", "--log-level=debug", "--api-token-file="+tokenFile, "--bosh-url=/im/http-bind")
 	side.Stdout, side.Stderr = &sidecarLog, &sidecarLog
 	if err := side.Start(); err != nil {
 		t.Fatal(err)
@@ -196,8 +228,12 @@ func TestBrowserChat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	vendor, err := filepath.Abs("node_modules")
+	if err != nil {
+		t.Fatal(err)
+	}
 	conf := filepath.Join(dir, "httpd.conf")
-	if err := os.WriteFile(conf, fmt.Appendf(nil, apacheConf, webPort, dir, www.Username, "www-data", demo, apiPort, srv.Domain, token), 0o644); err != nil {
+	if err := os.WriteFile(conf, fmt.Appendf(nil, apacheConf, webPort, dir, www.Username, "www-data", demo, apiPort, srv.Domain, token, vendor), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	apache := exec.Command("apache2", "-f", conf, "-DFOREGROUND")
@@ -227,19 +263,23 @@ func TestBrowserChat(t *testing.T) {
 	})
 	base := fmt.Sprintf("http://127.0.0.1:%d", webPort)
 	waitHTTP(t, base+"/login.php")
+	return &site{base: base, apiPort: apiPort, srv: srv, chromium: chromium}
+}
 
+// runNode runs a Playwright script against the site.
+func (s *site) runNode(t *testing.T, script string, env ...string) {
+	t.Helper()
 	out, _ := filepath.Abs("out")
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "node", "browser.mjs")
-	cmd.Env = append(os.Environ(), "BASE_URL="+base, "OUT_DIR="+out, "DOMAIN="+srv.Domain, "MUC_DOMAIN="+srv.MUCDomain,
-		"ALICE_PASSWORD=alice-pw-1", "BOB_PASSWORD=bob-pw-2", "CHROMIUM="+chromium)
+	cmd := exec.CommandContext(ctx, "node", script)
+	cmd.Env = append(append(os.Environ(), "BASE_URL="+s.base, "OUT_DIR="+out, "DOMAIN="+s.srv.Domain, "MUC_DOMAIN="+s.srv.MUCDomain,
+		"ALICE_PASSWORD=alice-pw-1", "BOB_PASSWORD=bob-pw-2", "CHROMIUM="+s.chromium), env...)
 	res, err := cmd.CombinedOutput()
 	t.Logf("playwright:\n%s", res)
 	if err != nil {
 		t.Fatalf("browser test failed: %v (screenshots in %s)", err, out)
 	}
-	checkApacheAddsToken(t, base, apiPort)
 }
 
 // checkApacheAddsToken: with --api-token-file, the session cookie alone
@@ -287,6 +327,65 @@ func checkApacheAddsToken(t *testing.T, base string, apiPort int) {
 	dresp.Body.Close()
 	if dresp.StatusCode != http.StatusUnauthorized || !strings.Contains(string(b), "session_invalid") {
 		t.Fatalf("the cookie without the token, straight to the sidecar: %d %s", dresp.StatusCode, b)
+	}
+}
+
+func TestBrowserChat(t *testing.T) {
+	s := startSite(t)
+	s.runNode(t, "browser.mjs")
+	checkApacheAddsToken(t, s.base, s.apiPort)
+}
+
+// TestBrowserXMPPClients runs independently written web XMPP clients,
+// unchanged, on the users' persistent streams through Apache: Strophe.js
+// attached to a prebound BOSH session, converse.js with prebind over BOSH
+// and over WebSocket; each chats both ways with a user of the demo (the
+// /v1 API), and no page or request carries a password (clients.mjs).
+func TestBrowserXMPPClients(t *testing.T) {
+	s := startSite(t)
+	befriendDirect(t, s.srv, "alice", "alice-pw-1", "bob", "bob-pw-2")
+	s.runNode(t, "clients.mjs")
+}
+
+// befriendDirect makes two users mutual contacts with desktop-style
+// connections of their own, before the browsers start.
+func befriendDirect(t *testing.T, srv *xmppconntest.Server, a, apw, b, bpw string) {
+	t.Helper()
+	dial := func(user, pw string) *xmppconn.Conn {
+		c, err := xmppconn.Dial(t.Context(), xmppconn.Config{Addr: srv.Addr, Domain: srv.Domain, TLSConfig: srv.TLSConfig(),
+			User: user, Password: pw, Resource: "setup", Handler: xmppconn.HandlerFunc(func(ev xmppconn.Event) {})})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	ca, cb := dial(a, apw), dial(b, bpw)
+	defer ca.Close(t.Context())
+	defer cb.Close(t.Context())
+	ja, jb := srv.JID(a), srv.JID(b)
+	ctx := t.Context()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(ca.SetRosterItem(ctx, xmppconn.RosterItem{JID: jb, Name: "Bob"}))
+	must(cb.SetRosterItem(ctx, xmppconn.RosterItem{JID: ja, Name: "Alice"}))
+	must(ca.Subscribe(ctx, jb, "subscribe"))
+	must(cb.Subscribe(ctx, ja, "subscribe"))
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		// Pre-approval by the other side's own subscribe request.
+		must(ca.Subscribe(ctx, jb, "approve"))
+		must(cb.Subscribe(ctx, ja, "approve"))
+		items, err := ca.Roster(ctx)
+		must(err)
+		if len(items) == 1 && items[0].Subscription == "both" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s and %s are not mutual contacts: %+v", a, b, items)
+		}
 	}
 }
 

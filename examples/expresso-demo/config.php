@@ -49,6 +49,16 @@ function demo_client(): \Expresso\ImSidecar\Client
     );
 }
 
+/** Starts the session of a page; a visitor not logged in goes to the login page. */
+function demo_page_session(): void
+{
+    session_start();
+    if (!demo_logged_in()) {
+        header('Location: login.php');
+        exit;
+    }
+}
+
 /** Is this session logged in the way Expresso marks it? */
 function demo_logged_in(): bool
 {
@@ -58,4 +68,25 @@ function demo_logged_in(): bool
 function h(string $s): string
 {
     return htmlspecialchars($s, ENT_QUOTES, 'UTF-8');
+}
+
+/**
+ * URL of a file of a pinned npm package for the independent-client pages
+ * (strophe.php, converse.php): from DEMO_VENDOR_URL/<package>/<path> when
+ * set (a local copy, e.g. node_modules served by the web server), else
+ * from the jsDelivr CDN.
+ */
+function demo_vendor(string $package, string $version, string $path): string
+{
+    $base = demo_env('DEMO_VENDOR_URL');
+    if ($base !== '') {
+        return rtrim($base, '/') . '/' . $package . '/' . $path;
+    }
+    return 'https://cdn.jsdelivr.net/npm/' . $package . '@' . $version . '/' . $path;
+}
+
+/** The sidecar's BOSH endpoint as the browser reaches it through Apache. */
+function demo_bosh_url(): string
+{
+    return demo_env('DEMO_BOSH_URL', '/im/http-bind');
 }

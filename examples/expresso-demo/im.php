@@ -1,11 +1,7 @@
 <?php
 declare(strict_types=1);
 require __DIR__ . '/config.php';
-session_start();
-if (!demo_logged_in()) {
-    header('Location: login.php');
-    exit;
-}
+demo_page_session();
 $user = $_SESSION['phpgw_info']['expressomail']['user'];
 $fullname = mb_convert_encoding($user['fullname'], 'UTF-8', DEMO_CHARSET);
 // Events reach the page by PHP long-poll (api.php?action=poll) or, with

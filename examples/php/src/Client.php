@@ -150,6 +150,20 @@ final class Client
         return $this->request('POST', '/v1/connect', $presence === [] ? null : $presence);
     }
 
+    /**
+     * Opens (or reuses) the user's XMPP stream and a BOSH session bound to
+     * it, for a browser XMPP client to attach to without a password
+     * (converse.js `authentication: 'prebind'`, Strophe.js
+     * `attach(jid, sid, rid)`). Hand the answer to the page as JSON; the
+     * sid dies with the PHP session.
+     *
+     * @return array{jid:string,sid:string,rid:int,url:string}
+     */
+    public function prebind(): array
+    {
+        return $this->request('POST', '/v1/prebind');
+    }
+
     /** Closes the user's XMPP stream (contacts see them go offline). */
     public function disconnect(): void
     {

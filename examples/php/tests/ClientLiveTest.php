@@ -148,6 +148,20 @@ final class ClientLiveTest extends TestCase
         $this->assertNotSame('', $first['cursor']);
     }
 
+    public function testPrebind(): void
+    {
+        $a = $this->alice->prebind();
+        $b = $this->alice->prebind();
+        $this->assertStringStartsWith($this->aliceJid . '/', $a['jid']);
+        $this->assertSame($a['jid'], $b['jid'], 'prebind must attach to the one stream of the session');
+        $this->assertMatchesRegularExpression('/^[0-9a-f]{40}$/', $a['sid']);
+        $this->assertNotSame($a['sid'], $b['sid'], 'each page gets its own BOSH session');
+        $this->assertIsInt($a['rid']);
+        $this->assertSame('/http-bind', $a['url']);
+        // The e2e harness gives every user the password <login>-pw.
+        $this->assertStringNotContainsString(self::$env['IMSIDECAR_TEST_USER_ALICE'] . '-pw', json_encode($a));
+    }
+
     public function testMe(): void
     {
         $me = $this->alice->me();

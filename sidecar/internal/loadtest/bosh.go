@@ -20,10 +20,11 @@ const boshWait = 60
 // so one poll is always pending on the server and a send is a second
 // request that releases it.
 type boshClient struct {
-	hc    *http.Client
-	url   string
-	sid   string
-	onMsg func(body string)
+	hc     *http.Client
+	url    string
+	header http.Header // on every request (the sidecar's: the session cookie)
+	sid    string
+	onMsg  func(body string)
 
 	mu  sync.Mutex
 	rid uint64
@@ -40,8 +41,8 @@ const boshNS = `xmlns="http://jabber.org/protocol/httpbind"`
 
 // dialBOSH creates a BOSH session, logs user in and starts the poll loop,
 // which delivers every message body to onMsg until Close or ctx ends.
-func dialBOSH(ctx, life context.Context, hc *http.Client, url, user, pass, resource string, onMsg func(string)) (*boshClient, error) {
-	c := &boshClient{hc: hc, url: url, onMsg: onMsg, rid: 1_000_000 + uint64(time.Now().UnixNano()%1_000_000), done: make(chan struct{})}
+func dialBOSH(ctx, life context.Context, hc *http.Client, url string, header http.Header, user, pass, resource string, onMsg func(string)) (*boshClient, error) {
+	c := &boshClient{hc: hc, url: url, header: header, onMsg: onMsg, rid: 1_000_000 + uint64(time.Now().UnixNano()%1_000_000), done: make(chan struct{})}
 	create := fmt.Sprintf(`<body %s content="text/xml; charset=utf-8" hold="1" rid="%d" to="%s" ver="1.6" wait="%d" xml:lang="en" xmpp:version="1.0" xmlns:xmpp="urn:xmpp:xbosh"/>`,
 		boshNS, c.rid, Domain, boshWait)
 	body, err := c.post(ctx, []byte(create))
@@ -118,6 +119,9 @@ func (c *boshClient) post(ctx context.Context, data []byte) (*element, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(data))
 	if err != nil {
 		return nil, fmt.Errorf("loadtest: %w", err)
+	}
+	for k, v := range c.header {
+		req.Header[k] = v
 	}
 	req.Header.Set("Content-Type", "text/xml; charset=utf-8")
 	resp, err := c.hc.Do(req)

@@ -182,14 +182,7 @@ func TestSessionIDs(t *testing.T) {
 // everyone in, delivers every message exactly once and reports figures.
 func TestRunEveryPath(t *testing.T) {
 	skipShort(t, "Prosody, PHP and imsidecar")
-	bin := filepath.Join(t.TempDir(), "imsidecar")
-	root, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		t.Fatalf("go env GOMOD: %v", err)
-	}
-	if err := BuildSidecar(t.Context(), filepath.Dir(strings.TrimSpace(string(root))), bin); err != nil {
-		t.Fatal(err)
-	}
+	bin := buildSidecar(t)
 	cfg := Config{Users: 6, Rate: 30, Duration: time.Second, SweepRates: []float64{60}, SweepTime: time.Second,
 		PHPSample: 2, SourceAddrs: 3, SidecarBin: bin, Dir: t.TempDir(), Timeout: 3 * time.Minute}
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
@@ -244,6 +237,57 @@ func TestRunEveryPath(t *testing.T) {
 	if _, ok := rep.Ratios["p99"]; !ok {
 		t.Errorf("no sidecar/BOSH p99 ratio: %v", rep.Ratios)
 	}
+}
+
+// TestRunBrowserPaths runs the sidecar's own BOSH and WebSocket paths (the
+// same clients as Prosody's, attached through imsidecar by session cookie)
+// beside Prosody's, and checks that nothing is lost and the ratios exist.
+func TestRunBrowserPaths(t *testing.T) {
+	skipShort(t, "Prosody, PHP and imsidecar")
+	bin := buildSidecar(t)
+	cfg := Config{Users: 6, Rate: 30, Duration: time.Second, SweepRates: []float64{60}, SweepTime: time.Second,
+		PHPSample: 2, SourceAddrs: 3, SidecarBin: bin, Dir: t.TempDir(), Timeout: 3 * time.Minute,
+		Paths: []string{PathSidecarBOSH, PathBOSH, PathSidecarWebSocket, PathWebSocket}}
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	res, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range res {
+		if p.Online != cfg.Users || p.LoginErrors != 0 {
+			t.Errorf("%s: online %d, login errors %d", p.Path, p.Online, p.LoginErrors)
+		}
+		for _, ph := range append([]Phase{p.Phase}, p.Sweep...) {
+			if ph.Sent != int(ph.TargetRate) || ph.Delivered != ph.Sent || ph.Lost != 0 || ph.Duplicates != 0 || ph.SendErrors != 0 {
+				t.Errorf("%s at %v/s: sent %d delivered %d lost %d dups %d send errors %d", p.Path, ph.TargetRate,
+					ph.Sent, ph.Delivered, ph.Lost, ph.Duplicates, ph.SendErrors)
+			}
+		}
+		if sidecarPath(p.Path) && p.MemPerUserKB == 0 && p.ProsodyMemPerUserKB == 0 {
+			t.Errorf("%s: no memory figures", p.Path)
+		}
+	}
+	rep := NewReport("test", ThisMachine(), cfg, res)
+	for _, k := range []string{"sidecar_bosh_p99", "sidecar_bosh_mem_per_user_total", "sidecar_websocket_p99"} {
+		if _, ok := rep.Ratios[k]; !ok {
+			t.Errorf("no ratio %s: %v", k, rep.Ratios)
+		}
+	}
+}
+
+// buildSidecar builds the imsidecar binary of this tree.
+func buildSidecar(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "imsidecar")
+	root, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		t.Fatalf("go env GOMOD: %v", err)
+	}
+	if err := BuildSidecar(t.Context(), filepath.Dir(strings.TrimSpace(string(root))), bin); err != nil {
+		t.Fatal(err)
+	}
+	return bin
 }
 
 func TestConfigRejects(t *testing.T) {

@@ -96,6 +96,18 @@ func NewReport(profile string, m Machine, cfg Config, paths []PathResult) Report
 			r.Ratios[key] = a / b
 		}
 	}
+	// The sidecar's own BOSH and WebSocket against Prosody's: memory is
+	// the total of the processes each uses (imsidecar + Prosody).
+	for _, pair := range [][2]string{{PathSidecarBOSH, PathBOSH}, {PathSidecarWebSocket, PathWebSocket}} {
+		if a, b := get(pair[0]), get(pair[1]); a != nil && b != nil {
+			key := strings.ReplaceAll(pair[0], "-", "_") + "_"
+			ratio(key+"mem_per_user_total", a.MemPerUserKB+a.ProsodyMemPerUserKB, b.MemPerUserKB)
+			ratio(key+"p50", a.P50ms, b.P50ms)
+			ratio(key+"p99", a.P99ms, b.P99ms)
+			ratio(key+"knee_rate", a.KneeRate, b.KneeRate)
+			ratio(key+"capacity_rate", a.CapacityRate, b.CapacityRate)
+		}
+	}
 	sc, bo, ba := get(PathSidecar), get(PathBOSH), get(PathBare)
 	if sc != nil && bo != nil {
 		ratio("logins_per_sec", sc.LoginsPerSec, bo.LoginsPerSec)

@@ -25,6 +25,11 @@ const (
 	PathSidecar   = "sidecar"   // HTTP API of imsidecar, which holds the c2s streams
 	PathBOSH      = "bosh"      // Prosody's mod_bosh
 	PathWebSocket = "websocket" // Prosody's mod_websocket
+	// The same BOSH and WebSocket clients through imsidecar, attached to
+	// the streams it holds (session cookie, SASL PLAIN as the session's
+	// own user).
+	PathSidecarBOSH      = "sidecar-bosh"
+	PathSidecarWebSocket = "sidecar-websocket"
 )
 
 // Config is one run of the generator.
@@ -158,7 +163,7 @@ func (c *Config) defaults() error {
 	for _, p := range c.Paths {
 		switch p {
 		case PathBare, PathBOSH, PathWebSocket:
-		case PathSidecar:
+		case PathSidecar, PathSidecarBOSH, PathSidecarWebSocket:
 			if c.SidecarBin == "" {
 				return errors.New("loadtest: the sidecar path needs SidecarBin")
 			}
@@ -288,7 +293,7 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 	r.hc = r.dialer.httpClient()
 	defer r.hc.CloseIdleConnections()
 
-	if path == PathSidecar {
+	if sidecarPath(path) {
 		sessDir := filepath.Join(dir, "sessions")
 		if err := os.MkdirAll(sessDir, 0o700); err != nil {
 			return res, fmt.Errorf("loadtest: %w", err)
@@ -338,7 +343,7 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 	}
 	res.ProsodyMemPerUserKB = float64(proAfter-proBefore) / 1024 / float64(online)
 	switch path {
-	case PathSidecar:
+	case PathSidecar, PathSidecarBOSH, PathSidecarWebSocket:
 		dAfter, err := RSS(r.d.PID())
 		if err != nil {
 			return res, err
@@ -441,12 +446,26 @@ func (r *rig) login(ctx, life context.Context, i int) (client, error) {
 	case PathSidecar:
 		return dialSidecar(ctx, life, r.hc, r.d.URL, r.sids[i], onMsg)
 	case PathBOSH:
-		return dialBOSH(ctx, life, r.hc, r.pro.BOSHURL(), userName(i), password(i), "bench", onMsg)
+		return dialBOSH(ctx, life, r.hc, r.pro.BOSHURL(), nil, userName(i), password(i), "bench", onMsg)
 	case PathWebSocket:
-		return dialWS(ctx, life, r.hc, r.pro.WebSocketURL(), userName(i), password(i), "bench", onMsg)
+		return dialWS(ctx, life, r.hc, r.pro.WebSocketURL(), nil, userName(i), password(i), "bench", onMsg)
+	case PathSidecarBOSH:
+		return dialBOSH(ctx, life, r.hc, r.d.URL+"/http-bind", sessionCookie(r.sids[i]), userName(i), "not-the-password", "bench", onMsg)
+	case PathSidecarWebSocket:
+		return dialWS(ctx, life, r.hc, "ws"+strings.TrimPrefix(r.d.URL, "http")+"/xmpp-websocket", sessionCookie(r.sids[i]), userName(i), "not-the-password", "bench", onMsg)
 	default:
 		return dialBare(ctx, r.pro.Addr, userName(i), password(i), onMsg)
 	}
+}
+
+// sidecarPath reports whether path runs through imsidecar.
+func sidecarPath(path string) bool {
+	return path == PathSidecar || path == PathSidecarBOSH || path == PathSidecarWebSocket
+}
+
+// sessionCookie is what a browser of the PHP session sends.
+func sessionCookie(sid string) http.Header {
+	return http.Header{"Cookie": {"sessionid=" + sid}}
 }
 
 // loginAll logs every user in with cfg.Concurrency logins in flight.

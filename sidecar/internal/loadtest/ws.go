@@ -22,8 +22,8 @@ const wsOpen = `<open xmlns="urn:ietf:params:xml:ns:xmpp-framing" to="` + Domain
 
 // dialWS opens the WebSocket, logs user in and starts the read loop, which
 // delivers every message body to onMsg until Close or life ends.
-func dialWS(ctx, life context.Context, hc *http.Client, url, user, pass, resource string, onMsg func(string)) (*wsClient, error) {
-	ws, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPClient: hc, Subprotocols: []string{"xmpp"}})
+func dialWS(ctx, life context.Context, hc *http.Client, url string, header http.Header, user, pass, resource string, onMsg func(string)) (*wsClient, error) {
+	ws, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPClient: hc, HTTPHeader: header, Subprotocols: []string{"xmpp"}})
 	if err != nil {
 		return nil, fmt.Errorf("loadtest: WebSocket: %w", err)
 	}

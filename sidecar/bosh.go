@@ -1,0 +1,634 @@
+package sidecar
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"expressolivre.org/imsidecar/xmppconn"
+)
+
+// BOSH (XEP-0124, XEP-0206) at /http-bind: a browser's stream, attached
+// to its PHP session's XMPP stream through the bridge (bridge.go).
+const (
+	// boshMaxWait caps the wait a client asks for: below Apache's default
+	// 60 s proxy timeout.
+	boshMaxWait = 55 * time.Second
+	// boshInactivity is how long a BOSH session may go without a request
+	// before it is detached (the user stays online).
+	boshInactivity = 60 * time.Second
+	// boshPolling is the shortest interval between empty requests of a
+	// client that holds none (hold=0).
+	boshPolling = 2 * time.Second
+	// boshMaxHold caps hold; requests is hold+1.
+	boshMaxHold = 2
+	// boshMaxBody bounds a request body: one client stanza and the
+	// <body/> around it, or a few small ones.
+	boshMaxBody = maxClientStanza + 16<<10
+	// boshMaxResponse is about the most a response carries; more waits
+	// for the next request.
+	boshMaxResponse = 256 << 10
+	// boshRate and boshBurst bound the requests per second of one BOSH
+	// session.
+	boshRate, boshBurst = 10, 40
+)
+
+// boshServer holds the BOSH sessions by sid.
+type boshServer struct {
+	a        *api
+	mu       sync.Mutex
+	sessions map[string]*boshSession
+}
+
+func newBOSHServer(a *api) *boshServer {
+	return &boshServer{a: a, sessions: map[string]*boshSession{}}
+}
+
+// boshSession is one browser BOSH session.
+type boshSession struct {
+	srv  *boshServer
+	sid  string // never logged
+	s    *session
+	c    *bridgeClient
+	wait time.Duration
+	hold int
+
+	// proc serializes processing in rid order.
+	proc sync.Mutex
+
+	mu       sync.Mutex
+	rid      int64 // the last rid processed
+	progress chan struct{}
+	answers  map[int64][]byte // responses kept for retransmission
+	held     []*boshWaiter
+	idle     *time.Timer
+	lastSeen time.Time // when a request last came or left
+	authed   bool      // SASL done (or prebound)
+	bound    bool      // restarted after SASL (or prebound)
+	fails    int
+	done     bool
+	limiter  tokenBucket
+}
+
+// boshWaiter is a held request.
+type boshWaiter struct {
+	rid  int64
+	wake chan struct{} // closed to answer now
+	gone bool          // superseded by a retransmission: answer nothing
+}
+
+// newSID returns a session id of 160 random bits.
+func newSID() string {
+	var b [20]byte
+	crand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// create registers a BOSH session for a bridge client.
+func (h *boshServer) create(s *session, c *bridgeClient, rid int64, wait time.Duration, hold int, prebound bool) *boshSession {
+	bs := &boshSession{srv: h, sid: newSID(), s: s, c: c, wait: wait, hold: hold, rid: rid,
+		progress: make(chan struct{}), answers: map[int64][]byte{}, authed: prebound, bound: prebound,
+		limiter: tokenBucket{rate: boshRate, burst: boshBurst}}
+	bs.lastSeen = time.Now()
+	bs.idle = time.AfterFunc(boshInactivity, bs.idleCheck)
+	h.mu.Lock()
+	h.sessions[bs.sid] = bs
+	h.mu.Unlock()
+	return bs
+}
+
+func (h *boshServer) get(sid string) *boshSession {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.sessions[sid]
+}
+
+// notify wakes the oldest held request: data or an end is there.
+func (bs *boshSession) notify() {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	for _, w := range bs.held {
+		if !w.gone {
+			bs.release(w)
+			return
+		}
+	}
+}
+
+// release answers w now; bs.mu is held.
+func (bs *boshSession) release(w *boshWaiter) {
+	select {
+	case <-w.wake:
+	default:
+		close(w.wake)
+	}
+}
+
+// idleCheck detaches a session that held no request and got none for
+// boshInactivity; otherwise it looks again when that could be true.
+func (bs *boshSession) idleCheck() {
+	bs.mu.Lock()
+	left := boshInactivity - time.Since(bs.lastSeen)
+	idle := len(bs.held) == 0 && !bs.done && left <= 0
+	if !idle && !bs.done {
+		bs.idle.Reset(max(left, time.Second))
+	}
+	bs.mu.Unlock()
+	if idle {
+		bs.finish()
+	}
+}
+
+// seen notes a request coming or going.
+func (bs *boshSession) seen() {
+	bs.mu.Lock()
+	bs.lastSeen = time.Now()
+	bs.mu.Unlock()
+}
+
+// finish ends the session: the client detaches (the user stays online),
+// its sid is forgotten, held requests answer.
+func (bs *boshSession) finish() {
+	bs.mu.Lock()
+	if bs.done {
+		bs.mu.Unlock()
+		return
+	}
+	bs.done = true
+	bs.idle.Stop()
+	for _, w := range bs.held {
+		bs.release(w)
+	}
+	bs.mu.Unlock()
+	bs.srv.mu.Lock()
+	delete(bs.srv.sessions, bs.sid)
+	bs.srv.mu.Unlock()
+	bs.c.b.detach(bs.c)
+}
+
+// handle serves a request to /http-bind (through browserHandler).
+func (h *boshServer) handle(w http.ResponseWriter, r *http.Request) (string, error) {
+	data, err := io.ReadAll(io.LimitReader(r.Body, boshMaxBody+1))
+	if err != nil {
+		return "", fmt.Errorf("%w: reading body: %w", ErrBadRequest, err)
+	}
+	if len(data) > boshMaxBody {
+		return "", fmt.Errorf("%w: body over %d bytes", ErrTooLarge, boshMaxBody)
+	}
+	body, err := parseBOSHBody(data)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrBadRequest, err)
+	}
+	rid, err := body.ridOf()
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrBadRequest, err)
+	}
+	sid := body.attrs["sid"]
+	if sid == "" {
+		return h.open(w, r, body, rid)
+	}
+	bs := h.get(sid)
+	if bs == nil {
+		writeBOSH(w, terminateBody("item-not-found", ""))
+		return "", nil
+	}
+	foreign, ended := h.a.sameBrowserSession(r, bs.s)
+	if foreign {
+		writeBOSH(w, terminateBody("item-not-found", ""))
+		return "", nil
+	}
+	if ended != "" {
+		bs.c.end("not-authorized", ended)
+		bs.writeEnd(w)
+		return bs.s.user, nil
+	}
+	bs.serve(w, r, body, rid)
+	return bs.s.user, nil
+}
+
+// open creates a BOSH session for the browser's PHP session cookie
+// (session creation request, XEP-0124 §7.1). The client authenticates with
+// SASL PLAIN as the session's user; the password it sends is ignored.
+func (h *boshServer) open(w http.ResponseWriter, r *http.Request, body *boshBody, rid int64) (string, error) {
+	a := h.a
+	if to := body.attrs["to"]; to != "" && to != a.cfg.XMPPDomain {
+		writeBOSH(w, terminateBody("host-unknown", ""))
+		return "", nil
+	}
+	s, err := a.browserSession(r)
+	if err != nil {
+		return "", err
+	}
+	bs, err := h.attach(s, rid, body, false)
+	if err != nil {
+		return s.user, err
+	}
+	resp := h.creationBody(bs, body, streamFeatures(false))
+	bs.keep(rid, resp)
+	writeBOSH(w, resp)
+	return s.user, nil
+}
+
+// attach makes a bridge client and its BOSH session; rid is the last rid
+// the client used.
+func (h *boshServer) attach(s *session, rid int64, body *boshBody, prebound bool) (*boshSession, error) {
+	b := s.bridgeOf(h.a.cfg.MaxBrowserStreams, h.a.cfg.EventBuffer, h.a.metrics)
+	var bsp atomic.Pointer[boshSession]
+	c, err := b.attach(func() {
+		if bs := bsp.Load(); bs != nil {
+			bs.notify()
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	wait := boshMaxWait
+	hold := 1
+	if body != nil {
+		if v := body.intAttr("wait", int(boshMaxWait/time.Second)); time.Duration(v)*time.Second < wait {
+			wait = time.Duration(v) * time.Second
+		}
+		hold = min(body.intAttr("hold", 1), boshMaxHold)
+	}
+	bs := h.create(s, c, rid, wait, hold, prebound)
+	bsp.Store(bs)
+	if prebound {
+		b.markReady(c)
+	}
+	return bs, nil
+}
+
+func (h *boshServer) creationBody(bs *boshSession, body *boshBody, features string) []byte {
+	var sb strings.Builder
+	sb.WriteString(`<body xmlns="` + nsHTTPBind + `" xmlns:xmpp="` + nsXBOSH + `" xmlns:stream="http://etherx.jabber.org/streams"`)
+	attrs := [][2]string{
+		{"sid", bs.sid}, {"authid", bs.sid},
+		{"wait", strconv.Itoa(int(bs.wait / time.Second))},
+		{"inactivity", strconv.Itoa(int(boshInactivity / time.Second))},
+		{"polling", strconv.Itoa(int(boshPolling / time.Second))},
+		{"requests", strconv.Itoa(bs.hold + 1)},
+		{"hold", strconv.Itoa(bs.hold)},
+		{"ver", "1.6"},
+		{"from", h.a.cfg.XMPPDomain},
+		{"secure", "true"},
+		{"xmpp:version", "1.0"},
+		{"xmpp:restartlogic", "true"},
+	}
+	if body != nil && body.attrs["ack"] != "" {
+		attrs = append(attrs, [2]string{"ack", body.attrs["rid"]})
+	}
+	for _, kv := range attrs {
+		sb.WriteString(` ` + kv[0] + `="` + xmlEsc(kv[1]) + `"`)
+	}
+	sb.WriteString(`>` + features + `</body>`)
+	return []byte(sb.String())
+}
+
+// serve handles one request of an existing session, in rid order.
+func (bs *boshSession) serve(w http.ResponseWriter, r *http.Request, body *boshBody, rid int64) {
+	bs.s.lastPoll.Store(time.Now().UnixNano())
+	bs.seen()
+	defer bs.seen()
+	window := int64(bs.hold + 1)
+	bs.mu.Lock()
+	ok := bs.limiter.allow(time.Now())
+	bs.mu.Unlock()
+	if !ok {
+		bs.c.end("policy-violation", "too many requests")
+		bs.writeEnd(w)
+		return
+	}
+	for {
+		if ended, _, _ := bs.c.ending(); ended {
+			bs.writeEnd(w)
+			return
+		}
+		bs.mu.Lock()
+		if bs.done {
+			bs.mu.Unlock()
+			bs.writeEnd(w)
+			return
+		}
+		last := bs.rid
+		switch {
+		case rid <= last && rid > last-window:
+			// A retransmission: the response again, or take over the
+			// request still held for that rid.
+			if resp, ok := bs.answers[rid]; ok && resp != nil {
+				bs.mu.Unlock()
+				writeBOSH(w, resp)
+				return
+			}
+			bs.mu.Unlock()
+			bs.hold1(w, r, rid)
+			return
+		case rid <= last || rid > last+window:
+			bs.mu.Unlock()
+			bs.c.end("", "")
+			writeBOSH(w, terminateBody("item-not-found", ""))
+			bs.finish()
+			return
+		case rid > last+1:
+			// An earlier request is still on its way: wait for it.
+			ch := bs.progress
+			bs.mu.Unlock()
+			t := time.NewTimer(bs.wait)
+			select {
+			case <-ch:
+				t.Stop()
+				continue
+			case <-t.C:
+				bs.c.end("", "")
+				writeBOSH(w, terminateBody("item-not-found", ""))
+				bs.finish()
+				return
+			case <-r.Context().Done():
+				t.Stop()
+				return
+			}
+		}
+		bs.mu.Unlock()
+		// The next rid: process it, unless a copy of this request
+		// (a retransmission) got there first.
+		bs.proc.Lock()
+		bs.mu.Lock()
+		next := bs.rid == rid-1
+		bs.mu.Unlock()
+		if next {
+			break
+		}
+		bs.proc.Unlock()
+	}
+	resp, hold := bs.process(r.Context(), body)
+	bs.mu.Lock()
+	bs.rid = rid
+	close(bs.progress)
+	bs.progress = make(chan struct{})
+	bs.mu.Unlock()
+	bs.proc.Unlock()
+	if resp != nil {
+		bs.keep(rid, resp)
+		writeBOSH(w, resp)
+		if body.attrs["type"] == "terminate" || bytesHasTerminate(resp) {
+			bs.finish()
+		}
+		return
+	}
+	if !hold {
+		bs.answer(w, rid)
+		return
+	}
+	bs.hold1(w, r, rid)
+}
+
+func bytesHasTerminate(resp []byte) bool {
+	return strings.Contains(string(resp[:min(len(resp), 200)]), `type="terminate"`)
+}
+
+// process handles the payload of a request in order. It returns a
+// response to send at once, or nil with whether to hold the request.
+func (bs *boshSession) process(ctx context.Context, body *boshBody) ([]byte, bool) {
+	terminate := body.attrs["type"] == "terminate"
+	bs.mu.Lock()
+	authed, bound := bs.authed, bs.bound
+	bs.mu.Unlock()
+	if !authed {
+		if len(body.kids) == 0 {
+			return nil, true
+		}
+		k := body.kids[0]
+		if len(body.kids) != 1 || k.name.Space != nsSASL || k.name.Local != "auth" {
+			return terminateBody("remote-stream-error", streamErrorXML("not-authorized", "")), false
+		}
+		if !checkAuth(k.raw, bs.s.user, bs.s.jid) {
+			bs.mu.Lock()
+			bs.fails++
+			fails := bs.fails
+			bs.mu.Unlock()
+			if fails >= 3 {
+				return terminateBody("remote-stream-error", streamErrorXML("not-authorized", "")), false
+			}
+			return boshPayload(`<failure xmlns="` + nsSASL + `"><not-authorized/></failure>`), false
+		}
+		bs.mu.Lock()
+		bs.authed = true
+		bs.mu.Unlock()
+		return boshPayload(`<success xmlns="` + nsSASL + `"></success>`), false
+	}
+	if !bound {
+		if body.attrs["xmpp:restart"] != "true" && body.attrs["xmpp:restart"] != "1" {
+			if len(body.kids) == 0 {
+				return nil, true
+			}
+			return terminateBody("remote-stream-error", streamErrorXML("not-authorized", "")), false
+		}
+		bs.mu.Lock()
+		bs.bound = true
+		bs.mu.Unlock()
+		return boshPayload(streamFeatures(true)), false
+	}
+	for _, k := range body.kids {
+		if terminate && isBroadcastUnavailable(k.raw) {
+			// A page going away says unavailable on its way out: that
+			// is the tab detaching, not the user going offline.
+			continue
+		}
+		if k.name.Space == nsHTTPBind {
+			k.raw = []byte(strings.Replace(string(k.raw), ` xmlns="`+nsHTTPBind+`"`, "", 1))
+		}
+		if err := bs.c.b.fromClient(ctx, bs.c, k.raw); err != nil {
+			cond := "policy-violation"
+			if errors.Is(err, ErrNotConnected) {
+				cond = "remote-connection-failed"
+			}
+			bs.c.end(cond, "")
+			return bs.endBody(), false
+		}
+	}
+	if terminate {
+		bs.c.end("", "")
+		return terminateBody("", ""), false
+	}
+	return nil, true
+}
+
+// isBroadcastUnavailable reports whether raw is <presence type="unavailable"/> to nobody.
+func isBroadcastUnavailable(raw []byte) bool {
+	st, err := xmppconn.ParseStanza(raw, maxClientStanza)
+	return err == nil && st.Kind == "presence" && st.To == "" && st.Type == "unavailable"
+}
+
+// keep stores a response for retransmission, forgetting those older than
+// the window.
+func (bs *boshSession) keep(rid int64, resp []byte) {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	bs.answers[rid] = resp
+	for k := range bs.answers {
+		if k <= rid-int64(bs.hold+1) {
+			delete(bs.answers, k)
+		}
+	}
+}
+
+// hold1 holds the request until stanzas are there, the wait runs out, a
+// newer request needs it answered, or the browser goes away.
+func (bs *boshSession) hold1(w http.ResponseWriter, r *http.Request, rid int64) {
+	hw := &boshWaiter{rid: rid, wake: make(chan struct{})}
+	bs.mu.Lock()
+	if bs.done {
+		bs.mu.Unlock()
+		bs.writeEnd(w)
+		return
+	}
+	for _, o := range bs.held {
+		if o.rid == rid {
+			// A retransmission takes over: the copy nobody reads
+			// answers empty and takes nothing.
+			o.gone = true
+			bs.release(o)
+		}
+	}
+	bs.held = append(bs.held, hw)
+	// Too many held: the oldest answers now, so the client can send.
+	live := 0
+	for _, o := range bs.held {
+		if !o.gone {
+			live++
+		}
+	}
+	for i := 0; live > bs.hold && i < len(bs.held)-1; i++ {
+		if o := bs.held[i]; !o.gone {
+			bs.release(o)
+			live--
+		}
+	}
+	if bs.c.pending() {
+		bs.release(hw)
+	}
+	if ended, _, _ := bs.c.ending(); ended {
+		bs.release(hw)
+	}
+	bs.mu.Unlock()
+	t := time.NewTimer(bs.wait)
+	gone := false
+	select {
+	case <-hw.wake:
+	case <-t.C:
+	case <-r.Context().Done():
+		gone = true
+	}
+	t.Stop()
+	bs.mu.Lock()
+	for i, o := range bs.held {
+		if o == hw {
+			bs.held = append(bs.held[:i], bs.held[i+1:]...)
+			break
+		}
+	}
+	bs.lastSeen = time.Now()
+	superseded := hw.gone
+	bs.mu.Unlock()
+	bs.s.lastPoll.Store(time.Now().UnixNano())
+	if gone && bs.srv.a.draining.Load() {
+		bs.c.end("system-shutdown", "shutdown")
+		bs.writeEnd(w)
+		return
+	}
+	if gone || superseded {
+		// Nobody reads this answer: what waits stays for the next one.
+		if superseded {
+			writeBOSH(w, boshPayload(""))
+		}
+		return
+	}
+	bs.answer(w, rid)
+}
+
+// answer writes what waits for the client (or its end) and keeps it.
+func (bs *boshSession) answer(w http.ResponseWriter, rid int64) {
+	if ended, _, _ := bs.c.ending(); ended {
+		bs.writeEnd(w)
+		return
+	}
+	var sb strings.Builder
+	for _, raw := range bs.c.take(boshMaxResponse) {
+		sb.Write(raw)
+	}
+	resp := boshPayload(sb.String())
+	bs.keep(rid, resp)
+	writeBOSH(w, resp)
+}
+
+// endBody is the terminate body for a client the bridge cut off.
+func (bs *boshSession) endBody() []byte {
+	_, cond, text := bs.c.ending()
+	if cond == "" {
+		return terminateBody("", "")
+	}
+	return terminateBody("remote-stream-error", streamErrorXML(cond, text))
+}
+
+// writeEnd answers with the session's end and forgets it.
+func (bs *boshSession) writeEnd(w http.ResponseWriter) {
+	writeBOSH(w, bs.endBody())
+	bs.finish()
+}
+
+func boshPayload(inner string) []byte {
+	return []byte(`<body xmlns="` + nsHTTPBind + `" xmlns:stream="http://etherx.jabber.org/streams">` + inner + `</body>`)
+}
+
+// terminateBody is a terminate response; condition "" is a clean end.
+func terminateBody(cond, inner string) []byte {
+	s := `<body xmlns="` + nsHTTPBind + `" xmlns:stream="http://etherx.jabber.org/streams" type="terminate"`
+	if cond != "" {
+		s += ` condition="` + cond + `"`
+	}
+	if inner == "" {
+		return []byte(s + `/>`)
+	}
+	return []byte(s + `>` + inner + `</body>`)
+}
+
+func writeBOSH(w http.ResponseWriter, b []byte) {
+	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(http.StatusOK)
+	w.Write(b)
+}
+
+// prebind is POST /v1/prebind: the PHP side opens (or reuses) the user's
+// stream and a BOSH session bound to it, and hands the browser jid, sid
+// and rid (converse.js authentication "prebind", Strophe attach).
+func (a *api) prebind(w http.ResponseWriter, r *http.Request, c *caller) error {
+	if err := decode(r, &struct{}{}, true); err != nil {
+		return err
+	}
+	s, _, err := a.reg.connect(r.Context(), c.id, c.php, nil)
+	if err != nil {
+		return err
+	}
+	a.reg.remember(s, c.id)
+	s.lastPoll.Store(time.Now().UnixNano())
+	// The browser's first request uses rid; any start is fine, a random
+	// one keeps sessions apart in logs of proxies.
+	rid := rand.Int64N(1<<40) + 1<<20
+	bs, err := a.bosh.attach(s, rid-1, nil, true)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"jid": s.fullJIDNow(), "sid": bs.sid, "rid": rid, "url": a.cfg.BOSHURL})
+	return nil
+}
