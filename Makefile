@@ -57,8 +57,12 @@ examples/browser/node_modules: examples/browser/package.json examples/browser/pa
 	cd examples/browser && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+examples/expresso/standin/node_modules: examples/expresso/standin/package.json examples/expresso/standin/package-lock.json
+	cd examples/expresso/standin && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 .PHONY: test
-test: deps examples/browser/node_modules ## run every test: unit, fuzz seeds, integration, PHP client, browser
+test: deps examples/browser/node_modules examples/expresso/standin/node_modules ## run every test: unit, fuzz seeds, integration, PHP client, browser
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout $(GOTEST_TIMEOUT) $(TESTFLAGS) ./...
 	$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZSHORT)

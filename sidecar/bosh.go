@@ -199,7 +199,13 @@ func (h *boshServer) handle(w http.ResponseWriter, r *http.Request) (string, err
 	}
 	bs := h.get(sid)
 	if bs == nil {
-		writeBOSH(w, terminateBody("item-not-found", ""))
+		// HTTP 404 with the terminate: Expresso 2.5's messenger ignores
+		// type="terminate" and would poll a dead sid for ever; an HTTP
+		// error is what stops it (Strophe stops on either).
+		w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		w.WriteHeader(http.StatusNotFound)
+		w.Write(terminateBody("item-not-found", ""))
 		return "", nil
 	}
 	foreign, ended := h.a.sameBrowserSession(r, bs.s)
@@ -252,6 +258,9 @@ func (h *boshServer) attach(s *session, rid int64, body *boshBody, prebound bool
 	if err != nil {
 		return nil, err
 	}
+	c.mu.Lock()
+	c.deferBacklog = true // see bridgeClient
+	c.mu.Unlock()
 	wait := boshMaxWait
 	hold := 1
 	if body != nil {
@@ -437,7 +446,11 @@ func (bs *boshSession) process(ctx context.Context, body *boshBody) ([]byte, boo
 		bs.mu.Unlock()
 		return boshPayload(streamFeatures(true)), false
 	}
+	handshake := false
 	for _, k := range body.kids {
+		if k.name.Local == "iq" && (strings.Contains(string(k.raw), nsBindNS) || strings.Contains(string(k.raw), nsSessionNS)) {
+			handshake = true
+		}
 		if terminate && isBroadcastUnavailable(k.raw) {
 			// A page going away says unavailable on its way out: that
 			// is the tab detaching, not the user going offline.
@@ -458,6 +471,9 @@ func (bs *boshSession) process(ctx context.Context, body *boshBody) ([]byte, boo
 	if terminate {
 		bs.c.end("", "")
 		return terminateBody("", ""), false
+	}
+	if !handshake {
+		bs.c.releaseBacklog()
 	}
 	return nil, true
 }

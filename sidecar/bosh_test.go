@@ -660,7 +660,8 @@ func TestCheckPlain(t *testing.T) {
 		{"own login", b64("\x00alice\x00anything"), true},
 		{"own JID as authcid", b64("\x00alice@example.test\x00x"), true},
 		{"authzid own JID", b64("alice@example.test\x00alice\x00x"), true},
-		{"empty identities (examples/expresso/auth_messenger.php)", strings.TrimRight(b64("\x00\x00imsidecar"), "=") + "==", true},
+		{"empty identities", strings.TrimRight(b64("\x00\x00imsidecar"), "=") + "==", true},
+		{"examples/expresso/auth_messenger.php's placeholder", strings.TrimSuffix(b64("alice@example.test\x00alice\x00imsidecar-session-cookie"), "==") + "==", true},
 		{"Expresso's blob with its padding doubled", b64("alice@example.test\x00alice\x00pw") + "==", true},
 		{"someone else", b64("\x00bob\x00bob-pw"), false},
 		{"someone else as authzid", b64("bob@example.test\x00alice\x00x"), false},
@@ -831,5 +832,52 @@ func TestBridgeArchiveIsolation(t *testing.T) {
 		if n := c.Count(func(s string) bool { return strings.Contains(s, "forjada") || strings.Contains(s, "arquivada") }); n != 0 {
 			t.Fatalf("a forged or someone else's archive result arrived: %q", c.Got)
 		}
+	}
+}
+
+// TestBOSHExpressoAfterLogin covers what Expresso 2.5's messenger needs
+// after login (docs/EXPRESSO.md; examples/expresso runs the real-browser
+// stand-in): <show>null</show> is plain available and does not end the
+// client; what waited while no page was attached comes after the bind and
+// session answers, which the messenger never reads; and a dead sid gets an
+// HTTP error, the only end the messenger notices.
+func TestBOSHExpressoAfterLogin(t *testing.T) {
+	h, srv := boshHarness(t)
+	first := h.newBOSH(srv, goodID)
+	first.Create("example.test")
+	first.Login("alice", "x")
+	first.Send("", `<presence xmlns="jabber:client"><show>away</show></presence>`)
+
+	first.Send("", `<presence xmlns="jabber:client"><show>null</show></presence>`)
+	if strings.Contains(first.Last, "terminate") {
+		t.Fatalf("<show>null</show> ended the client: %s", first.Last)
+	}
+	if p := h.conn.Presence(); p.Show != xmppconn.ShowAvailable || p.Type == "unavailable" {
+		t.Fatalf("after <show>null</show> the user's presence is %+v, want available", p)
+	}
+
+	// The page goes away; a message comes; a new page logs in.
+	first.Send(`type="terminate"`, `<presence xmlns="jabber:client" type="unavailable"/>`)
+	h.serverStanza(`<message from="bob@example.test/d" type="chat" id="w1"><body>while away</body></message>`)
+	second := h.newBOSH(srv, goodID)
+	second.Create("example.test")
+	plain := base64.StdEncoding.EncodeToString([]byte("\x00alice\x00x"))
+	second.Send("", `<auth xmlns="urn:ietf:params:xml:ns:xmpp-sasl" mechanism="PLAIN">`+plain+`</auth>`)
+	second.Send(`xmpp:restart="true"`, "")
+	for _, iq := range []string{
+		`<iq xmlns="jabber:client" type="set" id="b"><bind xmlns="urn:ietf:params:xml:ns:xmpp-bind"/></iq>`,
+		`<iq xmlns="jabber:client" type="set" id="s"><session xmlns="urn:ietf:params:xml:ns:xmpp-session"/></iq>`,
+	} {
+		if second.Send("", iq); strings.Contains(second.Last, "while away") {
+			t.Fatalf("the kept message came in the answer to %s: %s", iq, second.Last)
+		}
+	}
+	second.WaitFor(5*time.Second, "the kept message, after bind and session", func(s string) bool { return strings.Contains(s, "while away") })
+
+	// A dead sid: HTTP 404 as well as the terminate.
+	dead := h.newBOSH(srv, goodID)
+	dead.SID, dead.RID = "0123456789abcdef0123456789abcdef01234567", 100
+	if st, _ := dead.Post(t.Context(), `<body xmlns="http://jabber.org/protocol/httpbind" rid="101" sid="`+dead.SID+`"/>`); st != http.StatusNotFound || !strings.Contains(dead.Last, `condition="item-not-found"`) {
+		t.Fatalf("a dead sid: HTTP %d %s", st, dead.Last)
 	}
 }

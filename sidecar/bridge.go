@@ -87,12 +87,17 @@ type bridgeClient struct {
 	queue     [][]byte
 	queueLen  int
 	iqs       int
-	presented bool   // sent its first available presence
-	carbons   bool   // asked for XEP-0280 carbons: gets copies of what the other tabs send
-	ended     bool   // cut off or detached
-	endCond   string // why, as a stream error condition ("" = detached cleanly)
-	endText   string
-	notify    func() // wakes the transport; never blocks
+	presented bool // sent its first available presence
+	// deferBacklog (BOSH) keeps what waited for a client in backlog until
+	// the client's first request after bind and session: Expresso 2.5's
+	// messenger never reads the answers to those two requests.
+	deferBacklog bool
+	backlog      [][]byte
+	carbons      bool   // asked for XEP-0280 carbons: gets copies of what the other tabs send
+	ended        bool   // cut off or detached
+	endCond      string // why, as a stream error condition ("" = detached cleanly)
+	endText      string
+	notify       func() // wakes the transport; never blocks
 }
 
 func newBridge(s *session, maxClients, keep int, m *metrics) *bridge {
@@ -155,10 +160,24 @@ func (b *bridge) markReady(c *bridgeClient) {
 		}
 	}
 	b.mu.Unlock()
+	pending = dedup(pending)
 	c.mu.Lock()
 	c.ready = true
+	if c.deferBacklog {
+		c.backlog = append(c.backlog, pending...)
+		pending = nil
+	}
 	c.mu.Unlock()
-	c.push(dedup(pending)...)
+	c.push(pending...)
+}
+
+// releaseBacklog hands c what markReady kept back for it.
+func (c *bridgeClient) releaseBacklog() {
+	c.mu.Lock()
+	backlog := c.backlog
+	c.backlog = nil
+	c.mu.Unlock()
+	c.push(backlog...)
 }
 
 // dedup drops repeated stanzas (two clients may hold the same one).
@@ -178,8 +197,8 @@ func dedup(list [][]byte) [][]byte {
 // no other is left.
 func (b *bridge) detach(c *bridgeClient) {
 	c.mu.Lock()
-	rest := c.queue
-	c.queue, c.queueLen, c.ended = nil, 0, true
+	rest := append(c.backlog, c.queue...)
+	c.queue, c.queueLen, c.ended, c.backlog = nil, 0, true, nil
 	c.mu.Unlock()
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -641,6 +660,14 @@ func (b *bridge) clientIQ(ctx context.Context, c *bridgeClient, conn xmppSession
 // tab makes no presence flap.
 func (b *bridge) clientPresence(ctx context.Context, c *bridgeClient, conn xmppSession, st *xmppconn.Stanza) error {
 	p := st.Presence()
+	// Expresso 2.5's messenger says <show>null</show> when the user comes
+	// back from auto-away: an unknown show is plain available, not a
+	// reason to end the client.
+	_, err := xmppconn.ParseShow(string(p.Show))
+	known := err == nil
+	if !known {
+		p.Show = xmppconn.ShowAvailable
+	}
 	cur := conn.Presence()
 	curType := cur.Type
 	if curType == "" {
@@ -648,7 +675,11 @@ func (b *bridge) clientPresence(ctx context.Context, c *bridgeClient, conn xmppS
 	}
 	same := p.Type == curType && p.Show == cur.Show && p.Status == cur.Status && p.Priority == cur.Priority
 	if !same {
-		if err := b.send(ctx, c, conn, st); err != nil {
+		if !known {
+			if err := conn.SendPresence(ctx, xmppconn.Presence{Type: p.Type, Status: p.Status, Priority: p.Priority, Avatar: p.Avatar}); err != nil {
+				c.push(stanzaError(st, "wait", "remote-server-timeout"))
+			}
+		} else if err := b.send(ctx, c, conn, st); err != nil {
 			return err
 		}
 	}

@@ -1,100 +1,211 @@
 <?php
 /*
- * Drop-in replacement for Expresso Livre 2.5's
- * prototype/plugins/messenger/auth_messenger.php, for sites whose messenger
- * goes through imsidecar (docs/EXPRESSO.md).
+ * Expresso Messenger through imsidecar: a drop-in replacement for Expresso
+ * Livre 2.5's prototype/plugins/messenger/auth_messenger.php.
  *
- * Expresso's own file hands the browser a ready SASL PLAIN blob with the
- * user's password in it. This one answers the same JSON, with the same
- * group check, but:
- *   - dt__b is the sidecar's BOSH URL, same origin (IMSIDECAR_BOSH_URL
- *     below, e.g. /im/http-bind, proxied by Apache to the sidecar);
- *   - dt__e carries a placeholder instead of the password. The sidecar
- *     accepts a PLAIN authentication as the session's own user on the
- *     strength of the session cookie the request carries, and ignores the
- *     password inside. (dt__e must not be empty: the messenger would then
- *     fall back to a bind.php that does not exist.)
- * The browser never sees the password, and the page reuses the one XMPP
- * stream the sidecar keeps for this PHP session: no presence flap on page
- * loads.
+ * The messenger (im.js + jquery.xmpp.js) POSTs here, without parameters,
+ * and connects with what it gets back:
  *
- * Written for PHP 5.3 to 8.x, like the rest of Expresso 2.5.
+ *   {"dt__a": resource, "dt__b": BOSH URL, "dt__c": Jabber domain,
+ *    "dt__d": user, "dt__e": SASL PLAIN blob without its "==" padding}
+ *   or {"error": "Not Permission"}
+ *
+ * Expresso's own file puts the user's password in dt__e. This one never
+ * reads it: dt__e carries a placeholder, and dt__b is imsidecar's BOSH
+ * endpoint on the same origin (default /im/http-bind, see
+ * examples/apache/imsidecar.conf). imsidecar knows the user from the
+ * session cookie the browser sends with every BOSH request, accepts any
+ * PLAIN password for that session's own user, and attaches the browser to
+ * the XMPP stream it already holds with the real credentials, server-side.
+ *
+ * Install: copy over prototype/plugins/messenger/auth_messenger.php (keep
+ * the original to roll back). docs/EXPRESSO.md has the whole procedure.
+ * Settings: the BOSH URL comes from the IMSIDECAR_BOSH_URL environment
+ * variable (Apache: SetEnv IMSIDECAR_BOSH_URL /im/http-bind) or the
+ * default below. The group check (groups_expresso_messenger) and the
+ * domain (jabber_domain) are Expresso's own settings, as before;
+ * jabber_url_1 is not read any more.
+ *
+ * Syntax: PHP 5.2 to 8.x (no short arrays, closures, namespaces, ?:).
  */
 
-// The sidecar's BOSH endpoint as the browser reaches it (same host as
-// Expresso). Leave jabber_url_1 in the Expresso setup as it is, or point
-// it here too: this file does not read it.
-if (!defined('IMSIDECAR_BOSH_URL')) {
-    define('IMSIDECAR_BOSH_URL', '/im/http-bind');
-}
+define('IMSIDECAR_DEFAULT_BOSH_URL', '/im/http-bind');
 
-if (!isset($GLOBALS['phpgw_info'])) {
-    $GLOBALS['phpgw_info']['flags'] = array(
-        'currentapp' => 'expressoMail',
-        'nonavbar'   => true,
-        'noheader'   => true,
-    );
-}
-require_once dirname(__FILE__) . '/../../../header.inc.php';
+// The placeholder password inside dt__e. It is not a secret and grants
+// nothing: imsidecar accepts any password for the session's own user and
+// refuses every other user, whatever the password.
+define('IMSIDECAR_PLACEHOLDER', 'imsidecar-session-cookie');
 
-header('Content-Type: application/json; charset=utf-8');
-header('Cache-Control: no-store');
-
-/**
- * Is the user in one of the groups allowed to use the messenger? The
- * setting is a serialized list of "gid;name" strings.
+/*
+ * imsidecar_messenger_allowed says whether a user in the groups
+ * $memberships (Expresso's accounts->membership(): arrays with
+ * 'account_name') may use the messenger, given the setting
+ * groups_expresso_messenger: a serialized array of "label;groupname".
  */
-function imsidecar_messenger_allowed()
+function imsidecar_messenger_allowed($setting, $memberships)
 {
-    $setting = isset($GLOBALS['phpgw_info']['server']['groups_expresso_messenger'])
-        ? $GLOBALS['phpgw_info']['server']['groups_expresso_messenger'] : '';
-    if ($setting == '') {
+    if (!is_string($setting) || $setting === '' || !is_array($memberships)) {
         return false;
     }
-    $groups = @unserialize($setting);
-    if (!is_array($groups)) {
+    if (version_compare(PHP_VERSION, '7.0.0', '>=')) {
+        $entries = @unserialize($setting, array('allowed_classes' => false));
+    } else {
+        $entries = @unserialize($setting);
+    }
+    if (!is_array($entries)) {
         return false;
     }
-    $allowed = array();
-    foreach ($groups as $entry) {
-        $parts = explode(';', (string) $entry);
-        if (isset($parts[1])) {
-            $allowed[$parts[1]] = true;
+    $groups = array();
+    foreach ($entries as $entry) {
+        if (!is_string($entry)) {
+            continue;
+        }
+        $parts = explode(';', $entry);
+        if (isset($parts[1]) && $parts[1] !== '') {
+            $groups[$parts[1]] = true;
         }
     }
-    foreach ($GLOBALS['phpgw']->accounts->membership() as $group) {
-        if (isset($group['account_name']) && isset($allowed[$group['account_name']])) {
+    foreach ($memberships as $group) {
+        if (is_array($group) && isset($group['account_name']) && is_scalar($group['account_name'])
+            && isset($groups[(string) $group['account_name']])) {
             return true;
         }
     }
     return false;
 }
 
-if (!session_id() || !isset($_SESSION['phpgw_info']['expressomail']['user']['userid'])) {
-    echo json_encode(array('error' => 'Not Permission'));
-    exit;
+/*
+ * imsidecar_plain_blob is dt__e: base64("jid NUL user NUL placeholder")
+ * without its trailing "==". The 2.5 client appends "==" to whatever it
+ * gets (Expresso's file stripped it), so the placeholder is lengthened
+ * until the encoding ends in exactly "==": the client then sends strict
+ * base64, whatever the lengths of the user and domain.
+ */
+function imsidecar_plain_blob($jid, $user)
+{
+    $placeholder = IMSIDECAR_PLACEHOLDER;
+    while ((strlen($jid) + strlen($user) + strlen($placeholder) + 2) % 3 != 1) {
+        $placeholder .= '-';
+    }
+    $blob = base64_encode($jid . "\0" . $user . "\0" . $placeholder);
+    return substr($blob, 0, -2);
 }
-if (!imsidecar_messenger_allowed()) {
-    echo json_encode(array('error' => 'Not Permission'));
-    exit;
+
+// imsidecar_utf8 returns $s as UTF-8: Expresso's session strings are
+// ISO-8859-1, and json_encode refuses anything else.
+function imsidecar_utf8($s)
+{
+    $s = (string) $s;
+    if (preg_match('//u', $s)) {
+        return $s;
+    }
+    $out = '';
+    for ($i = 0, $n = strlen($s); $i < $n; $i++) {
+        $c = ord($s[$i]);
+        $out .= $c < 0x80 ? $s[$i] : chr(0xC0 | ($c >> 6)) . chr(0x80 | ($c & 0x3F));
+    }
+    return $out;
 }
 
-$config = CreateObject('phpgwapi.config', 'phpgwapi');
-$config->read_repository();
-$domain = $config->config_data['jabber_domain'];
-$user = $_SESSION['phpgw_info']['expressomail']['user']['userid'];
-$org = isset($_SESSION['phpgw_info']['expressomail']['email_server']['organisationName'])
-    ? $_SESSION['phpgw_info']['expressomail']['email_server']['organisationName'] : '';
+/*
+ * imsidecar_messenger_answer is the whole answer, from the session
+ * ($_SESSION), the permission, the Jabber domain and the BOSH URL.
+ */
+function imsidecar_messenger_answer($session, $allowed, $domain, $boshURL)
+{
+    $denied = array('error' => 'Not Permission');
+    if (!$allowed || !is_array($session) || !isset($session['phpgw_info']['expressomail']['user'])) {
+        return $denied;
+    }
+    $info = $session['phpgw_info']['expressomail'];
+    $user = '';
+    if (isset($info['user']['userid']) && is_string($info['user']['userid'])) {
+        $user = $info['user']['userid'];
+    } elseif (isset($info['user']['account_lid']) && is_string($info['user']['account_lid'])) {
+        $user = $info['user']['account_lid'];
+    }
+    if ($user === '') {
+        return $denied;
+    }
+    $org = '';
+    if (isset($info['email_server']['organisationName']) && is_string($info['email_server']['organisationName'])) {
+        $org = $info['email_server']['organisationName'];
+    }
+    // The resource Expresso used; imsidecar binds its own and tells the
+    // client, which ignores it. Reduced to ASCII: json_encode would fail
+    // on an ISO-8859-1 organisation name.
+    $resource = 'JABBER_' . preg_replace('/[^A-Z0-9_]/', '_', strtoupper($org));
+    $user = imsidecar_utf8($user);
+    $domain = imsidecar_utf8($domain);
+    if ($domain === '') {
+        // The client then tells the user to call the administrator.
+        $boshURL = '';
+    }
+    return array(
+        'dt__a' => $resource,
+        'dt__b' => $boshURL,
+        'dt__c' => $domain,
+        'dt__d' => $user,
+        'dt__e' => imsidecar_plain_blob($user . '@' . $domain, $user),
+    );
+}
 
-// SASL PLAIN with an empty authorization and authentication identity
-// (which the sidecar reads as "the session's own user") and a placeholder
-// password, without the padding the messenger adds back itself.
-$blob = rtrim(base64_encode("\0\0imsidecar"), '=');
+// imsidecar_bosh_url is where the browser reaches imsidecar's BOSH endpoint.
+function imsidecar_bosh_url()
+{
+    if (isset($_SERVER['IMSIDECAR_BOSH_URL']) && $_SERVER['IMSIDECAR_BOSH_URL'] !== '') {
+        return (string) $_SERVER['IMSIDECAR_BOSH_URL'];
+    }
+    $env = getenv('IMSIDECAR_BOSH_URL');
+    if (is_string($env) && $env !== '') {
+        return $env;
+    }
+    return IMSIDECAR_DEFAULT_BOSH_URL;
+}
 
-echo json_encode(array(
-    'dt__a' => 'JABBER_' . strtoupper($org),
-    'dt__b' => IMSIDECAR_BOSH_URL,
-    'dt__c' => $domain,
-    'dt__d' => $user,
-    'dt__e' => $blob,
-));
+function imsidecar_send_json($answer)
+{
+    if (!headers_sent()) {
+        header('Content-Type: application/json; charset=UTF-8');
+        header('Cache-Control: no-store');
+    }
+    echo json_encode($answer);
+}
+
+// A test includes this file as a library, with this constant defined.
+if (!defined('IMSIDECAR_AUTH_MESSENGER_LIBRARY')) {
+    if (!isset($GLOBALS['phpgw_info'])) {
+        // ExpressoMail is expressoMail1_2 on older trees, expressoMail after.
+        $imsidecar_app = is_dir(dirname(__FILE__) . '/../../../expressoMail1_2') ? 'expressoMail1_2' : 'expressoMail';
+        $GLOBALS['phpgw_info']['flags'] = array(
+            'currentapp' => $imsidecar_app,
+            'nonavbar' => true,
+            'noheader' => true,
+        );
+    }
+    require_once dirname(__FILE__) . '/../../../header.inc.php';
+
+    if (session_id() == '' || !isset($_SESSION)) {
+        imsidecar_send_json(array('error' => 'Not Permission'));
+        exit;
+    }
+    $imsidecar_session = $_SESSION;
+    // Nothing is written to the session: release its lock at once, so
+    // that the page's other requests do not wait for this one.
+    session_write_close();
+
+    $imsidecar_server = isset($GLOBALS['phpgw_info']['server']) ? $GLOBALS['phpgw_info']['server'] : array();
+    $imsidecar_allowed = imsidecar_messenger_allowed(
+        isset($imsidecar_server['groups_expresso_messenger']) ? $imsidecar_server['groups_expresso_messenger'] : '',
+        $GLOBALS['phpgw']->accounts->membership()
+    );
+    $imsidecar_domain = '';
+    if ($imsidecar_allowed) {
+        $imsidecar_config = CreateObject('phpgwapi.config', 'phpgwapi');
+        $imsidecar_config->read_repository();
+        if (isset($imsidecar_config->config_data['jabber_domain'])) {
+            $imsidecar_domain = (string) $imsidecar_config->config_data['jabber_domain'];
+        }
+    }
+    imsidecar_send_json(imsidecar_messenger_answer($imsidecar_session, $imsidecar_allowed, $imsidecar_domain, imsidecar_bosh_url()));
+}

@@ -604,6 +604,30 @@ func (s *Server) RegisterN(tb testing.TB, prefix string, n int, pass string) []s
 	return names
 }
 
+// Befriend makes a and b (localparts) each other's contacts with
+// subscription "both", by writing their rosters into Prosody's internal
+// storage. Call it before either user logs in: a roster is read from
+// storage when a session loads it.
+func (s *Server) Befriend(tb testing.TB, a, b string) {
+	tb.Helper()
+	dir := filepath.Join(s.DataDir, escapeNode(s.Domain), "roster")
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		tb.Fatalf("xmppconntest: %v", err)
+	}
+	for _, pair := range [][2]string{{a, b}, {b, a}} {
+		name := filepath.Join(dir, escapeNode(pair[0])+".dat")
+		roster := "return {\n\t[false] = { [\"version\"] = 1; [\"pending\"] = {}; };\n"
+		if old, err := os.ReadFile(name); err == nil { // another contact is there already
+			roster = strings.TrimSuffix(string(old), "};\n")
+		}
+		roster += fmt.Sprintf("\t[%s] = { [\"subscription\"] = \"both\"; [\"groups\"] = {}; [\"name\"] = %s; };\n};\n",
+			luaString(s.JID(pair[1])), luaString(pair[1]))
+		if err := os.WriteFile(name, []byte(roster), 0o640); err != nil {
+			tb.Fatalf("xmppconntest: %v", err)
+		}
+	}
+}
+
 // escapeNode is datamanager's encode: every non-alphanumeric byte becomes %xx.
 func escapeNode(s string) string {
 	var b strings.Builder
