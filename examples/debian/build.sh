@@ -4,7 +4,8 @@
 # The binary is cross-compiled with CGO_ENABLED=0; the man page and
 # /etc/default/imsidecar come from the flag set (cmd/debgen). Everything
 # else is copied from examples/: the unit from examples/systemd, the Apache
-# snippet from examples/apache, the PHP client from examples/php.
+# snippet from examples/apache, the PHP client from examples/php, the
+# drop-in auth_messenger.php from examples/expresso.
 #
 # The version is taken from git: a tag vX.Y.Z on HEAD gives X.Y.Z-1,
 # anything else 0.0~git<commit time>.<hash>-1 (+dirty with local changes),
@@ -65,6 +66,9 @@ install -m 0644 examples/apache/imsidecar.conf "$root/etc/apache2/conf-available
 mkdir -p "$root/usr/share/imsidecar/php"
 cp -R examples/php/src "$root/usr/share/imsidecar/php/src"
 install -m 0644 examples/php/composer.json "$root/usr/share/imsidecar/php/composer.json"
+# The drop-in for Expresso 2.5's messenger endpoint (docs/EXPRESSO.md).
+mkdir -p "$root/usr/share/imsidecar/expresso"
+install -m 0644 examples/expresso/auth_messenger.php "$root/usr/share/imsidecar/expresso/auth_messenger.php"
 gzip -9n <examples/php/README.md >"$root/usr/share/doc/imsidecar/php-client.md.gz"
 
 doc=$root/usr/share/doc/imsidecar

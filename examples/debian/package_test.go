@@ -82,15 +82,16 @@ func TestDebianPackage(t *testing.T) {
 		t.Fatalf("after dpkg -i: status %q", st)
 	}
 	for path, want := range map[string]string{
-		"/usr/bin/imsidecar":                         "-rwxr-xr-x root root",
-		"/lib/systemd/system/imsidecar.service":      "-rw-r--r-- root root",
-		"/etc/default/imsidecar":                     "-rw-r--r-- root root",
-		"/etc/apache2/conf-available/imsidecar.conf": "-rw-r--r-- root root",
-		"/usr/share/man/man8/imsidecar.8.gz":         "-rw-r--r-- root root",
-		"/usr/share/imsidecar/php/src/Client.php":    "-rw-r--r-- root root",
-		"/usr/share/doc/imsidecar/copyright":         "-rw-r--r-- root root",
-		"/etc/imsidecar":                             "drwxr-x--- root www-data",
-		"/etc/imsidecar/api-token":                   "-rw-r----- root www-data",
+		"/usr/bin/imsidecar":                               "-rwxr-xr-x root root",
+		"/lib/systemd/system/imsidecar.service":            "-rw-r--r-- root root",
+		"/etc/default/imsidecar":                           "-rw-r--r-- root root",
+		"/etc/apache2/conf-available/imsidecar.conf":       "-rw-r--r-- root root",
+		"/usr/share/man/man8/imsidecar.8.gz":               "-rw-r--r-- root root",
+		"/usr/share/imsidecar/php/src/Client.php":          "-rw-r--r-- root root",
+		"/usr/share/imsidecar/expresso/auth_messenger.php": "-rw-r--r-- root root",
+		"/usr/share/doc/imsidecar/copyright":               "-rw-r--r-- root root",
+		"/etc/imsidecar":                                   "drwxr-x--- root www-data",
+		"/etc/imsidecar/api-token":                         "-rw-r----- root www-data",
 	} {
 		if got := modeOwner(t, path); got != want {
 			t.Errorf("%s: %s, want %s", path, got, want)
@@ -285,6 +286,7 @@ func checkContents(t *testing.T, deb, arch string) {
 		"./usr/share/doc/imsidecar/README.Debian.gz":               "-rw-r--r--",
 		"./usr/share/imsidecar/php/src/Client.php":                 "-rw-r--r--",
 		"./usr/share/imsidecar/php/composer.json":                  "-rw-r--r--",
+		"./usr/share/imsidecar/expresso/auth_messenger.php":        "-rw-r--r--",
 		"./usr/share/lintian/overrides/imsidecar":                  "-rw-r--r--",
 		"./usr/share/imsidecar/php/src/Exception/ApiException.php": "-rw-r--r--",
 	}
