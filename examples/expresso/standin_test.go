@@ -504,7 +504,18 @@ func standinScenario(t *testing.T, d *driver, cookies []map[string]any, pageURL,
 
 	// A message while no page is open (between two page loads): the
 	// abandoned page's BOSH session has no request to answer it with.
+	left := bob.mark()
 	d.must(map[string]any{"op": "goto", "url": "about:blank"}, nil)
+	if want.unloadFlap {
+		// The page unloads with terminate + unavailable: where the server
+		// shows that to contacts (Prosody), send once it has, so the
+		// message meets no page's session rather than racing the
+		// terminate into the abandoned one.
+		bob.waitFor(t, "alice unavailable after the page left", left, func(e xmppconn.Event) bool {
+			p, ok := e.(*xmppconn.Presence)
+			return ok && strings.HasPrefix(p.From, aliceJID+"/") && p.Type == "unavailable"
+		})
+	}
 	bc.send(t, aliceJID, "while you were away")
 	d.must(map[string]any{"op": "goto", "url": pageURL}, nil)
 	d.wait("standin.connected || standin.failed")
