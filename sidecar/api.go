@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
@@ -9,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -182,6 +184,9 @@ func (a *api) wrap(route string, cookieOK bool, h handlerFunc) http.Handler {
 func (a *api) record(ctx context.Context, route string, status int, start time.Time, user string) {
 	d := time.Since(start)
 	a.metrics.apiLatency.WithLabelValues(route, strconv.Itoa(status)).Observe(d.Seconds())
+	if !a.logger.Enabled(ctx, slog.LevelDebug) {
+		return // production logs at info or above: no attributes to build
+	}
 	attrs := []slog.Attr{slog.String("route", route), slog.Int("status", status), slog.Duration("duration", d)}
 	if user != "" {
 		attrs = append(attrs, slog.String("user", user))
@@ -337,13 +342,13 @@ func decode(r *http.Request, v any, optional bool) error {
 	if len(body) > maxBody {
 		return fmt.Errorf("%w: body over %d bytes", ErrTooLarge, maxBody)
 	}
-	if len(strings.TrimSpace(string(body))) == 0 {
+	if len(bytes.TrimSpace(body)) == 0 {
 		if optional {
 			return nil
 		}
 		return fmt.Errorf("%w: JSON body required", ErrBadRequest)
 	}
-	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("%w: %s", ErrBadRequest, strings.TrimPrefix(err.Error(), "json: "))
@@ -688,7 +693,15 @@ func (a *api) message(w http.ResponseWriter, r *http.Request, c *caller) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusAccepted, map[string]string{"id": id})
+	// writeJSON's bytes for {"id": id}, without its map and encoder.
+	q, err := json.Marshal(id)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusAccepted)
+	w.Write(slices.Concat([]byte(`{"id":`), q, []byte("}\n")))
 	return nil
 }
 
