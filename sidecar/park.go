@@ -55,6 +55,12 @@ type parker struct {
 	idlers map[net.Conn]struct{} // answered, waiting for the next request
 	closed bool                  // shutting down: answer at once, keep nothing alive
 	wg     sync.WaitGroup        // one per parked poll, until its connection is handed on
+
+	// repoll, when set, serves the next long poll of an answered
+	// connection without handing it back to net/http (repoll.go): the
+	// API's handler and the server's request context.
+	repoll     http.Handler
+	repollBase context.Context
 }
 
 func newParker(a *api, ln *resumeListener, idle time.Duration) *parker {
@@ -202,11 +208,19 @@ func (p *parkedPoll) answer() {
 // kept-alive one may idle for IdleTimeout before its next request. PHP
 // asks again at once, so the wait is short.
 func (pk *parker) awaitNext(c net.Conn) {
+	for pk.awaitOne(c) {
+	}
+}
+
+// awaitOne waits for one request on c and serves it as a re-poll
+// (repoll.go) or hands c back to net/http; it reports whether it served
+// and answered a request itself and c waits for the next.
+func (pk *parker) awaitOne(c net.Conn) bool {
 	pk.mu.Lock()
 	if pk.closed {
 		pk.mu.Unlock()
 		c.Close()
-		return
+		return false
 	}
 	pk.idlers[c] = struct{}{}
 	pk.mu.Unlock()
@@ -221,9 +235,13 @@ func (pk *parker) awaitNext(c net.Conn) {
 	pk.mu.Unlock()
 	if len(first) == 0 || closed {
 		c.Close()
-		return
+		return false
+	}
+	if served, again := pk.serveRepoll(c, first); served {
+		return again
 	}
 	pk.ln.resume(&resumedConn{Conn: c, rest: first})
+	return false
 }
 
 // nextPool holds the buffers readNext reads into: one per read in
