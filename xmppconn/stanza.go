@@ -11,19 +11,7 @@ import (
 // Stanzas advance the XEP-0198 inbound counter after the Handler returned.
 func (c *Conn) handle(s *stream, n *node) {
 	switch {
-	case n.is(nsSM, "r"):
-		c.wmu.Lock()
-		if c.sm.enabled {
-			c.writeLocked(s, []byte(`<a xmlns="`+nsSM+`" h="`+strconv.FormatUint(uint64(c.inH.Load()), 10)+`"/>`), false)
-		}
-		c.wmu.Unlock()
-		return
-	case n.is(nsSM, "a"):
-		if h, err := strconv.ParseUint(n.get("h"), 10, 32); err == nil {
-			c.wmu.Lock()
-			c.ackLocked(uint32(h))
-			c.wmu.Unlock()
-		}
+	case c.handleSM(s, n):
 		return
 	case n.name.Space != nsClient:
 		c.log.Debug("xmppconn: ignoring element", "name", n.name.Local, "ns", n.name.Space)
@@ -70,16 +58,6 @@ func (c *Conn) handleSkipped(s *stream, n *node) {
 		}
 	}
 	c.emit(d)
-}
-
-// countInbound advances the XEP-0198 inbound counter for a handled stanza.
-func (c *Conn) countInbound() {
-	c.wmu.Lock()
-	enabled := c.sm.enabled
-	c.wmu.Unlock()
-	if enabled {
-		c.inH.Add(1)
-	}
 }
 
 func (c *Conn) handleMessage(s *stream, n *node) {
