@@ -131,14 +131,8 @@ func (c *Conn) negotiate(s *stream, ticket *authTicket) (resumed bool, err error
 			c.wmu.Unlock()
 		}
 	}
-	if c.cfg.Carbons {
-		id := c.newID()
-		if err := c.writeStanzaOn(s, []byte(`<iq type="set" id="`+id+`"><enable xmlns="`+nsCarbons+`"/></iq>`)); err != nil {
-			return false, err
-		}
-		if _, err := c.awaitIQ(s, id); err != nil {
-			c.log.Warn("xmppconn: enabling carbons failed", "err", err)
-		}
+	if err := c.freshBound(s); err != nil {
+		return false, err
 	}
 	// Become an "interested resource" (RFC 6121 §2.1.6): servers send
 	// roster pushes and subscription approvals only to resources that
@@ -158,22 +152,20 @@ func (c *Conn) negotiate(s *stream, ticket *authTicket) (resumed bool, err error
 	// The presence the user last chose, not the initial one: a fresh
 	// stream after a lost one must not turn "away" back into "available".
 	// A user who broadcast unavailable stays so.
-	if p := c.currentPresence(); p.Type != "unavailable" {
-		if p.Avatar == nil {
-			p.Avatar = c.ownAvatar.Load()
-		}
+	if p, ok := c.freshPresence(); ok {
 		if err := c.writeStanzaOn(s, encodePresence(p)); err != nil {
 			return false, err
 		}
 	}
-	// A fresh session is in no room: join them again before re-sending
-	// what may include messages to them.
-	if err := c.rejoinRooms(s); err != nil {
+	// A fresh session has lost the server-side state of the features
+	// (rooms joined): restore it before re-sending what may depend on it
+	// (messages to the rooms).
+	if err := c.freshRestore(s); err != nil {
 		return false, err
 	}
 	for _, raw := range resend {
-		if isRoomJoin(raw) {
-			continue // the rooms were joined again just above
+		if restoredByFeature(raw) {
+			continue // redone just above (a room's join)
 		}
 		if err := c.writeStanzaOn(s, raw); err != nil {
 			return false, err

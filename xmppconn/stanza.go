@@ -61,11 +61,8 @@ func (c *Conn) handleSkipped(s *stream, n *node) {
 }
 
 func (c *Conn) handleMessage(s *stream, n *node) {
-	if r := mamResult(n); r != nil {
-		// Archive results belong to the query that asked for them and are
-		// never incoming messages, whoever sent them.
-		c.handleMAMResult(n, r)
-		return
+	if c.claimed(s, n) {
+		return // a feature's (an archive result)
 	}
 	carbon := ""
 	var fwdDelay time.Time
@@ -104,7 +101,7 @@ func (c *Conn) handleMessage(s *stream, n *node) {
 			return
 		}
 	}
-	if m.Type == GroupChatMessage && !c.roomMessage(m, hasSubject) {
+	if !c.deliverable(m, hasSubject) {
 		return
 	}
 	if m.Type == ErrorMessage && carbon == "" {
@@ -189,8 +186,8 @@ func parseDelay(n *node) time.Time {
 }
 
 func (c *Conn) handlePresence(s *stream, n *node) {
-	if c.handleRoomPresence(s, n) {
-		return
+	if c.claimed(s, n) {
+		return // a feature's (a room's)
 	}
 	typ := n.get("type")
 	switch typ {
