@@ -17,9 +17,9 @@ type feature struct {
 	// core handles it, and reports whether it consumed the stanza (which
 	// then reaches neither the core nor the other features).
 	inbound func(c *Conn, s *stream, n *node) bool
-	// deliver is asked about each parsed message with a body, subject,
-	// chat state or error before the Handler gets it; false drops it. It
-	// may complete m (a room's message sets Own).
+	// deliver is asked about each parsed message (a carbon unwrapped)
+	// before the Handler may get it; false drops it. It may complete m (a
+	// room's message sets Own).
 	deliver func(c *Conn, m *Message, hasSubject bool) bool
 	// owns reports whether an inbound message answers the Conn's own
 	// request, so that Config.Tap does not hand it to the user's clients.

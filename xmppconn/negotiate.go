@@ -68,8 +68,9 @@ func ctxErr(ctx context.Context, err error) error {
 	return err
 }
 
-// negotiate runs SASL, then resumption or bind, session, SM enable,
-// carbons, initial presence, and flushes what waited for a stream.
+// negotiate runs SASL, then resumption or bind, session, SM enable, the
+// features' bound hooks, the roster, initial presence, the features'
+// restore hooks, and flushes what waited for a stream.
 // The gate's ticket ends with the SASL exchange.
 func (c *Conn) negotiate(s *stream, ticket *authTicket) (resumed bool, err error) {
 	err = s.authenticate(c.cfg.User, c.cfg.Password)
