@@ -25,7 +25,11 @@ type Goal struct {
 	Measured bool   `json:"measured"`
 	Met      bool   `json:"met"`
 	Detail   string `json:"detail,omitempty"` // the figures behind Value and Bound
-	Needs    string `json:"needs,omitempty"`  // what an unmeasured goal lacked
+	// ValueText and BoundText, when set, are how the report shows Value
+	// and Bound ("< 100.0": below the ladder's first step).
+	ValueText string `json:"value_text,omitempty"`
+	BoundText string `json:"bound_text,omitempty"`
+	Needs     string `json:"needs,omitempty"` // what an unmeasured goal lacked
 }
 
 // measured sets g's value and verdict.
@@ -64,10 +68,14 @@ func (r Report) goals() []Goal {
 
 	for _, k := range []struct {
 		name string
-		rate func(p *PathResult) (float64, bool)
+		rate func(p *PathResult) (float64, bool, string)
 	}{
-		{"sidecar knee ≥ Prosody WebSocket's (p99 ≤ 50 ms)", func(p *PathResult) (float64, bool) { return p.KneeRate, p.KneeBounded }},
-		{"sidecar capacity ≥ Prosody WebSocket's (kept up)", func(p *PathResult) (float64, bool) { return p.CapacityRate, p.CapacityBounded }},
+		{"sidecar knee ≥ Prosody WebSocket's (p99 ≤ 50 ms)", func(p *PathResult) (float64, bool, string) {
+			return p.KneeRate, p.KneeBounded, p.KneeStop
+		}},
+		{"sidecar capacity ≥ Prosody WebSocket's (kept up)", func(p *PathResult) (float64, bool, string) {
+			return p.CapacityRate, p.CapacityBounded, p.CapacityStop
+		}},
 	} {
 		g := Goal{Name: k.name, Unit: "msg/s", Of: "websocket"}
 		if sc == nil || ws == nil || len(sc.Sweep) == 0 || len(ws.Sweep) == 0 {
@@ -75,9 +83,11 @@ func (r Report) goals() []Goal {
 			goals = append(goals, g)
 			continue
 		}
-		a, ab := k.rate(sc)
-		b, bb := k.rate(ws)
-		goals = append(goals, g.measured(a, b, "sidecar "+limit(*sc, a, ab)+", websocket "+limit(*ws, b, bb)))
+		a, ab, as := k.rate(sc)
+		b, bb, bs := k.rate(ws)
+		g = g.measured(a, b, "stopped by: sidecar "+orDash(as)+"; websocket "+orDash(bs))
+		g.ValueText, g.BoundText = limit(*sc, a, ab)+" msg/s", limit(*ws, b, bb)+" msg/s"
+		goals = append(goals, g)
 	}
 	return goals
 }
@@ -96,11 +106,15 @@ func WriteGoals(w io.Writer, goals []Goal) {
 			cmp = "≤ "
 		}
 		num := func(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) + " " + g.Unit }
-		bound := cmp + num(g.Bound)
+		boundNum := num(g.Bound)
+		if g.BoundText != "" {
+			boundNum = g.BoundText
+		}
+		bound := cmp + boundNum
 		if g.Of != "" {
 			bound = cmp + g.Of + "'s"
 			if g.Measured {
-				bound += " (" + num(g.Bound) + ")"
+				bound += " (" + boundNum + ")"
 			}
 		}
 		if !g.Measured {
@@ -112,7 +126,10 @@ func WriteGoals(w io.Writer, goals []Goal) {
 			verdict = "met"
 		}
 		value := num(g.Value)
-		if g.Unit == "ms" {
+		switch {
+		case g.ValueText != "":
+			value = g.ValueText
+		case g.Unit == "ms":
 			value = f3(g.Value) + " ms"
 		}
 		fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", g.Name, value, bound, verdict, g.Detail)

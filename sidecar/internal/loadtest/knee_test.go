@@ -142,7 +142,7 @@ func TestReportKnee(t *testing.T) {
 		"| 0.900 | 0.700 | 0.200 | 495.0 |", // imsidecar's own CPU column
 		"| 0.000 | 0.000 | – | 495.0 |",     // none on Prosody's paths
 		"| imsidecar CPU per delivered message (sidecar path, imsidecar only) | 0.200 ms | ≤ 0.25 ms | met | path 0.900 ms, of which Prosody 0.700 ms |",
-		"| sidecar knee ≥ Prosody WebSocket's (p99 ≤ 50 ms) | 500 msg/s | ≥ websocket's (200 msg/s) | met | sidecar 500.0, websocket ≥ 200.0 |",
+		"| sidecar knee ≥ Prosody WebSocket's (p99 ≤ 50 ms) | 500.0 msg/s | ≥ websocket's (≥ 200.0 msg/s) | met | stopped by: sidecar p99 80.0 ms > 50.0 ms at 750.0 msg/s; websocket – |",
 	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, b.String())
