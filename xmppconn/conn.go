@@ -156,6 +156,9 @@ func newConn(cfg Config) *Conn {
 // start establishes the first stream and starts the Conn's goroutine.
 func (c *Conn) start(ctx context.Context) error {
 	s, _, err := c.establish(ctx)
+	if err != nil && c.continuing && !errors.Is(err, ErrAuth) && ctx.Err() == nil {
+		s, _, err = c.retryResume(ctx, err)
+	}
 	if err != nil {
 		c.closeStart()
 		c.setState(StateOffline)

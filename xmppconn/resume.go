@@ -434,6 +434,7 @@ func Resume(ctx context.Context, cfg Config, st ResumeState) (*Conn, error) {
 		acked:    st.Acked,
 		savedH:   st.H,
 		unacked:  append([][]byte(nil), st.Unacked...),
+		unsaved:  true, // the store may not hold st: saved once resumed
 	}
 	c.inH.Store(st.H)
 	p := Presence{Show: st.Show, Status: st.Status}
@@ -457,6 +458,16 @@ func Resume(ctx context.Context, cfg Config, st ResumeState) (*Conn, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// retryResume makes a second attempt after Resume's first one failed
+// without a refusal: Prosody 0.12 answers a <resume/> whose h is ahead of
+// what it sent by closing the connection, sometimes before its <failed/>
+// is read. The second attempt is then refused cleanly (the session is
+// gone) and logs in afresh; after a mere network error it resumes.
+func (c *Conn) retryResume(ctx context.Context, why error) (*stream, bool, error) {
+	c.log.Info("xmppconn: resuming the stored session failed; trying once more", "err", why)
+	return c.establish(ctx)
 }
 
 // Resumed reports whether the Conn's stream is a resumed XEP-0198 session:
