@@ -742,6 +742,9 @@ func (c *Conn) loop(s *stream, st *runState, grown bool) {
 			}
 			if c.closing.Load() {
 				err = ErrClosed
+				if c.detached.Load() {
+					err = ErrDetached
+				}
 			}
 			c.finish(err, state, err)
 			return
@@ -853,6 +856,9 @@ func (c *Conn) reconnect(backoff *time.Duration) (*stream, bool, error) {
 			t.Stop()
 			return nil, false, ErrClosed
 		case <-t.C:
+		}
+		if err := c.gateReconnect(); err != nil {
+			return nil, false, err
 		}
 		ctx, cancel := context.WithTimeout(c.closeCtx, c.cfg.IQTimeout+c.cfg.WriteTimeout)
 		s, resumed, err := c.establish(ctx)
