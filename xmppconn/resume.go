@@ -204,8 +204,11 @@ func (st *ResumeState) Ack(h uint32) error {
 	if int64(n) > int64(len(st.Unacked)) {
 		return fmt.Errorf("%w: ack %d for %d stanzas after %d", ErrResumeState, h, len(st.Unacked), st.Acked)
 	}
-	clear(st.Unacked[:n])
-	st.Unacked = st.Unacked[n:]
+	// Move the rest to the front: the array is reused, not reallocated
+	// as appends reach its end.
+	m := copy(st.Unacked, st.Unacked[n:])
+	clear(st.Unacked[m:])
+	st.Unacked = st.Unacked[:m]
 	st.Acked = h
 	return nil
 }
