@@ -9,10 +9,8 @@ import (
 	"expressolivre.org/imsidecar/xmppconn"
 )
 
-// The janitor: what ties a stream to its PHP session. Every
-// --recheck-interval it re-reads each session and takes the user offline
-// when the PHP session is gone, expired, logged out or someone else's, or
-// when the page stopped polling; it forgets sessions long offline.
+// The expiry watch: the janitor, which ties each stream to its PHP
+// session, and the session ids it re-reads them through.
 
 // janitor re-reads every connected PHP session each RecheckInterval and
 // closes the streams whose session is gone, expired, logged out or now
