@@ -1,12 +1,14 @@
 package sidecar
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -97,6 +99,18 @@ type limitConn struct {
 }
 
 func (c *limitConn) CloseWrite() error { return closeWrite(c.Conn) }
+
+// SyscallConn is the socket's, for the parker's wait for the next request
+// (park.go readNext).
+func (c *limitConn) SyscallConn() (syscall.RawConn, error) {
+	if sc, ok := c.Conn.(syscall.Conn); ok {
+		return sc.SyscallConn()
+	}
+	return nil, errNoSyscallConn
+}
+
+// errNoSyscallConn: the connection under a limitConn is not a socket.
+var errNoSyscallConn = errors.New("sidecar: not a socket")
 
 func (c *limitConn) Close() error {
 	err := c.Conn.Close()
