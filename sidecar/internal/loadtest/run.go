@@ -68,7 +68,11 @@ type Config struct {
 	// LagDir, when set, receives PATH-prosody-lag.log from a probe module
 	// loaded into each Prosody (see LagProbe): its event-loop stalls and
 	// Lua GC cycle ends, in Unix time like the LatencyDir files.
-	LagDir  string
+	LagDir string
+	// EventsDir, when set, loads a probe into each Prosody that accounts
+	// its CPU per event (stanza) name (see EventProbe); the login storm's
+	// share goes into PathResult.LoginEvents and PATH-prosody-events.txt.
+	EventsDir string
 	Dir     string        // scratch directory (Prosody, sessions, logs)
 	Timeout time.Duration // bound on the whole run; default 30 min
 	Logger  *slog.Logger  // progress; nil = discard
@@ -95,6 +99,13 @@ type PathResult struct {
 	// and polling; SidecarConns the API connections the client dialed.
 	SidecarFDs   int `json:"sidecar_fds,omitempty"`
 	SidecarConns int `json:"sidecar_conns,omitempty"`
+	// LoginCPUms is the CPU milliseconds per login of the processes the
+	// path uses during the login storm, ProsodyLoginCPUms Prosody's part.
+	LoginCPUms        float64 `json:"login_cpu_ms"`
+	ProsodyLoginCPUms float64 `json:"prosody_login_cpu_ms"`
+	// LoginEvents is Prosody's CPU per event name during the storm, per
+	// login (with Config.EventsDir only), largest first.
+	LoginEvents []EventStat `json:"login_events,omitempty"`
 	Phase
 	// Sweep holds the knee ladder's steps, in order, up to the first that
 	// did not keep up.
@@ -222,7 +233,7 @@ func Run(ctx context.Context, cfg Config) ([]PathResult, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	for _, d := range []string{cfg.LatencyDir, cfg.TraceDir, cfg.LagDir} {
+	for _, d := range []string{cfg.LatencyDir, cfg.TraceDir, cfg.LagDir, cfg.EventsDir} {
 		if d != "" {
 			if err := os.MkdirAll(d, 0o755); err != nil {
 				return nil, fmt.Errorf("loadtest: %w", err)
@@ -267,12 +278,20 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 	res := PathResult{Path: path, Users: cfg.Users}
 	dir := filepath.Join(cfg.Dir, path)
 	extra := cfg.ProsodyConfig
+	var probes []probe
 	if cfg.LagDir != "" {
-		probe, err := LagProbe(dir, filepath.Join(cfg.LagDir, path+"-prosody-lag.log"))
+		probes = append(probes, lagProbeOf(filepath.Join(cfg.LagDir, path+"-prosody-lag.log")))
+	}
+	eventsFile := filepath.Join(dir, "prosody-events.txt")
+	if cfg.EventsDir != "" {
+		probes = append(probes, eventProbeOf(eventsFile))
+	}
+	if len(probes) > 0 {
+		lines, err := installProbes(dir, probes...)
 		if err != nil {
 			return res, err
 		}
-		extra = append(probe, extra...)
+		extra = append(lines, extra...)
 	}
 	pro, err := NewProsody(dir, extra...)
 	if err != nil {
@@ -323,20 +342,54 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 		}
 	}
 
+	var events0 map[string]EventStat
+	if cfg.EventsDir != "" {
+		if events0, err = r.readEvents(ctx, eventsFile); err != nil {
+			return res, err
+		}
+	}
+
 	// Everything the users run (poll loops) lives until life ends.
 	life, stop := context.WithCancel(ctx)
 	defer stop()
 	r.track = newTracker(0, 0)
+	cpu0, pro0, err := r.cpu()
+	if err != nil {
+		return res, err
+	}
 	start := time.Now()
 	online, errs, firstErr := r.loginAll(ctx, life)
 	elapsed := time.Since(start)
+	cpu1, pro1, err := r.cpu()
+	if err != nil {
+		return res, err
+	}
 	res.Online, res.LoginErrors = online, errs
 	res.LoginsPerSec = float64(online) / elapsed.Seconds()
+	if online > 0 {
+		res.LoginCPUms = (cpu1 - cpu0) * 1000 / float64(online)
+		res.ProsodyLoginCPUms = (pro1 - pro0) * 1000 / float64(online)
+	}
 	cfg.Logger.Info("logged in", "path", path, "online", online, "errors", errs, "seconds", elapsed.Seconds(), "first_error", firstErr)
 	if online < 2 {
 		return res, fmt.Errorf("loadtest: only %d users online: %v", online, firstErr)
 	}
 	time.Sleep(2 * time.Second) // let the storm's garbage settle
+	if cfg.EventsDir != "" {
+		// What the sidecar does right after a login (the avatar) is part
+		// of it: the 2 s above cover it.
+		events1, err := r.readEvents(ctx, eventsFile)
+		if err != nil {
+			return res, err
+		}
+		res.LoginEvents = eventDelta(events0, events1)
+		for i := range res.LoginEvents {
+			res.LoginEvents[i].SelfSec /= float64(online)
+		}
+		if err := writeEvents(filepath.Join(cfg.EventsDir, path+"-prosody-events.txt"), res.LoginEvents, res.ProsodyLoginCPUms); err != nil {
+			return res, err
+		}
+	}
 	proAfter, err := RSS(pro.PID())
 	if err != nil {
 		return res, err
@@ -411,6 +464,39 @@ ladder:
 	stop()
 	r.closeAll(ctx)
 	return res, nil
+}
+
+// readEvents waits for the event probe's next totals (it rewrites them
+// every second, so they hold everything up to the call) and returns them.
+func (r *rig) readEvents(ctx context.Context, file string) (map[string]EventStat, error) {
+	fi0, _ := os.Stat(file)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if fi, err := os.Stat(file); err == nil && (fi0 == nil || !fi.ModTime().Equal(fi0.ModTime())) {
+			return ReadEventStats(file)
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return nil, fmt.Errorf("loadtest: no fresh totals in %s from Prosody's event probe", file)
+		}
+	}
+}
+
+// writeEvents writes the per-login event table: name, count per login,
+// CPU µs per login, share of Prosody's CPU per login.
+func writeEvents(name string, evs []EventStat, proMS float64) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Prosody CPU per login %.3f ms; per event name: count, self CPU µs per login, share\n", proMS)
+	total := 0.0
+	for _, e := range evs {
+		total += e.SelfSec
+	}
+	for _, e := range evs {
+		fmt.Fprintf(&b, "%-70s %8d %9.1f %5.1f%%\n", e.Name, e.Count, e.SelfSec*1e6, e.SelfSec*1e5/max(proMS, 1e-9))
+	}
+	fmt.Fprintf(&b, "%-70s %8s %9.1f %5.1f%%\n", "(all events)", "", total*1e6, total*1e5/max(proMS, 1e-9))
+	if err := os.WriteFile(name, []byte(b.String()), 0o644); err != nil {
+		return fmt.Errorf("loadtest: %w", err)
+	}
+	return nil
 }
 
 // writeSessions writes cfg.PHPSample sessions with the real PHP CLI and

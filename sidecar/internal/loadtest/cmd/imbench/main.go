@@ -50,6 +50,7 @@ func run() error {
 	})
 	flag.StringVar(&cfg.LatencyDir, "latency-dir", "", "write every message's send/receive times per path and phase as CSV into this directory")
 	flag.StringVar(&cfg.LagDir, "prosody-lag-dir", "", "load a probe into Prosody that logs its event-loop stalls and Lua GC cycle ends into this directory")
+	flag.StringVar(&cfg.EventsDir, "prosody-events-dir", "", "load a probe into Prosody that accounts its CPU per event (stanza) name, and write each path's login-storm share per login into this directory")
 	flag.StringVar(&cfg.TraceDir, "trace-dir", "", "write a runtime/trace of the generator during each path's target phase into this directory")
 	flag.IntVar(&cfg.Concurrency, "concurrency", 100, "logins in flight during the login storm")
 	flag.IntVar(&cfg.SourceAddrs, "source-addrs", 0, "127.0.0.x client source addresses (0: users/2000+1)")
