@@ -73,9 +73,9 @@ type Config struct {
 	// its CPU per event (stanza) name (see EventProbe); the login storm's
 	// share goes into PathResult.LoginEvents and PATH-prosody-events.txt.
 	EventsDir string
-	Dir     string        // scratch directory (Prosody, sessions, logs)
-	Timeout time.Duration // bound on the whole run; default 30 min
-	Logger  *slog.Logger  // progress; nil = discard
+	Dir       string        // scratch directory (Prosody, sessions, logs)
+	Timeout   time.Duration // bound on the whole run; default 30 min
+	Logger    *slog.Logger  // progress; nil = discard
 }
 
 // PathResult holds one path's figures.
