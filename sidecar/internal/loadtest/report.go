@@ -122,8 +122,61 @@ func NewReport(profile string, m Machine, cfg Config, paths []PathResult) Report
 	}
 	if sc != nil && ba != nil {
 		ratio("logins_vs_bare", sc.LoginsPerSec, ba.LoginsPerSec)
+		ratio("prosody_login_cpu_vs_bare", sc.ProsodyLoginCPUms, ba.ProsodyLoginCPUms)
+	}
+	if st := get(PathSidecarTLS); st != nil && sc != nil {
+		ratio("tls_mem_per_user_vs_clear", st.MemPerUserKB, sc.MemPerUserKB)
 	}
 	return r
+}
+
+// Goal is one figure of the run against its target (issue 17).
+type Goal struct {
+	Name   string
+	Value  float64
+	AtMost bool // the figure must be ≤ Bound (else ≥)
+	Bound  float64
+}
+
+// Met reports whether the figure meets its target.
+func (g Goal) Met() bool {
+	if g.AtMost {
+		return g.Value <= g.Bound
+	}
+	return g.Value >= g.Bound
+}
+
+// Goals are the run's figures that have a target, for the paths it ran.
+func (r Report) Goals() []Goal {
+	var gs []Goal
+	if v, ok := r.Ratios["logins_vs_bare"]; ok {
+		gs = append(gs, Goal{Name: "login storm, sidecar/bare client", Value: v, Bound: 0.95})
+	}
+	for _, p := range r.Paths {
+		if p.Path == PathSidecarTLS {
+			gs = append(gs, Goal{Name: fmt.Sprintf("imsidecar KB/user with STARTTLS (%d users)", p.Online), Value: p.MemPerUserKB, AtMost: true, Bound: 20})
+		}
+	}
+	return gs
+}
+
+// goalsMarkdown writes the goals with met or missed.
+func (r Report) goalsMarkdown(w io.Writer) {
+	gs := r.Goals()
+	if len(gs) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\n| goal | figure | target | |\n|---|---|---|---|")
+	for _, g := range gs {
+		op, verdict := "≥", "missed"
+		if g.AtMost {
+			op = "≤"
+		}
+		if g.Met() {
+			verdict = "met"
+		}
+		fmt.Fprintf(w, "| %s | %s | %s %s | %s |\n", g.Name, f2(g.Value), op, f2(g.Bound), verdict)
+	}
 }
 
 func f1(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) }
@@ -135,11 +188,11 @@ func (r Report) Markdown(w io.Writer) {
 	fmt.Fprintf(w, "%d users, %.0f msg/s for %.0f s (%s profile, sidecar API over %s) on %d × %s, load %s → %s, %.0f s\n\n",
 		r.Config.Users, r.Config.Rate, r.Config.Seconds, r.Profile, r.Config.Transport, r.Machine.NProc, r.Machine.CPUModel,
 		r.Machine.LoadStart, r.Machine.LoadEnd, r.Machine.Seconds)
-	fmt.Fprintln(w, "| path | online | logins/s | KB/user (path adds) | Prosody KB/user | CPU s/1k msgs | Prosody CPU s/1k | delivered msg/s | p50 ms | p99 ms | max ms | lost | send errors | knee msg/s (p99 ≤ 50 ms) | capacity msg/s (kept up) |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| path | online | logins/s | login CPU ms (Prosody) | KB/user (path adds) | Prosody KB/user | CPU s/1k msgs | Prosody CPU s/1k | delivered msg/s | p50 ms | p99 ms | max ms | lost | send errors | knee msg/s (p99 ≤ 50 ms) | capacity msg/s (kept up) |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, p := range r.Paths {
-		fmt.Fprintf(w, "| %s | %d/%d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d | %s | %s |\n",
-			p.Path, p.Online, p.Users, f1(p.LoginsPerSec), f2(p.MemPerUserKB), f2(p.ProsodyMemPerUserKB),
+		fmt.Fprintf(w, "| %s | %d/%d | %s | %s (%s) | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d | %s | %s |\n",
+			p.Path, p.Online, p.Users, f1(p.LoginsPerSec), f2(p.LoginCPUms), f2(p.ProsodyLoginCPUms), f2(p.MemPerUserKB), f2(p.ProsodyMemPerUserKB),
 			f3(p.CPUPer1k), f3(p.ProsodyCPUPer1k), f1(p.DeliveredPerSec), f2(p.P50ms), f2(p.P99ms), f2(p.Maxms),
 			p.Lost, p.SendErrors, limit(p, p.KneeRate, p.KneeBounded), limit(p, p.CapacityRate, p.CapacityBounded))
 	}
@@ -150,13 +203,17 @@ func (r Report) Markdown(w io.Writer) {
 			}
 			return "–"
 		}
-		fmt.Fprintf(w, "| **sidecar/BOSH** | | %s | %s | | %s | | %s | %s | %s | %s | | | %s | %s |\n",
+		fmt.Fprintf(w, "| **sidecar/BOSH** | | %s | | %s | | %s | | %s | %s | %s | %s | | | %s | %s |\n",
 			q("logins_per_sec"), q("mem_per_user"), q("cpu_per_1k_msgs"), q("delivered_per_sec"),
 			q("p50"), q("p99"), q("max"), q("knee_rate"), q("capacity_rate"))
 		if v, ok := r.Ratios["logins_vs_bare"]; ok {
-			fmt.Fprintf(w, "\nLogin storm: sidecar/bare XMPP client = %s.\n", f2(v))
+			fmt.Fprintf(w, "\nLogin storm: sidecar/bare XMPP client = %s; Prosody CPU per login sidecar/bare = %s.\n", f2(v), q("prosody_login_cpu_vs_bare"))
+		}
+		if v, ok := r.Ratios["tls_mem_per_user_vs_clear"]; ok {
+			fmt.Fprintf(w, "\nimsidecar memory per user, STARTTLS/clear = %s.\n", f2(v))
 		}
 	}
+	r.goalsMarkdown(w)
 	for _, p := range r.Paths {
 		if p.SidecarFDs > 0 {
 			fmt.Fprintf(w, "\n%s: imsidecar held %d descriptors with %d users online over %d API connections dialed (%s).\n",

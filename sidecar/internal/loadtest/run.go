@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"expressolivre.org/imsidecar/xmppconn"
+	"expressolivre.org/imsidecar/xmppconn/xmppconntest"
 )
 
 // The paths a run can measure.
@@ -30,6 +31,10 @@ const (
 	// own user).
 	PathSidecarBOSH      = "sidecar-bosh"
 	PathSidecarWebSocket = "sidecar-websocket"
+	// The sidecar path with STARTTLS to Prosody, verified against a
+	// throw-away CA: the production setting when the Jabber server is
+	// another host. Prosody's own paths stay in clear.
+	PathSidecarTLS = "sidecar-tls"
 )
 
 // Config is one run of the generator.
@@ -174,7 +179,7 @@ func (c *Config) defaults() error {
 	for _, p := range c.Paths {
 		switch p {
 		case PathBare, PathBOSH, PathWebSocket:
-		case PathSidecar, PathSidecarBOSH, PathSidecarWebSocket:
+		case PathSidecar, PathSidecarBOSH, PathSidecarWebSocket, PathSidecarTLS:
 			if c.SidecarBin == "" {
 				return errors.New("loadtest: the sidecar path needs SidecarBin")
 			}
@@ -286,14 +291,26 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 	if cfg.EventsDir != "" {
 		probes = append(probes, eventProbeOf(eventsFile))
 	}
+	var certs *xmppconntest.CertBundle
+	mods := prosodyModules
+	if path == PathSidecarTLS {
+		var err error
+		if err := os.MkdirAll(filepath.Join(dir, "certs"), 0o700); err != nil {
+			return res, fmt.Errorf("loadtest: %w", err)
+		}
+		if certs, err = xmppconntest.NewCertBundle(filepath.Join(dir, "certs"), Domain, "localhost"); err != nil {
+			return res, fmt.Errorf("loadtest: %w", err)
+		}
+		mods = append(slices.Clone(mods), "tls")
+	}
 	if len(probes) > 0 {
-		lines, err := installProbes(dir, probes...)
+		lines, err := installProbesWith(dir, mods, probes...)
 		if err != nil {
 			return res, err
 		}
 		extra = append(lines, extra...)
 	}
-	pro, err := NewProsody(dir, extra...)
+	pro, err := newProsody(dir, certs, extra)
 	if err != nil {
 		return res, err
 	}
@@ -320,7 +337,11 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 		if err := r.writeSessions(ctx, sessDir); err != nil {
 			return res, err
 		}
-		r.d, err = startDaemon(ctx, cfg.SidecarBin, cfg.SidecarEnv, dir, sessDir, pro)
+		xmppTLS := []string{"--xmpp-tls=none"}
+		if certs != nil {
+			xmppTLS = []string{"--xmpp-tls=starttls", "--xmpp-ca-file=" + certs.CAFile}
+		}
+		r.d, err = startDaemon(ctx, cfg.SidecarBin, cfg.SidecarEnv, dir, sessDir, pro, xmppTLS...)
 		if err != nil {
 			return res, err
 		}
@@ -396,7 +417,7 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 	}
 	res.ProsodyMemPerUserKB = float64(proAfter-proBefore) / 1024 / float64(online)
 	switch path {
-	case PathSidecar, PathSidecarBOSH, PathSidecarWebSocket:
+	case PathSidecar, PathSidecarBOSH, PathSidecarWebSocket, PathSidecarTLS:
 		dAfter, err := RSS(r.d.PID())
 		if err != nil {
 			return res, err
@@ -529,7 +550,7 @@ func sessionID(i int) string {
 func (r *rig) login(ctx, life context.Context, i int) (client, error) {
 	onMsg := r.receive
 	switch r.path {
-	case PathSidecar:
+	case PathSidecar, PathSidecarTLS:
 		return dialSidecar(ctx, life, r.hc, r.d.URL, r.sids[i], onMsg)
 	case PathBOSH:
 		return dialBOSH(ctx, life, r.hc, r.pro.BOSHURL(), nil, userName(i), password(i), "bench", onMsg)
@@ -546,7 +567,7 @@ func (r *rig) login(ctx, life context.Context, i int) (client, error) {
 
 // sidecarPath reports whether path runs through imsidecar.
 func sidecarPath(path string) bool {
-	return path == PathSidecar || path == PathSidecarBOSH || path == PathSidecarWebSocket
+	return path == PathSidecar || path == PathSidecarBOSH || path == PathSidecarWebSocket || path == PathSidecarTLS
 }
 
 // sessionCookie is what a browser of the PHP session sends.
