@@ -32,7 +32,7 @@ func main() {
 func run() error {
 	var (
 		cfg     loadtest.Config
-		paths   = flag.String("paths", "bare,sidecar,bosh,websocket", "paths to measure, in order: bare, sidecar, bosh, websocket, sidecar-bosh, sidecar-websocket (browser clients through imsidecar), sidecar-tls (the sidecar path with STARTTLS to a Prosody with a test CA's certificate)")
+		paths   = flag.String("paths", "bare,sidecar,sidecar-tls,bosh,websocket", "paths to measure, in order: bare, sidecar, bosh, websocket, sidecar-bosh, sidecar-websocket (browser clients through imsidecar), sidecar-tls (the sidecar path with STARTTLS to a Prosody with a test CA's certificate)")
 		sweep   = flag.String("sweep", joinRates(loadtest.DefaultSweepRates), "knee ladder: comma-separated rates (msg/s) run after the target phase, each for -sweep-time, up to the first that does not hold (p99 > 50 ms, a loss, or under 90% of the rate delivered); empty: no knee")
 		out     = flag.String("out", "bench/results.json", "JSON output file")
 		profile = flag.String("profile", "quick", "name recorded in the results")
