@@ -11,11 +11,6 @@ import (
 // presence of its users itself (XEP-0398; Prosody's mod_vcard_legacy).
 const nsVCardConversion = "urn:xmpp:pep-vcard-conversion:0"
 
-// iqSender is what serverAvatars needs of a stream: *xmppconn.Conn.
-type iqSender interface {
-	SendIQ(ctx context.Context, typ, to string, payload []byte) ([]byte, error)
-}
-
 // serverAvatars learns, once per daemon, whether the Jabber server
 // advertises the user's avatar in presence itself. If it does, a fresh
 // stream need not read the user's own vCard at login to put the photo's
