@@ -10,7 +10,10 @@ import (
 // the first one in Dial and every reconnection, once the transport, TLS
 // and the stream header are up (an attempt whose dial fails asks
 // nothing), and tells it the outcome as soon as the SASL exchange ends,
-// before resource binding: an admission is held for that exchange only. A caller that runs many Conns against one server gives them one
+// before resource binding: an admission is held for that exchange only.
+// An attempt waiting for admission holds its open stream meanwhile
+// (bounded by ctx), and one refused has cost the server a connection and,
+// with TLS, a handshake, but never a look at the credentials. A caller that runs many Conns against one server gives them one
 // gate, so that it sees every login of the process: servers count login
 // failures per source address and ban it past a number (ejabberd's
 // mod_fail2ban), and every Conn of a process shares that address.
