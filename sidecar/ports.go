@@ -27,6 +27,12 @@ type avatarPublisher interface {
 	SetAvatarHash(ctx context.Context, hash string) error
 }
 
+// iqSender asks the server a question (ownavatar.go, serverAvatars); a
+// stream without it is treated as one that cannot ask.
+type iqSender interface {
+	SendIQ(ctx context.Context, typ, to string, payload []byte) ([]byte, error)
+}
+
 // messenger sends messages and chat states (messaging.go).
 type messenger interface {
 	Send(ctx context.Context, m xmppconn.Message) (string, error)

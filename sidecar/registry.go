@@ -34,6 +34,8 @@ type registry struct {
 	auth *authLimiter
 	// mem is the daemon-wide byte budget of the event logs.
 	mem *eventMemory
+	// avatars: whether the server advertises avatars itself.
+	avatars serverAvatars
 	// ids remembers, per session key, the PHP session id the API last
 	// saw, so the janitor can re-read the session. Only in memory.
 	idsMu   sync.Mutex
@@ -196,13 +198,17 @@ func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session,
 
 // advertiseAvatar reads the user's own vCard once the stream is up and
 // puts its photo's hash into the user's presence (XEP-0153), so contacts
-// on desktop clients show the web session with the user's avatar. It ends
-// with the vCard request: at most the IQ timeout, at once when the stream
+// on desktop clients show the web session with the user's avatar; not
+// when the server puts it there itself (see serverAvatars). It ends with
+// the vCard request: at most the IQ timeout, at once when the stream
 // closes.
 func (r *registry) advertiseAvatar(conn avatarPublisher, logger *slog.Logger) {
 	defer r.wg.Done()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	if r.avatars.serverInjects(ctx, conn) {
+		return
+	}
 	v, err := conn.VCard(ctx, "")
 	if err != nil {
 		logger.Debug("own vCard not read; avatar not advertised", "err", err)

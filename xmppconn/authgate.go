@@ -6,10 +6,14 @@ import (
 )
 
 // AuthGate admits authentication attempts. When Config.AuthGate is set,
-// the Conn asks it before every connection attempt, the first one in Dial
-// and every reconnection (each attempt runs one SASL exchange), and tells
-// it the outcome as soon as the SASL exchange ends, before resource
-// binding. A caller that runs many Conns against one server gives them one
+// the Conn asks it before the SASL exchange of every connection attempt,
+// the first one in Dial and every reconnection, once the transport, TLS
+// and the stream header are up (an attempt whose dial fails asks
+// nothing), and tells it the outcome as soon as the SASL exchange ends,
+// before resource binding: an admission is held for that exchange only.
+// An attempt waiting for admission holds its open stream meanwhile
+// (bounded by ctx), and one refused has cost the server a connection and,
+// with TLS, a handshake, but never a look at the credentials. A caller that runs many Conns against one server gives them one
 // gate, so that it sees every login of the process: servers count login
 // failures per source address and ban it past a number (ejabberd's
 // mod_fail2ban), and every Conn of a process shares that address.
@@ -23,8 +27,8 @@ import (
 //
 // The release function must be called exactly once per admitted attempt;
 // the Conn calls it, with AuthAborted when the attempt ended without a
-// verdict from the server (the dial, TLS or stream failed, or the server
-// answered temporary-auth-failure).
+// verdict from the server (the stream failed, or the server answered
+// temporary-auth-failure).
 type AuthGate interface {
 	Acquire(ctx context.Context, knownGood bool) (release func(AuthResult), err error)
 }

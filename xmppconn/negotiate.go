@@ -16,15 +16,6 @@ func (c *Conn) establish(ctx context.Context) (*stream, bool, error) {
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.IQTimeout+c.cfg.WriteTimeout)
 		defer cancel()
 	}
-	var ticket authTicket
-	if g := c.cfg.AuthGate; g != nil {
-		release, err := g.Acquire(ctx, c.authenticated.Load())
-		if err != nil {
-			return nil, false, fmt.Errorf("xmppconn: authentication not admitted: %w", err)
-		}
-		ticket.release = release
-		defer ticket.end(AuthAborted) // the attempt ended before SASL did
-	}
 	s, err := dialStream(ctx, &c.cfg)
 	if err != nil {
 		return nil, false, ctxErr(ctx, err)
@@ -41,6 +32,19 @@ func (c *Conn) establish(ctx context.Context) (*stream, bool, error) {
 			c.wmu.Unlock()
 		}
 	}()
+	// The gate admits the SASL exchange only: the dial, TLS and the
+	// stream header run before, so an admission is held for one round
+	// trip, not four, and a gate that bounds attempts in flight does not
+	// bound the login rate with them.
+	var ticket authTicket
+	if g := c.cfg.AuthGate; g != nil {
+		release, err := g.Acquire(ctx, c.authenticated.Load())
+		if err != nil {
+			return nil, false, fmt.Errorf("xmppconn: authentication not admitted: %w", err)
+		}
+		ticket.release = release
+		defer ticket.end(AuthAborted) // the attempt ended before SASL did
+	}
 	resumed, err := c.negotiate(s, &ticket)
 	if err != nil {
 		return nil, false, ctxErr(ctx, err)

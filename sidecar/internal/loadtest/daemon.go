@@ -23,8 +23,8 @@ type daemon struct {
 	done   chan struct{}
 }
 
-// startDaemon runs bin against p with the PHP sessions in sessDir, plain
-// XMPP on loopback like the other paths, and waits for /readyz.
+// startDaemon runs bin against p with the PHP sessions in sessDir and the
+// extra flags (at least --xmpp-tls), and waits for /readyz.
 func startDaemon(ctx context.Context, bin string, env []string, dir, sessDir string, p *Prosody, extra ...string) (*daemon, error) {
 	ports, err := freePorts(2)
 	if err != nil {
@@ -41,7 +41,6 @@ func startDaemon(ctx context.Context, bin string, env []string, dir, sessDir str
 		"--ops-listen=127.0.0.1:" + strconv.Itoa(ports[1]),
 		"--xmpp-addr=" + p.Addr,
 		"--xmpp-domain=" + Domain,
-		"--xmpp-tls=none",
 		"--session-store=files",
 		"--session-save-path=" + sessDir,
 		"--session-max-lifetime=4h",

@@ -89,7 +89,30 @@ func (r Report) goals() []Goal {
 		g.ValueText, g.BoundText = limit(*sc, a, ab)+" msg/s", limit(*ws, b, bb)+" msg/s"
 		goals = append(goals, g)
 	}
+	login := Goal{Name: "login storm, sidecar/bare XMPP client", Unit: "×", Bound: 0.95, Of: ""}
+	if v, ok := r.Ratios["logins_vs_bare"]; ok {
+		login = login.measured(v, login.Bound, "Prosody CPU per login sidecar/bare "+f2(r.Ratios["prosody_login_cpu_vs_bare"]))
+	} else {
+		login.Needs = "the bare and sidecar paths"
+	}
+	goals = append(goals, login)
+
+	tls := Goal{Name: "imsidecar memory per user with STARTTLS (sidecar-tls path)", Unit: "KB", AtMost: true, Bound: 20}
+	if st := get(PathSidecarTLS); st != nil && st.Online > 0 {
+		tls = tls.measured(st.MemPerUserKB, tls.Bound, strconv.Itoa(st.Online)+" users online; clear-text sidecar "+f2(sidecarMem(sc))+" KB")
+	} else {
+		tls.Needs = "the sidecar-tls path"
+	}
+	goals = append(goals, tls)
 	return goals
+}
+
+// sidecarMem is p's memory per user, 0 without the path.
+func sidecarMem(p *PathResult) float64 {
+	if p == nil {
+		return 0
+	}
+	return p.MemPerUserKB
 }
 
 // WriteGoals prints goals as a table: each figure, its bound, met or

@@ -330,3 +330,57 @@ func FuzzParseElement(f *testing.F) {
 		}
 	})
 }
+
+// TestRunTLSPathAndEvents runs the bare, sidecar and sidecar-tls paths (the
+// daemon verifies Prosody's certificate against the run's test CA) with the
+// event probe: every path logs everyone in and delivers everything, the
+// TLS path has its memory figure and goal, and the probe saw the logins'
+// stanzas, SASL and STARTTLS among them.
+func TestRunTLSPathAndEvents(t *testing.T) {
+	skipShort(t, "Prosody, PHP and imsidecar")
+	bin := buildSidecar(t)
+	cfg := Config{Users: 6, Rate: 30, Duration: time.Second, PHPSample: 2, SourceAddrs: 3, SidecarBin: bin,
+		Dir: t.TempDir(), EventsDir: t.TempDir(), Timeout: 3 * time.Minute,
+		Paths: []string{PathBare, PathSidecar, PathSidecarTLS}}
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	res, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range res {
+		if p.Online != cfg.Users || p.LoginErrors != 0 || p.Delivered != p.Sent || p.Lost != 0 {
+			t.Errorf("%s: online %d, login errors %d, sent %d delivered %d lost %d", p.Path, p.Online, p.LoginErrors, p.Sent, p.Delivered, p.Lost)
+		}
+		if p.ProsodyLoginCPUms < 0 || p.LoginCPUms < p.ProsodyLoginCPUms {
+			t.Errorf("%s: login CPU %v ms, Prosody's %v ms", p.Path, p.LoginCPUms, p.ProsodyLoginCPUms)
+		}
+		counts := map[string]int64{}
+		for _, e := range p.LoginEvents {
+			counts[e.Name] = e.Count
+		}
+		if counts["stanza/urn:ietf:params:xml:ns:xmpp-sasl:auth"] != int64(cfg.Users) {
+			t.Errorf("%s: the probe saw %d SASL auths, want %d: %v", p.Path, counts["stanza/urn:ietf:params:xml:ns:xmpp-sasl:auth"], cfg.Users, p.LoginEvents)
+		}
+		if tls := counts["stanza/urn:ietf:params:xml:ns:xmpp-tls:starttls"]; (p.Path == PathSidecarTLS) != (tls == int64(cfg.Users)) {
+			t.Errorf("%s: the probe saw %d STARTTLS", p.Path, tls)
+		}
+		if _, err := os.Stat(filepath.Join(cfg.EventsDir, p.Path+"-prosody-events.txt")); err != nil {
+			t.Error(err)
+		}
+	}
+	rep := NewReport("test", ThisMachine(), cfg, res)
+	if _, ok := rep.Ratios["tls_mem_per_user_vs_clear"]; !ok {
+		t.Errorf("no TLS memory ratio: %v", rep.Ratios)
+	}
+	var md strings.Builder
+	rep.Markdown(&md)
+	measured := map[string]bool{}
+	for _, g := range rep.Goals {
+		measured[g.Name] = g.Measured
+	}
+	if !measured["login storm, sidecar/bare XMPP client"] || !measured["imsidecar memory per user with STARTTLS (sidecar-tls path)"] ||
+		!strings.Contains(md.String(), "with STARTTLS") {
+		t.Errorf("goals %+v; report:\n%s", rep.Goals, md.String())
+	}
+}

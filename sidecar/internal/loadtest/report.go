@@ -124,6 +124,10 @@ func NewReport(profile string, m Machine, cfg Config, paths []PathResult) Report
 	}
 	if sc != nil && ba != nil {
 		ratio("logins_vs_bare", sc.LoginsPerSec, ba.LoginsPerSec)
+		ratio("prosody_login_cpu_vs_bare", sc.ProsodyLoginCPUms, ba.ProsodyLoginCPUms)
+	}
+	if st := get(PathSidecarTLS); st != nil && sc != nil {
+		ratio("tls_mem_per_user_vs_clear", st.MemPerUserKB, sc.MemPerUserKB)
 	}
 	r.Goals = r.goals()
 	return r
@@ -138,11 +142,11 @@ func (r Report) Markdown(w io.Writer) {
 	fmt.Fprintf(w, "%d users, %.0f msg/s for %.0f s (%s profile, sidecar API over %s) on %d × %s, load %s → %s, %.0f s\n\n",
 		r.Config.Users, r.Config.Rate, r.Config.Seconds, r.Profile, r.Config.Transport, r.Machine.NProc, r.Machine.CPUModel,
 		r.Machine.LoadStart, r.Machine.LoadEnd, r.Machine.Seconds)
-	fmt.Fprintln(w, "| path | online | logins/s | KB/user (path adds) | Prosody KB/user | CPU s/1k msgs | Prosody CPU s/1k | imsidecar CPU s/1k | delivered msg/s | p50 ms | p99 ms | max ms | lost | send errors | knee msg/s (p99 ≤ 50 ms) | capacity msg/s (kept up) |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| path | online | logins/s | login CPU ms (Prosody) | KB/user (path adds) | Prosody KB/user | CPU s/1k msgs | Prosody CPU s/1k | imsidecar CPU s/1k | delivered msg/s | p50 ms | p99 ms | max ms | lost | send errors | knee msg/s (p99 ≤ 50 ms) | capacity msg/s (kept up) |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, p := range r.Paths {
-		fmt.Fprintf(w, "| %s | %d/%d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d | %s | %s |\n",
-			p.Path, p.Online, p.Users, f1(p.LoginsPerSec), f2(p.MemPerUserKB), f2(p.ProsodyMemPerUserKB),
+		fmt.Fprintf(w, "| %s | %d/%d | %s | %s (%s) | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d | %s | %s |\n",
+			p.Path, p.Online, p.Users, f1(p.LoginsPerSec), f2(p.LoginCPUms), f2(p.ProsodyLoginCPUms), f2(p.MemPerUserKB), f2(p.ProsodyMemPerUserKB),
 			f3(p.CPUPer1k), f3(p.ProsodyCPUPer1k), sidecarCPU(p), f1(p.DeliveredPerSec), f2(p.P50ms), f2(p.P99ms), f2(p.Maxms),
 			p.Lost, p.SendErrors, limit(p, p.KneeRate, p.KneeBounded), limit(p, p.CapacityRate, p.CapacityBounded))
 	}
@@ -153,11 +157,14 @@ func (r Report) Markdown(w io.Writer) {
 			}
 			return "–"
 		}
-		fmt.Fprintf(w, "| **sidecar/BOSH** | | %s | %s | | %s | | | %s | %s | %s | %s | | | %s | %s |\n",
+		fmt.Fprintf(w, "| **sidecar/BOSH** | | %s | | %s | | %s | | | %s | %s | %s | %s | | | %s | %s |\n",
 			q("logins_per_sec"), q("mem_per_user"), q("cpu_per_1k_msgs"), q("delivered_per_sec"),
 			q("p50"), q("p99"), q("max"), q("knee_rate"), q("capacity_rate"))
 		if v, ok := r.Ratios["logins_vs_bare"]; ok {
-			fmt.Fprintf(w, "\nLogin storm: sidecar/bare XMPP client = %s.\n", f2(v))
+			fmt.Fprintf(w, "\nLogin storm: sidecar/bare XMPP client = %s; Prosody CPU per login sidecar/bare = %s.\n", f2(v), q("prosody_login_cpu_vs_bare"))
+		}
+		if v, ok := r.Ratios["tls_mem_per_user_vs_clear"]; ok {
+			fmt.Fprintf(w, "\nimsidecar memory per user, STARTTLS/clear = %s.\n", f2(v))
 		}
 	}
 	if len(r.Goals) > 0 {

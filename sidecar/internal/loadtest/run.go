@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"expressolivre.org/imsidecar/xmppconn"
+	"expressolivre.org/imsidecar/xmppconn/xmppconntest"
 )
 
 // The paths a run can measure.
@@ -30,6 +31,10 @@ const (
 	// own user).
 	PathSidecarBOSH      = "sidecar-bosh"
 	PathSidecarWebSocket = "sidecar-websocket"
+	// The sidecar path with STARTTLS to Prosody, verified against a
+	// throw-away CA: the production setting when the Jabber server is
+	// another host. Prosody's own paths stay in clear.
+	PathSidecarTLS = "sidecar-tls"
 )
 
 // Config is one run of the generator.
@@ -68,10 +73,14 @@ type Config struct {
 	// LagDir, when set, receives PATH-prosody-lag.log from a probe module
 	// loaded into each Prosody (see LagProbe): its event-loop stalls and
 	// Lua GC cycle ends, in Unix time like the LatencyDir files.
-	LagDir  string
-	Dir     string        // scratch directory (Prosody, sessions, logs)
-	Timeout time.Duration // bound on the whole run; default 30 min
-	Logger  *slog.Logger  // progress; nil = discard
+	LagDir string
+	// EventsDir, when set, loads a probe into each Prosody that accounts
+	// its CPU per event (stanza) name (see EventProbe); the login storm's
+	// share goes into PathResult.LoginEvents and PATH-prosody-events.txt.
+	EventsDir string
+	Dir       string        // scratch directory (Prosody, sessions, logs)
+	Timeout   time.Duration // bound on the whole run; default 30 min
+	Logger    *slog.Logger  // progress; nil = discard
 }
 
 // PathResult holds one path's figures.
@@ -99,6 +108,13 @@ type PathResult struct {
 	// and polling; SidecarConns the API connections the client dialed.
 	SidecarFDs   int `json:"sidecar_fds,omitempty"`
 	SidecarConns int `json:"sidecar_conns,omitempty"`
+	// LoginCPUms is the CPU milliseconds per login of the processes the
+	// path uses during the login storm, ProsodyLoginCPUms Prosody's part.
+	LoginCPUms        float64 `json:"login_cpu_ms"`
+	ProsodyLoginCPUms float64 `json:"prosody_login_cpu_ms"`
+	// LoginEvents is Prosody's CPU per event name during the storm, per
+	// login (with Config.EventsDir only), largest first.
+	LoginEvents []EventStat `json:"login_events,omitempty"`
 	Phase
 	// Sweep holds the knee ladder's steps, in order, up to the first that
 	// did not keep up.
@@ -167,7 +183,7 @@ func (c *Config) defaults() error {
 	for _, p := range c.Paths {
 		switch p {
 		case PathBare, PathBOSH, PathWebSocket:
-		case PathSidecar, PathSidecarBOSH, PathSidecarWebSocket:
+		case PathSidecar, PathSidecarBOSH, PathSidecarWebSocket, PathSidecarTLS:
 			if c.SidecarBin == "" {
 				return errors.New("loadtest: the sidecar path needs SidecarBin")
 			}
@@ -226,7 +242,7 @@ func Run(ctx context.Context, cfg Config) ([]PathResult, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	for _, d := range []string{cfg.LatencyDir, cfg.TraceDir, cfg.LagDir} {
+	for _, d := range []string{cfg.LatencyDir, cfg.TraceDir, cfg.LagDir, cfg.EventsDir} {
 		if d != "" {
 			if err := os.MkdirAll(d, 0o755); err != nil {
 				return nil, fmt.Errorf("loadtest: %w", err)
@@ -271,14 +287,34 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 	res := PathResult{Path: path, Users: cfg.Users}
 	dir := filepath.Join(cfg.Dir, path)
 	extra := cfg.ProsodyConfig
+	var probes []probe
 	if cfg.LagDir != "" {
-		probe, err := LagProbe(dir, filepath.Join(cfg.LagDir, path+"-prosody-lag.log"))
+		probes = append(probes, lagProbeOf(filepath.Join(cfg.LagDir, path+"-prosody-lag.log")))
+	}
+	eventsFile := filepath.Join(dir, "prosody-events.txt")
+	if cfg.EventsDir != "" {
+		probes = append(probes, eventProbeOf(eventsFile))
+	}
+	var certs *xmppconntest.CertBundle
+	mods := prosodyModules
+	if path == PathSidecarTLS {
+		var err error
+		if err := os.MkdirAll(filepath.Join(dir, "certs"), 0o700); err != nil {
+			return res, fmt.Errorf("loadtest: %w", err)
+		}
+		if certs, err = xmppconntest.NewCertBundle(filepath.Join(dir, "certs"), Domain, "localhost"); err != nil {
+			return res, fmt.Errorf("loadtest: %w", err)
+		}
+		mods = append(slices.Clone(mods), "tls")
+	}
+	if len(probes) > 0 {
+		lines, err := installProbesWith(dir, mods, probes...)
 		if err != nil {
 			return res, err
 		}
-		extra = append(probe, extra...)
+		extra = append(lines, extra...)
 	}
-	pro, err := NewProsody(dir, extra...)
+	pro, err := newProsody(dir, certs, extra)
 	if err != nil {
 		return res, err
 	}
@@ -305,7 +341,11 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 		if err := r.writeSessions(ctx, sessDir); err != nil {
 			return res, err
 		}
-		r.d, err = startDaemon(ctx, cfg.SidecarBin, cfg.SidecarEnv, dir, sessDir, pro)
+		xmppTLS := []string{"--xmpp-tls=none"}
+		if certs != nil {
+			xmppTLS = []string{"--xmpp-tls=starttls", "--xmpp-ca-file=" + certs.CAFile}
+		}
+		r.d, err = startDaemon(ctx, cfg.SidecarBin, cfg.SidecarEnv, dir, sessDir, pro, xmppTLS...)
 		if err != nil {
 			return res, err
 		}
@@ -327,27 +367,61 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 		}
 	}
 
+	var events0 map[string]EventStat
+	if cfg.EventsDir != "" {
+		if events0, err = r.readEvents(ctx, eventsFile); err != nil {
+			return res, err
+		}
+	}
+
 	// Everything the users run (poll loops) lives until life ends.
 	life, stop := context.WithCancel(ctx)
 	defer stop()
 	r.track = newTracker(0, 0)
+	cpu0, pro0, err := r.cpu()
+	if err != nil {
+		return res, err
+	}
 	start := time.Now()
 	online, errs, firstErr := r.loginAll(ctx, life)
 	elapsed := time.Since(start)
+	cpu1, pro1, err := r.cpu()
+	if err != nil {
+		return res, err
+	}
 	res.Online, res.LoginErrors = online, errs
 	res.LoginsPerSec = float64(online) / elapsed.Seconds()
+	if online > 0 {
+		res.LoginCPUms = (cpu1 - cpu0) * 1000 / float64(online)
+		res.ProsodyLoginCPUms = (pro1 - pro0) * 1000 / float64(online)
+	}
 	cfg.Logger.Info("logged in", "path", path, "online", online, "errors", errs, "seconds", elapsed.Seconds(), "first_error", firstErr)
 	if online < 2 {
 		return res, fmt.Errorf("loadtest: only %d users online: %v", online, firstErr)
 	}
 	time.Sleep(2 * time.Second) // let the storm's garbage settle
+	if cfg.EventsDir != "" {
+		// What the sidecar does right after a login (the avatar) is part
+		// of it: the 2 s above cover it.
+		events1, err := r.readEvents(ctx, eventsFile)
+		if err != nil {
+			return res, err
+		}
+		res.LoginEvents = eventDelta(events0, events1)
+		for i := range res.LoginEvents {
+			res.LoginEvents[i].SelfSec /= float64(online)
+		}
+		if err := writeEvents(filepath.Join(cfg.EventsDir, path+"-prosody-events.txt"), res.LoginEvents, res.ProsodyLoginCPUms); err != nil {
+			return res, err
+		}
+	}
 	proAfter, err := RSS(pro.PID())
 	if err != nil {
 		return res, err
 	}
 	res.ProsodyMemPerUserKB = float64(proAfter-proBefore) / 1024 / float64(online)
 	switch path {
-	case PathSidecar, PathSidecarBOSH, PathSidecarWebSocket:
+	case PathSidecar, PathSidecarBOSH, PathSidecarWebSocket, PathSidecarTLS:
 		dAfter, err := RSS(r.d.PID())
 		if err != nil {
 			return res, err
@@ -420,6 +494,39 @@ ladder:
 	return res, nil
 }
 
+// readEvents waits for the event probe's next totals (it rewrites them
+// every second, so they hold everything up to the call) and returns them.
+func (r *rig) readEvents(ctx context.Context, file string) (map[string]EventStat, error) {
+	fi0, _ := os.Stat(file)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if fi, err := os.Stat(file); err == nil && (fi0 == nil || !fi.ModTime().Equal(fi0.ModTime())) {
+			return ReadEventStats(file)
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return nil, fmt.Errorf("loadtest: no fresh totals in %s from Prosody's event probe", file)
+		}
+	}
+}
+
+// writeEvents writes the per-login event table: name, count per login,
+// CPU µs per login, share of Prosody's CPU per login.
+func writeEvents(name string, evs []EventStat, proMS float64) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Prosody CPU per login %.3f ms; per event name: count, self CPU µs per login, share\n", proMS)
+	total := 0.0
+	for _, e := range evs {
+		total += e.SelfSec
+	}
+	for _, e := range evs {
+		fmt.Fprintf(&b, "%-70s %8d %9.1f %5.1f%%\n", e.Name, e.Count, e.SelfSec*1e6, e.SelfSec*1e5/max(proMS, 1e-9))
+	}
+	fmt.Fprintf(&b, "%-70s %8s %9.1f %5.1f%%\n", "(all events)", "", total*1e6, total*1e5/max(proMS, 1e-9))
+	if err := os.WriteFile(name, []byte(b.String()), 0o644); err != nil {
+		return fmt.Errorf("loadtest: %w", err)
+	}
+	return nil
+}
+
 // writeSessions writes cfg.PHPSample sessions with the real PHP CLI and
 // the rest with EncodeSession, in the same format.
 func (r *rig) writeSessions(ctx context.Context, dir string) error {
@@ -450,7 +557,7 @@ func sessionID(i int) string {
 func (r *rig) login(ctx, life context.Context, i int) (client, error) {
 	onMsg := r.receive
 	switch r.path {
-	case PathSidecar:
+	case PathSidecar, PathSidecarTLS:
 		return dialSidecar(ctx, life, r.hc, r.d.URL, r.sids[i], onMsg)
 	case PathBOSH:
 		return dialBOSH(ctx, life, r.hc, r.pro.BOSHURL(), nil, userName(i), password(i), "bench", onMsg)
@@ -467,7 +574,7 @@ func (r *rig) login(ctx, life context.Context, i int) (client, error) {
 
 // sidecarPath reports whether path runs through imsidecar.
 func sidecarPath(path string) bool {
-	return path == PathSidecar || path == PathSidecarBOSH || path == PathSidecarWebSocket
+	return path == PathSidecar || path == PathSidecarBOSH || path == PathSidecarWebSocket || path == PathSidecarTLS
 }
 
 // sessionCookie is what a browser of the PHP session sends.

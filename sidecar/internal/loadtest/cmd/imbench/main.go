@@ -32,7 +32,7 @@ func main() {
 func run() error {
 	var (
 		cfg     loadtest.Config
-		paths   = flag.String("paths", "bare,sidecar,bosh,websocket", "paths to measure, in order: bare, sidecar, bosh, websocket, sidecar-bosh, sidecar-websocket (the last two: browser clients through imsidecar)")
+		paths   = flag.String("paths", "bare,sidecar,sidecar-tls,bosh,websocket", "paths to measure, in order: bare, sidecar, bosh, websocket, sidecar-bosh, sidecar-websocket (browser clients through imsidecar), sidecar-tls (the sidecar path with STARTTLS to a Prosody with a test CA's certificate)")
 		sweep   = flag.String("sweep", joinRates(loadtest.DefaultSweepRates), "knee ladder: comma-separated rates (msg/s) run after the target phase, each for -sweep-time, up to the first that does not hold (p99 > 50 ms, a loss, or under 90% of the rate delivered); empty: no knee")
 		out     = flag.String("out", "bench/results.json", "JSON output file")
 		profile = flag.String("profile", "quick", "name recorded in the results")
@@ -50,6 +50,7 @@ func run() error {
 	})
 	flag.StringVar(&cfg.LatencyDir, "latency-dir", "", "write every message's send/receive times per path and phase as CSV into this directory")
 	flag.StringVar(&cfg.LagDir, "prosody-lag-dir", "", "load a probe into Prosody that logs its event-loop stalls and Lua GC cycle ends into this directory")
+	flag.StringVar(&cfg.EventsDir, "prosody-events-dir", "", "load a probe into Prosody that accounts its CPU per event (stanza) name, and write each path's login-storm share per login into this directory")
 	flag.StringVar(&cfg.TraceDir, "trace-dir", "", "write a runtime/trace of the generator during each path's target phase into this directory")
 	flag.IntVar(&cfg.Concurrency, "concurrency", 100, "logins in flight during the login storm")
 	flag.IntVar(&cfg.SourceAddrs, "source-addrs", 0, "127.0.0.x client source addresses (0: users/2000+1)")
