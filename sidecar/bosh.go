@@ -446,14 +446,16 @@ func (bs *boshSession) process(ctx context.Context, body *boshBody) ([]byte, boo
 		bs.mu.Unlock()
 		return boshPayload(streamFeatures(true)), false
 	}
-	handshake := false
+	handshake, offline := false, false
 	for _, k := range body.kids {
 		if k.name.Local == "iq" && (strings.Contains(string(k.raw), nsBindNS) || strings.Contains(string(k.raw), nsSessionNS)) {
 			handshake = true
 		}
 		if terminate && isBroadcastUnavailable(k.raw) {
-			// A page going away says unavailable on its way out: that
-			// is the tab detaching, not the user going offline.
+			// A page going away says unavailable on its way out, and so
+			// does Expresso 2.5's "offline" menu: the grace period
+			// (bridgeoffline.go) tells them apart.
+			offline = true
 			continue
 		}
 		if k.name.Space == nsHTTPBind {
@@ -470,6 +472,9 @@ func (bs *boshSession) process(ctx context.Context, body *boshBody) ([]byte, boo
 	}
 	if terminate {
 		bs.c.end("", "")
+		if offline {
+			bs.c.b.startGrace(bs.srv.a.cfg.OfflineGrace, bs.srv.a.logger)
+		}
 		return terminateBody("", ""), false
 	}
 	if !handshake {

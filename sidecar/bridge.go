@@ -64,6 +64,7 @@ type bridge struct {
 	routes  map[string]iqRoute
 	queries map[string]*bridgeClient // MAM query id → the client that asked
 	rooms   map[string]*clientRoom   // rooms the clients joined themselves (bridgerooms.go)
+	grace   offlineGrace             // a pending "offline" (bridgeoffline.go)
 	seq     uint64
 	closed  bool
 	reason  string
@@ -151,6 +152,7 @@ func (b *bridge) attach(notify func()) (*bridgeClient, error) {
 // waiting in it must reach the new page.
 func (b *bridge) markReady(c *bridgeClient) {
 	b.mu.Lock()
+	b.cancelGraceLocked() // a page attached: the one that left reloaded
 	var pending [][]byte
 	pending = append(pending, b.held...)
 	b.held, b.heldLen = nil, 0
@@ -258,6 +260,7 @@ func (b *bridge) close(reason string) {
 		return
 	}
 	b.closed, b.reason = true, reason
+	b.cancelGraceLocked()
 	list := make([]*bridgeClient, 0, len(b.clients))
 	for c := range b.clients {
 		list = append(list, c)
