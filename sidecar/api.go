@@ -680,7 +680,7 @@ func (a *api) message(w http.ResponseWriter, r *http.Request, c *caller) error {
 	if err != nil {
 		return err
 	}
-	_, conn, err := a.mutate(c)
+	s, conn, err := a.mutate(c)
 	if err != nil {
 		return err
 	}
@@ -688,6 +688,7 @@ func (a *api) message(w http.ResponseWriter, r *http.Request, c *caller) error {
 	if err != nil {
 		return err
 	}
+	s.copySent(out, id) // to the attached pages, as a carbon
 	writeJSON(w, http.StatusAccepted, map[string]string{"id": id})
 	return nil
 }

@@ -506,8 +506,8 @@ func (b *bridge) fromClient(ctx context.Context, c *bridgeClient, raw []byte) er
 }
 
 // carbonCopy gives the other tabs that asked for carbons (XEP-0280) a
-// "sent" copy of a chat message c sent: all tabs share one resource, and
-// the server copies only to the user's other resources.
+// "sent" copy of a chat message c sent (nil: /v1 sent it): all tabs share
+// one resource, and the server copies only to the user's other resources.
 func (b *bridge) carbonCopy(c *bridgeClient, st *xmppconn.Stanza) {
 	if st.Type == "groupchat" || st.Type == "error" || st.Type == "headline" {
 		return
@@ -548,6 +548,40 @@ func (b *bridge) carbonCopy(c *bridgeClient, st *xmppconn.Stanza) {
 			o.push(raw)
 		}
 	}
+}
+
+// copySent gives the attached clients that asked for carbons (XEP-0280) a
+// "sent" copy of a message the web app sent through POST /v1/messages, as
+// carbonCopy does for a tab's: a page shows what the user wrote from
+// another part of the site. id is the one the stream sent it with.
+func (s *session) copySent(m xmppconn.Message, id string) {
+	s.mu.Lock()
+	b := s.bridge
+	s.mu.Unlock()
+	if b == nil {
+		return
+	}
+	var x bytes.Buffer
+	x.WriteString(`<message xmlns="jabber:client"`)
+	xmlAttr(&x, "to", m.To)
+	xmlAttr(&x, "type", string(m.Type))
+	xmlAttr(&x, "id", id)
+	x.WriteString(`><body>` + xmlEsc(m.Body) + `</body>`)
+	if m.Thread != "" {
+		x.WriteString(`<thread>` + xmlEsc(m.Thread) + `</thread>`)
+	}
+	if m.ChatState != "" {
+		x.WriteString(`<` + string(m.ChatState) + ` xmlns="http://jabber.org/protocol/chatstates"/>`)
+	}
+	if m.Receipt {
+		x.WriteString(`<request xmlns="urn:xmpp:receipts"/>`)
+	}
+	x.WriteString(`</message>`)
+	st, err := xmppconn.ParseStanza(x.Bytes(), maxClientStanza+len(m.Body))
+	if err != nil {
+		return
+	}
+	b.carbonCopy(nil, st)
 }
 
 // send sends st as the user's; a stanza the stream refuses (the server
