@@ -269,6 +269,7 @@ func (h *boshServer) attach(s *session, rid int64, body *boshBody, prebound bool
 	}
 	c.mu.Lock()
 	c.deferBacklog = true // see bridgeClient
+	c.live = func() bool { bs := bsp.Load(); return bs == nil || bs.present() }
 	c.mu.Unlock()
 	wait := boshMaxWait
 	hold := 1

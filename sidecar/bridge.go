@@ -99,6 +99,10 @@ type bridgeClient struct {
 	endCond      string // why, as a stream error condition ("" = detached cleanly)
 	endText      string
 	notify       func() // wakes the transport; never blocks
+	// live reports whether a page is still behind the client (BOSH: a
+	// request held or just made; an abandoned page's session lingers until
+	// its inactivity timeout); nil: while attached (bridgeoffline.go).
+	live func() bool
 }
 
 func newBridge(s *session, maxClients, keep int, m *metrics) *bridge {

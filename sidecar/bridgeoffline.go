@@ -73,8 +73,8 @@ func (b *bridge) cancelGraceLocked() {
 }
 
 // graceOver runs when the grace gen started ran out: with no client
-// attached (bound or still logging in) and the user's presence as it
-// was, the user goes unavailable.
+// present (bound or still logging in) and the user's presence as it was,
+// the user goes unavailable.
 func (b *bridge) graceOver(gen uint64, logger *slog.Logger) {
 	b.mu.Lock()
 	if b.closed || b.grace.gen != gen || b.grace.timer == nil {
@@ -83,10 +83,12 @@ func (b *bridge) graceOver(gen uint64, logger *slog.Logger) {
 	}
 	b.grace.timer = nil
 	want := b.grace.want
-	attached := b.attachedLocked()
+	lives := b.attachedLocked()
 	b.mu.Unlock()
-	if attached > 0 {
-		return
+	for _, live := range lives {
+		if live == nil || live() {
+			return
+		}
 	}
 	conn, err := b.s.stream()
 	if err != nil {
@@ -107,18 +109,28 @@ func (b *bridge) graceOver(gen uint64, logger *slog.Logger) {
 	logger.Info("the user went offline from a page: unavailable after the grace period", "user", b.s.user, "session", b.s.short)
 }
 
-// attachedLocked counts the clients attached and not cut off, bound or
-// not. b.mu is held.
-func (b *bridge) attachedLocked() int {
-	n := 0
+// attachedLocked returns, for each client attached and not cut off (bound
+// or not), how to tell whether a page is still behind it: nil for a
+// client that is present while attached (a WebSocket). b.mu is held.
+func (b *bridge) attachedLocked() []func() bool {
+	var lives []func() bool
 	for c := range b.clients {
 		c.mu.Lock()
 		if !c.ended {
-			n++
+			lives = append(lives, c.live)
 		}
 		c.mu.Unlock()
 	}
-	return n
+	return lives
+}
+
+// present reports whether a page is still behind the session: it holds a
+// request, or made one within two polling intervals. A page that went
+// away leaves neither (its held request ends with its connection).
+func (bs *boshSession) present() bool {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	return !bs.done && (len(bs.held) > 0 || time.Since(bs.lastSeen) < 2*boshPolling)
 }
 
 // samePresence reports whether two broadcast presences show contacts the

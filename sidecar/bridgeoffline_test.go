@@ -76,6 +76,18 @@ func TestBridgeOfflineGrace(t *testing.T) {
 		{name: "reload: a page binds within the grace", grace: grace, during: func(t *testing.T, r *graceRig) { r.tab(t, true) }},
 		{name: "a page still logging in when the grace ends", grace: grace, during: func(t *testing.T, r *graceRig) { r.tab(t, false) }},
 		{name: "another tab stays", grace: grace, others: func(t *testing.T, r *graceRig) { r.tab(t, true) }},
+		{name: "an abandoned page's session lingers", grace: grace, unavailable: true, others: func(t *testing.T, r *graceRig) {
+			c := r.tab(t, true)
+			c.mu.Lock()
+			c.live = func() bool { return false } // no request held or made lately
+			c.mu.Unlock()
+		}},
+		{name: "another page's request is held", grace: grace, others: func(t *testing.T, r *graceRig) {
+			c := r.tab(t, true)
+			c.mu.Lock()
+			c.live = func() bool { return true }
+			c.mu.Unlock()
+		}},
 		{name: "the user chose a presence meanwhile", grace: grace, during: func(t *testing.T, r *graceRig) {
 			r.fc.SendPresence(t.Context(), xmppconn.Presence{Show: xmppconn.ShowAway})
 		}},
@@ -166,6 +178,16 @@ func TestBOSHOfflineGrace(t *testing.T) {
 	if p := h.conn.Presence(); p.Type == "unavailable" {
 		t.Fatalf("another session's page took alice offline: %+v", h.conn.pres)
 	}
+	// A page that went away without a word (Expresso CE's expressoMail
+	// tree) leaves its BOSH session until the inactivity timeout: it holds
+	// no request and made none lately, so it does not count as a tab.
+	gone := h.newBOSH(srv, goodID)
+	gone.Create("example.test")
+	gone.Login("alice", "x")
+	abandoned := h.bosh().get(gone.SID)
+	abandoned.mu.Lock()
+	abandoned.lastSeen = time.Now().Add(-time.Minute)
+	abandoned.mu.Unlock()
 	// Alice's own "offline".
 	b = c.Send(`type="terminate"`, `<presence xmlns="jabber:client" type="unavailable"/>`)
 	if b.attrs["type"] != "terminate" {

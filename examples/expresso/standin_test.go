@@ -385,8 +385,12 @@ type expect struct {
 	menuOffline bool
 	// aliceSays sends bob a message on alice's stream from elsewhere (the
 	// server side): when bob has it, all alice's stream did before has
-	// reached him. Needed when menuOffline is false.
+	// reached him. Needed when menuOffline is false or grace is set.
 	aliceSays func(t *testing.T, body string)
+	// grace: the server waits this long after a terminate with unavailable
+	// before showing it (imsidecar's --offline-grace); a reload must still
+	// show nothing once it is over.
+	grace time.Duration
 }
 
 // standinScenario is the one scenario every server variant runs.
@@ -495,8 +499,23 @@ func standinScenario(t *testing.T, d *driver, cookies []map[string]any, pageURL,
 	d.must(map[string]any{"op": "goto", "url": pageURL + "&unload=1"}, nil)
 	d.wait("standin.connected || standin.failed")
 	terminates := len(terminatesSent(t, d, bosh))
+	unload := bob.mark()
 	if got := reloadFlaps(t, d, map[string]any{"op": "reload"}, aliceJID, bobJID, bob); got != want.unloadFlap {
 		t.Errorf("page reload with terminate + unavailable on unload: contact saw alice unavailable = %v, want %v", got, want.unloadFlap)
+	}
+	if want.grace > 0 && !want.unloadFlap {
+		// Past the grace period, still nothing: the new page attached.
+		time.Sleep(want.grace + time.Second)
+		want.aliceSays(t, "after the grace")
+		bob.waitFor(t, "alice's message after the grace", unload, func(e xmppconn.Event) bool {
+			m, ok := e.(*xmppconn.Message)
+			return ok && m.Body == "after the grace"
+		})
+		for _, p := range bob.presencesFrom(unload, aliceJID) {
+			if p.Type == "unavailable" {
+				t.Errorf("past the grace period after a reload, the contact saw %+v", p)
+			}
+		}
 	}
 	if n := len(terminatesSent(t, d, bosh)); n != terminates+1 {
 		t.Errorf("the unloading page sent %d terminate requests, want 1", n-terminates)
