@@ -73,6 +73,13 @@ type Conn struct {
 	rooms      map[string]*mucRoom
 	presence   Presence // our last broadcast show and status, for rooms
 	mucService atomic.Pointer[string]
+
+	// Cross-process resumption (resume.go): continuing says the Conn
+	// was made by Resume; resumed that its stream is a resumed session;
+	// detached that Detach stopped it.
+	continuing bool
+	resumed    atomic.Bool
+	detached   atomic.Bool
 }
 
 // Dial connects, authenticates, binds Config.Resource and sends the initial
@@ -84,6 +91,15 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	c := newConn(cfg)
+	if err := c.start(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// newConn makes a Conn for a normalized cfg.
+func newConn(cfg Config) *Conn {
 	var rnd [6]byte
 	crand.Read(rnd[:])
 	c := &Conn{
@@ -98,18 +114,26 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 		c.presence = Presence{Show: p.Show, Status: p.Status}
 	}
 	c.setState(StateConnecting)
+	return c
+}
+
+// start establishes the first stream and starts the Conn's goroutine.
+func (c *Conn) start(ctx context.Context) error {
 	s, _, err := c.establish(ctx)
+	if err != nil && c.continuing && !errors.Is(err, ErrAuth) && ctx.Err() == nil {
+		s, _, err = c.retryResume(ctx, err)
+	}
 	if err != nil {
 		c.closeStart()
 		c.setState(StateOffline)
 		if errors.Is(err, ErrAuth) {
 			c.setState(StateAuthFailed)
 		}
-		return nil, err
+		return err
 	}
 	c.setState(StateOnline)
 	go c.run(s)
-	return c, nil
+	return nil
 }
 
 // JID returns the full JID as bound by the server.
@@ -162,6 +186,11 @@ func (c *Conn) writeStanzaOn(s *stream, raw []byte) error {
 // writeLocked writes raw to s under wmu with the write deadline. Stanzas
 // are kept until acknowledged when stream management is on.
 func (c *Conn) writeLocked(s *stream, raw []byte, stanza bool) error {
+	if stanza {
+		if err := c.storeSentLocked(raw); err != nil {
+			return err // neither written nor kept
+		}
+	}
 	s.nc.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
 	err := s.write(raw)
 	if stanza && c.sm.enabled {
@@ -214,11 +243,17 @@ func (c *Conn) send(raw []byte, queueable bool) error {
 		if !queueable || !c.cfg.Reconnect || len(c.queue) >= c.cfg.MaxQueue {
 			return ErrNotConnected
 		}
+		if c.cfg.ResumeStore != nil && c.sm.enabled && c.sm.id != "" {
+			return c.journalLocked(raw)
+		}
 		c.queue = append(c.queue, raw)
 		return nil
 	}
 	err := c.writeLocked(s, raw, true)
 	if err != nil {
+		if errors.Is(err, ErrResumeStore) {
+			return err
+		}
 		if c.sm.enabled {
 			return nil // kept in the unacked queue, re-sent after reconnecting
 		}
@@ -255,10 +290,11 @@ func (c *Conn) Close(ctx context.Context) error {
 		}
 		c.s = nil // nothing else gets written to this stream
 		s.nc.SetWriteDeadline(dl)
+		c.sm.closed = true // the session ends: a ResumeStore hears no more
 		if err := s.write([]byte(`<presence type="unavailable"/>`)); err == nil {
 			if c.sm.enabled {
 				c.sm.unacked = append(c.sm.unacked, nil)
-				s.write([]byte(`<a xmlns="` + nsSM + `" h="` + strconv.FormatUint(uint64(c.inH.Load()), 10) + `"/>`))
+				s.write(c.ackElementLocked())
 			}
 			s.write([]byte(`</stream:stream>`))
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 )
 
@@ -52,6 +53,7 @@ func (c *Conn) establish(ctx context.Context) (*stream, bool, error) {
 	s.features = nil // not needed any more; free it
 	s.fr.release()
 	ok = true
+	c.resumed.Store(resumed)
 	return s, resumed, nil
 }
 
@@ -128,9 +130,14 @@ func (c *Conn) negotiate(s *stream, ticket *authTicket) (resumed bool, err error
 			c.sm.enabled = true
 			if n.get("resume") == "true" || n.get("resume") == "1" {
 				c.sm.id = n.get("id")
+				c.sm.location = n.get("location")
+				c.sm.max, _ = strconv.Atoi(n.get("max"))
 			}
 			c.wmu.Unlock()
 		}
+	}
+	if err := c.saveFresh(); err != nil {
+		return false, err
 	}
 	if err := c.freshBound(s); err != nil {
 		return false, err

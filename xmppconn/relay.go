@@ -27,7 +27,13 @@ const shutdownBackoff = 3 * time.Second
 // of idle users that was several KB each. The last goroutine of the relay
 // closes done.
 func (c *Conn) run(s *stream) {
-	c.emit(&StateChange{State: StateOnline})
+	if c.continuing {
+		// Resume: say whether the session was continued.
+		r := c.resumed.Load()
+		c.emit(&StateChange{State: StateOnline, Resumed: r, ContinuityLost: !r})
+	} else {
+		c.emit(&StateChange{State: StateOnline})
+	}
 	c.loop(s, &runState{backoff: c.cfg.MinBackoff, onlineSince: time.Now()}, true)
 }
 
@@ -55,6 +61,10 @@ func (c *Conn) loop(s *stream, st *runState, grown bool) {
 		}
 		c.wmu.Unlock()
 		if c.closing.Load() {
+			if c.detached.Load() {
+				c.finish(ErrDetached, StateOffline, ErrDetached)
+				return
+			}
 			c.finish(ErrClosed, StateOffline, nil)
 			return
 		}
@@ -86,6 +96,9 @@ func (c *Conn) loop(s *stream, st *runState, grown bool) {
 			}
 			if c.closing.Load() {
 				err = ErrClosed
+				if c.detached.Load() {
+					err = ErrDetached
+				}
 			}
 			c.finish(err, state, err)
 			return
@@ -131,6 +144,9 @@ func (c *Conn) reconnect(backoff *time.Duration) (*stream, bool, error) {
 			t.Stop()
 			return nil, false, ErrClosed
 		case <-t.C:
+		}
+		if err := c.gateReconnect(); err != nil {
+			return nil, false, err
 		}
 		ctx, cancel := context.WithTimeout(c.closeCtx, c.cfg.IQTimeout+c.cfg.WriteTimeout)
 		s, resumed, err := c.establish(ctx)

@@ -14,6 +14,19 @@ type smState struct {
 	acked    uint32 // last h the server acknowledged
 	unacked  [][]byte
 	sinceReq int
+
+	// For a ResumeStore (resume.go): the server's <enabled> location and
+	// max; savedH, the inbound count the store accepted (what is acked);
+	// replay while unacked stanzas are re-sent (already journaled);
+	// closed once Close began; storeFailing after a refused count;
+	// unsaved after a failed Save.
+	location     string
+	max          int
+	savedH       uint32
+	replay       bool
+	closed       bool
+	storeFailing bool
+	unsaved      bool
 }
 
 // ackEvery is how many stanzas we send before asking for an ack.
@@ -22,7 +35,10 @@ const ackEvery = 5
 // resume tries XEP-0198 resumption. ok=false means the server refused and
 // a fresh session must be bound.
 func (c *Conn) resume(s *stream, prevID string) (ok bool, err error) {
-	req := `<resume xmlns="` + nsSM + `" previd="` + escAttr(prevID) + `" h="` + strconv.FormatUint(uint64(c.inH.Load()), 10) + `"/>`
+	c.wmu.Lock()
+	inH := c.ackableH()
+	c.wmu.Unlock()
+	req := `<resume xmlns="` + nsSM + `" previd="` + escAttr(prevID) + `" h="` + strconv.FormatUint(uint64(inH), 10) + `"/>`
 	if err := c.writeOn(s, []byte(req)); err != nil {
 		return false, err
 	}
@@ -52,14 +68,20 @@ func (c *Conn) resume(s *stream, prevID string) (ok bool, err error) {
 	resend := c.sm.unacked
 	c.sm.unacked = nil
 	c.sm.enabled = true
+	c.sm.replay = true // journaled when first sent
 	for _, raw := range resend {
 		if err := c.writeLocked(s, raw, true); err != nil {
 			c.sm.unacked = append(c.sm.unacked, resend[len(c.sm.unacked):]...)
+			c.sm.replay = false
 			c.wmu.Unlock()
 			return false, err
 		}
 	}
+	c.sm.replay = false
 	c.wmu.Unlock()
+	if err := c.saveResumed(); err != nil {
+		return false, err
+	}
 	return true, c.install(s, len(resend) > 0)
 }
 
@@ -92,6 +114,7 @@ func (c *Conn) ackLocked(h uint32) {
 		c.sm.unacked = nil
 	}
 	c.sm.acked = h
+	c.storeAckedLocked(h)
 }
 
 // minRefusable is the smallest stanza taken for the cause of a broken
@@ -150,6 +173,7 @@ func (c *Conn) dropRefused(why error) {
 	c.suspect = nil
 	c.sm.unacked = slices.Delete(c.sm.unacked, i, i+1)
 	c.wmu.Unlock()
+	c.saveState()
 	ev := &SendFailed{Bytes: len(raw), Reason: reason}
 	if n, err := parseStartTag(stdHeader, raw); err == nil {
 		ev.Stanza, ev.To, ev.ID = n.name.Local, n.get("to"), n.get("id")
@@ -165,7 +189,7 @@ func (c *Conn) handleSM(s *stream, n *node) bool {
 	case n.is(nsSM, "r"):
 		c.wmu.Lock()
 		if c.sm.enabled {
-			c.writeLocked(s, []byte(`<a xmlns="`+nsSM+`" h="`+strconv.FormatUint(uint64(c.inH.Load()), 10)+`"/>`), false)
+			c.writeLocked(s, c.ackElementLocked(), false)
 		}
 		c.wmu.Unlock()
 		return true
@@ -183,9 +207,8 @@ func (c *Conn) handleSM(s *stream, n *node) bool {
 // countInbound advances the XEP-0198 inbound counter for a handled stanza.
 func (c *Conn) countInbound() {
 	c.wmu.Lock()
-	enabled := c.sm.enabled
-	c.wmu.Unlock()
-	if enabled {
-		c.inH.Add(1)
+	if c.sm.enabled {
+		c.storeHandledLocked(c.inH.Add(1))
 	}
+	c.wmu.Unlock()
 }
