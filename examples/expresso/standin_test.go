@@ -201,7 +201,12 @@ func (s *site) proxy(path, target string) {
 	if err != nil {
 		panic(err)
 	}
-	s.mux.Handle(path, &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
+	// One upstream connection per request, as a browser's own would be:
+	// ejabberd's HTTP listener closes kept-alive connections on its own
+	// schedule, and a request sent on one it is closing fails mid-way (the
+	// proxy resets the page's connection, which the 2.5 client takes for
+	// a network error).
+	s.mux.Handle(path, &httputil.ReverseProxy{Transport: &http.Transport{DisableKeepAlives: true}, Rewrite: func(r *httputil.ProxyRequest) {
 		r.Out.URL.Scheme, r.Out.URL.Host, r.Out.URL.Path, r.Out.URL.RawPath = u.Scheme, u.Host, u.Path, ""
 		r.Out.Host = r.In.Host
 	}})
