@@ -78,6 +78,9 @@ type boshSession struct {
 	fails    int
 	done     bool
 	limiter  tokenBucket
+	paused   time.Duration    // a pause asked for (boshopts.go), until the next request
+	key      string           // key sequencing: the SHA-1 the next key must have ("" = none)
+	keys     map[int64]string // the key each kept rid came with, for retransmissions
 }
 
 // boshWaiter is a held request.
@@ -97,7 +100,7 @@ func newSID() string {
 // create registers a BOSH session for a bridge client.
 func (h *boshServer) create(s *session, c *bridgeClient, rid int64, wait time.Duration, hold int, prebound bool) *boshSession {
 	bs := &boshSession{srv: h, sid: newSID(), s: s, c: c, wait: wait, hold: hold, rid: rid,
-		progress: make(chan struct{}), answers: map[int64][]byte{}, authed: prebound, bound: prebound,
+		progress: make(chan struct{}), answers: map[int64][]byte{}, keys: map[int64]string{}, authed: prebound, bound: prebound,
 		limiter: tokenBucket{rate: boshRate, burst: boshBurst}}
 	bs.lastSeen = time.Now()
 	bs.idle = time.AfterFunc(boshInactivity, bs.idleCheck)
@@ -135,10 +138,11 @@ func (bs *boshSession) release(w *boshWaiter) {
 }
 
 // idleCheck detaches a session that held no request and got none for
-// boshInactivity; otherwise it looks again when that could be true.
+// boshInactivity (or the pause it asked for); otherwise it looks again
+// when that could be true.
 func (bs *boshSession) idleCheck() {
 	bs.mu.Lock()
-	left := boshInactivity - time.Since(bs.lastSeen)
+	left := bs.inactivityLocked() - time.Since(bs.lastSeen)
 	idle := len(bs.held) == 0 && !bs.done && left <= 0
 	if !idle && !bs.done {
 		bs.idle.Reset(max(left, time.Second))
@@ -235,10 +239,15 @@ func (h *boshServer) open(w http.ResponseWriter, r *http.Request, body *boshBody
 	if err != nil {
 		return "", err
 	}
+	if k := body.attrs["newkey"]; k != "" && !validKey(strings.ToLower(k)) {
+		writeBOSH(w, terminateBody("bad-request", ""))
+		return s.user, nil
+	}
 	bs, err := h.attach(s, rid, body, false)
 	if err != nil {
 		return s.user, err
 	}
+	bs.key = strings.ToLower(body.attrs["newkey"])
 	resp := h.creationBody(bs, body, streamFeatures(false))
 	bs.keep(rid, resp)
 	writeBOSH(w, resp)
@@ -260,6 +269,7 @@ func (h *boshServer) attach(s *session, rid int64, body *boshBody, prebound bool
 	}
 	c.mu.Lock()
 	c.deferBacklog = true // see bridgeClient
+	c.live = func() bool { bs := bsp.Load(); return bs == nil || bs.present() }
 	c.mu.Unlock()
 	wait := boshMaxWait
 	hold := 1
@@ -285,6 +295,7 @@ func (h *boshServer) creationBody(bs *boshSession, body *boshBody, features stri
 		{"wait", strconv.Itoa(int(bs.wait / time.Second))},
 		{"inactivity", strconv.Itoa(int(boshInactivity / time.Second))},
 		{"polling", strconv.Itoa(int(boshPolling / time.Second))},
+		{"maxpause", strconv.Itoa(int(h.maxPause() / time.Second))},
 		{"requests", strconv.Itoa(bs.hold + 1)},
 		{"hold", strconv.Itoa(bs.hold)},
 		{"ver", "1.6"},
@@ -311,6 +322,7 @@ func (bs *boshSession) serve(w http.ResponseWriter, r *http.Request, body *boshB
 	window := int64(bs.hold + 1)
 	bs.mu.Lock()
 	ok := bs.limiter.allow(time.Now())
+	bs.paused = 0 // a pause lasts until the next request
 	bs.mu.Unlock()
 	if !ok {
 		bs.c.end("policy-violation", "too many requests")
@@ -330,6 +342,10 @@ func (bs *boshSession) serve(w http.ResponseWriter, r *http.Request, body *boshB
 		}
 		last := bs.rid
 		switch {
+		case rid <= last && rid > last-window && !bs.retransmitKeyOK(rid, body):
+			bs.mu.Unlock()
+			bs.refuse(w, "item-not-found")
+			return
 		case rid <= last && rid > last-window:
 			// A retransmission: the response again, or take over the
 			// request still held for that rid.
@@ -372,11 +388,24 @@ func (bs *boshSession) serve(w http.ResponseWriter, r *http.Request, body *boshB
 		bs.proc.Lock()
 		bs.mu.Lock()
 		next := bs.rid == rid-1
+		keyOK := !next || bs.checkKeyLocked(rid, body)
 		bs.mu.Unlock()
+		if !keyOK {
+			// XEP-0124 §15.3: not processed, the session ends.
+			bs.proc.Unlock()
+			bs.refuse(w, "item-not-found")
+			return
+		}
 		if next {
 			break
 		}
 		bs.proc.Unlock()
+	}
+	pause, pausing, err := bs.srv.pauseOf(body)
+	if err != nil {
+		bs.proc.Unlock()
+		bs.refuse(w, "policy-violation")
+		return
 	}
 	resp, hold := bs.process(r.Context(), body)
 	bs.mu.Lock()
@@ -391,6 +420,14 @@ func (bs *boshSession) serve(w http.ResponseWriter, r *http.Request, body *boshB
 		if body.attrs["type"] == "terminate" || bytesHasTerminate(resp) {
 			bs.finish()
 		}
+		return
+	}
+	if pausing {
+		// Every held request answers now; this one, without payloads.
+		bs.pause(pause)
+		resp := boshPayload("")
+		bs.keep(rid, resp)
+		writeBOSH(w, resp)
 		return
 	}
 	if !hold {
@@ -446,14 +483,16 @@ func (bs *boshSession) process(ctx context.Context, body *boshBody) ([]byte, boo
 		bs.mu.Unlock()
 		return boshPayload(streamFeatures(true)), false
 	}
-	handshake := false
+	handshake, offline := false, false
 	for _, k := range body.kids {
 		if k.name.Local == "iq" && (strings.Contains(string(k.raw), nsBindNS) || strings.Contains(string(k.raw), nsSessionNS)) {
 			handshake = true
 		}
 		if terminate && isBroadcastUnavailable(k.raw) {
-			// A page going away says unavailable on its way out: that
-			// is the tab detaching, not the user going offline.
+			// A page going away says unavailable on its way out, and so
+			// does Expresso 2.5's "offline" menu: the grace period
+			// (bridgeoffline.go) tells them apart.
+			offline = true
 			continue
 		}
 		if k.name.Space == nsHTTPBind {
@@ -470,6 +509,9 @@ func (bs *boshSession) process(ctx context.Context, body *boshBody) ([]byte, boo
 	}
 	if terminate {
 		bs.c.end("", "")
+		if offline {
+			bs.c.b.startGrace(bs.srv.a.cfg.OfflineGrace, bs.srv.a.logger)
+		}
 		return terminateBody("", ""), false
 	}
 	if !handshake {
@@ -493,6 +535,11 @@ func (bs *boshSession) keep(rid int64, resp []byte) {
 	for k := range bs.answers {
 		if k <= rid-int64(bs.hold+1) {
 			delete(bs.answers, k)
+		}
+	}
+	for k := range bs.keys {
+		if k <= rid-int64(bs.hold+1) {
+			delete(bs.keys, k)
 		}
 	}
 }
@@ -584,6 +631,14 @@ func (bs *boshSession) answer(w http.ResponseWriter, rid int64) {
 	resp := boshPayload(sb.String())
 	bs.keep(rid, resp)
 	writeBOSH(w, resp)
+}
+
+// refuse ends the session with a terminal binding condition: the client
+// detaches (the user stays online).
+func (bs *boshSession) refuse(w http.ResponseWriter, cond string) {
+	bs.c.end("", "")
+	writeBOSH(w, terminateBody(cond, ""))
+	bs.finish()
 }
 
 // endBody is the terminate body for a client the bridge cut off.

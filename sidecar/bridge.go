@@ -64,6 +64,7 @@ type bridge struct {
 	routes  map[string]iqRoute
 	queries map[string]*bridgeClient // MAM query id → the client that asked
 	rooms   map[string]*clientRoom   // rooms the clients joined themselves (bridgerooms.go)
+	grace   offlineGrace             // a pending "offline" (bridgeoffline.go)
 	seq     uint64
 	closed  bool
 	reason  string
@@ -98,6 +99,10 @@ type bridgeClient struct {
 	endCond      string // why, as a stream error condition ("" = detached cleanly)
 	endText      string
 	notify       func() // wakes the transport; never blocks
+	// live reports whether a page is still behind the client (BOSH: a
+	// request held or just made; an abandoned page's session lingers until
+	// its inactivity timeout); nil: while attached (bridgeoffline.go).
+	live func() bool
 }
 
 func newBridge(s *session, maxClients, keep int, m *metrics) *bridge {
@@ -151,6 +156,7 @@ func (b *bridge) attach(notify func()) (*bridgeClient, error) {
 // waiting in it must reach the new page.
 func (b *bridge) markReady(c *bridgeClient) {
 	b.mu.Lock()
+	b.cancelGraceLocked() // a page attached: the one that left reloaded
 	var pending [][]byte
 	pending = append(pending, b.held...)
 	b.held, b.heldLen = nil, 0
@@ -258,6 +264,7 @@ func (b *bridge) close(reason string) {
 		return
 	}
 	b.closed, b.reason = true, reason
+	b.cancelGraceLocked()
 	list := make([]*bridgeClient, 0, len(b.clients))
 	for c := range b.clients {
 		list = append(list, c)
@@ -503,8 +510,8 @@ func (b *bridge) fromClient(ctx context.Context, c *bridgeClient, raw []byte) er
 }
 
 // carbonCopy gives the other tabs that asked for carbons (XEP-0280) a
-// "sent" copy of a chat message c sent: all tabs share one resource, and
-// the server copies only to the user's other resources.
+// "sent" copy of a chat message c sent (nil: /v1 sent it): all tabs share
+// one resource, and the server copies only to the user's other resources.
 func (b *bridge) carbonCopy(c *bridgeClient, st *xmppconn.Stanza) {
 	if st.Type == "groupchat" || st.Type == "error" || st.Type == "headline" {
 		return
@@ -545,6 +552,40 @@ func (b *bridge) carbonCopy(c *bridgeClient, st *xmppconn.Stanza) {
 			o.push(raw)
 		}
 	}
+}
+
+// copySent gives the attached clients that asked for carbons (XEP-0280) a
+// "sent" copy of a message the web app sent through POST /v1/messages, as
+// carbonCopy does for a tab's: a page shows what the user wrote from
+// another part of the site. id is the one the stream sent it with.
+func (s *session) copySent(m xmppconn.Message, id string) {
+	s.mu.Lock()
+	b := s.bridge
+	s.mu.Unlock()
+	if b == nil {
+		return
+	}
+	var x bytes.Buffer
+	x.WriteString(`<message xmlns="jabber:client"`)
+	xmlAttr(&x, "to", m.To)
+	xmlAttr(&x, "type", string(m.Type))
+	xmlAttr(&x, "id", id)
+	x.WriteString(`><body>` + xmlEsc(m.Body) + `</body>`)
+	if m.Thread != "" {
+		x.WriteString(`<thread>` + xmlEsc(m.Thread) + `</thread>`)
+	}
+	if m.ChatState != "" {
+		x.WriteString(`<` + string(m.ChatState) + ` xmlns="http://jabber.org/protocol/chatstates"/>`)
+	}
+	if m.Receipt {
+		x.WriteString(`<request xmlns="urn:xmpp:receipts"/>`)
+	}
+	x.WriteString(`</message>`)
+	st, err := xmppconn.ParseStanza(x.Bytes(), maxClientStanza+len(m.Body))
+	if err != nil {
+		return
+	}
+	b.carbonCopy(nil, st)
 }
 
 // send sends st as the user's; a stanza the stream refuses (the server

@@ -60,6 +60,7 @@ type Config struct {
 	BOSHURL           string
 	AllowedOrigins    string
 	MaxBrowserStreams int
+	OfflineGrace      time.Duration
 	allowedOrigins    []string // AllowedOrigins, parsed by Validate
 
 	SessionStore       string
@@ -125,6 +126,7 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.BOSHURL, "bosh-url", "/http-bind", "the BOSH endpoint's URL as browsers reach it through the site (e.g. /im/http-bind), answered by POST /v1/prebind")
 	fs.StringVar(&c.AllowedOrigins, "allowed-origins", "", "browser origins allowed on /http-bind and /xmpp-websocket, comma-separated (e.g. https://mail.example.org); empty: the host the request was sent to (Host or X-Forwarded-Host)")
 	fs.IntVar(&c.MaxBrowserStreams, "max-browser-streams", 8, "BOSH and WebSocket streams attached at once per PHP session (tabs)")
+	fs.DurationVar(&c.OfflineGrace, "offline-grace", 10*time.Second, "a BOSH terminate carrying an unavailable presence (Expresso 2.5's \"offline\" menu, and its page unload) makes the user unavailable after this long unless a page of the same PHP session attaches first (0: never, the page just detaches; at most 5m)")
 	fs.IntVar(&c.GCPercent, "gc-percent", 50, "Go garbage collector target (GOGC): heap growth allowed over live memory before a collection; lower keeps less memory per user for a little CPU (10..1000; a GOGC environment variable wins)")
 	fs.StringVar(&c.SessionStore, "session-store", "files", "PHP session store, as session.save_handler: "+strings.Join(phpsession.StoreNames(), ", "))
 	fs.StringVar(&c.SessionSavePath, "session-save-path", "", "PHP's session.save_path for the store: files: \"/dir\", \"N;/dir\" or \"N;MODE;/dir\" (default "+phpsession.ExpressoSavePath+" for --profile=expresso, "+genericSavePath+" for generic); memcached: host:port,host:port…; memcache: tcp://host:port?weight=N…,…; redis: as --session-redis")
@@ -368,6 +370,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxBrowserStreams < 1 || c.MaxBrowserStreams > 1000 {
 		bad("max-browser-streams", "must be within 1..1000, got %d", c.MaxBrowserStreams)
+	}
+	if c.OfflineGrace < 0 || c.OfflineGrace > 5*time.Minute {
+		bad("offline-grace", "must be within 0..5m, got %s", c.OfflineGrace)
 	}
 	if c.BOSHURL == "" || !(strings.HasPrefix(c.BOSHURL, "/") || strings.HasPrefix(c.BOSHURL, "https://") || strings.HasPrefix(c.BOSHURL, "http://")) {
 		bad("bosh-url", "%q is not a path or an http(s) URL", c.BOSHURL)

@@ -31,7 +31,7 @@ func (a *api) message(w http.ResponseWriter, r *http.Request, c *caller) error {
 		return err
 	}
 	var conn messenger
-	_, conn, err = a.mutate(c)
+	s, conn, err := a.mutate(c)
 	if err != nil {
 		return err
 	}
@@ -39,6 +39,7 @@ func (a *api) message(w http.ResponseWriter, r *http.Request, c *caller) error {
 	if err != nil {
 		return err
 	}
+	s.copySent(out, id) // to the attached pages, as a carbon
 	writeJSON(w, http.StatusAccepted, sentOut{ID: id})
 	return nil
 }

@@ -340,7 +340,10 @@ func TestBrowserChat(t *testing.T) {
 // unchanged, on the users' persistent streams through Apache: Strophe.js
 // attached to a prebound BOSH session, converse.js with prebind over BOSH
 // and over WebSocket; each chats both ways with a user of the demo (the
-// /v1 API), and no page or request carries a password (clients.mjs).
+// /v1 API); converse.js also joins a room that user is in, shows its
+// occupants, talks there both ways and keeps the room over a reload with
+// no leave or join seen by the room; no page or request carries a
+// password (clients.mjs).
 func TestBrowserXMPPClients(t *testing.T) {
 	s := startSite(t)
 	befriendDirect(t, s.srv, "alice", "alice-pw-1", "bob", "bob-pw-2")

@@ -2,7 +2,10 @@
 // uses Strophe.js (attached to a prebound BOSH session) and converse.js
 // (prebind over BOSH, then SASL-by-session-cookie over WebSocket), each in
 // its own tab of her one PHP session, while Bob uses the demo (the /v1
-// API). They chat both ways from every client; a reload re-attaches; no
+// API). They chat both ways from every client; converse.js joins a room
+// Bob is in, shows its occupants, talks there both ways and keeps the
+// room over a reload without the room seeing Alice leave or join; a
+// reload re-attaches; no
 // page, request or WebSocket frame of Alice's carries her password; her
 // logout ends the clients' streams.
 // env: BASE_URL, OUT_DIR, DOMAIN, ALICE_PASSWORD, BOB_PASSWORD, CHROMIUM
@@ -85,8 +88,10 @@ try {
   await shot('strophe-after-reload', strophe);
 
   // converse.js, prebind over BOSH, in another tab of the same session.
+  const convs = {};
   for (const [name, path] of [['converse-bosh', '/converse.php'], ['converse-websocket', '/converse.php?transport=websocket']]) {
     const conv = await ctx.newPage();
+    convs[name] = conv;
     conv.on('pageerror', e => console.error(`[${name}] page error:`, e.message));
     await conv.goto(base + path);
     await conv.waitForFunction(() => window.converseAPI && window.converseAPI.connection.connected(), null, { timeout: T });
@@ -108,6 +113,50 @@ try {
     await shot(name, conv);
     if ((await conv.content()).includes(alicePW)) leaks.push(`${name}: page content`);
   }
+  // converse.js in a group chat room with Bob (the demo, /v1): the
+  // occupant list, messages both ways, and a reload that keeps the room
+  // without the room hearing Alice leave or join again.
+  const room = `sala@${process.env.MUC_DOMAIN}`;
+  const bobRoom = bob.locator(`.chat.room[data-jid="${room}"]:not([hidden])`);
+  await bob.fill('#join-room input[name=room]', 'sala');
+  await bob.click('#join-room button');
+  await bobRoom.locator('.occupant.self').waitFor({ timeout: T });
+  const conv = convs['converse-bosh'];
+  const openRoom = () => conv.evaluate(j => window.converseAPI.rooms.open(j, { nick: 'alice' }, true), room);
+  await openRoom();
+  const convRoom = conv.locator('converse-muc').first();
+  await convRoom.locator('.occupant-list .occupant-nick', { hasText: 'Bob' }).first().waitFor({ timeout: T });
+  await convRoom.locator('.occupant-list .occupant-nick', { hasText: 'alice' }).first().waitFor({ timeout: T });
+  await bobRoom.locator('.log li.system', { hasText: 'alice joined' }).waitFor({ timeout: T });
+  await bobRoom.locator('.occupant', { hasText: 'alice' }).waitFor({ timeout: T });
+  const roomInput = convRoom.locator('textarea.chat-textarea');
+  await roomInput.fill('Olá, sala, do converse.js');
+  await roomInput.press('Enter');
+  await bobRoom.locator('.log li.them', { hasText: 'Olá, sala, do converse.js' }).waitFor({ timeout: T });
+  const bobSaysInRoom = async text => {
+    await bobRoom.locator('.compose input').fill(text);
+    await bobRoom.locator('.compose input').press('Enter');
+  };
+  await bobSaysInRoom('Oi, Alice, na sala!');
+  await convRoom.locator('.chat-msg__text', { hasText: 'Oi, Alice, na sala!' }).first().waitFor({ timeout: T });
+  await shot('converse-room', conv);
+  await conv.reload();
+  await conv.waitForFunction(() => window.converseAPI && window.converseAPI.connection.connected(), null, { timeout: T });
+  await openRoom();
+  await convRoom.locator('.occupant-list .occupant-nick', { hasText: 'Bob' }).first().waitFor({ timeout: T });
+  await bobSaysInRoom('Depois do reload da sala');
+  await convRoom.locator('.chat-msg__text', { hasText: 'Depois do reload da sala' }).first().waitFor({ timeout: T });
+  await roomInput.fill('Ainda na sala');
+  await roomInput.press('Enter');
+  await bobRoom.locator('.log li.them', { hasText: 'Ainda na sala' }).waitFor({ timeout: T });
+  const joins = await bobRoom.locator('.log li.system', { hasText: 'alice joined' }).count();
+  const leaves = await bobRoom.locator('.log li.system', { hasText: 'alice left' }).count();
+  if (joins !== 1 || leaves !== 0) {
+    throw new Error(`Bob saw alice join ${joins} times and leave ${leaves} times around converse.js's reload`);
+  }
+  await shot('converse-room-after-reload', conv);
+  await shot('bob-room', bob);
+
   for (const p of ctx.pages()) {
     if ((await p.content()).includes(alicePW)) leaks.push(`page ${p.url()}`);
   }

@@ -8,6 +8,7 @@ package expresso_test
 
 import (
 	"bufio"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -200,7 +201,12 @@ func (s *site) proxy(path, target string) {
 	if err != nil {
 		panic(err)
 	}
-	s.mux.Handle(path, &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
+	// One upstream connection per request, as a browser's own would be:
+	// ejabberd's HTTP listener closes kept-alive connections on its own
+	// schedule, and a request sent on one it is closing fails mid-way (the
+	// proxy resets the page's connection, which the 2.5 client takes for
+	// a network error).
+	s.mux.Handle(path, &httputil.ReverseProxy{Transport: &http.Transport{DisableKeepAlives: true}, Rewrite: func(r *httputil.ProxyRequest) {
 		r.Out.URL.Scheme, r.Out.URL.Host, r.Out.URL.Path, r.Out.URL.RawPath = u.Scheme, u.Host, u.Path, ""
 		r.Out.Host = r.In.Host
 	}})
@@ -316,6 +322,26 @@ func standinRequests(t *testing.T, d *driver, bosh string) []struct{ URL, Conten
 func TestStandinProsodyBOSH(t *testing.T) {
 	d := startDriver(t)
 	srv := xmppconntest.StartProsody(t, xmppconntest.Options{HTTP: true})
+	standinOnServer(t, d, server{Addr: srv.Addr, Domain: srv.Domain, BOSHURL: srv.BOSHURL, TLS: srv.TLSConfig(),
+		Register: srv.Register, Befriend: srv.Befriend, JID: srv.JID},
+		expect{roster: false, flap: true, unloadFlap: true, menuOffline: true})
+}
+
+// server is a Jabber server with its own BOSH, as the tests start it.
+type server struct {
+	Addr, Domain, BOSHURL string
+	TLS                   *tls.Config
+	Register              func(tb testing.TB, user, pass string)
+	Befriend              func(tb testing.TB, a, b string)
+	JID                   func(user string) string
+}
+
+// standinOnServer runs the stand-in against a server's own BOSH: alice's
+// page logs in with the blob Expresso 2.5's auth_messenger.php hands out
+// (the password in it), bob is a desktop client; then two more users log
+// in with over-padded blobs.
+func standinOnServer(t *testing.T, d *driver, srv server, want expect) {
+	t.Helper()
 	// Passwords whose PLAIN blob has each base64 padding: with one "=" or
 	// none, the client's "==" makes it over-padded (docs/EXPRESSO.md).
 	const alicePW, bobPW = "alice-pw-1", "bob-pw-2"
@@ -324,39 +350,37 @@ func TestStandinProsodyBOSH(t *testing.T) {
 	srv.Befriend(t, "alice", "bob")
 
 	bob := newRecorder()
-	bc, err := xmppconn.Dial(t.Context(), xmppconn.Config{Addr: srv.Addr, Domain: srv.Domain, TLSConfig: srv.TLSConfig(),
+	bc, err := xmppconn.Dial(t.Context(), xmppconn.Config{Addr: srv.Addr, Domain: srv.Domain, TLSConfig: srv.TLS,
 		User: "bob", Password: bobPW, Resource: "desktop", Handler: bob})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { bc.Close(t.Context()) })
 
-	web := startSite(t)
-	web.proxy("/http-bind", srv.BOSHURL)
-	aliceJID := srv.JID("alice")
-	web.mux.HandleFunc("POST /auth_messenger.php", func(w http.ResponseWriter, r *http.Request) {
-		json.NewEncoder(w).Encode(map[string]string{"dt__a": "JABBER_EXAMPLE", "dt__b": "/http-bind", "dt__c": srv.Domain,
-			"dt__d": "alice", "dt__e": originalBlob(aliceJID, "alice", alicePW)})
-	})
-
-	standinScenario(t, d, nil, web.URL+"/?auth=/auth_messenger.php&rid=9999999000", "/http-bind", aliceJID, bob, xmppContact{bc}, srv.JID("bob"), expect{roster: false, flap: true, unloadFlap: true, menuOffline: true})
+	page := func(user, pw string) *site {
+		web := startSite(t)
+		web.proxy("/http-bind", srv.BOSHURL)
+		web.mux.HandleFunc("POST /auth_messenger.php", func(w http.ResponseWriter, r *http.Request) {
+			json.NewEncoder(w).Encode(map[string]string{"dt__a": "JABBER_EXAMPLE", "dt__b": "/http-bind", "dt__c": srv.Domain,
+				"dt__d": user, "dt__e": originalBlob(srv.JID(user), user, pw)})
+		})
+		return web
+	}
+	web := page("alice", alicePW)
+	standinScenario(t, d, nil, web.URL+"/?auth=/auth_messenger.php&rid=9999999000", "/http-bind", srv.JID("alice"), bob, xmppContact{bc}, srv.JID("bob"), want)
 
 	// Over-padded blobs: the client appends "==" to whatever it got, so a
 	// PLAIN blob whose base64 ends in one "=" or none reaches the server as
-	// "===" or "==": not strict base64. Prosody decodes it anyway; a server
-	// that is strict logs out two users in three (docs/EXPRESSO.md).
+	// "===" or "==": not strict base64. Prosody and ejabberd decode it
+	// anyway; a server that is strict logs out two users in three
+	// (docs/EXPRESSO.md).
 	for i, pw := range []string{"pw", "pwd"} {
 		carol := fmt.Sprintf("carol%d", i)
 		srv.Register(t, carol, pw)
 		if _, err := base64.StdEncoding.DecodeString(originalBlob(srv.JID(carol), carol, pw) + "=="); err == nil {
 			t.Fatalf("the blob for %q is strict base64: pick another password length", pw)
 		}
-		web2 := startSite(t)
-		web2.proxy("/http-bind", srv.BOSHURL)
-		web2.mux.HandleFunc("POST /auth_messenger.php", func(w http.ResponseWriter, r *http.Request) {
-			json.NewEncoder(w).Encode(map[string]string{"dt__a": "JABBER_EXAMPLE", "dt__b": "/http-bind", "dt__c": srv.Domain,
-				"dt__d": carol, "dt__e": originalBlob(srv.JID(carol), carol, pw)})
-		})
+		web2 := page(carol, pw)
 		d.must(map[string]any{"op": "open", "url": web2.URL + "/?auth=/auth_messenger.php"}, nil)
 		d.wait("standin.connected || standin.failed")
 		var failed string
@@ -372,7 +396,8 @@ func TestStandinProsodyBOSH(t *testing.T) {
 type expect struct {
 	// roster: the roster request, an <iq type='get'> without an id, is
 	// answered with the roster (imsidecar) rather than refused with
-	// bad-request "Missing required 'id' attribute" (Prosody 0.12).
+	// bad-request "Missing required 'id' attribute" (Prosody 0.12, and
+	// ejabberd 23.01 in its own words).
 	roster bool
 	// flap: a page reload shows the contact alice unavailable then available
 	// (Prosody: the new BOSH session replaces the old one); imsidecar: never.
@@ -385,8 +410,15 @@ type expect struct {
 	menuOffline bool
 	// aliceSays sends bob a message on alice's stream from elsewhere (the
 	// server side): when bob has it, all alice's stream did before has
-	// reached him. Needed when menuOffline is false.
+	// reached him. Needed when menuOffline is false or grace is set.
 	aliceSays func(t *testing.T, body string)
+	// showNullRefused: the server bounces <show>null</show> with
+	// bad-request (ejabberd), so coming back from auto-away never shows.
+	showNullRefused bool
+	// grace: the server waits this long after a terminate with unavailable
+	// before showing it (imsidecar's --offline-grace); a reload must still
+	// show nothing once it is over.
+	grace time.Duration
 }
 
 // standinScenario is the one scenario every server variant runs.
@@ -412,7 +444,9 @@ func standinScenario(t *testing.T, d *driver, cookies []map[string]any, pageURL,
 			t.Errorf("roster item of %s: %+v, want subscription both", bobJID, item)
 		}
 	} else {
-		d.wait("standin.answers.some(function (a) { return a.indexOf('Missing required') >= 0 })")
+		// Prosody: "Missing required 'id' attribute"; ejabberd: "Missing
+		// attribute 'id' in tag <iq/>".
+		d.wait("standin.answers.some(function (a) { return /bad-request/.test(a) && /Missing (required )?(attribute )?(&apos;|')id/.test(a) })")
 		var n int
 		d.eval("Object.keys(standin.roster).length", &n)
 		if n != 0 {
@@ -465,14 +499,29 @@ func standinScenario(t *testing.T, d *driver, cookies []map[string]any, pageURL,
 	// come back as available (show "null" passed on, or dropped).
 	back := bob.mark()
 	d.eval("standin.setPresence({show: 'null'})", nil)
-	p := bob.waitFor(t, "alice back from away", back, func(e xmppconn.Event) bool {
-		p, ok := e.(*xmppconn.Presence)
-		return ok && strings.HasPrefix(p.From, aliceJID+"/")
-	}).(*xmppconn.Presence)
-	if p.Type != "available" || (p.Show != "" && p.Show != "null") {
-		t.Errorf("after <show>null</show> the contact sees %+v", *p)
+	if want.showNullRefused {
+		// ejabberd bounces it: the contact goes on seeing "dnd". A
+		// message sent after it orders what bob saw.
+		d.eval(fmt.Sprintf("standin.send(%q, 'after null')", bobJID), nil)
+		bob.waitFor(t, "alice's message after <show>null</show>", back, func(e xmppconn.Event) bool {
+			m, ok := e.(*xmppconn.Message)
+			return ok && m.Body == "after null"
+		})
+		d.wait("standin.answers.some(function (a) { return /type='error'/.test(a) && /<show>null<\\/show>/.test(a) && /bad-request/.test(a) })")
+		if ps := bob.presencesFrom(back, aliceJID); len(ps) != 0 {
+			t.Errorf("the refused <show>null</show> changed what the contact sees: %+v", ps)
+		}
+		t.Log("<show>null</show> is refused (bad-request): the contact still sees alice dnd")
+	} else {
+		p := bob.waitFor(t, "alice back from away", back, func(e xmppconn.Event) bool {
+			p, ok := e.(*xmppconn.Presence)
+			return ok && strings.HasPrefix(p.From, aliceJID+"/")
+		}).(*xmppconn.Presence)
+		if p.Type != "available" || (p.Show != "" && p.Show != "null") {
+			t.Errorf("after <show>null</show> the contact sees %+v", *p)
+		}
+		t.Logf("<show>null</show> reaches the contact as show %q", p.Show)
 	}
-	t.Logf("<show>null</show> reaches the contact as show %q", p.Show)
 
 	// The wire: every BOSH request was a form-encoded POST of raw XML, and
 	// commands overlapped the pending poll.
@@ -495,8 +544,23 @@ func standinScenario(t *testing.T, d *driver, cookies []map[string]any, pageURL,
 	d.must(map[string]any{"op": "goto", "url": pageURL + "&unload=1"}, nil)
 	d.wait("standin.connected || standin.failed")
 	terminates := len(terminatesSent(t, d, bosh))
+	unload := bob.mark()
 	if got := reloadFlaps(t, d, map[string]any{"op": "reload"}, aliceJID, bobJID, bob); got != want.unloadFlap {
 		t.Errorf("page reload with terminate + unavailable on unload: contact saw alice unavailable = %v, want %v", got, want.unloadFlap)
+	}
+	if want.grace > 0 && !want.unloadFlap {
+		// Past the grace period, still nothing: the new page attached.
+		time.Sleep(want.grace + time.Second)
+		want.aliceSays(t, "after the grace")
+		bob.waitFor(t, "alice's message after the grace", unload, func(e xmppconn.Event) bool {
+			m, ok := e.(*xmppconn.Message)
+			return ok && m.Body == "after the grace"
+		})
+		for _, p := range bob.presencesFrom(unload, aliceJID) {
+			if p.Type == "unavailable" {
+				t.Errorf("past the grace period after a reload, the contact saw %+v", p)
+			}
+		}
 	}
 	if n := len(terminatesSent(t, d, bosh)); n != terminates+1 {
 		t.Errorf("the unloading page sent %d terminate requests, want 1", n-terminates)
