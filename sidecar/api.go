@@ -39,6 +39,10 @@ type api struct {
 	bosh *boshServer
 	// sseWrite bounds each write of an SSE stream (0: sseWriteTimeout).
 	sseWrite time.Duration
+	// cluster, in cluster mode, routes each call to its session's owner
+	// (cluster.go); peer marks the API served on the peer listener.
+	cluster *cluster
+	peer    bool
 
 	pwWarnedMu sync.Mutex
 	pwWarned   map[string]struct{} // users already logged as password_unavailable
@@ -154,6 +158,11 @@ func (a *api) wrap(route string, cookieOK bool, h handlerFunc) http.Handler {
 			c, err = a.authenticate(r, cookieOK)
 			if err != nil {
 				return err
+			}
+			if a.cluster != nil {
+				if done, err := a.clusterRoute(rec, r, c, route); done || err != nil {
+					return err
+				}
 			}
 			return h(rec, r, c)
 		}()

@@ -154,6 +154,9 @@ type registry struct {
 	ids     map[string]string
 	closing bool
 	wg      sync.WaitGroup
+	// own is the cluster's say on who holds each session (cluster.go);
+	// nil on a single node.
+	own ownership
 }
 
 func newRegistry(cfg *Config, reader sessionReader, dial dialFunc, tlsConf *tls.Config, logger *slog.Logger, m *metrics) *registry {
@@ -185,6 +188,12 @@ func (r *registry) get(id string) *session {
 func (r *registry) connect(ctx context.Context, id string, ps *phpsession.Session, initial *xmppconn.Presence) (*session, bool, error) {
 	key := sessionKey(id)
 	cred := credentials(ps.Identity)
+	if r.own != nil {
+		// Cluster mode: only the session's owner opens its stream.
+		if err := r.own.acquire(ctx, key); err != nil {
+			return nil, false, err
+		}
+	}
 	for {
 		r.mu.Lock()
 		if r.closing {
@@ -227,6 +236,9 @@ func (r *registry) connect(ctx context.Context, id string, ps *phpsession.Sessio
 			r.authFailed[key] = cred
 		}
 		r.mu.Unlock()
+		if err == nil && r.own != nil {
+			r.own.opened(ctx, key)
+		}
 		return s, true, err
 	}
 }
@@ -268,7 +280,7 @@ func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session,
 		InitialPresence: initial,
 		Reconnect:       true,
 		Carbons:         true,
-		AuthGate:        r.auth.gate(s.user, s.cred),
+		AuthGate:        r.gate(s),
 		SoftwareName:    "imsidecar",
 		SoftwareVersion: version,
 		Tap:             s.tap,
@@ -562,6 +574,9 @@ func (r *registry) closeSession(s *session, reason string) {
 		s.setState(xmppconn.StateOffline, reason)
 		s.appendState(xmppconn.StateOffline, reason)
 	}
+	if r.own != nil {
+		defer r.own.closed(s.key, reason)
+	}
 	if conn == nil {
 		return
 	}
@@ -674,7 +689,8 @@ func (r *registry) idOf(s *session) string {
 
 func (r *registry) forget(s *session) {
 	r.mu.Lock()
-	if r.sessions[s.key] == s {
+	gone := r.sessions[s.key] == s
+	if gone {
 		delete(r.sessions, s.key)
 		r.mem.release(s.log)
 	}
@@ -682,6 +698,9 @@ func (r *registry) forget(s *session) {
 	r.idsMu.Lock()
 	delete(r.ids, s.key)
 	r.idsMu.Unlock()
+	if gone && r.own != nil {
+		r.own.forgotten(s.key)
+	}
 }
 
 // shutdown closes every stream in parallel, bounded by ctx.

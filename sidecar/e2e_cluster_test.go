@@ -1,0 +1,357 @@
+package sidecar_test
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"expressolivre.org/imsidecar/xmppconn/xmppconntest"
+)
+
+// The cluster tests run three imsidecar processes on 127.0.0.11..13 that
+// share a real redis-server with an append-only file, PHP writing the
+// sessions into it, and one real Prosody. The test is the load balancer.
+
+// clusterRig is the servers and the nodes.
+type clusterRig struct {
+	e      *e2e // XMPP, Store and the secrets; e.D is node 0
+	Redis  *persistentRedis
+	Nodes  []*daemon
+	Secret string
+	peers  []string // each node's peer listener
+	api    []string // each node's API host:port
+}
+
+// startClusterRig starts Prosody, Redis and n nodes with lease TTL ttl.
+func startClusterRig(t *testing.T, n int, ttl time.Duration) *clusterRig {
+	t.Helper()
+	requireBinary(t, "php", "php-cli php-redis")
+	r := startPersistentRedis(t)
+	rig := &clusterRig{Redis: r, Secret: "peer-" + randomID()}
+	rig.e = &e2e{XMPP: xmppconntest.StartProsody(t, xmppconntest.Options{}), Store: phpStore{Kind: "redis", SavePath: "tcp://" + r.Addr}}
+	secretFile := filepath.Join(t.TempDir(), "cluster-secret")
+	if err := os.WriteFile(secretFile, []byte(rig.Secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		host := "127.0.0." + strconv.Itoa(11+i)
+		api := net.JoinHostPort(host, strconv.Itoa(freePort(t)))
+		peer := net.JoinHostPort(host, strconv.Itoa(freePort(t)))
+		d := startDaemon(t, daemonOptions{Store: rig.e.Store, XMPP: rig.e.XMPP, Extra: []string{
+			"--listen=" + api,
+			"--cluster-redis=redis://" + r.Addr,
+			"--cluster-node-id=node" + strconv.Itoa(i),
+			"--cluster-peer-listen=" + peer,
+			"--cluster-secret-file=" + secretFile,
+			"--cluster-lease-ttl=" + ttl.String(),
+		}})
+		d.URL = "http://" + api
+		rig.Nodes = append(rig.Nodes, d)
+		rig.peers = append(rig.peers, peer)
+		rig.api = append(rig.api, api)
+	}
+	rig.e.D = rig.Nodes[0]
+	t.Cleanup(func() {
+		for _, d := range rig.Nodes {
+			for _, s := range append(rig.e.secrets, rig.Secret) {
+				if len(s) >= 6 && strings.Contains(d.Log(), s) {
+					t.Errorf("a node's log contains a secret (%q...)", s[:3])
+				}
+			}
+		}
+	})
+	return rig
+}
+
+// balancer is the test's load balancer: round robin over the nodes'
+// APIs, skipping a node whose port refuses connections from then on.
+type balancer struct {
+	mu    sync.Mutex
+	hosts []string
+	down  map[string]bool
+	next  int
+	base  http.RoundTripper
+}
+
+func newBalancer(hosts []string) *balancer {
+	return &balancer{hosts: hosts, down: map[string]bool{}, base: &http.Transport{MaxIdleConnsPerHost: 64}}
+}
+
+func (b *balancer) pick() (string, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for range b.hosts {
+		h := b.hosts[b.next%len(b.hosts)]
+		b.next++
+		if !b.down[h] {
+			return h, true
+		}
+	}
+	return "", false
+}
+
+func (b *balancer) RoundTrip(req *http.Request) (*http.Response, error) {
+	for {
+		host, ok := b.pick()
+		if !ok {
+			return nil, errors.New("balancer: every node is down")
+		}
+		r := req.Clone(req.Context())
+		r.URL.Host, r.Host = host, host
+		if req.GetBody != nil {
+			body, err := req.GetBody()
+			if err != nil {
+				return nil, err
+			}
+			r.Body = body
+		}
+		resp, err := b.base.RoundTrip(r)
+		if err != nil && errors.Is(err, syscall.ECONNREFUSED) {
+			b.mu.Lock()
+			b.down[host] = true
+			b.mu.Unlock()
+			continue
+		}
+		return resp, err
+	}
+}
+
+// client is an API client for sid through the balancer.
+func (b *balancer) client(sid string) *apiClient {
+	return &apiClient{base: "http://balancer", sid: sid, hc: &http.Client{Timeout: 70 * time.Second, Transport: b}}
+}
+
+// clusterMetric sums a series (name{labels} as written by /metrics, or an
+// unlabelled name) over the nodes still running.
+func (rig *clusterRig) clusterMetric(t *testing.T, series string, nodes ...*daemon) float64 {
+	t.Helper()
+	if len(nodes) == 0 {
+		nodes = rig.Nodes
+	}
+	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(series) + ` (\S+)$`)
+	sum := 0.0
+	for _, d := range nodes {
+		if m := re.FindStringSubmatch(metricsText(t, d)); m != nil {
+			v, _ := strconv.ParseFloat(m[1], 64)
+			sum += v
+		}
+	}
+	return sum
+}
+
+// loginUsers registers and logs in n users named tag0.., with clients
+// through the balancer.
+func (rig *clusterRig) loginUsers(t *testing.T, lb *balancer, tag string, n int) []*fuser {
+	t.Helper()
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("%s%d", tag, i)
+	}
+	rig.e.register(t, names...)
+	var users []*fuser
+	for _, name := range names {
+		u := rig.e.login(t, name)
+		u.C = lb.client(u.SID)
+		users = append(users, &fuser{user: u, autoConnect: true, pause: make(chan bool)})
+	}
+	return users
+}
+
+// connectEverywhere sends each user's first POST /v1/connect to every node
+// at once, as a round-robin balancer may when a page opens, and checks
+// that all answer online with one and the same JID.
+func (rig *clusterRig) connectEverywhere(t *testing.T, users []*fuser) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(users)*len(rig.Nodes))
+	for _, u := range users {
+		jids := make([]string, len(rig.Nodes))
+		var uwg sync.WaitGroup
+		for i, d := range rig.Nodes {
+			uwg.Add(1)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer uwg.Done()
+				var r connectResp
+				st, err := d.client(u.SID).call(t.Context(), "POST", "/v1/connect", nil, &r)
+				if err != nil || st != http.StatusOK || r.State != "online" {
+					errs <- fmt.Errorf("%s: connect on node %d: %d %v %+v", u.Name, i, st, err, r)
+					return
+				}
+				jids[i] = r.JID
+				if i == 0 {
+					u.cursor = r.Cursor
+				}
+			}()
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			uwg.Wait()
+			for _, j := range jids[1:] {
+				if j != jids[0] {
+					errs <- fmt.Errorf("%s: the nodes answered different JIDs: %q", u.Name, jids)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+}
+
+// TestClusterRoundRobin: every user's first connect hits the three nodes
+// at once, then every call goes round robin. Each user gets one stream
+// (one login at Prosody, one connect in all the nodes), and every message,
+// between users and from a desktop client, reaches its page once.
+func TestClusterRoundRobin(t *testing.T) {
+	rig := startClusterRig(t, 3, 3*time.Second)
+	lb := newBalancer(rig.api)
+	users := rig.loginUsers(t, lb, "rr", 12)
+	rig.e.register(t, "rrdesk")
+	desk := dialDesktop(t, rig.e.XMPP, "rrdesk")
+	rig.connectEverywhere(t, users)
+	if got := rig.clusterMetric(t, "imsidecar_connects_total"); got != float64(len(users)) {
+		t.Errorf("the nodes opened %v streams for %d users", got, len(users))
+	}
+	if got := rig.clusterMetric(t, "imsidecar_cluster_leases"); got != float64(len(users)) {
+		t.Errorf("the nodes hold %v leases for %d users", got, len(users))
+	}
+	tr := trafficOf(t, "rr", users, 300*time.Millisecond)
+	tr.start()
+	tr.sendFromDesktop(desk, "rrdesk")
+	time.Sleep(5 * time.Second)
+	tr.stop(30 * time.Second)
+	row := tr.row(t)
+	for _, u := range users {
+		if n := rig.e.XMPP.AuthSuccesses(u.Name); n != 1 {
+			t.Errorf("%s logged in %d times at Prosody, want 1", u.Name, n)
+		}
+		if tr.reconnects[u.Name] != 0 || tr.notRecovered[u.Name] != 0 {
+			t.Errorf("%s: %d reconnects, %d pages with recovered:false", u.Name, tr.reconnects[u.Name], tr.notRecovered[u.Name])
+		}
+	}
+	forwarded := rig.clusterMetric(t, `imsidecar_cluster_forwards_total{result="ok"}`)
+	if forwarded == 0 {
+		t.Errorf("no call was forwarded to an owner")
+	}
+	t.Logf("round robin, 3 nodes, %d users: sent %d, received %d, lost %d, duplicated %d; %v calls forwarded",
+		len(users), row.Sent, row.Received, row.Lost, row.Dup, forwarded)
+}
+
+// TestClusterKillOwner: a node is killed (SIGKILL) mid-conversation. Its
+// users' next calls land on the other nodes, which take their sessions
+// over (the dead node's peer port refuses) and log them in again; nothing
+// is lost or duplicated, counted with a desktop contact writing to all.
+func TestClusterKillOwner(t *testing.T) {
+	rig := startClusterRig(t, 3, 3*time.Second)
+	lb := newBalancer(rig.api)
+	users := rig.loginUsers(t, lb, "kill", 12)
+	rig.e.register(t, "killdesk")
+	desk := dialDesktop(t, rig.e.XMPP, "killdesk")
+	for _, u := range users {
+		var r connectResp
+		u.C.mustCall(t, "POST", "/v1/connect", nil, &r, http.StatusOK)
+		u.cursor = r.Cursor
+	}
+	victim := rig.Nodes[0]
+	moved := int(rig.clusterMetric(t, "imsidecar_cluster_leases", victim))
+	if moved == 0 {
+		t.Fatalf("node0 owns no session: nothing to move")
+	}
+	tr := trafficOf(t, "kill", users, 300*time.Millisecond)
+	tr.start()
+	tr.sendFromDesktop(desk, "killdesk")
+	time.Sleep(3 * time.Second)
+	tr.fault()
+	victim.Signal(t, syscall.SIGKILL, 5*time.Second)
+	tr.healed()
+	time.Sleep(6 * time.Second)
+	tr.stop(60 * time.Second)
+	row := tr.row(t)
+	survivors := rig.Nodes[1:]
+	if got := rig.clusterMetric(t, "imsidecar_cluster_leases", survivors...); got != float64(len(users)) {
+		t.Errorf("the surviving nodes hold %v leases for %d users", got, len(users))
+	}
+	takeovers := rig.clusterMetric(t, `imsidecar_cluster_claims_total{result="takeover"}`, survivors...)
+	if takeovers < float64(moved) {
+		t.Errorf("%v takeovers for the %d sessions of the dead node", takeovers, moved)
+	}
+	logins := 0
+	for _, u := range users {
+		n := rig.e.XMPP.AuthSuccesses(u.Name)
+		if n < 1 || n > 2 {
+			t.Errorf("%s logged in %d times at Prosody", u.Name, n)
+		}
+		logins += n
+	}
+	if logins != len(users)+moved {
+		t.Errorf("%d logins at Prosody: want one per user (%d) plus one per moved session (%d)", logins, len(users), moved)
+	}
+	t.Logf("kill -9 of 1 of 3 nodes (%d of %d users moved): sent %d, received %d, lost %d, duplicated %d; first delivery after the kill %v; %s",
+		moved, len(users), row.Sent, row.Received, row.Lost, row.Dup, row.recoverText(), row.Note)
+}
+
+// TestClusterPeerHostile: the peer listener refuses a call without the
+// cluster secret or with a wrong one, before reading the session; with
+// the secret, it serves only sessions its node owns, and never forwards
+// them on.
+func TestClusterPeerHostile(t *testing.T) {
+	rig := startClusterRig(t, 2, 3*time.Second)
+	lb := newBalancer(rig.api[:1]) // everything through node0
+	users := rig.loginUsers(t, lb, "peer", 1)
+	u := users[0]
+	u.C.mustCall(t, "POST", "/v1/connect", nil, nil, http.StatusOK)
+	peer0, peer1 := rig.peers[0], rig.peers[1]
+	call := func(peer, secret string) (int, error) {
+		c := &apiClient{base: "http://" + peer, sid: u.SID, token: secret, hc: &http.Client{Timeout: 10 * time.Second}}
+		return c.call(t.Context(), "GET", "/v1/roster", nil, nil)
+	}
+	for _, tc := range []struct {
+		name, peer, secret string
+		status             int
+		code               string
+	}{
+		{"no secret", peer0, "", http.StatusUnauthorized, "peer_unauthorized"},
+		{"wrong secret", peer0, rig.Secret + "x", http.StatusUnauthorized, "peer_unauthorized"},
+		{"the API token's place, empty", peer0, " ", http.StatusUnauthorized, "peer_unauthorized"},
+		{"secret, not the owner", peer1, rig.Secret, http.StatusConflict, "not_owner"},
+		{"secret, the owner", peer0, rig.Secret, http.StatusOK, ""},
+	} {
+		st, err := call(tc.peer, tc.secret)
+		if st != tc.status || errCode(err) != tc.code {
+			t.Errorf("%s: %d %v, want %d %s", tc.name, st, err, tc.status, tc.code)
+		}
+	}
+	if got := rig.clusterMetric(t, "imsidecar_cluster_peer_refused_total"); got != 3 {
+		t.Errorf("peer_refused_total = %v, want 3", got)
+	}
+	// The API of node1 forwards to node0; node1 opened no stream.
+	c1 := rig.Nodes[1].client(u.SID)
+	if _, err := c1.roster(t.Context()); err != nil {
+		t.Fatalf("roster through node1: %v", err)
+	}
+	if n := rig.clusterMetric(t, "imsidecar_connects_total", rig.Nodes[1]); n != 0 {
+		t.Errorf("node1 opened %v streams", n)
+	}
+	if n := rig.e.XMPP.AuthSuccesses(u.Name); n != 1 {
+		t.Errorf("%d logins at Prosody, want 1", n)
+	}
+}
