@@ -16,6 +16,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -68,6 +69,8 @@ type cluster struct {
 	mu   sync.Mutex
 	held map[string]heldLease // session key → lease
 	wg   sync.WaitGroup       // detaches in flight
+	// renewed is when the last renewal pass reached Redis (unix nanos).
+	renewed atomic.Int64
 }
 
 // newCluster connects to --cluster-redis; nothing is read or written
@@ -202,6 +205,27 @@ func (cl *cluster) take(ctx context.Context, sk string, expected *lease) (claimR
 		cl.metrics.clusterClaims.WithLabelValues("won").Inc()
 	}
 	return res, nil
+}
+
+// mine reports whether this node holds the session's lease. While the
+// renewals are current the table answers; after a gap (the process was
+// frozen, or Redis slow) the lease is checked first, so a node woken from
+// a pause does not serve, even once, a session another node took over.
+// With Redis unreachable the table answers: no other node can claim.
+func (cl *cluster) mine(ctx context.Context, sk string) bool {
+	l, ok := cl.holds(sk)
+	if !ok {
+		return false
+	}
+	if time.Since(time.Unix(0, cl.renewed.Load())) < cl.ls.ttl*2/3 {
+		return true
+	}
+	held, err := cl.ls.check(ctx, sk, l)
+	if err != nil || held {
+		return true
+	}
+	cl.lost(sk, l)
+	return false
 }
 
 // acquire is ownership.acquire.
@@ -355,6 +379,8 @@ func (cl *cluster) renew(ctx context.Context) {
 	lost, err := cl.ls.renew(rctx, snap)
 	if err != nil {
 		cl.logger.Warn("cluster: renewing leases", "leases", len(snap), "err", err)
+	} else {
+		cl.renewed.Store(now.UnixNano())
 	}
 	for _, sk := range lost {
 		cl.lost(sk, snap[sk])
@@ -437,10 +463,10 @@ func (r *registry) detach(sk string) {
 func (a *api) clusterRoute(w http.ResponseWriter, r *http.Request, c *caller, route string) (bool, error) {
 	cl := a.cluster
 	sk := sessionKey(c.id)
-	if _, ok := cl.holds(sk); ok {
+	ctx := r.Context()
+	if cl.mine(ctx, sk) {
 		return false, nil
 	}
-	ctx := r.Context()
 	if a.peer {
 		// Forwarded by a node that saw this one as the owner: serve only
 		// as the owner (this incarnation's lease, or the one an earlier

@@ -355,3 +355,74 @@ func TestClusterPeerHostile(t *testing.T) {
 		t.Errorf("%d logins at Prosody, want 1", n)
 	}
 }
+
+// markDown takes a node out of the balancer, as a health check would.
+func (b *balancer) markDown(host string) {
+	b.mu.Lock()
+	b.down[host] = true
+	b.mu.Unlock()
+}
+
+// TestClusterFrozenOwner: a node is frozen (SIGSTOP) for twice the lease
+// TTL, then woken (SIGCONT). The balancer takes it out, as its health
+// check would; the other nodes see its leases expire and take its users
+// over, one takeover per session; the woken node finds its leases gone
+// and serves none of those sessions again. Nothing is lost or duplicated.
+func TestClusterFrozenOwner(t *testing.T) {
+	const ttl = 2 * time.Second
+	rig := startClusterRig(t, 3, ttl)
+	lb := newBalancer(rig.api)
+	users := rig.loginUsers(t, lb, "stop", 9)
+	rig.e.register(t, "stopdesk")
+	desk := dialDesktop(t, rig.e.XMPP, "stopdesk")
+	for _, u := range users {
+		var r connectResp
+		u.C.mustCall(t, "POST", "/v1/connect", nil, &r, http.StatusOK)
+		u.cursor = r.Cursor
+	}
+	frozen := rig.Nodes[0]
+	moved := int(rig.clusterMetric(t, "imsidecar_cluster_leases", frozen))
+	if moved == 0 {
+		t.Fatalf("node0 owns no session: nothing to move")
+	}
+	tr := trafficOf(t, "stop", users, 300*time.Millisecond)
+	tr.start()
+	tr.sendFromDesktop(desk, "stopdesk")
+	time.Sleep(2 * time.Second)
+	tr.fault()
+	lb.markDown(rig.api[0])
+	if err := frozen.cmdSignal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * ttl)
+	if err := frozen.cmdSignal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	tr.healed()
+	time.Sleep(4 * time.Second)
+	tr.stop(60 * time.Second)
+	row := tr.row(t)
+	if got := rig.clusterMetric(t, "imsidecar_cluster_leases", frozen); got != 0 {
+		t.Errorf("the woken node still holds %v leases", got)
+	}
+	if got := rig.clusterMetric(t, "imsidecar_cluster_leases_lost_total", frozen); got != float64(moved) {
+		t.Errorf("the woken node found %v of its %d leases lost", got, moved)
+	}
+	takeovers := rig.clusterMetric(t, `imsidecar_cluster_claims_total{result="takeover"}`, rig.Nodes[1:]...)
+	if takeovers != float64(moved) {
+		t.Errorf("%v takeovers for %d sessions: want one each", takeovers, moved)
+	}
+	if got := rig.clusterMetric(t, "imsidecar_cluster_leases", rig.Nodes[1:]...); got != float64(len(users)) {
+		t.Errorf("the other nodes hold %v leases for %d users", got, len(users))
+	}
+	for _, u := range users {
+		if n := rig.e.XMPP.AuthSuccesses(u.Name); n < 1 || n > 2 {
+			t.Errorf("%s logged in %d times at Prosody", u.Name, n)
+		}
+	}
+	t.Logf("SIGSTOP of 1 of 3 nodes for %v (%d of %d users moved): sent %d, received %d, lost %d, duplicated %d; %s",
+		2*ttl, moved, len(users), row.Sent, row.Received, row.Lost, row.Dup, row.Note)
+}
+
+// cmdSignal sends sig to the running daemon without waiting for an exit.
+func (d *daemon) cmdSignal(sig syscall.Signal) error { return d.cmd.Process.Signal(sig) }
