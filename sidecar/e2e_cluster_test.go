@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"expressolivre.org/imsidecar/phpsession/phpsessiontest"
 	"expressolivre.org/imsidecar/xmppconn/xmppconntest"
 )
 
@@ -25,7 +26,7 @@ import (
 // clusterRig is the servers and the nodes.
 type clusterRig struct {
 	e      *e2e // XMPP, Store and the secrets; e.D is node 0
-	Redis  *persistentRedis
+	Redis  *phpsessiontest.Redis
 	Nodes  []*daemon
 	Secret string
 	peers  []string // each node's peer listener
@@ -36,7 +37,7 @@ type clusterRig struct {
 func startClusterRig(t *testing.T, n int, ttl time.Duration) *clusterRig {
 	t.Helper()
 	requireBinary(t, "php", "php-cli php-redis")
-	r := startPersistentRedis(t)
+	r := phpsessiontest.StartPersistentRedis(t)
 	rig := &clusterRig{Redis: r, Secret: "peer-" + randomID()}
 	rig.e = &e2e{XMPP: xmppconntest.StartProsody(t, xmppconntest.Options{}), Store: phpStore{Kind: "redis", SavePath: "tcp://" + r.Addr}}
 	secretFile := filepath.Join(t.TempDir(), "cluster-secret")
