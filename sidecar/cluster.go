@@ -514,9 +514,6 @@ func (a *api) clusterRoute(w http.ResponseWriter, r *http.Request, c *caller, ro
 		}
 		out := cl.forward(w, r, sk, body, res.lease)
 		switch {
-		case out.err == nil:
-			cl.metrics.clusterForwards.WithLabelValues("ok").Inc()
-			return true, nil
 		case out.refused:
 			// Nothing listens on the owner's peer port: its process is
 			// gone, and its lease can be taken before it expires.
@@ -530,9 +527,12 @@ func (a *api) clusterRoute(w http.ResponseWriter, r *http.Request, c *caller, ro
 				return true, ctx.Err()
 			case <-time.After(time.Duration(attempt+1) * 50 * time.Millisecond):
 			}
-		default:
+		case out.err != nil:
 			cl.metrics.clusterForwards.WithLabelValues("error").Inc()
 			return true, out.err
+		default:
+			cl.metrics.clusterForwards.WithLabelValues("ok").Inc()
+			return true, nil
 		}
 	}
 	return true, fmt.Errorf("%w: the session's owner kept changing", ErrPeerUnavailable)

@@ -43,7 +43,7 @@ type forwardOutcome struct {
 
 // forward relays the call to the owner's peer listener and its answer to
 // w, streaming (an SSE stream is flushed event by event). Until the owner
-// answers, the lease is looked at every TTL: an owner that froze (its
+// answers, the lease is looked at every half TTL: an owner that froze (its
 // kernel still accepts connections) loses its lease, and the call is
 // withdrawn and routed again instead of waiting for a frozen process.
 func (cl *cluster) forward(w http.ResponseWriter, r *http.Request, sk string, body []byte, owner lease) forwardOutcome {
@@ -52,7 +52,7 @@ func (cl *cluster) forward(w http.ResponseWriter, r *http.Request, sk string, bo
 	var moved atomic.Bool
 	answered := make(chan struct{})
 	go func() {
-		t := time.NewTicker(cl.ls.ttl)
+		t := time.NewTicker(cl.ls.ttl / 2)
 		defer t.Stop()
 		for {
 			select {
@@ -101,7 +101,7 @@ func (cl *cluster) relay(ctx context.Context, w http.ResponseWriter, r *http.Req
 			return forwardOutcome{refused: true}
 		}
 		if r.Context().Err() != nil {
-			return forwardOutcome{err: r.Context().Err()}
+			return forwardOutcome{} // the caller went away: nobody to answer
 		}
 		if ctx.Err() != nil {
 			return forwardOutcome{err: fmt.Errorf("%w: node %s: %w", ErrPeerUnavailable, owner.node, ctx.Err())}
