@@ -142,3 +142,24 @@ func TestKeysOfShareOneSlot(t *testing.T) {
 		t.Errorf("a key that is not hex: %+v", k)
 	}
 }
+
+// FuzzParseLease: a lease value read from Redis never panics the parser,
+// and what it accepts prints back as itself.
+func FuzzParseLease(f *testing.F) {
+	f.Add("7|web1|ab12|10.0.0.5:8767")
+	f.Add("1|a|b|c")
+	f.Add("18446744073709551615|n|i|[::1]:1")
+	f.Add("|||")
+	f.Fuzz(func(t *testing.T, s string) {
+		l, err := parseLease(s)
+		if err != nil {
+			return
+		}
+		if l.token == 0 || l.node == "" || l.incarnation == "" || l.peer == "" {
+			t.Fatalf("accepted an incomplete lease %q: %+v", s, l)
+		}
+		if back, err := parseLease(l.String()); err != nil || back != l {
+			t.Fatalf("%q: round trip %+v → %+v %v", s, l, back, err)
+		}
+	})
+}

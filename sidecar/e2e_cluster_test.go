@@ -34,13 +34,19 @@ type clusterRig struct {
 	api    []string // each node's API host:port
 }
 
-// startClusterRig starts Prosody, Redis and n nodes with lease TTL ttl.
-func startClusterRig(t *testing.T, n int, ttl time.Duration) *clusterRig {
+// startClusterRig starts Prosody, Redis and n nodes with lease TTL ttl;
+// the nodes keep their leases in that Redis too unless leases names
+// another (--cluster-redis).
+func startClusterRig(t *testing.T, n int, ttl time.Duration, leases ...string) *clusterRig {
 	t.Helper()
 	requireBinary(t, "php", "php-cli php-redis")
 	r := phpsessiontest.StartPersistentRedis(t)
 	rig := &clusterRig{Redis: r, Secret: "peer-" + randomID()}
 	rig.e = &e2e{XMPP: xmppconntest.StartProsody(t, xmppconntest.Options{}), Store: phpStore{Kind: "redis", SavePath: "tcp://" + r.Addr}}
+	leaseRedis := "redis://" + r.Addr
+	if len(leases) > 0 {
+		leaseRedis = leases[0]
+	}
 	secretFile := filepath.Join(t.TempDir(), "cluster-secret")
 	if err := os.WriteFile(secretFile, []byte(rig.Secret+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -51,7 +57,7 @@ func startClusterRig(t *testing.T, n int, ttl time.Duration) *clusterRig {
 		peer := net.JoinHostPort(host, strconv.Itoa(freePort(t)))
 		d := startDaemon(t, daemonOptions{Store: rig.e.Store, XMPP: rig.e.XMPP, Extra: []string{
 			"--listen=" + api,
-			"--cluster-redis=redis://" + r.Addr,
+			"--cluster-redis=" + leaseRedis,
 			"--cluster-node-id=node" + strconv.Itoa(i),
 			"--cluster-peer-listen=" + peer,
 			"--cluster-secret-file=" + secretFile,
@@ -321,9 +327,14 @@ func TestClusterKillOwner(t *testing.T) {
 // TestClusterPeerHostile: the peer listener refuses a call without the
 // cluster secret or with a wrong one, before reading the session; with
 // the secret, it serves only sessions its node owns, and never forwards
-// them on.
+// them on. The nodes keep their leases in a 3-master Redis Cluster.
 func TestClusterPeerHostile(t *testing.T) {
-	rig := startClusterRig(t, 2, 3*time.Second)
+	rc := phpsessiontest.StartRedisCluster(t, 3)
+	var seeds []string
+	for _, n := range rc.Nodes {
+		seeds = append(seeds, n.Addr)
+	}
+	rig := startClusterRig(t, 2, 3*time.Second, "redis-cluster://"+strings.Join(seeds, ","))
 	lb := newBalancer(rig.api[:1]) // everything through node0
 	users := rig.loginUsers(t, lb, "peer", 1)
 	u := users[0]
