@@ -58,6 +58,7 @@ func (c *Conn) SendPresence(ctx context.Context, p Presence) error {
 			return err
 		}
 		c.lastShown.Store(&shown)
+		defer c.saveState()
 	}
 	return c.sendPresenceEverywhere(p)
 }

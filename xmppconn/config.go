@@ -95,6 +95,15 @@ type Config struct {
 	// defaults "imsidecar" and "1".
 	SoftwareName, SoftwareVersion string
 
+	// ResumeStore, when set, learns every change of the XEP-0198 state
+	// as it happens, so that another Conn, in this process or another,
+	// can Resume the session (resume.go). The Conn then acknowledges to
+	// the server only the inbound count the store accepted, journals each
+	// stanza before writing it, and, while the stream is down, journals
+	// messages and presences as unacknowledged (bounded by MaxQueue)
+	// instead of queueing them in memory only.
+	ResumeStore ResumeStore
+
 	// Tap, when set, is handed every inbound stanza meant for the user's
 	// clients (raw.go): messages, presences, roster pushes and IQ
 	// answers the Conn did not ask for itself. It runs on the reading

@@ -76,6 +76,13 @@ type Conn struct {
 	rooms      map[string]*mucRoom
 	presence   Presence // our last broadcast show and status, for rooms
 	mucService atomic.Pointer[string]
+
+	// Cross-process resumption (resume.go): continuing says the Conn
+	// was made by Resume; resumed that its stream is a resumed session;
+	// detached that Detach stopped it.
+	continuing bool
+	resumed    atomic.Bool
+	detached   atomic.Bool
 }
 
 // smState is the XEP-0198 outbound state.
@@ -85,6 +92,19 @@ type smState struct {
 	acked    uint32 // last h the server acknowledged
 	unacked  [][]byte
 	sinceReq int
+
+	// For a ResumeStore (resume.go): the server's <enabled> location and
+	// max; savedH, the inbound count the store accepted (what is acked);
+	// replay while unacked stanzas are re-sent (already journaled);
+	// closed once Close began; storeFailing after a refused count;
+	// unsaved after a failed Save.
+	location     string
+	max          int
+	savedH       uint32
+	replay       bool
+	closed       bool
+	storeFailing bool
+	unsaved      bool
 }
 
 // stableOnline is how long a stream must have stayed up for the backoff to
@@ -107,6 +127,15 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	c := newConn(cfg)
+	if err := c.start(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// newConn makes a Conn for a normalized cfg.
+func newConn(cfg Config) *Conn {
 	var rnd [6]byte
 	crand.Read(rnd[:])
 	c := &Conn{
@@ -121,18 +150,26 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 		c.presence = Presence{Show: p.Show, Status: p.Status}
 	}
 	c.setState(StateConnecting)
+	return c
+}
+
+// start establishes the first stream and starts the Conn's goroutine.
+func (c *Conn) start(ctx context.Context) error {
 	s, _, err := c.establish(ctx)
+	if err != nil && c.continuing && !errors.Is(err, ErrAuth) && ctx.Err() == nil {
+		s, _, err = c.retryResume(ctx, err)
+	}
 	if err != nil {
 		c.closeStart()
 		c.setState(StateOffline)
 		if errors.Is(err, ErrAuth) {
 			c.setState(StateAuthFailed)
 		}
-		return nil, err
+		return err
 	}
 	c.setState(StateOnline)
 	go c.run(s)
-	return c, nil
+	return nil
 }
 
 // JID returns the full JID as bound by the server.
@@ -213,6 +250,7 @@ func (c *Conn) establish(ctx context.Context) (*stream, bool, error) {
 	s.features = nil // not needed any more; free it
 	s.fr.release()
 	ok = true
+	c.resumed.Store(resumed)
 	return s, resumed, nil
 }
 
@@ -288,9 +326,14 @@ func (c *Conn) negotiate(s *stream, ticket *authTicket) (resumed bool, err error
 			c.sm.enabled = true
 			if n.get("resume") == "true" || n.get("resume") == "1" {
 				c.sm.id = n.get("id")
+				c.sm.location = n.get("location")
+				c.sm.max, _ = strconv.Atoi(n.get("max"))
 			}
 			c.wmu.Unlock()
 		}
+	}
+	if err := c.saveFresh(); err != nil {
+		return false, err
 	}
 	if c.cfg.Carbons {
 		id := c.newID()
@@ -372,7 +415,10 @@ func (c *Conn) install(s *stream, resent bool) error {
 // resume tries XEP-0198 resumption. ok=false means the server refused and
 // a fresh session must be bound.
 func (c *Conn) resume(s *stream, prevID string) (ok bool, err error) {
-	req := `<resume xmlns="` + nsSM + `" previd="` + escAttr(prevID) + `" h="` + strconv.FormatUint(uint64(c.inH.Load()), 10) + `"/>`
+	c.wmu.Lock()
+	inH := c.ackableH()
+	c.wmu.Unlock()
+	req := `<resume xmlns="` + nsSM + `" previd="` + escAttr(prevID) + `" h="` + strconv.FormatUint(uint64(inH), 10) + `"/>`
 	if err := c.writeOn(s, []byte(req)); err != nil {
 		return false, err
 	}
@@ -402,14 +448,20 @@ func (c *Conn) resume(s *stream, prevID string) (ok bool, err error) {
 	resend := c.sm.unacked
 	c.sm.unacked = nil
 	c.sm.enabled = true
+	c.sm.replay = true // journaled when first sent
 	for _, raw := range resend {
 		if err := c.writeLocked(s, raw, true); err != nil {
 			c.sm.unacked = append(c.sm.unacked, resend[len(c.sm.unacked):]...)
+			c.sm.replay = false
 			c.wmu.Unlock()
 			return false, err
 		}
 	}
+	c.sm.replay = false
 	c.wmu.Unlock()
+	if err := c.saveResumed(); err != nil {
+		return false, err
+	}
 	return true, c.install(s, len(resend) > 0)
 }
 
@@ -506,6 +558,11 @@ func (c *Conn) writeStanzaOn(s *stream, raw []byte) error {
 // writeLocked writes raw to s under wmu with the write deadline. Stanzas
 // are kept until acknowledged when stream management is on.
 func (c *Conn) writeLocked(s *stream, raw []byte, stanza bool) error {
+	if stanza {
+		if err := c.storeSentLocked(raw); err != nil {
+			return err // neither written nor kept
+		}
+	}
 	s.nc.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
 	err := s.write(raw)
 	if stanza && c.sm.enabled {
@@ -549,6 +606,7 @@ func (c *Conn) ackLocked(h uint32) {
 		c.sm.unacked = nil
 	}
 	c.sm.acked = h
+	c.storeAckedLocked(h)
 }
 
 // sendable refuses a stanza over MaxSendSize: the server could close the
@@ -582,11 +640,17 @@ func (c *Conn) send(raw []byte, queueable bool) error {
 		if !queueable || !c.cfg.Reconnect || len(c.queue) >= c.cfg.MaxQueue {
 			return ErrNotConnected
 		}
+		if c.cfg.ResumeStore != nil && c.sm.enabled && c.sm.id != "" {
+			return c.journalLocked(raw)
+		}
 		c.queue = append(c.queue, raw)
 		return nil
 	}
 	err := c.writeLocked(s, raw, true)
 	if err != nil {
+		if errors.Is(err, ErrResumeStore) {
+			return err
+		}
 		if c.sm.enabled {
 			return nil // kept in the unacked queue, re-sent after reconnecting
 		}
@@ -608,7 +672,13 @@ func (c *Conn) send(raw []byte, queueable bool) error {
 // of idle users that was several KB each. The last goroutine of the relay
 // closes done.
 func (c *Conn) run(s *stream) {
-	c.emit(&StateChange{State: StateOnline})
+	if c.continuing {
+		// Resume: say whether the session was continued.
+		r := c.resumed.Load()
+		c.emit(&StateChange{State: StateOnline, Resumed: r, ContinuityLost: !r})
+	} else {
+		c.emit(&StateChange{State: StateOnline})
+	}
 	c.loop(s, &runState{backoff: c.cfg.MinBackoff, onlineSince: time.Now()}, true)
 }
 
@@ -636,6 +706,10 @@ func (c *Conn) loop(s *stream, st *runState, grown bool) {
 		}
 		c.wmu.Unlock()
 		if c.closing.Load() {
+			if c.detached.Load() {
+				c.finish(ErrDetached, StateOffline, ErrDetached)
+				return
+			}
 			c.finish(ErrClosed, StateOffline, nil)
 			return
 		}
@@ -736,6 +810,7 @@ func (c *Conn) dropRefused(why error) {
 	c.suspect = nil
 	c.sm.unacked = slices.Delete(c.sm.unacked, i, i+1)
 	c.wmu.Unlock()
+	c.saveState()
 	ev := &SendFailed{Bytes: len(raw), Reason: reason}
 	if n, err := parseStartTag(stdHeader, raw); err == nil {
 		ev.Stanza, ev.To, ev.ID = n.name.Local, n.get("to"), n.get("id")
@@ -888,10 +963,11 @@ func (c *Conn) Close(ctx context.Context) error {
 		}
 		c.s = nil // nothing else gets written to this stream
 		s.nc.SetWriteDeadline(dl)
+		c.sm.closed = true // the session ends: a ResumeStore hears no more
 		if err := s.write([]byte(`<presence type="unavailable"/>`)); err == nil {
 			if c.sm.enabled {
 				c.sm.unacked = append(c.sm.unacked, nil)
-				s.write([]byte(`<a xmlns="` + nsSM + `" h="` + strconv.FormatUint(uint64(c.inH.Load()), 10) + `"/>`))
+				s.write(c.ackElementLocked())
 			}
 			s.write([]byte(`</stream:stream>`))
 		}

@@ -390,6 +390,7 @@ func (c *Conn) JoinRoom(ctx context.Context, j RoomJoin) (JoinedRoom, bool, erro
 		c.mucMu.Lock()
 		snap := r.snapshot()
 		c.mucMu.Unlock()
+		c.saveState()
 		return snap, w.created, nil
 	}
 }
@@ -449,6 +450,7 @@ func (c *Conn) LeaveRoom(ctx context.Context, room string) error {
 		r.join = nil
 	}
 	c.mucMu.Unlock()
+	c.saveState()
 	return c.send(encodeLeave(room, nick), true)
 }
 

@@ -201,6 +201,7 @@ func (c *Conn) SendStanza(ctx context.Context, st *Stanza) error {
 	shown := p
 	shown.From = ""
 	c.lastShown.Store(&shown)
+	defer c.saveState()
 	if err := c.send(raw, true); err != nil || p.Type == "unavailable" {
 		return err
 	}

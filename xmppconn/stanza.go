@@ -14,7 +14,7 @@ func (c *Conn) handle(s *stream, n *node) {
 	case n.is(nsSM, "r"):
 		c.wmu.Lock()
 		if c.sm.enabled {
-			c.writeLocked(s, []byte(`<a xmlns="`+nsSM+`" h="`+strconv.FormatUint(uint64(c.inH.Load()), 10)+`"/>`), false)
+			c.writeLocked(s, c.ackElementLocked(), false)
 		}
 		c.wmu.Unlock()
 		return
@@ -75,11 +75,10 @@ func (c *Conn) handleSkipped(s *stream, n *node) {
 // countInbound advances the XEP-0198 inbound counter for a handled stanza.
 func (c *Conn) countInbound() {
 	c.wmu.Lock()
-	enabled := c.sm.enabled
-	c.wmu.Unlock()
-	if enabled {
-		c.inH.Add(1)
+	if c.sm.enabled {
+		c.storeHandledLocked(c.inH.Add(1))
 	}
+	c.wmu.Unlock()
 }
 
 func (c *Conn) handleMessage(s *stream, n *node) {
