@@ -413,10 +413,18 @@ func (r *registry) has(sk string) bool {
 	return ok
 }
 
+// detacher is a stream that can let go of its XMPP session without ending
+// it (*xmppconn.Conn): no unavailable, no </stream>, so the server keeps
+// the session hibernating until the new owner's login replaces it, and
+// contacts see no presence change.
+type detacher interface {
+	Detach(ctx context.Context) (xmppconn.ResumeState, error)
+}
+
 // detach drops a session whose lease another node now holds: its browser
 // streams end, a last state event (offline, reason "moved") wakes its
-// polls, which then reach the new owner, and its XMPP stream is dropped
-// without unavailable where the stream can (a silent Detach), else closed.
+// polls, which then reach the new owner, and its XMPP stream is detached
+// silently (closed, for a stream that cannot).
 func (r *registry) detach(sk string) {
 	r.mu.Lock()
 	s := r.sessions[sk]
@@ -441,13 +449,13 @@ func (r *registry) detach(sk string) {
 	s.setState(xmppconn.StateOffline, "moved")
 	s.appendState(xmppconn.StateOffline, "moved")
 	if conn != nil {
-		if d, ok := conn.(interface{ Detach() }); ok {
-			d.Detach()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		if d, ok := conn.(detacher); ok {
+			d.Detach(ctx)
 		} else {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			conn.Close(ctx)
-			cancel()
 		}
+		cancel()
 	}
 	r.mu.Lock()
 	r.mem.release(s.log)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"expressolivre.org/imsidecar/phpsession/phpsessiontest"
+	"expressolivre.org/imsidecar/xmppconn"
 	"expressolivre.org/imsidecar/xmppconn/xmppconntest"
 )
 
@@ -279,6 +280,9 @@ func TestClusterKillOwner(t *testing.T) {
 	lb := newBalancer(rig.api)
 	users := rig.loginUsers(t, lb, "kill", 12)
 	rig.e.register(t, "killdesk")
+	for _, u := range users {
+		rig.e.XMPP.Befriend(t, u.Name, "killdesk")
+	}
 	desk := dialDesktop(t, rig.e.XMPP, "killdesk")
 	for _, u := range users {
 		var r connectResp
@@ -294,6 +298,7 @@ func TestClusterKillOwner(t *testing.T) {
 	tr.start()
 	tr.sendFromDesktop(desk, "killdesk")
 	time.Sleep(3 * time.Second)
+	drainDesktop(desk)
 	tr.fault()
 	victim.Signal(t, syscall.SIGKILL, 5*time.Second)
 	tr.healed()
@@ -320,8 +325,8 @@ func TestClusterKillOwner(t *testing.T) {
 		t.Errorf("%d logins at Prosody: want one per user (%d) plus one per moved session (%d)", logins, len(users), moved)
 	}
 	served := servedAfterFault(t, tr, moved)
-	t.Logf("kill -9 of 1 of 3 nodes (%d of %d users moved): sent %d, received %d, lost %d, duplicated %d; moved users served again after %s; first delivery after the kill %v; %s",
-		moved, len(users), row.Sent, row.Received, row.Lost, row.Dup, served, row.recoverText(), row.Note)
+	t.Logf("kill -9 of 1 of 3 nodes (%d of %d users moved): sent %d, received %d, lost %d, duplicated %d; moved users served again after %s; first delivery after the kill %v; the desktop contact saw %d unavailable; %s",
+		moved, len(users), row.Sent, row.Received, row.Lost, row.Dup, served, row.recoverText(), unavailableSeen(desk), row.Note)
 }
 
 // TestClusterPeerHostile: the peer listener refuses a call without the
@@ -395,6 +400,9 @@ func TestClusterFrozenOwner(t *testing.T) {
 	lb := newBalancer(rig.api)
 	users := rig.loginUsers(t, lb, "stop", 9)
 	rig.e.register(t, "stopdesk")
+	for _, u := range users {
+		rig.e.XMPP.Befriend(t, u.Name, "stopdesk")
+	}
 	desk := dialDesktop(t, rig.e.XMPP, "stopdesk")
 	for _, u := range users {
 		var r connectResp
@@ -410,6 +418,7 @@ func TestClusterFrozenOwner(t *testing.T) {
 	tr.start()
 	tr.sendFromDesktop(desk, "stopdesk")
 	time.Sleep(2 * time.Second)
+	drainDesktop(desk)
 	tr.fault()
 	lb.markDown(rig.api[0])
 	if err := frozen.cmdSignal(syscall.SIGSTOP); err != nil {
@@ -449,8 +458,8 @@ func TestClusterFrozenOwner(t *testing.T) {
 		}
 	}
 	tr.mu.Unlock()
-	t.Logf("SIGSTOP of 1 of 3 nodes for %v (%d of %d users moved): sent %d, received %d, lost %d, duplicated %d; moved users served again after %s; %s",
-		5*ttl, moved, len(users), row.Sent, row.Received, row.Lost, row.Dup, served, row.Note)
+	t.Logf("SIGSTOP of 1 of 3 nodes for %v (%d of %d users moved): sent %d, received %d, lost %d, duplicated %d; moved users served again after %s; the desktop contact saw %d unavailable; %s",
+		5*ttl, moved, len(users), row.Sent, row.Received, row.Lost, row.Dup, served, unavailableSeen(desk), row.Note)
 }
 
 // cmdSignal sends sig to the running daemon without waiting for an exit.
@@ -528,4 +537,31 @@ func servedAfterFault(t *testing.T, tr *traffic, moved int) string {
 		t.Errorf("a moved user waited %v to be served", slowest)
 	}
 	return fmt.Sprintf("median %v, slowest %v", ds[len(ds)/2].Round(time.Millisecond), ds[len(ds)-1].Round(time.Millisecond))
+}
+
+// drainDesktop discards the events the desktop client has received so far.
+func drainDesktop(d *desktop) {
+	for {
+		select {
+		case <-d.events:
+		default:
+			return
+		}
+	}
+}
+
+// unavailableSeen counts the unavailable presences the desktop client has
+// received since the last drain: a contact's view of a presence flap.
+func unavailableSeen(d *desktop) int {
+	n := 0
+	for {
+		select {
+		case ev := <-d.events:
+			if p, ok := ev.(*xmppconn.Presence); ok && p.Type == "unavailable" {
+				n++
+			}
+		default:
+			return n
+		}
+	}
 }
