@@ -93,15 +93,26 @@ local on = redis.call('HGET', KEYS[3], 'on')
 return {1, v, on or '0'}
 `)
 
-// renewScriptSrc extends the lease if ARGV[1] still holds it: 1, else 0.
+// renewScriptSrc extends the lease if ARGV[1] still holds it (1); sets it
+// again if no lease is there at all (2): the keys expired while Redis was
+// down or restarting, or a failover lost them, and nobody else claimed the
+// session since, so its owner keeps it instead of a takeover storm when
+// Redis comes back. Held by another: 0.
 // KEYS: lease. ARGV: lease, ttl ms.
 const renewScriptSrc = `
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
 end
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 2
+end
 return 0
 `
+
+var renewScript = redis.NewScript(renewScriptSrc)
 
 // markScript is the fenced write: it records whether the user is online
 // only if ARGV[1] holds the lease, and answers 1, else 0. Later phases
@@ -231,16 +242,14 @@ func (ls *leaseStore) mark(ctx context.Context, sk string, l lease, online bool)
 	return n == 1, nil
 }
 
-// check reports whether l still holds the session's lease.
+// check reports whether l still holds the session's lease, renewing it
+// (or setting it again where no lease is left, as renew does).
 func (ls *leaseStore) check(ctx context.Context, sk string, l lease) (bool, error) {
-	v, err := ls.rdb.Get(ctx, keysOf(sk).lease).Result()
-	if errors.Is(err, redis.Nil) {
-		return false, nil
-	}
+	n, err := renewScript.Run(ctx, ls.rdb, []string{keysOf(sk).lease}, l.String(), ls.ttl.Milliseconds()).Int()
 	if err != nil {
 		return false, fmt.Errorf("%w: check: %w", ErrClusterRedis, err)
 	}
-	return v == l.String(), nil
+	return n != 0, nil
 }
 
 // release gives the lease up if l holds it.

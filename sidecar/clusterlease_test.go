@@ -98,6 +98,16 @@ func TestClusterLease(t *testing.T) {
 				if err != nil || !ra2.won || ra2.lease.token <= rb.lease.token || !ra2.online {
 					t.Fatalf("claim after expiry: %+v %v", ra2, err)
 				}
+				// Expired with nobody claiming it (Redis was down past the
+				// TTL): the owner's renewal sets it again, and it stays the
+				// owner's.
+				time.Sleep(1200 * time.Millisecond)
+				if lost, err := a.renew(ctx, map[string]lease{sk: ra2.lease}); err != nil || len(lost) != 0 {
+					t.Fatalf("renewal after expiry: lost %v %v", lost, err)
+				}
+				if rb2, err := b.claim(ctx, sk, nil); err != nil || rb2.won || rb2.lease != ra2.lease {
+					t.Fatalf("b claimed a lease its owner renewed after expiry: %+v %v", rb2, err)
+				}
 				if err := b.release(ctx, sk, rb.lease); err != nil {
 					t.Fatal(err)
 				}
