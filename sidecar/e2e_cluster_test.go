@@ -1,11 +1,13 @@
 package sidecar_test
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"hash/fnv"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -385,6 +387,28 @@ func TestClusterPeerHostile(t *testing.T) {
 	}
 	if n := rig.clusterMetric(t, "imsidecar_connects_total", rig.Nodes[1]); n != 0 {
 		t.Errorf("node1 opened %v streams", n)
+	}
+	// An SSE stream opened on node1 is relayed from node0 as it goes:
+	// a roster change made through node1 arrives on it as an event.
+	req, _ := http.NewRequestWithContext(t.Context(), "GET", rig.Nodes[1].URL+"/v1/events", nil)
+	req.Header.Set("X-Session-Id", u.SID)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("SSE through node1: %v %v", resp, err)
+	}
+	defer resp.Body.Close()
+	c1.mustCall(t, "PUT", "/v1/roster/"+url.PathEscape("friend@"+rig.e.XMPP.Domain), map[string]any{"name": "Friend"}, nil, http.StatusNoContent)
+	sc := bufio.NewScanner(resp.Body)
+	deadline := time.AfterFunc(15*time.Second, func() { resp.Body.Close() })
+	defer deadline.Stop()
+	for sc.Scan() {
+		if sc.Text() == "event: roster" {
+			break
+		}
+	}
+	if sc.Err() != nil || sc.Text() != "event: roster" {
+		t.Fatalf("no roster event on the SSE stream through node1: %v", sc.Err())
 	}
 	if n := rig.e.XMPP.AuthSuccesses(u.Name); n != 1 {
 		t.Errorf("%d logins at Prosody, want 1", n)
