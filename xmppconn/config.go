@@ -1,6 +1,7 @@
 package xmppconn
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"log/slog"
@@ -103,6 +104,14 @@ type Config struct {
 	// messages and presences as unacknowledged (bounded by MaxQueue)
 	// instead of queueing them in memory only.
 	ResumeStore ResumeStore
+	// BeforeReconnect, when set, is asked before every reconnection
+	// attempt (not the first login) and may refuse it: the Conn then
+	// stops as detached (its Err wraps ErrDetached and the refusal),
+	// sending nothing, so that the server keeps the session for whoever
+	// owns it now. A process that froze while another resumed its
+	// session uses it to step aside instead of stealing it back. It runs
+	// on the Conn's goroutine; ctx ends with Close.
+	BeforeReconnect func(ctx context.Context) error
 
 	// Tap, when set, is handed every inbound stanza meant for the user's
 	// clients (raw.go): messages, presences, roster pushes and IQ

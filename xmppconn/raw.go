@@ -205,7 +205,7 @@ func (c *Conn) SendStanza(ctx context.Context, st *Stanza) error {
 	if err := c.send(raw, true); err != nil || p.Type == "unavailable" {
 		return err
 	}
-	for _, r := range c.roomPresences(p) {
+	for _, r := range c.broadcasts(p) {
 		if err := c.send(r, true); err != nil {
 			return err
 		}
@@ -225,13 +225,7 @@ func (c *Conn) tappable(n *node) bool {
 	case "presence":
 		return true
 	case "message":
-		if r := mamResult(n); r != nil {
-			c.mu.Lock()
-			_, own := c.mam[r.get("queryid")]
-			c.mu.Unlock()
-			return !own
-		}
-		return true
+		return !c.ownedByFeature(n)
 	case "iq":
 		switch n.get("type") {
 		case "result", "error":

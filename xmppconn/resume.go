@@ -470,6 +470,20 @@ func (c *Conn) retryResume(ctx context.Context, why error) (*stream, bool, error
 	return c.establish(ctx)
 }
 
+// gateReconnect asks Config.BeforeReconnect whether to reconnect; a
+// refusal stops the Conn as detached.
+func (c *Conn) gateReconnect() error {
+	if c.cfg.BeforeReconnect == nil {
+		return nil
+	}
+	if err := c.cfg.BeforeReconnect(c.closeCtx); err != nil {
+		c.detached.Store(true)
+		c.log.Info("xmppconn: reconnection refused by BeforeReconnect; detached", "err", err)
+		return fmt.Errorf("%w: %w", ErrDetached, err)
+	}
+	return nil
+}
+
 // Resumed reports whether the Conn's stream is a resumed XEP-0198 session:
 // the one Resume was given, or the previous stream of this Conn after a
 // reconnection. False means a fresh login.

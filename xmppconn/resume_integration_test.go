@@ -481,3 +481,72 @@ func TestResumeBadState(t *testing.T) {
 		})
 	}
 }
+
+// TestResumeRooms: the rooms of a stored session come along: a resumed
+// Conn delivers the room's messages (the server kept it in the room), and
+// a fresh login after the session timed out joins the room again.
+func TestResumeRooms(t *testing.T) {
+	for _, timedOut := range []bool{false, true} {
+		t.Run(fmt.Sprintf("timed-out=%v", timedOut), func(t *testing.T) {
+			b, srv := prosodyBackend(t, xmppconntest.Options{LogLevel: "info", MUC: true, SmacksHibernation: 2 * time.Second})
+			b.register(t, "alice", pw)
+			b.register(t, "bob", "bobpw")
+			store := &memStore{}
+			proxy := startGateProxy(t, b.addr)
+			alice := connect(t, b, "alice", pw, "web", func(c *xmppconn.Config) {
+				c.Addr = proxy.addr()
+				c.ResumeStore = store
+			})
+			bob := connect(t, b, "bob", "bobpw", "desk", nil)
+			ctx := ctxT(t)
+			room := "sala@" + srv.MUCDomain
+			if _, _, err := alice.JoinRoom(ctx, xmppconn.RoomJoin{Room: room, Nick: "Alice"}); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := bob.JoinRoom(ctx, xmppconn.RoomJoin{Room: room, Nick: "Bob"}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := bob.Send(ctx, xmppconn.Message{To: room, Type: "groupchat", Body: "before"}); err != nil {
+				t.Fatal(err)
+			}
+			alice.rec.waitFor(t, 10*time.Second, "before", roomMessage(room, "before"))
+			store.freeze()
+			proxy.cut()
+			st := store.state(t)
+			if len(st.Rooms) != 1 || st.Rooms[0].Room != room || st.Rooms[0].Nick != "Alice" {
+				t.Fatalf("stored rooms %+v, want %s as Alice", st.Rooms, room)
+			}
+			if timedOut {
+				time.Sleep(4 * time.Second)
+			}
+			rec2 := newRecorder()
+			cfg := baseConfig(t, b, "alice", pw, "", rec2)
+			cfg.ResumeStore = &memStore{}
+			alice2, err := xmppconn.Resume(ctx, cfg, st)
+			if err != nil {
+				t.Fatalf("Resume: %v", err)
+			}
+			t.Cleanup(func() { closeConn(t, alice2) })
+			if alice2.Resumed() == timedOut {
+				t.Fatalf("Resumed() = %v with the session timed out = %v", alice2.Resumed(), timedOut)
+			}
+			if timedOut {
+				rec2.waitFor(t, 10*time.Second, "re-joined", func(ev xmppconn.Event) bool {
+					o, ok := ev.(*xmppconn.Occupant)
+					return ok && o.Room == room && o.Self && o.Type == "available"
+				})
+			}
+			if !alice2.InRoom(room) {
+				t.Fatalf("the continued Conn is not in %s", room)
+			}
+			if _, err := bob.Send(ctx, xmppconn.Message{To: room, Type: "groupchat", Body: "after"}); err != nil {
+				t.Fatal(err)
+			}
+			rec2.waitFor(t, 10*time.Second, "after", roomMessage(room, "after"))
+			if _, err := alice2.Send(ctx, xmppconn.Message{To: room, Type: "groupchat", Body: "from alice"}); err != nil {
+				t.Fatal(err)
+			}
+			bob.rec.waitFor(t, 10*time.Second, "from alice", roomMessage(room, "from alice"))
+		})
+	}
+}

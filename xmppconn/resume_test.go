@@ -86,7 +86,7 @@ func (h logHandler) HandleEvent(ev Event) {
 	h.ch <- ev
 }
 
-func dialStore(t *testing.T, s *scriptServer, h Handler, store ResumeStore) (*Conn, *scriptConn) {
+func dialStore(t *testing.T, s *scriptServer, h Handler, store ResumeStore, mod ...func(*Config)) (*Conn, *scriptConn) {
 	t.Helper()
 	type res struct {
 		c   *Conn
@@ -94,11 +94,15 @@ func dialStore(t *testing.T, s *scriptServer, h Handler, store ResumeStore) (*Co
 	}
 	ch := make(chan res, 1)
 	go func() {
-		c, err := Dial(t.Context(), Config{
+		cfg := Config{
 			Addr: s.ln.Addr().String(), Domain: "example.test", TLS: TLSNone,
 			User: "alice", Password: "pw", Resource: "web", Handler: h, ResumeStore: store,
 			Reconnect: true, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
-		})
+		}
+		for _, m := range mod {
+			m(&cfg)
+		}
+		c, err := Dial(t.Context(), cfg)
 		ch <- res{c, err}
 	}()
 	sc := s.accept()
@@ -270,6 +274,39 @@ func TestDetachSilent(t *testing.T) {
 	}
 	if _, err := c.Detach(t.Context()); !errors.Is(err, ErrClosed) {
 		t.Fatalf("second Detach = %v, want ErrClosed", err)
+	}
+}
+
+// TestBeforeReconnectRefuses: a Conn whose reconnection is refused (its
+// session is owned elsewhere now) stops as detached without connecting.
+func TestBeforeReconnectRefuses(t *testing.T) {
+	noLeaks(t)
+	s := startScriptServer(t)
+	asked := make(chan struct{}, 1)
+	notOwner := errors.New("owned by another node")
+	c, sc := dialStore(t, s, make(chanHandler, 100), &logStore{}, func(cfg *Config) {
+		cfg.BeforeReconnect = func(ctx context.Context) error {
+			asked <- struct{}{}
+			return notOwner
+		}
+	})
+	sc.nc.Close() // the server closed us: another connection resumed the session
+	select {
+	case <-c.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("Conn still running after BeforeReconnect refused")
+	}
+	if len(asked) != 1 {
+		t.Fatalf("BeforeReconnect asked %d times, want 1", len(asked))
+	}
+	if err := c.Err(); !errors.Is(err, ErrDetached) || !errors.Is(err, notOwner) {
+		t.Fatalf("Err = %v, want ErrDetached and the refusal", err)
+	}
+	select {
+	case extra := <-s.conns:
+		extra.nc.Close()
+		t.Fatal("the Conn connected again after the refusal")
+	case <-time.After(200 * time.Millisecond):
 	}
 }
 
