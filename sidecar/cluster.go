@@ -32,23 +32,6 @@ import (
 // gone detaches the session; the next call of the user claims it wherever
 // it lands and reconnects the user there.
 
-// ownership is what the registry asks of the cluster. It is nil on a
-// single node, which then behaves as if the cluster did not exist.
-type ownership interface {
-	// acquire returns nil when this node holds the session's lease or
-	// has just taken it; ErrNotOwner when another node does.
-	acquire(ctx context.Context, sk string) error
-	// opened and closed tell that the session's stream went up or was
-	// closed for reason.
-	opened(ctx context.Context, sk string)
-	closed(sk, reason string)
-	// forgotten: the registry dropped the session.
-	forgotten(sk string)
-	// gate wraps a stream's AuthGate so that no reconnection logs in
-	// after the lease is lost.
-	gate(sk string, inner xmppconn.AuthGate) xmppconn.AuthGate
-}
-
 // heldLease is a lease this node holds, and since when.
 type heldLease struct {
 	l     lease
@@ -411,14 +394,6 @@ func (r *registry) has(sk string) bool {
 	defer r.mu.Unlock()
 	_, ok := r.sessions[sk]
 	return ok
-}
-
-// detacher is a stream that can let go of its XMPP session without ending
-// it (*xmppconn.Conn): no unavailable, no </stream>, so the server keeps
-// the session hibernating until the new owner's login replaces it, and
-// contacts see no presence change.
-type detacher interface {
-	Detach(ctx context.Context) (xmppconn.ResumeState, error)
 }
 
 // detach drops a session whose lease another node now holds: its browser
