@@ -388,12 +388,14 @@ func (cl *cluster) stop(ctx context.Context) {
 	cl.peer.CloseIdleConnections()
 }
 
-// has reports whether the registry keeps a session under key sk.
+// has reports whether the registry keeps a session under key sk, or is
+// dialing one (a login may wait its turn longer than a lease lasts).
 func (r *registry) has(sk string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	_, ok := r.sessions[sk]
-	return ok
+	_, dialing := r.dialing[sk]
+	return ok || dialing
 }
 
 // detach drops a session whose lease another node now holds: its browser
@@ -599,4 +601,31 @@ func (cl *cluster) stopAll(ctx context.Context) {
 	if cl != nil {
 		cl.stop(ctx)
 	}
+}
+
+// beforeReconnect is the BeforeReconnect of a session's stream: nil on a
+// single node; in cluster mode the stream stops, detached and silent, when
+// another node holds its lease.
+func (r *registry) beforeReconnect(s *session) func(context.Context) error {
+	if r.own == nil {
+		return nil
+	}
+	return func(ctx context.Context) error { return r.own.stepAside(ctx, s.key) }
+}
+
+// stepAside is ownership.stepAside: a reconnection is refused only when
+// Redis says another node holds the lease (the stream then stops for good
+// and the session is detached); when Redis does not answer, the fenced
+// AuthGate makes the reconnection wait and ask again.
+func (cl *cluster) stepAside(ctx context.Context, sk string) error {
+	l, ok := cl.holds(sk)
+	if !ok {
+		return ErrNotOwner
+	}
+	held, err := cl.ls.check(ctx, sk, l)
+	if err != nil || held {
+		return nil
+	}
+	cl.lost(sk, l)
+	return ErrNotOwner
 }

@@ -126,6 +126,9 @@ type ownership interface {
 	// gate wraps a stream's AuthGate so that no reconnection logs in
 	// after the lease is lost.
 	gate(sk string, inner xmppconn.AuthGate) xmppconn.AuthGate
+	// stepAside refuses a reconnection of a stream whose lease another
+	// node holds (xmppconn.Config.BeforeReconnect).
+	stepAside(ctx context.Context, sk string) error
 }
 
 // detacher is what a lost lease's detach (cluster.go) asks of a stream
