@@ -95,6 +95,9 @@ type ResumeRoom struct {
 // session whose client h goes back). Outbound: a stanza is journaled
 // before it is written, so the store holds every stanza the server may
 // count.
+//
+// Each call holds the Conn's write lock: sends wait for it, so a store
+// bounds its own I/O (a timeout) and must not call the Conn's methods.
 type ResumeStore interface {
 	// Save replaces the whole state: when a session starts (a fresh
 	// login's <enabled/>, with Unacked empty; a session without
@@ -204,8 +207,11 @@ func (st *ResumeState) Ack(h uint32) error {
 	if int64(n) > int64(len(st.Unacked)) {
 		return fmt.Errorf("%w: ack %d for %d stanzas after %d", ErrResumeState, h, len(st.Unacked), st.Acked)
 	}
-	clear(st.Unacked[:n])
-	st.Unacked = st.Unacked[n:]
+	// Move the rest to the front: the array is reused, not reallocated
+	// as appends reach its end.
+	m := copy(st.Unacked, st.Unacked[n:])
+	clear(st.Unacked[m:])
+	st.Unacked = st.Unacked[:m]
 	st.Acked = h
 	return nil
 }
@@ -499,7 +505,9 @@ func (c *Conn) Resumed() bool { return c.resumed.Load() }
 // ErrDetached. When the session cannot be resumed (no XEP-0198
 // resumption), the state has no ID and the error is ErrNotResumable: the
 // server ends that session as soon as it sees the connection gone.
-// Detach after Close or Detach returns ErrClosed.
+// Detach after Close or Detach returns ErrClosed. Called from the
+// Handler it cannot see the Conn stop (as Close), and returns when ctx
+// ends.
 func (c *Conn) Detach(ctx context.Context) (ResumeState, error) {
 	if c.closing.Swap(true) {
 		return ResumeState{}, ErrClosed
