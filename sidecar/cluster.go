@@ -523,6 +523,13 @@ func (a *api) clusterRoute(w http.ResponseWriter, r *http.Request, c *caller, ro
 	return true, fmt.Errorf("%w: the session's owner kept changing", ErrPeerUnavailable)
 }
 
+// takeoverLoginTimeout bounds a takeover's login, which does not end with
+// the call that started it: a caller that gives up (a load balancer's
+// timeout while many users of a dead node log in again) must not cut a
+// login in half, which would make the next call log in once more and the
+// server replace the half-made session.
+const takeoverLoginTimeout = 40 * time.Second
+
 // afterClaim reconnects a user who was online on the node this one took
 // the session from, for a server-side call other than connect and
 // disconnect (which do their own). Cookie calls change no state.
@@ -533,7 +540,9 @@ func (a *api) afterClaim(r *http.Request, c *caller, route string, res claimResu
 	if s := a.reg.get(c.id); s != nil && s.live() {
 		return nil
 	}
-	s, _, err := a.reg.connect(r.Context(), c.id, c.php, nil)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), takeoverLoginTimeout)
+	defer cancel()
+	s, _, err := a.reg.connect(ctx, c.id, c.php, nil)
 	if err != nil {
 		return err
 	}

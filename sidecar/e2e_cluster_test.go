@@ -251,7 +251,7 @@ func (rig *clusterRig) connectEverywhere(t *testing.T, users []*fuser) {
 func TestClusterRoundRobin(t *testing.T) {
 	rig := startClusterRig(t, 3, 3*time.Second)
 	lb := newBalancer(rig.api)
-	users := rig.loginUsers(t, lb, "rr", 12)
+	users := rig.loginUsers(t, lb, "rr", clusterUsers(t, 12))
 	rig.e.register(t, "rrdesk")
 	desk := dialDesktop(t, rig.e.XMPP, "rrdesk")
 	rig.connectEverywhere(t, users)
@@ -261,7 +261,7 @@ func TestClusterRoundRobin(t *testing.T) {
 	if got := rig.clusterMetric(t, "imsidecar_cluster_leases"); got != float64(len(users)) {
 		t.Errorf("the nodes hold %v leases for %d users", got, len(users))
 	}
-	tr := trafficOf(t, "rr", users, 300*time.Millisecond)
+	tr := trafficOf(t, "rr", users, clusterInterval(users))
 	tr.start()
 	tr.sendFromDesktop(desk, "rrdesk")
 	time.Sleep(5 * time.Second)
@@ -290,7 +290,7 @@ func TestClusterRoundRobin(t *testing.T) {
 func TestClusterKillOwner(t *testing.T) {
 	rig := startClusterRig(t, 3, 3*time.Second)
 	lb := newBalancer(rig.api)
-	users := rig.loginUsers(t, lb, "kill", 12)
+	users := rig.loginUsers(t, lb, "kill", clusterUsers(t, 12))
 	rig.e.register(t, "killdesk")
 	for _, u := range users {
 		rig.e.XMPP.Befriend(t, u.Name, "killdesk")
@@ -306,7 +306,7 @@ func TestClusterKillOwner(t *testing.T) {
 	if moved == 0 {
 		t.Fatalf("node0 owns no session: nothing to move")
 	}
-	tr := trafficOf(t, "kill", users, 300*time.Millisecond)
+	tr := trafficOf(t, "kill", users, clusterInterval(users))
 	tr.start()
 	tr.sendFromDesktop(desk, "killdesk")
 	time.Sleep(3 * time.Second)
@@ -648,4 +648,24 @@ func TestClusterRedisDown(t *testing.T) {
 	}
 	t.Logf("Redis down %v (lease TTL %v), sticky traffic, 3 nodes, %d users: sent %d, received %d, lost %d, duplicated %d; %s",
 		2*ttl+time.Second, ttl, len(users), row.Sent, row.Received, row.Lost, row.Dup, row.Note)
+}
+
+// clusterInterval keeps the web users' traffic at about 40 messages a
+// second however many users run (one every 300 ms each for 12 users).
+func clusterInterval(users []*fuser) time.Duration {
+	return time.Duration(len(users)) * 25 * time.Millisecond
+}
+
+// clusterUsers is how many users a cluster test runs: def, or
+// IMSIDECAR_CLUSTER_USERS for a bigger run by hand (make test keeps the
+// default, a few seconds per scenario).
+func clusterUsers(t *testing.T, def int) int {
+	if v := os.Getenv("IMSIDECAR_CLUSTER_USERS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 3 {
+			t.Fatalf("IMSIDECAR_CLUSTER_USERS=%q: want a number of users, 3 or more", v)
+		}
+		return n
+	}
+	return def
 }
