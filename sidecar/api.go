@@ -28,6 +28,10 @@ type api struct {
 	bosh *boshServer
 	// sseWrite bounds each write of an SSE stream (0: sseWriteTimeout).
 	sseWrite time.Duration
+	// cluster, in cluster mode, routes each call to its session's owner
+	// (cluster.go); peer marks the API served on the peer listener.
+	cluster *cluster
+	peer    bool
 
 	pwWarnedMu sync.Mutex
 	pwWarned   map[string]struct{} // users already logged as password_unavailable

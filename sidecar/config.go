@@ -83,6 +83,13 @@ type Config struct {
 	LogLevel  string
 	LogFormat string
 
+	// Cluster mode (docs/CLUSTER.md): on when ClusterRedis is set.
+	ClusterRedis      string
+	ClusterNodeID     string
+	ClusterPeerListen string
+	ClusterSecretFile string
+	ClusterLeaseTTL   time.Duration
+
 	// fromProfile lists the settings --profile chose because neither the
 	// command line nor the environment did ("--flag=value (why)"), for
 	// check-config to show.
@@ -146,6 +153,11 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.GenericEmail, "generic-email-path", "", "generic profile: dotted path of the e-mail (optional)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "text or json")
+	fs.StringVar(&c.ClusterRedis, "cluster-redis", "", "cluster mode (docs/CLUSTER.md): the Redis the nodes share, redis://[user:pass@]host:port[/db] (rediss:// with TLS) or redis-cluster://[user:pass@]host:port,host:port… for a Redis Cluster; empty: a single node, as without it")
+	fs.StringVar(&c.ClusterNodeID, "cluster-node-id", "", "cluster mode: this node's name, unique in the cluster and kept across restarts (default: the host name)")
+	fs.StringVar(&c.ClusterPeerListen, "cluster-peer-listen", "", "cluster mode: host:port where the other nodes reach this one, a loopback or private address (required with --cluster-redis)")
+	fs.StringVar(&c.ClusterSecretFile, "cluster-secret-file", "", "cluster mode: file holding the secret every node shares, at least 16 bytes, required on the peer listener (required with --cluster-redis)")
+	fs.DurationVar(&c.ClusterLeaseTTL, "cluster-lease-ttl", 5*time.Second, "cluster mode: how long a node's ownership of a session lasts unless renewed (every third of it); a node that stops longer loses its sessions to the others (1s..60s)")
 	return fs
 }
 
@@ -467,6 +479,7 @@ func (c *Config) Validate() error {
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		bad("log-format", "%q is not text or json", c.LogFormat)
 	}
+	c.validateCluster(bad)
 	if len(errs) > 0 {
 		return fmt.Errorf("%w:\n  %w", ErrConfig, joinLines(errs))
 	}

@@ -30,6 +30,23 @@ var (
 	ErrConfig             = errors.New("sidecar: invalid configuration")
 )
 
+// Cluster mode (docs/CLUSTER.md).
+var (
+	// ErrNotOwner: another node holds the session's lease. A node's peer
+	// listener answers it 409 not_owner, and the forwarding node asks Redis
+	// again; on --listen it reaches only a browser stream opened on a node
+	// that does not own the session.
+	ErrNotOwner = errors.New("sidecar: another node of the cluster owns this session")
+	// ErrClusterRedis: the cluster's Redis (--cluster-redis) did not
+	// answer, so the owner of a session this node does not hold is unknown.
+	ErrClusterRedis = errors.New("sidecar: cluster Redis unavailable")
+	// ErrPeerUnavailable: the owner node did not answer a forwarded call.
+	ErrPeerUnavailable = errors.New("sidecar: the session's owner node is unavailable")
+	// ErrPeerUnauthorized: a call on the peer listener without the
+	// cluster's secret.
+	ErrPeerUnauthorized = errors.New("sidecar: missing or wrong cluster secret")
+)
+
 // ErrTooManyPolls: the session already has --max-polls-per-session
 // GET /v1/events in flight; the one over is answered 429.
 var ErrTooManyPolls = errors.New("sidecar: too many polls in flight for this session (--max-polls-per-session)")
@@ -78,6 +95,12 @@ func statusFor(err error) (int, string) {
 		return http.StatusConflict, "not_connected"
 	case errors.Is(err, ErrTooLarge):
 		return http.StatusRequestEntityTooLarge, "too_large"
+	case errors.Is(err, ErrNotOwner):
+		return http.StatusConflict, "not_owner"
+	case errors.Is(err, ErrPeerUnauthorized):
+		return http.StatusUnauthorized, "peer_unauthorized"
+	case errors.Is(err, ErrClusterRedis), errors.Is(err, ErrPeerUnavailable):
+		return http.StatusServiceUnavailable, "cluster_unavailable"
 	case errors.Is(err, ErrForbiddenOrigin):
 		return http.StatusForbidden, "origin_forbidden"
 	case errors.Is(err, ErrTooManyStreams):

@@ -170,6 +170,7 @@ type traffic struct {
 	reconnects   map[string]int       // user → POST /v1/connect after not_connected
 	delayed      int                  // deliveries with a delay stamp (offline storage)
 	states       map[string][]string  // user → state events "state/reason"
+	servedAt     map[string]time.Time // user → first page answered after the fault
 	faultAt      time.Time
 	healedAt     time.Time
 }
@@ -205,7 +206,7 @@ func newTraffic(t *testing.T, e *e2e, tag string, n int, interval time.Duration)
 func trafficOf(t *testing.T, tag string, users []*fuser, interval time.Duration) *traffic {
 	return &traffic{tb: t, tag: tag, users: users, interval: interval, stopSend: make(chan struct{}),
 		sent: map[string]sentMsg{}, got: map[string]int{}, gotAt: map[string]time.Time{},
-		notRecovered: map[string]int{}, reconnects: map[string]int{}, states: map[string][]string{}}
+		notRecovered: map[string]int{}, reconnects: map[string]int{}, states: map[string][]string{}, servedAt: map[string]time.Time{}}
 }
 
 // start runs one poller and one sender per user.
@@ -337,6 +338,9 @@ func (tr *traffic) poll(u *fuser) {
 		}
 		now := time.Now()
 		tr.mu.Lock()
+		if _, ok := tr.servedAt[u.Name]; !ok && !tr.faultAt.IsZero() {
+			tr.servedAt[u.Name] = now
+		}
 		if !page.Recovered {
 			tr.notRecovered[u.Name]++
 		}

@@ -106,7 +106,8 @@ func (r *registry) idOf(s *session) string {
 
 func (r *registry) forget(s *session) {
 	r.mu.Lock()
-	if r.sessions[s.key] == s {
+	gone := r.sessions[s.key] == s
+	if gone {
 		delete(r.sessions, s.key)
 		r.mem.release(s.log)
 	}
@@ -114,4 +115,7 @@ func (r *registry) forget(s *session) {
 	r.idsMu.Lock()
 	delete(r.ids, s.key)
 	r.idsMu.Unlock()
+	if gone && r.own != nil {
+		r.own.forgotten(s.key)
+	}
 }

@@ -26,6 +26,13 @@ type metrics struct {
 	browserRejected prometheus.Counter
 	apiLatency      *prometheus.HistogramVec
 	storeLatency    prometheus.Histogram
+	// Cluster mode (cluster.go): leases held, claims by outcome, leases
+	// found lost, calls forwarded to owners by outcome, peer calls refused.
+	clusterLeases      prometheus.Gauge
+	clusterClaims      *prometheus.CounterVec
+	clusterLeasesLost  prometheus.Counter
+	clusterForwards    *prometheus.CounterVec
+	clusterPeerRefused prometheus.Counter
 }
 
 // newMetrics registers the series; sessions counts the sessions by state
@@ -52,8 +59,19 @@ func newMetrics(sessions func() map[xmppconn.State]int, eventBytes func() int64)
 			[]string{"route", "status"}),
 		storeLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "imsidecar_session_store_duration_seconds",
 			Help: "PHP session lookups.", Buckets: []float64{.00001, .00005, .0001, .0005, .001, .005, .01, .05, .1, .5}}),
+		clusterLeases: prometheus.NewGauge(prometheus.GaugeOpts{Name: "imsidecar_cluster_leases",
+			Help: "Cluster mode: session leases this node holds."}),
+		clusterClaims: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imsidecar_cluster_claims_total",
+			Help: "Cluster mode: session claims by outcome: won (a free session), takeover (from a dead or departed owner), lost (another node holds it)."}, []string{"result"}),
+		clusterLeasesLost: prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_cluster_leases_lost_total",
+			Help: "Cluster mode: leases found held by another node; each session was detached from this node."}),
+		clusterForwards: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imsidecar_cluster_forwards_total",
+			Help: "Cluster mode: calls forwarded to the session's owner, by outcome: ok, refused (owner gone, session taken over), not_owner (asked again), error."}, []string{"result"}),
+		clusterPeerRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_cluster_peer_refused_total",
+			Help: "Cluster mode: calls on the peer listener refused for a missing or wrong cluster secret."}),
 	}
 	reg.MustRegister(m.connects, m.reconnects, m.resumptions, m.authFailures, m.eventsQueued, m.eventsDropped, m.connRejected, m.stanzasDropped, m.sendsRefused, m.browserStreams, m.browserRejected, m.apiLatency, m.storeLatency,
+		m.clusterLeases, m.clusterClaims, m.clusterLeasesLost, m.clusterForwards, m.clusterPeerRefused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "imsidecar_event_log_bytes", Help: "Bytes the session event logs hold, counted against --event-memory-mb."},
 			func() float64 { return float64(eventBytes()) }))

@@ -81,6 +81,11 @@ func (a *api) wrap(route string, cookieOK bool, h handlerFunc) http.Handler {
 			if err != nil {
 				return err
 			}
+			if a.cluster != nil {
+				if done, err := a.clusterRoute(rec, r, c, route); done || err != nil {
+					return err
+				}
+			}
 			return h(rec, r, c)
 		}()
 		if err == errParked {

@@ -115,3 +115,33 @@ type sessionReader interface {
 	Lookup(ctx context.Context, id string) (*phpsession.Session, error)
 	Ready(ctx context.Context) error
 }
+
+// ownership is what the registry asks of the cluster (cluster.go). It is
+// nil on a single node, which then behaves as if the cluster did not
+// exist.
+type ownership interface {
+	// acquire returns nil when this node holds the session's lease or
+	// has just taken it; ErrNotOwner when another node does.
+	acquire(ctx context.Context, sk string) error
+	// opened and closed tell that the session's stream went up or was
+	// closed for reason.
+	opened(ctx context.Context, sk string)
+	closed(sk, reason string)
+	// forgotten: the registry dropped the session.
+	forgotten(sk string)
+	// gate wraps a stream's AuthGate so that no reconnection logs in
+	// after the lease is lost.
+	gate(sk string, inner xmppconn.AuthGate) xmppconn.AuthGate
+	// stepAside refuses a reconnection of a stream whose lease another
+	// node holds (xmppconn.Config.BeforeReconnect).
+	stepAside(ctx context.Context, sk string) error
+}
+
+// detacher is what a lost lease's detach (cluster.go) asks of a stream
+// that offers it (*xmppconn.Conn; asserted, not part of xmppSession): to
+// let go of its XMPP session without ending it, with no unavailable and no
+// </stream>, so the server keeps the session hibernating until the new
+// owner's login replaces it.
+type detacher interface {
+	Detach(ctx context.Context) (xmppconn.ResumeState, error)
+}

@@ -42,6 +42,9 @@ type registry struct {
 	ids     map[string]string
 	closing bool
 	wg      sync.WaitGroup
+	// own is the cluster's say on who holds each session (cluster.go);
+	// nil on a single node.
+	own ownership
 }
 
 func newRegistry(cfg *Config, reader sessionReader, dial dialFunc, tlsConf *tls.Config, logger *slog.Logger, m *metrics) *registry {
@@ -73,6 +76,12 @@ func (r *registry) get(id string) *session {
 func (r *registry) connect(ctx context.Context, id string, ps *phpsession.Session, initial *xmppconn.Presence) (*session, bool, error) {
 	key := sessionKey(id)
 	cred := credentials(ps.Identity)
+	if r.own != nil {
+		// Cluster mode: only the session's owner opens its stream.
+		if err := r.own.acquire(ctx, key); err != nil {
+			return nil, false, err
+		}
+	}
 	for {
 		r.mu.Lock()
 		if r.closing {
@@ -115,6 +124,9 @@ func (r *registry) connect(ctx context.Context, id string, ps *phpsession.Sessio
 			r.authFailed[key] = cred
 		}
 		r.mu.Unlock()
+		if err == nil && r.own != nil {
+			r.own.opened(ctx, key)
+		}
 		return s, true, err
 	}
 }
@@ -156,7 +168,8 @@ func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session,
 		InitialPresence: initial,
 		Reconnect:       true,
 		Carbons:         true,
-		AuthGate:        r.auth.gate(s.user, s.cred),
+		AuthGate:        r.gate(s),
+		BeforeReconnect: r.beforeReconnect(s),
 		SoftwareName:    "imsidecar",
 		SoftwareVersion: version,
 		Tap:             s.tap,
@@ -234,6 +247,9 @@ func (r *registry) closeSession(s *session, reason string) {
 	if s.State() != xmppconn.StateOffline {
 		s.setState(xmppconn.StateOffline, reason)
 		s.appendState(xmppconn.StateOffline, reason)
+	}
+	if r.own != nil {
+		defer r.own.closed(s.key, reason)
 	}
 	if conn == nil {
 		return

@@ -304,7 +304,15 @@ func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error
 	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	defer stop()
 	var wg sync.WaitGroup
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
+	cl, peerAPI, err := startCluster(runCtx, cfg, a, &wg, errc)
+	if err != nil {
+		apiLn.Close()
+		if opsLn != nil {
+			opsLn.Close()
+		}
+		return err
+	}
 	wg.Go(func() { reg.janitor(runCtx) })
 	wg.Go(func() {
 		if err := apiSrv.Serve(apiLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -341,7 +349,9 @@ func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error
 	stop()
 	a.parked.shutdown(sctx)
 	apiSrv.Shutdown(sctx)
+	peerAPI.shutdown(sctx)
 	reg.shutdown(sctx)
+	cl.stopAll(sctx)
 	if opsSrv != nil {
 		opsSrv.Shutdown(sctx)
 	}

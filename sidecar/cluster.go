@@ -1,0 +1,640 @@
+package sidecar
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"expressolivre.org/imsidecar/xmppconn"
+)
+
+// Cluster mode (--cluster-redis; docs/CLUSTER.md): several daemons share
+// their users through Redis. Each PHP session has one owner node, named by
+// a lease in Redis (clusterlease.go); only the owner holds the session's
+// XMPP stream. A call that lands on another node is forwarded to the owner
+// over the private peer listener (clusterpeer.go). A node whose lease is
+// gone detaches the session; the next call of the user claims it wherever
+// it lands and reconnects the user there.
+
+// heldLease is a lease this node holds, and since when.
+type heldLease struct {
+	l     lease
+	since time.Time
+}
+
+// cluster is this node's side of the cluster: the leases it holds, their
+// renewal, and the client to the other nodes' peer listeners.
+type cluster struct {
+	ls      *leaseStore
+	rdb     redis.UniversalClient
+	secret  string
+	logger  *slog.Logger
+	metrics *metrics
+	peer    *http.Client
+	reg     *registry // set by serve before the API starts
+
+	mu   sync.Mutex
+	held map[string]heldLease // session key → lease
+	wg   sync.WaitGroup       // detaches in flight
+	// renewed is when the last renewal pass reached Redis (unix nanos).
+	renewed atomic.Int64
+}
+
+// newCluster connects to --cluster-redis; nothing is read or written
+// until the first call. The incarnation tells this run from an earlier
+// one under the same --cluster-node-id.
+func newCluster(cfg *Config, secret string, logger *slog.Logger, m *metrics) (*cluster, error) {
+	rdb, err := clusterRedis(cfg.ClusterRedis)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --cluster-redis: %w", ErrConfig, err)
+	}
+	var inc [6]byte
+	rand.Read(inc[:])
+	cl := &cluster{
+		ls: &leaseStore{rdb: rdb, ttl: cfg.ClusterLeaseTTL, metaTTL: cfg.Inactivity + 10*time.Minute,
+			self: lease{node: cfg.ClusterNodeID, incarnation: hex.EncodeToString(inc[:]), peer: cfg.ClusterPeerListen}},
+		rdb: rdb, secret: secret, logger: logger, metrics: m, held: map[string]heldLease{},
+		peer: &http.Client{Transport: &http.Transport{
+			Proxy:               nil,
+			DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+			MaxIdleConnsPerHost: 256,
+			IdleConnTimeout:     90 * time.Second,
+			DisableCompression:  true,
+		}},
+	}
+	return cl, nil
+}
+
+// clusterRedis builds the Redis client of --cluster-redis: a redis:// or
+// rediss:// URL for one server, redis-cluster://[user:pass@]h:p,h:p for
+// the seeds of a Redis Cluster.
+func clusterRedis(spec string) (redis.UniversalClient, error) {
+	if rest, ok := strings.CutPrefix(spec, "redis-cluster://"); ok {
+		auth, hosts, found := strings.Cut(rest, "@")
+		if !found {
+			auth, hosts = "", rest
+		}
+		o := &redis.ClusterOptions{DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second}
+		if auth != "" {
+			u, err := url.Parse("redis://" + auth + "@x")
+			if err != nil {
+				return nil, fmt.Errorf("malformed credentials in %q", "redis-cluster://…@"+hosts)
+			}
+			o.Username = u.User.Username()
+			o.Password, _ = u.User.Password()
+		}
+		for _, h := range strings.Split(hosts, ",") {
+			if h = strings.TrimSpace(h); h != "" {
+				o.Addrs = append(o.Addrs, h)
+			}
+		}
+		if len(o.Addrs) == 0 {
+			return nil, errors.New("redis-cluster:// needs at least one host:port")
+		}
+		return redis.NewClusterClient(o), nil
+	}
+	if !strings.HasPrefix(spec, "redis://") && !strings.HasPrefix(spec, "rediss://") && !strings.HasPrefix(spec, "unix://") {
+		return nil, errors.New("not a redis://, rediss://, unix:// or redis-cluster:// address")
+	}
+	o, err := redis.ParseURL(spec)
+	if err != nil {
+		return nil, err
+	}
+	o.DialTimeout, o.ReadTimeout, o.WriteTimeout = 2*time.Second, 2*time.Second, 2*time.Second
+	return redis.NewClient(o), nil
+}
+
+// holds returns the lease this node holds on the session, if any.
+func (cl *cluster) holds(sk string) (lease, bool) {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	h, ok := cl.held[sk]
+	return h.l, ok
+}
+
+func (cl *cluster) hold(sk string, l lease) {
+	cl.mu.Lock()
+	cl.held[sk] = heldLease{l: l, since: time.Now()}
+	n := len(cl.held)
+	cl.mu.Unlock()
+	cl.metrics.clusterLeases.Set(float64(n))
+}
+
+// drop forgets the lease on sk if it is still l, and reports whether it was.
+func (cl *cluster) drop(sk string, l lease) bool {
+	cl.mu.Lock()
+	h, ok := cl.held[sk]
+	ok = ok && h.l == l
+	if ok {
+		delete(cl.held, sk)
+	}
+	n := len(cl.held)
+	cl.mu.Unlock()
+	cl.metrics.clusterLeases.Set(float64(n))
+	return ok
+}
+
+// take makes this node the session's owner if it can: it holds the lease
+// already, or the lease is free, or it still names expected (an owner
+// known to be dead), or it names this node's earlier incarnation. It
+// returns the current lease when another live node holds it.
+func (cl *cluster) take(ctx context.Context, sk string, expected *lease) (claimResult, error) {
+	if l, ok := cl.holds(sk); ok {
+		return claimResult{won: true, lease: l}, nil
+	}
+	res, err := cl.ls.claim(ctx, sk, expected)
+	if err != nil {
+		return res, err
+	}
+	self := cl.ls.self
+	if !res.won && res.lease.node == self.node {
+		if res.lease.incarnation == self.incarnation {
+			// Ours, though not in the table (a claim answered after its
+			// caller gave up): take it back.
+			cl.hold(sk, res.lease)
+			return claimResult{won: true, lease: res.lease}, nil
+		}
+		// This node's earlier run (killed, restarted): it holds nothing.
+		prev := res.lease
+		if res, err = cl.ls.claim(ctx, sk, &prev); err != nil {
+			return res, err
+		}
+		expected = &prev
+	}
+	if !res.won {
+		cl.metrics.clusterClaims.WithLabelValues("lost").Inc()
+		return res, nil
+	}
+	cl.hold(sk, res.lease)
+	if expected != nil || res.online {
+		cl.metrics.clusterClaims.WithLabelValues("takeover").Inc()
+	} else {
+		cl.metrics.clusterClaims.WithLabelValues("won").Inc()
+	}
+	return res, nil
+}
+
+// mine reports whether this node holds the session's lease. While the
+// renewals are current the table answers; after a gap (the process was
+// frozen, or Redis slow) the lease is checked first, so a node woken from
+// a pause does not serve, even once, a session another node took over.
+// With Redis unreachable the table answers: no other node can claim.
+func (cl *cluster) mine(ctx context.Context, sk string) bool {
+	l, ok := cl.holds(sk)
+	if !ok {
+		return false
+	}
+	if time.Since(time.Unix(0, cl.renewed.Load())) < cl.ls.ttl*2/3 {
+		return true
+	}
+	held, err := cl.ls.check(ctx, sk, l)
+	if err != nil || held {
+		return true
+	}
+	cl.lost(sk, l)
+	return false
+}
+
+// acquire is ownership.acquire.
+func (cl *cluster) acquire(ctx context.Context, sk string) error {
+	res, err := cl.take(ctx, sk, nil)
+	if err != nil {
+		return err
+	}
+	if !res.won {
+		return fmt.Errorf("%w: node %s holds it", ErrNotOwner, res.lease.node)
+	}
+	return nil
+}
+
+// opened records, fenced by the lease, that the user is online, so that
+// a node taking the session over reconnects them.
+func (cl *cluster) opened(ctx context.Context, sk string) {
+	cl.markOnline(ctx, sk, true)
+}
+
+func (cl *cluster) markOnline(ctx context.Context, sk string, online bool) {
+	l, ok := cl.holds(sk)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	done, err := cl.ls.mark(ctx, sk, l, online)
+	switch {
+	case err != nil:
+		cl.logger.Warn("cluster: recording the session's state in Redis", "session", sk[:8], "err", err)
+	case !done:
+		cl.lost(sk, l)
+	}
+}
+
+// closed is ownership.closed. A stream closed because the user or PHP
+// ended it marks the user offline, so no other node brings them back; one
+// closed by this node's shutdown hands the lease over at once and leaves
+// the user online, for the next node their calls reach.
+func (cl *cluster) closed(sk, reason string) {
+	switch reason {
+	case "replaced", "password_changed", "moved":
+		return // a new stream follows, or another node has it
+	case "shutdown":
+		if l, ok := cl.holds(sk); ok && cl.drop(sk, l) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			if err := cl.ls.release(ctx, sk, l); err != nil {
+				cl.logger.Warn("cluster: releasing a lease at shutdown", "session", sk[:8], "err", err)
+			}
+		}
+		return
+	}
+	cl.markOnline(context.Background(), sk, false)
+}
+
+// forgotten gives the lease of a session the registry dropped back.
+func (cl *cluster) forgotten(sk string) {
+	l, ok := cl.holds(sk)
+	if !ok || !cl.drop(sk, l) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := cl.ls.release(ctx, sk, l); err != nil {
+		cl.logger.Debug("cluster: releasing a forgotten session's lease", "session", sk[:8], "err", err)
+	}
+}
+
+// lost handles a lease found to be another node's: the session is
+// detached from this node without a word to the Jabber server or the
+// contacts.
+func (cl *cluster) lost(sk string, l lease) {
+	if !cl.drop(sk, l) {
+		return
+	}
+	cl.metrics.clusterLeasesLost.Inc()
+	cl.logger.Info("cluster: lease lost; session detached", "session", sk[:8])
+	cl.wg.Go(func() { cl.reg.detach(sk) })
+}
+
+// gate is ownership.gate.
+func (cl *cluster) gate(sk string, inner xmppconn.AuthGate) xmppconn.AuthGate {
+	return fencedGate{cl: cl, sk: sk, inner: inner}
+}
+
+// fencedGate admits a login only while this node holds the session's
+// lease; a reconnection first proves it in Redis, so a node woken from a
+// pause does not log in over the new owner's stream.
+type fencedGate struct {
+	cl    *cluster
+	sk    string
+	inner xmppconn.AuthGate
+}
+
+func (g fencedGate) Acquire(ctx context.Context, knownGood bool) (func(xmppconn.AuthResult), error) {
+	l, ok := g.cl.holds(g.sk)
+	if !ok {
+		return nil, ErrNotOwner
+	}
+	if knownGood {
+		held, err := g.cl.ls.check(ctx, g.sk, l)
+		if err != nil {
+			return nil, err
+		}
+		if !held {
+			g.cl.lost(g.sk, l)
+			return nil, ErrNotOwner
+		}
+	}
+	return g.inner.Acquire(ctx, knownGood)
+}
+
+// run renews the held leases every third of their TTL until ctx ends.
+func (cl *cluster) run(ctx context.Context) {
+	t := time.NewTicker(cl.ls.ttl / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			cl.renew(ctx)
+		}
+	}
+}
+
+// renew is one pass: a lease claimed by a call that opened no stream is
+// given back after a TTL; the others are extended, and those found lost
+// are detached. With Redis unreachable nothing changes: no other node can
+// claim either, and users keep chatting on their owner.
+func (cl *cluster) renew(ctx context.Context) {
+	now := time.Now()
+	snap := map[string]lease{}
+	var idle []string
+	cl.mu.Lock()
+	for sk, h := range cl.held {
+		if cl.reg.has(sk) || now.Sub(h.since) < cl.ls.ttl {
+			snap[sk] = h.l
+		} else {
+			idle = append(idle, sk)
+		}
+	}
+	cl.mu.Unlock()
+	for _, sk := range idle {
+		cl.forgotten(sk)
+	}
+	rctx, cancel := context.WithTimeout(ctx, cl.ls.ttl/3)
+	defer cancel()
+	lost, err := cl.ls.renew(rctx, snap)
+	if err != nil {
+		cl.logger.Warn("cluster: renewing leases", "leases", len(snap), "err", err)
+	} else {
+		cl.renewed.Store(now.UnixNano())
+	}
+	for _, sk := range lost {
+		cl.lost(sk, snap[sk])
+	}
+}
+
+// stop gives back every lease still held (their streams are closed by
+// now) and closes the Redis client.
+func (cl *cluster) stop(ctx context.Context) {
+	cl.wg.Wait()
+	cl.mu.Lock()
+	held := cl.held
+	cl.held = map[string]heldLease{}
+	cl.mu.Unlock()
+	for sk, h := range held {
+		if ctx.Err() != nil {
+			break
+		}
+		cl.ls.release(ctx, sk, h.l)
+	}
+	cl.rdb.Close()
+	cl.peer.CloseIdleConnections()
+}
+
+// has reports whether the registry keeps a session under key sk, or is
+// dialing one (a login may wait its turn longer than a lease lasts).
+func (r *registry) has(sk string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.sessions[sk]
+	_, dialing := r.dialing[sk]
+	return ok || dialing
+}
+
+// detach drops a session whose lease another node now holds: its browser
+// streams end, a last state event (offline, reason "moved") wakes its
+// polls, which then reach the new owner, and its XMPP stream is detached
+// silently (closed, for a stream that cannot).
+func (r *registry) detach(sk string) {
+	r.mu.Lock()
+	s := r.sessions[sk]
+	if s != nil {
+		delete(r.sessions, sk)
+	}
+	r.mu.Unlock()
+	if s == nil {
+		return
+	}
+	r.idsMu.Lock()
+	delete(r.ids, sk)
+	r.idsMu.Unlock()
+	s.mu.Lock()
+	conn := s.conn
+	s.conn = nil
+	b := s.bridge
+	s.mu.Unlock()
+	if b != nil {
+		b.close("moved")
+	}
+	s.setState(xmppconn.StateOffline, "moved")
+	s.appendState(xmppconn.StateOffline, "moved")
+	if conn != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		if d, ok := conn.(detacher); ok {
+			d.Detach(ctx)
+		} else {
+			conn.Close(ctx)
+		}
+		cancel()
+	}
+	r.mu.Lock()
+	r.mem.release(s.log)
+	r.mu.Unlock()
+	r.logger.Info("xmpp stream handed over to another node", "user", s.user, "session", s.short)
+}
+
+// clusterRoute decides where a call is served. On the owner it returns
+// false and the handler runs here; elsewhere the call is forwarded to the
+// owner and clusterRoute answers it (true). A session nobody owns is
+// claimed by the node the call reached; if its user was online (the owner
+// died or shut down), a server-side call reconnects them here first.
+func (a *api) clusterRoute(w http.ResponseWriter, r *http.Request, c *caller, route string) (bool, error) {
+	cl := a.cluster
+	sk := sessionKey(c.id)
+	ctx := r.Context()
+	if cl.mine(ctx, sk) {
+		return false, nil
+	}
+	if a.peer {
+		// Forwarded by a node that saw this one as the owner: serve only
+		// as the owner (this incarnation's lease, or the one an earlier
+		// run left), never forward again.
+		l, found, err := cl.ls.owner(ctx, sk)
+		if err != nil {
+			return true, err
+		}
+		if !found || l.node != cl.ls.self.node {
+			return true, ErrNotOwner
+		}
+		if l.incarnation == cl.ls.self.incarnation {
+			cl.hold(sk, l)
+			return false, nil
+		}
+		res, err := cl.take(ctx, sk, &l)
+		if err != nil {
+			return true, err
+		}
+		if !res.won {
+			return true, ErrNotOwner
+		}
+		return false, a.afterClaim(r, c, route, res)
+	}
+	var body []byte
+	if r.Body != nil && r.Body != http.NoBody {
+		b, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+		if err != nil {
+			return true, fmt.Errorf("%w: reading body: %w", ErrBadRequest, err)
+		}
+		if len(b) > maxBody {
+			return true, fmt.Errorf("%w: body over %d bytes", ErrTooLarge, maxBody)
+		}
+		body = b
+		r.Body = io.NopCloser(bytes.NewReader(b))
+	}
+	var expected *lease
+	for attempt := 0; attempt < 4; attempt++ {
+		res, err := cl.take(ctx, sk, expected)
+		if err != nil {
+			return true, err
+		}
+		if res.won {
+			return false, a.afterClaim(r, c, route, res)
+		}
+		out := cl.forward(w, r, sk, body, res.lease)
+		switch {
+		case out.refused:
+			// Nothing listens on the owner's peer port: its process is
+			// gone, and its lease can be taken before it expires.
+			cl.metrics.clusterForwards.WithLabelValues("refused").Inc()
+			expected = &res.lease
+		case out.notOwner:
+			cl.metrics.clusterForwards.WithLabelValues("not_owner").Inc()
+			expected = nil
+			select {
+			case <-ctx.Done():
+				return true, ctx.Err()
+			case <-time.After(time.Duration(attempt+1) * 50 * time.Millisecond):
+			}
+		case out.err != nil:
+			cl.metrics.clusterForwards.WithLabelValues("error").Inc()
+			return true, out.err
+		default:
+			cl.metrics.clusterForwards.WithLabelValues("ok").Inc()
+			return true, nil
+		}
+	}
+	return true, fmt.Errorf("%w: the session's owner kept changing", ErrPeerUnavailable)
+}
+
+// takeoverLoginTimeout bounds a takeover's login, which does not end with
+// the call that started it: a caller that gives up (a load balancer's
+// timeout while many users of a dead node log in again) must not cut a
+// login in half, which would make the next call log in once more and the
+// server replace the half-made session.
+const takeoverLoginTimeout = 40 * time.Second
+
+// afterClaim reconnects a user who was online on the node this one took
+// the session from, for a server-side call other than connect and
+// disconnect (which do their own). Cookie calls change no state.
+func (a *api) afterClaim(r *http.Request, c *caller, route string, res claimResult) error {
+	if !res.online || c.byCookie || route == "POST /v1/connect" || route == "POST /v1/disconnect" {
+		return nil
+	}
+	if s := a.reg.get(c.id); s != nil && s.live() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), takeoverLoginTimeout)
+	defer cancel()
+	s, _, err := a.reg.connect(ctx, c.id, c.php, nil)
+	if err != nil {
+		return err
+	}
+	a.reg.remember(s, c.id)
+	a.logger.Info("cluster: session taken over; user reconnected here", "user", s.user, "session", s.short)
+	return nil
+}
+
+// validateCluster checks the cluster flags, for Validate. Without
+// --cluster-redis the other cluster flags must stay unset: a half-made
+// cluster configuration is an error, not a silent single node.
+func (c *Config) validateCluster(bad func(flagName, format string, args ...any)) {
+	if c.ClusterRedis == "" {
+		for _, f := range []struct{ name, value string }{
+			{"cluster-node-id", c.ClusterNodeID}, {"cluster-peer-listen", c.ClusterPeerListen}, {"cluster-secret-file", c.ClusterSecretFile},
+		} {
+			if f.value != "" {
+				bad(f.name, "needs --cluster-redis")
+			}
+		}
+		return
+	}
+	if rdb, err := clusterRedis(c.ClusterRedis); err != nil {
+		bad("cluster-redis", "%v", err)
+	} else {
+		rdb.Close()
+	}
+	if c.ClusterNodeID == "" {
+		if h, err := os.Hostname(); err == nil {
+			c.ClusterNodeID = h
+		}
+	}
+	if c.ClusterNodeID == "" || len(c.ClusterNodeID) > 64 || strings.ContainsAny(c.ClusterNodeID, "| \t\n") {
+		bad("cluster-node-id", "%q must be 1..64 characters without spaces or |", c.ClusterNodeID)
+	}
+	if c.ClusterPeerListen == "" {
+		bad("cluster-peer-listen", "required with --cluster-redis")
+	} else if host, port, err := net.SplitHostPort(c.ClusterPeerListen); err != nil || port == "" || port == "0" {
+		bad("cluster-peer-listen", "%q is not host:port", c.ClusterPeerListen)
+	} else if ip, err := netip.ParseAddr(host); err != nil || !(ip.IsLoopback() || ip.IsPrivate()) {
+		bad("cluster-peer-listen", "%q must be a loopback or private IP address (the other nodes dial it as given)", c.ClusterPeerListen)
+	}
+	if c.ClusterSecretFile == "" {
+		bad("cluster-secret-file", "required with --cluster-redis")
+	} else if _, err := readToken(c.ClusterSecretFile); err != nil {
+		bad("cluster-secret-file", "%v", err)
+	}
+	if c.ClusterLeaseTTL < time.Second || c.ClusterLeaseTTL > time.Minute {
+		bad("cluster-lease-ttl", "must be within 1s..60s, got %v", c.ClusterLeaseTTL)
+	}
+}
+
+// gate is the AuthGate of a session's stream: the daemon's failure limiter,
+// fenced by the session's lease in cluster mode.
+func (r *registry) gate(s *session) xmppconn.AuthGate {
+	g := r.auth.gate(s.user, s.cred)
+	if r.own != nil {
+		g = r.own.gate(s.key, g)
+	}
+	return g
+}
+
+// stopAll is stop on a cluster that may be nil (a single node).
+func (cl *cluster) stopAll(ctx context.Context) {
+	if cl != nil {
+		cl.stop(ctx)
+	}
+}
+
+// beforeReconnect is the BeforeReconnect of a session's stream: nil on a
+// single node; in cluster mode the stream stops, detached and silent, when
+// another node holds its lease.
+func (r *registry) beforeReconnect(s *session) func(context.Context) error {
+	if r.own == nil {
+		return nil
+	}
+	return func(ctx context.Context) error { return r.own.stepAside(ctx, s.key) }
+}
+
+// stepAside is ownership.stepAside: a reconnection is refused only when
+// Redis says another node holds the lease (the stream then stops for good
+// and the session is detached); when Redis does not answer, the fenced
+// AuthGate makes the reconnection wait and ask again.
+func (cl *cluster) stepAside(ctx context.Context, sk string) error {
+	l, ok := cl.holds(sk)
+	if !ok {
+		return ErrNotOwner
+	}
+	held, err := cl.ls.check(ctx, sk, l)
+	if err != nil || held {
+		return nil
+	}
+	cl.lost(sk, l)
+	return ErrNotOwner
+}

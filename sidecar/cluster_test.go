@@ -1,0 +1,63 @@
+package sidecar
+
+import (
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestClusterConfig: the cluster flags are checked at once, each error
+// naming its flag; a half-made cluster configuration is refused, and
+// without --cluster-redis nothing of the cluster is on.
+func TestClusterConfig(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "secret")
+	short := filepath.Join(dir, "short")
+	os.WriteFile(secret, []byte("0123456789abcdef0123\n"), 0o600)
+	os.WriteFile(short, []byte("tiny\n"), 0o600)
+	base := []string{"--xmpp-addr=127.0.0.1:5222", "--xmpp-domain=example.org", "--session-save-path=" + dir}
+	for _, tc := range []struct {
+		name  string
+		args  []string
+		flags []string // named in the error; none: valid
+	}{
+		{"single node", nil, nil},
+		{"cluster", []string{"--cluster-redis=redis://127.0.0.1:6379/2", "--cluster-node-id=web1", "--cluster-peer-listen=127.0.0.11:8767", "--cluster-secret-file=" + secret}, nil},
+		{"cluster, private peer address, redis cluster", []string{"--cluster-redis=redis-cluster://u:p@10.0.0.1:6379,10.0.0.2:6379", "--cluster-peer-listen=10.1.2.3:8767", "--cluster-secret-file=" + secret, "--cluster-lease-ttl=10s"}, nil},
+		{"half a cluster", []string{"--cluster-node-id=web1", "--cluster-peer-listen=127.0.0.1:8767", "--cluster-secret-file=" + secret},
+			[]string{"--cluster-node-id", "--cluster-peer-listen", "--cluster-secret-file"}},
+		{"missing peer and secret", []string{"--cluster-redis=redis://127.0.0.1:6379"}, []string{"--cluster-peer-listen", "--cluster-secret-file"}},
+		{"public peer address, short secret, bad ttl, bad node id, bad redis",
+			[]string{"--cluster-redis=http://127.0.0.1:6379", "--cluster-node-id=web 1", "--cluster-peer-listen=8.8.8.8:8767", "--cluster-secret-file=" + short, "--cluster-lease-ttl=100ms"},
+			[]string{"--cluster-redis", "--cluster-node-id", "--cluster-peer-listen", "--cluster-secret-file", "--cluster-lease-ttl"}},
+		{"unspecified peer address, a name", []string{"--cluster-redis=redis://127.0.0.1:6379", "--cluster-peer-listen=0.0.0.0:8767", "--cluster-secret-file=" + secret}, []string{"--cluster-peer-listen"}},
+		{"peer address as a host name", []string{"--cluster-redis=redis://127.0.0.1:6379", "--cluster-peer-listen=web1.internal:8767", "--cluster-secret-file=" + secret}, []string{"--cluster-peer-listen"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, _, err := parseConfig(append(append([]string{}, base...), tc.args...), func(string) string { return "" }, io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = cfg.Validate()
+			if len(tc.flags) == 0 {
+				if err != nil {
+					t.Fatalf("valid config refused: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("invalid config accepted")
+			}
+			for _, f := range tc.flags {
+				if !strings.Contains(err.Error(), f+":") {
+					t.Errorf("error does not name %s:\n%v", f, err)
+				}
+			}
+			if strings.Contains(err.Error(), "u:p@") {
+				t.Errorf("the error shows the Redis credentials: %v", err)
+			}
+		})
+	}
+}

@@ -1,0 +1,261 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// The ownership of one PHP session in cluster mode (docs/CLUSTER.md): a
+// lease key naming the owner node, renewed by it, and a fencing token that
+// only grows. Every key of a session carries the hash tag {pP} of its
+// partition, so each script below touches one slot and runs unchanged on
+// a Redis Cluster.
+
+// clusterPartitions is how many hash tags the sessions are spread over;
+// later phases give each partition a sharded pub/sub channel.
+const clusterPartitions = 64
+
+// tokenKeyTTL keeps a session's token counter long after its last lease,
+// so a token is never handed out twice for the same session.
+const tokenKeyTTL = 7 * 24 * time.Hour
+
+// leaseKeys are the Redis keys of one session, all in one slot.
+type leaseKeys struct {
+	lease string // STRING "token|node|incarnation|peer", PX lease TTL
+	token string // STRING fencing-token counter (INCR)
+	meta  string // HASH on (1: the user was online), token (of the last write)
+}
+
+// keysOf returns the keys of the session whose key (sha256 hex of the PHP
+// session id, never the id) is sk.
+func keysOf(sk string) leaseKeys {
+	p := 0
+	if len(sk) >= 2 {
+		if b, err := strconv.ParseUint(sk[:2], 16, 8); err == nil {
+			p = int(b) % clusterPartitions
+		}
+	}
+	base := "ims:{p" + strconv.Itoa(p) + "}:" + sk
+	return leaseKeys{lease: base + ":lease", token: base + ":tok", meta: base + ":m"}
+}
+
+func (k leaseKeys) list() []string { return []string{k.lease, k.token, k.meta} }
+
+// lease is one owner record as the lease key holds it.
+type lease struct {
+	token       uint64
+	node        string
+	incarnation string
+	peer        string // the owner's --cluster-peer-listen address
+}
+
+func (l lease) String() string {
+	return strconv.FormatUint(l.token, 10) + "|" + l.node + "|" + l.incarnation + "|" + l.peer
+}
+
+// parseLease reads a lease value; a malformed one (written by something
+// else) is an error, never an owner.
+func parseLease(s string) (lease, error) {
+	f := strings.Split(s, "|")
+	if len(f) != 4 || f[1] == "" || f[2] == "" || f[3] == "" {
+		return lease{}, fmt.Errorf("%w: malformed lease %q", ErrClusterRedis, s)
+	}
+	t, err := strconv.ParseUint(f[0], 10, 64)
+	if err != nil || t == 0 {
+		return lease{}, fmt.Errorf("%w: malformed lease token %q", ErrClusterRedis, f[0])
+	}
+	return lease{token: t, node: f[1], incarnation: f[2], peer: f[3]}, nil
+}
+
+// claimScript takes a free lease, or, with ARGV[5] set, one still holding
+// exactly ARGV[5] (an owner known dead: its incarnation replaced, or its
+// peer port refusing connections). It returns {1, lease, on} when taken,
+// {0, current lease} when another holds it.
+//
+// KEYS: lease, token, meta. ARGV: node, incarnation, peer, ttl ms,
+// expected lease or "".
+var claimScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[5] then
+  return {0, cur}
+end
+local t = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ` + strconv.FormatInt(tokenKeyTTL.Milliseconds(), 10) + `)
+local v = t .. '|' .. ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3]
+redis.call('SET', KEYS[1], v, 'PX', ARGV[4])
+local on = redis.call('HGET', KEYS[3], 'on')
+return {1, v, on or '0'}
+`)
+
+// renewScriptSrc extends the lease if ARGV[1] still holds it (1); sets it
+// again if no lease is there at all (2): the keys expired while Redis was
+// down or restarting, or a failover lost them, and nobody else claimed the
+// session since, so its owner keeps it instead of a takeover storm when
+// Redis comes back. Held by another: 0.
+// KEYS: lease. ARGV: lease, ttl ms.
+const renewScriptSrc = `
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 2
+end
+return 0
+`
+
+var renewScript = redis.NewScript(renewScriptSrc)
+
+// markScript is the fenced write: it records whether the user is online
+// only if ARGV[1] holds the lease, and answers 1, else 0. Later phases
+// write the event log and the XEP-0198 state behind the same check.
+// KEYS: lease, token, meta. ARGV: lease, token, on (0/1), meta ttl ms.
+var markScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[3], 'on', ARGV[3], 'token', ARGV[2])
+redis.call('PEXPIRE', KEYS[3], ARGV[4])
+return 1
+`)
+
+// releaseScript gives the lease up if ARGV[1] holds it: 1, else 0.
+// KEYS: lease. ARGV: lease.
+var releaseScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+`)
+
+// leaseStore runs the scripts; the cluster keeps the policy.
+type leaseStore struct {
+	rdb  redis.UniversalClient
+	self lease // token 0: this node's name, incarnation and peer address
+	ttl  time.Duration
+	// metaTTL keeps the online mark past the last lease, so the user's
+	// next call after a long outage still reconnects them.
+	metaTTL time.Duration
+}
+
+// claimResult is the outcome of a claim: won, and the lease it names
+// (ours when won, the holder's when not); online reports that the user
+// was online before the claim, so the new owner reconnects them.
+type claimResult struct {
+	won    bool
+	lease  lease
+	online bool
+}
+
+// claim takes the session's lease if it is free, or if it still holds
+// exactly expected (a known-dead owner's lease); expected nil claims only a
+// free lease.
+func (ls *leaseStore) claim(ctx context.Context, sk string, expected *lease) (claimResult, error) {
+	exp := ""
+	if expected != nil {
+		exp = expected.String()
+	}
+	k := keysOf(sk)
+	v, err := claimScript.Run(ctx, ls.rdb, k.list(), ls.self.node, ls.self.incarnation, ls.self.peer, ls.ttl.Milliseconds(), exp).Slice()
+	if err != nil {
+		return claimResult{}, fmt.Errorf("%w: claim: %w", ErrClusterRedis, err)
+	}
+	if len(v) < 2 {
+		return claimResult{}, fmt.Errorf("%w: claim answered %v", ErrClusterRedis, v)
+	}
+	won, _ := v[0].(int64)
+	val, _ := v[1].(string)
+	l, err := parseLease(val)
+	if err != nil {
+		return claimResult{}, err
+	}
+	res := claimResult{won: won == 1, lease: l}
+	if res.won && len(v) > 2 {
+		on, _ := v[2].(string)
+		res.online = on == "1"
+	}
+	return res, nil
+}
+
+// owner returns the session's current lease, or ok false when none.
+func (ls *leaseStore) owner(ctx context.Context, sk string) (lease, bool, error) {
+	v, err := ls.rdb.Get(ctx, keysOf(sk).lease).Result()
+	if errors.Is(err, redis.Nil) {
+		return lease{}, false, nil
+	}
+	if err != nil {
+		return lease{}, false, fmt.Errorf("%w: owner: %w", ErrClusterRedis, err)
+	}
+	l, err := parseLease(v)
+	return l, err == nil, err
+}
+
+// renew extends every lease of held in one round trip per Redis node; it
+// returns the session keys whose lease is no longer theirs.
+func (ls *leaseStore) renew(ctx context.Context, held map[string]lease) (lost []string, err error) {
+	if len(held) == 0 {
+		return nil, nil
+	}
+	keys := make([]string, 0, len(held))
+	cmds := make([]*redis.Cmd, 0, len(held))
+	_, err = ls.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for sk, l := range held {
+			keys = append(keys, sk)
+			// EVAL, not EVALSHA: a pipeline cannot retry a NOSCRIPT after
+			// a Redis restart emptied the script cache.
+			cmds = append(cmds, p.Eval(ctx, renewScriptSrc, []string{keysOf(sk).lease}, l.String(), ls.ttl.Milliseconds()))
+		}
+		return nil
+	})
+	for i, c := range cmds {
+		n, cerr := c.Int()
+		if cerr == nil && n == 0 {
+			lost = append(lost, keys[i])
+		}
+	}
+	if err != nil {
+		err = fmt.Errorf("%w: renew: %w", ErrClusterRedis, err)
+	}
+	return lost, err
+}
+
+// mark records whether the user is online, fenced by l: false when l no
+// longer holds the lease (the write was refused).
+func (ls *leaseStore) mark(ctx context.Context, sk string, l lease, online bool) (bool, error) {
+	on := "0"
+	if online {
+		on = "1"
+	}
+	n, err := markScript.Run(ctx, ls.rdb, keysOf(sk).list(), l.String(), l.token, on, ls.metaTTL.Milliseconds()).Int()
+	if err != nil {
+		return false, fmt.Errorf("%w: mark: %w", ErrClusterRedis, err)
+	}
+	return n == 1, nil
+}
+
+// check reports whether l still holds the session's lease, renewing it
+// (or setting it again where no lease is left, as renew does).
+func (ls *leaseStore) check(ctx context.Context, sk string, l lease) (bool, error) {
+	n, err := renewScript.Run(ctx, ls.rdb, []string{keysOf(sk).lease}, l.String(), ls.ttl.Milliseconds()).Int()
+	if err != nil {
+		return false, fmt.Errorf("%w: check: %w", ErrClusterRedis, err)
+	}
+	return n != 0, nil
+}
+
+// release gives the lease up if l holds it.
+func (ls *leaseStore) release(ctx context.Context, sk string, l lease) error {
+	if err := releaseScript.Run(ctx, ls.rdb, []string{keysOf(sk).lease}, l.String()).Err(); err != nil {
+		return fmt.Errorf("%w: release: %w", ErrClusterRedis, err)
+	}
+	return nil
+}

@@ -1,0 +1,175 @@
+package sidecar
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"expressolivre.org/imsidecar/phpsession/phpsessiontest"
+)
+
+// TestClusterLease runs the lease scripts against a real Redis and a real
+// 3-master Redis Cluster: one owner at a time, tokens that only grow, and
+// the hostile cases: a node cannot take a live lease, a forged or old
+// lease writes nothing, a wrong "dead owner" guess takes nothing.
+func TestClusterLease(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		spec func(t *testing.T) string
+	}{
+		{"redis", func(t *testing.T) string { return "redis://" + phpsessiontest.StartRedis(t).Addr }},
+		{"redis-cluster", func(t *testing.T) string {
+			c := phpsessiontest.StartRedisCluster(t, 3)
+			var addrs []string
+			for _, n := range c.Nodes {
+				addrs = append(addrs, n.Addr)
+			}
+			return "redis-cluster://" + strings.Join(addrs, ",")
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := tc.spec(t)
+			store := func(node string) *leaseStore {
+				rdb, err := clusterRedis(spec)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { rdb.Close() })
+				return &leaseStore{rdb: rdb, ttl: time.Second, metaTTL: time.Minute,
+					self: lease{node: node, incarnation: "i-" + node, peer: "127.0.0.1:1"}}
+			}
+			a, b := store("a"), store("b")
+			ctx := t.Context()
+			// Session keys spread over partitions, and so over the masters.
+			for _, sk := range []string{sessionKey("one-session-id-aaaaaaaaaaaaaa"), sessionKey("two-session-id-bbbbbbbbbbbbbb"), sessionKey("three-session-id-ccccccccccc")} {
+				ra, err := a.claim(ctx, sk, nil)
+				if err != nil || !ra.won || ra.lease.node != "a" || ra.online {
+					t.Fatalf("a's first claim: %+v %v", ra, err)
+				}
+				rb, err := b.claim(ctx, sk, nil)
+				if err != nil || rb.won || rb.lease != ra.lease {
+					t.Fatalf("b claimed a live lease: %+v %v", rb, err)
+				}
+				// A wrong guess of the dead owner's lease takes nothing.
+				forged := ra.lease
+				forged.token++
+				if rb, err := b.claim(ctx, sk, &forged); err != nil || rb.won {
+					t.Fatalf("b took the lease with a forged expectation: %+v %v", rb, err)
+				}
+				if ok, err := a.mark(ctx, sk, ra.lease, true); err != nil || !ok {
+					t.Fatalf("the owner's fenced write: %v %v", ok, err)
+				}
+				// b forging a lease in its own name, or a's token with
+				// b's name, writes nothing.
+				for _, l := range []lease{{token: ra.lease.token, node: "b", incarnation: "i-b", peer: "127.0.0.1:1"}, forged} {
+					if ok, err := b.mark(ctx, sk, l, false); err != nil || ok {
+						t.Fatalf("a forged lease %v wrote: %v %v", l, ok, err)
+					}
+					if lost, err := b.renew(ctx, map[string]lease{sk: l}); err != nil || len(lost) != 1 {
+						t.Fatalf("a forged lease %v renewed: lost %v %v", l, lost, err)
+					}
+				}
+				if lost, err := a.renew(ctx, map[string]lease{sk: ra.lease}); err != nil || len(lost) != 0 {
+					t.Fatalf("the owner's renewal: lost %v %v", lost, err)
+				}
+				// The owner dies (its exact lease is known): b takes it with
+				// a higher token and learns the user was online.
+				rb, err = b.claim(ctx, sk, &ra.lease)
+				if err != nil || !rb.won || rb.lease.node != "b" || rb.lease.token <= ra.lease.token || !rb.online {
+					t.Fatalf("b's takeover: %+v %v", rb, err)
+				}
+				// The old owner, woken, can neither renew nor write.
+				if lost, err := a.renew(ctx, map[string]lease{sk: ra.lease}); err != nil || len(lost) != 1 {
+					t.Fatalf("the old owner renewed: lost %v %v", lost, err)
+				}
+				if ok, err := a.mark(ctx, sk, ra.lease, false); err != nil || ok {
+					t.Fatalf("the old owner's token wrote: %v %v", ok, err)
+				}
+				if held, err := a.check(ctx, sk, ra.lease); err != nil || held {
+					t.Fatalf("the old owner still holds: %v %v", held, err)
+				}
+				if cur, ok, err := a.owner(ctx, sk); err != nil || !ok || cur != rb.lease {
+					t.Fatalf("owner: %v %v %v", cur, ok, err)
+				}
+				// Unrenewed, the lease expires; the next claim gets a
+				// higher token still.
+				time.Sleep(1200 * time.Millisecond)
+				ra2, err := a.claim(ctx, sk, nil)
+				if err != nil || !ra2.won || ra2.lease.token <= rb.lease.token || !ra2.online {
+					t.Fatalf("claim after expiry: %+v %v", ra2, err)
+				}
+				// Expired with nobody claiming it (Redis was down past the
+				// TTL): the owner's renewal sets it again, and it stays the
+				// owner's.
+				time.Sleep(1200 * time.Millisecond)
+				if lost, err := a.renew(ctx, map[string]lease{sk: ra2.lease}); err != nil || len(lost) != 0 {
+					t.Fatalf("renewal after expiry: lost %v %v", lost, err)
+				}
+				if rb2, err := b.claim(ctx, sk, nil); err != nil || rb2.won || rb2.lease != ra2.lease {
+					t.Fatalf("b claimed a lease its owner renewed after expiry: %+v %v", rb2, err)
+				}
+				if err := b.release(ctx, sk, rb.lease); err != nil {
+					t.Fatal(err)
+				}
+				if held, err := a.check(ctx, sk, ra2.lease); err != nil || !held {
+					t.Fatalf("an old owner's release removed the new lease: %v %v", held, err)
+				}
+				if err := a.release(ctx, sk, ra2.lease); err != nil {
+					t.Fatal(err)
+				}
+				if _, ok, err := a.owner(ctx, sk); err != nil || ok {
+					t.Fatalf("a released lease is still there: %v %v", ok, err)
+				}
+			}
+		})
+	}
+}
+
+// TestParseLease refuses what is not a lease this package wrote.
+func TestParseLease(t *testing.T) {
+	good := lease{token: 7, node: "web1", incarnation: "ab12", peer: "10.0.0.5:8767"}
+	if l, err := parseLease(good.String()); err != nil || l != good {
+		t.Fatalf("round trip: %v %v", l, err)
+	}
+	for _, bad := range []string{"", "7", "7|web1|ab12", "0|web1|ab12|10.0.0.5:8767", "x|web1|ab12|p", "7||ab12|p", "7|a|b|c|d", "-1|a|b|c"} {
+		if _, err := parseLease(bad); err == nil {
+			t.Errorf("parseLease(%q) accepted", bad)
+		}
+	}
+}
+
+// TestKeysOfShareOneSlot: every key of a session carries the same hash
+// tag, which a Redis Cluster needs for the scripts.
+func TestKeysOfShareOneSlot(t *testing.T) {
+	for _, id := range []string{"a", "session-1", "zzzzzzzzzzzzzzzzzzzzzzzzzz"} {
+		k := keysOf(sessionKey(id))
+		tag := func(s string) string { return s[strings.Index(s, "{"):strings.Index(s, "}")] }
+		if tag(k.lease) != tag(k.token) || tag(k.lease) != tag(k.meta) {
+			t.Errorf("keys of %q in different slots: %+v", id, k)
+		}
+	}
+	if k := keysOf("not-hex"); !strings.HasPrefix(k.lease, "ims:{p0}:") {
+		t.Errorf("a key that is not hex: %+v", k)
+	}
+}
+
+// FuzzParseLease: a lease value read from Redis never panics the parser,
+// and what it accepts prints back as itself.
+func FuzzParseLease(f *testing.F) {
+	f.Add("7|web1|ab12|10.0.0.5:8767")
+	f.Add("1|a|b|c")
+	f.Add("18446744073709551615|n|i|[::1]:1")
+	f.Add("|||")
+	f.Fuzz(func(t *testing.T, s string) {
+		l, err := parseLease(s)
+		if err != nil {
+			return
+		}
+		if l.token == 0 || l.node == "" || l.incarnation == "" || l.peer == "" {
+			t.Fatalf("accepted an incomplete lease %q: %+v", s, l)
+		}
+		if back, err := parseLease(l.String()); err != nil || back != l {
+			t.Fatalf("%q: round trip %+v → %+v %v", s, l, back, err)
+		}
+	})
+}

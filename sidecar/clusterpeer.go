@@ -1,0 +1,233 @@
+package sidecar
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// The peer listener (--cluster-peer-listen) serves the API to the other
+// nodes of the cluster, for the sessions this node owns. It speaks the
+// same routes and answers as --listen; only who may call differs: every
+// request carries the cluster's shared secret (--cluster-secret-file) as
+// its bearer token, in place of the API token, and the PHP session is
+// read again from the store, so a peer can name no session it was not
+// given by PHP.
+
+// forwardedHeaders are the request headers a forwarded call keeps: who it
+// speaks for (the PHP session), what it sends and what it accepts.
+var forwardedHeaders = []string{"X-Session-Id", "Cookie", "Content-Type", "Accept", "Last-Event-ID", "If-None-Match", "Origin"}
+
+// answeredHeaders are the response headers copied back to the caller.
+var answeredHeaders = []string{"Content-Type", "Cache-Control", "Retry-After", "ETag", "X-Content-Type-Options", "X-Accel-Buffering"}
+
+// forwardOutcome is how a forward ended: err nil when the owner's answer
+// was relayed; refused when nothing listens on the owner's peer port;
+// notOwner when the owner answered that it no longer holds the session.
+type forwardOutcome struct {
+	refused, notOwner bool
+	err               error
+}
+
+// forward relays the call to the owner's peer listener and its answer to
+// w, streaming (an SSE stream is flushed event by event). Until the owner
+// answers, the lease is looked at every half TTL: an owner that froze (its
+// kernel still accepts connections) loses its lease, and the call is
+// withdrawn and routed again instead of waiting for a frozen process.
+func (cl *cluster) forward(w http.ResponseWriter, r *http.Request, sk string, body []byte, owner lease) forwardOutcome {
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	var moved atomic.Bool
+	answered := make(chan struct{})
+	go func() {
+		t := time.NewTicker(cl.ls.ttl / 2)
+		defer t.Stop()
+		for {
+			select {
+			case <-answered:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if l, found, err := cl.ls.owner(ctx, sk); err == nil && (!found || l != owner) {
+					moved.Store(true)
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	out := cl.relay(ctx, w, r, body, owner, answered)
+	if out.err != nil && moved.Load() {
+		return forwardOutcome{notOwner: true}
+	}
+	return out
+}
+
+// relay is one forwarded call; answered is closed once the owner's answer
+// began (or the call failed).
+func (cl *cluster) relay(ctx context.Context, w http.ResponseWriter, r *http.Request, body []byte, owner lease, answered chan<- struct{}) forwardOutcome {
+	once := sync.OnceFunc(func() { close(answered) })
+	defer once()
+	req, err := http.NewRequestWithContext(ctx, r.Method, "http://"+owner.peer+r.URL.RequestURI(), bytes.NewReader(body))
+	if err != nil {
+		return forwardOutcome{err: fmt.Errorf("%w: %w", ErrPeerUnavailable, err)}
+	}
+	if body == nil {
+		req.Body, req.ContentLength = http.NoBody, 0
+	}
+	for _, h := range forwardedHeaders {
+		for _, v := range r.Header.Values(h) {
+			req.Header.Add(h, v)
+		}
+	}
+	req.Header.Set("Authorization", "Bearer "+cl.secret)
+	resp, err := cl.peer.Do(req)
+	once()
+	if err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return forwardOutcome{refused: true}
+		}
+		if r.Context().Err() != nil {
+			return forwardOutcome{} // the caller went away: nobody to answer
+		}
+		if ctx.Err() != nil {
+			return forwardOutcome{err: fmt.Errorf("%w: node %s: %w", ErrPeerUnavailable, owner.node, ctx.Err())}
+		}
+		return forwardOutcome{err: fmt.Errorf("%w: node %s: %w", ErrPeerUnavailable, owner.node, err)}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusConflict {
+		raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+		var e errorBody
+		if json.Unmarshal(raw, &e) == nil && e.Error.Code == "not_owner" {
+			return forwardOutcome{notOwner: true}
+		}
+		resp.Body = io.NopCloser(bytes.NewReader(raw))
+	}
+	for _, h := range answeredHeaders {
+		if v := resp.Header.Values(h); len(v) > 0 {
+			w.Header()[h] = v
+		}
+	}
+	w.WriteHeader(resp.StatusCode)
+	rc := http.NewResponseController(w)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := resp.Body.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return forwardOutcome{} // the caller went away; the answer was started
+			}
+			rc.Flush()
+		}
+		if err != nil {
+			return forwardOutcome{}
+		}
+	}
+}
+
+// peerHandler admits only the cluster's nodes: the shared secret as the
+// bearer token, compared in constant time. Anything else is answered 401
+// peer_unauthorized before a byte of the session is read.
+func (cl *cluster) peerHandler(inner http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(cl.secret)) != 1 {
+			cl.metrics.clusterPeerRefused.Inc()
+			status, code := statusFor(ErrPeerUnauthorized)
+			var body errorBody
+			body.Error.Code, body.Error.Message = code, ErrPeerUnauthorized.Error()
+			writeJSON(w, status, body)
+			return
+		}
+		r.Header.Del("Authorization")
+		inner.ServeHTTP(w, r)
+	})
+}
+
+// newPeerServer is the peer listener's HTTP server: HTTP/1.1, no overall
+// write timeout (forwarded long polls and SSE streams last), requests
+// ended when Shutdown begins, as the API's.
+func newPeerServer(h http.Handler, logger *slog.Logger) *http.Server {
+	reqCtx, endRequests := context.WithCancel(context.Background())
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    32 << 10,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return reqCtx },
+	}
+	srv.RegisterOnShutdown(endRequests)
+	return srv
+}
+
+// peerServer is the peer listener and the API instance behind it; its
+// methods do nothing on a single node (nil).
+type peerServer struct {
+	api *api
+	srv *http.Server
+}
+
+// startCluster, in cluster mode, joins the cluster: the peer listener is
+// opened and served, the lease renewal runs until ctx ends, and a routes
+// every call through the cluster. On a single node it returns nils.
+func startCluster(ctx context.Context, cfg *Config, a *api, wg *sync.WaitGroup, errc chan<- error) (*cluster, *peerServer, error) {
+	if cfg.ClusterRedis == "" {
+		return nil, nil, nil
+	}
+	secret, err := readToken(cfg.ClusterSecretFile)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: --cluster-secret-file: %w", ErrConfig, err)
+	}
+	cl, err := newCluster(cfg, secret, a.logger, a.metrics)
+	if err != nil {
+		return nil, nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.ClusterPeerListen)
+	if err != nil {
+		cl.rdb.Close()
+		return nil, nil, fmt.Errorf("sidecar: --cluster-peer-listen: %w", err)
+	}
+	cl.reg = a.reg
+	a.reg.own = cl
+	a.cluster = cl
+	// The peer API shares everything with the API but parks no poll (its
+	// connections are the peers', not net/http's listener's) and needs no
+	// API token: the cluster secret stands for it.
+	pa := &api{cfg: a.cfg, reg: a.reg, reader: a.reader, logger: a.logger, metrics: a.metrics, now: a.now,
+		cluster: cl, peer: true}
+	ps := &peerServer{api: pa, srv: newPeerServer(cl.peerHandler(pa.routes()), a.logger)}
+	wg.Go(func() {
+		if err := ps.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("sidecar: cluster peer listener: %w", err)
+		}
+	})
+	wg.Go(func() { cl.run(ctx) })
+	a.logger.Info("cluster mode", "node", cfg.ClusterNodeID, "peer", cfg.ClusterPeerListen, "lease_ttl", cfg.ClusterLeaseTTL)
+	return cl, ps, nil
+}
+
+// shutdown stops the peer listener as the API's: no new call, pending
+// ones answered.
+func (ps *peerServer) shutdown(ctx context.Context) {
+	if ps == nil {
+		return
+	}
+	ps.api.draining.Store(true)
+	ps.srv.Shutdown(ctx)
+}
