@@ -46,7 +46,7 @@ const (
 // boshServer holds the BOSH sessions by sid.
 type boshServer struct {
 	a        *api
-	mu       sync.Mutex
+	mu       sync.RWMutex // every request looks its sid up: readers share
 	sessions map[string]*boshSession
 }
 
@@ -110,8 +110,8 @@ func (h *boshServer) create(s *session, c *bridgeClient, rid int64, wait time.Du
 }
 
 func (h *boshServer) get(sid string) *boshSession {
-	h.mu.Lock()
-	defer h.mu.Unlock()
+	h.mu.RLock()
+	defer h.mu.RUnlock()
 	return h.sessions[sid]
 }
 

@@ -158,13 +158,13 @@ func (c *BOSHClient) Count(match func(string) bool) int {
 	return n
 }
 
-// boshHarness serves the harness as the daemon does, held BOSH requests
-// parked (boshpark.go); boshHarnessUnparked keeps them in their handlers,
+// boshHarness serves the harness as the daemon does (the connection
+// limit, held BOSH requests parked: boshpark.go); boshHarnessUnparked keeps them in their handlers,
 // as over HTTP/2.
 func boshHarness(t testing.TB) (*harness, *httptest.Server) {
 	h := newHarness(t, "")
 	srv := httptest.NewUnstartedServer(h.srv)
-	rl := newResumeListener(srv.Listener)
+	rl := newResumeListener(newLimitListener(srv.Listener, 1000, func() {}))
 	srv.Listener = rl
 	h.api.parked = newParker(h.api, rl, 120*time.Second)
 	srv.Start()

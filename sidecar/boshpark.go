@@ -147,7 +147,8 @@ func (p *boshPark) untrack(tracked bool) {
 // peerClosed reports whether the other end of c has closed it (or reset
 // it), without reading: a peek that does not wait. Bytes waiting (a
 // pipelined request) or none mean open; a connection that cannot be
-// looked at counts as open.
+// looked at counts as open. The API listener's connections are
+// limitConns, which give their socket (connlimit.go).
 func peerClosed(c net.Conn) bool {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
@@ -155,7 +156,7 @@ func peerClosed(c net.Conn) bool {
 	}
 	raw, err := sc.SyscallConn()
 	if err != nil {
-		return true
+		return false
 	}
 	closed := false
 	var one [1]byte

@@ -1,12 +1,14 @@
 package sidecar
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -97,6 +99,16 @@ type limitConn struct {
 }
 
 func (c *limitConn) CloseWrite() error { return closeWrite(c.Conn) }
+
+// SyscallConn is the socket's, for a look at it without reading
+// (peerClosed).
+func (c *limitConn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.ErrUnsupported
+	}
+	return sc.SyscallConn()
+}
 
 func (c *limitConn) Close() error {
 	err := c.Conn.Close()
