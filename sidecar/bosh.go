@@ -717,6 +717,6 @@ func (a *api) prebind(w http.ResponseWriter, r *http.Request, c *caller) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"jid": s.fullJIDNow(), "sid": bs.sid, "rid": rid, "url": a.cfg.BOSHURL})
+	writeJSON(w, http.StatusOK, prebindOut{JID: s.fullJIDNow(), SID: bs.sid, RID: rid, URL: a.cfg.BOSHURL})
 	return nil
 }

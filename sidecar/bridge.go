@@ -549,7 +549,7 @@ func (b *bridge) carbonCopy(c *bridgeClient, st *xmppconn.Stanza) {
 
 // send sends st as the user's; a stanza the stream refuses (the server
 // down too long) is bounced to the client as a stanza error.
-func (b *bridge) send(ctx context.Context, c *bridgeClient, conn xmppSession, st *xmppconn.Stanza) error {
+func (b *bridge) send(ctx context.Context, c *bridgeClient, conn stanzaRelay, st *xmppconn.Stanza) error {
 	err := conn.SendStanza(ctx, st)
 	if errors.Is(err, xmppconn.ErrBadStanza) {
 		return fmt.Errorf("%w: %w", errClientBadStanza, err)
@@ -568,7 +568,7 @@ func (b *bridge) send(ctx context.Context, c *bridgeClient, conn xmppSession, st
 // and sends any other request with an id of the bridge's. Answers a
 // client sends (to the roster pushes it got) are dropped: the Conn
 // answered them already.
-func (b *bridge) clientIQ(ctx context.Context, c *bridgeClient, conn xmppSession, st *xmppconn.Stanza) error {
+func (b *bridge) clientIQ(ctx context.Context, c *bridgeClient, conn stanzaRelay, st *xmppconn.Stanza) error {
 	if st.Type != "get" && st.Type != "set" {
 		return nil
 	}
@@ -658,7 +658,7 @@ func (b *bridge) clientIQ(ctx context.Context, c *bridgeClient, conn xmppSession
 // server sends contacts' presences after an initial presence; it is sent
 // on only when it changes what contacts see, so a page load or a second
 // tab makes no presence flap.
-func (b *bridge) clientPresence(ctx context.Context, c *bridgeClient, conn xmppSession, st *xmppconn.Stanza) error {
+func (b *bridge) clientPresence(ctx context.Context, c *bridgeClient, conn stanzaRelay, st *xmppconn.Stanza) error {
 	p := st.Presence()
 	// Expresso 2.5's messenger says <show>null</show> when the user comes
 	// back from auto-away: an unknown show is plain available, not a
@@ -699,7 +699,7 @@ func (b *bridge) clientPresence(ctx context.Context, c *bridgeClient, conn xmppS
 // the user's own presence, the contacts' current presences, and for each
 // room the stream is in its occupants (the user last, with status 110)
 // and subject.
-func (b *bridge) replay(conn xmppSession, own xmppconn.Presence) [][]byte {
+func (b *bridge) replay(conn stanzaRelay, own xmppconn.Presence) [][]byte {
 	full := b.s.fullJIDNow()
 	own.From, own.To = full, full
 	out := [][]byte{presenceXML(full, full, own.Show, own.Status, own.Priority, own.Avatar, "")}

@@ -49,7 +49,7 @@ func roomJoin(st *xmppconn.Stanza) (room, nick string, ok bool) {
 // clientJoin handles a client's join: a room the stream is in already with
 // that nick is replayed to the client alone, and true is returned; else
 // the join is recorded (it goes to the room).
-func (b *bridge) clientJoin(c *bridgeClient, conn xmppSession, st *xmppconn.Stanza) bool {
+func (b *bridge) clientJoin(c *bridgeClient, conn stanzaRelay, st *xmppconn.Stanza) bool {
 	room, nick, ok := roomJoin(st)
 	if !ok {
 		return false

@@ -7,7 +7,6 @@ package sidecar_test
 // (*apiClient) for calls, (*poller).waitFor for events with a cursor.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -29,6 +28,7 @@ import (
 	"testing"
 	"time"
 
+	"expressolivre.org/imsidecar/phpsession/phpsessiontest"
 	"expressolivre.org/imsidecar/xmppconn"
 	"expressolivre.org/imsidecar/xmppconn/xmppconntest"
 )
@@ -126,60 +126,6 @@ func randomID() string {
 
 // ---------------------------------------------------------------------------
 // Redis
-
-// redisServer is a private redis-server on a random loopback port.
-type redisServer struct {
-	Addr string
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-// startRedis runs redis-server without persistence for the test.
-func startRedis(tb testing.TB) *redisServer {
-	tb.Helper()
-	bin := requireBinary(tb, "redis-server", "redis-server")
-	dir := tb.TempDir()
-	port := freePort(tb)
-	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "",
-		"--appendonly", "no", "--dir", dir, "--protected-mode", "yes", "--logfile", filepath.Join(dir, "redis.log"))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		tb.Fatalf("starting redis-server: %v", err)
-	}
-	r := &redisServer{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd, done: make(chan struct{})}
-	go func() { cmd.Wait(); close(r.done) }()
-	tb.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-r.done:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-r.done
-		}
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", r.Addr, time.Second)
-		if err == nil {
-			fmt.Fprintf(c, "PING\r\n")
-			c.SetReadDeadline(time.Now().Add(time.Second))
-			line, _ := bufio.NewReader(c).ReadString('\n')
-			c.Close()
-			if strings.HasPrefix(line, "+PONG") {
-				return r
-			}
-		}
-		select {
-		case <-r.done:
-			tb.Fatalf("redis-server exited during startup: %v", cmd.ProcessState)
-		default:
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("redis-server on %s not ready after 10s", r.Addr)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // ---------------------------------------------------------------------------
 // PHP sessions
@@ -494,7 +440,7 @@ func (d *daemon) client(sid string) *apiClient {
 type e2e struct {
 	XMPP    *xmppconntest.Server
 	Store   phpStore
-	Redis   *redisServer // nil for files
+	Redis   *phpsessiontest.Redis // nil for files
 	D       *daemon
 	secrets []string // passwords and session ids that must never be logged
 }
@@ -520,7 +466,7 @@ func startE2EWith(tb testing.TB, store string, xopts xmppconntest.Options, opts 
 		}
 		e.Store = phpStore{Kind: "files", SavePath: dir}
 	case "redis":
-		e.Redis = startRedis(tb)
+		e.Redis = phpsessiontest.StartRedis(tb)
 		e.Store = phpStore{Kind: "redis", SavePath: "tcp://" + e.Redis.Addr}
 	default:
 		tb.Fatalf("unknown store %q", store)

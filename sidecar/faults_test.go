@@ -23,7 +23,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -32,6 +31,7 @@ import (
 	"testing"
 	"time"
 
+	"expressolivre.org/imsidecar/phpsession/phpsessiontest"
 	"expressolivre.org/imsidecar/xmppconn"
 	"expressolivre.org/imsidecar/xmppconn/xmppconntest"
 )
@@ -636,78 +636,10 @@ func faultSidecarKill(t *testing.T, sc faultScale) faultRow {
 // ---------------------------------------------------------------------------
 // Redis
 
-// persistentRedis is a redis-server with an append-only file, so a restart
-// keeps the PHP sessions, as a production Redis does.
-type persistentRedis struct {
-	Addr string
-	args []string
-	srv  *redisServer
-}
-
-func startPersistentRedis(t *testing.T) *persistentRedis {
-	t.Helper()
-	dir := t.TempDir()
-	port := freePort(t)
-	r := &persistentRedis{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
-		args: []string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-			"--appendfsync", "always", "--dir", dir, "--protected-mode", "yes", "--logfile", filepath.Join(dir, "redis.log")}}
-	r.Start(t)
-	t.Cleanup(func() { r.Stop(t) })
-	return r
-}
-
-func (r *persistentRedis) Start(t *testing.T) {
-	t.Helper()
-	bin := requireBinary(t, "redis-server", "redis-server")
-	cmd := exec.Command(bin, r.args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting redis-server: %v", err)
-	}
-	srv := &redisServer{Addr: r.Addr, cmd: cmd, done: make(chan struct{})}
-	go func() { cmd.Wait(); close(srv.done) }()
-	r.srv = srv
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if c, err := net.DialTimeout("tcp", r.Addr, time.Second); err == nil {
-			fmt.Fprintf(c, "PING\r\n")
-			c.SetReadDeadline(time.Now().Add(time.Second))
-			line, _ := bufio.NewReader(c).ReadString('\n')
-			c.Close()
-			if strings.HasPrefix(line, "+PONG") {
-				return
-			}
-		}
-		select {
-		case <-srv.done:
-			t.Fatalf("redis-server exited during startup: %v", cmd.ProcessState)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("redis-server on %s not ready after 10s", r.Addr)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func (r *persistentRedis) Stop(t *testing.T) {
-	if r.srv == nil {
-		return
-	}
-	r.srv.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-r.srv.done:
-	case <-time.After(10 * time.Second):
-		r.srv.cmd.Process.Kill()
-		<-r.srv.done
-	}
-	r.srv = nil
-}
-
-func startRedisRig(t *testing.T) (*e2e, *persistentRedis) {
+func startRedisRig(t *testing.T) (*e2e, *phpsessiontest.Redis) {
 	t.Helper()
 	requireBinary(t, "php", "php-cli php-redis")
-	r := startPersistentRedis(t)
+	r := phpsessiontest.StartPersistentRedis(t)
 	e := &e2e{XMPP: xmppconntest.StartProsody(t, xmppconntest.Options{}), Store: phpStore{Kind: "redis", SavePath: "tcp://" + r.Addr}}
 	e.D = startDaemon(t, daemonOptions{Store: e.Store, XMPP: e.XMPP})
 	t.Cleanup(func() { e.checkLogs(t) })
@@ -720,8 +652,8 @@ func faultRedisRestart(t *testing.T, sc faultScale) faultRow {
 	tr.start()
 	time.Sleep(sc.Before)
 	tr.fault()
-	r.Stop(t)
-	r.Start(t)
+	r.Stop()
+	r.Start()
 	tr.healed()
 	time.Sleep(sc.After)
 	// A new login after the restart connects.
@@ -745,14 +677,14 @@ func faultRedisDown(t *testing.T, sc faultScale) faultRow {
 	tr.start()
 	time.Sleep(sc.Before)
 	tr.fault()
-	r.Stop(t)
+	r.Stop()
 	time.Sleep(sc.Down / 2)
 	st, err := late.C.call(t.Context(), "POST", "/v1/connect", nil, nil)
 	if st != http.StatusServiceUnavailable || errCode(err) != "store_unavailable" {
 		t.Errorf("connect while Redis is down: %d %v, want 503 store_unavailable", st, err)
 	}
 	time.Sleep(sc.Down / 2)
-	r.Start(t)
+	r.Start()
 	tr.healed()
 	start := time.Now()
 	var recov time.Duration

@@ -10,15 +10,6 @@ import (
 	"expressolivre.org/imsidecar/xmppconn"
 )
 
-// historyPage is the answer of GET /v1/history.
-type historyPage struct {
-	Messages []historyMessage `json:"messages"`
-	Complete bool             `json:"complete"`
-	First    string           `json:"first"`
-	Last     string           `json:"last"`
-	Count    *int             `json:"count,omitempty"`
-}
-
 // maxArchiveID bounds the before/after ids accepted.
 const maxArchiveID = 256
 
@@ -86,7 +77,8 @@ func (a *api) history(w http.ResponseWriter, r *http.Request, c *caller) error {
 	if err != nil {
 		return err
 	}
-	_, conn, err := a.live(c)
+	var conn archiveReader
+	_, conn, err = a.live(c)
 	if err != nil {
 		return err
 	}

@@ -61,15 +61,6 @@ func (o *ops) ready(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 }
 
-type statusRow struct {
-	User     string `json:"user"`
-	JID      string `json:"jid"`
-	State    string `json:"state"`
-	Reason   string `json:"reason,omitempty"`
-	Since    string `json:"since"`
-	LastPoll string `json:"last_poll"`
-}
-
 // status shows the sessions by state. Who is online, with their JIDs and
 // last polls, is personal data: any local user can reach the ops
 // listener, so the per-user rows need Authorization: Bearer with the ops

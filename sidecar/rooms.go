@@ -15,34 +15,8 @@ import (
 // messages to a room are POST /v1/messages with "type":"groupchat", and
 // room presences are "room" events (docs/API.md).
 
-type occupantOut struct {
-	Nick        string        `json:"nick"`
-	JID         string        `json:"jid"`
-	Affiliation string        `json:"affiliation"`
-	Role        string        `json:"role"`
-	Show        xmppconn.Show `json:"show"`
-	Status      string        `json:"status"`
-	Self        bool          `json:"self"`
-}
-
-type joinedRoomOut struct {
-	JID       string        `json:"jid"`
-	Nick      string        `json:"nick"`
-	Subject   string        `json:"subject"`
-	Joined    bool          `json:"joined"` // false while re-joining after a reconnect
-	Occupants []occupantOut `json:"occupants"`
-}
-
-func roomOut(jr xmppconn.JoinedRoom) joinedRoomOut {
-	out := joinedRoomOut{JID: jr.Room, Nick: jr.Nick, Subject: jr.Subject, Joined: jr.Joined, Occupants: make([]occupantOut, 0, len(jr.Occupants))}
-	for _, o := range jr.Occupants {
-		out.Occupants = append(out.Occupants, occupantOut{Nick: o.Nick, JID: o.JID, Affiliation: o.Affiliation, Role: o.Role, Show: o.Show, Status: o.Status, Self: o.Self})
-	}
-	return out
-}
-
 // mucService is the configured MUC service, or the one the server announces.
-func (a *api) mucService(ctx context.Context, conn xmppSession) (string, error) {
+func (a *api) mucService(ctx context.Context, conn roomMember) (string, error) {
 	if a.cfg.XMPPMUCService != "" {
 		return a.cfg.XMPPMUCService, nil
 	}
@@ -51,7 +25,7 @@ func (a *api) mucService(ctx context.Context, conn xmppSession) (string, error) 
 
 // roomCall is the start of every call on one room: the caller's stream
 // (a mutating call, rate limited) and the room's bare JID from the path.
-func (a *api) roomCall(r *http.Request, c *caller) (xmppSession, string, error) {
+func (a *api) roomCall(r *http.Request, c *caller) (roomMember, string, error) {
 	_, conn, err := a.mutate(c)
 	if err != nil {
 		return nil, "", err
@@ -64,7 +38,7 @@ func (a *api) roomCall(r *http.Request, c *caller) (xmppSession, string, error) 
 }
 
 // roomJID resolves {room}: a bare room JID, or a room name on the MUC service.
-func (a *api) roomJID(ctx context.Context, conn xmppSession, raw string) (string, error) {
+func (a *api) roomJID(ctx context.Context, conn roomMember, raw string) (string, error) {
 	if raw == "" || len(raw) > 1024 {
 		return "", fmt.Errorf("%w: room is required", ErrBadRequest)
 	}
@@ -84,6 +58,7 @@ func (a *api) roomJID(ctx context.Context, conn xmppSession, raw string) (string
 
 // rooms lists the MUC service's rooms and the rooms this session is in.
 func (a *api) rooms(w http.ResponseWriter, r *http.Request, c *caller) error {
+	var conn roomMember
 	_, conn, err := a.live(c)
 	if err != nil {
 		return err
@@ -94,11 +69,6 @@ func (a *api) rooms(w http.ResponseWriter, r *http.Request, c *caller) error {
 	for _, jr := range joined {
 		in[jr.Room] = true
 		joinedOut = append(joinedOut, roomOut(jr))
-	}
-	type roomItem struct {
-		JID    string `json:"jid"`
-		Name   string `json:"name"`
-		Joined bool   `json:"joined"`
 	}
 	items := []roomItem{}
 	svc, err := a.mucService(r.Context(), conn)
@@ -120,15 +90,8 @@ func (a *api) rooms(w http.ResponseWriter, r *http.Request, c *caller) error {
 			items = append(items, roomItem{JID: it.JID, Name: name, Joined: in[it.JID]})
 		}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"service": svc, "rooms": items, "joined": joinedOut})
+	writeJSON(w, http.StatusOK, roomsOut{Service: svc, Rooms: items, Joined: joinedOut})
 	return nil
-}
-
-type joinBody struct {
-	Nick     string `json:"nick"`
-	Password string `json:"password"`
-	History  *int   `json:"history"`
-	Public   *bool  `json:"public"`
 }
 
 // roomJoin joins (or creates) a room. Without a nick the user's full name
@@ -181,10 +144,7 @@ func (a *api) roomJoin(w http.ResponseWriter, r *http.Request, c *caller) error 
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, struct {
-		joinedRoomOut
-		Created bool `json:"created"`
-	}{roomOut(jr), created})
+	writeJSON(w, http.StatusOK, joinOut{roomOut(jr), created})
 	return nil
 }
 
@@ -203,9 +163,7 @@ func (a *api) roomLeave(w http.ResponseWriter, r *http.Request, c *caller) error
 
 // roomSubject sets a room's subject ("" clears it).
 func (a *api) roomSubject(w http.ResponseWriter, r *http.Request, c *caller) error {
-	var body struct {
-		Subject string `json:"subject"`
-	}
+	var body subjectBody
 	if err := decode(r, &body, false); err != nil {
 		return err
 	}
@@ -221,29 +179,4 @@ func (a *api) roomSubject(w http.ResponseWriter, r *http.Request, c *caller) err
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
-}
-
-// appendOccupant records a room presence as a "room" event.
-func (s *session) appendOccupant(o *xmppconn.Occupant) {
-	codes := o.Codes
-	if codes == nil {
-		codes = []int{}
-	}
-	s.appendJSON("room", struct {
-		Room        string        `json:"room"`
-		Nick        string        `json:"nick"`
-		JID         string        `json:"jid"`
-		Type        string        `json:"type"`
-		Show        xmppconn.Show `json:"show"`
-		Status      string        `json:"status"`
-		Affiliation string        `json:"affiliation"`
-		Role        string        `json:"role"`
-		Self        bool          `json:"self"`
-		Codes       []int         `json:"codes"`
-		NewNick     string        `json:"new_nick"`
-		Kicked      bool          `json:"kicked"`
-		Banned      bool          `json:"banned"`
-		Reason      string        `json:"reason"`
-		Error       string        `json:"error"`
-	}{o.Room, o.Nick, o.JID, o.Type, o.Show, o.Status, o.Affiliation, o.Role, o.Self, codes, o.NewNick, o.Kicked, o.Banned, o.Reason, o.Error})
 }

@@ -58,6 +58,7 @@ func (c *Conn) SendPresence(ctx context.Context, p Presence) error {
 			return err
 		}
 		c.lastShown.Store(&shown)
+		defer c.saveState()
 	}
 	return c.sendPresenceEverywhere(p)
 }
@@ -69,7 +70,7 @@ func (c *Conn) sendPresenceEverywhere(p Presence) error {
 	if err := c.send(encodePresence(p), true); err != nil || p.To != "" || p.Type == "unavailable" {
 		return err
 	}
-	for _, raw := range c.roomPresences(p) {
+	for _, raw := range c.broadcasts(p) {
 		if err := c.send(raw, true); err != nil {
 			return err
 		}
@@ -101,6 +102,21 @@ func (c *Conn) SetAvatarHash(ctx context.Context, hash string) error {
 		p.Avatar = &hash
 	}
 	return c.sendPresenceEverywhere(p)
+}
+
+// freshPresence is the presence a fresh stream broadcasts: the one the
+// user last chose, not the initial one (a fresh stream after a lost one
+// must not turn "away" back into "available"), with the avatar hash.
+// ok is false for a user who broadcast unavailable: they stay so.
+func (c *Conn) freshPresence() (p Presence, ok bool) {
+	p = c.currentPresence()
+	if p.Type == "unavailable" {
+		return p, false
+	}
+	if p.Avatar == nil {
+		p.Avatar = c.ownAvatar.Load()
+	}
+	return p, true
 }
 
 // currentPresence is the user's broadcast presence: the last one sent,

@@ -1,6 +1,7 @@
 package xmppconn
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"log/slog"
@@ -94,6 +95,23 @@ type Config struct {
 	// SoftwareName and SoftwareVersion answer jabber:iq:version requests;
 	// defaults "imsidecar" and "1".
 	SoftwareName, SoftwareVersion string
+
+	// ResumeStore, when set, learns every change of the XEP-0198 state
+	// as it happens, so that another Conn, in this process or another,
+	// can Resume the session (resume.go). The Conn then acknowledges to
+	// the server only the inbound count the store accepted, journals each
+	// stanza before writing it, and, while the stream is down, journals
+	// messages and presences as unacknowledged (bounded by MaxQueue)
+	// instead of queueing them in memory only.
+	ResumeStore ResumeStore
+	// BeforeReconnect, when set, is asked before every reconnection
+	// attempt (not the first login) and may refuse it: the Conn then
+	// stops as detached (its Err wraps ErrDetached and the refusal),
+	// sending nothing, so that the server keeps the session for whoever
+	// owns it now. A process that froze while another resumed its
+	// session uses it to step aside instead of stealing it back. It runs
+	// on the Conn's goroutine; ctx ends with Close.
+	BeforeReconnect func(ctx context.Context) error
 
 	// Tap, when set, is handed every inbound stanza meant for the user's
 	// clients (raw.go): messages, presences, roster pushes and IQ

@@ -39,6 +39,14 @@
 // outcome: one gate shared by every Conn of a process bounds the failures
 // the server sees from its address.
 //
+// A XEP-0198 session can outlive its process (resume.go): with
+// Config.ResumeStore the Conn reports every change of its state as it
+// happens (inbound counts before they are acknowledged, stanzas before
+// they are written, the server's acks), Resume continues a stored
+// ResumeState on a new connection from any process, falling back to a
+// fresh login that says so (ContinuityLost), and Detach lets go of a
+// session without ending it, for a graceful hand-over.
+//
 // Each Conn runs exactly one goroutine at a time, which reads the stream,
 // delivers events and, while the stream is down, reconnects. It is a
 // relay: when the stream goes idle after traffic or a login, the goroutine

@@ -63,9 +63,38 @@ var (
 
 // StreamError is a stream-level error received from (or sent to) the server,
 // carrying its RFC 6120 §4.9.3 condition, e.g. "conflict", "system-shutdown".
+// Test for a condition with errors.Is and the values below (or any
+// *StreamError: see Is), not by comparing strings.
 type StreamError struct {
 	Condition string
 	Text      string
+}
+
+// Stream error conditions (RFC 6120 §4.9.3) that the Conn and its callers
+// act on. Each matches any *StreamError with its condition, whatever its
+// text: errors.Is(conn.Err(), ErrStreamConflict).
+var (
+	// ErrStreamConflict: another session took this resource; the Conn
+	// stops rather than fight back.
+	ErrStreamConflict = &StreamError{Condition: "conflict"}
+	// ErrStreamSystemShutdown: the server is stopping; the Conn waits
+	// longer before reconnecting.
+	ErrStreamSystemShutdown = &StreamError{Condition: "system-shutdown"}
+	// ErrStreamPolicyViolation: the server refused what was sent, e.g. a
+	// stanza over its size limit.
+	ErrStreamPolicyViolation = &StreamError{Condition: "policy-violation"}
+)
+
+// Is reports whether e matches target, a *StreamError: target's Condition
+// must equal e's unless it is empty (its Text is ignored), so
+// &StreamError{} matches every stream error. A *StreamError never matches
+// a *StanzaError, nor the reverse.
+func (e *StreamError) Is(target error) bool {
+	t, ok := target.(*StreamError)
+	if !ok || e == nil || t == nil {
+		return false
+	}
+	return t.Condition == "" || t.Condition == e.Condition
 }
 
 func (e *StreamError) Error() string {

@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log"
+	"sync"
 	"time"
 
 	"expressolivre.org/imsidecar/xmppconn"
@@ -86,4 +88,86 @@ func ExampleParseJID() {
 	}
 	fmt.Println(j, j.Bare())
 	// Output: alice@example.org/Gajim alice@example.org
+}
+
+// sharedStore stands for storage other processes read (Redis, say): it
+// applies each call to a ResumeState, which is what it would keep.
+type sharedStore struct {
+	mu sync.Mutex
+	st xmppconn.ResumeState
+}
+
+func (s *sharedStore) Save(st xmppconn.ResumeState) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.st = st
+	return nil
+}
+
+func (s *sharedStore) Handled(h uint32) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.st.Handled(h)
+	return nil
+}
+
+func (s *sharedStore) Sent(raw []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.st.Sent(raw)
+	return nil
+}
+
+func (s *sharedStore) Acked(h uint32) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.st.Ack(h)
+}
+
+// A session kept in a shared store is handed over: one process detaches
+// (no unavailable, no stream close), another resumes it from the stored
+// state, and contacts notice nothing.
+func ExampleResume() {
+	cfg := xmppconn.Config{
+		Addr: "127.0.0.1:5222", Domain: "example.org", User: "alice", Password: "secret",
+		Resource: "expresso-web", Reconnect: true,
+	}
+	store := &sharedStore{}
+	cfg.ResumeStore = store
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := xmppconn.Dial(ctx, cfg)
+	if err != nil {
+		log.Print(err)
+		return
+	}
+	// Process A lets go (a graceful hand-over; after a crash the store
+	// holds the same).
+	if _, err := conn.Detach(ctx); err != nil {
+		log.Print(err) // ErrNotResumable: B will log in afresh
+	}
+	store.mu.Lock()
+	saved, err := json.Marshal(store.st)
+	store.mu.Unlock()
+	if err != nil {
+		log.Print(err)
+		return
+	}
+
+	// Process B, with the same credentials and a store of its own.
+	st, err := xmppconn.ParseResumeState(saved)
+	if err != nil {
+		log.Print(err) // corrupted, or another version: log in with Dial
+		return
+	}
+	cfg.ResumeStore = &sharedStore{}
+	conn, err = xmppconn.Resume(ctx, cfg, st)
+	if err != nil {
+		log.Print(err)
+		return
+	}
+	defer conn.Close(context.Background())
+	if !conn.Resumed() {
+		fmt.Println("fresh login: what arrived meanwhile went to offline storage")
+	}
 }

@@ -151,7 +151,7 @@ func (c *Conn) handleIQRequest(s *stream, n *node) {
 	case typ == "get" && q.is(nsPing, "ping"):
 	case typ == "get" && q.is(nsDiscoI, "query"):
 		payload = `<query xmlns="` + nsDiscoI + `"` + nodeAttr(q) + `><identity category="client" type="web" name="` + escAttr(c.cfg.SoftwareName) + `"/>`
-		for _, f := range discoFeatures(c.cfg.Carbons) {
+		for _, f := range discoFeatures(&c.cfg) {
 			payload += `<feature var="` + f + `"/>`
 		}
 		payload += `</query>`
@@ -181,14 +181,6 @@ func nodeAttr(q *node) string {
 		return ` node="` + escAttr(v) + `"`
 	}
 	return ""
-}
-
-func discoFeatures(carbons bool) []string {
-	f := []string{nsDiscoI, nsPing, nsVersion, nsReceipts, nsChat}
-	if carbons {
-		f = append(f, nsCarbons)
-	}
-	return f
 }
 
 // replyError answers a request stanza with an error.

@@ -16,6 +16,37 @@ const (
 	nsRSM  = "http://jabber.org/protocol/rsm"
 )
 
+// The archive hooks into the core: results are consumed before the
+// message dispatch and kept from the Tap.
+func init() {
+	register(&feature{
+		name: "mam",
+		inbound: func(c *Conn, _ *stream, n *node) bool {
+			if n.name.Local != "message" {
+				return false
+			}
+			r := mamResult(n)
+			if r == nil {
+				return false
+			}
+			// Archive results belong to the query that asked for them and
+			// are never incoming messages, whoever sent them.
+			c.handleMAMResult(n, r)
+			return true
+		},
+		owns: func(c *Conn, n *node) bool {
+			r := mamResult(n)
+			if r == nil {
+				return false
+			}
+			c.mu.Lock()
+			_, own := c.mam[r.get("queryid")]
+			c.mu.Unlock()
+			return own
+		},
+	})
+}
+
 // History page sizes.
 const (
 	// DefaultHistoryMax is the page size when HistoryQuery.Max is 0.

@@ -6,6 +6,7 @@ import (
 	"encoding/xml"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"strconv"
 	"strings"
@@ -48,6 +49,23 @@ var (
 	// ErrNotInRoom: the call needs a room this connection has joined.
 	ErrNotInRoom = errors.New("xmppconn: not in the room")
 )
+
+// Group chat hooks into the core: a room's presences and messages, the
+// re-join after a fresh stream, and presence changes sent to the rooms.
+func init() {
+	register(&feature{
+		name: "muc",
+		inbound: func(c *Conn, s *stream, n *node) bool {
+			return n.name.Local == "presence" && c.handleRoomPresence(s, n)
+		},
+		deliver: func(c *Conn, m *Message, hasSubject bool) bool {
+			return m.Type != GroupChatMessage || c.roomMessage(m, hasSubject)
+		},
+		restore:   (*Conn).rejoinRooms,
+		restored:  isRoomJoin,
+		broadcast: (*Conn).roomPresences,
+	})
+}
 
 // rejoinMargin is how far before the newest message seen a re-join asks
 // for history, so that a clock difference with the server loses nothing;
@@ -390,6 +408,7 @@ func (c *Conn) JoinRoom(ctx context.Context, j RoomJoin) (JoinedRoom, bool, erro
 		c.mucMu.Lock()
 		snap := r.snapshot()
 		c.mucMu.Unlock()
+		c.saveState()
 		return snap, w.created, nil
 	}
 }
@@ -449,6 +468,7 @@ func (c *Conn) LeaveRoom(ctx context.Context, room string) error {
 		r.join = nil
 	}
 	c.mucMu.Unlock()
+	c.saveState()
 	return c.send(encodeLeave(room, nick), true)
 }
 
@@ -700,21 +720,64 @@ func (o *Occupant) hasCode(code int) bool {
 }
 
 // handleRoomPresence handles a presence from a room we are in or joining;
-// it reports false for presences that are not a room's.
+// it reports false for presences that are not a room's. What to do is
+// decided under mucMu (roomPresence) and done after it is released.
 func (c *Conn) handleRoomPresence(s *stream, n *node) bool {
 	from, err := ParseJID(n.get("from"))
 	if err != nil || from.Local == "" {
 		return false
 	}
+	a := c.roomPresence(n, from)
+	if a.logMsg != "" {
+		c.log.Log(context.Background(), a.logLevel, a.logMsg, "room", a.room, "err", a.logErr)
+	}
+	if a.retry != nil {
+		raw := a.retry
+		time.AfterFunc(a.retryWait, func() { c.send(raw, false) })
+	}
+	if a.config != nil {
+		var b bytes.Buffer
+		b.WriteString(`<iq type="set" id="` + c.newID() + `"`)
+		attr(&b, "to", a.room)
+		b.WriteString(`>`)
+		b.Write(a.config)
+		b.WriteString(`</iq>`)
+		c.writeStanzaOn(s, b.Bytes())
+	}
+	if a.event != nil {
+		c.emit(a.event)
+	}
+	return a.claimed
+}
+
+// roomAction is what handleRoomPresence does once mucMu is released, in
+// this order: log, send a re-join again later, configure a re-created
+// room, tell the Handler.
+type roomAction struct {
+	claimed   bool // the presence is a room's, never a contact's
+	room      string
+	logLevel  slog.Level
+	logMsg    string // "" for nothing to log
+	logErr    error
+	retry     []byte // a re-join to send again after retryWait
+	retryWait time.Duration
+	config    []byte // the configuration form of a room a re-join re-created
+	event     *Occupant
+}
+
+// roomPresence updates the room's state with a presence from it, under
+// mucMu, and returns what is left to do without the lock.
+func (c *Conn) roomPresence(n *node, from JID) roomAction {
 	room := from.Bare().String()
 	typ := n.get("type")
 	c.mucMu.Lock()
+	defer c.mucMu.Unlock()
 	r := c.rooms[room]
 	if r == nil {
-		c.mucMu.Unlock()
 		// An occupant presence of a room we left: not a contact's.
-		return n.child(nsMUCUser, "x") != nil
+		return roomAction{claimed: n.child(nsMUCUser, "x") != nil}
 	}
+	a := roomAction{claimed: true, room: room}
 	switch typ {
 	case "error":
 		err := joinError(room, parseStanzaError(n))
@@ -725,43 +788,36 @@ func (c *Conn) handleRoomPresence(s *stream, n *node) bool {
 			if !r.joined && r.nick == "" {
 				delete(c.rooms, room)
 			}
-			c.mucMu.Unlock()
-			return true
+			return a
 		}
 		if !r.rejoining {
-			c.mucMu.Unlock()
-			c.log.Info("xmppconn: room error", "room", room, "err", err)
-			return true
+			a.logLevel, a.logMsg, a.logErr = slog.LevelInfo, "xmppconn: room error", err
+			return a
 		}
 		if errors.Is(err, ErrItemNotFound) && r.retries < maxRejoinRetries {
 			// Another occupant is re-creating the room after a server
 			// restart and it is locked until configured: try again soon.
 			r.retries++
-			raw := encodeJoin(r.jid, r.nick, r.password, 0, r.last.Add(-rejoinMargin), c.presence)
-			time.AfterFunc(time.Duration(r.retries)*rejoinRetryWait, func() { c.send(raw, false) })
-			c.mucMu.Unlock()
-			return true
+			a.retry = encodeJoin(r.jid, r.nick, r.password, 0, r.last.Add(-rejoinMargin), c.presence)
+			a.retryWait = time.Duration(r.retries) * rejoinRetryWait
+			return a
 		}
 		// A re-join after a fresh stream failed: the room is left.
 		r.rejoining = false
 		delete(c.rooms, room)
-		ev := &Occupant{Room: room, Nick: r.nick, Type: "unavailable", Self: true, Affiliation: "none", Role: "none",
+		a.event = &Occupant{Room: room, Nick: r.nick, Type: "unavailable", Self: true, Affiliation: "none", Role: "none",
 			Codes: []int{}, Error: parseStanzaError(n).Condition}
-		c.mucMu.Unlock()
-		c.log.Warn("xmppconn: re-joining a room failed", "room", room, "err", err)
-		c.emit(ev)
-		return true
+		a.logLevel, a.logMsg, a.logErr = slog.LevelWarn, "xmppconn: re-joining a room failed", err
+		return a
 	case "", "unavailable":
 	default:
-		c.mucMu.Unlock()
-		return false
+		return roomAction{}
 	}
 	o := parseOccupant(n, room, from.Resource)
 	w := r.join
 	if !o.Self && len(o.Codes) == 0 && (from.Resource == r.nick || (w != nil && from.Resource == w.nick)) {
 		o.Self = true // a server without status 110
 	}
-	var config []byte
 	switch {
 	case o.Type == "available":
 		r.occupants[o.Nick] = o
@@ -775,7 +831,7 @@ func (c *Conn) handleRoomPresence(s *stream, n *node) bool {
 			} else if created {
 				// A re-join re-created the room (the server lost it):
 				// accept the defaults, or nobody else could enter.
-				config = roomConfigForm(r.password, r.public)
+				a.config = roomConfigForm(r.password, r.public)
 			}
 		}
 	case o.Self && o.NewNick != "":
@@ -797,18 +853,8 @@ func (c *Conn) handleRoomPresence(s *stream, n *node) bool {
 	default:
 		delete(r.occupants, o.Nick)
 	}
-	c.mucMu.Unlock()
-	if config != nil {
-		var b bytes.Buffer
-		b.WriteString(`<iq type="set" id="` + c.newID() + `"`)
-		attr(&b, "to", room)
-		b.WriteString(`>`)
-		b.Write(config)
-		b.WriteString(`</iq>`)
-		c.writeStanzaOn(s, b.Bytes())
-	}
-	c.emit(&o)
-	return true
+	a.event = &o
+	return a
 }
 
 // roomMessage updates a room's state with a groupchat message and reports

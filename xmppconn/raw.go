@@ -201,10 +201,11 @@ func (c *Conn) SendStanza(ctx context.Context, st *Stanza) error {
 	shown := p
 	shown.From = ""
 	c.lastShown.Store(&shown)
+	defer c.saveState()
 	if err := c.send(raw, true); err != nil || p.Type == "unavailable" {
 		return err
 	}
-	for _, r := range c.roomPresences(p) {
+	for _, r := range c.broadcasts(p) {
 		if err := c.send(r, true); err != nil {
 			return err
 		}
@@ -224,13 +225,7 @@ func (c *Conn) tappable(n *node) bool {
 	case "presence":
 		return true
 	case "message":
-		if r := mamResult(n); r != nil {
-			c.mu.Lock()
-			_, own := c.mam[r.get("queryid")]
-			c.mu.Unlock()
-			return !own
-		}
-		return true
+		return !c.ownedByFeature(n)
 	case "iq":
 		switch n.get("type") {
 		case "result", "error":

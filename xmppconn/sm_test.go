@@ -296,8 +296,7 @@ func TestConflictNoReconnect(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Conn still running after conflict")
 	}
-	var se *StreamError
-	if err := c.Err(); !errors.As(err, &se) || se.Condition != "conflict" {
+	if err := c.Err(); !errors.Is(err, ErrStreamConflict) {
 		t.Fatalf("Err() = %v", err)
 	}
 	select {

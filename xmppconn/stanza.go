@@ -11,19 +11,7 @@ import (
 // Stanzas advance the XEP-0198 inbound counter after the Handler returned.
 func (c *Conn) handle(s *stream, n *node) {
 	switch {
-	case n.is(nsSM, "r"):
-		c.wmu.Lock()
-		if c.sm.enabled {
-			c.writeLocked(s, []byte(`<a xmlns="`+nsSM+`" h="`+strconv.FormatUint(uint64(c.inH.Load()), 10)+`"/>`), false)
-		}
-		c.wmu.Unlock()
-		return
-	case n.is(nsSM, "a"):
-		if h, err := strconv.ParseUint(n.get("h"), 10, 32); err == nil {
-			c.wmu.Lock()
-			c.ackLocked(uint32(h))
-			c.wmu.Unlock()
-		}
+	case c.handleSM(s, n):
 		return
 	case n.name.Space != nsClient:
 		c.log.Debug("xmppconn: ignoring element", "name", n.name.Local, "ns", n.name.Space)
@@ -72,22 +60,9 @@ func (c *Conn) handleSkipped(s *stream, n *node) {
 	c.emit(d)
 }
 
-// countInbound advances the XEP-0198 inbound counter for a handled stanza.
-func (c *Conn) countInbound() {
-	c.wmu.Lock()
-	enabled := c.sm.enabled
-	c.wmu.Unlock()
-	if enabled {
-		c.inH.Add(1)
-	}
-}
-
 func (c *Conn) handleMessage(s *stream, n *node) {
-	if r := mamResult(n); r != nil {
-		// Archive results belong to the query that asked for them and are
-		// never incoming messages, whoever sent them.
-		c.handleMAMResult(n, r)
-		return
+	if c.claimed(s, n) {
+		return // a feature's (an archive result)
 	}
 	carbon := ""
 	var fwdDelay time.Time
@@ -126,7 +101,7 @@ func (c *Conn) handleMessage(s *stream, n *node) {
 			return
 		}
 	}
-	if m.Type == GroupChatMessage && !c.roomMessage(m, hasSubject) {
+	if !c.deliverable(m, hasSubject) {
 		return
 	}
 	if m.Type == ErrorMessage && carbon == "" {
@@ -211,8 +186,8 @@ func parseDelay(n *node) time.Time {
 }
 
 func (c *Conn) handlePresence(s *stream, n *node) {
-	if c.handleRoomPresence(s, n) {
-		return
+	if c.claimed(s, n) {
+		return // a feature's (a room's)
 	}
 	typ := n.get("type")
 	switch typ {

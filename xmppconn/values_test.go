@@ -113,3 +113,32 @@ func TestStanzaErrorIs(t *testing.T) {
 		t.Error("a plain error matched")
 	}
 }
+
+// TestStreamErrorIs: errors.Is matches a StreamError by the target's
+// non-empty condition, through wrapping, and never a StanzaError.
+func TestStreamErrorIs(t *testing.T) {
+	err := fmt.Errorf("xmppconn: read: %w", &StreamError{Condition: "conflict", Text: "replaced by a new connection"})
+	for _, tc := range []struct {
+		target error
+		want   bool
+	}{
+		{ErrStreamConflict, true},
+		{&StreamError{}, true},
+		{&StreamError{Condition: "conflict", Text: "other text"}, true},
+		{ErrStreamSystemShutdown, false},
+		{ErrStreamPolicyViolation, false},
+		{&StanzaError{Condition: "conflict"}, false},
+		{&StanzaError{}, false},
+		{ErrClosed, false},
+	} {
+		if got := errors.Is(err, tc.target); got != tc.want {
+			t.Errorf("errors.Is(%v, %v) = %v", err, tc.target, got)
+		}
+	}
+	if errors.Is(&StanzaError{Type: "cancel", Condition: "policy-violation"}, ErrStreamPolicyViolation) {
+		t.Error("a stanza error matched a stream error condition")
+	}
+	if errors.Is(errors.New("conflict"), ErrStreamConflict) {
+		t.Error("a plain error matched")
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -177,6 +178,14 @@ func StartRedis(tb testing.TB) *Redis {
 	return startRedis(tb, freePort(tb, false))
 }
 
+// StartPersistentRedis starts redis-server with an append-only file synced
+// on every write, as a production Redis keeps PHP sessions: a Stop (kill -9)
+// and Start on the same port loses nothing that was acknowledged.
+func StartPersistentRedis(tb testing.TB) *Redis {
+	tb.Helper()
+	return startRedis(tb, freePort(tb, false), "--appendonly", "yes", "--appendfsync", "always")
+}
+
 func startRedis(tb testing.TB, port int, extra ...string) *Redis {
 	tb.Helper()
 	skipShort(tb, "redis-server")
@@ -284,19 +293,22 @@ func (r *Redis) Start() {
 	_, port, _ := net.SplitHostPort(r.Addr)
 	r.cmd = exec.Command("redis-server", append([]string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--dir", r.dir, "--logfile", filepath.Join(r.dir, "redis.log")}, r.extra...)...)
+	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := r.cmd.Start(); err != nil {
 		r.tb.Fatal(err)
 	}
+	// Ready means answering PONG: while it loads its append-only file,
+	// redis-server accepts connections but answers -LOADING.
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if c, err := net.Dial("tcp", r.Addr); err == nil {
-			c.Close()
+		if out, err := r.CLI("PING"); err == nil && strings.TrimSpace(out) == "PONG" {
 			return
 		}
 	}
-	r.tb.Fatalf("phpsessiontest: redis-server did not listen on %s", r.Addr)
+	r.tb.Fatalf("phpsessiontest: redis-server did not answer PING on %s", r.Addr)
 }
 
-// Stop kills the server (its data is lost: no persistence).
+// Stop kills the server (kill -9). Without persistence its data is lost;
+// a StartPersistentRedis server keeps every acknowledged write.
 func (r *Redis) Stop() {
 	if r.cmd == nil || r.cmd.Process == nil {
 		return

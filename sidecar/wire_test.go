@@ -53,3 +53,36 @@ func TestOneMessageShape(t *testing.T) {
 		}
 	}
 }
+
+// TestWireAnswersAsMaps: the answers that were written as maps before they
+// had types keep the map's bytes (encoding/json writes a map's keys in
+// order): clients that compare bodies see no change.
+func TestWireAnswersAsMaps(t *testing.T) {
+	for _, c := range []struct {
+		typed any
+		asMap any
+	}{
+		{connectOut{Cursor: "1:2", JID: "a@b/c", State: "online"}, map[string]string{"jid": "a@b/c", "state": "online", "cursor": "1:2"}},
+		{meOut{Email: "e", FullName: "F", JID: "a@b", State: "offline", User: "a"}, map[string]string{"user": "a", "jid": "a@b", "fullname": "F", "email": "e", "state": "offline"}},
+		{sentOut{ID: "m1"}, map[string]string{"id": "m1"}},
+		{blocklistOut{Items: []string{"x@y"}}, map[string]any{"items": []string{"x@y"}}},
+		{blocklistOut{}, map[string]any{"items": []string(nil)}},
+		{vcardOut{Email: "e", FullName: "F", HasPhoto: true, JID: "a@b", Nickname: "n", PhotoType: "image/png"},
+			map[string]any{"jid": "a@b", "fullname": "F", "nickname": "n", "email": "e", "photo_type": "image/png", "has_photo": true}},
+		{roomsOut{Joined: []joinedRoomOut{}, Rooms: []roomItem{{JID: "r@s", Name: "r"}}, Service: "s"},
+			map[string]any{"service": "s", "rooms": []roomItem{{JID: "r@s", Name: "r"}}, "joined": []joinedRoomOut{}}},
+		{prebindOut{JID: "a@b/c", RID: 42, SID: "sid", URL: "/http-bind"}, map[string]any{"jid": "a@b/c", "sid": "sid", "rid": int64(42), "url": "/http-bind"}},
+	} {
+		typed, err := json.Marshal(c.typed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		asMap, err := json.Marshal(c.asMap)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(typed) != string(asMap) {
+			t.Errorf("%T = %s, the map was %s", c.typed, typed, asMap)
+		}
+	}
+}

@@ -1,0 +1,58 @@
+package sidecar
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"expressolivre.org/imsidecar/xmppconn"
+)
+
+// How handlers read requests and write answers: strict JSON bodies,
+// JIDs from the path or body, JSON answers. The shapes are in wire.go.
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	if v != nil {
+		json.NewEncoder(w).Encode(v)
+	}
+}
+
+// decode reads a JSON body strictly: capped, unknown fields rejected, one
+// value only. An empty body leaves v untouched when optional.
+func decode(r *http.Request, v any, optional bool) error {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	if err != nil {
+		return fmt.Errorf("%w: reading body: %w", ErrBadRequest, err)
+	}
+	if len(body) > maxBody {
+		return fmt.Errorf("%w: body over %d bytes", ErrTooLarge, maxBody)
+	}
+	if len(strings.TrimSpace(string(body))) == 0 {
+		if optional {
+			return nil
+		}
+		return fmt.Errorf("%w: JSON body required", ErrBadRequest)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: %s", ErrBadRequest, strings.TrimPrefix(err.Error(), "json: "))
+	}
+	if dec.More() {
+		return fmt.Errorf("%w: trailing data after the JSON body", ErrBadRequest)
+	}
+	return nil
+}
+
+func validJID(s string, bareOnly bool) (string, error) {
+	j, err := xmppconn.ParseJID(s)
+	if err != nil || j.Domain == "" || (bareOnly && j.Resource != "") {
+		return "", fmt.Errorf("%w: %q is not a valid JID", ErrBadRequest, s)
+	}
+	return j.String(), nil
+}
