@@ -30,7 +30,9 @@ import (
 // released.
 
 // errParked is what the events handler returns once it has parked the
-// poll: wrap then neither answers nor records; the parker does both.
+// poll (and the BOSH and WebSocket handlers once the parker has their
+// request or stream): wrap and browserHandler then neither answer nor
+// record; the parker does both.
 var errParked = errors.New("sidecar: poll parked")
 
 // parkWriteTimeout bounds the write of a parked poll's answer.
