@@ -1,10 +1,10 @@
 package sidecar
 
 import (
+	"bytes"
 	"context"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -104,22 +104,15 @@ func (p *boshPark) answer() {
 	default:
 		resp, end = bs.reply(p.w.rid)
 	}
-	header := p.header
-	if header == nil {
-		header = make(http.Header, 2)
-	}
-	header.Set("Content-Type", "text/xml; charset=utf-8")
-	header.Set("Cache-Control", "no-store")
 	now := time.Now()
-	var b strings.Builder
-	b.Grow(200 + len(resp))
-	p.writeHead(&b, header, now, len(resp), keep)
+	b := bytes.NewBuffer(make([]byte, 0, 192+len(resp)))
+	p.writeHead(b, p.header, "text/xml; charset=utf-8", now, len(resp), keep)
 	b.Write(resp)
 	// Recorded when answered, as browserHandler does before net/http
 	// flushes.
 	pk.a.record(context.Background(), "bosh", http.StatusOK, p.start, bs.s.user)
 	p.conn.SetWriteDeadline(now.Add(parkWriteTimeout))
-	_, err := p.conn.Write([]byte(b.String()))
+	_, err := p.conn.Write(b.Bytes())
 	p.conn.SetWriteDeadline(time.Time{})
 	if end {
 		bs.finish()

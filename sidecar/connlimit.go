@@ -100,15 +100,17 @@ type limitConn struct {
 
 func (c *limitConn) CloseWrite() error { return closeWrite(c.Conn) }
 
-// SyscallConn is the socket's, for a look at it without reading
-// (peerClosed).
+// SyscallConn is the socket's, for the parker's wait for the next request
+// (park.go readNext) and its look at a parked BOSH request's (peerClosed).
 func (c *limitConn) SyscallConn() (syscall.RawConn, error) {
-	sc, ok := c.Conn.(syscall.Conn)
-	if !ok {
-		return nil, errors.ErrUnsupported
+	if sc, ok := c.Conn.(syscall.Conn); ok {
+		return sc.SyscallConn()
 	}
-	return sc.SyscallConn()
+	return nil, errNoSyscallConn
 }
+
+// errNoSyscallConn: the connection under a limitConn is not a socket.
+var errNoSyscallConn = errors.New("sidecar: not a socket")
 
 func (c *limitConn) Close() error {
 	err := c.Conn.Close()

@@ -108,6 +108,9 @@ func (a *api) wrap(route string, cookieOK bool, h handlerFunc) http.Handler {
 func (a *api) record(ctx context.Context, route string, status int, start time.Time, user string) {
 	d := time.Since(start)
 	a.metrics.apiLatency.WithLabelValues(route, strconv.Itoa(status)).Observe(d.Seconds())
+	if !a.logger.Enabled(ctx, slog.LevelDebug) {
+		return // production logs at info or above: no attributes to build
+	}
 	attrs := []slog.Attr{slog.String("route", route), slog.Int("status", status), slog.Duration("duration", d)}
 	if user != "" {
 		attrs = append(attrs, slog.String("user", user))

@@ -1,14 +1,15 @@
 package sidecar
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -58,6 +59,12 @@ type parker struct {
 	idlers map[net.Conn]struct{}  // answered, waiting for the next request
 	closed bool                   // shutting down: answer at once, keep nothing alive
 	wg     sync.WaitGroup         // one per parked poll, until its connection is handed on
+
+	// repoll, when set, serves the next long poll of an answered
+	// connection without handing it back to net/http (repoll.go): the
+	// API's handler and the server's request context.
+	repoll     http.Handler
+	repollBase context.Context
 }
 
 func newParker(a *api, ln *resumeListener, idle time.Duration) *parker {
@@ -105,20 +112,28 @@ func (pk *parker) hijack(w http.ResponseWriter, r *http.Request, bodyRead bool) 
 	return h, true
 }
 
-// writeHead writes what net/http writes before a body of n bytes: the
-// status line 200 in the request's version, the headers (sorted), Date,
+// writeHead writes what net/http writes before a body of n bytes of
+// contentType: the status line 200 in the request's version, the headers
+// (header's, sorted, with Content-Type and Cache-Control: no-store), Date,
 // Content-Length and Connection.
-func (h *heldConn) writeHead(b *strings.Builder, header http.Header, now time.Time, n int, keep bool) {
+func (h *heldConn) writeHead(b *bytes.Buffer, header http.Header, contentType string, now time.Time, n int, keep bool) {
 	if h.http11 {
 		b.WriteString("HTTP/1.1 200 OK\r\n")
 	} else {
 		b.WriteString("HTTP/1.0 200 OK\r\n")
 	}
-	header.Write(b)
+	if header != nil {
+		header.Set("Content-Type", contentType)
+		header.Set("Cache-Control", "no-store")
+		header.Write(b)
+	} else {
+		// What Header.Write gives for the two, sorted.
+		b.WriteString("Cache-Control: no-store\r\nContent-Type: " + contentType + "\r\n")
+	}
 	b.WriteString("Date: ")
-	b.WriteString(now.UTC().Format(http.TimeFormat))
+	b.Write(now.UTC().AppendFormat(b.AvailableBuffer(), http.TimeFormat))
 	b.WriteString("\r\nContent-Length: ")
-	b.WriteString(strconv.Itoa(n))
+	b.Write(strconv.AppendInt(b.AvailableBuffer(), int64(n), 10))
 	b.WriteString("\r\n")
 	if !keep && h.http11 {
 		b.WriteString("Connection: close\r\n")
@@ -245,36 +260,91 @@ func (p *parkedPoll) answer() {
 	}
 }
 
-// awaitNext waits, on the answering goroutine, for the first byte of the
-// connection's next request, up to the server's IdleTimeout, and then
-// hands the connection back: net/http treats a connection it accepts as
-// new, starting its ReadHeaderTimeout at once, while a kept-alive one may
-// idle for IdleTimeout before its next request. PHP asks again at once,
-// so the wait is short.
+// awaitNext waits, on the answering goroutine, for the connection's next
+// request, up to the server's IdleTimeout, and then hands the connection
+// back with what it read of the request: net/http treats a connection it
+// accepts as new, starting its ReadHeaderTimeout at once, while a
+// kept-alive one may idle for IdleTimeout before its next request. PHP
+// asks again at once, so the wait is short.
 func (pk *parker) awaitNext(c net.Conn) {
+	for pk.awaitOne(c) {
+	}
+}
+
+// awaitOne waits for one request on c and serves it as a re-poll
+// (repoll.go) or hands c back to net/http; it reports whether it served
+// and answered a request itself and c waits for the next.
+func (pk *parker) awaitOne(c net.Conn) bool {
 	pk.mu.Lock()
 	if pk.closed {
 		pk.mu.Unlock()
 		c.Close()
-		return
+		return false
 	}
 	pk.idlers[c] = struct{}{}
 	pk.mu.Unlock()
 	if pk.idle > 0 {
 		c.SetReadDeadline(time.Now().Add(pk.idle))
 	}
-	var first [1]byte
-	n, _ := c.Read(first[:])
+	first := readNext(c)
 	c.SetReadDeadline(time.Time{})
 	pk.mu.Lock()
 	delete(pk.idlers, c)
 	closed := pk.closed
 	pk.mu.Unlock()
-	if n == 0 || closed {
+	if len(first) == 0 || closed {
 		c.Close()
-		return
+		return false
 	}
-	pk.ln.resume(&resumedConn{Conn: c, rest: first[:]})
+	if served, again := pk.serveRepoll(c, first); served {
+		return again
+	}
+	pk.ln.resume(&resumedConn{Conn: c, rest: first})
+	return false
+}
+
+// nextPool holds the buffers readNext reads into: one per read in
+// progress, none while a connection waits.
+var nextPool = sync.Pool{New: func() any { b := make([]byte, 4<<10); return &b }}
+
+// readNext waits until c has bytes to read, holding no buffer while it
+// waits, and returns what one read gives: usually the whole next request,
+// which net/http then parses without reading the socket again. It returns
+// nothing when the connection ended or the read deadline passed. A
+// connection that is not a socket (tests' pipes) is read a byte at a time.
+func readNext(c net.Conn) []byte {
+	sc, ok := c.(syscall.Conn)
+	var rc syscall.RawConn
+	var err error
+	if ok {
+		rc, err = sc.SyscallConn()
+	}
+	if !ok || err != nil {
+		var one [1]byte
+		n, _ := c.Read(one[:])
+		return append([]byte(nil), one[:n]...)
+	}
+	var got []byte
+	err = rc.Read(func(fd uintptr) bool {
+		bp := nextPool.Get().(*[]byte)
+		defer nextPool.Put(bp)
+		for {
+			n, err := syscall.Read(int(fd), *bp)
+			switch {
+			case err == syscall.EINTR:
+				continue
+			case err == syscall.EAGAIN:
+				return false // not yet: wait for the poller
+			case n > 0:
+				got = append([]byte(nil), (*bp)[:n]...)
+			}
+			return true // the bytes, or EOF or an error: the connection is done
+		}
+	})
+	if err != nil {
+		return nil
+	}
+	return got
 }
 
 // response is the bytes net/http writes for the same answer: the status
@@ -283,17 +353,10 @@ func (pk *parker) awaitNext(c net.Conn) {
 // over 2 KB; this always gives its length.)
 func (p *parkedPoll) response(res pollResult, keep bool, now time.Time) []byte {
 	body := eventsPage(res)
-	h := p.header
-	if h == nil {
-		h = make(http.Header, 2)
-	}
-	h.Set("Content-Type", "application/json")
-	h.Set("Cache-Control", "no-store")
-	var b strings.Builder
-	b.Grow(160 + len(body))
-	p.writeHead(&b, h, now, len(body), keep)
+	b := bytes.NewBuffer(make([]byte, 0, 192+len(body)))
+	p.writeHead(b, p.header, "application/json", now, len(body), keep)
 	b.WriteString(body)
-	return []byte(b.String())
+	return b.Bytes()
 }
 
 // shutdown answers every parked poll and held BOSH request with what it

@@ -289,6 +289,7 @@ func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error
 	apiLn := newResumeListener(newLimitListener(rawLn, cfg.MaxConnections, m.connRejected.Inc))
 	apiSrv := newAPIServer(cfg, a.routes(), logger)
 	a.parked = newParker(a, apiLn, apiSrv.IdleTimeout)
+	a.parked.repoll, a.parked.repollBase = apiSrv.Handler, apiSrv.BaseContext(apiLn)
 	var opsSrv *http.Server
 	var opsLn net.Listener
 	if cfg.OpsListen != "" {

@@ -192,12 +192,19 @@ func (c *Conn) writeLocked(s *stream, raw []byte, stanza bool) error {
 		}
 	}
 	s.nc.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
-	err := s.write(raw)
+	out := raw
+	withReq := stanza && c.sm.enabled && c.sm.sinceReq+1 >= ackEvery
+	if withReq {
+		// The ack request rides in the stanza's write: one syscall, not
+		// two. raw itself is what stays unacknowledged.
+		out = append(raw[:len(raw):len(raw)], ackRequest...)
+	}
+	err := s.write(out)
 	if stanza && c.sm.enabled {
 		c.sm.unacked = append(c.sm.unacked, raw)
 		c.sm.sinceReq++
-		if err == nil && c.sm.sinceReq >= ackEvery {
-			err = c.requestAckLocked(s)
+		if withReq && err == nil {
+			c.sm.sinceReq = 0
 		}
 	}
 	if err != nil {

@@ -92,9 +92,12 @@ func firstChildName(n *node) string {
 	return ""
 }
 
+// ackRequest is XEP-0198's <r/>.
+const ackRequest = `<r xmlns="` + nsSM + `"/>`
+
 func (c *Conn) requestAckLocked(s *stream) error {
 	c.sm.sinceReq = 0
-	return s.write([]byte(`<r xmlns="` + nsSM + `"/>`))
+	return s.write([]byte(ackRequest))
 }
 
 // ackLocked drops the stanzas acknowledged by h.

@@ -119,6 +119,7 @@ func TestReportKnee(t *testing.T) {
 		path(PathBOSH, step(100, nil), step(200, slow), step(300, queued)),
 		path(PathWebSocket, step(100, nil), step(200, nil)),
 	}
+	paths[1].CPUPer1k, paths[1].ProsodyCPUPer1k, paths[1].SidecarCPUPer1k = 0.9, 0.7, 0.2
 	cfg := Config{Users: 10, Rate: 500, SweepRates: []float64{100, 200, 300, 500, 750, 1000}, SweepTime: 3e9}
 	rep := NewReport("test", ThisMachine(), cfg, paths)
 	if got := rep.Ratios["knee_rate"]; got != 5 {
@@ -138,10 +139,31 @@ func TestReportKnee(t *testing.T) {
 		"Knee ladder 100, 200, 300, 500, 750, 1000 msg/s, 3 s a step",
 		"- sidecar: knee 500.0 (p99 80.0 ms > 50.0 ms at 750.0 msg/s); capacity 750.0 (delivered 700.0 msg/s at 1000.0 msg/s)",
 		"- websocket: knee ≥ 200.0 (–); capacity ≥ 200.0 (–)",
+		"| 0.900 | 0.700 | 0.200 | 495.0 |", // imsidecar's own CPU column
+		"| 0.000 | 0.000 | – | 495.0 |",     // none on Prosody's paths
+		"| imsidecar CPU per delivered message (sidecar path, imsidecar only) | 0.200 ms | ≤ 0.25 ms | met | path 0.900 ms, of which Prosody 0.700 ms |",
+		"| sidecar knee ≥ Prosody WebSocket's (p99 ≤ 50 ms) | 500.0 msg/s | ≥ websocket's (≥ 200.0 msg/s) | met | stopped by: sidecar p99 80.0 ms > 50.0 ms at 750.0 msg/s; websocket – |",
 	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, b.String())
 		}
+	}
+	// Without the WebSocket path the knee goals are not measured, and a
+	// sidecar over its CPU bound misses.
+	paths[1].SidecarCPUPer1k = 0.3
+	rep = NewReport("test", ThisMachine(), cfg, paths[:3])
+	b.Reset()
+	rep.Markdown(&b)
+	for _, want := range []string{
+		"| 0.300 ms | ≤ 0.25 ms | **missed** |",
+		"| sidecar capacity ≥ Prosody WebSocket's (kept up) | – | ≥ websocket's | not measured | needs the sidecar and websocket paths with a knee ladder |",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("goals lack %q:\n%s", want, b.String())
+		}
+	}
+	if g := rep.Goals[0]; !g.Measured || g.Met || g.Value != 0.3 {
+		t.Errorf("CPU goal = %+v", g)
 	}
 	first := path(PathBOSH, step(100, slow))
 	if got := limit(first, first.KneeRate, first.KneeBounded); got != "< 100.0" {

@@ -60,6 +60,8 @@ type Report struct {
 	// Ratios are sidecar/BOSH for every figure, and the sidecar's login
 	// rate over the bare client's.
 	Ratios map[string]float64 `json:"ratios"`
+	// Goals is the run read against the issues' goals (goals.go).
+	Goals []Goal `json:"goals,omitempty"`
 }
 
 // ReportConfig is the part of Config worth recording.
@@ -134,6 +136,7 @@ func NewReport(profile string, m Machine, cfg Config, paths []PathResult) Report
 	if sc != nil && ba != nil {
 		ratio("logins_vs_bare", sc.LoginsPerSec, ba.LoginsPerSec)
 	}
+	r.Goals = r.goals()
 	return r
 }
 
@@ -146,12 +149,12 @@ func (r Report) Markdown(w io.Writer) {
 	fmt.Fprintf(w, "%d users, %.0f msg/s for %.0f s (%s profile, sidecar API over %s) on %d × %s, load %s → %s, %.0f s\n\n",
 		r.Config.Users, r.Config.Rate, r.Config.Seconds, r.Profile, r.Config.Transport, r.Machine.NProc, r.Machine.CPUModel,
 		r.Machine.LoadStart, r.Machine.LoadEnd, r.Machine.Seconds)
-	fmt.Fprintln(w, "| path | online | logins/s | KB/user (path adds) | Prosody KB/user | CPU s/1k msgs | Prosody CPU s/1k | delivered msg/s | p50 ms | p99 ms | max ms | lost | send errors | knee msg/s (p99 ≤ 50 ms) | capacity msg/s (kept up) |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| path | online | logins/s | KB/user (path adds) | Prosody KB/user | CPU s/1k msgs | Prosody CPU s/1k | imsidecar CPU s/1k | delivered msg/s | p50 ms | p99 ms | max ms | lost | send errors | knee msg/s (p99 ≤ 50 ms) | capacity msg/s (kept up) |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, p := range r.Paths {
-		fmt.Fprintf(w, "| %s | %d/%d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d | %s | %s |\n",
+		fmt.Fprintf(w, "| %s | %d/%d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d | %s | %s |\n",
 			p.Path, p.Online, p.Users, f1(p.LoginsPerSec), f2(p.MemPerUserKB), f2(p.ProsodyMemPerUserKB),
-			f3(p.CPUPer1k), f3(p.ProsodyCPUPer1k), f1(p.DeliveredPerSec), f2(p.P50ms), f2(p.P99ms), f2(p.Maxms),
+			f3(p.CPUPer1k), f3(p.ProsodyCPUPer1k), sidecarCPU(p), f1(p.DeliveredPerSec), f2(p.P50ms), f2(p.P99ms), f2(p.Maxms),
 			p.Lost, p.SendErrors, limit(p, p.KneeRate, p.KneeBounded), limit(p, p.CapacityRate, p.CapacityBounded))
 	}
 	if len(r.Ratios) > 0 {
@@ -161,12 +164,16 @@ func (r Report) Markdown(w io.Writer) {
 			}
 			return "–"
 		}
-		fmt.Fprintf(w, "| **sidecar/BOSH** | | %s | %s | | %s | | %s | %s | %s | %s | | | %s | %s |\n",
+		fmt.Fprintf(w, "| **sidecar/BOSH** | | %s | %s | | %s | | | %s | %s | %s | %s | | | %s | %s |\n",
 			q("logins_per_sec"), q("mem_per_user"), q("cpu_per_1k_msgs"), q("delivered_per_sec"),
 			q("p50"), q("p99"), q("max"), q("knee_rate"), q("capacity_rate"))
 		if v, ok := r.Ratios["logins_vs_bare"]; ok {
 			fmt.Fprintf(w, "\nLogin storm: sidecar/bare XMPP client = %s.\n", f2(v))
 		}
+	}
+	if len(r.Goals) > 0 {
+		fmt.Fprint(w, "\nGoals, this run:\n\n")
+		WriteGoals(w, r.Goals)
 	}
 	r.browserMarkdown(w)
 	for _, p := range r.Paths {
@@ -189,6 +196,15 @@ func (r Report) Markdown(w io.Writer) {
 		fmt.Fprintf(w, "- %s: knee %s (%s); capacity %s (%s)\n", p.Path,
 			limit(p, p.KneeRate, p.KneeBounded), orDash(p.KneeStop), limit(p, p.CapacityRate, p.CapacityBounded), orDash(p.CapacityStop))
 	}
+}
+
+// sidecarCPU renders imsidecar's own CPU per 1,000 messages: "–" on the
+// paths that do not run it.
+func sidecarCPU(p PathResult) string {
+	if !sidecarPath(p.Path) {
+		return "–"
+	}
+	return f3(p.SidecarCPUPer1k)
 }
 
 // limit renders a path's knee or capacity: "–" without a ladder, "≥ R"

@@ -91,6 +91,10 @@ type PathResult struct {
 	// processes the path uses: imsidecar + Prosody, or Prosody alone.
 	CPUPer1k        float64 `json:"cpu_s_per_1k_msgs"`
 	ProsodyCPUPer1k float64 `json:"prosody_cpu_s_per_1k_msgs"`
+	// SidecarCPUPer1k is imsidecar's own share of CPUPer1k (the sidecar
+	// paths only): CPU seconds per 1,000 delivered messages, which is
+	// milliseconds per message.
+	SidecarCPUPer1k float64 `json:"imsidecar_cpu_s_per_1k_msgs,omitempty"`
 	// SidecarFDs is the descriptors imsidecar holds with every user online
 	// and polling; SidecarConns the API connections the client dialed.
 	SidecarFDs   int `json:"sidecar_fds,omitempty"`
@@ -371,6 +375,9 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 	if ph.Delivered > 0 {
 		res.CPUPer1k = ph.cpuPath / (float64(ph.Delivered) / 1000)
 		res.ProsodyCPUPer1k = ph.cpuPro / (float64(ph.Delivered) / 1000)
+		if r.d != nil {
+			res.SidecarCPUPer1k = (ph.cpuPath - ph.cpuPro) / (float64(ph.Delivered) / 1000)
+		}
 	}
 	// The knee ladder, independent of how the target phase went: each
 	// step starts once the previous one has drained and settled.
