@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"bufio"
+	"bytes"
 	"io"
 	"net"
 	"net/http"
@@ -158,4 +159,47 @@ func (ps *parkServer) waitPolling(t *testing.T, parked bool) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// FuzzParseRepoll: parseRepoll reads bytes a client sent. It never panics,
+// and what it accepts is exactly one complete HTTP/1.1 GET of
+// /v1/events that net/http reads alike, with nothing after it, no body,
+// and headers free of control bytes; everything else goes back to
+// net/http.
+func FuzzParseRepoll(f *testing.F) {
+	for _, s := range []string{
+		"GET /v1/events?wait=25&cursor=a:1 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Session-Id: abc\r\n\r\n",
+		"GET /v1/events HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+		"GET /v1/events HTTP/1.1\r\nHost: h\r\nAccept: text/event-stream\r\n\r\n",
+		"GET /v1/events HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc",
+		"GET /v1/events HTTP/1.0\r\nHost: h\r\n\r\n",
+		"GET /v1/events HTTP/1.1\r\nHost: h\r\n\r\nGET /v1/events HTTP/1.1\r\nHost: h\r\n\r\n",
+		"GET /v1/events HTTP/1.1\r\nHost: h\r\nX: \x01\r\n\r\n",
+		"GET /v1/eventsX HTTP/1.1\r\n\r\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		req := parseRepoll(raw)
+		if req == nil {
+			return
+		}
+		if req.Method != http.MethodGet || !strings.HasPrefix(req.RequestURI, "/v1/events") || req.ProtoMinor != 1 || req.Close {
+			t.Fatalf("accepted %q as %s %s HTTP/1.%d close=%v", raw, req.Method, req.RequestURI, req.ProtoMinor, req.Close)
+		}
+		if !bytes.HasSuffix(raw, []byte("\r\n\r\n")) || bytes.Count(raw, []byte("\r\n\r\n")) != 1 {
+			t.Fatalf("accepted %q: not exactly one request ending at its headers", raw)
+		}
+		again, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(raw)))
+		if err != nil || again.URL.String() != req.URL.String() || again.Host != req.Host {
+			t.Fatalf("accepted %q, which net/http reads as %v, %v", raw, again, err)
+		}
+		for k, vv := range req.Header {
+			for _, v := range append(vv, k) {
+				if !plainHeader(v) {
+					t.Fatalf("accepted %q with header %q: %q", raw, k, v)
+				}
+			}
+		}
+	})
 }
