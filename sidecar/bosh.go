@@ -97,9 +97,20 @@ func newSID() string {
 	return hex.EncodeToString(b[:])
 }
 
+// mintSID returns a new BOSH sid for s: 160 random bits, followed in
+// cluster mode by the session key of its PHP session (sidSessionKey, a
+// hash of the PHP session id: nothing secret), so that a request reaching
+// any node is sent to the node holding the BOSH session.
+func (h *boshServer) mintSID(s *session) string {
+	if h.a.cluster != nil {
+		return newSID() + s.key
+	}
+	return newSID()
+}
+
 // create registers a BOSH session for a bridge client.
 func (h *boshServer) create(s *session, c *bridgeClient, rid int64, wait time.Duration, hold int, prebound bool) *boshSession {
-	bs := &boshSession{srv: h, sid: newSID(), s: s, c: c, wait: wait, hold: hold, rid: rid,
+	bs := &boshSession{srv: h, sid: h.mintSID(s), s: s, c: c, wait: wait, hold: hold, rid: rid,
 		progress: make(chan struct{}), answers: map[int64][]byte{}, keys: map[int64]string{}, authed: prebound, bound: prebound,
 		limiter: tokenBucket{rate: boshRate, burst: boshBurst}}
 	bs.lastSeen = time.Now()
@@ -180,8 +191,10 @@ func (bs *boshSession) finish() {
 	bs.c.b.detach(bs.c)
 }
 
-// handle serves a request to /http-bind (through browserHandler).
-func (h *boshServer) handle(w http.ResponseWriter, r *http.Request) (string, error) {
+// handle serves a request to /http-bind (through browserHandler) that
+// reached via: the API, or the peer listener (cluster.go) for a request
+// another node forwarded, which checked the API token itself.
+func (h *boshServer) handle(via *api, w http.ResponseWriter, r *http.Request) (string, error) {
 	data, err := io.ReadAll(io.LimitReader(r.Body, boshMaxBody+1))
 	if err != nil {
 		return "", fmt.Errorf("%w: reading body: %w", ErrBadRequest, err)
@@ -199,7 +212,7 @@ func (h *boshServer) handle(w http.ResponseWriter, r *http.Request) (string, err
 	}
 	sid := body.attrs["sid"]
 	if sid == "" {
-		return h.open(w, r, body, rid)
+		return h.open(via, w, r, body, rid)
 	}
 	bs := h.get(sid)
 	if bs == nil {
@@ -229,8 +242,7 @@ func (h *boshServer) handle(w http.ResponseWriter, r *http.Request) (string, err
 // open creates a BOSH session for the browser's PHP session cookie
 // (session creation request, XEP-0124 §7.1). The client authenticates with
 // SASL PLAIN as the session's user; the password it sends is ignored.
-func (h *boshServer) open(w http.ResponseWriter, r *http.Request, body *boshBody, rid int64) (string, error) {
-	a := h.a
+func (h *boshServer) open(a *api, w http.ResponseWriter, r *http.Request, body *boshBody, rid int64) (string, error) {
 	if to := body.attrs["to"]; to != "" && to != a.cfg.XMPPDomain {
 		writeBOSH(w, terminateBody("host-unknown", ""))
 		return "", nil
