@@ -73,7 +73,7 @@ type Reader struct {
 	cs    Charset
 	now   func() time.Time
 
-	mu    sync.Mutex
+	mu    sync.RWMutex
 	cache map[string]cached // by sha256 of the id
 }
 
@@ -242,8 +242,8 @@ func cacheKey(id string) string {
 }
 
 func (r *Reader) get(key string) (cached, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.mu.RLock() // every browser request checks its session: readers share
+	defer r.mu.RUnlock()
 	c, ok := r.cache[key]
 	return c, ok
 }

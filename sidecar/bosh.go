@@ -46,7 +46,7 @@ const (
 // boshServer holds the BOSH sessions by sid.
 type boshServer struct {
 	a        *api
-	mu       sync.Mutex
+	mu       sync.RWMutex // every request looks its sid up: readers share
 	sessions map[string]*boshSession
 }
 
@@ -83,10 +83,12 @@ type boshSession struct {
 	keys     map[int64]string // the key each kept rid came with, for retransmissions
 }
 
-// boshWaiter is a held request.
+// boshWaiter is a held request: parked (p, boshpark.go) or waiting in
+// its handler (wake).
 type boshWaiter struct {
 	rid  int64
 	wake chan struct{} // closed to answer now
+	p    *boshPark     // parked: fired to answer now
 	gone bool          // superseded by a retransmission: answer nothing
 }
 
@@ -122,8 +124,8 @@ func (h *boshServer) create(s *session, c *bridgeClient, rid int64, wait time.Du
 }
 
 func (h *boshServer) get(sid string) *boshSession {
-	h.mu.Lock()
-	defer h.mu.Unlock()
+	h.mu.RLock()
+	defer h.mu.RUnlock()
 	return h.sessions[sid]
 }
 
@@ -141,6 +143,10 @@ func (bs *boshSession) notify() {
 
 // release answers w now; bs.mu is held.
 func (bs *boshSession) release(w *boshWaiter) {
+	if w.p != nil {
+		w.p.fire()
+		return
+	}
 	select {
 	case <-w.wake:
 	default:
@@ -235,7 +241,9 @@ func (h *boshServer) handle(via *api, w http.ResponseWriter, r *http.Request) (s
 		bs.writeEnd(w)
 		return bs.s.user, nil
 	}
-	bs.serve(w, r, body, rid)
+	if bs.serve(w, r, body, rid) {
+		return bs.s.user, errParked
+	}
 	return bs.s.user, nil
 }
 
@@ -326,8 +334,10 @@ func (h *boshServer) creationBody(bs *boshSession, body *boshBody, features stri
 	return []byte(sb.String())
 }
 
-// serve handles one request of an existing session, in rid order.
-func (bs *boshSession) serve(w http.ResponseWriter, r *http.Request, body *boshBody, rid int64) {
+// serve handles one request of an existing session, in rid order. It
+// reports whether the request was parked: its answer is then the
+// parker's.
+func (bs *boshSession) serve(w http.ResponseWriter, r *http.Request, body *boshBody, rid int64) bool {
 	bs.s.lastPoll.Store(time.Now().UnixNano())
 	bs.seen()
 	defer bs.seen()
@@ -339,42 +349,41 @@ func (bs *boshSession) serve(w http.ResponseWriter, r *http.Request, body *boshB
 	if !ok {
 		bs.c.end("policy-violation", "too many requests")
 		bs.writeEnd(w)
-		return
+		return false
 	}
 	for {
 		if ended, _, _ := bs.c.ending(); ended {
 			bs.writeEnd(w)
-			return
+			return false
 		}
 		bs.mu.Lock()
 		if bs.done {
 			bs.mu.Unlock()
 			bs.writeEnd(w)
-			return
+			return false
 		}
 		last := bs.rid
 		switch {
 		case rid <= last && rid > last-window && !bs.retransmitKeyOK(rid, body):
 			bs.mu.Unlock()
 			bs.refuse(w, "item-not-found")
-			return
+			return false
 		case rid <= last && rid > last-window:
 			// A retransmission: the response again, or take over the
 			// request still held for that rid.
 			if resp, ok := bs.answers[rid]; ok && resp != nil {
 				bs.mu.Unlock()
 				writeBOSH(w, resp)
-				return
+				return false
 			}
 			bs.mu.Unlock()
-			bs.hold1(w, r, rid)
-			return
+			return bs.hold1(w, r, rid)
 		case rid <= last || rid > last+window:
 			bs.mu.Unlock()
 			bs.c.end("", "")
 			writeBOSH(w, terminateBody("item-not-found", ""))
 			bs.finish()
-			return
+			return false
 		case rid > last+1:
 			// An earlier request is still on its way: wait for it.
 			ch := bs.progress
@@ -388,10 +397,10 @@ func (bs *boshSession) serve(w http.ResponseWriter, r *http.Request, body *boshB
 				bs.c.end("", "")
 				writeBOSH(w, terminateBody("item-not-found", ""))
 				bs.finish()
-				return
+				return false
 			case <-r.Context().Done():
 				t.Stop()
-				return
+				return false
 			}
 		}
 		bs.mu.Unlock()
@@ -406,7 +415,7 @@ func (bs *boshSession) serve(w http.ResponseWriter, r *http.Request, body *boshB
 			// XEP-0124 §15.3: not processed, the session ends.
 			bs.proc.Unlock()
 			bs.refuse(w, "item-not-found")
-			return
+			return false
 		}
 		if next {
 			break
@@ -417,7 +426,7 @@ func (bs *boshSession) serve(w http.ResponseWriter, r *http.Request, body *boshB
 	if err != nil {
 		bs.proc.Unlock()
 		bs.refuse(w, "policy-violation")
-		return
+		return false
 	}
 	resp, hold := bs.process(r.Context(), body)
 	bs.mu.Lock()
@@ -432,7 +441,7 @@ func (bs *boshSession) serve(w http.ResponseWriter, r *http.Request, body *boshB
 		if body.attrs["type"] == "terminate" || bytesHasTerminate(resp) {
 			bs.finish()
 		}
-		return
+		return false
 	}
 	if pausing {
 		// Every held request answers now; this one, without payloads.
@@ -440,13 +449,13 @@ func (bs *boshSession) serve(w http.ResponseWriter, r *http.Request, body *boshB
 		resp := boshPayload("")
 		bs.keep(rid, resp)
 		writeBOSH(w, resp)
-		return
+		return false
 	}
 	if !hold {
 		bs.answer(w, rid)
-		return
+		return false
 	}
-	bs.hold1(w, r, rid)
+	return bs.hold1(w, r, rid)
 }
 
 func bytesHasTerminate(resp []byte) bool {
@@ -557,17 +566,69 @@ func (bs *boshSession) keep(rid int64, resp []byte) {
 }
 
 // hold1 holds the request until stanzas are there, the wait runs out, a
-// newer request needs it answered, or the browser goes away.
-func (bs *boshSession) hold1(w http.ResponseWriter, r *http.Request, rid int64) {
+// newer request needs it answered, or the browser goes away. Over
+// HTTP/1.x the request is parked (boshpark.go) and hold1 reports true;
+// otherwise it waits here.
+func (bs *boshSession) hold1(w http.ResponseWriter, r *http.Request, rid int64) bool {
+	if bs.answerable(rid) {
+		// Stanzas (or the end) already wait: no need to hold.
+		bs.answer(w, rid)
+		return false
+	}
 	hw := &boshWaiter{rid: rid, wake: make(chan struct{})}
-	bs.mu.Lock()
-	if bs.done {
-		bs.mu.Unlock()
+	if h, ok := bs.srv.a.parked.hijack(w, r, true); ok {
+		p := &boshPark{pk: bs.srv.a.parked, heldConn: h, bs: bs, w: hw, start: w.(*statusRecorder).start}
+		hw.p = p
+		p.mu.Lock() // armed before it can answer
+		bs.register(hw)
+		p.arm(bs.wait)
+		p.mu.Unlock()
+		return true
+	}
+	if !bs.register(hw) {
 		bs.writeEnd(w)
-		return
+		return false
+	}
+	t := time.NewTimer(bs.wait)
+	gone := false
+	select {
+	case <-hw.wake:
+	case <-t.C:
+	case <-r.Context().Done():
+		gone = true
+	}
+	t.Stop()
+	superseded := bs.unregister(hw)
+	if gone && bs.srv.a.draining.Load() {
+		bs.c.end("system-shutdown", "shutdown")
+		bs.writeEnd(w)
+		return false
+	}
+	if gone || superseded {
+		// Nobody reads this answer: what waits stays for the next one.
+		if superseded {
+			writeBOSH(w, boshPayload(""))
+		}
+		return false
+	}
+	bs.answer(w, rid)
+	return false
+}
+
+// register adds hw to the held requests, releasing it at once when
+// stanzas or the end wait, and the oldest when too many are held. It
+// reports false, releasing a parked hw, when the session is over.
+func (bs *boshSession) register(hw *boshWaiter) bool {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	if bs.done {
+		if hw.p != nil {
+			bs.release(hw)
+		}
+		return false
 	}
 	for _, o := range bs.held {
-		if o.rid == rid {
+		if o.rid == hw.rid {
 			// A retransmission takes over: the copy nobody reads
 			// answers empty and takes nothing.
 			o.gone = true
@@ -594,16 +655,29 @@ func (bs *boshSession) hold1(w http.ResponseWriter, r *http.Request, rid int64) 
 	if ended, _, _ := bs.c.ending(); ended {
 		bs.release(hw)
 	}
-	bs.mu.Unlock()
-	t := time.NewTimer(bs.wait)
-	gone := false
-	select {
-	case <-hw.wake:
-	case <-t.C:
-	case <-r.Context().Done():
-		gone = true
+	return true
+}
+
+// answerable reports whether a request for rid can be answered at once:
+// stanzas or the end wait, and no copy of it is held.
+func (bs *boshSession) answerable(rid int64) bool {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	if bs.done {
+		return false
 	}
-	t.Stop()
+	for _, o := range bs.held {
+		if o.rid == rid {
+			return false
+		}
+	}
+	ended, _, _ := bs.c.ending()
+	return ended || bs.c.pending()
+}
+
+// unregister removes an answered hw from the held requests and reports
+// whether a retransmission superseded it.
+func (bs *boshSession) unregister(hw *boshWaiter) bool {
 	bs.mu.Lock()
 	for i, o := range bs.held {
 		if o == hw {
@@ -615,34 +689,32 @@ func (bs *boshSession) hold1(w http.ResponseWriter, r *http.Request, rid int64) 
 	superseded := hw.gone
 	bs.mu.Unlock()
 	bs.s.lastPoll.Store(time.Now().UnixNano())
-	if gone && bs.srv.a.draining.Load() {
-		bs.c.end("system-shutdown", "shutdown")
-		bs.writeEnd(w)
-		return
-	}
-	if gone || superseded {
-		// Nobody reads this answer: what waits stays for the next one.
-		if superseded {
-			writeBOSH(w, boshPayload(""))
-		}
-		return
-	}
-	bs.answer(w, rid)
+	return superseded
 }
 
 // answer writes what waits for the client (or its end) and keeps it.
 func (bs *boshSession) answer(w http.ResponseWriter, rid int64) {
+	resp, end := bs.reply(rid)
+	writeBOSH(w, resp)
+	if end {
+		bs.finish()
+	}
+}
+
+// reply is the answer to rid: what waits for the client, kept for a
+// retransmission, or the client's end (end: the session is over once it
+// is written).
+func (bs *boshSession) reply(rid int64) (resp []byte, end bool) {
 	if ended, _, _ := bs.c.ending(); ended {
-		bs.writeEnd(w)
-		return
+		return bs.endBody(), true
 	}
 	var sb strings.Builder
 	for _, raw := range bs.c.take(boshMaxResponse) {
 		sb.Write(raw)
 	}
-	resp := boshPayload(sb.String())
+	resp = boshPayload(sb.String())
 	bs.keep(rid, resp)
-	writeBOSH(w, resp)
+	return resp, false
 }
 
 // refuse ends the session with a terminal binding condition: the client

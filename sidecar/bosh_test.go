@@ -164,7 +164,26 @@ func (c *BOSHClient) Count(match func(string) bool) int {
 	return n
 }
 
-func boshHarness(t *testing.T) (*harness, *httptest.Server) {
+// boshHarness serves the harness as the daemon does (the connection
+// limit, held BOSH requests parked: boshpark.go); boshHarnessUnparked keeps them in their handlers,
+// as over HTTP/2.
+func boshHarness(t testing.TB) (*harness, *httptest.Server) {
+	h := newHarness(t, "")
+	srv := httptest.NewUnstartedServer(h.srv)
+	rl := newResumeListener(newLimitListener(srv.Listener, 1000, func() {}))
+	srv.Listener = rl
+	h.api.parked = newParker(h.api, rl, 120*time.Second)
+	srv.Start()
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		h.api.parked.shutdown(ctx)
+	})
+	return h, srv
+}
+
+func boshHarnessUnparked(t testing.TB) (*harness, *httptest.Server) {
 	h := newHarness(t, "")
 	srv := httptest.NewServer(h.srv)
 	t.Cleanup(srv.Close)
@@ -187,7 +206,13 @@ func (h *harness) serverStanza(raw string) {
 }
 
 func TestBOSHLoginAndChat(t *testing.T) {
-	h, srv := boshHarness(t)
+	for name, start := range map[string]func(testing.TB) (*harness, *httptest.Server){"parked": boshHarness, "in-handler": boshHarnessUnparked} {
+		t.Run(name, func(t *testing.T) { testBOSHLoginAndChat(t, start) })
+	}
+}
+
+func testBOSHLoginAndChat(t *testing.T, start func(testing.TB) (*harness, *httptest.Server)) {
+	h, srv := start(t)
 	c := h.newBOSH(srv, goodID)
 	b := c.Create("example.test")
 	for k, want := range map[string]string{"ver": "1.6", "hold": "1", "requests": "2", "wait": "3", "xmpp:version": "1.0"} {
@@ -251,7 +276,13 @@ func (h *harness) checkNoSecrets(secrets ...string) {
 }
 
 func TestBOSHRIDWindow(t *testing.T) {
-	h, srv := boshHarness(t)
+	for name, start := range map[string]func(testing.TB) (*harness, *httptest.Server){"parked": boshHarness, "in-handler": boshHarnessUnparked} {
+		t.Run(name, func(t *testing.T) { testBOSHRIDWindow(t, start) })
+	}
+}
+
+func testBOSHRIDWindow(t *testing.T, start func(testing.TB) (*harness, *httptest.Server)) {
+	h, srv := start(t)
 	c := h.tab(srv)
 	h.serverStanza(`<message from="bob@example.test/d" type="chat" id="w1"><body>one</body></message>`)
 	c.Send("", "")

@@ -82,6 +82,9 @@ func (a *api) browserHandler(route, method string, h func(http.ResponseWriter, *
 				user, err = h(rec, r)
 			}
 		}
+		if err == errParked {
+			return // the parker answers, logs and measures it (boshpark.go)
+		}
 		if err != nil {
 			a.writeError(rec, r, err, nil)
 		}

@@ -101,7 +101,7 @@ type limitConn struct {
 func (c *limitConn) CloseWrite() error { return closeWrite(c.Conn) }
 
 // SyscallConn is the socket's, for the parker's wait for the next request
-// (park.go readNext).
+// (park.go readNext) and its look at a parked BOSH request's (peerClosed).
 func (c *limitConn) SyscallConn() (syscall.RawConn, error) {
 	if sc, ok := c.Conn.(syscall.Conn); ok {
 		return sc.SyscallConn()

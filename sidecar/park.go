@@ -31,7 +31,9 @@ import (
 // released.
 
 // errParked is what the events handler returns once it has parked the
-// poll: wrap then neither answers nor records; the parker does both.
+// poll (and the BOSH and WebSocket handlers once the parker has their
+// request or stream): wrap and browserHandler then neither answer nor
+// record; the parker does both.
 var errParked = errors.New("sidecar: poll parked")
 
 // parkWriteTimeout bounds the write of a parked poll's answer.
@@ -52,9 +54,11 @@ type parker struct {
 
 	mu     sync.Mutex
 	polls  map[*parkedPoll]struct{}
-	idlers map[net.Conn]struct{} // answered, waiting for the next request
-	closed bool                  // shutting down: answer at once, keep nothing alive
-	wg     sync.WaitGroup        // one per parked poll, until its connection is handed on
+	bosh   map[*boshPark]struct{} // held BOSH requests (boshpark.go)
+	ws     map[*wsStream]struct{} // upgraded WebSockets (websocket.go)
+	idlers map[net.Conn]struct{}  // answered, waiting for the next request
+	closed bool                   // shutting down: answer at once, keep nothing alive
+	wg     sync.WaitGroup         // one per parked poll, until its connection is handed on
 
 	// repoll, when set, serves the next long poll of an answered
 	// connection without handing it back to net/http (repoll.go): the
@@ -64,22 +68,101 @@ type parker struct {
 }
 
 func newParker(a *api, ln *resumeListener, idle time.Duration) *parker {
-	return &parker{a: a, ln: ln, idle: idle, polls: map[*parkedPoll]struct{}{}, idlers: map[net.Conn]struct{}{}}
+	return &parker{a: a, ln: ln, idle: idle, polls: map[*parkedPoll]struct{}{}, bosh: map[*boshPark]struct{}{}, ws: map[*wsStream]struct{}{}, idlers: map[net.Conn]struct{}{}}
+}
+
+// heldConn is a connection taken from net/http to answer a request
+// later: a parked long poll's, or a held BOSH request's (boshpark.go).
+type heldConn struct {
+	conn   net.Conn
+	unread []byte      // bytes net/http had read past this request (pipelined)
+	header http.Header // set before the request parked (nil: none)
+	keep   bool        // the client keeps the connection alive
+	http11 bool
+}
+
+// hijack takes r's connection from net/http; it reports false, leaving
+// the request untouched, where it cannot (no parker, HTTP/2, a request
+// body not read to its end, a writer that cannot be hijacked).
+func (pk *parker) hijack(w http.ResponseWriter, r *http.Request, bodyRead bool) (heldConn, bool) {
+	rec, ok := w.(*statusRecorder)
+	if pk == nil || !ok || r.ProtoMajor != 1 || (!bodyRead && (r.ContentLength != 0 || len(r.TransferEncoding) > 0)) {
+		return heldConn{}, false
+	}
+	header := rec.Header()
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return heldConn{}, false
+	}
+	h := heldConn{conn: conn, http11: r.ProtoAtLeast(1, 1), keep: r.ProtoAtLeast(1, 1) && !r.Close}
+	if len(header) > 0 {
+		h.header = header.Clone()
+	}
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n)
+		h.unread = append([]byte(nil), b...)
+	}
+	if rc, ok := conn.(*resumedConn); ok {
+		// A connection parked before: what it still had to give follows
+		// what net/http had buffered from it.
+		h.unread = append(h.unread, rc.rest...)
+		h.conn = rc.Conn
+	}
+	h.conn.SetDeadline(time.Time{})
+	return h, true
+}
+
+// writeHead writes what net/http writes before a body of n bytes of
+// contentType: the status line 200 in the request's version, the headers
+// (header's, sorted, with Content-Type and Cache-Control: no-store), Date,
+// Content-Length and Connection.
+func (h *heldConn) writeHead(b *bytes.Buffer, header http.Header, contentType string, now time.Time, n int, keep bool) {
+	if h.http11 {
+		b.WriteString("HTTP/1.1 200 OK\r\n")
+	} else {
+		b.WriteString("HTTP/1.0 200 OK\r\n")
+	}
+	if header != nil {
+		header.Set("Content-Type", contentType)
+		header.Set("Cache-Control", "no-store")
+		header.Write(b)
+	} else {
+		// What Header.Write gives for the two, sorted.
+		b.WriteString("Cache-Control: no-store\r\nContent-Type: " + contentType + "\r\n")
+	}
+	b.WriteString("Date: ")
+	b.Write(now.UTC().AppendFormat(b.AvailableBuffer(), http.TimeFormat))
+	b.WriteString("\r\nContent-Length: ")
+	b.Write(strconv.AppendInt(b.AvailableBuffer(), int64(n), 10))
+	b.WriteString("\r\n")
+	if !keep && h.http11 {
+		b.WriteString("Connection: close\r\n")
+	}
+	b.WriteString("\r\n")
+}
+
+// handBack gives an answered connection back to the HTTP server for its
+// next request, or closes it (a failed write, no keep-alive).
+func (pk *parker) handBack(h *heldConn, keep bool) {
+	switch {
+	case !keep:
+		h.conn.Close()
+	case len(h.unread) > 0:
+		pk.ln.resume(&resumedConn{Conn: h.conn, rest: h.unread})
+	default:
+		pk.awaitNext(h.conn)
+	}
 }
 
 // parkedPoll is one pending long poll held without net/http.
 type parkedPoll struct {
-	pk     *parker
-	conn   net.Conn
-	unread []byte // bytes net/http had read past this request (pipelined)
-	s      *session
-	q      pollQuery
-	header http.Header // set before the poll parked (nil: none)
-	keep   bool        // the client keeps the connection alive
-	http11 bool
-	route  string
-	user   string
-	start  time.Time
+	pk *parker
+	heldConn
+	s     *session
+	q     pollQuery
+	route string
+	user  string
+	start time.Time
 
 	mu      sync.Mutex // held while parking; the answer waits for it
 	timer   *time.Timer
@@ -93,37 +176,20 @@ type parkedPoll struct {
 // hijacked): the caller then waits as before.
 func (a *api) park(w http.ResponseWriter, r *http.Request, c *caller, s *session, q pollQuery, wait time.Duration) bool {
 	pk := a.parked
-	rec, ok := w.(*statusRecorder)
-	if pk == nil || !ok || r.Method != http.MethodGet || r.ProtoMajor != 1 || r.ContentLength != 0 || len(r.TransferEncoding) > 0 {
+	if r.Method != http.MethodGet {
 		return false
 	}
-	header := rec.Header()
-	conn, brw, err := http.NewResponseController(w).Hijack()
-	if err != nil {
+	h, ok := pk.hijack(w, r, false)
+	if !ok {
 		return false
 	}
-	p := &parkedPoll{pk: pk, conn: conn, s: s, q: q, route: r.Pattern, start: rec.start,
-		http11: r.ProtoAtLeast(1, 1), keep: r.ProtoAtLeast(1, 1) && !r.Close}
+	p := &parkedPoll{pk: pk, heldConn: h, s: s, q: q, route: r.Pattern, start: w.(*statusRecorder).start}
 	if p.route == "" {
 		p.route = "GET /v1/events"
 	}
 	if c != nil && c.php != nil {
 		p.user = c.php.Identity.User
 	}
-	if len(header) > 0 {
-		p.header = header.Clone()
-	}
-	if n := brw.Reader.Buffered(); n > 0 {
-		b, _ := brw.Reader.Peek(n)
-		p.unread = append([]byte(nil), b...)
-	}
-	if rc, ok := conn.(*resumedConn); ok {
-		// A connection parked before: what it still had to give follows
-		// what net/http had buffered from it.
-		p.unread = append(p.unread, rc.rest...)
-		p.conn = rc.Conn
-	}
-	p.conn.SetDeadline(time.Time{})
 	pk.hold(p, wait)
 	return true
 }
@@ -188,14 +254,7 @@ func (p *parkedPoll) answer() {
 	keep = keep && !pk.closed
 	pk.mu.Unlock()
 	p.s.releasePoll() // counted since the handler; answered now
-	switch {
-	case err != nil || !keep:
-		p.conn.Close()
-	case len(p.unread) > 0:
-		pk.ln.resume(&resumedConn{Conn: p.conn, rest: p.unread})
-	default:
-		pk.awaitNext(p.conn)
-	}
+	pk.handBack(&p.heldConn, err == nil && keep)
 	if tracked {
 		pk.wg.Done()
 	}
@@ -295,35 +354,15 @@ func readNext(c net.Conn) []byte {
 func (p *parkedPoll) response(res pollResult, keep bool, now time.Time) []byte {
 	body := eventsPage(res)
 	b := bytes.NewBuffer(make([]byte, 0, 192+len(body)))
-	if p.http11 {
-		b.WriteString("HTTP/1.1 200 OK\r\n")
-	} else {
-		b.WriteString("HTTP/1.0 200 OK\r\n")
-	}
-	if h := p.header; h != nil {
-		h.Set("Content-Type", "application/json")
-		h.Set("Cache-Control", "no-store")
-		h.Write(b)
-	} else {
-		// What Header.Write gives for the two, sorted.
-		b.WriteString("Cache-Control: no-store\r\nContent-Type: application/json\r\n")
-	}
-	b.WriteString("Date: ")
-	b.Write(now.UTC().AppendFormat(b.AvailableBuffer(), http.TimeFormat))
-	b.WriteString("\r\nContent-Length: ")
-	b.Write(strconv.AppendInt(b.AvailableBuffer(), int64(len(body)), 10))
-	b.WriteString("\r\n")
-	if !keep && p.http11 {
-		b.WriteString("Connection: close\r\n")
-	}
-	b.WriteString("\r\n")
+	p.writeHead(b, p.header, "application/json", now, len(body), keep)
 	b.WriteString(body)
 	return b.Bytes()
 }
 
-// shutdown answers every parked poll with what it has and closes its
-// connection, and closes the answered ones waiting for their next request;
-// polls that would park from now on are answered at once.
+// shutdown answers every parked poll and held BOSH request with what it
+// has and closes its connection, ends every adopted WebSocket, and closes
+// the answered connections waiting for their next request; polls that
+// would park from now on are answered at once.
 // When ctx ends first, the connections still being written are closed.
 func (pk *parker) shutdown(ctx context.Context) {
 	pk.mu.Lock()
@@ -332,12 +371,26 @@ func (pk *parker) shutdown(ctx context.Context) {
 	for p := range pk.polls {
 		polls = append(polls, p)
 	}
+	held := make([]*boshPark, 0, len(pk.bosh))
+	for p := range pk.bosh {
+		held = append(held, p)
+	}
+	streams := make([]*wsStream, 0, len(pk.ws))
+	for t := range pk.ws {
+		streams = append(streams, t)
+	}
 	for c := range pk.idlers {
 		c.Close() // answered and idle, as http.Server.Shutdown closes its idle ones
 	}
 	pk.mu.Unlock()
 	for _, p := range polls {
 		p.wake()
+	}
+	for _, p := range held {
+		p.fire()
+	}
+	for _, t := range streams {
+		t.cancel()
 	}
 	done := make(chan struct{})
 	go func() { // ends when the last answer is written
@@ -353,8 +406,36 @@ func (pk *parker) shutdown(ctx context.Context) {
 	for p := range pk.polls {
 		p.conn.Close() // the pending write fails at once
 	}
+	for p := range pk.bosh {
+		p.conn.Close()
+	}
+	for t := range pk.ws {
+		t.ws.CloseNow()
+	}
 	pk.mu.Unlock()
 	<-done
+}
+
+// adopt takes an upgraded WebSocket over from its handler: its shutdown
+// ends the stream. It reports false once shutting down.
+func (pk *parker) adopt(t *wsStream) bool {
+	pk.mu.Lock()
+	defer pk.mu.Unlock()
+	if pk.closed {
+		return false
+	}
+	pk.ws[t] = struct{}{}
+	pk.wg.Add(1)
+	return true
+}
+
+// release forgets an adopted WebSocket that has ended.
+func (pk *parker) release(t *wsStream) {
+	pk.mu.Lock()
+	delete(pk.ws, t)
+	pk.mu.Unlock()
+	t.cancel()
+	pk.wg.Done()
 }
 
 // parkedCount is how many polls are parked (tests).

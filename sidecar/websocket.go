@@ -1,12 +1,16 @@
 package sidecar
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/xml"
 	"errors"
+	"io"
+	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coder/websocket"
@@ -27,96 +31,166 @@ const (
 )
 
 // websocket serves a request to /xmpp-websocket (through
-// browserHandler).
+// browserHandler). Once upgraded, the stream is the parker's (wsStream):
+// the handler returns, so net/http's goroutine, buffers and request
+// objects go, and the stream runs on its reader goroutine with small
+// buffers of its own (wsSmallBuffers). Without a parker (tests) it runs
+// in the handler.
 func (a *api) websocket(w http.ResponseWriter, r *http.Request) (string, error) {
 	s, err := a.browserSession(r)
 	if err != nil {
 		return "", err
 	}
 	b := s.bridgeOf(a.cfg.MaxBrowserStreams, a.cfg.EventBuffer, a.metrics)
-	wake := make(chan struct{}, 1)
-	c, err := b.attach(func() {
-		select {
-		case wake <- struct{}{}:
-		default:
-		}
-	})
+	t := &wsStream{a: a, s: s, endDone: make(chan struct{})}
+	c, err := b.attach(t.kick)
 	if err != nil {
 		return s.user, err
 	}
-	defer b.detach(c)
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	pk := a.parked
+	var rw http.ResponseWriter = w
+	if pk != nil {
+		rw = wsSmallBuffers{w}
+	}
+	ws, err := websocket.Accept(rw, r, &websocket.AcceptOptions{
 		Subprotocols: []string{"xmpp"},
 		// The Origin was checked by browserHandler, against
 		// --allowed-origins.
 		InsecureSkipVerify: true,
 	})
 	if err != nil {
+		b.detach(c)
 		return s.user, nil // Accept answered the client
 	}
 	if ws.Subprotocol() != "xmpp" {
 		ws.Close(websocket.StatusProtocolError, "the xmpp subprotocol is required")
+		b.detach(c)
 		return s.user, nil
 	}
 	ws.SetReadLimit(maxClientStanza + 1024)
-	(&wsStream{a: a, s: s, c: c, ws: ws, wake: wake}).run(r.Context())
+	t.c, t.ws = c, ws
+	if rec, ok := w.(*statusRecorder); ok && pk != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		t.cancel = cancel
+		if pk.adopt(t) {
+			start := rec.start
+			go func() { // owned by the parker: its shutdown ends it
+				defer pk.release(t)
+				t.run(ctx)
+				b.detach(c)
+				a.record(context.Background(), "websocket", http.StatusSwitchingProtocols, start, s.user)
+			}()
+			return s.user, errParked
+		}
+		cancel()
+	}
+	defer b.detach(c)
+	t.run(r.Context())
 	return s.user, nil
 }
 
-// wsStream is one browser WebSocket.
-type wsStream struct {
-	a    *api
-	s    *session
-	c    *bridgeClient
-	ws   *websocket.Conn
-	wake chan struct{}
+// wsSmallBuffers hands coder/websocket the hijacked connection with
+// buffers of wsReadBuffer and wsWriteBuffer bytes instead of net/http's
+// 4 KB ones, which go with the handler: a stanza is a few hundred bytes,
+// and larger reads and writes bypass a bufio buffer.
+type wsSmallBuffers struct{ http.ResponseWriter }
+
+const wsReadBuffer, wsWriteBuffer = 512, 1024
+
+func (w wsSmallBuffers) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w wsSmallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	br := bufio.NewReaderSize(conn, wsReadBuffer)
+	if n := brw.Reader.Buffered(); n > 0 {
+		// What the client sent past the request, buffered in the new
+		// reader (coder/websocket takes the buffered bytes and resets
+		// the reader onto the connection).
+		b, _ := brw.Reader.Peek(n)
+		br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(b)), conn), max(wsReadBuffer, n))
+		br.Peek(n)
+	}
+	return conn, bufio.NewReadWriter(br, bufio.NewWriterSize(conn, wsWriteBuffer)), nil
 }
 
-// run reads frames until the browser closes or the client is cut off; a
-// writer goroutine, which run waits for, sends what the bridge queues,
-// pings, and ends the stream (a stream error and <close/>) when the
-// client is cut off or the request's context ends (shutdown). Reads are
-// not bound to the request's context: coder/websocket closes the
-// connection when a read's context ends, before the end could be said.
+// wsStream is one browser WebSocket. A reader goroutine reads its frames;
+// what the bridge queues for it is written by a goroutine started when
+// there is something to write (kick), which ends once the queue is empty.
+type wsStream struct {
+	a       *api
+	s       *session
+	c       *bridgeClient
+	ws      *websocket.Conn
+	cancel  context.CancelFunc // ends a stream the parker owns
+	endDone chan struct{}      // closed once the end is written
+
+	mu       sync.Mutex
+	started  bool // run began: kicks write
+	writing  bool // a writer goroutine runs
+	again    bool // kicked while it ran
+	finished bool // the end was written
+	stopRead context.CancelFunc
+	ping     *time.Timer
+}
+
+// run reads frames until the browser closes or the client is cut off;
+// the writer sends what the bridge queues and ends the stream (a stream
+// error and <close/>) when the client is cut off or ctx ends (shutdown).
+// Pings go every wsPing. Reads are not bound to ctx: coder/websocket
+// closes the connection when a read's context ends, before the end could
+// be said.
 func (t *wsStream) run(ctx context.Context) {
 	rctx, stopReading := context.WithCancel(context.Background())
 	defer stopReading()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t.writer(ctx)
-		stopReading()
-	}()
+	stopCtx := context.AfterFunc(ctx, func() {
+		if t.a.draining.Load() {
+			t.c.end("system-shutdown", "shutdown")
+		} else {
+			t.c.end("", "")
+		}
+	})
+	defer stopCtx()
+	t.mu.Lock()
+	t.started, t.stopRead = true, stopReading
+	t.ping = time.AfterFunc(wsPing, t.pingNow)
+	t.mu.Unlock()
+	t.kick()
 	if err := t.reader(rctx); err != nil && !errors.Is(err, context.Canceled) {
 		t.c.end("policy-violation", "")
 	} else {
 		t.c.end("", "")
 	}
 	t.kick()
-	<-done
+	<-t.endDone
+	t.mu.Lock()
+	t.ping.Stop()
+	t.mu.Unlock()
 	t.ws.CloseNow()
 }
 
+// kick has the queue written: it starts the writer, or has the running
+// one look again. It never blocks (the bridge calls it under its lock).
 func (t *wsStream) kick() {
-	select {
-	case t.wake <- struct{}{}:
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch {
+	case !t.started || t.finished:
+	case t.writing:
+		t.again = true
 	default:
+		t.writing = true
+		go t.writer() // ends when the queue is empty or the stream ends
 	}
 }
 
 // writer sends queued stanzas, one per message, and the end.
-func (t *wsStream) writer(ctx context.Context) {
-	ping := time.NewTicker(wsPing)
-	defer ping.Stop()
+func (t *wsStream) writer() {
 	for {
 		if ended, cond, text := t.c.ending(); ended {
-			wctx, cancel := context.WithTimeout(context.Background(), wsWriteTimeout)
-			if cond != "" {
-				t.ws.Write(wctx, websocket.MessageText, []byte(`<stream:error xmlns:stream="http://etherx.jabber.org/streams">`+strings.TrimPrefix(streamErrorXML(cond, text), "<stream:error>")))
-			}
-			t.ws.Write(wctx, websocket.MessageText, []byte(`<close xmlns="`+nsFraming+`"/>`))
-			cancel()
-			t.ws.Close(websocket.StatusNormalClosure, "")
+			t.writeEnd(cond, text)
 			return
 		}
 		for _, raw := range t.c.take(boshMaxResponse) {
@@ -125,25 +199,49 @@ func (t *wsStream) writer(ctx context.Context) {
 				break
 			}
 		}
-		select {
-		case <-t.wake:
-		case <-ping.C:
-			pctx, cancel := context.WithTimeout(ctx, wsWriteTimeout)
-			err := t.ws.Ping(pctx)
-			cancel()
-			if err != nil {
-				t.c.end("", "")
-				continue
-			}
-			t.s.lastPoll.Store(time.Now().UnixNano())
-		case <-ctx.Done():
-			if t.a.draining.Load() {
-				t.c.end("system-shutdown", "shutdown")
-			} else {
-				t.c.end("", "")
-			}
+		t.mu.Lock()
+		if !t.again && !t.c.pending() {
+			t.writing = false
+			t.mu.Unlock()
+			return
 		}
+		t.again = false
+		t.mu.Unlock()
 	}
+}
+
+// writeEnd says why the stream ends, closes it and stops the reader.
+func (t *wsStream) writeEnd(cond, text string) {
+	wctx, cancel := context.WithTimeout(context.Background(), wsWriteTimeout)
+	if cond != "" {
+		t.ws.Write(wctx, websocket.MessageText, []byte(`<stream:error xmlns:stream="http://etherx.jabber.org/streams">`+strings.TrimPrefix(streamErrorXML(cond, text), "<stream:error>")))
+	}
+	t.ws.Write(wctx, websocket.MessageText, []byte(`<close xmlns="`+nsFraming+`"/>`))
+	cancel()
+	t.ws.Close(websocket.StatusNormalClosure, "")
+	t.mu.Lock()
+	t.finished = true
+	t.stopRead()
+	t.mu.Unlock()
+	close(t.endDone)
+}
+
+// pingNow pings the browser (on the timer's goroutine); its pong keeps
+// the user's stream from the inactivity rule.
+func (t *wsStream) pingNow() {
+	pctx, cancel := context.WithTimeout(context.Background(), wsWriteTimeout)
+	err := t.ws.Ping(pctx)
+	cancel()
+	if err != nil {
+		t.c.end("", "")
+		return
+	}
+	t.s.lastPoll.Store(time.Now().UnixNano())
+	t.mu.Lock()
+	if !t.finished {
+		t.ping.Reset(wsPing)
+	}
+	t.mu.Unlock()
 }
 
 func (t *wsStream) write(raw []byte) bool {

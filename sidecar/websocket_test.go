@@ -1,8 +1,11 @@
 package sidecar
 
 import (
+	"context"
 	"encoding/base64"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -89,7 +92,13 @@ func (c *wsTestClient) login(domain string) {
 // client's stream only; the handshake refuses a foreign Origin, no
 // cookie, and a client that does not speak the xmpp subprotocol.
 func TestWebSocketHostile(t *testing.T) {
-	h, srv := boshHarness(t)
+	for name, start := range map[string]func(testing.TB) (*harness, *httptest.Server){"adopted": boshHarness, "in-handler": boshHarnessUnparked} {
+		t.Run(name, func(t *testing.T) { testWebSocketHostile(t, start) })
+	}
+}
+
+func testWebSocketHostile(t *testing.T, start func(testing.TB) (*harness, *httptest.Server)) {
+	h, srv := start(t)
 	hdr := func(origin, cookie string) http.Header {
 		x := http.Header{}
 		x.Set("Origin", origin)
@@ -152,5 +161,61 @@ func TestWebSocketHostile(t *testing.T) {
 	good.ws.Write(t.Context(), websocket.MessageBinary, []byte("<presence/>"))
 	if rest := good.untilClosed(); !strings.Contains(rest, "policy-violation") {
 		t.Fatalf("a binary frame: %q", rest)
+	}
+}
+
+// TestWebSocketFirstFrameWithUpgrade: a client that sends its first
+// frame in the same packet as the upgrade request loses nothing when the
+// stream moves onto its own small buffers (wsSmallBuffers), and the
+// shutdown ends the stream it adopted with system-shutdown.
+func TestWebSocketFirstFrameWithUpgrade(t *testing.T) {
+	h, srv := boshHarness(t)
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	open := []byte(`<open xmlns="urn:ietf:params:xml:ns:xmpp-framing" to="example.test" version="1.0"/>`)
+	// A masked text frame with a zero mask: the payload as it is.
+	frame := append([]byte{0x81, 0x80 | byte(len(open)), 0, 0, 0, 0}, open...)
+	req := "GET /xmpp-websocket HTTP/1.1\r\nHost: " + srv.Listener.Addr().String() + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: xmpp\r\n" +
+		"Origin: " + srv.URL + "\r\nCookie: sessionid=" + goodID + "\r\n\r\n"
+	if _, err := conn.Write(append([]byte(req), frame...)); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var got []byte
+	buf := make([]byte, 4096)
+	for !strings.Contains(string(got), "<mechanism>PLAIN</mechanism>") {
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("read: %v after %q", err, got)
+		}
+		got = append(got, buf[:n]...)
+	}
+	if !strings.HasPrefix(string(got), "HTTP/1.1 101 ") {
+		t.Fatalf("upgrade answered %q", got)
+	}
+	// The shutdown ends the stream with system-shutdown and a close.
+	h.api.draining.Store(true)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	go func() { // the client's part of the close handshake: read on
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			h.logMu.Lock()
+			got = append(got, buf[:n]...)
+			h.logMu.Unlock()
+		}
+	}()
+	h.api.parked.shutdown(ctx)
+	h.logMu.Lock()
+	defer h.logMu.Unlock()
+	if !strings.Contains(string(got), "system-shutdown") || !strings.Contains(string(got), "<close ") {
+		t.Fatalf("shutdown: %q", got)
 	}
 }

@@ -208,3 +208,37 @@ func TestLagProbeLoads(t *testing.T) {
 		t.Errorf("the extra line is not in the global section:\n%s", cfg)
 	}
 }
+
+// TestReportBrowserPaths checks the table of the sidecar's BOSH and
+// WebSocket against Prosody's and issue 15's goal line: memory is the
+// total of imsidecar and Prosody, a knee below the ladder's first step
+// gives a lower bound.
+func TestReportBrowserPaths(t *testing.T) {
+	slow := func(p *Phase) { p.P99ms = 80 }
+	path := func(name string, mem, pro, p99 float64, steps ...Phase) PathResult {
+		p := PathResult{Path: name, Users: 10, Online: 10, MemPerUserKB: mem, ProsodyMemPerUserKB: pro, Phase: step(500, nil), Sweep: steps}
+		p.P99ms = p99
+		p.setKnee()
+		return p
+	}
+	paths := []PathResult{
+		path(PathSidecarBOSH, 25, 50, 30, step(100, nil), step(200, nil), step(300, nil), step(500, slow)),
+		path(PathBOSH, 50, 50, 600, step(100, slow)),
+		path(PathSidecarWebSocket, 20, 50, 40, step(100, nil), step(200, slow)),
+		path(PathWebSocket, 40, 40, 50, step(100, nil), step(200, slow)),
+	}
+	cfg := Config{Users: 10, Rate: 500, SweepRates: []float64{100, 200, 300, 500}, SweepTime: 3e9}
+	rep := NewReport("test", ThisMachine(), cfg, paths)
+	var b bytes.Buffer
+	rep.Markdown(&b)
+	for _, want := range []string{
+		"| sidecar-bosh / bosh | 75.0 / 50.0 | 1.50 | 1.00 | 0.05 | > 3.00 | – |\n",
+		"| sidecar-websocket / websocket | 70.0 / 40.0 | 1.75 | 1.00 | 0.80 | 1.00 | – |\n",
+		"Issue 15 goals: knee sidecar-bosh/bosh > 3.00 (≥ 3); p99 at 500 msg/s against Prosody's WebSocket: sidecar-bosh 0.60, sidecar-websocket 0.80 (≤ 1); " +
+			"total memory per user against Prosody's BOSH: sidecar-bosh 1.50, sidecar-websocket 1.40 (≤ 1.5).",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("the table lacks %q:\n%s", want, b.String())
+		}
+	}
+}

@@ -110,6 +110,17 @@ func NewReport(profile string, m Machine, cfg Config, paths []PathResult) Report
 			ratio(key+"capacity_rate", a.CapacityRate, b.CapacityRate)
 		}
 	}
+	// Issue 15's goals: p99 against Prosody's WebSocket, total memory
+	// against Prosody's BOSH.
+	for _, name := range []string{PathSidecarBOSH, PathSidecarWebSocket} {
+		key := strings.ReplaceAll(name, "-", "_") + "_"
+		if a, ws := get(name), get(PathWebSocket); a != nil && ws != nil {
+			ratio(key+"p99_vs_websocket", a.P99ms, ws.P99ms)
+		}
+		if a, bo := get(name), get(PathBOSH); a != nil && bo != nil {
+			ratio(key+"mem_per_user_total_vs_bosh", a.MemPerUserKB+a.ProsodyMemPerUserKB, bo.MemPerUserKB)
+		}
+	}
 	sc, bo, ba := get(PathSidecar), get(PathBOSH), get(PathBare)
 	if sc != nil && bo != nil {
 		ratio("logins_per_sec", sc.LoginsPerSec, bo.LoginsPerSec)
@@ -171,6 +182,7 @@ func (r Report) Markdown(w io.Writer) {
 		fmt.Fprint(w, "\nGoals, this run:\n\n")
 		WriteGoals(w, r.Goals)
 	}
+	r.browserMarkdown(w)
 	for _, p := range r.Paths {
 		if p.SidecarFDs > 0 {
 			fmt.Fprintf(w, "\n%s: imsidecar held %d descriptors with %d users online over %d API connections dialed (%s).\n",
@@ -233,4 +245,71 @@ func (r Report) WriteJSON(name string) error {
 		return fmt.Errorf("loadtest: %w", err)
 	}
 	return nil
+}
+
+// browserMarkdown writes the sidecar's BOSH and WebSocket against
+// Prosody's, and issue 15's goals, when the run has those paths.
+func (r Report) browserMarkdown(w io.Writer) {
+	get := func(name string) *PathResult {
+		for i := range r.Paths {
+			if r.Paths[i].Path == name {
+				return &r.Paths[i]
+			}
+		}
+		return nil
+	}
+	q := func(k string) string {
+		if v, ok := r.Ratios[k]; ok {
+			return f2(v)
+		}
+		return "–"
+	}
+	header := false
+	for _, pair := range [][2]string{{PathSidecarBOSH, PathBOSH}, {PathSidecarWebSocket, PathWebSocket}} {
+		a, b := get(pair[0]), get(pair[1])
+		if a == nil || b == nil {
+			continue
+		}
+		if !header {
+			fmt.Fprintln(w, "\nBrowser clients through imsidecar against Prosody's own, same run (memory: the total of imsidecar and Prosody per online user):")
+			fmt.Fprintln(w)
+			fmt.Fprintln(w, "| path / baseline | total KB/user | memory | p50 | p99 | knee | capacity |")
+			fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
+			header = true
+		}
+		key := strings.ReplaceAll(pair[0], "-", "_") + "_"
+		fmt.Fprintf(w, "| %s / %s | %s / %s | %s | %s | %s | %s | %s |\n", pair[0], pair[1],
+			f1(a.MemPerUserKB+a.ProsodyMemPerUserKB), f1(b.MemPerUserKB), q(key+"mem_per_user_total"),
+			q(key+"p50"), q(key+"p99"), kneeRatio(*a, *b, a.KneeRate, b.KneeRate, a.KneeBounded, b.KneeBounded),
+			kneeRatio(*a, *b, a.CapacityRate, b.CapacityRate, a.CapacityBounded, b.CapacityBounded))
+	}
+	sb, bo := get(PathSidecarBOSH), get(PathBOSH)
+	if sb == nil || bo == nil {
+		return
+	}
+	fmt.Fprintf(w, "\nIssue 15 goals: knee sidecar-bosh/bosh %s (≥ 3); p99 at %.0f msg/s against Prosody's WebSocket: sidecar-bosh %s, sidecar-websocket %s (≤ 1); "+
+		"total memory per user against Prosody's BOSH: sidecar-bosh %s, sidecar-websocket %s (≤ 1.5).\n",
+		kneeRatio(*sb, *bo, sb.KneeRate, bo.KneeRate, sb.KneeBounded, bo.KneeBounded), r.Config.Rate,
+		q("sidecar_bosh_p99_vs_websocket"), q("sidecar_websocket_p99_vs_websocket"),
+		q("sidecar_bosh_mem_per_user_total_vs_bosh"), q("sidecar_websocket_mem_per_user_total_vs_bosh"))
+}
+
+// kneeRatio renders a/b of two knees (or capacities): "> x" when b lies
+// below the ladder's first step and a does not (x = a over that step),
+// "≥ x" when a never failed, "–" when it cannot be told.
+func kneeRatio(a, b PathResult, ra, rb float64, boundedA, boundedB bool) string {
+	if len(a.Sweep) == 0 || len(b.Sweep) == 0 {
+		return "–"
+	}
+	switch {
+	case rb == 0 && ra > 0:
+		return "> " + f2(ra/b.Sweep[0].TargetRate)
+	case rb == 0 || ra == 0:
+		return "–"
+	case !boundedA && boundedB:
+		return "≥ " + f2(ra/rb)
+	case !boundedB:
+		return "–" // b's own limit lies past the ladder
+	}
+	return f2(ra / rb)
 }
