@@ -52,7 +52,10 @@ func daemonRSS(d *daemon) int64 {
 // and still get the newest messages; two other web users chatting
 // meanwhile lose nothing.
 func TestEventMemoryFlood(t *testing.T) {
-	e := startE2E(t, "files", daemonOptions{Extra: []string{
+	// The flooded pages do not poll on purpose; under a loaded CI the
+	// flood can outlast the default --inactivity (2 min), which would
+	// take them offline mid-test.
+	e := startE2E(t, "files", daemonOptions{Inactivity: 15 * time.Minute, Extra: []string{
 		"--event-buffer-mb=" + strconv.Itoa(floodSessionMB),
 		"--event-memory-mb=" + strconv.Itoa(floodDaemonMB),
 		"--rate-limit=1000",

@@ -8,6 +8,7 @@ package expresso_test
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
@@ -164,11 +165,21 @@ func (d *driver) eval(js string, v any) {
 }
 
 // site is the web server of the page: the stand-in, jQuery, an
-// auth_messenger.php and the BOSH path, on one origin as in Expresso.
+// auth_messenger.php and the BOSH path, on one origin as in Expresso. It
+// records every request it receives, body included: what a page sent while
+// it unloaded is known here for certain, where the browser's own request
+// events may never fire for it.
 type site struct {
 	*httptest.Server
 	mux *http.ServeMux
+
+	mu      sync.Mutex
+	got     []request
+	arrived chan struct{} // a request was recorded
 }
+
+// request is one request as the site received it.
+type request struct{ Method, Path, URL, ContentType, Body string }
 
 func startSite(t *testing.T) *site {
 	t.Helper()
@@ -186,12 +197,99 @@ func startSite(t *testing.T) *site {
 		}
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, file) })
 	}
-	s := &site{Server: httptest.NewServer(mux), mux: mux}
+	s := &site{mux: mux, arrived: make(chan struct{}, 1)}
+	s.Server = httptest.NewServer(s)
 	t.Cleanup(func() {
 		s.CloseClientConnections() // the held BOSH polls
 		s.Close()
 	})
 	return s
+}
+
+// ServeHTTP serves r and records it once its body has arrived whole: as
+// the handler (the proxy) reads the last of it, or after the handler, which
+// then reads what it left. Forwarding is untouched: the proxy streams the
+// body on as it comes. A request whose body never arrived whole (the page
+// went away mid-send) is not recorded: it was not sent.
+func (s *site) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	tee := &teeBody{ReadCloser: r.Body}
+	tee.done = func() {
+		s.mu.Lock()
+		s.got = append(s.got, request{Method: r.Method, Path: r.URL.Path, URL: r.URL.RequestURI(), ContentType: r.Header.Get("Content-Type"), Body: tee.buf.String()})
+		s.mu.Unlock()
+		select {
+		case s.arrived <- struct{}{}:
+		default:
+		}
+	}
+	r.Body = tee
+	s.mux.ServeHTTP(w, r)
+	io.Copy(io.Discard, tee)
+}
+
+// teeBody keeps what is read of a request body and calls done once, at its
+// end. The proxy's transport may still read it after the handler returns
+// (on an upstream error), hence the lock.
+type teeBody struct {
+	io.ReadCloser
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	done func() // nil once called
+}
+
+func (b *teeBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n, err := b.ReadCloser.Read(p)
+	b.buf.Write(p[:n])
+	if err == io.EOF && b.done != nil {
+		b.done()
+		b.done = nil
+	}
+	return n, err
+}
+
+// requests returns the requests received so far.
+func (s *site) requests() []request {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]request(nil), s.got...)
+}
+
+// posts returns the POSTs to path received so far.
+func (s *site) posts(path string) []request {
+	var out []request
+	for _, r := range s.requests() {
+		if r.Method == http.MethodPost && r.Path == path {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// terminates returns the bodies of the BOSH terminate requests to path
+// received so far.
+func (s *site) terminates(path string) []string {
+	var out []string
+	for _, r := range s.posts(path) {
+		if strings.Contains(r.Body, "type='terminate'") {
+			out = append(out, r.Body)
+		}
+	}
+	return out
+}
+
+// waitFor waits (20 s at most) until done holds for the requests received.
+func (s *site) waitFor(t *testing.T, what string, done func() bool) {
+	t.Helper()
+	deadline := time.After(20 * time.Second)
+	for !done() {
+		select {
+		case <-s.arrived:
+		case <-deadline:
+			t.Fatalf("the site never received %s", what)
+		}
+	}
 }
 
 // proxy forwards path (and below) to target, keeping the browser's Host
@@ -299,19 +397,6 @@ func originalBlob(jid, user, password string) string {
 	return strings.ReplaceAll(base64.StdEncoding.EncodeToString([]byte(jid+"\x00"+user+"\x00"+password)), "==", "")
 }
 
-func standinRequests(t *testing.T, d *driver, bosh string) []struct{ URL, ContentType, Body string } {
-	t.Helper()
-	var reqs []struct{ URL, ContentType, Body string }
-	d.must(map[string]any{"op": "requests"}, &reqs)
-	var out []struct{ URL, ContentType, Body string }
-	for _, r := range reqs {
-		if strings.HasSuffix(r.URL, bosh) {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
 // TestStandinProsodyBOSH runs the stand-in against Prosody's own mod_bosh,
 // the server Expresso 2.5 was deployed with: log in with the password blob
 // 2.5 hands out, roster, presence both ways, chat both ways with a desktop
@@ -367,7 +452,7 @@ func standinOnServer(t *testing.T, d *driver, srv server, want expect) {
 		return web
 	}
 	web := page("alice", alicePW)
-	standinScenario(t, d, nil, web.URL+"/?auth=/auth_messenger.php&rid=9999999000", "/http-bind", srv.JID("alice"), bob, xmppContact{bc}, srv.JID("bob"), want)
+	standinScenario(t, d, nil, web, web.URL+"/?auth=/auth_messenger.php&rid=9999999000", "/http-bind", srv.JID("alice"), bob, xmppContact{bc}, srv.JID("bob"), want)
 
 	// Over-padded blobs: the client appends "==" to whatever it got, so a
 	// PLAIN blob whose base64 ends in one "=" or none reaches the server as
@@ -405,6 +490,13 @@ type expect struct {
 	// unloadFlap: the same when the page also sends terminate + unavailable
 	// presence from window.onbeforeunload (the expressoMail1_2 tree).
 	unloadFlap bool
+	// reloadOnly: the unload phases (a page that sends terminate +
+	// unavailable on unload, then a message while no page is open) are
+	// left out. Against ejabberd they race the browser's cancel of the
+	// unloading page's terminate against ejabberd replacing the session
+	// of the same resource, and failed about 2 runs in 8 on a loaded
+	// machine; the Prosody and imsidecar runs cover them.
+	reloadOnly bool
 	// menuOffline: the status menu's "offline" (the same terminate with
 	// unavailable presence) shows the contact alice unavailable.
 	menuOffline bool
@@ -422,7 +514,7 @@ type expect struct {
 }
 
 // standinScenario is the one scenario every server variant runs.
-func standinScenario(t *testing.T, d *driver, cookies []map[string]any, pageURL, bosh, aliceJID string, bob *recorder, bc contact, bobJID string, want expect) {
+func standinScenario(t *testing.T, d *driver, cookies []map[string]any, web *site, pageURL, bosh, aliceJID string, bob *recorder, bc contact, bobJID string, want expect) {
 	t.Helper()
 	start := bob.mark()
 	d.must(map[string]any{"op": "open", "url": pageURL, "cookies": cookies}, nil)
@@ -525,11 +617,7 @@ func standinScenario(t *testing.T, d *driver, cookies []map[string]any, pageURL,
 
 	// The wire: every BOSH request was a form-encoded POST of raw XML, and
 	// commands overlapped the pending poll.
-	for _, r := range standinRequests(t, d, bosh) {
-		if !strings.HasPrefix(r.ContentType, "application/x-www-form-urlencoded") || !strings.HasPrefix(r.Body, "<body ") {
-			t.Errorf("request %q with Content-Type %q", r.Body, r.ContentType)
-		}
-	}
+	wired := checkWire(t, web, bosh, 0)
 	var inflight int
 	d.eval("standin.maxInflight", &inflight)
 	if inflight < 2 {
@@ -540,10 +628,46 @@ func standinScenario(t *testing.T, d *driver, cookies []map[string]any, pageURL,
 	if got := reloadFlaps(t, d, map[string]any{"op": "reload"}, aliceJID, bobJID, bob); got != want.flap {
 		t.Errorf("page reload: contact saw alice unavailable = %v, want %v", got, want.flap)
 	}
+	if !want.reloadOnly {
+		unloadPhases(t, d, web, bosh, pageURL, aliceJID, bobJID, bob, bc, want)
+	}
+
+	// Going offline from the menu: terminate with unavailable presence.
+	off := bob.mark()
+	d.eval("standin.disconnect()", nil)
+	d.wait("!standin.connected")
+	// As after a reload: a later stanza from alice's stream orders events.
+	if want.menuOffline {
+		bob.waitFor(t, "alice's unavailable presence", off, func(e xmppconn.Event) bool {
+			p, ok := e.(*xmppconn.Presence)
+			return ok && strings.HasPrefix(p.From, aliceJID+"/") && p.Type == "unavailable"
+		})
+	} else {
+		want.aliceSays(t, "still online")
+		bob.waitFor(t, "alice's message after the menu's offline", off, func(e xmppconn.Event) bool {
+			m, ok := e.(*xmppconn.Message)
+			return ok && m.Body == "still online"
+		})
+		for _, p := range bob.presencesFrom(off, aliceJID) {
+			if p.Type == "unavailable" {
+				t.Errorf("the menu's offline showed the contact %+v", p)
+			}
+		}
+	}
+	d.must(map[string]any{"op": "close"}, nil)
+	// The unloads and the menu's offline sent form-encoded XML too.
+	checkWire(t, web, bosh, wired)
+}
+
+// unloadPhases is the part of the scenario where pages unload: a reload
+// of a page that sends terminate + unavailable on unload, then a message
+// while no page is open, read by the next page once.
+func unloadPhases(t *testing.T, d *driver, web *site, bosh, pageURL, aliceJID, bobJID string, bob *recorder, bc contact, want expect) {
+	t.Helper()
 	// The expressoMail1_2 tree: every unload sends terminate + unavailable.
 	d.must(map[string]any{"op": "goto", "url": pageURL + "&unload=1"}, nil)
 	d.wait("standin.connected || standin.failed")
-	terminates := len(terminatesSent(t, d, bosh))
+	terminates := len(web.terminates(bosh))
 	unload := bob.mark()
 	if got := reloadFlaps(t, d, map[string]any{"op": "reload"}, aliceJID, bobJID, bob); got != want.unloadFlap {
 		t.Errorf("page reload with terminate + unavailable on unload: contact saw alice unavailable = %v, want %v", got, want.unloadFlap)
@@ -562,7 +686,11 @@ func standinScenario(t *testing.T, d *driver, cookies []map[string]any, pageURL,
 			}
 		}
 	}
-	if n := len(terminatesSent(t, d, bosh)); n != terminates+1 {
+	// Counted where it arrives: a request sent while the page unloads may
+	// reach the server after the new page is up, and the browser may never
+	// report it.
+	web.waitFor(t, "the unloading page's terminate", func() bool { return len(web.terminates(bosh)) > terminates })
+	if n := len(web.terminates(bosh)); n != terminates+1 {
 		t.Errorf("the unloading page sent %d terminate requests, want 1", n-terminates)
 	}
 
@@ -598,29 +726,23 @@ func standinScenario(t *testing.T, d *driver, cookies []map[string]any, pageURL,
 		t.Errorf("the message sent while no page was open reached the next page %d times, want once", n)
 	}
 
-	// Going offline from the menu: terminate with unavailable presence.
-	off := bob.mark()
-	d.eval("standin.disconnect()", nil)
-	d.wait("!standin.connected")
-	// As after a reload: a later stanza from alice's stream orders events.
-	if want.menuOffline {
-		bob.waitFor(t, "alice's unavailable presence", off, func(e xmppconn.Event) bool {
-			p, ok := e.(*xmppconn.Presence)
-			return ok && strings.HasPrefix(p.From, aliceJID+"/") && p.Type == "unavailable"
-		})
-	} else {
-		want.aliceSays(t, "still online")
-		bob.waitFor(t, "alice's message after the menu's offline", off, func(e xmppconn.Event) bool {
-			m, ok := e.(*xmppconn.Message)
-			return ok && m.Body == "still online"
-		})
-		for _, p := range bob.presencesFrom(off, aliceJID) {
-			if p.Type == "unavailable" {
-				t.Errorf("the menu's offline showed the contact %+v", p)
-			}
+}
+
+// checkWire checks that every BOSH request the site received from index
+// from on was a form-encoded POST of raw XML, and returns how many it has
+// checked.
+func checkWire(t *testing.T, web *site, bosh string, from int) int {
+	t.Helper()
+	reqs := web.requests()
+	for _, r := range reqs[min(from, len(reqs)):] {
+		if r.Path != bosh {
+			continue
+		}
+		if r.Method != http.MethodPost || !strings.HasPrefix(r.ContentType, "application/x-www-form-urlencoded") || !strings.HasPrefix(r.Body, "<body ") {
+			t.Errorf("%s %s %q with Content-Type %q", r.Method, r.URL, r.Body, r.ContentType)
 		}
 	}
-	d.must(map[string]any{"op": "close"}, nil)
+	return len(reqs)
 }
 
 // reloadFlaps runs a page reload (or navigation) and reports whether the
@@ -646,15 +768,4 @@ func reloadFlaps(t *testing.T, d *driver, cmd map[string]any, aliceJID, bobJID s
 		}
 	}
 	return false
-}
-
-func terminatesSent(t *testing.T, d *driver, bosh string) []string {
-	t.Helper()
-	var out []string
-	for _, r := range standinRequests(t, d, bosh) {
-		if strings.Contains(r.Body, "type='terminate'") {
-			out = append(out, r.Body)
-		}
-	}
-	return out
 }

@@ -8,7 +8,9 @@
 //   {"op":"wait","js":"...","timeout":ms}    until the expression is truthy
 //   {"op":"reload"}                          a full page reload
 //   {"op":"goto","url":"..."}                navigation in the same page
-//   {"op":"requests"}                        every request the page sent so far
+//   {"op":"requests"}                        every POST the pages reported so far (one sent
+//                                            while a page unloads may be missing: the
+//                                            test's site records what arrived)
 //   {"op":"close"}
 // env: CHROMIUM (default /usr/bin/chromium)
 import { chromium } from 'playwright-core';
