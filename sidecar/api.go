@@ -76,7 +76,9 @@ func (a *api) routes() http.Handler {
 	if a.bosh == nil {
 		a.bosh = newBOSHServer(a)
 	}
-	mux.Handle("/http-bind", a.browserHandler("bosh", http.MethodPost, a.bosh.handle))
+	mux.Handle("/http-bind", a.browserHandler("bosh", http.MethodPost, func(w http.ResponseWriter, r *http.Request) (string, error) {
+		return a.bosh.handle(a, w, r)
+	}))
 	mux.Handle("/xmpp-websocket", a.browserHandler("websocket", http.MethodGet, a.websocket))
 	mux.Handle("/", a.wrap("other", true, func(http.ResponseWriter, *http.Request, *caller) error {
 		return fmt.Errorf("%w: no such endpoint", ErrNotFound)

@@ -99,9 +99,20 @@ func newSID() string {
 	return hex.EncodeToString(b[:])
 }
 
+// mintSID returns a new BOSH sid for s: 160 random bits, followed in
+// cluster mode by the session key of its PHP session (sidSessionKey, a
+// hash of the PHP session id: nothing secret), so that a request reaching
+// any node is sent to the node holding the BOSH session.
+func (h *boshServer) mintSID(s *session) string {
+	if h.a.cluster != nil {
+		return newSID() + s.key
+	}
+	return newSID()
+}
+
 // create registers a BOSH session for a bridge client.
 func (h *boshServer) create(s *session, c *bridgeClient, rid int64, wait time.Duration, hold int, prebound bool) *boshSession {
-	bs := &boshSession{srv: h, sid: newSID(), s: s, c: c, wait: wait, hold: hold, rid: rid,
+	bs := &boshSession{srv: h, sid: h.mintSID(s), s: s, c: c, wait: wait, hold: hold, rid: rid,
 		progress: make(chan struct{}), answers: map[int64][]byte{}, keys: map[int64]string{}, authed: prebound, bound: prebound,
 		limiter: tokenBucket{rate: boshRate, burst: boshBurst}}
 	bs.lastSeen = time.Now()
@@ -186,8 +197,10 @@ func (bs *boshSession) finish() {
 	bs.c.b.detach(bs.c)
 }
 
-// handle serves a request to /http-bind (through browserHandler).
-func (h *boshServer) handle(w http.ResponseWriter, r *http.Request) (string, error) {
+// handle serves a request to /http-bind (through browserHandler) that
+// reached via: the API, or the peer listener (cluster.go) for a request
+// another node forwarded, which checked the API token itself.
+func (h *boshServer) handle(via *api, w http.ResponseWriter, r *http.Request) (string, error) {
 	data, err := io.ReadAll(io.LimitReader(r.Body, boshMaxBody+1))
 	if err != nil {
 		return "", fmt.Errorf("%w: reading body: %w", ErrBadRequest, err)
@@ -205,7 +218,7 @@ func (h *boshServer) handle(w http.ResponseWriter, r *http.Request) (string, err
 	}
 	sid := body.attrs["sid"]
 	if sid == "" {
-		return h.open(w, r, body, rid)
+		return h.open(via, w, r, body, rid)
 	}
 	bs := h.get(sid)
 	if bs == nil {
@@ -228,7 +241,7 @@ func (h *boshServer) handle(w http.ResponseWriter, r *http.Request) (string, err
 		bs.writeEnd(w)
 		return bs.s.user, nil
 	}
-	if bs.serve(w, r, body, rid) {
+	if bs.serve(via.parked, w, r, body, rid) {
 		return bs.s.user, errParked
 	}
 	return bs.s.user, nil
@@ -237,8 +250,7 @@ func (h *boshServer) handle(w http.ResponseWriter, r *http.Request) (string, err
 // open creates a BOSH session for the browser's PHP session cookie
 // (session creation request, XEP-0124 §7.1). The client authenticates with
 // SASL PLAIN as the session's user; the password it sends is ignored.
-func (h *boshServer) open(w http.ResponseWriter, r *http.Request, body *boshBody, rid int64) (string, error) {
-	a := h.a
+func (h *boshServer) open(a *api, w http.ResponseWriter, r *http.Request, body *boshBody, rid int64) (string, error) {
 	if to := body.attrs["to"]; to != "" && to != a.cfg.XMPPDomain {
 		writeBOSH(w, terminateBody("host-unknown", ""))
 		return "", nil
@@ -323,9 +335,11 @@ func (h *boshServer) creationBody(bs *boshSession, body *boshBody, features stri
 }
 
 // serve handles one request of an existing session, in rid order. It
-// reports whether the request was parked: its answer is then the
+// reports whether the request was parked with pk, the parker of the
+// listener it came through (nil: none, as on the peer listener, whose
+// connections are not the API's to hand back): its answer is then the
 // parker's.
-func (bs *boshSession) serve(w http.ResponseWriter, r *http.Request, body *boshBody, rid int64) bool {
+func (bs *boshSession) serve(pk *parker, w http.ResponseWriter, r *http.Request, body *boshBody, rid int64) bool {
 	bs.s.lastPoll.Store(time.Now().UnixNano())
 	bs.seen()
 	defer bs.seen()
@@ -365,7 +379,7 @@ func (bs *boshSession) serve(w http.ResponseWriter, r *http.Request, body *boshB
 				return false
 			}
 			bs.mu.Unlock()
-			return bs.hold1(w, r, rid)
+			return bs.hold1(pk, w, r, rid)
 		case rid <= last || rid > last+window:
 			bs.mu.Unlock()
 			bs.c.end("", "")
@@ -443,7 +457,7 @@ func (bs *boshSession) serve(w http.ResponseWriter, r *http.Request, body *boshB
 		bs.answer(w, rid)
 		return false
 	}
-	return bs.hold1(w, r, rid)
+	return bs.hold1(pk, w, r, rid)
 }
 
 func bytesHasTerminate(resp []byte) bool {
@@ -557,15 +571,15 @@ func (bs *boshSession) keep(rid int64, resp []byte) {
 // newer request needs it answered, or the browser goes away. Over
 // HTTP/1.x the request is parked (boshpark.go) and hold1 reports true;
 // otherwise it waits here.
-func (bs *boshSession) hold1(w http.ResponseWriter, r *http.Request, rid int64) bool {
+func (bs *boshSession) hold1(pk *parker, w http.ResponseWriter, r *http.Request, rid int64) bool {
 	if bs.answerable(rid) {
 		// Stanzas (or the end) already wait: no need to hold.
 		bs.answer(w, rid)
 		return false
 	}
 	hw := &boshWaiter{rid: rid, wake: make(chan struct{})}
-	if h, ok := bs.srv.a.parked.hijack(w, r, true); ok {
-		p := &boshPark{pk: bs.srv.a.parked, heldConn: h, bs: bs, w: hw, start: w.(*statusRecorder).start}
+	if h, ok := pk.hijack(w, r, true); ok {
+		p := &boshPark{pk: pk, heldConn: h, bs: bs, w: hw, start: w.(*statusRecorder).start}
 		hw.p = p
 		p.mu.Lock() // armed before it can answer
 		bs.register(hw)

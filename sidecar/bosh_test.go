@@ -42,6 +42,12 @@ func NewBOSHClient(t testing.TB, url string, hdr ...string) *BOSHClient {
 	return c
 }
 
+// Via sends the client's requests through rt (a test's load balancer).
+func (c *BOSHClient) Via(rt http.RoundTripper) *BOSHClient {
+	c.hc.Transport = rt
+	return c
+}
+
 // post sends one raw body and returns the status and parsed response.
 func (c *BOSHClient) Post(ctx context.Context, body string) (int, *boshBody) {
 	c.t.Helper()

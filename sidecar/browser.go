@@ -72,7 +72,15 @@ func (a *api) browserHandler(route, method string, h func(http.ResponseWriter, *
 		case !a.originAllowed(r):
 			err = ErrForbiddenOrigin
 		default:
-			user, err = h(rec, r)
+			// In cluster mode a stream of a session another node owns
+			// is served there (clusterbrowser.go).
+			done := false
+			if a.cluster != nil && !a.peer {
+				done, err = a.browserRoute(rec, r, route)
+			}
+			if !done && err == nil {
+				user, err = h(rec, r)
+			}
 		}
 		if err == errParked {
 			return // the parker answers, logs and measures it (boshpark.go)

@@ -488,14 +488,38 @@ func (a *api) clusterRoute(w http.ResponseWriter, r *http.Request, c *caller, ro
 		body = b
 		r.Body = io.NopCloser(bytes.NewReader(b))
 	}
+	local, res, err := cl.toOwner(w, r, sk, body, true)
+	if err != nil || !local {
+		return true, err
+	}
+	return false, a.afterClaim(r, c, route, res)
+}
+
+// toOwner sends the request to the session's owner and relays its answer
+// (local false, err nil), or reports that this node is to serve it itself
+// (local true). With claim, a session nobody holds, or whose owner's peer
+// port refuses (its process is gone), is claimed here; without it (a BOSH
+// request naming a sid, which lived on its owner only) such a request is
+// served here, where no sid is known.
+func (cl *cluster) toOwner(w http.ResponseWriter, r *http.Request, sk string, body []byte, claim bool) (bool, claimResult, error) {
+	ctx := r.Context()
 	var expected *lease
 	for attempt := 0; attempt < 4; attempt++ {
-		res, err := cl.take(ctx, sk, expected)
-		if err != nil {
-			return true, err
+		var res claimResult
+		if claim {
+			var err error
+			if res, err = cl.take(ctx, sk, expected); err != nil {
+				return false, res, err
+			}
+		} else {
+			l, found, err := cl.ls.owner(ctx, sk)
+			if err != nil {
+				return false, res, err
+			}
+			res = claimResult{won: !found || l.node == cl.ls.self.node, lease: l}
 		}
 		if res.won {
-			return false, a.afterClaim(r, c, route, res)
+			return true, res, nil
 		}
 		out := cl.forward(w, r, sk, body, res.lease)
 		switch {
@@ -503,24 +527,27 @@ func (a *api) clusterRoute(w http.ResponseWriter, r *http.Request, c *caller, ro
 			// Nothing listens on the owner's peer port: its process is
 			// gone, and its lease can be taken before it expires.
 			cl.metrics.clusterForwards.WithLabelValues("refused").Inc()
+			if !claim {
+				return true, res, nil
+			}
 			expected = &res.lease
 		case out.notOwner:
 			cl.metrics.clusterForwards.WithLabelValues("not_owner").Inc()
 			expected = nil
 			select {
 			case <-ctx.Done():
-				return true, ctx.Err()
+				return false, res, ctx.Err()
 			case <-time.After(time.Duration(attempt+1) * 50 * time.Millisecond):
 			}
 		case out.err != nil:
 			cl.metrics.clusterForwards.WithLabelValues("error").Inc()
-			return true, out.err
+			return false, res, out.err
 		default:
 			cl.metrics.clusterForwards.WithLabelValues("ok").Inc()
-			return true, nil
+			return false, res, nil
 		}
 	}
-	return true, fmt.Errorf("%w: the session's owner kept changing", ErrPeerUnavailable)
+	return false, claimResult{}, fmt.Errorf("%w: the session's owner kept changing", ErrPeerUnavailable)
 }
 
 // takeoverLoginTimeout bounds a takeover's login, which does not end with

@@ -61,3 +61,37 @@ func TestClusterConfig(t *testing.T) {
 		})
 	}
 }
+
+func TestSIDSessionKey(t *testing.T) {
+	sk := sessionKey("php-session-id")
+	random := strings.Repeat("ab", 20)
+	for _, tc := range []struct {
+		name, sid, want string
+		ok              bool
+	}{
+		{"a cluster sid", random + sk, sk, true},
+		{"a single node's sid", random, "", false},
+		{"too long", random + sk + "0", "", false},
+		{"not hex", random + strings.Repeat("z", 64), "", false},
+		{"empty", "", "", false},
+	} {
+		got, ok := sidSessionKey(tc.sid)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("%s: %q %v, want %q %v", tc.name, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+// FuzzSIDSessionKey: a sid from a browser never panics the router, and
+// what it yields is the sid's last 64 hex digits.
+func FuzzSIDSessionKey(f *testing.F) {
+	f.Add(strings.Repeat("ab", 20) + sessionKey("x"))
+	f.Add("")
+	f.Add(strings.Repeat("é", 52))
+	f.Fuzz(func(t *testing.T, sid string) {
+		sk, ok := sidSessionKey(sid)
+		if ok && (len(sk) != 64 || !strings.HasSuffix(sid, sk)) {
+			t.Fatalf("%q gave %q", sid, sk)
+		}
+	})
+}

@@ -28,7 +28,9 @@ import (
 
 // forwardedHeaders are the request headers a forwarded call keeps: who it
 // speaks for (the PHP session), what it sends and what it accepts.
-var forwardedHeaders = []string{"X-Session-Id", "Cookie", "Content-Type", "Accept", "Last-Event-ID", "If-None-Match", "Origin"}
+// The Host goes too, and X-Forwarded-Host, so that the owner checks a
+// browser's Origin as the node it reached would.
+var forwardedHeaders = []string{"X-Session-Id", "Cookie", "Content-Type", "Accept", "Last-Event-ID", "If-None-Match", "Origin", "X-Forwarded-Host"}
 
 // answeredHeaders are the response headers copied back to the caller.
 var answeredHeaders = []string{"Content-Type", "Cache-Control", "Retry-After", "ETag", "X-Content-Type-Options", "X-Accel-Buffering"}
@@ -93,6 +95,17 @@ func (cl *cluster) relay(ctx context.Context, w http.ResponseWriter, r *http.Req
 			req.Header.Add(h, v)
 		}
 	}
+	req.Host = r.Host
+	if up := r.Header.Get("Upgrade"); up != "" {
+		// A WebSocket: the owner accepts it, and splice joins the two.
+		req.Header.Set("Connection", "Upgrade")
+		req.Header.Set("Upgrade", up)
+		for _, h := range upgradeHeaders {
+			for _, v := range r.Header.Values(h) {
+				req.Header.Add(h, v)
+			}
+		}
+	}
 	req.Header.Set("Authorization", "Bearer "+cl.secret)
 	resp, err := cl.peer.Do(req)
 	once()
@@ -107,6 +120,9 @@ func (cl *cluster) relay(ctx context.Context, w http.ResponseWriter, r *http.Req
 			return forwardOutcome{err: fmt.Errorf("%w: node %s: %w", ErrPeerUnavailable, owner.node, ctx.Err())}
 		}
 		return forwardOutcome{err: fmt.Errorf("%w: node %s: %w", ErrPeerUnavailable, owner.node, err)}
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		return splice(r.Context(), w, resp)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusConflict {
@@ -209,8 +225,10 @@ func startCluster(ctx context.Context, cfg *Config, a *api, wg *sync.WaitGroup, 
 	// The peer API shares everything with the API but parks no poll (its
 	// connections are the peers', not net/http's listener's) and needs no
 	// API token: the cluster secret stands for it.
+	// It shares the BOSH sessions too: a sid minted on one listener is
+	// served on the other.
 	pa := &api{cfg: a.cfg, reg: a.reg, reader: a.reader, logger: a.logger, metrics: a.metrics, now: a.now,
-		cluster: cl, peer: true}
+		cluster: cl, peer: true, bosh: a.bosh}
 	ps := &peerServer{api: pa, srv: newPeerServer(cl.peerHandler(pa.routes()), a.logger)}
 	wg.Go(func() {
 		if err := ps.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

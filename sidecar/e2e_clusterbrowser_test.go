@@ -1,0 +1,315 @@
+package sidecar_test
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"expressolivre.org/imsidecar/sidecar"
+	"expressolivre.org/imsidecar/xmppconn"
+)
+
+// Browser streams in cluster mode: BOSH requests and WebSockets reaching
+// any node are served by the node owning the PHP session, through the
+// peer listener.
+
+// browserBalancer is round robin over the nodes with no timeout on the
+// answer's headers: a held BOSH request waits for its wait.
+func (rig *clusterRig) browserBalancer() *balancer {
+	lb := newBalancer(rig.api)
+	lb.base = &http.Transport{MaxIdleConnsPerHost: 8}
+	return lb
+}
+
+// owner returns the index of the one node holding a lease, failing if
+// there is not exactly one.
+func (rig *clusterRig) owner(t *testing.T) int {
+	t.Helper()
+	owner := -1
+	for i, d := range rig.Nodes {
+		if rig.clusterMetric(t, "imsidecar_cluster_leases", d) == 1 {
+			if owner >= 0 {
+				t.Fatalf("nodes %d and %d both hold a lease", owner, i)
+			}
+			owner = i
+		}
+	}
+	if owner < 0 {
+		t.Fatal("no node holds the lease")
+	}
+	return owner
+}
+
+// clusterPage opens a BOSH session for u's cookie through lb, as a page
+// behind the site's balancer would (Origin and X-Forwarded-Host are the
+// site's), and logs in.
+func (rig *clusterRig) clusterPage(t *testing.T, lb *balancer, u *user) *sidecar.BOSHClient {
+	t.Helper()
+	c := sidecar.NewBOSHClient(t, "http://balancer/http-bind", "Cookie", "sessionid="+u.SID,
+		"Origin", "https://intranet.example", "X-Forwarded-Host", "intranet.example").Via(lb)
+	c.Create(rig.e.XMPP.Domain)
+	rig.e.secrets = append(rig.e.secrets, c.SID)
+	if jid := c.Login(u.Name, "placeholder"); !strings.HasPrefix(jid, u.Bare+"/") {
+		t.Fatalf("bound %q", jid)
+	}
+	c.Send("", `<presence xmlns="jabber:client"/>`)
+	return c
+}
+
+// TestClusterBrowser: a BOSH client whose requests go round robin over
+// three nodes chats with a desktop contact, nothing lost or duplicated,
+// on one stream; a WebSocket opened on a node that does not own the
+// session works; a sid of another PHP session, a forged sid, a foreign
+// Origin and a peer request without the secret are refused.
+func TestClusterBrowser(t *testing.T) {
+	rig := startClusterRig(t, 3, 3*time.Second)
+	lb := rig.browserBalancer()
+	rig.e.register(t, "cbw", "cbx", "cbdesk")
+	rig.e.XMPP.Befriend(t, "cbw", "cbdesk")
+	desk := dialDesktop(t, rig.e.XMPP, "cbdesk")
+	alice, mallory := rig.e.login(t, "cbw"), rig.e.login(t, "cbx")
+	page := rig.clusterPage(t, lb, alice)
+	owner := rig.owner(t)
+	other := (owner + 1) % 3
+	if len(page.SID) != 40+64 {
+		t.Fatalf("a cluster sid has %d characters, want 160 random bits and a session key in hex", len(page.SID))
+	}
+
+	// Both ways, 20 messages each, every request through the next node.
+	const n = 20
+	ctx := t.Context()
+	for i := range n {
+		if _, err := desk.Conn.Send(ctx, xmppconn.Message{To: alice.Bare, Type: "chat", Body: fmt.Sprintf("d2b-%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+		page.Send("", `<message xmlns="jabber:client" to="`+desk.Bare+`" type="chat"><body>b2d-`+strconv.Itoa(i)+`</body></message>`)
+	}
+	for i := range n {
+		body := fmt.Sprintf(">d2b-%d<", i)
+		page.WaitFor(15*time.Second, body, func(s string) bool { return strings.Contains(s, body) })
+	}
+	for range 3 {
+		page.Send("", "")
+	}
+	dup := page.Count(func(s string) bool { return strings.Contains(s, ">d2b-") })
+	got := map[string]int{}
+	deadline := time.After(15 * time.Second)
+	for len(got) < n {
+		select {
+		case ev := <-desk.events:
+			if m, ok := ev.(*xmppconn.Message); ok && strings.HasPrefix(m.Body, "b2d-") {
+				got[m.Body]++
+			}
+		case <-deadline:
+			t.Fatalf("the desktop contact got %d of %d messages", len(got), n)
+		}
+	}
+	time.Sleep(time.Second)
+	for len(desk.events) > 0 {
+		if m, ok := (<-desk.events).(*xmppconn.Message); ok && strings.HasPrefix(m.Body, "b2d-") {
+			got[m.Body]++
+		}
+	}
+	for b, k := range got {
+		if k != 1 {
+			dup += k - 1
+			t.Errorf("%s reached the desktop %d times", b, k)
+		}
+	}
+	if dup != 0 {
+		t.Errorf("%d duplicated messages", dup)
+	}
+	forwarded := rig.clusterMetric(t, `imsidecar_cluster_forwards_total{result="ok"}`)
+	if forwarded < n/2 {
+		t.Errorf("%v requests forwarded to the owner: the balancer sent most to the others", forwarded)
+	}
+	if c := rig.clusterMetric(t, "imsidecar_connects_total"); c != 1 {
+		t.Errorf("the nodes opened %v streams, want 1", c)
+	}
+	if a := rig.e.XMPP.AuthSuccesses("cbw"); a != 1 {
+		t.Errorf("%d logins at Prosody, want 1", a)
+	}
+	t.Logf("BOSH round robin over 3 nodes: %d messages each way, 0 lost, %d duplicated; %v requests forwarded to node%d", n, dup, forwarded, owner)
+
+	// A WebSocket opened on a node that does not own the session.
+	nonOwner := rig.Nodes[other]
+	ws := dialClusterWS(t, nonOwner.URL, nonOwner.URL, alice.SID)
+	dom := rig.e.XMPP.Domain
+	ws.send(`<open xmlns="urn:ietf:params:xml:ns:xmpp-framing" to="` + dom + `" version="1.0"/>`)
+	ws.waitFor("SASL features", contains("<mechanism>PLAIN</mechanism>"))
+	ws.send(`<auth xmlns="urn:ietf:params:xml:ns:xmpp-sasl" mechanism="PLAIN">` + base64.StdEncoding.EncodeToString([]byte("\x00cbw\x00x")) + `</auth>`)
+	ws.waitFor("success", contains("<success"))
+	ws.send(`<open xmlns="urn:ietf:params:xml:ns:xmpp-framing" to="` + dom + `" version="1.0"/>`)
+	ws.waitFor("bind features", contains("xmpp-bind"))
+	ws.send(`<iq xmlns="jabber:client" type="set" id="b"><bind xmlns="urn:ietf:params:xml:ns:xmpp-bind"/></iq>`)
+	ws.waitFor("bound", contains("<jid>"+alice.Bare+"/"))
+	ws.send(`<presence xmlns="jabber:client"/>`)
+	if _, err := desk.Conn.Send(ctx, xmppconn.Message{To: alice.Bare, Type: "chat", Body: "para o websocket"}); err != nil {
+		t.Fatal(err)
+	}
+	ws.waitFor("the desktop's message", contains("para o websocket"))
+	ws.send(`<message xmlns="jabber:client" to="` + desk.Bare + `" type="chat"><body>pelo websocket</body></message>`)
+	desk.waitFor(t, 15*time.Second, "the WebSocket's message", func(ev xmppconn.Event) bool {
+		m, ok := ev.(*xmppconn.Message)
+		return ok && m.Body == "pelo websocket"
+	})
+	page.WaitFor(15*time.Second, "the message on the BOSH tab too", contains("para o websocket"))
+	if c := rig.clusterMetric(t, "imsidecar_connects_total"); c != 1 {
+		t.Errorf("the nodes opened %v streams, want 1", c)
+	}
+
+	// Hostile.
+	post := func(node int, cookieSID, origin, body string) (int, string) {
+		t.Helper()
+		hdr := []string{"Origin", origin}
+		if cookieSID != "" {
+			hdr = append(hdr, "Cookie", "sessionid="+cookieSID)
+		}
+		c := sidecar.NewBOSHClient(t, rig.Nodes[node].URL+"/http-bind", hdr...)
+		st, _ := c.Post(ctx, body)
+		return st, c.Last
+	}
+	onSID := func(sid string) string {
+		return `<body xmlns="http://jabber.org/protocol/httpbind" rid="` + strconv.FormatInt(page.RID+1, 10) + `" sid="` + sid + `"/>`
+	}
+	nodeURL := rig.Nodes[other].URL
+	// mallory's cookie with alice's sid, through a node that does not
+	// own alice's session: refused by the owner, as on one node.
+	if st, body := post(other, mallory.SID, nodeURL, onSID(page.SID)); st != http.StatusOK || !strings.Contains(body, `condition="item-not-found"`) {
+		t.Errorf("another session's sid through node%d: %d %s", other, st, body)
+	}
+	// A sid forged from alice's (other random bits): no such session.
+	forged := strings.Repeat("0", 40) + page.SID[40:]
+	if st, body := post(other, "", nodeURL, onSID(forged)); st != http.StatusNotFound || !strings.Contains(body, "item-not-found") {
+		t.Errorf("a forged sid through node%d: %d %s", other, st, body)
+	}
+	// A foreign Origin, at the node that does not own the session.
+	create := `<body xmlns="http://jabber.org/protocol/httpbind" rid="5" to="` + dom + `" wait="3" hold="1"/>`
+	if st, body := post(other, alice.SID, "https://evil.example", create); st != http.StatusForbidden {
+		t.Errorf("a foreign Origin (BOSH) at node%d: %d %s", other, st, body)
+	}
+	hdr := http.Header{"Origin": {"https://evil.example"}, "Cookie": {"sessionid=" + alice.SID}}
+	if _, resp, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(nodeURL, "http")+"/xmpp-websocket",
+		&websocket.DialOptions{Subprotocols: []string{"xmpp"}, HTTPHeader: hdr}); err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
+		t.Errorf("a foreign Origin (WebSocket) at node%d: %v %v", other, resp, err)
+	}
+	// The owner's peer listener without the secret.
+	refusedBefore := rig.clusterMetric(t, "imsidecar_cluster_peer_refused_total")
+	peerURL := "http://" + rig.peers[owner]
+	c := sidecar.NewBOSHClient(t, peerURL+"/http-bind", "Cookie", "sessionid="+alice.SID, "Origin", peerURL)
+	if st, _ := c.Post(ctx, onSID(page.SID)); st != http.StatusUnauthorized || !strings.Contains(c.Last, "peer_unauthorized") {
+		t.Errorf("BOSH at the peer listener without the secret: %d %s", st, c.Last)
+	}
+	hdr = http.Header{"Origin": {peerURL}, "Cookie": {"sessionid=" + alice.SID}}
+	if _, resp, err := websocket.Dial(ctx, "ws://"+rig.peers[owner]+"/xmpp-websocket",
+		&websocket.DialOptions{Subprotocols: []string{"xmpp"}, HTTPHeader: hdr}); err == nil || resp == nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("a WebSocket at the peer listener without the secret: %v %v", resp, err)
+	}
+	if got := rig.clusterMetric(t, "imsidecar_cluster_peer_refused_total") - refusedBefore; got != 2 {
+		t.Errorf("peer_refused_total grew by %v, want 2", got)
+	}
+	// alice's tabs are untouched by all of it.
+	if _, err := desk.Conn.Send(ctx, xmppconn.Message{To: alice.Bare, Type: "chat", Body: "ainda aqui"}); err != nil {
+		t.Fatal(err)
+	}
+	ws.waitFor("the WebSocket after the hostile requests", contains("ainda aqui"))
+	page.WaitFor(15*time.Second, "the BOSH tab after the hostile requests", contains("ainda aqui"))
+}
+
+// dialClusterWS opens an RFC 7395 WebSocket at base with origin and the
+// PHP session cookie.
+func dialClusterWS(t *testing.T, base, origin, cookieSID string) *wsClient {
+	t.Helper()
+	hdr := http.Header{}
+	hdr.Set("Origin", origin)
+	hdr.Set("Cookie", "sessionid="+cookieSID)
+	ws, _, err := websocket.Dial(t.Context(), "ws"+strings.TrimPrefix(base, "http")+"/xmpp-websocket",
+		&websocket.DialOptions{Subprotocols: []string{"xmpp"}, HTTPHeader: hdr})
+	if err != nil {
+		t.Fatalf("websocket at %s: %v", base, err)
+	}
+	c := &wsClient{t: t, ws: ws, in: make(chan string, 256)}
+	go func() {
+		defer close(c.in)
+		for {
+			_, data, err := ws.Read(context.Background())
+			if err != nil {
+				return
+			}
+			c.in <- string(data)
+		}
+	}()
+	t.Cleanup(func() { ws.CloseNow() })
+	return c
+}
+
+// TestClusterBrowserKillOwner: the node holding a BOSH page's session is
+// killed (SIGKILL). The page's next request, through another node, is
+// answered item-not-found (its BOSH session died with the node); the page
+// opens a new one through the next node, which takes the session over
+// with a fresh login, and gets the messages its contact sent meanwhile,
+// each once.
+func TestClusterBrowserKillOwner(t *testing.T) {
+	rig := startClusterRig(t, 3, 3*time.Second)
+	lb := rig.browserBalancer()
+	rig.e.register(t, "cbk", "cbkdesk")
+	rig.e.XMPP.Befriend(t, "cbk", "cbkdesk")
+	desk := dialDesktop(t, rig.e.XMPP, "cbkdesk")
+	alice := rig.e.login(t, "cbk")
+	page := rig.clusterPage(t, lb, alice)
+	ctx := t.Context()
+	say := func(body string) {
+		t.Helper()
+		if _, err := desk.Conn.Send(ctx, xmppconn.Message{To: alice.Bare, Type: "chat", Body: body}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	say("antes")
+	page.WaitFor(15*time.Second, "the message before the kill", contains(">antes<"))
+	drainDesktop(desk)
+	victim := rig.Nodes[rig.owner(t)]
+	victim.Signal(t, syscall.SIGKILL, 5*time.Second)
+	killed := time.Now()
+	const n = 5
+	for i := range n {
+		say(fmt.Sprintf("durante-%d", i))
+	}
+	page.RID++
+	st, _ := page.Post(ctx, `<body xmlns="http://jabber.org/protocol/httpbind" rid="`+strconv.FormatInt(page.RID, 10)+`" sid="`+page.SID+`"/>`)
+	if st != http.StatusNotFound || !strings.Contains(page.Last, "item-not-found") {
+		t.Fatalf("the dead node's sid through another node: %d %s", st, page.Last)
+	}
+	page2 := rig.clusterPage(t, lb, alice)
+	served := time.Since(killed)
+	for i := range n {
+		body := fmt.Sprintf(">durante-%d<", i)
+		page2.WaitFor(20*time.Second, body, contains(body))
+	}
+	for range 3 {
+		page2.Send("", "")
+	}
+	dup := page2.Count(contains(">durante-"))
+	again := page2.Count(contains(">antes<"))
+	if dup != 0 {
+		t.Errorf("%d messages sent during the outage arrived twice", dup)
+	}
+	if a := rig.e.XMPP.AuthSuccesses("cbk"); a != 2 {
+		t.Errorf("%d logins at Prosody, want 2 (the first and the takeover's)", a)
+	}
+	flap := unavailableSeen(desk)
+	page2.Send("", `<message xmlns="jabber:client" to="`+desk.Bare+`" type="chat"><body>voltei</body></message>`)
+	desk.waitFor(t, 15*time.Second, "the page's message after the takeover", func(ev xmppconn.Event) bool {
+		m, ok := ev.(*xmppconn.Message)
+		return ok && m.Body == "voltei"
+	})
+	t.Logf("kill -9 of the owner of a BOSH page: %d messages sent meanwhile, 0 lost, %d duplicated; the message before the kill came again %d times; the page served again on a new BOSH session %v after the kill (a fresh login); the desktop contact saw %d unavailable",
+		n, dup, again, served.Round(10*time.Millisecond), flap)
+}
