@@ -28,6 +28,18 @@ import (
 // instead of holding the shutdown for --shutdown-timeout; over HTTP/2 the
 // connection then gets GOAWAY and closes.
 func newAPIServer(cfg *Config, h http.Handler, logger *slog.Logger) *http.Server {
+	srv := newHTTPServer(h, logger)
+	srv.Protocols = new(http.Protocols)
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(cfg.HTTP2)
+	srv.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: cfg.HTTP2MaxStreams}
+	return srv
+}
+
+// newHTTPServer is what the API and the peer listener share: the timeouts
+// and header cap above, and every request's context ended when Shutdown
+// begins.
+func newHTTPServer(h http.Handler, logger *slog.Logger) *http.Server {
 	reqCtx, endRequests := context.WithCancel(context.Background())
 	srv := &http.Server{
 		Handler:           h,
@@ -37,11 +49,7 @@ func newAPIServer(cfg *Config, h http.Handler, logger *slog.Logger) *http.Server
 		MaxHeaderBytes:    32 << 10,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 		BaseContext:       func(net.Listener) context.Context { return reqCtx },
-		Protocols:         new(http.Protocols),
-		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: cfg.HTTP2MaxStreams},
 	}
-	srv.Protocols.SetHTTP1(true)
-	srv.Protocols.SetUnencryptedHTTP2(cfg.HTTP2)
 	srv.RegisterOnShutdown(endRequests)
 	return srv
 }

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -174,24 +173,6 @@ func (cl *cluster) peerHandler(inner http.Handler) http.Handler {
 	})
 }
 
-// newPeerServer is the peer listener's HTTP server: HTTP/1.1, no overall
-// write timeout (forwarded long polls and SSE streams last), requests
-// ended when Shutdown begins, as the API's.
-func newPeerServer(h http.Handler, logger *slog.Logger) *http.Server {
-	reqCtx, endRequests := context.WithCancel(context.Background())
-	srv := &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    32 << 10,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-		BaseContext:       func(net.Listener) context.Context { return reqCtx },
-	}
-	srv.RegisterOnShutdown(endRequests)
-	return srv
-}
-
 // peerServer is the peer listener and the API instance behind it; its
 // methods do nothing on a single node (nil).
 type peerServer struct {
@@ -229,7 +210,7 @@ func startCluster(ctx context.Context, cfg *Config, a *api, wg *sync.WaitGroup, 
 	// served on the other.
 	pa := &api{cfg: a.cfg, reg: a.reg, reader: a.reader, logger: a.logger, metrics: a.metrics, now: a.now,
 		cluster: cl, peer: true, bosh: a.bosh}
-	ps := &peerServer{api: pa, srv: newPeerServer(cl.peerHandler(pa.routes()), a.logger)}
+	ps := &peerServer{api: pa, srv: newHTTPServer(cl.peerHandler(pa.routes()), a.logger)}
 	wg.Go(func() {
 		if err := ps.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("sidecar: cluster peer listener: %w", err)
