@@ -58,6 +58,9 @@ type clusterRigOptions struct {
 	// rigs); RedisCluster and Prosody are then theirs.
 	Servers *clusterServers
 	Extra   []string // more flags for every node
+	// FirstHost is the last byte of node0's loopback address, 127.0.0.x
+	// (default 11): rigs running side by side take distinct addresses.
+	FirstHost int
 }
 
 // clusterServers are a rig's Prosody and Redis.
@@ -122,10 +125,13 @@ func startClusterRigWith(t *testing.T, o clusterRigOptions) *clusterRig {
 	if err := os.WriteFile(secretFile, []byte(rig.Secret+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	if o.FirstHost == 0 {
+		o.FirstHost = 11
+	}
 	for i := range o.Nodes {
-		host := "127.0.0." + strconv.Itoa(11+i)
-		api := net.JoinHostPort(host, strconv.Itoa(freePort(t)))
-		peer := net.JoinHostPort(host, strconv.Itoa(freePort(t)))
+		host := "127.0.0." + strconv.Itoa(o.FirstHost+i)
+		api := net.JoinHostPort(host, strconv.Itoa(freePortOn(t, host)))
+		peer := net.JoinHostPort(host, strconv.Itoa(freePortOn(t, host)))
 		d := startDaemon(t, daemonOptions{Store: rig.e.Store, XMPP: rig.e.XMPP, Extra: append([]string{
 			"--listen=" + api,
 			"--cluster-redis=" + rig.Leases,
@@ -150,6 +156,17 @@ func startClusterRigWith(t *testing.T, o clusterRigOptions) *clusterRig {
 		}
 	})
 	return rig
+}
+
+// freePortOn returns a TCP port of host that was free a moment ago.
+func freePortOn(tb testing.TB, host string) int {
+	tb.Helper()
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
 
 // balancer is the test's load balancer: round robin over the nodes'

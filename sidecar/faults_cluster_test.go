@@ -1,7 +1,7 @@
 package sidecar_test
 
 // The cluster fault matrix (issue 20, items 1–8): three imsidecar nodes on
-// 127.0.0.11–13 (one for the one-node deployment) sharing a real Redis,
+// 127.0.0.11–13 or .21–23 (one for the one-node deployment) sharing a real Redis,
 // PHP writing the sessions into it, one real Prosody, and the test as the
 // load balancer (e2e_cluster_test.go's rig and balancer, faults_test.go's
 // traffic). Every scenario runs on a standalone Redis with an append-only
@@ -144,7 +144,7 @@ func TestClusterFaults(t *testing.T) {
 				MaxOpenFiles: uint64(4*sc.Users + 512), DisableModules: []string{"mam"}})
 			for _, s := range clusterScenarios {
 				t.Run(s.name, func(t *testing.T) {
-					b := &clusterBed{t: t, sc: sc, srv: srv}
+					b := &clusterBed{t: t, sc: sc, srv: srv, firstHost: 11 + 10*slices.Index(kinds, kind)}
 					b.row = clusterRow{Redis: kind, Scenario: s.name, Unserved: -1}
 					defer func() { // also after a t.Fatal
 						b.checkCrossSlot()
@@ -199,17 +199,18 @@ func TestClusterFaults(t *testing.T) {
 
 // clusterBed is one scenario's rig with its users under traffic.
 type clusterBed struct {
-	t      *testing.T
-	sc     clusterScale
-	srv    *clusterServers
-	rig    *clusterRig
-	lb     *balancer
-	users  []*fuser
-	desk   *desktop
-	watch  *presenceWatch
-	leases *leaseReader
-	tr     *traffic
-	row    clusterRow
+	t         *testing.T
+	sc        clusterScale
+	srv       *clusterServers
+	firstHost int // node0 is on 127.0.0.firstHost
+	rig       *clusterRig
+	lb        *balancer
+	users     []*fuser
+	desk      *desktop
+	watch     *presenceWatch
+	leases    *leaseReader
+	tr        *traffic
+	row       clusterRow
 }
 
 // setup starts the rig with nodes nodes, logs the users in (each a contact
@@ -219,7 +220,7 @@ func (b *clusterBed) setup(nodes int, sticky, everywhere bool) {
 	t := b.t
 	t.Helper()
 	start := time.Now()
-	b.rig = startClusterRigWith(t, clusterRigOptions{Nodes: nodes, TTL: b.sc.TTL, Servers: b.srv})
+	b.rig = startClusterRigWith(t, clusterRigOptions{Nodes: nodes, TTL: b.sc.TTL, Servers: b.srv, FirstHost: b.firstHost})
 	b.leases = newLeaseReader(t, b.rig.Leases)
 	b.lb = newBalancer(b.rig.api)
 	b.lb.sticky = sticky
@@ -296,6 +297,17 @@ func (b *clusterBed) start(to []*fuser) {
 	}
 	b.tr.start()
 	b.tr.sendFromDesktopTo(b.desk, "desk", time.Duration(float64(time.Second)/b.sc.Desk), to)
+}
+
+// setupVictim is setup of 3 nodes with round robin, and returns node0's
+// users, the ones its fault will move.
+func (b *clusterBed) setupVictim() []*fuser {
+	b.setup(3, false, false)
+	moved := b.owned(0)
+	if len(moved) == 0 {
+		b.t.Fatal("node0 owns no session")
+	}
+	return moved
 }
 
 // owned returns the users whose lease names node (nodeN).
@@ -453,13 +465,7 @@ func clusterSteady(b *clusterBed, sticky bool) {
 // sessions, mid-conversation with a desktop contact writing to its users,
 // and browser tabs (BOSH and WebSocket) among them.
 func clusterKill(b *clusterBed) {
-	b.setup(3, false, false)
-	t := b.t
-	victim := 0
-	moved := b.owned(victim)
-	if len(moved) == 0 {
-		t.Fatal("node0 owns no session")
-	}
+	t, victim, moved := b.t, 0, b.setupVictim()
 	tabs := b.openTabs(victim)
 	_, tok := b.leases.read(t, b.users)
 	b.start(moved)
@@ -482,13 +488,7 @@ func clusterKill(b *clusterBed) {
 // taken over; the woken node detaches them silently and steals back at
 // most one per session.
 func clusterFreeze(b *clusterBed) {
-	b.setup(3, false, false)
-	t := b.t
-	victim := 0
-	moved := b.owned(victim)
-	if len(moved) == 0 {
-		t.Fatal("node0 owns no session")
-	}
+	t, victim, moved := b.t, 0, b.setupVictim()
 	_, tok := b.leases.read(t, b.users)
 	b.start(moved)
 	time.Sleep(b.sc.Before)
