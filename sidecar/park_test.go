@@ -63,7 +63,7 @@ func startParkServer(tb testing.TB, park bool, maxConns int, opts ...func(*http.
 	}
 	if park {
 		rl := newResumeListener(ln)
-		h.api.parked = newParker(h.api, rl, ps.srv.IdleTimeout)
+		h.api.parked = newParker(h.api, rl, ps.srv)
 		h.api.parked.repoll = h.srv // as serve sets it (repoll.go)
 		ln = rl
 	}
