@@ -128,7 +128,7 @@ faults-cluster: deps ## the cluster fault matrix in full (issue 20): 3 nodes, CL
 .PHONY: bench
 bench: deps build ## Go micro-benchmarks, then the load test: 1,000 users, sidecar vs BOSH vs WebSocket, and the sidecar with STARTTLS, and the sidecar's own BOSH and WebSocket vs Prosody's (bench/results.json)
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2000x ./phpsession ./sidecar
-	$(GO) test -run '^$$' -bench 'Stanza' -benchmem -benchtime 20000x ./xmppconn
+	$(GO) test -run '^$$' -bench 'Stanza|InboundDelivery' -benchmem -benchtime 20000x ./xmppconn
 	$(GO) test -run '^$$' -bench 'IdleConnMemory' -benchtime 1x ./xmppconn
 	$(GO) run ./sidecar/internal/loadtest/cmd/imbench -imsidecar $(BIN) -profile quick \
 	  -paths bare,sidecar,sidecar-tls,bosh,websocket,sidecar-bosh,sidecar-websocket \
