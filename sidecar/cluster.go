@@ -57,6 +57,18 @@ type cluster struct {
 	wg   sync.WaitGroup       // detaches in flight
 	// renewed is when the last renewal pass reached Redis (unix nanos).
 	renewed atomic.Int64
+	// The sessions' state in Redis (clusterstate.go): redisDown is until
+	// when writes are not tried (unix nanos, 0: Redis answers);
+	// flushList, the sessions with writes kept back meanwhile; logCap
+	// and logBytes cap each event log in Redis.
+	redisDown atomic.Int64
+	flushMu   sync.Mutex
+	flushList []*clusterSession
+	logCap    int
+	logBytes  int64
+	// browserMax is --max-browser-streams, for a taken-over session's
+	// bridge.
+	browserMax int
 }
 
 // newCluster connects to --cluster-redis; nothing is read or written
@@ -73,6 +85,7 @@ func newCluster(cfg *Config, secret string, logger *slog.Logger, m *metrics) (*c
 		ls: &leaseStore{rdb: rdb, ttl: cfg.ClusterLeaseTTL, metaTTL: cfg.Inactivity + 10*time.Minute,
 			self: lease{node: cfg.ClusterNodeID, incarnation: hex.EncodeToString(inc[:]), peer: cfg.ClusterPeerListen}},
 		rdb: rdb, secret: secret, logger: logger, metrics: m, held: map[string]heldLease{}, sealer: newSealer(secret),
+		logCap: cfg.EventBuffer, logBytes: int64(cfg.EventBufferMB) << 20, browserMax: cfg.MaxBrowserStreams,
 		peer: &http.Client{Transport: &http.Transport{
 			Proxy:               nil,
 			DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
@@ -243,7 +256,7 @@ func (cl *cluster) markOnline(ctx context.Context, sk string, online bool, seale
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	done, err := cl.ls.mark(ctx, sk, l, online, sealed)
+	done, err := cl.ls.markSealed(ctx, sk, l, online, sealed)
 	switch {
 	case err != nil:
 		cl.logger.Warn("cluster: recording the session's state in Redis", "session", sk[:8], "err", err)
@@ -371,6 +384,7 @@ func (cl *cluster) renew(ctx context.Context) {
 		cl.logger.Warn("cluster: renewing leases", "leases", len(snap), "err", err)
 	} else {
 		cl.renewed.Store(now.UnixNano())
+		cl.redisBack()
 	}
 	for _, sk := range lost {
 		cl.lost(sk, snap[sk])
@@ -412,38 +426,13 @@ func (r *registry) has(sk string) bool {
 func (r *registry) detach(sk string) {
 	r.mu.Lock()
 	s := r.sessions[sk]
-	if s != nil {
-		delete(r.sessions, sk)
-	}
 	r.mu.Unlock()
 	if s == nil {
 		return
 	}
-	r.idsMu.Lock()
-	delete(r.ids, sk)
-	r.idsMu.Unlock()
-	s.mu.Lock()
-	conn := s.conn
-	s.conn = nil
-	b := s.bridge
-	s.mu.Unlock()
-	if b != nil {
-		b.close("moved")
-	}
-	s.setState(xmppconn.StateOffline, "moved")
-	s.appendState(xmppconn.StateOffline, "moved")
-	if conn != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		if d, ok := conn.(detacher); ok {
-			d.Detach(ctx)
-		} else {
-			conn.Close(ctx)
-		}
-		cancel()
-	}
-	r.mu.Lock()
-	r.mem.release(s.log)
-	r.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	r.letGo(ctx, s, "moved")
+	cancel()
 	r.logger.Info("xmpp stream handed over to another node", "user", s.user, "session", s.short)
 }
 

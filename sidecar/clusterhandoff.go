@@ -163,11 +163,16 @@ func (cl *cluster) handOver(ctx context.Context) {
 // handOverOne lets one session go and gives its lease back.
 func (cl *cluster) handOverOne(ctx context.Context, s *session, l lease) {
 	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	detached := cl.reg.letGo(dctx, s)
+	detached := cl.reg.letGo(dctx, s, "shutdown")
 	cancel()
 	result := "closed"
 	if detached {
 		result = "detached"
+	}
+	if s.durable != nil {
+		// What a Redis hiccup kept back is written before the lease goes:
+		// the next owner resumes from what Redis holds.
+		s.durable.flush()
 	}
 	if cl.drop(s.key, l) {
 		if err := cl.ls.release(ctx, s.key, l); err != nil {
@@ -178,14 +183,16 @@ func (cl *cluster) handOverOne(ctx context.Context, s *session, l lease) {
 	cl.metrics.clusterHandoffs.WithLabelValues(result).Inc()
 }
 
-// letGo takes session s out of the registry at this node's shutdown and
-// lets its stream go without ending the XMPP session (detach, cluster.go,
-// does the same for a lease lost): its browser streams end with
-// system-shutdown, which clients reconnect on, its state becomes offline
-// with no event (its polls were answered), and the stream is detached
-// silently, or closed when it cannot be. It reports whether the stream was
-// detached with its session resumable.
-func (r *registry) letGo(ctx context.Context, s *session) bool {
+// letGo takes session s out of the registry and lets its stream go
+// without ending the XMPP session, for another node to resume it: a lease
+// lost (detach, reason "moved") or this node's shutdown (reason
+// "shutdown"). Its browser streams end (system-shutdown at a shutdown,
+// which clients reconnect on), its state becomes offline, its log stops
+// and its waiting polls are answered with no event (a page's cursor must
+// never be ahead of what the next owner has in Redis), and the stream is
+// detached silently, or closed when it cannot be. It reports whether the
+// stream was detached with its session resumable.
+func (r *registry) letGo(ctx context.Context, s *session, reason string) bool {
 	r.mu.Lock()
 	if r.sessions[s.key] == s {
 		delete(r.sessions, s.key)
@@ -200,9 +207,10 @@ func (r *registry) letGo(ctx context.Context, s *session) bool {
 	b := s.bridge
 	s.mu.Unlock()
 	if b != nil {
-		b.close("shutdown")
+		b.close(reason)
 	}
-	s.setState(xmppconn.StateOffline, "shutdown")
+	s.setState(xmppconn.StateOffline, reason)
+	s.log.stopAndWake()
 	detached := false
 	if conn != nil {
 		if d, ok := conn.(detacher); ok {

@@ -149,7 +149,7 @@ func TestOrphanIndex(t *testing.T) {
 				if err != nil || !ra.won {
 					t.Fatalf("claim: %+v %v", ra, err)
 				}
-				if ok, err := a.mark(ctx, sk, ra.lease, true, seal.seal(sk, id)); err != nil || !ok {
+				if ok, err := a.markSealed(ctx, sk, ra.lease, true, seal.seal(sk, id)); err != nil || !ok {
 					t.Fatalf("mark: %v %v", ok, err)
 				}
 				e := entries(a, sk)[sk]
@@ -159,12 +159,12 @@ func TestOrphanIndex(t *testing.T) {
 					t.Fatalf("the indexed id: %q %v", got, err)
 				}
 				// A mark without an id keeps the indexed one.
-				if ok, err := a.mark(ctx, sk, ra.lease, true, ""); err != nil || !ok || entries(a, sk)[sk] != e {
+				if ok, err := a.mark(ctx, sk, ra.lease, true); err != nil || !ok || entries(a, sk)[sk] != e {
 					t.Fatalf("a mark without id changed the entry: %v %v %q", ok, err, entries(a, sk)[sk])
 				}
 				// b, not the owner, cannot index or unindex it.
 				forged := lease{token: ra.lease.token, node: "b", incarnation: "i-b", peer: "127.0.0.1:1"}
-				if ok, err := b.mark(ctx, sk, forged, true, seal.seal(sk, id)); err != nil || ok || len(entries(b, sk)) != 0 {
+				if ok, err := b.markSealed(ctx, sk, forged, true, seal.seal(sk, id)); err != nil || ok || len(entries(b, sk)) != 0 {
 					t.Fatalf("a forged lease indexed the session: %v %v", ok, err)
 				}
 				dead := a.self
@@ -185,7 +185,7 @@ func TestOrphanIndex(t *testing.T) {
 						t.Fatalf("a second adoption: %+v %v", again, err)
 					}
 					// The woken old owner can neither write nor unindex.
-					if ok, err := a.mark(ctx, sk, ra.lease, false, ""); err != nil || ok {
+					if ok, err := a.mark(ctx, sk, ra.lease, false); err != nil || ok {
 						t.Fatalf("the old owner wrote: %v %v", ok, err)
 					}
 					if _, ok := entries(c, sk)[sk]; !ok {
@@ -213,7 +213,7 @@ func TestOrphanIndex(t *testing.T) {
 					if err != nil || !rb.won {
 						t.Fatal(err)
 					}
-					if ok, err := b.mark(ctx, sk, rb.lease, false, ""); err != nil || !ok {
+					if ok, err := b.mark(ctx, sk, rb.lease, false); err != nil || !ok {
 						t.Fatal(err)
 					}
 					if err := b.release(ctx, sk, rb.lease); err != nil {
@@ -227,8 +227,8 @@ func TestOrphanIndex(t *testing.T) {
 			// Offline removes the owner's entry.
 			sk := sessionKey("four-session-id-ddddddddddd")
 			ra, _ := a.claim(ctx, sk, nil)
-			a.mark(ctx, sk, ra.lease, true, seal.seal(sk, "four-session-id-ddddddddddd"))
-			if ok, err := a.mark(ctx, sk, ra.lease, false, ""); err != nil || !ok || len(entries(a, sk)) != 0 {
+			a.markSealed(ctx, sk, ra.lease, true, seal.seal(sk, "four-session-id-ddddddddddd"))
+			if ok, err := a.mark(ctx, sk, ra.lease, false); err != nil || !ok || len(entries(a, sk)) != 0 {
 				t.Fatalf("offline left the entry: %v %v %v", ok, err, entries(a, sk))
 			}
 		})

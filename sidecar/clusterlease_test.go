@@ -56,13 +56,13 @@ func TestClusterLease(t *testing.T) {
 				if rb, err := b.claim(ctx, sk, &forged); err != nil || rb.won {
 					t.Fatalf("b took the lease with a forged expectation: %+v %v", rb, err)
 				}
-				if ok, err := a.mark(ctx, sk, ra.lease, true, ""); err != nil || !ok {
+				if ok, err := a.mark(ctx, sk, ra.lease, true); err != nil || !ok {
 					t.Fatalf("the owner's fenced write: %v %v", ok, err)
 				}
 				// b forging a lease in its own name, or a's token with
 				// b's name, writes nothing.
 				for _, l := range []lease{{token: ra.lease.token, node: "b", incarnation: "i-b", peer: "127.0.0.1:1"}, forged} {
-					if ok, err := b.mark(ctx, sk, l, false, ""); err != nil || ok {
+					if ok, err := b.mark(ctx, sk, l, false); err != nil || ok {
 						t.Fatalf("a forged lease %v wrote: %v %v", l, ok, err)
 					}
 					if lost, err := b.renew(ctx, map[string]lease{sk: l}); err != nil || len(lost) != 1 {
@@ -82,7 +82,7 @@ func TestClusterLease(t *testing.T) {
 				if lost, err := a.renew(ctx, map[string]lease{sk: ra.lease}); err != nil || len(lost) != 1 {
 					t.Fatalf("the old owner renewed: lost %v %v", lost, err)
 				}
-				if ok, err := a.mark(ctx, sk, ra.lease, false, ""); err != nil || ok {
+				if ok, err := a.mark(ctx, sk, ra.lease, false); err != nil || ok {
 					t.Fatalf("the old owner's token wrote: %v %v", ok, err)
 				}
 				if held, err := a.check(ctx, sk, ra.lease); err != nil || held {

@@ -33,6 +33,9 @@ type metrics struct {
 	clusterLeasesLost  prometheus.Counter
 	clusterForwards    *prometheus.CounterVec
 	clusterPeerRefused prometheus.Counter
+	// clusterResumes counts takeovers of an online user by outcome:
+	// resumed (the XMPP session continued) or fresh (a new login).
+	clusterResumes *prometheus.CounterVec
 	// Phase 3 (clusterhandoff.go, clusterorphan.go): sessions handed over
 	// at shutdown, a dead node's orphans taken up, live nodes seen.
 	clusterHandoffs  *prometheus.CounterVec
@@ -80,9 +83,11 @@ func newMetrics(sessions func() map[xmppconn.State]int, eventBytes func() int64)
 			Help: "Cluster mode: a dead node's online sessions this node took up, by outcome: resumed, offline (logged out meanwhile), moved (another node had it), gone (taken up elsewhere first), malformed, failed (left to the user's next call)."}, []string{"result"}),
 		clusterNodes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "imsidecar_cluster_nodes",
 			Help: "Cluster mode: live nodes (their liveness key present) at the last look, this one included."}),
+		clusterResumes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imsidecar_cluster_resumes_total",
+			Help: "Cluster mode: takeovers of an online user by outcome: resumed (the XMPP session and the event log continued: nothing lost, no presence change), fresh (a new login: the page's next poll says recovered:false)."}, []string{"result"}),
 	}
 	reg.MustRegister(m.connects, m.reconnects, m.resumptions, m.authFailures, m.eventsQueued, m.eventsDropped, m.connRejected, m.stanzasDropped, m.sendsRefused, m.browserStreams, m.browserRejected, m.apiLatency, m.storeLatency,
-		m.clusterLeases, m.clusterClaims, m.clusterLeasesLost, m.clusterForwards, m.clusterPeerRefused,
+		m.clusterLeases, m.clusterClaims, m.clusterLeasesLost, m.clusterForwards, m.clusterPeerRefused, m.clusterResumes,
 		m.clusterHandoffs, m.clusterAdoptions, m.clusterNodes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "imsidecar_event_log_bytes", Help: "Bytes the session event logs hold, counted against --event-memory-mb."},
