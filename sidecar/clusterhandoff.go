@@ -115,8 +115,11 @@ func (cl *cluster) handOver(ctx context.Context) {
 	r.closing = true // no stream is opened here any more
 	r.mu.Unlock()
 	// The renewals stopped with the shutdown: one more pass gives the
-	// hand-over a whole TTL before any lease could expire under it.
+	// hand-over a whole TTL before any lease could expire under it, and
+	// the sessions' writes kept back by a slow Redis are tried again now
+	// rather than after the usual pause.
 	cl.renew(ctx)
+	cl.redisDown.Store(0)
 	drained := make(chan struct{})
 	go func() { h.inflight.Wait(); close(drained) }()
 	dctx, cancel := context.WithTimeout(ctx, handoffDrain)
@@ -169,11 +172,6 @@ func (cl *cluster) handOverOne(ctx context.Context, s *session, l lease) {
 	if detached {
 		result = "detached"
 	}
-	if s.durable != nil {
-		// What a Redis hiccup kept back is written before the lease goes:
-		// the next owner resumes from what Redis holds.
-		s.durable.flush()
-	}
 	if cl.drop(s.key, l) {
 		if err := cl.ls.release(ctx, s.key, l); err != nil {
 			result = "failed"
@@ -219,6 +217,14 @@ func (r *registry) letGo(ctx context.Context, s *session, reason string) bool {
 		} else {
 			conn.Close(ctx)
 		}
+	}
+	if reason == "shutdown" && s.durable != nil {
+		// What a slow or failed Redis write kept back is written now,
+		// while the lease is still this node's and before the log is
+		// released (a release counts every event as acknowledged, which a
+		// later write would trim from Redis): the next owner resumes from
+		// what Redis holds.
+		s.durable.flush()
 	}
 	r.mu.Lock()
 	r.mem.release(s.log)
