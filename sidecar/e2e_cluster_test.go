@@ -174,6 +174,12 @@ func (rig *clusterRig) clusterMetric(t *testing.T, series string, nodes ...*daem
 	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(series) + ` (\S+)$`)
 	sum := 0.0
 	for _, d := range nodes {
+		d.mu.Lock()
+		stopped := d.stopped
+		d.mu.Unlock()
+		if stopped {
+			continue // killed or stopped by the test: nothing to ask
+		}
 		if m := re.FindStringSubmatch(metricsText(t, d)); m != nil {
 			v, _ := strconv.ParseFloat(m[1], 64)
 			sum += v

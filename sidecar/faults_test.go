@@ -173,6 +173,11 @@ type traffic struct {
 	servedAt     map[string]time.Time // user → first page answered after the fault
 	faultAt      time.Time
 	healedAt     time.Time
+
+	// lastServed is when each user's last page was answered; maxGap the
+	// longest time between two of them (a poll waits 1 s when idle).
+	lastServed map[string]time.Time
+	maxGap     map[string]time.Duration
 }
 
 // newTraffic logs in and connects n users (registered in Prosody), makes
@@ -206,7 +211,8 @@ func newTraffic(t *testing.T, e *e2e, tag string, n int, interval time.Duration)
 func trafficOf(t *testing.T, tag string, users []*fuser, interval time.Duration) *traffic {
 	return &traffic{tb: t, tag: tag, users: users, interval: interval, stopSend: make(chan struct{}),
 		sent: map[string]sentMsg{}, got: map[string]int{}, gotAt: map[string]time.Time{},
-		notRecovered: map[string]int{}, reconnects: map[string]int{}, states: map[string][]string{}, servedAt: map[string]time.Time{}}
+		notRecovered: map[string]int{}, reconnects: map[string]int{}, states: map[string][]string{}, servedAt: map[string]time.Time{},
+		lastServed: map[string]time.Time{}, maxGap: map[string]time.Duration{}}
 }
 
 // start runs one poller and one sender per user.
@@ -341,6 +347,10 @@ func (tr *traffic) poll(u *fuser) {
 		if _, ok := tr.servedAt[u.Name]; !ok && !tr.faultAt.IsZero() {
 			tr.servedAt[u.Name] = now
 		}
+		if last, ok := tr.lastServed[u.Name]; ok && now.Sub(last) > tr.maxGap[u.Name] {
+			tr.maxGap[u.Name] = now.Sub(last)
+		}
+		tr.lastServed[u.Name] = now
 		if !page.Recovered {
 			tr.notRecovered[u.Name]++
 		}
