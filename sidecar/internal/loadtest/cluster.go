@@ -144,27 +144,28 @@ func sumMetric(r io.Reader, name string) (float64, error) {
 // sessions and the lease TTL, not with the traffic. The window is two
 // lease TTLs (each node renews all its leases every third of one), so it
 // holds six or seven renewal rounds.
-func (r *rig) redisIdle(ctx context.Context) (float64, error) {
+func (r *rig) redisIdle(ctx context.Context) (cmds, scripts float64, err error) {
 	ttl := r.cfg.ClusterLeaseTTL
 	if ttl <= 0 {
 		ttl = defaultLeaseTTL
 	}
 	a, err := r.redis.stats(ctx)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	t0 := time.Now()
 	select {
 	case <-time.After(2 * ttl):
 	case <-ctx.Done():
-		return 0, ctx.Err()
+		return 0, 0, ctx.Err()
 	}
 	b, err := r.redis.stats(ctx)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	_, n := callsSince(a, b)
-	return float64(n) / time.Since(t0).Seconds(), nil
+	calls, n := callsSince(a, b)
+	secs := time.Since(t0).Seconds()
+	return float64(n) / secs, float64(scriptCalls(calls)) / secs, nil
 }
 
 // defaultLeaseTTL is imsidecar's --cluster-lease-ttl default.
@@ -199,9 +200,12 @@ type ClusterResult struct {
 	// user online and no message sent (the lease renewals: they grow with
 	// the sessions over the TTL, not with the traffic); RedisMsgCmdsPerMsg
 	// what the messages themselves cost: the phase's commands less the idle
-	// rate over its length, per delivered message.
-	RedisIdleCmdsPerSec float64 `json:"redis_idle_cmds_per_s"`
-	RedisMsgCmdsPerMsg  float64 `json:"redis_msg_cmds_per_msg"`
+	// rate over its length, per delivered message. RedisIdleScriptsPerSec
+	// and RedisMsgScriptsPerMsg are the same for the script calls alone.
+	RedisIdleCmdsPerSec    float64 `json:"redis_idle_cmds_per_s"`
+	RedisMsgCmdsPerMsg     float64 `json:"redis_msg_cmds_per_msg"`
+	RedisIdleScriptsPerSec float64 `json:"redis_idle_scripts_per_s"`
+	RedisMsgScriptsPerMsg  float64 `json:"redis_msg_scripts_per_msg"`
 	// RedisCPUPer1k is Redis's CPU seconds per 1,000 delivered messages
 	// (part of the path's CPUPer1k).
 	RedisCPUPer1k float64 `json:"redis_cpu_s_per_1k_msgs"`
@@ -266,11 +270,11 @@ func (r *rig) clusterAfterLogin(ctx context.Context, before redisStats, online i
 // clusterAfterPhase reads the target phase's Redis figures into c, then
 // measures Redis idle (every user online, nothing sent).
 func (r *rig) clusterAfterPhase(ctx context.Context, c *ClusterResult, ph Phase) error {
-	idle, err := r.redisIdle(ctx)
+	idle, idleScripts, err := r.redisIdle(ctx)
 	if err != nil {
 		return err
 	}
-	c.RedisIdleCmdsPerSec = idle
+	c.RedisIdleCmdsPerSec, c.RedisIdleScriptsPerSec = idle, idleScripts
 	if ph.Delivered == 0 {
 		return nil
 	}
@@ -284,8 +288,9 @@ func (r *rig) clusterAfterPhase(ctx context.Context, c *ClusterResult, ph Phase)
 	c.RedisCmdsPerMsg = float64(total) / msgs
 	c.RedisScriptsPerMsg = float64(scriptCalls(ph.redisCalls)) / msgs
 	c.RedisMsgCmdsPerMsg = max(0, float64(total)-idle*ph.redisSecs) / msgs
+	c.RedisMsgScriptsPerMsg = max(0, float64(scriptCalls(ph.redisCalls))-idleScripts*ph.redisSecs) / msgs
 	c.RedisCPUPer1k = ph.cpuRedis / (msgs / 1000)
 	r.cfg.Logger.Info("cluster Redis", "path", r.path, "cmds_per_msg", c.RedisCmdsPerMsg, "scripts_per_msg", c.RedisScriptsPerMsg,
-		"idle_cmds_per_s", c.RedisIdleCmdsPerSec, "msg_cmds_per_msg", c.RedisMsgCmdsPerMsg)
+		"idle_cmds_per_s", c.RedisIdleCmdsPerSec, "msg_cmds_per_msg", c.RedisMsgCmdsPerMsg, "msg_scripts_per_msg", c.RedisMsgScriptsPerMsg)
 	return nil
 }

@@ -166,7 +166,8 @@ func TestRunClusterPaths(t *testing.T) {
 		// renewals (every third of the 1 s TTL) run through the phase.
 		if c.RedisKeysPerUser < 2 || c.RedisMemPerUserKB <= 0 || c.RedisIdleCmdsPerSec <= 0 ||
 			c.RedisCmdsPerMsg <= 0 || c.RedisScriptsPerMsg <= 0 || c.RedisScriptsPerMsg > c.RedisCmdsPerMsg ||
-			c.RedisMsgCmdsPerMsg < 0 || c.RedisMsgCmdsPerMsg > c.RedisCmdsPerMsg || c.RedisCPUPer1k < 0 || len(c.RedisCommands) == 0 {
+			c.RedisMsgCmdsPerMsg < 0 || c.RedisMsgCmdsPerMsg > c.RedisCmdsPerMsg || c.RedisCPUPer1k < 0 || len(c.RedisCommands) == 0 ||
+			c.RedisIdleScriptsPerSec <= 0 || c.RedisIdleScriptsPerSec > c.RedisIdleCmdsPerSec || c.RedisMsgScriptsPerMsg > c.RedisScriptsPerMsg {
 			t.Errorf("%s: cluster figures %+v", p.Path, c)
 		}
 	}

@@ -135,7 +135,7 @@ func clusterGoals(sc, cl *PathResult) []Goal {
 	rkb = rkb.measured(c.RedisMemPerUserKB, rkb.Bound, f1(c.RedisKeysPerUser)+" keys per user; "+strconv.Itoa(cl.Online)+" users online")
 	rkb.ValueText = f2(c.RedisMemPerUserKB) + " KB"
 	cmd = cmd.measured(c.RedisCmdsPerMsg, cmd.Bound, "scripts "+f2(c.RedisScriptsPerMsg)+"/msg; idle "+f1(c.RedisIdleCmdsPerSec)+
-		" cmds/s (lease renewals); what the messages add "+f2(c.RedisMsgCmdsPerMsg)+"/msg")
+		" cmds/s (lease renewals); what the messages add "+f2(c.RedisMsgCmdsPerMsg)+"/msg, "+f2(c.RedisMsgScriptsPerMsg)+" scripts")
 	cmd.ValueText = f2(c.RedisCmdsPerMsg) + " cmds/msg"
 	if sc == nil || sc.Delivered == 0 {
 		for _, g := range []*Goal{&p50, &p99, &mem} {

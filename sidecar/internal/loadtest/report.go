@@ -349,7 +349,7 @@ func (r Report) clusterMarkdown(w io.Writer) {
 			fmt.Fprintln(w, "\nCluster mode against a single node, same run (imsidecar KB/user: all nodes together, and in brackets its file-backed part, the binary's pages touched for the first time, a one-off per process; CPU: the nodes', and Redis's apart; "+
 				"Redis commands: every command it ran during the target phase per delivered message, a script's own commands included, and the scripts among them):")
 			fmt.Fprintln(w)
-			fmt.Fprintln(w, "| path | nodes | p50 ms | p99 ms | imsidecar KB/user (file-backed) | imsidecar CPU s/1k | Redis KB/user | Redis keys/user | Redis cmds/msg (scripts) | Redis idle cmds/s | Redis cmds/msg beyond idle | Redis CPU s/1k | leases | forwards | knee msg/s |")
+			fmt.Fprintln(w, "| path | nodes | p50 ms | p99 ms | imsidecar KB/user (file-backed) | imsidecar CPU s/1k | Redis KB/user | Redis keys/user | Redis cmds/msg (scripts) | Redis idle cmds/s (scripts) | Redis cmds/msg beyond idle (scripts) | Redis CPU s/1k | leases | forwards | knee msg/s |")
 			fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 			if sc != nil {
 				fmt.Fprintf(w, "| sidecar | 1 | %s | %s | %s (%s) | %s | – | – | – | – | – | – | – | – | %s |\n",
@@ -357,9 +357,9 @@ func (r Report) clusterMarkdown(w io.Writer) {
 			}
 			header = true
 		}
-		fmt.Fprintf(w, "| %s | %d | %s | %s | %s (%s) | %s | %s | %s | %s (%s) | %s | %s | %s | %d | %d | %s |\n",
+		fmt.Fprintf(w, "| %s | %d | %s | %s | %s (%s) | %s | %s | %s | %s (%s) | %s (%s) | %s (%s) | %s | %d | %d | %s |\n",
 			p.Path, c.Nodes, f2(p.P50ms), f2(p.P99ms), f2(p.MemPerUserKB), f2(p.SidecarFileKBPerUser), f3(p.SidecarCPUPer1k), f2(c.RedisMemPerUserKB), f1(c.RedisKeysPerUser),
-			f2(c.RedisCmdsPerMsg), f2(c.RedisScriptsPerMsg), f1(c.RedisIdleCmdsPerSec), f2(c.RedisMsgCmdsPerMsg), f3(c.RedisCPUPer1k),
+			f2(c.RedisCmdsPerMsg), f2(c.RedisScriptsPerMsg), f1(c.RedisIdleCmdsPerSec), f1(c.RedisIdleScriptsPerSec), f2(c.RedisMsgCmdsPerMsg), f2(c.RedisMsgScriptsPerMsg), f3(c.RedisCPUPer1k),
 			c.Leases, c.Forwards, limit(p, p.KneeRate, p.KneeBounded))
 		if sc != nil {
 			key := strings.ReplaceAll(p.Path, "-", "_") + "_"

@@ -838,6 +838,7 @@ func (r *rig) phase(ctx context.Context, id int, rate float64, d time.Duration) 
 	rng := rand.New(rand.NewPCG(uint64(id), 42))
 	sem := make(chan struct{}, 4096) // bound on sends in flight
 	var sendErrs atomic.Int64
+	var firstSendErr atomic.Pointer[error] // for the log: what failed
 	var wg sync.WaitGroup
 	t0 := time.Now()
 	interval := time.Duration(float64(time.Second) / rate)
@@ -867,6 +868,7 @@ func (r *rig) phase(ctx context.Context, id int, rate float64, d time.Duration) 
 			t.sent[k].Store(time.Now().UnixNano())
 			if err != nil {
 				sendErrs.Add(1)
+				firstSendErr.CompareAndSwap(nil, &err)
 				t.failed(k)
 			}
 		})
@@ -892,6 +894,9 @@ func (r *rig) phase(ctx context.Context, id int, rate float64, d time.Duration) 
 		ph.redisCalls, _ = callsSince(redis0.redisStats, redis1.redisStats)
 	}
 	ph.SendErrors = int(sendErrs.Load())
+	if e := firstSendErr.Load(); e != nil {
+		r.cfg.Logger.Warn("send failed", "path", r.path, "rate", rate, "send_errors", ph.SendErrors, "first", *e)
+	}
 	ph.Delivered = int(t.delivered.Load())
 	ph.Duplicates = int(t.dups.Load())
 	ph.Lost = ph.Sent - ph.SendErrors - ph.Delivered
