@@ -119,6 +119,9 @@ func (s *session) bridgeOf(maxClients, keep int, m *metrics) *bridge {
 	defer s.mu.Unlock()
 	if s.bridge == nil {
 		s.bridge = newBridge(s, maxClients, keep, m)
+		if s.durable != nil {
+			s.durable.noteBrowser()
+		}
 	}
 	return s.bridge
 }

@@ -54,6 +54,18 @@ type cluster struct {
 	wg   sync.WaitGroup       // detaches in flight
 	// renewed is when the last renewal pass reached Redis (unix nanos).
 	renewed atomic.Int64
+	// The sessions' state in Redis (clusterstate.go): redisDown is until
+	// when writes are not tried (unix nanos, 0: Redis answers);
+	// flushList, the sessions with writes kept back meanwhile; logCap
+	// and logBytes cap each event log in Redis.
+	redisDown atomic.Int64
+	flushMu   sync.Mutex
+	flushList []*clusterSession
+	logCap    int
+	logBytes  int64
+	// browserMax is --max-browser-streams, for a taken-over session's
+	// bridge.
+	browserMax int
 }
 
 // newCluster connects to --cluster-redis; nothing is read or written
@@ -70,6 +82,7 @@ func newCluster(cfg *Config, secret string, logger *slog.Logger, m *metrics) (*c
 		ls: &leaseStore{rdb: rdb, ttl: cfg.ClusterLeaseTTL, metaTTL: cfg.Inactivity + 10*time.Minute,
 			self: lease{node: cfg.ClusterNodeID, incarnation: hex.EncodeToString(inc[:]), peer: cfg.ClusterPeerListen}},
 		rdb: rdb, secret: secret, logger: logger, metrics: m, held: map[string]heldLease{},
+		logCap: cfg.EventBuffer, logBytes: int64(cfg.EventBufferMB) << 20, browserMax: cfg.MaxBrowserStreams,
 		peer: &http.Client{Transport: &http.Transport{
 			Proxy:               nil,
 			DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
@@ -364,6 +377,7 @@ func (cl *cluster) renew(ctx context.Context) {
 		cl.logger.Warn("cluster: renewing leases", "leases", len(snap), "err", err)
 	} else {
 		cl.renewed.Store(now.UnixNano())
+		cl.redisBack()
 	}
 	for _, sk := range lost {
 		cl.lost(sk, snap[sk])
@@ -424,7 +438,9 @@ func (r *registry) detach(sk string) {
 		b.close("moved")
 	}
 	s.setState(xmppconn.StateOffline, "moved")
-	s.appendState(xmppconn.StateOffline, "moved")
+	// Polls are answered at once, with no event: a page's cursor must
+	// not run ahead of the log the new owner has from Redis.
+	s.log.stopAndWake()
 	if conn != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		if d, ok := conn.(detacher); ok {

@@ -29,7 +29,12 @@ const tokenKeyTTL = 7 * 24 * time.Hour
 type leaseKeys struct {
 	lease string // STRING "token|node|incarnation|peer", PX lease TTL
 	token string // STRING fencing-token counter (INCR)
-	meta  string // HASH on (1: the user was online), token (of the last write)
+	meta  string // HASH on (1: the user was online), token (of the last write), and the stream's and log's state (clusterstate.go)
+	// unacked and events are the stream's unacknowledged stanzas and the
+	// event log (clusterstate.go, clusterlog.go).
+	unacked  string // LIST of raw stanzas
+	events   string // LIST of event records
+	presence string // HASH contact's full JID → its presence (presenceInfo JSON)
 }
 
 // keysOf returns the keys of the session whose key (sha256 hex of the PHP
@@ -42,7 +47,12 @@ func keysOf(sk string) leaseKeys {
 		}
 	}
 	base := "ims:{p" + strconv.Itoa(p) + "}:" + sk
-	return leaseKeys{lease: base + ":lease", token: base + ":tok", meta: base + ":m"}
+	return leaseKeys{lease: base + ":lease", token: base + ":tok", meta: base + ":m", unacked: base + ":u", events: base + ":ev", presence: base + ":pr"}
+}
+
+// stateKeys are the keys of the state scripts (clusterstate.go).
+func (k leaseKeys) stateKeys() []string {
+	return []string{k.lease, k.meta, k.unacked, k.events, k.presence}
 }
 
 func (k leaseKeys) list() []string { return []string{k.lease, k.token, k.meta} }

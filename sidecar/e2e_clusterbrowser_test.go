@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -275,7 +276,9 @@ func TestClusterBrowserKillOwner(t *testing.T) {
 	say("antes")
 	page.WaitFor(15*time.Second, "the message before the kill", contains(">antes<"))
 	drainDesktop(desk)
-	victim := rig.Nodes[rig.owner(t)]
+	vi := rig.owner(t)
+	victim := rig.Nodes[vi]
+	survivors := append(slices.Clone(rig.Nodes[:vi]), rig.Nodes[vi+1:]...)
 	victim.Signal(t, syscall.SIGKILL, 5*time.Second)
 	killed := time.Now()
 	const n = 5
@@ -302,14 +305,20 @@ func TestClusterBrowserKillOwner(t *testing.T) {
 		t.Errorf("%d messages sent during the outage arrived twice", dup)
 	}
 	if a := rig.e.XMPP.AuthSuccesses("cbk"); a != 2 {
-		t.Errorf("%d logins at Prosody, want 2 (the first and the takeover's)", a)
+		t.Errorf("%d authentications at Prosody, want 2 (the first login and the takeover's resumption)", a)
 	}
 	flap := unavailableSeen(desk)
+	if flap != 0 {
+		t.Errorf("the desktop contact saw %d unavailable presences: the takeover did not resume the session", flap)
+	}
+	if got := rig.clusterMetric(t, `imsidecar_cluster_resumes_total{result="resumed"}`, survivors...); got != 1 {
+		t.Errorf("%v sessions resumed, want 1", got)
+	}
 	page2.Send("", `<message xmlns="jabber:client" to="`+desk.Bare+`" type="chat"><body>voltei</body></message>`)
 	desk.waitFor(t, 15*time.Second, "the page's message after the takeover", func(ev xmppconn.Event) bool {
 		m, ok := ev.(*xmppconn.Message)
 		return ok && m.Body == "voltei"
 	})
-	t.Logf("kill -9 of the owner of a BOSH page: %d messages sent meanwhile, 0 lost, %d duplicated; the message before the kill came again %d times; the page served again on a new BOSH session %v after the kill (a fresh login); the desktop contact saw %d unavailable",
+	t.Logf("kill -9 of the owner of a BOSH page: %d messages sent meanwhile, 0 lost, %d duplicated; the message before the kill came again %d times; the page served again on a new BOSH session %v after the kill (the XMPP session resumed); the desktop contact saw %d unavailable",
 		n, dup, again, served.Round(10*time.Millisecond), flap)
 }

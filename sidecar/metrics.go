@@ -33,6 +33,9 @@ type metrics struct {
 	clusterLeasesLost  prometheus.Counter
 	clusterForwards    *prometheus.CounterVec
 	clusterPeerRefused prometheus.Counter
+	// clusterResumes counts takeovers of an online user by outcome:
+	// resumed (the XMPP session continued) or fresh (a new login).
+	clusterResumes *prometheus.CounterVec
 }
 
 // newMetrics registers the series; sessions counts the sessions by state
@@ -69,9 +72,11 @@ func newMetrics(sessions func() map[xmppconn.State]int, eventBytes func() int64)
 			Help: "Cluster mode: calls forwarded to the session's owner, by outcome: ok, refused (owner gone, session taken over), not_owner (asked again), error."}, []string{"result"}),
 		clusterPeerRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_cluster_peer_refused_total",
 			Help: "Cluster mode: calls on the peer listener refused for a missing or wrong cluster secret."}),
+		clusterResumes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imsidecar_cluster_resumes_total",
+			Help: "Cluster mode: takeovers of an online user by outcome: resumed (the XMPP session and the event log continued: nothing lost, no presence change), fresh (a new login: the page's next poll says recovered:false)."}, []string{"result"}),
 	}
 	reg.MustRegister(m.connects, m.reconnects, m.resumptions, m.authFailures, m.eventsQueued, m.eventsDropped, m.connRejected, m.stanzasDropped, m.sendsRefused, m.browserStreams, m.browserRejected, m.apiLatency, m.storeLatency,
-		m.clusterLeases, m.clusterClaims, m.clusterLeasesLost, m.clusterForwards, m.clusterPeerRefused,
+		m.clusterLeases, m.clusterClaims, m.clusterLeasesLost, m.clusterForwards, m.clusterPeerRefused, m.clusterResumes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "imsidecar_event_log_bytes", Help: "Bytes the session event logs hold, counted against --event-memory-mb."},
 			func() float64 { return float64(eventBytes()) }))

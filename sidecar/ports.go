@@ -135,6 +135,10 @@ type ownership interface {
 	// stepAside refuses a reconnection of a stream whose lease another
 	// node holds (xmppconn.Config.BeforeReconnect).
 	stepAside(ctx context.Context, sk string) error
+	// durable gives a session opening its event log and its state store
+	// in Redis, continuing what an earlier owner left, and returns the
+	// XEP-0198 state to resume, if any (clusterstate.go).
+	durable(ctx context.Context, s *session, newLog func() *eventLog) (*xmppconn.ResumeState, error)
 }
 
 // detacher is what a lost lease's detach (cluster.go) asks of a stream

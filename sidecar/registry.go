@@ -18,9 +18,12 @@ import (
 
 // registry owns every session and the janitor that ties them to PHP.
 type registry struct {
-	cfg     *Config
-	reader  sessionReader
-	dial    dialFunc
+	cfg    *Config
+	reader sessionReader
+	dial   dialFunc
+	// resume continues a stored XMPP session (xmppconn.Resume): a
+	// takeover in cluster mode (clusterstate.go).
+	resume  func(ctx context.Context, cfg xmppconn.Config, st xmppconn.ResumeState) (xmppSession, error)
 	tlsConf *tls.Config
 	logger  *slog.Logger
 	metrics *metrics
@@ -50,7 +53,10 @@ type registry struct {
 func newRegistry(cfg *Config, reader sessionReader, dial dialFunc, tlsConf *tls.Config, logger *slog.Logger, m *metrics) *registry {
 	return &registry{cfg: cfg, reader: reader, dial: dial, tlsConf: tlsConf, logger: logger, metrics: m,
 		sessions: map[string]*session{}, dialing: map[string]chan struct{}{}, authFailed: map[string][32]byte{},
-		auth: newAuthLimiter(cfg.AuthFailLimit, m.authFailures.Inc), mem: newEventMemory(int64(cfg.EventMemoryMB) << 20)}
+		auth: newAuthLimiter(cfg.AuthFailLimit, m.authFailures.Inc), mem: newEventMemory(int64(cfg.EventMemoryMB) << 20),
+		resume: func(ctx context.Context, c xmppconn.Config, st xmppconn.ResumeState) (xmppSession, error) {
+			return xmppconn.Resume(ctx, c, st)
+		}}
 }
 
 func sessionKey(id string) string {
@@ -140,10 +146,20 @@ func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session,
 	s := &session{key: key, short: key[:8], user: ps.Identity.User, jid: ps.Identity.User + "@" + r.cfg.XMPPDomain,
 		cred: credentials(ps.Identity), ident: ps.Identity, since: time.Now(), presence: map[string][]presenceInfo{},
 		limiter: tokenBucket{rate: r.cfg.RateLimit, burst: 2 * r.cfg.RateLimit}}
+	var resume *xmppconn.ResumeState // a takeover's stored XMPP session
 	if old != nil && old.user == s.user {
-		s.log = old.log
+		s.log, s.durable = old.log, old.durable
 	} else {
-		s.log = r.mem.newLog(r.cfg.EventBuffer, int64(r.cfg.EventBufferMB)<<20, r.metrics.eventsDropped.Inc)
+		newLog := func() *eventLog {
+			return r.mem.newLog(r.cfg.EventBuffer, int64(r.cfg.EventBufferMB)<<20, r.metrics.eventsDropped.Inc)
+		}
+		if r.own != nil {
+			if resume, err = r.own.durable(ctx, s, newLog); err != nil {
+				return nil, err
+			}
+		} else {
+			s.log = newLog()
+		}
 		defer func() {
 			if err != nil {
 				r.mem.release(s.log) // nobody can poll it
@@ -176,9 +192,17 @@ func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session,
 		MaxStanzaSize:   r.cfg.XMPPMaxStanzaSize,
 		MaxSendSize:     r.cfg.XMPPMaxSendSize,
 	}
+	if s.durable != nil {
+		cfg.ResumeStore = s.durable
+	}
 	r.metrics.connects.Inc()
 	start := time.Now()
-	conn, err := r.dial(ctx, cfg)
+	var conn xmppSession
+	if resume != nil {
+		conn, err = r.resumeStream(ctx, cfg, *resume, s)
+	} else {
+		conn, err = r.dial(ctx, cfg)
+	}
 	if err != nil {
 		if errors.Is(err, xmppconn.ErrAuth) {
 			s.setState(xmppconn.StateAuthFailed, "auth_failed")
@@ -204,8 +228,11 @@ func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session,
 	s.mu.Unlock()
 	s.setState(xmppconn.StateOnline, "")
 	logger.Info("xmpp online", "jid", conn.JID(), "took", time.Since(start).Round(time.Millisecond))
-	r.wg.Add(1)
-	go r.advertiseAvatar(conn, logger)
+	if rc, ok := conn.(interface{ Resumed() bool }); !ok || !rc.Resumed() {
+		// A resumed session's presence, avatar included, is the server's.
+		r.wg.Add(1)
+		go r.advertiseAvatar(conn, logger)
+	}
 	return s, nil
 }
 

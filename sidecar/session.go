@@ -22,8 +22,11 @@ type session struct {
 	cred  [32]byte
 	ident phpsession.Identity // as last read, for API calls while the store is down
 	log   *eventLog
-	start cursor // the log's head when this stream was opened
-	since time.Time
+	// durable writes the log and the stream's state to Redis, behind the
+	// lease (clusterstate.go); nil on a single node.
+	durable *clusterSession
+	start   cursor // the log's head when this stream was opened
+	since   time.Time
 
 	lastPoll atomic.Int64 // unix nanos
 	state    atomic.Value // xmppconn.State
@@ -112,6 +115,9 @@ func (s *session) clearPresence() {
 	s.mu.Lock()
 	s.presence = map[string][]presenceInfo{}
 	s.mu.Unlock()
+	if s.durable != nil {
+		s.durable.clearPresence()
+	}
 }
 
 // presenceOf returns a copy of the resources of bare, sorted by Resource.

@@ -59,7 +59,7 @@ func (a *api) stream(w http.ResponseWriter, r *http.Request, s *session, cur cur
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Minute)
 	defer cancel()
 	first := true
-	for ctx.Err() == nil && !a.draining.Load() {
+	for ctx.Err() == nil && !a.draining.Load() && (s.durable == nil || !s.log.stopped()) {
 		res := s.log.poll(ctx, cur, given, 15*time.Second, 100)
 		s.lastPoll.Store(time.Now().UnixNano())
 		var b strings.Builder

@@ -158,6 +158,9 @@ func (r *registry) handle(s *session, ev xmppconn.Event) {
 		s.appendOccupant(e)
 	case *xmppconn.Presence:
 		s.trackPresence(e)
+		if s.durable != nil {
+			s.durable.notePresence(e.From, s.presenceAt(e.From))
+		}
 		typ := e.Type
 		if typ == "" {
 			typ = "available"
@@ -218,6 +221,9 @@ func (s *session) appendJSONOnce(kind, key string, v any) bool {
 	b, err := json.Marshal(v)
 	if err != nil || len(b) < 2 {
 		return false
+	}
+	if s.durable != nil {
+		return s.durable.append(kind, key, b[1:len(b)-1])
 	}
 	return s.log.appendOnce(kind, key, b[1:len(b)-1])
 }

@@ -1,0 +1,170 @@
+package sidecar
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+)
+
+// The event log of a session in cluster mode lives on in Redis
+// (docs/CLUSTER.md): each event is written there, behind the session's
+// lease, before a poll can see it, so the node that takes the session
+// over seeds its in-memory log with the same epoch, offsets and dedup
+// keys and a page's cursor stays valid. This file holds the record
+// format of an event in Redis and what the in-memory log offers the
+// writer (clusterstate.go): its position, its dedup keys, seeding.
+
+// Bounds of an event record read from Redis, which other processes share:
+// a record beyond them is refused (ErrClusterRedis).
+const (
+	maxRecordKind   = 32
+	maxRecordKey    = 64
+	maxRecordFields = 16 << 20
+)
+
+// encodeRecord is ev as the events list holds it: uvarint(at, unix
+// nanoseconds), uvarint(len(kind)), kind, uvarint(len(key)), key, then the
+// event's JSON fields to the end. The offset is not in it: the list holds
+// consecutive offsets, the last one the meta hash's next minus one.
+func encodeRecord(ev *event) []byte {
+	b := make([]byte, 0, 3*binary.MaxVarintLen64+len(ev.kind)+len(ev.key)+len(ev.fields))
+	b = binary.AppendUvarint(b, uint64(ev.at))
+	b = binary.AppendUvarint(b, uint64(len(ev.kind)))
+	b = append(b, ev.kind...)
+	b = binary.AppendUvarint(b, uint64(len(ev.key)))
+	b = append(b, ev.key...)
+	return append(b, ev.fields...)
+}
+
+// decodeRecord reads a record written by encodeRecord. It checks what a
+// poll would otherwise send as is: a kind of lower-case letters and
+// underscores, and fields that make a JSON object once braced.
+func decodeRecord(b []byte) (event, error) {
+	bad := func(what string) (event, error) {
+		return event{}, fmt.Errorf("%w: malformed event record: %s", ErrClusterRedis, what)
+	}
+	at, n := uvarint(b)
+	if n <= 0 || at > 1<<62 {
+		return bad("time")
+	}
+	b = b[n:]
+	kl, n := uvarint(b)
+	if n <= 0 || kl == 0 || kl > maxRecordKind || uint64(len(b)-n) < kl {
+		return bad("kind")
+	}
+	kind := string(b[n : n+int(kl)])
+	for _, c := range []byte(kind) {
+		if (c < 'a' || c > 'z') && c != '_' {
+			return bad("kind")
+		}
+	}
+	b = b[n+int(kl):]
+	yl, n := uvarint(b)
+	if n <= 0 || yl > maxRecordKey || uint64(len(b)-n) < yl {
+		return bad("key")
+	}
+	key := string(b[n : n+int(yl)])
+	fields := b[n+int(yl):]
+	if len(fields) > maxRecordFields {
+		return bad("fields too large")
+	}
+	if len(fields) > 0 {
+		obj := make([]byte, 0, len(fields)+2)
+		obj = append(append(append(obj, '{'), fields...), '}')
+		var probe map[string]json.RawMessage
+		if json.Unmarshal(obj, &probe) != nil || len(probe) == 0 {
+			return bad("fields")
+		}
+	}
+	return event{at: int64(at), kind: kind, key: key, fields: append([]byte(nil), fields...)}, nil
+}
+
+// uvarint is binary.Uvarint refusing (n 0) an encoding longer than
+// needed: a record has one form.
+func uvarint(b []byte) (uint64, int) {
+	v, n := binary.Uvarint(b)
+	if n > 0 && n != len(binary.AppendUvarint(nil, v)) {
+		return 0, 0
+	}
+	return v, n
+}
+
+// logPosition is where the in-memory log stands, for a write to Redis.
+type logPosition struct {
+	next  uint64 // offset the next event gets
+	acked uint64 // highest offset a poll acknowledged
+	gap   uint64 // cursors below it are not recovered
+}
+
+func (l *eventLog) position() logPosition {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return logPosition{next: l.next, acked: l.acked, gap: l.gap}
+}
+
+// hasKey reports whether an event with dedup key key is in the log.
+func (l *eventLog) hasKey(key string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	_, ok := l.keys[key]
+	return ok
+}
+
+// seed makes a new, empty log continue the one an earlier owner wrote to
+// Redis: its epoch, its next offset, its gap, and the events still kept
+// (the first of them at offset first), with their dedup keys. Nothing
+// counts as acknowledged: a page's next cursor says what it has.
+func (l *eventLog) seed(epoch, first, gap uint64, evs []event) {
+	l.mu.Lock()
+	l.epoch, l.next, l.gap = epoch, first, gap
+	if first > 0 {
+		l.acked = first - 1
+	}
+	l.mu.Unlock()
+	for _, ev := range evs {
+		l.appendAt(ev)
+	}
+}
+
+// appendAt appends ev as appendOnce does, keeping its time: it is an
+// earlier owner's event, at the offset the log is at.
+func (l *eventLog) appendAt(ev event) {
+	if !l.appendOnce(ev.kind, ev.key, ev.fields) {
+		// A record with a key already seen (another owner's duplicate):
+		// the offset is taken all the same, so that offsets stay those
+		// of Redis.
+		l.mu.Lock()
+		l.next++
+		l.mu.Unlock()
+		return
+	}
+	l.mu.Lock()
+	if l.n > 0 {
+		l.buf[(l.start+l.n-1)%len(l.buf)].at = ev.at
+	}
+	l.mu.Unlock()
+}
+
+// stopAndWake ends the log on this node (its session moved to another
+// node): nothing more is appended, and every waiting poll is answered
+// now, with what it has, so that its page's next poll reaches the new
+// owner. No event is added for it: a page's cursor must never be ahead of
+// what the new owner has in Redis.
+func (l *eventLog) stopAndWake() {
+	l.mu.Lock()
+	l.released = true
+	ws := l.waiters
+	l.waiters = nil
+	l.mu.Unlock()
+	for _, w := range ws {
+		w.wake()
+	}
+}
+
+// stopped reports whether the log takes no more events (its session is
+// gone from this node).
+func (l *eventLog) stopped() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.released
+}

@@ -1,0 +1,759 @@
+package sidecar
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"expressolivre.org/imsidecar/xmppconn"
+)
+
+// A session's stream state and event log in Redis, behind its lease
+// (docs/CLUSTER.md, "Lossless takeover"). The owner writes every change
+// of the XEP-0198 state (xmppconn.ResumeStore) and every event of the
+// session's log there, each call one fenced script in the session's slot;
+// a node taking the session over loads both, seeds its in-memory log with
+// the same epoch and offsets, and resumes the very XMPP session
+// (xmppconn.Resume): no message lost or repeated, no presence change.
+
+// stateScriptSrc applies a sequence of operations to a session's state if
+// ARGV[1] still holds its lease, and answers 1; another lease: 0 and
+// nothing written; -1 when the stored acknowledgement is not the one an
+// 'A' expects (the caller then writes the whole state, 'S').
+//
+// KEYS: lease, meta, unacked, events, presence. ARGV: lease, TTL ms,
+// then the operations, each its letter and its arguments:
+//
+//	R epoch user                     a new log: no event kept, next unchanged
+//	S json h acked count stanza...   the whole stream state
+//	U stanza                         one more unacknowledged stanza
+//	A old new                        the server acknowledged up to new
+//	E first gap acked max maxbytes count record...   events from offset first
+//	H h                              inbound stanzas handled
+//	P jid json / X jid / Z           a contact's presence set / gone / all gone
+//	B                                a browser stream attached
+//
+// An 'E' whose first is below the stored next skips what is stored already
+// (a write retried); above it (events kept back by an outage were let go),
+// the list starts again at first with a gap there. Then the events a poll
+// acknowledged and those beyond max events or maxbytes leave the list.
+const stateScriptSrc = `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+local i, n = 3, #ARGV
+while i <= n do
+  local op = ARGV[i]
+  if op == 'R' then
+    redis.call('DEL', KEYS[4])
+    redis.call('HSET', KEYS[2], 'ep', ARGV[i+1], 'user', ARGV[i+2], 'eb', 0)
+    redis.call('HDEL', KEYS[2], 'next', 'gap')
+    i = i + 3
+  elseif op == 'S' then
+    local c = tonumber(ARGV[i+4])
+    redis.call('HSET', KEYS[2], 'st', ARGV[i+1], 'h', ARGV[i+2], 'acked', ARGV[i+3])
+    redis.call('DEL', KEYS[3])
+    for j = i+5, i+4+c do
+      redis.call('RPUSH', KEYS[3], ARGV[j])
+    end
+    i = i + 5 + c
+  elseif op == 'U' then
+    redis.call('RPUSH', KEYS[3], ARGV[i+1])
+    i = i + 2
+  elseif op == 'A' then
+    if redis.call('HGET', KEYS[2], 'acked') ~= ARGV[i+1] then
+      return -1
+    end
+    local d = (tonumber(ARGV[i+2]) - tonumber(ARGV[i+1])) % 4294967296
+    if d > 0 then
+      redis.call('LTRIM', KEYS[3], d, -1)
+    end
+    redis.call('HSET', KEYS[2], 'acked', ARGV[i+2])
+    i = i + 3
+  elseif op == 'E' then
+    local first = tonumber(ARGV[i+1])
+    local c = tonumber(ARGV[i+6])
+    local nxt = tonumber(redis.call('HGET', KEYS[2], 'next') or ARGV[i+1])
+    local bytes = tonumber(redis.call('HGET', KEYS[2], 'eb') or '0')
+    local skip = 0
+    if first > nxt then
+      redis.call('DEL', KEYS[4])
+      redis.call('HSET', KEYS[2], 'gap', ARGV[i+1])
+      bytes, nxt = 0, first
+    elseif first < nxt then
+      skip = nxt - first
+    end
+    for j = i+7+skip, i+6+c do
+      redis.call('RPUSH', KEYS[4], ARGV[j])
+      bytes = bytes + #ARGV[j]
+    end
+    if c > skip then
+      nxt = first + c
+    end
+    local len = redis.call('LLEN', KEYS[4])
+    local cut = tonumber(ARGV[i+3]) - (nxt - len) + 1
+    if len - cut > tonumber(ARGV[i+4]) then
+      cut = len - tonumber(ARGV[i+4])
+    end
+    local maxb = tonumber(ARGV[i+5])
+    while len > 0 and (cut > 0 or (bytes > maxb and len > 1)) do
+      local x = redis.call('LPOP', KEYS[4])
+      bytes, len, cut = bytes - #x, len - 1, cut - 1
+    end
+    redis.call('HSET', KEYS[2], 'next', string.format('%d', nxt), 'eb', string.format('%d', bytes))
+    local g = tonumber(ARGV[i+2])
+    if g > tonumber(redis.call('HGET', KEYS[2], 'gap') or '0') then
+      redis.call('HSET', KEYS[2], 'gap', ARGV[i+2])
+    end
+    i = i + 7 + c
+  elseif op == 'H' then
+    redis.call('HSET', KEYS[2], 'h', ARGV[i+1])
+    i = i + 2
+  elseif op == 'P' then
+    redis.call('HSET', KEYS[5], ARGV[i+1], ARGV[i+2])
+    i = i + 3
+  elseif op == 'X' then
+    redis.call('HDEL', KEYS[5], ARGV[i+1])
+    i = i + 2
+  elseif op == 'Z' then
+    redis.call('DEL', KEYS[5])
+    i = i + 1
+  elseif op == 'B' then
+    redis.call('HSET', KEYS[2], 'br', 1)
+    i = i + 1
+  else
+    return redis.error_reply('imsidecar: unknown state operation')
+  end
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
+redis.call('PEXPIRE', KEYS[4], ARGV[2])
+redis.call('PEXPIRE', KEYS[5], ARGV[2])
+return 1
+`
+
+var stateScript = redis.NewScript(stateScriptSrc)
+
+// loadScript reads a session's state if ARGV[1] holds its lease:
+// {1, meta as field/value pairs, unacked stanzas, event records,
+// presences as field/value pairs}; else {0}.
+// KEYS: lease, meta, unacked, events, presence. ARGV: lease.
+var loadScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return {0}
+end
+return {1, redis.call('HGETALL', KEYS[2]), redis.call('LRANGE', KEYS[3], 0, -1), redis.call('LRANGE', KEYS[4], 0, -1), redis.call('HGETALL', KEYS[5])}
+`)
+
+// stateWriteTimeout bounds one write: the stream's write lock is held
+// meanwhile (xmppconn.ResumeStore).
+const stateWriteTimeout = time.Second
+
+// maxUnsynced is how many events of a session are kept back for Redis
+// while it does not answer; past it the oldest are let go (they stay in
+// the in-memory log) and Redis's log starts again after a gap.
+const maxUnsynced = 1000
+
+// errRedisDown: a write was not tried, Redis having failed a moment ago.
+var errRedisDown = fmt.Errorf("%w: not answering; retried shortly", ErrClusterRedis)
+
+// clusterSession is one session's state in Redis: the xmppconn.ResumeStore
+// of its stream and the writer of its event log. It lives as long as the
+// session's in-memory log, across the streams that share that log.
+//
+// Inbound, the events of a stanza wait (pending) until the stream reports
+// the stanza handled; then they and the count are written in one script,
+// and only then appended to the in-memory log, where polls see them. An
+// event no stanza caused (a state change) is written on its own first.
+// While Redis does not answer the events are appended at once and kept
+// back (unsynced) for the next write; the count stays unacknowledged to
+// the server. Outbound never fails a send for Redis: the store keeps a
+// mirror of the whole state and writes it whole (dirty) at the next write
+// that reaches Redis.
+type clusterSession struct {
+	cl   *cluster
+	sk   string
+	keys []string
+	log  *eventLog
+	user string
+	// maxEvents and maxBytes cap the log in Redis as in memory
+	// (--event-buffer, --event-buffer-mb).
+	maxEvents int
+	maxBytes  int64
+
+	// resumable: the stream's session can be resumed (its Save had an
+	// id), so the stream reports every stanza handled: a stanza's events
+	// wait for that report.
+	resumable atomic.Bool
+
+	mu       sync.Mutex
+	mirror   xmppconn.ResumeState
+	saved    bool // mirror holds a state
+	dirty    bool // Redis may not hold mirror: the next write writes it whole
+	wantH    uint32
+	hasWant  bool    // a count Redis refused, written with the next write
+	pending  []event // a stanza's events, not in the log yet
+	unsynced []event // in the log, not yet in Redis
+	// presOps are the contacts' presence changes ('P', 'X', 'Z'
+	// operations) to write with the next write.
+	presOps  []any
+	newLog   bool // Redis holds another log: the next write starts ours ('R')
+	flushing bool // on the cluster's list of sessions to write again
+}
+
+// append is the session's event append in cluster mode (appendJSONOnce):
+// it reports false for a duplicate of an event still in the log.
+func (cs *clusterSession) append(kind, key string, fields []byte) bool {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if key != "" {
+		if cs.log.hasKey(key) {
+			return false
+		}
+		for _, p := range cs.pending {
+			if p.key == key {
+				return false
+			}
+		}
+	}
+	ev := event{at: time.Now().UnixNano(), kind: kind, key: key, fields: fields}
+	if stanzaEvent(kind) && cs.resumable.Load() {
+		cs.pending = append(cs.pending, ev)
+		return true
+	}
+	cs.writeLocked([]event{ev}, nil, false)
+	return true
+}
+
+// stanzaEvent reports whether events of kind come from an inbound stanza,
+// which the stream reports handled (ResumeStore.Handled) right after.
+func stanzaEvent(kind string) bool {
+	return kind != "state" && kind != "send_failed"
+}
+
+// notePresence records a contact's presence change (pi nil: the
+// resource left) for Redis, written with the stanza's events: a resumed
+// session is not told its contacts' presences again.
+func (cs *clusterSession) notePresence(full string, pi *presenceInfo) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if len(cs.presOps) > 3*maxUnsynced {
+		cs.presOps = []any{"Z"} // an outage this long forgets them
+	}
+	if pi == nil {
+		cs.presOps = append(cs.presOps, "X", full)
+		return
+	}
+	js, _ := json.Marshal(pi)
+	cs.presOps = append(cs.presOps, "P", full, js)
+}
+
+// noteBrowser records that a browser stream attached to the session: a
+// node taking it over keeps what the resumed stream delivers for the
+// browser's next stream, as the bridge keeps it between two requests.
+func (cs *clusterSession) noteBrowser() {
+	cs.mu.Lock()
+	cs.presOps = append(cs.presOps, "B")
+	cs.mu.Unlock()
+}
+
+// clearPresence forgets every contact's presence (a new XMPP session).
+func (cs *clusterSession) clearPresence() {
+	cs.mu.Lock()
+	cs.presOps = []any{"Z"}
+	cs.mu.Unlock()
+}
+
+// presenceAt is the presence a contact's full JID has now, nil if none.
+func (s *session) presenceAt(full string) *presenceInfo {
+	bare, res, _ := strings.Cut(full, "/")
+	for _, pi := range s.presenceOf(bare) {
+		if pi.Resource == res {
+			return &pi
+		}
+	}
+	return nil
+}
+
+// Save is xmppconn.ResumeStore.Save.
+func (cs *clusterSession) Save(st xmppconn.ResumeState) error {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	st.Unacked = append([][]byte(nil), st.Unacked...)
+	if st.ID != cs.mirror.ID {
+		cs.hasWant = false // another XMPP session: its count starts again
+	}
+	cs.mirror, cs.saved, cs.dirty = st, true, true
+	cs.resumable.Store(st.ID != "")
+	return cs.writeLocked(nil, nil, false)
+}
+
+// Handled is xmppconn.ResumeStore.Handled: the stanza's events and the
+// count h in one script.
+func (cs *clusterSession) Handled(h uint32) error {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	cs.wantH, cs.hasWant = h, true
+	return cs.writeLocked(nil, nil, true)
+}
+
+// Sent is xmppconn.ResumeStore.Sent. Redis not answering does not fail
+// the send: the mirror keeps the stanza for the next write.
+func (cs *clusterSession) Sent(raw []byte) error {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if !cs.saved {
+		return nil // no session yet: a Save follows with it
+	}
+	cs.mirror.Sent(raw)
+	var tail []any
+	if !cs.dirty {
+		tail = []any{"U", raw}
+	}
+	if err := cs.writeLocked(nil, tail, false); errors.Is(err, ErrNotOwner) {
+		return err
+	}
+	return nil
+}
+
+// Acked is xmppconn.ResumeStore.Acked.
+func (cs *clusterSession) Acked(h uint32) error {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if !cs.saved {
+		return nil
+	}
+	old := cs.mirror.Acked
+	if err := cs.mirror.Ack(h); err != nil {
+		return err
+	}
+	var tail []any
+	if !cs.dirty {
+		tail = []any{"A", strconv.FormatUint(uint64(old), 10), strconv.FormatUint(uint64(h), 10)}
+	}
+	if err := cs.writeLocked(nil, tail, false); errors.Is(err, ErrNotOwner) {
+		return err
+	}
+	return nil
+}
+
+// flush writes what an outage kept back; the cluster calls it when Redis
+// answers again.
+func (cs *clusterSession) flush() {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	cs.flushing = false
+	if cs.dirty || len(cs.unsynced) > 0 || cs.hasWant || len(cs.presOps) > 0 {
+		cs.writeLocked(nil, nil, false)
+	}
+}
+
+// writeLocked writes, in one script: tail, a new log's start, the whole
+// state if Redis may not hold it, the events kept back, evs (new events
+// no stanza caused) or, for a stanza's count (handled), its pending
+// events, the count Redis has yet to take, and the presences. Then the
+// new events are appended to the in-memory log. When Redis does not
+// answer, they are appended all the same and kept back; when the lease
+// is another node's, nothing is written, the pending events are dropped
+// (the new owner gets their stanzas again) and the session is lost here.
+func (cs *clusterSession) writeLocked(evs []event, tail []any, handled bool) error {
+	fresh := evs
+	if handled {
+		fresh = append(cs.pending, evs...)
+		cs.pending = nil
+	}
+	l, ok := cs.cl.holds(cs.sk)
+	if !ok {
+		cs.presOps = nil
+		cs.appendLocal(evs)
+		return ErrNotOwner
+	}
+	err := errRedisDown
+	if cs.cl.redisUsable() {
+		for range 2 {
+			var res int
+			res, err = cs.run(l, fresh, tail)
+			if err == nil && res == -1 {
+				cs.dirty, tail = true, nil // the stored state is not ours: write it whole
+				continue
+			}
+			if err == nil && res == 0 {
+				cs.presOps = nil
+				cs.appendLocal(evs) // a state event for local polls only
+				cs.cl.lost(cs.sk, l)
+				return ErrNotOwner
+			}
+			break
+		}
+	}
+	if err != nil {
+		cs.cl.redisFailed(err)
+		cs.appendLocal(fresh)
+		cs.unsynced = append(cs.unsynced, cs.lastAppended(len(fresh))...)
+		if over := len(cs.unsynced) - maxUnsynced; over > 0 {
+			cs.unsynced = append(cs.unsynced[:0:0], cs.unsynced[over:]...)
+		}
+		if cs.saved && tail != nil {
+			cs.dirty = true
+		}
+		cs.cl.toFlush(cs)
+		return err
+	}
+	cs.dirty, cs.newLog, cs.unsynced, cs.presOps = false, false, nil, nil
+	if cs.hasWant {
+		cs.mirror.H, cs.hasWant = cs.wantH, false
+	}
+	cs.appendLocal(fresh)
+	return nil
+}
+
+// run is one script.
+func (cs *clusterSession) run(l lease, fresh []event, tail []any) (int, error) {
+	args := []any{l.String(), cs.cl.ls.metaTTL.Milliseconds()}
+	// The tail first: an 'A' refused (-1) must find nothing written yet.
+	args = append(args, tail...)
+	if cs.newLog {
+		args = append(args, "R", strconv.FormatUint(cs.logEpoch(), 10), cs.user)
+	}
+	if cs.dirty && cs.saved {
+		st := cs.mirror
+		unacked := st.Unacked
+		st.Unacked = nil
+		js, err := stateJSON(st)
+		if err != nil {
+			return 0, err
+		}
+		args = append(args, "S", js, strconv.FormatUint(uint64(st.H), 10), strconv.FormatUint(uint64(st.Acked), 10), len(unacked))
+		for _, raw := range unacked {
+			args = append(args, raw)
+		}
+	}
+	if n := len(cs.unsynced) + len(fresh); n > 0 {
+		pos := cs.log.position()
+		first := pos.next
+		if len(cs.unsynced) > 0 {
+			first = cs.unsynced[0].offset
+		}
+		args = append(args, "E", strconv.FormatUint(first, 10), strconv.FormatUint(pos.gap, 10), strconv.FormatUint(pos.acked, 10),
+			cs.maxEvents, cs.maxBytes, n)
+		for i := range cs.unsynced {
+			args = append(args, encodeRecord(&cs.unsynced[i]))
+		}
+		for i := range fresh {
+			args = append(args, encodeRecord(&fresh[i]))
+		}
+	}
+	if cs.hasWant {
+		args = append(args, "H", strconv.FormatUint(uint64(cs.wantH), 10))
+	}
+	args = append(args, cs.presOps...)
+	ctx, cancel := context.WithTimeout(context.Background(), stateWriteTimeout)
+	defer cancel()
+	n, err := stateScript.Run(ctx, cs.cl.rdb, cs.keys, args...).Int()
+	if err != nil {
+		return 0, fmt.Errorf("%w: state write: %w", ErrClusterRedis, err)
+	}
+	return n, nil
+}
+
+func (cs *clusterSession) logEpoch() uint64 {
+	cs.log.mu.Lock()
+	defer cs.log.mu.Unlock()
+	return cs.log.epoch
+}
+
+// appendLocal appends events to the in-memory log, where polls see them.
+func (cs *clusterSession) appendLocal(evs []event) {
+	for _, ev := range evs {
+		cs.log.appendOnce(ev.kind, ev.key, ev.fields)
+	}
+}
+
+// lastAppended returns the last n events of the log with their offsets,
+// for keeping them back: they were just appended.
+func (cs *clusterSession) lastAppended(n int) []event {
+	if n == 0 {
+		return nil
+	}
+	l := cs.log
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]event, 0, n)
+	for i := max(l.n-n, 0); i < l.n; i++ {
+		out = append(out, l.buf[(l.start+i)%len(l.buf)])
+	}
+	return out
+}
+
+// stateJSON is the stored form of a state without its stanzas.
+func stateJSON(st xmppconn.ResumeState) (string, error) {
+	b, err := json.Marshal(st)
+	return string(b), err
+}
+
+// savedSession is what an earlier owner left of a session in Redis.
+type savedSession struct {
+	state  *xmppconn.ResumeState // nil: none, or not resumable
+	epoch  uint64
+	next   uint64 // offset after the last event kept
+	gap    uint64
+	events []event
+	online bool
+	logOK  bool // a sound log of the user asking
+	// browser: a browser stream was attached (the bridge is made before
+	// the resumption, to keep what the server sends again for it).
+	browser bool
+	// presence is the contacts' available resources, by bare JID, sorted
+	// by resource (session.presence).
+	presence map[string][]presenceInfo
+}
+
+// stored is a session's state as Redis holds it, undecoded.
+type stored struct {
+	meta     map[string]string
+	unacked  [][]byte
+	records  [][]byte
+	presence map[string]string
+}
+
+// load reads the session's state, if this node holds the lease.
+func (cl *cluster) load(ctx context.Context, sk string) (stored, error) {
+	l, ok := cl.holds(sk)
+	if !ok {
+		return stored{}, ErrNotOwner
+	}
+	v, err := loadScript.Run(ctx, cl.rdb, keysOf(sk).stateKeys(), l.String()).Slice()
+	if err != nil {
+		return stored{}, fmt.Errorf("%w: state load: %w", ErrClusterRedis, err)
+	}
+	if len(v) == 0 {
+		return stored{}, fmt.Errorf("%w: state load answered nothing", ErrClusterRedis)
+	}
+	if n, _ := v[0].(int64); n != 1 || len(v) != 5 {
+		cl.lost(sk, l)
+		return stored{}, ErrNotOwner
+	}
+	strs := func(x any) [][]byte {
+		list, _ := x.([]any)
+		out := make([][]byte, 0, len(list))
+		for _, e := range list {
+			s, _ := e.(string)
+			out = append(out, []byte(s))
+		}
+		return out
+	}
+	pairs := func(x any) map[string]string {
+		kv := strs(x)
+		m := make(map[string]string, len(kv)/2)
+		for i := 0; i+1 < len(kv); i += 2 {
+			m[string(kv[i])] = string(kv[i+1])
+		}
+		return m
+	}
+	return stored{meta: pairs(v[1]), unacked: strs(v[2]), records: strs(v[3]), presence: pairs(v[4])}, nil
+}
+
+// parseSaved decodes what load read, for user: the log if it is user's
+// and sound, the stream state if it is resumable and sound. A part that
+// does not decode is left out (logged by the caller), never trusted.
+func parseSaved(user string, in stored) (savedSession, []error) {
+	meta, unacked, records := in.meta, in.unacked, in.records
+	var errs []error
+	sv := savedSession{online: meta["on"] == "1", browser: meta["br"] == "1"}
+	num := func(k string) (uint64, bool) {
+		n, err := strconv.ParseUint(meta[k], 10, 64)
+		return n, err == nil
+	}
+	if meta["user"] == user && meta["user"] != "" {
+		ep, ok1 := num("ep")
+		next, ok2 := num("next")
+		if !ok2 {
+			next, ok2 = 1, true // a log started, no event written yet
+		}
+		gap, _ := num("gap")
+		if ok1 && ok2 && ep > 0 && next >= uint64(len(records))+1 {
+			evs := make([]event, 0, len(records))
+			for _, rec := range records {
+				ev, err := decodeRecord(rec)
+				if err != nil {
+					errs = append(errs, err)
+					evs = nil
+					break
+				}
+				evs = append(evs, ev)
+			}
+			if len(evs) == len(records) {
+				sv.epoch, sv.next, sv.gap, sv.events, sv.logOK = ep, next, gap, evs, true
+			}
+		} else if meta["ep"] != "" {
+			errs = append(errs, fmt.Errorf("%w: malformed log position", ErrClusterRedis))
+		}
+	}
+	if js := meta["st"]; js != "" {
+		st, err := xmppconn.ParseResumeState([]byte(js))
+		h, okH := num("h")
+		acked, okA := num("acked")
+		if err == nil && okH && okA && h <= 1<<32-1 && acked <= 1<<32-1 {
+			st.H, st.Acked, st.Unacked = uint32(h), uint32(acked), unacked
+			err = st.Validate()
+		} else if err == nil {
+			err = fmt.Errorf("%w: malformed counts", ErrClusterRedis)
+		}
+		if err != nil {
+			errs = append(errs, err)
+		} else if j, _ := xmppconn.ParseJID(st.JID); j.Local == user && st.ID != "" {
+			sv.state = &st
+		}
+	}
+	sv.presence, errs = parsePresences(in.presence, errs)
+	return sv, errs
+}
+
+// parsePresences reads the contacts' presences a session kept: field a
+// full JID, value its presenceInfo as JSON. Bad entries are left out.
+func parsePresences(in map[string]string, errs []error) (map[string][]presenceInfo, []error) {
+	out := map[string][]presenceInfo{}
+	for full, js := range in {
+		bare, res, _ := strings.Cut(full, "/")
+		var pi presenceInfo
+		if bare == "" || len(full) > 3071 || json.Unmarshal([]byte(js), &pi) != nil || pi.Resource != res {
+			errs = append(errs, fmt.Errorf("%w: malformed presence of %.64q", ErrClusterRedis, full))
+			continue
+		}
+		list := out[bare]
+		i, _ := slices.BinarySearchFunc(list, res, func(p presenceInfo, res string) int { return strings.Compare(p.Resource, res) })
+		out[bare] = slices.Insert(list, i, pi)
+	}
+	return out, errs
+}
+
+// redisRetry is how long writes are not tried after Redis failed one,
+// unless a lease renewal reaches it first: a stream does not wait on a
+// dead Redis for every stanza.
+const redisRetry = 2 * time.Second
+
+// redisUsable reports whether a write may be tried now.
+func (cl *cluster) redisUsable() bool { return time.Now().UnixNano() >= cl.redisDown.Load() }
+
+// redisFailed notes that Redis did not answer a write (not a refusal, not
+// a script's error): writes wait until a renewal reaches it, or
+// redisRetry.
+func (cl *cluster) redisFailed(err error) {
+	var re redis.Error
+	if errors.As(err, &re) || errors.Is(err, errRedisDown) {
+		return
+	}
+	if cl.redisDown.Swap(time.Now().Add(redisRetry).UnixNano()) == 0 {
+		cl.logger.Warn("cluster: Redis does not answer the sessions' state writes; users keep chatting, their state is written when it answers", "err", err)
+	}
+}
+
+// redisBack is called when a renewal reached Redis: the writes an outage
+// kept back are written now.
+func (cl *cluster) redisBack() {
+	if cl.redisDown.Swap(0) != 0 {
+		cl.logger.Info("cluster: Redis answers again; writing the state kept back")
+	}
+	cl.flushMu.Lock()
+	list := cl.flushList
+	cl.flushList = nil
+	cl.flushMu.Unlock()
+	for _, cs := range list {
+		cs.flush()
+	}
+}
+
+// toFlush puts cs on the list of sessions to write when Redis answers
+// again; the caller holds cs.mu.
+func (cl *cluster) toFlush(cs *clusterSession) {
+	if cs.flushing {
+		return
+	}
+	cs.flushing = true
+	cl.flushMu.Lock()
+	cl.flushList = append(cl.flushList, cs)
+	cl.flushMu.Unlock()
+}
+
+// durable is ownership.durable: it loads what an earlier owner of the
+// session left in Redis, gives s its event log (seeded with the earlier
+// owner's epoch, offsets and events when the log is the same user's, a
+// new one otherwise) and its store, and returns the XEP-0198 state to
+// resume when the user was online, nil for a fresh login. A user online
+// with nothing to resume gets a gap in the log: their page's next poll
+// says recovered:false, honestly.
+func (cl *cluster) durable(ctx context.Context, s *session, newLog func() *eventLog) (*xmppconn.ResumeState, error) {
+	in, err := cl.load(ctx, s.key)
+	if err != nil {
+		return nil, err
+	}
+	sv, errs := parseSaved(s.user, in)
+	for _, e := range errs {
+		cl.logger.Warn("cluster: part of a session's state in Redis is not usable; left out", "session", s.short, "err", e)
+	}
+	cs := &clusterSession{cl: cl, sk: s.key, keys: keysOf(s.key).stateKeys(), user: s.user,
+		maxEvents: cl.logCap, maxBytes: cl.logBytes}
+	s.log = newLog()
+	if sv.logOK {
+		s.log.seed(sv.epoch, sv.next-uint64(len(sv.events)), sv.gap, sv.events)
+	} else {
+		cs.newLog = true
+	}
+	if sv.state != nil && sv.online {
+		s.mu.Lock()
+		s.presence = sv.presence // the server tells a resumed session nothing again
+		s.mu.Unlock()
+	} else {
+		cs.presOps = []any{"Z"}
+	}
+	cs.log = s.log
+	s.durable = cs
+	switch {
+	case !sv.online:
+		return nil, nil
+	case sv.state != nil:
+		if sv.browser {
+			s.bridgeOf(cl.browserMax, cl.logCap, cl.metrics)
+		}
+		return sv.state, nil
+	}
+	if sv.logOK {
+		s.log.markGap()
+	}
+	cl.metrics.clusterResumes.WithLabelValues("fresh").Inc()
+	return nil, nil
+}
+
+// resumeStream is a takeover's login: it continues the XMPP session an
+// earlier owner left (st, loaded by durable), so that nothing is lost or
+// repeated and contacts see no presence change. When the server refuses
+// the resumption, xmppconn.Resume logs in afresh (its first state change
+// has ContinuityLost: the log gets a gap, the page recovered:false); a
+// state Resume refuses outright is logged in afresh here, with a gap too.
+// Either way the outcome is counted (imsidecar_cluster_resumes_total).
+func (r *registry) resumeStream(ctx context.Context, cfg xmppconn.Config, st xmppconn.ResumeState, s *session) (xmppSession, error) {
+	conn, err := r.resume(ctx, cfg, st)
+	if errors.Is(err, xmppconn.ErrResumeState) {
+		r.logger.Warn("cluster: the session's stored state cannot be resumed; logging in afresh", "session", s.short, "err", err)
+		s.log.markGap()
+		conn, err = r.dial(ctx, cfg)
+	}
+	if err != nil {
+		return nil, err
+	}
+	result := "fresh"
+	if rc, ok := conn.(interface{ Resumed() bool }); ok && rc.Resumed() {
+		result = "resumed"
+	}
+	r.metrics.clusterResumes.WithLabelValues(result).Inc()
+	return conn, nil
+}

@@ -1,0 +1,330 @@
+package sidecar
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"expressolivre.org/imsidecar/phpsession/phpsessiontest"
+	"expressolivre.org/imsidecar/xmppconn"
+)
+
+// stateNode is one node's side of the state scripts, on the Redis spec.
+func stateNode(t *testing.T, spec, node string) *cluster {
+	t.Helper()
+	rdb, err := clusterRedis(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	logger := slog.New(slog.DiscardHandler)
+	m := newMetrics(func() map[xmppconn.State]int { return nil }, func() int64 { return 0 })
+	cfg := &Config{EventBuffer: 1000, EventBufferMB: 4}
+	cl := &cluster{rdb: rdb, logger: logger, metrics: m, held: map[string]heldLease{}, logCap: 5, logBytes: 1 << 20,
+		ls: &leaseStore{rdb: rdb, ttl: 5 * time.Second, metaTTL: time.Minute,
+			self: lease{node: node, incarnation: "i-" + node, peer: "127.0.0.1:1"}}}
+	cl.reg = newRegistry(cfg, nil, nil, nil, logger, m)
+	t.Cleanup(cl.wg.Wait)
+	return cl
+}
+
+// stateSession is a session on node cl, its state loaded from Redis.
+func stateSession(t *testing.T, cl *cluster, sk, user string) (*session, *xmppconn.ResumeState) {
+	t.Helper()
+	s := &session{key: sk, short: sk[:8], user: user, presence: map[string][]presenceInfo{}}
+	st, err := cl.durable(t.Context(), s, func() *eventLog { return cl.reg.mem.newLog(1000, 4<<20, nil) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, st
+}
+
+func redisSpecs() []struct {
+	name string
+	spec func(t *testing.T) string
+} {
+	return []struct {
+		name string
+		spec func(t *testing.T) string
+	}{
+		{"redis", func(t *testing.T) string { return "redis://" + phpsessiontest.StartRedis(t).Addr }},
+		{"redis-cluster", func(t *testing.T) string {
+			c := phpsessiontest.StartRedisCluster(t, 3)
+			var addrs []string
+			for _, n := range c.Nodes {
+				addrs = append(addrs, n.Addr)
+			}
+			return "redis-cluster://" + strings.Join(addrs, ",")
+		}},
+	}
+}
+
+func chatStanza(i int) []byte {
+	return []byte(`<message to="bob@example.org" type="chat" id="m` + strconv.Itoa(i) + `"><body>hi ` + strconv.Itoa(i) + `</body></message>`)
+}
+
+// TestClusterState runs the state scripts against a real Redis and a real
+// 3-master Redis Cluster: the owner's XEP-0198 state, event log and
+// contacts' presences come back whole on the node that takes the session
+// over, at the same epoch and offsets; a stanza's events are seen only
+// once written with its count; a forged lease, an old token or another
+// node's lease writes nothing.
+func TestClusterState(t *testing.T) {
+	for _, tc := range redisSpecs() {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := tc.spec(t)
+			a, b := stateNode(t, spec, "a"), stateNode(t, spec, "b")
+			ctx := t.Context()
+			for _, id := range []string{"state-one-aaaaaaaaaaaaaaa", "state-two-bbbbbbbbbbbbbbbbb", "state-three-cccccccccccc"} {
+				sk := sessionKey(id)
+				ra, err := a.take(ctx, sk, nil)
+				if err != nil || !ra.won {
+					t.Fatalf("a's claim: %+v %v", ra, err)
+				}
+				s, st := stateSession(t, a, sk, "alice")
+				if st != nil || s.durable == nil || !s.durable.newLog {
+					t.Fatalf("a new session: state %v, store %+v", st, s.durable)
+				}
+				s.appendState(xmppconn.StateConnecting, "")
+				cs := s.durable
+				want := xmppconn.ResumeState{V: 1, JID: "alice@example.org/web-" + sk[:8], ID: "sm-" + sk[:6], Max: 300}
+				if err := cs.Save(want); err != nil {
+					t.Fatal(err)
+				}
+				// A stanza's events wait for its count.
+				head := s.log.head()
+				s.trackPresence(&xmppconn.Presence{From: "bob@example.org/desk", Show: "away"})
+				cs.notePresence("bob@example.org/desk", s.presenceAt("bob@example.org/desk"))
+				s.appendJSON("presence", presenceEvent{From: "bob@example.org/desk", Type: "available", Show: "away"})
+				if !s.appendJSONOnce("message", "k1", messageJSON{From: "bob@example.org/desk", ID: "1", Body: "one"}) {
+					t.Fatal("message refused")
+				}
+				if s.appendJSONOnce("message", "k1", messageJSON{From: "bob@example.org/desk", ID: "1", Body: "one"}) {
+					t.Fatal("a duplicate pending message was taken")
+				}
+				if got := s.log.head(); got != head {
+					t.Fatalf("a stanza's events were seen before its count was written: head %v, was %v", got, head)
+				}
+				if err := cs.Handled(1); err != nil {
+					t.Fatal(err)
+				}
+				if got := s.log.head(); got.offset != head.offset+2 {
+					t.Fatalf("after the count: head %v, was %v", got, head)
+				}
+				for i := range 3 {
+					if err := cs.Sent(chatStanza(i)); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if err := cs.Acked(2); err != nil {
+					t.Fatal(err)
+				}
+				if ok, err := a.ls.mark(ctx, sk, ra.lease, true); err != nil || !ok {
+					t.Fatalf("mark: %v %v", ok, err)
+				}
+				// b forging a lease (its own name with a's token, a's name
+				// with a higher token) writes nothing.
+				for _, forged := range []lease{{token: ra.lease.token, node: "b", incarnation: "i-b", peer: "127.0.0.1:1"},
+					{token: ra.lease.token + 1, node: "a", incarnation: "i-a", peer: "127.0.0.1:1"}} {
+					b.hold(sk, forged)
+					fs := &clusterSession{cl: b, sk: sk, keys: keysOf(sk).stateKeys(), log: newEventLog(10, nil), user: "mallory", maxEvents: 5, maxBytes: 1 << 20}
+					if err := fs.Save(xmppconn.ResumeState{V: 1, JID: "mallory@example.org/x"}); !errors.Is(err, ErrNotOwner) {
+						t.Fatalf("a forged lease's Save: %v", err)
+					}
+					if _, ok := b.holds(sk); ok {
+						t.Fatal("a refused write left the forged lease held")
+					}
+					if _, err := b.load(ctx, sk); !errors.Is(err, ErrNotOwner) {
+						t.Fatalf("a load without the lease: %v", err)
+					}
+				}
+				b.wg.Wait()
+				// a dies; b takes the session over with a higher token.
+				rb, err := b.take(ctx, sk, &ra.lease)
+				if err != nil || !rb.won || !rb.online {
+					t.Fatalf("b's takeover: %+v %v", rb, err)
+				}
+				// a's old token writes nothing, and the stanza's events
+				// are dropped, not shown: b gets the stanza again.
+				before := s.log.head()
+				s.appendJSON("message", messageJSON{From: "bob@example.org/desk", ID: "2", Body: "two"})
+				if err := cs.Handled(2); !errors.Is(err, ErrNotOwner) {
+					t.Fatalf("the old owner's count: %v", err)
+				}
+				if got := s.log.head(); got != before {
+					t.Fatalf("the old owner showed a stanza it could not write: %v, was %v", got, before)
+				}
+				if err := cs.Sent(chatStanza(9)); !errors.Is(err, ErrNotOwner) {
+					t.Fatalf("the old owner's send: %v", err)
+				}
+				a.wg.Wait()
+				s2, got := stateSession(t, b, sk, "alice")
+				if got == nil {
+					t.Fatal("b found nothing to resume")
+				}
+				if got.ID != want.ID || got.JID != want.JID || got.H != 1 || got.Acked != 2 || len(got.Unacked) != 1 || !bytes.Equal(got.Unacked[0], chatStanza(2)) || got.Max != 300 {
+					t.Fatalf("b resumes %+v", got)
+				}
+				if s2.log.epoch != s.log.epoch || s2.log.head() != s.log.head() {
+					t.Fatalf("b's log at %v, a's at %v", s2.log.head(), s.log.head())
+				}
+				res := s2.log.read(head, true, 10)
+				if !res.recovered || len(res.events) != 2 || res.events[1].kind != "message" || !strings.Contains(string(res.events[1].fields), `"one"`) {
+					t.Fatalf("b's log after a's cursor %v: %+v", head, res)
+				}
+				if !s2.log.hasKey("k1") {
+					t.Fatal("b's log lost the dedup key")
+				}
+				if p := s2.presenceOf("bob@example.org"); len(p) != 1 || p[0].Show != "away" {
+					t.Fatalf("b's contacts' presences: %+v", p)
+				}
+				// b's log continues a's offsets in Redis too.
+				s2.appendState(xmppconn.StateOnline, "resumed")
+				s3, _ := stateSession(t, b, sk, "alice")
+				if s3.log.head() != s2.log.head() {
+					t.Fatalf("reloaded at %v, b at %v", s3.log.head(), s2.log.head())
+				}
+				// Another user on the same PHP session gets a new log.
+				s4, st4 := stateSession(t, b, sk, "carol")
+				if st4 != nil || s4.log.epoch == s.log.epoch || !s4.durable.newLog {
+					t.Fatalf("another user's session continues alice's: %v %v", st4, s4.log.epoch)
+				}
+			}
+		})
+	}
+}
+
+// TestClusterStateRedisDown: while Redis does not answer, sends go on
+// (the store keeps a mirror), a stanza's events are shown at once and its
+// count is refused (the server is not told it); when Redis answers, the
+// whole state and the events kept back are written, and a takeover then
+// finds them all, with a gap where the outage let events go.
+func TestClusterStateRedisDown(t *testing.T) {
+	spec := "redis://" + phpsessiontest.StartRedis(t).Addr
+	a, b := stateNode(t, spec, "a"), stateNode(t, spec, "b")
+	ctx := t.Context()
+	sk := sessionKey("state-down-dddddddddddddddddd")
+	ra, err := a.take(ctx, sk, nil)
+	if err != nil || !ra.won {
+		t.Fatal(ra, err)
+	}
+	s, _ := stateSession(t, a, sk, "alice")
+	cs := s.durable
+	if err := cs.Save(xmppconn.ResumeState{V: 1, JID: "alice@example.org/web", ID: "sm"}); err != nil {
+		t.Fatal(err)
+	}
+	a.ls.mark(ctx, sk, ra.lease, true)
+	a.redisDown.Store(time.Now().Add(time.Hour).UnixNano()) // as after a failed write
+	for i := range 3 {
+		if err := cs.Sent(chatStanza(i)); err != nil {
+			t.Fatalf("a send failed for Redis: %v", err)
+		}
+	}
+	head := s.log.head()
+	s.appendJSON("message", messageJSON{From: "bob@example.org/desk", ID: "1", Body: "during"})
+	if err := cs.Handled(1); err == nil {
+		t.Fatal("a count was taken while Redis was down")
+	}
+	if got := s.log.head(); got.offset != head.offset+1 {
+		t.Fatalf("the user did not see the message during the outage: %v", got)
+	}
+	if err := cs.Acked(1); err != nil {
+		t.Fatal(err)
+	}
+	a.redisBack()
+	if len(cs.unsynced) != 0 || cs.dirty || cs.hasWant {
+		t.Fatalf("kept back after Redis came back: %d events, dirty %v, count %v", len(cs.unsynced), cs.dirty, cs.hasWant)
+	}
+	rb, err := b.take(ctx, sk, &ra.lease)
+	if err != nil || !rb.won {
+		t.Fatal(rb, err)
+	}
+	s2, st := stateSession(t, b, sk, "alice")
+	if st == nil || st.H != 1 || st.Acked != 1 || len(st.Unacked) != 2 {
+		t.Fatalf("after the outage b resumes %+v", st)
+	}
+	if res := s2.log.read(head, true, 10); !res.recovered || len(res.events) != 1 {
+		t.Fatalf("b's log after the outage: %+v", res)
+	}
+}
+
+// TestClusterStateLogCap: the log in Redis keeps at most --event-buffer
+// events and drops what a poll acknowledged; offsets stay those of the
+// owner.
+func TestClusterStateLogCap(t *testing.T) {
+	spec := "redis://" + phpsessiontest.StartRedis(t).Addr
+	a, b := stateNode(t, spec, "a"), stateNode(t, spec, "b")
+	ctx := t.Context()
+	sk := sessionKey("state-cap-eeeeeeeeeeeeeeeeeee")
+	ra, _ := a.take(ctx, sk, nil)
+	s, _ := stateSession(t, a, sk, "alice")
+	for i := range 12 {
+		s.appendState(xmppconn.StateOnline, "n"+strconv.Itoa(i))
+	}
+	s.log.read(cursor{s.log.epoch, 3}, true, 1) // a poll acknowledges 3
+	a.ls.mark(ctx, sk, ra.lease, false)
+	b.take(ctx, sk, &ra.lease)
+	s2, _ := stateSession(t, b, sk, "alice")
+	if s2.log.head() != s.log.head() || s2.log.n != 5 {
+		t.Fatalf("b's log: head %v (a's %v), %d events kept (cap 5)", s2.log.head(), s.log.head(), s2.log.n)
+	}
+	s.appendState(xmppconn.StateOnline, "after") // a, no longer the owner
+	if s2.log.n != 5 {
+		t.Fatal("the old owner wrote")
+	}
+}
+
+// FuzzDecodeRecord: an event record read from Redis never panics the
+// decoder; what it accepts encodes back to itself and is an event a poll
+// can send as is.
+func FuzzDecodeRecord(f *testing.F) {
+	f.Add(encodeRecord(&event{at: 1, kind: "message", key: "0123456789abcdef", fields: []byte(`"body":"hi"`)}))
+	f.Add(encodeRecord(&event{at: time.Now().UnixNano(), kind: "state", fields: []byte(`"state":"online","reason":""`)}))
+	f.Add([]byte{})
+	f.Add([]byte{0x80})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ev, err := decodeRecord(b)
+		if err != nil {
+			return
+		}
+		if !bytes.Equal(encodeRecord(&ev), b) {
+			t.Fatalf("record %q decodes to %+v, which encodes otherwise", b, ev)
+		}
+		var sb strings.Builder
+		encodeEvent(&sb, 1, ev)
+		var probe map[string]any
+		if err := json.Unmarshal([]byte(sb.String()), &probe); err != nil {
+			t.Fatalf("an accepted record makes a poll's JSON invalid: %s: %v", sb.String(), err)
+		}
+	})
+}
+
+// FuzzParseSaved: whatever Redis holds for a session never panics the
+// decoder, and a state it returns is one xmppconn.Resume accepts.
+func FuzzParseSaved(f *testing.F) {
+	st, _ := stateJSON(xmppconn.ResumeState{V: 1, JID: "alice@example.org/web", ID: "sm"})
+	f.Add(st, "3", "1", "7", "9", "alice", "1", string(chatStanza(1)), string(encodeRecord(&event{kind: "state", fields: []byte(`"a":1`)})), "bob@example.org/desk", `{"resource":"desk","show":"away"}`)
+	f.Add("{", "x", "-1", "", "0", "", "0", "<a/>", "\x05", "/", "null")
+	f.Fuzz(func(t *testing.T, st, h, acked, ep, next, user, on, unacked, record, pfull, pjson string) {
+		in := stored{
+			meta:     map[string]string{"st": st, "h": h, "acked": acked, "ep": ep, "next": next, "user": user, "on": on},
+			unacked:  [][]byte{[]byte(unacked)},
+			records:  [][]byte{[]byte(record)},
+			presence: map[string]string{pfull: pjson},
+		}
+		sv, _ := parseSaved("alice", in)
+		if sv.state != nil {
+			if err := sv.state.Validate(); err != nil {
+				t.Fatalf("parseSaved returned a state Resume refuses: %v", err)
+			}
+		}
+		if sv.logOK && sv.next < uint64(len(sv.events))+1 {
+			t.Fatalf("a log whose events end before offset 1: %+v", sv)
+		}
+	})
+}
