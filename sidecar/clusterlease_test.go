@@ -4,8 +4,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"expressolivre.org/imsidecar/phpsession/phpsessiontest"
 )
 
 // TestClusterLease runs the lease scripts against a real Redis and a real
@@ -13,20 +11,7 @@ import (
 // the hostile cases: a node cannot take a live lease, a forged or old
 // lease writes nothing, a wrong "dead owner" guess takes nothing.
 func TestClusterLease(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		spec func(t *testing.T) string
-	}{
-		{"redis", func(t *testing.T) string { return "redis://" + phpsessiontest.StartRedis(t).Addr }},
-		{"redis-cluster", func(t *testing.T) string {
-			c := phpsessiontest.StartRedisCluster(t, 3)
-			var addrs []string
-			for _, n := range c.Nodes {
-				addrs = append(addrs, n.Addr)
-			}
-			return "redis-cluster://" + strings.Join(addrs, ",")
-		}},
-	} {
+	for _, tc := range redisSpecs() {
 		t.Run(tc.name, func(t *testing.T) {
 			spec := tc.spec(t)
 			store := func(node string) *leaseStore {

@@ -203,7 +203,7 @@ func TestClusterState(t *testing.T) {
 // (the store keeps a mirror), a stanza's events are shown at once and its
 // count is refused (the server is not told it); when Redis answers, the
 // whole state and the events kept back are written, and a takeover then
-// finds them all, with a gap where the outage let events go.
+// finds them all.
 func TestClusterStateRedisDown(t *testing.T) {
 	spec := "redis://" + phpsessiontest.StartRedis(t).Addr
 	a, b := stateNode(t, spec, "a"), stateNode(t, spec, "b")

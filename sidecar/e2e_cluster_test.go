@@ -324,22 +324,8 @@ func TestClusterKillOwner(t *testing.T) {
 		t.Run(kind.name, func(t *testing.T) {
 			rig := startClusterRig(t, 3, 3*time.Second, kind.leases(t)...)
 			lb := newBalancer(rig.api)
-			users := rig.loginUsers(t, lb, "kill", clusterUsers(t, 12))
-			rig.e.register(t, "killdesk")
-			for _, u := range users {
-				rig.e.XMPP.Befriend(t, u.Name, "killdesk")
-			}
-			desk := dialDesktop(t, rig.e.XMPP, "killdesk")
-			for _, u := range users {
-				var r connectResp
-				u.C.mustCall(t, "POST", "/v1/connect", nil, &r, http.StatusOK)
-				u.cursor = r.Cursor
-			}
+			users, desk, moved := rig.chatting(t, lb, "kill", clusterUsers(t, 12))
 			victim := rig.Nodes[0]
-			moved := rig.ownedBy(t, users, "node0")
-			if len(moved) == 0 {
-				t.Fatalf("node0 owns no session: nothing to move")
-			}
 			tr := trafficOf(t, "kill", users, clusterInterval(users))
 			tr.start()
 			tr.sendFromDesktop(desk, "killdesk")
@@ -361,6 +347,29 @@ func TestClusterKillOwner(t *testing.T) {
 				len(moved), len(users), kind.name, row.Sent, row.Received, row.Lost, row.Dup, served, row.recoverText(), row.Note)
 		})
 	}
+}
+
+// chatting logs in n users named tag0.. through lb, befriends each with a
+// desktop contact tagdesk, connects them, and returns them, the desktop
+// client and the users node0 owns (at least one).
+func (rig *clusterRig) chatting(t *testing.T, lb *balancer, tag string, n int) ([]*fuser, *desktop, map[string]bool) {
+	t.Helper()
+	users := rig.loginUsers(t, lb, tag, n)
+	rig.e.register(t, tag+"desk")
+	for _, u := range users {
+		rig.e.XMPP.Befriend(t, u.Name, tag+"desk")
+	}
+	desk := dialDesktop(t, rig.e.XMPP, tag+"desk")
+	for _, u := range users {
+		var r connectResp
+		u.C.mustCall(t, "POST", "/v1/connect", nil, &r, http.StatusOK)
+		u.cursor = r.Cursor
+	}
+	moved := rig.ownedBy(t, users, "node0")
+	if len(moved) == 0 {
+		t.Fatalf("node0 owns no session: nothing to move")
+	}
+	return users, desk, moved
 }
 
 // ownedBy returns the users whose session's lease in Redis names node.
@@ -524,22 +533,8 @@ func TestClusterFrozenOwner(t *testing.T) {
 			const ttl = 2 * time.Second
 			rig := startClusterRig(t, 3, ttl, kind.leases(t)...)
 			lb := newBalancer(rig.api)
-			users := rig.loginUsers(t, lb, "stop", 9)
-			rig.e.register(t, "stopdesk")
-			for _, u := range users {
-				rig.e.XMPP.Befriend(t, u.Name, "stopdesk")
-			}
-			desk := dialDesktop(t, rig.e.XMPP, "stopdesk")
-			for _, u := range users {
-				var r connectResp
-				u.C.mustCall(t, "POST", "/v1/connect", nil, &r, http.StatusOK)
-				u.cursor = r.Cursor
-			}
+			users, desk, moved := rig.chatting(t, lb, "stop", 9)
 			frozen := rig.Nodes[0]
-			moved := rig.ownedBy(t, users, "node0")
-			if len(moved) == 0 {
-				t.Fatalf("node0 owns no session: nothing to move")
-			}
 			tr := trafficOf(t, "stop", users, 300*time.Millisecond)
 			tr.start()
 			tr.sendFromDesktop(desk, "stopdesk")
