@@ -74,7 +74,7 @@ type Reader struct {
 	now   func() time.Time
 
 	mu    sync.RWMutex
-	cache map[string]cached // by sha256 of the id
+	cache map[[sha256.Size]byte]cached // by sha256 of the id
 }
 
 type cached struct {
@@ -115,7 +115,7 @@ func Open(ctx context.Context, cfg Config) (*Reader, error) {
 	if now == nil {
 		now = time.Now
 	}
-	r := &Reader{cfg: cfg, cs: cs, now: now, cache: map[string]cached{}}
+	r := &Reader{cfg: cfg, cs: cs, now: now, cache: map[[sha256.Size]byte]cached{}}
 	st, err := NewStore(cfg)
 	if err != nil {
 		return nil, err
@@ -130,6 +130,25 @@ func (r *Reader) Ready(ctx context.Context) error { return r.store.Ready(ctx) }
 // Close releases the store's connections.
 func (r *Reader) Close() error { return r.store.Close() }
 
+// HashedID is a session id with its SHA-256, computed once (Hash). The
+// Reader's cache is keyed by the hash; a caller that keys its own state
+// per session by it too (the sidecar's registry) hashes each request's id
+// once instead of twice. Its fields are unexported, so the hash always
+// belongs to the id.
+type HashedID struct {
+	id  string
+	sum [sha256.Size]byte
+}
+
+// Hash returns id with its SHA-256.
+func Hash(id string) HashedID { return HashedID{id: id, sum: sha256.Sum256([]byte(id))} }
+
+// ID returns the session id itself (never to be logged).
+func (h HashedID) ID() string { return h.id }
+
+// Sum returns the SHA-256 of the id.
+func (h HashedID) Sum() [sha256.Size]byte { return h.sum }
+
 // Lookup returns the logged-in session named by id. Errors wrap exactly one
 // of ErrInvalidID, ErrNotFound, ErrExpired, ErrNotLoggedIn, ErrMalformed,
 // ErrTooLarge or ErrUnavailable. A verdict against the user (anything but
@@ -138,7 +157,19 @@ func (r *Reader) Lookup(ctx context.Context, id string) (*Session, error) {
 	if err := ValidateID(id, r.cfg.MinIDLength); err != nil {
 		return nil, err
 	}
-	key := cacheKey(id)
+	return r.lookup(ctx, Hash(id))
+}
+
+// LookupHashed is Lookup for an id the caller has hashed already.
+func (r *Reader) LookupHashed(ctx context.Context, h HashedID) (*Session, error) {
+	if err := ValidateID(h.id, r.cfg.MinIDLength); err != nil {
+		return nil, err
+	}
+	return r.lookup(ctx, h)
+}
+
+func (r *Reader) lookup(ctx context.Context, h HashedID) (*Session, error) {
+	id, key := h.id, h.sum
 	now := r.now()
 	if v, ok := r.store.(versioner); ok {
 		ver, err := v.Stat(ctx, id)
@@ -236,19 +267,14 @@ func CheckLifetime(modTime time.Time, maxLifetime time.Duration, now time.Time) 
 	return nil
 }
 
-func cacheKey(id string) string {
-	sum := sha256.Sum256([]byte(id))
-	return string(sum[:])
-}
-
-func (r *Reader) get(key string) (cached, bool) {
+func (r *Reader) get(key [sha256.Size]byte) (cached, bool) {
 	r.mu.RLock() // every browser request checks its session: readers share
 	defer r.mu.RUnlock()
 	c, ok := r.cache[key]
 	return c, ok
 }
 
-func (r *Reader) put(key string, c cached) {
+func (r *Reader) put(key [sha256.Size]byte, c cached) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if len(r.cache) >= r.cfg.CacheSize {
@@ -261,7 +287,7 @@ func (r *Reader) put(key string, c cached) {
 	r.cache[key] = c
 }
 
-func (r *Reader) forget(key string) {
+func (r *Reader) forget(key [sha256.Size]byte) {
 	r.mu.Lock()
 	delete(r.cache, key)
 	r.mu.Unlock()

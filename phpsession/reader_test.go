@@ -2,6 +2,7 @@ package phpsession
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"testing"
 	"testing/synctest"
@@ -55,7 +56,7 @@ func TestLookupUnlockedReads(t *testing.T) {
 				st := &scriptedStore{recs: tc.recs}
 				r := &Reader{cfg: Config{Serializer: SerializerPHP, Limits: DefaultLimits, MaxLifetime: time.Hour,
 					CacheSize: 10, LockWait: 250 * time.Millisecond, MinIDLength: DefaultMinIDLength, Profile: ExpressoProfile(0)},
-					store: st, now: time.Now, cache: map[string]cached{}}
+					store: st, now: time.Now, cache: map[[sha256.Size]byte]cached{}}
 				s, err := r.Lookup(t.Context(), "abcdefghijklmnopqrstuvwxyz012345")
 				switch {
 				case tc.want == nil && (err != nil || s.Identity.User != "alice"):

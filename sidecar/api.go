@@ -40,6 +40,7 @@ type api struct {
 // caller is who a request speaks for.
 type caller struct {
 	id       string // PHP session id (never logged)
+	key      string // its registry key (keyOf), hashed once per request
 	byCookie bool
 	php      *phpsession.Session
 }
@@ -88,7 +89,7 @@ func (a *api) routes() http.Handler {
 
 // session returns the caller's session, which must belong to the same user.
 func (a *api) session(c *caller) (*session, error) {
-	s := a.reg.get(c.id)
+	s := a.reg.byKey(c.key)
 	if s == nil {
 		return nil, ErrNotConnected
 	}

@@ -56,6 +56,10 @@ func (f *fakeReader) Lookup(_ context.Context, id string) (*phpsession.Session, 
 	return nil, phpsession.ErrNotFound
 }
 
+func (f *fakeReader) LookupHashed(ctx context.Context, h phpsession.HashedID) (*phpsession.Session, error) {
+	return f.Lookup(ctx, h.ID())
+}
+
 func (f *fakeReader) Ready(context.Context) error {
 	if f.down {
 		return phpsession.ErrUnavailable

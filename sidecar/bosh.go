@@ -241,7 +241,7 @@ func (h *boshServer) handle(via *api, w http.ResponseWriter, r *http.Request) (s
 		bs.writeEnd(w)
 		return bs.s.user, nil
 	}
-	if bs.serve(via.parked, w, r, body, rid) {
+	if bs.serve(w, r, body, rid) {
 		return bs.s.user, errParked
 	}
 	return bs.s.user, nil
@@ -335,11 +335,9 @@ func (h *boshServer) creationBody(bs *boshSession, body *boshBody, features stri
 }
 
 // serve handles one request of an existing session, in rid order. It
-// reports whether the request was parked with pk, the parker of the
-// listener it came through (nil: none, as on the peer listener, whose
-// connections are not the API's to hand back): its answer is then the
+// reports whether the request was parked (hold1): its answer is then the
 // parker's.
-func (bs *boshSession) serve(pk *parker, w http.ResponseWriter, r *http.Request, body *boshBody, rid int64) bool {
+func (bs *boshSession) serve(w http.ResponseWriter, r *http.Request, body *boshBody, rid int64) bool {
 	bs.s.lastPoll.Store(time.Now().UnixNano())
 	bs.seen()
 	defer bs.seen()
@@ -379,7 +377,7 @@ func (bs *boshSession) serve(pk *parker, w http.ResponseWriter, r *http.Request,
 				return false
 			}
 			bs.mu.Unlock()
-			return bs.hold1(pk, w, r, rid)
+			return bs.hold1(w, r, rid)
 		case rid <= last || rid > last+window:
 			bs.mu.Unlock()
 			bs.c.end("", "")
@@ -457,7 +455,7 @@ func (bs *boshSession) serve(pk *parker, w http.ResponseWriter, r *http.Request,
 		bs.answer(w, rid)
 		return false
 	}
-	return bs.hold1(pk, w, r, rid)
+	return bs.hold1(w, r, rid)
 }
 
 func bytesHasTerminate(resp []byte) bool {
@@ -569,15 +567,18 @@ func (bs *boshSession) keep(rid int64, resp []byte) {
 
 // hold1 holds the request until stanzas are there, the wait runs out, a
 // newer request needs it answered, or the browser goes away. Over
-// HTTP/1.x the request is parked (boshpark.go) and hold1 reports true;
-// otherwise it waits here.
-func (bs *boshSession) hold1(pk *parker, w http.ResponseWriter, r *http.Request, rid int64) bool {
+// HTTP/1.x through the API's own listener the request is parked
+// (boshpark.go) and hold1 reports true; otherwise it waits here.
+func (bs *boshSession) hold1(w http.ResponseWriter, r *http.Request, rid int64) bool {
 	if bs.answerable(rid) {
 		// Stanzas (or the end) already wait: no need to hold.
 		bs.answer(w, rid)
 		return false
 	}
 	hw := &boshWaiter{rid: rid, wake: make(chan struct{})}
+	// The API's parker, which takes only its own listener's requests: a
+	// request a peer forwarded (cluster.go) waits here.
+	pk := bs.srv.a.parked
 	if h, ok := pk.hijack(w, r, true); ok {
 		p := &boshPark{pk: pk, heldConn: h, bs: bs, w: hw, start: w.(*statusRecorder).start}
 		hw.p = p

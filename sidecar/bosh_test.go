@@ -172,7 +172,8 @@ func boshHarness(t testing.TB) (*harness, *httptest.Server) {
 	srv := httptest.NewUnstartedServer(h.srv)
 	rl := newResumeListener(newLimitListener(srv.Listener, 1000, func() {}))
 	srv.Listener = rl
-	h.api.parked = newParker(h.api, rl, 120*time.Second)
+	srv.Config.IdleTimeout = 120 * time.Second
+	h.api.parked = newParker(h.api, rl, srv.Config)
 	srv.Start()
 	t.Cleanup(srv.Close)
 	t.Cleanup(func() {

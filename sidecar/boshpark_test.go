@@ -98,6 +98,43 @@ func TestBOSHParked(t *testing.T) {
 	}
 }
 
+// TestBOSHParkedOwnServerOnly: a request that reached the same handler
+// through another server — the cluster's peer listener, serving one that
+// another node forwarded — is held in its handler, not parked: its
+// connection is not the API listener's to hand back. It is answered all
+// the same.
+func TestBOSHParkedOwnServerOnly(t *testing.T) {
+	h, srv := boshHarness(t)
+	c := h.tab(srv)
+	other := httptest.NewServer(h.srv)
+	defer other.Close()
+	conn := rawBOSH(t, other, c, "")
+	defer conn.Close()
+	bs := h.bosh().get(c.SID)
+	held := func() int {
+		bs.mu.Lock()
+		defer bs.mu.Unlock()
+		return len(bs.held)
+	}
+	for deadline := time.Now().Add(10 * time.Second); held() != 1; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d requests held, want 1", held())
+		}
+	}
+	if n := h.heldBOSH(); n != 0 {
+		t.Fatalf("%d requests of the other server parked, want none", n)
+	}
+	h.serverStanza(`<message from="bob@example.test/d" type="chat" id="o1"><body>in handler</body></message>`)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(data), "in handler") {
+		t.Fatalf("answer through the other server: %d %s", resp.StatusCode, data)
+	}
+}
+
 // TestBOSHParkedBrowserGone (hostile case): a page that goes away while
 // its request is parked takes nothing with it: the message stays for the
 // page's next request.

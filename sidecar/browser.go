@@ -142,10 +142,11 @@ func (a *api) sameBrowserSession(r *http.Request, s *session) (foreign bool, end
 	if !ok {
 		return false, ""
 	}
-	if sessionKey(id) != s.key {
+	h := phpsession.Hash(id) // once: the sid's owner check and the session check
+	if keyOf(h) != s.key {
 		return true, ""
 	}
-	ps, err := a.reader.Lookup(r.Context(), id)
+	ps, err := a.reader.LookupHashed(r.Context(), h)
 	switch {
 	case errors.Is(err, phpsession.ErrUnavailable):
 		return false, "" // the store is down: keep users chatting

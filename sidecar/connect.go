@@ -58,7 +58,7 @@ func (a *api) me(w http.ResponseWriter, _ *http.Request, c *caller) error {
 	ident := c.php.Identity
 	state := string(xmppconn.StateOffline)
 	jid := ident.User + "@" + a.cfg.XMPPDomain
-	if s := a.reg.get(c.id); s != nil && s.user == ident.User {
+	if s := a.reg.byKey(c.key); s != nil && s.user == ident.User {
 		state = string(s.State())
 		s.mu.Lock()
 		if s.fullJID != "" {

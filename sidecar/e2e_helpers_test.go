@@ -91,15 +91,11 @@ func skipShort(tb testing.TB, what string) {
 }
 
 // requireBinary fails the test loudly when a tool the e2e tests need is
-// missing; under -short it skips the test instead (skipShort).
+// missing; under -short it skips the test instead (the starters' rule,
+// xmppconntest.NeedBinary).
 func requireBinary(tb testing.TB, name, pkg string) string {
 	tb.Helper()
-	skipShort(tb, name)
-	p, err := exec.LookPath(name)
-	if err != nil {
-		tb.Fatalf("%s not found (%v): apt-get install %s", name, err, pkg)
-	}
-	return p
+	return xmppconntest.NeedBinary(tb, name, pkg)
 }
 
 // freePort returns a loopback TCP port that was free a moment ago.

@@ -146,14 +146,16 @@ func (a *api) authenticate(r *http.Request, cookieOK bool) (*caller, error) {
 	} else {
 		return nil, ErrSessionMissing
 	}
+	h := phpsession.Hash(c.id) // once: the session check and the registry's key
+	c.key = keyOf(h)
 	start := time.Now()
-	ps, err := a.reader.Lookup(r.Context(), c.id)
+	ps, err := a.reader.LookupHashed(r.Context(), h)
 	a.metrics.storeLatency.Observe(time.Since(start).Seconds())
 	if errors.Is(err, phpsession.ErrUnavailable) {
 		// The store is down (Redis restarting). A session with a live
 		// stream keeps working on what it last read, as the janitor keeps
 		// it online; anything else waits for the store.
-		if s := a.reg.get(c.id); s != nil && s.live() {
+		if s := a.reg.byKey(c.key); s != nil && s.live() {
 			c.php = &phpsession.Session{Identity: s.ident}
 			return c, nil
 		}

@@ -46,9 +46,13 @@ type pollQuery struct {
 	limit int
 }
 
-// parker owns the parked polls and the goroutines that answer them.
+// parker owns the parked polls and the goroutines that answer them. It
+// takes only connections of its own server (srv, which serves ln): a
+// request that came another way — through the cluster's peer listener —
+// is never parked, since its connection is not ln's to hand back.
 type parker struct {
 	a    *api
+	srv  *http.Server
 	ln   *resumeListener // nil: every answered connection is closed
 	idle time.Duration   // the server's IdleTimeout
 
@@ -62,13 +66,26 @@ type parker struct {
 
 	// repoll, when set, serves the next long poll of an answered
 	// connection without handing it back to net/http (repoll.go): the
-	// API's handler and the server's request context.
+	// API's handler. repollBase is the context of those requests: srv's,
+	// naming srv as net/http's own do.
 	repoll     http.Handler
 	repollBase context.Context
 }
 
-func newParker(a *api, ln *resumeListener, idle time.Duration) *parker {
-	return &parker{a: a, ln: ln, idle: idle, polls: map[*parkedPoll]struct{}{}, bosh: map[*boshPark]struct{}{}, ws: map[*wsStream]struct{}{}, idlers: map[net.Conn]struct{}{}}
+// newParker returns the parker of srv's connections, which srv accepts
+// from ln.
+func newParker(a *api, ln *resumeListener, srv *http.Server) *parker {
+	base := context.Background()
+	if srv.BaseContext != nil {
+		base = srv.BaseContext(ln)
+	}
+	return &parker{a: a, srv: srv, ln: ln, idle: srv.IdleTimeout, repollBase: context.WithValue(base, http.ServerContextKey, srv),
+		polls: map[*parkedPoll]struct{}{}, bosh: map[*boshPark]struct{}{}, ws: map[*wsStream]struct{}{}, idlers: map[net.Conn]struct{}{}}
+}
+
+// serves reports whether r came through pk's server.
+func (pk *parker) serves(r *http.Request) bool {
+	return pk != nil && r.Context().Value(http.ServerContextKey) == pk.srv
 }
 
 // heldConn is a connection taken from net/http to answer a request
@@ -82,11 +99,12 @@ type heldConn struct {
 }
 
 // hijack takes r's connection from net/http; it reports false, leaving
-// the request untouched, where it cannot (no parker, HTTP/2, a request
-// body not read to its end, a writer that cannot be hijacked).
+// the request untouched, where it cannot (no parker, a request another
+// server took, HTTP/2, a request body not read to its end, a writer that
+// cannot be hijacked).
 func (pk *parker) hijack(w http.ResponseWriter, r *http.Request, bodyRead bool) (heldConn, bool) {
 	rec, ok := w.(*statusRecorder)
-	if pk == nil || !ok || r.ProtoMajor != 1 || (!bodyRead && (r.ContentLength != 0 || len(r.TransferEncoding) > 0)) {
+	if !pk.serves(r) || !ok || r.ProtoMajor != 1 || (!bodyRead && (r.ContentLength != 0 || len(r.TransferEncoding) > 0)) {
 		return heldConn{}, false
 	}
 	header := rec.Header()

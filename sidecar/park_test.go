@@ -15,6 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/goleak"
@@ -50,11 +51,17 @@ func (l countingListener) Accept() (net.Conn, error) {
 
 func startParkServer(tb testing.TB, park bool, maxConns int, opts ...func(*http.Server)) *parkServer {
 	tb.Helper()
-	h := newHarness(tb, "")
 	raw, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
 	}
+	return startParkServerOn(tb, raw, park, maxConns, opts...)
+}
+
+// startParkServerOn is startParkServer on the listener raw.
+func startParkServerOn(tb testing.TB, raw net.Listener, park bool, maxConns int, opts ...func(*http.Server)) *parkServer {
+	tb.Helper()
+	h := newHarness(tb, "")
 	ps := &parkServer{h: h, addr: raw.Addr().String(), served: make(chan struct{})}
 	var ln net.Listener = newLimitListener(countingListener{raw, &ps.accepts}, maxConns, func() {})
 	ps.srv = &http.Server{Handler: h.srv, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 120 * time.Second}
@@ -63,7 +70,7 @@ func startParkServer(tb testing.TB, park bool, maxConns int, opts ...func(*http.
 	}
 	if park {
 		rl := newResumeListener(ln)
-		h.api.parked = newParker(h.api, rl, ps.srv.IdleTimeout)
+		h.api.parked = newParker(h.api, rl, ps.srv)
 		h.api.parked.repoll = h.srv // as serve sets it (repoll.go)
 		ln = rl
 	}
@@ -185,52 +192,106 @@ func TestParkKeepAlive(t *testing.T) {
 
 // TestParkIdleTimeout: an answered connection may idle up to the server's
 // IdleTimeout before its next request, as a kept-alive one does — not
-// only its ReadHeaderTimeout, as a new one — and is closed after it.
+// only its ReadHeaderTimeout, as a new one — and is closed when it has
+// passed. In a synctest bubble over in-memory connections, so the clock
+// is the bubble's: no load can stretch a wait past a timeout.
 func TestParkIdleTimeout(t *testing.T) {
-	ps := startParkServer(t, true, 16, func(s *http.Server) {
-		s.ReadHeaderTimeout, s.IdleTimeout = 300*time.Millisecond, 1500*time.Millisecond
-	})
-	cur := ps.connect(t, goodID, "alice")
-	c, err := net.Dial("tcp", ps.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	br := bufio.NewReader(c)
-	answer := func(what string) {
-		t.Helper()
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil || resp.StatusCode != http.StatusOK {
-			t.Fatalf("%s: %v %v", what, resp, err)
+	synctest.Test(t, func(t *testing.T) {
+		const readHeader, idle = 300 * time.Millisecond, 1500 * time.Millisecond
+		ln := newPipeListener()
+		ps := startParkServerOn(t, ln, true, 16, func(s *http.Server) {
+			s.ReadHeaderTimeout, s.IdleTimeout = readHeader, idle
+		})
+		cur := ps.connect(t, goodID, "alice")
+		c, err := ln.dial()
+		if err != nil {
+			t.Fatal(err)
 		}
-		io.Copy(io.Discard, resp.Body)
-	}
-	for i, idle := range []time.Duration{800 * time.Millisecond, 0} {
+		defer c.Close()
+		br := bufio.NewReader(c)
+		answer := func(what string) {
+			t.Helper()
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("%s: %v %v", what, resp, err)
+			}
+			io.Copy(io.Discard, resp.Body)
+		}
+		// Idle for all but the last moment of the IdleTimeout (far past
+		// the ReadHeaderTimeout), then at once.
+		for i, wait := range []time.Duration{idle - time.Millisecond, 0} {
+			io.WriteString(c, pollRequest(cur, 25, ""))
+			ps.waitParked(t, 1)
+			ps.message(fmt.Sprintf("m%d", i))
+			answer("poll")
+			cur.offset++
+			time.Sleep(wait)
+			io.WriteString(c, "GET /v1/me HTTP/1.1\r\nHost: sidecar\r\nX-Session-Id: "+goodID+"\r\n\r\n")
+			answer("the request after an idle answered connection")
+		}
 		io.WriteString(c, pollRequest(cur, 25, ""))
 		ps.waitParked(t, 1)
-		ps.message(fmt.Sprintf("m%d", i))
-		answer("poll")
-		cur.offset++
-		time.Sleep(idle) // longer than ReadHeaderTimeout
-		io.WriteString(c, "GET /v1/me HTTP/1.1\r\nHost: sidecar\r\nX-Session-Id: "+goodID+"\r\n\r\n")
-		answer("the request after an idle answered connection")
-	}
-	io.WriteString(c, pollRequest(cur, 25, ""))
-	ps.waitParked(t, 1)
-	ps.message("last")
-	answer("last poll")
-	start := time.Now()
-	if _, err := br.ReadByte(); err != io.EOF {
-		t.Fatalf("idle answered connection: %v, want EOF", err)
-	}
-	if d := time.Since(start); d < time.Second {
-		t.Errorf("the idle connection was closed after %v, before the IdleTimeout", d)
-	}
-	if n := ps.accepts.Load(); n != 1 {
-		t.Errorf("%d connections accepted, want 1", n)
+		ps.message("last")
+		answer("last poll")
+		start := time.Now()
+		if _, err := br.ReadByte(); err != io.EOF {
+			t.Fatalf("idle answered connection: %v, want EOF", err)
+		}
+		if d := time.Since(start); d != idle {
+			t.Errorf("the idle connection was closed after %v, want the IdleTimeout, %v", d, idle)
+		}
+		if n := ps.accepts.Load(); n != 1 {
+			t.Errorf("%d connections accepted, want 1", n)
+		}
+	})
+}
+
+// pipeListener is a listener of in-memory connections (net.Pipe), for a
+// server in a synctest bubble: a goroutine waiting on a socket would keep
+// the bubble's clock from advancing, one waiting on a pipe does not.
+type pipeListener struct {
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+}
+
+func newPipeListener() *pipeListener {
+	return &pipeListener{conns: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *pipeListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
 	}
 }
+
+func (l *pipeListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *pipeListener) Addr() net.Addr { return pipeAddr{} }
+
+// dial opens a connection to the listener's server.
+func (l *pipeListener) dial() (net.Conn, error) {
+	client, server := net.Pipe()
+	select {
+	case l.conns <- server:
+		return client, nil
+	case <-l.done:
+		client.Close()
+		server.Close()
+		return nil, net.ErrClosed
+	}
+}
+
+type pipeAddr struct{}
+
+func (pipeAddr) Network() string { return "pipe" }
+func (pipeAddr) String() string  { return "pipe" }
 
 // maskVolatile hides the Date and the cursors' epochs, which differ
 // between two servers.

@@ -113,6 +113,7 @@ type dialFunc func(ctx context.Context, cfg xmppconn.Config) (xmppSession, error
 // asks whether the store answers.
 type sessionReader interface {
 	Lookup(ctx context.Context, id string) (*phpsession.Session, error)
+	LookupHashed(ctx context.Context, id phpsession.HashedID) (*phpsession.Session, error)
 	Ready(ctx context.Context) error
 }
 

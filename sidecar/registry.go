@@ -59,8 +59,13 @@ func newRegistry(cfg *Config, reader sessionReader, dial dialFunc, tlsConf *tls.
 		}}
 }
 
-func sessionKey(id string) string {
-	sum := sha256.Sum256([]byte(id))
+func sessionKey(id string) string { return keyOf(phpsession.Hash(id)) }
+
+// keyOf is the registry's key of a session id already hashed: its
+// SHA-256 in hex. A request hashes its id once, for the PHP session
+// check and the registry both.
+func keyOf(h phpsession.HashedID) string {
+	sum := h.Sum()
 	return hex.EncodeToString(sum[:])
 }
 
@@ -69,10 +74,13 @@ func credentials(ident phpsession.Identity) [32]byte {
 }
 
 // get returns the session of a PHP session id, if any.
-func (r *registry) get(id string) *session {
+func (r *registry) get(id string) *session { return r.byKey(sessionKey(id)) }
+
+// byKey returns the session of a registry key (keyOf), if any.
+func (r *registry) byKey(key string) *session {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.sessions[sessionKey(id)]
+	return r.sessions[key]
 }
 
 // connect returns the live stream of this PHP session, opening it when

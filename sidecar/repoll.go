@@ -34,9 +34,7 @@ func (pk *parker) serveRepoll(c net.Conn, raw []byte) (served, again bool) {
 	if req == nil {
 		return false, false
 	}
-	if pk.repollBase != nil {
-		req = req.WithContext(pk.repollBase)
-	}
+	req = req.WithContext(pk.repollBase)
 	req.RemoteAddr = c.RemoteAddr().String()
 	w := &repollWriter{conn: c}
 	pk.repoll.ServeHTTP(w, req)

@@ -288,8 +288,8 @@ func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error
 	// resumeLn, above the limit, so they keep their slot while parked.
 	apiLn := newResumeListener(newLimitListener(rawLn, cfg.MaxConnections, m.connRejected.Inc))
 	apiSrv := newAPIServer(cfg, a.routes(), logger)
-	a.parked = newParker(a, apiLn, apiSrv.IdleTimeout)
-	a.parked.repoll, a.parked.repollBase = apiSrv.Handler, apiSrv.BaseContext(apiLn)
+	a.parked = newParker(a, apiLn, apiSrv)
+	a.parked.repoll = apiSrv.Handler
 	var opsSrv *http.Server
 	var opsLn net.Listener
 	if cfg.OpsListen != "" {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -517,9 +518,13 @@ func TestOfflineDelay(t *testing.T) {
 
 // tcpProxy forwards loopback connections to a server and can cut them all,
 // as a network blip would, while the server keeps its XEP-0198 sessions.
+// Its gate can also stop forwarding what clients write (hold: the bytes
+// are read and dropped, as by a network that loses them) while what the
+// server writes still arrives.
 type tcpProxy struct {
 	ln     net.Listener
 	target string
+	hold   atomic.Bool
 	mu     sync.Mutex
 	conns  []net.Conn
 	wg     sync.WaitGroup
@@ -548,12 +553,29 @@ func startProxy(t testing.TB, target string) *tcpProxy {
 			p.conns = append(p.conns, c, s)
 			p.mu.Unlock()
 			p.wg.Add(2)
-			go func() { defer p.wg.Done(); io.Copy(s, c); s.Close() }()
+			go func() { defer p.wg.Done(); p.upstream(c, s); s.Close() }()
 			go func() { defer p.wg.Done(); io.Copy(c, s); c.Close() }()
 		}
 	}()
 	t.Cleanup(func() { ln.Close(); p.cut(); p.wg.Wait() })
 	return p
+}
+
+// upstream copies what the client c writes to the server s, dropping it
+// while the gate holds.
+func (p *tcpProxy) upstream(c, s net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := c.Read(buf)
+		if n > 0 && !p.hold.Load() {
+			if _, err := s.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 func (p *tcpProxy) addr() string { return p.ln.Addr().String() }

@@ -175,7 +175,11 @@ func (c *Conn) reconnect(backoff *time.Duration) (*stream, bool, error) {
 // Once it handled an element (or from the start when grown: the goroutine
 // just logged in), it returns errRelay instead of waiting on an idle
 // stream; probing is then false, so the successor starts from the same
-// state.
+// state. XEP-0198's <r/> and <a/> do not count: Prosody asks for an ack a
+// moment after every stanza it delivers, so the <r/> usually arrives on
+// the fresh successor, and answering it needs no deeper stack than
+// reading it did; relaying again cost a goroutine and the regrowth of
+// the next one's stack per delivered message (docs/PERFORMANCE.md).
 func (c *Conn) readLoop(s *stream, grown bool) error {
 	probing := false
 	handled := grown
@@ -213,7 +217,7 @@ func (c *Conn) readLoop(s *stream, grown bool) error {
 			return err
 		}
 		s.fr.release()
-		if n != nil {
+		if n != nil && !c.handleSM(s, n) {
 			c.handle(s, n)
 			handled = true
 		}

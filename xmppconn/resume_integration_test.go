@@ -5,11 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -72,75 +69,6 @@ func (m *memStore) freeze() {
 	m.mu.Unlock()
 }
 
-// gateProxy forwards one TCP connection to target and can stop forwarding
-// what the client writes (hold: the bytes are read and dropped, as by a
-// network that loses them) or cut the connection.
-type gateProxy struct {
-	ln     net.Listener
-	target string
-	hold   atomic.Bool
-	mu     sync.Mutex
-	conns  []net.Conn
-	wg     sync.WaitGroup
-}
-
-func startGateProxy(t *testing.T, target string) *gateProxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &gateProxy{ln: ln, target: target}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, s)
-			p.mu.Unlock()
-			p.wg.Add(2)
-			go func() {
-				defer p.wg.Done()
-				buf := make([]byte, 32<<10)
-				for {
-					n, err := c.Read(buf)
-					if n > 0 && !p.hold.Load() {
-						if _, err := s.Write(buf[:n]); err != nil {
-							break
-						}
-					}
-					if err != nil {
-						break
-					}
-				}
-				s.Close()
-			}()
-			go func() { defer p.wg.Done(); io.Copy(c, s); c.Close() }()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); p.cut(); p.wg.Wait() })
-	return p
-}
-
-func (p *gateProxy) addr() string { return p.ln.Addr().String() }
-
-func (p *gateProxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
 // unavailableFrom reports whether rec saw an unavailable presence of jid.
 func unavailableFrom(rec *recorder, jid string) bool {
 	evs, _ := rec.snapshot()
@@ -174,11 +102,11 @@ func firstOnline(t *testing.T, rec *recorder) *xmppconn.StateChange {
 	}).(*xmppconn.StateChange)
 }
 
-// resumeSetup is alice on "web" through a gate proxy with a memStore, and
+// resumeSetup is alice on "web" through a proxy with a memStore, and
 // bob on "desk", subscribed to alice's presence.
 type resumeSetup struct {
 	b      *backend
-	proxy  *gateProxy
+	proxy  *tcpProxy
 	store  *memStore
 	alice  *client
 	bob    *client
@@ -189,7 +117,7 @@ func newResumeSetup(t *testing.T, b *backend) *resumeSetup {
 	t.Helper()
 	b.register(t, "alice", pw)
 	b.register(t, "bob", "bobpw")
-	rs := &resumeSetup{b: b, proxy: startGateProxy(t, b.addr), store: &memStore{}}
+	rs := &resumeSetup{b: b, proxy: startProxy(t, b.addr), store: &memStore{}}
 	rs.alice = connect(t, b, "alice", pw, "web", func(c *xmppconn.Config) {
 		c.Addr = rs.proxy.addr()
 		c.ResumeStore = rs.store
@@ -492,7 +420,7 @@ func TestResumeRooms(t *testing.T) {
 			b.register(t, "alice", pw)
 			b.register(t, "bob", "bobpw")
 			store := &memStore{}
-			proxy := startGateProxy(t, b.addr)
+			proxy := startProxy(t, b.addr)
 			alice := connect(t, b, "alice", pw, "web", func(c *xmppconn.Config) {
 				c.Addr = proxy.addr()
 				c.ResumeStore = store

@@ -86,38 +86,12 @@ func (h logHandler) HandleEvent(ev Event) {
 	h.ch <- ev
 }
 
+// dialStore is dialScript with store as the Conn's ResumeStore, through
+// a fresh login (session "sm1").
 func dialStore(t *testing.T, s *scriptServer, h Handler, store ResumeStore, mod ...func(*Config)) (*Conn, *scriptConn) {
 	t.Helper()
-	type res struct {
-		c   *Conn
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		cfg := Config{
-			Addr: s.ln.Addr().String(), Domain: "example.test", TLS: TLSNone,
-			User: "alice", Password: "pw", Resource: "web", Handler: h, ResumeStore: store,
-			Reconnect: true, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
-		}
-		for _, m := range mod {
-			m(&cfg)
-		}
-		c, err := Dial(t.Context(), cfg)
-		ch <- res{c, err}
-	}()
-	sc := s.accept()
-	sc.login()
-	sc.fresh("sm1")
-	r := <-ch
-	if r.err != nil {
-		t.Fatalf("Dial: %v", r.err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		defer cancel()
-		r.c.Close(ctx)
-	})
-	return r.c, sc
+	withStore := func(c *Config) { c.ResumeStore = store }
+	return dialScript(t, s, h, func(sc *scriptConn) { sc.login(); sc.fresh("sm1") }, append([]func(*Config){withStore}, mod...)...)
 }
 
 // TestResumeStoreOrder: each inbound stanza reaches the Handler before the

@@ -15,18 +15,18 @@ import (
 // scriptServer is a minimal scripted XMPP server on loopback (plaintext),
 // for stream-management cases real servers cannot be made to produce.
 type scriptServer struct {
-	t     *testing.T
+	t     testing.TB
 	ln    net.Listener
 	conns chan *scriptConn
 }
 
 type scriptConn struct {
-	t  *testing.T
+	t  testing.TB
 	nc net.Conn
 	f  framer
 }
 
-func startScriptServer(t *testing.T) *scriptServer {
+func startScriptServer(t testing.TB) *scriptServer {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -159,7 +159,7 @@ type chanHandler chan Event
 
 func (h chanHandler) HandleEvent(ev Event) { h <- ev }
 
-func (h chanHandler) wait(t *testing.T, match func(Event) bool) Event {
+func (h chanHandler) wait(t testing.TB, match func(Event) bool) Event {
 	t.Helper()
 	timeout := time.After(10 * time.Second)
 	for {
@@ -175,7 +175,9 @@ func (h chanHandler) wait(t *testing.T, match func(Event) bool) Event {
 	}
 }
 
-func dialScript(t *testing.T, s *scriptServer, h Handler, srv func(*scriptConn)) (*Conn, *scriptConn) {
+// dialScript dials s as alice/web with h, reconnecting quickly, with mod
+// applied to the Config; srv plays the server's side of the login.
+func dialScript(t testing.TB, s *scriptServer, h Handler, srv func(*scriptConn), mod ...func(*Config)) (*Conn, *scriptConn) {
 	t.Helper()
 	type res struct {
 		c   *Conn
@@ -183,11 +185,15 @@ func dialScript(t *testing.T, s *scriptServer, h Handler, srv func(*scriptConn))
 	}
 	ch := make(chan res, 1)
 	go func() {
-		c, err := Dial(t.Context(), Config{
+		cfg := Config{
 			Addr: s.ln.Addr().String(), Domain: "example.test", TLS: TLSNone,
 			User: "alice", Password: "pw", Resource: "web", Handler: h,
 			Reconnect: true, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
-		})
+		}
+		for _, m := range mod {
+			m(&cfg)
+		}
+		c, err := Dial(t.Context(), cfg)
 		ch <- res{c, err}
 	}()
 	sc := s.accept()

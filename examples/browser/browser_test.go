@@ -30,20 +30,6 @@ import (
 	"expressolivre.org/imsidecar/xmppconn/xmppconntest"
 )
 
-// need returns the path of bin or fails the test; under -short (unit tests
-// only) it skips the test instead.
-func need(t *testing.T, bin, pkg string) string {
-	t.Helper()
-	if testing.Short() {
-		t.Skipf("integration test, skipped under -short: it runs a real %s", bin)
-	}
-	p, err := exec.LookPath(bin)
-	if err != nil {
-		t.Fatalf("%s not found: apt-get install %s (or run make deps)", bin, pkg)
-	}
-	return p
-}
-
 func freePort(t *testing.T) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -163,9 +149,9 @@ type site struct {
 // startSite starts Prosody (alice and bob registered, bob with an avatar),
 // the sidecar and Apache serving the demo.
 func startSite(t *testing.T) *site {
-	need(t, "apache2", "apache2 libapache2-mod-php")
-	need(t, "node", "nodejs")
-	chromium := need(t, "chromium", "chromium")
+	xmppconntest.NeedBinary(t, "apache2", "apache2 libapache2-mod-php")
+	xmppconntest.NeedBinary(t, "node", "nodejs")
+	chromium := xmppconntest.NeedBinary(t, "chromium", "chromium")
 	for _, pkg := range []string{"playwright-core", "strophe.js", "converse.js"} {
 		if _, err := os.Stat("node_modules/" + pkg); err != nil {
 			t.Fatalf("%s missing: run `npm ci` in examples/browser (make test does)", pkg)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"expressolivre.org/imsidecar/phpsession/phpsessiontest"
+	"expressolivre.org/imsidecar/xmppconn/xmppconntest"
 )
 
 // phpSite is auth_messenger.php installed in an Expresso-shaped tree (with
@@ -318,7 +319,7 @@ type phpRun struct {
 // oldPHP parses file and runs runtime on every PHP.wasm version.
 func oldPHP(t *testing.T, file, runtime string) []phpRun {
 	t.Helper()
-	node := need(t, "node", "nodejs")
+	node := xmppconntest.NeedBinary(t, "node", "nodejs")
 	if _, err := os.Stat("standin/node_modules/@php-wasm/node"); err != nil {
 		t.Fatal("@php-wasm/node missing: run `npm ci` in examples/expresso/standin (make test does)")
 	}

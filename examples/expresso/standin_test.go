@@ -29,20 +29,7 @@ import (
 	"expressolivre.org/imsidecar/xmppconn/xmppconntest"
 )
 
-// need returns the path of bin or fails the test; under -short (unit tests
-// only) it skips the test instead.
-func need(t *testing.T, bin, pkg string) string {
-	t.Helper()
-	if testing.Short() {
-		t.Skipf("integration test, skipped under -short: it runs a real %s", bin)
-	}
-	p, err := exec.LookPath(bin)
-	if err != nil {
-		t.Fatalf("%s not found: apt-get install %s (or run make deps)", bin, pkg)
-	}
-	return p
-}
-
+// needModules fails the test when the stand-in's npm modules are missing.
 func needModules(t *testing.T) {
 	t.Helper()
 	for _, m := range []string{"standin/node_modules/playwright-core", "standin/node_modules/jquery/dist/jquery.js"} {
@@ -62,8 +49,8 @@ type driver struct {
 
 func startDriver(t *testing.T) *driver {
 	t.Helper()
-	node := need(t, "node", "nodejs")
-	chromium := need(t, "chromium", "chromium")
+	node := xmppconntest.NeedBinary(t, "node", "nodejs")
+	chromium := xmppconntest.NeedBinary(t, "chromium", "chromium")
 	needModules(t)
 	cmd := exec.Command(node, "drive.mjs")
 	cmd.Dir = "standin"

@@ -34,7 +34,8 @@
 // StartProsody and StartEjabberd fail the test when their binaries are
 // missing, and skip it only under -short (go test -short, make test-short:
 // the unit tests alone, on a machine without the servers). StartFakeServer
-// never skips.
+// never skips. NeedBinary applies the same rule to the other programs an
+// integration test runs (the examples' node, chromium and apache2).
 //
 // Restart, Stop, Start and Kill let tests exercise reconnection: Restart and
 // Stop are graceful (SIGTERM), Kill is SIGKILL, and Start brings the server

@@ -66,9 +66,7 @@ func StartEjabberd(tb testing.TB, opts EjabberdOptions) *Ejabberd {
 	tb.Helper()
 	skipShort(tb, "ejabberd")
 	for _, bin := range []string{EjabberdctlBin, "/usr/bin/erl", "timeout"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			tb.Fatalf("xmppconntest: %s not found (%v): apt-get install ejabberd", bin, err)
-		}
+		NeedBinary(tb, bin, "ejabberd")
 	}
 	if opts.Domain == "" {
 		opts.Domain = DefaultDomain

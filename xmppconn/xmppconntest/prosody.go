@@ -121,9 +121,7 @@ func StartProsody(tb testing.TB, opts Options) *Server {
 	tb.Helper()
 	skipShort(tb, "Prosody")
 	for _, bin := range []string{ProsodyBin, ProsodyctlBin, "timeout"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			tb.Fatalf("xmppconntest: %s not found (%v): apt-get install prosody coreutils", bin, err)
-		}
+		NeedBinary(tb, bin, "prosody coreutils")
 	}
 	if opts.Domain == "" {
 		opts.Domain = DefaultDomain
@@ -763,4 +761,18 @@ func skipShort(tb testing.TB, server string) {
 	if testing.Short() {
 		tb.Skipf("integration test, skipped under -short: it runs a real %s", server)
 	}
+}
+
+// NeedBinary returns the path of bin, a program an integration test runs
+// (node, chromium, apache2...), under the starters' rule: under -short the
+// test is skipped, and only then; without -short a missing bin fails it,
+// naming pkg, the Debian package(s) to install.
+func NeedBinary(tb testing.TB, bin, pkg string) string {
+	tb.Helper()
+	skipShort(tb, bin)
+	p, err := exec.LookPath(bin)
+	if err != nil {
+		tb.Fatalf("xmppconntest: %s not found (%v): apt-get install %s (or make deps)", bin, err, pkg)
+	}
+	return p
 }

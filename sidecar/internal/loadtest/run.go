@@ -170,7 +170,9 @@ type Phase struct {
 	SendErrors    int     `json:"send_errors"`
 	Delivered     int     `json:"delivered"`
 	// Lost counts messages whose send call succeeded but that never
-	// reached the receiver within 20 s of the last send.
+	// reached the receiver within 20 s of the last send. A message whose
+	// send call failed but that arrived all the same counts in SendErrors
+	// and in Delivered, never in Lost.
 	Lost            int     `json:"lost"`
 	Duplicates      int     `json:"duplicates"`
 	DeliveredPerSec float64 `json:"delivered_per_sec"`
@@ -877,7 +879,7 @@ func (r *rig) phase(ctx context.Context, id int, rate float64, d time.Duration) 
 	ph.OfferedPerSec = float64(ph.Sent) / max(sendEnd.Sub(t0), d).Seconds()
 	wg.Wait()
 	deadline := time.Now().Add(20 * time.Second)
-	for t.delivered.Load()+sendErrs.Load() < int64(ph.Sent) && time.Now().Before(deadline) && ctx.Err() == nil {
+	for t.settled.Load() < int64(ph.Sent) && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(20 * time.Millisecond)
 	}
 	cpu1, pro1, err := r.cpu()
@@ -899,7 +901,7 @@ func (r *rig) phase(ctx context.Context, id int, rate float64, d time.Duration) 
 	}
 	ph.Delivered = int(t.delivered.Load())
 	ph.Duplicates = int(t.dups.Load())
-	ph.Lost = ph.Sent - ph.SendErrors - ph.Delivered
+	ph.Lost = t.lost(ph.Sent)
 	for k := range ph.Sent {
 		switch {
 		case t.fail[k].Load():
@@ -937,8 +939,10 @@ type tracker struct {
 	sent      []atomic.Int64 // send call return, UnixNano
 	recv      []atomic.Int64 // first delivery, UnixNano
 	from, to  []int32        // user indexes, written before the send starts
-	got       []atomic.Bool
-	fail      []atomic.Bool // the send call failed
+	got       []atomic.Bool  // delivered (at least once)
+	fail      []atomic.Bool  // the send call failed
+	done      []atomic.Bool  // delivered or failed: nothing more to wait for
+	settled   atomic.Int64   // how many are done
 	delivered atomic.Int64
 	dups      atomic.Int64
 	last      atomic.Int64 // UnixNano of the last delivery
@@ -948,14 +952,35 @@ type tracker struct {
 func newTracker(id, n int) *tracker {
 	return &tracker{id: id, prefix: "lt-" + strconv.Itoa(id) + "-",
 		start: make([]atomic.Int64, n), sent: make([]atomic.Int64, n), recv: make([]atomic.Int64, n),
-		from: make([]int32, n), to: make([]int32, n), got: make([]atomic.Bool, n), fail: make([]atomic.Bool, n)}
+		from: make([]int32, n), to: make([]int32, n), got: make([]atomic.Bool, n), fail: make([]atomic.Bool, n), done: make([]atomic.Bool, n)}
 }
 
 func (t *tracker) body(k int) string { return t.prefix + strconv.Itoa(k) }
 
-// failed forgets a message whose send call failed: it is counted as a send
-// error, not a loss, and not waited for.
-func (t *tracker) failed(k int) { t.fail[k].Store(true); t.got[k].Store(true) }
+// failed records that the send call of message k failed: it counts as a
+// send error and is not waited for. It may arrive all the same (the call
+// timed out after the message went through): it then counts as delivered
+// too, not as a duplicate, and never as lost.
+func (t *tracker) failed(k int) { t.fail[k].Store(true); t.settle(k) }
+
+// settle marks message k done, once.
+func (t *tracker) settle(k int) {
+	if !t.done[k].Swap(true) {
+		t.settled.Add(1)
+	}
+}
+
+// lost counts the first n messages whose send call succeeded but that
+// never arrived.
+func (t *tracker) lost(n int) int {
+	lost := 0
+	for k := range n {
+		if !t.fail[k].Load() && !t.got[k].Load() {
+			lost++
+		}
+	}
+	return lost
+}
 
 func (t *tracker) received(body string) {
 	rest, ok := strings.CutPrefix(body, t.prefix)
@@ -975,6 +1000,7 @@ func (t *tracker) received(body string) {
 	t.lat.Add(now.Sub(time.Unix(0, t.start[k].Load())))
 	t.delivered.Add(1)
 	t.last.Store(now.UnixNano())
+	t.settle(k)
 }
 
 // bareClient is an xmppconn stream: what a desktop client holds, and what
