@@ -126,12 +126,12 @@ faults-cluster: deps ## the cluster fault matrix in full (issue 20): 3 nodes, CL
 	  rc=$$?; echo; cat bin/faults-cluster.md 2>/dev/null; exit $$rc
 
 .PHONY: bench
-bench: deps build ## Go micro-benchmarks, then the load test: 1,000 users, sidecar vs BOSH vs WebSocket, and the sidecar with STARTTLS, and the sidecar's own BOSH and WebSocket vs Prosody's (bench/results.json)
+bench: deps build ## Go micro-benchmarks, then the load test: 1,000 users, sidecar vs BOSH vs WebSocket, the sidecar with STARTTLS, a 3-node cluster vs one node, and the sidecar's own BOSH and WebSocket vs Prosody's (bench/results.json)
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2000x ./phpsession ./sidecar
 	$(GO) test -run '^$$' -bench 'Stanza|InboundDelivery' -benchmem -benchtime 20000x ./xmppconn
 	$(GO) test -run '^$$' -bench 'IdleConnMemory' -benchtime 1x ./xmppconn
 	$(GO) run ./sidecar/internal/loadtest/cmd/imbench -imsidecar $(BIN) -profile quick \
-	  -paths bare,sidecar,sidecar-tls,bosh,websocket,sidecar-bosh,sidecar-websocket \
+	  -paths bare,sidecar,sidecar-cluster,sidecar-tls,bosh,websocket,sidecar-bosh,sidecar-websocket \
 	  -users 1000 -rate 500 -duration 10s -sweep-time 3s -out bench/results.json
 
 .PHONY: bench-full

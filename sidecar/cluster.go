@@ -48,6 +48,9 @@ type cluster struct {
 	metrics *metrics
 	peer    *http.Client
 	reg     *registry // set by serve before the API starts
+	sealer  *sealer   // PHP session ids in the orphan index
+	orphans *orphans  // liveness key and proactive resumption
+	handoff *handoff  // the graceful hand-over at shutdown
 
 	mu   sync.Mutex
 	held map[string]heldLease // session key → lease
@@ -81,7 +84,7 @@ func newCluster(cfg *Config, secret string, logger *slog.Logger, m *metrics) (*c
 	cl := &cluster{
 		ls: &leaseStore{rdb: rdb, ttl: cfg.ClusterLeaseTTL, metaTTL: cfg.Inactivity + 10*time.Minute,
 			self: lease{node: cfg.ClusterNodeID, incarnation: hex.EncodeToString(inc[:]), peer: cfg.ClusterPeerListen}},
-		rdb: rdb, secret: secret, logger: logger, metrics: m, held: map[string]heldLease{},
+		rdb: rdb, secret: secret, logger: logger, metrics: m, held: map[string]heldLease{}, sealer: newSealer(secret),
 		logCap: cfg.EventBuffer, logBytes: int64(cfg.EventBufferMB) << 20, browserMax: cfg.MaxBrowserStreams,
 		peer: &http.Client{Transport: &http.Transport{
 			Proxy:               nil,
@@ -91,6 +94,8 @@ func newCluster(cfg *Config, secret string, logger *slog.Logger, m *metrics) (*c
 			DisableCompression:  true,
 		}},
 	}
+	cl.orphans = &orphans{cl: cl, sem: make(chan struct{}, adoptionsInFlight), busy: map[string]bool{}, stopped: make(chan struct{})}
+	cl.handoff = newHandoff()
 	return cl, nil
 }
 
@@ -237,19 +242,21 @@ func (cl *cluster) acquire(ctx context.Context, sk string) error {
 }
 
 // opened records, fenced by the lease, that the user is online, so that
-// a node taking the session over reconnects them.
-func (cl *cluster) opened(ctx context.Context, sk string) {
-	cl.markOnline(ctx, sk, true)
+// a node taking the session over reconnects them, and indexes the session
+// with its PHP session id sealed, so that a node finding this one dead
+// resumes it even if the user makes no call (clusterorphan.go).
+func (cl *cluster) opened(ctx context.Context, sk, id string) {
+	cl.markOnline(ctx, sk, true, cl.sealer.seal(sk, id))
 }
 
-func (cl *cluster) markOnline(ctx context.Context, sk string, online bool) {
+func (cl *cluster) markOnline(ctx context.Context, sk string, online bool, sealed string) {
 	l, ok := cl.holds(sk)
 	if !ok {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	done, err := cl.ls.mark(ctx, sk, l, online)
+	done, err := cl.ls.markSealed(ctx, sk, l, online, sealed)
 	switch {
 	case err != nil:
 		cl.logger.Warn("cluster: recording the session's state in Redis", "session", sk[:8], "err", err)
@@ -276,7 +283,7 @@ func (cl *cluster) closed(sk, reason string) {
 		}
 		return
 	}
-	cl.markOnline(context.Background(), sk, false)
+	cl.markOnline(context.Background(), sk, false, "")
 }
 
 // forgotten gives the lease of a session the registry dropped back.
@@ -419,40 +426,13 @@ func (r *registry) has(sk string) bool {
 func (r *registry) detach(sk string) {
 	r.mu.Lock()
 	s := r.sessions[sk]
-	if s != nil {
-		delete(r.sessions, sk)
-	}
 	r.mu.Unlock()
 	if s == nil {
 		return
 	}
-	r.idsMu.Lock()
-	delete(r.ids, sk)
-	r.idsMu.Unlock()
-	s.mu.Lock()
-	conn := s.conn
-	s.conn = nil
-	b := s.bridge
-	s.mu.Unlock()
-	if b != nil {
-		b.close("moved")
-	}
-	s.setState(xmppconn.StateOffline, "moved")
-	// Polls are answered at once, with no event: a page's cursor must
-	// not run ahead of the log the new owner has from Redis.
-	s.log.stopAndWake()
-	if conn != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		if d, ok := conn.(detacher); ok {
-			d.Detach(ctx)
-		} else {
-			conn.Close(ctx)
-		}
-		cancel()
-	}
-	r.mu.Lock()
-	r.mem.release(s.log)
-	r.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	r.letGo(ctx, s, "moved")
+	cancel()
 	r.logger.Info("xmpp stream handed over to another node", "user", s.user, "session", s.short)
 }
 
@@ -466,6 +446,7 @@ func (a *api) clusterRoute(w http.ResponseWriter, r *http.Request, c *caller, ro
 	sk := sessionKey(c.id)
 	ctx := r.Context()
 	if cl.mine(ctx, sk) {
+		a.reg.awaitDial(ctx, sk) // an orphan being resumed here: serve its stream
 		return false, nil
 	}
 	if a.peer {

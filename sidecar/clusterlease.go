@@ -126,14 +126,35 @@ var renewScript = redis.NewScript(renewScriptSrc)
 
 // markScript is the fenced write: it records whether the user is online
 // only if ARGV[1] holds the lease, and answers 1, else 0. Later phases
-// write the event log and the XEP-0198 state behind the same check.
-// KEYS: lease, token, meta. ARGV: lease, token, on (0/1), meta ttl ms.
+// write the event log and the XEP-0198 state behind the same check. The
+// owner's orphan index (clusterorphan.go) follows the mark: online, the
+// session is in it with its sealed PHP session id (ARGV[6], "" to keep
+// the one there), and the index lives a week past its last entry;
+// offline, it leaves it.
+// KEYS: lease, token, meta, owner's index. ARGV: lease, token, on (0/1),
+// meta ttl ms, session key, sealed id.
 var markScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
 redis.call('HSET', KEYS[3], 'on', ARGV[3], 'token', ARGV[2])
 redis.call('PEXPIRE', KEYS[3], ARGV[4])
+if ARGV[3] == '1' then
+  local sealed = ARGV[6]
+  if sealed == '' then
+    local e = redis.call('HGET', KEYS[4], ARGV[5])
+    if e then
+      local sep = string.find(e, '|', 1, true)
+      if sep then sealed = string.sub(e, sep + 1) end
+    end
+  end
+  if sealed ~= '' then
+    redis.call('HSET', KEYS[4], ARGV[5], ARGV[2] .. '|' .. sealed)
+    redis.call('PEXPIRE', KEYS[4], ` + strconv.FormatInt(tokenKeyTTL.Milliseconds(), 10) + `)
+  end
+else
+  redis.call('HDEL', KEYS[4], ARGV[5])
+end
 return 1
 `)
 
@@ -241,11 +262,18 @@ func (ls *leaseStore) renew(ctx context.Context, held map[string]lease) (lost []
 // mark records whether the user is online, fenced by l: false when l no
 // longer holds the lease (the write was refused).
 func (ls *leaseStore) mark(ctx context.Context, sk string, l lease, online bool) (bool, error) {
+	return ls.markSealed(ctx, sk, l, online, "")
+}
+
+// markSealed is mark with the PHP session id sealed for the orphan index
+// ("" keeps the one indexed).
+func (ls *leaseStore) markSealed(ctx context.Context, sk string, l lease, online bool, sealed string) (bool, error) {
 	on := "0"
 	if online {
 		on = "1"
 	}
-	n, err := markScript.Run(ctx, ls.rdb, keysOf(sk).list(), l.String(), l.token, on, ls.metaTTL.Milliseconds()).Int()
+	keys := append(keysOf(sk).list(), indexKey(partitionOf(sk), l.member()))
+	n, err := markScript.Run(ctx, ls.rdb, keys, l.String(), l.token, on, ls.metaTTL.Milliseconds(), sk, sealed).Int()
 	if err != nil {
 		return false, fmt.Errorf("%w: mark: %w", ErrClusterRedis, err)
 	}

@@ -162,10 +162,7 @@ func (cl *cluster) peerHandler(inner http.Handler) http.Handler {
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(cl.secret)) != 1 {
 			cl.metrics.clusterPeerRefused.Inc()
-			status, code := statusFor(ErrPeerUnauthorized)
-			var body errorBody
-			body.Error.Code, body.Error.Message = code, ErrPeerUnauthorized.Error()
-			writeJSON(w, status, body)
+			writeError(w, ErrPeerUnauthorized)
 			return
 		}
 		r.Header.Del("Authorization")
@@ -210,13 +207,14 @@ func startCluster(ctx context.Context, cfg *Config, a *api, wg *sync.WaitGroup, 
 	// served on the other.
 	pa := &api{cfg: a.cfg, reg: a.reg, reader: a.reader, logger: a.logger, metrics: a.metrics, now: a.now,
 		cluster: cl, peer: true, bosh: a.bosh}
-	ps := &peerServer{api: pa, srv: newHTTPServer(cl.peerHandler(pa.routes()), a.logger)}
+	ps := &peerServer{api: pa, srv: newHTTPServer(cl.peerHandler(cl.handoffGate(pa.routes())), a.logger)}
 	wg.Go(func() {
 		if err := ps.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("sidecar: cluster peer listener: %w", err)
 		}
 	})
 	wg.Go(func() { cl.run(ctx) })
+	wg.Go(func() { cl.orphans.watch(ctx) })
 	a.logger.Info("cluster mode", "node", cfg.ClusterNodeID, "peer", cfg.ClusterPeerListen, "lease_ttl", cfg.ClusterLeaseTTL)
 	return cl, ps, nil
 }

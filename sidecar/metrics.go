@@ -36,6 +36,11 @@ type metrics struct {
 	// clusterResumes counts takeovers of an online user by outcome:
 	// resumed (the XMPP session continued) or fresh (a new login).
 	clusterResumes *prometheus.CounterVec
+	// Phase 3 (clusterhandoff.go, clusterorphan.go): sessions handed over
+	// at shutdown, a dead node's orphans taken up, live nodes seen.
+	clusterHandoffs  *prometheus.CounterVec
+	clusterAdoptions *prometheus.CounterVec
+	clusterNodes     prometheus.Gauge
 }
 
 // newMetrics registers the series; sessions counts the sessions by state
@@ -72,11 +77,18 @@ func newMetrics(sessions func() map[xmppconn.State]int, eventBytes func() int64)
 			Help: "Cluster mode: calls forwarded to the session's owner, by outcome: ok, refused (owner gone, session taken over), not_owner (asked again), error."}, []string{"result"}),
 		clusterPeerRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_cluster_peer_refused_total",
 			Help: "Cluster mode: calls on the peer listener refused for a missing or wrong cluster secret."}),
+		clusterHandoffs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imsidecar_cluster_handoffs_total",
+			Help: "Cluster mode: sessions handed over at shutdown, by outcome: detached (the server keeps the session for the next owner to resume), closed (a stream that could not be detached), failed (the lease could not be given back: it expires)."}, []string{"result"}),
+		clusterAdoptions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imsidecar_cluster_adoptions_total",
+			Help: "Cluster mode: a dead node's online sessions this node took up, by outcome: resumed, offline (logged out meanwhile), moved (another node had it), gone (taken up elsewhere first), malformed, failed (left to the user's next call)."}, []string{"result"}),
+		clusterNodes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "imsidecar_cluster_nodes",
+			Help: "Cluster mode: live nodes (their liveness key present) at the last look, this one included."}),
 		clusterResumes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imsidecar_cluster_resumes_total",
 			Help: "Cluster mode: takeovers of an online user by outcome: resumed (the XMPP session and the event log continued: nothing lost, no presence change), fresh (a new login: the page's next poll says recovered:false)."}, []string{"result"}),
 	}
 	reg.MustRegister(m.connects, m.reconnects, m.resumptions, m.authFailures, m.eventsQueued, m.eventsDropped, m.connRejected, m.stanzasDropped, m.sendsRefused, m.browserStreams, m.browserRejected, m.apiLatency, m.storeLatency,
 		m.clusterLeases, m.clusterClaims, m.clusterLeasesLost, m.clusterForwards, m.clusterPeerRefused, m.clusterResumes,
+		m.clusterHandoffs, m.clusterAdoptions, m.clusterNodes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "imsidecar_event_log_bytes", Help: "Bytes the session event logs hold, counted against --event-memory-mb."},
 			func() float64 { return float64(eventBytes()) }))

@@ -124,9 +124,9 @@ type ownership interface {
 	// acquire returns nil when this node holds the session's lease or
 	// has just taken it; ErrNotOwner when another node does.
 	acquire(ctx context.Context, sk string) error
-	// opened and closed tell that the session's stream went up or was
-	// closed for reason.
-	opened(ctx context.Context, sk string)
+	// opened and closed tell that the session's stream went up (for the
+	// PHP session id) or was closed for reason.
+	opened(ctx context.Context, sk, id string)
 	closed(sk, reason string)
 	// forgotten: the registry dropped the session.
 	forgotten(sk string)

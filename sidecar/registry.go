@@ -139,7 +139,7 @@ func (r *registry) connect(ctx context.Context, id string, ps *phpsession.Sessio
 		}
 		r.mu.Unlock()
 		if err == nil && r.own != nil {
-			r.own.opened(ctx, key)
+			r.own.opened(ctx, key, id)
 		}
 		return s, true, err
 	}

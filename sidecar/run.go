@@ -339,8 +339,9 @@ func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error
 	case runErr = <-errc:
 	}
 	// Ordered, bounded shutdown: stop being ready, answer the parked long
-	// polls and close their connections, drain HTTP, close every stream
-	// with unavailable, close the store.
+	// polls and close their connections, drain HTTP, in cluster mode hand
+	// the streams over to the other nodes (clusterhandoff.go), close every
+	// stream left with unavailable, close the store.
 	logger.Info("imsidecar shutting down")
 	sdNotify("STOPPING=1")
 	a.draining.Store(true)
@@ -349,6 +350,7 @@ func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error
 	stop()
 	a.parked.shutdown(sctx)
 	apiSrv.Shutdown(sctx)
+	cl.handOver(sctx)
 	peerAPI.shutdown(sctx)
 	reg.shutdown(sctx)
 	cl.stopAll(sctx)

@@ -26,19 +26,25 @@ type daemon struct {
 // startDaemon runs bin against p with the PHP sessions in sessDir and the
 // extra flags (at least --xmpp-tls), and waits for /readyz.
 func startDaemon(ctx context.Context, bin string, env []string, dir, sessDir string, p *Prosody, extra ...string) (*daemon, error) {
+	return startDaemonOn(ctx, "127.0.0.1", bin, env, dir, sessDir, p, extra...)
+}
+
+// startDaemonOn is startDaemon with the API and ops listeners on host, a
+// loopback address.
+func startDaemonOn(ctx context.Context, host, bin string, env []string, dir, sessDir string, p *Prosody, extra ...string) (*daemon, error) {
 	ports, err := freePorts(2)
 	if err != nil {
 		return nil, err
 	}
 	d := &daemon{
-		URL:    "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])),
-		OpsURL: "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1])),
+		URL:    "http://" + net.JoinHostPort(host, strconv.Itoa(ports[0])),
+		OpsURL: "http://" + net.JoinHostPort(host, strconv.Itoa(ports[1])),
 		Log:    filepath.Join(dir, "imsidecar.log"),
 		done:   make(chan struct{}),
 	}
 	args := append([]string{"serve",
-		"--listen=127.0.0.1:" + strconv.Itoa(ports[0]),
-		"--ops-listen=127.0.0.1:" + strconv.Itoa(ports[1]),
+		"--listen=" + net.JoinHostPort(host, strconv.Itoa(ports[0])),
+		"--ops-listen=" + net.JoinHostPort(host, strconv.Itoa(ports[1])),
 		"--xmpp-addr=" + p.Addr,
 		"--xmpp-domain=" + Domain,
 		"--session-store=files",

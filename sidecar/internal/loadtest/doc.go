@@ -17,6 +17,14 @@
 // p99 stayed within 50 ms, its capacity the highest it kept up with
 // (see Check and Knee).
 //
+// The cluster paths (PathSidecarCluster, PathSidecarClusterRR) run the
+// sidecar path through several imsidecar nodes in cluster mode sharing a
+// private Redis with an append-only file, sticky or round robin, and add
+// what cluster mode costs besides: the nodes' memory summed, Redis's memory
+// and keys per user, the commands and script calls Redis runs per message
+// and idle, and Redis's CPU (ClusterResult), read against the sidecar path
+// of the same run by the goals of issue 20 item 9.
+//
 // For finding where latency comes from, a run can write every message's
 // send and delivery times as CSV (Config.LatencyDir), a runtime/trace of
 // the generator (Config.TraceDir), and add settings to Prosody's

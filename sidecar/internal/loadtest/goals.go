@@ -104,7 +104,53 @@ func (r Report) goals() []Goal {
 		tls.Needs = "the sidecar-tls path"
 	}
 	goals = append(goals, tls)
-	return goals
+	return append(goals, clusterGoals(sc, get(PathSidecarCluster))...)
+}
+
+// Issue 20 item 9's bounds on the cost of cluster mode, sticky traffic.
+const (
+	ClusterP50PlusMs      = 1.0 // cluster p50 ≤ single node's + 1 ms
+	ClusterP99Factor      = 1.2 // cluster p99 ≤ 1.2 × single node's
+	ClusterMemFactor      = 1.2 // imsidecar KB/user (all nodes) ≤ 1.2 × single node's
+	ClusterRedisKBPerUser = 8.0
+	ClusterRedisCmdsMsg   = 4.0
+)
+
+// clusterGoals reads the cluster path (sticky traffic) against the sidecar
+// path of the same run: issue 20 item 9.
+func clusterGoals(sc, cl *PathResult) []Goal {
+	const needs = "the sidecar and sidecar-cluster paths"
+	p50 := Goal{Name: "cluster p50, sticky (sidecar-cluster vs sidecar)", Unit: "ms", AtMost: true, Of: "sidecar"}
+	p99 := Goal{Name: "cluster p99, sticky (sidecar-cluster vs sidecar)", Unit: "ms", AtMost: true, Of: "sidecar"}
+	mem := Goal{Name: "imsidecar memory per user, cluster (all nodes) vs single node", Unit: "KB", AtMost: true, Of: "sidecar"}
+	rkb := Goal{Name: "Redis memory per user (sidecar-cluster)", Unit: "KB", AtMost: true, Bound: ClusterRedisKBPerUser}
+	cmd := Goal{Name: "Redis commands per delivered message (sidecar-cluster)", Unit: "cmds/msg", AtMost: true, Bound: ClusterRedisCmdsMsg}
+	if cl == nil || cl.Cluster == nil || cl.Delivered == 0 {
+		for _, g := range []*Goal{&p50, &p99, &mem, &rkb, &cmd} {
+			g.Needs = needs
+		}
+		return []Goal{p50, p99, mem, rkb, cmd}
+	}
+	c := cl.Cluster
+	rkb = rkb.measured(c.RedisMemPerUserKB, rkb.Bound, f1(c.RedisKeysPerUser)+" keys per user; "+strconv.Itoa(cl.Online)+" users online")
+	rkb.ValueText = f2(c.RedisMemPerUserKB) + " KB"
+	cmd = cmd.measured(c.RedisCmdsPerMsg, cmd.Bound, "scripts "+f2(c.RedisScriptsPerMsg)+"/msg; idle "+f1(c.RedisIdleCmdsPerSec)+
+		" cmds/s (lease renewals); what the messages add "+f2(c.RedisMsgCmdsPerMsg)+"/msg, "+f2(c.RedisMsgScriptsPerMsg)+" scripts")
+	cmd.ValueText = f2(c.RedisCmdsPerMsg) + " cmds/msg"
+	if sc == nil || sc.Delivered == 0 {
+		for _, g := range []*Goal{&p50, &p99, &mem} {
+			g.Needs = needs
+		}
+		return []Goal{p50, p99, mem, rkb, cmd}
+	}
+	p50 = p50.measured(cl.P50ms, sc.P50ms+ClusterP50PlusMs, "sidecar "+f3(sc.P50ms)+" ms")
+	p50.BoundText = "p50 + 1 ms = " + f3(p50.Bound) + " ms"
+	p99 = p99.measured(cl.P99ms, sc.P99ms*ClusterP99Factor, "sidecar "+f3(sc.P99ms)+" ms; ratio "+f2(cl.P99ms/max(sc.P99ms, 1e-9)))
+	p99.BoundText = "1.2 × p99 = " + f3(p99.Bound) + " ms"
+	mem = mem.measured(cl.MemPerUserKB, sc.MemPerUserKB*ClusterMemFactor, strconv.Itoa(c.Nodes)+" nodes; sidecar "+f2(sc.MemPerUserKB)+
+		" KB; ratio "+f2(cl.MemPerUserKB/max(sc.MemPerUserKB, 1e-9)))
+	mem.ValueText, mem.BoundText = f2(cl.MemPerUserKB)+" KB", "1.2 × "+f2(sc.MemPerUserKB)+" = "+f2(mem.Bound)+" KB"
+	return []Goal{p50, p99, mem, rkb, cmd}
 }
 
 // sidecarMem is p's memory per user, 0 without the path.

@@ -299,6 +299,8 @@ func TestConfigRejects(t *testing.T) {
 		{"no rate", Config{Users: 2, Duration: time.Second, Dir: "x", Paths: []string{PathBare}}},
 		{"unknown path", Config{Users: 2, Rate: 1, Duration: time.Second, Dir: "x", Paths: []string{"xmpp"}}},
 		{"sidecar without binary", Config{Users: 2, Rate: 1, Duration: time.Second, Dir: "x", Paths: []string{PathSidecar}}},
+		{"cluster without binary", Config{Users: 2, Rate: 1, Duration: time.Second, Dir: "x", Paths: []string{PathSidecarCluster}}},
+		{"too many nodes", Config{Users: 2, Rate: 1, Duration: time.Second, Dir: "x", Paths: []string{PathSidecarCluster}, SidecarBin: "x", ClusterNodes: 101}},
 		{"no dir", Config{Users: 2, Rate: 1, Duration: time.Second, Paths: []string{PathBare}}},
 	}
 	for _, tt := range tests {

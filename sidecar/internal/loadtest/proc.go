@@ -15,25 +15,32 @@ import (
 const userHZ = 100
 
 // RSS returns the resident set size of pid in bytes (VmRSS).
-func RSS(pid int) (int64, error) {
+func RSS(pid int) (int64, error) { return statusBytes(pid, "VmRSS") }
+
+// RSSFile returns the file-backed part of pid's resident set in bytes
+// (RssFile): the binary's code and data pages touched so far.
+func RSSFile(pid int) (int64, error) { return statusBytes(pid, "RssFile") }
+
+// statusBytes reads one "kB" field of /proc/PID/status in bytes.
+func statusBytes(pid int, field string) (int64, error) {
 	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
 		return 0, fmt.Errorf("loadtest: %w", err)
 	}
 	for line := range strings.SplitSeq(string(data), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
 			f := strings.Fields(rest)
 			if len(f) != 2 || f[1] != "kB" {
-				return 0, fmt.Errorf("loadtest: odd VmRSS line %q", line)
+				return 0, fmt.Errorf("loadtest: odd %s line %q", field, line)
 			}
 			kb, err := strconv.ParseInt(f[0], 10, 64)
 			if err != nil {
-				return 0, fmt.Errorf("loadtest: VmRSS: %w", err)
+				return 0, fmt.Errorf("loadtest: %s: %w", field, err)
 			}
 			return kb << 10, nil
 		}
 	}
-	return 0, fmt.Errorf("loadtest: no VmRSS for pid %d", pid)
+	return 0, fmt.Errorf("loadtest: no %s for pid %d", field, pid)
 }
 
 // OpenFiles counts the descriptors pid holds (/proc/PID/fd).

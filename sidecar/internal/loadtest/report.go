@@ -1,11 +1,13 @@
 package loadtest
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -140,6 +142,19 @@ func NewReport(profile string, m Machine, cfg Config, paths []PathResult) Report
 	if st := get(PathSidecarTLS); st != nil && sc != nil {
 		ratio("tls_mem_per_user_vs_clear", st.MemPerUserKB, sc.MemPerUserKB)
 	}
+	// Issue 20 item 9: cluster mode against a single node.
+	for _, name := range []string{PathSidecarCluster, PathSidecarClusterRR} {
+		if cl := get(name); cl != nil && sc != nil {
+			key := strings.ReplaceAll(name, "-", "_") + "_"
+			ratio(key+"p50", cl.P50ms, sc.P50ms)
+			ratio(key+"p99", cl.P99ms, sc.P99ms)
+			ratio(key+"mem_per_user", cl.MemPerUserKB, sc.MemPerUserKB)
+			ratio(key+"cpu_per_1k_msgs", cl.CPUPer1k, sc.CPUPer1k)
+			ratio(key+"imsidecar_cpu_per_1k_msgs", cl.SidecarCPUPer1k, sc.SidecarCPUPer1k)
+			ratio(key+"knee_rate", cl.KneeRate, sc.KneeRate)
+			ratio(key+"capacity_rate", cl.CapacityRate, sc.CapacityRate)
+		}
+	}
 	r.Goals = r.goals()
 	return r
 }
@@ -183,6 +198,7 @@ func (r Report) Markdown(w io.Writer) {
 		WriteGoals(w, r.Goals)
 	}
 	r.browserMarkdown(w)
+	r.clusterMarkdown(w)
 	for _, p := range r.Paths {
 		if p.SidecarFDs > 0 {
 			fmt.Fprintf(w, "\n%s: imsidecar held %d descriptors with %d users online over %d API connections dialed (%s).\n",
@@ -312,4 +328,66 @@ func kneeRatio(a, b PathResult, ra, rb float64, boundedA, boundedB bool) string 
 		return "–" // b's own limit lies past the ladder
 	}
 	return f2(ra / rb)
+}
+
+// clusterMarkdown writes the cluster paths against the single node of the
+// same run (issue 20 item 9), when the run has them.
+func (r Report) clusterMarkdown(w io.Writer) {
+	var sc *PathResult
+	for i := range r.Paths {
+		if r.Paths[i].Path == PathSidecar {
+			sc = &r.Paths[i]
+		}
+	}
+	header := false
+	for _, p := range r.Paths {
+		c := p.Cluster
+		if c == nil {
+			continue
+		}
+		if !header {
+			fmt.Fprintln(w, "\nCluster mode against a single node, same run (imsidecar KB/user: all nodes together, and in brackets its file-backed part, the binary's pages touched for the first time, a one-off per process; CPU: the nodes', and Redis's apart; "+
+				"Redis commands: every command it ran during the target phase per delivered message, a script's own commands included, and the scripts among them):")
+			fmt.Fprintln(w)
+			fmt.Fprintln(w, "| path | nodes | p50 ms | p99 ms | imsidecar KB/user (file-backed) | imsidecar CPU s/1k | Redis KB/user | Redis keys/user | Redis cmds/msg (scripts) | Redis idle cmds/s (scripts) | Redis cmds/msg beyond idle (scripts) | Redis CPU s/1k | leases | forwards | knee msg/s |")
+			fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+			if sc != nil {
+				fmt.Fprintf(w, "| sidecar | 1 | %s | %s | %s (%s) | %s | – | – | – | – | – | – | – | – | %s |\n",
+					f2(sc.P50ms), f2(sc.P99ms), f2(sc.MemPerUserKB), f2(sc.SidecarFileKBPerUser), f3(sc.SidecarCPUPer1k), limit(*sc, sc.KneeRate, sc.KneeBounded))
+			}
+			header = true
+		}
+		fmt.Fprintf(w, "| %s | %d | %s | %s | %s (%s) | %s | %s | %s | %s (%s) | %s (%s) | %s (%s) | %s | %d | %d | %s |\n",
+			p.Path, c.Nodes, f2(p.P50ms), f2(p.P99ms), f2(p.MemPerUserKB), f2(p.SidecarFileKBPerUser), f3(p.SidecarCPUPer1k), f2(c.RedisMemPerUserKB), f1(c.RedisKeysPerUser),
+			f2(c.RedisCmdsPerMsg), f2(c.RedisScriptsPerMsg), f1(c.RedisIdleCmdsPerSec), f1(c.RedisIdleScriptsPerSec), f2(c.RedisMsgCmdsPerMsg), f2(c.RedisMsgScriptsPerMsg), f3(c.RedisCPUPer1k),
+			c.Leases, c.Forwards, limit(p, p.KneeRate, p.KneeBounded))
+		if sc != nil {
+			key := strings.ReplaceAll(p.Path, "-", "_") + "_"
+			fmt.Fprintf(w, "| **%s/sidecar** | | %s | %s | %s | %s | | | | | | | | | %s |\n", p.Path,
+				r.ratioText(key+"p50"), r.ratioText(key+"p99"), r.ratioText(key+"mem_per_user"), r.ratioText(key+"imsidecar_cpu_per_1k_msgs"),
+				kneeRatio(p, *sc, p.KneeRate, sc.KneeRate, p.KneeBounded, sc.KneeBounded))
+		}
+	}
+	for _, p := range r.Paths {
+		if c := p.Cluster; c != nil && len(c.RedisCommands) > 0 {
+			names := make([]string, 0, len(c.RedisCommands))
+			for n := range c.RedisCommands {
+				names = append(names, n)
+			}
+			slices.SortFunc(names, func(a, b string) int { return cmp.Compare(c.RedisCommands[b], c.RedisCommands[a]) })
+			parts := make([]string, len(names))
+			for i, n := range names {
+				parts[i] = n + " " + f2(c.RedisCommands[n])
+			}
+			fmt.Fprintf(w, "\n%s: Redis commands per delivered message by name (lease TTL %.0f s): %s.\n", p.Path, c.LeaseTTLSeconds, strings.Join(parts, ", "))
+		}
+	}
+}
+
+// ratioText renders one of the report's ratios, "–" when absent.
+func (r Report) ratioText(key string) string {
+	if v, ok := r.Ratios[key]; ok {
+		return f2(v)
+	}
+	return "–"
 }

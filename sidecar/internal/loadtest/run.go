@@ -35,6 +35,17 @@ const (
 	// throw-away CA: the production setting when the Jabber server is
 	// another host. Prosody's own paths stay in clear.
 	PathSidecarTLS = "sidecar-tls"
+	// The sidecar path through ClusterNodes imsidecar nodes in cluster
+	// mode sharing one Redis (docs/CLUSTER.md), with sticky traffic: each
+	// user's calls always go to the node that claimed the session at its
+	// connect (user i's to node i mod ClusterNodes), as a sticky balancer
+	// sends them.
+	PathSidecarCluster = "sidecar-cluster"
+	// The same with round-robin traffic: each user's connect goes to node
+	// i mod ClusterNodes, which claims the session, and every later call
+	// (send, poll) to the next node in turn, so most are forwarded to the
+	// owner over the peer listener.
+	PathSidecarClusterRR = "sidecar-cluster-rr"
 )
 
 // Config is one run of the generator.
@@ -61,6 +72,11 @@ type Config struct {
 	PHPSample   int      // sessions written by the real PHP CLI; the rest by EncodeSession
 	SidecarBin  string   // the imsidecar binary
 	SidecarEnv  []string // extra environment for it, e.g. GODEBUG=gctrace=1
+	// ClusterNodes is how many imsidecar nodes the cluster paths run
+	// (default 3); ClusterLeaseTTL their --cluster-lease-ttl (0: the
+	// daemon's default).
+	ClusterNodes    int
+	ClusterLeaseTTL time.Duration
 	// ProsodyConfig holds extra lines for the global section of every
 	// Prosody's configuration, e.g. `network_settings = { nagle = false }`.
 	ProsodyConfig []string
@@ -94,6 +110,10 @@ type PathResult struct {
 	// path adds: imsidecar for the sidecar, Prosody for BOSH and WebSocket,
 	// nothing for the bare client (0).
 	MemPerUserKB float64 `json:"mem_per_user_kb"`
+	// SidecarFileKBPerUser is the file-backed part of MemPerUserKB on the
+	// sidecar paths (RssFile: the binary's pages touched for the first
+	// time, a one-off per process however many users it holds).
+	SidecarFileKBPerUser float64 `json:"imsidecar_file_kb_per_user,omitempty"`
 	// ProsodyMemPerUserKB is Prosody's own RSS growth per online user.
 	ProsodyMemPerUserKB float64 `json:"prosody_mem_per_user_kb"`
 	// CPUPer1k is the CPU seconds per 1,000 delivered messages of the
@@ -115,6 +135,9 @@ type PathResult struct {
 	// LoginEvents is Prosody's CPU per event name during the storm, per
 	// login (with Config.EventsDir only), largest first.
 	LoginEvents []EventStat `json:"login_events,omitempty"`
+	// Cluster holds what the cluster paths measure besides the rest: the
+	// Redis the nodes share, and how the calls reached the owners.
+	Cluster *ClusterResult `json:"cluster,omitempty"`
 	Phase
 	// Sweep holds the knee ladder's steps, in order, up to the first that
 	// did not keep up.
@@ -164,6 +187,11 @@ type Phase struct {
 	Held            bool   `json:"held"`
 	Why             string `json:"why,omitempty"`
 	cpuPath, cpuPro float64
+	// The cluster paths' Redis over the phase: its CPU seconds, the
+	// commands it ran by name and the seconds between the two readings.
+	cpuRedis   float64
+	redisCalls map[string]int64
+	redisSecs  float64
 }
 
 // client is one online user on some path.
@@ -185,7 +213,7 @@ func (c *Config) defaults() error {
 	for _, p := range c.Paths {
 		switch p {
 		case PathBare, PathBOSH, PathWebSocket:
-		case PathSidecar, PathSidecarBOSH, PathSidecarWebSocket, PathSidecarTLS:
+		case PathSidecar, PathSidecarBOSH, PathSidecarWebSocket, PathSidecarTLS, PathSidecarCluster, PathSidecarClusterRR:
 			if c.SidecarBin == "" {
 				return errors.New("loadtest: the sidecar path needs SidecarBin")
 			}
@@ -202,6 +230,12 @@ func (c *Config) defaults() error {
 	}
 	if c.Concurrency <= 0 {
 		c.Concurrency = 100
+	}
+	if c.ClusterNodes <= 0 {
+		c.ClusterNodes = 3
+	}
+	if c.ClusterNodes > 100 {
+		return errors.New("loadtest: at most 100 cluster nodes (127.0.0.11 … 127.0.0.110)")
 	}
 	if c.SourceAddrs <= 0 {
 		c.SourceAddrs = c.Users/2000 + 1
@@ -274,7 +308,9 @@ type rig struct {
 	cfg    Config
 	path   string
 	pro    *Prosody
-	d      *daemon
+	d      *daemon      // the path's imsidecar; a cluster path's first node
+	nodes  []*daemon    // every imsidecar of the path: d alone, or the cluster's nodes
+	redis  *redisServer // the cluster paths' Redis
 	dialer *sourceDialer
 	hc     *http.Client
 	sids   []string
@@ -347,11 +383,19 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 		if certs != nil {
 			xmppTLS = []string{"--xmpp-tls=starttls", "--xmpp-ca-file=" + certs.CAFile}
 		}
-		r.d, err = startDaemon(ctx, cfg.SidecarBin, cfg.SidecarEnv, dir, sessDir, pro, xmppTLS...)
+		if clusterPath(path) {
+			err = r.startCluster(ctx, dir, sessDir, xmppTLS)
+			defer r.stopCluster()
+		} else {
+			r.d, err = startDaemon(ctx, cfg.SidecarBin, cfg.SidecarEnv, dir, sessDir, pro, xmppTLS...)
+			if r.d != nil {
+				r.nodes = []*daemon{r.d}
+				defer r.d.Stop()
+			}
+		}
 		if err != nil {
 			return res, err
 		}
-		defer r.d.Stop()
 		if cfg.Transport == TransportH2C {
 			r.hc = r.dialer.h2cClient()
 			defer r.hc.CloseIdleConnections()
@@ -362,9 +406,13 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 	if err != nil {
 		return res, err
 	}
-	var dBefore int64
-	if r.d != nil {
-		if dBefore, err = RSS(r.d.PID()); err != nil {
+	dBefore, dFileBefore, err := r.nodesRSS()
+	if err != nil {
+		return res, err
+	}
+	var redis0 redisStats
+	if r.redis != nil {
+		if redis0, err = r.redis.stats(ctx); err != nil {
 			return res, err
 		}
 	}
@@ -422,20 +470,30 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 		return res, err
 	}
 	res.ProsodyMemPerUserKB = float64(proAfter-proBefore) / 1024 / float64(online)
-	switch path {
-	case PathSidecar, PathSidecarBOSH, PathSidecarWebSocket, PathSidecarTLS:
-		dAfter, err := RSS(r.d.PID())
+	switch {
+	case sidecarPath(path):
+		dAfter, dFileAfter, err := r.nodesRSS()
 		if err != nil {
 			return res, err
 		}
 		res.MemPerUserKB = float64(dAfter-dBefore) / 1024 / float64(online)
-		if res.SidecarFDs, err = OpenFiles(r.d.PID()); err != nil {
-			return res, err
+		res.SidecarFileKBPerUser = float64(dFileAfter-dFileBefore) / 1024 / float64(online)
+		for _, d := range r.nodes {
+			fds, err := OpenFiles(d.PID())
+			if err != nil {
+				return res, err
+			}
+			res.SidecarFDs += fds
 		}
 		res.SidecarConns = int(r.dialer.dials.Load())
 		cfg.Logger.Info("sidecar descriptors", "transport", cfg.Transport, "fds", res.SidecarFDs, "api_conns", res.SidecarConns)
-	case PathBOSH, PathWebSocket:
+	case path == PathBOSH || path == PathWebSocket:
 		res.MemPerUserKB = res.ProsodyMemPerUserKB
+	}
+	if r.redis != nil {
+		if res.Cluster, err = r.clusterAfterLogin(ctx, redis0, online); err != nil {
+			return res, err
+		}
 	}
 
 	stopTrace, err := r.startTrace()
@@ -452,7 +510,12 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 		res.CPUPer1k = ph.cpuPath / (float64(ph.Delivered) / 1000)
 		res.ProsodyCPUPer1k = ph.cpuPro / (float64(ph.Delivered) / 1000)
 		if r.d != nil {
-			res.SidecarCPUPer1k = (ph.cpuPath - ph.cpuPro) / (float64(ph.Delivered) / 1000)
+			res.SidecarCPUPer1k = (ph.cpuPath - ph.cpuPro - ph.cpuRedis) / (float64(ph.Delivered) / 1000)
+		}
+	}
+	if res.Cluster != nil {
+		if err := r.clusterAfterPhase(ctx, res.Cluster, ph); err != nil {
+			return res, err
 		}
 	}
 	// The knee ladder, independent of how the target phase went: each
@@ -491,6 +554,13 @@ ladder:
 	res.setKnee()
 	cfg.Logger.Info("knee", "path", path, "knee", res.KneeRate, "bounded", res.KneeBounded, "stop", res.KneeStop,
 		"capacity", res.CapacityRate, "capacity_bounded", res.CapacityBounded, "capacity_stop", res.CapacityStop)
+	if res.Cluster != nil {
+		fw, err := r.nodesMetric(ctx, "imsidecar_cluster_forwards_total")
+		if err != nil {
+			return res, err
+		}
+		res.Cluster.Forwards = int(fw)
+	}
 	stop()
 	r.closeAll(ctx)
 	return res, nil
@@ -561,6 +631,10 @@ func (r *rig) login(ctx, life context.Context, i int) (client, error) {
 	switch r.path {
 	case PathSidecar, PathSidecarTLS:
 		return dialSidecar(ctx, life, r.hc, r.d.URL, r.sids[i], onMsg)
+	case PathSidecarCluster:
+		return dialSidecar(ctx, life, r.hc, r.nodes[i%len(r.nodes)].URL, r.sids[i], onMsg)
+	case PathSidecarClusterRR:
+		return dialSidecarRR(ctx, life, r.hc, r.nodeURLs(), i, r.sids[i], onMsg)
 	case PathBOSH:
 		return dialBOSH(ctx, life, r.hc, r.pro.BOSHURL(), nil, userName(i), password(i), "bench", onMsg)
 	case PathWebSocket:
@@ -576,7 +650,7 @@ func (r *rig) login(ctx, life context.Context, i int) (client, error) {
 
 // sidecarPath reports whether path runs through imsidecar.
 func sidecarPath(path string) bool {
-	return path == PathSidecar || path == PathSidecarBOSH || path == PathSidecarWebSocket || path == PathSidecarTLS
+	return path == PathSidecar || path == PathSidecarBOSH || path == PathSidecarWebSocket || path == PathSidecarTLS || clusterPath(path)
 }
 
 // sessionCookie is what a browser of the PHP session sends.
@@ -637,21 +711,46 @@ func (r *rig) closeAll(ctx context.Context) {
 	wg.Wait()
 }
 
-// cpu returns the CPU seconds of the processes the path uses and of Prosody.
+// cpu returns the CPU seconds of the processes the path uses (Prosody,
+// every imsidecar, the cluster's Redis) and of Prosody.
 func (r *rig) cpu() (path, prosody float64, err error) {
 	prosody, err = CPUSeconds(r.pro.PID())
 	if err != nil {
 		return 0, 0, err
 	}
 	path = prosody
-	if r.d != nil {
-		d, err := CPUSeconds(r.d.PID())
+	for _, d := range r.nodes {
+		c, err := CPUSeconds(d.PID())
 		if err != nil {
 			return 0, 0, err
 		}
-		path += d
+		path += c
+	}
+	if r.redis != nil {
+		c, err := CPUSeconds(r.redis.PID())
+		if err != nil {
+			return 0, 0, err
+		}
+		path += c
 	}
 	return path, prosody, nil
+}
+
+// nodesRSS is the resident memory of every imsidecar of the path, and
+// its file-backed part, summed.
+func (r *rig) nodesRSS() (rss, file int64, err error) {
+	for _, d := range r.nodes {
+		n, err := RSS(d.PID())
+		if err != nil {
+			return 0, 0, err
+		}
+		f, err := RSSFile(d.PID())
+		if err != nil {
+			return 0, 0, err
+		}
+		rss, file = rss+n, file+f
+	}
+	return rss, file, nil
 }
 
 // Quiet is how idle the path's processes must be before the next phase:
@@ -733,10 +832,15 @@ func (r *rig) phase(ctx context.Context, id int, rate float64, d time.Duration) 
 	if err != nil {
 		return Phase{}, err
 	}
+	redis0, redisCPU0, err := r.redisReading(ctx)
+	if err != nil {
+		return Phase{}, err
+	}
 	ph := Phase{TargetRate: rate, UsersSkipped: skipped}
 	rng := rand.New(rand.NewPCG(uint64(id), 42))
 	sem := make(chan struct{}, 4096) // bound on sends in flight
 	var sendErrs atomic.Int64
+	var firstSendErr atomic.Pointer[error] // for the log: what failed
 	var wg sync.WaitGroup
 	t0 := time.Now()
 	interval := time.Duration(float64(time.Second) / rate)
@@ -766,6 +870,7 @@ func (r *rig) phase(ctx context.Context, id int, rate float64, d time.Duration) 
 			t.sent[k].Store(time.Now().UnixNano())
 			if err != nil {
 				sendErrs.Add(1)
+				firstSendErr.CompareAndSwap(nil, &err)
 				t.failed(k)
 			}
 		})
@@ -782,7 +887,18 @@ func (r *rig) phase(ctx context.Context, id int, rate float64, d time.Duration) 
 		return Phase{}, err
 	}
 	ph.cpuPath, ph.cpuPro = cpu1-cpu0, pro1-pro0
+	if r.redis != nil {
+		redis1, redisCPU1, err := r.redisReading(ctx)
+		if err != nil {
+			return Phase{}, err
+		}
+		ph.cpuRedis, ph.redisSecs = redisCPU1-redisCPU0, redis1.at.Sub(redis0.at).Seconds()
+		ph.redisCalls, _ = callsSince(redis0.redisStats, redis1.redisStats)
+	}
 	ph.SendErrors = int(sendErrs.Load())
+	if e := firstSendErr.Load(); e != nil {
+		r.cfg.Logger.Warn("send failed", "path", r.path, "rate", rate, "send_errors", ph.SendErrors, "first", *e)
+	}
 	ph.Delivered = int(t.delivered.Load())
 	ph.Duplicates = int(t.dups.Load())
 	ph.Lost = t.lost(ph.Sent)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"sync/atomic"
 	"time"
 )
 
@@ -24,6 +25,10 @@ type apiClient struct {
 	base string
 	sid  string
 	done chan struct{} // closed when the poll loop has returned
+	// rr, when set, are several nodes' API bases: each call goes to the
+	// one after the previous call's (round robin), base unused.
+	rr   []string
+	next atomic.Uint64
 }
 
 func (c *apiClient) call(ctx context.Context, method, path string, in, out any) error {
@@ -35,7 +40,11 @@ func (c *apiClient) call(ctx context.Context, method, path string, in, out any) 
 		}
 		body = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	base := c.base
+	if len(c.rr) > 0 {
+		base = c.rr[(c.next.Add(1)-1)%uint64(len(c.rr))]
+	}
+	req, err := http.NewRequestWithContext(ctx, method, base+path, body)
 	if err != nil {
 		return fmt.Errorf("loadtest: %w", err)
 	}
@@ -67,7 +76,20 @@ func (c *apiClient) call(ctx context.Context, method, path string, in, out any) 
 // logs the user in) followed by a long-poll loop on GET /v1/events that
 // delivers every message body to onMsg until Close or life ends.
 func dialSidecar(ctx, life context.Context, hc *http.Client, base, sid string, onMsg func(string)) (*apiClient, error) {
-	c := &apiClient{hc: hc, base: base, sid: sid, done: make(chan struct{})}
+	return (&apiClient{hc: hc, base: base, sid: sid, done: make(chan struct{})}).connect(ctx, life, onMsg)
+}
+
+// dialSidecarRR is dialSidecar through a round-robin balancer over the
+// nodes of a cluster: user i's connect goes to node i mod len(bases), each
+// later call to the next node.
+func dialSidecarRR(ctx, life context.Context, hc *http.Client, bases []string, i int, sid string, onMsg func(string)) (*apiClient, error) {
+	c := &apiClient{hc: hc, rr: bases, sid: sid, done: make(chan struct{})}
+	c.next.Store(uint64(i))
+	return c.connect(ctx, life, onMsg)
+}
+
+// connect is POST /v1/connect, then the poll loop.
+func (c *apiClient) connect(ctx, life context.Context, onMsg func(string)) (*apiClient, error) {
 	var r struct {
 		State  string `json:"state"`
 		Cursor string `json:"cursor"`

@@ -32,7 +32,7 @@ func main() {
 func run() error {
 	var (
 		cfg     loadtest.Config
-		paths   = flag.String("paths", "bare,sidecar,sidecar-tls,bosh,websocket", "paths to measure, in order: bare, sidecar, bosh, websocket, sidecar-bosh, sidecar-websocket (browser clients through imsidecar), sidecar-tls (the sidecar path with STARTTLS to a Prosody with a test CA's certificate)")
+		paths   = flag.String("paths", "bare,sidecar,sidecar-tls,bosh,websocket", "paths to measure, in order: bare, sidecar, bosh, websocket, sidecar-bosh, sidecar-websocket (browser clients through imsidecar), sidecar-tls (the sidecar path with STARTTLS to a Prosody with a test CA's certificate), sidecar-cluster (the sidecar path through -cluster-nodes imsidecar nodes in cluster mode sharing a Redis with AOF, sticky traffic), sidecar-cluster-rr (the same, round robin)")
 		sweep   = flag.String("sweep", joinRates(loadtest.DefaultSweepRates), "knee ladder: comma-separated rates (msg/s) run after the target phase, each for -sweep-time, up to the first that does not hold (p99 > 50 ms, a loss, or under 90% of the rate delivered); empty: no knee")
 		out     = flag.String("out", "bench/results.json", "JSON output file")
 		profile = flag.String("profile", "quick", "name recorded in the results")
@@ -55,6 +55,8 @@ func run() error {
 	flag.IntVar(&cfg.Concurrency, "concurrency", 100, "logins in flight during the login storm")
 	flag.IntVar(&cfg.SourceAddrs, "source-addrs", 0, "127.0.0.x client source addresses (0: users/2000+1)")
 	flag.StringVar(&cfg.Transport, "transport", loadtest.TransportHTTP1, "sidecar path's HTTP API: http1, or h2c (HTTP/2 without TLS: pending polls share a few connections)")
+	flag.IntVar(&cfg.ClusterNodes, "cluster-nodes", 3, "imsidecar nodes of the cluster paths")
+	flag.DurationVar(&cfg.ClusterLeaseTTL, "cluster-lease-ttl", 0, "the cluster paths' --cluster-lease-ttl (0: imsidecar's default)")
 	flag.IntVar(&cfg.PHPSample, "php-sample", 20, "sessions written by the real PHP CLI (the rest by the Go generator)")
 	flag.StringVar(&cfg.SidecarBin, "imsidecar", "", "imsidecar binary (default: go build ./sidecar/cmd/imsidecar)")
 	flag.DurationVar(&cfg.Timeout, "timeout", 30*time.Minute, "bound on the whole run")

@@ -1,0 +1,233 @@
+package sidecar
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"expressolivre.org/imsidecar/xmppconn"
+)
+
+// The graceful hand-over (docs/CLUSTER.md, "SIGTERM"): in cluster mode a
+// node being stopped does not log its users out. Once its API has answered
+// the held polls and drained, it answers the polls other nodes forwarded
+// to it, lets every session go without a word to the Jabber server or the
+// contacts (xmppconn.Conn.Detach: no unavailable, no </stream>; the server
+// keeps the session hibernating), gives each lease back fenced, leaving the
+// user marked online and in this node's orphan index, and deletes its
+// liveness key. The next call of each user, on any node, claims the free
+// lease and resumes the stream there; a user who makes no call is resumed
+// by the node the rendezvous hash names (clusterorphan.go). Calls other
+// nodes forward meanwhile wait for the hand-over to end, then are told
+// not_owner and route again.
+
+// handoffInFlight bounds the sessions let go of at once.
+const handoffInFlight = 64
+
+// handoffDrain bounds the wait for forwarded calls already being served
+// before the streams are let go (a send in flight completes rather than
+// fails and is retried elsewhere).
+const handoffDrain = 2 * time.Second
+
+// handoff is a node's hand-over state, shared by the peer listener's
+// gate and the shutdown.
+type handoff struct {
+	mu sync.Mutex
+	on bool // handing over: forwarded calls wait for done
+	// polls ends when the hand-over starts: the forwarded polls and SSE
+	// streams held here answer with what they have.
+	polls    context.Context
+	endPolls context.CancelFunc
+	inflight sync.WaitGroup // forwarded calls being served, polls aside
+	done     chan struct{}  // closed once every lease is given back
+}
+
+func newHandoff() *handoff {
+	h := &handoff{done: make(chan struct{})}
+	h.polls, h.endPolls = context.WithCancel(context.Background())
+	return h
+}
+
+// handoffGate wraps the peer listener's routes. While the node hands its
+// sessions over, a forwarded call waits for the end and is answered 409
+// not_owner, so that the node it came through routes it again (to the
+// lease, free by then); before, forwarded polls are ended by the
+// hand-over's start and other calls are counted, so that the hand-over
+// lets the streams go only once they are answered.
+func (cl *cluster) handoffGate(inner http.Handler) http.Handler {
+	h := cl.handoff
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.mu.Lock()
+		switch {
+		case h.on:
+			h.mu.Unlock()
+			select {
+			case <-h.done:
+				writeError(w, ErrNotOwner)
+			case <-r.Context().Done():
+			}
+		case r.Method == http.MethodGet && r.URL.Path == "/v1/events":
+			h.mu.Unlock()
+			ctx, cancel := context.WithCancel(r.Context())
+			defer cancel()
+			stop := context.AfterFunc(h.polls, cancel)
+			defer stop()
+			inner.ServeHTTP(w, r.WithContext(ctx))
+		case strings.HasPrefix(r.URL.Path, "/v1/"):
+			h.inflight.Add(1)
+			h.mu.Unlock()
+			defer h.inflight.Done()
+			inner.ServeHTTP(w, r)
+		default:
+			// Browser streams: the hand-over ends them with their bridge.
+			h.mu.Unlock()
+			inner.ServeHTTP(w, r)
+		}
+	})
+}
+
+// writeError answers err as every API error is answered (statusFor).
+func writeError(w http.ResponseWriter, err error) {
+	status, code := statusFor(err)
+	var body errorBody
+	body.Error.Code, body.Error.Message = code, err.Error()
+	writeJSON(w, status, body)
+}
+
+// handOver hands every session this node holds to the cluster, bounded by
+// ctx (the shutdown timeout); on a single node (nil) it does nothing and
+// the shutdown closes the streams as always.
+func (cl *cluster) handOver(ctx context.Context) {
+	if cl == nil {
+		return
+	}
+	h := cl.handoff
+	h.mu.Lock()
+	h.on = true
+	h.mu.Unlock()
+	defer close(h.done)
+	h.endPolls()
+	start := time.Now()
+	r := cl.reg
+	r.mu.Lock()
+	r.closing = true // no stream is opened here any more
+	r.mu.Unlock()
+	// The renewals stopped with the shutdown: one more pass gives the
+	// hand-over a whole TTL before any lease could expire under it, and
+	// the sessions' writes kept back by a slow Redis are tried again now
+	// rather than after the usual pause.
+	cl.renew(ctx)
+	cl.redisDown.Store(0)
+	drained := make(chan struct{})
+	go func() { h.inflight.Wait(); close(drained) }()
+	dctx, cancel := context.WithTimeout(ctx, handoffDrain)
+	select {
+	case <-drained:
+	case <-dctx.Done():
+	}
+	cancel()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, handoffInFlight)
+	n := 0
+	for _, s := range r.snapshot() {
+		l, ok := cl.holds(s.key)
+		if !ok || !s.live() {
+			continue // the shutdown closes it, as on a single node
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		n++
+		wg.Go(func() {
+			defer func() { <-sem }()
+			cl.handOverOne(ctx, s, l)
+		})
+	}
+	wg.Wait()
+	// Only now may the others see this node gone and resume its users
+	// (before, its leases were not free yet). The watcher stopped with the
+	// shutdown; it must not write the key again.
+	select {
+	case <-cl.orphans.stopped:
+	case <-ctx.Done():
+	}
+	if err := cl.rdb.Del(ctx, nodeKeyPrefix+cl.ls.self.member()).Err(); err != nil {
+		cl.logger.Warn("cluster: deleting this node's liveness key; the others find it gone when it expires", "err", err)
+	}
+	cl.logger.Info("cluster: sessions handed over to the other nodes", "sessions", n, "took", time.Since(start).Round(time.Millisecond))
+}
+
+// handOverOne lets one session go and gives its lease back.
+func (cl *cluster) handOverOne(ctx context.Context, s *session, l lease) {
+	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	detached := cl.reg.letGo(dctx, s, "shutdown")
+	cancel()
+	result := "closed"
+	if detached {
+		result = "detached"
+	}
+	if cl.drop(s.key, l) {
+		if err := cl.ls.release(ctx, s.key, l); err != nil {
+			result = "failed"
+			cl.logger.Warn("cluster: giving a lease back at shutdown; it expires instead", "session", s.short, "err", err)
+		}
+	}
+	cl.metrics.clusterHandoffs.WithLabelValues(result).Inc()
+}
+
+// letGo takes session s out of the registry and lets its stream go
+// without ending the XMPP session, for another node to resume it: a lease
+// lost (detach, reason "moved") or this node's shutdown (reason
+// "shutdown"). Its browser streams end (system-shutdown at a shutdown,
+// which clients reconnect on), its state becomes offline, its log stops
+// and its waiting polls are answered with no event (a page's cursor must
+// never be ahead of what the next owner has in Redis), and the stream is
+// detached silently, or closed when it cannot be. It reports whether the
+// stream was detached with its session resumable.
+func (r *registry) letGo(ctx context.Context, s *session, reason string) bool {
+	r.mu.Lock()
+	if r.sessions[s.key] == s {
+		delete(r.sessions, s.key)
+	}
+	r.mu.Unlock()
+	r.idsMu.Lock()
+	delete(r.ids, s.key)
+	r.idsMu.Unlock()
+	s.mu.Lock()
+	conn := s.conn
+	s.conn = nil
+	b := s.bridge
+	s.mu.Unlock()
+	if b != nil {
+		b.close(reason)
+	}
+	s.setState(xmppconn.StateOffline, reason)
+	s.log.stopAndWake()
+	detached := false
+	if conn != nil {
+		if d, ok := conn.(detacher); ok {
+			_, err := d.Detach(ctx)
+			detached = err == nil
+		} else {
+			conn.Close(ctx)
+		}
+	}
+	if reason == "shutdown" && s.durable != nil {
+		// What a slow or failed Redis write kept back is written now,
+		// while the lease is still this node's and before the log is
+		// released (a release counts every event as acknowledged, which a
+		// later write would trim from Redis): the next owner resumes from
+		// what Redis holds.
+		s.durable.flush()
+	}
+	r.mu.Lock()
+	r.mem.release(s.log)
+	r.mu.Unlock()
+	return detached
+}

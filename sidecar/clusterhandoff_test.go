@@ -1,0 +1,322 @@
+package sidecar
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"expressolivre.org/imsidecar/phpsession/phpsessiontest"
+)
+
+// TestSealer: a PHP session id sealed for the orphan index opens only with
+// the cluster's secret and for the session it was sealed for; anything
+// else read from Redis is refused.
+func TestSealer(t *testing.T) {
+	s := newSealer("0123456789abcdef-secret")
+	id := "php-session-id-0123456789abcdef"
+	sk := sessionKey(id)
+	sealed := s.seal(sk, id)
+	if strings.Contains(sealed, id) {
+		t.Fatalf("the sealed form shows the id: %q", sealed)
+	}
+	if got, err := s.open(sk, sealed); err != nil || got != id {
+		t.Fatalf("open: %q %v", got, err)
+	}
+	if again := s.seal(sk, id); again == sealed {
+		t.Errorf("two seals of one id are equal: the nonce is not fresh")
+	}
+	other := "another-php-session-id-456789"
+	for _, tc := range []struct {
+		name, sk, sealed string
+		s                *sealer
+	}{
+		{"another secret", sk, sealed, newSealer("another-secret-0123456")},
+		{"moved to another session", sessionKey(other), sealed, s},
+		{"sealed for another session's key", sk, s.seal(sk, other), s},
+		{"one byte changed", sk, sealed[:len(sealed)-2] + "AA", s},
+		{"truncated", sk, sealed[:10], s},
+		{"not base64", sk, "!!!!", s},
+		{"empty", sk, "", s},
+		{"oversized", sk, strings.Repeat("A", 2000), s},
+	} {
+		if got, err := tc.s.open(tc.sk, tc.sealed); err == nil {
+			t.Errorf("%s: opened as %q", tc.name, got)
+		}
+	}
+}
+
+// FuzzSealedOpen: an index entry read from Redis never panics the opener,
+// and what opens is an id whose key is the session's.
+func FuzzSealedOpen(f *testing.F) {
+	s := newSealer("fuzz-secret-0123456789")
+	id := "fuzz-session-id-0123456789"
+	sk := sessionKey(id)
+	f.Add(sk, s.seal(sk, id))
+	f.Add(sk, "")
+	f.Add("x", "AAAA")
+	f.Fuzz(func(t *testing.T, sk, sealed string) {
+		got, err := s.open(sk, sealed)
+		if err == nil && sessionKey(got) != sk {
+			t.Fatalf("opened %q for a session whose key is not %s", got, sk)
+		}
+	})
+}
+
+// TestRendezvous: every node computes the same owner for an orphan; the
+// orphans spread over the live nodes; when a node leaves, only its share
+// moves.
+func TestRendezvous(t *testing.T) {
+	three := []string{"web1|a1", "web2|b2", "web3|c3"}
+	two := []string{"web1|a1", "web3|c3"}
+	count := map[string]int{}
+	moved := 0
+	for i := range 3000 {
+		sk := sessionKey(fmt.Sprintf("session-%d", i))
+		a := rendezvous(three, sk)
+		if b := rendezvous([]string{three[2], three[0], three[1]}, sk); b != a {
+			t.Fatalf("the order of the live list changed the pick: %s, %s", a, b)
+		}
+		count[a]++
+		if c := rendezvous(two, sk); c != a {
+			moved++
+			if a != "web2|b2" {
+				t.Fatalf("%s moved from %s to %s though %s stayed", sk[:8], a, c, a)
+			}
+		}
+	}
+	for _, m := range three {
+		if count[m] < 800 || count[m] > 1200 {
+			t.Errorf("%s got %d of 3000 orphans", m, count[m])
+		}
+	}
+	if moved != count["web2|b2"] {
+		t.Errorf("%d moved, web2 had %d", moved, count["web2|b2"])
+	}
+	if rendezvous(nil, "x") != "" {
+		t.Errorf("no live node picked someone")
+	}
+}
+
+// TestOrphanIndex runs the index and the adoption against a real Redis
+// and a 3-master Redis Cluster: the owner's fenced mark indexes an online
+// session under its incarnation and removes it when offline; a stale
+// lease writes nothing; a survivor adopts a dead incarnation's entry once,
+// atomically with the lease; an entry whose session another node holds,
+// or marked since by a newer owner, is dropped, not adopted.
+func TestOrphanIndex(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		spec func(t *testing.T) string
+	}{
+		{"redis", func(t *testing.T) string { return "redis://" + phpsessiontest.StartRedis(t).Addr }},
+		{"redis-cluster", func(t *testing.T) string {
+			c := phpsessiontest.StartRedisCluster(t, 3)
+			var addrs []string
+			for _, n := range c.Nodes {
+				addrs = append(addrs, n.Addr)
+			}
+			return "redis-cluster://" + strings.Join(addrs, ",")
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := tc.spec(t)
+			store := func(node string) *leaseStore {
+				rdb, err := clusterRedis(spec)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { rdb.Close() })
+				return &leaseStore{rdb: rdb, ttl: 2 * time.Second, metaTTL: time.Minute,
+					self: lease{node: node, incarnation: "i-" + node, peer: "127.0.0.1:1"}}
+			}
+			a, b, c := store("a"), store("b"), store("c")
+			seal := newSealer("index-secret-0123456789")
+			ctx := t.Context()
+			entries := func(ls *leaseStore, sk string) map[string]string {
+				m, err := ls.rdb.HGetAll(ctx, indexKey(partitionOf(sk), ls.self.member())).Result()
+				if err != nil {
+					t.Fatal(err)
+				}
+				return m
+			}
+			for i, id := range []string{"one-session-id-aaaaaaaaaaaaaa", "two-session-id-bbbbbbbbbbbbbb", "three-session-id-ccccccccccc"} {
+				sk := sessionKey(id)
+				ra, err := a.claim(ctx, sk, nil)
+				if err != nil || !ra.won {
+					t.Fatalf("claim: %+v %v", ra, err)
+				}
+				if ok, err := a.markSealed(ctx, sk, ra.lease, true, seal.seal(sk, id)); err != nil || !ok {
+					t.Fatalf("mark: %v %v", ok, err)
+				}
+				e := entries(a, sk)[sk]
+				if tok, sealed, _ := strings.Cut(e, "|"); tok != fmt.Sprint(ra.lease.token) {
+					t.Fatalf("index entry %q, want token %d", e, ra.lease.token)
+				} else if got, err := seal.open(sk, sealed); err != nil || got != id {
+					t.Fatalf("the indexed id: %q %v", got, err)
+				}
+				// A mark without an id keeps the indexed one.
+				if ok, err := a.mark(ctx, sk, ra.lease, true); err != nil || !ok || entries(a, sk)[sk] != e {
+					t.Fatalf("a mark without id changed the entry: %v %v %q", ok, err, entries(a, sk)[sk])
+				}
+				// b, not the owner, cannot index or unindex it.
+				forged := lease{token: ra.lease.token, node: "b", incarnation: "i-b", peer: "127.0.0.1:1"}
+				if ok, err := b.markSealed(ctx, sk, forged, true, seal.seal(sk, id)); err != nil || ok || len(entries(b, sk)) != 0 {
+					t.Fatalf("a forged lease indexed the session: %v %v", ok, err)
+				}
+				dead := a.self
+				switch i {
+				case 0:
+					// a dies holding it: c adopts it, once.
+					ad, err := c.adopt(ctx, sk, dead)
+					if err != nil || !ad.won || ad.lease.node != "c" || ad.lease.token <= ra.lease.token || ad.sealed == "" {
+						t.Fatalf("adopt: %+v %v", ad, err)
+					}
+					if _, ok := entries(a, sk)[sk]; ok {
+						t.Fatalf("the dead node's entry is still there")
+					}
+					if _, ok := entries(c, sk)[sk]; !ok {
+						t.Fatalf("the entry did not move to c's index")
+					}
+					if again, err := b.adopt(ctx, sk, dead); err != nil || again.won || again.why != "gone" {
+						t.Fatalf("a second adoption: %+v %v", again, err)
+					}
+					// The woken old owner can neither write nor unindex.
+					if ok, err := a.mark(ctx, sk, ra.lease, false); err != nil || ok {
+						t.Fatalf("the old owner wrote: %v %v", ok, err)
+					}
+					if _, ok := entries(c, sk)[sk]; !ok {
+						t.Fatalf("the old owner removed c's entry")
+					}
+				case 1:
+					// b took it over on a call first: the entry is dropped.
+					rb, err := b.claim(ctx, sk, &ra.lease)
+					if err != nil || !rb.won {
+						t.Fatalf("takeover: %+v %v", rb, err)
+					}
+					if ad, err := c.adopt(ctx, sk, dead); err != nil || ad.won || ad.why != "moved" {
+						t.Fatalf("adopted a session b holds: %+v %v", ad, err)
+					}
+					if cur, _, _ := c.owner(ctx, sk); cur != rb.lease {
+						t.Fatalf("the lease changed: %v", cur)
+					}
+				case 2:
+					// a gave it back (a hand-over), then a newer owner
+					// marked it and let it go: the entry is stale.
+					if err := a.release(ctx, sk, ra.lease); err != nil {
+						t.Fatal(err)
+					}
+					rb, err := b.claim(ctx, sk, nil)
+					if err != nil || !rb.won {
+						t.Fatal(err)
+					}
+					if ok, err := b.mark(ctx, sk, rb.lease, false); err != nil || !ok {
+						t.Fatal(err)
+					}
+					if err := b.release(ctx, sk, rb.lease); err != nil {
+						t.Fatal(err)
+					}
+					if ad, err := c.adopt(ctx, sk, dead); err != nil || ad.won || ad.why != "offline" {
+						t.Fatalf("adopted a session marked offline since: %+v %v", ad, err)
+					}
+				}
+			}
+			// Offline removes the owner's entry.
+			sk := sessionKey("four-session-id-ddddddddddd")
+			ra, _ := a.claim(ctx, sk, nil)
+			a.markSealed(ctx, sk, ra.lease, true, seal.seal(sk, "four-session-id-ddddddddddd"))
+			if ok, err := a.mark(ctx, sk, ra.lease, false); err != nil || !ok || len(entries(a, sk)) != 0 {
+				t.Fatalf("offline left the entry: %v %v %v", ok, err, entries(a, sk))
+			}
+		})
+	}
+}
+
+// TestHandoffGate: the peer listener's gate ends the forwarded polls when
+// the hand-over starts, lets a call being served finish, and answers a
+// call arriving during the hand-over 409 not_owner once it is over.
+func TestHandoffGate(t *testing.T) {
+	cl := &cluster{handoff: newHandoff()}
+	served := make(chan string, 4)
+	release := make(chan struct{})
+	inner := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/events" {
+			<-r.Context().Done()
+			served <- "poll ended"
+			return
+		}
+		<-release
+		served <- "send served"
+		w.WriteHeader(http.StatusAccepted)
+	})
+	srv := httptest.NewServer(cl.handoffGate(inner))
+	defer srv.Close()
+	get := func(method, path string) chan int {
+		ch := make(chan int, 1)
+		go func() {
+			req, _ := http.NewRequestWithContext(t.Context(), method, srv.URL+path, nil)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				ch <- 0
+				return
+			}
+			resp.Body.Close()
+			ch <- resp.StatusCode
+		}()
+		return ch
+	}
+	poll := get("GET", "/v1/events")
+	send := get("POST", "/v1/messages")
+	time.Sleep(100 * time.Millisecond)
+	h := cl.handoff
+	h.mu.Lock()
+	h.on = true
+	h.mu.Unlock()
+	h.endPolls()
+	if got := <-served; got != "poll ended" {
+		t.Fatalf("first: %s", got)
+	}
+	if st := <-poll; st != http.StatusOK {
+		t.Fatalf("the forwarded poll: %d", st)
+	}
+	late := get("GET", "/v1/roster")
+	drained := make(chan struct{})
+	go func() { h.inflight.Wait(); close(drained) }()
+	select {
+	case <-drained:
+		t.Fatal("the hand-over did not wait for the send being served")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	<-drained
+	if st := <-send; st != http.StatusAccepted {
+		t.Fatalf("the send: %d", st)
+	}
+	select {
+	case st := <-late:
+		t.Fatalf("a call during the hand-over was answered %d before its end", st)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(h.done)
+	if st := <-late; st != http.StatusConflict {
+		t.Fatalf("a call during the hand-over: %d, want 409 not_owner", st)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/v1/roster", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b strings.Builder
+	buf := make([]byte, 512)
+	n, _ := resp.Body.Read(buf)
+	b.Write(buf[:n])
+	if resp.StatusCode != http.StatusConflict || !strings.Contains(b.String(), `"not_owner"`) {
+		t.Fatalf("after the hand-over: %d %s", resp.StatusCode, b.String())
+	}
+}

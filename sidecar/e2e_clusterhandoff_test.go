@@ -1,0 +1,305 @@
+package sidecar_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"regexp"
+	"slices"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"expressolivre.org/imsidecar/xmppconn"
+)
+
+// markUp puts a node back in the balancer, as its health check would once
+// the node is ready again.
+func (b *balancer) markUp(host string) {
+	b.mu.Lock()
+	delete(b.down, host)
+	b.mu.Unlock()
+}
+
+// handedOver reads how many sessions a stopped node's log says it handed
+// over at its shutdown.
+var handedOverLine = regexp.MustCompile(`cluster: sessions handed over to the other nodes.* sessions=(\d+)`)
+
+// TestClusterRollingSIGTERM: the three nodes are stopped with SIGTERM one
+// after another, a few seconds apart, each started again, while the web
+// users chat with each other and with a desktop contact through a round
+// robin balancer. Each stopped node hands its sessions over instead of
+// logging its users out: nothing is lost or duplicated, nobody goes
+// unserved for long, and no page has to connect again. Before, a peer
+// without the cluster secret cannot make a node hand anything over.
+func TestClusterRollingSIGTERM(t *testing.T) {
+	rig := startClusterRig(t, 3, 3*time.Second)
+	lb := newBalancer(rig.api)
+	users := rig.loginUsers(t, lb, "roll", clusterUsers(t, 24))
+	rig.e.register(t, "rolldesk")
+	for _, u := range users {
+		rig.e.XMPP.Befriend(t, u.Name, "rolldesk")
+	}
+	desk := dialDesktop(t, rig.e.XMPP, "rolldesk")
+	for _, u := range users {
+		var r connectResp
+		u.C.mustCall(t, "POST", "/v1/connect", nil, &r, http.StatusOK)
+		u.cursor = r.Cursor
+	}
+	// Hostile: calls on a peer listener without the secret are refused
+	// and move nothing.
+	before := rig.clusterMetric(t, "imsidecar_cluster_leases", rig.Nodes[0])
+	for _, path := range []string{"/v1/events?wait=0", "/v1/disconnect", "/v1/connect"} {
+		c := &apiClient{base: "http://" + rig.peers[0], sid: users[0].SID, hc: &http.Client{Timeout: 5 * time.Second}}
+		method := "POST"
+		if path[:10] == "/v1/events" {
+			method = "GET"
+		}
+		if st, err := c.call(t.Context(), method, path, nil, nil); st != http.StatusUnauthorized || errCode(err) != "peer_unauthorized" {
+			t.Errorf("%s %s without the secret: %d %v", method, path, st, err)
+		}
+	}
+	if got := rig.clusterMetric(t, "imsidecar_cluster_leases", rig.Nodes[0]); got != before {
+		t.Errorf("node0 held %v leases, %v after calls without the secret", before, got)
+	}
+	if got := rig.clusterMetric(t, `imsidecar_cluster_handoffs_total{result="detached"}`); got != 0 {
+		t.Errorf("%v sessions handed over before any SIGTERM", got)
+	}
+
+	tr := trafficOf(t, "roll", users, clusterInterval(users))
+	tr.start()
+	tr.sendFromDesktop(desk, "rolldesk")
+	time.Sleep(3 * time.Second)
+	drainDesktop(desk)
+	tr.fault()
+	handed := 0
+	var stops []time.Duration
+	for i, d := range rig.Nodes {
+		owned := int(rig.clusterMetric(t, "imsidecar_cluster_leases", d))
+		code, took := d.Signal(t, syscall.SIGTERM, 30*time.Second)
+		if code != 0 {
+			t.Errorf("node%d exited %d after SIGTERM", i, code)
+		}
+		stops = append(stops, took.Round(time.Millisecond))
+		m := handedOverLine.FindStringSubmatch(d.Log())
+		if m == nil {
+			t.Errorf("node%d's log says nothing of a hand-over:\n%s", i, d.LogTail(30))
+		} else if n, _ := strconv.Atoi(m[1]); n < owned-1 || n > owned+1 {
+			// A session may arrive or leave while the node stops.
+			t.Errorf("node%d handed %d sessions over, it held %d", i, n, owned)
+		} else {
+			handed += n
+		}
+		rig.Nodes[i] = respawn(t, d)
+		lb.markUp(rig.api[i])
+		time.Sleep(4 * time.Second)
+	}
+	tr.healed()
+	time.Sleep(3 * time.Second)
+	tr.stop(60 * time.Second)
+	row := tr.row(t)
+	if handed == 0 {
+		t.Errorf("no session was handed over")
+	}
+	if got := rig.clusterMetric(t, "imsidecar_cluster_leases"); got != float64(len(users)) {
+		t.Errorf("the nodes hold %v leases for %d users", got, len(users))
+	}
+	var gaps []time.Duration
+	tr.mu.Lock()
+	for _, u := range users {
+		if tr.reconnects[u.Name] != 0 {
+			t.Errorf("%s's page had to connect again %d times", u.Name, tr.reconnects[u.Name])
+		}
+		g := tr.maxGap[u.Name]
+		gaps = append(gaps, g)
+		if g > 10*time.Second {
+			t.Errorf("%s went %v between two pages answered", u.Name, g.Round(time.Millisecond))
+		}
+	}
+	notRecovered := 0
+	for _, n := range tr.notRecovered {
+		notRecovered += n
+	}
+	// How long a message took to reach its page: a user not served for a
+	// while sees the messages sent meanwhile late.
+	var late []time.Duration
+	for id, m := range tr.sent {
+		if at, ok := tr.gotAt[id]; ok && m.at.After(tr.faultAt) {
+			late = append(late, at.Sub(m.at))
+			if at.Sub(m.at) > 3*time.Second {
+				t.Logf("%s to %s, sent %v after the first SIGTERM, reached its page %v later", id, m.to, m.at.Sub(tr.faultAt).Round(time.Millisecond), at.Sub(m.at).Round(time.Millisecond))
+			}
+		}
+	}
+	tr.mu.Unlock()
+	slices.Sort(late)
+	if len(late) == 0 {
+		t.Fatalf("no message was sent and received during the rolling restart")
+	}
+	// The goal is 2 s (issue 20 item 5); the reduced test on a shared
+	// machine under -race checks that every user is served again, and
+	// reports the times (docs/CLUSTER.md).
+	if worst := late[len(late)-1]; worst > 10*time.Second {
+		t.Errorf("a message sent during the rolling restart reached its page after %v", worst.Round(time.Millisecond))
+	}
+	slices.Sort(gaps)
+	flaps := unavailableSeen(desk)
+	logins := 0
+	for _, u := range users {
+		logins += rig.e.XMPP.AuthSuccesses(u.Name)
+	}
+	t.Logf("rolling SIGTERM of 3 nodes, 4 s apart, %d users round robin: sent %d, received %d, lost %d, duplicated %d; %d sessions handed over; each stop took %v; longest time between two pages of a user: median %v, max %v; a message sent meanwhile reached its page after median %v, p99 %v, max %v; %d pages with recovered:false; %d logins at Prosody for %d users; the desktop contact saw %d unavailable; %s",
+		len(users), row.Sent, row.Received, row.Lost, row.Dup, handed, stops, gaps[len(gaps)/2].Round(time.Millisecond), gaps[len(gaps)-1].Round(time.Millisecond),
+		late[len(late)/2].Round(time.Millisecond), late[len(late)*99/100].Round(time.Millisecond), late[len(late)-1].Round(time.Millisecond),
+		notRecovered, logins, len(users), flaps, row.Note)
+}
+
+// TestClusterOrphansResumed: the users of a node that dies (kill -9) or
+// freezes (SIGSTOP for several lease TTLs, then SIGCONT) make no call at
+// all, their pages idle. The other nodes find the node gone by its
+// liveness key, share its sessions out by the rendezvous hash and resume
+// them, with no call from anyone; what the desktop contact sent meanwhile
+// reaches each page when it polls later, once. A frozen node, woken, holds
+// none of them again: a stale node cannot steal a session back.
+func TestClusterOrphansResumed(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		sig  syscall.Signal
+	}{
+		{"kill", syscall.SIGKILL},
+		{"freeze", syscall.SIGSTOP},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const ttl = 2 * time.Second
+			rig := startClusterRig(t, 3, ttl)
+			lb := newBalancer(rig.api)
+			users := rig.loginUsers(t, lb, "orph"+tc.name[:1], 12)
+			desk := "orphdesk" + tc.name[:1]
+			rig.e.register(t, desk)
+			for _, u := range users {
+				rig.e.XMPP.Befriend(t, u.Name, desk)
+			}
+			d := dialDesktop(t, rig.e.XMPP, desk)
+			for _, u := range users {
+				var r connectResp
+				u.C.mustCall(t, "POST", "/v1/connect", nil, &r, http.StatusOK)
+				u.cursor = r.Cursor
+			}
+			victim := rig.Nodes[0]
+			survivors := rig.Nodes[1:]
+			moved := int(rig.clusterMetric(t, "imsidecar_cluster_leases", victim))
+			if moved == 0 {
+				t.Fatalf("node0 owns no session: nothing to move")
+			}
+			time.Sleep(time.Second)
+			drainDesktop(d)
+			lb.markDown(rig.api[0])
+			start := time.Now()
+			if tc.sig == syscall.SIGKILL {
+				victim.Signal(t, syscall.SIGKILL, 5*time.Second)
+			} else if err := victim.cmdSignal(syscall.SIGSTOP); err != nil {
+				t.Fatal(err)
+			}
+			// The contact writes to every user while nobody polls.
+			sent := map[string]string{} // id → user
+			for round := range 3 {
+				for _, u := range users {
+					id := fmt.Sprintf("orph-%s-%d", u.Name, round)
+					if _, err := d.Conn.Send(t.Context(), xmppconn.Message{To: u.Bare, Type: "chat", ID: id, Body: "enquanto ninguém olha nº " + strconv.Itoa(round)}); err != nil {
+						t.Fatal(err)
+					}
+					sent[id] = u.Name
+				}
+				time.Sleep(time.Second)
+			}
+			var took time.Duration
+			for deadline := time.Now().Add(30 * time.Second); ; {
+				if got := rig.clusterMetric(t, `imsidecar_cluster_adoptions_total{result="resumed"}`, survivors...); got >= float64(moved) {
+					took = time.Since(start)
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("the survivors resumed %v of the %d orphans in 30 s", rig.clusterMetric(t, `imsidecar_cluster_adoptions_total{result="resumed"}`, survivors...), moved)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			if tc.sig == syscall.SIGSTOP {
+				if wait := 4*ttl - time.Since(start); wait > 0 {
+					time.Sleep(wait)
+				}
+				if err := victim.cmdSignal(syscall.SIGCONT); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(2 * ttl)
+				if got := rig.clusterMetric(t, "imsidecar_cluster_leases", victim); got != 0 {
+					t.Errorf("the woken node holds %v leases again", got)
+				}
+				if got := rig.clusterMetric(t, "imsidecar_cluster_leases_lost_total", victim); got != float64(moved) {
+					t.Errorf("the woken node found %v of its %d leases lost", got, moved)
+				}
+			}
+			if got := rig.clusterMetric(t, "imsidecar_cluster_leases", survivors...); got != float64(len(users)) {
+				t.Errorf("the survivors hold %v leases for %d users", got, len(users))
+			}
+			if got := rig.clusterMetric(t, `imsidecar_cluster_adoptions_total{result="resumed"}`, survivors...); got != float64(moved) {
+				t.Errorf("%v adoptions for the %d orphans: want one each", got, moved)
+			}
+			flaps := unavailableSeen(d)
+			// The pages poll only now.
+			got := map[string]int{}
+			ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+			defer cancel()
+			notRecovered := 0
+			for _, u := range users {
+				want := 0
+				for _, to := range sent {
+					if to == u.Name {
+						want++
+					}
+				}
+				have := 0
+				for have < want && ctx.Err() == nil {
+					page, err := u.C.events(ctx, u.cursor, time.Second, 1000)
+					if err != nil {
+						t.Fatalf("%s polls after the fault: %v", u.Name, err)
+					}
+					if !page.Recovered {
+						notRecovered++
+					}
+					for _, ev := range page.Events {
+						if ev.Event == "message" && sent[ev.ID] == u.Name {
+							got[ev.ID]++
+							if got[ev.ID] == 1 {
+								have++
+							}
+						}
+					}
+					u.cursor = page.Cursor
+				}
+			}
+			lost, dup := 0, 0
+			for id := range sent {
+				switch n := got[id]; {
+				case n == 0:
+					lost++
+				case n > 1:
+					dup += n - 1
+				}
+			}
+			if lost != 0 || dup != 0 {
+				t.Errorf("%d messages sent while the pages were idle: %d lost, %d duplicated", len(sent), lost, dup)
+			}
+			logins := 0
+			for _, u := range users {
+				n := rig.e.XMPP.AuthSuccesses(u.Name)
+				if n < 1 || n > 2 {
+					t.Errorf("%s logged in %d times at Prosody", u.Name, n)
+				}
+				logins += n
+			}
+			t.Logf("%s of 1 of 3 nodes, pages idle (%d of %d users orphaned, lease TTL %v): all resumed by the survivors %v after the fault; %d messages sent meanwhile, %d lost, %d duplicated; %d pages with recovered:false; %d logins at Prosody for %d users; the desktop contact saw %d unavailable",
+				tc.name, moved, len(users), ttl, took.Round(time.Millisecond), len(sent), lost, dup, notRecovered, logins, len(users), flaps)
+		})
+	}
+}
