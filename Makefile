@@ -104,11 +104,26 @@ soak: deps ## hold SOAK_USERS (2000) users chatting for SOAK_DURATION (10m); fai
 	SOAK_USERS=$(SOAK_USERS) SOAK_DURATION=$(SOAK_DURATION) $(GO) test -count=1 -run '^TestSoak$$' -v -timeout $(SOAK_TIMEOUT) ./sidecar
 
 .PHONY: faults
-faults: deps ## the fault-injection matrix in full (30 s outages, 2000 cut polls); prints the table
+faults: deps ## the fault-injection matrices in full: one node (30 s outages, 2000 cut polls), then the cluster's (faults-cluster); prints the tables
 	@mkdir -p bin
 	IMSIDECAR_FAULTS=full IMSIDECAR_FAULTS_TABLE=$(CURDIR)/bin/faults.md \
 	  $(GO) test -race -count=1 -timeout 30m -run '^TestFaults$$' -v ./sidecar; \
-	  rc=$$?; echo; cat bin/faults.md 2>/dev/null; exit $$rc
+	  rc=$$?; echo; cat bin/faults.md 2>/dev/null; \
+	  $(MAKE) --no-print-directory faults-cluster || rc=1; exit $$rc
+
+# The cluster matrix runs without -race: the test process is the load
+# balancer and the load (CLUSTER_USERS users, CLUSTER_RATE msg/s) for three
+# daemons, Prosody and Redis on the same machine.
+CLUSTER_USERS ?= 2000
+CLUSTER_RATE  ?= 500
+
+.PHONY: faults-cluster
+faults-cluster: deps ## the cluster fault matrix in full (issue 20): 3 nodes, CLUSTER_USERS (2000) users at CLUSTER_RATE (500) msg/s, AOF Redis and Redis Cluster; prints the table
+	@mkdir -p bin
+	IMSIDECAR_FAULTS=full IMSIDECAR_CLUSTER_USERS=$(CLUSTER_USERS) IMSIDECAR_CLUSTER_RATE=$(CLUSTER_RATE) \
+	  IMSIDECAR_FAULTS_TABLE=$(CURDIR)/bin/faults-cluster.md \
+	  $(GO) test -count=1 -timeout 120m -run '^TestClusterFaults$$' -v ./sidecar; \
+	  rc=$$?; echo; cat bin/faults-cluster.md 2>/dev/null; exit $$rc
 
 .PHONY: bench
 bench: deps build ## Go micro-benchmarks, then the load test: 1,000 users, sidecar vs BOSH vs WebSocket, the sidecar with STARTTLS, a 3-node cluster vs one node, and the sidecar's own BOSH and WebSocket vs Prosody's (bench/results.json)

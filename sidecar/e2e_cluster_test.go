@@ -34,13 +34,59 @@ import (
 
 // clusterRig is the servers and the nodes.
 type clusterRig struct {
-	e      *e2e // XMPP, Store and the secrets; e.D is node 0
-	Redis  *phpsessiontest.Redis
+	e      *e2e                         // XMPP, Store and the secrets; e.D is node 0
+	Redis  *phpsessiontest.Redis        // the standalone Redis, nil on a Redis Cluster
+	RC     *phpsessiontest.RedisCluster // the Redis Cluster, nil on a standalone Redis
 	Nodes  []*daemon
 	Secret string
+	Leases string   // the nodes' --cluster-redis
 	peers  []string // each node's peer listener
 	api    []string // each node's API host:port
-	leases string   // --cluster-redis
+	// retired are nodes stopped and replaced by a new run (their logs are
+	// checked for secrets too).
+	retired []*daemon
+}
+
+// clusterRigOptions shapes a rig.
+type clusterRigOptions struct {
+	Nodes int
+	TTL   time.Duration // --cluster-lease-ttl
+	// Leases is a --cluster-redis other than the sessions' Redis.
+	Leases string
+	// RedisCluster keeps the PHP sessions and the leases in a 3-master
+	// Redis Cluster with an append-only file (fsync always), instead of
+	// a standalone Redis with one.
+	RedisCluster bool
+	Prosody      xmppconntest.Options
+	// Servers are Prosody and Redis already running (shared by several
+	// rigs); RedisCluster and Prosody are then theirs.
+	Servers *clusterServers
+	Extra   []string // more flags for every node
+	// FirstHost is the last byte of node0's loopback address, 127.0.0.x
+	// (default 11): rigs running side by side take distinct addresses.
+	FirstHost int
+}
+
+// clusterServers are a rig's Prosody and Redis.
+type clusterServers struct {
+	XMPP  *xmppconntest.Server
+	Redis *phpsessiontest.Redis        // a standalone Redis, or
+	RC    *phpsessiontest.RedisCluster // a Redis Cluster
+}
+
+// startClusterServers starts Prosody and a Redis with an append-only file
+// (fsync always): a standalone one, or a 3-master Redis Cluster.
+func startClusterServers(t *testing.T, redisCluster bool, prosody xmppconntest.Options) *clusterServers {
+	t.Helper()
+	requireBinary(t, "php", "php-cli php-redis")
+	s := &clusterServers{}
+	if redisCluster {
+		s.RC = phpsessiontest.StartRedisCluster(t, 3, "--appendonly", "yes", "--appendfsync", "always")
+	} else {
+		s.Redis = phpsessiontest.StartPersistentRedis(t)
+	}
+	s.XMPP = xmppconntest.StartProsody(t, prosody)
+	return s
 }
 
 // startClusterRig starts Prosody, Redis and n nodes with lease TTL ttl;
@@ -48,39 +94,64 @@ type clusterRig struct {
 // another (--cluster-redis).
 func startClusterRig(t *testing.T, n int, ttl time.Duration, leases ...string) *clusterRig {
 	t.Helper()
-	requireBinary(t, "php", "php-cli php-redis")
-	r := phpsessiontest.StartPersistentRedis(t)
-	rig := &clusterRig{Redis: r, Secret: "peer-" + randomID()}
-	rig.e = &e2e{XMPP: xmppconntest.StartProsody(t, xmppconntest.Options{}), Store: phpStore{Kind: "redis", SavePath: "tcp://" + r.Addr}}
-	leaseRedis := "redis://" + r.Addr
+	o := clusterRigOptions{Nodes: n, TTL: ttl}
 	if len(leases) > 0 {
-		leaseRedis = leases[0]
+		o.Leases = leases[0]
 	}
+	return startClusterRigWith(t, o)
+}
+
+// startClusterRigWith starts Prosody, the Redis of o and o.Nodes nodes.
+func startClusterRigWith(t *testing.T, o clusterRigOptions) *clusterRig {
+	t.Helper()
+	srv := o.Servers
+	if srv == nil {
+		srv = startClusterServers(t, o.RedisCluster, o.Prosody)
+	}
+	rig := &clusterRig{Secret: "peer-" + randomID(), Redis: srv.Redis, RC: srv.RC}
+	var store phpStore
+	if rig.RC != nil {
+		var seeds []string
+		for _, n := range rig.RC.Nodes {
+			seeds = append(seeds, n.Addr)
+		}
+		store = phpStore{Kind: "rediscluster", SavePath: rig.RC.Spec()}
+		rig.Leases = "redis-cluster://" + strings.Join(seeds, ",")
+	} else {
+		store = phpStore{Kind: "redis", SavePath: "tcp://" + rig.Redis.Addr}
+		rig.Leases = "redis://" + rig.Redis.Addr
+	}
+	if o.Leases != "" {
+		rig.Leases = o.Leases
+	}
+	rig.e = &e2e{XMPP: srv.XMPP, Store: store}
 	secretFile := filepath.Join(t.TempDir(), "cluster-secret")
 	if err := os.WriteFile(secretFile, []byte(rig.Secret+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for i := range n {
-		host := "127.0.0." + strconv.Itoa(11+i)
-		api := net.JoinHostPort(host, strconv.Itoa(freePort(t)))
-		peer := net.JoinHostPort(host, strconv.Itoa(freePort(t)))
-		d := startDaemon(t, daemonOptions{Store: rig.e.Store, XMPP: rig.e.XMPP, Extra: []string{
+	if o.FirstHost == 0 {
+		o.FirstHost = 11
+	}
+	for i := range o.Nodes {
+		host := "127.0.0." + strconv.Itoa(o.FirstHost+i)
+		api := net.JoinHostPort(host, strconv.Itoa(freePortOn(t, host)))
+		peer := net.JoinHostPort(host, strconv.Itoa(freePortOn(t, host)))
+		d := startDaemon(t, daemonOptions{Store: rig.e.Store, XMPP: rig.e.XMPP, Extra: append([]string{
 			"--listen=" + api,
-			"--cluster-redis=" + leaseRedis,
+			"--cluster-redis=" + rig.Leases,
 			"--cluster-node-id=node" + strconv.Itoa(i),
 			"--cluster-peer-listen=" + peer,
 			"--cluster-secret-file=" + secretFile,
-			"--cluster-lease-ttl=" + ttl.String(),
-		}})
+			"--cluster-lease-ttl=" + o.TTL.String(),
+		}, o.Extra...)})
 		d.URL = "http://" + api
 		rig.Nodes = append(rig.Nodes, d)
 		rig.peers = append(rig.peers, peer)
 		rig.api = append(rig.api, api)
 	}
 	rig.e.D = rig.Nodes[0]
-	rig.leases = leaseRedis
 	t.Cleanup(func() {
-		for _, d := range rig.Nodes {
+		for _, d := range append(rig.Nodes, rig.retired...) {
 			for _, s := range append(rig.e.secrets, rig.Secret) {
 				if len(s) >= 6 && strings.Contains(d.Log(), s) {
 					t.Errorf("a node's log contains a secret (%q...)", s[:3])
@@ -89,6 +160,17 @@ func startClusterRig(t *testing.T, n int, ttl time.Duration, leases ...string) *
 		}
 	})
 	return rig
+}
+
+// freePortOn returns a TCP port of host that was free a moment ago.
+func freePortOn(tb testing.TB, host string) int {
+	tb.Helper()
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
 
 // balancer is the test's load balancer: round robin over the nodes'
@@ -208,14 +290,17 @@ func (rig *clusterRig) loginUsers(t *testing.T, lb *balancer, tag string, n int)
 
 // connectEverywhere sends each user's first POST /v1/connect to every node
 // at once, as a round-robin balancer may when a page opens, and checks
-// that all answer online with one and the same JID.
+// that all answer online with one and the same JID. At most 16 users
+// connect at a time: the logins of thousands at once would only queue.
 func (rig *clusterRig) connectEverywhere(t *testing.T, users []*fuser) {
 	t.Helper()
 	var wg sync.WaitGroup
 	errs := make(chan error, len(users)*len(rig.Nodes))
+	sem := make(chan struct{}, 16)
 	for _, u := range users {
 		jids := make([]string, len(rig.Nodes))
 		var uwg sync.WaitGroup
+		sem <- struct{}{}
 		for i, d := range rig.Nodes {
 			uwg.Add(1)
 			wg.Add(1)
@@ -238,6 +323,7 @@ func (rig *clusterRig) connectEverywhere(t *testing.T, users []*fuser) {
 		go func() {
 			defer wg.Done()
 			uwg.Wait()
+			<-sem
 			for _, j := range jids[1:] {
 				if j != jids[0] {
 					errs <- fmt.Errorf("%s: the nodes answered different JIDs: %q", u.Name, jids)
@@ -382,10 +468,10 @@ func (rig *clusterRig) chatting(t *testing.T, lb *balancer, tag string, n int) (
 func (rig *clusterRig) ownedBy(t *testing.T, users []*fuser, node string) map[string]bool {
 	t.Helper()
 	var rdb redis.UniversalClient
-	if rest, ok := strings.CutPrefix(rig.leases, "redis-cluster://"); ok {
+	if rest, ok := strings.CutPrefix(rig.Leases, "redis-cluster://"); ok {
 		rdb = redis.NewClusterClient(&redis.ClusterOptions{Addrs: strings.Split(rest, ",")})
 	} else {
-		o, err := redis.ParseURL(rig.leases)
+		o, err := redis.ParseURL(rig.Leases)
 		if err != nil {
 			t.Fatal(err)
 		}

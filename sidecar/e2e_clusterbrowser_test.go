@@ -144,15 +144,7 @@ func TestClusterBrowser(t *testing.T) {
 	nonOwner := rig.Nodes[other]
 	ws := dialClusterWS(t, nonOwner.URL, nonOwner.URL, alice.SID)
 	dom := rig.e.XMPP.Domain
-	ws.send(`<open xmlns="urn:ietf:params:xml:ns:xmpp-framing" to="` + dom + `" version="1.0"/>`)
-	ws.waitFor("SASL features", contains("<mechanism>PLAIN</mechanism>"))
-	ws.send(`<auth xmlns="urn:ietf:params:xml:ns:xmpp-sasl" mechanism="PLAIN">` + base64.StdEncoding.EncodeToString([]byte("\x00cbw\x00x")) + `</auth>`)
-	ws.waitFor("success", contains("<success"))
-	ws.send(`<open xmlns="urn:ietf:params:xml:ns:xmpp-framing" to="` + dom + `" version="1.0"/>`)
-	ws.waitFor("bind features", contains("xmpp-bind"))
-	ws.send(`<iq xmlns="jabber:client" type="set" id="b"><bind xmlns="urn:ietf:params:xml:ns:xmpp-bind"/></iq>`)
-	ws.waitFor("bound", contains("<jid>"+alice.Bare+"/"))
-	ws.send(`<presence xmlns="jabber:client"/>`)
+	ws.login(dom, alice)
 	if _, err := desk.Conn.Send(ctx, xmppconn.Message{To: alice.Bare, Type: "chat", Body: "para o websocket"}); err != nil {
 		t.Fatal(err)
 	}
@@ -223,6 +215,22 @@ func TestClusterBrowser(t *testing.T) {
 	}
 	ws.waitFor("the WebSocket after the hostile requests", contains("ainda aqui"))
 	page.WaitFor(15*time.Second, "the BOSH tab after the hostile requests", contains("ainda aqui"))
+}
+
+// login runs an RFC 7395 page's login on the WebSocket for u (SASL PLAIN
+// with a placeholder password: the sidecar logs in with the session's),
+// binds, and sends the initial presence.
+func (c *wsClient) login(domain string, u *user) {
+	c.t.Helper()
+	c.send(`<open xmlns="urn:ietf:params:xml:ns:xmpp-framing" to="` + domain + `" version="1.0"/>`)
+	c.waitFor("SASL features", contains("<mechanism>PLAIN</mechanism>"))
+	c.send(`<auth xmlns="urn:ietf:params:xml:ns:xmpp-sasl" mechanism="PLAIN">` + base64.StdEncoding.EncodeToString([]byte("\x00"+u.Name+"\x00x")) + `</auth>`)
+	c.waitFor("success", contains("<success"))
+	c.send(`<open xmlns="urn:ietf:params:xml:ns:xmpp-framing" to="` + domain + `" version="1.0"/>`)
+	c.waitFor("bind features", contains("xmpp-bind"))
+	c.send(`<iq xmlns="jabber:client" type="set" id="b"><bind xmlns="urn:ietf:params:xml:ns:xmpp-bind"/></iq>`)
+	c.waitFor("bound", contains("<jid>"+u.Bare+"/"))
+	c.send(`<presence xmlns="jabber:client"/>`)
 }
 
 // dialClusterWS opens an RFC 7395 WebSocket at base with origin and the

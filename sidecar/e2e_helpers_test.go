@@ -129,19 +129,22 @@ func randomID() string {
 // phpStore says where PHP keeps its sessions: the files handler in a
 // directory, or phpredis on a Redis server.
 type phpStore struct {
-	Kind     string // "files" or "redis"
-	SavePath string // files: the directory; redis: "tcp://host:port"
+	Kind     string // "files", "redis" or "rediscluster"
+	SavePath string // files: the directory; redis: "tcp://host:port"; rediscluster: "seed[]=host:port&seed[]=…"
 }
 
 // phpArgs are the ini settings PHP runs with, like Expresso's .htaccess.
 func (s phpStore) phpArgs() []string {
-	handler := "files"
-	if s.Kind == "redis" {
+	handler, savePath := "files", s.SavePath
+	switch s.Kind {
+	case "redis":
 		handler = "redis"
+	case "rediscluster":
+		handler, savePath = "rediscluster", `"`+s.SavePath+`"`
 	}
 	return []string{
 		"-d", "session.save_handler=" + handler,
-		"-d", "session.save_path=" + s.SavePath,
+		"-d", "session.save_path=" + savePath,
 		"-d", "session.serialize_handler=php",
 		"-d", "session.use_cookies=0",
 		"-d", "session.use_only_cookies=0",
@@ -285,7 +288,7 @@ func startDaemon(tb testing.TB, opts daemonOptions) *daemon {
 		"--xmpp-domain=" + opts.XMPP.Domain,
 		"--xmpp-tls=starttls",
 		"--xmpp-ca-file=" + opts.XMPP.CAFile,
-		"--session-store=" + opts.Store.Kind,
+		"--session-store=" + strings.TrimSuffix(opts.Store.Kind, "cluster"),
 		"--session-serializer=php",
 		"--session-charset=ISO-8859-1",
 		"--session-max-lifetime=4h",
@@ -294,7 +297,7 @@ func startDaemon(tb testing.TB, opts daemonOptions) *daemon {
 		"--shutdown-timeout=" + opts.ShutdownTimeout.String(),
 	}
 	switch opts.Store.Kind {
-	case "redis":
+	case "redis", "rediscluster":
 		args = append(args, "--session-redis="+opts.Store.SavePath)
 	default: // the save path of any other store
 		args = append(args, "--session-save-path="+opts.Store.SavePath)

@@ -170,14 +170,16 @@ type traffic struct {
 	reconnects   map[string]int       // user → POST /v1/connect after not_connected
 	delayed      int                  // deliveries with a delay stamp (offline storage)
 	states       map[string][]string  // user → state events "state/reason"
-	servedAt     map[string]time.Time // user → first page answered after the fault
-	faultAt      time.Time
-	healedAt     time.Time
-
-	// lastServed is when each user's last page was answered; maxGap the
-	// longest time between two of them (a poll waits 1 s when idle).
-	lastServed map[string]time.Time
-	maxGap     map[string]time.Duration
+	pollErrs     int                  // polls that failed (retried)
+	userErrs     map[string]int       // user → sends refused and polls failed
+	// servedAt is each user's first successful call (a poll answered or a
+	// send accepted) at or after servedFrom (the fault, unless reset).
+	servedAt   map[string]time.Time
+	servedFrom time.Time
+	lastOK     map[string]time.Time     // user → last successful call
+	maxGap     map[string]time.Duration // user → longest wait between two successful calls
+	faultAt    time.Time
+	healedAt   time.Time
 }
 
 // newTraffic logs in and connects n users (registered in Prosody), makes
@@ -212,7 +214,7 @@ func trafficOf(t *testing.T, tag string, users []*fuser, interval time.Duration)
 	return &traffic{tb: t, tag: tag, users: users, interval: interval, stopSend: make(chan struct{}),
 		sent: map[string]sentMsg{}, got: map[string]int{}, gotAt: map[string]time.Time{},
 		notRecovered: map[string]int{}, reconnects: map[string]int{}, states: map[string][]string{}, servedAt: map[string]time.Time{},
-		lastServed: map[string]time.Time{}, maxGap: map[string]time.Duration{}}
+		lastOK: map[string]time.Time{}, maxGap: map[string]time.Duration{}, userErrs: map[string]int{}}
 }
 
 // start runs one poller and one sender per user.
@@ -227,7 +229,32 @@ func (tr *traffic) start() {
 }
 
 // fault marks the moment the fault is injected; healed when it is removed.
-func (tr *traffic) fault() { tr.mu.Lock(); tr.faultAt = time.Now(); tr.mu.Unlock() }
+func (tr *traffic) fault() {
+	tr.mu.Lock()
+	tr.faultAt = time.Now()
+	tr.servedFrom = tr.faultAt
+	tr.mu.Unlock()
+}
+
+// serveClock restarts the served-again clock at now: servedAt then holds
+// each user's first successful call from now on.
+func (tr *traffic) serveClock() {
+	tr.mu.Lock()
+	tr.servedFrom = time.Now()
+	clear(tr.servedAt)
+	tr.mu.Unlock()
+}
+
+// servedLocked records a successful call of user name at now.
+func (tr *traffic) servedLocked(name string, now time.Time) {
+	if _, ok := tr.servedAt[name]; !ok && !tr.servedFrom.IsZero() && !now.Before(tr.servedFrom) {
+		tr.servedAt[name] = now
+	}
+	if last, ok := tr.lastOK[name]; ok {
+		tr.maxGap[name] = max(tr.maxGap[name], now.Sub(last))
+	}
+	tr.lastOK[name] = now
+}
 func (tr *traffic) healed() {
 	tr.mu.Lock()
 	tr.healedAt = time.Now()
@@ -237,10 +264,16 @@ func (tr *traffic) healed() {
 // sendFromDesktop adds a desktop client (a plain XMPP stream, not through
 // the sidecar) that sends to every web user in turn.
 func (tr *traffic) sendFromDesktop(d *desktop, name string) {
+	tr.sendFromDesktopTo(d, name, tr.interval, tr.users)
+}
+
+// sendFromDesktopTo is sendFromDesktop to the users of to in turn, one
+// message every interval.
+func (tr *traffic) sendFromDesktopTo(d *desktop, name string, interval time.Duration, to []*fuser) {
 	tr.senders.Add(1)
 	go func() {
 		defer tr.senders.Done()
-		t := time.NewTicker(tr.interval)
+		t := time.NewTicker(interval)
 		defer t.Stop()
 		for i := 0; ; i++ {
 			select {
@@ -248,7 +281,7 @@ func (tr *traffic) sendFromDesktop(d *desktop, name string) {
 				return
 			case <-t.C:
 			}
-			to := tr.users[i%len(tr.users)]
+			to := to[i%len(to)]
 			id := fmt.Sprintf("%s-%s-%d", tr.tag, name, i)
 			if _, err := d.Conn.Send(tr.ctx, xmppconn.Message{To: to.Bare, Type: "chat", ID: id, Body: "da mesa nº " + strconv.Itoa(i)}); err != nil {
 				tr.tb.Errorf("desktop send: %v", err)
@@ -284,13 +317,16 @@ func (tr *traffic) send(u *fuser, idx int) {
 			st, _ := u.C.call(ctx, "POST", "/v1/messages", map[string]any{"to": to.Bare, "body": body, "type": "chat", "id": id}, &r)
 			cancel()
 			if st == http.StatusAccepted && r.ID == id {
+				now := time.Now()
 				tr.mu.Lock()
-				tr.sent[id] = sentMsg{to: to.Name, at: time.Now()}
+				tr.sent[id] = sentMsg{to: to.Name, at: now}
+				tr.servedLocked(u.Name, now)
 				tr.mu.Unlock()
 				break
 			}
 			tr.mu.Lock()
 			tr.refused++
+			tr.userErrs[u.Name]++
 			tr.mu.Unlock()
 			select {
 			case <-tr.ctx.Done():
@@ -324,6 +360,10 @@ func (tr *traffic) poll(u *fuser) {
 			if tr.ctx.Err() != nil {
 				return
 			}
+			tr.mu.Lock()
+			tr.pollErrs++
+			tr.userErrs[u.Name]++
+			tr.mu.Unlock()
 			if errCode(err) == "not_connected" && u.autoConnect {
 				// The page reconnects and keeps its old cursor: the next
 				// poll says whether anything may have been missed.
@@ -344,13 +384,7 @@ func (tr *traffic) poll(u *fuser) {
 		}
 		now := time.Now()
 		tr.mu.Lock()
-		if _, ok := tr.servedAt[u.Name]; !ok && !tr.faultAt.IsZero() {
-			tr.servedAt[u.Name] = now
-		}
-		if last, ok := tr.lastServed[u.Name]; ok && now.Sub(last) > tr.maxGap[u.Name] {
-			tr.maxGap[u.Name] = now.Sub(last)
-		}
-		tr.lastServed[u.Name] = now
+		tr.servedLocked(u.Name, now)
 		if !page.Recovered {
 			tr.notRecovered[u.Name]++
 		}

@@ -234,7 +234,9 @@ type RedisCluster struct {
 
 // StartRedisCluster starts n (at least 3) cluster-enabled redis-servers,
 // creates the cluster and waits until every node reports cluster_state:ok.
-func StartRedisCluster(tb testing.TB, n int) *RedisCluster {
+// extra are more redis-server arguments for every node (e.g. an
+// append-only file, so that a node restarted keeps its data).
+func StartRedisCluster(tb testing.TB, n int, extra ...string) *RedisCluster {
 	tb.Helper()
 	skipShort(tb, "Redis Cluster")
 	if _, err := exec.LookPath("redis-cli"); err != nil {
@@ -244,8 +246,8 @@ func StartRedisCluster(tb testing.TB, n int) *RedisCluster {
 	args := []string{"--cluster", "create"}
 	for range n {
 		dir := tb.TempDir()
-		r := startRedis(tb, freePort(tb, true), "--cluster-enabled", "yes",
-			"--cluster-config-file", filepath.Join(dir, "nodes.conf"), "--cluster-node-timeout", "5000")
+		r := startRedis(tb, freePort(tb, true), append([]string{"--cluster-enabled", "yes",
+			"--cluster-config-file", filepath.Join(dir, "nodes.conf"), "--cluster-node-timeout", "5000"}, extra...)...)
 		c.Nodes = append(c.Nodes, r)
 		args = append(args, r.Addr)
 	}
@@ -253,18 +255,25 @@ func StartRedisCluster(tb testing.TB, n int) *RedisCluster {
 	if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
 		tb.Fatalf("phpsessiontest: redis-cli --cluster create: %v\n%s", err, out)
 	}
+	c.WaitReady(30 * time.Second)
+	return c
+}
+
+// WaitReady waits until every node reports cluster_state:ok (after a
+// Start of its nodes, say), failing the test after timeout.
+func (c *RedisCluster) WaitReady(timeout time.Duration) {
 	for _, r := range c.Nodes {
-		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		r.tb.Helper()
+		for deadline := time.Now().Add(timeout); ; time.Sleep(50 * time.Millisecond) {
 			out, _ := r.CLI("CLUSTER", "INFO")
 			if strings.Contains(out, "cluster_state:ok") {
 				break
 			}
 			if time.Now().After(deadline) {
-				tb.Fatalf("phpsessiontest: cluster node %s not ready:\n%s", r.Addr, out)
+				r.tb.Fatalf("phpsessiontest: cluster node %s not ready:\n%s", r.Addr, out)
 			}
 		}
 	}
-	return c
 }
 
 // Spec is phpredis's rediscluster session.save_path for the cluster.

@@ -322,7 +322,8 @@ func (s *Server) config(ports []int) string {
 // package: low, to keep tests fast; real deployments use 10000 or more.
 const iterations = 4096
 
-// auditModule appends SASL outcomes and a readiness line to the file named
+// auditModule appends SASL outcomes, resource binds (a new session: a
+// XEP-0198 resumption binds none) and a readiness line to the file named
 // by xmppconntest_audit_file, independently of the log level.
 const auditModule = `-- xmppconntest helper: records SASL outcomes and readiness.
 local audit_file = module:get_option_string("xmppconntest_audit_file");
@@ -341,6 +342,10 @@ module:hook("authentication-success", function(event)
 	local session = event.session;
 	local mech = session.sasl_handler and session.sasl_handler.selected or "?";
 	audit("xmppconntest: auth-success user=%s mechanism=%s", tostring(session.username), tostring(mech));
+end);
+module:hook("resource-bind", function(event)
+	local session = event.session;
+	audit("xmppconntest: bind user=%s resource=%s", tostring(session.username), tostring(session.resource));
 end);
 module:hook_global("server-started", function() audit("` + readyMarker + `"); end);
 `
@@ -701,6 +706,7 @@ func (s *Server) LogTail(n int) string {
 var (
 	authLine = regexp.MustCompile(`xmppconntest: auth-(failure|success) user=(\S+)`)
 	mechLine = regexp.MustCompile(`xmppconntest: auth-success user=(\S+) mechanism=(\S+)`)
+	bindLine = regexp.MustCompile(`xmppconntest: bind user=(\S+) resource=`)
 )
 
 // AuthMechanisms lists, in order, the SASL mechanisms of user's successful
@@ -720,6 +726,18 @@ func (s *Server) AuthFailures(user string) int { return s.countAuth("failure", u
 
 // AuthSuccesses counts successful SASL logins of user ("" = any user).
 func (s *Server) AuthSuccesses(user string) int { return s.countAuth("success", user) }
+
+// Binds counts the resources bound by user ("" = any user): the sessions
+// the server created for them. A XEP-0198 resumption binds none.
+func (s *Server) Binds(user string) int {
+	n := 0
+	for _, m := range bindLine.FindAllStringSubmatch(s.audit(), -1) {
+		if user == "" || m[1] == user {
+			n++
+		}
+	}
+	return n
+}
 
 func (s *Server) countAuth(kind, user string) int {
 	n := 0
