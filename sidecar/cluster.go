@@ -57,6 +57,10 @@ type cluster struct {
 	wg   sync.WaitGroup       // detaches in flight
 	// renewed is when the last renewal pass reached Redis (unix nanos).
 	renewed atomic.Int64
+	// redisSteadySince is when Redis last started answering this node's
+	// heartbeat after a failure (unix nanos, 0: not answering): other
+	// nodes' liveness keys tell only once it has answered for a TTL.
+	redisSteadySince atomic.Int64
 	// The sessions' state in Redis (clusterstate.go): redisDown is until
 	// when writes are not tried (unix nanos, 0: Redis answers);
 	// flushList, the sessions with writes kept back meanwhile; logCap
@@ -181,6 +185,14 @@ func (cl *cluster) take(ctx context.Context, sk string, expected *lease) (claimR
 		return res, err
 	}
 	self := cl.ls.self
+	if !res.won && res.expired && res.lease.node != self.node && !cl.mayBeAlive(ctx, res.lease) {
+		// The last owner's lease expired and the node is gone: take it over.
+		prev := res.lease
+		if res, err = cl.ls.claim(ctx, sk, &prev); err != nil {
+			return res, err
+		}
+		expected = &prev
+	}
 	if !res.won && res.lease.node == self.node {
 		if res.lease.incarnation == self.incarnation {
 			// Ours, though not in the table (a claim answered after its
@@ -206,6 +218,22 @@ func (cl *cluster) take(ctx context.Context, sk string, expected *lease) (claimR
 		cl.metrics.clusterClaims.WithLabelValues("won").Inc()
 	}
 	return res, nil
+}
+
+// mayBeAlive reports whether the node of an expired lease may still hold
+// its session: its liveness key (clusterorphan.go) is there, or this node
+// cannot tell yet, Redis having answered it for less than a TTL (after a
+// Redis restart or outage the owners renew their keys within a third of
+// it). A call for such a session is forwarded to that node: alive, its
+// renewal sets the lease again and it serves the call; dead, its peer port
+// refuses and the session is taken over then.
+func (cl *cluster) mayBeAlive(ctx context.Context, l lease) bool {
+	since := cl.redisSteadySince.Load()
+	if since == 0 || time.Since(time.Unix(0, since)) < cl.ls.ttl {
+		return true
+	}
+	n, err := cl.rdb.Exists(ctx, nodeKeyPrefix+l.member()).Result()
+	return err != nil || n == 1
 }
 
 // mine reports whether this node holds the session's lease. While the
@@ -531,6 +559,11 @@ func (cl *cluster) toOwner(w http.ResponseWriter, r *http.Request, sk string, bo
 		case out.notOwner:
 			cl.metrics.clusterForwards.WithLabelValues("not_owner").Inc()
 			expected = nil
+			if res.expired {
+				// The node named by the expired lease does not hold the
+				// session (anymore): it is free to take.
+				expected = &res.lease
+			}
 			select {
 			case <-ctx.Done():
 				return false, res, ctx.Err()

@@ -88,17 +88,36 @@ func parseLease(s string) (lease, error) {
 // peer port refusing connections). It returns {1, lease, on} when taken,
 // {0, current lease} when another holds it.
 //
+// A lease that is gone without having been given back (it expired: its
+// owner stopped renewing, or Redis was away longer than the TTL) is not
+// free: the meta hash still names its last owner ('owner', cleared by
+// release), and without ARGV[5] the script answers {0, that lease,
+// 'expired'}. The caller then finds out whether that owner is alive
+// (leaseStore.claim's callers: cluster.take) — after a Redis restart or
+// outage it is, and its next renewal sets the lease again; a claim that
+// took it would log the user in twice and deliver messages twice.
+//
 // KEYS: lease, token, meta. ARGV: node, incarnation, peer, ttl ms,
-// expected lease or "".
+// expected lease or "", meta ttl ms.
 var claimScript = redis.NewScript(`
 local cur = redis.call('GET', KEYS[1])
 if cur and cur ~= ARGV[5] then
   return {0, cur}
 end
+if not cur and ARGV[5] == '' then
+  local last = redis.call('HGET', KEYS[3], 'owner')
+  if last then
+    return {0, last, 'expired'}
+  end
+end
 local t = redis.call('INCR', KEYS[2])
 redis.call('PEXPIRE', KEYS[2], ` + strconv.FormatInt(tokenKeyTTL.Milliseconds(), 10) + `)
 local v = t .. '|' .. ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3]
 redis.call('SET', KEYS[1], v, 'PX', ARGV[4])
+redis.call('HSET', KEYS[3], 'owner', v)
+if tonumber(ARGV[6]) > 0 and redis.call('PTTL', KEYS[3]) < 0 then
+  redis.call('PEXPIRE', KEYS[3], ARGV[6])
+end
 local on = redis.call('HGET', KEYS[3], 'on')
 return {1, v, on or '0'}
 `)
@@ -158,11 +177,14 @@ end
 return 1
 `)
 
-// releaseScript gives the lease up if ARGV[1] holds it: 1, else 0.
+// releaseScript gives the lease up if ARGV[1] holds it, and forgets its
+// owner in the meta hash (a given-back lease is free): 1, else 0.
+// KEYS: lease, meta.
 // KEYS: lease. ARGV: lease.
 var releaseScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
+  redis.call('HDEL', KEYS[2], 'owner')
   return 1
 end
 return 0
@@ -185,6 +207,9 @@ type claimResult struct {
 	won    bool
 	lease  lease
 	online bool
+	// expired: not won, and lease is the last owner's, which is gone
+	// from Redis without having been given back (claimScript).
+	expired bool
 }
 
 // claim takes the session's lease if it is free, or if it still holds
@@ -196,7 +221,7 @@ func (ls *leaseStore) claim(ctx context.Context, sk string, expected *lease) (cl
 		exp = expected.String()
 	}
 	k := keysOf(sk)
-	v, err := claimScript.Run(ctx, ls.rdb, k.list(), ls.self.node, ls.self.incarnation, ls.self.peer, ls.ttl.Milliseconds(), exp).Slice()
+	v, err := claimScript.Run(ctx, ls.rdb, k.list(), ls.self.node, ls.self.incarnation, ls.self.peer, ls.ttl.Milliseconds(), exp, ls.metaTTL.Milliseconds()).Slice()
 	if err != nil {
 		return claimResult{}, fmt.Errorf("%w: claim: %w", ErrClusterRedis, err)
 	}
@@ -210,9 +235,10 @@ func (ls *leaseStore) claim(ctx context.Context, sk string, expected *lease) (cl
 		return claimResult{}, err
 	}
 	res := claimResult{won: won == 1, lease: l}
-	if res.won && len(v) > 2 {
-		on, _ := v[2].(string)
-		res.online = on == "1"
+	if len(v) > 2 {
+		third, _ := v[2].(string)
+		res.online = res.won && third == "1"
+		res.expired = !res.won && third == "expired"
 	}
 	return res, nil
 }
@@ -292,7 +318,8 @@ func (ls *leaseStore) check(ctx context.Context, sk string, l lease) (bool, erro
 
 // release gives the lease up if l holds it.
 func (ls *leaseStore) release(ctx context.Context, sk string, l lease) error {
-	if err := releaseScript.Run(ctx, ls.rdb, []string{keysOf(sk).lease}, l.String()).Err(); err != nil {
+	k := keysOf(sk)
+	if err := releaseScript.Run(ctx, ls.rdb, []string{k.lease, k.meta}, l.String()).Err(); err != nil {
 		return fmt.Errorf("%w: release: %w", ErrClusterRedis, err)
 	}
 	return nil

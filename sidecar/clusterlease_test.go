@@ -76,10 +76,15 @@ func TestClusterLease(t *testing.T) {
 				if cur, ok, err := a.owner(ctx, sk); err != nil || !ok || cur != rb.lease {
 					t.Fatalf("owner: %v %v %v", cur, ok, err)
 				}
-				// Unrenewed, the lease expires; the next claim gets a
-				// higher token still.
+				// Unrenewed, the lease expires. It was not given back, so
+				// a claim is told whose it was (that node may be alive,
+				// Redis having been away: cluster.take asks), and only a
+				// claim naming that lease takes it, with a higher token.
 				time.Sleep(1200 * time.Millisecond)
-				ra2, err := a.claim(ctx, sk, nil)
+				if ra2, err := a.claim(ctx, sk, nil); err != nil || ra2.won || !ra2.expired || ra2.lease != rb.lease {
+					t.Fatalf("claim of an expired lease: %+v %v", ra2, err)
+				}
+				ra2, err := a.claim(ctx, sk, &rb.lease)
 				if err != nil || !ra2.won || ra2.lease.token <= rb.lease.token || !ra2.online {
 					t.Fatalf("claim after expiry: %+v %v", ra2, err)
 				}
@@ -104,6 +109,10 @@ func TestClusterLease(t *testing.T) {
 				}
 				if _, ok, err := a.owner(ctx, sk); err != nil || ok {
 					t.Fatalf("a released lease is still there: %v %v", ok, err)
+				}
+				// Given back, it is free: the next claim takes it at once.
+				if rb3, err := b.claim(ctx, sk, nil); err != nil || !rb3.won || rb3.lease.token <= ra2.lease.token {
+					t.Fatalf("claim of a released lease: %+v %v", rb3, err)
 				}
 			}
 		})

@@ -116,6 +116,7 @@ local t = redis.call('INCR', KEYS[3])
 redis.call('PEXPIRE', KEYS[3], ` + strconv.FormatInt(tokenKeyTTL.Milliseconds(), 10) + `)
 local v = t .. '|' .. ARGV[4] .. '|' .. ARGV[5] .. '|' .. ARGV[6]
 redis.call('SET', KEYS[2], v, 'PX', ARGV[7])
+redis.call('HSET', KEYS[4], 'owner', v)
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[5], ARGV[1], t .. '|' .. sealed)
 redis.call('PEXPIRE', KEYS[5], ` + strconv.FormatInt(tokenKeyTTL.Milliseconds(), 10) + `)
@@ -248,11 +249,13 @@ func (o *orphans) tick(ctx context.Context, wg *sync.WaitGroup) {
 	now := time.Now()
 	if err != nil {
 		o.okSince = time.Time{}
+		cl.redisSteadySince.Store(0)
 		cl.logger.Debug("cluster: node heartbeat", "err", err)
 		return
 	}
 	if o.okSince.IsZero() {
 		o.okSince = now
+		cl.redisSteadySince.Store(now.UnixNano())
 	}
 	all := members.Val()
 	alive := make([]*redis.IntCmd, len(all))

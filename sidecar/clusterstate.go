@@ -30,7 +30,14 @@ import (
 // nothing written; -1 when the stored acknowledgement is not the one an
 // 'A' expects (the caller then writes the whole state, 'S').
 //
+// A lease that is not there at all, though the meta hash still names it
+// as the owner's (a lease given back clears that), expired while Redis
+// was away or restarting, and no node claimed the session since: it is
+// set again, as the renewal does, and the write goes on — a write kept
+// back by the outage must not make the owner drop its session.
+//
 // KEYS: lease, meta, unacked, events, presence. ARGV: lease, TTL ms,
+// lease TTL ms,
 // then the operations, each its letter and its arguments:
 //
 //	R epoch user                     a new log: no event kept, next unchanged
@@ -47,10 +54,14 @@ import (
 // the list starts again at first with a gap there. Then the events a poll
 // acknowledged and those beyond max events or maxbytes leave the list.
 const stateScriptSrc = `
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return 0
+local cur = redis.call('GET', KEYS[1])
+if cur ~= ARGV[1] then
+  if cur or redis.call('HGET', KEYS[2], 'owner') ~= ARGV[1] then
+    return 0
+  end
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 end
-local i, n = 3, #ARGV
+local i, n = 4, #ARGV
 while i <= n do
   local op = ARGV[i]
   if op == 'R' then
@@ -418,7 +429,7 @@ func (cs *clusterSession) writeLocked(evs []event, tail []any, handled bool) err
 
 // run is one script.
 func (cs *clusterSession) run(l lease, fresh []event, tail []any) (int, error) {
-	args := []any{l.String(), cs.cl.ls.metaTTL.Milliseconds()}
+	args := []any{l.String(), cs.cl.ls.metaTTL.Milliseconds(), cs.cl.ls.ttl.Milliseconds()}
 	// The tail first: an 'A' refused (-1) must find nothing written yet.
 	args = append(args, tail...)
 	if cs.newLog {
