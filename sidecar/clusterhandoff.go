@@ -199,14 +199,7 @@ func (r *registry) letGo(ctx context.Context, s *session, reason string) bool {
 	r.idsMu.Lock()
 	delete(r.ids, s.key)
 	r.idsMu.Unlock()
-	s.mu.Lock()
-	conn := s.conn
-	s.conn = nil
-	b := s.bridge
-	s.mu.Unlock()
-	if b != nil {
-		b.close(reason)
-	}
+	conn := s.takeStream(reason)
 	s.setState(xmppconn.StateOffline, reason)
 	s.log.stopAndWake()
 	detached := false

@@ -271,14 +271,7 @@ func (r *registry) advertiseAvatar(conn avatarPublisher, logger *slog.Logger) {
 // shutdown timeout. The session stays in the registry, offline, so a last
 // poll can see why; the janitor forgets it later.
 func (r *registry) closeSession(s *session, reason string) {
-	s.mu.Lock()
-	conn := s.conn
-	s.conn = nil
-	b := s.bridge
-	s.mu.Unlock()
-	if b != nil {
-		b.close(reason)
-	}
+	conn := s.takeStream(reason)
 	if s.State() != xmppconn.StateOffline {
 		s.setState(xmppconn.StateOffline, reason)
 		s.appendState(xmppconn.StateOffline, reason)

@@ -136,3 +136,17 @@ func (s *session) stream() (xmppSession, error) {
 	}
 	return s.conn, nil
 }
+
+// takeStream takes the XMPP stream out of s, for the caller to close or let
+// go, and ends the browser streams attached to it with reason.
+func (s *session) takeStream(reason string) xmppSession {
+	s.mu.Lock()
+	conn := s.conn
+	s.conn = nil
+	b := s.bridge
+	s.mu.Unlock()
+	if b != nil {
+		b.close(reason)
+	}
+	return conn
+}
