@@ -42,6 +42,10 @@ type handoff struct {
 	endPolls context.CancelFunc
 	inflight sync.WaitGroup // forwarded calls being served, polls aside
 	done     chan struct{}  // closed once every lease is given back
+	// pending has a channel per session being handed over, closed once
+	// its lease is given back: a forwarded call waits for its session
+	// only, not for all of them.
+	pending map[string]chan struct{}
 }
 
 func newHandoff() *handoff {
@@ -62,8 +66,14 @@ func (cl *cluster) handoffGate(inner http.Handler) http.Handler {
 		h.mu.Lock()
 		switch {
 		case h.on:
+			var mine chan struct{} // nil (never ready) for a session not being handed over
+			if id := r.Header.Get("X-Session-Id"); id != "" {
+				mine = h.pending[sessionKey(id)]
+			}
 			h.mu.Unlock()
 			select {
+			case <-mine:
+				writeError(w, ErrNotOwner)
 			case <-h.done:
 				writeError(w, ErrNotOwner)
 			case <-r.Context().Done():
@@ -104,16 +114,30 @@ func (cl *cluster) handOver(ctx context.Context) {
 		return
 	}
 	h := cl.handoff
-	h.mu.Lock()
-	h.on = true
-	h.mu.Unlock()
-	defer close(h.done)
-	h.endPolls()
 	start := time.Now()
 	r := cl.reg
 	r.mu.Lock()
 	r.closing = true // no stream is opened here any more
 	r.mu.Unlock()
+	type handed struct {
+		s *session
+		l lease
+	}
+	var list []handed
+	for _, s := range r.snapshot() {
+		if l, ok := cl.holds(s.key); ok && s.live() {
+			list = append(list, handed{s, l})
+		}
+	}
+	h.mu.Lock()
+	h.on = true
+	h.pending = make(map[string]chan struct{}, len(list))
+	for _, it := range list {
+		h.pending[it.s.key] = make(chan struct{})
+	}
+	h.mu.Unlock()
+	defer close(h.done)
+	h.endPolls()
 	// The renewals stopped with the shutdown: one more pass gives the
 	// hand-over a whole TTL before any lease could expire under it, and
 	// the sessions' writes kept back by a slow Redis are tried again now
@@ -131,9 +155,10 @@ func (cl *cluster) handOver(ctx context.Context) {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, handoffInFlight)
 	n := 0
-	for _, s := range r.snapshot() {
+	for _, it := range list {
+		s := it.s
 		l, ok := cl.holds(s.key)
-		if !ok || !s.live() {
+		if !ok || l != it.l || !s.live() {
 			continue // the shutdown closes it, as on a single node
 		}
 		select {
@@ -178,6 +203,12 @@ func (cl *cluster) handOverOne(ctx context.Context, s *session, l lease) {
 			cl.logger.Warn("cluster: giving a lease back at shutdown; it expires instead", "session", s.short, "err", err)
 		}
 	}
+	h := cl.handoff
+	h.mu.Lock()
+	if ch := h.pending[s.key]; ch != nil {
+		close(ch) // its calls, waiting or to come, are told not_owner now
+	}
+	h.mu.Unlock()
 	cl.metrics.clusterHandoffs.WithLabelValues(result).Inc()
 }
 

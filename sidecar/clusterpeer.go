@@ -113,6 +113,11 @@ func (cl *cluster) relay(ctx context.Context, w http.ResponseWriter, r *http.Req
 			return forwardOutcome{refused: true}
 		}
 		if r.Context().Err() != nil {
+			if errors.Is(context.Cause(r.Context()), ErrShuttingDown) {
+				// This node stops (a long poll it relays is cut): the
+				// caller is told so, to ask another node at once.
+				return forwardOutcome{err: fmt.Errorf("%w: the relayed call was cut", ErrShuttingDown)}
+			}
 			return forwardOutcome{} // the caller went away: nobody to answer
 		}
 		if ctx.Err() != nil {
