@@ -183,8 +183,8 @@ type traffic struct {
 	failedSince map[string][]callRec
 	worstCalls  map[string][]callRec
 	worstEnd    map[string]time.Time
-	faultAt    time.Time
-	healedAt   time.Time
+	faultAt     time.Time
+	healedAt    time.Time
 }
 
 // newTraffic logs in and connects n users (registered in Prosody), makes
