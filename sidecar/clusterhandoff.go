@@ -31,6 +31,11 @@ const handoffInFlight = 64
 // fails and is retried elsewhere).
 const handoffDrain = 2 * time.Second
 
+// peerDrain bounds the peer listener's drain after the hand-over, when
+// every forwarded call has had its answer: a connection a peer opened
+// and sent nothing on yet would hold net/http's Shutdown for 5 s.
+const peerDrain = time.Second
+
 // handoff is a node's hand-over state, shared by the peer listener's
 // gate and the shutdown.
 type handoff struct {

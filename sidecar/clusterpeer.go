@@ -231,5 +231,9 @@ func (ps *peerServer) shutdown(ctx context.Context) {
 		return
 	}
 	ps.api.draining.Store(true)
-	ps.srv.Shutdown(ctx)
+	ctx, cancel := context.WithTimeout(ctx, peerDrain)
+	defer cancel()
+	if ps.srv.Shutdown(ctx) != nil {
+		ps.srv.Close()
+	}
 }
