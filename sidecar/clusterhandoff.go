@@ -20,8 +20,9 @@ import (
 // liveness key. The next call of each user, on any node, claims the free
 // lease and resumes the stream there; a user who makes no call is resumed
 // by the node the rendezvous hash names (clusterorphan.go). Calls other
-// nodes forward meanwhile wait for the hand-over to end, then are told
-// not_owner and route again.
+// nodes forward meanwhile wait for their session's lease to be given back
+// (or the hand-over's end, for a session it does not hand over), then are
+// told not_owner and route again.
 
 // handoffInFlight bounds the sessions let go of at once.
 const handoffInFlight = 64
@@ -60,9 +61,10 @@ func newHandoff() *handoff {
 }
 
 // handoffGate wraps the peer listener's routes. While the node hands its
-// sessions over, a forwarded call waits for the end and is answered 409
-// not_owner, so that the node it came through routes it again (to the
-// lease, free by then); before, forwarded polls are ended by the
+// sessions over, a forwarded call waits until its session's lease is
+// given back (until the end, for a session not handed over or a call
+// naming none) and is answered 409 not_owner, so that the node it came
+// through routes it again (to the lease, free by then); before, forwarded polls are ended by the
 // hand-over's start and other calls are counted, so that the hand-over
 // lets the streams go only once they are answered.
 func (cl *cluster) handoffGate(inner http.Handler) http.Handler {
