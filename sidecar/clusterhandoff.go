@@ -64,9 +64,9 @@ func newHandoff() *handoff {
 // sessions over, a forwarded call waits until its session's lease is
 // given back (until the end, for a session not handed over or a call
 // naming none) and is answered 409 not_owner, so that the node it came
-// through routes it again (to the lease, free by then); before, forwarded polls are ended by the
-// hand-over's start and other calls are counted, so that the hand-over
-// lets the streams go only once they are answered.
+// through routes it again (to the lease, free by then); before, forwarded
+// polls are ended by the hand-over's start and other calls are counted,
+// so that the hand-over lets the streams go only once they are answered.
 func (cl *cluster) handoffGate(inner http.Handler) http.Handler {
 	h := cl.handoff
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
