@@ -374,10 +374,11 @@ func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error
 	return runErr
 }
 
-// phases times the steps of the shutdown, for its last log line.
+// phases times the steps of the shutdown for its last log line
+// ("imsidecar stopped took=… parked=… api=… handover=…", docs/CLUSTER.md).
 type phases struct {
 	start, last time.Time
-	attrs_      []any
+	steps       []any // name, duration, ...
 }
 
 func newPhases() *phases {
@@ -385,14 +386,16 @@ func newPhases() *phases {
 	return &phases{start: now, last: now}
 }
 
+// mark ends the step name.
 func (p *phases) mark(name string) {
 	now := time.Now()
-	p.attrs_ = append(p.attrs_, name, now.Sub(p.last).Round(time.Millisecond))
+	p.steps = append(p.steps, name, now.Sub(p.last).Round(time.Millisecond))
 	p.last = now
 }
 
+// attrs are the log attributes: the whole time, then each step's.
 func (p *phases) attrs() []any {
-	return append([]any{"took", time.Since(p.start).Round(time.Millisecond)}, p.attrs_...)
+	return append([]any{"took", time.Since(p.start).Round(time.Millisecond)}, p.steps...)
 }
 
 func xmppTLS(cfg *Config) (*tls.Config, error) {
