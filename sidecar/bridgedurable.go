@@ -115,7 +115,6 @@ type clusterHeld struct {
 	pending []heldStanza // waiting for their stanza's count (Handled)
 	keep    int
 	seed    []heldStanza // what a takeover loaded, for the bridge made next
-	purge   bool         // seed was another user's: forget it in Redis
 }
 
 // keepHeld writes a stanza routed to browsers: with its inbound stanza's
