@@ -259,6 +259,11 @@ func (o *orphans) tick(ctx context.Context, wg *sync.WaitGroup) {
 	}); err != nil && !errors.Is(err, redis.Nil) {
 		return
 	}
+	for _, c := range alive {
+		if err := c.Err(); err != nil && !errors.Is(err, redis.Nil) {
+			return // a key Redis did not answer for says nothing of its node
+		}
+	}
 	var live, dead []string
 	for i, m := range all {
 		if m == me || alive[i].Val() != "" {
