@@ -349,7 +349,7 @@ func (cs *clusterSession) Handled(h uint32) error {
 		// stanza is not counted, and the server gives it to the next
 		// owner. (Written, its events would land at the stopped log's
 		// stale offset, and the next stanza's be skipped as a retry.)
-		cs.pending = nil
+		cs.pending, cs.held.pending = nil, nil
 		return errLogStopped
 	}
 	cs.wantH, cs.hasWant = h, true
