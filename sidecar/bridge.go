@@ -52,6 +52,7 @@ var (
 // bridge is one session's set of browser clients.
 type bridge struct {
 	s      *session
+	cs     *clusterSession // the session's state in Redis; nil on a single node
 	m      *metrics
 	max    int // clients at most
 	keep   int // stanzas kept while detached at most
@@ -66,6 +67,7 @@ type bridge struct {
 	rooms   map[string]*clientRoom   // rooms the clients joined themselves (bridgerooms.go)
 	grace   offlineGrace             // a pending "offline" (bridgeoffline.go)
 	seq     uint64
+	book    heldBook // the stanzas numbered for Redis (bridgedurable.go)
 	closed  bool
 	reason  string
 }
@@ -118,10 +120,13 @@ func (s *session) bridgeOf(maxClients, keep int, m *metrics) *bridge {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.bridge == nil {
-		s.bridge = newBridge(s, maxClients, keep, m)
+		b := newBridge(s, maxClients, keep, m)
 		if s.durable != nil {
 			s.durable.noteBrowser()
+			b.cs = s.durable
+			b.seedHeld(s.durable.heldSeed())
 		}
+		s.bridge = b
 	}
 	return s.bridge
 }
@@ -328,9 +333,9 @@ func (c *bridgeClient) push(list ...[]byte) {
 }
 
 // take returns the queued stanzas, up to about max bytes (at least one).
+// In cluster mode what it takes is forgotten in Redis: it reached a page.
 func (c *bridgeClient) take(max int) [][]byte {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	n, size := 0, 0
 	for n < len(c.queue) && (n == 0 || size+len(c.queue[n]) <= max) {
 		size += len(c.queue[n])
@@ -342,6 +347,10 @@ func (c *bridgeClient) take(max int) [][]byte {
 	c.queueLen -= size
 	if len(c.queue) == 0 {
 		c.queue = nil
+	}
+	c.mu.Unlock()
+	if seq := c.b.took(out); seq > 0 {
+		c.b.cs.tookHeld(seq)
 	}
 	return out
 }
@@ -378,10 +387,21 @@ func (b *bridge) fromServer(st *xmppconn.Stanza) {
 		}
 	}
 	raw := st.Bytes()
+	var seq uint64
+	if b.cs != nil && durableKind(st.Kind, st.Type) && len(raw) > 0 {
+		defer func() {
+			if seq > 0 {
+				b.cs.keepHeld(seq, raw, b.keep)
+			}
+		}()
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
 		return
+	}
+	if b.cs != nil && durableKind(st.Kind, st.Type) && len(raw) > 0 {
+		seq = b.numberLocked(raw) // before any client can take it
 	}
 	if len(b.rooms) > 0 && (st.Kind == "presence" || st.Kind == "message") {
 		b.roomStanzaLocked(st, raw)

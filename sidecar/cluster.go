@@ -47,10 +47,11 @@ type cluster struct {
 	logger  *slog.Logger
 	metrics *metrics
 	peer    *http.Client
-	reg     *registry // set by serve before the API starts
-	sealer  *sealer   // PHP session ids in the orphan index
-	orphans *orphans  // liveness key and proactive resumption
-	handoff *handoff  // the graceful hand-over at shutdown
+	reg     *registry   // set by serve before the API starts
+	sealer  *sealer     // PHP session ids in the orphan index
+	orphans *orphans    // liveness key and proactive resumption
+	handoff *handoff    // the graceful hand-over at shutdown
+	silent  silentPeers // peers that did not answer peerAlive (clusteralive.go)
 
 	mu   sync.Mutex
 	held map[string]heldLease // session key → lease
@@ -204,8 +205,9 @@ func (cl *cluster) take(ctx context.Context, sk string, expected *lease) (claimR
 		return res, err
 	}
 	self := cl.ls.self
-	if !res.won && res.expired && res.lease.node != self.node && !cl.mayBeAlive(ctx, res.lease) {
-		// The last owner's lease expired and the node is gone: take it over.
+	if !res.won && res.expired && res.lease.node != self.node && !cl.mayBeAlive(ctx, res.lease) && !cl.peerAlive(ctx, res.lease, sk) {
+		// The last owner's lease expired, Redis no longer sees its node,
+		// and the node does not say it holds the session: take it over.
 		prev := res.lease
 		if res, err = cl.ls.claim(ctx, sk, &prev); err != nil {
 			return res, err
@@ -501,6 +503,11 @@ func (a *api) clusterRoute(w http.ResponseWriter, r *http.Request, c *caller, ro
 		// as the owner (this incarnation's lease, or the one an earlier
 		// run left), never forward again.
 		l, found, err := cl.ls.owner(ctx, sk)
+		if _, held := cl.holds(sk); err != nil && held {
+			// This node's link to Redis is down, and the peer asked it
+			// (peerAlive) before forwarding: its table answers, as mine.
+			return false, nil
+		}
 		if err != nil {
 			return true, err
 		}

@@ -200,8 +200,9 @@ type orphans struct {
 	// before anyone takes them for dead.
 	okSince time.Time
 	mu      sync.Mutex
-	busy    map[string]bool // session keys being adopted here
-	stopped chan struct{}   // closed when watch has returned
+	busy    map[string]bool   // session keys being adopted here
+	peers   map[string]string // node|incarnation → its peer address, as its liveness key said (tick only)
+	stopped chan struct{}     // closed when watch has returned
 }
 
 // watch renews this node's liveness key and looks for orphans every third
@@ -249,23 +250,29 @@ func (o *orphans) tick(ctx context.Context, wg *sync.WaitGroup) {
 		cl.redisSteadySince.Store(now.UnixNano())
 	}
 	all := members.Val()
-	alive := make([]*redis.IntCmd, len(all))
+	alive := make([]*redis.StringCmd, len(all))
 	if _, err := ls.rdb.Pipelined(rctx, func(p redis.Pipeliner) error {
 		for i, m := range all {
-			alive[i] = p.Exists(rctx, nodeKeyPrefix+m)
+			alive[i] = p.Get(rctx, nodeKeyPrefix+m) // its peer address
 		}
 		return nil
-	}); err != nil {
+	}); err != nil && !errors.Is(err, redis.Nil) {
 		return
+	}
+	for _, c := range alive {
+		if err := c.Err(); err != nil && !errors.Is(err, redis.Nil) {
+			return // a key Redis did not answer for says nothing of its node
+		}
 	}
 	var live, dead []string
 	for i, m := range all {
-		if m == me || alive[i].Val() == 1 {
+		if m == me || alive[i].Val() != "" {
 			live = append(live, m)
 		} else {
 			dead = append(dead, m)
 		}
 	}
+	dead = o.askDead(ctx, all, alive, dead)
 	cl.metrics.clusterNodes.Set(float64(len(live)))
 	if now.Sub(o.okSince) < ls.ttl || cl.reg.isClosing() {
 		return

@@ -171,6 +171,10 @@ func (cl *cluster) peerHandler(inner http.Handler) http.Handler {
 			return
 		}
 		r.Header.Del("Authorization")
+		if r.URL.Path == peerAlivePath {
+			cl.serveAlive(w, r) // clusteralive.go
+			return
+		}
 		inner.ServeHTTP(w, r)
 	})
 }

@@ -48,6 +48,8 @@ import (
 //	H h                              inbound stanzas handled
 //	P jid json / X jid / Z           a contact's presence set / gone / all gone
 //	B                                a browser stream attached
+//	K seq stanza keep maxbytes       a stanza kept for browsers (bridgedurable.go)
+//	k seq                            browsers took the stanzas up to seq
 //
 // An 'E' whose first is below the stored next skips what is stored already
 // (a write retried); above it (events kept back by an outage were let go),
@@ -141,6 +143,30 @@ while i <= n do
   elseif op == 'B' then
     redis.call('HSET', KEYS[2], 'br', 1)
     i = i + 1
+  elseif op == 'K' or op == 'k' then
+    local sq = tonumber(ARGV[i+1])
+    local lo = tonumber(redis.call('HGET', KEYS[2], 'bl') or ARGV[i+1])
+    local hi = tonumber(redis.call('HGET', KEYS[2], 'bn') or '0')
+    local bb = tonumber(redis.call('HGET', KEYS[2], 'bb') or '0')
+    local keep, maxb = sq, math.huge
+    if op == 'K' and sq < lo then
+      keep = 0 -- below what was forgotten already: not kept again
+    elseif op == 'K' then
+      redis.call('HSET', KEYS[2], 'k' .. ARGV[i+1], ARGV[i+2])
+      bb, hi = bb + #ARGV[i+2], math.max(hi, sq)
+      keep, maxb = sq - tonumber(ARGV[i+3]), tonumber(ARGV[i+4])
+    end
+    while lo <= hi and (lo <= keep or bb > maxb) and not (op == 'K' and lo >= sq) do
+      local f = string.format('k%d', lo)
+      local x = redis.call('HGET', KEYS[2], f)
+      if x then
+        bb = bb - #x
+        redis.call('HDEL', KEYS[2], f)
+      end
+      lo = lo + 1
+    end
+    redis.call('HSET', KEYS[2], 'bl', string.format('%d', lo), 'bn', string.format('%d', hi), 'bb', string.format('%d', bb))
+    if op == 'K' then i = i + 5 else i = i + 2 end
   else
     return redis.error_reply('imsidecar: unknown state operation')
   end
@@ -221,8 +247,9 @@ type clusterSession struct {
 	// presOps are the contacts' presence changes ('P', 'X', 'Z'
 	// operations) to write with the next write.
 	presOps  []any
-	newLog   bool // Redis holds another log: the next write starts ours ('R')
-	flushing bool // on the cluster's list of sessions to write again
+	newLog   bool        // Redis holds another log: the next write starts ours ('R')
+	held     clusterHeld // the browser backlog's writes (bridgedurable.go)
+	flushing bool        // on the cluster's list of sessions to write again
 }
 
 // append is the session's event append in cluster mode (appendJSONOnce):
@@ -322,10 +349,11 @@ func (cs *clusterSession) Handled(h uint32) error {
 		// stanza is not counted, and the server gives it to the next
 		// owner. (Written, its events would land at the stopped log's
 		// stale offset, and the next stanza's be skipped as a retry.)
-		cs.pending = nil
+		cs.pending, cs.held.pending = nil, nil
 		return errLogStopped
 	}
 	cs.wantH, cs.hasWant = h, true
+	cs.presOps = cs.held.opsInto(cs.presOps) // the stanza's, if browsers get it
 	return cs.writeLocked(nil, nil, true)
 }
 
@@ -541,6 +569,11 @@ type savedSession struct {
 	// presence is the contacts' available resources, by bare JID, sorted
 	// by resource (session.presence).
 	presence map[string][]presenceInfo
+	// held is what no browser took (bridgedurable.go), heldNext the last
+	// number given; heldOK: it is the user's.
+	held     []heldStanza
+	heldNext uint64
+	heldOK   bool
 }
 
 // stored is a session's state as Redis holds it, undecoded.
@@ -641,6 +674,8 @@ func parseSaved(user string, in stored) (savedSession, []error) {
 		}
 	}
 	sv.presence, errs = parsePresences(in.presence, errs)
+	sv.held, sv.heldNext = parseHeld(meta)
+	sv.heldOK = meta["user"] == user && user != ""
 	return sv, errs
 }
 
@@ -742,6 +777,7 @@ func (cl *cluster) durable(ctx context.Context, s *session, newLog func() *event
 		cs.presOps = []any{"Z"}
 	}
 	cs.log = s.log
+	cs.seedHeld(sv)
 	s.durable = cs
 	switch {
 	case !sv.online:

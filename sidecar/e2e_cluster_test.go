@@ -53,6 +53,9 @@ type clusterRigOptions struct {
 	TTL   time.Duration // --cluster-lease-ttl
 	// Leases is a --cluster-redis other than the sessions' Redis.
 	Leases string
+	// LeasesOf, when it answers non-empty, is node i's own --cluster-redis
+	// (a node reaching Redis through a proxy the test can cut).
+	LeasesOf func(i int) string
 	// RedisCluster keeps the PHP sessions and the leases in a 3-master
 	// Redis Cluster with an append-only file (fsync always), instead of
 	// a standalone Redis with one.
@@ -136,9 +139,13 @@ func startClusterRigWith(t *testing.T, o clusterRigOptions) *clusterRig {
 		host := "127.0.0." + strconv.Itoa(o.FirstHost+i)
 		api := net.JoinHostPort(host, strconv.Itoa(freePortOn(t, host)))
 		peer := net.JoinHostPort(host, strconv.Itoa(freePortOn(t, host)))
+		leases := rig.Leases
+		if o.LeasesOf != nil && o.LeasesOf(i) != "" {
+			leases = o.LeasesOf(i)
+		}
 		d := startDaemon(t, daemonOptions{Store: rig.e.Store, XMPP: rig.e.XMPP, Extra: append([]string{
 			"--listen=" + api,
-			"--cluster-redis=" + rig.Leases,
+			"--cluster-redis=" + leases,
 			"--cluster-node-id=node" + strconv.Itoa(i),
 			"--cluster-peer-listen=" + peer,
 			"--cluster-secret-file=" + secretFile,

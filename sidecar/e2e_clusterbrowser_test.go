@@ -313,3 +313,99 @@ func TestClusterBrowserKillOwner(t *testing.T) {
 	t.Logf("kill -9 of the owner of a BOSH page: %d messages sent meanwhile, 0 lost, %d duplicated; the message before the kill came again %d times; the page served again on a new BOSH session %v after the kill (the XMPP session resumed); the desktop contact saw %d unavailable",
 		n, dup, again, served.Round(10*time.Millisecond), flap)
 }
+
+// TestClusterBrowserHeldKillOwner: messages that arrive while the user's
+// page is away (its BOSH session ended, as on a reload) are kept for the
+// next page in Redis too; the node holding them is killed (SIGKILL)
+// before the page comes back; the new page, through another node, gets
+// each of them once and nothing it had already taken. Another PHP
+// session's page, and its cookie with the dead page's sid, get nothing
+// of them.
+func TestClusterBrowserHeldKillOwner(t *testing.T) {
+	rig := startClusterRig(t, 3, 3*time.Second)
+	lb := rig.browserBalancer()
+	rig.e.register(t, "cbh", "cbhx", "cbhdesk")
+	rig.e.XMPP.Befriend(t, "cbh", "cbhdesk")
+	desk := dialDesktop(t, rig.e.XMPP, "cbhdesk")
+	alice, mallory := rig.e.login(t, "cbh"), rig.e.login(t, "cbhx")
+	page := rig.clusterPage(t, lb, alice)
+	ctx := t.Context()
+	say := func(body string) {
+		t.Helper()
+		if _, err := desk.Conn.Send(ctx, xmppconn.Message{To: alice.Bare, Type: "chat", Body: body}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	say("antes")
+	page.WaitFor(15*time.Second, "the message before the page left", contains(">antes<"))
+	// The page goes away (a reload's unload: terminate, no unavailable).
+	if b := page.Send(`type="terminate"`, ""); b.Attr("type") != "terminate" {
+		t.Fatalf("terminate: %s", page.Last)
+	}
+	vi := rig.owner(t)
+	victim := rig.Nodes[vi]
+	survivors := append(slices.Clone(rig.Nodes[:vi]), rig.Nodes[vi+1:]...)
+	const n = 3
+	for i := range n {
+		say(fmt.Sprintf("sozinho-%d", i))
+	}
+	// Wait until the owner has them (in its event log, so written to
+	// Redis with their count), then kill it before any page comes back.
+	api := victim.client(alice.SID)
+	seen, cursor := 0, ""
+	for deadline := time.Now().Add(15 * time.Second); seen < n; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the owner's event log has %d of the %d messages", seen, n)
+		}
+		p, err := api.events(ctx, cursor, time.Second, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range p.Events {
+			if ev.Event == "message" && strings.HasPrefix(ev.Body, "sozinho-") {
+				seen++
+			}
+		}
+		cursor = p.Cursor
+	}
+	drainDesktop(desk)
+	victim.Signal(t, syscall.SIGKILL, 5*time.Second)
+	killed := time.Now()
+
+	// Hostile: another PHP session's cookie with the dead page's sid, and
+	// another PHP session's page, on the surviving nodes.
+	other := survivors[0]
+	thief := sidecar.NewBOSHClient(t, other.URL+"/http-bind", "Cookie", "sessionid="+mallory.SID, "Origin", other.URL)
+	st, _ := thief.Post(ctx, `<body xmlns="http://jabber.org/protocol/httpbind" rid="`+strconv.FormatInt(page.RID+1, 10)+`" sid="`+page.SID+`"/>`)
+	if st == http.StatusOK && !strings.Contains(thief.Last, "terminate") || strings.Contains(thief.Last, "sozinho-") {
+		t.Errorf("another session's cookie with the dead node's sid: %d %s", st, thief.Last)
+	}
+	mpage := rig.clusterPage(t, lb, mallory)
+
+	page2 := rig.clusterPage(t, lb, alice)
+	served := time.Since(killed)
+	for i := range n {
+		body := fmt.Sprintf(">sozinho-%d<", i)
+		page2.WaitFor(20*time.Second, body, contains(body))
+	}
+	for range 3 {
+		page2.Send("", "")
+		mpage.Send("", "")
+	}
+	dup := page2.Count(contains(">sozinho-"))
+	again := page2.Count(contains(">antes<"))
+	if dup != 0 || again != 0 {
+		t.Errorf("the new page got %d of the held messages twice and the one taken before %d times", dup, again)
+	}
+	if leak := mpage.Count(contains("sozinho-")); leak != 0 {
+		t.Errorf("another PHP session's page got %d of alice's messages", leak)
+	}
+	if flap := unavailableSeen(desk); flap != 0 {
+		t.Errorf("the desktop contact saw %d unavailable presences", flap)
+	}
+	if got := rig.clusterMetric(t, `imsidecar_cluster_resumes_total{result="resumed"}`, survivors...); got < 1 {
+		t.Errorf("%v sessions resumed, want alice's", got)
+	}
+	t.Logf("kill -9 of the node holding %d messages for a page that was away: the next page, %v after the kill, got each once, the message it had taken 0 times; another session's page and cookie got nothing",
+		n, served.Round(10*time.Millisecond))
+}

@@ -33,6 +33,7 @@ type metrics struct {
 	clusterLeasesLost  prometheus.Counter
 	clusterForwards    *prometheus.CounterVec
 	clusterPeerRefused prometheus.Counter
+	clusterPeerAsks    *prometheus.CounterVec
 	// clusterResumes counts takeovers of an online user by outcome:
 	// resumed (the XMPP session continued) or fresh (a new login).
 	clusterResumes *prometheus.CounterVec
@@ -77,6 +78,8 @@ func newMetrics(sessions func() map[xmppconn.State]int, eventBytes func() int64)
 			Help: "Cluster mode: calls forwarded to the session's owner, by outcome: ok, refused (owner gone, session taken over), not_owner (asked again), error."}, []string{"result"}),
 		clusterPeerRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_cluster_peer_refused_total",
 			Help: "Cluster mode: calls on the peer listener refused for a missing or wrong cluster secret."}),
+		clusterPeerAsks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imsidecar_cluster_peer_asks_total",
+			Help: "Cluster mode: owners asked over the peer listener whether they are alive before their session (or their dead incarnation's sessions) is taken over, by answer: alive (kept by the owner: Redis had lost sight of it), gone (another incarnation, or no longer the owner), silent (refused or no answer in time: taken over)."}, []string{"result"}),
 		clusterHandoffs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imsidecar_cluster_handoffs_total",
 			Help: "Cluster mode: sessions handed over at shutdown, by outcome: detached (the server keeps the session for the next owner to resume), closed (a stream that could not be detached), failed (the lease could not be given back: it expires)."}, []string{"result"}),
 		clusterAdoptions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imsidecar_cluster_adoptions_total",
@@ -87,7 +90,7 @@ func newMetrics(sessions func() map[xmppconn.State]int, eventBytes func() int64)
 			Help: "Cluster mode: takeovers of an online user by outcome: resumed (the XMPP session and the event log continued: nothing lost, no presence change), fresh (a new login: the page's next poll says recovered:false)."}, []string{"result"}),
 	}
 	reg.MustRegister(m.connects, m.reconnects, m.resumptions, m.authFailures, m.eventsQueued, m.eventsDropped, m.connRejected, m.stanzasDropped, m.sendsRefused, m.browserStreams, m.browserRejected, m.apiLatency, m.storeLatency,
-		m.clusterLeases, m.clusterClaims, m.clusterLeasesLost, m.clusterForwards, m.clusterPeerRefused, m.clusterResumes,
+		m.clusterLeases, m.clusterClaims, m.clusterLeasesLost, m.clusterForwards, m.clusterPeerRefused, m.clusterPeerAsks, m.clusterResumes,
 		m.clusterHandoffs, m.clusterAdoptions, m.clusterNodes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "imsidecar_event_log_bytes", Help: "Bytes the session event logs hold, counted against --event-memory-mb."},

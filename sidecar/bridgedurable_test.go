@@ -1,0 +1,136 @@
+package sidecar
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+
+	"expressolivre.org/imsidecar/xmppconn"
+)
+
+// TestClusterHeldBacklog runs the browser backlog's state operations
+// ('K', 'k') against a real Redis and a 3-master Redis Cluster: what
+// arrived while no browser was attached comes back on the node taking the
+// session over, in order and bounded like the bridge's backlog; what a
+// browser took never comes back; another user of the same PHP session
+// gets nothing of it.
+func TestClusterHeldBacklog(t *testing.T) {
+	for _, tc := range redisSpecs() {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := tc.spec(t)
+			a, b := stateNode(t, spec, "a"), stateNode(t, spec, "b")
+			ctx := t.Context()
+			sk := sessionKey("held-backlog-aaaaaaaaaaaaaaa")
+			ra, err := a.take(ctx, sk, nil)
+			if err != nil || !ra.won {
+				t.Fatalf("a's claim: %+v %v", ra, err)
+			}
+			s, _ := stateSession(t, a, sk, "alice")
+			s.jid = "alice@example.org"
+			cs := s.durable
+			if err := cs.Save(xmppconn.ResumeState{V: 1, JID: "alice@example.org/web-" + sk[:8], ID: "sm-held", Max: 300}); err != nil {
+				t.Fatal(err)
+			}
+			const keep = 3
+			br := s.bridgeOf(2, keep, a.metrics)
+			var h uint32
+			inbound := func(br *bridge, cs *clusterSession, body string) {
+				t.Helper()
+				st, err := xmppconn.ParseStanza([]byte(`<message xmlns="jabber:client" from="bob@example.org/desk" to="alice@example.org" type="chat"><body>`+body+`</body></message>`), 1<<16)
+				if err != nil {
+					t.Fatal(err)
+				}
+				br.fromServer(st) // the Tap runs before the stanza's count
+				h++
+				if err := cs.Handled(h); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// No browser attached: five messages, the backlog keeps three.
+			for i := 1; i <= 5; i++ {
+				inbound(br, cs, "held-"+strconv.Itoa(i))
+			}
+			// A page takes the first of them (a BOSH answer of one stanza).
+			c, err := br.attach(func() {})
+			if err != nil {
+				t.Fatal(err)
+			}
+			br.markReady(c)
+			if got := c.take(1); len(got) != 1 || !strings.Contains(string(got[0]), "held-3") {
+				t.Fatalf("the page took %q, want held-3 (the oldest kept)", got)
+			}
+			// A message the page takes before its count is written is
+			// not written for browsers at all.
+			st, _ := xmppconn.ParseStanza([]byte(`<message xmlns="jabber:client" from="bob@example.org/desk" to="alice@example.org" type="chat"><body>fast</body></message>`), 1<<16)
+			br.fromServer(st)
+			for _, raw := range c.take(1 << 20) {
+				if strings.Contains(string(raw), "held-") {
+					continue // held-4 and held-5, taken too: forgotten
+				}
+				if !strings.Contains(string(raw), ">fast<") {
+					t.Fatalf("unexpected %q", raw)
+				}
+			}
+			h++
+			if err := cs.Handled(h); err != nil {
+				t.Fatal(err)
+			}
+			br.detach(c)
+			// Two more arrive while no page is attached.
+			inbound(br, cs, "late-1")
+			inbound(br, cs, "late-2")
+
+			// a dies; b takes the session over and its first bridge has
+			// exactly the two, in order.
+			a.wg.Wait()
+			if _, err := b.take(ctx, sk, &ra.lease); err != nil {
+				t.Fatal(err)
+			}
+			s2, _ := stateSession(t, b, sk, "alice")
+			s2.jid = "alice@example.org"
+			br2 := s2.bridgeOf(2, keep, b.metrics)
+			c2, err := br2.attach(func() {})
+			if err != nil {
+				t.Fatal(err)
+			}
+			br2.markReady(c2)
+			got := c2.take(1 << 20)
+			if len(got) != 2 || !strings.Contains(string(got[0]), ">late-1<") || !strings.Contains(string(got[1]), ">late-2<") {
+				t.Fatalf("the new owner's first page got %q, want late-1 and late-2", got)
+			}
+			// Taken: a third node would find nothing.
+			in, err := b.load(ctx, sk)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if items, next := parseHeld(in.meta); len(items) != 0 || next != 8 {
+				t.Fatalf("after the page took them Redis holds %d stanzas, last number %d (want 0, 8)", len(items), next)
+			}
+			// One more for nobody, then the PHP session's user changes:
+			// the new user's bridge gets nothing of alice's, and Redis
+			// forgets it.
+			br2.detach(c2)
+			st, _ = xmppconn.ParseStanza([]byte(`<message xmlns="jabber:client" from="bob@example.org/desk" to="alice@example.org" type="chat"><body>secret</body></message>`), 1<<16)
+			br2.fromServer(st)
+			if err := s2.durable.Handled(h + 1); err != nil {
+				t.Fatal(err)
+			}
+			s3, _ := stateSession(t, b, sk, "mallory")
+			s3.jid = "mallory@example.org"
+			br3 := s3.bridgeOf(2, keep, b.metrics)
+			c3, _ := br3.attach(func() {})
+			br3.markReady(c3)
+			if got := c3.take(1 << 20); len(got) != 0 {
+				t.Fatalf("another user of the PHP session got %q", got)
+			}
+			s3.appendState(xmppconn.StateConnecting, "") // the new user's first write
+			in, err = b.load(ctx, sk)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if items, _ := parseHeld(in.meta); len(items) != 0 {
+				t.Fatalf("alice's backlog left in Redis for mallory's session: %d stanzas", len(items))
+			}
+		})
+	}
+}
