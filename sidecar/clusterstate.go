@@ -270,6 +270,7 @@ type clusterSession struct {
 	// the next lease renewal (docs/CLUSTER.md, "The write path").
 	ackedStored uint32
 	ackDue      bool
+	ackAt       time.Time // when ackDue was set
 	// ttlAt is when the keys' TTLs were last set ('T'): at most once
 	// every ttlRefresh.
 	ttlAt time.Time
@@ -409,21 +410,31 @@ func (cs *clusterSession) Acked(h uint32) error {
 	if err := cs.mirror.Ack(h); err != nil {
 		return err
 	}
-	if cs.mirror.Acked != cs.ackedStored {
-		cs.ackDue = true
+	if cs.mirror.Acked != cs.ackedStored && !cs.ackDue {
+		cs.ackDue, cs.ackAt = true, time.Now()
 		cs.cl.toFlush(cs)
 	}
 	return nil
 }
 
-// flush writes what an outage kept back; the cluster calls it when Redis
-// answers again.
-func (cs *clusterSession) flush() {
+// flush writes what an outage kept back, and an acknowledgement no write
+// carried yet; the hand-over calls it at SIGTERM.
+func (cs *clusterSession) flush() { cs.flushDue(0) }
+
+// flushDue is flush from the pass after a lease renewal: an
+// acknowledgement alone, younger than wait, stays for a later write of
+// the session or a later pass (it is safe in the mirror; most ride on the
+// session's next write instead of costing a script of their own).
+func (cs *clusterSession) flushDue(wait time.Duration) {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	cs.flushing = false
-	if cs.dirty || cs.ackDue || len(cs.unsynced) > 0 || cs.hasWant || len(cs.presOps) > 0 {
+	kept := cs.dirty || len(cs.unsynced) > 0 || cs.hasWant || len(cs.presOps) > 0
+	switch {
+	case kept || cs.ackDue && time.Since(cs.ackAt) >= wait:
 		cs.writeLocked(nil, nil, false)
+	case cs.ackDue:
+		cs.cl.toFlush(cs)
 	}
 }
 
@@ -741,8 +752,9 @@ func (cl *cluster) redisFailed(err error) {
 }
 
 // redisBack is called when a renewal reached Redis: the writes an outage
-// kept back, and the acknowledgements no later write carried, are written
-// now, by a few writers at once so that the group commit batches them.
+// kept back, and the acknowledgements no later write carried for a
+// renewal interval (ackWait), are written now, by a few writers at once so
+// that the group commit batches them.
 func (cl *cluster) redisBack() {
 	if cl.redisDown.Swap(0) != 0 {
 		cl.logger.Info("cluster: Redis answers again; writing the state kept back")
@@ -756,12 +768,17 @@ func (cl *cluster) redisBack() {
 	for range min(len(list), flushWriters) {
 		wg.Go(func() {
 			for i := next.Add(1) - 1; i < int64(len(list)); i = next.Add(1) - 1 {
-				list[i].flush()
+				list[i].flushDue(ackWait(cl.ls.ttl))
 			}
 		})
 	}
 	wg.Wait()
 }
+
+// ackWait is how long an acknowledgement waits for a write of its
+// session to carry it: one renewal interval, so it is written by the
+// second pass after it came at the latest (within 2/3 of the lease TTL).
+func ackWait(leaseTTL time.Duration) time.Duration { return leaseTTL / 3 }
 
 // flushWriters is how many sessions redisBack writes at once.
 const flushWriters = 32

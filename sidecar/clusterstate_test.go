@@ -134,7 +134,7 @@ func TestClusterState(t *testing.T) {
 				if in, err := a.load(ctx, sk); err != nil || in.meta["acked"] != "0" || len(in.unacked) != 3 {
 					t.Fatalf("an acknowledgement was written on its own: acked %q, %d stanzas, %v", in.meta["acked"], len(in.unacked), err)
 				}
-				a.redisBack()
+				cs.flush() // as the hand-over at SIGTERM
 				if ok, err := a.ls.mark(ctx, sk, ra.lease, true); err != nil || !ok {
 					t.Fatalf("mark: %v %v", ok, err)
 				}
@@ -376,6 +376,22 @@ func TestClusterStateWritePath(t *testing.T) {
 			}
 			if acked, _, n := stored(); acked != "4" || n != 3 {
 				t.Fatalf("after a refused acknowledgement: acked %s, %d stanzas, want 4 and 3", acked, n)
+			}
+			// An acknowledgement no write carries: the pass after a
+			// renewal writes it once it is a renewal interval old.
+			if err := cs.Acked(5); err != nil {
+				t.Fatal(err)
+			}
+			a.redisBack()
+			if acked, _, _ := stored(); acked != "4" {
+				t.Fatalf("a young acknowledgement was flushed: acked %s", acked)
+			}
+			cs.mu.Lock()
+			cs.ackAt = cs.ackAt.Add(-ackWait(a.ls.ttl))
+			cs.mu.Unlock()
+			a.redisBack()
+			if acked, _, n := stored(); acked != "5" || n != 2 {
+				t.Fatalf("the pass after a renewal: acked %s, %d stanzas, want 5 and 2", acked, n)
 			}
 			// The byte cap: the oldest events leave the list in Redis.
 			cs.mu.Lock()
