@@ -473,7 +473,7 @@ func (r *registry) detach(sk string) {
 // died or shut down), a server-side call reconnects them here first.
 func (a *api) clusterRoute(w http.ResponseWriter, r *http.Request, c *caller, route string) (bool, error) {
 	cl := a.cluster
-	sk := sessionKey(c.id)
+	sk := c.key
 	ctx := r.Context()
 	if cl.mine(ctx, sk) {
 		a.reg.awaitDial(ctx, sk) // an orphan being resumed here: serve its stream

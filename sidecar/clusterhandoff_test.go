@@ -8,8 +8,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"expressolivre.org/imsidecar/phpsession/phpsessiontest"
 )
 
 // TestSealer: a PHP session id sealed for the orphan index opens only with
@@ -108,31 +106,10 @@ func TestRendezvous(t *testing.T) {
 // atomically with the lease; an entry whose session another node holds,
 // or marked since by a newer owner, is dropped, not adopted.
 func TestOrphanIndex(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		spec func(t *testing.T) string
-	}{
-		{"redis", func(t *testing.T) string { return "redis://" + phpsessiontest.StartRedis(t).Addr }},
-		{"redis-cluster", func(t *testing.T) string {
-			c := phpsessiontest.StartRedisCluster(t, 3)
-			var addrs []string
-			for _, n := range c.Nodes {
-				addrs = append(addrs, n.Addr)
-			}
-			return "redis-cluster://" + strings.Join(addrs, ",")
-		}},
-	} {
+	for _, tc := range redisSpecs() {
 		t.Run(tc.name, func(t *testing.T) {
 			spec := tc.spec(t)
-			store := func(node string) *leaseStore {
-				rdb, err := clusterRedis(spec)
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { rdb.Close() })
-				return &leaseStore{rdb: rdb, ttl: 2 * time.Second, metaTTL: time.Minute,
-					self: lease{node: node, incarnation: "i-" + node, peer: "127.0.0.1:1"}}
-			}
+			store := func(node string) *leaseStore { return testLeaseStore(t, spec, node, 2*time.Second) }
 			a, b, c := store("a"), store("b"), store("c")
 			seal := newSealer("index-secret-0123456789")
 			ctx := t.Context()

@@ -22,17 +22,11 @@ import (
 // stateNode is one node's side of the state scripts, on the Redis spec.
 func stateNode(t *testing.T, spec, node string) *cluster {
 	t.Helper()
-	rdb, err := clusterRedis(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rdb.Close() })
+	ls := testLeaseStore(t, spec, node, 5*time.Second)
 	logger := slog.New(slog.DiscardHandler)
 	m := newMetrics(func() map[xmppconn.State]int { return nil }, func() int64 { return 0 })
 	cfg := &Config{EventBuffer: 1000, EventBufferMB: 4}
-	cl := &cluster{rdb: rdb, logger: logger, metrics: m, held: map[string]heldLease{}, logCap: 5, logBytes: 1 << 20,
-		ls: &leaseStore{rdb: rdb, ttl: 5 * time.Second, metaTTL: time.Minute,
-			self: lease{node: node, incarnation: "i-" + node, peer: "127.0.0.1:1"}}}
+	cl := &cluster{rdb: ls.rdb, logger: logger, metrics: m, held: map[string]heldLease{}, logCap: 5, logBytes: 1 << 20, ls: ls}
 	cl.reg = newRegistry(cfg, nil, nil, nil, logger, m)
 	t.Cleanup(cl.wg.Wait)
 	return cl
@@ -49,6 +43,21 @@ func stateSession(t *testing.T, cl *cluster, sk, user string) (*session, *xmppco
 	return s, st
 }
 
+// testLeaseStore is node's lease store on the Redis spec, leases lasting
+// ttl; its client closes with the test.
+func testLeaseStore(t *testing.T, spec, node string, ttl time.Duration) *leaseStore {
+	t.Helper()
+	rdb, err := clusterRedis(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	return &leaseStore{rdb: rdb, ttl: ttl, metaTTL: time.Minute,
+		self: lease{node: node, incarnation: "i-" + node, peer: "127.0.0.1:1"}}
+}
+
+// redisSpecs are the two Redis deployments every cluster script test runs
+// on: a single Redis and a 3-master Redis Cluster.
 func redisSpecs() []struct {
 	name string
 	spec func(t *testing.T) string
