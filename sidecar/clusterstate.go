@@ -210,8 +210,9 @@ end
 return {1, redis.call('HGETALL', KEYS[2]), redis.call('LRANGE', KEYS[3], 0, -1), redis.call('LRANGE', KEYS[4], 0, -1), redis.call('HGETALL', KEYS[5])}
 `)
 
-// stateWriteTimeout bounds one write: the stream's write lock is held
-// meanwhile (xmppconn.ResumeStore).
+// stateWriteTimeout bounds one batch of writes (stateWriter): a write
+// waits at most for the batch in flight and its own, with the stream's
+// write lock held meanwhile (xmppconn.ResumeStore).
 const stateWriteTimeout = time.Second
 
 // maxUnsynced is how many events of a session are kept back for Redis
