@@ -277,7 +277,8 @@ func (ls *leaseStore) renew(ctx context.Context, held map[string]lease) (lost []
 	ttl := ls.ttl.Milliseconds()
 	// By digest (EVALSHA); those Redis answers NOSCRIPT (a restart
 	// emptied its script cache) go again with the source.
-	_, err = ls.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	// Each command's error is its own: they are read below.
+	ls.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for sk, l := range held {
 			keys = append(keys, sk)
 			cmds = append(cmds, renewScript.EvalSha(ctx, p, []string{keysOf(sk).lease}, l.String(), ttl))
@@ -287,7 +288,6 @@ func (ls *leaseStore) renew(ctx context.Context, held map[string]lease) (lost []
 	cmds = evalMissing(ctx, ls.rdb, cmds, func(p redis.Pipeliner, i int) *redis.Cmd {
 		return renewScript.Eval(ctx, p, []string{keysOf(keys[i]).lease}, held[keys[i]].String(), ttl)
 	})
-	err = nil
 	for _, c := range cmds {
 		if cerr := c.Err(); cerr != nil && err == nil {
 			err = cerr
