@@ -740,16 +740,28 @@ const redisRetry = 2 * time.Second
 func (cl *cluster) redisUsable() bool { return time.Now().UnixNano() >= cl.redisDown.Load() }
 
 // redisFailed notes that Redis did not answer a write (not a refusal, not
-// a script's error): writes wait until a renewal reaches it, or
-// redisRetry.
+// a script's error), or answered that it cannot serve yet (a Redis Cluster
+// restarting: CLUSTERDOWN; an AOF loading: LOADING): writes wait until a
+// renewal reaches it, or redisRetry, instead of each one waiting out the
+// client's retries with the stream's write lock held.
 func (cl *cluster) redisFailed(err error) {
 	var re redis.Error
-	if errors.As(err, &re) || errors.Is(err, errRedisDown) {
+	if errors.As(err, &re) && !redisUnready(err) || errors.Is(err, errRedisDown) {
 		return
 	}
 	if cl.redisDown.Swap(time.Now().Add(redisRetry).UnixNano()) == 0 {
 		cl.logger.Warn("cluster: Redis does not answer the sessions' state writes; users keep chatting, their state is written when it answers", "err", err)
 	}
+}
+
+// redisUnready reports whether err is Redis saying it cannot serve yet.
+func redisUnready(err error) bool {
+	for _, p := range []string{"CLUSTERDOWN", "LOADING", "MASTERDOWN", "TRYAGAIN"} {
+		if redis.HasErrorPrefix(err, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // redisBack is called when a renewal reached Redis: the writes an outage
