@@ -566,10 +566,12 @@ func (cl *cluster) toOwner(w http.ResponseWriter, r *http.Request, sk string, bo
 				// session (anymore): it is free to take.
 				expected = &res.lease
 			}
+			// The first time at once: an owner that handed the session
+			// over (a shutdown) gave its lease back before answering.
 			select {
 			case <-ctx.Done():
 				return false, res, ctx.Err()
-			case <-time.After(time.Duration(attempt+1) * 50 * time.Millisecond):
+			case <-time.After(time.Duration(attempt) * 50 * time.Millisecond):
 			}
 		case out.err != nil:
 			cl.metrics.clusterForwards.WithLabelValues("error").Inc()
