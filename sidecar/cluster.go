@@ -65,8 +65,10 @@ type cluster struct {
 	// The sessions' state in Redis (clusterstate.go): redisDown is until
 	// when writes are not tried (unix nanos, 0: Redis answers);
 	// flushList, the sessions with writes kept back meanwhile; logCap
-	// and logBytes cap each event log in Redis.
+	// and logBytes cap each event log in Redis; writes, the group commit
+	// of the state scripts.
 	redisDown atomic.Int64
+	writes    stateWriter
 	flushMu   sync.Mutex
 	flushList []*clusterSession
 	logCap    int

@@ -274,15 +274,25 @@ func (ls *leaseStore) renew(ctx context.Context, held map[string]lease) (lost []
 	}
 	keys := make([]string, 0, len(held))
 	cmds := make([]*redis.Cmd, 0, len(held))
-	_, err = ls.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	ttl := ls.ttl.Milliseconds()
+	// By digest (EVALSHA); those Redis answers NOSCRIPT (a restart
+	// emptied its script cache) go again with the source.
+	// Each command's error is its own: they are read below.
+	ls.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for sk, l := range held {
 			keys = append(keys, sk)
-			// EVAL, not EVALSHA: a pipeline cannot retry a NOSCRIPT after
-			// a Redis restart emptied the script cache.
-			cmds = append(cmds, p.Eval(ctx, renewScriptSrc, []string{keysOf(sk).lease}, l.String(), ls.ttl.Milliseconds()))
+			cmds = append(cmds, renewScript.EvalSha(ctx, p, []string{keysOf(sk).lease}, l.String(), ttl))
 		}
 		return nil
 	})
+	cmds = evalMissing(ctx, ls.rdb, cmds, func(p redis.Pipeliner, i int) *redis.Cmd {
+		return renewScript.Eval(ctx, p, []string{keysOf(keys[i]).lease}, held[keys[i]].String(), ttl)
+	})
+	for _, c := range cmds {
+		if cerr := c.Err(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}
 	for i, c := range cmds {
 		n, cerr := c.Int()
 		if cerr == nil && n == 0 {

@@ -40,21 +40,29 @@ import (
 // lease TTL ms,
 // then the operations, each its letter and its arguments:
 //
+//	A old new                        the server acknowledged up to new
 //	R epoch user                     a new log: no event kept, next unchanged
 //	S json h acked count stanza...   the whole stream state
 //	U stanza                         one more unacknowledged stanza
-//	A old new                        the server acknowledged up to new
 //	E first gap acked max maxbytes count record...   events from offset first
 //	H h                              inbound stanzas handled
 //	P jid json / X jid / Z           a contact's presence set / gone / all gone
 //	B                                a browser stream attached
 //	K seq stanza keep maxbytes       a stanza kept for browsers (bridgedurable.go)
 //	k seq                            browsers took the stanzas up to seq
+//	T                                the keys' TTLs set again
 //
 // An 'E' whose first is below the stored next skips what is stored already
 // (a write retried); above it (events kept back by an outage were let go),
 // the list starts again at first with a gap there. Then the events a poll
 // acknowledged and those beyond max events or maxbytes leave the list.
+//
+// The script is lean because it runs for nearly every stanza: the meta
+// fields 'E' and 'H' change are set by one HSET at the end, 'E' reads them
+// with one HMGET and counts the list by RPUSH's answer. The keys' TTLs are
+// set again only when the caller asks ('T', at most once a minute per
+// session: clusterSession.ttlAt), and on a list or hash this call created
+// (an emptied list is deleted by Redis; the next push makes it anew).
 const stateScriptSrc = `
 local cur = redis.call('GET', KEYS[1])
 if cur ~= ARGV[1] then
@@ -63,26 +71,22 @@ if cur ~= ARGV[1] then
   end
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 end
+local hs = {}
+local exp = {}
+local function push(key, from, to)
+  local len = 0
+  for j = from, to, 500 do
+    len = redis.call('RPUSH', key, unpack(ARGV, j, math.min(j + 499, to)))
+  end
+  if len == to - from + 1 then
+    exp[key] = true
+  end
+  return len
+end
 local i, n = 4, #ARGV
 while i <= n do
   local op = ARGV[i]
-  if op == 'R' then
-    redis.call('DEL', KEYS[4])
-    redis.call('HSET', KEYS[2], 'ep', ARGV[i+1], 'user', ARGV[i+2], 'eb', 0)
-    redis.call('HDEL', KEYS[2], 'next', 'gap')
-    i = i + 3
-  elseif op == 'S' then
-    local c = tonumber(ARGV[i+4])
-    redis.call('HSET', KEYS[2], 'st', ARGV[i+1], 'h', ARGV[i+2], 'acked', ARGV[i+3])
-    redis.call('DEL', KEYS[3])
-    for j = i+5, i+4+c do
-      redis.call('RPUSH', KEYS[3], ARGV[j])
-    end
-    i = i + 5 + c
-  elseif op == 'U' then
-    redis.call('RPUSH', KEYS[3], ARGV[i+1])
-    i = i + 2
-  elseif op == 'A' then
+  if op == 'A' then
     if redis.call('HGET', KEYS[2], 'acked') ~= ARGV[i+1] then
       return -1
     end
@@ -90,49 +94,80 @@ while i <= n do
     if d > 0 then
       redis.call('LTRIM', KEYS[3], d, -1)
     end
-    redis.call('HSET', KEYS[2], 'acked', ARGV[i+2])
+    hs['acked'] = ARGV[i+2]
     i = i + 3
+  elseif op == 'R' then
+    redis.call('DEL', KEYS[4])
+    redis.call('HSET', KEYS[2], 'ep', ARGV[i+1], 'user', ARGV[i+2], 'eb', 0)
+    redis.call('HDEL', KEYS[2], 'next', 'gap')
+    i = i + 3
+  elseif op == 'S' then
+    local c = tonumber(ARGV[i+4])
+    redis.call('HSET', KEYS[2], 'st', ARGV[i+1], 'h', ARGV[i+2], 'acked', ARGV[i+3])
+    hs['acked'] = nil
+    redis.call('DEL', KEYS[3])
+    if c > 0 then
+      push(KEYS[3], i+5, i+4+c)
+    end
+    i = i + 5 + c
+  elseif op == 'U' then
+    push(KEYS[3], i+1, i+1)
+    i = i + 2
   elseif op == 'E' then
     local first = tonumber(ARGV[i+1])
     local c = tonumber(ARGV[i+6])
-    local nxt = tonumber(redis.call('HGET', KEYS[2], 'next') or ARGV[i+1])
-    local bytes = tonumber(redis.call('HGET', KEYS[2], 'eb') or '0')
+    local m = redis.call('HMGET', KEYS[2], 'next', 'eb', 'gap')
+    local nxt = tonumber(m[1] or ARGV[i+1])
+    local bytes = tonumber(m[2] or '0')
+    local gap = tonumber(m[3] or '0')
     local skip = 0
     if first > nxt then
       redis.call('DEL', KEYS[4])
-      redis.call('HSET', KEYS[2], 'gap', ARGV[i+1])
-      bytes, nxt = 0, first
+      hs['gap'] = ARGV[i+1]
+      bytes, nxt, gap = 0, first, first
     elseif first < nxt then
       skip = nxt - first
     end
-    for j = i+7+skip, i+6+c do
-      redis.call('RPUSH', KEYS[4], ARGV[j])
-      bytes = bytes + #ARGV[j]
-    end
+    local len
     if c > skip then
+      len = push(KEYS[4], i+7+skip, i+6+c)
+      for j = i+7+skip, i+6+c do
+        bytes = bytes + #ARGV[j]
+      end
       nxt = first + c
+    else
+      len = redis.call('LLEN', KEYS[4])
     end
-    local len = redis.call('LLEN', KEYS[4])
     local cut = tonumber(ARGV[i+3]) - (nxt - len) + 1
     if len - cut > tonumber(ARGV[i+4]) then
       cut = len - tonumber(ARGV[i+4])
     end
-    local maxb = tonumber(ARGV[i+5])
-    while len > 0 and (cut > 0 or (bytes > maxb and len > 1)) do
-      local x = redis.call('LPOP', KEYS[4])
-      bytes, len, cut = bytes - #x, len - 1, cut - 1
+    if cut > 0 then
+      local xs = redis.call('LPOP', KEYS[4], math.min(cut, len))
+      if xs then
+        for _, x in ipairs(xs) do
+          bytes, len = bytes - #x, len - 1
+        end
+      end
     end
-    redis.call('HSET', KEYS[2], 'next', string.format('%d', nxt), 'eb', string.format('%d', bytes))
+    local maxb = tonumber(ARGV[i+5])
+    while len > 1 and bytes > maxb do
+      local x = redis.call('LPOP', KEYS[4])
+      bytes, len = bytes - #x, len - 1
+    end
+    hs['next'] = string.format('%d', nxt)
+    hs['eb'] = string.format('%d', bytes)
     local g = tonumber(ARGV[i+2])
-    if g > tonumber(redis.call('HGET', KEYS[2], 'gap') or '0') then
-      redis.call('HSET', KEYS[2], 'gap', ARGV[i+2])
+    if g > gap then
+      hs['gap'] = ARGV[i+2]
     end
     i = i + 7 + c
   elseif op == 'H' then
-    redis.call('HSET', KEYS[2], 'h', ARGV[i+1])
+    hs['h'] = ARGV[i+1]
     i = i + 2
   elseif op == 'P' then
     redis.call('HSET', KEYS[5], ARGV[i+1], ARGV[i+2])
+    exp[KEYS[5]] = true
     i = i + 3
   elseif op == 'X' then
     redis.call('HDEL', KEYS[5], ARGV[i+1])
@@ -141,7 +176,10 @@ while i <= n do
     redis.call('DEL', KEYS[5])
     i = i + 1
   elseif op == 'B' then
-    redis.call('HSET', KEYS[2], 'br', 1)
+    hs['br'] = '1'
+    i = i + 1
+  elseif op == 'T' then
+    exp[KEYS[2]], exp[KEYS[3]], exp[KEYS[4]], exp[KEYS[5]] = true, true, true, true
     i = i + 1
   elseif op == 'K' or op == 'k' then
     local sq = tonumber(ARGV[i+1])
@@ -171,10 +209,17 @@ while i <= n do
     return redis.error_reply('imsidecar: unknown state operation')
   end
 end
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-redis.call('PEXPIRE', KEYS[3], ARGV[2])
-redis.call('PEXPIRE', KEYS[4], ARGV[2])
-redis.call('PEXPIRE', KEYS[5], ARGV[2])
+local kv = {}
+for k, v in pairs(hs) do
+  kv[#kv+1] = k
+  kv[#kv+1] = v
+end
+if #kv > 0 then
+  redis.call('HSET', KEYS[2], unpack(kv))
+end
+for k in pairs(exp) do
+  redis.call('PEXPIRE', k, ARGV[2])
+end
 return 1
 `
 
@@ -195,8 +240,9 @@ return {1, redis.call('HGETALL', KEYS[2]), redis.call('LRANGE', KEYS[3], 0, -1),
 // session's log is stopped.
 var errLogStopped = errors.New("sidecar: the session's log is stopped")
 
-// stateWriteTimeout bounds one write: the stream's write lock is held
-// meanwhile (xmppconn.ResumeStore).
+// stateWriteTimeout bounds one batch of writes (stateWriter): a write
+// waits at most for the batch in flight and its own, with the stream's
+// write lock held meanwhile (xmppconn.ResumeStore).
 const stateWriteTimeout = time.Second
 
 // maxUnsynced is how many events of a session are kept back for Redis
@@ -250,7 +296,21 @@ type clusterSession struct {
 	newLog   bool        // Redis holds another log: the next write starts ours ('R')
 	held     clusterHeld // the browser backlog's writes (bridgedurable.go)
 	flushing bool        // on the cluster's list of sessions to write again
+	// ackedStored is the server's acknowledgement Redis holds; ackDue,
+	// that the mirror's is newer: an acknowledgement is not a write of its
+	// own but rides on the session's next one ('A'), or on the flush after
+	// the next lease renewal (docs/CLUSTER.md, "The write path").
+	ackedStored uint32
+	ackDue      bool
+	ackAt       time.Time // when ackDue was set
+	// ttlAt is when the keys' TTLs were last set ('T'): at most once
+	// every ttlRefresh.
+	ttlAt time.Time
 }
+
+// ttlRefresh is how often a session's writes set its keys' TTLs again
+// (the meta TTL, --inactivity plus 10 minutes, is far longer).
+const ttlRefresh = time.Minute
 
 // append is the session's event append in cluster mode (appendJSONOnce):
 // it reports false for a duplicate of an event still in the log.
@@ -376,39 +436,50 @@ func (cs *clusterSession) Sent(raw []byte) error {
 	return nil
 }
 
-// Acked is xmppconn.ResumeStore.Acked.
+// Acked is xmppconn.ResumeStore.Acked. It writes nothing: the
+// acknowledgement goes with the session's next write, or the flush after
+// the next lease renewal. Meanwhile Redis holds stanzas the server has,
+// which is safe: a resumption drops them by position (the server's
+// <resumed h>), and a state written whole ('S') or refused ('-1') is
+// never behind the mirror.
 func (cs *clusterSession) Acked(h uint32) error {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	if !cs.saved {
 		return nil
 	}
-	old := cs.mirror.Acked
 	if err := cs.mirror.Ack(h); err != nil {
 		return err
 	}
-	var tail []any
-	if !cs.dirty {
-		tail = []any{"A", strconv.FormatUint(uint64(old), 10), strconv.FormatUint(uint64(h), 10)}
-	}
-	if err := cs.writeLocked(nil, tail, false); errors.Is(err, ErrNotOwner) {
-		return err
+	if cs.mirror.Acked != cs.ackedStored && !cs.ackDue {
+		cs.ackDue, cs.ackAt = true, time.Now()
+		cs.cl.toFlush(cs)
 	}
 	return nil
 }
 
-// flush writes what an outage kept back; the cluster calls it when Redis
-// answers again.
-func (cs *clusterSession) flush() {
+// flush writes what an outage kept back, and an acknowledgement no write
+// carried yet; the hand-over calls it at SIGTERM.
+func (cs *clusterSession) flush() { cs.flushDue(0) }
+
+// flushDue is flush from the pass after a lease renewal: an
+// acknowledgement alone, younger than wait, stays for a later write of
+// the session or a later pass (it is safe in the mirror; most ride on the
+// session's next write instead of costing a script of their own).
+func (cs *clusterSession) flushDue(wait time.Duration) {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	cs.flushing = false
-	if cs.dirty || len(cs.unsynced) > 0 || cs.hasWant || len(cs.presOps) > 0 {
+	kept := cs.dirty || len(cs.unsynced) > 0 || cs.hasWant || len(cs.presOps) > 0
+	switch {
+	case kept || cs.ackDue && time.Since(cs.ackAt) >= wait:
 		cs.writeLocked(nil, nil, false)
+	case cs.ackDue:
+		cs.cl.toFlush(cs)
 	}
 }
 
-// writeLocked writes, in one script: tail, a new log's start, the whole
+// writeLocked writes, in one script: an acknowledgement due, tail, a new log's start, the whole
 // state if Redis may not hold it, the events kept back, evs (new events
 // no stanza caused) or, for a stanza's count (handled), its pending
 // events, the count Redis has yet to take, and the presences. Then the
@@ -463,6 +534,9 @@ func (cs *clusterSession) writeLocked(evs []event, tail []any, handled bool) err
 		return err
 	}
 	cs.dirty, cs.newLog, cs.unsynced, cs.presOps = false, false, nil, nil
+	if cs.saved {
+		cs.ackedStored, cs.ackDue = cs.mirror.Acked, false
+	}
 	if cs.hasWant {
 		cs.mirror.H, cs.hasWant = cs.wantH, false
 	}
@@ -473,7 +547,11 @@ func (cs *clusterSession) writeLocked(evs []event, tail []any, handled bool) err
 // run is one script.
 func (cs *clusterSession) run(l lease, fresh []event, tail []any) (int, error) {
 	args := []any{l.String(), cs.cl.ls.metaTTL.Milliseconds(), cs.cl.ls.ttl.Milliseconds()}
-	// The tail first: an 'A' refused (-1) must find nothing written yet.
+	// The acknowledgement first: an 'A' refused (-1) must find nothing
+	// written yet.
+	if cs.ackDue && !cs.dirty && cs.saved {
+		args = append(args, "A", strconv.FormatUint(uint64(cs.ackedStored), 10), strconv.FormatUint(uint64(cs.mirror.Acked), 10))
+	}
 	args = append(args, tail...)
 	if cs.newLog {
 		args = append(args, "R", strconv.FormatUint(cs.logEpoch(), 10), cs.user)
@@ -510,11 +588,17 @@ func (cs *clusterSession) run(l lease, fresh []event, tail []any) (int, error) {
 		args = append(args, "H", strconv.FormatUint(uint64(cs.wantH), 10))
 	}
 	args = append(args, cs.presOps...)
-	ctx, cancel := context.WithTimeout(context.Background(), stateWriteTimeout)
-	defer cancel()
-	n, err := stateScript.Run(ctx, cs.cl.rdb, cs.keys, args...).Int()
+	now := time.Now()
+	ttl := now.Sub(cs.ttlAt) >= ttlRefresh
+	if ttl {
+		args = append(args, "T")
+	}
+	n, err := cs.cl.writes.run(cs.cl.rdb, cs.keys, args)
 	if err != nil {
 		return 0, fmt.Errorf("%w: state write: %w", ErrClusterRedis, err)
+	}
+	if ttl && n == 1 {
+		cs.ttlAt = now
 	}
 	return n, nil
 }
@@ -706,11 +790,13 @@ const redisRetry = 2 * time.Second
 func (cl *cluster) redisUsable() bool { return time.Now().UnixNano() >= cl.redisDown.Load() }
 
 // redisFailed notes that Redis did not answer a write (not a refusal, not
-// a script's error): writes wait until a renewal reaches it, or
-// redisRetry.
+// a script's error), or answered that it cannot serve yet (a Redis Cluster
+// restarting: CLUSTERDOWN; an AOF loading: LOADING): writes wait until a
+// renewal reaches it, or redisRetry, instead of each one waiting out the
+// client's retries with the stream's write lock held.
 func (cl *cluster) redisFailed(err error) {
 	var re redis.Error
-	if errors.As(err, &re) || errors.Is(err, errRedisDown) {
+	if errors.As(err, &re) && !redisUnready(err) || errors.Is(err, errRedisDown) {
 		return
 	}
 	if cl.redisDown.Swap(time.Now().Add(redisRetry).UnixNano()) == 0 {
@@ -718,8 +804,20 @@ func (cl *cluster) redisFailed(err error) {
 	}
 }
 
+// redisUnready reports whether err is Redis saying it cannot serve yet.
+func redisUnready(err error) bool {
+	for _, p := range []string{"CLUSTERDOWN", "LOADING", "MASTERDOWN", "TRYAGAIN"} {
+		if redis.HasErrorPrefix(err, p) {
+			return true
+		}
+	}
+	return false
+}
+
 // redisBack is called when a renewal reached Redis: the writes an outage
-// kept back are written now.
+// kept back, and the acknowledgements no later write carried for a
+// renewal interval (ackWait), are written now, by a few writers at once so
+// that the group commit batches them.
 func (cl *cluster) redisBack() {
 	if cl.redisDown.Swap(0) != 0 {
 		cl.logger.Info("cluster: Redis answers again; writing the state kept back")
@@ -728,10 +826,25 @@ func (cl *cluster) redisBack() {
 	list := cl.flushList
 	cl.flushList = nil
 	cl.flushMu.Unlock()
-	for _, cs := range list {
-		cs.flush()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(len(list), flushWriters) {
+		wg.Go(func() {
+			for i := next.Add(1) - 1; i < int64(len(list)); i = next.Add(1) - 1 {
+				list[i].flushDue(ackWait(cl.ls.ttl))
+			}
+		})
 	}
+	wg.Wait()
 }
+
+// ackWait is how long an acknowledgement waits for a write of its
+// session to carry it: one renewal interval, so it is written by the
+// second pass after it came at the latest (within 2/3 of the lease TTL).
+func ackWait(leaseTTL time.Duration) time.Duration { return leaseTTL / 3 }
+
+// flushWriters is how many sessions redisBack writes at once.
+const flushWriters = 32
 
 // toFlush puts cs on the list of sessions to write when Redis answers
 // again; the caller holds cs.mu.
@@ -818,4 +931,120 @@ func (r *registry) resumeStream(ctx context.Context, cfg xmppconn.Config, st xmp
 	}
 	r.metrics.clusterResumes.WithLabelValues(result).Inc()
 	return conn, nil
+}
+
+// stateWriter is a node's group commit of the state scripts: the writes
+// of all its sessions that wait while one batch is in Redis go together
+// as the next batch, one pipeline (EVALSHA each; go-redis's cluster
+// client splits it by node and sends the parts at once). The first writer
+// to find none in flight sends its own at once: no timer, no wait at low
+// load. Every caller still waits for its own script's answer, so a write
+// is in Redis before its caller goes on (the guarantees of
+// xmppconn.ResumeStore); what falls is the round trips and system calls
+// per write, on the node and in Redis. The zero value is ready.
+type stateWriter struct {
+	mu      sync.Mutex
+	queue   []*stateCall
+	running bool // a batch is in flight: new calls queue
+}
+
+// stateCall is one script of a batch.
+type stateCall struct {
+	keys []string
+	args []any
+	n    int
+	err  error
+	lead bool          // woken to send the next batch, not answered
+	wake chan struct{} // answered, or lead set
+}
+
+// stateBatchMax bounds a batch: beyond it the rest wait for the next.
+const stateBatchMax = 256
+
+// run sends a state script (stateScriptSrc) with the others waiting and
+// returns its answer.
+func (w *stateWriter) run(rdb redis.UniversalClient, keys []string, args []any) (int, error) {
+	c := &stateCall{keys: keys, args: args, wake: make(chan struct{}, 1)}
+	w.mu.Lock()
+	w.queue = append(w.queue, c)
+	if w.running {
+		w.mu.Unlock()
+		<-c.wake
+		if !c.lead {
+			return c.n, c.err
+		}
+		w.mu.Lock()
+	}
+	// This caller sends the batch its call is in, then hands the calls
+	// that queued meanwhile to the first of them.
+	w.running = true
+	batch := w.queue[:min(len(w.queue), stateBatchMax)]
+	w.queue = w.queue[len(batch):]
+	w.mu.Unlock()
+	execState(rdb, batch)
+	for _, o := range batch {
+		if o != c {
+			o.wake <- struct{}{}
+		}
+	}
+	w.mu.Lock()
+	if len(w.queue) == 0 {
+		w.running = false
+	} else {
+		next := w.queue[0]
+		next.lead = true
+		next.wake <- struct{}{}
+	}
+	w.mu.Unlock()
+	return c.n, c.err
+}
+
+// execState sends a batch of state scripts, bounded by stateWriteTimeout,
+// and sets each call's answer. Scripts run by their digest; those Redis
+// no longer knows (its script cache empties on a restart) go again with
+// their source, which caches them.
+func execState(rdb redis.UniversalClient, batch []*stateCall) {
+	ctx, cancel := context.WithTimeout(context.Background(), stateWriteTimeout)
+	defer cancel()
+	if len(batch) == 1 {
+		c := batch[0]
+		c.n, c.err = stateScript.Run(ctx, rdb, c.keys, c.args...).Int()
+		return
+	}
+	cmds := make([]*redis.Cmd, len(batch))
+	rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, c := range batch {
+			cmds[i] = stateScript.EvalSha(ctx, p, c.keys, c.args...)
+		}
+		return nil
+	})
+	cmds = evalMissing(ctx, rdb, cmds, func(p redis.Pipeliner, i int) *redis.Cmd {
+		return stateScript.Eval(ctx, p, batch[i].keys, batch[i].args...)
+	})
+	for i, c := range batch {
+		c.n, c.err = cmds[i].Int()
+	}
+}
+
+// evalMissing sends again, in one pipeline, the commands of a pipelined
+// EVALSHA that Redis answered NOSCRIPT, as EVAL built by again; it returns
+// cmds with their answers in place. A pipeline cannot retry a NOSCRIPT on
+// its own, as a lone Script.Run does.
+func evalMissing(ctx context.Context, rdb redis.UniversalClient, cmds []*redis.Cmd, again func(p redis.Pipeliner, i int) *redis.Cmd) []*redis.Cmd {
+	var missing []int
+	for i, c := range cmds {
+		if err := c.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+			missing = append(missing, i)
+		}
+	}
+	if len(missing) == 0 {
+		return cmds
+	}
+	rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, i := range missing {
+			cmds[i] = again(p, i)
+		}
+		return nil
+	})
+	return cmds
 }

@@ -2,13 +2,18 @@ package sidecar
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"expressolivre.org/imsidecar/phpsession/phpsessiontest"
 	"expressolivre.org/imsidecar/xmppconn"
@@ -133,6 +138,12 @@ func TestClusterState(t *testing.T) {
 				if err := cs.Acked(2); err != nil {
 					t.Fatal(err)
 				}
+				// The acknowledgement waits for the next write, or the
+				// flush after the next renewal.
+				if in, err := a.load(ctx, sk); err != nil || in.meta["acked"] != "0" || len(in.unacked) != 3 {
+					t.Fatalf("an acknowledgement was written on its own: acked %q, %d stanzas, %v", in.meta["acked"], len(in.unacked), err)
+				}
+				cs.flush() // as the hand-over at SIGTERM
 				if ok, err := a.ls.mark(ctx, sk, ra.lease, true); err != nil || !ok {
 					t.Fatalf("mark: %v %v", ok, err)
 				}
@@ -285,6 +296,193 @@ func TestClusterStateLogCap(t *testing.T) {
 	s.appendState(xmppconn.StateOnline, "after") // a, no longer the owner
 	if s2.log.n != 5 {
 		t.Fatal("the old owner wrote")
+	}
+}
+
+// TestClusterStateWritePath: an acknowledgement rides on the session's
+// next write; one Redis no longer agrees with (-1) makes the write whole;
+// the keys' TTLs are set on the first write and on a list a write creates
+// again, not on every write; a log over its byte cap loses its oldest
+// events; concurrent writes of many sessions are batched and each gets its
+// own answer, on a Redis whose script cache was emptied too.
+func TestClusterStateWritePath(t *testing.T) {
+	for _, tc := range redisSpecs() {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := tc.spec(t)
+			a := stateNode(t, spec, "a")
+			ctx := t.Context()
+			sk := sessionKey("state-path-ffffffffffffffffff")
+			if ra, err := a.take(ctx, sk, nil); err != nil || !ra.won {
+				t.Fatal(ra, err)
+			}
+			s, _ := stateSession(t, a, sk, "alice")
+			cs := s.durable
+			if err := cs.Save(xmppconn.ResumeState{V: 1, JID: "alice@example.org/web", ID: "sm"}); err != nil {
+				t.Fatal(err)
+			}
+			k := keysOf(sk)
+			stored := func() (string, string, int) {
+				t.Helper()
+				in, err := a.load(ctx, sk)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return in.meta["acked"], in.meta["h"], len(in.unacked)
+			}
+			for i := range 3 {
+				if err := cs.Sent(chatStanza(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if pttl := a.rdb.PTTL(ctx, k.unacked).Val(); pttl <= 0 {
+				t.Fatalf("the unacked list has no TTL: %v", pttl)
+			}
+			if err := cs.Acked(3); err != nil {
+				t.Fatal(err)
+			}
+			if acked, _, n := stored(); acked != "0" || n != 3 {
+				t.Fatalf("after Acked: acked %s, %d stanzas", acked, n)
+			}
+			// The list emptied is gone; the next send makes it anew, with
+			// a TTL, though the session's TTLs were set a moment ago.
+			s.appendJSON("message", messageJSON{From: "bob@example.org/desk", ID: "1", Body: "one"})
+			if err := cs.Handled(1); err != nil {
+				t.Fatal(err)
+			}
+			if acked, h, n := stored(); acked != "3" || h != "1" || n != 0 {
+				t.Fatalf("the count did not carry the acknowledgement: acked %s, h %s, %d stanzas", acked, h, n)
+			}
+			if err := cs.Sent(chatStanza(3)); err != nil {
+				t.Fatal(err)
+			}
+			if pttl := a.rdb.PTTL(ctx, k.unacked).Val(); pttl <= 0 {
+				t.Fatalf("the unacked list made anew has no TTL: %v", pttl)
+			}
+			a.rdb.Persist(ctx, k.meta)
+			if err := cs.Sent(chatStanza(4)); err != nil {
+				t.Fatal(err)
+			}
+			if pttl := a.rdb.PTTL(ctx, k.meta).Val(); pttl >= 0 {
+				t.Fatalf("a write within the minute set the TTLs again: %v", pttl)
+			}
+			cs.mu.Lock()
+			cs.ttlAt = time.Time{}
+			cs.mu.Unlock()
+			if err := cs.Sent(chatStanza(5)); err != nil {
+				t.Fatal(err)
+			}
+			if pttl := a.rdb.PTTL(ctx, k.meta).Val(); pttl <= 0 {
+				t.Fatalf("the minute's write set no TTL: %v", pttl)
+			}
+			// Redis's acknowledgement is not the one the store wrote: the
+			// next write is the whole state.
+			a.rdb.HSet(ctx, k.meta, "acked", "99")
+			if err := cs.Acked(4); err != nil {
+				t.Fatal(err)
+			}
+			if err := cs.Sent(chatStanza(6)); err != nil {
+				t.Fatal(err)
+			}
+			if acked, _, n := stored(); acked != "4" || n != 3 {
+				t.Fatalf("after a refused acknowledgement: acked %s, %d stanzas, want 4 and 3", acked, n)
+			}
+			// An acknowledgement no write carries: the pass after a
+			// renewal writes it once it is a renewal interval old.
+			if err := cs.Acked(5); err != nil {
+				t.Fatal(err)
+			}
+			a.redisBack()
+			if acked, _, _ := stored(); acked != "4" {
+				t.Fatalf("a young acknowledgement was flushed: acked %s", acked)
+			}
+			cs.mu.Lock()
+			cs.ackAt = cs.ackAt.Add(-ackWait(a.ls.ttl))
+			cs.mu.Unlock()
+			a.redisBack()
+			if acked, _, n := stored(); acked != "5" || n != 2 {
+				t.Fatalf("the pass after a renewal: acked %s, %d stanzas, want 5 and 2", acked, n)
+			}
+			// The byte cap: the oldest events leave the list in Redis.
+			cs.mu.Lock()
+			cs.maxBytes = 300
+			cs.mu.Unlock()
+			for i := range 10 {
+				s.appendState(xmppconn.StateOnline, strings.Repeat("x", 50)+strconv.Itoa(i))
+			}
+			in, err := a.load(ctx, sk)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sum := 0
+			for _, r := range in.records {
+				sum += len(r)
+			}
+			if sum > 300 || len(in.records) == 0 || in.meta["eb"] != strconv.Itoa(sum) {
+				t.Fatalf("log over its byte cap: %d records, %d bytes, eb %s", len(in.records), sum, in.meta["eb"])
+			}
+			// Many sessions at once, after Redis forgot its scripts.
+			flush := a.rdb.ScriptFlush(ctx).Err
+			if cc, ok := a.rdb.(*redis.ClusterClient); ok {
+				flush = func() error {
+					return cc.ForEachShard(ctx, func(ctx context.Context, c *redis.Client) error { return c.ScriptFlush(ctx).Err() })
+				}
+			}
+			if err := flush(); err != nil {
+				t.Fatal(err)
+			}
+			var wg sync.WaitGroup
+			errs := make(chan error, 40)
+			for i := range 40 {
+				id := fmt.Sprintf("state-many-%02d-gggggggggggggg", i)
+				sk := sessionKey(id)
+				if r, err := a.take(ctx, sk, nil); err != nil || !r.won {
+					t.Fatal(r, err)
+				}
+				s, _ := stateSession(t, a, sk, "user"+strconv.Itoa(i))
+				wg.Go(func() {
+					if err := s.durable.Save(xmppconn.ResumeState{V: 1, JID: "user" + strconv.Itoa(i) + "@example.org/web", ID: "sm"}); err != nil {
+						errs <- err
+						return
+					}
+					for j := range 5 {
+						if err := s.durable.Sent(chatStanza(j)); err != nil {
+							errs <- err
+						}
+					}
+				})
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+			for i := range 40 {
+				sk := sessionKey(fmt.Sprintf("state-many-%02d-gggggggggggggg", i))
+				in, err := a.load(ctx, sk)
+				if err != nil || len(in.unacked) != 5 || !bytes.Equal(in.unacked[4], chatStanza(4)) {
+					t.Fatalf("session %d: %d stanzas, %v", i, len(in.unacked), err)
+				}
+			}
+			// A batch of several, every script unknown to Redis.
+			if err := flush(); err != nil {
+				t.Fatal(err)
+			}
+			var batch []*stateCall
+			for i := range 6 {
+				sk := sessionKey(fmt.Sprintf("state-many-%02d-gggggggggggggg", i))
+				l, _ := a.holds(sk)
+				if i == 5 {
+					l.token++ // not the lease: 0
+				}
+				batch = append(batch, &stateCall{keys: keysOf(sk).stateKeys(), args: []any{l.String(), 60000, 5000, "H", i}})
+			}
+			execState(a.rdb, batch)
+			for i, c := range batch {
+				if want := min(1, 5-i); c.err != nil || c.n != want {
+					t.Fatalf("batched script %d after NOSCRIPT: %d %v, want %d", i, c.n, c.err, want)
+				}
+			}
+		})
 	}
 }
 

@@ -16,12 +16,15 @@ import (
 
 // memStore is a ResumeStore kept in memory, as a shared store would keep
 // it: the state of the calls applied in order. After frozen, it takes no
-// more calls (a dead process writes nothing).
+// more calls (a dead process writes nothing). With lazyAcks it keeps no
+// acknowledgement (a store that writes them late, and died first): its
+// state keeps stanzas the server has.
 type memStore struct {
-	mu     sync.Mutex
-	st     xmppconn.ResumeState
-	frozen bool
-	calls  int
+	mu       sync.Mutex
+	st       xmppconn.ResumeState
+	frozen   bool
+	calls    int
+	lazyAcks bool
 }
 
 func (m *memStore) apply(f func()) error {
@@ -39,6 +42,9 @@ func (m *memStore) Save(st xmppconn.ResumeState) error { return m.apply(func() {
 func (m *memStore) Handled(h uint32) error             { return m.apply(func() { m.st.Handled(h) }) }
 func (m *memStore) Sent(raw []byte) error              { return m.apply(func() { m.st.Sent(raw) }) }
 func (m *memStore) Acked(h uint32) error {
+	if m.lazyAcks {
+		return nil
+	}
 	var err error
 	if e := m.apply(func() { err = m.st.Ack(h) }); e != nil {
 		return e
@@ -170,10 +176,13 @@ func waitCount(t *testing.T, recs []*recorder, prefix string, n int) {
 // one crashed (its connection cut, nothing said) or detached: every
 // inbound stanza reaches exactly one of the two Handlers once, the
 // stanzas the first had sent but the server never got reach the contact
-// once, and the contact sees no unavailable.
+// once, and the contact sees no unavailable. "crash-lazy-acks" is a crash
+// of a store that had persisted none of the server's acknowledgements:
+// the stored state holds every stanza since the session began, and the
+// resumption sends again only those the server did not get.
 func TestResumeAcrossConns(t *testing.T) {
 	for _, server := range []string{"prosody", "ejabberd"} {
-		for _, how := range []string{"crash", "detach"} {
+		for _, how := range []string{"crash", "detach", "crash-lazy-acks"} {
 			t.Run(server+"/"+how, func(t *testing.T) {
 				var b *backend
 				if server == "prosody" {
@@ -182,6 +191,7 @@ func TestResumeAcrossConns(t *testing.T) {
 					b = ejabberdBackend(t)
 				}
 				rs := newResumeSetup(t, b)
+				rs.store.lazyAcks = how == "crash-lazy-acks"
 				aliceBare, bobBare := b.jid("alice"), b.jid("bob")
 
 				// Traffic both ways, all acknowledged.
@@ -200,7 +210,7 @@ func TestResumeAcrossConns(t *testing.T) {
 
 				var st xmppconn.ResumeState
 				switch how {
-				case "crash":
+				case "crash", "crash-lazy-acks":
 					// The process dies: its store stops, its socket is
 					// cut with no </stream>.
 					rs.store.freeze()
@@ -224,6 +234,9 @@ func TestResumeAcrossConns(t *testing.T) {
 				}
 				if len(st.Unacked) < 7 {
 					t.Fatalf("stored state has %d unacknowledged stanzas, want at least the 7 held", len(st.Unacked))
+				}
+				if rs.store.lazyAcks && (st.Acked != 0 || len(st.Unacked) < 17) {
+					t.Fatalf("the lazy store holds acked=%d and %d stanzas, want 0 and all 17 sent", st.Acked, len(st.Unacked))
 				}
 				// While nobody holds the session, bob writes on.
 				sendN(t, rs.bob, aliceBare, "in", 30, 10)
