@@ -319,16 +319,16 @@ func TestBOSHRepoll(t *testing.T) {
 		return boshRaw(e.host, goodID, "", boshBodyOf(e.c.RID, e.c.SID, payload))
 	}
 	tests := []struct {
-		name     string
-		second   func(e *env) []string // the request after the answered one, in writes
-		early    bool                  // a stanza waits when it comes
-		parks    string                // it parks; this sid's tab gets the stanza that answers it
-		viaHTTP  bool                  // net/http serves it, not the parker
-		status   int
-		want     string // in the answer
-		ends     bool   // the tab's session is over after it
-		closes   bool   // the connection is closed after the answer
-		cont     bool   // net/http answers 100 Continue first
+		name    string
+		second  func(e *env) []string // the request after the answered one, in writes
+		early   bool                  // a stanza waits when it comes
+		parks   string                // it parks; this sid's tab gets the stanza that answers it
+		viaHTTP bool                  // net/http serves it, not the parker
+		status  int
+		want    string // in the answer
+		ends    bool   // the tab's session is over after it
+		closes  bool   // the connection is closed after the answer
+		cont    bool   // net/http answers 100 Continue first
 	}{
 		{name: "parks again", second: func(e *env) []string { return []string{next(e, "")} }, parks: "c", status: 200, want: "second"},
 		{name: "browser keep-alive", second: func(e *env) []string {
