@@ -23,24 +23,33 @@ import (
 // (up to 55 s) and SSE streams (10 min) are long by design: a parked poll's
 // answer and each write of an SSE stream have their own deadline instead.
 //
-// Every request's context ends when Shutdown begins, so pending long polls
-// and SSE streams answer at once (an empty page: the cursor stays valid)
-// instead of holding the shutdown for --shutdown-timeout; over HTTP/2 the
-// connection then gets GOAWAY and closes.
-func newAPIServer(cfg *Config, h http.Handler, logger *slog.Logger) *http.Server {
-	srv := newHTTPServer(h, logger)
+// Every request's context ends when Shutdown begins, or earlier when the
+// returned function is called, so pending long polls and SSE streams
+// answer at once (an empty page: the cursor stays valid) instead of
+// holding the shutdown for --shutdown-timeout; over HTTP/2 the connection
+// then gets GOAWAY and closes. The context's cause is ErrShuttingDown.
+func newAPIServer(cfg *Config, h http.Handler, logger *slog.Logger) (*http.Server, func()) {
+	srv, endRequests := newServerEnding(h, logger)
 	srv.Protocols = new(http.Protocols)
 	srv.Protocols.SetHTTP1(true)
 	srv.Protocols.SetUnencryptedHTTP2(cfg.HTTP2)
 	srv.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: cfg.HTTP2MaxStreams}
-	return srv
+	return srv, endRequests
 }
 
 // newHTTPServer is what the API and the peer listener share: the timeouts
 // and header cap above, and every request's context ended when Shutdown
 // begins.
 func newHTTPServer(h http.Handler, logger *slog.Logger) *http.Server {
-	reqCtx, endRequests := context.WithCancel(context.Background())
+	srv, _ := newServerEnding(h, logger)
+	return srv
+}
+
+// newServerEnding is newHTTPServer and the function that ends every
+// request's context before Shutdown does.
+func newServerEnding(h http.Handler, logger *slog.Logger) (*http.Server, func()) {
+	reqCtx, cancel := context.WithCancelCause(context.Background())
+	endRequests := func() { cancel(ErrShuttingDown) }
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -51,5 +60,5 @@ func newHTTPServer(h http.Handler, logger *slog.Logger) *http.Server {
 		BaseContext:       func(net.Listener) context.Context { return reqCtx },
 	}
 	srv.RegisterOnShutdown(endRequests)
-	return srv
+	return srv, endRequests
 }

@@ -471,7 +471,7 @@ func (r *registry) detach(sk string) {
 // died or shut down), a server-side call reconnects them here first.
 func (a *api) clusterRoute(w http.ResponseWriter, r *http.Request, c *caller, route string) (bool, error) {
 	cl := a.cluster
-	sk := sessionKey(c.id)
+	sk := c.key
 	ctx := r.Context()
 	if cl.mine(ctx, sk) {
 		a.reg.awaitDial(ctx, sk) // an orphan being resumed here: serve its stream
@@ -564,10 +564,12 @@ func (cl *cluster) toOwner(w http.ResponseWriter, r *http.Request, sk string, bo
 				// session (anymore): it is free to take.
 				expected = &res.lease
 			}
+			// The first time at once: an owner that handed the session
+			// over (a shutdown) gave its lease back before answering.
 			select {
 			case <-ctx.Done():
 				return false, res, ctx.Err()
-			case <-time.After(time.Duration(attempt+1) * 50 * time.Millisecond):
+			case <-time.After(time.Duration(attempt) * 50 * time.Millisecond):
 			}
 		case out.err != nil:
 			cl.metrics.clusterForwards.WithLabelValues("error").Inc()

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+
+	"expressolivre.org/imsidecar/phpsession"
 )
 
 // Browser streams in cluster mode (docs/CLUSTER.md, "Browser streams"): a
@@ -72,10 +74,11 @@ func (a *api) browserRoute(w http.ResponseWriter, r *http.Request, route string)
 		if !ok {
 			return true, ErrSessionMissing
 		}
-		if _, err := a.reader.Lookup(r.Context(), id); err != nil {
+		h := phpsession.Hash(id) // once: the session check and the key
+		if _, err := a.reader.LookupHashed(r.Context(), h); err != nil {
 			return true, err
 		}
-		sk = sessionKey(id)
+		sk = keyOf(h)
 	}
 	if a.cluster.mine(r.Context(), sk) {
 		return false, nil

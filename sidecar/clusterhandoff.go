@@ -20,8 +20,9 @@ import (
 // liveness key. The next call of each user, on any node, claims the free
 // lease and resumes the stream there; a user who makes no call is resumed
 // by the node the rendezvous hash names (clusterorphan.go). Calls other
-// nodes forward meanwhile wait for the hand-over to end, then are told
-// not_owner and route again.
+// nodes forward meanwhile wait for their session's lease to be given back
+// (or the hand-over's end, for a session it does not hand over), then are
+// told not_owner and route again.
 
 // handoffInFlight bounds the sessions let go of at once.
 const handoffInFlight = 64
@@ -30,6 +31,11 @@ const handoffInFlight = 64
 // before the streams are let go (a send in flight completes rather than
 // fails and is retried elsewhere).
 const handoffDrain = 2 * time.Second
+
+// peerDrain bounds the peer listener's drain after the hand-over, when
+// every forwarded call has had its answer: a connection a peer opened
+// and sent nothing on yet would hold net/http's Shutdown for 5 s.
+const peerDrain = time.Second
 
 // handoff is a node's hand-over state, shared by the peer listener's
 // gate and the shutdown.
@@ -42,6 +48,10 @@ type handoff struct {
 	endPolls context.CancelFunc
 	inflight sync.WaitGroup // forwarded calls being served, polls aside
 	done     chan struct{}  // closed once every lease is given back
+	// pending has a channel per session being handed over, closed once
+	// its lease is given back: a forwarded call waits for its session
+	// only, not for all of them.
+	pending map[string]chan struct{}
 }
 
 func newHandoff() *handoff {
@@ -51,19 +61,26 @@ func newHandoff() *handoff {
 }
 
 // handoffGate wraps the peer listener's routes. While the node hands its
-// sessions over, a forwarded call waits for the end and is answered 409
-// not_owner, so that the node it came through routes it again (to the
-// lease, free by then); before, forwarded polls are ended by the
-// hand-over's start and other calls are counted, so that the hand-over
-// lets the streams go only once they are answered.
+// sessions over, a forwarded call waits until its session's lease is
+// given back (until the end, for a session not handed over or a call
+// naming none) and is answered 409 not_owner, so that the node it came
+// through routes it again (to the lease, free by then); before, forwarded
+// polls are ended by the hand-over's start and other calls are counted,
+// so that the hand-over lets the streams go only once they are answered.
 func (cl *cluster) handoffGate(inner http.Handler) http.Handler {
 	h := cl.handoff
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h.mu.Lock()
 		switch {
 		case h.on:
+			var mine chan struct{} // nil (never ready) for a session not being handed over
+			if id := r.Header.Get("X-Session-Id"); id != "" {
+				mine = h.pending[sessionKey(id)]
+			}
 			h.mu.Unlock()
 			select {
+			case <-mine:
+				writeError(w, ErrNotOwner)
 			case <-h.done:
 				writeError(w, ErrNotOwner)
 			case <-r.Context().Done():
@@ -104,16 +121,30 @@ func (cl *cluster) handOver(ctx context.Context) {
 		return
 	}
 	h := cl.handoff
-	h.mu.Lock()
-	h.on = true
-	h.mu.Unlock()
-	defer close(h.done)
-	h.endPolls()
 	start := time.Now()
 	r := cl.reg
 	r.mu.Lock()
 	r.closing = true // no stream is opened here any more
 	r.mu.Unlock()
+	type handed struct {
+		s *session
+		l lease
+	}
+	var list []handed
+	for _, s := range r.snapshot() {
+		if l, ok := cl.holds(s.key); ok && s.live() {
+			list = append(list, handed{s, l})
+		}
+	}
+	h.mu.Lock()
+	h.on = true
+	h.pending = make(map[string]chan struct{}, len(list))
+	for _, it := range list {
+		h.pending[it.s.key] = make(chan struct{})
+	}
+	h.mu.Unlock()
+	defer close(h.done)
+	h.endPolls()
 	// The renewals stopped with the shutdown: one more pass gives the
 	// hand-over a whole TTL before any lease could expire under it, and
 	// the sessions' writes kept back by a slow Redis are tried again now
@@ -131,9 +162,10 @@ func (cl *cluster) handOver(ctx context.Context) {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, handoffInFlight)
 	n := 0
-	for _, s := range r.snapshot() {
+	for _, it := range list {
+		s := it.s
 		l, ok := cl.holds(s.key)
-		if !ok || !s.live() {
+		if !ok || l != it.l || !s.live() {
 			continue // the shutdown closes it, as on a single node
 		}
 		select {
@@ -178,6 +210,12 @@ func (cl *cluster) handOverOne(ctx context.Context, s *session, l lease) {
 			cl.logger.Warn("cluster: giving a lease back at shutdown; it expires instead", "session", s.short, "err", err)
 		}
 	}
+	h := cl.handoff
+	h.mu.Lock()
+	if ch := h.pending[s.key]; ch != nil {
+		close(ch) // its calls, waiting or to come, are told not_owner now
+	}
+	h.mu.Unlock()
 	cl.metrics.clusterHandoffs.WithLabelValues(result).Inc()
 }
 

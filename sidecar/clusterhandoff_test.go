@@ -6,10 +6,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
-
-	"expressolivre.org/imsidecar/phpsession/phpsessiontest"
 )
 
 // TestSealer: a PHP session id sealed for the orphan index opens only with
@@ -108,31 +107,10 @@ func TestRendezvous(t *testing.T) {
 // atomically with the lease; an entry whose session another node holds,
 // or marked since by a newer owner, is dropped, not adopted.
 func TestOrphanIndex(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		spec func(t *testing.T) string
-	}{
-		{"redis", func(t *testing.T) string { return "redis://" + phpsessiontest.StartRedis(t).Addr }},
-		{"redis-cluster", func(t *testing.T) string {
-			c := phpsessiontest.StartRedisCluster(t, 3)
-			var addrs []string
-			for _, n := range c.Nodes {
-				addrs = append(addrs, n.Addr)
-			}
-			return "redis-cluster://" + strings.Join(addrs, ",")
-		}},
-	} {
+	for _, tc := range redisSpecs() {
 		t.Run(tc.name, func(t *testing.T) {
 			spec := tc.spec(t)
-			store := func(node string) *leaseStore {
-				rdb, err := clusterRedis(spec)
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { rdb.Close() })
-				return &leaseStore{rdb: rdb, ttl: 2 * time.Second, metaTTL: time.Minute,
-					self: lease{node: node, incarnation: "i-" + node, peer: "127.0.0.1:1"}}
-			}
+			store := func(node string) *leaseStore { return testLeaseStore(t, spec, node, 2*time.Second) }
 			a, b, c := store("a"), store("b"), store("c")
 			seal := newSealer("index-secret-0123456789")
 			ctx := t.Context()
@@ -237,7 +215,9 @@ func TestOrphanIndex(t *testing.T) {
 
 // TestHandoffGate: the peer listener's gate ends the forwarded polls when
 // the hand-over starts, lets a call being served finish, and answers a
-// call arriving during the hand-over 409 not_owner once it is over.
+// call arriving during the hand-over 409 not_owner as soon as its own
+// session is handed over, or once the hand-over is over for a session it
+// does not hand over.
 func TestHandoffGate(t *testing.T) {
 	cl := &cluster{handoff: newHandoff()}
 	served := make(chan string, 4)
@@ -254,10 +234,15 @@ func TestHandoffGate(t *testing.T) {
 	})
 	srv := httptest.NewServer(cl.handoffGate(inner))
 	defer srv.Close()
-	get := func(method, path string) chan int {
+	endHandoff := sync.OnceFunc(func() { close(cl.handoff.done) })
+	defer endHandoff() // before srv.Close: no call left waiting
+	get := func(method, path string, sid ...string) chan int {
 		ch := make(chan int, 1)
 		go func() {
 			req, _ := http.NewRequestWithContext(t.Context(), method, srv.URL+path, nil)
+			if len(sid) > 0 {
+				req.Header.Set("X-Session-Id", sid[0])
+			}
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				ch <- 0
@@ -272,8 +257,10 @@ func TestHandoffGate(t *testing.T) {
 	send := get("POST", "/v1/messages")
 	time.Sleep(100 * time.Millisecond)
 	h := cl.handoff
+	handed := make(chan struct{})
 	h.mu.Lock()
 	h.on = true
+	h.pending = map[string]chan struct{}{sessionKey("handed-session-id-aaaaaaaaaa"): handed}
 	h.mu.Unlock()
 	h.endPolls()
 	if got := <-served; got != "poll ended" {
@@ -283,6 +270,8 @@ func TestHandoffGate(t *testing.T) {
 		t.Fatalf("the forwarded poll: %d", st)
 	}
 	late := get("GET", "/v1/roster")
+	lateHanded := get("GET", "/v1/roster", "handed-session-id-aaaaaaaaaa")
+	lateOther := get("GET", "/v1/roster", "another-session-id-bbbbbbbbbb")
 	drained := make(chan struct{})
 	go func() { h.inflight.Wait(); close(drained) }()
 	select {
@@ -298,11 +287,29 @@ func TestHandoffGate(t *testing.T) {
 	select {
 	case st := <-late:
 		t.Fatalf("a call during the hand-over was answered %d before its end", st)
+	case st := <-lateHanded:
+		t.Fatalf("a call for a session being handed over was answered %d before its lease was given back", st)
 	case <-time.After(100 * time.Millisecond):
 	}
-	close(h.done)
-	if st := <-late; st != http.StatusConflict {
-		t.Fatalf("a call during the hand-over: %d, want 409 not_owner", st)
+	close(handed) // its lease is given back; the others are still being handed over
+	select {
+	case st := <-lateHanded:
+		if st != http.StatusConflict {
+			t.Fatalf("a call for a session handed over: %d, want 409 not_owner", st)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a call for a session handed over waited for the whole hand-over")
+	}
+	select {
+	case st := <-lateOther:
+		t.Fatalf("a call for a session not handed over was answered %d before the end", st)
+	case <-time.After(100 * time.Millisecond):
+	}
+	endHandoff()
+	for _, ch := range []chan int{late, lateOther} {
+		if st := <-ch; st != http.StatusConflict {
+			t.Fatalf("a call during the hand-over: %d, want 409 not_owner", st)
+		}
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 	defer cancel()

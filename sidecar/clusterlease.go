@@ -221,26 +221,36 @@ func (ls *leaseStore) claim(ctx context.Context, sk string, expected *lease) (cl
 		exp = expected.String()
 	}
 	k := keysOf(sk)
-	v, err := claimScript.Run(ctx, ls.rdb, k.list(), ls.self.node, ls.self.incarnation, ls.self.peer, ls.ttl.Milliseconds(), exp, ls.metaTTL.Milliseconds()).Slice()
+	won, val, third, err := scriptAnswer("claim", claimScript.Run(ctx, ls.rdb, k.list(), ls.self.node, ls.self.incarnation, ls.self.peer, ls.ttl.Milliseconds(), exp, ls.metaTTL.Milliseconds()))
 	if err != nil {
-		return claimResult{}, fmt.Errorf("%w: claim: %w", ErrClusterRedis, err)
+		return claimResult{}, err
 	}
-	if len(v) < 2 {
-		return claimResult{}, fmt.Errorf("%w: claim answered %v", ErrClusterRedis, v)
-	}
-	won, _ := v[0].(int64)
-	val, _ := v[1].(string)
 	l, err := parseLease(val)
 	if err != nil {
 		return claimResult{}, err
 	}
-	res := claimResult{won: won == 1, lease: l}
-	if len(v) > 2 {
-		third, _ := v[2].(string)
-		res.online = res.won && third == "1"
-		res.expired = !res.won && third == "expired"
-	}
+	res := claimResult{won: won, lease: l}
+	res.online = res.won && third == "1"
+	res.expired = !res.won && third == "expired"
 	return res, nil
+}
+
+// scriptAnswer reads the answer {won, string[, third]} of the claim and
+// adopt scripts (what names the script in errors).
+func scriptAnswer(what string, cmd *redis.Cmd) (won bool, s, third string, err error) {
+	v, err := cmd.Slice()
+	if err != nil {
+		return false, "", "", fmt.Errorf("%w: %s: %w", ErrClusterRedis, what, err)
+	}
+	if len(v) < 2 {
+		return false, "", "", fmt.Errorf("%w: %s answered %v", ErrClusterRedis, what, v)
+	}
+	n, _ := v[0].(int64)
+	s, _ = v[1].(string)
+	if len(v) > 2 {
+		third, _ = v[2].(string)
+	}
+	return n == 1, s, third, nil
 }
 
 // owner returns the session's current lease, or ok false when none.

@@ -14,15 +14,7 @@ func TestClusterLease(t *testing.T) {
 	for _, tc := range redisSpecs() {
 		t.Run(tc.name, func(t *testing.T) {
 			spec := tc.spec(t)
-			store := func(node string) *leaseStore {
-				rdb, err := clusterRedis(spec)
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { rdb.Close() })
-				return &leaseStore{rdb: rdb, ttl: time.Second, metaTTL: time.Minute,
-					self: lease{node: node, incarnation: "i-" + node, peer: "127.0.0.1:1"}}
-			}
+			store := func(node string) *leaseStore { return testLeaseStore(t, spec, node, time.Second) }
 			a, b := store("a"), store("b")
 			ctx := t.Context()
 			// Session keys spread over partitions, and so over the masters.

@@ -8,7 +8,6 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
-	"fmt"
 	"hash/fnv"
 	"strconv"
 	"strings"
@@ -135,27 +134,19 @@ type adoption struct {
 func (ls *leaseStore) adopt(ctx context.Context, sk string, dead lease) (adoption, error) {
 	k := keysOf(sk)
 	p := partitionOf(sk)
-	v, err := adoptScript.Run(ctx, ls.rdb, []string{indexKey(p, dead.member()), k.lease, k.token, k.meta, indexKey(p, ls.self.member())},
-		sk, dead.node, dead.incarnation, ls.self.node, ls.self.incarnation, ls.self.peer, ls.ttl.Milliseconds()).Slice()
+	won, s, sealed, err := scriptAnswer("adopt", adoptScript.Run(ctx, ls.rdb, []string{indexKey(p, dead.member()), k.lease, k.token, k.meta, indexKey(p, ls.self.member())},
+		sk, dead.node, dead.incarnation, ls.self.node, ls.self.incarnation, ls.self.peer, ls.ttl.Milliseconds()))
 	if err != nil {
-		return adoption{}, fmt.Errorf("%w: adopt: %w", ErrClusterRedis, err)
+		return adoption{}, err
 	}
-	if len(v) < 2 {
-		return adoption{}, fmt.Errorf("%w: adopt answered %v", ErrClusterRedis, v)
-	}
-	won, _ := v[0].(int64)
-	s, _ := v[1].(string)
-	if won != 1 {
+	if !won {
 		return adoption{why: s}, nil
 	}
 	l, err := parseLease(s)
 	if err != nil {
 		return adoption{}, err
 	}
-	a := adoption{won: true, lease: l}
-	if len(v) > 2 {
-		a.sealed, _ = v[2].(string)
-	}
+	a := adoption{won: true, lease: l, sealed: sealed}
 	return a, nil
 }
 

@@ -113,6 +113,11 @@ func (cl *cluster) relay(ctx context.Context, w http.ResponseWriter, r *http.Req
 			return forwardOutcome{refused: true}
 		}
 		if r.Context().Err() != nil {
+			if errors.Is(context.Cause(r.Context()), ErrShuttingDown) {
+				// This node stops (a long poll it relays is cut): the
+				// caller is told so, to ask another node at once.
+				return forwardOutcome{err: fmt.Errorf("%w: the relayed call was cut", ErrShuttingDown)}
+			}
 			return forwardOutcome{} // the caller went away: nobody to answer
 		}
 		if ctx.Err() != nil {
@@ -226,5 +231,9 @@ func (ps *peerServer) shutdown(ctx context.Context) {
 		return
 	}
 	ps.api.draining.Store(true)
-	ps.srv.Shutdown(ctx)
+	ctx, cancel := context.WithTimeout(ctx, peerDrain)
+	defer cancel()
+	if ps.srv.Shutdown(ctx) != nil {
+		ps.srv.Close()
+	}
 }

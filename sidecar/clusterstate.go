@@ -165,6 +165,10 @@ end
 return {1, redis.call('HGETALL', KEYS[2]), redis.call('LRANGE', KEYS[3], 0, -1), redis.call('LRANGE', KEYS[4], 0, -1), redis.call('HGETALL', KEYS[5])}
 `)
 
+// errLogStopped refuses a stanza's events, and its count, once the
+// session's log is stopped.
+var errLogStopped = errors.New("sidecar: the session's log is stopped")
+
 // stateWriteTimeout bounds one write: the stream's write lock is held
 // meanwhile (xmppconn.ResumeStore).
 const stateWriteTimeout = time.Second
@@ -313,6 +317,14 @@ func (cs *clusterSession) Save(st xmppconn.ResumeState) error {
 func (cs *clusterSession) Handled(h uint32) error {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
+	if cs.log.stopped() {
+		// The session is being let go, its log takes no more events: the
+		// stanza is not counted, and the server gives it to the next
+		// owner. (Written, its events would land at the stopped log's
+		// stale offset, and the next stanza's be skipped as a retry.)
+		cs.pending = nil
+		return errLogStopped
+	}
 	cs.wantH, cs.hasWant = h, true
 	return cs.writeLocked(nil, nil, true)
 }
@@ -377,6 +389,9 @@ func (cs *clusterSession) flush() {
 // is another node's, nothing is written, the pending events are dropped
 // (the new owner gets their stanzas again) and the session is lost here.
 func (cs *clusterSession) writeLocked(evs []event, tail []any, handled bool) error {
+	if len(evs) > 0 && cs.log.stopped() {
+		return errLogStopped // see Handled
+	}
 	fresh := evs
 	if handled {
 		fresh = append(cs.pending, evs...)

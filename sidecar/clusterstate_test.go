@@ -17,17 +17,11 @@ import (
 // stateNode is one node's side of the state scripts, on the Redis spec.
 func stateNode(t *testing.T, spec, node string) *cluster {
 	t.Helper()
-	rdb, err := clusterRedis(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rdb.Close() })
+	ls := testLeaseStore(t, spec, node, 5*time.Second)
 	logger := slog.New(slog.DiscardHandler)
 	m := newMetrics(func() map[xmppconn.State]int { return nil }, func() int64 { return 0 })
 	cfg := &Config{EventBuffer: 1000, EventBufferMB: 4}
-	cl := &cluster{rdb: rdb, logger: logger, metrics: m, held: map[string]heldLease{}, logCap: 5, logBytes: 1 << 20,
-		ls: &leaseStore{rdb: rdb, ttl: 5 * time.Second, metaTTL: time.Minute,
-			self: lease{node: node, incarnation: "i-" + node, peer: "127.0.0.1:1"}}}
+	cl := &cluster{rdb: ls.rdb, logger: logger, metrics: m, held: map[string]heldLease{}, logCap: 5, logBytes: 1 << 20, ls: ls}
 	cl.reg = newRegistry(cfg, nil, nil, nil, logger, m)
 	t.Cleanup(cl.wg.Wait)
 	return cl
@@ -44,6 +38,21 @@ func stateSession(t *testing.T, cl *cluster, sk, user string) (*session, *xmppco
 	return s, st
 }
 
+// testLeaseStore is node's lease store on the Redis spec, leases lasting
+// ttl; its client closes with the test.
+func testLeaseStore(t *testing.T, spec, node string, ttl time.Duration) *leaseStore {
+	t.Helper()
+	rdb, err := clusterRedis(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	return &leaseStore{rdb: rdb, ttl: ttl, metaTTL: time.Minute,
+		self: lease{node: node, incarnation: "i-" + node, peer: "127.0.0.1:1"}}
+}
+
+// redisSpecs are the two Redis deployments every cluster script test runs
+// on: a single Redis and a 3-master Redis Cluster.
 func redisSpecs() []struct {
 	name string
 	spec func(t *testing.T) string
@@ -327,4 +336,66 @@ func FuzzParseSaved(f *testing.F) {
 			t.Fatalf("a log whose events end before offset 1: %+v", sv)
 		}
 	})
+}
+
+// TestClusterStateAfterLogStopped: once a session's log is stopped (the
+// session is being let go: a hand-over or a lease lost), a stanza the
+// stream still reads before it is detached is not counted handled, so the
+// server gives it again to the next owner. Before, its events went to
+// Redis at the stopped log's stale offset, where the second such stanza's
+// were taken for a retried write and skipped while its count was stored
+// and acknowledged: lost (issue 20 item 5, the rolling restart's losses).
+func TestClusterStateAfterLogStopped(t *testing.T) {
+	spec := "redis://" + phpsessiontest.StartRedis(t).Addr
+	a, b := stateNode(t, spec, "a"), stateNode(t, spec, "b")
+	ctx := t.Context()
+	sk := sessionKey("stopped-log-aaaaaaaaaaaaaaa")
+	ra, err := a.take(ctx, sk, nil)
+	if err != nil || !ra.won {
+		t.Fatalf("a's claim: %+v %v", ra, err)
+	}
+	s, _ := stateSession(t, a, sk, "alice")
+	cs := s.durable
+	if err := cs.Save(xmppconn.ResumeState{V: 1, JID: "alice@example.org/web-" + sk[:8], ID: "sm-" + sk[:6], Max: 300}); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := a.ls.mark(ctx, sk, ra.lease, true); err != nil || !ok {
+		t.Fatalf("mark: %v %v", ok, err)
+	}
+	stanza := func(i int) error {
+		k := "k" + strconv.Itoa(i)
+		s.appendJSONOnce("message", k, messageJSON{From: "bob@example.org/desk", ID: k, Body: k})
+		return cs.Handled(uint32(i))
+	}
+	if err := stanza(1); err != nil {
+		t.Fatal(err)
+	}
+	s.log.stopAndWake() // letGo, before the stream is detached
+	for i := 2; i <= 4; i++ {
+		if err := stanza(i); err == nil {
+			t.Errorf("stanza %d, read after the log stopped, was counted handled", i)
+		}
+	}
+	cs.flush() // as letGo does
+	if !a.drop(sk, ra.lease) {
+		t.Fatal("a did not hold the lease")
+	}
+	if err := a.ls.release(ctx, sk, ra.lease); err != nil {
+		t.Fatal(err)
+	}
+	if rb, err := b.take(ctx, sk, nil); err != nil || !rb.won {
+		t.Fatalf("b's claim: %+v %v", rb, err)
+	}
+	s2, st := stateSession(t, b, sk, "alice")
+	if st == nil {
+		t.Fatal("b found nothing to resume")
+	}
+	for i := 1; i <= int(st.H); i++ {
+		if !s2.log.hasKey("k" + strconv.Itoa(i)) {
+			t.Errorf("stanza %d is counted handled (h=%d) but its event is not in the log b loaded: lost", i, st.H)
+		}
+	}
+	if st.H != 1 {
+		t.Errorf("h=%d after the log stopped at 1", st.H)
+	}
 }

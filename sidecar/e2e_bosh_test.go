@@ -268,10 +268,16 @@ type wsClient struct {
 }
 
 func dialWS(t *testing.T, r *browserRig, origin, cookieSID string) (*wsClient, *http.Response, error) {
+	return dialWSAt(t, r.e.D.URL, origin, cookieSID)
+}
+
+// dialWSAt opens an RFC 7395 WebSocket at base's /xmpp-websocket with
+// origin and the PHP session cookie, its frames read into in.
+func dialWSAt(t *testing.T, base, origin, cookieSID string) (*wsClient, *http.Response, error) {
 	hdr := http.Header{}
 	hdr.Set("Origin", origin)
 	hdr.Set("Cookie", "sessionid="+cookieSID)
-	url := "ws" + strings.TrimPrefix(r.e.D.URL, "http") + "/xmpp-websocket"
+	url := "ws" + strings.TrimPrefix(base, "http") + "/xmpp-websocket"
 	ws, resp, err := websocket.Dial(t.Context(), url, &websocket.DialOptions{Subprotocols: []string{"xmpp"}, HTTPHeader: hdr})
 	if err != nil {
 		return nil, resp, err

@@ -1,7 +1,6 @@
 package sidecar_test
 
 import (
-	"context"
 	"encoding/base64"
 	"fmt"
 	"net/http"
@@ -237,26 +236,10 @@ func (c *wsClient) login(domain string, u *user) {
 // PHP session cookie.
 func dialClusterWS(t *testing.T, base, origin, cookieSID string) *wsClient {
 	t.Helper()
-	hdr := http.Header{}
-	hdr.Set("Origin", origin)
-	hdr.Set("Cookie", "sessionid="+cookieSID)
-	ws, _, err := websocket.Dial(t.Context(), "ws"+strings.TrimPrefix(base, "http")+"/xmpp-websocket",
-		&websocket.DialOptions{Subprotocols: []string{"xmpp"}, HTTPHeader: hdr})
+	c, _, err := dialWSAt(t, base, origin, cookieSID)
 	if err != nil {
 		t.Fatalf("websocket at %s: %v", base, err)
 	}
-	c := &wsClient{t: t, ws: ws, in: make(chan string, 256)}
-	go func() {
-		defer close(c.in)
-		for {
-			_, data, err := ws.Read(context.Background())
-			if err != nil {
-				return
-			}
-			c.in <- string(data)
-		}
-	}()
-	t.Cleanup(func() { ws.CloseNow() })
 	return c
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
@@ -302,4 +303,86 @@ func TestClusterOrphansResumed(t *testing.T) {
 				tc.name, moved, len(users), ttl, took.Round(time.Millisecond), len(sent), lost, dup, notRecovered, logins, len(users), flaps)
 		})
 	}
+}
+
+// TestClusterSIGTERMCutsRelayedPolls: a node relays to another owner a
+// long poll that came on a connection its parker holds (a pooled client
+// connection whose previous poll, of a user of this node, parked and was
+// answered: repoll.go serves the next request on the parker's goroutine).
+// Its SIGTERM ends that relay at once, answered 503 shutting_down so that
+// the client asks another node, instead of holding the node's parker, and
+// with it the hand-over of its own users, for the poll's whole wait.
+func TestClusterSIGTERMCutsRelayedPolls(t *testing.T) {
+	rig := startClusterRig(t, 2, 3*time.Second)
+	lb := newBalancer(rig.api)
+	users := rig.loginUsers(t, lb, "relay", 2)
+	home, away := users[0], users[1]
+	for i, u := range users {
+		var r connectResp
+		rig.Nodes[i].client(u.SID).mustCall(t, "POST", "/v1/connect", nil, &r, http.StatusOK)
+		u.cursor = r.Cursor
+	}
+	// One connection to node0 for both users, as a pooled client has.
+	pooled := &http.Client{Timeout: time.Minute, Transport: &http.Transport{MaxConnsPerHost: 1, MaxIdleConnsPerHost: 1}}
+	homeC := &apiClient{base: rig.Nodes[0].URL, sid: home.SID, token: rig.Nodes[0].Token, hc: pooled}
+	awayC := &apiClient{base: rig.Nodes[0].URL, sid: away.SID, token: rig.Nodes[0].Token, hc: pooled}
+	// home's poll parks on node0 once nothing is left to read.
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		start := time.Now()
+		page, err := homeC.events(t.Context(), home.cursor, time.Second, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		home.cursor = page.Cursor
+		if len(page.Events) == 0 && time.Since(start) >= 900*time.Millisecond {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("home's poll never waited on node0")
+		}
+	}
+	for { // away's events so far, read where it is served
+		page, err := rig.Nodes[1].client(away.SID).events(t.Context(), away.cursor, 0, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		away.cursor = page.Cursor
+		if len(page.Events) == 0 {
+			break
+		}
+	}
+	type answer struct {
+		status int
+		err    error
+		at     time.Time
+	}
+	got := make(chan answer, 1)
+	go func() {
+		q := "/v1/events?wait=20&cursor=" + url.QueryEscape(away.cursor)
+		st, err := awayC.call(t.Context(), "GET", q, nil, nil)
+		got <- answer{st, err, time.Now()}
+	}()
+	time.Sleep(500 * time.Millisecond) // relayed to node1, waiting there
+	select {
+	case a := <-got:
+		t.Fatalf("the relayed poll was answered before the SIGTERM: %d %v", a.status, a.err)
+	default:
+	}
+	code, took := rig.Nodes[0].Signal(t, syscall.SIGTERM, 30*time.Second)
+	if code != 0 {
+		t.Errorf("node0 exited %d", code)
+	}
+	var a answer
+	select {
+	case a = <-got:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the relayed poll was not answered")
+	}
+	if took > 5*time.Second {
+		t.Errorf("node0 took %v to stop, holding a relayed poll of 20 s", took.Round(time.Millisecond))
+	}
+	if a.status != http.StatusServiceUnavailable || errCode(a.err) != "shutting_down" {
+		t.Errorf("the relayed poll cut by the SIGTERM: %d %v, want 503 shutting_down", a.status, a.err)
+	}
+	t.Logf("node0 stopped in %v; the poll it relayed was answered %d %s", took.Round(time.Millisecond), a.status, errCode(a.err))
 }

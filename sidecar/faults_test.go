@@ -178,8 +178,13 @@ type traffic struct {
 	servedFrom time.Time
 	lastOK     map[string]time.Time     // user → last successful call
 	maxGap     map[string]time.Duration // user → longest wait between two successful calls
-	faultAt    time.Time
-	healedAt   time.Time
+	// failedSince is each user's calls that failed since their last
+	// successful one; worstCalls, those of their longest wait.
+	failedSince map[string][]callRec
+	worstCalls  map[string][]callRec
+	worstEnd    map[string]time.Time
+	faultAt     time.Time
+	healedAt    time.Time
 }
 
 // newTraffic logs in and connects n users (registered in Prosody), makes
@@ -214,7 +219,48 @@ func trafficOf(t *testing.T, tag string, users []*fuser, interval time.Duration)
 	return &traffic{tb: t, tag: tag, users: users, interval: interval, stopSend: make(chan struct{}),
 		sent: map[string]sentMsg{}, got: map[string]int{}, gotAt: map[string]time.Time{},
 		notRecovered: map[string]int{}, reconnects: map[string]int{}, states: map[string][]string{}, servedAt: map[string]time.Time{},
-		lastOK: map[string]time.Time{}, maxGap: map[string]time.Duration{}, userErrs: map[string]int{}}
+		lastOK: map[string]time.Time{}, maxGap: map[string]time.Duration{}, userErrs: map[string]int{},
+		failedSince: map[string][]callRec{}, worstCalls: map[string][]callRec{}, worstEnd: map[string]time.Time{}}
+}
+
+// callRec is one call of a user that failed: what, when, how.
+type callRec struct {
+	what       string // "poll" or "send"
+	start, end time.Time
+	outcome    string // the status and error code
+}
+
+// failedLocked records a failed call of user name.
+func (tr *traffic) failedLocked(name, what string, start time.Time, status int, err error) {
+	out := strconv.Itoa(status)
+	if c := errCode(err); c != "" {
+		out += " " + c
+	} else if err != nil && status == 0 {
+		out += " " + err.Error()
+	}
+	tr.failedSince[name] = append(tr.failedSince[name], callRec{what: what, start: start, end: time.Now(), outcome: out})
+}
+
+// worstWait describes the longest wait of any user, each failed call
+// meanwhile at its offset from since.
+func (tr *traffic) worstWait(since time.Time) string {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	who, gap := "", time.Duration(0)
+	for u, g := range tr.maxGap {
+		if g > gap {
+			who, gap = u, g
+		}
+	}
+	if who == "" {
+		return "none"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s waited %v, until %v after the fault; calls since:", who, gap.Round(time.Millisecond), tr.worstEnd[who].Sub(since).Round(time.Millisecond))
+	for _, c := range tr.worstCalls[who] {
+		fmt.Fprintf(&b, " %s %v..%v %s;", c.what, c.start.Sub(since).Round(time.Millisecond), c.end.Sub(since).Round(time.Millisecond), c.outcome)
+	}
+	return b.String()
 }
 
 // start runs one poller and one sender per user.
@@ -246,13 +292,16 @@ func (tr *traffic) serveClock() {
 }
 
 // servedLocked records a successful call of user name at now.
-func (tr *traffic) servedLocked(name string, now time.Time) {
+func (tr *traffic) servedLocked(name string, now time.Time, what string, start time.Time) {
 	if _, ok := tr.servedAt[name]; !ok && !tr.servedFrom.IsZero() && !now.Before(tr.servedFrom) {
 		tr.servedAt[name] = now
 	}
-	if last, ok := tr.lastOK[name]; ok {
-		tr.maxGap[name] = max(tr.maxGap[name], now.Sub(last))
+	if last, ok := tr.lastOK[name]; ok && now.Sub(last) > tr.maxGap[name] {
+		tr.maxGap[name] = now.Sub(last)
+		tr.worstCalls[name] = append(tr.failedSince[name], callRec{what: what, start: start, end: now, outcome: "ok"})
+		tr.worstEnd[name] = now
 	}
+	tr.failedSince[name] = nil
 	tr.lastOK[name] = now
 }
 func (tr *traffic) healed() {
@@ -314,19 +363,21 @@ func (tr *traffic) send(u *fuser, idx int) {
 				ID string `json:"id"`
 			}
 			ctx, cancel := context.WithTimeout(tr.ctx, 15*time.Second)
-			st, _ := u.C.call(ctx, "POST", "/v1/messages", map[string]any{"to": to.Bare, "body": body, "type": "chat", "id": id}, &r)
+			start := time.Now()
+			st, err := u.C.call(ctx, "POST", "/v1/messages", map[string]any{"to": to.Bare, "body": body, "type": "chat", "id": id}, &r)
 			cancel()
 			if st == http.StatusAccepted && r.ID == id {
 				now := time.Now()
 				tr.mu.Lock()
 				tr.sent[id] = sentMsg{to: to.Name, at: now}
-				tr.servedLocked(u.Name, now)
+				tr.servedLocked(u.Name, now, "send", start)
 				tr.mu.Unlock()
 				break
 			}
 			tr.mu.Lock()
 			tr.refused++
 			tr.userErrs[u.Name]++
+			tr.failedLocked(u.Name, "send", start, st, err)
 			tr.mu.Unlock()
 			select {
 			case <-tr.ctx.Done():
@@ -355,6 +406,7 @@ func (tr *traffic) poll(u *fuser) {
 			}
 			continue
 		}
+		start := time.Now()
 		page, err := u.C.events(tr.ctx, u.cursor, time.Second, 1000)
 		if err != nil {
 			if tr.ctx.Err() != nil {
@@ -363,6 +415,7 @@ func (tr *traffic) poll(u *fuser) {
 			tr.mu.Lock()
 			tr.pollErrs++
 			tr.userErrs[u.Name]++
+			tr.failedLocked(u.Name, "poll", start, 0, err)
 			tr.mu.Unlock()
 			if errCode(err) == "not_connected" && u.autoConnect {
 				// The page reconnects and keeps its old cursor: the next
@@ -384,7 +437,7 @@ func (tr *traffic) poll(u *fuser) {
 		}
 		now := time.Now()
 		tr.mu.Lock()
-		tr.servedLocked(u.Name, now)
+		tr.servedLocked(u.Name, now, "poll", start)
 		if !page.Recovered {
 			tr.notRecovered[u.Name]++
 		}

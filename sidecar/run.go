@@ -287,7 +287,7 @@ func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error
 	// The parked long polls' connections come back to the server through
 	// resumeLn, above the limit, so they keep their slot while parked.
 	apiLn := newResumeListener(newLimitListener(rawLn, cfg.MaxConnections, m.connRejected.Inc))
-	apiSrv := newAPIServer(cfg, a.routes(), logger)
+	apiSrv, endAPIRequests := newAPIServer(cfg, a.routes(), logger)
 	a.parked = newParker(a, apiLn, apiSrv)
 	a.parked.repoll = apiSrv.Handler
 	var opsSrv *http.Server
@@ -348,18 +348,54 @@ func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	stop()
+	ph := newPhases()
+	// The calls in flight end now, not when Shutdown starts: a long poll
+	// this node relays to another owner (on the parker's goroutine too,
+	// repoll.go) would otherwise hold the parker's shutdown for its whole
+	// wait, and with it the hand-over.
+	endAPIRequests()
 	a.parked.shutdown(sctx)
+	ph.mark("parked")
 	apiSrv.Shutdown(sctx)
+	ph.mark("api")
 	cl.handOver(sctx)
+	ph.mark("handover")
 	peerAPI.shutdown(sctx)
+	ph.mark("peer")
 	reg.shutdown(sctx)
+	ph.mark("streams")
 	cl.stopAll(sctx)
 	if opsSrv != nil {
 		opsSrv.Shutdown(sctx)
 	}
 	wg.Wait()
-	logger.Info("imsidecar stopped")
+	ph.mark("rest")
+	logger.Info("imsidecar stopped", ph.attrs()...)
 	return runErr
+}
+
+// phases times the steps of the shutdown for its last log line
+// ("imsidecar stopped took=… parked=… api=… handover=…", docs/CLUSTER.md).
+type phases struct {
+	start, last time.Time
+	steps       []any // name, duration, ...
+}
+
+func newPhases() *phases {
+	now := time.Now()
+	return &phases{start: now, last: now}
+}
+
+// mark ends the step name.
+func (p *phases) mark(name string) {
+	now := time.Now()
+	p.steps = append(p.steps, name, now.Sub(p.last).Round(time.Millisecond))
+	p.last = now
+}
+
+// attrs are the log attributes: the whole time, then each step's.
+func (p *phases) attrs() []any {
+	return append([]any{"took", time.Since(p.start).Round(time.Millisecond)}, p.steps...)
 }
 
 func xmppTLS(cfg *Config) (*tls.Config, error) {

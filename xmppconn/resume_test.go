@@ -104,7 +104,8 @@ func TestResumeStoreOrder(t *testing.T) {
 	h := logHandler{l: l, ch: make(chanHandler, 100)}
 	_, sc := dialStore(t, s, h, l)
 	// Login: the fresh session is saved at <enabled/>, then the roster
-	// request and the presence are journaled, the roster result counted.
+	// request and the presence (sent right behind it) are journaled, then
+	// the roster result counted.
 	for i := range 3 {
 		sc.write(fmt.Sprintf(`<message from="bob@example.test/x" type="chat" id="m%d"><body>hi</body></message>`, i))
 	}
@@ -114,7 +115,7 @@ func TestResumeStoreOrder(t *testing.T) {
 		t.Fatalf("acked h=%s, want 4; store log %q", a.get("h"), l.entries())
 	}
 	want := []string{
-		"save id=sm1 h=0", "sent iq", "handled 1", "sent presence",
+		"save id=sm1 h=0", "sent iq", "sent presence", "handled 1",
 		"event m0", "handled 2", "event m1", "handled 3 refused", "event m2", "handled 4",
 	}
 	got := l.entries()

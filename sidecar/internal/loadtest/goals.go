@@ -91,7 +91,11 @@ func (r Report) goals() []Goal {
 	}
 	login := Goal{Name: "login storm, sidecar/bare XMPP client", Unit: "×", Bound: 0.95, Of: ""}
 	if v, ok := r.Ratios["logins_vs_bare"]; ok {
-		login = login.measured(v, login.Bound, "Prosody CPU per login sidecar/bare "+f2(r.Ratios["prosody_login_cpu_vs_bare"]))
+		from := "Prosody CPU per login sidecar/bare " + f2(r.Ratios["prosody_login_cpu_vs_bare"])
+		if k, ok := r.Ratios["prosody_login_kinstr_vs_bare"]; ok {
+			from += ", its Lua instructions " + f2(k)
+		}
+		login = login.measured(v, login.Bound, from)
 	} else {
 		login.Needs = "the bare and sidecar paths"
 	}

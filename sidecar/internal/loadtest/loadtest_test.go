@@ -6,10 +6,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"expressolivre.org/imsidecar/phpsession"
 )
@@ -110,6 +113,46 @@ func TestProcOfSelf(t *testing.T) {
 	}
 	if _, err := CPUSeconds(os.Getpid()); err != nil {
 		t.Fatal(err)
+	}
+	for i := 0; i < 1e7; i++ { // some CPU time to see
+		rss += int64(i & 1)
+	}
+	c, err := ReadProcCounters(os.Getpid())
+	if err != nil || c.RunMS <= 0 || c.UserMS+c.SysMS < 0 {
+		t.Fatalf("ReadProcCounters(self) = %+v, %v", c, err)
+	}
+	if busy, steal, err := MachineCPUSeconds(); err != nil || busy <= 0 || steal < 0 {
+		t.Fatalf("MachineCPUSeconds = %v, %v, %v", busy, steal, err)
+	}
+}
+
+// ourCPUs is every CPU this process may run on.
+func ourCPUs(t *testing.T) []int {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		t.Fatal(err)
+	}
+	var cpus []int
+	for c := range 1024 {
+		if set.IsSet(c) {
+			cpus = append(cpus, c)
+		}
+	}
+	return cpus
+}
+
+func TestSplitCPUs(t *testing.T) {
+	cpus := ourCPUs(t)
+	last, want := cpus[len(cpus)-1:], cpus[:len(cpus)-1]
+	rest, err := splitCPUs(last)
+	if len(want) == 0 { // one CPU: nothing left for the generator
+		if err == nil {
+			t.Fatalf("splitCPUs(%v) = %v on a one-CPU process", last, rest)
+		}
+		return
+	}
+	if err != nil || !slices.Equal(rest, want) {
+		t.Fatalf("splitCPUs(%v) = %v, %v; want %v", last, rest, err, want)
 	}
 }
 
@@ -302,6 +345,9 @@ func TestConfigRejects(t *testing.T) {
 		{"cluster without binary", Config{Users: 2, Rate: 1, Duration: time.Second, Dir: "x", Paths: []string{PathSidecarCluster}}},
 		{"too many nodes", Config{Users: 2, Rate: 1, Duration: time.Second, Dir: "x", Paths: []string{PathSidecarCluster}, SidecarBin: "x", ClusterNodes: 101}},
 		{"no dir", Config{Users: 2, Rate: 1, Duration: time.Second, Paths: []string{PathBare}}},
+		{"Prosody on a CPU not ours", Config{Users: 2, Rate: 1, Duration: time.Second, Dir: "x", Paths: []string{PathBare}, ProsodyCPUs: []int{1023}}},
+		{"Prosody on a negative CPU", Config{Users: 2, Rate: 1, Duration: time.Second, Dir: "x", Paths: []string{PathBare}, ProsodyCPUs: []int{-1}}},
+		{"Prosody on every CPU", Config{Users: 2, Rate: 1, Duration: time.Second, Dir: "x", Paths: []string{PathBare}, ProsodyCPUs: ourCPUs(t)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -367,8 +413,21 @@ func TestRunTLSPathAndEvents(t *testing.T) {
 		if tls := counts["stanza/urn:ietf:params:xml:ns:xmpp-tls:starttls"]; (p.Path == PathSidecarTLS) != (tls == int64(cfg.Users)) {
 			t.Errorf("%s: the probe saw %d STARTTLS", p.Path, tls)
 		}
-		if _, err := os.Stat(filepath.Join(cfg.EventsDir, p.Path+"-prosody-events.txt")); err != nil {
-			t.Error(err)
+		// One c2s connection and one PLAIN <auth/> per login, Lua
+		// counted, and the kernel's side of Prosody sampled.
+		for _, row := range []string{"net/c2s-connect", "sasl-mechanism/PLAIN"} {
+			if counts[row] != int64(cfg.Users) {
+				t.Errorf("%s: the probe's %s = %d, want %d", p.Path, row, counts[row], cfg.Users)
+			}
+		}
+		if counts["lua/kinstr"] <= 0 || counts["net/c2s-read"] < 3*int64(cfg.Users) || counts["net/flush"] < 3*int64(cfg.Users) {
+			t.Errorf("%s: the probe saw %d kinstr, %d reads, %d flushes", p.Path, counts["lua/kinstr"], counts["net/c2s-read"], counts["net/flush"])
+		}
+		if k := p.LoginProsodyKernel; k == nil || k.RunMS <= 0 || p.GeneratorLoginCPUms < 0 || p.MachineLoginCPUms <= 0 {
+			t.Errorf("%s: kernel figures %+v, generator %v ms, machine %v ms per login", p.Path, k, p.GeneratorLoginCPUms, p.MachineLoginCPUms)
+		}
+		if b, err := os.ReadFile(filepath.Join(cfg.EventsDir, p.Path+"-prosody-events.txt")); err != nil || !strings.Contains(string(b), "waited runnable") {
+			t.Errorf("events file: %v\n%s", err, b)
 		}
 	}
 	rep := NewReport("test", ThisMachine(), cfg, res)

@@ -138,6 +138,11 @@ func NewReport(profile string, m Machine, cfg Config, paths []PathResult) Report
 	if sc != nil && ba != nil {
 		ratio("logins_vs_bare", sc.LoginsPerSec, ba.LoginsPerSec)
 		ratio("prosody_login_cpu_vs_bare", sc.ProsodyLoginCPUms, ba.ProsodyLoginCPUms)
+		// With the event probe: the Lua work Prosody did per login
+		// (instructions, whatever the CPU made of them).
+		if a, b := sc.loginKInstr(), ba.loginKInstr(); a > 0 && b > 0 {
+			ratio("prosody_login_kinstr_vs_bare", a, b)
+		}
 	}
 	if st := get(PathSidecarTLS); st != nil && sc != nil {
 		ratio("tls_mem_per_user_vs_clear", st.MemPerUserKB, sc.MemPerUserKB)
@@ -187,7 +192,17 @@ func (r Report) Markdown(w io.Writer) {
 			q("logins_per_sec"), q("mem_per_user"), q("cpu_per_1k_msgs"), q("delivered_per_sec"),
 			q("p50"), q("p99"), q("max"), q("knee_rate"), q("capacity_rate"))
 		if v, ok := r.Ratios["logins_vs_bare"]; ok {
-			fmt.Fprintf(w, "\nLogin storm: sidecar/bare XMPP client = %s; Prosody CPU per login sidecar/bare = %s.\n", f2(v), q("prosody_login_cpu_vs_bare"))
+			fmt.Fprintf(w, "\nLogin storm: sidecar/bare XMPP client = %s; Prosody CPU per login sidecar/bare = %s", f2(v), q("prosody_login_cpu_vs_bare"))
+			if k, ok := r.Ratios["prosody_login_kinstr_vs_bare"]; ok {
+				fmt.Fprintf(w, ", its Lua instructions per login = %s", f2(k))
+			}
+			fmt.Fprintln(w, ".")
+			for _, p := range r.Paths {
+				if k := p.LoginProsodyKernel; k != nil && (p.Path == PathBare || p.Path == PathSidecar) {
+					fmt.Fprintf(w, "%s: %.2f ms per login; Prosody ran %.2f ms (user %.2f, system %.2f) and waited %.2f ms for a CPU, idle %.2f times; CPU ms per login of imsidecar %.2f, the generator %.2f, the whole machine %.2f.\n",
+						p.Path, 1e3/max(p.LoginsPerSec, 1e-9), k.RunMS, k.UserMS, k.SysMS, k.WaitMS, k.VolCtx, p.LoginCPUms-p.ProsodyLoginCPUms, p.GeneratorLoginCPUms, p.MachineLoginCPUms)
+				}
+			}
 		}
 		if v, ok := r.Ratios["tls_mem_per_user_vs_clear"]; ok {
 			fmt.Fprintf(w, "\nimsidecar memory per user, STARTTLS/clear = %s.\n", f2(v))

@@ -94,9 +94,16 @@ type Config struct {
 	// its CPU per event (stanza) name (see EventProbe); the login storm's
 	// share goes into PathResult.LoginEvents and PATH-prosody-events.txt.
 	EventsDir string
-	Dir       string        // scratch directory (Prosody, sessions, logs)
-	Timeout   time.Duration // bound on the whole run; default 30 min
-	Logger    *slog.Logger  // progress; nil = discard
+	// ProsodyCPUs, when set, pins each Prosody to these CPUs and the
+	// generator and imsidecar to the others, so the storm measures
+	// Prosody's work rather than how the scheduler shares cores among the
+	// three (as when the Jabber server runs on a host of its own).
+	// Neighbours of the run still go anywhere.
+	ProsodyCPUs []int
+	otherCPUs   []int         // the rest of this process's CPUs, for ProsodyCPUs
+	Dir         string        // scratch directory (Prosody, sessions, logs)
+	Timeout     time.Duration // bound on the whole run; default 30 min
+	Logger      *slog.Logger  // progress; nil = discard
 }
 
 // PathResult holds one path's figures.
@@ -132,8 +139,24 @@ type PathResult struct {
 	// path uses during the login storm, ProsodyLoginCPUms Prosody's part.
 	LoginCPUms        float64 `json:"login_cpu_ms"`
 	ProsodyLoginCPUms float64 `json:"prosody_login_cpu_ms"`
-	// LoginEvents is Prosody's CPU per event name during the storm, per
-	// login (with Config.EventsDir only), largest first.
+	// GeneratorLoginCPUms is the generator's own CPU milliseconds per
+	// login during the storm: the bare path's XMPP clients, the sidecar
+	// path's HTTP clients. On a machine with fewer free cores than the
+	// storm's processes it competes with the path's for the CPU.
+	GeneratorLoginCPUms float64 `json:"generator_login_cpu_ms"`
+	// MachineLoginCPUms is the CPU milliseconds per login of the whole
+	// machine during the storm, every process: what it holds beyond the
+	// path's processes and the generator is the neighbours'.
+	MachineLoginCPUms float64 `json:"machine_login_cpu_ms"`
+	// MachineLoginStealms is the hypervisor's steal time per login over
+	// the storm, every vCPU: time this VM had work and no real CPU.
+	MachineLoginStealms float64 `json:"machine_login_steal_ms"`
+	// LoginProsodyKernel is Prosody's context switches and scheduling per
+	// login during the storm.
+	LoginProsodyKernel *ProcCounters `json:"login_prosody_kernel,omitempty"`
+	// LoginEvents is Prosody's CPU and Lua instructions per event name
+	// during the storm, per login, and each event's count over the storm
+	// (with Config.EventsDir only), largest CPU first.
 	LoginEvents []EventStat `json:"login_events,omitempty"`
 	// Cluster holds what the cluster paths measure besides the rest: the
 	// Redis the nodes share, and how the calls reached the owners.
@@ -155,6 +178,17 @@ type PathResult struct {
 	CapacityRate    float64 `json:"capacity_rate"`
 	CapacityBounded bool    `json:"capacity_bounded"`
 	CapacityStop    string  `json:"capacity_stop,omitempty"`
+}
+
+// loginKInstr is the Lua instructions (thousands) Prosody ran per login
+// during the storm, from the event probe; 0 without it.
+func (p *PathResult) loginKInstr() float64 {
+	for _, e := range p.LoginEvents {
+		if e.Name == "lua/kinstr" && p.Online > 0 {
+			return float64(e.Count) / float64(p.Online)
+		}
+	}
+	return 0
 }
 
 // Phase is one message phase at a target rate.
@@ -231,6 +265,13 @@ func (c *Config) defaults() error {
 	if c.Concurrency <= 0 {
 		c.Concurrency = 100
 	}
+	if len(c.ProsodyCPUs) > 0 {
+		rest, err := splitCPUs(c.ProsodyCPUs)
+		if err != nil {
+			return err
+		}
+		c.otherCPUs = rest
+	}
 	if c.ClusterNodes <= 0 {
 		c.ClusterNodes = 3
 	}
@@ -291,6 +332,12 @@ func Run(ctx context.Context, cfg Config) ([]PathResult, error) {
 		return nil, err
 	} else if lim < uint64(cfg.Users)*2+1024 {
 		cfg.Logger.Warn("open-files limit may be too low", "limit", lim, "users", cfg.Users)
+	}
+	if len(cfg.ProsodyCPUs) > 0 {
+		if err := pinTasks(os.Getpid(), cfg.otherCPUs); err != nil {
+			return nil, err
+		}
+		cfg.Logger.Info("pinned", "prosody_cpus", cfg.ProsodyCPUs, "generator_and_imsidecar_cpus", cfg.otherCPUs)
 	}
 	var out []PathResult
 	for _, p := range cfg.Paths {
@@ -367,6 +414,11 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 		return res, err
 	}
 	defer pro.Stop()
+	if len(cfg.ProsodyCPUs) > 0 {
+		if err := pinTasks(pro.PID(), cfg.ProsodyCPUs); err != nil {
+			return res, err
+		}
+	}
 	r := &rig{cfg: cfg, path: path, pro: pro, dialer: newSourceDialer(cfg.SourceAddrs)}
 	r.hc = r.dialer.httpClient()
 	defer r.hc.CloseIdleConnections()
@@ -432,6 +484,12 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 	if err != nil {
 		return res, err
 	}
+	gen0, err1 := CPUSeconds(os.Getpid())
+	k0, err2 := ReadProcCounters(pro.PID())
+	all0, steal0, err3 := MachineCPUSeconds()
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return res, err
+	}
 	start := time.Now()
 	online, errs, firstErr := r.loginAll(ctx, life)
 	elapsed := time.Since(start)
@@ -439,11 +497,22 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 	if err != nil {
 		return res, err
 	}
+	gen1, err1 := CPUSeconds(os.Getpid())
+	k1, err2 := ReadProcCounters(pro.PID())
+	all1, steal1, err3 := MachineCPUSeconds()
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return res, err
+	}
 	res.Online, res.LoginErrors = online, errs
 	res.LoginsPerSec = float64(online) / elapsed.Seconds()
 	if online > 0 {
 		res.LoginCPUms = (cpu1 - cpu0) * 1000 / float64(online)
 		res.ProsodyLoginCPUms = (pro1 - pro0) * 1000 / float64(online)
+		res.GeneratorLoginCPUms = (gen1 - gen0) * 1000 / float64(online)
+		res.MachineLoginCPUms = (all1 - all0) * 1000 / float64(online)
+		res.MachineLoginStealms = (steal1 - steal0) * 1000 / float64(online)
+		kernel := k0.perUnit(k1, float64(online))
+		res.LoginProsodyKernel = &kernel
 	}
 	cfg.Logger.Info("logged in", "path", path, "online", online, "errors", errs, "seconds", elapsed.Seconds(), "first_error", firstErr)
 	if online < 2 {
@@ -460,8 +529,9 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 		res.LoginEvents = eventDelta(events0, events1)
 		for i := range res.LoginEvents {
 			res.LoginEvents[i].SelfSec /= float64(online)
+			res.LoginEvents[i].SelfKInstr /= float64(online)
 		}
-		if err := writeEvents(filepath.Join(cfg.EventsDir, path+"-prosody-events.txt"), res.LoginEvents, res.ProsodyLoginCPUms); err != nil {
+		if err := writeEvents(filepath.Join(cfg.EventsDir, path+"-prosody-events.txt"), res); err != nil {
 			return res, err
 		}
 	}
@@ -580,19 +650,37 @@ func (r *rig) readEvents(ctx context.Context, file string) (map[string]EventStat
 	}
 }
 
-// writeEvents writes the per-login event table: name, count per login,
-// CPU µs per login, share of Prosody's CPU per login.
-func writeEvents(name string, evs []EventStat, proMS float64) error {
+// writeEvents writes the per-login event table of res (its LoginEvents
+// CPU and instructions are per login already, their counts totals): name, count, self CPU
+// and Lua kilo-instructions per login, share of Prosody's CPU per login;
+// then what the probe does not see (the event loop, timers, the collector
+// outside the rows), the CPU per Lua instruction, and the kernel's side.
+func writeEvents(name string, res PathResult) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "# Prosody CPU per login %.3f ms; per event name: count, self CPU µs per login, share\n", proMS)
-	total := 0.0
-	for _, e := range evs {
+	n, proMS := float64(max(res.Online, 1)), res.ProsodyLoginCPUms
+	fmt.Fprintf(&b, "# %s: %d logins at %.1f/s (%.3f ms each); CPU ms per login: Prosody %.3f, the path's processes %.3f, the generator %.3f, the whole machine %.3f (steal %.3f)\n",
+		res.Path, res.Online, res.LoginsPerSec, 1e3/max(res.LoginsPerSec, 1e-9), proMS, res.LoginCPUms, res.GeneratorLoginCPUms, res.MachineLoginCPUms, res.MachineLoginStealms)
+	fmt.Fprintf(&b, "# per login: count, self CPU µs, self Lua kinstr, share of Prosody's CPU\n")
+	var total, totalK, allK float64
+	for _, e := range res.LoginEvents {
+		if e.Name == "lua/kinstr" {
+			allK = float64(e.Count) / n
+			continue
+		}
 		total += e.SelfSec
+		totalK += e.SelfKInstr
+		fmt.Fprintf(&b, "%-64s %10.2f %9.1f %8.1f %5.1f%%\n", e.Name, float64(e.Count)/n, e.SelfSec*1e6, e.SelfKInstr, e.SelfSec*1e5/max(proMS, 1e-9))
 	}
-	for _, e := range evs {
-		fmt.Fprintf(&b, "%-70s %8d %9.1f %5.1f%%\n", e.Name, e.Count, e.SelfSec*1e6, e.SelfSec*1e5/max(proMS, 1e-9))
+	fmt.Fprintf(&b, "%-64s %10s %9.1f %8.1f %5.1f%%\n", "(all rows)", "", total*1e6, totalK, total*1e5/max(proMS, 1e-9))
+	rest := proMS/1e3 - total
+	fmt.Fprintf(&b, "%-64s %10s %9.1f %8.1f %5.1f%%\n", "(the rest: event loop, timers, GC outside the rows)", "", rest*1e6, allK-totalK, rest*1e5/max(proMS, 1e-9))
+	if allK > 0 {
+		fmt.Fprintf(&b, "# Lua kinstr per login %.1f; Prosody CPU per kinstr %.2f µs (all CPU, C and kernel included, over the Lua work)\n", allK, proMS*1e3/allK)
 	}
-	fmt.Fprintf(&b, "%-70s %8s %9.1f %5.1f%%\n", "(all events)", "", total*1e6, total*1e5/max(proMS, 1e-9))
+	if k := res.LoginProsodyKernel; k != nil {
+		fmt.Fprintf(&b, "# Prosody's CPU per login: user %.2f ms, system %.2f ms; scheduling: ran %.3f ms, waited runnable for a CPU %.3f ms, context switches voluntary (it blocked, idle) %.2f, involuntary (preempted) %.2f\n",
+			k.UserMS, k.SysMS, k.RunMS, k.WaitMS, k.VolCtx, k.InvolCtx)
+	}
 	if err := os.WriteFile(name, []byte(b.String()), 0o644); err != nil {
 		return fmt.Errorf("loadtest: %w", err)
 	}

@@ -51,6 +51,16 @@ func run() error {
 	flag.StringVar(&cfg.LatencyDir, "latency-dir", "", "write every message's send/receive times per path and phase as CSV into this directory")
 	flag.StringVar(&cfg.LagDir, "prosody-lag-dir", "", "load a probe into Prosody that logs its event-loop stalls and Lua GC cycle ends into this directory")
 	flag.StringVar(&cfg.EventsDir, "prosody-events-dir", "", "load a probe into Prosody that accounts its CPU per event (stanza) name, and write each path's login-storm share per login into this directory")
+	flag.Func("prosody-cpus", "comma-separated CPU numbers to pin each Prosody to, the generator and imsidecar going to the others (e.g. 1 on a 2-core machine: Prosody gets a core of its own, as on a host of its own)", func(s string) error {
+		for f := range strings.SplitSeq(s, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil {
+				return fmt.Errorf("bad CPU %q", f)
+			}
+			cfg.ProsodyCPUs = append(cfg.ProsodyCPUs, n)
+		}
+		return nil
+	})
 	flag.StringVar(&cfg.TraceDir, "trace-dir", "", "write a runtime/trace of the generator during each path's target phase into this directory")
 	flag.IntVar(&cfg.Concurrency, "concurrency", 100, "logins in flight during the login storm")
 	flag.IntVar(&cfg.SourceAddrs, "source-addrs", 0, "127.0.0.x client source addresses (0: users/2000+1)")
