@@ -112,7 +112,8 @@ func clusterRedis(spec string) (redis.UniversalClient, error) {
 		if !found {
 			auth, hosts = "", rest
 		}
-		o := &redis.ClusterOptions{DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second}
+		o := &redis.ClusterOptions{DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
+			ReadBufferSize: redisBufferSize, WriteBufferSize: redisBufferSize}
 		if auth != "" {
 			u, err := url.Parse("redis://" + auth + "@x")
 			if err != nil {
@@ -139,8 +140,21 @@ func clusterRedis(spec string) (redis.UniversalClient, error) {
 		return nil, err
 	}
 	o.DialTimeout, o.ReadTimeout, o.WriteTimeout = 2*time.Second, 2*time.Second, 2*time.Second
+	o.ReadBufferSize, o.WriteBufferSize = redisBufferSize, redisBufferSize
 	return redis.NewClient(o), nil
 }
+
+// redisBufferSize is each Redis connection's read and write buffer.
+// go-redis defaults to 32 KiB each, 64 KiB a connection held for the
+// process's life in every pooled connection (10 per CPU, and per master
+// of a Redis Cluster), most of a node's fixed memory in cluster mode
+// (docs/PERFORMANCE.md, issue 20 item 9). The daemon's replies are short
+// (a script's status, a lease) or bulk strings, which go-redis reads
+// into their own slice whatever the buffer; its writes are a few KB
+// records, and a larger argument is written through. So
+// net/http's 4 KiB is enough: it costs no round trip, only, for a
+// pipeline larger than the buffer, one more write call per 4 KiB.
+const redisBufferSize = 4 << 10
 
 // holds returns the lease this node holds on the session, if any.
 func (cl *cluster) holds(sk string) (lease, bool) {
@@ -151,6 +165,11 @@ func (cl *cluster) holds(sk string) (lease, bool) {
 }
 
 func (cl *cluster) hold(sk string, l lease) {
+	if self := cl.ls.self; l.node == self.node && l.incarnation == self.incarnation && l.peer == self.peer {
+		// Every lease this node holds names it: share its strings rather
+		// than keep each claim's reply alive for the session's life.
+		l.node, l.incarnation, l.peer = self.node, self.incarnation, self.peer
+	}
 	cl.mu.Lock()
 	cl.held[sk] = heldLease{l: l, since: time.Now()}
 	n := len(cl.held)

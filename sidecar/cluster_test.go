@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // TestClusterConfig: the cluster flags are checked at once, each error
@@ -94,4 +96,43 @@ func FuzzSIDSessionKey(f *testing.F) {
 			t.Fatalf("%q gave %q", sid, sk)
 		}
 	})
+}
+
+// TestClusterRedisBuffers: every connection to --cluster-redis gets the
+// small buffers of redisBufferSize, not go-redis's 32 KiB each way (most
+// of a node's fixed memory, docs/PERFORMANCE.md issue 20 item 9), and
+// what the operator tuned in a redis:// URL is kept. Nothing is dialed.
+func TestClusterRedisBuffers(t *testing.T) {
+	for _, tc := range []struct {
+		spec     string
+		poolSize int // 0: go-redis's default, not checked
+	}{
+		{"redis://127.0.0.1:6379/2", 0},
+		{"redis://u:p@127.0.0.1:6379/2?pool_size=7", 7},
+		{"unix:///run/redis/redis.sock", 0},
+		{"redis-cluster://u:p@10.0.0.1:6379,10.0.0.2:6379", 0},
+	} {
+		rdb, err := clusterRedis(tc.spec)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.spec, err)
+		}
+		var read, write, pool int
+		switch c := rdb.(type) {
+		case *redis.Client:
+			o := c.Options()
+			read, write, pool = o.ReadBufferSize, o.WriteBufferSize, o.PoolSize
+		case *redis.ClusterClient:
+			o := c.Options()
+			read, write, pool = o.ReadBufferSize, o.WriteBufferSize, o.PoolSize
+		default:
+			t.Fatalf("%s: client %T", tc.spec, rdb)
+		}
+		rdb.Close()
+		if read != redisBufferSize || write != redisBufferSize {
+			t.Errorf("%s: buffers %d/%d bytes, want %d", tc.spec, read, write, redisBufferSize)
+		}
+		if tc.poolSize != 0 && pool != tc.poolSize {
+			t.Errorf("%s: pool of %d, want the URL's %d", tc.spec, pool, tc.poolSize)
+		}
+	}
 }
