@@ -9,6 +9,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -619,7 +620,7 @@ func (bs *boshSession) hold1(w http.ResponseWriter, r *http.Request, rid int64) 
 }
 
 // register adds hw to the held requests, releasing it at once when
-// stanzas or the end wait, and the oldest when too many are held. It
+// stanzas or the end wait, and the oldest (the lowest rid) when too many are held. It
 // reports false, releasing a parked hw, when the session is over.
 func (bs *boshSession) register(hw *boshWaiter) bool {
 	bs.mu.Lock()
@@ -638,7 +639,14 @@ func (bs *boshSession) register(hw *boshWaiter) bool {
 			bs.release(o)
 		}
 	}
-	bs.held = append(bs.held, hw)
+	// In rid order, whatever order they came in (a request that waited
+	// for an earlier rid registers after it only once that one is
+	// processed, and may register first): the lowest answers first.
+	i := len(bs.held)
+	for i > 0 && bs.held[i-1].rid > hw.rid {
+		i--
+	}
+	bs.held = slices.Insert(bs.held, i, hw)
 	// Too many held: the oldest answers now, so the client can send.
 	live := 0
 	for _, o := range bs.held {

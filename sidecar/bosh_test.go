@@ -174,6 +174,7 @@ func boshHarness(t testing.TB) (*harness, *httptest.Server) {
 	srv.Listener = rl
 	srv.Config.IdleTimeout = 120 * time.Second
 	h.api.parked = newParker(h.api, rl, srv.Config)
+	h.api.parked.repoll = h.srv // as serve sets it (repoll.go)
 	srv.Start()
 	t.Cleanup(srv.Close)
 	t.Cleanup(func() {

@@ -106,7 +106,7 @@ func (p *boshPark) answer() {
 	}
 	now := time.Now()
 	b := bytes.NewBuffer(make([]byte, 0, 192+len(resp)))
-	p.writeHead(b, p.header, "text/xml; charset=utf-8", now, len(resp), keep)
+	p.writeHead(b, p.header, "text/xml; charset=utf-8", now, len(resp), true, keep)
 	b.Write(resp)
 	// Recorded when answered, as browserHandler does before net/http
 	// flushes.

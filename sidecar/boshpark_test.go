@@ -2,9 +2,11 @@ package sidecar
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -15,6 +17,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"expressolivre.org/imsidecar/xmppconn"
 )
 
 // heldBOSH counts the parked BOSH requests not yet fired.
@@ -288,4 +292,117 @@ func BenchmarkHeldBOSHMemory(b *testing.B) {
 	b.ReportMetric(m[2][1], "ws-adopted-goroutines/stream")
 	b.ReportMetric(m[3][1], "ws-handler-goroutines/stream")
 	b.ReportMetric(m[2][0]/m[3][0], "ws-adopted/handler")
+}
+
+// BenchmarkBOSHExchange is the daemon's work for one BOSH message as the
+// load test's sidecar-bosh path drives it (issue 15 item 7): over real
+// loopback TCP through the listener stack and the parker, a tab with
+// hold=1 sends a message on one kept-alive connection while its poll is
+// parked on another (the poll answers empty, the send parks, the next
+// poll parks and answers the send), and a message from the server
+// answers the parked poll, whose next poll parks again: four requests,
+// a message each way. The XMPP stream is the tests' fake.
+//
+// The baseline, timed in the same run, is the same exchange with every
+// request after a parked answer handed back to net/http as a new
+// connection (the parker without repoll.go, as before issue 15 item 7):
+// repoll/handback is the time, cpu/handback the process's CPU (client
+// and server), allocs/handback the allocations, per exchange.
+func BenchmarkBOSHExchange(b *testing.B) {
+	const payload = `<message xmlns="jabber:client" to="bob@example.test" type="chat" id="s1"><body>Olá Bob, a reunião foi para as 15h</body></message>`
+	setup := func(repoll bool) (round func(i int), stop func()) {
+		h, srv := boshHarness(b)
+		if !repoll {
+			h.api.parked.repoll = nil
+		}
+		h.api.logger = slog.New(slog.DiscardHandler) // production runs at warn: no access log
+		h.api.cfg.RateLimit = 1e12                   // the session's stanzas: none refused
+		c := h.tab(srv)
+		c.Send("", `<presence xmlns="jabber:client"/>`)
+		bs := h.bosh().get(c.SID)
+		bs.mu.Lock()
+		bs.limiter = tokenBucket{rate: 1e12, burst: 1e12}
+		bs.mu.Unlock()
+		stanzas := make([]*xmppconn.Stanza, 4096)
+		for i := range stanzas {
+			st, err := xmppconn.ParseStanza([]byte(`<message from="bob@example.test/d" to="alice@example.test/web" type="chat" id="in`+
+				strconv.Itoa(i)+`"><body>Olá Alice, combinado</body></message>`), 1<<20)
+			if err != nil {
+				b.Fatal(err)
+			}
+			st.From = st.Attr("from")
+			stanzas[i] = st
+		}
+		addr := srv.Listener.Addr().String()
+		send, poll := dialRaw(b, addr), dialRaw(b, addr)
+		req := func(payload string) string {
+			c.RID++
+			body := boshBodyOf(c.RID, c.SID, payload)
+			return "POST /http-bind HTTP/1.1\r\nHost: " + addr + "\r\nCookie: sessionid=" + goodID + "\r\nOrigin: http://" + addr +
+				"\r\nContent-Type: text/xml; charset=utf-8\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
+		}
+		poll.write(b, req(""))
+		h.waitHeld(c.SID, 1)
+		round = func(i int) {
+			send.write(b, req(payload)) // answers the poll, and parks
+			poll.read(b, http.StatusOK)
+			poll.write(b, req("")) // parks, and answers the send
+			send.read(b, http.StatusOK)
+			h.tap(stanzas[i%len(stanzas)]) // answers the poll, held since the send's answer
+			if body := poll.read(b, http.StatusOK); !bytes.Contains(body, []byte("combinado")) {
+				b.Fatalf("poll answered %s", body)
+			}
+			poll.write(b, req("")) // parks (the next send waits for it, in rid order)
+			if i%1024 == 0 {
+				h.conn.mu.Lock()
+				h.conn.stanzas = h.conn.stanzas[:0]
+				h.conn.mu.Unlock()
+			}
+		}
+		return round, func() { send.Close(); poll.Close() }
+	}
+	measure := func(round func(int), n int) (ns, cpuUs, allocs, bytes float64) {
+		var m0, m1 runtime.MemStats
+		runtime.ReadMemStats(&m0)
+		cpu, start := processCPU(), time.Now()
+		for i := range n {
+			round(i)
+		}
+		elapsed, cpuUsed := time.Since(start), processCPU()-cpu
+		runtime.ReadMemStats(&m1)
+		return float64(elapsed.Nanoseconds()) / float64(n), float64(cpuUsed.Microseconds()) / float64(n),
+			float64(m1.Mallocs-m0.Mallocs) / float64(n), float64(m1.TotalAlloc-m0.TotalAlloc) / float64(n)
+	}
+	old, stopOld := setup(false)
+	old(0)
+	baseNs, baseCPU, baseAllocs, baseBytes := measure(old, 2000)
+	stopOld()
+
+	round, stop := setup(true)
+	defer stop()
+	round(0)
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	cpu0 := processCPU()
+	i := 0
+	for b.Loop() {
+		i++
+		round(i)
+	}
+	runtime.ReadMemStats(&m1)
+	n := float64(b.N)
+	cpu := float64((processCPU() - cpu0).Microseconds()) / n
+	allocs := float64(m1.Mallocs-m0.Mallocs) / n
+	bytes := float64(m1.TotalAlloc-m0.TotalAlloc) / n
+	b.ReportMetric(cpu, "cpu-us/op")
+	b.ReportMetric(allocs, "allocs/exchange")
+	b.ReportMetric(bytes, "B/exchange")
+	b.ReportMetric(baseBytes, "handback-B/exchange")
+	b.ReportMetric(bytes/baseBytes, "bytes/handback")
+	b.ReportMetric(baseNs, "handback-ns/op")
+	b.ReportMetric(baseCPU, "handback-cpu-us/op")
+	b.ReportMetric(baseAllocs, "handback-allocs/exchange")
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/n/baseNs, "repoll/handback")
+	b.ReportMetric(cpu/baseCPU, "cpu/handback")
+	b.ReportMetric(allocs/baseAllocs, "allocs/handback")
 }

@@ -64,12 +64,16 @@ type parker struct {
 	closed bool                   // shutting down: answer at once, keep nothing alive
 	wg     sync.WaitGroup         // one per parked poll, until its connection is handed on
 
-	// repoll, when set, serves the next long poll of an answered
-	// connection without handing it back to net/http (repoll.go): the
-	// API's handler. repollBase is the context of those requests: srv's,
-	// naming srv as net/http's own do.
+	// repoll, when set, serves the next long poll or BOSH request of an
+	// answered connection without handing it back to net/http
+	// (repoll.go): the API's handler. repollBase is the context of those
+	// requests: srv's, naming srv as net/http's own do, and ended by
+	// shutdown (endRepolls) as srv.Shutdown ends net/http's, so that a
+	// request waiting in its handler (a BOSH request for an earlier rid)
+	// does not hold the shutdown.
 	repoll     http.Handler
 	repollBase context.Context
+	endRepolls context.CancelFunc
 }
 
 // newParker returns the parker of srv's connections, which srv accepts
@@ -79,7 +83,8 @@ func newParker(a *api, ln *resumeListener, srv *http.Server) *parker {
 	if srv.BaseContext != nil {
 		base = srv.BaseContext(ln)
 	}
-	return &parker{a: a, srv: srv, ln: ln, idle: srv.IdleTimeout, repollBase: context.WithValue(base, http.ServerContextKey, srv),
+	ctx, cancel := context.WithCancel(context.WithValue(base, http.ServerContextKey, srv))
+	return &parker{a: a, srv: srv, ln: ln, idle: srv.IdleTimeout, repollBase: ctx, endRepolls: cancel,
 		polls: map[*parkedPoll]struct{}{}, bosh: map[*boshPark]struct{}{}, ws: map[*wsStream]struct{}{}, idlers: map[net.Conn]struct{}{}}
 }
 
@@ -132,26 +137,37 @@ func (pk *parker) hijack(w http.ResponseWriter, r *http.Request, bodyRead bool) 
 
 // writeHead writes what net/http writes before a body of n bytes of
 // contentType: the status line 200 in the request's version, the headers
-// (header's, sorted, with Content-Type and Cache-Control: no-store), Date,
-// Content-Length and Connection.
-func (h *heldConn) writeHead(b *bytes.Buffer, header http.Header, contentType string, now time.Time, n int, keep bool) {
+// (header's, sorted, with Content-Type and Cache-Control: no-store, and
+// Content-Length when the handler sets it itself, as writeBOSH does:
+// ownLength), Date, Content-Length (unless ownLength) and Connection.
+func (h *heldConn) writeHead(b *bytes.Buffer, header http.Header, contentType string, now time.Time, n int, ownLength, keep bool) {
 	if h.http11 {
 		b.WriteString("HTTP/1.1 200 OK\r\n")
 	} else {
 		b.WriteString("HTTP/1.0 200 OK\r\n")
 	}
-	if header != nil {
+	switch {
+	case header != nil:
 		header.Set("Content-Type", contentType)
 		header.Set("Cache-Control", "no-store")
+		if ownLength {
+			header.Set("Content-Length", strconv.Itoa(n))
+		}
 		header.Write(b)
-	} else {
-		// What Header.Write gives for the two, sorted.
+	case ownLength:
+		// What Header.Write gives for the three, sorted.
+		b.WriteString("Cache-Control: no-store\r\nContent-Length: ")
+		b.Write(strconv.AppendInt(b.AvailableBuffer(), int64(n), 10))
+		b.WriteString("\r\nContent-Type: " + contentType + "\r\n")
+	default:
 		b.WriteString("Cache-Control: no-store\r\nContent-Type: " + contentType + "\r\n")
 	}
 	b.WriteString("Date: ")
 	b.Write(now.UTC().AppendFormat(b.AvailableBuffer(), http.TimeFormat))
-	b.WriteString("\r\nContent-Length: ")
-	b.Write(strconv.AppendInt(b.AvailableBuffer(), int64(n), 10))
+	if !ownLength {
+		b.WriteString("\r\nContent-Length: ")
+		b.Write(strconv.AppendInt(b.AvailableBuffer(), int64(n), 10))
+	}
 	b.WriteString("\r\n")
 	if !keep && h.http11 {
 		b.WriteString("Connection: close\r\n")
@@ -372,7 +388,7 @@ func readNext(c net.Conn) []byte {
 func (p *parkedPoll) response(res pollResult, keep bool, now time.Time) []byte {
 	body := eventsPage(res)
 	b := bytes.NewBuffer(make([]byte, 0, 192+len(body)))
-	p.writeHead(b, p.header, "application/json", now, len(body), keep)
+	p.writeHead(b, p.header, "application/json", now, len(body), false, keep)
 	b.WriteString(body)
 	return b.Bytes()
 }
@@ -401,6 +417,7 @@ func (pk *parker) shutdown(ctx context.Context) {
 		c.Close() // answered and idle, as http.Server.Shutdown closes its idle ones
 	}
 	pk.mu.Unlock()
+	pk.endRepolls()
 	for _, p := range polls {
 		p.wake()
 	}

@@ -10,17 +10,23 @@ import (
 	"time"
 )
 
-// Once a parked poll is answered, the client (PHP) asks again at once on
-// the same connection, and that poll, finding nothing, parks again. Handed
-// back to net/http, that request cost a whole new connection state — a
+// Once a parked poll or held BOSH request is answered, the client asks
+// again at once on the same connection (PHP's next long poll, a browser's
+// next BOSH request), and that request, finding nothing, parks again.
+// Handed back to net/http, it cost a whole new connection state — a
 // goroutine, 8 KB of buffers that the next hijack takes away again, two
-// contexts, a background read — per delivered message. So the parker
-// serves it itself, on the goroutine that read it, through the very same
-// handler (routing, authentication, limits, metrics, parking), when it is
-// the plain case: a complete GET of /v1/events in the one read, HTTP/1.1,
-// kept alive, no body, no upgrade, not an event stream, nothing pipelined
-// after it, and headers net/http would accept as they are. Anything else
-// goes to net/http as before, with the bytes read.
+// contexts, a background read — per delivered message (and a BOSH message
+// takes three requests). So the parker serves it itself, on the goroutine
+// that read it, through the very same handler (routing, Origin, the sid's
+// or the session's authentication, the per-stream rate and body limits,
+// metrics, parking), when it is the plain case: a complete GET of
+// /v1/events, or POST of /http-bind with its whole body (Content-Length,
+// within the one read), HTTP/1.1, kept alive, no upgrade, no Expect, not
+// an event stream, nothing pipelined after it, and headers net/http would
+// accept as they are. Anything else goes to net/http as before, with the
+// bytes read. A request served here is judged exactly as on a fresh
+// connection: nothing of the request before it (its sid, its session)
+// carries over, as nothing does in net/http.
 
 // serveRepoll serves raw, the next request read from c, when it is a
 // plain long poll: served reports that it did (false: c and raw are
@@ -52,15 +58,23 @@ func (pk *parker) serveRepoll(c net.Conn, raw []byte) (served, again bool) {
 	return true, true
 }
 
-// parseRepoll parses raw when it is exactly one plain GET /v1/events
-// request (see above), and returns nil for anything else.
+// parseRepoll parses raw when it is exactly one plain GET /v1/events or
+// POST /http-bind request (see above), and returns nil for anything else.
 func parseRepoll(raw []byte) *http.Request {
 	end := bytes.Index(raw, []byte("\r\n\r\n"))
-	if !bytes.HasPrefix(raw, []byte("GET /v1/events")) || end < 0 || end+4 != len(raw) {
+	if end < 0 {
+		return nil
+	}
+	bosh := bytes.HasPrefix(raw, []byte("POST /http-bind"))
+	if !bosh && !bytes.HasPrefix(raw, []byte("GET /v1/events")) {
 		return nil
 	}
 	req, err := http.ReadRequest(bufio.NewReaderSize(bytes.NewReader(raw), len(raw)))
-	if err != nil || req.ProtoMajor != 1 || req.ProtoMinor != 1 || req.Close || req.ContentLength != 0 || len(req.TransferEncoding) > 0 {
+	if err != nil || req.ProtoMajor != 1 || req.ProtoMinor != 1 || req.Close || len(req.TransferEncoding) > 0 {
+		return nil
+	}
+	// The whole body, and nothing after it: a BOSH body, or none.
+	if n := req.ContentLength; n < 0 || (!bosh && n != 0) || int64(end+4)+n != int64(len(raw)) {
 		return nil
 	}
 	// As net/http's server checks them (its 400s stay its own);
@@ -79,7 +93,11 @@ func parseRepoll(raw []byte) *http.Request {
 		}
 	}
 	h := req.Header
-	if h.Get("Expect") != "" || h.Get("Upgrade") != "" || h.Get("Connection") != "" || strings.Contains(h.Get("Accept"), "text/event-stream") {
+	// "Connection: keep-alive" (browsers send it) changes nothing in
+	// HTTP/1.1; any other token (close, upgrade) is net/http's.
+	conn := h.Values("Connection")
+	if h.Get("Expect") != "" || h.Get("Upgrade") != "" || len(conn) > 1 || (len(conn) == 1 && !strings.EqualFold(conn[0], "keep-alive")) ||
+		strings.Contains(h.Get("Accept"), "text/event-stream") {
 		return nil
 	}
 	return req
@@ -139,13 +157,19 @@ func (w *repollWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 }
 
 // response is what net/http writes for the same answer: the status line,
-// the handler's headers (sorted), Date, Content-Length and the body.
+// the handler's headers (sorted; with its Content-Length, as writeBOSH
+// sets it), Date, Content-Length unless the handler set it, and the body,
+// in one write.
 func (w *repollWriter) response(now time.Time) []byte {
 	status := w.status
 	if status == 0 {
 		status = http.StatusOK
 	}
 	h := w.Header()
+	own := h.Get("Content-Length") != ""
+	if own {
+		h.Set("Content-Length", strconv.Itoa(w.body.Len()))
+	}
 	if w.body.Len() > 0 && h.Get("Content-Type") == "" {
 		h.Set("Content-Type", http.DetectContentType(w.body.Bytes()))
 	}
@@ -158,8 +182,10 @@ func (w *repollWriter) response(now time.Time) []byte {
 	h.Write(b)
 	b.WriteString("Date: ")
 	b.Write(now.UTC().AppendFormat(b.AvailableBuffer(), http.TimeFormat))
-	b.WriteString("\r\nContent-Length: ")
-	b.WriteString(strconv.Itoa(w.body.Len()))
+	if !own {
+		b.WriteString("\r\nContent-Length: ")
+		b.WriteString(strconv.Itoa(w.body.Len()))
+	}
 	b.WriteString("\r\n\r\n")
 	b.Write(w.body.Bytes())
 	return b.Bytes()
