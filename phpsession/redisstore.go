@@ -92,7 +92,7 @@ func newClusterStore(spec string) (*RedisStore, error) {
 		return nil, fmt.Errorf("%w: rediscluster save path: %w", ErrConfig, err)
 	}
 	o := &redis.ClusterOptions{DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
-		PoolSize: 16, MaxRetries: 1}
+		PoolSize: 16, MaxRetries: 1, NewClient: dialOnce}
 	var auth []string
 	for k, vs := range q {
 		name, _, indexed := strings.Cut(k, "[")
@@ -146,6 +146,17 @@ func newClusterStore(spec string) (*RedisStore, error) {
 	return &RedisStore{hosts: []redisHost{{client: c, prefix: prefix, weight: 1}}, total: 1, closer: []func() error{c.Close}}, nil
 }
 
+// dialOnce builds a Redis Cluster's client of one node with one dial per
+// attempt (DialerRetries 1). go-redis otherwise dials a refused address 5
+// times 100 ms apart, with the pool's other dials queued behind, under
+// its own and the cluster's retries: a lookup on a Redis that is down
+// took seconds, not the moment a refused connection takes, to answer
+// ErrUnavailable (a caller with a live stream goes on without it).
+func dialOnce(o *redis.Options) *redis.Client {
+	o.DialerRetries = 1
+	return redis.NewClient(o)
+}
+
 func parseRedisHost(spec string, opt RedisOptions) (redisHost, func() error, error) {
 	if !strings.Contains(spec, "://") {
 		spec = "tcp://" + spec
@@ -156,7 +167,7 @@ func parseRedisHost(spec string, opt RedisOptions) (redisHost, func() error, err
 	}
 	q := u.Query()
 	o := &redis.Options{DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
-		PoolSize: 16, MaxRetries: 1}
+		PoolSize: 16, MaxRetries: 1, DialerRetries: 1}
 	switch u.Scheme {
 	case "tcp", "redis", "rediss":
 		host := u.Host
@@ -169,7 +180,7 @@ func parseRedisHost(spec string, opt RedisOptions) (redisHost, func() error, err
 			if err != nil {
 				return redisHost{}, nil, fmt.Errorf("%w: redis URL: %w", ErrConfig, err)
 			}
-			ro.DialTimeout, ro.ReadTimeout, ro.WriteTimeout, ro.MaxRetries = o.DialTimeout, o.ReadTimeout, o.WriteTimeout, 1
+			ro.DialTimeout, ro.ReadTimeout, ro.WriteTimeout, ro.MaxRetries, ro.DialerRetries = o.DialTimeout, o.ReadTimeout, o.WriteTimeout, 1, 1
 			o = ro
 		}
 	case "unix":
@@ -222,7 +233,7 @@ func parseRedisHost(spec string, opt RedisOptions) (redisHost, func() error, err
 	}
 	if opt.Cluster {
 		c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{o.Addr}, Username: o.Username, Password: o.Password,
-			DialTimeout: o.DialTimeout, ReadTimeout: o.ReadTimeout, WriteTimeout: o.WriteTimeout, MaxRetries: 1})
+			DialTimeout: o.DialTimeout, ReadTimeout: o.ReadTimeout, WriteTimeout: o.WriteTimeout, MaxRetries: 1, NewClient: dialOnce})
 		h.client = c
 		return h, c.Close, nil
 	}

@@ -36,13 +36,23 @@ type fakeReader struct {
 	sessions map[string]*phpsession.Session
 	errs     map[string]error
 	down     bool
+	hung     bool // lookups wait for their context to end, as on a store that stops answering
 }
 
-func (f *fakeReader) Lookup(_ context.Context, id string) (*phpsession.Session, error) {
+func (f *fakeReader) Lookup(ctx context.Context, id string) (*phpsession.Session, error) {
 	if err := phpsession.ValidateID(id, 0); err != nil {
 		return nil, err
 	}
 	f.mu.Lock()
+	if f.hung {
+		f.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(5 * time.Second): // the caller did not bound it
+			return nil, errors.New("fakeReader: a hung lookup was not bounded")
+		}
+	}
 	defer f.mu.Unlock()
 	if f.down {
 		return nil, phpsession.ErrUnavailable
@@ -378,6 +388,22 @@ func TestErrorCodes(t *testing.T) {
 		}
 		if rec := h.do("GET", "/v1/events?wait=0", "", sid(goodID)...); rec.Code != 200 {
 			t.Fatalf("poll of a connected session while the store is down = %d %s", rec.Code, rec.Body)
+		}
+	})
+	t.Run("store hung", func(t *testing.T) {
+		// A store that stops answering mid-lookup (a Redis dying) does not
+		// hold a connected session's calls: past liveLookupTimeout they go
+		// on with the stream's identity.
+		h.reader.mu.Lock()
+		h.reader.hung = true
+		h.reader.mu.Unlock()
+		defer func() { h.reader.mu.Lock(); h.reader.hung = false; h.reader.mu.Unlock() }()
+		rec := h.do("GET", "/v1/me", "", sid(goodID)...)
+		if rec.Code != 200 || !strings.Contains(rec.Body.String(), `"state":"online"`) {
+			t.Fatalf("GET /v1/me of a connected session while the store hangs = %d %s", rec.Code, rec.Body)
+		}
+		if rec := h.do("POST", "/v1/messages", `{"to":"bob@example.test","body":"hi"}`, sid(goodID)...); rec.Code != 202 {
+			t.Fatalf("send of a connected session while the store hangs = %d %s", rec.Code, rec.Body)
 		}
 	})
 	t.Run("shutting down", func(t *testing.T) {

@@ -108,7 +108,10 @@ func newCluster(cfg *Config, secret string, logger *slog.Logger, m *metrics) (*c
 
 // clusterRedis builds the Redis client of --cluster-redis: a redis:// or
 // rediss:// URL for one server, redis-cluster://[user:pass@]h:p,h:p for
-// the seeds of a Redis Cluster.
+// the seeds of a Redis Cluster. Each node is dialled once per attempt
+// (DialerRetries 1; go-redis's default dials a refused address 5 times
+// 100 ms apart, under its own retries): a Redis that is down fails a
+// write, renewal or read at once and the mirror keeps the state.
 func clusterRedis(spec string) (redis.UniversalClient, error) {
 	if rest, ok := strings.CutPrefix(spec, "redis-cluster://"); ok {
 		auth, hosts, found := strings.Cut(rest, "@")
@@ -116,7 +119,8 @@ func clusterRedis(spec string) (redis.UniversalClient, error) {
 			auth, hosts = "", rest
 		}
 		o := &redis.ClusterOptions{DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
-			ReadBufferSize: redisBufferSize, WriteBufferSize: redisBufferSize}
+			ReadBufferSize: redisBufferSize, WriteBufferSize: redisBufferSize,
+			NewClient: func(no *redis.Options) *redis.Client { no.DialerRetries = 1; return redis.NewClient(no) }}
 		if auth != "" {
 			u, err := url.Parse("redis://" + auth + "@x")
 			if err != nil {
@@ -143,6 +147,7 @@ func clusterRedis(spec string) (redis.UniversalClient, error) {
 		return nil, err
 	}
 	o.DialTimeout, o.ReadTimeout, o.WriteTimeout = 2*time.Second, 2*time.Second, 2*time.Second
+	o.DialerRetries = 1
 	o.ReadBufferSize, o.WriteBufferSize = redisBufferSize, redisBufferSize
 	return redis.NewClient(o), nil
 }

@@ -660,7 +660,7 @@ func clusterRedisFault(b *clusterBed, down time.Duration) {
 		t.Errorf("criterion: no takeover happens; %d sessions were claimed again", b.row.Takeovers)
 	}
 	if homeErrs != 0 {
-		t.Errorf("criterion: users on their owner keep chatting; %d of their calls failed", homeErrs)
+		t.Errorf("criterion: users on their owner keep chatting; %d of their calls failed:%s", homeErrs, b.failedCalls(home))
 	}
 	b.wantServedWithin(2*time.Second, 0)
 }
@@ -675,6 +675,22 @@ func (b *clusterBed) homeErrors(users []*fuser) int {
 		n += b.tr.userErrs[u.Name]
 	}
 	return n
+}
+
+// failedCalls lists the failed calls of users since the fault, each at
+// its offset from it.
+func (b *clusterBed) failedCalls(users []*fuser) string {
+	b.tr.mu.Lock()
+	defer b.tr.mu.Unlock()
+	var s strings.Builder
+	for _, u := range users {
+		for _, c := range b.tr.failedAll[u.Name] {
+			if c.end.After(b.tr.faultAt) {
+				fmt.Fprintf(&s, " %s %s %v..%v %s;", u.Name, c.what, c.start.Sub(b.tr.faultAt).Round(time.Millisecond), c.end.Sub(b.tr.faultAt).Round(time.Millisecond), c.outcome)
+			}
+		}
+	}
+	return s.String()
 }
 
 // redisStop kills the Redis (every master of the Redis Cluster).

@@ -181,6 +181,7 @@ type traffic struct {
 	// failedSince is each user's calls that failed since their last
 	// successful one; worstCalls, those of their longest wait.
 	failedSince map[string][]callRec
+	failedAll   map[string][]callRec // every failed call of each user
 	worstCalls  map[string][]callRec
 	worstEnd    map[string]time.Time
 	faultAt     time.Time
@@ -220,7 +221,7 @@ func trafficOf(t *testing.T, tag string, users []*fuser, interval time.Duration)
 		sent: map[string]sentMsg{}, got: map[string]int{}, gotAt: map[string]time.Time{},
 		notRecovered: map[string]int{}, reconnects: map[string]int{}, states: map[string][]string{}, servedAt: map[string]time.Time{},
 		lastOK: map[string]time.Time{}, maxGap: map[string]time.Duration{}, userErrs: map[string]int{},
-		failedSince: map[string][]callRec{}, worstCalls: map[string][]callRec{}, worstEnd: map[string]time.Time{}}
+		failedSince: map[string][]callRec{}, failedAll: map[string][]callRec{}, worstCalls: map[string][]callRec{}, worstEnd: map[string]time.Time{}}
 }
 
 // callRec is one call of a user that failed: what, when, how.
@@ -238,7 +239,9 @@ func (tr *traffic) failedLocked(name, what string, start time.Time, status int, 
 	} else if err != nil && status == 0 {
 		out += " " + err.Error()
 	}
-	tr.failedSince[name] = append(tr.failedSince[name], callRec{what: what, start: start, end: time.Now(), outcome: out})
+	c := callRec{what: what, start: start, end: time.Now(), outcome: out}
+	tr.failedSince[name] = append(tr.failedSince[name], c)
+	tr.failedAll[name] = append(tr.failedAll[name], c)
 }
 
 // worstWait describes the longest wait of any user, each failed call

@@ -148,14 +148,23 @@ func (a *api) authenticate(r *http.Request, cookieOK bool) (*caller, error) {
 	}
 	h := phpsession.Hash(c.id) // once: the session check and the registry's key
 	c.key = keyOf(h)
+	ctx := r.Context()
+	s := a.reg.byKey(c.key)
+	if s != nil && s.live() {
+		// A session with a live stream here does not wait on a store
+		// that stops answering (liveLookupTimeout).
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, liveLookupTimeout)
+		defer cancel()
+	}
 	start := time.Now()
-	ps, err := a.reader.LookupHashed(r.Context(), h)
+	ps, err := a.reader.LookupHashed(ctx, h)
 	a.metrics.storeLatency.Observe(time.Since(start).Seconds())
-	if errors.Is(err, phpsession.ErrUnavailable) {
-		// The store is down (Redis restarting). A session with a live
-		// stream keeps working on what it last read, as the janitor keeps
-		// it online; anything else waits for the store.
-		if s := a.reg.byKey(c.key); s != nil && s.live() {
+	if errors.Is(err, phpsession.ErrUnavailable) || err != nil && ctx.Err() != nil && r.Context().Err() == nil {
+		// The store is down (Redis restarting) or slow. A session with a
+		// live stream keeps working on what it last read, as the janitor
+		// keeps it online; anything else waits for the store.
+		if s != nil && s.live() {
 			c.php = &phpsession.Session{Identity: s.ident}
 			return c, nil
 		}
@@ -167,6 +176,14 @@ func (a *api) authenticate(r *http.Request, cookieOK bool) (*caller, error) {
 	c.php = ps
 	return c, nil
 }
+
+// liveLookupTimeout bounds the session store lookup of a call whose
+// session has a live stream on this node: past it the call goes on with
+// the identity the stream was opened with, as when the store answers
+// that it is down. A user on the node holding their stream keeps chatting
+// through a store (Redis) that dies or hangs mid-lookup; a session
+// logged out meanwhile is still ended by the janitor's next check.
+const liveLookupTimeout = 500 * time.Millisecond
 
 // refuseTooLargeTimeout bounds the drain after a 413 (refuseBody).
 const refuseTooLargeTimeout = 2 * time.Second
