@@ -137,8 +137,9 @@ func startClusterRigWith(t *testing.T, o clusterRigOptions) *clusterRig {
 	}
 	for i := range o.Nodes {
 		host := "127.0.0." + strconv.Itoa(o.FirstHost+i)
-		api := net.JoinHostPort(host, strconv.Itoa(freePortOn(t, host)))
-		peer := net.JoinHostPort(host, strconv.Itoa(freePortOn(t, host)))
+		ports := freePortsOn(t, host, 2)
+		api := net.JoinHostPort(host, strconv.Itoa(ports[0]))
+		peer := net.JoinHostPort(host, strconv.Itoa(ports[1]))
 		leases := rig.Leases
 		if o.LeasesOf != nil && o.LeasesOf(i) != "" {
 			leases = o.LeasesOf(i)
@@ -169,15 +170,22 @@ func startClusterRigWith(t *testing.T, o clusterRigOptions) *clusterRig {
 	return rig
 }
 
-// freePortOn returns a TCP port of host that was free a moment ago.
-func freePortOn(tb testing.TB, host string) int {
+// freePortsOn returns n distinct TCP ports of host that were free a
+// moment ago. It holds every listener until it has them all: ports taken
+// one after the other may come back equal once the first is closed (a
+// node then failed to start with its API and peer listener on one port).
+func freePortsOn(tb testing.TB, host string, n int) []int {
 	tb.Helper()
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		tb.Fatal(err)
+	ports := make([]int, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return ports
 }
 
 // balancer is the test's load balancer: round robin over the nodes'
