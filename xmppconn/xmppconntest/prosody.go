@@ -159,7 +159,7 @@ func StartProsody(tb testing.TB, opts Options) *Server {
 	}
 	s.Certs, s.CAFile, s.CAPool = certs, certs.CAFile, certs.CAPool
 
-	ports := freePorts(tb, 3)
+	ports := FreePorts(tb, 3)
 	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
 	if opts.DirectTLS {
 		s.DirectTLSAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1]))
@@ -185,8 +185,10 @@ func StartProsody(tb testing.TB, opts Options) *Server {
 	return s
 }
 
-// freePorts reserves n distinct free loopback TCP ports and releases them.
-func freePorts(tb testing.TB, n int) []int {
+// FreePorts returns n distinct loopback TCP ports that were free a moment
+// ago. It holds every listener until it has them all: ports taken one
+// after the other may come back equal once the first is closed.
+func FreePorts(tb testing.TB, n int) []int {
 	tb.Helper()
 	var ls []net.Listener
 	defer func() {
