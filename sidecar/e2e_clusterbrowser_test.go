@@ -243,6 +243,49 @@ func dialClusterWS(t *testing.T, base, origin, cookieSID string) *wsClient {
 	return c
 }
 
+// browserKill is where the owner-kill tests start: a three-node rig, a
+// desktop contact, and a BOSH page of the user's, through a round-robin
+// balancer, that has taken a first message ("antes") from the contact.
+type browserKill struct {
+	t     *testing.T
+	rig   *clusterRig
+	lb    *balancer
+	desk  *desktop
+	alice *user
+	page  *sidecar.BOSHClient
+}
+
+// startBrowserKill registers name, deskName and others, befriends name
+// and deskName, and opens name's page.
+func startBrowserKill(t *testing.T, name, deskName string, others ...string) *browserKill {
+	t.Helper()
+	k := &browserKill{t: t, rig: startClusterRig(t, 3, 3*time.Second)}
+	k.lb = k.rig.browserBalancer()
+	k.rig.e.register(t, append([]string{name, deskName}, others...)...)
+	k.rig.e.XMPP.Befriend(t, name, deskName)
+	k.desk = dialDesktop(t, k.rig.e.XMPP, deskName)
+	k.alice = k.rig.e.login(t, name)
+	k.page = k.rig.clusterPage(t, k.lb, k.alice)
+	k.say("antes")
+	k.page.WaitFor(15*time.Second, "the message before the owner goes", contains(">antes<"))
+	return k
+}
+
+// say sends body from the desktop contact to the user.
+func (k *browserKill) say(body string) {
+	k.t.Helper()
+	if _, err := k.desk.Conn.Send(k.t.Context(), xmppconn.Message{To: k.alice.Bare, Type: "chat", Body: body}); err != nil {
+		k.t.Fatal(err)
+	}
+}
+
+// ownerAndSurvivors returns the one node holding a lease and the others.
+func (rig *clusterRig) ownerAndSurvivors(t *testing.T) (*daemon, []*daemon) {
+	t.Helper()
+	vi := rig.owner(t)
+	return rig.Nodes[vi], append(slices.Clone(rig.Nodes[:vi]), rig.Nodes[vi+1:]...)
+}
+
 // TestClusterBrowserKillOwner: the node holding a BOSH page's session is
 // killed (SIGKILL). The page's next request, through another node, is
 // answered item-not-found (its BOSH session died with the node); the page
@@ -250,26 +293,11 @@ func dialClusterWS(t *testing.T, base, origin, cookieSID string) *wsClient {
 // with a fresh login, and gets the messages its contact sent meanwhile,
 // each once.
 func TestClusterBrowserKillOwner(t *testing.T) {
-	rig := startClusterRig(t, 3, 3*time.Second)
-	lb := rig.browserBalancer()
-	rig.e.register(t, "cbk", "cbkdesk")
-	rig.e.XMPP.Befriend(t, "cbk", "cbkdesk")
-	desk := dialDesktop(t, rig.e.XMPP, "cbkdesk")
-	alice := rig.e.login(t, "cbk")
-	page := rig.clusterPage(t, lb, alice)
+	k := startBrowserKill(t, "cbk", "cbkdesk")
+	rig, lb, desk, alice, page, say := k.rig, k.lb, k.desk, k.alice, k.page, k.say
 	ctx := t.Context()
-	say := func(body string) {
-		t.Helper()
-		if _, err := desk.Conn.Send(ctx, xmppconn.Message{To: alice.Bare, Type: "chat", Body: body}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	say("antes")
-	page.WaitFor(15*time.Second, "the message before the kill", contains(">antes<"))
 	drainDesktop(desk)
-	vi := rig.owner(t)
-	victim := rig.Nodes[vi]
-	survivors := append(slices.Clone(rig.Nodes[:vi]), rig.Nodes[vi+1:]...)
+	victim, survivors := rig.ownerAndSurvivors(t)
 	victim.Signal(t, syscall.SIGKILL, 5*time.Second)
 	killed := time.Now()
 	const n = 5
@@ -322,29 +350,15 @@ func TestClusterBrowserKillOwner(t *testing.T) {
 // session's page, and its cookie with the dead page's sid, get nothing
 // of them.
 func TestClusterBrowserHeldKillOwner(t *testing.T) {
-	rig := startClusterRig(t, 3, 3*time.Second)
-	lb := rig.browserBalancer()
-	rig.e.register(t, "cbh", "cbhx", "cbhdesk")
-	rig.e.XMPP.Befriend(t, "cbh", "cbhdesk")
-	desk := dialDesktop(t, rig.e.XMPP, "cbhdesk")
-	alice, mallory := rig.e.login(t, "cbh"), rig.e.login(t, "cbhx")
-	page := rig.clusterPage(t, lb, alice)
+	k := startBrowserKill(t, "cbh", "cbhdesk", "cbhx")
+	rig, lb, desk, alice, page, say := k.rig, k.lb, k.desk, k.alice, k.page, k.say
+	mallory := rig.e.login(t, "cbhx")
 	ctx := t.Context()
-	say := func(body string) {
-		t.Helper()
-		if _, err := desk.Conn.Send(ctx, xmppconn.Message{To: alice.Bare, Type: "chat", Body: body}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	say("antes")
-	page.WaitFor(15*time.Second, "the message before the page left", contains(">antes<"))
 	// The page goes away (a reload's unload: terminate, no unavailable).
 	if b := page.Send(`type="terminate"`, ""); b.Attr("type") != "terminate" {
 		t.Fatalf("terminate: %s", page.Last)
 	}
-	vi := rig.owner(t)
-	victim := rig.Nodes[vi]
-	survivors := append(slices.Clone(rig.Nodes[:vi]), rig.Nodes[vi+1:]...)
+	victim, survivors := rig.ownerAndSurvivors(t)
 	const n = 3
 	for i := range n {
 		say(fmt.Sprintf("sozinho-%d", i))
