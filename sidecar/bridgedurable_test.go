@@ -21,11 +21,7 @@ func TestClusterHeldBacklog(t *testing.T) {
 			a, b := stateNode(t, spec, "a"), stateNode(t, spec, "b")
 			ctx := t.Context()
 			sk := sessionKey("held-backlog-aaaaaaaaaaaaaaa")
-			ra, err := a.take(ctx, sk, nil)
-			if err != nil || !ra.won {
-				t.Fatalf("a's claim: %+v %v", ra, err)
-			}
-			s, _ := stateSession(t, a, sk, "alice")
+			s, la := ownedSession(t, a, sk, "alice")
 			s.jid = "alice@example.org"
 			cs := s.durable
 			if err := cs.Save(xmppconn.ResumeState{V: 1, JID: "alice@example.org/web-" + sk[:8], ID: "sm-held", Max: 300}); err != nil {
@@ -83,7 +79,7 @@ func TestClusterHeldBacklog(t *testing.T) {
 			// a dies; b takes the session over and its first bridge has
 			// exactly the two, in order.
 			a.wg.Wait()
-			if _, err := b.take(ctx, sk, &ra.lease); err != nil {
+			if _, err := b.take(ctx, sk, &la); err != nil {
 				t.Fatal(err)
 			}
 			s2, _ := stateSession(t, b, sk, "alice")
