@@ -32,11 +32,7 @@ func TestClusterHeldBacklog(t *testing.T) {
 			var h uint32
 			inbound := func(br *bridge, cs *clusterSession, body string) {
 				t.Helper()
-				st, err := xmppconn.ParseStanza([]byte(`<message xmlns="jabber:client" from="bob@example.org/desk" to="alice@example.org" type="chat"><body>`+body+`</body></message>`), 1<<16)
-				if err != nil {
-					t.Fatal(err)
-				}
-				br.fromServer(st) // the Tap runs before the stanza's count
+				br.fromServer(bobSays(t, body)) // the Tap runs before the stanza's count
 				h++
 				if err := cs.Handled(h); err != nil {
 					t.Fatal(err)
@@ -57,8 +53,7 @@ func TestClusterHeldBacklog(t *testing.T) {
 			}
 			// A message the page takes before its count is written is
 			// not written for browsers at all.
-			st, _ := xmppconn.ParseStanza([]byte(`<message xmlns="jabber:client" from="bob@example.org/desk" to="alice@example.org" type="chat"><body>fast</body></message>`), 1<<16)
-			br.fromServer(st)
+			br.fromServer(bobSays(t, "fast"))
 			for _, raw := range c.take(1 << 20) {
 				if strings.Contains(string(raw), "held-") {
 					continue // held-4 and held-5, taken too: forgotten
@@ -82,14 +77,7 @@ func TestClusterHeldBacklog(t *testing.T) {
 			if _, err := b.take(ctx, sk, &la); err != nil {
 				t.Fatal(err)
 			}
-			s2, _ := stateSession(t, b, sk, "alice")
-			s2.jid = "alice@example.org"
-			br2 := s2.bridgeOf(2, keep, b.metrics)
-			c2, err := br2.attach(func() {})
-			if err != nil {
-				t.Fatal(err)
-			}
-			br2.markReady(c2)
+			s2, br2, c2 := heldPage(t, b, sk, "alice", keep)
 			got := c2.take(1 << 20)
 			if len(got) != 2 || !strings.Contains(string(got[0]), ">late-1<") || !strings.Contains(string(got[1]), ">late-2<") {
 				t.Fatalf("the new owner's first page got %q, want late-1 and late-2", got)
@@ -106,16 +94,11 @@ func TestClusterHeldBacklog(t *testing.T) {
 			// the new user's bridge gets nothing of alice's, and Redis
 			// forgets it.
 			br2.detach(c2)
-			st, _ = xmppconn.ParseStanza([]byte(`<message xmlns="jabber:client" from="bob@example.org/desk" to="alice@example.org" type="chat"><body>secret</body></message>`), 1<<16)
-			br2.fromServer(st)
+			br2.fromServer(bobSays(t, "secret"))
 			if err := s2.durable.Handled(h + 1); err != nil {
 				t.Fatal(err)
 			}
-			s3, _ := stateSession(t, b, sk, "mallory")
-			s3.jid = "mallory@example.org"
-			br3 := s3.bridgeOf(2, keep, b.metrics)
-			c3, _ := br3.attach(func() {})
-			br3.markReady(c3)
+			s3, _, c3 := heldPage(t, b, sk, "mallory", keep)
 			if got := c3.take(1 << 20); len(got) != 0 {
 				t.Fatalf("another user of the PHP session got %q", got)
 			}
@@ -129,4 +112,30 @@ func TestClusterHeldBacklog(t *testing.T) {
 			}
 		})
 	}
+}
+
+// heldPage is user's session loaded on node cl, as by a node taking it
+// over, with a page attached to its bridge (keep stanzas kept for
+// browsers) and ready.
+func heldPage(t *testing.T, cl *cluster, sk, user string, keep int) (*session, *bridge, *bridgeClient) {
+	t.Helper()
+	s, _ := stateSession(t, cl, sk, user)
+	s.jid = user + "@example.org"
+	br := s.bridgeOf(2, keep, cl.metrics)
+	c, err := br.attach(func() {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	br.markReady(c)
+	return s, br, c
+}
+
+// bobSays is a chat message from bob to alice, as the server sends it.
+func bobSays(t *testing.T, body string) *xmppconn.Stanza {
+	t.Helper()
+	st, err := xmppconn.ParseStanza([]byte(`<message xmlns="jabber:client" from="bob@example.org/desk" to="alice@example.org" type="chat"><body>`+body+`</body></message>`), 1<<16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
 }

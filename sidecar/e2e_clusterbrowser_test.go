@@ -279,6 +279,25 @@ func (k *browserKill) say(body string) {
 	}
 }
 
+// reattach opens the user's next page, killed being when the owner was
+// killed, and waits there for the messages prefix-0 … prefix-(n-1); after
+// three more requests it reports how long after the kill the page was
+// served, how many of those messages came twice, and how many times the
+// first message came again.
+func (k *browserKill) reattach(killed time.Time, prefix string, n int) (page *sidecar.BOSHClient, served time.Duration, dup, again int) {
+	k.t.Helper()
+	page = k.rig.clusterPage(k.t, k.lb, k.alice)
+	served = time.Since(killed)
+	for i := range n {
+		body := fmt.Sprintf(">%s-%d<", prefix, i)
+		page.WaitFor(20*time.Second, body, contains(body))
+	}
+	for range 3 {
+		page.Send("", "")
+	}
+	return page, served, page.Count(contains(">" + prefix + "-")), page.Count(contains(">antes<"))
+}
+
 // ownerAndSurvivors returns the one node holding a lease and the others.
 func (rig *clusterRig) ownerAndSurvivors(t *testing.T) (*daemon, []*daemon) {
 	t.Helper()
@@ -294,7 +313,7 @@ func (rig *clusterRig) ownerAndSurvivors(t *testing.T) (*daemon, []*daemon) {
 // each once.
 func TestClusterBrowserKillOwner(t *testing.T) {
 	k := startBrowserKill(t, "cbk", "cbkdesk")
-	rig, lb, desk, alice, page, say := k.rig, k.lb, k.desk, k.alice, k.page, k.say
+	rig, desk, page, say := k.rig, k.desk, k.page, k.say
 	ctx := t.Context()
 	drainDesktop(desk)
 	victim, survivors := rig.ownerAndSurvivors(t)
@@ -309,17 +328,7 @@ func TestClusterBrowserKillOwner(t *testing.T) {
 	if st != http.StatusNotFound || !strings.Contains(page.Last, "item-not-found") {
 		t.Fatalf("the dead node's sid through another node: %d %s", st, page.Last)
 	}
-	page2 := rig.clusterPage(t, lb, alice)
-	served := time.Since(killed)
-	for i := range n {
-		body := fmt.Sprintf(">durante-%d<", i)
-		page2.WaitFor(20*time.Second, body, contains(body))
-	}
-	for range 3 {
-		page2.Send("", "")
-	}
-	dup := page2.Count(contains(">durante-"))
-	again := page2.Count(contains(">antes<"))
+	page2, served, dup, again := k.reattach(killed, "durante", n)
 	if dup != 0 {
 		t.Errorf("%d messages sent during the outage arrived twice", dup)
 	}
@@ -396,18 +405,10 @@ func TestClusterBrowserHeldKillOwner(t *testing.T) {
 	}
 	mpage := rig.clusterPage(t, lb, mallory)
 
-	page2 := rig.clusterPage(t, lb, alice)
-	served := time.Since(killed)
-	for i := range n {
-		body := fmt.Sprintf(">sozinho-%d<", i)
-		page2.WaitFor(20*time.Second, body, contains(body))
-	}
+	_, served, dup, again := k.reattach(killed, "sozinho", n)
 	for range 3 {
-		page2.Send("", "")
 		mpage.Send("", "")
 	}
-	dup := page2.Count(contains(">sozinho-"))
-	again := page2.Count(contains(">antes<"))
 	if dup != 0 || again != 0 {
 		t.Errorf("the new page got %d of the held messages twice and the one taken before %d times", dup, again)
 	}
