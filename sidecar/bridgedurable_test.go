@@ -1,9 +1,12 @@
 package sidecar
 
 import (
+	"errors"
+	"maps"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"expressolivre.org/imsidecar/xmppconn"
 )
@@ -109,6 +112,83 @@ func TestClusterHeldBacklog(t *testing.T) {
 			}
 			if items, _ := parseHeld(in.meta); len(items) != 0 {
 				t.Fatalf("alice's backlog left in Redis for mallory's session: %d stanzas", len(items))
+			}
+		})
+	}
+}
+
+// TestClusterHeldBacklogFenced: the browser backlog's operations ('K',
+// 'k') write nothing under a stale fencing token or a forged lease. Once
+// b took the session over, a's stanza kept for browsers (with its count)
+// is refused and a's "a browser took them" is not written: Redis's
+// backlog stays as b found it. The script sent directly with a's old
+// lease, or with b's token under another node's name, answers 0 and
+// writes nothing either.
+func TestClusterHeldBacklogFenced(t *testing.T) {
+	for _, tc := range redisSpecs() {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := tc.spec(t)
+			a, b := stateNode(t, spec, "a"), stateNode(t, spec, "b")
+			ctx := t.Context()
+			sk := sessionKey("held-fenced-aaaaaaaaaaaaaaaa")
+			s, la := ownedSession(t, a, sk, "alice")
+			s.jid = "alice@example.org"
+			cs := s.durable
+			if err := cs.Save(xmppconn.ResumeState{V: 1, JID: "alice@example.org/web-" + sk[:8], ID: "sm-fenced", Max: 300}); err != nil {
+				t.Fatal(err)
+			}
+			br := s.bridgeOf(2, 3, a.metrics)
+			for i := 1; i <= 2; i++ {
+				br.fromServer(bobSays(t, "held-"+strconv.Itoa(i)))
+				if err := cs.Handled(uint32(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			a.wg.Wait()
+			rb, err := b.take(ctx, sk, &la)
+			if err != nil || !rb.won || rb.lease.token <= la.token {
+				t.Fatalf("b's takeover: %+v %v", rb, err)
+			}
+			backlog := func() map[string]string {
+				t.Helper()
+				in, err := b.load(ctx, sk)
+				if err != nil {
+					t.Fatal(err)
+				}
+				m := map[string]string{}
+				for f, v := range in.meta {
+					if f == "bl" || f == "bn" || f == "bb" || f[0] == 'k' {
+						m[f] = v
+					}
+				}
+				return m
+			}
+			before := backlog()
+			if items, next := parseHeld(before); len(items) != 2 || next != 2 {
+				t.Fatalf("before: Redis holds %d stanzas, last number %d (want 2, 2)", len(items), next)
+			}
+			// a, its lease stale: one more stanza for browsers, with its
+			// count, then a browser taking all.
+			br.fromServer(bobSays(t, "stale"))
+			if err := cs.Handled(3); !errors.Is(err, ErrNotOwner) {
+				t.Fatalf("the stale owner's count with its K: %v", err)
+			}
+			cs.tookHeld(3)
+			a.wg.Wait()
+			if got := backlog(); !maps.Equal(got, before) {
+				t.Fatalf("the stale owner changed the backlog: %v, was %v", got, before)
+			}
+			// The script itself, under a's old token and under b's token
+			// with another node's name.
+			for _, l := range []lease{la, {token: rb.lease.token, node: "c", incarnation: "i-c", peer: "127.0.0.1:1"}} {
+				n, err := stateScript.Run(ctx, a.rdb, keysOf(sk).stateKeys(), l.String(), time.Minute.Milliseconds(), (5 * time.Second).Milliseconds(),
+					"K", "9", "<message><body>forjada</body></message>", 3, maxHeldBytes, "k", "2").Int()
+				if err != nil || n != 0 {
+					t.Fatalf("K and k under the lease %s: %d %v, want 0", l, n, err)
+				}
+			}
+			if got := backlog(); !maps.Equal(got, before) {
+				t.Fatalf("a fenced-out script changed the backlog: %v, was %v", got, before)
 			}
 		})
 	}
