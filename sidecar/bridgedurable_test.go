@@ -24,12 +24,8 @@ func TestClusterHeldBacklog(t *testing.T) {
 			a, b := stateNode(t, spec, "a"), stateNode(t, spec, "b")
 			ctx := t.Context()
 			sk := sessionKey("held-backlog-aaaaaaaaaaaaaaa")
-			s, la := ownedSession(t, a, sk, "alice")
-			s.jid = "alice@example.org"
+			s, la := heldOwner(t, a, sk)
 			cs := s.durable
-			if err := cs.Save(xmppconn.ResumeState{V: 1, JID: "alice@example.org/web-" + sk[:8], ID: "sm-held", Max: 300}); err != nil {
-				t.Fatal(err)
-			}
 			const keep = 3
 			br := s.bridgeOf(2, keep, a.metrics)
 			var h uint32
@@ -131,12 +127,8 @@ func TestClusterHeldBacklogFenced(t *testing.T) {
 			a, b := stateNode(t, spec, "a"), stateNode(t, spec, "b")
 			ctx := t.Context()
 			sk := sessionKey("held-fenced-aaaaaaaaaaaaaaaa")
-			s, la := ownedSession(t, a, sk, "alice")
-			s.jid = "alice@example.org"
+			s, la := heldOwner(t, a, sk)
 			cs := s.durable
-			if err := cs.Save(xmppconn.ResumeState{V: 1, JID: "alice@example.org/web-" + sk[:8], ID: "sm-fenced", Max: 300}); err != nil {
-				t.Fatal(err)
-			}
 			br := s.bridgeOf(2, 3, a.metrics)
 			for i := 1; i <= 2; i++ {
 				br.fromServer(bobSays(t, "held-"+strconv.Itoa(i)))
@@ -192,6 +184,19 @@ func TestClusterHeldBacklogFenced(t *testing.T) {
 			}
 		})
 	}
+}
+
+// heldOwner is alice's session owned by node cl and resumable (saved
+// with a stream id), so that its stanzas for browsers ride on their
+// counts.
+func heldOwner(t *testing.T, cl *cluster, sk string) (*session, lease) {
+	t.Helper()
+	s, l := ownedSession(t, cl, sk, "alice")
+	s.jid = "alice@example.org"
+	if err := s.durable.Save(xmppconn.ResumeState{V: 1, JID: "alice@example.org/web-" + sk[:8], ID: "sm-held", Max: 300}); err != nil {
+		t.Fatal(err)
+	}
+	return s, l
 }
 
 // heldPage is user's session loaded on node cl, as by a node taking it
