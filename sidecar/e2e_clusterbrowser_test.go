@@ -252,10 +252,10 @@ func dialClusterWS(t *testing.T, base, origin, cookieSID string) *wsClient {
 func TestClusterBrowserKillOwner(t *testing.T) {
 	rig := startClusterRig(t, 3, 3*time.Second)
 	lb := rig.browserBalancer()
-	rig.e.register(t, "cbk", "cbkdesk")
+	rig.e.register(t, "cbk", "cbkx", "cbkdesk")
 	rig.e.XMPP.Befriend(t, "cbk", "cbkdesk")
 	desk := dialDesktop(t, rig.e.XMPP, "cbkdesk")
-	alice := rig.e.login(t, "cbk")
+	alice, mallory := rig.e.login(t, "cbk"), rig.e.login(t, "cbkx")
 	page := rig.clusterPage(t, lb, alice)
 	ctx := t.Context()
 	say := func(body string) {
@@ -266,10 +266,26 @@ func TestClusterBrowserKillOwner(t *testing.T) {
 	}
 	say("antes")
 	page.WaitFor(15*time.Second, "the message before the kill", contains(">antes<"))
-	drainDesktop(desk)
+	// Two more requests (hold=1): the page had the answer that carried
+	// "antes" back before sending the second, which acknowledges it.
+	page.Send("", "")
+	page.Send("", "")
 	vi := rig.owner(t)
 	victim := rig.Nodes[vi]
 	survivors := append(slices.Clone(rig.Nodes[:vi]), rig.Nodes[vi+1:]...)
+	// Three messages reach the owner (its event log has them, so they are
+	// in Redis with their count) and one answer carries them all; the
+	// owner dies before the page's next request acknowledges it.
+	const m = 3
+	for i := range m {
+		say(fmt.Sprintf("lido-%d", i))
+	}
+	waitOwnerLog(t, victim.client(alice.SID), "lido-", m)
+	page.Send("", "")
+	if got := page.Count(contains(">lido-")); got != m {
+		t.Fatalf("the answer before the kill carried %d of the %d messages: %q", got, m, page.Got)
+	}
+	drainDesktop(desk)
 	victim.Signal(t, syscall.SIGKILL, 5*time.Second)
 	killed := time.Now()
 	const n = 5
@@ -281,8 +297,27 @@ func TestClusterBrowserKillOwner(t *testing.T) {
 	if st != http.StatusNotFound || !strings.Contains(page.Last, "item-not-found") {
 		t.Fatalf("the dead node's sid through another node: %d %s", st, page.Last)
 	}
+	// Hostile, on a surviving node: another PHP session's cookie with the
+	// dead page's sid, and a forged sid (other random bits before alice's
+	// session key), get nothing of the unacknowledged answer.
+	other := survivors[0]
+	forged := strings.Repeat("0", 40) + page.SID[40:]
+	for _, probe := range []struct{ what, cookie, sid string }{
+		{"another session's cookie with the dead page's sid", mallory.SID, page.SID},
+		{"a forged sid", alice.SID, forged},
+	} {
+		thief := sidecar.NewBOSHClient(t, other.URL+"/http-bind", "Cookie", "sessionid="+probe.cookie, "Origin", other.URL)
+		st, _ := thief.Post(ctx, `<body xmlns="http://jabber.org/protocol/httpbind" rid="`+strconv.FormatInt(page.RID+1, 10)+`" sid="`+probe.sid+`"/>`)
+		if st == http.StatusOK && !strings.Contains(thief.Last, "terminate") || strings.Contains(thief.Last, "lido-") {
+			t.Errorf("%s: %d %s", probe.what, st, thief.Last)
+		}
+	}
 	page2 := rig.clusterPage(t, lb, alice)
 	served := time.Since(killed)
+	for i := range m {
+		body := fmt.Sprintf(">lido-%d<", i)
+		page2.WaitFor(20*time.Second, body, contains(body))
+	}
 	for i := range n {
 		body := fmt.Sprintf(">durante-%d<", i)
 		page2.WaitFor(20*time.Second, body, contains(body))
@@ -290,10 +325,10 @@ func TestClusterBrowserKillOwner(t *testing.T) {
 	for range 3 {
 		page2.Send("", "")
 	}
-	dup := page2.Count(contains(">durante-"))
+	dup := page2.Count(contains(">durante-")) + page2.Count(contains(">lido-"))
 	again := page2.Count(contains(">antes<"))
-	if dup != 0 {
-		t.Errorf("%d messages sent during the outage arrived twice", dup)
+	if dup != 0 || again != 0 {
+		t.Errorf("%d messages arrived twice on the new page; the acknowledged one came again %d times", dup, again)
 	}
 	if a := rig.e.XMPP.AuthSuccesses("cbk"); a != 2 {
 		t.Errorf("%d authentications at Prosody, want 2 (the first login and the takeover's resumption)", a)
@@ -310,8 +345,8 @@ func TestClusterBrowserKillOwner(t *testing.T) {
 		m, ok := ev.(*xmppconn.Message)
 		return ok && m.Body == "voltei"
 	})
-	t.Logf("kill -9 of the owner of a BOSH page: %d messages sent meanwhile, 0 lost, %d duplicated; the message before the kill came again %d times; the page served again on a new BOSH session %v after the kill (the XMPP session resumed); the desktop contact saw %d unavailable",
-		n, dup, again, served.Round(10*time.Millisecond), flap)
+	t.Logf("kill -9 of the owner of a BOSH page: %d messages of the answer the page had not acknowledged and %d sent meanwhile, 0 lost, %d duplicated; the acknowledged message before the kill came again %d times; the page served again on a new BOSH session %v after the kill (the XMPP session resumed); the desktop contact saw %d unavailable",
+		m, n, dup, again, served.Round(10*time.Millisecond), flap)
 }
 
 // TestClusterBrowserHeldKillOwner: messages that arrive while the user's
@@ -351,23 +386,7 @@ func TestClusterBrowserHeldKillOwner(t *testing.T) {
 	}
 	// Wait until the owner has them (in its event log, so written to
 	// Redis with their count), then kill it before any page comes back.
-	api := victim.client(alice.SID)
-	seen, cursor := 0, ""
-	for deadline := time.Now().Add(15 * time.Second); seen < n; {
-		if time.Now().After(deadline) {
-			t.Fatalf("the owner's event log has %d of the %d messages", seen, n)
-		}
-		p, err := api.events(ctx, cursor, time.Second, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, ev := range p.Events {
-			if ev.Event == "message" && strings.HasPrefix(ev.Body, "sozinho-") {
-				seen++
-			}
-		}
-		cursor = p.Cursor
-	}
+	waitOwnerLog(t, victim.client(alice.SID), "sozinho-", n)
 	drainDesktop(desk)
 	victim.Signal(t, syscall.SIGKILL, 5*time.Second)
 	killed := time.Now()
@@ -408,4 +427,27 @@ func TestClusterBrowserHeldKillOwner(t *testing.T) {
 	}
 	t.Logf("kill -9 of the node holding %d messages for a page that was away: the next page, %v after the kill, got each once, the message it had taken 0 times; another session's page and cookie got nothing",
 		n, served.Round(10*time.Millisecond))
+}
+
+// waitOwnerLog waits until the owner's event log, read through api, has n
+// messages whose body starts with prefix: they are in Redis with their
+// count.
+func waitOwnerLog(t *testing.T, api *apiClient, prefix string, n int) {
+	t.Helper()
+	seen, cursor := 0, ""
+	for deadline := time.Now().Add(15 * time.Second); seen < n; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the owner's event log has %d of the %d messages", seen, n)
+		}
+		p, err := api.events(t.Context(), cursor, time.Second, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range p.Events {
+			if ev.Event == "message" && strings.HasPrefix(ev.Body, prefix) {
+				seen++
+			}
+		}
+		cursor = p.Cursor
+	}
 }
