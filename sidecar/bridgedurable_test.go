@@ -18,20 +18,8 @@ import (
 func TestClusterHeldBacklog(t *testing.T) {
 	for _, tc := range redisSpecs() {
 		t.Run(tc.name, func(t *testing.T) {
-			spec := tc.spec(t)
-			a, b := stateNode(t, spec, "a"), stateNode(t, spec, "b")
-			ctx := t.Context()
-			sk := sessionKey("held-backlog-aaaaaaaaaaaaaaa")
-			ra, err := a.take(ctx, sk, nil)
-			if err != nil || !ra.won {
-				t.Fatalf("a's claim: %+v %v", ra, err)
-			}
-			s, _ := stateSession(t, a, sk, "alice")
-			s.jid = "alice@example.org"
-			cs := s.durable
-			if err := cs.Save(xmppconn.ResumeState{V: 1, JID: "alice@example.org/web-" + sk[:8], ID: "sm-held", Max: 300}); err != nil {
-				t.Fatal(err)
-			}
+			a, b, ra, s := heldRig(t, tc.spec(t), "held-backlog-aaaaaaaaaaaaaaa")
+			ctx, sk, cs := t.Context(), s.key, s.durable
 			const keep = 3
 			br := s.bridgeOf(2, keep, a.metrics)
 			var h uint32
@@ -136,6 +124,25 @@ func TestClusterHeldBacklog(t *testing.T) {
 	}
 }
 
+// heldRig is two nodes on the Redis spec, a holding the PHP session id's
+// session (alice's, her stream's state saved) and b ready to take it over;
+// ra is a's claim.
+func heldRig(t *testing.T, spec, id string) (a, b *cluster, ra claimResult, s *session) {
+	t.Helper()
+	a, b = stateNode(t, spec, "a"), stateNode(t, spec, "b")
+	sk := sessionKey(id)
+	ra, err := a.take(t.Context(), sk, nil)
+	if err != nil || !ra.won {
+		t.Fatalf("a's claim: %+v %v", ra, err)
+	}
+	s, _ = stateSession(t, a, sk, "alice")
+	s.jid = "alice@example.org"
+	if err := s.durable.Save(xmppconn.ResumeState{V: 1, JID: "alice@example.org/web-" + sk[:8], ID: "sm-" + sk[:6], Max: 300}); err != nil {
+		t.Fatal(err)
+	}
+	return a, b, ra, s
+}
+
 // TestClusterHeldUnacked: what a BOSH answer carried stays in Redis until
 // the page acknowledges the answer. The owner dies with one answer
 // acknowledged, one not, and one stanza still queued; its late
@@ -146,20 +153,8 @@ func TestClusterHeldBacklog(t *testing.T) {
 func TestClusterHeldUnacked(t *testing.T) {
 	for _, tc := range redisSpecs() {
 		t.Run(tc.name, func(t *testing.T) {
-			spec := tc.spec(t)
-			a, b := stateNode(t, spec, "a"), stateNode(t, spec, "b")
-			ctx := t.Context()
-			sk := sessionKey("held-unacked-aaaaaaaaaaaaaaaa")
-			ra, err := a.take(ctx, sk, nil)
-			if err != nil || !ra.won {
-				t.Fatalf("a's claim: %+v %v", ra, err)
-			}
-			s, _ := stateSession(t, a, sk, "alice")
-			s.jid = "alice@example.org"
-			cs := s.durable
-			if err := cs.Save(xmppconn.ResumeState{V: 1, JID: "alice@example.org/web-" + sk[:8], ID: "sm-unacked", Max: 300}); err != nil {
-				t.Fatal(err)
-			}
+			a, b, ra, s := heldRig(t, tc.spec(t), "held-unacked-aaaaaaaaaaaaaaaa")
+			ctx, sk, cs := t.Context(), s.key, s.durable
 			br := s.bridgeOf(2, 8, a.metrics)
 			c, err := br.attach(func() {})
 			if err != nil {
