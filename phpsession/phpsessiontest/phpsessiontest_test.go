@@ -20,3 +20,17 @@ func TestRedisPortTaken(t *testing.T) {
 		t.Fatalf("the other Redis after the failed start: %q %v", out, err)
 	}
 }
+
+// TestMemcachedPortTaken: a memcached started on a port another memcached
+// holds fails with errPortTaken instead of taking the other for itself.
+func TestMemcachedPortTaken(t *testing.T) {
+	other := StartMemcached(t)
+	m := &Memcached{Addr: other.Addr, tb: t}
+	t.Cleanup(m.Stop)
+	if err := m.start(); !errors.Is(err, errPortTaken) {
+		t.Fatalf("start on another memcached's port: %v, want errPortTaken", err)
+	}
+	if !strings.Contains(other.stats(), "STAT pid ") {
+		t.Fatal("the other memcached no longer answers")
+	}
+}
