@@ -59,7 +59,8 @@ import (
 //
 // The script is lean because it runs for nearly every stanza: the meta
 // fields 'E' and 'H' change are set by one HSET at the end, 'E' reads them
-// with one HMGET and counts the list by RPUSH's answer. The keys' TTLs are
+// with one HMGET and counts the list by RPUSH's answer, 'K' and 'k' read
+// the browser backlog's bounds with one HMGET. The keys' TTLs are
 // set again only when the caller asks ('T', at most once a minute per
 // session: clusterSession.ttlAt), and on a list or hash this call created
 // (an emptied list is deleted by Redis; the next push makes it anew).
@@ -183,9 +184,10 @@ while i <= n do
     i = i + 1
   elseif op == 'K' or op == 'k' then
     local sq = tonumber(ARGV[i+1])
-    local lo = tonumber(redis.call('HGET', KEYS[2], 'bl') or ARGV[i+1])
-    local hi = tonumber(redis.call('HGET', KEYS[2], 'bn') or '0')
-    local bb = tonumber(redis.call('HGET', KEYS[2], 'bb') or '0')
+    local m = redis.call('HMGET', KEYS[2], 'bl', 'bn', 'bb')
+    local lo = tonumber(m[1] or ARGV[i+1])
+    local hi = tonumber(m[2] or '0')
+    local bb = tonumber(m[3] or '0')
     local keep, maxb = sq, math.huge
     if op == 'K' and sq < lo then
       keep = 0 -- below what was forgotten already: not kept again

@@ -43,6 +43,18 @@ func stateSession(t *testing.T, cl *cluster, sk, user string) (*session, *xmppco
 	return s, st
 }
 
+// ownedSession takes sk's lease on node cl, failing unless it is won,
+// and loads user's session there.
+func ownedSession(t *testing.T, cl *cluster, sk, user string) (*session, lease) {
+	t.Helper()
+	r, err := cl.take(t.Context(), sk, nil)
+	if err != nil || !r.won {
+		t.Fatalf("%s's claim: %+v %v", cl.ls.self.node, r, err)
+	}
+	s, _ := stateSession(t, cl, sk, user)
+	return s, r.lease
+}
+
 // testLeaseStore is node's lease store on the Redis spec, leases lasting
 // ttl; its client closes with the test.
 func testLeaseStore(t *testing.T, spec, node string, ttl time.Duration) *leaseStore {
@@ -229,16 +241,12 @@ func TestClusterStateRedisDown(t *testing.T) {
 	a, b := stateNode(t, spec, "a"), stateNode(t, spec, "b")
 	ctx := t.Context()
 	sk := sessionKey("state-down-dddddddddddddddddd")
-	ra, err := a.take(ctx, sk, nil)
-	if err != nil || !ra.won {
-		t.Fatal(ra, err)
-	}
-	s, _ := stateSession(t, a, sk, "alice")
+	s, la := ownedSession(t, a, sk, "alice")
 	cs := s.durable
 	if err := cs.Save(xmppconn.ResumeState{V: 1, JID: "alice@example.org/web", ID: "sm"}); err != nil {
 		t.Fatal(err)
 	}
-	a.ls.mark(ctx, sk, ra.lease, true)
+	a.ls.mark(ctx, sk, la, true)
 	a.redisDown.Store(time.Now().Add(time.Hour).UnixNano()) // as after a failed write
 	for i := range 3 {
 		if err := cs.Sent(chatStanza(i)); err != nil {
@@ -260,7 +268,7 @@ func TestClusterStateRedisDown(t *testing.T) {
 	if len(cs.unsynced) != 0 || cs.dirty || cs.hasWant {
 		t.Fatalf("kept back after Redis came back: %d events, dirty %v, count %v", len(cs.unsynced), cs.dirty, cs.hasWant)
 	}
-	rb, err := b.take(ctx, sk, &ra.lease)
+	rb, err := b.take(ctx, sk, &la)
 	if err != nil || !rb.won {
 		t.Fatal(rb, err)
 	}
@@ -281,14 +289,13 @@ func TestClusterStateLogCap(t *testing.T) {
 	a, b := stateNode(t, spec, "a"), stateNode(t, spec, "b")
 	ctx := t.Context()
 	sk := sessionKey("state-cap-eeeeeeeeeeeeeeeeeee")
-	ra, _ := a.take(ctx, sk, nil)
-	s, _ := stateSession(t, a, sk, "alice")
+	s, la := ownedSession(t, a, sk, "alice")
 	for i := range 12 {
 		s.appendState(xmppconn.StateOnline, "n"+strconv.Itoa(i))
 	}
 	s.log.read(cursor{s.log.epoch, 3}, true, 1) // a poll acknowledges 3
-	a.ls.mark(ctx, sk, ra.lease, false)
-	b.take(ctx, sk, &ra.lease)
+	a.ls.mark(ctx, sk, la, false)
+	b.take(ctx, sk, &la)
 	s2, _ := stateSession(t, b, sk, "alice")
 	if s2.log.head() != s.log.head() || s2.log.n != 5 {
 		t.Fatalf("b's log: head %v (a's %v), %d events kept (cap 5)", s2.log.head(), s.log.head(), s2.log.n)
@@ -312,10 +319,7 @@ func TestClusterStateWritePath(t *testing.T) {
 			a := stateNode(t, spec, "a")
 			ctx := t.Context()
 			sk := sessionKey("state-path-ffffffffffffffffff")
-			if ra, err := a.take(ctx, sk, nil); err != nil || !ra.won {
-				t.Fatal(ra, err)
-			}
-			s, _ := stateSession(t, a, sk, "alice")
+			s, _ := ownedSession(t, a, sk, "alice")
 			cs := s.durable
 			if err := cs.Save(xmppconn.ResumeState{V: 1, JID: "alice@example.org/web", ID: "sm"}); err != nil {
 				t.Fatal(err)
@@ -548,16 +552,12 @@ func TestClusterStateAfterLogStopped(t *testing.T) {
 	a, b := stateNode(t, spec, "a"), stateNode(t, spec, "b")
 	ctx := t.Context()
 	sk := sessionKey("stopped-log-aaaaaaaaaaaaaaa")
-	ra, err := a.take(ctx, sk, nil)
-	if err != nil || !ra.won {
-		t.Fatalf("a's claim: %+v %v", ra, err)
-	}
-	s, _ := stateSession(t, a, sk, "alice")
+	s, la := ownedSession(t, a, sk, "alice")
 	cs := s.durable
 	if err := cs.Save(xmppconn.ResumeState{V: 1, JID: "alice@example.org/web-" + sk[:8], ID: "sm-" + sk[:6], Max: 300}); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := a.ls.mark(ctx, sk, ra.lease, true); err != nil || !ok {
+	if ok, err := a.ls.mark(ctx, sk, la, true); err != nil || !ok {
 		t.Fatalf("mark: %v %v", ok, err)
 	}
 	stanza := func(i int) error {
@@ -575,10 +575,10 @@ func TestClusterStateAfterLogStopped(t *testing.T) {
 		}
 	}
 	cs.flush() // as letGo does
-	if !a.drop(sk, ra.lease) {
+	if !a.drop(sk, la) {
 		t.Fatal("a did not hold the lease")
 	}
-	if err := a.ls.release(ctx, sk, ra.lease); err != nil {
+	if err := a.ls.release(ctx, sk, la); err != nil {
 		t.Fatal(err)
 	}
 	if rb, err := b.take(ctx, sk, nil); err != nil || !rb.won {

@@ -243,6 +243,68 @@ func dialClusterWS(t *testing.T, base, origin, cookieSID string) *wsClient {
 	return c
 }
 
+// browserKill is where the owner-kill tests start: a three-node rig, a
+// desktop contact, and a BOSH page of the user's, through a round-robin
+// balancer, that has taken a first message ("antes") from the contact.
+type browserKill struct {
+	t     *testing.T
+	rig   *clusterRig
+	lb    *balancer
+	desk  *desktop
+	alice *user
+	page  *sidecar.BOSHClient
+}
+
+// startBrowserKill registers name, deskName and others, befriends name
+// and deskName, and opens name's page.
+func startBrowserKill(t *testing.T, name, deskName string, others ...string) *browserKill {
+	t.Helper()
+	k := &browserKill{t: t, rig: startClusterRig(t, 3, 3*time.Second)}
+	k.lb = k.rig.browserBalancer()
+	k.rig.e.register(t, append([]string{name, deskName}, others...)...)
+	k.rig.e.XMPP.Befriend(t, name, deskName)
+	k.desk = dialDesktop(t, k.rig.e.XMPP, deskName)
+	k.alice = k.rig.e.login(t, name)
+	k.page = k.rig.clusterPage(t, k.lb, k.alice)
+	k.say("antes")
+	k.page.WaitFor(15*time.Second, "the message before the owner goes", contains(">antes<"))
+	return k
+}
+
+// say sends body from the desktop contact to the user.
+func (k *browserKill) say(body string) {
+	k.t.Helper()
+	if _, err := k.desk.Conn.Send(k.t.Context(), xmppconn.Message{To: k.alice.Bare, Type: "chat", Body: body}); err != nil {
+		k.t.Fatal(err)
+	}
+}
+
+// reattach opens the user's next page, killed being when the owner was
+// killed, and waits there for the messages prefix-0 … prefix-(n-1); after
+// three more requests it reports how long after the kill the page was
+// served, how many of those messages came twice, and how many times the
+// first message came again.
+func (k *browserKill) reattach(killed time.Time, prefix string, n int) (page *sidecar.BOSHClient, served time.Duration, dup, again int) {
+	k.t.Helper()
+	page = k.rig.clusterPage(k.t, k.lb, k.alice)
+	served = time.Since(killed)
+	for i := range n {
+		body := fmt.Sprintf(">%s-%d<", prefix, i)
+		page.WaitFor(20*time.Second, body, contains(body))
+	}
+	for range 3 {
+		page.Send("", "")
+	}
+	return page, served, page.Count(contains(">" + prefix + "-")), page.Count(contains(">antes<"))
+}
+
+// ownerAndSurvivors returns the one node holding a lease and the others.
+func (rig *clusterRig) ownerAndSurvivors(t *testing.T) (*daemon, []*daemon) {
+	t.Helper()
+	vi := rig.owner(t)
+	return rig.Nodes[vi], append(slices.Clone(rig.Nodes[:vi]), rig.Nodes[vi+1:]...)
+}
+
 // TestClusterBrowserKillOwner: the node holding a BOSH page's session is
 // killed (SIGKILL). The page's next request, through another node, is
 // answered item-not-found (its BOSH session died with the node); the page
@@ -250,26 +312,11 @@ func dialClusterWS(t *testing.T, base, origin, cookieSID string) *wsClient {
 // with a fresh login, and gets the messages its contact sent meanwhile,
 // each once.
 func TestClusterBrowserKillOwner(t *testing.T) {
-	rig := startClusterRig(t, 3, 3*time.Second)
-	lb := rig.browserBalancer()
-	rig.e.register(t, "cbk", "cbkdesk")
-	rig.e.XMPP.Befriend(t, "cbk", "cbkdesk")
-	desk := dialDesktop(t, rig.e.XMPP, "cbkdesk")
-	alice := rig.e.login(t, "cbk")
-	page := rig.clusterPage(t, lb, alice)
+	k := startBrowserKill(t, "cbk", "cbkdesk")
+	rig, desk, page, say := k.rig, k.desk, k.page, k.say
 	ctx := t.Context()
-	say := func(body string) {
-		t.Helper()
-		if _, err := desk.Conn.Send(ctx, xmppconn.Message{To: alice.Bare, Type: "chat", Body: body}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	say("antes")
-	page.WaitFor(15*time.Second, "the message before the kill", contains(">antes<"))
 	drainDesktop(desk)
-	vi := rig.owner(t)
-	victim := rig.Nodes[vi]
-	survivors := append(slices.Clone(rig.Nodes[:vi]), rig.Nodes[vi+1:]...)
+	victim, survivors := rig.ownerAndSurvivors(t)
 	victim.Signal(t, syscall.SIGKILL, 5*time.Second)
 	killed := time.Now()
 	const n = 5
@@ -281,17 +328,7 @@ func TestClusterBrowserKillOwner(t *testing.T) {
 	if st != http.StatusNotFound || !strings.Contains(page.Last, "item-not-found") {
 		t.Fatalf("the dead node's sid through another node: %d %s", st, page.Last)
 	}
-	page2 := rig.clusterPage(t, lb, alice)
-	served := time.Since(killed)
-	for i := range n {
-		body := fmt.Sprintf(">durante-%d<", i)
-		page2.WaitFor(20*time.Second, body, contains(body))
-	}
-	for range 3 {
-		page2.Send("", "")
-	}
-	dup := page2.Count(contains(">durante-"))
-	again := page2.Count(contains(">antes<"))
+	page2, served, dup, again := k.reattach(killed, "durante", n)
 	if dup != 0 {
 		t.Errorf("%d messages sent during the outage arrived twice", dup)
 	}
@@ -322,29 +359,15 @@ func TestClusterBrowserKillOwner(t *testing.T) {
 // session's page, and its cookie with the dead page's sid, get nothing
 // of them.
 func TestClusterBrowserHeldKillOwner(t *testing.T) {
-	rig := startClusterRig(t, 3, 3*time.Second)
-	lb := rig.browserBalancer()
-	rig.e.register(t, "cbh", "cbhx", "cbhdesk")
-	rig.e.XMPP.Befriend(t, "cbh", "cbhdesk")
-	desk := dialDesktop(t, rig.e.XMPP, "cbhdesk")
-	alice, mallory := rig.e.login(t, "cbh"), rig.e.login(t, "cbhx")
-	page := rig.clusterPage(t, lb, alice)
+	k := startBrowserKill(t, "cbh", "cbhdesk", "cbhx")
+	rig, lb, desk, alice, page, say := k.rig, k.lb, k.desk, k.alice, k.page, k.say
+	mallory := rig.e.login(t, "cbhx")
 	ctx := t.Context()
-	say := func(body string) {
-		t.Helper()
-		if _, err := desk.Conn.Send(ctx, xmppconn.Message{To: alice.Bare, Type: "chat", Body: body}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	say("antes")
-	page.WaitFor(15*time.Second, "the message before the page left", contains(">antes<"))
 	// The page goes away (a reload's unload: terminate, no unavailable).
 	if b := page.Send(`type="terminate"`, ""); b.Attr("type") != "terminate" {
 		t.Fatalf("terminate: %s", page.Last)
 	}
-	vi := rig.owner(t)
-	victim := rig.Nodes[vi]
-	survivors := append(slices.Clone(rig.Nodes[:vi]), rig.Nodes[vi+1:]...)
+	victim, survivors := rig.ownerAndSurvivors(t)
 	const n = 3
 	for i := range n {
 		say(fmt.Sprintf("sozinho-%d", i))
@@ -382,18 +405,10 @@ func TestClusterBrowserHeldKillOwner(t *testing.T) {
 	}
 	mpage := rig.clusterPage(t, lb, mallory)
 
-	page2 := rig.clusterPage(t, lb, alice)
-	served := time.Since(killed)
-	for i := range n {
-		body := fmt.Sprintf(">sozinho-%d<", i)
-		page2.WaitFor(20*time.Second, body, contains(body))
-	}
+	_, served, dup, again := k.reattach(killed, "sozinho", n)
 	for range 3 {
-		page2.Send("", "")
 		mpage.Send("", "")
 	}
-	dup := page2.Count(contains(">sozinho-"))
-	again := page2.Count(contains(">antes<"))
 	if dup != 0 || again != 0 {
 		t.Errorf("the new page got %d of the held messages twice and the one taken before %d times", dup, again)
 	}

@@ -67,13 +67,7 @@ func TestRepoll(t *testing.T) {
 					}
 				})
 				cur := ps.connect(t, goodID, "alice")
-				c, err := net.Dial("tcp", ps.addr)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(20 * time.Second))
-				br := bufio.NewReader(c)
+				c, br := dialHTTP1(t, ps.addr)
 				// The first poll waits (parked or held) and a message
 				// answers it.
 				io.WriteString(c, poll(cur, ""))
@@ -91,12 +85,7 @@ func TestRepoll(t *testing.T) {
 					ps.waitPolling(t, park)
 					ps.message("second")
 				}
-				raw, err := readRaw(br)
-				if err != nil && strings.Contains(raw, "Connection: close") {
-					// net/http's own 400s: no length, the body runs to the close.
-					rest, _ := io.ReadAll(br)
-					raw, err = raw+string(rest), nil
-				}
+				raw, err := readAnswer(br)
 				if err != nil {
 					t.Fatalf("second answer: %v (%q)", err, raw)
 				}
@@ -412,13 +401,7 @@ func TestBOSHRepoll(t *testing.T) {
 				bob := h.newBOSH(srv, otherID)
 				bob.Create("example.test")
 				e := &env{h: h, host: host, bob: bob, c: h.tab(srv), tab2: h.tab(srv)}
-				conn, err := net.Dial("tcp", host)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer conn.Close()
-				conn.SetDeadline(time.Now().Add(20 * time.Second))
-				br := bufio.NewReader(conn)
+				conn, br := dialHTTP1(t, host)
 				// The first request waits (parked or held) and a stanza
 				// answers it.
 				io.WriteString(conn, next(e, ""))
@@ -454,11 +437,7 @@ func TestBOSHRepoll(t *testing.T) {
 					h.waitHeld(sid, 1)
 					h.serverStanza(`<message from="bob@example.test/d" type="chat" id="r3"><body>second</body></message>`)
 				}
-				raw, err := readRaw(br)
-				if err != nil && strings.Contains(raw, "Connection: close") {
-					rest, _ := io.ReadAll(br)
-					raw, err = raw+string(rest), nil
-				}
+				raw, err := readAnswer(br)
 				if err != nil {
 					t.Fatalf("second answer: %v (%q)", err, raw)
 				}
@@ -555,4 +534,29 @@ func TestBOSHRepollShutdown(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("the shutdown took %v", d)
 	}
+}
+
+// dialHTTP1 opens a connection to addr for a test to write raw HTTP/1.1
+// on, with a 20 s deadline; it is closed at the test's end.
+func dialHTTP1(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	return c, bufio.NewReader(c)
+}
+
+// readAnswer reads one raw answer from br. net/http's own 400s carry no
+// length and their body runs to the close, so such an answer is read to
+// the end.
+func readAnswer(br *bufio.Reader) (string, error) {
+	raw, err := readRaw(br)
+	if err != nil && strings.Contains(raw, "Connection: close") {
+		rest, _ := io.ReadAll(br)
+		raw, err = raw+string(rest), nil
+	}
+	return raw, err
 }

@@ -495,14 +495,8 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 	life, stop := context.WithCancel(ctx)
 	defer stop()
 	r.track = newTracker(0, 0)
-	cpu0, pro0, err := r.cpu()
+	s0, err := r.sampleLogin(pro.PID())
 	if err != nil {
-		return res, err
-	}
-	gen0, err1 := CPUSeconds(os.Getpid())
-	k0, err2 := ReadProcCounters(pro.PID())
-	all0, steal0, err3 := MachineCPUSeconds()
-	if err := errors.Join(err1, err2, err3); err != nil {
 		return res, err
 	}
 	start := time.Now()
@@ -524,25 +518,19 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 		firstErr = halfErr
 	}
 	online, errs = online+halfOnline, errs+halfErrs
-	cpu1, pro1, err := r.cpu()
+	s1, err := r.sampleLogin(pro.PID())
 	if err != nil {
-		return res, err
-	}
-	gen1, err1 := CPUSeconds(os.Getpid())
-	k1, err2 := ReadProcCounters(pro.PID())
-	all1, steal1, err3 := MachineCPUSeconds()
-	if err := errors.Join(err1, err2, err3); err != nil {
 		return res, err
 	}
 	res.Online, res.LoginErrors = online, errs
 	res.LoginsPerSec = float64(online) / elapsed.Seconds()
 	if online > 0 {
-		res.LoginCPUms = (cpu1 - cpu0) * 1000 / float64(online)
-		res.ProsodyLoginCPUms = (pro1 - pro0) * 1000 / float64(online)
-		res.GeneratorLoginCPUms = (gen1 - gen0) * 1000 / float64(online)
-		res.MachineLoginCPUms = (all1 - all0) * 1000 / float64(online)
-		res.MachineLoginStealms = (steal1 - steal0) * 1000 / float64(online)
-		kernel := k0.perUnit(k1, float64(online))
+		res.LoginCPUms = (s1.cpu - s0.cpu) * 1000 / float64(online)
+		res.ProsodyLoginCPUms = (s1.prosody - s0.prosody) * 1000 / float64(online)
+		res.GeneratorLoginCPUms = (s1.gen - s0.gen) * 1000 / float64(online)
+		res.MachineLoginCPUms = (s1.machine - s0.machine) * 1000 / float64(online)
+		res.MachineLoginStealms = (s1.steal - s0.steal) * 1000 / float64(online)
+		kernel := s0.kernel.perUnit(s1.kernel, float64(online))
 		res.LoginProsodyKernel = &kernel
 	}
 	cfg.Logger.Info("logged in", "path", path, "online", online, "errors", errs, "seconds", elapsed.Seconds(), "first_error", firstErr)
@@ -832,6 +820,26 @@ func (r *rig) closeAll(ctx context.Context) {
 		})
 	}
 	wg.Wait()
+}
+
+// loginSample is what the login storm is measured by, read before and
+// after it: the path's and Prosody's CPU seconds, the generator's (this
+// process), the machine's busy and stolen time, Prosody's kernel counters.
+type loginSample struct {
+	cpu, prosody, gen, machine, steal float64
+	kernel                            ProcCounters
+}
+
+// sampleLogin reads a loginSample; pid is Prosody's.
+func (r *rig) sampleLogin(pid int) (s loginSample, err error) {
+	if s.cpu, s.prosody, err = r.cpu(); err != nil {
+		return s, err
+	}
+	var err1, err2, err3 error
+	s.gen, err1 = CPUSeconds(os.Getpid())
+	s.kernel, err2 = ReadProcCounters(pid)
+	s.machine, s.steal, err3 = MachineCPUSeconds()
+	return s, errors.Join(err1, err2, err3)
 }
 
 // cpu returns the CPU seconds of the processes the path uses (Prosody,
