@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"slices"
@@ -82,6 +83,15 @@ type boshSession struct {
 	paused   time.Duration    // a pause asked for (boshopts.go), until the next request
 	key      string           // key sequencing: the SHA-1 the next key must have ("" = none)
 	keys     map[int64]string // the key each kept rid came with, for retransmissions
+	carried  []carriedAnswer  // answers with numbered stanzas the page has not acknowledged
+}
+
+// carriedAnswer is an answer that carried stanzas numbered for Redis
+// (bridgedurable.go): seq is the highest. They stay in Redis until the
+// page acknowledges the answer (acknowledge).
+type carriedAnswer struct {
+	rid int64
+	seq uint64
 }
 
 // boshWaiter is a held request: parked (p, boshpark.go) or waiting in
@@ -192,6 +202,10 @@ func (bs *boshSession) finish() {
 		bs.release(w)
 	}
 	bs.mu.Unlock()
+	// A page that stops requesting almost always read its last answers
+	// (it navigated): on a live node they count as acknowledged. Only a
+	// dead node leaves them in Redis for the next page.
+	bs.ackUpTo(math.MaxInt64)
 	bs.srv.mu.Lock()
 	delete(bs.srv.sessions, bs.sid)
 	bs.srv.mu.Unlock()
@@ -423,6 +437,7 @@ func (bs *boshSession) serve(w http.ResponseWriter, r *http.Request, body *boshB
 		}
 		bs.proc.Unlock()
 	}
+	bs.acknowledge(rid, body)
 	pause, pausing, err := bs.srv.pauseOf(body)
 	if err != nil {
 		bs.proc.Unlock()
@@ -720,12 +735,50 @@ func (bs *boshSession) reply(rid int64) (resp []byte, end bool) {
 		return bs.endBody(), true
 	}
 	var sb strings.Builder
-	for _, raw := range bs.c.take(boshMaxResponse) {
+	list, seq := bs.c.takeUnacked(boshMaxResponse)
+	for _, raw := range list {
 		sb.Write(raw)
 	}
 	resp = boshPayload(sb.String())
 	bs.keep(rid, resp)
+	if seq > 0 {
+		bs.mu.Lock()
+		bs.carried = append(bs.carried, carriedAnswer{rid: rid, seq: seq})
+		bs.mu.Unlock()
+	}
 	return resp, false
+}
+
+// acknowledge forgets in Redis (bridgedurable.go) the stanzas of the
+// answers request rid proves the page has: those to rids hold+1 or more
+// below it (a page keeps at most hold+1 requests out, so it had them all
+// back before sending rid), and to the rid of its XEP-0124 ack attribute
+// when it sends one. A retransmission acknowledges nothing.
+func (bs *boshSession) acknowledge(rid int64, body *boshBody) {
+	upTo := rid - int64(bs.hold+1)
+	if a, err := strconv.ParseInt(body.attrs["ack"], 10, 64); err == nil && a < rid {
+		upTo = max(upTo, a)
+	}
+	bs.ackUpTo(upTo)
+}
+
+// ackUpTo forgets in Redis the stanzas the answers to rids up to upTo
+// carried.
+func (bs *boshSession) ackUpTo(upTo int64) {
+	bs.mu.Lock()
+	var top uint64
+	n := 0
+	for _, a := range bs.carried {
+		if a.rid <= upTo {
+			top = max(top, a.seq)
+			continue
+		}
+		bs.carried[n] = a
+		n++
+	}
+	bs.carried = bs.carried[:n]
+	bs.mu.Unlock()
+	bs.c.b.acked(top)
 }
 
 // refuse ends the session with a terminal binding condition: the client

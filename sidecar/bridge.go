@@ -333,8 +333,18 @@ func (c *bridgeClient) push(list ...[]byte) {
 }
 
 // take returns the queued stanzas, up to about max bytes (at least one).
-// In cluster mode what it takes is forgotten in Redis: it reached a page.
+// In cluster mode what it takes is forgotten in Redis at once: a
+// WebSocket has no acknowledgement to wait for (bridgedurable.go).
 func (c *bridgeClient) take(max int) [][]byte {
+	out, seq := c.takeUnacked(max)
+	c.b.acked(seq)
+	return out
+}
+
+// takeUnacked is take without forgetting anything in Redis: it reports
+// the highest number among what it took (0: none numbered), for acked
+// once the page proves it read them (BOSH: its later requests).
+func (c *bridgeClient) takeUnacked(max int) ([][]byte, uint64) {
 	c.mu.Lock()
 	n, size := 0, 0
 	for n < len(c.queue) && (n == 0 || size+len(c.queue[n]) <= max) {
@@ -349,10 +359,7 @@ func (c *bridgeClient) take(max int) [][]byte {
 		c.queue = nil
 	}
 	c.mu.Unlock()
-	if seq := c.b.took(out); seq > 0 {
-		c.b.cs.tookHeld(seq)
-	}
-	return out
+	return out, c.b.topOf(out)
 }
 
 // pending reports whether stanzas wait for c.

@@ -10,12 +10,15 @@ import (
 // streams"). Every message and subscription request the bridge routes to
 // browsers is numbered and written to the session's state in Redis with
 // the inbound stanza's count (state operation 'K', in the same script as
-// the stanza's events and h), and forgotten there once a browser stream
-// took it ('k'). A node taking the session over seeds its bridge's
-// backlog with what no browser took: a message that arrived while no page
-// was attached (a reload, a navigation) reaches the next page, each once,
-// even when the node that held it died before the page came back. On a
-// single node (no clusterSession) nothing is numbered.
+// the stanza's events and h), and forgotten there once a browser has it
+// ('k'): a WebSocket's writer took it, or a BOSH page acknowledged the
+// answer that carried it (bosh.go, acknowledge). A node taking the
+// session over seeds its bridge's backlog with what no browser had: a
+// message that arrived while no page was attached (a reload, a
+// navigation), or that the page's last BOSH answer carried when the node
+// died, reaches the next page even when the node that held it died before
+// the page came back. On a single node (no clusterSession) nothing is
+// numbered.
 
 // heldStanza is a stanza kept for browsers in Redis, with its number.
 type heldStanza struct {
@@ -54,32 +57,40 @@ func (b *bridge) numberLocked(raw []byte) uint64 {
 	return h.next
 }
 
-// took reports the highest number among the stanzas a transport just
-// took (0: none numbered), and forgets every number up to it: a client's
-// queue is in arrival order, so what came before reached a page too.
-func (b *bridge) took(list [][]byte) uint64 {
+// topOf reports the highest number among the stanzas a transport just
+// took (0: none numbered).
+func (b *bridge) topOf(list [][]byte) uint64 {
 	if b.cs == nil || len(list) == 0 {
 		return 0
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	h := &b.book
 	var top uint64
 	for _, raw := range list {
 		if len(raw) > 0 {
-			top = max(top, h.seqOf[&raw[0]])
+			top = max(top, b.book.seqOf[&raw[0]])
 		}
 	}
-	if top == 0 {
-		return 0
+	return top
+}
+
+// acked forgets every number up to seq, here and in Redis: a page has
+// the stanzas (a client's queue is in arrival order, so what came before
+// reached a page too). seq 0 does nothing.
+func (b *bridge) acked(seq uint64) {
+	if b.cs == nil || seq == 0 {
+		return
 	}
+	b.mu.Lock()
+	h := &b.book
 	n := 0
-	for n < len(h.order) && h.order[n].seq <= top {
+	for n < len(h.order) && h.order[n].seq <= seq {
 		delete(h.seqOf, h.order[n].p)
 		n++
 	}
 	h.order = h.order[n:]
-	return top
+	b.mu.Unlock()
+	b.cs.tookHeld(seq)
 }
 
 // seedHeld gives a new bridge what Redis held for browsers when the

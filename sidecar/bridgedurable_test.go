@@ -3,6 +3,7 @@ package sidecar
 import (
 	"errors"
 	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -223,4 +224,134 @@ func bobSays(t *testing.T, body string) *xmppconn.Stanza {
 		t.Fatal(err)
 	}
 	return st
+}
+
+// TestClusterHeldUnacked: what a BOSH answer carried stays in Redis until
+// the page acknowledges the answer. The owner dies with one answer
+// acknowledged, one not, and one stanza still queued; its late
+// acknowledgement, after another node took the session over, is refused
+// (its lease is stale); the new owner's first page gets the unacknowledged
+// answer's stanzas and the queued one, in order, and not the
+// acknowledged one. On a real Redis and a 3-master Redis Cluster.
+func TestClusterHeldUnacked(t *testing.T) {
+	for _, tc := range redisSpecs() {
+		t.Run(tc.name, func(t *testing.T) { testHeldUnacked(t, tc.spec(t)) })
+	}
+}
+
+// testHeldUnacked is TestClusterHeldUnacked on the Redis spec.
+func testHeldUnacked(t *testing.T, spec string) {
+	sk := sessionKey("held-unacked-aaaaaaaaaaaaaaaa")
+	a, b := stateNode(t, spec, "a"), stateNode(t, spec, "b")
+	s, la := heldOwner(t, a, sk)
+	ctx, cs := t.Context(), s.durable
+	br := s.bridgeOf(2, 8, a.metrics)
+	c, err := br.attach(func() {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	br.markReady(c)
+	var h uint32
+	inbound := func(body string) {
+		t.Helper()
+		br.fromServer(bobSays(t, body))
+		h++
+		if err := cs.Handled(h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	inbound("m1")
+	inbound("m2")
+	inbound("m3")
+	first, s1 := c.takeUnacked(1)
+	rest, s3 := c.takeUnacked(1 << 20)
+	if len(first) != 1 || len(rest) != 2 || s1 != 1 || s3 != 3 {
+		t.Fatalf("two answers: %q (top %d) and %q (top %d)", first, s1, rest, s3)
+	}
+	br.acked(s1)  // the page's next requests proved the first answer read
+	inbound("m4") // queued for the page, not taken yet
+
+	// a stops (as SIGSTOP); b takes the session over; a wakes and
+	// acknowledges the second answer: refused, its lease is gone.
+	if _, err := b.take(ctx, sk, &la); err != nil {
+		t.Fatal(err)
+	}
+	br.acked(s3)
+	a.wg.Wait()
+	if _, ok := a.holds(sk); ok {
+		t.Fatal("a still holds the session after its stale write")
+	}
+	in, err := b.load(ctx, sk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if items, _ := parseHeld(in.meta); len(items) != 3 {
+		t.Fatalf("after the stale owner's acknowledgement Redis holds %d stanzas, want 3 (m2, m3, m4)", len(items))
+	}
+
+	_, br2, c2 := heldPage(t, b, sk, "alice", 8)
+	got, top := c2.takeUnacked(1 << 20)
+	var bodies []string
+	for _, raw := range got {
+		x := string(raw)
+		bodies = append(bodies, x[strings.Index(x, "<body>")+len("<body>"):strings.Index(x, "</body>")])
+	}
+	if strings.Join(bodies, ",") != "m2,m3,m4" || top != 4 {
+		t.Fatalf("the new owner's first page got %v (top %d), want m2,m3,m4 (top 4)", bodies, top)
+	}
+	// Not acknowledged yet: still in Redis; acknowledged: gone.
+	in, err = b.load(ctx, sk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if items, _ := parseHeld(in.meta); len(items) != 3 {
+		t.Fatalf("before the new page's acknowledgement Redis holds %d stanzas, want 3", len(items))
+	}
+	br2.acked(top)
+	in, err = b.load(ctx, sk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if items, next := parseHeld(in.meta); len(items) != 0 || next != 4 {
+		t.Fatalf("after the acknowledgement Redis holds %d stanzas, last number %d (want 0, 4)", len(items), next)
+	}
+}
+
+// TestBOSHAcknowledge: which answers a request proves the page read: those
+// hold+1 rids or more below it, and up to its ack attribute; an ack at or
+// past the request's own rid proves nothing more.
+func TestBOSHAcknowledge(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		hold int
+		rid  int64
+		ack  string
+		left []int64
+	}{
+		{"hold 1: two below", 1, 13, "", []int64{12}},
+		{"hold 1: ack of the last", 1, 13, "12", nil},
+		{"hold 1: ack of an older one", 1, 13, "10", []int64{12}},
+		{"hold 1: ack past the request", 1, 13, "99", []int64{12}},
+		{"hold 1: ack not a number", 1, 13, "x", []int64{12}},
+		{"hold 0: the one below", 0, 13, "", nil},
+		{"hold 2: three below", 2, 13, "", []int64{11, 12}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			br := newBridge(&session{}, 1, 1, nil)
+			bs := &boshSession{hold: tc.hold, c: &bridgeClient{b: br},
+				carried: []carriedAnswer{{10, 1}, {11, 2}, {12, 3}}}
+			body := &boshBody{attrs: map[string]string{"rid": strconv.FormatInt(tc.rid, 10)}}
+			if tc.ack != "" {
+				body.attrs["ack"] = tc.ack
+			}
+			bs.acknowledge(tc.rid, body)
+			var left []int64
+			for _, a := range bs.carried {
+				left = append(left, a.rid)
+			}
+			if !slices.Equal(left, tc.left) {
+				t.Fatalf("unacknowledged answers %v, want %v", left, tc.left)
+			}
+		})
+	}
 }

@@ -312,11 +312,28 @@ func (rig *clusterRig) ownerAndSurvivors(t *testing.T) (*daemon, []*daemon) {
 // with a fresh login, and gets the messages its contact sent meanwhile,
 // each once.
 func TestClusterBrowserKillOwner(t *testing.T) {
-	k := startBrowserKill(t, "cbk", "cbkdesk")
+	k := startBrowserKill(t, "cbk", "cbkdesk", "cbkx")
 	rig, desk, page, say := k.rig, k.desk, k.page, k.say
+	mallory := rig.e.login(t, "cbkx")
 	ctx := t.Context()
-	drainDesktop(desk)
+	// Two more requests (hold=1): the page had the answer that carried
+	// "antes" back before sending the second, which acknowledges it.
+	page.Send("", "")
+	page.Send("", "")
 	victim, survivors := rig.ownerAndSurvivors(t)
+	// Three messages reach the owner (its event log has them, so they are
+	// in Redis with their count) and one answer carries them all; the
+	// owner dies before the page's next request acknowledges it.
+	const m = 3
+	for i := range m {
+		say(fmt.Sprintf("lido-%d", i))
+	}
+	waitOwnerLog(t, victim.client(k.alice.SID), "lido-", m)
+	page.Send("", "")
+	if got := page.Count(contains(">lido-")); got != m {
+		t.Fatalf("the answer before the kill carried %d of the %d messages: %q", got, m, page.Got)
+	}
+	drainDesktop(desk)
 	victim.Signal(t, syscall.SIGKILL, 5*time.Second)
 	killed := time.Now()
 	const n = 5
@@ -328,9 +345,29 @@ func TestClusterBrowserKillOwner(t *testing.T) {
 	if st != http.StatusNotFound || !strings.Contains(page.Last, "item-not-found") {
 		t.Fatalf("the dead node's sid through another node: %d %s", st, page.Last)
 	}
+	// Hostile, on a surviving node: another PHP session's cookie with the
+	// dead page's sid, and a forged sid (other random bits before alice's
+	// session key), get nothing of the unacknowledged answer.
+	other := survivors[0]
+	forged := strings.Repeat("0", 40) + page.SID[40:]
+	for _, probe := range []struct{ what, cookie, sid string }{
+		{"another session's cookie with the dead page's sid", mallory.SID, page.SID},
+		{"a forged sid", k.alice.SID, forged},
+	} {
+		thief := sidecar.NewBOSHClient(t, other.URL+"/http-bind", "Cookie", "sessionid="+probe.cookie, "Origin", other.URL)
+		st, _ := thief.Post(ctx, `<body xmlns="http://jabber.org/protocol/httpbind" rid="`+strconv.FormatInt(page.RID+1, 10)+`" sid="`+probe.sid+`"/>`)
+		if st == http.StatusOK && !strings.Contains(thief.Last, "terminate") || strings.Contains(thief.Last, "lido-") {
+			t.Errorf("%s: %d %s", probe.what, st, thief.Last)
+		}
+	}
 	page2, served, dup, again := k.reattach(killed, "durante", n)
-	if dup != 0 {
-		t.Errorf("%d messages sent during the outage arrived twice", dup)
+	for i := range m {
+		if got := page2.Count(contains(fmt.Sprintf(">lido-%d<", i))); got != 1 {
+			t.Errorf("the new page got lido-%d, which the unacknowledged answer carried, %d times, want once", i, got)
+		}
+	}
+	if dup != 0 || again != 0 {
+		t.Errorf("%d messages sent during the outage arrived twice; the acknowledged one came again %d times", dup, again)
 	}
 	if a := rig.e.XMPP.AuthSuccesses("cbk"); a != 2 {
 		t.Errorf("%d authentications at Prosody, want 2 (the first login and the takeover's resumption)", a)
@@ -347,8 +384,8 @@ func TestClusterBrowserKillOwner(t *testing.T) {
 		m, ok := ev.(*xmppconn.Message)
 		return ok && m.Body == "voltei"
 	})
-	t.Logf("kill -9 of the owner of a BOSH page: %d messages sent meanwhile, 0 lost, %d duplicated; the message before the kill came again %d times; the page served again on a new BOSH session %v after the kill (the XMPP session resumed); the desktop contact saw %d unavailable",
-		n, dup, again, served.Round(10*time.Millisecond), flap)
+	t.Logf("kill -9 of the owner of a BOSH page: %d messages of the answer the page had not acknowledged and %d sent meanwhile, 0 lost, %d duplicated; the acknowledged message before the kill came again %d times; the page served again on a new BOSH session %v after the kill (the XMPP session resumed); the desktop contact saw %d unavailable",
+		m, n, dup, again, served.Round(10*time.Millisecond), flap)
 }
 
 // TestClusterBrowserHeldKillOwner: messages that arrive while the user's
@@ -374,23 +411,7 @@ func TestClusterBrowserHeldKillOwner(t *testing.T) {
 	}
 	// Wait until the owner has them (in its event log, so written to
 	// Redis with their count), then kill it before any page comes back.
-	api := victim.client(alice.SID)
-	seen, cursor := 0, ""
-	for deadline := time.Now().Add(15 * time.Second); seen < n; {
-		if time.Now().After(deadline) {
-			t.Fatalf("the owner's event log has %d of the %d messages", seen, n)
-		}
-		p, err := api.events(ctx, cursor, time.Second, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, ev := range p.Events {
-			if ev.Event == "message" && strings.HasPrefix(ev.Body, "sozinho-") {
-				seen++
-			}
-		}
-		cursor = p.Cursor
-	}
+	waitOwnerLog(t, victim.client(alice.SID), "sozinho-", n)
 	drainDesktop(desk)
 	victim.Signal(t, syscall.SIGKILL, 5*time.Second)
 	killed := time.Now()
@@ -423,4 +444,27 @@ func TestClusterBrowserHeldKillOwner(t *testing.T) {
 	}
 	t.Logf("kill -9 of the node holding %d messages for a page that was away: the next page, %v after the kill, got each once, the message it had taken 0 times; another session's page and cookie got nothing",
 		n, served.Round(10*time.Millisecond))
+}
+
+// waitOwnerLog waits until the owner's event log, read through api, has n
+// messages whose body starts with prefix: they are in Redis with their
+// count.
+func waitOwnerLog(t *testing.T, api *apiClient, prefix string, n int) {
+	t.Helper()
+	seen, cursor := 0, ""
+	for deadline := time.Now().Add(15 * time.Second); seen < n; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the owner's event log has %d of the %d messages", seen, n)
+		}
+		p, err := api.events(t.Context(), cursor, time.Second, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range p.Events {
+			if ev.Event == "message" && strings.HasPrefix(ev.Body, prefix) {
+				seen++
+			}
+		}
+		cursor = p.Cursor
+	}
 }
