@@ -216,12 +216,9 @@ func (bs *boshSession) finish() {
 // reached via: the API, or the peer listener (cluster.go) for a request
 // another node forwarded, which checked the API token itself.
 func (h *boshServer) handle(via *api, w http.ResponseWriter, r *http.Request) (string, error) {
-	data, err := io.ReadAll(io.LimitReader(r.Body, boshMaxBody+1))
+	data, err := readBOSHBody(r)
 	if err != nil {
-		return "", fmt.Errorf("%w: reading body: %w", ErrBadRequest, err)
-	}
-	if len(data) > boshMaxBody {
-		return "", fmt.Errorf("%w: body over %d bytes", ErrTooLarge, boshMaxBody)
+		return "", err
 	}
 	body, err := parseBOSHBody(data)
 	if err != nil {
@@ -260,6 +257,30 @@ func (h *boshServer) handle(via *api, w http.ResponseWriter, r *http.Request) (s
 		return bs.s.user, errParked
 	}
 	return bs.s.user, nil
+}
+
+// readBOSHBody reads a request's body, at most boshMaxBody bytes: into
+// one buffer of its Content-Length when it has one.
+func readBOSHBody(r *http.Request) ([]byte, error) {
+	var data []byte
+	var err error
+	switch n := r.ContentLength; {
+	case n > boshMaxBody:
+		return nil, fmt.Errorf("%w: body over %d bytes", ErrTooLarge, boshMaxBody)
+	case n >= 0:
+		// net/http's body reader ends at Content-Length.
+		data = make([]byte, n)
+		_, err = io.ReadFull(r.Body, data)
+	default:
+		data, err = io.ReadAll(io.LimitReader(r.Body, boshMaxBody+1))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: reading body: %w", ErrBadRequest, err)
+	}
+	if len(data) > boshMaxBody {
+		return nil, fmt.Errorf("%w: body over %d bytes", ErrTooLarge, boshMaxBody)
+	}
+	return data, nil
 }
 
 // open creates a BOSH session for the browser's PHP session cookie
@@ -734,12 +755,8 @@ func (bs *boshSession) reply(rid int64) (resp []byte, end bool) {
 	if ended, _, _ := bs.c.ending(); ended {
 		return bs.endBody(), true
 	}
-	var sb strings.Builder
 	list, seq := bs.c.takeUnacked(boshMaxResponse)
-	for _, raw := range list {
-		sb.Write(raw)
-	}
-	resp = boshPayload(sb.String())
+	resp = boshPayloadOf(list)
 	bs.keep(rid, resp)
 	if seq > 0 {
 		bs.mu.Lock()
@@ -804,8 +821,37 @@ func (bs *boshSession) writeEnd(w http.ResponseWriter) {
 	bs.finish()
 }
 
+const (
+	boshPayloadHead = `<body xmlns="` + nsHTTPBind + `" xmlns:stream="http://etherx.jabber.org/streams">`
+	boshPayloadTail = `</body>`
+)
+
+// boshEmptyPayload is the answer without stanzas, the most common one:
+// shared by every session (and kept for retransmission without a copy),
+// never written to (its capacity is its length, so an append copies).
+var boshEmptyPayload = []byte(boshPayloadHead + boshPayloadTail)[:len(boshPayloadHead+boshPayloadTail):len(boshPayloadHead+boshPayloadTail)]
+
 func boshPayload(inner string) []byte {
-	return []byte(`<body xmlns="` + nsHTTPBind + `" xmlns:stream="http://etherx.jabber.org/streams">` + inner + `</body>`)
+	if inner == "" {
+		return boshEmptyPayload
+	}
+	return []byte(boshPayloadHead + inner + boshPayloadTail)
+}
+
+// boshPayloadOf is the body carrying stanzas, in one allocation.
+func boshPayloadOf(stanzas [][]byte) []byte {
+	if len(stanzas) == 0 {
+		return boshEmptyPayload
+	}
+	n := len(boshPayloadHead) + len(boshPayloadTail)
+	for _, raw := range stanzas {
+		n += len(raw)
+	}
+	b := append(make([]byte, 0, n), boshPayloadHead...)
+	for _, raw := range stanzas {
+		b = append(b, raw...)
+	}
+	return append(b, boshPayloadTail...)
 }
 
 // terminateBody is a terminate response; condition "" is a clean end.

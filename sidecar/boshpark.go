@@ -20,9 +20,9 @@ import (
 // BenchmarkHeldBOSHMemory).
 // Stanzas for the client, the wait running out, a newer request or a
 // retransmission of the same rid, the end of the client and the
-// shutdown fire it: a short-lived goroutine answers it, as the handler
-// did, writes the HTTP/1.1 response itself and hands a kept-alive
-// connection back to the server.
+// shutdown fire it: an answerer goroutine (answerOn) answers it, as the
+// handler did, writes the HTTP/1.1 response itself and serves or hands
+// back the connection's next request.
 //
 // A browser that went away while its request was parked is not noticed
 // until the answer: before taking anything from the client's queue the
@@ -61,10 +61,62 @@ func (p *boshPark) arm(wait time.Duration) {
 	p.timer = time.AfterFunc(wait, p.fire)
 }
 
-// fire answers the request, once, on a goroutine of its own.
+// fire answers the request, once, on an answerer.
 func (p *boshPark) fire() {
 	if p.fired.CompareAndSwap(false, true) {
-		go p.answer()
+		p.pk.answerOn(p.answer)
+	}
+}
+
+const (
+	// maxIdleAnswerers bounds the answerers waiting for work, and
+	// answererIdle how long one waits.
+	maxIdleAnswerers = 16
+	answererIdle     = 2 * time.Second
+)
+
+// answerOn runs answer on an idle answerer, or on a new one. An answer
+// runs the next request of its connection through the whole handler
+// (repoll.go), deeper than the runtime's starting stack, which it sizes
+// from the average goroutine's — a blocked c2s reader's. A new goroutine
+// per answer grew its stack again every time (≈ 6 % of the CPU of
+// BenchmarkBOSHExchange in runtime.newstack); an answerer keeps the stack
+// it grew for the next answer while it waits. At most maxIdleAnswerers
+// wait, each answererIdle at most, none past the shutdown.
+func (pk *parker) answerOn(answer func()) {
+	select {
+	case pk.answerers <- answer:
+	default:
+		go pk.answerer(answer)
+	}
+}
+
+// answerer runs answer and then whatever answerOn hands it, until it has
+// waited answererIdle for work, too many wait already, or the parker
+// shuts down.
+func (pk *parker) answerer(answer func()) {
+	var t *time.Timer
+	for answer != nil {
+		answer()
+		answer = nil
+		if pk.idleAnswerers.Add(1) > maxIdleAnswerers {
+			pk.idleAnswerers.Add(-1)
+			return
+		}
+		if t == nil {
+			t = time.NewTimer(answererIdle)
+		} else {
+			t.Reset(answererIdle)
+		}
+		select {
+		case answer = <-pk.answerers:
+		case <-t.C:
+		case <-pk.repollBase.Done():
+		}
+		pk.idleAnswerers.Add(-1)
+	}
+	if t != nil {
+		t.Stop()
 	}
 }
 

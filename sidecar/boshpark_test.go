@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/coder/websocket"
@@ -405,4 +406,47 @@ func BenchmarkBOSHExchange(b *testing.B) {
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/n/baseNs, "repoll/handback")
 	b.ReportMetric(cpu/baseCPU, "cpu/handback")
 	b.ReportMetric(allocs/baseAllocs, "allocs/handback")
+}
+
+// TestParkerAnswerers: an answered parked request leaves its goroutine
+// waiting for the next answer, which it takes instead of a new goroutine;
+// at most maxIdleAnswerers wait, for answererIdle at most, and none past
+// the shutdown.
+func TestParkerAnswerers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, shutdown := context.WithCancel(t.Context())
+		pk := &parker{answerers: make(chan func()), repollBase: ctx}
+		idle := func(want int32) {
+			t.Helper()
+			synctest.Wait()
+			if n := pk.idleAnswerers.Load(); n != want {
+				t.Fatalf("%d answerers wait, want %d", n, want)
+			}
+		}
+		pk.answerOn(func() {})
+		idle(1)
+		// The waiting answerer takes the next answer: none waits while
+		// it runs (a new goroutine would have left it waiting).
+		release := make(chan struct{})
+		pk.answerOn(func() { <-release })
+		idle(0)
+		close(release)
+		idle(1)
+		// A burst: every answer runs at once, and only
+		// maxIdleAnswerers answerers stay.
+		release = make(chan struct{})
+		for range 3 * maxIdleAnswerers {
+			pk.answerOn(func() { <-release })
+		}
+		idle(0)
+		close(release)
+		idle(maxIdleAnswerers)
+		time.Sleep(answererIdle + time.Millisecond)
+		idle(0)
+		// The shutdown ends those waiting.
+		pk.answerOn(func() {})
+		idle(1)
+		shutdown()
+		idle(0)
+	})
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/subtle"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/xml"
 	"errors"
 	"fmt"
@@ -143,7 +144,7 @@ func (a *api) sameBrowserSession(r *http.Request, s *session) (foreign bool, end
 		return false, ""
 	}
 	h := phpsession.Hash(id) // once: the sid's owner check and the session check
-	if keyOf(h) != s.key {
+	if !isKeyOf(h, s.key) {
 		return true, ""
 	}
 	ps, err := a.reader.LookupHashed(r.Context(), h)
@@ -160,6 +161,14 @@ func (a *api) sameBrowserSession(r *http.Request, s *session) (foreign bool, end
 		return false, "user_changed"
 	}
 	return false, ""
+}
+
+// isKeyOf reports whether key is keyOf(h), without building the string.
+func isKeyOf(h phpsession.HashedID, key string) bool {
+	sum := h.Sum()
+	var buf [2 * len(sum)]byte
+	hex.Encode(buf[:], sum[:])
+	return string(buf[:]) == key
 }
 
 // checkAuth checks a SASL <auth> element from a browser: PLAIN, for the

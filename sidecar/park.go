@@ -74,6 +74,11 @@ type parker struct {
 	repoll     http.Handler
 	repollBase context.Context
 	endRepolls context.CancelFunc
+
+	// answerers is where an idle answerer (boshpark.go) takes the next
+	// parked request to answer; idleAnswerers counts those waiting.
+	answerers     chan func()
+	idleAnswerers atomic.Int32
 }
 
 // newParker returns the parker of srv's connections, which srv accepts
@@ -85,7 +90,7 @@ func newParker(a *api, ln *resumeListener, srv *http.Server) *parker {
 	}
 	ctx, cancel := context.WithCancel(context.WithValue(base, http.ServerContextKey, srv))
 	return &parker{a: a, srv: srv, ln: ln, idle: srv.IdleTimeout, repollBase: ctx, endRepolls: cancel,
-		polls: map[*parkedPoll]struct{}{}, bosh: map[*boshPark]struct{}{}, ws: map[*wsStream]struct{}{}, idlers: map[net.Conn]struct{}{}}
+		answerers: make(chan func()), polls: map[*parkedPoll]struct{}{}, bosh: map[*boshPark]struct{}{}, ws: map[*wsStream]struct{}{}, idlers: map[net.Conn]struct{}{}}
 }
 
 // serves reports whether r came through pk's server.
