@@ -761,7 +761,12 @@ func (b *bridge) clientPresence(ctx context.Context, c *bridgeClient, conn stanz
 	}
 	c.mu.Unlock()
 	if first {
+		// Under b.mu, as fromServer pushes: a stanza the stream reads
+		// meanwhile is either in the snapshot or queued after the replay,
+		// never before it, where the replay's older state would undo it.
+		b.mu.Lock()
 		c.push(b.replay(conn, p)...)
+		b.mu.Unlock()
 	}
 	return nil
 }
@@ -769,7 +774,8 @@ func (b *bridge) clientPresence(ctx context.Context, c *bridgeClient, conn stanz
 // replay is what a server sends a resource after its initial presence:
 // the user's own presence, the contacts' current presences, and for each
 // room the stream is in its occupants (the user last, with status 110)
-// and subject.
+// and subject. b.mu is held: xmppconn updates a room's state before it
+// taps the stanza that changed it (JoinedRooms's lock is a leaf).
 func (b *bridge) replay(conn stanzaRelay, own xmppconn.Presence) [][]byte {
 	full := b.s.fullJIDNow()
 	own.From, own.To = full, full
@@ -824,7 +830,11 @@ func roomReplay(r xmppconn.JoinedRoom, full string) [][]byte {
 	}
 	var m bytes.Buffer
 	m.WriteString(`<message xmlns="jabber:client" type="groupchat"`)
-	xmlAttr(&m, "from", r.Room)
+	from := r.SubjectFrom // as the room sends it to whoever joins
+	if from == "" {
+		from = r.Room
+	}
+	xmlAttr(&m, "from", from)
 	xmlAttr(&m, "to", full)
 	m.WriteString(`><subject>` + xmlEsc(r.Subject) + `</subject></message>`)
 	return append(out, m.Bytes())

@@ -55,13 +55,14 @@ func (b *bridge) clientJoin(c *bridgeClient, conn stanzaRelay, st *xmppconn.Stan
 		return false
 	}
 	full := b.s.fullJIDNow()
+	b.mu.Lock() // the replay is queued as fromServer queues (replay)
 	for _, r := range conn.JoinedRooms() {
 		if strings.EqualFold(r.Room, room) && r.Joined && r.Nick == nick {
 			c.push(roomReplay(r, full)...)
+			b.mu.Unlock()
 			return true
 		}
 	}
-	b.mu.Lock()
 	r := b.rooms[room]
 	if r != nil && r.joined && r.nick == nick {
 		out := make([][]byte, 0, len(r.order)+1)

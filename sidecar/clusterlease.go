@@ -40,19 +40,49 @@ type leaseKeys struct {
 // keysOf returns the keys of the session whose key (sha256 hex of the PHP
 // session id, never the id) is sk.
 func keysOf(sk string) leaseKeys {
+	base := keyBase(sk)
+	return leaseKeys{lease: base + ":lease", token: base + ":tok", meta: base + ":m", unacked: base + ":u", events: base + ":ev", presence: base + ":pr"}
+}
+
+// keyBase is what every key of the session sk starts with.
+func keyBase(sk string) string {
 	p := 0
 	if len(sk) >= 2 {
 		if b, err := strconv.ParseUint(sk[:2], 16, 8); err == nil {
 			p = int(b) % clusterPartitions
 		}
 	}
-	base := "ims:{p" + strconv.Itoa(p) + "}:" + sk
-	return leaseKeys{lease: base + ":lease", token: base + ":tok", meta: base + ":m", unacked: base + ":u", events: base + ":ev", presence: base + ":pr"}
+	return "ims:{p" + strconv.Itoa(p) + "}:" + sk
 }
+
+// leaseKey is keysOf(sk).lease alone: a renewal's one key.
+func leaseKey(sk string) string { return keyBase(sk) + ":lease" }
 
 // stateKeys are the keys of the state scripts (clusterstate.go).
 func (k leaseKeys) stateKeys() []string {
 	return []string{k.lease, k.meta, k.unacked, k.events, k.presence}
+}
+
+// stateKeySuffixes are those of stateKeys, in order.
+var stateKeySuffixes = [...]string{":lease", ":m", ":u", ":ev", ":pr"}
+
+// stateKeysOf is keysOf(sk).stateKeys() in two allocations (the five
+// keys share one string) instead of seven: a session's writes build them
+// each time rather than keep them for the session's life (issue 20 item
+// 9: 0.4 KB a session).
+func stateKeysOf(sk string) []string {
+	base := keyBase(sk)
+	var b strings.Builder
+	b.Grow(len(stateKeySuffixes)*len(base) + len(":lease:m:u:ev:pr"))
+	for _, suf := range stateKeySuffixes {
+		b.WriteString(base)
+		b.WriteString(suf)
+	}
+	all, keys := b.String(), make([]string, len(stateKeySuffixes))
+	for i, suf := range stateKeySuffixes {
+		keys[i], all = all[:len(base)+len(suf)], all[len(base)+len(suf):]
+	}
+	return keys
 }
 
 func (k leaseKeys) list() []string { return []string{k.lease, k.token, k.meta} }
@@ -255,7 +285,7 @@ func scriptAnswer(what string, cmd *redis.Cmd) (won bool, s, third string, err e
 
 // owner returns the session's current lease, or ok false when none.
 func (ls *leaseStore) owner(ctx context.Context, sk string) (lease, bool, error) {
-	v, err := ls.rdb.Get(ctx, keysOf(sk).lease).Result()
+	v, err := ls.rdb.Get(ctx, leaseKey(sk)).Result()
 	if errors.Is(err, redis.Nil) {
 		return lease{}, false, nil
 	}
@@ -266,27 +296,53 @@ func (ls *leaseStore) owner(ctx context.Context, sk string) (lease, bool, error)
 	return l, err == nil, err
 }
 
-// renew extends every lease of held in one round trip per Redis node; it
-// returns the session keys whose lease is no longer theirs.
+// renew extends every lease of held, renewBatchMax leases a round trip per
+// Redis node; it returns the session keys whose lease is no longer
+// theirs.
 func (ls *leaseStore) renew(ctx context.Context, held map[string]lease) (lost []string, err error) {
 	if len(held) == 0 {
 		return nil, nil
 	}
 	keys := make([]string, 0, len(held))
-	cmds := make([]*redis.Cmd, 0, len(held))
+	for sk := range held {
+		keys = append(keys, sk)
+	}
+	for len(keys) > 0 {
+		batch := keys[:min(len(keys), renewBatchMax)]
+		keys = keys[len(batch):]
+		l, berr := ls.renewBatch(ctx, held, batch)
+		lost = append(lost, l...)
+		if err == nil {
+			err = berr
+		}
+	}
+	if err != nil {
+		err = fmt.Errorf("%w: renew: %w", ErrClusterRedis, err)
+	}
+	return lost, err
+}
+
+// renewBatchMax bounds the leases of one renewal pipeline: what a pass holds
+// at once (its commands, keys and replies, about 1 KB a lease) stays the
+// same whatever the node's sessions, instead of growing with them (issue
+// 20 item 9).
+const renewBatchMax = 256
+
+// renewBatch is one pipeline of renew, for the sessions keys of held.
+func (ls *leaseStore) renewBatch(ctx context.Context, held map[string]lease, keys []string) (lost []string, err error) {
+	cmds := make([]*redis.Cmd, 0, len(keys))
 	ttl := ls.ttl.Milliseconds()
 	// By digest (EVALSHA); those Redis answers NOSCRIPT (a restart
 	// emptied its script cache) go again with the source.
 	// Each command's error is its own: they are read below.
 	ls.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for sk, l := range held {
-			keys = append(keys, sk)
-			cmds = append(cmds, renewScript.EvalSha(ctx, p, []string{keysOf(sk).lease}, l.String(), ttl))
+		for _, sk := range keys {
+			cmds = append(cmds, renewScript.EvalSha(ctx, p, []string{leaseKey(sk)}, held[sk].String(), ttl))
 		}
 		return nil
 	})
 	cmds = evalMissing(ctx, ls.rdb, cmds, func(p redis.Pipeliner, i int) *redis.Cmd {
-		return renewScript.Eval(ctx, p, []string{keysOf(keys[i]).lease}, held[keys[i]].String(), ttl)
+		return renewScript.Eval(ctx, p, []string{leaseKey(keys[i])}, held[keys[i]].String(), ttl)
 	})
 	for _, c := range cmds {
 		if cerr := c.Err(); cerr != nil && err == nil {
@@ -298,9 +354,6 @@ func (ls *leaseStore) renew(ctx context.Context, held map[string]lease) (lost []
 		if cerr == nil && n == 0 {
 			lost = append(lost, keys[i])
 		}
-	}
-	if err != nil {
-		err = fmt.Errorf("%w: renew: %w", ErrClusterRedis, err)
 	}
 	return lost, err
 }
@@ -329,7 +382,7 @@ func (ls *leaseStore) markSealed(ctx context.Context, sk string, l lease, online
 // check reports whether l still holds the session's lease, renewing it
 // (or setting it again where no lease is left, as renew does).
 func (ls *leaseStore) check(ctx context.Context, sk string, l lease) (bool, error) {
-	n, err := renewScript.Run(ctx, ls.rdb, []string{keysOf(sk).lease}, l.String(), ls.ttl.Milliseconds()).Int()
+	n, err := renewScript.Run(ctx, ls.rdb, []string{leaseKey(sk)}, l.String(), ls.ttl.Milliseconds()).Int()
 	if err != nil {
 		return false, fmt.Errorf("%w: check: %w", ErrClusterRedis, err)
 	}

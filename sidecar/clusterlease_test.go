@@ -1,9 +1,12 @@
 package sidecar
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"expressolivre.org/imsidecar/xmppconn"
 )
 
 // TestClusterLease runs the lease scripts against a real Redis and a real
@@ -136,6 +139,49 @@ func TestKeysOfShareOneSlot(t *testing.T) {
 	}
 	if k := keysOf("not-hex"); !strings.HasPrefix(k.lease, "ims:{p0}:") {
 		t.Errorf("a key that is not hex: %+v", k)
+	}
+}
+
+// TestStateKeysOf: the keys a session's writes build each time are the
+// state scripts' keys, in their order; a renewal's is the lease key.
+func TestStateKeysOf(t *testing.T) {
+	for _, sk := range []string{sessionKey("a"), sessionKey("session-1"), "not-hex", ""} {
+		if got, want := stateKeysOf(sk), keysOf(sk).stateKeys(); !slices.Equal(got, want) {
+			t.Errorf("stateKeysOf(%q) = %q, want %q", sk, got, want)
+		}
+		if got, want := leaseKey(sk), keysOf(sk).lease; got != want {
+			t.Errorf("leaseKey(%q) = %q, want %q", sk, got, want)
+		}
+	}
+}
+
+// TestHeldLease: the lease table keeps a token for a lease naming this
+// node, and gives back the lease it was given, whoever it names.
+func TestHeldLease(t *testing.T) {
+	self := lease{node: "web1", incarnation: "ab12", peer: "10.0.0.5:8767"}
+	cl := &cluster{ls: &leaseStore{self: self}, held: map[string]heldLease{}, metrics: newMetrics(func() map[xmppconn.State]int { return nil }, func() int64 { return 0 })}
+	own := self
+	own.token = 7
+	forged := lease{token: 7, node: "web1", incarnation: "other", peer: self.peer}
+	for _, l := range []lease{own, forged} {
+		cl.hold("sk", l)
+		if got, ok := cl.holds("sk"); !ok || got != l {
+			t.Fatalf("held %+v, got back %+v %v", l, got, ok)
+		}
+		if h := cl.held["sk"]; (h.other == nil) != (l == own) {
+			t.Errorf("%+v kept as %+v", l, h)
+		}
+		other := l
+		other.token++
+		if cl.drop("sk", other) {
+			t.Fatalf("dropped %+v with another token", l)
+		}
+		if !cl.drop("sk", l) {
+			t.Fatalf("%+v not dropped", l)
+		}
+		if _, ok := cl.holds("sk"); ok {
+			t.Fatal("a dropped lease still held")
+		}
 	}
 }
 

@@ -268,16 +268,15 @@ var errRedisDown = fmt.Errorf("%w: not answering; retried shortly", ErrClusterRe
 // the server. Outbound never fails a send for Redis: the store keeps a
 // mirror of the whole state and writes it whole (dirty) at the next write
 // that reaches Redis.
+//
+// It is kept small (issue 20 item 9): what the node knows already (the
+// log's caps, the Redis keys, derived from sk) is not copied into it, and
+// the times are monoNow's numbers.
 type clusterSession struct {
 	cl   *cluster
 	sk   string
-	keys []string
 	log  *eventLog
 	user string
-	// maxEvents and maxBytes cap the log in Redis as in memory
-	// (--event-buffer, --event-buffer-mb).
-	maxEvents int
-	maxBytes  int64
 
 	// resumable: the stream's session can be resumed (its Save had an
 	// id), so the stream reports every stanza handled: a stanza's events
@@ -290,24 +289,24 @@ type clusterSession struct {
 	dirty    bool // Redis may not hold mirror: the next write writes it whole
 	wantH    uint32
 	hasWant  bool    // a count Redis refused, written with the next write
+	newLog   bool    // Redis holds another log: the next write starts ours ('R')
+	flushing bool    // on the cluster's list of sessions to write again
 	pending  []event // a stanza's events, not in the log yet
 	unsynced []event // in the log, not yet in Redis
 	// presOps are the contacts' presence changes ('P', 'X', 'Z'
 	// operations) to write with the next write.
-	presOps  []any
-	newLog   bool        // Redis holds another log: the next write starts ours ('R')
-	held     clusterHeld // the browser backlog's writes (bridgedurable.go)
-	flushing bool        // on the cluster's list of sessions to write again
+	presOps []any
+	held    clusterHeld // the browser backlog's writes (bridgedurable.go)
 	// ackedStored is the server's acknowledgement Redis holds; ackDue,
 	// that the mirror's is newer: an acknowledgement is not a write of its
 	// own but rides on the session's next one ('A'), or on the flush after
 	// the next lease renewal (docs/CLUSTER.md, "The write path").
 	ackedStored uint32
 	ackDue      bool
-	ackAt       time.Time // when ackDue was set
-	// ttlAt is when the keys' TTLs were last set ('T'): at most once
-	// every ttlRefresh.
-	ttlAt time.Time
+	ackAt       int64 // when ackDue was set (monoNow)
+	// ttlAt is when the keys' TTLs were last set ('T', monoNow; 0: never):
+	// at most once every ttlRefresh.
+	ttlAt int64
 }
 
 // ttlRefresh is how often a session's writes set its keys' TTLs again
@@ -453,8 +452,12 @@ func (cs *clusterSession) Acked(h uint32) error {
 	if err := cs.mirror.Ack(h); err != nil {
 		return err
 	}
+	if len(cs.mirror.Unacked) == 0 {
+		// Everything sent is acknowledged: an idle session keeps no array.
+		cs.mirror.Unacked = nil
+	}
 	if cs.mirror.Acked != cs.ackedStored && !cs.ackDue {
-		cs.ackDue, cs.ackAt = true, time.Now()
+		cs.ackDue, cs.ackAt = true, monoNow()
 		cs.cl.toFlush(cs)
 	}
 	return nil
@@ -474,7 +477,7 @@ func (cs *clusterSession) flushDue(wait time.Duration) {
 	cs.flushing = false
 	kept := cs.dirty || len(cs.unsynced) > 0 || cs.hasWant || len(cs.presOps) > 0
 	switch {
-	case kept || cs.ackDue && time.Since(cs.ackAt) >= wait:
+	case kept || cs.ackDue && time.Duration(monoNow()-cs.ackAt) >= wait:
 		cs.writeLocked(nil, nil, false)
 	case cs.ackDue:
 		cs.cl.toFlush(cs)
@@ -578,7 +581,7 @@ func (cs *clusterSession) run(l lease, fresh []event, tail []any) (int, error) {
 			first = cs.unsynced[0].offset
 		}
 		args = append(args, "E", strconv.FormatUint(first, 10), strconv.FormatUint(pos.gap, 10), strconv.FormatUint(pos.acked, 10),
-			cs.maxEvents, cs.maxBytes, n)
+			cs.cl.logCap, cs.cl.logBytes, n)
 		for i := range cs.unsynced {
 			args = append(args, encodeRecord(&cs.unsynced[i]))
 		}
@@ -590,12 +593,12 @@ func (cs *clusterSession) run(l lease, fresh []event, tail []any) (int, error) {
 		args = append(args, "H", strconv.FormatUint(uint64(cs.wantH), 10))
 	}
 	args = append(args, cs.presOps...)
-	now := time.Now()
-	ttl := now.Sub(cs.ttlAt) >= ttlRefresh
+	now := monoNow()
+	ttl := cs.ttlAt == 0 || time.Duration(now-cs.ttlAt) >= ttlRefresh
 	if ttl {
 		args = append(args, "T")
 	}
-	n, err := cs.cl.writes.run(cs.cl.rdb, cs.keys, args)
+	n, err := cs.cl.writes.run(cs.cl.rdb, stateKeysOf(cs.sk), args)
 	if err != nil {
 		return 0, fmt.Errorf("%w: state write: %w", ErrClusterRedis, err)
 	}
@@ -676,7 +679,7 @@ func (cl *cluster) load(ctx context.Context, sk string) (stored, error) {
 	if !ok {
 		return stored{}, ErrNotOwner
 	}
-	v, err := loadScript.Run(ctx, cl.rdb, keysOf(sk).stateKeys(), l.String()).Slice()
+	v, err := loadScript.Run(ctx, cl.rdb, stateKeysOf(sk), l.String()).Slice()
 	if err != nil {
 		return stored{}, fmt.Errorf("%w: state load: %w", ErrClusterRedis, err)
 	}
@@ -876,8 +879,7 @@ func (cl *cluster) durable(ctx context.Context, s *session, newLog func() *event
 	for _, e := range errs {
 		cl.logger.Warn("cluster: part of a session's state in Redis is not usable; left out", "session", s.short, "err", e)
 	}
-	cs := &clusterSession{cl: cl, sk: s.key, keys: keysOf(s.key).stateKeys(), user: s.user,
-		maxEvents: cl.logCap, maxBytes: cl.logBytes}
+	cs := &clusterSession{cl: cl, sk: s.key, user: s.user}
 	s.log = newLog()
 	if sv.logOK {
 		s.log.seed(sv.epoch, sv.next-uint64(len(sv.events)), sv.gap, sv.events)

@@ -164,7 +164,7 @@ func TestClusterState(t *testing.T) {
 				for _, forged := range []lease{{token: ra.lease.token, node: "b", incarnation: "i-b", peer: "127.0.0.1:1"},
 					{token: ra.lease.token + 1, node: "a", incarnation: "i-a", peer: "127.0.0.1:1"}} {
 					b.hold(sk, forged)
-					fs := &clusterSession{cl: b, sk: sk, keys: keysOf(sk).stateKeys(), log: newEventLog(10, nil), user: "mallory", maxEvents: 5, maxBytes: 1 << 20}
+					fs := &clusterSession{cl: b, sk: sk, log: newEventLog(10, nil), user: "mallory"}
 					if err := fs.Save(xmppconn.ResumeState{V: 1, JID: "mallory@example.org/x"}); !errors.Is(err, ErrNotOwner) {
 						t.Fatalf("a forged lease's Save: %v", err)
 					}
@@ -370,7 +370,7 @@ func TestClusterStateWritePath(t *testing.T) {
 				t.Fatalf("a write within the minute set the TTLs again: %v", pttl)
 			}
 			cs.mu.Lock()
-			cs.ttlAt = time.Time{}
+			cs.ttlAt = 0
 			cs.mu.Unlock()
 			if err := cs.Sent(chatStanza(5)); err != nil {
 				t.Fatal(err)
@@ -400,7 +400,7 @@ func TestClusterStateWritePath(t *testing.T) {
 				t.Fatalf("a young acknowledgement was flushed: acked %s", acked)
 			}
 			cs.mu.Lock()
-			cs.ackAt = cs.ackAt.Add(-ackWait(a.ls.ttl))
+			cs.ackAt -= int64(ackWait(a.ls.ttl))
 			cs.mu.Unlock()
 			a.redisBack()
 			if acked, _, n := stored(); acked != "5" || n != 2 {
@@ -408,7 +408,7 @@ func TestClusterStateWritePath(t *testing.T) {
 			}
 			// The byte cap: the oldest events leave the list in Redis.
 			cs.mu.Lock()
-			cs.maxBytes = 300
+			a.logBytes = 300
 			cs.mu.Unlock()
 			for i := range 10 {
 				s.appendState(xmppconn.StateOnline, strings.Repeat("x", 50)+strconv.Itoa(i))

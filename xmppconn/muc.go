@@ -107,6 +107,11 @@ type JoinedRoom struct {
 	Room    string
 	Nick    string
 	Subject string
+	// SubjectFrom is who the subject came from, as the room says it to a
+	// joining occupant (XEP-0045 §7.2.15): the occupant JID of whoever
+	// set it (Prosody, ejabberd) or the room's bare JID; "" before the
+	// room sent one.
+	SubjectFrom string
 	// Joined is false while the room is being joined, or re-joined after
 	// a fresh stream.
 	Joined    bool
@@ -149,6 +154,7 @@ type mucRoom struct {
 	public    bool
 	joined    bool
 	subject   string
+	subjectBy string // the subject's from
 	occupants map[string]Occupant
 	last      time.Time // newest message seen (receive time or delay stamp)
 	seen      [seenKeys]string
@@ -167,7 +173,7 @@ type joinWait struct {
 }
 
 func (r *mucRoom) snapshot() JoinedRoom {
-	out := JoinedRoom{Room: r.jid, Nick: r.nick, Subject: r.subject, Joined: r.joined, Occupants: make([]Occupant, 0, len(r.occupants))}
+	out := JoinedRoom{Room: r.jid, Nick: r.nick, Subject: r.subject, SubjectFrom: r.subjectBy, Joined: r.joined, Occupants: make([]Occupant, 0, len(r.occupants))}
 	if out.Nick == "" && r.join != nil {
 		out.Nick = r.join.nick
 	}
@@ -873,7 +879,7 @@ func (c *Conn) roomMessage(m *Message, hasSubject bool) bool {
 	}
 	m.Own = from.Resource != "" && from.Resource == r.nick
 	if hasSubject && m.Body == "" {
-		r.subject = m.Subject
+		r.subject, r.subjectBy = m.Subject, m.From
 		return true
 	}
 	key := m.From + "\x00" + m.ID + "\x00" + m.Body

@@ -115,7 +115,7 @@ func TestMUCProsody(t *testing.T) {
 		m, ok := ev.(*xmppconn.Message)
 		return ok && m.Subject == "Planejamento 2027" && m.Body == ""
 	})
-	if jrs := bob.JoinedRooms(); len(jrs) != 1 || jrs[0].Subject != "Planejamento 2027" {
+	if jrs := bob.JoinedRooms(); len(jrs) != 1 || jrs[0].Subject != "Planejamento 2027" || jrs[0].SubjectFrom != room+"/Alice" {
 		t.Errorf("bob's JoinedRooms = %+v", jrs)
 	}
 

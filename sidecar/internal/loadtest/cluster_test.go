@@ -123,7 +123,7 @@ func TestRunClusterPaths(t *testing.T) {
 	bin := buildSidecar(t)
 	cfg := Config{Users: 9, Rate: 30, Duration: time.Second, SweepRates: []float64{60}, SweepTime: time.Second,
 		PHPSample: 2, SourceAddrs: 3, SidecarBin: bin, Dir: t.TempDir(), Timeout: 4 * time.Minute,
-		ClusterLeaseTTL: time.Second, Paths: []string{PathSidecar, PathSidecarCluster, PathSidecarClusterRR}}
+		ClusterLeaseTTL: time.Second, Paths: []string{PathSidecar, PathSidecarCluster, PathSidecarClusterRR}, MemSlope: true}
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
 	res, err := Run(ctx, cfg)
@@ -145,6 +145,10 @@ func TestRunClusterPaths(t *testing.T) {
 		}
 		if p.SidecarFDs <= 0 || p.MemPerUserKB == 0 {
 			t.Errorf("%s: %d descriptors, %v KB/user", p.Path, p.SidecarFDs, p.MemPerUserKB)
+		}
+		// -mem-slope: the storm in two halves, memory read after each.
+		if p.MemSlopeFrom != cfg.Users/2 {
+			t.Errorf("%s: memory slope from %d users, want %d", p.Path, p.MemSlopeFrom, cfg.Users/2)
 		}
 		c := p.Cluster
 		if p.Path == PathSidecar {

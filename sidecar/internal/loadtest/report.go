@@ -154,6 +154,9 @@ func NewReport(profile string, m Machine, cfg Config, paths []PathResult) Report
 			ratio(key+"p50", cl.P50ms, sc.P50ms)
 			ratio(key+"p99", cl.P99ms, sc.P99ms)
 			ratio(key+"mem_per_user", cl.MemPerUserKB, sc.MemPerUserKB)
+			if cl.MemSlopeKBPerUser > 0 && sc.MemSlopeKBPerUser > 0 {
+				ratio(key+"mem_slope_per_user", cl.MemSlopeKBPerUser, sc.MemSlopeKBPerUser)
+			}
 			ratio(key+"cpu_per_1k_msgs", cl.CPUPer1k, sc.CPUPer1k)
 			ratio(key+"imsidecar_cpu_per_1k_msgs", cl.SidecarCPUPer1k, sc.SidecarCPUPer1k)
 			ratio(key+"knee_rate", cl.KneeRate, sc.KneeRate)
@@ -381,6 +384,13 @@ func (r Report) clusterMarkdown(w io.Writer) {
 			fmt.Fprintf(w, "| **%s/sidecar** | | %s | %s | %s | %s | | | | | | | | | %s |\n", p.Path,
 				r.ratioText(key+"p50"), r.ratioText(key+"p99"), r.ratioText(key+"mem_per_user"), r.ratioText(key+"imsidecar_cpu_per_1k_msgs"),
 				kneeRatio(p, *sc, p.KneeRate, sc.KneeRate, p.KneeBounded, sc.KneeBounded))
+		}
+	}
+	for _, p := range r.Paths {
+		if p.Cluster != nil && p.MemSlopeKBPerUser > 0 && sc != nil && sc.MemSlopeKBPerUser > 0 {
+			key := strings.ReplaceAll(p.Path, "-", "_") + "_"
+			fmt.Fprintf(w, "\n%s: imsidecar KB per user added from %d to %d users online (-mem-slope; each process's one-offs left out) %s against sidecar's %s (from %d to %d): %s\n",
+				p.Path, p.MemSlopeFrom, p.Online, f2(p.MemSlopeKBPerUser), f2(sc.MemSlopeKBPerUser), sc.MemSlopeFrom, sc.Online, r.ratioText(key+"mem_slope_per_user"))
 		}
 	}
 	for _, p := range r.Paths {

@@ -77,6 +77,15 @@ type Config struct {
 	// daemon's default).
 	ClusterNodes    int
 	ClusterLeaseTTL time.Duration
+	// MemSlope splits the sidecar paths' login storm in two halves with
+	// the same 2 s settle after each, and reads the imsidecar processes'
+	// RSS after each: PathResult.MemSlopeKBPerUser is the growth between
+	// the two per user added, a per-user cost from which each process's
+	// fixed one-offs (binary pages, runtime metadata, pools: mostly paid
+	// in the first half) drop out. The login rate and CPU per login of
+	// such a run include the first settle; MemPerUserKB is measured as
+	// without it (growth over the whole storm per online user).
+	MemSlope bool
 	// ProsodyConfig holds extra lines for the global section of every
 	// Prosody's configuration, e.g. `network_settings = { nagle = false }`.
 	ProsodyConfig []string
@@ -123,6 +132,12 @@ type PathResult struct {
 	SidecarFileKBPerUser float64 `json:"imsidecar_file_kb_per_user,omitempty"`
 	// ProsodyMemPerUserKB is Prosody's own RSS growth per online user.
 	ProsodyMemPerUserKB float64 `json:"prosody_mem_per_user_kb"`
+	// MemSlopeKBPerUser (Config.MemSlope, sidecar paths) is the imsidecar
+	// processes' RSS growth, summed, from MemSlopeFrom users online to
+	// Online, per user added: the per-user cost without the per-process
+	// one-offs that MemPerUserKB spreads over the users.
+	MemSlopeKBPerUser float64 `json:"mem_slope_kb_per_user,omitempty"`
+	MemSlopeFrom      int     `json:"mem_slope_from,omitempty"`
 	// CPUPer1k is the CPU seconds per 1,000 delivered messages of the
 	// processes the path uses: imsidecar + Prosody, or Prosody alone.
 	CPUPer1k        float64 `json:"cpu_s_per_1k_msgs"`
@@ -485,8 +500,24 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 		return res, err
 	}
 	start := time.Now()
-	online, errs, firstErr := r.loginAll(ctx, life)
+	r.clients = make([]client, cfg.Users)
+	r.broken = make([]bool, cfg.Users)
+	from, halfOnline, halfErrs, dHalf := 0, 0, 0, int64(0)
+	var halfErr error
+	if cfg.MemSlope && sidecarPath(path) {
+		from = cfg.Users / 2
+		halfOnline, halfErrs, halfErr = r.loginAll(ctx, life, 0, from)
+		time.Sleep(2 * time.Second) // as after the whole storm, below
+		if dHalf, _, err = r.nodesRSS(); err != nil {
+			return res, err
+		}
+	}
+	online, errs, firstErr := r.loginAll(ctx, life, from, cfg.Users)
 	elapsed := time.Since(start)
+	if halfErr != nil {
+		firstErr = halfErr
+	}
+	online, errs = online+halfOnline, errs+halfErrs
 	s1, err := r.sampleLogin(pro.PID())
 	if err != nil {
 		return res, err
@@ -536,6 +567,10 @@ func runPath(ctx context.Context, cfg Config, path string) (PathResult, error) {
 		}
 		res.MemPerUserKB = float64(dAfter-dBefore) / 1024 / float64(online)
 		res.SidecarFileKBPerUser = float64(dFileAfter-dFileBefore) / 1024 / float64(online)
+		if added := online - halfOnline; cfg.MemSlope && halfOnline > 0 && added > 0 {
+			res.MemSlopeKBPerUser, res.MemSlopeFrom = float64(dAfter-dHalf)/1024/float64(added), halfOnline
+			cfg.Logger.Info("imsidecar memory slope", "path", path, "from", halfOnline, "to", online, "kb_per_added_user", res.MemSlopeKBPerUser)
+		}
 		for _, d := range r.nodes {
 			fds, err := OpenFiles(d.PID())
 			if err != nil {
@@ -734,18 +769,18 @@ func sessionCookie(sid string) http.Header {
 	return http.Header{"Cookie": {"sessionid=" + sid}}
 }
 
-// loginAll logs every user in with cfg.Concurrency logins in flight.
-func (r *rig) loginAll(ctx, life context.Context) (online, errs int, first error) {
-	r.clients = make([]client, r.cfg.Users)
-	r.broken = make([]bool, r.cfg.Users)
+// loginAll logs users from to to-1 in with cfg.Concurrency logins in
+// flight.
+func (r *rig) loginAll(ctx, life context.Context, from, to int) (online, errs int, first error) {
 	var next atomic.Int64
+	next.Store(int64(from))
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	for range min(r.cfg.Concurrency, r.cfg.Users) {
+	for range min(r.cfg.Concurrency, to-from) {
 		wg.Go(func() {
 			for {
 				i := int(next.Add(1) - 1)
-				if i >= r.cfg.Users || ctx.Err() != nil {
+				if i >= to || ctx.Err() != nil {
 					return
 				}
 				lctx, cancel := context.WithTimeout(ctx, 60*time.Second)

@@ -67,6 +67,7 @@ func run() error {
 	flag.StringVar(&cfg.Transport, "transport", loadtest.TransportHTTP1, "sidecar path's HTTP API: http1, or h2c (HTTP/2 without TLS: pending polls share a few connections)")
 	flag.IntVar(&cfg.ClusterNodes, "cluster-nodes", 3, "imsidecar nodes of the cluster paths")
 	flag.DurationVar(&cfg.ClusterLeaseTTL, "cluster-lease-ttl", 0, "the cluster paths' --cluster-lease-ttl (0: imsidecar's default)")
+	flag.BoolVar(&cfg.MemSlope, "mem-slope", false, "log the sidecar paths' users in as two halves and report imsidecar's memory growth between them per user added (KB/user slope: the per-user cost without each process's fixed one-offs), besides the usual figure; login rate and CPU then include a 2 s pause")
 	flag.IntVar(&cfg.PHPSample, "php-sample", 20, "sessions written by the real PHP CLI (the rest by the Go generator)")
 	flag.StringVar(&cfg.SidecarBin, "imsidecar", "", "imsidecar binary (default: go build ./sidecar/cmd/imsidecar)")
 	flag.DurationVar(&cfg.Timeout, "timeout", 30*time.Minute, "bound on the whole run")

@@ -4,11 +4,16 @@
 // IMBENCH_PPROF_ADDR. It is a benchmarking tool, never installed; the
 // product binary serves no pprof. IMBENCH_MEMPROFILERATE sets
 // runtime.MemProfileRate (1 records every allocation: exact per-user
-// figures for a heap profile, at a cost in speed).
+// figures for a heap profile, at a cost in speed). IMBENCH_PPROF_PORT,
+// instead of IMBENCH_PPROF_ADDR, serves pprof on that port of the host of
+// the daemon's own --listen flag: the cluster paths start every node with
+// one environment, each on its own loopback address (127.0.0.11, .12, …).
 //
 //	go build -o /tmp/imsidecar-pprof ./sidecar/internal/loadtest/cmd/imsidecar-pprof
 //	imbench -paths sidecar -imsidecar /tmp/imsidecar-pprof -sidecar-env IMBENCH_PPROF_ADDR=127.0.0.1:6060
 //	go tool pprof -sample_index=inuse_space http://127.0.0.1:6060/debug/pprof/heap
+//	imbench -paths sidecar,sidecar-cluster -imsidecar /tmp/imsidecar-pprof -sidecar-env IMBENCH_PPROF_PORT=6060
+//	go tool pprof -sample_index=inuse_space http://127.0.0.11:6060/debug/pprof/heap
 package main
 
 import (
@@ -21,6 +26,7 @@ import (
 	"os/signal"
 	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"expressolivre.org/imsidecar/sidecar"
@@ -36,7 +42,11 @@ func main() {
 		runtime.MemProfileRate = n
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	if err := servePprof(ctx, os.Getenv("IMBENCH_PPROF_ADDR")); err != nil {
+	addr := os.Getenv("IMBENCH_PPROF_ADDR")
+	if port := os.Getenv("IMBENCH_PPROF_PORT"); addr == "" && port != "" {
+		addr = net.JoinHostPort(listenHost(os.Args[1:]), port)
+	}
+	if err := servePprof(ctx, addr); err != nil {
 		fmt.Fprintln(os.Stderr, "imsidecar-pprof:", err)
 		os.Exit(1)
 	}
@@ -66,4 +76,20 @@ func servePprof(ctx context.Context, addr string) error {
 	go func() { <-ctx.Done(); srv.Close() }()
 	go srv.Serve(l)
 	return nil
+}
+
+// listenHost is the host of the --listen flag in args ("" if none, which
+// servePprof refuses).
+func listenHost(args []string) string {
+	for i, a := range args {
+		v, ok := strings.CutPrefix(strings.TrimLeft(a, "-"), "listen=")
+		if !ok && (a == "--listen" || a == "-listen") && i+1 < len(args) {
+			v, ok = args[i+1], true
+		}
+		if ok {
+			host, _, _ := net.SplitHostPort(v)
+			return host
+		}
+	}
+	return ""
 }
