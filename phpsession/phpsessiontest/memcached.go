@@ -3,7 +3,6 @@ package phpsessiontest
 import (
 	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -34,17 +33,11 @@ func StartMemcached(tb testing.TB) *Memcached {
 	}
 	m := &Memcached{tb: tb}
 	tb.Cleanup(m.Stop)
-	for attempt := 1; ; attempt++ {
+	startOnFreePort(tb, "memcached", func() error {
 		m.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(tb, false)))
-		err := m.start()
-		if err == nil {
-			return m
-		}
-		if !errors.Is(err, errPortTaken) || attempt == 3 {
-			tb.Fatal(err)
-		}
-		tb.Logf("phpsessiontest: memcached start %d: its port was bound by someone else first; starting again on another port", attempt)
-	}
+		return m.start()
+	})
+	return m
 }
 
 // StartMemcachedServers starts n servers.

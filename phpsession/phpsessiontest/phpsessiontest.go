@@ -202,21 +202,32 @@ func startRedis(tb testing.TB, bus bool, extra ...string) *Redis {
 	}
 	r := &Redis{dir: tb.TempDir(), extra: extra, tb: tb}
 	tb.Cleanup(r.Stop)
-	for attempt := 1; ; attempt++ {
+	startOnFreePort(tb, "redis-server", func() error {
 		r.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(tb, bus)))
-		err := r.start()
+		return r.start()
+	})
+	return r
+}
+
+// errPortTaken: a server could not bind its port.
+var errPortTaken = errors.New("phpsessiontest: the port of the server was in use")
+
+// startOnFreePort runs start, which picks a port and starts a server on
+// it, again when it fails with errPortTaken, three times at most; any
+// other failure fails the test at once.
+func startOnFreePort(tb testing.TB, what string, start func() error) {
+	tb.Helper()
+	for attempt := 1; ; attempt++ {
+		err := start()
 		if err == nil {
-			return r
+			return
 		}
 		if !errors.Is(err, errPortTaken) || attempt == 3 {
 			tb.Fatal(err)
 		}
-		tb.Logf("phpsessiontest: redis-server start %d: its port was bound by someone else first; starting again on another port", attempt)
+		tb.Logf("phpsessiontest: %s start %d: its port was bound by someone else first; starting again on another port", what, attempt)
 	}
 }
-
-// errPortTaken: redis-server could not bind its port.
-var errPortTaken = errors.New("phpsessiontest: the port of redis-server was in use")
 
 // freePort picks a free loopback port; for a cluster node also its bus
 // port (port+10000) must exist and be free.
