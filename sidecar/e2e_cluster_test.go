@@ -137,18 +137,20 @@ func startClusterRigWith(t *testing.T, o clusterRigOptions) *clusterRig {
 	}
 	for i := range o.Nodes {
 		host := "127.0.0." + strconv.Itoa(o.FirstHost+i)
-		ports := freePortsOn(t, host, 2)
-		api := net.JoinHostPort(host, strconv.Itoa(ports[0]))
-		peer := net.JoinHostPort(host, strconv.Itoa(ports[1]))
+		var api, peer string
+		listeners := func() []string {
+			ports := freePortsOn(t, host, 2)
+			api = net.JoinHostPort(host, strconv.Itoa(ports[0]))
+			peer = net.JoinHostPort(host, strconv.Itoa(ports[1]))
+			return []string{"--listen=" + api, "--cluster-peer-listen=" + peer}
+		}
 		leases := rig.Leases
 		if o.LeasesOf != nil && o.LeasesOf(i) != "" {
 			leases = o.LeasesOf(i)
 		}
-		d := startDaemon(t, daemonOptions{Store: rig.e.Store, XMPP: rig.e.XMPP, Extra: append([]string{
-			"--listen=" + api,
+		d := startDaemon(t, daemonOptions{Store: rig.e.Store, XMPP: rig.e.XMPP, Listeners: listeners, Extra: append([]string{
 			"--cluster-redis=" + leases,
 			"--cluster-node-id=node" + strconv.Itoa(i),
-			"--cluster-peer-listen=" + peer,
 			"--cluster-secret-file=" + secretFile,
 			"--cluster-lease-ttl=" + o.TTL.String(),
 		}, o.Extra...)})

@@ -234,6 +234,10 @@ type daemonOptions struct {
 	Inactivity      time.Duration // default: the daemon's
 	ShutdownTimeout time.Duration // default 10s
 	Extra           []string      // more flags
+	// Listeners, if set, returns more flags naming listen addresses on
+	// ports it picks; it is called again, for other ports, when a start
+	// fails on a port taken meanwhile.
+	Listeners func() []string
 	// Prosody configures the server startE2E starts (e.g. MUC: true).
 	Prosody xmppconntest.Options
 }
@@ -255,7 +259,36 @@ type daemon struct {
 }
 
 // startDaemon runs the imsidecar binary and waits until /readyz answers 200.
+//
+// Its ports were free a moment before the daemon binds them, not held:
+// another process on the machine may bind one in between (a loaded CI box
+// runs several test binaries, each starting servers on random ports). A
+// daemon that exits at startup on "address already in use" is started
+// again on other ports, twice at most; any other startup failure fails the
+// test at once.
 func startDaemon(tb testing.TB, opts daemonOptions) *daemon {
+	tb.Helper()
+	if opts.RecheckInterval == 0 {
+		opts.RecheckInterval = time.Second
+	}
+	if opts.ShutdownTimeout == 0 {
+		opts.ShutdownTimeout = 10 * time.Second
+	}
+	for attempt := 1; ; attempt++ {
+		d := newDaemon(tb, opts)
+		err := d.start(tb, opts.ShutdownTimeout+5*time.Second)
+		if err == nil {
+			return d
+		}
+		if !errors.Is(err, errPortTaken) || attempt == 3 {
+			tb.Fatal(err)
+		}
+		tb.Logf("imsidecar start %d: a port picked free was bound by someone else first; starting again on other ports", attempt)
+	}
+}
+
+// newDaemon prepares one start of the binary: fresh ports, flags, token.
+func newDaemon(tb testing.TB, opts daemonOptions) *daemon {
 	tb.Helper()
 	dir := tb.TempDir()
 	d := &daemon{
@@ -274,12 +307,6 @@ func startDaemon(tb testing.TB, opts daemonOptions) *daemon {
 		listen = d.URL
 	}
 	d.OpsURL = "http://127.0.0.1:" + strconv.Itoa(ops)
-	if opts.RecheckInterval == 0 {
-		opts.RecheckInterval = time.Second
-	}
-	if opts.ShutdownTimeout == 0 {
-		opts.ShutdownTimeout = 10 * time.Second
-	}
 	args := []string{
 		"serve",
 		"--listen=" + listen,
@@ -314,10 +341,16 @@ func startDaemon(tb testing.TB, opts daemonOptions) *daemon {
 		args = append(args, "--api-token-file="+d.TokenFile)
 	}
 	args = append(args, opts.Extra...)
+	if opts.Listeners != nil {
+		args = append(args, opts.Listeners()...)
+	}
 	d.Args = args
-	d.run(tb, opts.ShutdownTimeout+5*time.Second)
 	return d
 }
+
+// errPortTaken: the daemon exited at startup because an address it was to
+// listen on was bound already.
+var errPortTaken = errors.New("a listen address was in use")
 
 // run starts the binary with d.Args, logging to d.logFile, and waits until
 // /readyz answers 200. At the end of the test the daemon gets SIGTERM and
@@ -325,9 +358,18 @@ func startDaemon(tb testing.TB, opts daemonOptions) *daemon {
 // again with the same flags through it.
 func (d *daemon) run(tb testing.TB, grace time.Duration) {
 	tb.Helper()
+	if err := d.start(tb, grace); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// start is run, returning a startup failure; one on a port in use wraps
+// errPortTaken.
+func (d *daemon) start(tb testing.TB, grace time.Duration) error {
+	tb.Helper()
 	logf, err := os.Create(d.logFile)
 	if err != nil {
-		tb.Fatal(err)
+		return err
 	}
 	cmd := exec.Command(daemonBinary(tb), d.Args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -340,7 +382,7 @@ func (d *daemon) run(tb testing.TB, grace time.Duration) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
-		tb.Fatalf("starting imsidecar: %v", err)
+		return fmt.Errorf("starting imsidecar: %w", err)
 	}
 	d.cmd = cmd
 	go func() { cmd.Wait(); logf.Close(); close(d.done) }()
@@ -366,7 +408,11 @@ func (d *daemon) run(tb testing.TB, grace time.Duration) {
 	for {
 		select {
 		case <-d.done:
-			tb.Fatalf("imsidecar exited during startup (%v); args %q\n%s", cmd.ProcessState, d.Args, d.LogTail(60))
+			err := fmt.Errorf("imsidecar exited during startup (%v); args %q\n%s", cmd.ProcessState, d.Args, d.LogTail(60))
+			if strings.Contains(d.Log(), "bind: address already in use") {
+				err = fmt.Errorf("%w: %w", errPortTaken, err)
+			}
+			return err
 		default:
 		}
 		resp, err := http.Get(d.OpsURL + "/readyz")
@@ -374,11 +420,11 @@ func (d *daemon) run(tb testing.TB, grace time.Duration) {
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return
+				return nil
 			}
 		}
 		if time.Now().After(deadline) {
-			tb.Fatalf("imsidecar not ready after 20s (last: %v)\n%s", err, d.LogTail(60))
+			return fmt.Errorf("imsidecar not ready after 20s (last: %v)\n%s", err, d.LogTail(60))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

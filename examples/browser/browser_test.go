@@ -12,7 +12,6 @@ import (
 	"image/color"
 	"image/png"
 	"io"
-	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -29,16 +28,6 @@ import (
 	"expressolivre.org/imsidecar/xmppconn"
 	"expressolivre.org/imsidecar/xmppconn/xmppconntest"
 )
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 func waitHTTP(t *testing.T, url string) {
 	t.Helper()
@@ -191,7 +180,8 @@ func startSite(t *testing.T) *site {
 	if out, err := exec.Command("go", "build", "-o", bin, "../../sidecar/cmd/imsidecar").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	apiPort, opsPort, webPort := freePort(t), freePort(t), freePort(t)
+	ports := xmppconntest.FreePorts(t, 3)
+	apiPort, opsPort, webPort := ports[0], ports[1], ports[2]
 	var sidecarLog bytes.Buffer
 	side := exec.Command(bin, "serve", "--listen=127.0.0.1:"+strconv.Itoa(apiPort), "--ops-listen=127.0.0.1:"+strconv.Itoa(opsPort),
 		"--xmpp-addr="+srv.Addr, "--xmpp-domain="+srv.Domain, "--xmpp-ca-file="+srv.CAFile,

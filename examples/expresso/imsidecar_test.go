@@ -34,15 +34,8 @@ func startSidecar(t *testing.T, srv *xmppconntest.Server, sessions string) *side
 	if out, err := exec.Command("go", "build", "-o", bin, "../../sidecar/cmd/imsidecar").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	port := func() string {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		return l.Addr().String()
-	}
-	api, ops := port(), port()
+	ports := xmppconntest.FreePorts(t, 2)
+	api, ops := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])), net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1]))
 	var log bytes.Buffer
 	var logMu sync.Mutex
 	cmd := exec.Command(bin, "serve", "--listen="+api, "--ops-listen="+ops,

@@ -2,6 +2,7 @@ package phpsessiontest
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -16,19 +17,26 @@ import (
 type Memcached struct {
 	Addr string
 	cmd  *exec.Cmd
+	done chan struct{} // closed when cmd has exited
 	tb   testing.TB
 }
 
 // StartMemcached starts memcached (Debian's package); it is stopped when
-// the test ends.
+// the test ends. Its port was free a moment before memcached binds it:
+// another process may bind it in between, and memcached then exits; it is
+// started again on another port, twice at most.
 func StartMemcached(tb testing.TB) *Memcached {
 	tb.Helper()
+	skipShort(tb, "memcached")
 	if _, err := exec.LookPath("memcached"); err != nil {
 		tb.Fatal("phpsessiontest: memcached not found: apt-get install memcached")
 	}
-	m := &Memcached{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(tb, false))), tb: tb}
-	m.Start()
+	m := &Memcached{tb: tb}
 	tb.Cleanup(m.Stop)
+	startOnFreePort(tb, "memcached", func() error {
+		m.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(tb, false)))
+		return m.start()
+	})
 	return m
 }
 
@@ -45,22 +53,69 @@ func StartMemcachedServers(tb testing.TB, n int) []*Memcached {
 // Start (re)starts the server on the same port, empty.
 func (m *Memcached) Start() {
 	m.tb.Helper()
+	if err := m.start(); err != nil {
+		m.tb.Fatal(err)
+	}
+}
+
+// start is Start, returning a startup failure; one on a port in use wraps
+// errPortTaken. Ready means this server's own process answering stats: a
+// listener of another process on the port is not it.
+func (m *Memcached) start() error {
 	_, port, _ := net.SplitHostPort(m.Addr)
 	args := []string{"-l", "127.0.0.1", "-p", port, "-U", "0", "-m", "64"}
 	if os.Geteuid() == 0 {
 		args = append(args, "-u", "root")
 	}
-	m.cmd = exec.Command("memcached", args...)
-	if err := m.cmd.Start(); err != nil {
-		m.tb.Fatal(err)
+	cmd := exec.Command("memcached", args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("phpsessiontest: starting memcached: %w", err)
 	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	m.cmd, m.done = cmd, done
+	ours := "STAT pid " + strconv.Itoa(cmd.Process.Pid) + "\r\n"
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if c, err := net.Dial("tcp", m.Addr); err == nil {
-			c.Close()
-			return
+		select {
+		case <-done:
+			m.cmd, m.done = nil, nil
+			err := fmt.Errorf("phpsessiontest: memcached exited at startup on %s (%v): %s", m.Addr, cmd.ProcessState, stderr.String())
+			if strings.Contains(stderr.String(), "Address already in use") {
+				err = fmt.Errorf("%w: %w", errPortTaken, err)
+			}
+			return err
+		default:
+		}
+		if strings.Contains(m.stats(), ours) {
+			return nil
 		}
 	}
-	m.tb.Fatalf("phpsessiontest: memcached did not listen on %s", m.Addr)
+	m.Stop()
+	return fmt.Errorf("phpsessiontest: memcached did not listen on %s", m.Addr)
+}
+
+// stats is the server's answer to the stats command, "" on any error.
+func (m *Memcached) stats() string {
+	c, err := net.DialTimeout("tcp", m.Addr, time.Second)
+	if err != nil {
+		return ""
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte("stats\r\n")); err != nil {
+		return ""
+	}
+	var b strings.Builder
+	r := bufio.NewReader(c)
+	for {
+		line, err := r.ReadString('\n')
+		b.WriteString(line)
+		if err != nil || line == "END\r\n" {
+			return b.String()
+		}
+	}
 }
 
 // Stop kills the server; its data is lost.
@@ -69,8 +124,8 @@ func (m *Memcached) Stop() {
 		return
 	}
 	m.cmd.Process.Kill()
-	m.cmd.Wait()
-	m.cmd = nil
+	<-m.done
+	m.cmd, m.done = nil, nil
 }
 
 // Has reports whether the server holds key, by a plain text-protocol get.

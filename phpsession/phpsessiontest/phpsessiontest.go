@@ -3,6 +3,7 @@ package phpsessiontest
 import (
 	"bytes"
 	_ "embed"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -160,6 +161,7 @@ type Redis struct {
 	dir   string
 	extra []string // more redis-server arguments
 	cmd   *exec.Cmd
+	done  chan struct{} // closed when cmd has exited
 	tb    testing.TB
 }
 
@@ -175,7 +177,7 @@ func skipShort(tb testing.TB, what string) {
 // the test ends.
 func StartRedis(tb testing.TB) *Redis {
 	tb.Helper()
-	return startRedis(tb, freePort(tb, false))
+	return startRedis(tb, false)
 }
 
 // StartPersistentRedis starts redis-server with an append-only file synced
@@ -183,19 +185,48 @@ func StartRedis(tb testing.TB) *Redis {
 // and Start on the same port loses nothing that was acknowledged.
 func StartPersistentRedis(tb testing.TB) *Redis {
 	tb.Helper()
-	return startRedis(tb, freePort(tb, false), "--appendonly", "yes", "--appendfsync", "always")
+	return startRedis(tb, false, "--appendonly", "yes", "--appendfsync", "always")
 }
 
-func startRedis(tb testing.TB, port int, extra ...string) *Redis {
+// startRedis starts redis-server on a free port (with its cluster bus
+// port free too if bus). The port was free a moment before redis-server
+// binds it, not held: another process (CI runs several test binaries at
+// once) may bind it in between. redis-server then exits, and were the
+// port another Redis's, that one would answer the PING; it is started
+// again on another port instead, twice at most.
+func startRedis(tb testing.TB, bus bool, extra ...string) *Redis {
 	tb.Helper()
 	skipShort(tb, "redis-server")
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		tb.Fatal("phpsessiontest: redis-server not found: apt-get install redis-server")
 	}
-	r := &Redis{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), dir: tb.TempDir(), extra: extra, tb: tb}
-	r.Start()
+	r := &Redis{dir: tb.TempDir(), extra: extra, tb: tb}
 	tb.Cleanup(r.Stop)
+	startOnFreePort(tb, "redis-server", func() error {
+		r.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(tb, bus)))
+		return r.start()
+	})
 	return r
+}
+
+// errPortTaken: a server could not bind its port.
+var errPortTaken = errors.New("phpsessiontest: the port of the server was in use")
+
+// startOnFreePort runs start, which picks a port and starts a server on
+// it, again when it fails with errPortTaken, three times at most; any
+// other failure fails the test at once.
+func startOnFreePort(tb testing.TB, what string, start func() error) {
+	tb.Helper()
+	for attempt := 1; ; attempt++ {
+		err := start()
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, errPortTaken) || attempt == 3 {
+			tb.Fatal(err)
+		}
+		tb.Logf("phpsessiontest: %s start %d: its port was bound by someone else first; starting again on another port", what, attempt)
+	}
 }
 
 // freePort picks a free loopback port; for a cluster node also its bus
@@ -246,7 +277,7 @@ func StartRedisCluster(tb testing.TB, n int, extra ...string) *RedisCluster {
 	args := []string{"--cluster", "create"}
 	for range n {
 		dir := tb.TempDir()
-		r := startRedis(tb, freePort(tb, true), append([]string{"--cluster-enabled", "yes",
+		r := startRedis(tb, true, append([]string{"--cluster-enabled", "yes",
 			"--cluster-config-file", filepath.Join(dir, "nodes.conf"), "--cluster-node-timeout", "5000"}, extra...)...)
 		c.Nodes = append(c.Nodes, r)
 		args = append(args, r.Addr)
@@ -299,21 +330,56 @@ func (r *Redis) Spec() string { return "tcp://" + r.Addr }
 // Start (re)starts the server on the same port.
 func (r *Redis) Start() {
 	r.tb.Helper()
-	_, port, _ := net.SplitHostPort(r.Addr)
-	r.cmd = exec.Command("redis-server", append([]string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", r.dir, "--logfile", filepath.Join(r.dir, "redis.log")}, r.extra...)...)
-	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := r.cmd.Start(); err != nil {
+	if err := r.start(); err != nil {
 		r.tb.Fatal(err)
 	}
-	// Ready means answering PONG: while it loads its append-only file,
-	// redis-server accepts connections but answers -LOADING.
+}
+
+// start is Start, returning a startup failure; one on a port in use wraps
+// errPortTaken.
+func (r *Redis) start() error {
+	_, port, _ := net.SplitHostPort(r.Addr)
+	logFile := filepath.Join(r.dir, "redis.log")
+	var logBefore int64
+	if fi, err := os.Stat(logFile); err == nil {
+		logBefore = fi.Size()
+	}
+	cmd := exec.Command("redis-server", append([]string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--dir", r.dir, "--logfile", logFile}, r.extra...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("phpsessiontest: starting redis-server: %w", err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	r.cmd, r.done = cmd, done
+	// Ready means this server answering PONG: while it loads its
+	// append-only file, redis-server accepts connections but answers
+	// -LOADING; and a PONG from another process on the port is not it.
+	ours := "process_id:" + strconv.Itoa(cmd.Process.Pid)
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		select {
+		case <-done:
+			r.cmd, r.done = nil, nil
+			log, _ := os.ReadFile(logFile)
+			if int64(len(log)) > logBefore {
+				log = log[logBefore:]
+			}
+			err := fmt.Errorf("phpsessiontest: redis-server exited at startup on %s (%v):\n%s", r.Addr, cmd.ProcessState, log)
+			if bytes.Contains(log, []byte("Address already in use")) {
+				err = fmt.Errorf("%w: %w", errPortTaken, err)
+			}
+			return err
+		default:
+		}
 		if out, err := r.CLI("PING"); err == nil && strings.TrimSpace(out) == "PONG" {
-			return
+			if info, _ := r.CLI("INFO", "server"); strings.Contains(info, ours+"\r") || strings.Contains(info, ours+"\n") {
+				return nil
+			}
 		}
 	}
-	r.tb.Fatalf("phpsessiontest: redis-server did not answer PING on %s", r.Addr)
+	r.Stop()
+	return fmt.Errorf("phpsessiontest: redis-server did not answer PING on %s", r.Addr)
 }
 
 // Stop kills the server (kill -9). Without persistence its data is lost;
@@ -323,8 +389,8 @@ func (r *Redis) Stop() {
 		return
 	}
 	r.cmd.Process.Kill()
-	r.cmd.Wait()
-	r.cmd = nil
+	<-r.done
+	r.cmd, r.done = nil, nil
 }
 
 // String describes the server for test logs.

@@ -96,7 +96,7 @@ func StartEjabberd(tb testing.TB, opts EjabberdOptions) *Ejabberd {
 		tb.Fatalf("xmppconntest: %v", err)
 	}
 
-	ports := freePorts(tb, 3)
+	ports := FreePorts(tb, 3)
 	e.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
 	if opts.HTTP {
 		e.BOSHURL = "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[2])) + "/http-bind"

@@ -11,6 +11,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -159,7 +160,38 @@ func StartProsody(tb testing.TB, opts Options) *Server {
 	}
 	s.Certs, s.CAFile, s.CAPool = certs, certs.CAFile, certs.CAPool
 
-	ports := freePorts(tb, 3)
+	if err := os.WriteFile(filepath.Join(dir, "plugins", "mod_xmppconntest.lua"), []byte(auditModule), 0o644); err != nil {
+		tb.Fatalf("xmppconntest: %v", err)
+	}
+	// The data is thrown away: no need for a graceful shutdown.
+	tb.Cleanup(func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.killLocked()
+	})
+	// The ports were free a moment before Prosody binds them, not held:
+	// another process (CI runs several test binaries at once) may bind
+	// one in between. Prosody then logs the failure and runs on without
+	// that port, and the test would talk to whatever holds it; it is
+	// started again on other ports instead, twice at most.
+	for attempt := 1; ; attempt++ {
+		s.usePorts(tb, FreePorts(tb, 3))
+		err := s.start(tb)
+		if err == nil {
+			return s
+		}
+		if !errors.Is(err, errPortTaken) || attempt == 3 {
+			tb.Fatal(err)
+		}
+		tb.Logf("xmppconntest: prosody start %d: a port picked free was bound by someone else first; starting again on other ports", attempt)
+	}
+}
+
+// usePorts sets the server's addresses to ports (c2s, direct TLS, HTTP)
+// and writes its configuration.
+func (s *Server) usePorts(tb testing.TB, ports []int) {
+	tb.Helper()
+	opts := s.opts
 	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
 	if opts.DirectTLS {
 		s.DirectTLSAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1]))
@@ -169,24 +201,22 @@ func StartProsody(tb testing.TB, opts Options) *Server {
 		s.BOSHURL = "http://" + s.HTTPAddr + "/http-bind"
 		s.WebSocketURL = "ws://" + s.HTTPAddr + "/xmpp-websocket"
 	}
-	if err := os.WriteFile(filepath.Join(dir, "plugins", "mod_xmppconntest.lua"), []byte(auditModule), 0o644); err != nil {
-		tb.Fatalf("xmppconntest: %v", err)
-	}
 	if err := os.WriteFile(s.ConfigFile, []byte(s.config(ports)), 0o644); err != nil {
 		tb.Fatalf("xmppconntest: %v", err)
 	}
-	// The data is thrown away: no need for a graceful shutdown.
-	tb.Cleanup(func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		s.killLocked()
-	})
-	s.Start(tb)
-	return s
 }
 
-// freePorts reserves n distinct free loopback TCP ports and releases them.
-func freePorts(tb testing.TB, n int) []int {
+// errPortTaken: Prosody could not bind a port of its configuration.
+var errPortTaken = errors.New("xmppconntest: a port of prosody was in use")
+
+// portFailure is what Prosody's portmanager logs when it cannot bind a
+// port; Prosody runs on without it.
+const portFailure = "Failed to open server port"
+
+// FreePorts returns n distinct loopback TCP ports that were free a moment
+// ago. It holds every listener until it has them all: ports taken one
+// after the other may come back equal once the first is closed.
+func FreePorts(tb testing.TB, n int) []int {
 	tb.Helper()
 	var ls []net.Listener
 	defer func() {
@@ -353,15 +383,24 @@ module:hook_global("server-started", function() audit("` + readyMarker + `"); en
 // Start starts the (stopped) server and waits until it accepts clients.
 func (s *Server) Start(tb testing.TB) {
 	tb.Helper()
+	if err := s.start(tb); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// start is Start, returning a startup failure; one on a port in use wraps
+// errPortTaken.
+func (s *Server) start(tb testing.TB) error {
+	tb.Helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cmd != nil {
-		tb.Fatalf("xmppconntest: prosody already running")
+		return errors.New("xmppconntest: prosody already running")
 	}
-	before := s.auditSize()
+	before, logBefore := fileSize(s.AuditFile), fileSize(s.LogFile)
 	out, err := os.OpenFile(filepath.Join(s.Dir, "prosody.stdout"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		tb.Fatalf("xmppconntest: %v", err)
+		return fmt.Errorf("xmppconntest: %w", err)
 	}
 	defer out.Close()
 	cmd := exec.Command(ProsodyBin, "-F", "--config", s.ConfigFile)
@@ -369,7 +408,7 @@ func (s *Server) Start(tb testing.TB) {
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		tb.Fatalf("xmppconntest: starting prosody: %v", err)
+		return fmt.Errorf("xmppconntest: starting prosody: %w", err)
 	}
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
@@ -377,7 +416,7 @@ func (s *Server) Start(tb testing.TB) {
 	if n := s.opts.MaxOpenFiles; n > 0 {
 		if err := raiseNoFile(cmd.Process.Pid, n); err != nil {
 			s.killLocked()
-			tb.Fatalf("xmppconntest: %v", err)
+			return fmt.Errorf("xmppconntest: %w", err)
 		}
 	}
 
@@ -386,16 +425,20 @@ func (s *Server) Start(tb testing.TB) {
 		select {
 		case <-done:
 			s.cmd, s.done = nil, nil
-			tb.Fatalf("xmppconntest: prosody exited during startup (%v)\n%s\n%s", cmd.ProcessState,
+			return fmt.Errorf("xmppconntest: prosody exited during startup (%v)\n%s\n%s", cmd.ProcessState,
 				readTail(filepath.Join(s.Dir, "prosody.stdout"), 4096), s.LogTail(40))
 		default:
 		}
-		if s.readySince(before) && s.accepting() {
-			return
+		if containsSince(s.LogFile, logBefore, portFailure) {
+			s.killLocked()
+			return fmt.Errorf("%w\n%s", errPortTaken, s.LogTail(40))
+		}
+		if containsSince(s.AuditFile, before, readyMarker) && s.accepting() {
+			return nil
 		}
 		if time.Now().After(deadline) {
 			s.killLocked()
-			tb.Fatalf("xmppconntest: prosody not ready after %v\n%s", s.opts.StartTimeout, s.LogTail(40))
+			return fmt.Errorf("xmppconntest: prosody not ready after %v\n%s", s.opts.StartTimeout, s.LogTail(40))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -426,17 +469,9 @@ func raiseNoFile(pid int, n uint64) error {
 	return nil
 }
 
-func (s *Server) auditSize() int64 {
-	fi, err := os.Stat(s.AuditFile)
-	if err != nil {
-		return 0
-	}
-	return fi.Size()
-}
-
-// readySince reports whether the ready marker was written after offset.
-func (s *Server) readySince(offset int64) bool {
-	f, err := os.Open(s.AuditFile)
+// containsSince reports whether marker was written to name after offset.
+func containsSince(name string, offset int64, marker string) bool {
+	f, err := os.Open(name)
 	if err != nil {
 		return false
 	}
@@ -448,7 +483,7 @@ func (s *Server) readySince(offset int64) bool {
 	if err != nil {
 		return false
 	}
-	return bytes.Contains(data, []byte(readyMarker))
+	return bytes.Contains(data, []byte(marker))
 }
 
 func (s *Server) accepting() bool {

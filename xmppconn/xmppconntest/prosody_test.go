@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/xml"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -297,5 +298,26 @@ func TestStartEjabberd(t *testing.T) {
 	r.starttls(e.TLSConfig(), e.Domain)
 	if !r.plainAuth("alice", "secret") {
 		t.Fatalf("login after kill+start failed\n%s", e.LogTail(30))
+	}
+}
+
+// TestStartPortTaken: a port of Prosody's bound by someone else when
+// Prosody starts is an error, not a server that looks ready while its
+// clients reach whatever holds the port (Prosody logs the bind failure
+// and runs on without that port). StartProsody then starts it again on
+// other ports.
+func TestStartPortTaken(t *testing.T) {
+	s := StartProsody(t, Options{})
+	s.Kill(t)
+	squatter, err := net.Listen("tcp", s.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer squatter.Close()
+	if err := s.start(t); !errors.Is(err, errPortTaken) {
+		t.Fatalf("start with the c2s port taken: %v, want errPortTaken", err)
+	}
+	if s.Running() {
+		t.Fatal("prosody left running without its c2s port")
 	}
 }
