@@ -65,6 +65,12 @@ func parseRepoll(raw []byte) *http.Request {
 	if end < 0 {
 		return nil
 	}
+	// net/http also ends a line at a bare LF, so "\n\r\n" would end the
+	// headers before end and the body would not be raw[end+4:]: only
+	// CRLF lines here.
+	if bytes.Count(raw[:end], []byte("\n")) != bytes.Count(raw[:end], []byte("\r\n")) {
+		return nil
+	}
 	bosh := bytes.HasPrefix(raw, []byte("POST /http-bind"))
 	if !bosh && !bytes.HasPrefix(raw, []byte("GET /v1/events")) {
 		return nil
