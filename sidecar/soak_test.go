@@ -215,9 +215,13 @@ func (l *soakLedger) counts() (sent, unique, dups int) {
 	return len(l.sent), unique, dups
 }
 
+// soakIdleAnswerers is the sidecar's maxIdleAnswerers (boshpark.go).
+const soakIdleAnswerers = 16
+
 // TestSoak holds the users online with steady traffic between pairs and
 // checks that nothing is lost or duplicated, that the daemon's goroutines
-// and descriptors do not grow between the end of the warm-up and the end of
+// (beyond the idle answerers, which come and go) and descriptors do not
+// grow between the end of the warm-up and the end of
 // the run (both measured with the traffic paused and every poll parked, so
 // in-flight requests do not blur them), and that its peak RSS grows by at
 // most 5 % from the first third of the run to the last.
@@ -470,8 +474,15 @@ func TestSoak(t *testing.T) {
 	} else if growth > 5 {
 		t.Errorf("the daemon's peak RSS grew by %.2f %% (limit 5 %%)", growth)
 	}
-	if after.Goroutines > before.Goroutines {
-		t.Errorf("the daemon's goroutines grew from %d to %d", before.Goroutines, after.Goroutines)
+	// Parked polls that time out are answered on answerer goroutines
+	// (boshpark.go), which wait answererIdle for the next answer: up to
+	// maxIdleAnswerers of them come and go with the polls' 25 s timeouts,
+	// so a count taken at any moment may hold that many more than another
+	// (soakIdleAnswerers is maxIdleAnswerers; this test package sees no
+	// unexported name).
+	// A leak per message, poll or connection grows past that at once.
+	if after.Goroutines > before.Goroutines+soakIdleAnswerers {
+		t.Errorf("the daemon's goroutines grew from %d to %d (more than the %d idle answerers)", before.Goroutines, after.Goroutines, soakIdleAnswerers)
 	}
 	if after.FDs > before.FDs {
 		t.Errorf("the daemon's open descriptors grew from %d to %d", before.FDs, after.FDs)
