@@ -165,6 +165,7 @@ type site struct {
 
 	mu      sync.Mutex
 	got     []request
+	notes   []string      // what proxyInOrder did, for a failure
 	arrived chan struct{} // a request was recorded
 }
 
@@ -192,6 +193,11 @@ func startSite(t *testing.T) *site {
 	t.Cleanup(func() {
 		s.CloseClientConnections() // the held BOSH polls
 		s.Close()
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if t.Failed() && len(s.notes) > 0 {
+			t.Logf("site %s, its proxy:\n%s", s.URL, strings.Join(s.notes, "\n"))
+		}
 	})
 	return s
 }
@@ -316,10 +322,10 @@ func (s *site) proxyInOrder(path, target string) {
 	}
 	var (
 		mu      sync.Mutex
-		written uint64 // the highest rid written upstream
+		written = map[string]uint64{} // per BOSH sid, the highest rid written upstream
 		moved   = make(chan struct{})
 	)
-	ridOf := regexp.MustCompile(`\brid='(\d+)'`)
+	ridOf, sidOf := regexp.MustCompile(`\brid='(\d+)'`), regexp.MustCompile(`\bsid='([^']+)'`)
 	rp := &httputil.ReverseProxy{Transport: &http.Transport{DisableKeepAlives: true}, Rewrite: func(r *httputil.ProxyRequest) {
 		r.Out.URL.Scheme, r.Out.URL.Host, r.Out.URL.Path, r.Out.URL.RawPath = u.Scheme, u.Host, u.Path, ""
 		r.Out.Host = r.In.Host
@@ -330,37 +336,84 @@ func (s *site) proxyInOrder(path, target string) {
 			return
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
+		// A session creation has no sid, and a page's first request with
+		// its sid follows the creation's answer: neither waits.
 		var rid uint64
+		var sid string
 		if m := ridOf.FindSubmatch(body); m != nil {
 			rid, _ = strconv.ParseUint(string(m[1]), 10, 64)
 		}
-		deadline := time.After(2 * time.Second)
-		for rid != 0 {
+		if m := sidOf.FindSubmatch(body); m != nil {
+			sid = string(m[1])
+		}
+		waited, deadline := "", time.After(2*time.Second)
+	wait:
+		for sid != "" && rid != 0 {
 			mu.Lock()
-			ready, wait := written == 0 || rid <= written+1, moved
+			last, ch := written[sid], moved
 			mu.Unlock()
-			if ready {
+			if last == 0 || rid <= last+1 {
 				break
 			}
 			select {
-			case <-wait:
+			case <-ch:
+				waited = " (waited for its turn)"
 			case <-deadline:
-				rid = 0
+				waited = " (its turn never came: passed on after 2 s)"
+				break wait
 			case <-r.Context().Done():
+				s.note(fmt.Sprintf("rid %d: the page gave up while it waited for its turn", rid))
 				return
 			}
 		}
 		trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) {
 			mu.Lock()
 			defer mu.Unlock()
-			if rid > written {
-				written = rid
+			if sid != "" && rid > written[sid] {
+				written[sid] = rid
 				close(moved)
 				moved = make(chan struct{})
 			}
 		}}
-		rp.ServeHTTP(w, r.WithContext(httptrace.WithClientTrace(r.Context(), trace)))
+		began := time.Now()
+		rw := &statusWriter{ResponseWriter: w}
+		rp.ServeHTTP(rw, r.WithContext(httptrace.WithClientTrace(r.Context(), trace)))
+		s.note(fmt.Sprintf("rid %d%s: %d after %v (request context: %v)", rid, waited, rw.status, time.Since(began).Round(time.Millisecond), r.Context().Err()))
 	})
+}
+
+// statusWriter remembers the status a handler answered with.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// note records a line of what the site's proxy did, printed if the test
+// fails.
+func (s *site) note(line string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.notes = append(s.notes, time.Now().Format("15:04:05.000 ")+line)
 }
 
 // recorder collects what a desktop-style contact receives.

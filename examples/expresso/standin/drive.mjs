@@ -33,7 +33,8 @@ async function run(cmd) {
       if (cmd.cookies) await ctx.addCookies(cmd.cookies);
       page = await ctx.newPage();
       page.on('pageerror', e => process.stderr.write(`page error: ${e.message}\n`));
-      page.on('console', m => process.stderr.write(`console: ${m.text()}\n`));
+      page.on('console', m => process.stderr.write(`console: ${m.text()} (${m.location().url || 'no url'})\n`));
+      page.on('requestfailed', r => process.stderr.write(`request failed: ${r.method()} ${r.url()}: ${(r.failure() || {}).errorText}\n`));
       page.on('request', r => {
         if (r.method() !== 'POST') return;
         requests.push({ url: r.url(), contentType: r.headers()['content-type'] || '', body: r.postData() || '' });
