@@ -332,18 +332,11 @@ func (c *bridgeClient) push(list ...[]byte) {
 	c.notify()
 }
 
-// take returns the queued stanzas, up to about max bytes (at least one).
-// In cluster mode what it takes is forgotten in Redis at once: a
-// WebSocket has no acknowledgement to wait for (bridgedurable.go).
-func (c *bridgeClient) take(max int) [][]byte {
-	out, seq := c.takeUnacked(max)
-	c.b.acked(seq)
-	return out
-}
-
-// takeUnacked is take without forgetting anything in Redis: it reports
-// the highest number among what it took (0: none numbered), for acked
-// once the page proves it read them (BOSH: its later requests).
+// takeUnacked returns the queued stanzas, up to about max bytes (at
+// least one), without forgetting anything in Redis: it reports the
+// highest number among what it took (0: none numbered), for acked once
+// the page proves it read them (BOSH: its later requests; WebSocket: the
+// pong of a ping sent after them, wsack.go).
 func (c *bridgeClient) takeUnacked(max int) ([][]byte, uint64) {
 	c.mu.Lock()
 	n, size := 0, 0

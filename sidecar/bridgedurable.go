@@ -11,12 +11,13 @@ import (
 // browsers is numbered and written to the session's state in Redis with
 // the inbound stanza's count (state operation 'K', in the same script as
 // the stanza's events and h), and forgotten there once a browser has it
-// ('k'): a WebSocket's writer took it, or a BOSH page acknowledged the
-// answer that carried it (bosh.go, acknowledge). A node taking the
+// ('k'): a WebSocket's browser answered the ping sent after the frame
+// that carried it (wsack.go), or a BOSH page acknowledged the answer
+// that carried it (bosh.go, acknowledge). A node taking the
 // session over seeds its bridge's backlog with what no browser had: a
 // message that arrived while no page was attached (a reload, a
-// navigation), or that the page's last BOSH answer carried when the node
-// died, reaches the next page even when the node that held it died before
+// navigation), or that the page's last BOSH answer carried, or its
+// WebSocket wrote with no pong since, when the node died, reaches the next page even when the node that held it died before
 // the page came back. On a single node (no clusterSession) nothing is
 // numbered.
 

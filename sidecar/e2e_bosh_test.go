@@ -10,8 +10,10 @@ package sidecar_test
 import (
 	"context"
 	"encoding/base64"
+	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -260,11 +262,15 @@ func TestE2EPrebind(t *testing.T) {
 	}
 }
 
-// wsClient is an RFC 7395 client.
+// wsClient is an RFC 7395 client. Like a browser it answers pings by
+// itself, unless mute.
 type wsClient struct {
-	t  *testing.T
-	ws *websocket.Conn
-	in chan string
+	t     *testing.T
+	ws    *websocket.Conn
+	in    chan string
+	mute  atomic.Bool // withhold pongs: what was written stays in flight
+	pings chan string // the payloads of the pings received (dropped when full)
+	conn  net.Conn    // the TCP connection, for frames the library does not send (forgePong)
 }
 
 func dialWS(t *testing.T, r *browserRig, origin, cookieSID string) (*wsClient, *http.Response, error) {
@@ -278,11 +284,27 @@ func dialWSAt(t *testing.T, base, origin, cookieSID string) (*wsClient, *http.Re
 	hdr.Set("Origin", origin)
 	hdr.Set("Cookie", "sessionid="+cookieSID)
 	url := "ws" + strings.TrimPrefix(base, "http") + "/xmpp-websocket"
-	ws, resp, err := websocket.Dial(t.Context(), url, &websocket.DialOptions{Subprotocols: []string{"xmpp"}, HTTPHeader: hdr})
+	c := &wsClient{t: t, in: make(chan string, 256), pings: make(chan string, 64)}
+	var dialer net.Dialer
+	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := dialer.DialContext(ctx, network, addr)
+		c.conn = conn
+		return conn, err
+	}}
+	ws, resp, err := websocket.Dial(t.Context(), url, &websocket.DialOptions{
+		Subprotocols: []string{"xmpp"}, HTTPHeader: hdr, HTTPClient: &http.Client{Transport: tr},
+		OnPingReceived: func(_ context.Context, payload []byte) bool {
+			select {
+			case c.pings <- string(payload):
+			default:
+			}
+			return !c.mute.Load()
+		},
+	})
 	if err != nil {
 		return nil, resp, err
 	}
-	c := &wsClient{t: t, ws: ws, in: make(chan string, 256)}
+	c.ws = ws
 	go func() {
 		defer close(c.in)
 		for {
@@ -301,6 +323,19 @@ func (c *wsClient) send(s string) {
 	c.t.Helper()
 	if err := c.ws.Write(c.t.Context(), websocket.MessageText, []byte(s)); err != nil {
 		c.t.Fatalf("ws write: %v", err)
+	}
+}
+
+// forgePong sends a pong frame of payload (at most 125 bytes) the
+// client's library would not: unsolicited, or not a ping's. The library
+// writes nothing meanwhile (the test sends no frame at the same time, and
+// a mute client answers no ping).
+func (c *wsClient) forgePong(payload string) {
+	c.t.Helper()
+	// Final, opcode pong; masked with a zero key: the payload as it is.
+	frame := append([]byte{0x8a, 0x80 | byte(len(payload)), 0, 0, 0, 0}, payload...)
+	if _, err := c.conn.Write(frame); err != nil {
+		c.t.Fatalf("forged pong %q: %v", payload, err)
 	}
 }
 

@@ -484,22 +484,11 @@ func (rig *clusterRig) chatting(t *testing.T, lb *balancer, tag string, n int) (
 // ownedBy returns the users whose session's lease in Redis names node.
 func (rig *clusterRig) ownedBy(t *testing.T, users []*fuser, node string) map[string]bool {
 	t.Helper()
-	var rdb redis.UniversalClient
-	if rest, ok := strings.CutPrefix(rig.Leases, "redis-cluster://"); ok {
-		rdb = redis.NewClusterClient(&redis.ClusterOptions{Addrs: strings.Split(rest, ",")})
-	} else {
-		o, err := redis.ParseURL(rig.Leases)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rdb = redis.NewClient(o)
-	}
+	rdb := rig.leasesClient(t)
 	defer rdb.Close()
 	out := map[string]bool{}
 	for _, u := range users {
-		sum := sha256.Sum256([]byte(u.SID))
-		sk := hex.EncodeToString(sum[:])
-		v, err := rdb.Get(t.Context(), fmt.Sprintf("ims:{p%d}:%s:lease", int(sum[0])%64, sk)).Result()
+		v, err := rdb.Get(t.Context(), sessionKeyBase(u.SID)+":lease").Result()
 		if err != nil {
 			t.Fatalf("%s's lease: %v", u.Name, err)
 		}
@@ -508,6 +497,26 @@ func (rig *clusterRig) ownedBy(t *testing.T, users []*fuser, node string) map[st
 		}
 	}
 	return out
+}
+
+// leasesClient is a Redis client of the nodes' --cluster-redis.
+func (rig *clusterRig) leasesClient(t *testing.T) redis.UniversalClient {
+	t.Helper()
+	if rest, ok := strings.CutPrefix(rig.Leases, "redis-cluster://"); ok {
+		return redis.NewClusterClient(&redis.ClusterOptions{Addrs: strings.Split(rest, ",")})
+	}
+	o, err := redis.ParseURL(rig.Leases)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return redis.NewClient(o)
+}
+
+// sessionKeyBase is what the Redis keys of the PHP session phpSID start
+// with (docs/CLUSTER.md's key table).
+func sessionKeyBase(phpSID string) string {
+	sum := sha256.Sum256([]byte(phpSID))
+	return fmt.Sprintf("ims:{p%d}:%s", int(sum[0])%64, hex.EncodeToString(sum[:]))
 }
 
 // checkResumed checks what a takeover must keep for the moved users: no

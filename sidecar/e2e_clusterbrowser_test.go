@@ -3,6 +3,7 @@ package sidecar_test
 import (
 	"encoding/base64"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"strconv"
@@ -444,6 +445,189 @@ func TestClusterBrowserHeldKillOwner(t *testing.T) {
 	}
 	t.Logf("kill -9 of the node holding %d messages for a page that was away: the next page, %v after the kill, got each once, the message it had taken 0 times; another session's page and cookie got nothing",
 		n, served.Round(10*time.Millisecond))
+}
+
+// TestClusterBrowserWebSocketKillOwner: what a WebSocket wrote stays in
+// Redis until the browser answers the ping sent after it (wsack.go). A
+// WebSocket, through a node that does not own the session, gets three
+// messages and its library answers the ping: Redis forgets them. It gets
+// three more and withholds the pong, as when the frames are still in
+// flight; forged pongs (unsolicited, empty, garbage, numbers never sent,
+// the answered ping's again) acknowledge none of them. The owner is
+// killed (SIGKILL); the page's next WebSocket, through another node, gets
+// the three unanswered messages and those sent meanwhile, each once, and
+// none the answered ping covered.
+func TestClusterBrowserWebSocketKillOwner(t *testing.T) {
+	k := startBrowserKill(t, "cwk", "cwkdesk")
+	rig, desk, page, alice, say := k.rig, k.desk, k.page, k.alice, k.say
+	dom := rig.e.XMPP.Domain
+	// The BOSH page acknowledges "antes" (two more requests, hold=1) and
+	// goes: the WebSocket is the user's only stream.
+	page.Send("", "")
+	page.Send("", "")
+	if b := page.Send(`type="terminate"`, ""); b.Attr("type") != "terminate" {
+		t.Fatalf("terminate: %s", page.Last)
+	}
+	victim, survivors := rig.ownerAndSurvivors(t)
+	owner := victim.client(alice.SID)
+	ws := dialClusterWS(t, survivors[0].URL, survivors[0].URL, alice.SID)
+	ws.login(dom, alice)
+	rdb := rig.leasesClient(t)
+	defer rdb.Close()
+	meta := sessionKeyBase(alice.SID) + ":m"
+	// held counts the stanzas Redis keeps for browsers whose body starts
+	// with prefix.
+	held := func(prefix string) int {
+		t.Helper()
+		m, err := rdb.HGetAll(t.Context(), meta).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for f, v := range m {
+			if strings.HasPrefix(f, "k") && strings.Contains(v, "<body>"+prefix) {
+				n++
+			}
+		}
+		return n
+	}
+	waitHeld := func(prefix string, want int, when string) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for held(prefix) != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s Redis keeps %d %s messages for browsers, want %d", when, held(prefix), prefix, want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	const m = 3
+	// Answered: once the owner has written them (with their count, in
+	// the script that writes its event log), Redis forgets them.
+	for i := range m {
+		say(fmt.Sprintf("visto-%d", i))
+	}
+	for i := range m {
+		ws.waitFor("visto", contains(fmt.Sprintf(">visto-%d<", i)))
+	}
+	waitOwnerLog(t, owner, "visto-", m)
+	waitHeld("visto-", 0, "after the pong")
+	for len(ws.pings) > 0 {
+		<-ws.pings
+	}
+
+	// In flight: written, and the ping after them not answered.
+	ws.mute.Store(true)
+	for i := range m {
+		say(fmt.Sprintf("vivo-%d", i))
+	}
+	for i := range m {
+		ws.waitFor("vivo", contains(fmt.Sprintf(">vivo-%d<", i)))
+	}
+	var out string
+	select {
+	case out = <-ws.pings:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no ping after the written messages")
+	}
+	// Hostile: pongs the daemon did not ask for, before the stream ends
+	// for the unanswered ping (wsWriteTimeout).
+	forged := []string{"", "x", "<iq/>", "-1", "0", "18446744073709551615", strings.Repeat("9", 125), out + "0", " " + out, out + " "}
+	for i := 1; i <= 40; i++ {
+		if p := strconv.Itoa(i); p != out {
+			forged = append(forged, p) // the answered ping's among them
+		}
+	}
+	for _, p := range forged {
+		ws.forgePong(p)
+	}
+	// The reader handles frames in order: once the message after the
+	// pongs reached the contact, the pongs were seen.
+	ws.send(`<message xmlns="jabber:client" to="` + desk.Bare + `" type="chat"><body>depois</body></message>`)
+	desk.waitFor(t, 15*time.Second, "the message after the forged pongs", func(ev xmppconn.Event) bool {
+		msg, ok := ev.(*xmppconn.Message)
+		return ok && msg.Body == "depois"
+	})
+	waitOwnerLog(t, owner, "vivo-", m)
+	waitHeld("vivo-", m, "with the pong withheld and forged ones sent")
+	drainDesktop(desk)
+	victim.Signal(t, syscall.SIGKILL, 5*time.Second)
+	killed := time.Now()
+	const n = 5
+	for i := range n {
+		say(fmt.Sprintf("durante-%d", i))
+	}
+
+	// The page's next WebSocket, through another node.
+	next := survivors[1]
+	ws2 := dialClusterWS(t, next.URL, next.URL, alice.SID)
+	ws2.login(dom, alice)
+	served := time.Since(killed)
+	var got []string
+	want := map[string]bool{}
+	for i := range m {
+		want[fmt.Sprintf(">vivo-%d<", i)] = true
+	}
+	for i := range n {
+		want[fmt.Sprintf(">durante-%d<", i)] = true
+	}
+	for deadline, left := time.After(20*time.Second), len(want); left > 0; {
+		select {
+		case f, ok := <-ws2.in:
+			if !ok {
+				t.Fatalf("the new WebSocket closed with %d messages missing", left)
+			}
+			got = append(got, f)
+			for w := range want {
+				if strings.Contains(f, w) {
+					delete(want, w)
+					left--
+				}
+			}
+		case <-deadline:
+			t.Fatalf("the new WebSocket is missing %v", slices.Collect(maps.Keys(want)))
+		}
+	}
+	// What else comes within a second: a repeat would.
+	for settle := time.After(time.Second); ; {
+		select {
+		case f, ok := <-ws2.in:
+			if ok {
+				got = append(got, f)
+				continue
+			}
+		case <-settle:
+		}
+		break
+	}
+	count := func(body string) int {
+		c := 0
+		for _, f := range got {
+			c += strings.Count(f, ">"+body+"<")
+		}
+		return c
+	}
+	dup := 0
+	for i := range m {
+		if c := count(fmt.Sprintf("vivo-%d", i)); c != 1 {
+			t.Errorf("the new WebSocket got vivo-%d, written but not ponged, %d times, want once", i, c)
+		}
+		if c := count(fmt.Sprintf("visto-%d", i)); c != 0 {
+			t.Errorf("the new WebSocket got visto-%d, which a pong acknowledged, %d times", i, c)
+			dup += c
+		}
+	}
+	for i := range n {
+		if c := count(fmt.Sprintf("durante-%d", i)); c != 1 {
+			t.Errorf("the new WebSocket got durante-%d %d times, want once", i, c)
+			dup += max(c-1, 0)
+		}
+	}
+	if again := count("antes"); again != 0 {
+		t.Errorf("the message the BOSH page acknowledged came again %d times", again)
+	}
+	t.Logf("kill -9 of the owner of a WebSocket: %d messages written but not ponged and %d sent meanwhile reached the next WebSocket, 0 lost, %d duplicated; %d forged pongs acknowledged nothing; served again %v after the kill",
+		m, n, dup, len(forged), served.Round(10*time.Millisecond))
 }
 
 // waitOwnerLog waits until the owner's event log, read through api, has n

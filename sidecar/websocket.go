@@ -134,6 +134,14 @@ type wsStream struct {
 	finished bool // the end was written
 	stopRead context.CancelFunc
 	ping     *time.Timer
+	// In cluster mode what the stream writes stays in Redis until a
+	// ping sent after it is answered (wsack.go): written is the highest
+	// stanza number written, ponged the highest a pong acknowledged,
+	// pinging that a ping is out (one at a time), acks the goroutine
+	// that sends the pings after a write.
+	written, ponged uint64
+	pinging         bool
+	acks            sync.WaitGroup
 }
 
 // run reads frames until the browser closes or the client is cut off;
@@ -169,6 +177,7 @@ func (t *wsStream) run(ctx context.Context) {
 	t.ping.Stop()
 	t.mu.Unlock()
 	t.ws.CloseNow()
+	t.acks.Wait() // its ping fails at once on the closed connection
 }
 
 // kick has the queue written: it starts the writer, or has the running
@@ -193,12 +202,15 @@ func (t *wsStream) writer() {
 			t.writeEnd(cond, text)
 			return
 		}
-		for _, raw := range t.c.take(boshMaxResponse) {
+		list, top := t.c.takeUnacked(boshMaxResponse)
+		for _, raw := range list {
 			if !t.write(raw) {
 				t.c.end("", "")
+				top = 0
 				break
 			}
 		}
+		t.wrote(top)
 		t.mu.Lock()
 		if !t.again && !t.c.pending() {
 			t.writing = false
@@ -227,16 +239,24 @@ func (t *wsStream) writeEnd(cond, text string) {
 }
 
 // pingNow pings the browser (on the timer's goroutine); its pong keeps
-// the user's stream from the inactivity rule.
+// the user's stream from the inactivity rule. When a ping is out already
+// (wsack.go), its pong tells the same.
 func (t *wsStream) pingNow() {
-	pctx, cancel := context.WithTimeout(context.Background(), wsWriteTimeout)
-	err := t.ws.Ping(pctx)
-	cancel()
-	if err != nil {
-		t.c.end("", "")
+	t.mu.Lock()
+	if t.finished {
+		t.mu.Unlock()
 		return
 	}
-	t.s.lastPoll.Store(time.Now().UnixNano())
+	if t.pinging {
+		t.ping.Reset(wsPing)
+		t.mu.Unlock()
+		return
+	}
+	t.pinging = true
+	t.mu.Unlock()
+	if !t.pingUntilAcked() {
+		return
+	}
 	t.mu.Lock()
 	if !t.finished {
 		t.ping.Reset(wsPing)

@@ -6,7 +6,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,18 +17,24 @@ import (
 
 // wsTestClient is an RFC 7395 client for the unit tests.
 type wsTestClient struct {
-	t  *testing.T
-	ws *websocket.Conn
+	t     *testing.T
+	ws    *websocket.Conn
+	pings atomic.Int32 // pings received (and answered)
 }
 
 func (h *harness) dialWS(t *testing.T, url string, hdr http.Header, protos ...string) (*wsTestClient, *http.Response, error) {
+	c := &wsTestClient{t: t}
 	ws, resp, err := websocket.Dial(t.Context(), "ws"+strings.TrimPrefix(url, "http")+"/xmpp-websocket",
-		&websocket.DialOptions{Subprotocols: protos, HTTPHeader: hdr})
+		&websocket.DialOptions{Subprotocols: protos, HTTPHeader: hdr, OnPingReceived: func(context.Context, []byte) bool {
+			c.pings.Add(1)
+			return true
+		}})
 	if err != nil {
 		return nil, resp, err
 	}
 	t.Cleanup(func() { ws.CloseNow() })
-	return &wsTestClient{t: t, ws: ws}, resp, nil
+	c.ws = ws
+	return c, resp, nil
 }
 
 func (c *wsTestClient) send(s string) {
@@ -161,6 +169,29 @@ func testWebSocketHostile(t *testing.T, start func(testing.TB) (*harness, *httpt
 	good.ws.Write(t.Context(), websocket.MessageBinary, []byte("<presence/>"))
 	if rest := good.untilClosed(); !strings.Contains(rest, "policy-violation") {
 		t.Fatalf("a binary frame: %q", rest)
+	}
+}
+
+// TestWebSocketSingleNodeNoAckPing: on a single node nothing is kept in
+// Redis, so no ping follows what a WebSocket writes (wsack.go): the
+// browser sees only the keepalive's, every wsPing, as before cluster
+// mode's acknowledgement. A ping sent after a frame would reach the
+// client before the next frame.
+func TestWebSocketSingleNodeNoAckPing(t *testing.T) {
+	h, srv := boshHarness(t)
+	hdr := http.Header{"Origin": {srv.URL}, "Cookie": {"sessionid=" + goodID}}
+	c, _, err := h.dialWS(t, srv.URL, hdr, "xmpp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.login("example.test")
+	for i := range 4 {
+		body := "uma-" + strconv.Itoa(i)
+		h.serverStanza(`<message from="bob@example.test/d" type="chat" id="s` + strconv.Itoa(i) + `"><body>` + body + `</body></message>`)
+		c.until(body)
+	}
+	if n := c.pings.Load(); n != 0 {
+		t.Fatalf("a single node pinged the browser %d times after writing stanzas", n)
 	}
 }
 
