@@ -41,6 +41,10 @@
 // Stop are graceful (SIGTERM), Kill is SIGKILL, and Start brings the server
 // back on the same ports with the same data.
 //
+// StartProxy relays loopback TCP connections to any server and breaks the
+// link as a network would (Cut, Refuse and Restore, Hold), with the server
+// left running; its goroutines end with the test.
+//
 // Typical use in a test:
 //
 //	srv := xmppconntest.StartProsody(t, xmppconntest.Options{})
