@@ -26,6 +26,12 @@
 // with its own spool, cookie and distribution port (no epmd), started with
 // "ejabberdctl foreground".
 //
+// Both starters pick free ports (FreePorts) and bind them a moment later:
+// when another process took one in between (the server logs the bind
+// failure, or exits on it), they start the server again on other ports.
+// Ready is judged from the started process's own log (every port bound),
+// never from whatever answers on a port alone.
+//
 // StartFakeServer is a scripted in-process server (STARTTLS with the test
 // certificate, SASL PLAIN, bind) for protocol edge cases that real servers
 // cannot be made to produce: the test receives each bound connection and
