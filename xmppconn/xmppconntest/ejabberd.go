@@ -133,20 +133,13 @@ func StartEjabberd(tb testing.TB, opts EjabberdOptions) *Ejabberd {
 	})
 	// The ports were free a moment before ejabberd binds them, not held:
 	// another process (CI runs several test binaries at once) may bind
-	// one in between. ejabberd then fails to start that listener (or the
-	// VM its distribution) and the test would talk to whatever holds the
-	// port; it is started again on other ports instead, twice at most.
-	for attempt := 1; ; attempt++ {
-		e.usePorts(tb, FreePorts(tb, 3))
-		err := e.start()
-		if err == nil {
-			return e
-		}
-		if !errors.Is(err, errEjabberdPortTaken) || attempt == 3 {
-			tb.Fatal(err)
-		}
-		tb.Logf("xmppconntest: ejabberd start %d: a port picked free was bound by someone else first; starting again on other ports", attempt)
-	}
+	// one in between. ejabberd then stops (a listener's eaddrinuse) or the
+	// VM exits (the distribution's); it is started again on other ports.
+	startOnFreePorts(tb, "ejabberd", func(ports []int) error {
+		e.usePorts(tb, ports)
+		return e.start()
+	})
+	return e
 }
 
 // usePorts sets the node's addresses to ports (c2s, Erlang distribution,
@@ -170,10 +163,6 @@ func (e *Ejabberd) usePorts(tb testing.TB, ports []int) {
 		}
 	}
 }
-
-// errEjabberdPortTaken: ejabberd could not bind a port of its
-// configuration (a listener's, or the Erlang distribution's).
-var errEjabberdPortTaken = errors.New("xmppconntest: a port of ejabberd was in use")
 
 func (e *Ejabberd) config(c2sPort, httpPort int, pemFile string) string {
 	httpListener, bosh := "", ""
@@ -270,7 +259,7 @@ func (e *Ejabberd) Start(tb testing.TB) {
 }
 
 // start is Start, returning a startup failure; one on a port in use wraps
-// errEjabberdPortTaken. Ready means this node's own log says each of its
+// errPortTaken. Ready means this node's own log says each of its
 // listeners accepts (c2s, and HTTP when asked for) and c2s answers a dial:
 // a listener ejabberd failed to start is never taken for whatever else
 // holds its port.
@@ -313,7 +302,7 @@ func (e *Ejabberd) start() error {
 			err := fmt.Errorf("xmppconntest: ejabberd exited during startup (%v)\n%s\n%s", cmd.ProcessState,
 				readTail(stdout, 4096), e.LogTail(40))
 			if containsSince(stdout, outStart, ejPortFailure) || containsSince(e.LogFile, e.logStart, ejPortFailure) {
-				err = fmt.Errorf("%w: %w", errEjabberdPortTaken, err)
+				err = fmt.Errorf("%w: %w", errPortTaken, err)
 			}
 			return err
 		default:
@@ -321,7 +310,7 @@ func (e *Ejabberd) start() error {
 		log := e.logSince(e.logStart)
 		if strings.Contains(log, ejPortFailure) {
 			e.killLocked()
-			return fmt.Errorf("%w\n%s", errEjabberdPortTaken, e.LogTail(40))
+			return fmt.Errorf("%w\n%s", errPortTaken, e.LogTail(40))
 		}
 		if allIn(log, markers) {
 			if c, err := net.DialTimeout("tcp", e.Addr, time.Second); err == nil {

@@ -32,8 +32,8 @@ func TestEjabberdPortTaken(t *testing.T) {
 			}
 			err = e.start()
 			squatter.Close()
-			if !errors.Is(err, errEjabberdPortTaken) {
-				t.Fatalf("start with the %s port taken: %v, want errEjabberdPortTaken", tc.name, err)
+			if !errors.Is(err, errPortTaken) {
+				t.Fatalf("start with the %s port taken: %v, want errPortTaken", tc.name, err)
 			}
 			if e.Running() {
 				t.Fatalf("ejabberd left running without its %s port", tc.name)
