@@ -13,7 +13,8 @@ import (
 // chat states both ways, the reload, the menu's "offline") shows its
 // quirks are the 2.5 client's, not artefacts of Prosody's BOSH. ejabberd
 // differs in one thing: it refuses <show>null</show>. The unload phases
-// run on Prosody and imsidecar only (expect.reloadOnly says why).
+// run on Prosody and imsidecar only (expect.reloadOnly says why), and the
+// page's requests reach ejabberd in rid order (site.proxyInOrder says why).
 func TestStandinEjabberdBOSH(t *testing.T) {
 	d := startDriver(t)
 	srv := xmppconntest.StartEjabberd(t, xmppconntest.EjabberdOptions{HTTP: true})
@@ -23,6 +24,6 @@ func TestStandinEjabberdBOSH(t *testing.T) {
 		}
 	})
 	standinOnServer(t, d, server{Addr: srv.Addr, Domain: srv.Domain, BOSHURL: srv.BOSHURL, TLS: srv.TLSConfig(),
-		Register: srv.Register, Befriend: srv.Befriend, JID: srv.JID},
+		Register: srv.Register, Befriend: srv.Befriend, JID: srv.JID, InOrder: true},
 		expect{roster: false, flap: true, unloadFlap: true, menuOffline: true, showNullRefused: true, reloadOnly: true})
 }
