@@ -767,8 +767,12 @@ func (b *bridge) clientPresence(ctx context.Context, c *bridgeClient, conn stanz
 // replay is what a server sends a resource after its initial presence:
 // the user's own presence, the contacts' current presences, and for each
 // room the stream is in its occupants (the user last, with status 110)
-// and subject. b.mu is held: xmppconn updates a room's state before it
-// taps the stanza that changed it (JoinedRooms's lock is a leaf).
+// and subject. b.mu is held: the state it reads is updated before the
+// stanza that changed it is tapped (fromServer, under b.mu), so such a
+// stanza is in the snapshot or queued after it. A contact's presence is
+// tracked by the Handler (trackPresence), which xmppconn runs before the
+// Tap; a room's state is updated by xmppconn itself. s.mu and
+// JoinedRooms's lock are leaves under b.mu.
 func (b *bridge) replay(conn stanzaRelay, own xmppconn.Presence) [][]byte {
 	full := b.s.fullJIDNow()
 	own.From, own.To = full, full

@@ -1,54 +1,12 @@
 package sidecar
 
 import (
-	"context"
 	"strings"
 	"sync"
 	"testing"
 
 	"expressolivre.org/imsidecar/xmppconn"
 )
-
-// racingRelay is a stream whose reader changes a room's subject while the
-// bridge takes its snapshot of the rooms: it updates the room's state and
-// then taps the stanza, in that order, as xmppconn does.
-type racingRelay struct {
-	b    *bridge
-	live *xmppconn.Stanza // the subject change the reader gets
-
-	mu   sync.Mutex
-	room xmppconn.JoinedRoom
-	once sync.Once
-	done chan struct{}
-}
-
-func (r *racingRelay) SendStanza(context.Context, *xmppconn.Stanza) error    { return nil }
-func (r *racingRelay) SendPresence(context.Context, xmppconn.Presence) error { return nil }
-func (r *racingRelay) Presence() xmppconn.Presence                           { return xmppconn.Presence{} }
-
-func (r *racingRelay) JoinedRooms() []xmppconn.JoinedRoom {
-	r.mu.Lock()
-	snap := r.room
-	r.mu.Unlock()
-	r.once.Do(func() {
-		read := func() {
-			defer close(r.done)
-			r.mu.Lock()
-			r.room.Subject, r.room.SubjectFrom = "novo", r.live.From
-			r.mu.Unlock()
-			r.b.fromServer(r.live)
-		}
-		// The reader runs now if nothing keeps it from the clients'
-		// queues (it then queues before the replay); else it waits.
-		if r.b.mu.TryLock() {
-			r.b.mu.Unlock()
-			read()
-			return
-		}
-		go read()
-	})
-	return []xmppconn.JoinedRoom{snap}
-}
 
 // TestBridgeRoomReplayRacesTheReader: a room's subject changes while a
 // page is shown the rooms (on its initial presence, or on its own join of
@@ -69,9 +27,19 @@ func TestBridgeRoomReplayRacesTheReader(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			r := &racingRelay{b: b, done: make(chan struct{}), live: live,
-				room: xmppconn.JoinedRoom{Room: room, Nick: "Alice", Subject: "velho", SubjectFrom: room + "/Alice", Joined: true,
-					Occupants: []xmppconn.Occupant{{Room: room, Nick: "Alice", Role: "moderator", Self: true}}}}
+			var mu sync.Mutex
+			state := xmppconn.JoinedRoom{Room: room, Nick: "Alice", Subject: "velho", SubjectFrom: room + "/Alice", Joined: true,
+				Occupants: []xmppconn.Occupant{{Room: room, Nick: "Alice", Role: "moderator", Self: true}}}
+			r := newRacingRelay(b, func() []xmppconn.JoinedRoom {
+				mu.Lock()
+				defer mu.Unlock()
+				return []xmppconn.JoinedRoom{state}
+			}, func() {
+				mu.Lock()
+				state.Subject, state.SubjectFrom = "novo", live.From
+				mu.Unlock()
+				b.fromServer(live)
+			})
 			st, err := xmppconn.ParseStanza([]byte(tc.send), 1<<16)
 			if err != nil {
 				t.Fatal(err)
@@ -83,7 +51,7 @@ func TestBridgeRoomReplayRacesTheReader(t *testing.T) {
 			} else if err := b.clientPresence(t.Context(), c, r, st); err != nil {
 				t.Fatal(err)
 			}
-			<-r.done
+			r.wait()
 			var subjects []string
 			for _, raw := range c.unsent() {
 				if s := string(raw); strings.Contains(s, "<subject>") {

@@ -1,80 +1,13 @@
 package sidecar_test
 
 import (
-	"io"
-	"net"
 	"net/http"
-	"sync"
 	"testing"
 	"time"
 
 	"expressolivre.org/imsidecar/xmppconn"
 	"expressolivre.org/imsidecar/xmppconn/xmppconntest"
 )
-
-// tcpProxy relays TCP connections to target until cut: a node's link to
-// Redis that the test can break while Redis serves the others.
-type tcpProxy struct {
-	t      *testing.T
-	target string
-	addr   string
-	mu     sync.Mutex
-	ln     net.Listener
-	conns  []net.Conn
-}
-
-func startTCPProxy(t *testing.T, target string) *tcpProxy {
-	p := &tcpProxy{t: t, target: target}
-	p.listen("127.0.0.1:0")
-	t.Cleanup(p.cut)
-	return p
-}
-
-func (p *tcpProxy) listen(addr string) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	p.mu.Lock()
-	p.ln, p.addr = ln, ln.Addr().String()
-	p.mu.Unlock()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			u, err := net.Dial("tcp", p.target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, u)
-			p.mu.Unlock()
-			go func() { io.Copy(u, c); u.Close() }()
-			go func() { io.Copy(c, u); c.Close() }()
-		}
-	}()
-}
-
-// cut closes the listener and every relayed connection: new ones are
-// refused.
-func (p *tcpProxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.ln != nil {
-		p.ln.Close()
-		p.ln = nil
-	}
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
-// restore listens again on the same address.
-func (p *tcpProxy) restore() { p.listen(p.addr) }
 
 // TestClusterOwnerCutOffFromRedis: the node owning a session loses its
 // link to Redis (the others keep theirs) for several lease TTLs, so its
@@ -86,11 +19,11 @@ func (p *tcpProxy) restore() { p.listen(p.addr) }
 // sets the lease again.
 func TestClusterOwnerCutOffFromRedis(t *testing.T) {
 	srv := startClusterServers(t, false, xmppconntest.Options{})
-	px := startTCPProxy(t, srv.Redis.Addr)
+	px := xmppconntest.StartProxy(t, srv.Redis.Addr) // node0's link to Redis, which the test breaks
 	const ttl = 2 * time.Second
 	rig := startClusterRigWith(t, clusterRigOptions{Nodes: 3, TTL: ttl, Servers: srv, LeasesOf: func(i int) string {
 		if i == 0 {
-			return "redis://" + px.addr
+			return "redis://" + px.Addr()
 		}
 		return ""
 	}})
@@ -129,7 +62,7 @@ func TestClusterOwnerCutOffFromRedis(t *testing.T) {
 	poll("antes do corte")
 	drainDesktop(desk)
 
-	px.cut()
+	px.Refuse()
 	time.Sleep(3 * ttl) // the lease and node0's liveness key expire
 	if _, err := desk.Conn.Send(ctx, xmppconn.Message{To: alice.Bare, Type: "chat", Body: "durante o corte"}); err != nil {
 		t.Fatal(err)
@@ -155,7 +88,7 @@ func TestClusterOwnerCutOffFromRedis(t *testing.T) {
 		t.Errorf("the other nodes asked node0 %v times and heard it alive", n)
 	}
 
-	px.restore()
+	px.Restore()
 	time.Sleep(2 * ttl) // node0's renewal sets its lease again
 	if _, err := desk.Conn.Send(ctx, xmppconn.Message{To: alice.Bare, Type: "chat", Body: "depois do corte"}); err != nil {
 		t.Fatal(err)

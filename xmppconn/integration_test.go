@@ -4,11 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -516,80 +513,6 @@ func TestOfflineDelay(t *testing.T) {
 	}
 }
 
-// tcpProxy forwards loopback connections to a server and can cut them all,
-// as a network blip would, while the server keeps its XEP-0198 sessions.
-// Its gate can also stop forwarding what clients write (hold: the bytes
-// are read and dropped, as by a network that loses them) while what the
-// server writes still arrives.
-type tcpProxy struct {
-	ln     net.Listener
-	target string
-	hold   atomic.Bool
-	mu     sync.Mutex
-	conns  []net.Conn
-	wg     sync.WaitGroup
-}
-
-func startProxy(t testing.TB, target string) *tcpProxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &tcpProxy{ln: ln, target: target}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, s)
-			p.mu.Unlock()
-			p.wg.Add(2)
-			go func() { defer p.wg.Done(); p.upstream(c, s); s.Close() }()
-			go func() { defer p.wg.Done(); io.Copy(c, s); c.Close() }()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); p.cut(); p.wg.Wait() })
-	return p
-}
-
-// upstream copies what the client c writes to the server s, dropping it
-// while the gate holds.
-func (p *tcpProxy) upstream(c, s net.Conn) {
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := c.Read(buf)
-		if n > 0 && !p.hold.Load() {
-			if _, err := s.Write(buf[:n]); err != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-func (p *tcpProxy) addr() string { return p.ln.Addr().String() }
-
-// cut closes every proxied connection (both sides).
-func (p *tcpProxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
 // TestNoLoss runs a two-way conversation and breaks it in the middle: a
 // network blip (streams resumed), a graceful server restart (fresh streams:
 // what the server held goes to offline storage, what it had not acked is
@@ -633,10 +556,10 @@ func TestNoLoss(t *testing.T) {
 				b.restart(t)
 			}
 			addr := b.addr
-			var proxy *tcpProxy
+			var proxy *xmppconntest.Proxy
 			if tt.fault == "blip" {
-				proxy = startProxy(t, b.addr)
-				addr = proxy.addr()
+				proxy = xmppconntest.StartProxy(t, b.addr)
+				addr = proxy.Addr()
 			}
 			mod := func(c *xmppconn.Config) {
 				c.Addr = addr
@@ -650,7 +573,7 @@ func TestNoLoss(t *testing.T) {
 			fault := func() {
 				switch tt.fault {
 				case "blip":
-					proxy.cut()
+					proxy.Cut()
 				case "restart":
 					b.restart(t)
 				case "kill":

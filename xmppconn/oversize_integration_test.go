@@ -22,9 +22,9 @@ func TestOversizedFromProsody(t *testing.T) {
 	b, _ := prosodyBackend(t, xmppconntest.Options{})
 	b.register(t, "alice", pw)
 	b.register(t, "bob", "bobpw")
-	proxy := startProxy(t, b.addr)
+	proxy := xmppconntest.StartProxy(t, b.addr)
 	alice := connect(t, b, "alice", pw, "web", func(c *xmppconn.Config) {
-		c.Addr = proxy.addr()
+		c.Addr = proxy.Addr()
 		c.Reconnect = true
 		c.MaxStanzaSize = 256 << 10
 	})
@@ -43,7 +43,7 @@ func TestOversizedFromProsody(t *testing.T) {
 	}
 	alice.rec.waitFor(t, 10*time.Second, "the next message", messageWithBody("next"))
 
-	proxy.cut()
+	proxy.Cut()
 	alice.rec.waitFor(t, 20*time.Second, "resumed", func(ev xmppconn.Event) bool {
 		sc, ok := ev.(*xmppconn.StateChange)
 		return ok && sc.State == xmppconn.StateOnline && sc.Resumed

@@ -112,7 +112,7 @@ func firstOnline(t *testing.T, rec *recorder) *xmppconn.StateChange {
 // bob on "desk", subscribed to alice's presence.
 type resumeSetup struct {
 	b      *backend
-	proxy  *tcpProxy
+	proxy  *xmppconntest.Proxy
 	store  *memStore
 	alice  *client
 	bob    *client
@@ -123,9 +123,9 @@ func newResumeSetup(t *testing.T, b *backend) *resumeSetup {
 	t.Helper()
 	b.register(t, "alice", pw)
 	b.register(t, "bob", "bobpw")
-	rs := &resumeSetup{b: b, proxy: startProxy(t, b.addr), store: &memStore{}}
+	rs := &resumeSetup{b: b, proxy: xmppconntest.StartProxy(t, b.addr), store: &memStore{}}
 	rs.alice = connect(t, b, "alice", pw, "web", func(c *xmppconn.Config) {
-		c.Addr = rs.proxy.addr()
+		c.Addr = rs.proxy.Addr()
 		c.ResumeStore = rs.store
 	})
 	rs.aliceJ = rs.alice.JID()
@@ -203,7 +203,7 @@ func TestResumeAcrossConns(t *testing.T) {
 				// The network loses what alice writes from now on: her
 				// next messages stay unacknowledged, and bob's keep
 				// arriving (handled, stored, never acked).
-				rs.proxy.hold.Store(true)
+				rs.proxy.Hold(true)
 				sendN(t, rs.alice, bobBare, "out", 10, 7)
 				sendN(t, rs.bob, aliceBare, "in", 20, 10)
 				waitCount(t, []*recorder{rs.alice.rec}, "in-", 30)
@@ -214,7 +214,7 @@ func TestResumeAcrossConns(t *testing.T) {
 					// The process dies: its store stops, its socket is
 					// cut with no </stream>.
 					rs.store.freeze()
-					rs.proxy.cut()
+					rs.proxy.Cut()
 					st = rs.store.state(t)
 				case "detach":
 					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -319,11 +319,11 @@ func TestResumeRefused(t *testing.T) {
 			bobBare := b.jid("bob")
 			sendN(t, rs.alice, bobBare, "out", 0, 3)
 			waitCount(t, []*recorder{rs.bob.rec}, "out-", 3)
-			rs.proxy.hold.Store(true)
+			rs.proxy.Hold(true)
 			sendN(t, rs.alice, bobBare, "out", 3, 4)
 			time.Sleep(200 * time.Millisecond)
 			rs.store.freeze()
-			rs.proxy.cut()
+			rs.proxy.Cut()
 			st := rs.store.state(t)
 			switch why {
 			case "timeout":
@@ -433,9 +433,9 @@ func TestResumeRooms(t *testing.T) {
 			b.register(t, "alice", pw)
 			b.register(t, "bob", "bobpw")
 			store := &memStore{}
-			proxy := startProxy(t, b.addr)
+			proxy := xmppconntest.StartProxy(t, b.addr)
 			alice := connect(t, b, "alice", pw, "web", func(c *xmppconn.Config) {
-				c.Addr = proxy.addr()
+				c.Addr = proxy.Addr()
 				c.ResumeStore = store
 			})
 			bob := connect(t, b, "bob", "bobpw", "desk", nil)
@@ -452,7 +452,7 @@ func TestResumeRooms(t *testing.T) {
 			}
 			alice.rec.waitFor(t, 10*time.Second, "before", roomMessage(room, "before"))
 			store.freeze()
-			proxy.cut()
+			proxy.Cut()
 			st := store.state(t)
 			if len(st.Rooms) != 1 || st.Rooms[0].Room != room || st.Rooms[0].Nick != "Alice" {
 				t.Fatalf("stored rooms %+v, want %s as Alice", st.Rooms, room)

@@ -26,6 +26,12 @@
 // with its own spool, cookie and distribution port (no epmd), started with
 // "ejabberdctl foreground".
 //
+// Both starters pick free ports (FreePorts) and bind them a moment later:
+// when another process took one in between (the server logs the bind
+// failure, or exits on it), they start the server again on other ports.
+// Ready is judged from the started process's own log (every port bound),
+// never from whatever answers on a port alone.
+//
 // StartFakeServer is a scripted in-process server (STARTTLS with the test
 // certificate, SASL PLAIN, bind) for protocol edge cases that real servers
 // cannot be made to produce: the test receives each bound connection and
@@ -40,6 +46,10 @@
 // Restart, Stop, Start and Kill let tests exercise reconnection: Restart and
 // Stop are graceful (SIGTERM), Kill is SIGKILL, and Start brings the server
 // back on the same ports with the same data.
+//
+// StartProxy relays loopback TCP connections to any server and breaks the
+// link as a network would (Cut, Refuse and Restore, Hold), with the server
+// left running; its goroutines end with the test.
 //
 // Typical use in a test:
 //

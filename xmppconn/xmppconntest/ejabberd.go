@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -51,6 +52,9 @@ type Ejabberd struct {
 
 	opts     EjabberdOptions
 	node     string
+	pemFile  string
+	httpAddr string // the BOSH listener's host:port, "" without HTTP
+	distAddr string // the Erlang distribution's host:port
 	ctlArgs  []string
 	env      []string
 	mu       sync.Mutex
@@ -96,32 +100,20 @@ func StartEjabberd(tb testing.TB, opts EjabberdOptions) *Ejabberd {
 		tb.Fatalf("xmppconntest: %v", err)
 	}
 
-	ports := FreePorts(tb, 3)
-	e.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
-	if opts.HTTP {
-		e.BOSHURL = "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[2])) + "/http-bind"
-	}
 	suffix := make([]byte, 4)
 	if _, err := rand.Read(suffix); err != nil {
 		tb.Fatal(err)
 	}
 	e.node = "xmppconntest" + hex.EncodeToString(suffix) + "@localhost"
 	e.LogFile = filepath.Join(dir, "logs", "ejabberd.log")
-
-	files := map[string]string{
-		"ejabberd.yml":    e.config(ports[0], ports[2], pemFile),
-		"ejabberdctl.cfg": e.ctlConfig(ports[1]),
-	}
+	e.pemFile = pemFile
 	// The Debian inetrc resolves "localhost" without DNS.
-	if data, err := os.ReadFile("/etc/ejabberd/inetrc"); err == nil {
-		files["inetrc"] = string(data)
-	} else {
-		files["inetrc"] = "{lookup,[file,native]}.\n{host,{127,0,0,1}, [\"localhost\"]}.\n"
+	inetrc, err := os.ReadFile("/etc/ejabberd/inetrc")
+	if err != nil {
+		inetrc = []byte("{lookup,[file,native]}.\n{host,{127,0,0,1}, [\"localhost\"]}.\n")
 	}
-	for name, data := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o600); err != nil {
-			tb.Fatalf("xmppconntest: %v", err)
-		}
+	if err := os.WriteFile(filepath.Join(dir, "inetrc"), inetrc, 0o600); err != nil {
+		tb.Fatalf("xmppconntest: %v", err)
 	}
 	e.ctlArgs = []string{
 		"--config-dir", dir,
@@ -139,8 +131,37 @@ func StartEjabberd(tb testing.TB, opts EjabberdOptions) *Ejabberd {
 		defer e.mu.Unlock()
 		e.signalLocked(syscall.SIGTERM, 5*time.Second)
 	})
-	e.Start(tb)
+	// The ports were free a moment before ejabberd binds them, not held:
+	// another process (CI runs several test binaries at once) may bind
+	// one in between. ejabberd then stops (a listener's eaddrinuse) or the
+	// VM exits (the distribution's); it is started again on other ports.
+	startOnFreePorts(tb, "ejabberd", func(ports []int) error {
+		e.usePorts(tb, ports)
+		return e.start()
+	})
 	return e
+}
+
+// usePorts sets the node's addresses to ports (c2s, Erlang distribution,
+// HTTP) and writes its configuration.
+func (e *Ejabberd) usePorts(tb testing.TB, ports []int) {
+	tb.Helper()
+	e.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
+	e.distAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1]))
+	e.httpAddr, e.BOSHURL = "", ""
+	if e.opts.HTTP {
+		e.httpAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[2]))
+		e.BOSHURL = "http://" + e.httpAddr + "/http-bind"
+	}
+	files := map[string]string{
+		"ejabberd.yml":    e.config(ports[0], ports[2], e.pemFile),
+		"ejabberdctl.cfg": e.ctlConfig(ports[1]),
+	}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(e.Dir, name), []byte(data), 0o600); err != nil {
+			tb.Fatalf("xmppconntest: %v", err)
+		}
+	}
 }
 
 func (e *Ejabberd) config(c2sPort, httpPort int, pemFile string) string {
@@ -232,15 +253,28 @@ func stripInetrcNoise(s string) string { return inetrcNoise.ReplaceAllString(s, 
 // Start starts the (stopped) node and waits until it accepts clients.
 func (e *Ejabberd) Start(tb testing.TB) {
 	tb.Helper()
+	if err := e.start(); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// start is Start, returning a startup failure; one on a port in use wraps
+// errPortTaken. Ready means this node's own log says each of its
+// listeners accepts (c2s, and HTTP when asked for) and c2s answers a dial:
+// a listener ejabberd failed to start is never taken for whatever else
+// holds its port.
+func (e *Ejabberd) start() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.cmd != nil {
-		tb.Fatalf("xmppconntest: ejabberd already running")
+		return errors.New("xmppconntest: ejabberd already running")
 	}
+	stdout := filepath.Join(e.Dir, "ejabberd.stdout")
 	e.logStart = fileSize(e.LogFile)
-	out, err := os.OpenFile(filepath.Join(e.Dir, "ejabberd.stdout"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	outStart := fileSize(stdout)
+	out, err := os.OpenFile(stdout, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		tb.Fatalf("xmppconntest: %v", err)
+		return fmt.Errorf("xmppconntest: %w", err)
 	}
 	defer out.Close()
 	args := append(append([]string{}, e.ctlArgs...), "foreground")
@@ -250,34 +284,59 @@ func (e *Ejabberd) Start(tb testing.TB) {
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		tb.Fatalf("xmppconntest: starting ejabberd: %v", err)
+		return fmt.Errorf("xmppconntest: starting ejabberd: %w", err)
 	}
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
 	e.cmd, e.done = cmd, done
 
-	marker := "Start accepting TCP connections at " + e.Addr
+	markers := []string{"Start accepting TCP connections at " + e.Addr + " "}
+	if e.httpAddr != "" {
+		markers = append(markers, "Start accepting TCP connections at "+e.httpAddr+" ")
+	}
 	deadline := time.Now().Add(e.opts.StartTimeout)
 	for {
 		select {
 		case <-done:
 			e.cmd, e.done = nil, nil
-			tb.Fatalf("xmppconntest: ejabberd exited during startup (%v)\n%s\n%s", cmd.ProcessState,
-				readTail(filepath.Join(e.Dir, "ejabberd.stdout"), 4096), e.LogTail(40))
+			err := fmt.Errorf("xmppconntest: ejabberd exited during startup (%v)\n%s\n%s", cmd.ProcessState,
+				readTail(stdout, 4096), e.LogTail(40))
+			if containsSince(stdout, outStart, ejPortFailure) || containsSince(e.LogFile, e.logStart, ejPortFailure) {
+				err = fmt.Errorf("%w: %w", errPortTaken, err)
+			}
+			return err
 		default:
 		}
-		if strings.Contains(e.logSince(e.logStart), marker) {
+		log := e.logSince(e.logStart)
+		if strings.Contains(log, ejPortFailure) {
+			e.killLocked()
+			return fmt.Errorf("%w\n%s", errPortTaken, e.LogTail(40))
+		}
+		if allIn(log, markers) {
 			if c, err := net.DialTimeout("tcp", e.Addr, time.Second); err == nil {
 				c.Close()
-				return
+				return nil
 			}
 		}
 		if time.Now().After(deadline) {
 			e.killLocked()
-			tb.Fatalf("xmppconntest: ejabberd not ready after %v\n%s", e.opts.StartTimeout, e.LogTail(40))
+			return fmt.Errorf("xmppconntest: ejabberd not ready after %v\n%s", e.opts.StartTimeout, e.LogTail(40))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// ejPortFailure is how ejabberd (a listener) and the Erlang VM (its
+// distribution) say a port was in use.
+const ejPortFailure = "eaddrinuse"
+
+func allIn(s string, subs []string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
 }
 
 func fileSize(name string) int64 {
@@ -384,6 +443,13 @@ func groupMembers(pgid int) []int {
 		}
 	}
 	return pids
+}
+
+// Running reports whether the node's process is running.
+func (e *Ejabberd) Running() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.cmd != nil
 }
 
 // Restart stops the node gracefully and starts it again with the same data.

@@ -174,16 +174,28 @@ func StartProsody(tb testing.TB, opts Options) *Server {
 	// one in between. Prosody then logs the failure and runs on without
 	// that port, and the test would talk to whatever holds it; it is
 	// started again on other ports instead, twice at most.
+	startOnFreePorts(tb, "prosody", func(ports []int) error {
+		s.usePorts(tb, ports)
+		return s.start(tb)
+	})
+	return s
+}
+
+// startOnFreePorts calls start with three ports that were free a moment
+// ago, and again with others when start's error wraps errPortTaken: the
+// ports are not held until the server binds them, and another process
+// may bind one in between. After three attempts the test fails.
+func startOnFreePorts(tb testing.TB, server string, start func(ports []int) error) {
+	tb.Helper()
 	for attempt := 1; ; attempt++ {
-		s.usePorts(tb, FreePorts(tb, 3))
-		err := s.start(tb)
+		err := start(FreePorts(tb, 3))
 		if err == nil {
-			return s
+			return
 		}
 		if !errors.Is(err, errPortTaken) || attempt == 3 {
 			tb.Fatal(err)
 		}
-		tb.Logf("xmppconntest: prosody start %d: a port picked free was bound by someone else first; starting again on other ports", attempt)
+		tb.Logf("xmppconntest: %s start %d: a port picked free was bound by someone else first; starting again on other ports", server, attempt)
 	}
 }
 
@@ -206,8 +218,8 @@ func (s *Server) usePorts(tb testing.TB, ports []int) {
 	}
 }
 
-// errPortTaken: Prosody could not bind a port of its configuration.
-var errPortTaken = errors.New("xmppconntest: a port of prosody was in use")
+// errPortTaken: the server could not bind a port of its configuration.
+var errPortTaken = errors.New("xmppconntest: a port of the server was in use")
 
 // portFailure is what Prosody's portmanager logs when it cannot bind a
 // port; Prosody runs on without it.
