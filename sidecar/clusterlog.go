@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"time"
 )
 
 // The event log of a session in cluster mode lives on in Redis
@@ -106,8 +107,23 @@ func (l *eventLog) position() logPosition {
 func (l *eventLog) hasKey(key string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.forgetSeenLocked(time.Now().UnixNano())
 	_, ok := l.keys[key]
 	return ok
+}
+
+// forgetSeenLocked drops the keys seedKeys added once ackedRetention
+// passed.
+func (l *eventLog) forgetSeenLocked(now int64) {
+	if l.seenUntil == 0 || now < l.seenUntil {
+		return
+	}
+	for k, off := range l.keys {
+		if off == 0 {
+			delete(l.keys, k)
+		}
+	}
+	l.seenUntil = 0
 }
 
 // seed makes a new, empty log continue the one an earlier owner wrote to
@@ -124,6 +140,50 @@ func (l *eventLog) seed(epoch, first, gap uint64, evs []event) {
 	for _, ev := range evs {
 		l.appendAt(ev)
 	}
+}
+
+// seedKeys adds the dedup keys of events an earlier owner's page
+// acknowledged (they left the log in Redis, their keys stayed: 'dk'):
+// for as long as an acknowledged event stays in a log (ackedRetention),
+// the same message delivered again — the server sending again, from
+// offline storage, what the old session had not seen acknowledged — is
+// not logged twice.
+func (l *eventLog) seedKeys(keys []string) {
+	if len(keys) == 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.keys == nil {
+		l.keys = make(map[string]uint64, len(keys))
+	}
+	for _, k := range keys {
+		if _, ok := l.keys[k]; !ok {
+			l.keys[k] = 0 // no event has offset 0: eviction leaves it
+		}
+	}
+	l.seenUntil = time.Now().Add(ackedRetention).UnixNano()
+}
+
+// ackedKeysMax bounds the dedup keys of acknowledged events a session
+// keeps in Redis (meta 'dk', each key with its length byte): 60 message
+// keys (messageKey, 16 bytes), a minute of a busy chat, more than the
+// server has unacknowledged at a time.
+const ackedKeysMax = 1020
+
+// ackedKeys decodes the meta field 'dk' (each key a length byte then the
+// key); a malformed one gives none.
+func ackedKeys(dk string) ([]string, error) {
+	var keys []string
+	for len(dk) > 0 {
+		n := int(dk[0])
+		if n == 0 || n > maxRecordKey || 1+n > len(dk) {
+			return nil, fmt.Errorf("%w: malformed acknowledged keys", ErrClusterRedis)
+		}
+		keys = append(keys, dk[1:1+n])
+		dk = dk[1+n:]
+	}
+	return keys, nil
 }
 
 // appendAt appends ev as appendOnce does, keeping its time: it is an

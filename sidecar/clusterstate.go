@@ -55,7 +55,10 @@ import (
 // An 'E' whose first is below the stored next skips what is stored already
 // (a write retried); above it (events kept back by an outage were let go),
 // the list starts again at first with a gap there. Then the events a poll
-// acknowledged and those beyond max events or maxbytes leave the list.
+// acknowledged and those beyond max events or maxbytes leave the list;
+// the dedup keys of the acknowledged ones stay, in the meta field 'dk'
+// (each a length byte and the key, the newest ackedKeysMax bytes), for
+// the node that takes the session over (ackedKeys).
 //
 // The script is lean because it runs for nearly every stanza: the meta
 // fields 'E' and 'H' change are set by one HSET at the end, 'E' reads them
@@ -64,7 +67,7 @@ import (
 // set again only when the caller asks ('T', at most once a minute per
 // session: clusterSession.ttlAt), and on a list or hash this call created
 // (an emptied list is deleted by Redis; the next push makes it anew).
-const stateScriptSrc = `
+var stateScriptSrc = `
 local cur = redis.call('GET', KEYS[1])
 if cur ~= ARGV[1] then
   if cur or redis.call('HGET', KEYS[2], 'owner') ~= ARGV[1] then
@@ -74,6 +77,34 @@ if cur ~= ARGV[1] then
 end
 local hs = {}
 local exp = {}
+local function uv(x, p)
+  local v, f = 0, 1
+  while true do
+    local c = string.byte(x, p)
+    if not c then
+      return nil, p
+    end
+    v, p = v + (c % 128) * f, p + 1
+    if c < 128 then
+      return v, p
+    end
+    f = f * 128
+  end
+end
+local function reckey(x)
+  local _, p = uv(x, 1)
+  local kl
+  kl, p = uv(x, p)
+  if not kl then
+    return nil
+  end
+  local yl
+  yl, p = uv(x, p + kl)
+  if not yl or yl == 0 or yl > 255 or p + yl - 1 > #x then
+    return nil
+  end
+  return string.sub(x, p, p + yl - 1)
+end
 local function push(key, from, to)
   local len = 0
   for j = from, to, 500 do
@@ -100,7 +131,7 @@ while i <= n do
   elseif op == 'R' then
     redis.call('DEL', KEYS[4])
     redis.call('HSET', KEYS[2], 'ep', ARGV[i+1], 'user', ARGV[i+2], 'eb', 0)
-    redis.call('HDEL', KEYS[2], 'next', 'gap')
+    redis.call('HDEL', KEYS[2], 'next', 'gap', 'dk')
     i = i + 3
   elseif op == 'S' then
     local c = tonumber(ARGV[i+4])
@@ -117,10 +148,11 @@ while i <= n do
   elseif op == 'E' then
     local first = tonumber(ARGV[i+1])
     local c = tonumber(ARGV[i+6])
-    local m = redis.call('HMGET', KEYS[2], 'next', 'eb', 'gap')
+    local m = redis.call('HMGET', KEYS[2], 'next', 'eb', 'gap', 'dk')
     local nxt = tonumber(m[1] or ARGV[i+1])
     local bytes = tonumber(m[2] or '0')
     local gap = tonumber(m[3] or '0')
+    local dk = m[4] or ''
     local skip = 0
     if first > nxt then
       redis.call('DEL', KEYS[4])
@@ -140,14 +172,28 @@ while i <= n do
       len = redis.call('LLEN', KEYS[4])
     end
     local cut = tonumber(ARGV[i+3]) - (nxt - len) + 1
+    local acked = cut
     if len - cut > tonumber(ARGV[i+4]) then
       cut = len - tonumber(ARGV[i+4])
     end
     if cut > 0 then
       local xs = redis.call('LPOP', KEYS[4], math.min(cut, len))
       if xs then
-        for _, x in ipairs(xs) do
+        local keys = dk
+        for j, x in ipairs(xs) do
           bytes, len = bytes - #x, len - 1
+          if j <= acked then
+            local k = reckey(x)
+            if k then
+              keys = keys .. string.char(#k) .. k
+            end
+          end
+        end
+        while #keys > ` + strconv.Itoa(ackedKeysMax) + ` do
+          keys = string.sub(keys, string.byte(keys, 1) + 2)
+        end
+        if keys ~= dk then
+          hs['dk'] = keys
         end
       end
     end
@@ -650,6 +696,7 @@ type savedSession struct {
 	next   uint64 // offset after the last event kept
 	gap    uint64
 	events []event
+	keys   []string // dedup keys of acknowledged events ('dk')
 	online bool
 	logOK  bool // a sound log of the user asking
 	// browser: a browser stream was attached (the bridge is made before
@@ -741,6 +788,11 @@ func parseSaved(user string, in stored) (savedSession, []error) {
 			}
 			if len(evs) == len(records) {
 				sv.epoch, sv.next, sv.gap, sv.events, sv.logOK = ep, next, gap, evs, true
+				keys, err := ackedKeys(meta["dk"])
+				if err != nil {
+					errs = append(errs, err)
+				}
+				sv.keys = keys
 			}
 		} else if meta["ep"] != "" {
 			errs = append(errs, fmt.Errorf("%w: malformed log position", ErrClusterRedis))
@@ -883,6 +935,7 @@ func (cl *cluster) durable(ctx context.Context, s *session, newLog func() *event
 	s.log = newLog()
 	if sv.logOK {
 		s.log.seed(sv.epoch, sv.next-uint64(len(sv.events)), sv.gap, sv.events)
+		s.log.seedKeys(sv.keys)
 	} else {
 		cs.newLog = true
 	}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -596,4 +597,109 @@ func TestClusterStateAfterLogStopped(t *testing.T) {
 	if st.H != 1 {
 		t.Errorf("h=%d after the log stopped at 1", st.H)
 	}
+}
+
+// TestClusterStateDedupAfterAck: a message the page acknowledged leaves
+// the log in Redis, but its dedup key stays there, so the node taking
+// the session over still refuses it when the server delivers it again
+// (issue 20 item 3's flake: a resumption the server refused logs in
+// afresh, and Prosody sends again, from offline storage, the messages
+// the old session had not seen acknowledged; the page had them).
+func TestClusterStateDedupAfterAck(t *testing.T) {
+	for _, tc := range redisSpecs() {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := tc.spec(t)
+			a, b := stateNode(t, spec, "a"), stateNode(t, spec, "b")
+			ctx := t.Context()
+			sk := sessionKey("state-dedup-ddddddddddddddd")
+			s, la := ownedSession(t, a, sk, "alice")
+			msg := func(i int) (string, messageJSON) {
+				m := &xmppconn.Message{From: "bob@example.org/desk", ID: "m" + strconv.Itoa(i), Type: "chat", Body: "hi " + strconv.Itoa(i)}
+				return messageKey(m), newMessageJSON(m)
+			}
+			for i := range 3 {
+				if k, m := msg(i); !s.appendJSONOnce("message", k, m) {
+					t.Fatalf("message %d refused", i)
+				}
+			}
+			s.log.read(s.log.head(), true, 10) // the page has them all
+			s.appendState(xmppconn.StateOnline, "")
+			var in stored
+			in, err := a.load(ctx, sk)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(in.records) != 1 {
+				t.Fatalf("Redis keeps %d events after the page acknowledged the messages, want the state event alone", len(in.records))
+			}
+			a.ls.mark(ctx, sk, la, true)
+			if r, err := b.take(ctx, sk, &la); err != nil || !r.won {
+				t.Fatalf("b's takeover: %+v %v", r, err)
+			}
+			s2, _ := stateSession(t, b, sk, "alice")
+			for i := range 3 {
+				if k, m := msg(i); s2.appendJSONOnce("message", k, m) {
+					t.Errorf("message %d, which the page had, was taken again by the new owner", i)
+				}
+			}
+			if k, m := msg(3); !s2.appendJSONOnce("message", k, m) {
+				t.Error("a new message was refused")
+			}
+			if s2.log.head() != (cursor{s.log.epoch, s.log.head().offset + 1}) {
+				t.Errorf("b's log head %v, want one event after a's %v", s2.log.head(), s.log.head())
+			}
+		})
+	}
+}
+
+// FuzzAckedKeys: whatever Redis holds in a session's 'dk' field never
+// panics the decoder; the keys it accepts are each 1 to maxRecordKey
+// bytes and encode back to the field.
+func FuzzAckedKeys(f *testing.F) {
+	f.Add("\x03abc\x01z")
+	f.Add("")
+	f.Add("\x00")
+	f.Add("\x05ab")
+	f.Fuzz(func(t *testing.T, dk string) {
+		keys, err := ackedKeys(dk)
+		if err != nil {
+			return
+		}
+		var b strings.Builder
+		for _, k := range keys {
+			if len(k) == 0 || len(k) > maxRecordKey {
+				t.Fatalf("key of %d bytes accepted", len(k))
+			}
+			b.WriteByte(byte(len(k)))
+			b.WriteString(k)
+		}
+		if b.String() != dk {
+			t.Fatalf("%q decodes to %q, which encodes otherwise", dk, keys)
+		}
+	})
+}
+
+// TestSeedKeysExpire: the keys of an earlier owner's acknowledged events
+// refuse a message delivered again for as long as an acknowledged event
+// stays in a log (ackedRetention), then no longer; the log's own keys
+// are untouched.
+func TestSeedKeysExpire(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newEventLog(100, nil)
+		l.seedKeys([]string{"old"})
+		if !l.appendOnce("message", "new", []byte(`"a":1`)) {
+			t.Fatal("a new message was refused")
+		}
+		if l.appendOnce("message", "old", []byte(`"a":1`)) {
+			t.Fatal("a message the earlier owner's page had was taken")
+		}
+		time.Sleep(ackedRetention + time.Second)
+		l.read(l.head(), true, 10) // the page has "new"; it stays for its own retention
+		if !l.appendOnce("message", "old", []byte(`"a":1`)) {
+			t.Fatal("an acknowledged key outlived ackedRetention")
+		}
+		if l.appendOnce("message", "old", []byte(`"a":1`)) {
+			t.Fatal("the log's own key was lost")
+		}
+	})
 }

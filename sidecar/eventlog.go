@@ -99,8 +99,11 @@ type eventLog struct {
 	mem      *eventMemory
 	released bool // its session is gone: keep nothing
 	// keys holds the dedup keys of the events still in buf (key → offset),
-	// so a stanza the server delivers twice is logged once.
-	keys map[string]uint64
+	// so a stanza the server delivers twice is logged once; and, at
+	// offset 0, those of events an earlier owner's page acknowledged
+	// (seedKeys), until seenUntil (unix nanoseconds; 0: none).
+	keys      map[string]uint64
+	seenUntil int64
 }
 
 // initialEvents is the ring's first allocation. Most sessions hold a few
@@ -145,7 +148,9 @@ func (l *eventLog) appendOnce(kind, key string, fields []byte) bool {
 		l.mu.Unlock()
 		return false
 	}
+	now := time.Now().UnixNano()
 	if key != "" {
+		l.forgetSeenLocked(now)
 		if _, dup := l.keys[key]; dup {
 			l.mu.Unlock()
 			return false
@@ -155,7 +160,6 @@ func (l *eventLog) appendOnce(kind, key string, fields []byte) bool {
 		}
 		l.keys[key] = l.next
 	}
-	now := time.Now().UnixNano()
 	l.trimLocked(now)
 	ev := event{offset: l.next, at: now, kind: kind, fields: fields, key: key}
 	l.next++
