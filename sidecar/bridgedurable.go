@@ -13,13 +13,13 @@ import (
 // the stanza's events and h), and forgotten there once a browser has it
 // ('k'): a WebSocket's browser answered the ping sent after the frame
 // that carried it (wsack.go), or a BOSH page acknowledged the answer
-// that carried it (bosh.go, acknowledge). A node taking the
-// session over seeds its bridge's backlog with what no browser had: a
-// message that arrived while no page was attached (a reload, a
-// navigation), or that the page's last BOSH answer carried, or its
-// WebSocket wrote with no pong since, when the node died, reaches the next page even when the node that held it died before
-// the page came back. On a single node (no clusterSession) nothing is
-// numbered.
+// that carried it (bosh.go, acknowledge). A node taking the session over
+// seeds its bridge's backlog with what no browser had: a message that
+// arrived while no page was attached (a reload, a navigation), that the
+// page's last BOSH answer carried, or that its WebSocket wrote with no
+// pong since, when the node died, reaches the next page even when the
+// node that held it died before the page came back. On a single node (no
+// clusterSession) nothing is numbered.
 
 // heldStanza is a stanza kept for browsers in Redis, with its number.
 type heldStanza struct {

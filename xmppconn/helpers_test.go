@@ -29,6 +29,7 @@ type backend struct {
 	start        func(t testing.TB)
 	authFailures func(user string) int
 	logTail      func(n int) string
+	log          func() string // the whole log
 }
 
 func (b *backend) jid(user string) string { return user + "@" + b.domain }
@@ -54,6 +55,7 @@ func prosodyBackend(t testing.TB, opts xmppconntest.Options) (*backend, *xmppcon
 		start:        s.Start,
 		authFailures: s.AuthFailures,
 		logTail:      s.LogTail,
+		log:          s.Log,
 	}, s
 }
 
@@ -76,6 +78,7 @@ func ejabberdBackend(t testing.TB) *backend {
 		start:        e.Start,
 		authFailures: e.AuthFailures,
 		logTail:      e.LogTail,
+		log:          e.Log,
 	}
 }
 

@@ -1,10 +1,12 @@
 package xmppconn_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -543,7 +545,15 @@ func TestNoLoss(t *testing.T) {
 		t.Run(tt.server+"/"+tt.fault, func(t *testing.T) {
 			var b *backend
 			if tt.server == "prosody" {
-				b, _ = prosodyBackend(t, xmppconntest.Options{LogLevel: "info"})
+				// Debug for a restart: Prosody then logs each stanza it
+				// reads and what its mod_smacks does with the queues of
+				// the sessions it closes, which is what tells a message
+				// the server took and lost from one the library dropped.
+				level := "info"
+				if tt.fault == "restart" {
+					level = "debug"
+				}
+				b, _ = prosodyBackend(t, xmppconntest.Options{LogLevel: level})
 			} else {
 				b = ejabberdBackend(t)
 			}
@@ -721,7 +731,7 @@ func converse(t *testing.T, b *backend, alice, bob *client, n int, fault func(),
 		got, acks := received(s), confirmed(s)
 		for _, id := range s.ids {
 			if got[id] == 0 {
-				t.Errorf("message %s from %s never arrived", id, s.c.name)
+				t.Errorf("message %s from %s never arrived; %s", id, s.c.name, whereLost(s.c, b, id))
 			} else if !acks[id] {
 				t.Errorf("message %s from %s arrived but its receipt never came back", id, s.c.name)
 			}
@@ -740,4 +750,28 @@ func converse(t *testing.T, b *backend, alice, bob *client, n int, fault func(),
 		t.Logf("%s\n%s", res, b.logTail(40))
 	}
 	return res
+}
+
+// whereLost says, for a message that never arrived, whether the sender
+// still holds it unacknowledged (the library's to send) or the server
+// acknowledged it (the server's), and what the server's log says of it.
+func whereLost(c *client, b *backend, id string) string {
+	st := c.ResumeState()
+	held := false
+	for _, raw := range st.Unacked {
+		if bytes.Contains(raw, []byte(`"`+id+`"`)) || bytes.Contains(raw, []byte("'"+id+"'")) {
+			held = true
+		}
+	}
+	var lines []string
+	for line := range strings.Lines(b.log()) {
+		if strings.Contains(line, id) || strings.Contains(line, "smacks") {
+			lines = append(lines, strings.TrimRight(line, "\n"))
+		}
+	}
+	if len(lines) > 30 {
+		lines = lines[len(lines)-30:]
+	}
+	return fmt.Sprintf("the sender holds it unacknowledged: %v (server's h %d, %d unacked); server log lines naming it or smacks:\n%s",
+		held, st.Acked, len(st.Unacked), strings.Join(lines, "\n"))
 }

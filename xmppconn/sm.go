@@ -49,7 +49,9 @@ func (c *Conn) resume(s *stream, prevID string) (ok bool, err error) {
 	switch {
 	case n.is(nsSM, "resumed"):
 	case n.is(nsSM, "failed"):
-		c.log.Info("xmppconn: stream resumption refused", "condition", firstChildName(n))
+		// h, when the server gives it, is how many of our stanzas it
+		// handled on the old stream: those are not sent again.
+		c.log.Info("xmppconn: stream resumption refused", "condition", firstChildName(n), "h", n.get("h"))
 		if h, err := strconv.ParseUint(n.get("h"), 10, 32); err == nil {
 			c.wmu.Lock()
 			c.ackLocked(uint32(h))
