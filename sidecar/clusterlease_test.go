@@ -214,11 +214,12 @@ func FuzzParseLease(f *testing.F) {
 // taker judges the owner dead between two scripts: its first claim finds
 // the lease expired, the owner's liveness key is gone, and the owner's
 // peer port does not answer. Here the owner wakes exactly then: asked
-// over its peer listener, its renewal (or its reconnection's check)
-// reaches Redis first, setting the very same lease again, and its answer
-// comes too late. A second claim naming that lease used to take it: the
-// owner had just been told it held the session, the taker won it too,
-// and both resumed the XMPP session until the owner's next renewal. Now
+// over its peer listener, its renewal (or its reconnection's check, or a
+// state write) reaches Redis first, setting the very same lease again,
+// and its answer comes too late. A second claim naming that lease used to
+// take it: the owner had just been told it held the session, the taker
+// won it too, and both could resume the XMPP session until the owner's
+// next renewal. Now
 // the lease stays the owner's and the call goes to it; an owner that
 // wakes after the claim finds the lease lost. The orphan adoption has the
 // same race and the same answer.
@@ -283,6 +284,7 @@ func TestClusterLeaseRenewRace(t *testing.T) {
 			// The sessions' leases all expire while a is frozen.
 			renewed, lr := online("renew-race-renewed-aaaaaaaaaa")
 			checked, lc := online("renew-race-checked-bbbbbbbbbb")
+			written, lw := online("renew-race-written-ffffffffff")
 			late, ll := online("renew-race-late-cccccccccccccc")
 			adopted, ld := online("renew-race-adopted-dddddddddd")
 			forwarded, lf := online("renew-race-forward-eeeeeeeeee")
@@ -315,6 +317,18 @@ func TestClusterLeaseRenewRace(t *testing.T) {
 			})
 			if res.won || res.lease != lc {
 				t.Fatalf("b took a lease its owner checked while b judged it dead: %+v", res)
+			}
+
+			// The same with a state write (a stanza the woken stream
+			// reads at once: clusterstate.go's script sets the lease
+			// again too, the meta hash naming it as the owner's).
+			res = ask(written, func() {
+				if n, err := stateScript.Run(ctx, a.rdb, stateKeysOf(written), lw.String(), time.Minute.Milliseconds(), ttl.Milliseconds(), "T").Int(); err != nil || n != 1 {
+					t.Errorf("the woken owner's state write: %v %v", n, err)
+				}
+			})
+			if res.won || res.lease != lw {
+				t.Fatalf("b took a lease its owner wrote behind while b judged it dead: %+v", res)
 			}
 
 			// a wakes after b's claim: b takes the session with a higher
