@@ -242,19 +242,28 @@ func (cl *cluster) drop(sk string, l lease) bool {
 // known to be dead), or it names this node's earlier incarnation. It
 // returns the current lease when another live node holds it.
 func (cl *cluster) take(ctx context.Context, sk string, expected *lease) (claimResult, error) {
+	return cl.takeIf(ctx, sk, expected, false)
+}
+
+// takeIf is take; with expired, expected is a lease seen expired, taken
+// only if it still is (leaseStore.claimExpired).
+func (cl *cluster) takeIf(ctx context.Context, sk string, expected *lease, expired bool) (claimResult, error) {
 	if l, ok := cl.holds(sk); ok {
 		return claimResult{won: true, lease: l}, nil
 	}
-	res, err := cl.ls.claim(ctx, sk, expected)
+	res, err := cl.ls.claimIf(ctx, sk, expected, expected != nil && expired)
 	if err != nil {
 		return res, err
 	}
 	self := cl.ls.self
 	if !res.won && res.expired && res.lease.node != self.node && !cl.mayBeAlive(ctx, res.lease) && !cl.peerAlive(ctx, res.lease, sk) {
 		// The last owner's lease expired, Redis no longer sees its node,
-		// and the node does not say it holds the session: take it over.
+		// and the node does not say it holds the session: take it over,
+		// if it is still expired. The node may be waking up (SIGCONT)
+		// while it is judged: its renewal then sets the same lease again,
+		// and the claim must not take it (claimScript).
 		prev := res.lease
-		if res, err = cl.ls.claim(ctx, sk, &prev); err != nil {
+		if res, err = cl.ls.claimExpired(ctx, sk, prev); err != nil {
 			return res, err
 		}
 		expected = &prev
@@ -600,11 +609,12 @@ func (a *api) clusterRoute(w http.ResponseWriter, r *http.Request, c *caller, ro
 func (cl *cluster) toOwner(w http.ResponseWriter, r *http.Request, sk string, body []byte, claim bool) (bool, claimResult, error) {
 	ctx := r.Context()
 	var expected *lease
+	expired := false // expected was seen expired, not refusing
 	for attempt := 0; attempt < 4; attempt++ {
 		var res claimResult
 		if claim {
 			var err error
-			if res, err = cl.take(ctx, sk, expected); err != nil {
+			if res, err = cl.takeIf(ctx, sk, expected, expired); err != nil {
 				return false, res, err
 			}
 		} else {
@@ -626,14 +636,16 @@ func (cl *cluster) toOwner(w http.ResponseWriter, r *http.Request, sk string, bo
 			if !claim {
 				return true, res, nil
 			}
-			expected = &res.lease
+			expected, expired = &res.lease, false
 		case out.notOwner:
 			cl.metrics.clusterForwards.WithLabelValues("not_owner").Inc()
-			expected = nil
+			expected, expired = nil, false
 			if res.expired {
 				// The node named by the expired lease does not hold the
-				// session (anymore): it is free to take.
-				expected = &res.lease
+				// session (anymore): it is free to take, while it stays
+				// expired (that node, frozen during the forward, may be
+				// renewing it now).
+				expected, expired = &res.lease, true
 			}
 			// The first time at once: an owner that handed the session
 			// over (a shutdown) gave its lease back before answering.

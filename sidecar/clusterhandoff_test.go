@@ -103,8 +103,8 @@ func TestRendezvous(t *testing.T) {
 // TestOrphanIndex runs the index and the adoption against a real Redis
 // and a 3-master Redis Cluster: the owner's fenced mark indexes an online
 // session under its incarnation and removes it when offline; a stale
-// lease writes nothing; a survivor adopts a dead incarnation's entry once,
-// atomically with the lease; an entry whose session another node holds,
+// lease writes nothing; a survivor adopts a dead incarnation's entry once
+// its lease expired, atomically with the lease; an entry whose session another node holds,
 // or marked since by a newer owner, is dropped, not adopted.
 func TestOrphanIndex(t *testing.T) {
 	for _, tc := range redisSpecs() {
@@ -148,7 +148,20 @@ func TestOrphanIndex(t *testing.T) {
 				dead := a.self
 				switch i {
 				case 0:
-					// a dies holding it: c adopts it, once.
+					// a dies holding it: while its lease lasts (or it
+					// woke and renewed it), nobody adopts it and the entry
+					// stays; once the lease expired (deleted here, as its
+					// TTL does: the meta hash still names a), c adopts it,
+					// once.
+					if ad, err := c.adopt(ctx, sk, dead); err != nil || ad.won || ad.why != "held" {
+						t.Fatalf("adopted a session whose lease is still held: %+v %v", ad, err)
+					}
+					if _, ok := entries(a, sk)[sk]; !ok {
+						t.Fatalf("a held session's entry was dropped")
+					}
+					if err := a.rdb.Del(ctx, keysOf(sk).lease).Err(); err != nil {
+						t.Fatal(err)
+					}
 					ad, err := c.adopt(ctx, sk, dead)
 					if err != nil || !ad.won || ad.lease.node != "c" || ad.lease.token <= ra.lease.token || ad.sealed == "" {
 						t.Fatalf("adopt: %+v %v", ad, err)

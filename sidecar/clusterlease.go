@@ -118,6 +118,20 @@ func parseLease(s string) (lease, error) {
 // peer port refusing connections). It returns {1, lease, on} when taken,
 // {0, current lease} when another holds it.
 //
+// With ARGV[7] = '1', ARGV[5] is a lease the caller saw expired, and it is
+// taken only if it still is: no lease there and the meta hash still naming
+// ARGV[5] as its last owner. The caller judged that owner dead between two
+// scripts (its liveness key gone, its peer port silent); an owner woken
+// meanwhile (SIGCONT) sets the very same lease again with its first
+// renewal, check or state write (renewScriptSrc, stateScriptSrc), and a
+// claim accepting the lease it names would take a lease its owner has
+// just been told it holds: two owners until the old one's next renewal,
+// both resuming the XMPP session. Absent, the lease proves that nobody
+// renewed it since the caller looked; Redis runs scripts one at a time,
+// so the owner's renewal comes either before the claim (the claim is
+// refused, {0, lease}, and the call goes to the owner) or after it (the
+// renewal answers 0 and the owner detaches). TestClusterLeaseRenewRace.
+//
 // A lease that is gone without having been given back (it expired: its
 // owner stopped renewing, or Redis was away longer than the TTL) is not
 // free: the meta hash still names its last owner ('owner', cleared by
@@ -128,15 +142,16 @@ func parseLease(s string) (lease, error) {
 // took it would log the user in twice and deliver messages twice.
 //
 // KEYS: lease, token, meta. ARGV: node, incarnation, peer, ttl ms,
-// expected lease or "", meta ttl ms.
+// expected lease or "", meta ttl ms, "1" if the expected lease was seen
+// expired ("0" otherwise).
 var claimScript = redis.NewScript(`
 local cur = redis.call('GET', KEYS[1])
-if cur and cur ~= ARGV[5] then
+if cur and (cur ~= ARGV[5] or ARGV[7] == '1') then
   return {0, cur}
 end
-if not cur and ARGV[5] == '' then
+if not cur and (ARGV[5] == '' or ARGV[7] == '1') then
   local last = redis.call('HGET', KEYS[3], 'owner')
-  if last then
+  if last and last ~= ARGV[5] then
     return {0, last, 'expired'}
   end
 end
@@ -156,7 +171,10 @@ return {1, v, on or '0'}
 // again if no lease is there at all (2): the keys expired while Redis was
 // down or restarting, or a failover lost them, and nobody else claimed the
 // session since, so its owner keeps it instead of a takeover storm when
-// Redis comes back. Held by another: 0.
+// Redis comes back. Held by another: 0. An owner waking from a pause sets
+// its expired lease again the same way; a node that judged it dead
+// meanwhile claims only a lease still gone (claimScript, ARGV[7]), so the
+// two never both hold it: whichever script Redis runs first wins.
 // KEYS: lease. ARGV: lease, ttl ms.
 const renewScriptSrc = `
 local cur = redis.call('GET', KEYS[1])
@@ -246,12 +264,27 @@ type claimResult struct {
 // exactly expected (a known-dead owner's lease); expected nil claims only a
 // free lease.
 func (ls *leaseStore) claim(ctx context.Context, sk string, expected *lease) (claimResult, error) {
-	exp := ""
+	return ls.claimIf(ctx, sk, expected, false)
+}
+
+// claimExpired takes the session's lease if it is free, or if last, which
+// the caller saw expired and whose node it judged dead, is still expired
+// and was the last owner (claimScript, ARGV[7]): a lease its owner set
+// again meanwhile is not taken (claimResult lease is then that owner's).
+func (ls *leaseStore) claimExpired(ctx context.Context, sk string, last lease) (claimResult, error) {
+	return ls.claimIf(ctx, sk, &last, true)
+}
+
+func (ls *leaseStore) claimIf(ctx context.Context, sk string, expected *lease, expired bool) (claimResult, error) {
+	exp, gone := "", "0"
 	if expected != nil {
 		exp = expected.String()
 	}
+	if expired {
+		gone = "1"
+	}
 	k := keysOf(sk)
-	won, val, third, err := scriptAnswer("claim", claimScript.Run(ctx, ls.rdb, k.list(), ls.self.node, ls.self.incarnation, ls.self.peer, ls.ttl.Milliseconds(), exp, ls.metaTTL.Milliseconds()))
+	won, val, third, err := scriptAnswer("claim", claimScript.Run(ctx, ls.rdb, k.list(), ls.self.node, ls.self.incarnation, ls.self.peer, ls.ttl.Milliseconds(), exp, ls.metaTTL.Milliseconds(), gone))
 	if err != nil {
 		return claimResult{}, err
 	}

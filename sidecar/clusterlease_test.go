@@ -1,6 +1,8 @@
 package sidecar
 
 import (
+	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"testing"
@@ -204,4 +206,178 @@ func FuzzParseLease(f *testing.F) {
 			t.Fatalf("%q: round trip %+v → %+v %v", s, l, back, err)
 		}
 	})
+}
+
+// TestClusterLeaseRenewRace pins the race between a takeover and the
+// renewal of an owner waking from a pause (SIGSTOP past its lease TTL,
+// then SIGCONT), on a real Redis and a real 3-master Redis Cluster. The
+// taker judges the owner dead between two scripts: its first claim finds
+// the lease expired, the owner's liveness key is gone, and the owner's
+// peer port does not answer. Here the owner wakes exactly then: asked
+// over its peer listener, its renewal (or its reconnection's check, or a
+// state write) reaches Redis first, setting the very same lease again,
+// and its answer comes too late. A second claim naming that lease used to
+// take it: the owner had just been told it held the session, the taker
+// won it too, and both could resume the XMPP session until the owner's
+// next renewal. Now
+// the lease stays the owner's and the call goes to it; an owner that
+// wakes after the claim finds the lease lost. The orphan adoption has the
+// same race and the same answer.
+func TestClusterLeaseRenewRace(t *testing.T) {
+	for _, tc := range redisSpecs() {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := tc.spec(t)
+			const ttl = time.Second
+			ctx := t.Context()
+			a := testLeaseStore(t, spec, "a", ttl) // the node frozen, then woken
+			// a's peer listener. A frozen process's kernel accepts the
+			// connection; the process wakes while it is asked, does
+			// wake, and answers after the asker gave up.
+			var wake func()
+			quit := make(chan struct{})
+			peer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if wake != nil {
+					wake()
+				}
+				select {
+				case <-r.Context().Done():
+				case <-quit:
+				}
+			}))
+			t.Cleanup(peer.Close)
+			t.Cleanup(func() { close(quit) })
+			a.self.peer = peer.Listener.Addr().String()
+			bs := testLeaseStore(t, spec, "b", ttl)
+			b := &cluster{ls: bs, rdb: bs.rdb, secret: "s", held: map[string]heldLease{}, peer: &http.Client{},
+				metrics: newMetrics(func() map[xmppconn.State]int { return nil }, func() int64 { return 0 })}
+			b.redisSteadySince.Store(time.Now().Add(-time.Hour).UnixNano()) // Redis answered b all along
+			online := func(id string) (string, lease) {
+				sk := sessionKey(id)
+				ra, err := a.claim(ctx, sk, nil)
+				if err != nil || !ra.won {
+					t.Fatalf("a's claim: %+v %v", ra, err)
+				}
+				if ok, err := a.markSealed(ctx, sk, ra.lease, true, "sealed"); err != nil || !ok {
+					t.Fatalf("a's mark: %v %v", ok, err)
+				}
+				return sk, ra.lease
+			}
+			held := func(sk string, l lease) bool {
+				t.Helper()
+				lost, err := a.renew(ctx, map[string]lease{sk: l})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return len(lost) == 0
+			}
+			ask := func(sk string, woken func()) claimResult {
+				t.Helper()
+				b.silent = silentPeers{} // a peer silent once is not asked again for a while
+				wake = woken
+				defer func() { wake = nil }()
+				res, err := b.take(ctx, sk, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return res
+			}
+			// The sessions' leases all expire while a is frozen.
+			renewed, lr := online("renew-race-renewed-aaaaaaaaaa")
+			checked, lc := online("renew-race-checked-bbbbbbbbbb")
+			written, lw := online("renew-race-written-ffffffffff")
+			late, ll := online("renew-race-late-cccccccccccccc")
+			adopted, ld := online("renew-race-adopted-dddddddddd")
+			forwarded, lf := online("renew-race-forward-eeeeeeeeee")
+			time.Sleep(ttl + 200*time.Millisecond)
+			if _, ok, _ := a.owner(ctx, renewed); ok {
+				t.Fatal("the lease outlived its TTL")
+			}
+
+			// a wakes while b judges it: its renewal pass sets the lease
+			// again (renewScript answers 2, and a goes on serving). b
+			// must not take it.
+			res := ask(renewed, func() {
+				if lost, err := a.renew(ctx, map[string]lease{renewed: lr}); err != nil || len(lost) != 0 {
+					t.Errorf("the woken owner's renewal before any takeover: lost %v %v", lost, err)
+				}
+			})
+			if res.won {
+				t.Fatalf("b took a lease its owner renewed while b judged it dead: %+v (a holds %v)", res.lease, lr)
+			}
+			if res.lease != lr || !held(renewed, lr) {
+				t.Fatalf("after the race: b sees %+v, a holds it: %v", res.lease, held(renewed, lr))
+			}
+
+			// The same with the check a reconnection makes (fencedGate,
+			// stepAside): the same lease set again, not taken.
+			res = ask(checked, func() {
+				if ok, err := a.check(ctx, checked, lc); err != nil || !ok {
+					t.Errorf("the woken owner's check: %v %v", ok, err)
+				}
+			})
+			if res.won || res.lease != lc {
+				t.Fatalf("b took a lease its owner checked while b judged it dead: %+v", res)
+			}
+
+			// The same with a state write (a stanza the woken stream
+			// reads at once: clusterstate.go's script sets the lease
+			// again too, the meta hash naming it as the owner's).
+			res = ask(written, func() {
+				if n, err := stateScript.Run(ctx, a.rdb, stateKeysOf(written), lw.String(), time.Minute.Milliseconds(), ttl.Milliseconds(), "T").Int(); err != nil || n != 1 {
+					t.Errorf("the woken owner's state write: %v %v", n, err)
+				}
+			})
+			if res.won || res.lease != lw {
+				t.Fatalf("b took a lease its owner wrote behind while b judged it dead: %+v", res)
+			}
+
+			// a wakes after b's claim: b takes the session with a higher
+			// token, and a's renewal and check find it lost, and its
+			// writes are refused: one owner.
+			res = ask(late, nil)
+			if !res.won || res.lease.node != "b" || res.lease.token <= ll.token || !res.online {
+				t.Fatalf("b's takeover of a dead owner's session: %+v", res)
+			}
+			if held(late, ll) {
+				t.Fatal("the woken owner renewed a lease taken over")
+			}
+			if ok, err := a.check(ctx, late, ll); err != nil || ok {
+				t.Fatalf("the woken owner's check of a lease taken over: %v %v", ok, err)
+			}
+			if ok, err := a.mark(ctx, late, ll, false); err != nil || ok {
+				t.Fatalf("the woken owner wrote: %v %v", ok, err)
+			}
+
+			// A forward to the frozen owner withdrawn once its lease
+			// expired (toOwner: not_owner on an expired lease) claims
+			// only while it stays expired.
+			if !held(forwarded, lf) {
+				t.Fatal("the woken owner's renewal of an expired lease")
+			}
+			if r, err := b.takeIf(ctx, forwarded, &lf, true); err != nil || r.won || r.lease != lf {
+				t.Fatalf("b took, as expired, a lease its owner renewed: %+v %v", r, err)
+			}
+
+			// The orphan scan found a's liveness key gone and a silent;
+			// a wakes before b's adoption and renews: the entry stays, the
+			// lease a's. Once a is gone for good, the next pass adopts it.
+			if !held(adopted, ld) {
+				t.Fatal("the woken owner's renewal of an expired lease")
+			}
+			if ad, err := bs.adopt(ctx, adopted, a.self); err != nil || ad.won || ad.why != "held" {
+				t.Fatalf("b adopted a session its owner renewed: %+v %v", ad, err)
+			}
+			if !held(adopted, ld) {
+				t.Fatal("the owner lost a lease nobody took")
+			}
+			time.Sleep(ttl + 200*time.Millisecond)
+			ad, err := bs.adopt(ctx, adopted, a.self)
+			if err != nil || !ad.won || ad.lease.token <= ld.token {
+				t.Fatalf("b's adoption once a's lease expired: %+v %v", ad, err)
+			}
+			if held(adopted, ld) {
+				t.Fatal("the woken owner renewed a lease adopted")
+			}
+		})
+	}
 }

@@ -76,9 +76,15 @@ func partitionOf(sk string) int {
 // index entry (KEYS[1], field ARGV[1]) must still be there; the user gone
 // offline ({0, offline}), a later mark by another owner (its token above
 // the entry's) or the lease held by anyone but the dead incarnation
-// (ARGV[2] node, ARGV[3] incarnation) ({0, moved}) drop the entry. Otherwise
-// the lease is claimed as the claim script does, and the entry moves to
-// this node's index: {1, lease, sealed id}.
+// (ARGV[2] node, ARGV[3] incarnation) ({0, moved}) drop the entry. The
+// lease still held by the dead incarnation keeps it ({0, held}): either it
+// has not expired yet (its last renewal came after its last heartbeat),
+// or the incarnation is not dead but was frozen, and its first renewal
+// after waking set the lease again while this node judged it dead (as in
+// claimScript: taking it would make two owners until its next renewal,
+// both resuming the XMPP session). The next pass tries again. Otherwise
+// (no lease) the lease is claimed as the claim script does, and the entry
+// moves to this node's index: {1, lease, sealed id}.
 //
 // KEYS: dead index, lease, token, meta, own index. ARGV: session key, dead
 // node, dead incarnation, node, incarnation, peer, ttl ms.
@@ -110,6 +116,7 @@ if cur then
     redis.call('HDEL', KEYS[1], ARGV[1])
     return {0, 'moved'}
   end
+  return {0, 'held'}
 end
 local t = redis.call('INCR', KEYS[3])
 redis.call('PEXPIRE', KEYS[3], ` + strconv.FormatInt(tokenKeyTTL.Milliseconds(), 10) + `)
@@ -127,7 +134,7 @@ type adoption struct {
 	won    bool
 	lease  lease
 	sealed string
-	why    string // when not won: gone, malformed, offline, moved
+	why    string // when not won: gone, malformed, offline, moved, held
 }
 
 // adopt runs adoptScript for session sk of dead incarnation dead.

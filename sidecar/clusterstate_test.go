@@ -517,14 +517,18 @@ func FuzzDecodeRecord(f *testing.F) {
 }
 
 // FuzzParseSaved: whatever Redis holds for a session never panics the
-// decoder, and a state it returns is one xmppconn.Resume accepts.
+// decoder, and a state it returns is one xmppconn.Resume accepts; the
+// dedup keys of acknowledged events (meta 'dk') it returns are keys a log
+// takes, and a malformed 'dk' costs those keys only, not the log.
 func FuzzParseSaved(f *testing.F) {
 	st, _ := stateJSON(xmppconn.ResumeState{V: 1, JID: "alice@example.org/web", ID: "sm"})
-	f.Add(st, "3", "1", "7", "9", "alice", "1", string(chatStanza(1)), string(encodeRecord(&event{kind: "state", fields: []byte(`"a":1`)})), "bob@example.org/desk", `{"resource":"desk","show":"away"}`)
-	f.Add("{", "x", "-1", "", "0", "", "0", "<a/>", "\x05", "/", "null")
-	f.Fuzz(func(t *testing.T, st, h, acked, ep, next, user, on, unacked, record, pfull, pjson string) {
+	rec := string(encodeRecord(&event{kind: "state", fields: []byte(`"a":1`)}))
+	f.Add(st, "3", "1", "7", "9", "alice", "1", string(chatStanza(1)), rec, "bob@example.org/desk", `{"resource":"desk","show":"away"}`, "\x03abc\x01z")
+	f.Add(st, "3", "1", "7", "9", "alice", "1", string(chatStanza(1)), rec, "bob@example.org/desk", `{"resource":"desk","show":"away"}`, "\x05ab")
+	f.Add("{", "x", "-1", "", "0", "", "0", "<a/>", "\x05", "/", "null", "\x00")
+	f.Fuzz(func(t *testing.T, st, h, acked, ep, next, user, on, unacked, record, pfull, pjson, dk string) {
 		in := stored{
-			meta:     map[string]string{"st": st, "h": h, "acked": acked, "ep": ep, "next": next, "user": user, "on": on},
+			meta:     map[string]string{"st": st, "h": h, "acked": acked, "ep": ep, "next": next, "user": user, "on": on, "dk": dk},
 			unacked:  [][]byte{[]byte(unacked)},
 			records:  [][]byte{[]byte(record)},
 			presence: map[string]string{pfull: pjson},
@@ -537,6 +541,17 @@ func FuzzParseSaved(f *testing.F) {
 		}
 		if sv.logOK && sv.next < uint64(len(sv.events))+1 {
 			t.Fatalf("a log whose events end before offset 1: %+v", sv)
+		}
+		if !sv.logOK && sv.keys != nil {
+			t.Fatalf("dedup keys %q kept without a log", sv.keys)
+		}
+		for _, k := range sv.keys {
+			if len(k) == 0 || len(k) > maxRecordKey {
+				t.Fatalf("a dedup key of %d bytes accepted", len(k))
+			}
+		}
+		if _, err := ackedKeys(dk); err != nil && sv.keys != nil {
+			t.Fatalf("malformed 'dk' %q decoded to %q", dk, sv.keys)
 		}
 	})
 }
