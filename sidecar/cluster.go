@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -140,7 +141,7 @@ func clusterRedis(spec string) (redis.UniversalClient, error) {
 			auth, hosts = "", rest
 		}
 		o := &redis.ClusterOptions{DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
-			ReadBufferSize: redisBufferSize, WriteBufferSize: redisBufferSize,
+			ReadBufferSize: redisBufferSize, WriteBufferSize: redisBufferSize, PoolSize: redisPoolSize(),
 			NewClient: func(no *redis.Options) *redis.Client { no.DialerRetries = 1; return redis.NewClient(no) }}
 		if auth != "" {
 			u, err := url.Parse("redis://" + auth + "@x")
@@ -170,8 +171,25 @@ func clusterRedis(spec string) (redis.UniversalClient, error) {
 	o.DialTimeout, o.ReadTimeout, o.WriteTimeout = 2*time.Second, 2*time.Second, 2*time.Second
 	o.DialerRetries = 1
 	o.ReadBufferSize, o.WriteBufferSize = redisBufferSize, redisBufferSize
+	if o.PoolSize == 0 { // no pool_size in the URL
+		o.PoolSize = redisPoolSize()
+	}
 	return redis.NewClient(o), nil
 }
+
+// redisPoolSize is how many connections a node keeps to each Redis
+// server: 2 per CPU, at least 4, where go-redis defaults to 10 per CPU
+// (5 per CPU to each master of a Redis Cluster). A node's Redis traffic
+// is few round trips at a time: the state writes of all its sessions go
+// as one pipeline (stateWriter), a renewal pass as pipelines of 256
+// leases; only logins and takeovers (a claim, a mark, a load each) and
+// the peers' checks run side by side, and Redis runs one command at a
+// time whatever the number of connections. A login storm filled the
+// larger pool and kept it for the process's life: 20 connections a node
+// on 2 CPUs, each with its 8 KiB of buffers here and a client with its
+// own buffers in Redis (docs/PERFORMANCE.md, issue 20 item 9). A
+// pool_size in a redis:// URL still sets it.
+func redisPoolSize() int { return max(4, 2*runtime.GOMAXPROCS(0)) }
 
 // redisBufferSize is each Redis connection's read and write buffer.
 // go-redis defaults to 32 KiB each, 64 KiB a connection held for the

@@ -188,6 +188,16 @@ type ClusterResult struct {
 	// online user.
 	RedisMemPerUserKB float64 `json:"redis_mem_per_user_kb"`
 	RedisKeysPerUser  float64 `json:"redis_keys_per_user"`
+	// RedisMemAfterPerUserKB is the same growth from before the storm to
+	// the end of the target phase and the idle window after it: what the
+	// messages left besides, the events no poll acknowledged yet and the
+	// dedup keys of those acknowledged (meta 'dk', at most 1,020 bytes a
+	// session); RedisAckedKeysBytesPerUser is that field's length then,
+	// summed over the sessions, per online user.
+	RedisMemAfterPerUserKB     float64 `json:"redis_mem_after_phase_per_user_kb"`
+	RedisAckedKeysBytesPerUser float64 `json:"redis_acked_keys_bytes_per_user"`
+	usedBefore                 int64   // Redis's used_memory before the storm
+	online                     int
 	// RedisCmdsPerMsg is every command Redis ran during the target phase
 	// (INFO commandstats: a script counts once under evalsha and each
 	// command it runs once more) per delivered message; RedisScriptsPerMsg
@@ -247,7 +257,7 @@ type timedStats struct {
 // clusterAfterLogin reads the cluster's figures after the login storm:
 // the leases the nodes hold and Redis's growth since before it.
 func (r *rig) clusterAfterLogin(ctx context.Context, before redisStats, online int) (*ClusterResult, error) {
-	c := &ClusterResult{Nodes: len(r.nodes), LeaseTTLSeconds: r.cfg.ClusterLeaseTTL.Seconds()}
+	c := &ClusterResult{Nodes: len(r.nodes), LeaseTTLSeconds: r.cfg.ClusterLeaseTTL.Seconds(), usedBefore: before.UsedMemory, online: online}
 	if c.LeaseTTLSeconds == 0 {
 		c.LeaseTTLSeconds = defaultLeaseTTL.Seconds()
 	}
@@ -275,6 +285,9 @@ func (r *rig) clusterAfterPhase(ctx context.Context, c *ClusterResult, ph Phase)
 		return err
 	}
 	c.RedisIdleCmdsPerSec, c.RedisIdleScriptsPerSec = idle, idleScripts
+	if err := r.redisAfterPhase(ctx, c); err != nil {
+		return err
+	}
 	if ph.Delivered == 0 {
 		return nil
 	}
@@ -292,5 +305,26 @@ func (r *rig) clusterAfterPhase(ctx context.Context, c *ClusterResult, ph Phase)
 	c.RedisCPUPer1k = ph.cpuRedis / (msgs / 1000)
 	r.cfg.Logger.Info("cluster Redis", "path", r.path, "cmds_per_msg", c.RedisCmdsPerMsg, "scripts_per_msg", c.RedisScriptsPerMsg,
 		"idle_cmds_per_s", c.RedisIdleCmdsPerSec, "msg_cmds_per_msg", c.RedisMsgCmdsPerMsg, "msg_scripts_per_msg", c.RedisMsgScriptsPerMsg)
+	return nil
+}
+
+// redisAfterPhase reads Redis's memory and the sessions' acknowledged
+// dedup keys once the target phase and the idle window are over.
+func (r *rig) redisAfterPhase(ctx context.Context, c *ClusterResult) error {
+	if c.online == 0 {
+		return nil
+	}
+	st, err := r.redis.stats(ctx)
+	if err != nil {
+		return err
+	}
+	dk, _, err := r.redis.ackedKeysBytes(ctx)
+	if err != nil {
+		return err
+	}
+	c.RedisMemAfterPerUserKB = float64(st.UsedMemory-c.usedBefore) / 1024 / float64(c.online)
+	c.RedisAckedKeysBytesPerUser = float64(dk) / float64(c.online)
+	r.cfg.Logger.Info("cluster Redis after the phase", "path", r.path, "redis_kb_per_user", c.RedisMemAfterPerUserKB,
+		"acked_keys_bytes_per_user", c.RedisAckedKeysBytesPerUser)
 	return nil
 }

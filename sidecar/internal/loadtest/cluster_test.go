@@ -174,6 +174,12 @@ func TestRunClusterPaths(t *testing.T) {
 			c.RedisIdleScriptsPerSec <= 0 || c.RedisIdleScriptsPerSec > c.RedisIdleCmdsPerSec || c.RedisMsgScriptsPerMsg > c.RedisScriptsPerMsg {
 			t.Errorf("%s: cluster figures %+v", p.Path, c)
 		}
+		// After the phase Redis holds at least what it held after the
+		// storm's 2 s settle; each user got messages, which the polls
+		// acknowledged: their keys stay in 'dk'.
+		if c.RedisMemAfterPerUserKB <= 0 || c.RedisAckedKeysBytesPerUser <= 0 || c.RedisAckedKeysBytesPerUser > 1020 {
+			t.Errorf("%s: Redis after the phase %v KB/user, dk %v bytes/user", p.Path, c.RedisMemAfterPerUserKB, c.RedisAckedKeysBytesPerUser)
+		}
 	}
 	rep := NewReport("test", ThisMachine(), cfg, res)
 	for _, g := range rep.Goals {

@@ -387,6 +387,12 @@ func (r Report) clusterMarkdown(w io.Writer) {
 		}
 	}
 	for _, p := range r.Paths {
+		if c := p.Cluster; c != nil && c.RedisMemAfterPerUserKB != 0 {
+			fmt.Fprintf(w, "\n%s: Redis KB per user after the target phase %s (after the login storm %s), of which the acknowledged dedup keys (meta 'dk') %s bytes\n",
+				p.Path, f2(c.RedisMemAfterPerUserKB), f2(c.RedisMemPerUserKB), f1(c.RedisAckedKeysBytesPerUser))
+		}
+	}
+	for _, p := range r.Paths {
 		if p.Cluster != nil && p.MemSlopeKBPerUser > 0 && sc != nil && sc.MemSlopeKBPerUser > 0 {
 			key := strings.ReplaceAll(p.Path, "-", "_") + "_"
 			fmt.Fprintf(w, "\n%s: imsidecar KB per user added from %d to %d users online (-mem-slope; each process's one-offs left out) %s against sidecar's %s (from %d to %d): %s\n",
