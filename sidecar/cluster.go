@@ -78,7 +78,7 @@ type cluster struct {
 	mu     sync.Mutex
 	held   map[string]heldLease          // session key → lease
 	checks map[leaseCheckKey]*leaseCheck // lease checks in flight (checkLease)
-	wg     sync.WaitGroup                // detaches in flight
+	wg     sync.WaitGroup                // detaches and lease checks in flight
 	// renewed is when the last renewal pass reached Redis (unix nanos).
 	renewed atomic.Int64
 	// redisSteadySince is when Redis last started answering this node's
@@ -361,9 +361,11 @@ type leaseCheckKey struct {
 // checkLease asks Redis whether lease l on sk is still this node's,
 // waiting at most leaseCheckWait, and reports whether the call is to be
 // served here: it is unless Redis answers that another node has it. The
-// check runs in its own goroutine (owned by cl.wg, ended by its context
-// and the client's timeouts): one found lost is detached, even if no
-// caller waited for the answer.
+// check runs in its own goroutine, owned by cl.wg and ended by its
+// context (a third of the TTL: go-redis honours it dialling, waiting for
+// a pooled connection and between retries) or at most one read timeout
+// later: one found lost is detached, even if no caller waited for the
+// answer.
 func (cl *cluster) checkLease(ctx context.Context, sk string, l lease) bool {
 	key := leaseCheckKey{sk, l}
 	cl.mu.Lock()
