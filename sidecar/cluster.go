@@ -75,9 +75,10 @@ type cluster struct {
 	handoff *handoff    // the graceful hand-over at shutdown
 	silent  silentPeers // peers that did not answer peerAlive (clusteralive.go)
 
-	mu   sync.Mutex
-	held map[string]heldLease // session key → lease
-	wg   sync.WaitGroup       // detaches in flight
+	mu     sync.Mutex
+	held   map[string]heldLease          // session key → lease
+	checks map[leaseCheckKey]*leaseCheck // lease checks in flight (checkLease)
+	wg     sync.WaitGroup                // detaches and lease checks in flight
 	// renewed is when the last renewal pass reached Redis (unix nanos).
 	renewed atomic.Int64
 	// redisSteadySince is when Redis last started answering this node's
@@ -315,7 +316,8 @@ func (cl *cluster) mayBeAlive(ctx context.Context, l lease) bool {
 // renewals are current the table answers; after a gap (the process was
 // frozen, or Redis slow) the lease is checked first, so a node woken from
 // a pause does not serve, even once, a session another node took over.
-// With Redis unreachable the table answers: no other node can claim.
+// With Redis unreachable, or slower than leaseCheckWait, the table
+// answers: no other node can claim.
 func (cl *cluster) mine(ctx context.Context, sk string) bool {
 	l, ok := cl.holds(sk)
 	if !ok {
@@ -324,12 +326,82 @@ func (cl *cluster) mine(ctx context.Context, sk string) bool {
 	if time.Since(time.Unix(0, cl.renewed.Load())) < cl.ls.ttl*2/3 {
 		return true
 	}
-	held, err := cl.ls.check(ctx, sk, l)
-	if err != nil || held {
-		return true
+	return cl.checkLease(ctx, sk, l)
+}
+
+// leaseCheckWait bounds how long a call waits for the check of its
+// session's lease (cluster.mine) before it is served as when Redis fails.
+// Through a Redis outage the renewals stop, so every call of every user
+// on their owner checks. go-redis bounds a read by its 2 s ReadTimeout
+// and retries it, not by the call's context (ContextTimeoutEnabled is
+// off, so that a caller leaving does not cut a script's reply off): with
+// Redis stalled (SIGSTOP, a Redis Cluster master failing over or
+// loading, a partition dropping packets) a check took 8 s, and each call
+// queued for the small pool behind the others (issue 20 item 6). A Redis
+// that answers does so in well under a millisecond, so 500 ms, the bound
+// liveLookupTimeout puts on the session store, still lets a node woken
+// from a pause learn that its session was taken over; a long-poll
+// keeps most of the balancer's time.
+const leaseCheckWait = 500 * time.Millisecond
+
+// leaseCheck is one check of a session's lease in flight, shared by the
+// calls waiting for it: however many calls a stalled Redis holds up,
+// each session has at most one script waiting on it.
+type leaseCheck struct {
+	done chan struct{} // closed when held and err are set
+	held bool
+	err  error
+}
+
+type leaseCheckKey struct {
+	sk string
+	l  lease
+}
+
+// checkLease asks Redis whether lease l on sk is still this node's,
+// waiting at most leaseCheckWait, and reports whether the call is to be
+// served here: it is unless Redis answers that another node has it. The
+// check runs in its own goroutine, owned by cl.wg and ended by its
+// context (a third of the TTL: go-redis honours it dialling, waiting for
+// a pooled connection and between retries) or at most one read timeout
+// later: one found lost is detached, even if no caller waited for the
+// answer.
+func (cl *cluster) checkLease(ctx context.Context, sk string, l lease) bool {
+	key := leaseCheckKey{sk, l}
+	cl.mu.Lock()
+	c, ok := cl.checks[key]
+	if !ok {
+		if cl.checks == nil {
+			cl.checks = map[leaseCheckKey]*leaseCheck{}
+		}
+		c = &leaseCheck{done: make(chan struct{})}
+		cl.checks[key] = c
+		cl.wg.Go(func() {
+			rctx, cancel := context.WithTimeout(context.Background(), cl.ls.ttl/3)
+			defer cancel()
+			held, err := cl.ls.check(rctx, sk, l)
+			if err == nil && !held {
+				cl.lost(sk, l) // before the waiters see the answer
+			}
+			cl.mu.Lock()
+			delete(cl.checks, key)
+			c.held, c.err = held, err
+			cl.mu.Unlock()
+			close(c.done)
+		})
 	}
-	cl.lost(sk, l)
-	return false
+	cl.mu.Unlock()
+	wait := time.NewTimer(leaseCheckWait)
+	defer wait.Stop()
+	select {
+	case <-c.done:
+		return c.err != nil || c.held
+	case <-wait.C:
+		cl.logger.Debug("cluster: the lease check outlasted its wait; served as the owner", "session", sk[:8])
+		return true
+	case <-ctx.Done():
+		return true // the caller is gone; its handler ends at once
+	}
 }
 
 // acquire is ownership.acquire.

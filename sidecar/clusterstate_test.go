@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,14 +22,7 @@ import (
 // stateNode is one node's side of the state scripts, on the Redis spec.
 func stateNode(t *testing.T, spec, node string) *cluster {
 	t.Helper()
-	ls := testLeaseStore(t, spec, node, 5*time.Second)
-	logger := slog.New(slog.DiscardHandler)
-	m := newMetrics(func() map[xmppconn.State]int { return nil }, func() int64 { return 0 })
-	cfg := &Config{EventBuffer: 1000, EventBufferMB: 4}
-	cl := &cluster{rdb: ls.rdb, logger: logger, metrics: m, held: map[string]heldLease{}, logCap: 5, logBytes: 1 << 20, ls: ls}
-	cl.reg = newRegistry(cfg, nil, nil, nil, logger, m)
-	t.Cleanup(cl.wg.Wait)
-	return cl
+	return leaseNode(t, spec, node, 5*time.Second)
 }
 
 // stateSession is a session on node cl, its state loaded from Redis.

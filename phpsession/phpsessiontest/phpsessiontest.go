@@ -393,5 +393,15 @@ func (r *Redis) Stop() {
 	r.cmd, r.done = nil, nil
 }
 
+// Signal sends sig to the server: SIGSTOP stalls it as a Redis that
+// accepts connections but answers nothing (a partition dropping packets,
+// a master failing over), SIGCONT wakes it.
+func (r *Redis) Signal(sig os.Signal) error {
+	if r.cmd == nil || r.cmd.Process == nil {
+		return errors.New("phpsessiontest: redis-server not running")
+	}
+	return r.cmd.Process.Signal(sig)
+}
+
 // String describes the server for test logs.
 func (r *Redis) String() string { return fmt.Sprintf("redis-server at %s", r.Addr) }
