@@ -318,7 +318,7 @@ func (r *rig) redisAfterPhase(ctx context.Context, c *ClusterResult) error {
 	if err != nil {
 		return err
 	}
-	dk, _, err := r.redis.ackedKeysBytes(ctx)
+	dk, err := r.redis.ackedKeysBytes(ctx)
 	if err != nil {
 		return err
 	}
