@@ -26,6 +26,15 @@ type RedisOptions struct {
 // RedisStore reads sessions written by phpredis's session handler. The
 // key's TTL is authoritative for expiry: a missing key is ErrNotFound, and
 // every Redis failure is ErrUnavailable, never "not logged in".
+//
+// A lookup's context deadline bounds it, retries and socket reads
+// included (go-redis's ContextTimeoutEnabled): without it go-redis waits
+// out its read timeout (2 s, or the save path's read_timeout) whatever the
+// deadline, and retries, so that a lookup on a stalled Redis (a master
+// restarting or loading, a partition dropping packets) took 4 s, on a
+// stalled Redis Cluster 8 s. Only a deadline counts, not a cancellation;
+// one that fires mid-reply closes that connection, as the read timeout
+// does.
 type RedisStore struct {
 	hosts  []redisHost
 	total  int
@@ -92,7 +101,7 @@ func newClusterStore(spec string) (*RedisStore, error) {
 		return nil, fmt.Errorf("%w: rediscluster save path: %w", ErrConfig, err)
 	}
 	o := &redis.ClusterOptions{DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
-		PoolSize: 16, MaxRetries: 1, NewClient: dialOnce}
+		PoolSize: 16, MaxRetries: 1, NewClient: dialOnce, ContextTimeoutEnabled: true}
 	var auth []string
 	for k, vs := range q {
 		name, _, indexed := strings.Cut(k, "[")
@@ -167,7 +176,7 @@ func parseRedisHost(spec string, opt RedisOptions) (redisHost, func() error, err
 	}
 	q := u.Query()
 	o := &redis.Options{DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
-		PoolSize: 16, MaxRetries: 1, DialerRetries: 1}
+		PoolSize: 16, MaxRetries: 1, DialerRetries: 1, ContextTimeoutEnabled: true}
 	switch u.Scheme {
 	case "tcp", "redis", "rediss":
 		host := u.Host
@@ -181,6 +190,7 @@ func parseRedisHost(spec string, opt RedisOptions) (redisHost, func() error, err
 				return redisHost{}, nil, fmt.Errorf("%w: redis URL: %w", ErrConfig, err)
 			}
 			ro.DialTimeout, ro.ReadTimeout, ro.WriteTimeout, ro.MaxRetries, ro.DialerRetries = o.DialTimeout, o.ReadTimeout, o.WriteTimeout, 1, 1
+			ro.ContextTimeoutEnabled = true
 			o = ro
 		}
 	case "unix":
@@ -233,7 +243,8 @@ func parseRedisHost(spec string, opt RedisOptions) (redisHost, func() error, err
 	}
 	if opt.Cluster {
 		c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{o.Addr}, Username: o.Username, Password: o.Password,
-			DialTimeout: o.DialTimeout, ReadTimeout: o.ReadTimeout, WriteTimeout: o.WriteTimeout, MaxRetries: 1, NewClient: dialOnce})
+			DialTimeout: o.DialTimeout, ReadTimeout: o.ReadTimeout, WriteTimeout: o.WriteTimeout, MaxRetries: 1, NewClient: dialOnce,
+			ContextTimeoutEnabled: true})
 		h.client = c
 		return h, c.Close, nil
 	}

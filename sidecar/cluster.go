@@ -135,14 +135,23 @@ func newCluster(cfg *Config, secret string, logger *slog.Logger, m *metrics) (*c
 // (DialerRetries 1; go-redis's default dials a refused address 5 times
 // 100 ms apart, under its own retries): a Redis that is down fails a
 // write, renewal or read at once and the mirror keeps the state.
+//
+// ContextTimeoutEnabled makes a command's context deadline bound its
+// socket reads and writes; without it go-redis waits out its read
+// timeout whatever the deadline, and retries (a user's call waited 4.5 s
+// on the owner and 8.2 s elsewhere with Redis stalled, issue 20 item 6).
+// Only a deadline counts, never a cancellation: a caller that leaves
+// does not cut a reply off. A deadline that fires mid-reply closes that
+// connection, as go-redis's own read timeout does; every command is
+// bounded (redisOpTimeout), and none is written to be answered twice.
 func clusterRedis(spec string) (redis.UniversalClient, error) {
 	if rest, ok := strings.CutPrefix(spec, "redis-cluster://"); ok {
 		auth, hosts, found := strings.Cut(rest, "@")
 		if !found {
 			auth, hosts = "", rest
 		}
-		o := &redis.ClusterOptions{DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
-			ReadBufferSize: redisBufferSize, WriteBufferSize: redisBufferSize, PoolSize: redisPoolSize(),
+		o := &redis.ClusterOptions{DialTimeout: redisOpTimeout, ReadTimeout: redisOpTimeout, WriteTimeout: redisOpTimeout,
+			ContextTimeoutEnabled: true, ReadBufferSize: redisBufferSize, WriteBufferSize: redisBufferSize, PoolSize: redisPoolSize(),
 			NewClient: func(no *redis.Options) *redis.Client { no.DialerRetries = 1; return redis.NewClient(no) }}
 		if auth != "" {
 			u, err := url.Parse("redis://" + auth + "@x")
@@ -169,13 +178,28 @@ func clusterRedis(spec string) (redis.UniversalClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	o.DialTimeout, o.ReadTimeout, o.WriteTimeout = 2*time.Second, 2*time.Second, 2*time.Second
-	o.DialerRetries = 1
+	o.DialTimeout, o.ReadTimeout, o.WriteTimeout = redisOpTimeout, redisOpTimeout, redisOpTimeout
+	o.DialerRetries, o.ContextTimeoutEnabled = 1, true
 	o.ReadBufferSize, o.WriteBufferSize = redisBufferSize, redisBufferSize
 	if o.PoolSize == 0 { // no pool_size in the URL
 		o.PoolSize = redisPoolSize()
 	}
 	return redis.NewClient(o), nil
+}
+
+// redisOpTimeout bounds one Redis operation of the cluster (a script, a
+// lookup, a pipeline), its retries and its wait for a pooled connection
+// included, where its caller sets no shorter deadline (redisBound); it is
+// also the clients' dial, read and write timeout. A Redis that answers
+// does so in well under a millisecond: this only ends the wait on one
+// that does not (stalled: a master restarting, loading its append-only
+// file or failing over, a partition dropping packets), where go-redis
+// retried a read timeout up to 3 times (8 s a command).
+const redisOpTimeout = 2 * time.Second
+
+// redisBound is ctx bounded by redisOpTimeout, for one Redis operation.
+func redisBound(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, redisOpTimeout)
 }
 
 // redisPoolSize is how many connections a node keeps to each Redis
@@ -308,6 +332,8 @@ func (cl *cluster) mayBeAlive(ctx context.Context, l lease) bool {
 	if since == 0 || time.Since(time.Unix(0, since)) < cl.ls.ttl {
 		return true
 	}
+	ctx, cancel := redisBound(ctx)
+	defer cancel()
 	n, err := cl.rdb.Exists(ctx, nodeKeyPrefix+l.member()).Result()
 	return err != nil || n == 1
 }
@@ -332,12 +358,13 @@ func (cl *cluster) mine(ctx context.Context, sk string) bool {
 // leaseCheckWait bounds how long a call waits for the check of its
 // session's lease (cluster.mine) before it is served as when Redis fails.
 // Through a Redis outage the renewals stop, so every call of every user
-// on their owner checks. go-redis bounds a read by its 2 s ReadTimeout
-// and retries it, not by the call's context (ContextTimeoutEnabled is
-// off, so that a caller leaving does not cut a script's reply off): with
-// Redis stalled (SIGSTOP, a Redis Cluster master failing over or
-// loading, a partition dropping packets) a check took 8 s, and each call
-// queued for the small pool behind the others (issue 20 item 6). A Redis
+// on their owner checks. With Redis stalled (SIGSTOP, a Redis Cluster
+// master failing over or loading, a partition dropping packets) a check
+// took 8 s, go-redis's read timeout and retries, and each call queued
+// for the small pool behind the others (issue 20 item 6). The check
+// itself is now bounded (redisOpTimeout, and a third of the TTL), but
+// the call does not wait that long: its session keeps a check in flight,
+// shared by its calls, which wait for it at most leaseCheckWait. A Redis
 // that answers does so in well under a millisecond, so 500 ms, the bound
 // liveLookupTimeout puts on the session store, still lets a node woken
 // from a pause learn that its session was taken over; a long-poll
@@ -463,15 +490,22 @@ func (cl *cluster) closed(sk, reason string) {
 
 // forgotten gives the lease of a session the registry dropped back.
 func (cl *cluster) forgotten(sk string) {
+	cl.giveBack(context.Background(), sk)
+}
+
+// giveBack drops the lease on sk from the table and releases it in Redis,
+// within ctx and redisOpTimeout; it reports false when Redis did not
+// answer (the lease then expires with its TTL).
+func (cl *cluster) giveBack(ctx context.Context, sk string) bool {
 	l, ok := cl.holds(sk)
 	if !ok || !cl.drop(sk, l) {
-		return
+		return true
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
 	if err := cl.ls.release(ctx, sk, l); err != nil {
 		cl.logger.Debug("cluster: releasing a forgotten session's lease", "session", sk[:8], "err", err)
+		return errors.As(err, new(redis.Error))
 	}
+	return true
 }
 
 // lost handles a lease found to be another node's: the session is
@@ -549,11 +583,22 @@ func (cl *cluster) renew(ctx context.Context) {
 		}
 	}
 	cl.mu.Unlock()
-	for _, sk := range idle {
-		cl.forgotten(sk)
-	}
+	// The pass ends within a third of the TTL, whatever Redis does: the
+	// next one starts then (a pass outliving it would let a lease expire).
 	rctx, cancel := context.WithTimeout(ctx, cl.ls.ttl/3)
 	defer cancel()
+	for i, sk := range idle {
+		if !cl.giveBack(rctx, sk) {
+			// Redis does not answer: the others are dropped here too,
+			// their leases expire with their TTL.
+			for _, sk := range idle[i+1:] {
+				if l, ok := cl.holds(sk); ok {
+					cl.drop(sk, l)
+				}
+			}
+			break
+		}
+	}
 	lost, err := cl.ls.renew(rctx, snap)
 	if err != nil {
 		cl.logger.Warn("cluster: renewing leases", "leases", len(snap), "err", err)
@@ -578,7 +623,12 @@ func (cl *cluster) stop(ctx context.Context) {
 		if ctx.Err() != nil {
 			break
 		}
-		cl.ls.release(ctx, sk, h.lease(cl.ls.self))
+		if err := cl.ls.release(ctx, sk, h.lease(cl.ls.self)); err != nil && !errors.As(err, new(redis.Error)) {
+			// Redis does not answer: the leases left expire with their
+			// TTL, and the shutdown does not wait a bound per lease.
+			cl.logger.Warn("cluster: Redis does not answer; leases left to expire", "leases", len(held), "err", err)
+			break
+		}
 	}
 	cl.rdb.Close()
 	cl.peer.CloseIdleConnections()

@@ -276,6 +276,8 @@ func (ls *leaseStore) claimExpired(ctx context.Context, sk string, last lease) (
 }
 
 func (ls *leaseStore) claimIf(ctx context.Context, sk string, expected *lease, expired bool) (claimResult, error) {
+	ctx, cancel := redisBound(ctx)
+	defer cancel()
 	exp, gone := "", "0"
 	if expected != nil {
 		exp = expected.String()
@@ -318,6 +320,8 @@ func scriptAnswer(what string, cmd *redis.Cmd) (won bool, s, third string, err e
 
 // owner returns the session's current lease, or ok false when none.
 func (ls *leaseStore) owner(ctx context.Context, sk string) (lease, bool, error) {
+	ctx, cancel := redisBound(ctx)
+	defer cancel()
 	v, err := ls.rdb.Get(ctx, leaseKey(sk)).Result()
 	if errors.Is(err, redis.Nil) {
 		return lease{}, false, nil
@@ -400,6 +404,8 @@ func (ls *leaseStore) mark(ctx context.Context, sk string, l lease, online bool)
 // markSealed is mark with the PHP session id sealed for the orphan index
 // ("" keeps the one indexed).
 func (ls *leaseStore) markSealed(ctx context.Context, sk string, l lease, online bool, sealed string) (bool, error) {
+	ctx, cancel := redisBound(ctx)
+	defer cancel()
 	on := "0"
 	if online {
 		on = "1"
@@ -415,6 +421,8 @@ func (ls *leaseStore) markSealed(ctx context.Context, sk string, l lease, online
 // check reports whether l still holds the session's lease, renewing it
 // (or setting it again where no lease is left, as renew does).
 func (ls *leaseStore) check(ctx context.Context, sk string, l lease) (bool, error) {
+	ctx, cancel := redisBound(ctx)
+	defer cancel()
 	n, err := renewScript.Run(ctx, ls.rdb, []string{leaseKey(sk)}, l.String(), ls.ttl.Milliseconds()).Int()
 	if err != nil {
 		return false, fmt.Errorf("%w: check: %w", ErrClusterRedis, err)
@@ -424,6 +432,8 @@ func (ls *leaseStore) check(ctx context.Context, sk string, l lease) (bool, erro
 
 // release gives the lease up if l holds it.
 func (ls *leaseStore) release(ctx context.Context, sk string, l lease) error {
+	ctx, cancel := redisBound(ctx)
+	defer cancel()
 	k := keysOf(sk)
 	if err := releaseScript.Run(ctx, ls.rdb, []string{k.lease, k.meta}, l.String()).Err(); err != nil {
 		return fmt.Errorf("%w: release: %w", ErrClusterRedis, err)

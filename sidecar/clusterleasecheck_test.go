@@ -4,9 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -65,7 +65,23 @@ func timedMine(ctx context.Context, cl *cluster, sks []string) (longest time.Dur
 // code waited for: a behaviour, not a speed goal.
 func TestClusterLeaseCheckRedisStalled(t *testing.T) {
 	ctx := t.Context()
-	deployments := []struct {
+	for _, dep := range stallDeployments() {
+		for _, outage := range []string{"sigstop", "refused"} {
+			t.Run(dep.name+"/"+outage, func(t *testing.T) {
+				spec, servers := dep.start(t)
+				stalledMine(ctx, t, spec, servers, outage)
+			})
+		}
+	}
+}
+
+// stallDeployments are the Redis deployments the stall tests run on: a
+// redis-server and a 3-master Redis Cluster, with the servers to stall.
+func stallDeployments() []struct {
+	name  string
+	start func(t *testing.T) (spec string, servers []*phpsessiontest.Redis)
+} {
+	return []struct {
 		name  string
 		start func(t *testing.T) (spec string, servers []*phpsessiontest.Redis)
 	}{
@@ -81,14 +97,6 @@ func TestClusterLeaseCheckRedisStalled(t *testing.T) {
 			}
 			return "redis-cluster://" + strings.Join(addrs, ","), c.Nodes
 		}},
-	}
-	for _, dep := range deployments {
-		for _, outage := range []string{"sigstop", "refused"} {
-			t.Run(dep.name+"/"+outage, func(t *testing.T) {
-				spec, servers := dep.start(t)
-				stalledMine(ctx, t, spec, servers, outage)
-			})
-		}
 	}
 }
 
@@ -116,10 +124,7 @@ func stalledMine(ctx context.Context, t *testing.T, spec string, servers []*phps
 	for _, r := range servers {
 		switch outage {
 		case "sigstop":
-			if err := r.Signal(syscall.SIGSTOP); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { r.Signal(syscall.SIGCONT) })
+			phpsessiontest.Stall(t, r)
 		case "refused":
 			r.Stop()
 		}
@@ -184,6 +189,69 @@ func TestClusterLeaseCheckTakenOver(t *testing.T) {
 			if _, held := a.holds(sk); held {
 				t.Fatal("the woken owner still holds a lease b took")
 			}
+		})
+	}
+}
+
+// TestClusterRedisStalledBounds: with every redis-server stalled
+// (SIGSTOP), each Redis operation of the cluster ends within its bound,
+// not go-redis's read timeout times its retries. A renewal pass, the 20
+// idle leases it gives back included, ends within a third of the TTL
+// (the old code: 42 s, 2 s a lease given back, far past a 1.5 s lease's
+// expiry); a claim and an owner lookup made for a user's call with no
+// deadline of their own, within redisOpTimeout (8.1 s before on a Redis
+// Cluster); the release of 20 leases at shutdown stops at the first that
+// Redis does not answer (the old code waited out the shutdown's 10 s).
+// Bounds asserted with room: behaviours, not speed goals.
+func TestClusterRedisStalledBounds(t *testing.T) {
+	ctx := t.Context()
+	for _, dep := range stallDeployments() {
+		t.Run(dep.name, func(t *testing.T) {
+			spec, servers := dep.start(t)
+			const ttl = 1500 * time.Millisecond
+			a := leaseNode(t, spec, "a", ttl)
+			a.peer = &http.Client{}
+			// 20 leases claimed by calls that opened no stream, a TTL
+			// ago (the pass gives them back), and 20 fresh ones.
+			for _, group := range []string{"idle", "bounds"} {
+				for i := range 20 {
+					sk := fmt.Sprintf("%s-%02d-aaaaaaaaaaaaaaaaaaaaaa", group, i)
+					if res, err := a.take(ctx, sk, nil); err != nil || !res.won {
+						t.Fatalf("claim: %+v %v", res, err)
+					}
+				}
+				if group == "idle" {
+					time.Sleep(ttl + 100*time.Millisecond)
+				}
+			}
+			phpsessiontest.Stall(t, servers...)
+			timed := func(what string, bound time.Duration, f func()) {
+				t.Helper()
+				start := time.Now()
+				f()
+				d := time.Since(start)
+				t.Logf("%s: %v", what, d.Round(time.Millisecond))
+				if d > bound {
+					t.Errorf("%s took %v with Redis stalled, over %v", what, d, bound)
+				}
+			}
+			timed("a renewal pass", ttl, func() { a.renew(ctx) })
+			if n := len(a.held); n != 20 {
+				t.Errorf("the renewal pass left %d leases in the table, want the 20 fresh ones", n)
+			}
+			timed("a claim for a user's call", 3*time.Second, func() {
+				if _, err := a.take(ctx, "bounds-new-aaaaaaaaaaaaaaaaaaaaaaa", nil); err == nil {
+					t.Error("a claim on a stalled Redis succeeded")
+				}
+			})
+			timed("an owner lookup for a BOSH request", 3*time.Second, func() {
+				if _, _, err := a.ls.owner(ctx, "bounds-00-aaaaaaaaaaaaaaaaaaaaaa"); err == nil {
+					t.Error("an owner lookup on a stalled Redis succeeded")
+				}
+			})
+			sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			timed("the release of 20 leases at shutdown", 5*time.Second, func() { a.stop(sctx) })
 		})
 	}
 }

@@ -139,6 +139,8 @@ type adoption struct {
 
 // adopt runs adoptScript for session sk of dead incarnation dead.
 func (ls *leaseStore) adopt(ctx context.Context, sk string, dead lease) (adoption, error) {
+	ctx, cancel := redisBound(ctx)
+	defer cancel()
 	k := keysOf(sk)
 	p := partitionOf(sk)
 	won, s, sealed, err := scriptAnswer("adopt", adoptScript.Run(ctx, ls.rdb, []string{indexKey(p, dead.member()), k.lease, k.token, k.meta, indexKey(p, ls.self.member())},

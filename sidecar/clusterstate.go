@@ -644,7 +644,7 @@ func (cs *clusterSession) run(l lease, fresh []event, tail []any) (int, error) {
 	if ttl {
 		args = append(args, "T")
 	}
-	n, err := cs.cl.writes.run(cs.cl.rdb, stateKeysOf(cs.sk), args)
+	n, err := cs.cl.writes.run(cs.cl, stateKeysOf(cs.sk), args)
 	if err != nil {
 		return 0, fmt.Errorf("%w: state write: %w", ErrClusterRedis, err)
 	}
@@ -726,6 +726,8 @@ func (cl *cluster) load(ctx context.Context, sk string) (stored, error) {
 	if !ok {
 		return stored{}, ErrNotOwner
 	}
+	ctx, cancel := redisBound(ctx)
+	defer cancel()
 	v, err := loadScript.Run(ctx, cl.rdb, stateKeysOf(sk), l.String()).Slice()
 	if err != nil {
 		return stored{}, fmt.Errorf("%w: state load: %w", ErrClusterRedis, err)
@@ -1019,8 +1021,12 @@ type stateCall struct {
 const stateBatchMax = 256
 
 // run sends a state script (stateScriptSrc) with the others waiting and
-// returns its answer.
-func (w *stateWriter) run(rdb redis.UniversalClient, keys []string, args []any) (int, error) {
+// returns its answer. A batch that Redis does not answer marks it down
+// (cluster.redisFailed) before the next batch goes, and a batch whose
+// turn comes while Redis is down is not sent: its writes are kept back at
+// once, so a write waits at most for one batch on a stalled Redis, not
+// for each batch queued before it.
+func (w *stateWriter) run(cl *cluster, keys []string, args []any) (int, error) {
 	c := &stateCall{keys: keys, args: args, wake: make(chan struct{}, 1)}
 	w.mu.Lock()
 	w.queue = append(w.queue, c)
@@ -1038,7 +1044,18 @@ func (w *stateWriter) run(rdb redis.UniversalClient, keys []string, args []any) 
 	batch := w.queue[:min(len(w.queue), stateBatchMax)]
 	w.queue = w.queue[len(batch):]
 	w.mu.Unlock()
-	execState(rdb, batch)
+	if cl.redisUsable() {
+		execState(cl.rdb, batch)
+		for _, o := range batch {
+			if o.err != nil {
+				cl.redisFailed(o.err)
+			}
+		}
+	} else {
+		for _, o := range batch {
+			o.err = errRedisDown
+		}
+	}
 	for _, o := range batch {
 		if o != c {
 			o.wake <- struct{}{}

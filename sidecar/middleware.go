@@ -150,13 +150,14 @@ func (a *api) authenticate(r *http.Request, cookieOK bool) (*caller, error) {
 	c.key = keyOf(h)
 	ctx := r.Context()
 	s := a.reg.byKey(c.key)
+	bound := lookupTimeout
 	if s != nil && s.live() {
 		// A session with a live stream here does not wait on a store
 		// that stops answering (liveLookupTimeout).
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, liveLookupTimeout)
-		defer cancel()
+		bound = liveLookupTimeout
 	}
+	ctx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
 	start := time.Now()
 	ps, err := a.reader.LookupHashed(ctx, h)
 	a.metrics.storeLatency.Observe(time.Since(start).Seconds())
@@ -184,6 +185,15 @@ func (a *api) authenticate(r *http.Request, cookieOK bool) (*caller, error) {
 // through a store (Redis) that dies or hangs mid-lookup; a session
 // logged out meanwhile is still ended by the janitor's next check.
 const liveLookupTimeout = 500 * time.Millisecond
+
+// lookupTimeout bounds the session store lookup of any other call, which
+// cannot be served without it: past it the call is answered 503
+// store_unavailable (Retry-After: 1). A store that answers does so in
+// milliseconds; go-redis's own read timeout and retries held such a call
+// 4 s on a stalled Redis, 8 s on a stalled Redis Cluster (issue 20 item
+// 6). The same 2 s as the Redis clients' read timeout: an answer they
+// would have taken on their first attempt still is.
+const lookupTimeout = 2 * time.Second
 
 // refuseTooLargeTimeout bounds the drain after a 413 (refuseBody).
 const refuseTooLargeTimeout = 2 * time.Second

@@ -403,5 +403,25 @@ func (r *Redis) Signal(sig os.Signal) error {
 	return r.cmd.Process.Signal(sig)
 }
 
+// Stall stops every server with SIGSTOP: each accepts connections and
+// answers nothing, as a Redis restarting or loading its append-only file,
+// a Redis Cluster failing over or a partition dropping packets. wake
+// continues them (SIGCONT); the test's cleanup does too.
+func Stall(tb testing.TB, servers ...*Redis) (wake func()) {
+	tb.Helper()
+	wake = func() {
+		for _, r := range servers {
+			r.Signal(syscall.SIGCONT)
+		}
+	}
+	tb.Cleanup(wake)
+	for _, r := range servers {
+		if err := r.Signal(syscall.SIGSTOP); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return wake
+}
+
 // String describes the server for test logs.
 func (r *Redis) String() string { return fmt.Sprintf("redis-server at %s", r.Addr) }
