@@ -520,7 +520,20 @@ func TestResumeRooms(t *testing.T) {
 // a session acknowledged beyond what it sent, and the Conn would log in
 // afresh). The old code delivered each twice.
 func TestResumeAfterRefusedCount(t *testing.T) {
-	b, _ := prosodyBackend(t, xmppconntest.Options{LogLevel: "info"})
+	for _, server := range []string{"prosody", "ejabberd"} {
+		t.Run(server, func(t *testing.T) {
+			var b *backend
+			if server == "prosody" {
+				b, _ = prosodyBackend(t, xmppconntest.Options{LogLevel: "info"})
+			} else {
+				b = ejabberdBackend(t)
+			}
+			resumeAfterRefusedCount(t, b)
+		})
+	}
+}
+
+func resumeAfterRefusedCount(t *testing.T, b *backend) {
 	rs := newResumeSetup(t, b, func(c *xmppconn.Config) { c.Reconnect = true })
 	aliceBare := b.jid("alice")
 	sendN(t, rs.bob, aliceBare, "in", 0, 3)
