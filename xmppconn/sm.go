@@ -67,10 +67,11 @@ func (c *Conn) resume(s *stream, prevID string) (ok bool, err error) {
 	}
 	c.wmu.Lock()
 	// The server sends again, first, every stanza after the count we
-	// sent: with a ResumeStore that refused a count (ackableH), the
-	// first inH-inH' of them went through our Handler already. Handled
-	// again, the page would see them twice, and counted again, our h would
-	// run ahead of the server's, which closes the session for it.
+	// sent (inH here): with a ResumeStore that refused a count
+	// (ackableH), the first c.inH-inH of them went through our Handler
+	// already. Handled again, the page would see them twice; counted
+	// again, our h would run ahead of the server's, which closes the
+	// session for it.
 	c.redeliver.Store(c.inH.Load() - inH)
 	c.ackLocked(uint32(h))
 	resend := c.sm.unacked
