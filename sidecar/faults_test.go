@@ -508,7 +508,7 @@ func (tr *traffic) row(t *testing.T) faultRow {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	r := faultRow{Sent: len(tr.sent), Recover: -1}
-	var lost []string
+	var lost, dups []string
 	for id, m := range tr.sent {
 		switch n := tr.got[id]; {
 		case n == 0:
@@ -516,6 +516,11 @@ func (tr *traffic) row(t *testing.T) faultRow {
 		default:
 			r.Received++
 			r.Dup += n - 1
+			if n > 1 {
+				// Which, to whom, and when the first copy came: enough to
+				// find both in the daemons' logs.
+				dups = append(dups, fmt.Sprintf("%s→%s ×%d (first %s)", id, m.to, n, tr.gotAt[id].UTC().Format("15:04:05.000")))
+			}
 		}
 	}
 	r.Lost = len(lost)
@@ -547,7 +552,7 @@ func (tr *traffic) row(t *testing.T) faultRow {
 		t.Errorf("%d of %d accepted messages lost: %v", len(lost), r.Sent, first10(lost))
 	}
 	if r.Dup > 0 {
-		t.Errorf("%d messages delivered twice to the page", r.Dup)
+		t.Errorf("%d messages delivered twice to the page: %v", r.Dup, first10(dups))
 	}
 	if tr.wrongTo > 0 {
 		t.Errorf("%d messages delivered to the wrong user", tr.wrongTo)

@@ -93,12 +93,16 @@ func (a *api) events(w http.ResponseWriter, r *http.Request, c *caller) error {
 // epoch). Only server-side calls get here, never a cookie call: those change
 // no state (see routes).
 func (a *api) resume(r *http.Request, c *caller) (*session, error) {
-	s, _, err := a.reg.connect(r.Context(), c.id, c.php, nil)
+	s, opened, err := a.reg.connect(r.Context(), c.id, c.php, nil)
 	if err != nil {
 		return nil, err
 	}
 	a.reg.remember(s, c.id)
-	a.logger.Info("session resumed after a restart", "user", s.user, "session", s.short)
+	if opened {
+		// Said once: the page's other polls, waiting on the same connect,
+		// found the session it opened.
+		a.logger.Info("session resumed after a restart", "user", s.user, "session", s.short)
+	}
 	return s, nil
 }
 

@@ -51,6 +51,10 @@ type Conn struct {
 	// inH is the number of inbound stanzas handled; only the goroutine
 	// that reads the stream touches it.
 	inH atomic.Uint32
+	// redeliver is how many of the stanzas the server sends first on a
+	// resumed stream this Conn handled already (resume): they are
+	// skipped, neither handled nor counted again.
+	redeliver atomic.Uint32
 
 	// mu guards pending and mam. Both are made on first use and dropped
 	// when empty again: a Go map never shrinks, and an idle Conn would

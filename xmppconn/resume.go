@@ -200,13 +200,17 @@ func (st *ResumeState) Handled(h uint32) { st.H = h }
 func (st *ResumeState) Sent(raw []byte) { st.Unacked = append(st.Unacked, raw) }
 
 // Ack applies ResumeStore.Acked: the stanzas up to h leave Unacked. An h
-// behind Acked or beyond the stanzas sent is refused (ErrResumeState) and
-// changes nothing.
+// behind Acked (by less than 2^31, the counter wrapping) is refused
+// (ErrResumeState) and changes nothing. An h beyond the stanzas sent
+// means the state missed stanzas the server got (the Conn then takes the
+// server's count, see ackLocked): every one is acknowledged and Acked
+// becomes h.
 func (st *ResumeState) Ack(h uint32) error {
 	n := h - st.Acked // the counter wraps mod 2^32
-	if int64(n) > int64(len(st.Unacked)) {
-		return fmt.Errorf("%w: ack %d for %d stanzas after %d", ErrResumeState, h, len(st.Unacked), st.Acked)
+	if n > 1<<31 {
+		return fmt.Errorf("%w: ack %d behind %d", ErrResumeState, h, st.Acked)
 	}
+	n = min(n, uint32(len(st.Unacked)))
 	// Move the rest to the front: the array is reused, not reallocated
 	// as appends reach its end.
 	m := copy(st.Unacked, st.Unacked[n:])

@@ -25,6 +25,8 @@ type memStore struct {
 	frozen   bool
 	calls    int
 	lazyAcks bool
+	// refuseHandled, while set, fails Handled (a store not answering).
+	refuseHandled bool
 }
 
 func (m *memStore) apply(f func()) error {
@@ -39,8 +41,22 @@ func (m *memStore) apply(f func()) error {
 }
 
 func (m *memStore) Save(st xmppconn.ResumeState) error { return m.apply(func() { m.st = st }) }
-func (m *memStore) Handled(h uint32) error             { return m.apply(func() { m.st.Handled(h) }) }
-func (m *memStore) Sent(raw []byte) error              { return m.apply(func() { m.st.Sent(raw) }) }
+func (m *memStore) Handled(h uint32) error {
+	m.mu.Lock()
+	refused := m.refuseHandled
+	m.mu.Unlock()
+	if refused {
+		return errors.New("store not answering")
+	}
+	return m.apply(func() { m.st.Handled(h) })
+}
+
+func (m *memStore) setRefuseHandled(on bool) {
+	m.mu.Lock()
+	m.refuseHandled = on
+	m.mu.Unlock()
+}
+func (m *memStore) Sent(raw []byte) error { return m.apply(func() { m.st.Sent(raw) }) }
 func (m *memStore) Acked(h uint32) error {
 	if m.lazyAcks {
 		return nil
@@ -119,7 +135,7 @@ type resumeSetup struct {
 	aliceJ string
 }
 
-func newResumeSetup(t *testing.T, b *backend) *resumeSetup {
+func newResumeSetup(t *testing.T, b *backend, mods ...func(*xmppconn.Config)) *resumeSetup {
 	t.Helper()
 	b.register(t, "alice", pw)
 	b.register(t, "bob", "bobpw")
@@ -127,6 +143,9 @@ func newResumeSetup(t *testing.T, b *backend) *resumeSetup {
 	rs.alice = connect(t, b, "alice", pw, "web", func(c *xmppconn.Config) {
 		c.Addr = rs.proxy.Addr()
 		c.ResumeStore = rs.store
+		for _, mod := range mods {
+			mod(c)
+		}
 	})
 	rs.aliceJ = rs.alice.JID()
 	rs.bob = connect(t, b, "bob", "bobpw", "desk", nil)
@@ -489,5 +508,129 @@ func TestResumeRooms(t *testing.T) {
 			}
 			bob.rec.waitFor(t, 10*time.Second, "from alice", roomMessage(room, "from alice"))
 		})
+	}
+}
+
+// TestResumeAfterRefusedCount: the store refused the inbound count while
+// messages arrived (Redis stalled: the Conn acknowledged to the server
+// only the count it holds), then the link broke and the Conn resumed its
+// own session with that older count. The server sends those messages
+// again; the Conn had handled them, so its Handler must not see them
+// twice, and its count must not run ahead of the server's (Prosody closes
+// a session acknowledged beyond what it sent, and the Conn would log in
+// afresh). The old code delivered each twice.
+func TestResumeAfterRefusedCount(t *testing.T) {
+	for _, server := range []string{"prosody", "ejabberd"} {
+		t.Run(server, func(t *testing.T) {
+			var b *backend
+			if server == "prosody" {
+				b, _ = prosodyBackend(t, xmppconntest.Options{LogLevel: "info"})
+			} else {
+				b = ejabberdBackend(t)
+			}
+			resumeAfterRefusedCount(t, b)
+		})
+	}
+}
+
+func resumeAfterRefusedCount(t *testing.T, b *backend) {
+	rs := newResumeSetup(t, b, func(c *xmppconn.Config) { c.Reconnect = true })
+	aliceBare := b.jid("alice")
+	sendN(t, rs.bob, aliceBare, "in", 0, 3)
+	waitCount(t, []*recorder{rs.alice.rec}, "in-", 3)
+
+	held := rs.store.state(t).H
+	rs.store.setRefuseHandled(true)
+	sendN(t, rs.bob, aliceBare, "in", 3, 5)
+	waitCount(t, []*recorder{rs.alice.rec}, "in-", 8)
+	if h := rs.store.state(t).H; h != held {
+		t.Fatalf("the store's count moved from %d to %d while refused", held, h)
+	}
+	before := len(rs.alice.rec.states())
+	rs.proxy.Cut()
+	rs.store.setRefuseHandled(false)
+	rs.alice.rec.waitFor(t, 20*time.Second, "resumed", func(ev xmppconn.Event) bool {
+		s, ok := ev.(*xmppconn.StateChange)
+		return ok && s.State == xmppconn.StateOnline && s.Resumed
+	})
+	// Past the resumption: more messages, whose acknowledgement requests
+	// (Prosody asks after each) carry our count to the server, and time
+	// for it to refuse a count beyond what it sent.
+	sendN(t, rs.bob, aliceBare, "in", 8, 4)
+	waitCount(t, []*recorder{rs.alice.rec}, "in-", 12)
+	time.Sleep(2 * time.Second)
+	for id, n := range countIDs([]*recorder{rs.alice.rec}, "in-") {
+		if n != 1 {
+			t.Errorf("inbound %s delivered %d times", id, n)
+		}
+	}
+	var online int
+	for _, sc := range rs.alice.rec.states()[before:] {
+		if sc.State == xmppconn.StateOnline {
+			online++
+			if !sc.Resumed || sc.ContinuityLost {
+				t.Errorf("back online with %+v, want a resumed session", sc)
+			}
+		}
+	}
+	if online != 1 {
+		t.Errorf("%d StateChanges to online after the cut, want 1 (the resumption)", online)
+	}
+	if st, now := rs.store.state(t), rs.alice.ResumeState(); st.H != now.H {
+		t.Errorf("store h %d, Conn h %d: the count the store refused was not offered again", st.H, now.H)
+	}
+}
+
+// TestResumeStaleState: the state a Conn resumes misses the last stanzas
+// the earlier Conn sent (a store that took them without writing them, as
+// the sidecar's while Redis does not answer), so the server acknowledges
+// more than the state holds. Those it holds are all the server's: they
+// are not sent again, and later acknowledgements are taken. The old code
+// ignored every acknowledgement from then on ("ignoring ack for more
+// stanzas than sent"), sent the held stanzas to the contact a second time
+// and its queue only grew.
+func TestResumeStaleState(t *testing.T) {
+	b, _ := prosodyBackend(t, xmppconntest.Options{LogLevel: "info"})
+	rs := newResumeSetup(t, b)
+	bobBare := b.jid("bob")
+	sendN(t, rs.alice, bobBare, "out", 0, 3)
+	waitCount(t, []*recorder{rs.bob.rec}, "out-", 3)
+	stale := rs.store.state(t)
+	if len(stale.Unacked) == 0 {
+		t.Fatalf("the stored state holds no unacknowledged stanza: nothing to send twice")
+	}
+	sendN(t, rs.alice, bobBare, "out", 3, 3)
+	waitCount(t, []*recorder{rs.bob.rec}, "out-", 6)
+	rs.store.freeze()
+	rs.proxy.Cut()
+
+	rec2 := newRecorder()
+	cfg := baseConfig(t, b, "alice", pw, "", rec2)
+	cfg.ResumeStore = &memStore{}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	alice2, err := xmppconn.Resume(ctx, cfg, stale)
+	cancel()
+	if err != nil {
+		t.Fatalf("Resume: %v\n%s", err, b.logTail(30))
+	}
+	t.Cleanup(func() { closeConn(t, alice2) })
+	if !alice2.Resumed() {
+		t.Fatalf("Resume logged in afresh, want a resumed session\n%s", b.logTail(30))
+	}
+	a2 := &client{Conn: alice2, rec: rec2, user: "alice", name: "alice/resumed"}
+	sendN(t, a2, bobBare, "out", 6, 6) // the fifth asks the server for its count
+	waitCount(t, []*recorder{rs.bob.rec}, "out-", 12)
+	deadline := time.Now().Add(10 * time.Second)
+	for len(alice2.ResumeState().Unacked) > 1 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := len(alice2.ResumeState().Unacked); n > 1 {
+		t.Errorf("%d stanzas still unacknowledged after the server's acknowledgement", n)
+	}
+	time.Sleep(500 * time.Millisecond) // let a duplicate show up
+	for id, n := range countIDs([]*recorder{rs.bob.rec}, "out-") {
+		if n != 1 {
+			t.Errorf("outbound %s reached bob %d times", id, n)
+		}
 	}
 }

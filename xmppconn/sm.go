@@ -66,6 +66,13 @@ func (c *Conn) resume(s *stream, prevID string) (ok bool, err error) {
 		return false, fmt.Errorf("%w: bad h in resumed", ErrProtocol)
 	}
 	c.wmu.Lock()
+	// The server sends again, first, every stanza after the count we
+	// sent (inH here): with a ResumeStore that refused a count
+	// (ackableH), the first c.inH-inH of them went through our Handler
+	// already. Handled again, the page would see them twice; counted
+	// again, our h would run ahead of the server's, which closes the
+	// session for it.
+	c.redeliver.Store(c.inH.Load() - inH)
 	c.ackLocked(uint32(h))
 	resend := c.sm.unacked
 	c.sm.unacked = nil
@@ -105,11 +112,22 @@ func (c *Conn) requestAckLocked(s *stream) error {
 // ackLocked drops the stanzas acknowledged by h.
 func (c *Conn) ackLocked(h uint32) {
 	n := h - c.sm.acked // wraps mod 2^32 like the counter itself
-	if int64(n) > int64(len(c.sm.unacked)) {
-		// A stale or bogus h: keep everything rather than drop stanzas
-		// the server may not have.
-		c.log.Warn("xmppconn: ignoring ack for more stanzas than sent", "h", h, "acked", c.sm.acked, "unacked", len(c.sm.unacked))
+	switch {
+	case n > 1<<31:
+		// Behind the last acknowledgement: a stale h. Keep everything
+		// rather than drop stanzas the server may not have.
+		c.log.Warn("xmppconn: ignoring an ack behind the last one", "h", h, "acked", c.sm.acked, "unacked", len(c.sm.unacked))
 		return
+	case int64(n) > int64(len(c.sm.unacked)):
+		// The server counts more of our stanzas than we hold: a state
+		// Resume was given that missed the last ones an earlier Conn
+		// sent (a store that took a send without writing it, ResumeStore
+		// .Sent). The server got them in order, so it has every one we
+		// hold: all are acknowledged and its count is ours from now on.
+		// Ignored, every later ack would be too, the queue would only
+		// grow, and each resumption would send it all again.
+		c.log.Warn("xmppconn: the server acknowledged more stanzas than the resumed state held; taking its count", "h", h, "acked", c.sm.acked, "unacked", len(c.sm.unacked))
+		n = uint32(len(c.sm.unacked))
 	}
 	for i := range n {
 		c.sm.unacked[i] = nil

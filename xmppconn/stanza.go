@@ -16,6 +16,8 @@ func (c *Conn) handle(s *stream, n *node) {
 	case n.name.Space != nsClient:
 		c.log.Debug("xmppconn: ignoring element", "name", n.name.Local, "ns", n.name.Space)
 		return
+	case c.redelivered(n):
+		return
 	case n.skipped > 0:
 		c.handleSkipped(s, n)
 		c.countInbound()
@@ -41,6 +43,25 @@ func (c *Conn) handle(s *stream, n *node) {
 		c.cfg.Tap(stanzaOf(n))
 	}
 	c.countInbound()
+}
+
+// redelivered reports whether n is a stanza the server sends again on a
+// resumed stream that this Conn handled on the old one (resume sets how
+// many): XEP-0198 has the server send them in their first order, right
+// after <resumed/>, so the count alone tells them.
+func (c *Conn) redelivered(n *node) bool {
+	if c.redeliver.Load() == 0 {
+		return false
+	}
+	switch n.name.Local {
+	case "message", "presence", "iq":
+	default:
+		if n.skipped == 0 {
+			return false
+		}
+	}
+	c.redeliver.Add(^uint32(0))
+	return true
 }
 
 // handleSkipped deals with a stanza over MaxStanzaSize that was read
