@@ -3,6 +3,7 @@ package sidecar
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -17,13 +18,13 @@ import (
 func TestWarmPool(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		p := newWarmPool()
-		expired := 0
+		var expired atomic.Int32
 		for i := range warmMax {
 			sk := fmt.Sprintf("%064d", i)
 			if fresh, err := p.reserve(sk); !fresh || err != nil {
 				t.Fatalf("reserve %d: %v %v", i, fresh, err)
 			}
-			if i%2 == 0 && !p.put(sk, new(xmppconn.Warm), func() { expired++ }) {
+			if i%2 == 0 && !p.put(sk, new(xmppconn.Warm), func() { expired.Add(1) }) {
 				t.Fatalf("put %d refused", i)
 			}
 		}
@@ -52,8 +53,8 @@ func TestWarmPool(t *testing.T) {
 		}
 		time.Sleep(warmLife + time.Second)
 		synctest.Wait()
-		if want := warmMax/2 - 1; expired != want {
-			t.Errorf("%d warm streams expired, want %d", expired, want)
+		if want := int32(warmMax/2 - 1); expired.Load() != want {
+			t.Errorf("%d warm streams expired, want %d", expired.Load(), want)
 		}
 		p.mu.Lock()
 		left := len(p.m)

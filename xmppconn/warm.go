@@ -92,7 +92,9 @@ func Prepare(ctx context.Context, cfg Config, life time.Duration) (*Warm, error)
 	s.fr.release()
 	ok = true
 	w := &Warm{cfg: cfg, s: s}
+	w.mu.Lock() // the timer's Close waits for w.t
 	w.t = time.AfterFunc(life, func() { w.Close() })
+	w.mu.Unlock()
 	return w, nil
 }
 
