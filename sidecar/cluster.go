@@ -73,6 +73,7 @@ type cluster struct {
 	sealer  *sealer     // PHP session ids in the orphan index
 	orphans *orphans    // liveness key and proactive resumption
 	handoff *handoff    // the graceful hand-over at shutdown
+	warms   *warmPool   // streams prepared for sessions handed to this node (clusterwarm.go)
 	silent  silentPeers // peers that did not answer peerAlive (clusteralive.go)
 
 	mu     sync.Mutex
@@ -126,6 +127,7 @@ func newCluster(cfg *Config, secret string, logger *slog.Logger, m *metrics) (*c
 	}
 	cl.orphans = &orphans{cl: cl, sem: make(chan struct{}, adoptionsInFlight), busy: map[string]bool{}, stopped: make(chan struct{})}
 	cl.handoff = newHandoff()
+	cl.warms = newWarmPool()
 	return cl, nil
 }
 
@@ -614,6 +616,7 @@ func (cl *cluster) renew(ctx context.Context) {
 // stop gives back every lease still held (their streams are closed by
 // now) and closes the Redis client.
 func (cl *cluster) stop(ctx context.Context) {
+	cl.warms.close()
 	cl.wg.Wait()
 	cl.mu.Lock()
 	held := cl.held

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"expressolivre.org/imsidecar/xmppconn"
@@ -52,6 +53,20 @@ type handoff struct {
 	// its lease is given back: a forwarded call waits for its session
 	// only, not for all of them.
 	pending map[string]chan struct{}
+	// turn has an entry per session handed over whose turn has not come
+	// yet: its forwarded calls are still served here meanwhile (its
+	// stream is), counted, its polls ended when its turn comes.
+	turn map[string]*handoffTurn
+	// succ names the peer address of the node that prepared each
+	// session's resumption, ids its PHP session id (clusterwarm.go).
+	succ, ids map[string]string
+}
+
+// handoffTurn is a session waiting for its turn in the hand-over.
+type handoffTurn struct {
+	come  context.Context // canceled when its turn comes
+	start context.CancelFunc
+	calls sync.WaitGroup // its forwarded calls being served
 }
 
 func newHandoff() *handoff {
@@ -61,12 +76,15 @@ func newHandoff() *handoff {
 }
 
 // handoffGate wraps the peer listener's routes. While the node hands its
-// sessions over, a forwarded call waits until its session's lease is
-// given back (until the end, for a session not handed over or a call
-// naming none) and is answered 409 not_owner, so that the node it came
-// through routes it again (to the lease, free by then); before, forwarded
-// polls are ended by the hand-over's start and other calls are counted,
-// so that the hand-over lets the streams go only once they are answered.
+// sessions over, a forwarded call for a session whose turn has not come
+// yet is served here as before (its poll ended when the turn comes, the
+// turn waiting for its other calls); once its turn came, a call waits
+// until the session is taken or its lease given back (until the end, for
+// a session not handed over or a call naming none) and is answered 409
+// not_owner, so that the node it came through routes it again (to the
+// successor, or the lease, free by then); before, forwarded polls are
+// ended by the hand-over's start and other calls are counted, so that the
+// hand-over lets the streams go only once they are answered.
 func (cl *cluster) handoffGate(inner http.Handler) http.Handler {
 	h := cl.handoff
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -75,7 +93,21 @@ func (cl *cluster) handoffGate(inner http.Handler) http.Handler {
 		case h.on:
 			var mine chan struct{} // nil (never ready) for a session not being handed over
 			if id := r.Header.Get("X-Session-Id"); id != "" {
-				mine = h.pending[sessionKey(id)]
+				sk := sessionKey(id)
+				if t := h.turn[sk]; t != nil && strings.HasPrefix(r.URL.Path, "/v1/") {
+					t.calls.Add(1)
+					h.mu.Unlock()
+					defer t.calls.Done()
+					ctx, cancel := context.WithCancel(r.Context())
+					defer cancel()
+					if r.Method == http.MethodGet && r.URL.Path == "/v1/events" {
+						stop := context.AfterFunc(t.come, cancel)
+						defer stop()
+					}
+					inner.ServeHTTP(w, r.WithContext(ctx))
+					return
+				}
+				mine = h.pending[sk]
 			}
 			h.mu.Unlock()
 			select {
@@ -126,6 +158,7 @@ func (cl *cluster) handOver(ctx context.Context) {
 	r.mu.Lock()
 	r.closing = true // no stream is opened here any more
 	r.mu.Unlock()
+	cl.warms.close() // nothing is handed to this node any more
 	type handed struct {
 		s *session
 		l lease
@@ -139,11 +172,20 @@ func (cl *cluster) handOver(ctx context.Context) {
 	h.mu.Lock()
 	h.on = true
 	h.pending = make(map[string]chan struct{}, len(list))
+	h.turn = make(map[string]*handoffTurn, len(list))
 	for _, it := range list {
 		h.pending[it.s.key] = make(chan struct{})
+		t := &handoffTurn{}
+		t.come, t.start = context.WithCancel(context.Background())
+		h.turn[it.s.key] = t
 	}
 	h.mu.Unlock()
 	defer close(h.done)
+	defer func() {
+		for _, it := range list {
+			h.endTurn(it.s.key) // the sessions the shutdown's end left out
+		}
+	}()
 	h.endPolls()
 	// The renewals stopped with the shutdown: one more pass gives the
 	// hand-over a whole TTL before any lease could expire under it, and
@@ -162,11 +204,13 @@ func (cl *cluster) handOver(ctx context.Context) {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, handoffInFlight)
 	n := 0
+	var taken atomic.Int64
 	for _, it := range list {
 		s := it.s
 		l, ok := cl.holds(s.key)
 		if !ok || l != it.l || !s.live() {
-			continue // the shutdown closes it, as on a single node
+			h.endTurn(s.key) // its calls wait for the end
+			continue         // the shutdown closes it, as on a single node
 		}
 		select {
 		case sem <- struct{}{}:
@@ -178,7 +222,9 @@ func (cl *cluster) handOver(ctx context.Context) {
 		n++
 		wg.Go(func() {
 			defer func() { <-sem }()
-			cl.handOverOne(ctx, s, l)
+			if cl.handOverOne(ctx, s, l) {
+				taken.Add(1)
+			}
 		})
 	}
 	wg.Wait()
@@ -192,11 +238,15 @@ func (cl *cluster) handOver(ctx context.Context) {
 	if err := cl.rdb.Del(ctx, nodeKeyPrefix+cl.ls.self.member()).Err(); err != nil {
 		cl.logger.Warn("cluster: deleting this node's liveness key; the others find it gone when it expires", "err", err)
 	}
-	cl.logger.Info("cluster: sessions handed over to the other nodes", "sessions", n, "took", time.Since(start).Round(time.Millisecond))
+	cl.logger.Info("cluster: sessions handed over to the other nodes", "sessions", n, "taken", taken.Load(), "took", time.Since(start).Round(time.Millisecond))
 }
 
-// handOverOne lets one session go and gives its lease back.
-func (cl *cluster) handOverOne(ctx context.Context, s *session, l lease) {
+// handOverOne lets one session go and, when its successor prepared it,
+// has the successor take it at once (clusterwarm.go); otherwise gives its
+// lease back, for the user's next call or the orphan adoption. It reports
+// whether the successor took the session.
+func (cl *cluster) handOverOne(ctx context.Context, s *session, l lease) bool {
+	cl.handoff.turnOf(ctx, s.key)
 	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	detached := cl.reg.letGo(dctx, s, "shutdown")
 	cancel()
@@ -204,7 +254,10 @@ func (cl *cluster) handOverOne(ctx context.Context, s *session, l lease) {
 	if detached {
 		result = "detached"
 	}
-	if cl.drop(s.key, l) {
+	if detached && cl.takeBy(ctx, s.key, l) {
+		result = "taken"
+		cl.drop(s.key, l) // the successor's now: nothing to give back
+	} else if cl.drop(s.key, l) {
 		if err := cl.ls.release(ctx, s.key, l); err != nil {
 			result = "failed"
 			cl.logger.Warn("cluster: giving a lease back at shutdown; it expires instead", "session", s.short, "err", err)
@@ -217,6 +270,41 @@ func (cl *cluster) handOverOne(ctx context.Context, s *session, l lease) {
 	}
 	h.mu.Unlock()
 	cl.metrics.clusterHandoffs.WithLabelValues(result).Inc()
+	return result == "taken"
+}
+
+// endTurn ends session sk's turn without waiting for its calls: they
+// are answered as the hand-over ends.
+func (h *handoff) endTurn(sk string) {
+	h.mu.Lock()
+	t := h.turn[sk]
+	delete(h.turn, sk)
+	h.mu.Unlock()
+	if t != nil {
+		t.start()
+	}
+}
+
+// turnOf starts session sk's turn: its calls from now on wait, its polls
+// end, and the calls being served finish first (at most handoffDrain).
+func (h *handoff) turnOf(ctx context.Context, sk string) {
+	h.mu.Lock()
+	t := h.turn[sk]
+	delete(h.turn, sk)
+	h.mu.Unlock()
+	if t == nil {
+		return
+	}
+	t.start()
+	served := make(chan struct{})
+	go func() { t.calls.Wait(); close(served) }()
+	tm := time.NewTimer(handoffDrain)
+	defer tm.Stop()
+	select {
+	case <-served:
+	case <-tm.C:
+	case <-ctx.Done():
+	}
 }
 
 // letGo takes session s out of the registry and lets its stream go

@@ -115,7 +115,12 @@ func (cl *cluster) relay(ctx context.Context, w http.ResponseWriter, r *http.Req
 		if r.Context().Err() != nil {
 			if errors.Is(context.Cause(r.Context()), ErrShuttingDown) {
 				// This node stops (a long poll it relays is cut): the
-				// caller is told so, to ask another node at once.
+				// poll is answered with what the owner has now, as a
+				// poll held here is; failing that, the caller is told
+				// so, to ask another node at once.
+				if out, ok := cl.relayNow(w, r, owner); ok {
+					return out
+				}
 				return forwardOutcome{err: fmt.Errorf("%w: the relayed call was cut", ErrShuttingDown)}
 			}
 			return forwardOutcome{} // the caller went away: nobody to answer
@@ -159,6 +164,53 @@ func (cl *cluster) relay(ctx context.Context, w http.ResponseWriter, r *http.Req
 	}
 }
 
+// relayNowWait bounds the owner's answer to a poll relayed again, without
+// waiting, when this node stops.
+const relayNowWait = time.Second
+
+// relayNow asks the owner again, once, for a long poll (not an SSE
+// stream) whose relay this node's shutdown cut, with wait=0, and relays
+// its answer: the page gets the events that came meanwhile, or none, with
+// a valid cursor, instead of an error that costs it a retry and its whole
+// wait (issue 20's 2 s at a rolling restart). ok is false when it is not
+// such a poll.
+func (cl *cluster) relayNow(w http.ResponseWriter, r *http.Request, owner lease) (forwardOutcome, bool) {
+	if r.Method != http.MethodGet || r.URL.Path != "/v1/events" || r.Header.Get("Upgrade") != "" ||
+		strings.Contains(r.Header.Get("Accept"), "text/event-stream") {
+		return forwardOutcome{}, false
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), relayNowWait)
+	defer cancel()
+	u := *r.URL
+	q := u.Query()
+	q.Set("wait", "0")
+	u.RawQuery = q.Encode()
+	r2 := r.WithContext(ctx)
+	r2.URL = &u
+	ww := &wroteWriter{ResponseWriter: w}
+	out := cl.relay(ctx, ww, r2, nil, owner, make(chan struct{}))
+	return out, ww.wrote
+}
+
+// wroteWriter tells whether an answer was begun.
+type wroteWriter struct {
+	http.ResponseWriter
+	wrote bool
+}
+
+func (w *wroteWriter) WriteHeader(code int) {
+	w.wrote = true
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *wroteWriter) Write(b []byte) (int, error) {
+	w.wrote = true
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the connection (Flush).
+func (w *wroteWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
 // peerHandler admits only the cluster's nodes: the shared secret as the
 // bearer token, compared in constant time. Anything else is answered 401
 // peer_unauthorized before a byte of the session is read.
@@ -171,8 +223,15 @@ func (cl *cluster) peerHandler(inner http.Handler) http.Handler {
 			return
 		}
 		r.Header.Del("Authorization")
-		if r.URL.Path == peerAlivePath {
+		switch {
+		case r.URL.Path == peerAlivePath:
 			cl.serveAlive(w, r) // clusteralive.go
+			return
+		case r.URL.Path == peerWarmPath && r.Method == http.MethodPost:
+			cl.serveWarm(w, r) // clusterwarm.go
+			return
+		case r.URL.Path == peerTakePath && r.Method == http.MethodPost:
+			cl.serveTake(w, r)
 			return
 		}
 		inner.ServeHTTP(w, r)

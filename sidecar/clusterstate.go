@@ -974,8 +974,26 @@ func (cl *cluster) durable(ctx context.Context, s *session, newLog func() *event
 // has ContinuityLost: the log gets a gap, the page recovered:false); a
 // state Resume refuses outright is logged in afresh here, with a gap too.
 // Either way the outcome is counted (imsidecar_cluster_resumes_total).
+//
+// A warm stream this node prepared for the session (clusterwarm.go) is
+// resumed on first: the login was done ahead, and the resumption is one
+// round trip. xmppconn logs in afresh when it cannot serve.
 func (r *registry) resumeStream(ctx context.Context, cfg xmppconn.Config, st xmppconn.ResumeState, s *session) (xmppSession, error) {
-	conn, err := r.resume(ctx, cfg, st)
+	var conn xmppSession
+	var err error
+	if w := r.own.warm(s.key); w != nil {
+		var c *xmppconn.Conn
+		if c, err = w.Resume(ctx, cfg, st); err == nil {
+			conn = c
+			result := "stale"
+			if c.Warmed() {
+				result = "used"
+			}
+			r.metrics.clusterWarm.WithLabelValues(result).Inc()
+		}
+	} else {
+		conn, err = r.resume(ctx, cfg, st)
+	}
 	if errors.Is(err, xmppconn.ErrResumeState) {
 		r.logger.Warn("cluster: the session's stored state cannot be resumed; logging in afresh", "session", s.short, "err", err)
 		s.log.markGap()

@@ -25,7 +25,7 @@ func (b *balancer) markUp(host string) {
 
 // handedOver reads how many sessions a stopped node's log says it handed
 // over at its shutdown.
-var handedOverLine = regexp.MustCompile(`cluster: sessions handed over to the other nodes.* sessions=(\d+)`)
+var handedOverLine = regexp.MustCompile(`cluster: sessions handed over to the other nodes.* sessions=(\d+) taken=(\d+)`)
 
 // TestClusterRollingSIGTERM: the three nodes are stopped with SIGTERM one
 // after another, a few seconds apart, each started again, while the web
@@ -74,10 +74,12 @@ func TestClusterRollingSIGTERM(t *testing.T) {
 	time.Sleep(3 * time.Second)
 	drainDesktop(desk)
 	tr.fault()
-	handed := 0
+	handed, taken := 0, 0
+	var warmUsed float64 // sessions resumed on a prepared stream, by the nodes stopped since
 	var stops []time.Duration
 	for i, d := range rig.Nodes {
 		owned := int(rig.clusterMetric(t, "imsidecar_cluster_leases", d))
+		warmUsed += rig.clusterMetric(t, `imsidecar_cluster_warm_total{result="used"}`, d)
 		code, took := d.Signal(t, syscall.SIGTERM, 30*time.Second)
 		if code != 0 {
 			t.Errorf("node%d exited %d after SIGTERM", i, code)
@@ -90,7 +92,9 @@ func TestClusterRollingSIGTERM(t *testing.T) {
 			// A session may arrive or leave while the node stops.
 			t.Errorf("node%d handed %d sessions over, it held %d", i, n, owned)
 		} else {
+			k, _ := strconv.Atoi(m[2])
 			handed += n
+			taken += k
 		}
 		rig.Nodes[i] = respawn(t, d)
 		lb.markUp(rig.api[i])
@@ -102,6 +106,12 @@ func TestClusterRollingSIGTERM(t *testing.T) {
 	row := tr.row(t)
 	if handed == 0 {
 		t.Errorf("no session was handed over")
+	}
+	// Make before break: the successors logged in ahead and resumed the
+	// sessions handed to them on those streams, one round trip each.
+	warmUsed += rig.clusterMetric(t, `imsidecar_cluster_warm_total{result="used"}`)
+	if taken == 0 || warmUsed == 0 {
+		t.Errorf("of %d sessions handed over, %d were taken at once by a successor, %v resumed on a prepared stream", handed, taken, warmUsed)
 	}
 	if got := rig.clusterMetric(t, "imsidecar_cluster_leases"); got != float64(len(users)) {
 		t.Errorf("the nodes hold %v leases for %d users", got, len(users))
@@ -150,8 +160,8 @@ func TestClusterRollingSIGTERM(t *testing.T) {
 	for _, u := range users {
 		logins += rig.e.XMPP.AuthSuccesses(u.Name)
 	}
-	t.Logf("rolling SIGTERM of 3 nodes, 4 s apart, %d users round robin: sent %d, received %d, lost %d, duplicated %d; %d sessions handed over; each stop took %v; longest time between two pages of a user: median %v, max %v; a message sent meanwhile reached its page after median %v, p99 %v, max %v; %d pages with recovered:false; %d logins at Prosody for %d users; the desktop contact saw %d unavailable; %s",
-		len(users), row.Sent, row.Received, row.Lost, row.Dup, handed, stops, gaps[len(gaps)/2].Round(time.Millisecond), gaps[len(gaps)-1].Round(time.Millisecond),
+	t.Logf("rolling SIGTERM of 3 nodes, 4 s apart, %d users round robin: sent %d, received %d, lost %d, duplicated %d; %d sessions handed over, %d taken at once by their successor, %v resumed on a prepared stream; each stop took %v; longest time between two pages of a user: median %v, max %v; a message sent meanwhile reached its page after median %v, p99 %v, max %v; %d pages with recovered:false; %d logins at Prosody for %d users; the desktop contact saw %d unavailable; %s",
+		len(users), row.Sent, row.Received, row.Lost, row.Dup, handed, taken, warmUsed, stops, gaps[len(gaps)/2].Round(time.Millisecond), gaps[len(gaps)-1].Round(time.Millisecond),
 		late[len(late)/2].Round(time.Millisecond), late[len(late)*99/100].Round(time.Millisecond), late[len(late)-1].Round(time.Millisecond),
 		notRecovered, logins, len(users), flaps, row.Note)
 }
@@ -309,9 +319,11 @@ func TestClusterOrphansResumed(t *testing.T) {
 // long poll that came on a connection its parker holds (a pooled client
 // connection whose previous poll, of a user of this node, parked and was
 // answered: repoll.go serves the next request on the parker's goroutine).
-// Its SIGTERM ends that relay at once, answered 503 shutting_down so that
-// the client asks another node, instead of holding the node's parker, and
-// with it the hand-over of its own users, for the poll's whole wait.
+// Its SIGTERM ends that relay at once, instead of holding the node's
+// parker, and with it the hand-over of its own users, for the poll's
+// whole wait: the poll is answered with what the owner has at once (asked
+// again without waiting), as a poll held on a stopping node is, so the
+// page neither loses its wait nor has to retry.
 func TestClusterSIGTERMCutsRelayedPolls(t *testing.T) {
 	rig := startClusterRig(t, 2, 3*time.Second)
 	lb := newBalancer(rig.api)
@@ -381,8 +393,89 @@ func TestClusterSIGTERMCutsRelayedPolls(t *testing.T) {
 	if took > 5*time.Second {
 		t.Errorf("node0 took %v to stop, holding a relayed poll of 20 s", took.Round(time.Millisecond))
 	}
-	if a.status != http.StatusServiceUnavailable || errCode(a.err) != "shutting_down" {
-		t.Errorf("the relayed poll cut by the SIGTERM: %d %v, want 503 shutting_down", a.status, a.err)
+	if a.status != http.StatusOK || a.err != nil {
+		t.Errorf("the relayed poll cut by the SIGTERM: %d %v, want 200 with what the owner had", a.status, a.err)
 	}
 	t.Logf("node0 stopped in %v; the poll it relayed was answered %d %s", took.Round(time.Millisecond), a.status, errCode(a.err))
+}
+
+// TestClusterWarmHostile: the make-before-break routes of the peer
+// listener (clusterwarm.go) serve only the cluster's nodes and cannot be
+// used to grow a node or move a session: without the secret or with a
+// wrong one nothing is prepared; a session the PHP store does not know
+// costs no login; asking again for a session prepared already prepares
+// nothing more; a take naming a lease the session does not have claims
+// nothing, and the stream prepared for it is dropped.
+func TestClusterWarmHostile(t *testing.T) {
+	rig := startClusterRig(t, 2, 3*time.Second)
+	lb := newBalancer(rig.api[:1]) // everything through node0
+	u := rig.loginUsers(t, lb, "warmh", 1)[0]
+	u.C.mustCall(t, "POST", "/v1/connect", nil, nil, http.StatusOK)
+	peer1 := rig.peers[1]
+	post := func(sid, secret, path string) (int, error) {
+		c := &apiClient{base: "http://" + peer1, sid: sid, token: secret, hc: &http.Client{Timeout: 20 * time.Second}}
+		return c.call(t.Context(), "POST", path, nil, nil)
+	}
+	metric := func(result string) float64 {
+		return rig.clusterMetric(t, `imsidecar_cluster_warm_total{result="`+result+`"}`, rig.Nodes[1])
+	}
+	for _, tc := range []struct {
+		name, sid, secret, path string
+		status                  int
+		code                    string
+	}{
+		{"warm without the secret", u.SID, "", "/peer/warm", http.StatusUnauthorized, "peer_unauthorized"},
+		{"warm with a wrong secret", u.SID, rig.Secret + "x", "/peer/warm", http.StatusUnauthorized, "peer_unauthorized"},
+		{"take with a wrong secret", u.SID, rig.Secret + "x", "/peer/take?lease=x", http.StatusUnauthorized, "peer_unauthorized"},
+		{"warm of an unknown session", "not-a-php-session-0123456789abcdef", rig.Secret, "/peer/warm", http.StatusUnauthorized, "session_not_found"},
+		{"warm naming no session", "", rig.Secret, "/peer/warm", http.StatusUnauthorized, "session_missing"},
+	} {
+		if st, err := post(tc.sid, tc.secret, tc.path); st != tc.status || errCode(err) != tc.code {
+			t.Errorf("%s: %d %v, want %d %s", tc.name, st, err, tc.status, tc.code)
+		}
+	}
+	// A flood of preparations for sessions nobody has: refused after one
+	// look at the PHP store each, no login.
+	for i := range 50 {
+		if st, _ := post(fmt.Sprintf("flood-%d-0123456789abcdefghijkl", i), rig.Secret, "/peer/warm"); st != http.StatusUnauthorized {
+			t.Fatalf("preparation %d of an unknown session: %d", i, st)
+		}
+	}
+	if got := metric("prepared"); got != 0 {
+		t.Errorf("%v streams prepared for sessions nobody has", got)
+	}
+	// The real session, asked twice: one login ahead, one warm stream.
+	for range 2 {
+		if st, err := post(u.SID, rig.Secret, "/peer/warm"); st != http.StatusNoContent {
+			t.Fatalf("warm of a real session: %d %v", st, err)
+		}
+	}
+	if got := metric("prepared"); got != 1 {
+		t.Errorf("%v streams prepared for one session asked twice, want 1", got)
+	}
+	if n := rig.e.XMPP.AuthSuccesses(u.Name); n != 2 {
+		t.Errorf("%d logins at Prosody, want 2 (the stream, and the one prepared)", n)
+	}
+	// A take naming a lease the session does not have: node0 keeps it.
+	for _, lease := range []string{"not-a-lease", "1|node9|abcdef|127.0.0.1:1"} {
+		st, err := post(u.SID, rig.Secret, "/peer/take?lease="+url.QueryEscape(lease))
+		if st == http.StatusNoContent {
+			t.Errorf("take with lease %q succeeded", lease)
+		} else if code := errCode(err); code != "bad_request" && code != "not_owner" {
+			t.Errorf("take with lease %q: %d %v", lease, st, err)
+		}
+	}
+	if got := rig.clusterMetric(t, "imsidecar_cluster_leases", rig.Nodes[0]); got != 1 {
+		t.Errorf("node0 holds %v leases after the forged takes, want 1", got)
+	}
+	if got := rig.clusterMetric(t, "imsidecar_cluster_leases", rig.Nodes[1]); got != 0 {
+		t.Errorf("node1 holds %v leases after the forged takes", got)
+	}
+	if got := metric("dropped"); got != 1 {
+		t.Errorf("%v warm streams dropped after the refused takes, want 1", got)
+	}
+	// The user is still served by node0, through node1 too.
+	if _, err := rig.Nodes[1].client(u.SID).roster(t.Context()); err != nil {
+		t.Errorf("roster through node1 after the forged takes: %v", err)
+	}
 }

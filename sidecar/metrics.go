@@ -41,6 +41,7 @@ type metrics struct {
 	// at shutdown, a dead node's orphans taken up, live nodes seen.
 	clusterHandoffs  *prometheus.CounterVec
 	clusterAdoptions *prometheus.CounterVec
+	clusterWarm      *prometheus.CounterVec
 	clusterNodes     prometheus.Gauge
 }
 
@@ -81,9 +82,11 @@ func newMetrics(sessions func() map[xmppconn.State]int, eventBytes func() int64)
 		clusterPeerAsks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imsidecar_cluster_peer_asks_total",
 			Help: "Cluster mode: owners asked over the peer listener whether they are alive before their session (or their dead incarnation's sessions) is taken over, by answer: alive (kept by the owner: Redis had lost sight of it), gone (another incarnation, or no longer the owner), silent (refused or no answer in time: taken over)."}, []string{"result"}),
 		clusterHandoffs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imsidecar_cluster_handoffs_total",
-			Help: "Cluster mode: sessions handed over at shutdown, by outcome: detached (the server keeps the session for the next owner to resume), closed (a stream that could not be detached), failed (the lease could not be given back: it expires)."}, []string{"result"}),
+			Help: "Cluster mode: sessions handed over at shutdown, by outcome: taken (detached, and resumed at once by the node it was handed to, on the connection that node prepared), detached (the server keeps the session for the next owner to resume), closed (a stream that could not be detached), failed (the lease could not be given back: it expires)."}, []string{"result"}),
 		clusterAdoptions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imsidecar_cluster_adoptions_total",
 			Help: "Cluster mode: a dead node's online sessions this node took up, by outcome: resumed, offline (logged out meanwhile), moved (another node had it), gone (taken up elsewhere first), malformed, failed (left to the user's next call)."}, []string{"result"}),
+		clusterWarm: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imsidecar_cluster_warm_total",
+			Help: "Cluster mode: connections this node prepared (logged in ahead, no resource bound) for a session a stopping node hands it, by outcome: prepared, used (the session resumed on it: one round trip), stale (it had died: a fresh login instead), expired (not used in time), dropped (another node took the session first, or the take failed), failed (the login ahead failed), refused (too many, or shutting down)."}, []string{"result"}),
 		clusterNodes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "imsidecar_cluster_nodes",
 			Help: "Cluster mode: live nodes (their liveness key present) at the last look, this one included."}),
 		clusterResumes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imsidecar_cluster_resumes_total",
@@ -91,7 +94,7 @@ func newMetrics(sessions func() map[xmppconn.State]int, eventBytes func() int64)
 	}
 	reg.MustRegister(m.connects, m.reconnects, m.resumptions, m.authFailures, m.eventsQueued, m.eventsDropped, m.connRejected, m.stanzasDropped, m.sendsRefused, m.browserStreams, m.browserRejected, m.apiLatency, m.storeLatency,
 		m.clusterLeases, m.clusterClaims, m.clusterLeasesLost, m.clusterForwards, m.clusterPeerRefused, m.clusterPeerAsks, m.clusterResumes,
-		m.clusterHandoffs, m.clusterAdoptions, m.clusterNodes,
+		m.clusterHandoffs, m.clusterAdoptions, m.clusterWarm, m.clusterNodes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "imsidecar_event_log_bytes", Help: "Bytes the session event logs hold, counted against --event-memory-mb."},
 			func() float64 { return float64(eventBytes()) }))

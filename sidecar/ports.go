@@ -140,6 +140,9 @@ type ownership interface {
 	// in Redis, continuing what an earlier owner left, and returns the
 	// XEP-0198 state to resume, if any (clusterstate.go).
 	durable(ctx context.Context, s *session, newLog func() *eventLog) (*xmppconn.ResumeState, error)
+	// warm takes the connection prepared for the session's resumption
+	// by a node handing it over, if any (clusterwarm.go).
+	warm(sk string) *xmppconn.Warm
 }
 
 // detacher is what a lost lease's detach (cluster.go) asks of a stream

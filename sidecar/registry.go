@@ -179,27 +179,18 @@ func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session,
 	s.setState(xmppconn.StateConnecting, "")
 	s.appendState(xmppconn.StateConnecting, "")
 	logger := slog.New(sessionLog{r.logger.Handler(), s})
-	cfg := xmppconn.Config{
-		Addr:            r.cfg.XMPPAddr,
-		Domain:          r.cfg.XMPPDomain,
-		TLS:             xmppconn.TLSMode(r.cfg.XMPPTLS),
-		TLSConfig:       r.tlsConf,
-		User:            ps.Identity.User,
-		Password:        ps.Identity.Password,
-		Resource:        r.cfg.XMPPResourcePrefix + "-" + s.short,
-		Handler:         xmppconn.HandlerFunc(func(ev xmppconn.Event) { r.handle(s, ev) }),
-		Logger:          logger,
-		InitialPresence: initial,
-		Reconnect:       true,
-		Carbons:         true,
-		AuthGate:        r.gate(s),
-		BeforeReconnect: r.beforeReconnect(s),
-		SoftwareName:    "imsidecar",
-		SoftwareVersion: version,
-		Tap:             s.tap,
-		MaxStanzaSize:   r.cfg.XMPPMaxStanzaSize,
-		MaxSendSize:     r.cfg.XMPPMaxSendSize,
-	}
+	cfg := r.serverConfig(ps.Identity)
+	cfg.Resource = r.cfg.XMPPResourcePrefix + "-" + s.short
+	cfg.Handler = xmppconn.HandlerFunc(func(ev xmppconn.Event) { r.handle(s, ev) })
+	cfg.Logger = logger
+	cfg.InitialPresence = initial
+	cfg.Reconnect = true
+	cfg.Carbons = true
+	cfg.AuthGate = r.gate(s)
+	cfg.BeforeReconnect = r.beforeReconnect(s)
+	cfg.SoftwareName = "imsidecar"
+	cfg.SoftwareVersion = version
+	cfg.Tap = s.tap
 	if s.durable != nil {
 		cfg.ResumeStore = s.durable
 	}
@@ -242,6 +233,22 @@ func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session,
 		go r.advertiseAvatar(conn, logger)
 	}
 	return s, nil
+}
+
+// serverConfig is the part of a stream's xmppconn.Config that says which
+// server and account: what a warm stream (clusterwarm.go) is prepared
+// with, and what it must match to be used.
+func (r *registry) serverConfig(ident phpsession.Identity) xmppconn.Config {
+	return xmppconn.Config{
+		Addr:          r.cfg.XMPPAddr,
+		Domain:        r.cfg.XMPPDomain,
+		TLS:           xmppconn.TLSMode(r.cfg.XMPPTLS),
+		TLSConfig:     r.tlsConf,
+		User:          ident.User,
+		Password:      ident.Password,
+		MaxStanzaSize: r.cfg.XMPPMaxStanzaSize,
+		MaxSendSize:   r.cfg.XMPPMaxSendSize,
+	}
 }
 
 // advertiseAvatar reads the user's own vCard once the stream is up and

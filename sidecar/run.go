@@ -347,7 +347,6 @@ func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error
 	a.draining.Store(true)
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
-	stop()
 	ph := newPhases()
 	// The calls in flight end now, not when Shutdown starts: a long poll
 	// this node relays to another owner (on the parker's goroutine too,
@@ -358,6 +357,16 @@ func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error
 	ph.mark("parked")
 	apiSrv.Shutdown(sctx)
 	ph.mark("api")
+	// In cluster mode the other nodes log in ahead for this node's
+	// sessions while it still serves them (forwarded) and renews their
+	// leases (clusterwarm.go), within a third of the shutdown timeout;
+	// the API is closed first, so that a balancer sends its calls
+	// elsewhere at once meanwhile.
+	pctx, pcancel := context.WithTimeout(sctx, cfg.ShutdownTimeout/3)
+	cl.prepareHandOver(pctx)
+	pcancel()
+	ph.mark("prepare")
+	stop()
 	cl.handOver(sctx)
 	ph.mark("handover")
 	peerAPI.shutdown(sctx)

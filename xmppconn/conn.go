@@ -84,6 +84,10 @@ type Conn struct {
 	continuing bool
 	resumed    atomic.Bool
 	detached   atomic.Bool
+	// warm is a Warm's connection for the first stream (warm.go), taken
+	// by establish; warmed says the first stream was it.
+	warm   *stream
+	warmed atomic.Bool
 }
 
 // Dial connects, authenticates, binds Config.Resource and sends the initial

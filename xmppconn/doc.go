@@ -45,7 +45,11 @@
 // they are written, the server's acks), Resume continues a stored
 // ResumeState on a new connection from any process, falling back to a
 // fresh login that says so (ContinuityLost), and Detach lets go of a
-// session without ending it, for a graceful hand-over.
+// session without ending it, for a graceful hand-over. Prepare
+// (warm.go) does the costly part of that resumption ahead (dial, TLS,
+// SASL, the stream restart), while the old Conn still serves the session;
+// Warm.Resume then continues it in one round trip, or logs in afresh if
+// the prepared connection died or expired meanwhile.
 //
 // Each Conn runs exactly one goroutine at a time, which reads the stream,
 // delivers events and, while the stream is down, reconnects. It is a

@@ -171,3 +171,40 @@ func ExampleResume() {
 		fmt.Println("fresh login: what arrived meanwhile went to offline storage")
 	}
 }
+
+// Make before break: process B logs in ahead while process A still serves
+// the session, so that taking it over once A detached is one round trip.
+func ExamplePrepare() {
+	cfg := xmppconn.Config{
+		Addr: "127.0.0.1:5222", Domain: "example.org", User: "alice", Password: "secret",
+		Resource: "expresso-web", Reconnect: true,
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// Process B, while A still serves alice: connected, TLS, SASL, the
+	// stream restarted, no resource bound; closed by itself after 10 s.
+	warm, err := xmppconn.Prepare(ctx, cfg, 10*time.Second)
+	if err != nil {
+		log.Print(err) // B will log in when it takes over, with Resume
+		return
+	}
+	defer warm.Close() // a Warm not used is closed; after Resume, a no-op
+
+	// A detaches; B reads the state A's store holds (as in ExampleResume).
+	var saved []byte // read from the shared store
+	st, err := xmppconn.ParseResumeState(saved)
+	if err != nil {
+		log.Print(err)
+		return
+	}
+	cfg.ResumeStore = &sharedStore{}
+	conn, err := warm.Resume(ctx, cfg, st)
+	if err != nil {
+		log.Print(err)
+		return
+	}
+	defer conn.Close(context.Background())
+	// Warmed is false when the prepared connection had died or expired:
+	// Resume then logged in afresh on a new one.
+	fmt.Println("resumed:", conn.Resumed(), "on the prepared connection:", conn.Warmed())
+}

@@ -16,9 +16,17 @@ func (c *Conn) establish(ctx context.Context) (*stream, bool, error) {
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.IQTimeout+c.cfg.WriteTimeout)
 		defer cancel()
 	}
-	s, err := dialStream(ctx, &c.cfg)
-	if err != nil {
-		return nil, false, ctxErr(ctx, err)
+	// A Warm's connection (Warm.Resume) is used once, for the first
+	// stream: it is authenticated already.
+	s, warm := c.warm, c.warm != nil
+	c.warm = nil
+	if warm {
+		s.watch(ctx)
+	} else {
+		var err error
+		if s, err = dialStream(ctx, &c.cfg); err != nil {
+			return nil, false, ctxErr(ctx, err)
+		}
 	}
 	ok := false
 	defer func() {
@@ -37,7 +45,7 @@ func (c *Conn) establish(ctx context.Context) (*stream, bool, error) {
 	// trip, not four, and a gate that bounds attempts in flight does not
 	// bound the login rate with them.
 	var ticket authTicket
-	if g := c.cfg.AuthGate; g != nil {
+	if g := c.cfg.AuthGate; g != nil && !warm {
 		release, err := g.Acquire(ctx, c.authenticated.Load())
 		if err != nil {
 			return nil, false, fmt.Errorf("xmppconn: authentication not admitted: %w", err)
@@ -45,8 +53,11 @@ func (c *Conn) establish(ctx context.Context) (*stream, bool, error) {
 		ticket.release = release
 		defer ticket.end(AuthAborted) // the attempt ended before SASL did
 	}
-	resumed, err := c.negotiate(s, &ticket)
+	resumed, err := c.negotiate(s, &ticket, warm)
 	if err != nil {
+		if warm {
+			c.log.Info("xmppconn: the prepared connection failed; dialling afresh", "err", err)
+		}
 		return nil, false, ctxErr(ctx, err)
 	}
 	if !s.unwatch() {
@@ -58,6 +69,9 @@ func (c *Conn) establish(ctx context.Context) (*stream, bool, error) {
 	s.fr.release()
 	ok = true
 	c.resumed.Store(resumed)
+	if warm {
+		c.warmed.Store(true)
+	}
 	return s, resumed, nil
 }
 
@@ -77,17 +91,20 @@ func ctxErr(ctx context.Context, err error) error {
 // negotiate runs SASL, then resumption or bind, session, SM enable, the
 // features' bound hooks, the roster, initial presence, the features'
 // restore hooks, and flushes what waited for a stream.
-// The gate's ticket ends with the SASL exchange.
-func (c *Conn) negotiate(s *stream, ticket *authTicket) (resumed bool, err error) {
-	err = s.authenticate(c.cfg.User, c.cfg.Password)
-	ticket.end(resultOf(err))
-	if err != nil {
-		return false, err
+// The gate's ticket ends with the SASL exchange. A warm stream (Prepare)
+// is authenticated and restarted already.
+func (c *Conn) negotiate(s *stream, ticket *authTicket, warm bool) (resumed bool, err error) {
+	if !warm {
+		err = s.authenticate(c.cfg.User, c.cfg.Password)
+		ticket.end(resultOf(err))
+		if err != nil {
+			return false, err
+		}
+		if err := s.restart(c.cfg.Domain); err != nil {
+			return false, err
+		}
 	}
 	c.authenticated.Store(true)
-	if err := s.restart(c.cfg.Domain); err != nil {
-		return false, err
-	}
 	smOffered := s.features.child(nsSM, "sm") != nil && !c.cfg.DisableStreamManagement
 	c.wmu.Lock()
 	prevID := c.sm.id

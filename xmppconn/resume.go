@@ -414,6 +414,12 @@ func (c *Conn) saveState() {
 // connection is still open (a process that froze) loses it: the server
 // closes it when the session is resumed.
 func Resume(ctx context.Context, cfg Config, st ResumeState) (*Conn, error) {
+	return resume(ctx, cfg, st, nil)
+}
+
+// resume is Resume, on warm's connection first when it is not nil
+// (Warm.Resume).
+func resume(ctx context.Context, cfg Config, st ResumeState, warm *stream) (*Conn, error) {
 	if err := st.Validate(); err != nil {
 		return nil, err
 	}
@@ -464,6 +470,7 @@ func Resume(ctx context.Context, cfg Config, st ResumeState) (*Conn, error) {
 		c.rooms[r.Room] = &mucRoom{jid: r.Room, nick: r.Nick, password: r.Password, joined: true, occupants: map[string]Occupant{}, last: last}
 	}
 	c.continuing = true
+	c.warm = warm
 	if err := c.start(ctx); err != nil {
 		return nil, err
 	}

@@ -46,10 +46,7 @@ func dialStream(ctx context.Context, cfg *Config) (*stream, error) {
 	}
 	s := &stream{raw: raw, nc: raw}
 	s.fr.max = cfg.MaxStanzaSize
-	// Negotiation is bounded by ctx: its deadline, and its cancellation.
-	dl, _ := ctx.Deadline()
-	raw.SetDeadline(dl)
-	s.unwatch = context.AfterFunc(ctx, func() { raw.SetDeadline(time.Unix(1, 0)) })
+	s.watch(ctx)
 	ok := false
 	defer func() {
 		if !ok {
@@ -88,6 +85,14 @@ func dialStream(ctx context.Context, cfg *Config) (*stream, error) {
 	}
 	ok = true
 	return s, nil
+}
+
+// watch bounds the negotiation on s by ctx: its deadline, and its
+// cancellation. unwatch stops it.
+func (s *stream) watch(ctx context.Context) {
+	dl, _ := ctx.Deadline()
+	s.raw.SetDeadline(dl)
+	s.unwatch = context.AfterFunc(ctx, func() { s.raw.SetDeadline(time.Unix(1, 0)) })
 }
 
 func (s *stream) startTLS(ctx context.Context, cfg *Config) error {

@@ -1,0 +1,409 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"expressolivre.org/imsidecar/xmppconn"
+)
+
+// Make-before-break hand-over (docs/CLUSTER.md, "Hand-over at SIGTERM").
+// A session handed over is resumed on its next node with a whole login
+// (TCP, TLS, SASL, then <resume/>): hundreds at once cost seconds of CPU
+// on that node, on each user's critical path. So a node being stopped,
+// while it still serves its users, first asks each session's successor
+// (the node the orphan rendezvous hash names among the live others) to
+// prepare it: the successor reads the PHP session itself (the call names
+// it by X-Session-Id, as any forwarded call: passwords never travel) and
+// logs in ahead (xmppconn.Prepare), keeping the authenticated stream,
+// bound to no resource, for a few seconds. Then, per session, the
+// stopping node detaches the stream and tells the successor to take it:
+// the successor claims the lease from the stopping node's (the claim
+// script's expected lease: no other node can claim it in between) and
+// resumes the session on the prepared stream, one round trip; only then
+// are the session's waiting forwarded calls told not_owner. Anything
+// refused, failed or slow falls back to the plain hand-over: the lease
+// is given back and the user's next call, or the orphan adoption,
+// resumes them. Correctness never depends on a warm stream: the lease and
+// its fencing decide who owns the session, and a warm stream nobody
+// claims for is closed.
+
+// Peer routes of the make-before-break hand-over, behind the cluster
+// secret; each names the session by X-Session-Id.
+const (
+	// peerWarmPath (POST) asks this node to prepare the session's
+	// resumption: 204 once a warm stream waits for it.
+	peerWarmPath = "/peer/warm"
+	// peerTakePath (POST, ?lease= the caller's lease of the session)
+	// asks this node to take the session over now: 204 once it is
+	// online here.
+	peerTakePath = "/peer/take"
+)
+
+const (
+	// warmLife bounds a warm stream's wait for its session: the
+	// preparation and the hand-over both fit in it at the default
+	// --shutdown-timeout.
+	warmLife = 8 * time.Second
+	// warmMax bounds the warm streams a node keeps (each a connection to
+	// the Jabber server), whoever asks.
+	warmMax = 512
+	// warmPreparing bounds the preparations a node runs at once; more
+	// wait their turn (bounded by the asking node's call).
+	warmPreparing = 32
+	// handoffAsks bounds the preparations and takes a stopping node asks
+	// of the others at once.
+	handoffAsks = 32
+	// handoffTakeWait bounds the wait for a successor's take of one
+	// session; past it the session's calls route again anyway.
+	handoffTakeWait = 2 * time.Second
+)
+
+// errWarmFull refuses a preparation past warmMax.
+var errWarmFull = fmt.Errorf("%w: too many sessions being prepared here", ErrPeerUnavailable)
+
+// warmPool is a node's warm streams, by session key. A key present with a
+// nil Warm is being prepared.
+type warmPool struct {
+	mu     sync.Mutex
+	m      map[string]*xmppconn.Warm
+	sem    chan struct{}
+	closed bool
+}
+
+func newWarmPool() *warmPool {
+	return &warmPool{m: map[string]*xmppconn.Warm{}, sem: make(chan struct{}, warmPreparing)}
+}
+
+// reserve makes room for sk's preparation; false when sk is prepared or
+// being prepared already; an error when the pool is full or closed.
+func (p *warmPool) reserve(sk string) (bool, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch _, ok := p.m[sk]; {
+	case p.closed:
+		return false, ErrShuttingDown
+	case ok:
+		return false, nil
+	case len(p.m) >= warmMax:
+		return false, errWarmFull
+	}
+	p.m[sk] = nil
+	return true, nil
+}
+
+// put keeps w for sk (reserved), until warmLife; false when the pool was
+// closed or sk's reservation dropped meanwhile (w is then the caller's).
+func (p *warmPool) put(sk string, w *xmppconn.Warm, expired func()) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if cur, ok := p.m[sk]; p.closed || !ok || cur != nil {
+		return false
+	}
+	p.m[sk] = w
+	time.AfterFunc(warmLife, func() {
+		if p.remove(sk, w) {
+			w.Close()
+			expired()
+		}
+	})
+	return true
+}
+
+// remove drops sk's entry if it is w (nil: a reservation), and reports
+// whether it was.
+func (p *warmPool) remove(sk string, w *xmppconn.Warm) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if cur, ok := p.m[sk]; ok && cur == w {
+		delete(p.m, sk)
+		return true
+	}
+	return false
+}
+
+// take returns sk's warm stream and forgets it; nil when there is none
+// (or it is still being prepared).
+func (p *warmPool) take(sk string) *xmppconn.Warm {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	w := p.m[sk]
+	if w != nil {
+		delete(p.m, sk)
+	}
+	return w
+}
+
+// close closes every warm stream; the pool takes no more.
+func (p *warmPool) close() {
+	p.mu.Lock()
+	p.closed = true
+	m := p.m
+	p.m = map[string]*xmppconn.Warm{}
+	p.mu.Unlock()
+	for _, w := range m {
+		if w != nil {
+			w.Close()
+		}
+	}
+}
+
+// warm is ownership.warm.
+func (cl *cluster) warm(sk string) *xmppconn.Warm { return cl.warms.take(sk) }
+
+// dropWarm closes sk's warm stream, if any: another node took the
+// session, or the take failed.
+func (cl *cluster) dropWarm(sk string) {
+	if w := cl.warms.take(sk); w != nil {
+		w.Close()
+		cl.metrics.clusterWarm.WithLabelValues("dropped").Inc()
+	}
+}
+
+// serveWarm answers peerWarmPath: it reads the PHP session the caller
+// names, logs in ahead for it and keeps the stream for warmLife.
+func (cl *cluster) serveWarm(w http.ResponseWriter, r *http.Request) {
+	id := r.Header.Get("X-Session-Id")
+	if id == "" {
+		writeError(w, ErrSessionMissing)
+		return
+	}
+	sk := sessionKey(id)
+	if cl.reg.isClosing() {
+		cl.metrics.clusterWarm.WithLabelValues("refused").Inc()
+		writeError(w, ErrShuttingDown)
+		return
+	}
+	if _, ok := cl.holds(sk); ok {
+		w.WriteHeader(http.StatusNoContent) // here already: nothing to prepare
+		return
+	}
+	fresh, err := cl.warms.reserve(sk)
+	if err != nil {
+		cl.metrics.clusterWarm.WithLabelValues("refused").Inc()
+		writeError(w, err)
+		return
+	}
+	if !fresh {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	ctx := r.Context()
+	warm, err := cl.prepare(ctx, id)
+	if err != nil {
+		cl.warms.remove(sk, nil)
+		cl.metrics.clusterWarm.WithLabelValues("failed").Inc()
+		cl.logger.Debug("cluster: preparing a session handed over", "session", sk[:8], "err", err)
+		writeError(w, err)
+		return
+	}
+	if !cl.warms.put(sk, warm, func() { cl.metrics.clusterWarm.WithLabelValues("expired").Inc() }) {
+		warm.Close()
+		cl.metrics.clusterWarm.WithLabelValues("refused").Inc()
+		writeError(w, ErrShuttingDown)
+		return
+	}
+	cl.metrics.clusterWarm.WithLabelValues("prepared").Inc()
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// prepare logs in ahead for PHP session id, warmPreparing at a time,
+// through the node's authentication limiter like any login.
+func (cl *cluster) prepare(ctx context.Context, id string) (*xmppconn.Warm, error) {
+	select {
+	case cl.warms.sem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-cl.warms.sem }()
+	ps, err := cl.reg.reader.Lookup(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	r := cl.reg
+	cfg := r.serverConfig(ps.Identity)
+	cfg.Logger = cl.logger
+	cfg.AuthGate = r.auth.gate(ps.Identity.User, credentials(ps.Identity))
+	warm, err := xmppconn.Prepare(ctx, cfg, warmLife+time.Second)
+	if err != nil && ctx.Err() == nil && !errors.Is(err, xmppconn.ErrAuth) {
+		err = fmt.Errorf("%w: %w", errXMPP, err)
+	}
+	return warm, err
+}
+
+// serveTake answers peerTakePath: the session's lease is claimed from the
+// caller's (?lease=, which only the claim script compares: a lease that
+// moved meanwhile is not taken) and the session is resumed here, on its
+// warm stream if one waits. The login does not end with the caller's
+// call (takeoverLoginTimeout), for the caller may give up first.
+func (cl *cluster) serveTake(w http.ResponseWriter, r *http.Request) {
+	id := r.Header.Get("X-Session-Id")
+	if id == "" {
+		writeError(w, ErrSessionMissing)
+		return
+	}
+	sk := sessionKey(id)
+	from, err := parseLease(r.URL.Query().Get("lease"))
+	if err != nil {
+		cl.dropWarm(sk)
+		writeError(w, fmt.Errorf("%w: lease: %w", ErrBadRequest, err))
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), takeoverLoginTimeout)
+	defer cancel()
+	ps, err := cl.reg.reader.Lookup(ctx, id)
+	if err == nil {
+		var res claimResult
+		if res, err = cl.take(ctx, sk, &from); err == nil && !res.won {
+			err = fmt.Errorf("%w: node %s holds it", ErrNotOwner, res.lease.node)
+		}
+	}
+	var s *session
+	if err == nil {
+		s, _, err = cl.reg.connect(ctx, id, ps, nil)
+	}
+	cl.dropWarm(sk) // not used: taken by another node, or failed
+	if err != nil {
+		cl.logger.Debug("cluster: taking a session handed over", "session", sk[:8], "err", err)
+		writeError(w, err)
+		return
+	}
+	cl.reg.remember(s, id)
+	cl.logger.Info("cluster: a session handed over resumed here", "user", s.user, "session", s.short, "from", from.node)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// successors names, for each session of list, the peer address of the
+// node the orphan rendezvous hash gives it among the live others (their
+// liveness keys, read now); empty when no other node is alive.
+func (cl *cluster) successors(ctx context.Context, list []string) (map[string]string, error) {
+	members, err := cl.rdb.SMembers(ctx, nodesKey).Result()
+	if err != nil {
+		return nil, err
+	}
+	me := cl.ls.self.member()
+	cmds := make([]*redis.StringCmd, len(members))
+	if _, err := cl.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, m := range members {
+			cmds[i] = p.Get(ctx, nodeKeyPrefix+m)
+		}
+		return nil
+	}); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, err
+	}
+	var live []string
+	peer := map[string]string{}
+	for i, m := range members {
+		if addr := cmds[i].Val(); m != me && addr != "" && addr != cl.ls.self.peer {
+			live = append(live, m)
+			peer[m] = addr
+		}
+	}
+	out := make(map[string]string, len(list))
+	if len(live) == 0 {
+		return out, nil
+	}
+	for _, sk := range list {
+		out[sk] = peer[rendezvous(live, sk)]
+	}
+	return out, nil
+}
+
+// askPeer posts to a peer route for PHP session id and reports whether
+// the peer answered 204.
+func (cl *cluster) askPeer(ctx context.Context, addr, pathQuery, id string) bool {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+pathQuery, http.NoBody)
+	if err != nil {
+		return false
+	}
+	req.Header.Set("Authorization", "Bearer "+cl.secret)
+	req.Header.Set("X-Session-Id", id)
+	resp, err := cl.peer.Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusNoContent
+}
+
+// prepareHandOver, at the start of the shutdown, while this node still
+// serves its sessions, asks each session's successor to prepare it,
+// handoffAsks at a time, bounded by ctx. It records which successor
+// prepared which session, for handOverOne's take.
+func (cl *cluster) prepareHandOver(ctx context.Context) {
+	if cl == nil {
+		return
+	}
+	start := time.Now()
+	ids := map[string]string{} // session key → PHP session id
+	for _, s := range cl.reg.snapshot() {
+		if _, ok := cl.holds(s.key); ok && s.live() {
+			if id := cl.reg.idOf(s); id != "" {
+				ids[s.key] = id
+			}
+		}
+	}
+	if len(ids) == 0 {
+		return
+	}
+	keys := make([]string, 0, len(ids))
+	for sk := range ids {
+		keys = append(keys, sk)
+	}
+	succ, err := cl.successors(ctx, keys)
+	if err != nil || len(succ) == 0 {
+		cl.logger.Info("cluster: no other node to prepare the hand-over; sessions are resumed at their next call", "err", err)
+		return
+	}
+	var mu sync.Mutex
+	prepared := map[string]string{}
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, handoffAsks)
+	for sk, addr := range succ {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if cl.askPeer(ctx, addr, peerWarmPath, ids[sk]) {
+				mu.Lock()
+				prepared[sk] = addr
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	h := cl.handoff
+	h.mu.Lock()
+	h.succ = prepared
+	h.ids = ids
+	h.mu.Unlock()
+	cl.logger.Info("cluster: hand-over prepared by the other nodes", "sessions", len(ids), "prepared", len(prepared), "took", time.Since(start).Round(time.Millisecond))
+}
+
+// takeBy asks the successor that prepared session sk, if any, to take it
+// now from lease l (after the stream's detach), and reports whether it
+// did.
+func (cl *cluster) takeBy(ctx context.Context, sk string, l lease) bool {
+	h := cl.handoff
+	h.mu.Lock()
+	addr, id := h.succ[sk], h.ids[sk]
+	h.mu.Unlock()
+	if addr == "" || id == "" {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, handoffTakeWait)
+	defer cancel()
+	return cl.askPeer(ctx, addr, peerTakePath+"?lease="+url.QueryEscape(l.String()), id)
+}
