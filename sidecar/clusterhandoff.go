@@ -235,7 +235,10 @@ func (cl *cluster) handOver(ctx context.Context) {
 	case <-cl.orphans.stopped:
 	case <-ctx.Done():
 	}
-	if err := cl.rdb.Del(ctx, nodeKeyPrefix+cl.ls.self.member()).Err(); err != nil {
+	dctx, dcancel := redisBound(ctx) // a stalled Redis must not take the rest of the shutdown
+	err := cl.rdb.Del(dctx, nodeKeyPrefix+cl.ls.self.member()).Err()
+	dcancel()
+	if err != nil {
 		cl.logger.Warn("cluster: deleting this node's liveness key; the others find it gone when it expires", "err", err)
 	}
 	cl.logger.Info("cluster: sessions handed over to the other nodes", "sessions", n, "taken", taken.Load(), "took", time.Since(start).Round(time.Millisecond))
