@@ -115,6 +115,17 @@ func countIDs(recs []*recorder, prefix string) map[string]int {
 	return got
 }
 
+// wantOnce fails the test for each message whose id starts with prefix
+// that recs got other than once; format takes the id and the count.
+func wantOnce(t *testing.T, recs []*recorder, prefix, format string) {
+	t.Helper()
+	for id, n := range countIDs(recs, prefix) {
+		if n != 1 {
+			t.Errorf(format, id, n)
+		}
+	}
+}
+
 // firstOnline returns the first StateChange to online of rec.
 func firstOnline(t *testing.T, rec *recorder) *xmppconn.StateChange {
 	t.Helper()
@@ -290,16 +301,8 @@ func TestResumeAcrossConns(t *testing.T) {
 				waitCount(t, recs, "in-", 50)
 				waitCount(t, []*recorder{rs.bob.rec}, "out-", 22)
 				time.Sleep(500 * time.Millisecond) // let a duplicate show up
-				for id, n := range countIDs(recs, "in-") {
-					if n != 1 {
-						t.Errorf("inbound %s delivered %d times across both Conns", id, n)
-					}
-				}
-				for id, n := range countIDs([]*recorder{rs.bob.rec}, "out-") {
-					if n != 1 {
-						t.Errorf("outbound %s reached bob %d times", id, n)
-					}
-				}
+				wantOnce(t, recs, "in-", "inbound %s delivered %d times across both Conns")
+				wantOnce(t, []*recorder{rs.bob.rec}, "out-", "outbound %s reached bob %d times")
 				if unavailableFrom(rs.bob.rec, rs.aliceJ) {
 					t.Errorf("bob saw alice unavailable during the hand-over")
 				}
@@ -559,11 +562,7 @@ func resumeAfterRefusedCount(t *testing.T, b *backend) {
 	sendN(t, rs.bob, aliceBare, "in", 8, 4)
 	waitCount(t, []*recorder{rs.alice.rec}, "in-", 12)
 	time.Sleep(2 * time.Second)
-	for id, n := range countIDs([]*recorder{rs.alice.rec}, "in-") {
-		if n != 1 {
-			t.Errorf("inbound %s delivered %d times", id, n)
-		}
-	}
+	wantOnce(t, []*recorder{rs.alice.rec}, "in-", "inbound %s delivered %d times")
 	var online int
 	for _, sc := range rs.alice.rec.states()[before:] {
 		if sc.State == xmppconn.StateOnline {
@@ -628,9 +627,5 @@ func TestResumeStaleState(t *testing.T) {
 		t.Errorf("%d stanzas still unacknowledged after the server's acknowledgement", n)
 	}
 	time.Sleep(500 * time.Millisecond) // let a duplicate show up
-	for id, n := range countIDs([]*recorder{rs.bob.rec}, "out-") {
-		if n != 1 {
-			t.Errorf("outbound %s reached bob %d times", id, n)
-		}
-	}
+	wantOnce(t, []*recorder{rs.bob.rec}, "out-", "outbound %s reached bob %d times")
 }
