@@ -22,7 +22,7 @@ func leaseNode(t *testing.T, spec, node string, ttl time.Duration) *cluster {
 	ls := testLeaseStore(t, spec, node, ttl)
 	logger := slog.New(slog.DiscardHandler)
 	m := newMetrics(func() map[xmppconn.State]int { return nil }, func() int64 { return 0 })
-	cl := &cluster{rdb: ls.rdb, logger: logger, metrics: m, held: map[string]heldLease{}, logCap: 5, logBytes: 1 << 20, ls: ls}
+	cl := &cluster{rdb: ls.rdb, logger: logger, metrics: m, held: map[string]heldLease{}, logCap: 5, logBytes: 1 << 20, ls: ls, warms: newWarmPool()}
 	cl.reg = newRegistry(&Config{EventBuffer: 1000, EventBufferMB: 4}, nil, nil, nil, logger, m)
 	t.Cleanup(cl.wg.Wait)
 	return cl
