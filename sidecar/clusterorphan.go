@@ -259,13 +259,8 @@ func (o *orphans) tick(ctx context.Context, wg *sync.WaitGroup) {
 		cl.redisSteadySince.Store(now.UnixNano())
 	}
 	all := members.Val()
-	alive := make([]*redis.StringCmd, len(all))
-	if _, err := ls.rdb.Pipelined(rctx, func(p redis.Pipeliner) error {
-		for i, m := range all {
-			alive[i] = p.Get(rctx, nodeKeyPrefix+m) // its peer address
-		}
-		return nil
-	}); err != nil && !errors.Is(err, redis.Nil) {
+	alive, err := nodePeers(rctx, ls.rdb, all)
+	if err != nil {
 		return
 	}
 	for _, c := range alive {
@@ -289,6 +284,23 @@ func (o *orphans) tick(ctx context.Context, wg *sync.WaitGroup) {
 	for _, d := range dead {
 		o.sweep(ctx, rctx, d, live, wg)
 	}
+}
+
+// nodePeers reads the liveness key of each node incarnation of members
+// in one pipeline: a command per member, whose value is its peer address
+// ("" once the key expired: the node is gone). A key Redis did not
+// answer for has the command's error, for the caller to judge.
+func nodePeers(ctx context.Context, rdb redis.UniversalClient, members []string) ([]*redis.StringCmd, error) {
+	cmds := make([]*redis.StringCmd, len(members))
+	if _, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, m := range members {
+			cmds[i] = p.Get(ctx, nodeKeyPrefix+m)
+		}
+		return nil
+	}); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, err
+	}
+	return cmds, nil
 }
 
 // sweep reads a dead incarnation's index and starts the adoptions of the

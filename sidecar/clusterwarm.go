@@ -9,8 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"expressolivre.org/imsidecar/xmppconn"
 )
 
@@ -289,13 +287,8 @@ func (cl *cluster) successors(ctx context.Context, list []string) (map[string]st
 		return nil, err
 	}
 	me := cl.ls.self.member()
-	cmds := make([]*redis.StringCmd, len(members))
-	if _, err := cl.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, m := range members {
-			cmds[i] = p.Get(ctx, nodeKeyPrefix+m)
-		}
-		return nil
-	}); err != nil && !errors.Is(err, redis.Nil) {
+	cmds, err := nodePeers(ctx, cl.rdb, members)
+	if err != nil {
 		return nil, err
 	}
 	var live []string
