@@ -311,9 +311,9 @@ var errRedisDown = fmt.Errorf("%w: not answering; retried shortly", ErrClusterRe
 // event no stanza caused (a state change) is written on its own first.
 // While Redis does not answer the events are appended at once and kept
 // back (unsynced) for the next write; the count stays unacknowledged to
-// the server. Outbound never fails a send for Redis: the store keeps a
-// mirror of the whole state and writes it whole (dirty) at the next write
-// that reaches Redis.
+// the server. Outbound never fails a send for Redis, nor does a new
+// session's Save fail its login: the store keeps a mirror of the whole
+// state and writes it whole (dirty) at the next write that reaches Redis.
 //
 // It is kept small (issue 20 item 9): what the node knows already (the
 // log's caps, the Redis keys, derived from sk) is not copied into it, and
