@@ -311,9 +311,9 @@ var errRedisDown = fmt.Errorf("%w: not answering; retried shortly", ErrClusterRe
 // event no stanza caused (a state change) is written on its own first.
 // While Redis does not answer the events are appended at once and kept
 // back (unsynced) for the next write; the count stays unacknowledged to
-// the server. Outbound never fails a send for Redis: the store keeps a
-// mirror of the whole state and writes it whole (dirty) at the next write
-// that reaches Redis.
+// the server. Outbound never fails a send for Redis, nor does a new
+// session's Save fail its login: the store keeps a mirror of the whole
+// state and writes it whole (dirty) at the next write that reaches Redis.
 //
 // It is kept small (issue 20 item 9): what the node knows already (the
 // log's caps, the Redis keys, derived from sk) is not copied into it, and
@@ -433,7 +433,13 @@ func (s *session) presenceAt(full string) *presenceInfo {
 	return nil
 }
 
-// Save is xmppconn.ResumeStore.Save.
+// Save is xmppconn.ResumeStore.Save. Redis not answering does not fail
+// it, as it does not fail a send: the mirror holds the state, dirty, and
+// the next write that reaches Redis writes it whole. Failing it would
+// fail the login that saves it (a fresh one, or a resumption after a
+// takeover): the stream would log in again and again, unserved, for as
+// long as Redis does not answer. Only a lease found another node's fails
+// it (ErrNotOwner): that login must not go on.
 func (cs *clusterSession) Save(st xmppconn.ResumeState) error {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
@@ -443,7 +449,10 @@ func (cs *clusterSession) Save(st xmppconn.ResumeState) error {
 	}
 	cs.mirror, cs.saved, cs.dirty = st, true, true
 	cs.resumable.Store(st.ID != "")
-	return cs.writeLocked(nil, nil, false)
+	if err := cs.writeLocked(nil, nil, false); errors.Is(err, ErrNotOwner) {
+		return err
+	}
+	return nil
 }
 
 // Handled is xmppconn.ResumeStore.Handled: the stanza's events and the

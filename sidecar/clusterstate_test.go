@@ -17,6 +17,7 @@ import (
 
 	"expressolivre.org/imsidecar/phpsession/phpsessiontest"
 	"expressolivre.org/imsidecar/xmppconn"
+	"expressolivre.org/imsidecar/xmppconn/xmppconntest"
 )
 
 // stateNode is one node's side of the state scripts, on the Redis spec.
@@ -709,4 +710,174 @@ func TestSeedKeysExpire(t *testing.T) {
 			t.Fatal("the log's own key was lost")
 		}
 	})
+}
+
+// storedStateID is the resumption id of the state Redis holds for sk.
+func storedStateID(t *testing.T, cl *cluster, sk string) string {
+	t.Helper()
+	js, err := cl.rdb.HGet(t.Context(), keysOf(sk).meta, "st").Result()
+	if err != nil {
+		t.Fatalf("the state in Redis: %v", err)
+	}
+	st, err := xmppconn.ParseResumeState([]byte(js))
+	if err != nil {
+		t.Fatalf("the state in Redis: %v", err)
+	}
+	return st.ID
+}
+
+// TestClusterStateSaveRedisDown: a Save (a new XMPP session's state)
+// while Redis does not answer is kept, dirty, and returns nil, as a send
+// is: failing it failed the login. Redis back, the state is written
+// whole, and the node taking the session over resumes the new session,
+// with the send and count of the outage. A lease found another node's
+// still fails a Save (ErrNotOwner), Redis answering or not.
+func TestClusterStateSaveRedisDown(t *testing.T) {
+	spec := "redis://" + phpsessiontest.StartRedis(t).Addr
+	a, b := stateNode(t, spec, "a"), stateNode(t, spec, "b")
+	sk := sessionKey("state-save-down-sssssssssssssss")
+	s, la := ownedSession(t, a, sk, "alice")
+	cs := s.durable
+	if err := cs.Save(xmppconn.ResumeState{V: 1, JID: "alice@example.org/web", ID: "sm-old", H: 7}); err != nil {
+		t.Fatal(err)
+	}
+	a.ls.mark(t.Context(), sk, la, true)
+	cs.mu.Lock()
+	cs.wantH, cs.hasWant = 9, true // a count of the old session Redis refused
+	cs.mu.Unlock()
+
+	a.redisDown.Store(time.Now().Add(time.Hour).UnixNano()) // as after a failed write
+	if err := cs.Save(xmppconn.ResumeState{V: 1, JID: "alice@example.org/web", ID: "sm-new"}); err != nil {
+		t.Fatalf("a Save failed for Redis: %v", err)
+	}
+	cs.mu.Lock()
+	dirty, hasWant, queued := cs.dirty, cs.hasWant, cs.flushing
+	cs.mu.Unlock()
+	if !dirty || hasWant || !queued {
+		t.Fatalf("after a Save Redis did not take: dirty %v (want true), the old session's count %v (want dropped), on the flush list %v (want true)", dirty, hasWant, queued)
+	}
+	if id := storedStateID(t, a, sk); id != "sm-old" {
+		t.Fatalf("Redis holds %q while it does not answer", id)
+	}
+	if err := cs.Sent(chatStanza(1)); err != nil {
+		t.Fatal(err)
+	}
+	s.appendJSON("message", messageJSON{From: "bob@example.org/desk", ID: "1", Body: "during"})
+	if err := cs.Handled(1); err == nil {
+		t.Fatal("a count was taken while Redis was down")
+	}
+
+	a.redisBack()
+	cs.mu.Lock()
+	dirty = cs.dirty
+	cs.mu.Unlock()
+	if dirty {
+		t.Fatal("the state is still dirty after Redis came back")
+	}
+	rb, err := b.take(t.Context(), sk, &la)
+	if err != nil || !rb.won {
+		t.Fatal(rb, err)
+	}
+	_, st := stateSession(t, b, sk, "alice")
+	if st == nil || st.ID != "sm-new" || st.H != 1 || len(st.Unacked) != 1 || !bytes.Equal(st.Unacked[0], chatStanza(1)) {
+		t.Fatalf("after the outage b resumes %+v, want sm-new with h 1 and the one send", st)
+	}
+
+	// The lease is b's now.
+	if err := cs.Save(xmppconn.ResumeState{V: 1, JID: "alice@example.org/web", ID: "sm-a"}); !errors.Is(err, ErrNotOwner) {
+		t.Fatalf("a Save on a lease taken over: %v, want ErrNotOwner", err)
+	}
+	a.redisDown.Store(time.Now().Add(time.Hour).UnixNano())
+	if err := cs.Save(xmppconn.ResumeState{V: 1, JID: "alice@example.org/web", ID: "sm-a"}); !errors.Is(err, ErrNotOwner) {
+		t.Fatalf("a Save on a lease found lost, Redis down: %v, want ErrNotOwner", err)
+	}
+	if id := storedStateID(t, b, sk); id != "sm-new" {
+		t.Fatalf("the old owner's Save reached Redis: it holds %q", id)
+	}
+}
+
+// TestClusterLoginRedisDown: a real XMPP stream whose store is a cluster
+// session must log in afresh while Redis does not answer its state
+// write: its link to Prosody broke for longer than Prosody keeps the
+// session (smacks_hibernation_time), so the resumption is refused. In
+// the daemon the reconnection first proves the lease in Redis
+// (fencedGate), so this happens with Redis answering that and not the
+// state write: a Redis slow enough to answer the check (2 s) and not the
+// write (1 s), or the 2 s the node keeps Redis marked down after a write
+// failed, until a lease renewal reaches it; here the node's mark. The
+// login must go through once; the old code failed it on the Save
+// (ErrResumeStore) and the stream logged in again and again, unserved,
+// while Redis did not answer. Redis back, it holds the new session,
+// which another node resumes, its Redis marked down too (the takeover's
+// Save after the resumption), with no second login at Prosody.
+func TestClusterLoginRedisDown(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs Prosody and redis-server")
+	}
+	const hibernation = 2 * time.Second
+	srv := xmppconntest.StartProsody(t, xmppconntest.Options{SmacksHibernation: hibernation})
+	srv.Register(t, "alice", "alice-pw")
+	px := xmppconntest.StartProxy(t, srv.Addr) // the stream's link to Prosody, which the test cuts
+	spec := "redis://" + phpsessiontest.StartRedis(t).Addr
+	a, b := stateNode(t, spec, "a"), stateNode(t, spec, "b")
+	sk := sessionKey("login-down-lllllllllllllllllllll")
+	s, la := ownedSession(t, a, sk, "alice")
+	ctx := t.Context()
+	a.ls.mark(ctx, sk, la, true)
+	cfg := xmppconn.Config{Addr: px.Addr(), Domain: srv.Domain, TLSConfig: srv.TLSConfig(),
+		User: "alice", Password: "alice-pw", Resource: "web", ResumeStore: s.durable,
+		Reconnect: true, MinBackoff: 100 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
+	conn, err := xmppconn.Dial(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	oldID := conn.ResumeState().ID
+	if oldID == "" || storedStateID(t, a, sk) != oldID {
+		t.Fatalf("Redis does not hold the session %q", oldID)
+	}
+
+	a.redisDown.Store(time.Now().Add(time.Hour).UnixNano()) // as after a failed write
+	px.Refuse()
+	time.Sleep(hibernation + time.Second) // Prosody ends the session
+	px.Restore()
+	for deadline := time.Now().Add(10 * time.Second); conn.State() != xmppconn.StateOnline || conn.ResumeState().ID == oldID; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no fresh login 10 s after the link came back (state %v; %d logins, %d authentications at Prosody)", conn.State(), srv.Binds("alice"), srv.AuthSuccesses("alice"))
+		}
+	}
+	time.Sleep(2 * time.Second) // time for the old code's next logins
+	if n, m := srv.Binds("alice"), srv.AuthSuccesses("alice"); n != 2 || m != 2 {
+		t.Fatalf("%d logins (%d authentications) at Prosody, want 2 (2): the first and one fresh", n, m)
+	}
+	id := conn.ResumeState().ID
+	if got := storedStateID(t, a, sk); got != oldID {
+		t.Fatalf("Redis holds %q while it does not answer", got)
+	}
+	a.redisBack()
+	if got := storedStateID(t, a, sk); got != id {
+		t.Fatalf("Redis back, it holds the session %q, want the fresh login's %q", got, id)
+	}
+
+	if _, err := conn.Detach(ctx); err != nil { // the node lets go, as when it dies
+		t.Fatal(err)
+	}
+	rb, err := b.take(ctx, sk, &la)
+	if err != nil || !rb.won {
+		t.Fatal(rb, err)
+	}
+	s2, st := stateSession(t, b, sk, "alice")
+	if st == nil || st.ID != id {
+		t.Fatalf("b found %+v to resume, want the session %q", st, id)
+	}
+	b.redisDown.Store(time.Now().Add(time.Hour).UnixNano())
+	cfg.ResumeStore = s2.durable
+	conn2, err := xmppconn.Resume(ctx, cfg, *st)
+	if err != nil {
+		t.Fatalf("the takeover's resumption failed while Redis did not answer: %v", err)
+	}
+	defer conn2.Close(ctx)
+	if n := srv.Binds("alice"); n != 2 {
+		t.Errorf("%d logins at Prosody after the takeover, want 2: b did not resume the session", n)
+	}
 }

@@ -196,6 +196,15 @@ func clusterStalled(t *testing.T, redisCluster bool, outage string) {
 			time.Sleep(200 * time.Millisecond)
 		}
 		u.C.send(t, deskJID, "after "+u.Name, false)
+		// A call through another node is forwarded to the owner the
+		// meta hash names while the lease is not set again yet (after a
+		// restart it expired): the owner's next renewal sets it.
+		for rig.leaseGone(t, u) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s's lease is not set again 20 s after the outage", u.Name)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
 		if owned := rig.ownedBy(t, []*fuser{{user: u}}, fmt.Sprintf("node%d", i)); !owned[u.Name] {
 			t.Errorf("%s is no longer owned by node%d after the outage", u.Name, i)
 		}
@@ -220,4 +229,16 @@ func clusterStalled(t *testing.T, redisCluster bool, outage string) {
 		t.Errorf("node 2's shutdown with Redis %s took %v, over its --shutdown-timeout of 10 s", outage, took)
 	}
 	resume()
+}
+
+// leaseGone reports whether Redis holds no lease for u's session.
+func (rig *clusterRig) leaseGone(t *testing.T, u *user) bool {
+	t.Helper()
+	rdb := rig.leasesClient(t)
+	defer rdb.Close()
+	n, err := rdb.Exists(t.Context(), sessionKeyBase(u.SID)+":lease").Result()
+	if err != nil {
+		t.Fatalf("%s's lease: %v", u.Name, err)
+	}
+	return n == 0
 }

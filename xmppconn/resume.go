@@ -105,8 +105,11 @@ type ResumeStore interface {
 	// failed, when a stanza the server refused leaves Unacked
 	// (SendFailed), and when the rooms or the broadcast presence change.
 	// An error during login fails that login (Dial, Resume or a
-	// reconnection, which retries); later ones are logged and the next
-	// change saves again.
+	// reconnection, which retries, authenticating again); later ones are
+	// logged and the next change saves again. So a store that only cannot
+	// write now (its storage slow or unreachable) does better to keep st
+	// and write it once it can, and return nil: the Conn takes nil as
+	// saved, and does not offer st again after a resumption.
 	Save(st ResumeState) error
 	// Handled records that h inbound stanzas have been handled: the
 	// Handler returned for every event of the stanza that made it h. It
