@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -106,14 +107,19 @@ type cluster struct {
 // until the first call. The incarnation tells this run from an earlier
 // one under the same --cluster-node-id.
 func newCluster(cfg *Config, secret string, logger *slog.Logger, m *metrics) (*cluster, error) {
-	rdb, err := clusterRedis(cfg.ClusterRedis)
+	rdb, err := clusterRedis(cfg.ClusterRedis, 0)
 	if err != nil {
+		return nil, fmt.Errorf("%w: --cluster-redis: %w", ErrConfig, err)
+	}
+	beat, err := clusterRedis(cfg.ClusterRedis, beatPoolSize)
+	if err != nil {
+		rdb.Close()
 		return nil, fmt.Errorf("%w: --cluster-redis: %w", ErrConfig, err)
 	}
 	var inc [6]byte
 	rand.Read(inc[:])
 	cl := &cluster{
-		ls: &leaseStore{rdb: rdb, ttl: cfg.ClusterLeaseTTL, metaTTL: cfg.Inactivity + 10*time.Minute,
+		ls: &leaseStore{rdb: rdb, beat: beat, ttl: cfg.ClusterLeaseTTL, metaTTL: cfg.Inactivity + 10*time.Minute,
 			self: lease{node: cfg.ClusterNodeID, incarnation: hex.EncodeToString(inc[:]), peer: cfg.ClusterPeerListen}},
 		rdb: rdb, secret: secret, logger: logger, metrics: m, held: map[string]heldLease{}, sealer: newSealer(secret),
 		logCap: cfg.EventBuffer, logBytes: int64(cfg.EventBufferMB) << 20, browserMax: cfg.MaxBrowserStreams,
@@ -146,14 +152,17 @@ func newCluster(cfg *Config, secret string, logger *slog.Logger, m *metrics) (*c
 // does not cut a reply off. A deadline that fires mid-reply closes that
 // connection, as go-redis's own read timeout does; every command is
 // bounded (redisOpTimeout), and none is written to be answered twice.
-func clusterRedis(spec string) (redis.UniversalClient, error) {
+//
+// pool is how many connections it keeps to each Redis server; 0 is
+// redisPoolSize, or the pool_size of a redis:// URL.
+func clusterRedis(spec string, pool int) (redis.UniversalClient, error) {
 	if rest, ok := strings.CutPrefix(spec, "redis-cluster://"); ok {
 		auth, hosts, found := strings.Cut(rest, "@")
 		if !found {
 			auth, hosts = "", rest
 		}
 		o := &redis.ClusterOptions{DialTimeout: redisOpTimeout, ReadTimeout: redisOpTimeout, WriteTimeout: redisOpTimeout,
-			ContextTimeoutEnabled: true, ReadBufferSize: redisBufferSize, WriteBufferSize: redisBufferSize, PoolSize: redisPoolSize(),
+			ContextTimeoutEnabled: true, ReadBufferSize: redisBufferSize, WriteBufferSize: redisBufferSize, PoolSize: cmp.Or(pool, redisPoolSize()),
 			NewClient: func(no *redis.Options) *redis.Client { no.DialerRetries = 1; return redis.NewClient(no) }}
 		if auth != "" {
 			u, err := url.Parse("redis://" + auth + "@x")
@@ -183,7 +192,10 @@ func clusterRedis(spec string) (redis.UniversalClient, error) {
 	o.DialTimeout, o.ReadTimeout, o.WriteTimeout = redisOpTimeout, redisOpTimeout, redisOpTimeout
 	o.DialerRetries, o.ContextTimeoutEnabled = 1, true
 	o.ReadBufferSize, o.WriteBufferSize = redisBufferSize, redisBufferSize
-	if o.PoolSize == 0 { // no pool_size in the URL
+	switch {
+	case pool > 0:
+		o.PoolSize = pool
+	case o.PoolSize == 0: // no pool_size in the URL
 		o.PoolSize = redisPoolSize()
 	}
 	return redis.NewClient(o), nil
@@ -217,6 +229,15 @@ func redisBound(ctx context.Context) (context.Context, context.CancelFunc) {
 // own buffers in Redis (docs/PERFORMANCE.md, issue 20 item 9). A
 // pool_size in a redis:// URL still sets it.
 func redisPoolSize() int { return max(4, 2*runtime.GOMAXPROCS(0)) }
+
+// beatPoolSize is how many connections to each Redis server the lease
+// renewals and the node's heartbeat have to themselves (leaseStore.beat):
+// they never wait behind the state writes, lookups and claims for a
+// pooled connection. On an overloaded machine at 2,000 users the shared
+// pool was busy for whole passes (60 waits for a connection timed out on
+// one node), the renewals missed their third of the TTL, the leases
+// expired and the other nodes took the sessions over (issue 20).
+const beatPoolSize = 2
 
 // redisBufferSize is each Redis connection's read and write buffer.
 // go-redis defaults to 32 KiB each, 64 KiB a connection held for the
@@ -496,18 +517,16 @@ func (cl *cluster) forgotten(sk string) {
 }
 
 // giveBack drops the lease on sk from the table and releases it in Redis,
-// within ctx and redisOpTimeout; it reports false when Redis did not
-// answer (the lease then expires with its TTL).
-func (cl *cluster) giveBack(ctx context.Context, sk string) bool {
+// within ctx and redisOpTimeout; when Redis does not answer, the lease
+// expires with its TTL.
+func (cl *cluster) giveBack(ctx context.Context, sk string) {
 	l, ok := cl.holds(sk)
 	if !ok || !cl.drop(sk, l) {
-		return true
+		return
 	}
 	if err := cl.ls.release(ctx, sk, l); err != nil {
 		cl.logger.Debug("cluster: releasing a forgotten session's lease", "session", sk[:8], "err", err)
-		return errors.As(err, new(redis.Error))
 	}
-	return true
 }
 
 // lost handles a lease found to be another node's: the session is
@@ -568,10 +587,10 @@ func (cl *cluster) run(ctx context.Context) {
 	}
 }
 
-// renew is one pass: a lease claimed by a call that opened no stream is
-// given back after a TTL; the others are extended, and those found lost
-// are detached. With Redis unreachable nothing changes: no other node can
-// claim either, and users keep chatting on their owner.
+// renew is one pass: the held leases are extended, and those found lost
+// are detached; then a lease claimed by a call that opened no stream is
+// given back after a TTL. With Redis unreachable nothing changes: no
+// other node can claim either, and users keep chatting on their owner.
 func (cl *cluster) renew(ctx context.Context) {
 	now, mono := time.Now(), monoNow()
 	snap := map[string]lease{}
@@ -587,20 +606,12 @@ func (cl *cluster) renew(ctx context.Context) {
 	cl.mu.Unlock()
 	// The pass ends within a third of the TTL, whatever Redis does: the
 	// next one starts then (a pass outliving it would let a lease expire).
+	// The renewal goes first: on a slow Redis, giving idle leases back
+	// one by one took the whole third and the renewal then failed at
+	// once, so the sessions' leases expired and the other nodes took
+	// them over (issue 20, 2,000 users).
 	rctx, cancel := context.WithTimeout(ctx, cl.ls.ttl/3)
 	defer cancel()
-	for i, sk := range idle {
-		if !cl.giveBack(rctx, sk) {
-			// Redis does not answer: the others are dropped here too,
-			// their leases expire with their TTL.
-			for _, sk := range idle[i+1:] {
-				if l, ok := cl.holds(sk); ok {
-					cl.drop(sk, l)
-				}
-			}
-			break
-		}
-	}
 	lost, err := cl.ls.renew(rctx, snap)
 	if err != nil {
 		cl.logger.Warn("cluster: renewing leases", "leases", len(snap), "err", err)
@@ -610,6 +621,22 @@ func (cl *cluster) renew(ctx context.Context) {
 	}
 	for _, sk := range lost {
 		cl.lost(sk, snap[sk])
+	}
+	cl.giveBackIdle(rctx, idle)
+}
+
+// giveBackIdle drops the leases of idle and gives them back in one round
+// trip, within what ctx leaves; those Redis does not answer for expire
+// with their TTL.
+func (cl *cluster) giveBackIdle(ctx context.Context, idle []string) {
+	back := make(map[string]lease, len(idle))
+	for _, sk := range idle {
+		if l, ok := cl.holds(sk); ok && cl.drop(sk, l) {
+			back[sk] = l
+		}
+	}
+	if err := cl.ls.releaseAll(ctx, back); err != nil {
+		cl.logger.Debug("cluster: giving idle leases back; they expire instead", "leases", len(back), "err", err)
 	}
 }
 
@@ -634,6 +661,9 @@ func (cl *cluster) stop(ctx context.Context) {
 		}
 	}
 	cl.rdb.Close()
+	if cl.ls.beat != nil {
+		cl.ls.beat.Close()
+	}
 	cl.peer.CloseIdleConnections()
 }
 
@@ -832,7 +862,7 @@ func (c *Config) validateCluster(bad func(flagName, format string, args ...any))
 		}
 		return
 	}
-	if rdb, err := clusterRedis(c.ClusterRedis); err != nil {
+	if rdb, err := clusterRedis(c.ClusterRedis, 0); err != nil {
 		bad("cluster-redis", "%v", err)
 	} else {
 		rdb.Close()

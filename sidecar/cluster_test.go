@@ -102,18 +102,24 @@ func FuzzSIDSessionKey(f *testing.F) {
 // small buffers of redisBufferSize, not go-redis's 32 KiB each way, and
 // the pool is redisPoolSize, not go-redis's 10 per CPU (most of a node's
 // fixed memory, docs/PERFORMANCE.md issue 20 item 9), and what the
-// operator tuned in a redis:// URL is kept. Nothing is dialed.
+// operator tuned in a redis:// URL is kept; the renewals' own client
+// keeps beatPoolSize whatever the URL says. Nothing is dialed.
 func TestClusterRedisBuffers(t *testing.T) {
 	for _, tc := range []struct {
 		spec     string
+		pool     int // clusterRedis's argument
 		poolSize int
 	}{
-		{"redis://127.0.0.1:6379/2", redisPoolSize()},
-		{"redis://u:p@127.0.0.1:6379/2?pool_size=7", 7},
-		{"unix:///run/redis/redis.sock", redisPoolSize()},
-		{"redis-cluster://u:p@10.0.0.1:6379,10.0.0.2:6379", redisPoolSize()},
+		{"redis://127.0.0.1:6379/2", 0, redisPoolSize()},
+		{"redis://u:p@127.0.0.1:6379/2?pool_size=7", 0, 7},
+		{"unix:///run/redis/redis.sock", 0, redisPoolSize()},
+		{"redis-cluster://u:p@10.0.0.1:6379,10.0.0.2:6379", 0, redisPoolSize()},
+		// The renewals' own client (leaseStore.beat).
+		{"redis://127.0.0.1:6379/2", beatPoolSize, beatPoolSize},
+		{"redis://u:p@127.0.0.1:6379/2?pool_size=7", beatPoolSize, beatPoolSize},
+		{"redis-cluster://u:p@10.0.0.1:6379,10.0.0.2:6379", beatPoolSize, beatPoolSize},
 	} {
-		rdb, err := clusterRedis(tc.spec)
+		rdb, err := clusterRedis(tc.spec, tc.pool)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.spec, err)
 		}

@@ -227,8 +227,7 @@ return 1
 
 // releaseScript gives the lease up if ARGV[1] holds it, and forgets its
 // owner in the meta hash (a given-back lease is free): 1, else 0.
-// KEYS: lease, meta.
-// KEYS: lease. ARGV: lease.
+// KEYS: lease, meta. ARGV: lease.
 var releaseScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
@@ -240,7 +239,10 @@ return 0
 
 // leaseStore runs the scripts; the cluster keeps the policy.
 type leaseStore struct {
-	rdb  redis.UniversalClient
+	rdb redis.UniversalClient
+	// beat is the renewals' and the heartbeat's own client, with a pool
+	// of beatPoolSize (newCluster); nil: rdb.
+	beat redis.UniversalClient
 	self lease // token 0: this node's name, incarnation and peer address
 	ttl  time.Duration
 	// metaTTL keeps the online mark past the last lease, so the user's
@@ -359,6 +361,14 @@ func (ls *leaseStore) renew(ctx context.Context, held map[string]lease) (lost []
 	return lost, err
 }
 
+// beatClient is the client of the renewals and the heartbeat.
+func (ls *leaseStore) beatClient() redis.UniversalClient {
+	if ls.beat != nil {
+		return ls.beat
+	}
+	return ls.rdb
+}
+
 // renewBatchMax bounds the leases of one renewal pipeline: what a pass holds
 // at once (its commands, keys and replies, about 1 KB a lease) stays the
 // same whatever the node's sessions, instead of growing with them (issue
@@ -372,13 +382,14 @@ func (ls *leaseStore) renewBatch(ctx context.Context, held map[string]lease, key
 	// By digest (EVALSHA); those Redis answers NOSCRIPT (a restart
 	// emptied its script cache) go again with the source.
 	// Each command's error is its own: they are read below.
-	ls.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	rdb := ls.beatClient()
+	rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, sk := range keys {
 			cmds = append(cmds, renewScript.EvalSha(ctx, p, []string{leaseKey(sk)}, held[sk].String(), ttl))
 		}
 		return nil
 	})
-	cmds = evalMissing(ctx, ls.rdb, cmds, func(p redis.Pipeliner, i int) *redis.Cmd {
+	cmds = evalMissing(ctx, rdb, cmds, func(p redis.Pipeliner, i int) *redis.Cmd {
 		return renewScript.Eval(ctx, p, []string{leaseKey(keys[i])}, held[keys[i]].String(), ttl)
 	})
 	for _, c := range cmds {
@@ -437,6 +448,42 @@ func (ls *leaseStore) release(ctx context.Context, sk string, l lease) error {
 	k := keysOf(sk)
 	if err := releaseScript.Run(ctx, ls.rdb, []string{k.lease, k.meta}, l.String()).Err(); err != nil {
 		return fmt.Errorf("%w: release: %w", ErrClusterRedis, err)
+	}
+	return nil
+}
+
+// releaseAll gives back every lease of held (session key → lease) in one
+// pipeline, bounded by ctx and redisOpTimeout.
+func (ls *leaseStore) releaseAll(ctx context.Context, held map[string]lease) error {
+	if len(held) == 0 {
+		return nil
+	}
+	ctx, cancel := redisBound(ctx)
+	defer cancel()
+	keys := make([]string, 0, len(held))
+	for sk := range held {
+		keys = append(keys, sk)
+	}
+	args := func(i int) ([]string, string) {
+		k := keysOf(keys[i])
+		return []string{k.lease, k.meta}, held[keys[i]].String()
+	}
+	cmds := make([]*redis.Cmd, 0, len(keys))
+	ls.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := range keys {
+			ks, l := args(i)
+			cmds = append(cmds, releaseScript.EvalSha(ctx, p, ks, l))
+		}
+		return nil
+	})
+	cmds = evalMissing(ctx, ls.rdb, cmds, func(p redis.Pipeliner, i int) *redis.Cmd {
+		ks, l := args(i)
+		return releaseScript.Eval(ctx, p, ks, l)
+	})
+	for _, c := range cmds {
+		if err := c.Err(); err != nil {
+			return fmt.Errorf("%w: release: %w", ErrClusterRedis, err)
+		}
 	}
 	return nil
 }

@@ -3,12 +3,17 @@ package sidecar
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"expressolivre.org/imsidecar/phpsession/phpsessiontest"
 	"expressolivre.org/imsidecar/xmppconn"
@@ -253,5 +258,161 @@ func TestClusterRedisStalledBounds(t *testing.T) {
 			defer cancel()
 			timed("the release of 20 leases at shutdown", 5*time.Second, func() { a.stop(sctx) })
 		})
+	}
+}
+
+// TestClusterRenewSlowRedis: on a Redis slow to answer (every reply
+// 150 ms late, as on an overloaded machine), a renewal pass renews the
+// node's leases even when it also has leases to give back. The old pass
+// gave idle leases back one round trip each before renewing, spent its
+// third of the TTL on them, and the renewal then failed at once: the
+// sessions' leases expired and the other nodes took them over (rolling
+// SIGTERM at 2,000 users).
+func TestClusterRenewSlowRedis(t *testing.T) {
+	ctx := t.Context()
+	r := phpsessiontest.StartRedis(t)
+	proxy := startSlowProxy(t, r.Addr)
+	const ttl = 3 * time.Second // a pass has 1 s
+	a := leaseNode(t, "redis://"+proxy.addr, "a", ttl)
+	var idle, fresh []string
+	for _, group := range []string{"idle", "fresh"} {
+		for i := range 12 {
+			sk := fmt.Sprintf("%s-%02d-aaaaaaaaaaaaaaaaaaaaaa", group, i)
+			if res, err := a.take(ctx, sk, nil); err != nil || !res.won {
+				t.Fatalf("claim: %+v %v", res, err)
+			}
+			if group == "idle" {
+				idle = append(idle, sk)
+			} else {
+				fresh = append(fresh, sk)
+			}
+		}
+		if group == "idle" {
+			time.Sleep(ttl + 100*time.Millisecond) // claimed a TTL ago by calls that opened no stream
+		}
+	}
+	proxy.delay.Store(int64(150 * time.Millisecond))
+	before := a.renewed.Load()
+	a.renew(ctx)
+	if a.renewed.Load() == before {
+		t.Fatal("the renewal pass did not renew the leases (Redis answers, 150 ms late)")
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	for _, sk := range fresh {
+		if d, err := rdb.PTTL(ctx, leaseKey(sk)).Result(); err != nil || d < ttl-time.Second {
+			t.Errorf("lease of %s: TTL %v %v after the pass, want about %v", sk[:8], d, err, ttl)
+		}
+	}
+	for _, sk := range idle {
+		if n, err := rdb.Exists(ctx, leaseKey(sk)).Result(); err != nil || n != 0 {
+			t.Errorf("idle lease of %s still in Redis (%d, %v), want given back", sk[:8], n, err)
+		}
+	}
+	if n := len(a.held); n != len(fresh) {
+		t.Errorf("%d leases in the table after the pass, want the %d fresh ones", n, len(fresh))
+	}
+}
+
+// slowProxy relays TCP to a server and holds each chunk of the server's
+// replies for delay first.
+type slowProxy struct {
+	addr  string
+	delay atomic.Int64 // nanoseconds
+}
+
+func startSlowProxy(t *testing.T, upstream string) *slowProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &slowProxy{addr: ln.Addr().String()}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", upstream)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c, s)
+			mu.Unlock()
+			wg.Go(func() { io.Copy(s, c); s.Close() })
+			wg.Go(func() {
+				defer c.Close()
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := s.Read(buf)
+					if n > 0 {
+						time.Sleep(time.Duration(p.delay.Load()))
+						if _, werr := c.Write(buf[:n]); werr != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			})
+		}
+	})
+	return p
+}
+
+// TestClusterRenewPoolBusy: a renewal pass renews while every connection
+// of the node's shared pool is taken (by slow state writes and lookups on
+// an overloaded machine; here by blocking pops), for the renewals and the
+// heartbeat have connections of their own (leaseStore.beat). On the
+// shared pool the pass waited for a connection past its third of the
+// TTL, and the leases expired.
+func TestClusterRenewPoolBusy(t *testing.T) {
+	ctx := t.Context()
+	r := phpsessiontest.StartRedis(t)
+	spec := "redis://" + r.Addr
+	const ttl = 3 * time.Second
+	a := leaseNode(t, spec, "a", ttl)
+	beat, err := clusterRedis(spec, beatPoolSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { beat.Close() })
+	a.ls.beat = beat
+	for i := range 5 {
+		if res, err := a.take(ctx, fmt.Sprintf("busy-%02d-aaaaaaaaaaaaaaaaaaaaaa", i), nil); err != nil || !res.won {
+			t.Fatalf("claim: %+v %v", res, err)
+		}
+	}
+	shared := a.rdb.(*redis.Client)
+	bctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	for range shared.Options().PoolSize {
+		wg.Go(func() { shared.BLPop(bctx, 2*time.Second, "nothing-comes") })
+	}
+	for shared.PoolStats().TotalConns < uint32(shared.Options().PoolSize) || shared.PoolStats().IdleConns > 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	before := a.renewed.Load()
+	a.renew(ctx)
+	if a.renewed.Load() == before {
+		t.Fatal("the renewal pass did not renew with the shared pool busy")
 	}
 }

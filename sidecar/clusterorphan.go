@@ -241,7 +241,7 @@ func (o *orphans) tick(ctx context.Context, wg *sync.WaitGroup) {
 	rctx, cancel := context.WithTimeout(ctx, ls.ttl/3)
 	defer cancel()
 	var members *redis.StringSliceCmd
-	_, err := ls.rdb.Pipelined(rctx, func(p redis.Pipeliner) error {
+	_, err := ls.beatClient().Pipelined(rctx, func(p redis.Pipeliner) error {
 		p.Set(rctx, nodeKeyPrefix+me, ls.self.peer, ls.ttl)
 		p.SAdd(rctx, nodesKey, me)
 		members = p.SMembers(rctx, nodesKey)

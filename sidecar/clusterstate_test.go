@@ -53,7 +53,7 @@ func ownedSession(t *testing.T, cl *cluster, sk, user string) (*session, lease) 
 // ttl; its client closes with the test.
 func testLeaseStore(t *testing.T, spec, node string, ttl time.Duration) *leaseStore {
 	t.Helper()
-	rdb, err := clusterRedis(spec)
+	rdb, err := clusterRedis(spec, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -445,6 +445,29 @@ func (d *daemon) LogTail(n int) string {
 	return strings.Join(lines, "\n")
 }
 
+// stuckAt is, for a daemon that did not exit and was sent SIGQUIT, the
+// last n lines it logged before the goroutine dump and the stack of its
+// main goroutine (the shutdown step it waited in); else LogTail(n).
+func (d *daemon) stuckAt(n int) string {
+	log := d.Log()
+	i := strings.Index(log, "SIGQUIT: quit")
+	if i < 0 {
+		return d.LogTail(n)
+	}
+	lines := strings.Split(strings.TrimRight(log[:i], "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	main := ""
+	if j := strings.Index(log[i:], "\ngoroutine 1 "); j >= 0 {
+		main = log[i+j+1:]
+		if k := strings.Index(main, "\n\n"); k >= 0 {
+			main = main[:k]
+		}
+	}
+	return strings.Join(lines, "\n") + "\n\nits main goroutine:\n" + main
+}
+
 // Signal sends sig and waits up to timeout for the exit; it returns the exit
 // code (-1 if the process was killed by a signal) and how long it took.
 func (d *daemon) Signal(tb testing.TB, sig syscall.Signal, timeout time.Duration) (int, time.Duration) {
@@ -459,9 +482,15 @@ func (d *daemon) Signal(tb testing.TB, sig syscall.Signal, timeout time.Duration
 	select {
 	case <-d.done:
 	case <-time.After(timeout):
-		d.cmd.Process.Kill()
-		<-d.done
-		tb.Fatalf("imsidecar did not exit within %v after %v\n%s", timeout, sig, d.LogTail(60))
+		// Its goroutines, into its log: what it was waiting for.
+		d.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-d.done:
+		case <-time.After(5 * time.Second):
+			d.cmd.Process.Kill()
+			<-d.done
+		}
+		tb.Fatalf("imsidecar did not exit within %v after %v\n%s", timeout, sig, d.stuckAt(40))
 	}
 	return d.cmd.ProcessState.ExitCode(), time.Since(start)
 }

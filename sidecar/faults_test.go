@@ -157,6 +157,7 @@ type traffic struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 	stopSend chan struct{}
+	halted   sync.Once
 	senders  sync.WaitGroup
 	pollers  sync.WaitGroup
 
@@ -269,6 +270,15 @@ func (tr *traffic) worstWait(since time.Time) string {
 // start runs one poller and one sender per user.
 func (tr *traffic) start() {
 	tr.ctx, tr.cancel = context.WithCancel(context.Background())
+	// A test that fails before stop still ends its traffic, before its
+	// daemons are stopped (a failed row went on loading the machine for
+	// minutes).
+	tr.tb.Cleanup(func() {
+		tr.halt()
+		tr.cancel()
+		tr.senders.Wait()
+		tr.pollers.Wait()
+	})
 	for i, u := range tr.users {
 		tr.pollers.Add(1)
 		go tr.poll(u)
@@ -276,6 +286,9 @@ func (tr *traffic) start() {
 		go tr.send(u, i)
 	}
 }
+
+// halt stops the senders (once).
+func (tr *traffic) halt() { tr.halted.Do(func() { close(tr.stopSend) }) }
 
 // fault marks the moment the fault is injected; healed when it is removed.
 func (tr *traffic) fault() {
@@ -473,7 +486,7 @@ func (tr *traffic) poll(u *fuser) {
 // stop ends the traffic: senders stop, then pollers run until every
 // accepted message arrived or drain passed.
 func (tr *traffic) stop(drain time.Duration) {
-	close(tr.stopSend)
+	tr.halt()
 	done := make(chan struct{})
 	go func() { tr.senders.Wait(); close(done) }()
 	select {
@@ -1331,7 +1344,7 @@ func faultGracefulShutdown(t *testing.T, sc faultScale) faultRow {
 	}
 	gone := desk.waitClosed(t, len(tr.users))
 	row.Recover = time.Since(start)
-	close(tr2.stopSend)
+	tr2.halt()
 	tr2.cancel()
 	tr2.senders.Wait()
 	tr2.pollers.Wait()

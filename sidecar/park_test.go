@@ -839,3 +839,67 @@ func streamGoroutines() int {
 	buf = buf[:runtime.Stack(buf, true)]
 	return strings.Count(string(buf), "sidecar.(*api).stream(")
 }
+
+// TestParkShutdownBounded: the parker's shutdown ends at its deadline
+// even when an answered connection's next request, a re-poll served on
+// the answering goroutine, does not end: in a cluster such a re-poll may
+// claim its session and wait for the login up to takeoverLoginTimeout,
+// which closing its connection does not cut short. A SIGTERM at 2,000
+// users waited more than 30 s there. Real TCP: the re-poll path reads a
+// socket (readNext).
+func TestParkShutdownBounded(t *testing.T) {
+	ps := startParkServer(t, true, 16)
+	cur := ps.connect(t, goodID, "alice")
+	release := make(chan struct{})
+	entered := make(chan struct{})
+	real := ps.h.api.parked.repoll
+	ps.h.api.parked.repoll = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		<-release // a login that outlives the shutdown's deadline
+		real.ServeHTTP(w, r)
+	})
+	c, err := net.Dial("tcp", ps.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	br := bufio.NewReader(c)
+	io.WriteString(c, pollRequest(cur, 25, ""))
+	ps.waitParked(t, 1)
+	ps.message("m")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("poll: %v %v", resp, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	cur.offset++
+	io.WriteString(c, pollRequest(cur, 0, "")) // the re-poll
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the next request on the answered connection was not served as a re-poll")
+	}
+
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	ended := make(chan struct{})
+	go func() {
+		ps.h.api.parked.shutdown(ctx)
+		close(ended)
+	}()
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		close(release)
+		<-ended
+		t.Fatal("the parker's shutdown waited for the re-poll past its deadline")
+	}
+	ps.h.logMu.Lock()
+	said := strings.Contains(ps.h.logs.String(), "not waiting for them")
+	ps.h.logMu.Unlock()
+	if !said {
+		t.Error("the shutdown did not say it left a call being served")
+	}
+	close(release)
+}
