@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -882,5 +883,72 @@ func TestStatusNeedsToken(t *testing.T) {
 	o.tokens = []string{""}
 	if rec := get("/status?format=json", "Bearer "); strings.Contains(rec.Body.String(), "alice") {
 		t.Fatalf("an empty bearer opened the rows: %d %s", rec.Code, rec.Body)
+	}
+}
+
+// TestRunShutdownAPIDrainBounded: a call still running when the daemon
+// stops (a connect whose login does not end with its request: a claim's
+// login runs up to takeoverLoginTimeout) holds the API's drain for at
+// most a third of --shutdown-timeout, so that in a cluster the
+// hand-over, which comes next, keeps its share. At 2,000 users such
+// calls held the drain for the whole timeout and nothing was handed over.
+func TestRunShutdownAPIDrainBounded(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	const timeout = 3 * time.Second
+	cfg, _, err := parseConfig([]string{"--listen=" + addr, "--ops-listen=127.0.0.1:0", "--xmpp-addr=127.0.0.1:5222",
+		"--xmpp-domain=example.test", "--session-save-path=" + t.TempDir(), "--shutdown-timeout=" + timeout.String()}, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reader := &fakeReader{sessions: map[string]*phpsession.Session{}, errs: map[string]error{}}
+	reader.set(goodID, "alice", secretPW)
+	release := make(chan struct{})
+	dialing := make(chan struct{}, 1)
+	var logs bytes.Buffer
+	var logMu sync.Mutex
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	started := make(chan *api, 1)
+	go func() {
+		done <- serve(ctx, cfg, slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logs}, nil)), &deps{reader: reader, dial: func(context.Context, xmppconn.Config) (xmppSession, error) {
+			dialing <- struct{}{}
+			<-release // a login that outlives the shutdown
+			return nil, xmppconn.ErrClosed
+		}, started: func(a *api) { started <- a }})
+	}()
+	<-started
+	go func() {
+		req, _ := http.NewRequest("POST", "http://"+addr+"/v1/connect", nil)
+		req.Header.Set("X-Session-Id", goodID)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-dialing
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(3 * timeout):
+		t.Fatal("serve did not return")
+	}
+	close(release)
+	logMu.Lock()
+	log := logs.String()
+	logMu.Unlock()
+	m := regexp.MustCompile(`msg="imsidecar stopped".* api=(\S+)`).FindStringSubmatch(log)
+	if m == nil {
+		t.Fatalf("no stop line in the log:\n%s", log)
+	}
+	api, err := time.ParseDuration(m[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if api > timeout/3+500*time.Millisecond {
+		t.Errorf("the API's drain took %v of the %v shutdown timeout, want at most a third", api, timeout)
 	}
 }

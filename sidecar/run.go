@@ -355,7 +355,14 @@ func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error
 	endAPIRequests()
 	a.parked.shutdown(sctx)
 	ph.mark("parked")
-	apiSrv.Shutdown(sctx)
+	// The API's drain has a third of the timeout: a call waiting for its
+	// session's login (a claim's, up to takeoverLoginTimeout) does not end
+	// with its request's context, and at 2,000 users such calls held the
+	// drain for the whole timeout, leaving nothing for the hand-over. A
+	// call still running then is answered, or cut, as the process ends.
+	actx, acancel := context.WithTimeout(sctx, cfg.ShutdownTimeout/3)
+	apiSrv.Shutdown(actx)
+	acancel()
 	ph.mark("api")
 	// In cluster mode the other nodes log in ahead for this node's
 	// sessions while it still serves them (forwarded) and renews their
