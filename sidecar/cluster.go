@@ -80,7 +80,10 @@ type cluster struct {
 	mu     sync.Mutex
 	held   map[string]heldLease          // session key → lease
 	checks map[leaseCheckKey]*leaseCheck // lease checks in flight (checkLease)
-	wg     sync.WaitGroup                // detaches and lease checks in flight
+	// claimed is the state the claim of a session handed over read with
+	// its lease (takeHanded), until its resumption loads it.
+	claimed map[string]claimedState
+	wg      sync.WaitGroup // detaches and lease checks in flight
 	// renewed is when the last renewal pass reached Redis (unix nanos).
 	renewed atomic.Int64
 	// redisSteadySince is when Redis last started answering this node's

@@ -25,8 +25,14 @@ import (
 // (or the hand-over's end, for a session it does not hand over), then are
 // told not_owner and route again.
 
-// handoffInFlight bounds the sessions let go of at once.
-const handoffInFlight = 64
+// handoffInFlight bounds the sessions let go of at once. Each one's user
+// waits from its turn to its successor's take, and the takes share the
+// nodes' few cores: more in flight hands over no faster once those are
+// busy, it only makes each user wait longer (a user's wait is about the
+// sessions in flight over the rate they are taken at). With 32, each a
+// few round trips, the cores still set the pace, not the bound
+// (docs/FAULTS.md, "The take").
+const handoffInFlight = 32
 
 // handoffDrain bounds the wait for forwarded calls already being served
 // before the streams are let go (a send in flight completes rather than

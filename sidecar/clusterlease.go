@@ -144,7 +144,26 @@ func parseLease(s string) (lease, error) {
 // KEYS: lease, token, meta. ARGV: node, incarnation, peer, ttl ms,
 // expected lease or "", meta ttl ms, "1" if the expected lease was seen
 // expired ("0" otherwise).
-var claimScript = redis.NewScript(`
+var claimScript = redis.NewScript(claimScriptSrc + `
+return {1, v, on or '0'}
+`)
+
+// claimLoadScript is claimScript reading, when it takes the lease, the
+// session's state as loadScript would right after it: {1, lease, on, meta
+// pairs, unacked stanzas, event records, presence pairs}. The take of a
+// session handed over (clusterwarm.go) runs it: one round trip where a
+// claim and a load were two. The state is the one the new lease fences:
+// every write of the session's state is checked against the lease in the
+// same script (stateScriptSrc), so none can land between the claim and a
+// later load; what this script reads is exactly what that load would.
+// KEYS: lease, token, meta, unacked, events, presence. ARGV: claimScript's.
+var claimLoadScript = redis.NewScript(claimScriptSrc + `
+return {1, v, on or '0', redis.call('HGETALL', KEYS[3]), redis.call('LRANGE', KEYS[4], 0, -1), redis.call('LRANGE', KEYS[5], 0, -1), redis.call('HGETALL', KEYS[6])}
+`)
+
+// claimScriptSrc is the claim of claimScript and claimLoadScript, up to
+// their answer when the lease is taken (v the lease, on the online mark).
+var claimScriptSrc = `
 local cur = redis.call('GET', KEYS[1])
 if cur and (cur ~= ARGV[5] or ARGV[7] == '1') then
   return {0, cur}
@@ -164,8 +183,7 @@ if tonumber(ARGV[6]) > 0 and redis.call('PTTL', KEYS[3]) < 0 then
   redis.call('PEXPIRE', KEYS[3], ARGV[6])
 end
 local on = redis.call('HGET', KEYS[3], 'on')
-return {1, v, on or '0'}
-`)
+`
 
 // renewScriptSrc extends the lease if ARGV[1] still holds it (1); sets it
 // again if no lease is there at all (2): the keys expired while Redis was
@@ -287,19 +305,44 @@ func (ls *leaseStore) claimIf(ctx context.Context, sk string, expected *lease, e
 	if expired {
 		gone = "1"
 	}
+	res, _, err := claimAnswer(claimScript.Run(ctx, ls.rdb, keysOf(sk).list(), ls.self.node, ls.self.incarnation, ls.self.peer, ls.ttl.Milliseconds(), exp, ls.metaTTL.Milliseconds(), gone))
+	return res, err
+}
+
+// claimLoad takes the session's lease if it still holds exactly from (as
+// claim), and then returns its state, read in the same script
+// (claimLoadScript); the state is empty when the lease was not taken.
+func (ls *leaseStore) claimLoad(ctx context.Context, sk string, from lease) (claimResult, stored, error) {
+	ctx, cancel := redisBound(ctx)
+	defer cancel()
 	k := keysOf(sk)
-	won, val, third, err := scriptAnswer("claim", claimScript.Run(ctx, ls.rdb, k.list(), ls.self.node, ls.self.incarnation, ls.self.peer, ls.ttl.Milliseconds(), exp, ls.metaTTL.Milliseconds(), gone))
+	keys := []string{k.lease, k.token, k.meta, k.unacked, k.events, k.presence}
+	res, v, err := claimAnswer(claimLoadScript.Run(ctx, ls.rdb, keys, ls.self.node, ls.self.incarnation, ls.self.peer, ls.ttl.Milliseconds(), from.String(), ls.metaTTL.Milliseconds(), "0"))
+	if err != nil || !res.won {
+		return res, stored{}, err
+	}
+	if len(v) != 7 {
+		return claimResult{}, stored{}, fmt.Errorf("%w: claim and load answered %d parts", ErrClusterRedis, len(v))
+	}
+	return res, storedOf(v[3:]), nil
+}
+
+// claimAnswer reads the answer of claimScript or claimLoadScript; v is
+// the whole answer.
+func claimAnswer(cmd *redis.Cmd) (res claimResult, v []any, err error) {
+	won, val, third, err := scriptAnswer("claim", cmd)
 	if err != nil {
-		return claimResult{}, err
+		return claimResult{}, nil, err
 	}
 	l, err := parseLease(val)
 	if err != nil {
-		return claimResult{}, err
+		return claimResult{}, nil, err
 	}
-	res := claimResult{won: won, lease: l}
+	res = claimResult{won: won, lease: l}
 	res.online = res.won && third == "1"
 	res.expired = !res.won && third == "expired"
-	return res, nil
+	v, _ = cmd.Slice()
+	return res, v, nil
 }
 
 // scriptAnswer reads the answer {won, string[, third]} of the claim and

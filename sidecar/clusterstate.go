@@ -729,11 +729,16 @@ type stored struct {
 	presence map[string]string
 }
 
-// load reads the session's state, if this node holds the lease.
+// load reads the session's state, if this node holds the lease: the
+// state its claim read already, for a session handed over (takeHanded),
+// or Redis's.
 func (cl *cluster) load(ctx context.Context, sk string) (stored, error) {
 	l, ok := cl.holds(sk)
 	if !ok {
 		return stored{}, ErrNotOwner
+	}
+	if in, ok := cl.preloaded(sk, l); ok {
+		return in, nil
 	}
 	ctx, cancel := redisBound(ctx)
 	defer cancel()
@@ -748,6 +753,13 @@ func (cl *cluster) load(ctx context.Context, sk string) (stored, error) {
 		cl.lost(sk, l)
 		return stored{}, ErrNotOwner
 	}
+	return storedOf(v[1:]), nil
+}
+
+// storedOf reads the state parts of loadScript's answer (and
+// claimLoadScript's): meta pairs, unacked stanzas, event records,
+// presence pairs. A part of the wrong type reads as empty.
+func storedOf(v []any) stored {
 	strs := func(x any) [][]byte {
 		list, _ := x.([]any)
 		out := make([][]byte, 0, len(list))
@@ -765,7 +777,7 @@ func (cl *cluster) load(ctx context.Context, sk string) (stored, error) {
 		}
 		return m
 	}
-	return stored{meta: pairs(v[1]), unacked: strs(v[2]), records: strs(v[3]), presence: pairs(v[4])}, nil
+	return stored{meta: pairs(v[0]), unacked: strs(v[1]), records: strs(v[2]), presence: pairs(v[3])}
 }
 
 // parseSaved decodes what load read, for user: the log if it is user's

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"expressolivre.org/imsidecar/phpsession"
 	"expressolivre.org/imsidecar/xmppconn"
 )
 
@@ -71,13 +72,20 @@ var errWarmFull = fmt.Errorf("%w: too many sessions being prepared here", ErrPee
 // nil Warm is being prepared.
 type warmPool struct {
 	mu     sync.Mutex
-	m      map[string]*xmppconn.Warm
+	m      map[string]warmStream
 	sem    chan struct{}
 	closed bool
 }
 
+// warmStream is a stream prepared for a session and the PHP session it
+// was prepared with, read from the store then: the take's identity.
+type warmStream struct {
+	w  *xmppconn.Warm
+	ps *phpsession.Session
+}
+
 func newWarmPool() *warmPool {
-	return &warmPool{m: map[string]*xmppconn.Warm{}, sem: make(chan struct{}, warmPreparing)}
+	return &warmPool{m: map[string]warmStream{}, sem: make(chan struct{}, warmPreparing)}
 }
 
 // reserve makes room for sk's preparation; false when sk is prepared or
@@ -93,19 +101,20 @@ func (p *warmPool) reserve(sk string) (bool, error) {
 	case len(p.m) >= warmMax:
 		return false, errWarmFull
 	}
-	p.m[sk] = nil
+	p.m[sk] = warmStream{}
 	return true, nil
 }
 
-// put keeps w for sk (reserved), until warmLife; false when the pool was
-// closed or sk's reservation dropped meanwhile (w is then the caller's).
-func (p *warmPool) put(sk string, w *xmppconn.Warm, expired func()) bool {
+// put keeps w, prepared with PHP session ps, for sk (reserved), until
+// warmLife; false when the pool was closed or sk's reservation dropped
+// meanwhile (w is then the caller's).
+func (p *warmPool) put(sk string, w *xmppconn.Warm, ps *phpsession.Session, expired func()) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if cur, ok := p.m[sk]; p.closed || !ok || cur != nil {
+	if cur, ok := p.m[sk]; p.closed || !ok || cur.w != nil {
 		return false
 	}
-	p.m[sk] = w
+	p.m[sk] = warmStream{w, ps}
 	time.AfterFunc(warmLife, func() {
 		if p.remove(sk, w) {
 			w.Close()
@@ -120,7 +129,7 @@ func (p *warmPool) put(sk string, w *xmppconn.Warm, expired func()) bool {
 func (p *warmPool) remove(sk string, w *xmppconn.Warm) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if cur, ok := p.m[sk]; ok && cur == w {
+	if cur, ok := p.m[sk]; ok && cur.w == w {
 		delete(p.m, sk)
 		return true
 	}
@@ -132,11 +141,22 @@ func (p *warmPool) remove(sk string, w *xmppconn.Warm) bool {
 func (p *warmPool) take(sk string) *xmppconn.Warm {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	w := p.m[sk]
+	w := p.m[sk].w
 	if w != nil {
 		delete(p.m, sk)
 	}
 	return w
+}
+
+// session returns the PHP session sk's warm stream was prepared with,
+// keeping the stream; nil when there is none.
+func (p *warmPool) session(sk string) *phpsession.Session {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if ws := p.m[sk]; ws.w != nil {
+		return ws.ps
+	}
+	return nil
 }
 
 // close closes every warm stream; the pool takes no more.
@@ -144,11 +164,11 @@ func (p *warmPool) close() {
 	p.mu.Lock()
 	p.closed = true
 	m := p.m
-	p.m = map[string]*xmppconn.Warm{}
+	p.m = map[string]warmStream{}
 	p.mu.Unlock()
-	for _, w := range m {
-		if w != nil {
-			w.Close()
+	for _, ws := range m {
+		if ws.w != nil {
+			ws.w.Close()
 		}
 	}
 }
@@ -165,15 +185,25 @@ func (cl *cluster) dropWarm(sk string) {
 	}
 }
 
+// peerSession reads the PHP session a peer route names (X-Session-Id)
+// and its key; when it names none, the call is answered session_missing
+// and ok is false.
+func peerSession(w http.ResponseWriter, r *http.Request) (id, sk string, ok bool) {
+	id = r.Header.Get("X-Session-Id")
+	if id == "" {
+		writeError(w, ErrSessionMissing)
+		return "", "", false
+	}
+	return id, sessionKey(id), true
+}
+
 // serveWarm answers peerWarmPath: it reads the PHP session the caller
 // names, logs in ahead for it and keeps the stream for warmLife.
 func (cl *cluster) serveWarm(w http.ResponseWriter, r *http.Request) {
-	id := r.Header.Get("X-Session-Id")
-	if id == "" {
-		writeError(w, ErrSessionMissing)
+	id, sk, ok := peerSession(w, r)
+	if !ok {
 		return
 	}
-	sk := sessionKey(id)
 	if cl.reg.isClosing() {
 		cl.metrics.clusterWarm.WithLabelValues("refused").Inc()
 		writeError(w, ErrShuttingDown)
@@ -194,7 +224,7 @@ func (cl *cluster) serveWarm(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
-	warm, err := cl.prepare(ctx, id)
+	warm, ps, err := cl.prepare(ctx, id)
 	if err != nil {
 		cl.warms.remove(sk, nil)
 		cl.metrics.clusterWarm.WithLabelValues("failed").Inc()
@@ -202,7 +232,7 @@ func (cl *cluster) serveWarm(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	if !cl.warms.put(sk, warm, func() { cl.metrics.clusterWarm.WithLabelValues("expired").Inc() }) {
+	if !cl.warms.put(sk, warm, ps, func() { cl.metrics.clusterWarm.WithLabelValues("expired").Inc() }) {
 		warm.Close()
 		cl.metrics.clusterWarm.WithLabelValues("refused").Inc()
 		writeError(w, ErrShuttingDown)
@@ -213,17 +243,18 @@ func (cl *cluster) serveWarm(w http.ResponseWriter, r *http.Request) {
 }
 
 // prepare logs in ahead for PHP session id, warmPreparing at a time,
-// through the node's authentication limiter like any login.
-func (cl *cluster) prepare(ctx context.Context, id string) (*xmppconn.Warm, error) {
+// through the node's authentication limiter like any login; ps is the
+// PHP session it read.
+func (cl *cluster) prepare(ctx context.Context, id string) (*xmppconn.Warm, *phpsession.Session, error) {
 	select {
 	case cl.warms.sem <- struct{}{}:
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, nil, ctx.Err()
 	}
 	defer func() { <-cl.warms.sem }()
 	ps, err := cl.reg.reader.Lookup(ctx, id)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	r := cl.reg
 	cfg := r.serverConfig(ps.Identity)
@@ -233,7 +264,7 @@ func (cl *cluster) prepare(ctx context.Context, id string) (*xmppconn.Warm, erro
 	if err != nil && ctx.Err() == nil && !errors.Is(err, xmppconn.ErrAuth) {
 		err = fmt.Errorf("%w: %w", errXMPP, err)
 	}
-	return warm, err
+	return warm, ps, err
 }
 
 // serveTake answers peerTakePath: the session's lease is claimed from the
@@ -241,13 +272,21 @@ func (cl *cluster) prepare(ctx context.Context, id string) (*xmppconn.Warm, erro
 // moved meanwhile is not taken) and the session is resumed here, on its
 // warm stream if one waits. The login does not end with the caller's
 // call (takeoverLoginTimeout), for the caller may give up first.
+//
+// The user waits for this take (the stopping node's calls for them are
+// held until it answers), so it does what it can ahead: the PHP session
+// is the one the preparation read (warmLife ago at most; a user who
+// logged out meanwhile is ended by the janitor's next pass, as at any
+// time), read again only when no warm stream waits, and the claim reads
+// the session's state in the same script (takeHanded). What is left is
+// one script, the resumption's round trip to the Jabber server and the
+// online mark.
 func (cl *cluster) serveTake(w http.ResponseWriter, r *http.Request) {
-	id := r.Header.Get("X-Session-Id")
-	if id == "" {
-		writeError(w, ErrSessionMissing)
+	id, sk, ok := peerSession(w, r)
+	if !ok {
 		return
 	}
-	sk := sessionKey(id)
+	start := time.Now()
 	from, err := parseLease(r.URL.Query().Get("lease"))
 	if err != nil {
 		cl.dropWarm(sk)
@@ -256,10 +295,13 @@ func (cl *cluster) serveTake(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), takeoverLoginTimeout)
 	defer cancel()
-	ps, err := cl.reg.reader.Lookup(ctx, id)
+	ps := cl.warms.session(sk)
+	if ps == nil {
+		ps, err = cl.reg.reader.Lookup(ctx, id)
+	}
 	if err == nil {
 		var res claimResult
-		if res, err = cl.take(ctx, sk, &from); err == nil && !res.won {
+		if res, err = cl.takeHanded(ctx, sk, from); err == nil && !res.won {
 			err = fmt.Errorf("%w: node %s holds it", ErrNotOwner, res.lease.node)
 		}
 	}
@@ -267,15 +309,75 @@ func (cl *cluster) serveTake(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		s, _, err = cl.reg.connect(ctx, id, ps, nil)
 	}
-	cl.dropWarm(sk) // not used: taken by another node, or failed
+	cl.dropWarm(sk)    // not used: taken by another node, or failed
+	cl.dropClaimed(sk) // not loaded: the take failed before the resumption
 	if err != nil {
 		cl.logger.Debug("cluster: taking a session handed over", "session", sk[:8], "err", err)
 		writeError(w, err)
 		return
 	}
 	cl.reg.remember(s, id)
+	cl.metrics.clusterTake.Observe(time.Since(start).Seconds())
 	cl.logger.Info("cluster: a session handed over resumed here", "user", s.user, "session", s.short, "from", from.node)
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// claimedState is the state a take's claim read with lease l.
+type claimedState struct {
+	l  lease
+	in stored
+}
+
+// takeHanded is take for a session handed over by the holder of lease
+// from: the claim reads the session's state in the same script
+// (claimLoadScript), kept for the resumption's load (cluster.load). A
+// session held here already, or not taken at once, goes the way of
+// take, and its state is loaded as always.
+func (cl *cluster) takeHanded(ctx context.Context, sk string, from lease) (claimResult, error) {
+	if _, ok := cl.holds(sk); !ok {
+		res, in, err := cl.ls.claimLoad(ctx, sk, from)
+		if err != nil {
+			return res, err
+		}
+		if res.won {
+			// Kept before the lease is held here: any load of the session
+			// (this take's, or a call's that claims it meanwhile) holds
+			// the lease, so the first one takes this state, before a
+			// write can make Redis's newer, and no later one finds it.
+			cl.mu.Lock()
+			if cl.claimed == nil {
+				cl.claimed = map[string]claimedState{}
+			}
+			cl.claimed[sk] = claimedState{res.lease, in}
+			cl.mu.Unlock()
+			cl.hold(sk, res.lease)
+			cl.metrics.clusterClaims.WithLabelValues("takeover").Inc()
+			return res, nil
+		}
+	}
+	return cl.take(ctx, sk, &from)
+}
+
+// preloaded returns, and forgets, the state the claim of lease l on sk
+// read (takeHanded); ok false when there is none, or it was read with
+// another lease.
+func (cl *cluster) preloaded(sk string, l lease) (stored, bool) {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	c, ok := cl.claimed[sk]
+	if !ok {
+		return stored{}, false
+	}
+	delete(cl.claimed, sk)
+	return c.in, c.l == l
+}
+
+// dropClaimed forgets the state a take's claim read for sk, if its
+// resumption did not load it.
+func (cl *cluster) dropClaimed(sk string) {
+	cl.mu.Lock()
+	delete(cl.claimed, sk)
+	cl.mu.Unlock()
 }
 
 // successors names, for each session of list, the peer address of the

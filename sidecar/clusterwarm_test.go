@@ -1,13 +1,16 @@
 package sidecar
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"reflect"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"expressolivre.org/imsidecar/phpsession"
 	"expressolivre.org/imsidecar/xmppconn"
 )
 
@@ -24,7 +27,8 @@ func TestWarmPool(t *testing.T) {
 			if fresh, err := p.reserve(sk); !fresh || err != nil {
 				t.Fatalf("reserve %d: %v %v", i, fresh, err)
 			}
-			if i%2 == 0 && !p.put(sk, new(xmppconn.Warm), func() { expired.Add(1) }) {
+			ps := &phpsession.Session{Identity: phpsession.Identity{User: fmt.Sprint("u", i)}}
+			if i%2 == 0 && !p.put(sk, new(xmppconn.Warm), ps, func() { expired.Add(1) }) {
 				t.Fatalf("put %d refused", i)
 			}
 		}
@@ -36,7 +40,15 @@ func TestWarmPool(t *testing.T) {
 		if fresh, err := p.reserve(fmt.Sprintf("%064d", 0)); fresh || err != nil {
 			t.Errorf("reserve of a session prepared already: %v %v", fresh, err)
 		}
-		// A reservation is not a warm stream; a warm stream is taken once.
+		// A reservation is not a warm stream; a warm stream is taken once,
+		// and keeps the PHP session it was prepared with until then (the
+		// take's identity).
+		if ps := p.session(fmt.Sprintf("%064d", 1)); ps != nil {
+			t.Errorf("session of a session being prepared: %v", ps)
+		}
+		if ps := p.session(fmt.Sprintf("%064d", 2)); ps == nil || ps.Identity.User != "u2" {
+			t.Errorf("session of a prepared session: %v, want u2's", ps)
+		}
 		if w := p.take(fmt.Sprintf("%064d", 1)); w != nil {
 			t.Errorf("take of a session being prepared returned %v", w)
 		}
@@ -46,9 +58,12 @@ func TestWarmPool(t *testing.T) {
 		if w := p.take(fmt.Sprintf("%064d", 2)); w != nil {
 			t.Errorf("second take returned %v", w)
 		}
+		if ps := p.session(fmt.Sprintf("%064d", 2)); ps != nil {
+			t.Errorf("session of a warm stream taken: %v", ps)
+		}
 		// A put for a reservation dropped meanwhile is refused.
 		p.remove(fmt.Sprintf("%064d", 1), nil)
-		if p.put(fmt.Sprintf("%064d", 1), new(xmppconn.Warm), func() {}) {
+		if p.put(fmt.Sprintf("%064d", 1), new(xmppconn.Warm), nil, func() {}) {
 			t.Errorf("put without a reservation kept the stream")
 		}
 		time.Sleep(warmLife + time.Second)
@@ -67,4 +82,108 @@ func TestWarmPool(t *testing.T) {
 			t.Errorf("reserve after close: %v, want ErrShuttingDown", err)
 		}
 	})
+}
+
+// TestClusterTakeHanded: the take of a session handed over claims the
+// lease and reads the session's state in one script, and the resumption
+// loads that state, not Redis's again: it is the state Redis holds, for
+// every write of it is fenced by the lease the claim just moved (the old
+// owner's late write is refused, so nothing is newer in Redis). A take
+// naming a lease the session does not have (forged, or moved meanwhile)
+// claims nothing and keeps no state; a state kept under another lease is
+// never used.
+func TestClusterTakeHanded(t *testing.T) {
+	for _, tc := range redisSpecs() {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := tc.spec(t)
+			a, b := stateNode(t, spec, "a"), stateNode(t, spec, "b")
+			ctx := t.Context()
+			sk := sessionKey("handed-aaaaaaaaaaaaaaaaaaaaaa")
+			s, la := ownedSession(t, a, sk, "alice")
+			cs := s.durable
+			want := xmppconn.ResumeState{V: 1, JID: "alice@example.org/web-" + sk[:8], ID: "sm-" + sk[:6], Max: 300}
+			if err := cs.Save(want); err != nil {
+				t.Fatal(err)
+			}
+			s.appendJSON("message", messageJSON{From: "bob@example.org/desk", ID: "1", Body: "one"})
+			if err := cs.Handled(1); err != nil {
+				t.Fatal(err)
+			}
+			if err := cs.Sent(chatStanza(1)); err != nil {
+				t.Fatal(err)
+			}
+			cs.flush() // as the hand-over at SIGTERM
+			if ok, err := a.ls.mark(ctx, sk, la, true); err != nil || !ok {
+				t.Fatalf("mark: %v %v", ok, err)
+			}
+			// Forged: a's lease with another token, another node, or
+			// b's own name; none is taken, no state is kept.
+			for _, forged := range []lease{{token: la.token + 1, node: la.node, incarnation: la.incarnation, peer: la.peer},
+				{token: la.token, node: "c", incarnation: "i-c", peer: "127.0.0.1:1"},
+				{token: la.token, node: "b", incarnation: b.ls.self.incarnation, peer: b.ls.self.peer}} {
+				res, err := b.takeHanded(ctx, sk, forged)
+				if err != nil || res.won || res.lease != la {
+					t.Fatalf("take from forged lease %v: %+v %v", forged, res, err)
+				}
+				if _, ok := b.holds(sk); ok {
+					t.Fatalf("a forged take left b holding the lease")
+				}
+				if len(b.claimed) != 0 {
+					t.Fatalf("a forged take kept state: %d", len(b.claimed))
+				}
+				if held, err := a.ls.check(ctx, sk, la); err != nil || !held {
+					t.Fatalf("a's lease after a forged take: %v %v", held, err)
+				}
+			}
+			res, err := b.takeHanded(ctx, sk, la)
+			if err != nil || !res.won || !res.online {
+				t.Fatalf("b's take: %+v %v", res, err)
+			}
+			// a's late writes are refused: Redis holds what the claim read.
+			s.appendJSON("message", messageJSON{From: "bob@example.org/desk", ID: "2", Body: "two"})
+			if err := cs.Handled(2); !errors.Is(err, ErrNotOwner) {
+				t.Fatalf("the old owner's count after the take: %v", err)
+			}
+			a.wg.Wait()
+			b.mu.Lock()
+			kept, ok := b.claimed[sk]
+			b.mu.Unlock()
+			if !ok || kept.l != res.lease {
+				t.Fatalf("b kept no state with its lease: %v %+v", ok, kept.l)
+			}
+			b.dropClaimed(sk)
+			fromRedis, err := b.load(ctx, sk)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(kept.in, fromRedis) {
+				t.Fatalf("the claim read\n%+v\nRedis holds\n%+v", kept.in, fromRedis)
+			}
+			// A state kept under another lease (an earlier take's) is
+			// not used: Redis's is loaded.
+			b.mu.Lock()
+			b.claimed[sk] = claimedState{l: la, in: stored{meta: map[string]string{"user": "alice", "on": "1", "st": "{}"}}}
+			b.mu.Unlock()
+			if in, err := b.load(ctx, sk); err != nil || !reflect.DeepEqual(in, fromRedis) {
+				t.Fatalf("load with a state kept under another lease: %+v %v", in, err)
+			}
+			if len(b.claimed) != 0 {
+				t.Fatal("a state kept under another lease was not dropped")
+			}
+			// The resumption loads what the claim read, once.
+			b.mu.Lock()
+			b.claimed[sk] = kept
+			b.mu.Unlock()
+			s2, got := stateSession(t, b, sk, "alice")
+			if got == nil || got.ID != want.ID || got.H != 1 || len(got.Unacked) != 1 || !bytes.Equal(got.Unacked[0], chatStanza(1)) {
+				t.Fatalf("b resumes %+v", got)
+			}
+			if s2.log.head() != s.log.head() {
+				t.Fatalf("b's log at %v, a's at %v", s2.log.head(), s.log.head())
+			}
+			if len(b.claimed) != 0 {
+				t.Fatal("the state the claim read was kept after the resumption loaded it")
+			}
+		})
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -76,10 +77,12 @@ func TestClusterRollingSIGTERM(t *testing.T) {
 	tr.fault()
 	handed, taken := 0, 0
 	var warmUsed float64 // sessions resumed on a prepared stream, by the nodes stopped since
+	var takes float64    // takes timed (imsidecar_cluster_take_seconds), by the nodes stopped since
 	var stops []time.Duration
 	for i, d := range rig.Nodes {
 		owned := int(rig.clusterMetric(t, "imsidecar_cluster_leases", d))
 		warmUsed += rig.clusterMetric(t, `imsidecar_cluster_warm_total{result="used"}`, d)
+		takes += rig.clusterMetric(t, "imsidecar_cluster_take_seconds_count", d)
 		code, took := d.Signal(t, syscall.SIGTERM, 30*time.Second)
 		if code != 0 {
 			t.Errorf("node%d exited %d after SIGTERM", i, code)
@@ -112,6 +115,11 @@ func TestClusterRollingSIGTERM(t *testing.T) {
 	warmUsed += rig.clusterMetric(t, `imsidecar_cluster_warm_total{result="used"}`)
 	if taken == 0 || warmUsed == 0 {
 		t.Errorf("of %d sessions handed over, %d were taken at once by a successor, %v resumed on a prepared stream", handed, taken, warmUsed)
+	}
+	// Each take is timed by the node that took the session (a take the
+	// stopping node gave up on is timed too, and not counted taken).
+	if takes += rig.clusterMetric(t, "imsidecar_cluster_take_seconds_count"); takes < float64(taken) {
+		t.Errorf("%v takes timed, %d sessions taken", takes, taken)
 	}
 	if got := rig.clusterMetric(t, "imsidecar_cluster_leases"); got != float64(len(users)) {
 		t.Errorf("the nodes hold %v leases for %d users", got, len(users))
@@ -474,8 +482,62 @@ func TestClusterWarmHostile(t *testing.T) {
 	if got := metric("dropped"); got != 1 {
 		t.Errorf("%v warm streams dropped after the refused takes, want 1", got)
 	}
+	if got := rig.clusterMetric(t, "imsidecar_cluster_take_seconds_count", rig.Nodes[1]); got != 0 {
+		t.Errorf("%v takes timed on node1 after the forged takes, want 0", got)
+	}
 	// The user is still served by node0, through node1 too.
 	if _, err := rig.Nodes[1].client(u.SID).roster(t.Context()); err != nil {
 		t.Errorf("roster through node1 after the forged takes: %v", err)
+	}
+}
+
+// TestClusterTakeAfterLogout: the take of a session handed over uses the
+// PHP session its successor read when it prepared the stream, not the
+// store again (one look fewer on each user's wait). A user who logged out
+// in between is taken over all the same, and the successor's janitor ends
+// the session at its next pass (--recheck-interval), as for any logout:
+// the user is marked offline.
+func TestClusterTakeAfterLogout(t *testing.T) {
+	rig := startClusterRig(t, 2, 3*time.Second)
+	lb := newBalancer(rig.api[:1]) // everything through node0
+	u := rig.loginUsers(t, lb, "takelo", 1)[0]
+	u.C.mustCall(t, "POST", "/v1/connect", nil, nil, http.StatusOK)
+	post := func(path string) (int, error) {
+		c := &apiClient{base: "http://" + rig.peers[1], sid: u.SID, token: rig.Secret, hc: &http.Client{Timeout: 20 * time.Second}}
+		return c.call(t.Context(), "POST", path, nil, nil)
+	}
+	if st, err := post("/peer/warm"); st != http.StatusNoContent {
+		t.Fatalf("warm: %d %v", st, err)
+	}
+	// node0 stands still, as a node handing over does not end its
+	// sessions (its janitor would close this one at once otherwise).
+	if err := rig.Nodes[0].cmdSignal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer rig.Nodes[0].cmdSignal(syscall.SIGCONT)
+	runPHP(t, rig.e.Store, destroySessionPHP, "E2E_SESSION_ID="+u.SID)
+	rdb := rig.leasesClient(t)
+	defer rdb.Close()
+	base := sessionKeyBase(u.SID)
+	l, err := rdb.Get(t.Context(), base+":lease").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := post("/peer/take?lease=" + url.QueryEscape(l)); st != http.StatusNoContent {
+		t.Fatalf("take after the logout: %d %v", st, err)
+	}
+	if got := rig.clusterMetric(t, `imsidecar_cluster_warm_total{result="used"}`, rig.Nodes[1]); got != 1 {
+		t.Errorf("%v sessions resumed on the prepared stream, want 1", got)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		on, err := rdb.HGet(t.Context(), base+":m", "on").Result()
+		if err == nil && on == "0" && strings.Contains(rig.Nodes[1].Log(), "reason=logged_out") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the session taken after its user logged out is still on (on=%q %v):\n%s", on, err, rig.Nodes[1].LogTail(20))
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }

@@ -42,6 +42,7 @@ type metrics struct {
 	clusterHandoffs  *prometheus.CounterVec
 	clusterAdoptions *prometheus.CounterVec
 	clusterWarm      *prometheus.CounterVec
+	clusterTake      prometheus.Histogram
 	clusterNodes     prometheus.Gauge
 }
 
@@ -87,6 +88,9 @@ func newMetrics(sessions func() map[xmppconn.State]int, eventBytes func() int64)
 			Help: "Cluster mode: a dead node's online sessions this node took up, by outcome: resumed, offline (logged out meanwhile), moved (another node had it), gone (taken up elsewhere first), malformed, failed (left to the user's next call)."}, []string{"result"}),
 		clusterWarm: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imsidecar_cluster_warm_total",
 			Help: "Cluster mode: connections this node prepared (logged in ahead, no resource bound) for a session a stopping node hands it, by outcome: prepared, used (the session resumed on it: one round trip), stale (it had died: a fresh login instead), expired (not used in time), dropped (another node took the session first, or the take failed), failed (the login ahead failed), refused (too many, or shutting down)."}, []string{"result"}),
+		clusterTake: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "imsidecar_cluster_take_seconds",
+			Help:    "Cluster mode: how long this node took to take over a session a stopping node handed it (its user waits that long, after the stream's detach), from the stopping node's ask to the session online here.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2}}),
 		clusterNodes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "imsidecar_cluster_nodes",
 			Help: "Cluster mode: live nodes (their liveness key present) at the last look, this one included."}),
 		clusterResumes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imsidecar_cluster_resumes_total",
@@ -94,7 +98,7 @@ func newMetrics(sessions func() map[xmppconn.State]int, eventBytes func() int64)
 	}
 	reg.MustRegister(m.connects, m.reconnects, m.resumptions, m.authFailures, m.eventsQueued, m.eventsDropped, m.connRejected, m.stanzasDropped, m.sendsRefused, m.browserStreams, m.browserRejected, m.apiLatency, m.storeLatency,
 		m.clusterLeases, m.clusterClaims, m.clusterLeasesLost, m.clusterForwards, m.clusterPeerRefused, m.clusterPeerAsks, m.clusterResumes,
-		m.clusterHandoffs, m.clusterAdoptions, m.clusterWarm, m.clusterNodes,
+		m.clusterHandoffs, m.clusterAdoptions, m.clusterWarm, m.clusterTake, m.clusterNodes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "imsidecar_event_log_bytes", Help: "Bytes the session event logs hold, counted against --event-memory-mb."},
 			func() float64 { return float64(eventBytes()) }))
