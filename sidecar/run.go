@@ -352,15 +352,16 @@ func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error
 	// this node relays to another owner (on the parker's goroutine too,
 	// repoll.go) would otherwise hold the parker's shutdown for its whole
 	// wait, and with it the hand-over.
-	endAPIRequests()
-	a.parked.shutdown(sctx)
-	ph.mark("parked")
-	// The API's drain has a third of the timeout: a call waiting for its
-	// session's login (a claim's, up to takeoverLoginTimeout) does not end
-	// with its request's context, and at 2,000 users such calls held the
-	// drain for the whole timeout, leaving nothing for the hand-over. A
-	// call still running then is answered, or cut, as the process ends.
+	// The parked connections' and the API's drains share a third of the
+	// timeout: a call waiting for its session's login (a claim's, up to
+	// takeoverLoginTimeout) does not end with its request's context, and
+	// at 2,000 users such calls held each drain for the whole timeout,
+	// leaving nothing for the hand-over. A call still running then is
+	// answered, or cut, as the process ends.
 	actx, acancel := context.WithTimeout(sctx, cfg.ShutdownTimeout/3)
+	endAPIRequests()
+	a.parked.shutdown(actx)
+	ph.mark("parked")
 	apiSrv.Shutdown(actx)
 	acancel()
 	ph.mark("api")
