@@ -50,6 +50,7 @@ type Config struct {
 	RecheckInterval time.Duration
 	RateLimit       float64
 	AuthFailLimit   int
+	ConnectLimit    int
 	MaxConnections  int
 	MaxPolls        int
 	GCPercent       int
@@ -126,6 +127,7 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.RecheckInterval, "recheck-interval", 5*time.Second, "how often each connected PHP session is re-read (logout/expiry detection)")
 	fs.Float64Var(&c.RateLimit, "rate-limit", 20, "mutating API calls per second allowed per session (bursts of twice that)")
 	fs.IntVar(&c.AuthFailLimit, "auth-failure-limit", 10, "XMPP authentication failures the server may see per hour from the whole daemon, first logins and reconnections, below its per-IP ban (ejabberd mod_fail2ban: 20); logins in flight count against it and the others wait their turn; a fifth is kept for passwords that worked before (0: no limit)")
+	fs.IntVar(&c.ConnectLimit, "xmpp-connect-limit", 32, "XMPP connection attempts in flight at most, from the whole daemon (logins, reconnections, takeovers, resumptions), each until its stream is secured; the others wait their turn in the daemon instead of in the Jabber server's accept queue (0: no limit)")
 	fs.IntVar(&c.MaxConnections, "max-connections", 10000, "open API connections at most; more are answered 503 too_many_connections (keep it below the open files limit minus one per user); an HTTP/2 connection counts once however many requests it carries")
 	fs.IntVar(&c.MaxPolls, "max-polls-per-session", 8, "GET /v1/events (long polls, SSE streams) in flight at most per PHP session, a parked poll counting until answered; more are answered 429 too_many_polls and their connection closed, so one session cannot hold every API connection (8: four tabs, each with a poll left over from a reload)")
 	fs.BoolVar(&c.HTTP2, "http2", true, "also accept HTTP/2 without TLS (h2c with prior knowledge, RFC 9113 §3.3) on --listen, next to HTTP/1.1: one connection carries many pending polls")
@@ -367,6 +369,9 @@ func (c *Config) Validate() error {
 	}
 	if c.AuthFailLimit < 0 {
 		bad("auth-failure-limit", "must be 0 (no limit) or more, got %d", c.AuthFailLimit)
+	}
+	if c.ConnectLimit < 0 {
+		bad("xmpp-connect-limit", "must be 0 (no limit) or more, got %d", c.ConnectLimit)
 	}
 	if c.RateLimit <= 0 {
 		bad("rate-limit", "must be positive")

@@ -35,6 +35,9 @@ type registry struct {
 	// auth admits every XMPP authentication, first or reconnection
 	// (--auth-failure-limit).
 	auth *authLimiter
+	// connects bounds the XMPP connection attempts in flight
+	// (--xmpp-connect-limit).
+	connects *connectGate
 	// mem is the daemon-wide byte budget of the event logs.
 	mem *eventMemory
 	// avatars: whether the server advertises avatars itself.
@@ -53,7 +56,7 @@ type registry struct {
 func newRegistry(cfg *Config, reader sessionReader, dial dialFunc, tlsConf *tls.Config, logger *slog.Logger, m *metrics) *registry {
 	return &registry{cfg: cfg, reader: reader, dial: dial, tlsConf: tlsConf, logger: logger, metrics: m,
 		sessions: map[string]*session{}, dialing: map[string]chan struct{}{}, authFailed: map[string][32]byte{},
-		auth: newAuthLimiter(cfg.AuthFailLimit, m.authFailures.Inc), mem: newEventMemory(int64(cfg.EventMemoryMB) << 20),
+		auth: newAuthLimiter(cfg.AuthFailLimit, m.authFailures.Inc), connects: newConnectGate(cfg.ConnectLimit), mem: newEventMemory(int64(cfg.EventMemoryMB) << 20),
 		resume: func(ctx context.Context, c xmppconn.Config, st xmppconn.ResumeState) (xmppSession, error) {
 			return xmppconn.Resume(ctx, c, st)
 		}}
@@ -248,6 +251,7 @@ func (r *registry) serverConfig(ident phpsession.Identity) xmppconn.Config {
 		Password:      ident.Password,
 		MaxStanzaSize: r.cfg.XMPPMaxStanzaSize,
 		MaxSendSize:   r.cfg.XMPPMaxSendSize,
+		ConnectGate:   r.connects,
 	}
 }
 

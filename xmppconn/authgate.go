@@ -33,6 +33,23 @@ type AuthGate interface {
 	Acquire(ctx context.Context, knownGood bool) (release func(AuthResult), err error)
 }
 
+// ConnectGate admits connection attempts: when Config.ConnectGate is set,
+// Dial, Prepare and every reconnection ask it before they dial, and
+// release it once the stream is secured and its features read, or the
+// attempt failed. A caller that runs many Conns against one server gives
+// them one gate bounding the attempts in flight: a server that accepts
+// one connection per turn of its event loop (Prosody 0.12) lets a storm
+// of them wait in its accept queue, where those whose client gave up
+// still cost it an accept, a TLS handshake that fails and a turn; the
+// gate keeps the waiting in the client, where a wait that runs out costs
+// the server nothing. Acquire blocks until the attempt may go, bounded by
+// ctx, or returns an error to refuse it (the attempt fails with it
+// wrapped, a reconnection retries after its backoff); release is called
+// exactly once per admitted attempt.
+type ConnectGate interface {
+	Acquire(ctx context.Context) (release func(), err error)
+}
+
 // AuthResult is how an attempt admitted by an AuthGate ended.
 type AuthResult int
 

@@ -92,6 +92,10 @@ type Config struct {
 	// AuthGate, if set, admits every authentication attempt, the first
 	// and every reconnection, and learns each outcome (see AuthGate).
 	AuthGate AuthGate
+	// ConnectGate, if set, admits every connection attempt, for as long
+	// as its TCP connection, TLS and first stream features take (see
+	// ConnectGate).
+	ConnectGate ConnectGate
 	// SoftwareName and SoftwareVersion answer jabber:iq:version requests;
 	// defaults "imsidecar" and "1".
 	SoftwareName, SoftwareVersion string

@@ -39,6 +39,13 @@ func dialStream(ctx context.Context, cfg *Config) (*stream, error) {
 			addr = net.JoinHostPort(srvs[0].Target, strconv.Itoa(int(srvs[0].Port)))
 		}
 	}
+	if g := cfg.ConnectGate; g != nil {
+		release, err := g.Acquire(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("xmppconn: connection not admitted: %w", err)
+		}
+		defer release() // secured and its features read, or failed
+	}
 	var d net.Dialer
 	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
