@@ -811,9 +811,7 @@ func TestClusterStateSaveRedisDown(t *testing.T) {
 // which another node resumes, its Redis marked down too (the takeover's
 // Save after the resumption), with no second login at Prosody.
 func TestClusterLoginRedisDown(t *testing.T) {
-	if testing.Short() {
-		t.Skip("needs Prosody and redis-server")
-	}
+	// StartProsody skips under -short, and only then, as every starter.
 	const hibernation = 2 * time.Second
 	srv := xmppconntest.StartProsody(t, xmppconntest.Options{SmacksHibernation: hibernation})
 	srv.Register(t, "alice", "alice-pw")

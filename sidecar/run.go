@@ -351,13 +351,12 @@ func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error
 	// The calls in flight end now, not when Shutdown starts: a long poll
 	// this node relays to another owner (on the parker's goroutine too,
 	// repoll.go) would otherwise hold the parker's shutdown for its whole
-	// wait, and with it the hand-over.
-	// The parked connections' and the API's drains share a third of the
-	// timeout: a call waiting for its session's login (a claim's, up to
-	// takeoverLoginTimeout) does not end with its request's context, and
-	// at 2,000 users such calls held each drain for the whole timeout,
-	// leaving nothing for the hand-over. A call still running then is
-	// answered, or cut, as the process ends.
+	// wait, and with it the hand-over. A call waiting for its session's
+	// login (a claim's, up to takeoverLoginTimeout) does not end with its
+	// request's context, so the parked connections' and the API's drains
+	// share a third of the timeout (at 2,000 users such calls held each
+	// drain for the whole timeout, leaving nothing for the hand-over); a
+	// call still running then is answered, or cut, as the process ends.
 	actx, acancel := context.WithTimeout(sctx, cfg.ShutdownTimeout/3)
 	endAPIRequests()
 	a.parked.shutdown(actx)
