@@ -63,9 +63,6 @@ type handoff struct {
 	// yet: its forwarded calls are still served here meanwhile (its
 	// stream is), counted, its polls ended when its turn comes.
 	turn map[string]*handoffTurn
-	// succ names the peer address of the node that prepared each
-	// session's resumption, ids its PHP session id (clusterwarm.go).
-	succ, ids map[string]string
 }
 
 // handoffTurn is a session waiting for its turn in the hand-over.
@@ -154,6 +151,18 @@ func writeError(w http.ResponseWriter, err error) {
 // handOver hands every session this node holds to the cluster, bounded by
 // ctx (the shutdown timeout); on a single node (nil) it does nothing and
 // the shutdown closes the streams as always.
+//
+// It is a pipeline (docs/CLUSTER.md, "SIGTERM"): each session's successor
+// is asked to prepare it (clusterwarm.go), handoffAsks at a time, while
+// this node goes on serving it, and a session is let go, and taken by
+// its successor, as soon as its successor has prepared it. A user thus
+// waits for one take, never for a login, however long the others'
+// preparations take: at 2,000 users a node's 667 preparations took
+// longer than any fixed part of the timeout, and the sessions detached
+// before theirs was ready waited for a whole login each. The asks stop
+// when two thirds of the time left have passed; the sessions not
+// prepared by then are let go plainly (their leases given back, for the
+// user's next call or the orphan adoption).
 func (cl *cluster) handOver(ctx context.Context) {
 	if cl == nil {
 		return
@@ -165,10 +174,6 @@ func (cl *cluster) handOver(ctx context.Context) {
 	r.closing = true // no stream is opened here any more
 	r.mu.Unlock()
 	cl.warms.close() // nothing is handed to this node any more
-	type handed struct {
-		s *session
-		l lease
-	}
 	var list []handed
 	for _, s := range r.snapshot() {
 		if l, ok := cl.holds(s.key); ok && s.live() {
@@ -193,12 +198,15 @@ func (cl *cluster) handOver(ctx context.Context) {
 		}
 	}()
 	h.endPolls()
-	// The renewals stopped with the shutdown: one more pass gives the
-	// hand-over a whole TTL before any lease could expire under it, and
-	// the sessions' writes kept back by a slow Redis are tried again now
-	// rather than after the usual pause.
+	// The renewals stopped with the shutdown; they go on here until every
+	// session is let go, for the preparations can outlast a lease's TTL.
+	// The first pass runs now: the sessions' writes kept back by a slow
+	// Redis are tried again at once rather than after the usual pause.
 	cl.renew(ctx)
 	cl.redisDown.Store(0)
+	rctx, rstop := context.WithCancel(ctx)
+	renewing := make(chan struct{})
+	go func() { defer close(renewing); cl.run(rctx) }()
 	drained := make(chan struct{})
 	go func() { h.inflight.Wait(); close(drained) }()
 	dctx, cancel := context.WithTimeout(ctx, handoffDrain)
@@ -207,33 +215,9 @@ func (cl *cluster) handOver(ctx context.Context) {
 	case <-dctx.Done():
 	}
 	cancel()
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, handoffInFlight)
-	n := 0
-	var taken atomic.Int64
-	for _, it := range list {
-		s := it.s
-		l, ok := cl.holds(s.key)
-		if !ok || l != it.l || !s.live() {
-			h.endTurn(s.key) // its calls wait for the end
-			continue         // the shutdown closes it, as on a single node
-		}
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-		}
-		if ctx.Err() != nil {
-			break
-		}
-		n++
-		wg.Go(func() {
-			defer func() { <-sem }()
-			if cl.handOverOne(ctx, s, l) {
-				taken.Add(1)
-			}
-		})
-	}
-	wg.Wait()
+	p := cl.handOverAll(ctx, list)
+	rstop()
+	<-renewing
 	// Only now may the others see this node gone and resume its users
 	// (before, its leases were not free yet). The watcher stopped with the
 	// shutdown; it must not write the key again.
@@ -247,14 +231,110 @@ func (cl *cluster) handOver(ctx context.Context) {
 	if err != nil {
 		cl.logger.Warn("cluster: deleting this node's liveness key; the others find it gone when it expires", "err", err)
 	}
-	cl.logger.Info("cluster: sessions handed over to the other nodes", "sessions", n, "taken", taken.Load(), "took", time.Since(start).Round(time.Millisecond))
+	cl.logger.Info("cluster: sessions handed over to the other nodes", "sessions", p.n.Load(), "taken", p.taken.Load(),
+		"prepared", p.prepared.Load(), "took", time.Since(start).Round(time.Millisecond))
 }
 
-// handOverOne lets one session go and, when its successor prepared it,
-// has the successor take it at once (clusterwarm.go); otherwise gives its
-// lease back, for the user's next call or the orphan adoption. It reports
-// whether the successor took the session.
-func (cl *cluster) handOverOne(ctx context.Context, s *session, l lease) bool {
+// handed is a session this node hands over, with the lease it held when
+// the hand-over started.
+type handed struct {
+	s *session
+	l lease
+}
+
+// handOverCount is what handOverAll did: sessions let go, prepared by
+// their successor, taken by it at once.
+type handOverCount struct{ n, prepared, taken atomic.Int64 }
+
+// handOverAll runs the hand-over's pipeline over list (handOver) and
+// returns once every session is let go, or ctx ended.
+func (cl *cluster) handOverAll(ctx context.Context, list []handed) *handOverCount {
+	var c handOverCount
+	ids := make(map[string]string, len(list)) // session key → PHP session id
+	keys := make([]string, 0, len(list))
+	for _, it := range list {
+		if id := cl.reg.idOf(it.s); id != "" {
+			ids[it.s.key] = id
+			keys = append(keys, it.s.key)
+		}
+	}
+	sctx, scancel := redisBound(ctx)
+	succ, err := cl.successors(sctx, keys)
+	scancel()
+	if err != nil || len(succ) == 0 {
+		cl.logger.Info("cluster: no other node to prepare the hand-over; sessions are resumed at their next call", "err", err)
+	}
+	askBy := time.Now()
+	if dl, ok := ctx.Deadline(); ok {
+		askBy = askBy.Add(time.Until(dl) * 2 / 3)
+	}
+	actx, acancel := context.WithDeadline(ctx, askBy)
+	defer acancel()
+	var lets, asking sync.WaitGroup
+	sem := make(chan struct{}, handoffInFlight)
+	// let lets one session go, handoffInFlight at a time; addr names the
+	// successor that prepared it ("" for none).
+	let := func(it handed, addr string) {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return // the shutdown closes it, as on a single node
+		}
+		defer func() { <-sem }()
+		l, ok := cl.holds(it.s.key)
+		if !ok || l != it.l || !it.s.live() {
+			cl.handoff.endTurn(it.s.key) // its calls wait for the end
+			return
+		}
+		c.n.Add(1)
+		if cl.handOverOne(ctx, it.s, l, addr, ids[it.s.key]) {
+			c.taken.Add(1)
+		}
+	}
+	var mu sync.Mutex
+	var rest []handed // not prepared: let go once the asks are over
+	asks := make(chan struct{}, handoffAsks)
+	for _, it := range list {
+		addr := succ[it.s.key]
+		if addr != "" && actx.Err() == nil {
+			select {
+			case asks <- struct{}{}:
+			case <-actx.Done():
+			}
+		}
+		if addr == "" || actx.Err() != nil {
+			mu.Lock()
+			rest = append(rest, it)
+			mu.Unlock()
+			continue
+		}
+		asking.Go(func() {
+			ok := cl.askPeer(actx, addr, peerWarmPath, ids[it.s.key])
+			<-asks
+			if !ok {
+				mu.Lock()
+				rest = append(rest, it)
+				mu.Unlock()
+				return
+			}
+			c.prepared.Add(1)
+			lets.Go(func() { let(it, addr) })
+		})
+	}
+	asking.Wait()
+	for _, it := range rest {
+		lets.Go(func() { let(it, "") })
+	}
+	lets.Wait()
+	return &c
+}
+
+// handOverOne lets one session go and, when its successor (addr, "" for
+// none) prepared it, has the successor take it at once for PHP session id
+// (clusterwarm.go); otherwise gives its lease back, for the user's next
+// call or the orphan adoption. It reports whether the successor took the
+// session.
+func (cl *cluster) handOverOne(ctx context.Context, s *session, l lease, addr, id string) bool {
 	cl.handoff.turnOf(ctx, s.key)
 	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	detached := cl.reg.letGo(dctx, s, "shutdown")
@@ -263,7 +343,7 @@ func (cl *cluster) handOverOne(ctx context.Context, s *session, l lease) bool {
 	if detached {
 		result = "detached"
 	}
-	if detached && cl.takeBy(ctx, s.key, l) {
+	if detached && addr != "" && cl.takeBy(ctx, addr, id, l) {
 		result = "taken"
 		cl.drop(s.key, l) // the successor's now: nothing to give back
 	} else if cl.drop(s.key, l) {

@@ -47,9 +47,9 @@ const (
 )
 
 const (
-	// warmLife bounds a warm stream's wait for its session: the
-	// preparation and the hand-over both fit in it at the default
-	// --shutdown-timeout.
+	// warmLife bounds a warm stream's wait for its session: the stopping
+	// node asks for the take as soon as the preparation answers and one
+	// of its handoffInFlight places is free.
 	warmLife = 8 * time.Second
 	// warmMax bounds the warm streams a node keeps (each a connection to
 	// the Jabber server), whoever asks.
@@ -428,76 +428,10 @@ func (cl *cluster) askPeer(ctx context.Context, addr, pathQuery, id string) bool
 	return resp.StatusCode == http.StatusNoContent
 }
 
-// prepareHandOver, at the start of the shutdown, while this node still
-// serves its sessions, asks each session's successor to prepare it,
-// handoffAsks at a time, bounded by ctx. It records which successor
-// prepared which session, for handOverOne's take.
-func (cl *cluster) prepareHandOver(ctx context.Context) {
-	if cl == nil {
-		return
-	}
-	start := time.Now()
-	ids := map[string]string{} // session key → PHP session id
-	for _, s := range cl.reg.snapshot() {
-		if _, ok := cl.holds(s.key); ok && s.live() {
-			if id := cl.reg.idOf(s); id != "" {
-				ids[s.key] = id
-			}
-		}
-	}
-	if len(ids) == 0 {
-		return
-	}
-	keys := make([]string, 0, len(ids))
-	for sk := range ids {
-		keys = append(keys, sk)
-	}
-	succ, err := cl.successors(ctx, keys)
-	if err != nil || len(succ) == 0 {
-		cl.logger.Info("cluster: no other node to prepare the hand-over; sessions are resumed at their next call", "err", err)
-		return
-	}
-	var mu sync.Mutex
-	prepared := map[string]string{}
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, handoffAsks)
-	for sk, addr := range succ {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-		}
-		if ctx.Err() != nil {
-			break
-		}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			if cl.askPeer(ctx, addr, peerWarmPath, ids[sk]) {
-				mu.Lock()
-				prepared[sk] = addr
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	h := cl.handoff
-	h.mu.Lock()
-	h.succ = prepared
-	h.ids = ids
-	h.mu.Unlock()
-	cl.logger.Info("cluster: hand-over prepared by the other nodes", "sessions", len(ids), "prepared", len(prepared), "took", time.Since(start).Round(time.Millisecond))
-}
-
-// takeBy asks the successor that prepared session sk, if any, to take it
-// now from lease l (after the stream's detach), and reports whether it
-// did.
-func (cl *cluster) takeBy(ctx context.Context, sk string, l lease) bool {
-	h := cl.handoff
-	h.mu.Lock()
-	addr, id := h.succ[sk], h.ids[sk]
-	h.mu.Unlock()
-	if addr == "" || id == "" {
-		return false
-	}
+// takeBy asks the successor at addr, which prepared PHP session id, to
+// take it now from lease l (after the stream's detach), and reports
+// whether it did.
+func (cl *cluster) takeBy(ctx context.Context, addr, id string, l lease) bool {
 	ctx, cancel := context.WithTimeout(ctx, handoffTakeWait)
 	defer cancel()
 	return cl.askPeer(ctx, addr, peerTakePath+"?lease="+url.QueryEscape(l.String()), id)

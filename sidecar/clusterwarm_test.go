@@ -2,13 +2,19 @@ package sidecar
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"reflect"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"expressolivre.org/imsidecar/phpsession"
 	"expressolivre.org/imsidecar/xmppconn"
@@ -186,4 +192,139 @@ func TestClusterTakeHanded(t *testing.T) {
 			}
 		})
 	}
+}
+
+// detachableConn is a stream the hand-over can detach.
+type detachableConn struct{ *fakeConn }
+
+func (c detachableConn) Detach(ctx context.Context) (xmppconn.ResumeState, error) {
+	return xmppconn.ResumeState{}, c.Close(ctx)
+}
+
+// TestClusterHandOverPipeline: a stopping node lets a session go, and
+// asks its successor to take it, as soon as the successor answers that
+// it prepared it, not once every preparation has ended: a user never
+// waits for the others' logins. A session whose preparation has not
+// answered when the asks end (two thirds of the time) is let go without
+// a take, its lease given back; the successor is never asked to take a
+// session it did not prepare, nor to prepare one twice. The successor
+// is a fake peer (its preparation's length is what the test sets); node
+// a and the leases are real, on a real Redis.
+func TestClusterHandOverPipeline(t *testing.T) {
+	spec := redisSpecs()[0].spec(t)
+	a := stateNode(t, spec, "a")
+	a.handoff, a.secret, a.peer = newHandoff(), "s3cret", &http.Client{}
+	a.orphans = &orphans{cl: a, stopped: make(chan struct{})}
+	close(a.orphans.stopped)
+
+	const slowID = "slow-aaaaaaaaaaaaaaaaaaaaaaaaaaa"
+	var mu sync.Mutex
+	warmed := map[string]int{}
+	taken := map[string]time.Time{}
+	var slowEnded time.Time
+	succ := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer s3cret" {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		id := r.Header.Get("X-Session-Id")
+		switch r.URL.Path {
+		case peerWarmPath:
+			mu.Lock()
+			warmed[id]++
+			mu.Unlock()
+			if id == slowID {
+				<-r.Context().Done() // still logging in when the asks end
+				mu.Lock()
+				slowEnded = time.Now()
+				mu.Unlock()
+				return
+			}
+			w.WriteHeader(http.StatusNoContent)
+		case peerTakePath:
+			mu.Lock()
+			taken[id] = time.Now()
+			mu.Unlock()
+			w.WriteHeader(http.StatusNoContent)
+		}
+	}))
+	defer succ.Close()
+	b := lease{node: "b", incarnation: "i-b"}
+	ctx := t.Context()
+	if err := a.rdb.SAdd(ctx, nodesKey, b.member()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.rdb.Set(ctx, nodeKeyPrefix+b.member(), succ.Listener.Addr().String(), time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		a.rdb.SRem(context.Background(), nodesKey, b.member())
+		a.rdb.Del(context.Background(), nodeKeyPrefix+b.member())
+	})
+
+	ids := []string{slowID}
+	for i := range 6 {
+		ids = append(ids, fmt.Sprintf("fast%d-aaaaaaaaaaaaaaaaaaaaaaaaaa", i))
+	}
+	conns := map[string]*fakeConn{}
+	var slowLease lease
+	for _, id := range ids {
+		sk := sessionKey(id)
+		s, l := ownedSession(t, a, sk, "u-"+id[:5])
+		if id == slowID {
+			slowLease = l
+		}
+		c := &fakeConn{jid: "u@example.org/x", done: make(chan struct{})}
+		conns[id] = c
+		s.conn = detachableConn{c}
+		s.setState(xmppconn.StateOnline, "")
+		a.reg.mu.Lock()
+		a.reg.sessions[sk] = s
+		a.reg.mu.Unlock()
+		a.reg.remember(s, id)
+	}
+
+	hctx, cancel := context.WithTimeout(ctx, 3*time.Second) // the asks end after 2 s
+	defer cancel()
+	start := time.Now()
+	a.handOver(hctx)
+	took := time.Since(start)
+
+	mu.Lock()
+	defer mu.Unlock()
+	if slowEnded.IsZero() {
+		t.Fatal("the slow preparation's ask never ended")
+	}
+	if d := slowEnded.Sub(start); d < time.Second || d > 2500*time.Millisecond {
+		t.Errorf("the asks ended %v after the start, want two thirds of 3 s", d)
+	}
+	for _, id := range ids {
+		if warmed[id] != 1 {
+			t.Errorf("%s: asked to prepare %d times, want 1", id[:5], warmed[id])
+		}
+		if !conns[id].closed {
+			t.Errorf("%s: its stream was not let go", id[:5])
+		}
+		if _, ok := a.holds(sessionKey(id)); ok {
+			t.Errorf("%s: node a still holds its lease", id[:5])
+		}
+	}
+	if at, ok := taken[slowID]; ok {
+		t.Errorf("the successor was asked to take a session it did not prepare (at %v)", at.Sub(start))
+	}
+	for _, id := range ids[1:] {
+		at, ok := taken[id]
+		switch {
+		case !ok:
+			t.Errorf("%s: prepared but not taken", id[:5])
+		case !at.Before(slowEnded):
+			t.Errorf("%s: taken %v after the start, after the slow preparation's ask ended (%v): it waited for another user's login",
+				id[:5], at.Sub(start), slowEnded.Sub(start))
+		}
+	}
+	// The slow session's lease was given back: free for its next call.
+	if v, err := a.rdb.Get(ctx, leaseKey(sessionKey(slowID))).Result(); err != redis.Nil {
+		t.Errorf("the slow session's lease after the hand-over: %q %v; want given back (%v)", v, err, slowLease)
+	}
+	t.Logf("hand-over took %v; slow ask ended at %v", took.Round(time.Millisecond), slowEnded.Sub(start).Round(time.Millisecond))
 }

@@ -39,7 +39,7 @@ func TestConfigValidateNamesEveryFlag(t *testing.T) {
 	cfg, _, err := parseConfig([]string{"--listen=0.0.0.0:8765", "--ops-listen=10.0.0.1:1", "--xmpp-tls=maybe",
 		"--session-store=couchbase", "--session-serializer=json", "--profile=ldap", "--inactivity=0s", "--event-buffer=1",
 		"--log-format=xml", "--gc-percent=5", "--http2-max-streams=0",
-		"--xmpp-max-stanza-size=1000", "--xmpp-max-send-size=100", "--offline-grace=-1s"}, func(string) string { return "" }, io.Discard)
+		"--xmpp-max-stanza-size=1000", "--xmpp-max-send-size=100", "--offline-grace=-1s", "--xmpp-connect-limit=-1"}, func(string) string { return "" }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +49,7 @@ func TestConfigValidateNamesEveryFlag(t *testing.T) {
 	}
 	for _, f := range []string{"--listen", "--ops-listen", "--xmpp-addr", "--xmpp-domain", "--xmpp-tls", "--session-store",
 		"--session-serializer", "--profile", "--inactivity", "--event-buffer", "--log-format", "--gc-percent", "--http2-max-streams",
-		"--xmpp-max-stanza-size", "--xmpp-max-send-size", "--offline-grace"} {
+		"--xmpp-max-stanza-size", "--xmpp-max-send-size", "--offline-grace", "--xmpp-connect-limit"} {
 		if !strings.Contains(err.Error(), f+":") {
 			t.Errorf("error does not name %s:\n%v", f, err)
 		}

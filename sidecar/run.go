@@ -364,16 +364,11 @@ func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error
 	apiSrv.Shutdown(actx)
 	acancel()
 	ph.mark("api")
-	// In cluster mode the other nodes log in ahead for this node's
-	// sessions while it still serves them (forwarded) and renews their
-	// leases (clusterwarm.go), within a third of the shutdown timeout;
-	// the API is closed first, so that a balancer sends its calls
-	// elsewhere at once meanwhile.
-	pctx, pcancel := context.WithTimeout(sctx, cfg.ShutdownTimeout/3)
-	cl.prepareHandOver(pctx)
-	pcancel()
-	ph.mark("prepare")
 	stop()
+	// In cluster mode the other nodes log in ahead for this node's
+	// sessions and take each over once ready, while this node serves the
+	// rest (forwarded) and renews their leases (clusterhandoff.go); the
+	// API is closed first, so that a balancer sends calls elsewhere.
 	cl.handOver(sctx)
 	ph.mark("handover")
 	peerAPI.shutdown(sctx)
