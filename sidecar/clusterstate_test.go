@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -877,5 +878,104 @@ func TestClusterLoginRedisDown(t *testing.T) {
 	defer conn2.Close(ctx)
 	if n := srv.Binds("alice"); n != 2 {
 		t.Errorf("%d logins at Prosody after the takeover, want 2: b did not resume the session", n)
+	}
+}
+
+// reconnectLog records the reconnection attempts of a stream that failed
+// ("xmppconn: reconnect failed"): each one's error and next wait.
+type reconnectLog struct {
+	mu    sync.Mutex
+	errs  []error
+	waits []time.Duration
+}
+
+func (l *reconnectLog) Enabled(context.Context, slog.Level) bool { return true }
+func (l *reconnectLog) Handle(_ context.Context, r slog.Record) error {
+	if r.Message != "xmppconn: reconnect failed" {
+		return nil
+	}
+	var err error
+	var wait time.Duration
+	r.Attrs(func(a slog.Attr) bool {
+		switch a.Key {
+		case "err":
+			err, _ = a.Value.Any().(error)
+		case "next_wait":
+			wait = a.Value.Duration()
+		}
+		return true
+	})
+	l.mu.Lock()
+	l.errs = append(l.errs, err)
+	l.waits = append(l.waits, wait)
+	l.mu.Unlock()
+	return nil
+}
+func (l *reconnectLog) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *reconnectLog) WithGroup(string) slog.Handler      { return l }
+
+func (l *reconnectLog) len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.errs)
+}
+
+// TestClusterReconnectRedisDownBackoff: while Redis is down, the fenced
+// gate (fencedGate) refuses every reconnection of a stream, as it cannot
+// check the lease; the refusals must not grow the stream's backoff, which
+// stays at its least, so that once Redis is back the stream is not left
+// a long step behind. The old code doubled it at each refusal: after a
+// 30 s outage a stream could stay down up to 32 s more. A real Prosody
+// and a redis-server, stopped and started again (persistent: the lease
+// outlives it), the stream configured as the daemon's (fenced AuthGate,
+// BeforeReconnect).
+func TestClusterReconnectRedisDownBackoff(t *testing.T) {
+	// StartProsody skips under -short, and only then, as every starter.
+	srv := xmppconntest.StartProsody(t, xmppconntest.Options{})
+	srv.Register(t, "alice", "alice-pw")
+	px := xmppconntest.StartProxy(t, srv.Addr) // the stream's link to Prosody, which the test cuts
+	rs := phpsessiontest.StartPersistentRedis(t)
+	a := leaseNode(t, "redis://"+rs.Addr, "a", 5*time.Second)
+	sk := sessionKey("reconnect-down-rrrrrrrrrrrrrrrrrr")
+	ctx := t.Context()
+	if res, err := a.take(ctx, sk, nil); err != nil || !res.won {
+		t.Fatalf("claim: %+v %v", res, err)
+	}
+	log := &reconnectLog{}
+	const least = 100 * time.Millisecond
+	cfg := xmppconn.Config{Addr: px.Addr(), Domain: srv.Domain, TLSConfig: srv.TLSConfig(),
+		User: "alice", Password: "alice-pw", Resource: "web",
+		Reconnect: true, MinBackoff: least, MaxBackoff: 30 * time.Second, Logger: slog.New(log),
+		AuthGate:        a.gate(sk, a.reg.auth.gate("alice", [32]byte{})),
+		BeforeReconnect: func(ctx context.Context) error { return a.stepAside(ctx, sk) }}
+	conn, err := xmppconn.Dial(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+
+	rs.Stop()
+	px.Cut() // the stream breaks; its reconnections find Redis down
+	for deadline := time.Now().Add(20 * time.Second); log.len() < 6; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d reconnection attempts in 20 s with Redis down, want 6", log.len())
+		}
+	}
+	log.mu.Lock()
+	errs, waits := append([]error(nil), log.errs...), append([]time.Duration(nil), log.waits...)
+	log.mu.Unlock()
+	rs.Start()
+	for i, err := range errs {
+		if !errors.Is(err, xmppconn.ErrNotAdmitted) || !errors.Is(err, ErrClusterRedis) {
+			t.Errorf("attempt %d with Redis down: %v, want refused by the fenced gate (ErrNotAdmitted, ErrClusterRedis)", i+1, err)
+		}
+		if waits[i] != least {
+			t.Errorf("attempt %d with Redis down: next wait %v, want %v: a refusal must not grow the backoff (all: %v)", i+1, waits[i], least, waits)
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); conn.State() != xmppconn.StateOnline; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("state %v 10 s after Redis came back", conn.State())
+		}
 	}
 }

@@ -37,7 +37,13 @@
 // cannot trigger a server's login-failure ban. Config.AuthGate, if set,
 // admits every attempt, the first and each reconnection, and learns each
 // outcome: one gate shared by every Conn of a process bounds the failures
-// the server sees from its address.
+// the server sees from its address. A reconnection refused by it or by
+// Config.ConnectGate (ErrNotAdmitted) leaves the backoff as it was,
+// neither grown nor reset: the server never saw the credentials, and a
+// gate that refuses for a while does not leave the stream a long wait
+// behind once it admits again. (An AuthGate is asked once the stream is
+// up: each refusal still cost the server a connection and a TLS
+// handshake.)
 //
 // A XEP-0198 session can outlive its process (resume.go): with
 // Config.ResumeStore the Conn reports every change of its state as it

@@ -59,7 +59,29 @@ var (
 	// ErrUnsupported: the server (or the room) does not offer the feature
 	// asked for, e.g. a message archive (XEP-0313).
 	ErrUnsupported = errors.New("xmppconn: feature not supported by the server")
+
+	// ErrNotAdmitted: Config.ConnectGate or Config.AuthGate refused an
+	// attempt, before its dial or before its SASL exchange. The error
+	// wrapping it wraps the gate's own error too, and says which gate:
+	// `xmppconn: connection not admitted: <the gate's error>` or
+	// `xmppconn: authentication not admitted: <the gate's error>`. The
+	// server never saw the credentials, so a reconnection asks again
+	// after the same wait, without backing off further.
+	ErrNotAdmitted = errors.New("xmppconn: not admitted")
 )
+
+// notAdmitted is a gate's refusal of an attempt's connection or
+// authentication (what): it matches ErrNotAdmitted and the gate's error.
+type notAdmitted struct {
+	what string
+	err  error
+}
+
+func (e *notAdmitted) Error() string {
+	return "xmppconn: " + e.what + " not admitted: " + e.err.Error()
+}
+
+func (e *notAdmitted) Unwrap() []error { return []error{ErrNotAdmitted, e.err} }
 
 // StreamError is a stream-level error received from (or sent to) the server,
 // carrying its RFC 6120 §4.9.3 condition, e.g. "conflict", "system-shutdown".

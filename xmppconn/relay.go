@@ -129,7 +129,8 @@ func (c *Conn) finish(err error, st State, evErr error) {
 }
 
 // reconnect retries establish with capped, jittered exponential backoff
-// until it succeeds, Close is called, or authentication fails.
+// until it succeeds, Close is called, or authentication fails. An attempt
+// that a gate refused (ErrNotAdmitted) does not grow the backoff.
 func (c *Conn) reconnect(backoff *time.Duration) (*stream, bool, error) {
 	quick := *backoff == c.cfg.MinBackoff
 	for {
@@ -160,7 +161,17 @@ func (c *Conn) reconnect(backoff *time.Duration) (*stream, bool, error) {
 		if errors.Is(err, ErrAuth) || c.closing.Load() {
 			return nil, false, err
 		}
-		if !quick {
+		// A gate's refusal (ErrNotAdmitted) keeps the backoff where it
+		// is, neither grown nor reset: the attempt never reached the
+		// server's authentication (a ConnectGate's, not even the dial),
+		// so the server gave no reason to slow down, and a gate that
+		// refuses for a while (one asking a database that is down)
+		// must not leave the stream a long wait behind once it admits.
+		// A refused quick retry is spent as a failed one is: retrying
+		// at MinBackoff/4 would ask the gate four times as often, and
+		// the next attempt is the one a failed quick retry leads to,
+		// MinBackoff later, growing the backoff if it fails for real.
+		if !quick && !errors.Is(err, ErrNotAdmitted) {
 			c.growBackoff(backoff)
 		}
 		quick = false
