@@ -102,8 +102,8 @@ func TestReconnectBackoff(t *testing.T) {
 }
 
 // refusals is a gate that refuses the attempts whose number (from 1) it
-// lists and admits the others; as a ConnectGate (connect) or an AuthGate
-// (auth).
+// lists and admits the others; as a ConnectGate (connect), an AuthGate
+// (auth) or a BeforeReconnect answering "not now" (notNow).
 type refusals struct {
 	mu     sync.Mutex
 	n      int
@@ -120,6 +120,12 @@ func (g *refusals) ask() error {
 		return errGateRefused
 	}
 	return nil
+}
+
+func (g *refusals) asked() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.n
 }
 
 type connectGate struct{ *refusals }
@@ -140,16 +146,27 @@ func (g authGate) Acquire(context.Context, bool) (func(AuthResult), error) {
 	return func(AuthResult) {}, nil
 }
 
-// TestReconnectBackoffGateRefused: an attempt a gate refuses keeps the
-// backoff where it is; the real failures around it (a refused dial, the
-// server's temporary-auth-failure) grow it as before. The next_wait each
-// attempt logs is exact; the waits themselves are jittered within
-// [w/2, w] of it. A refused AuthGate attempt sends no credentials.
+func (g *refusals) notNow(context.Context) error {
+	if err := g.ask(); err != nil {
+		return fmt.Errorf("%w: %w", ErrNotAdmitted, err)
+	}
+	return nil
+}
+
+// TestReconnectBackoffGateRefused: an attempt refused before its dial, by
+// the ConnectGate or by BeforeReconnect's "not now" (an error wrapping
+// ErrNotAdmitted, which no longer stops the Conn), keeps the backoff
+// where it is; one the AuthGate refused, once the stream was up, grows it
+// as the real failures around it do (a refused dial, the server's
+// temporary-auth-failure). The next_wait each attempt logs is exact; the
+// waits themselves are jittered within [w/2, w] of it. A refused AuthGate
+// attempt sends no credentials; an attempt BeforeReconnect put off does
+// not reach the ConnectGate, asked before the dial.
 func TestReconnectBackoffGateRefused(t *testing.T) {
 	const s = time.Second
 	for _, tc := range []struct {
 		name   string
-		gate   string // "connect": the server's port is closed; "auth": it answers temporary-auth-failure
+		gate   string // "connect", "notNow": the server's port is closed; "auth": it answers temporary-auth-failure
 		refuse []int  // the attempts the gate refuses, from 1
 		want   []time.Duration
 	}{
@@ -158,9 +175,12 @@ func TestReconnectBackoffGateRefused(t *testing.T) {
 		{"connect gate refuses 3 after 2 failures", "connect", []int{3, 4, 5}, []time.Duration{1 * s, 2 * s, 2 * s, 2 * s, 2 * s, 4 * s, 8 * s, 8 * s}},
 		{"connect gate refuses between failures", "connect", []int{2, 4}, []time.Duration{1 * s, 1 * s, 2 * s, 2 * s, 4 * s, 8 * s}},
 		{"connect gate refuses at the cap", "connect", []int{5, 6}, []time.Duration{1 * s, 2 * s, 4 * s, 8 * s, 8 * s, 8 * s, 8 * s}},
+		{"not now, never", "notNow", nil, []time.Duration{1 * s, 2 * s, 4 * s, 8 * s, 8 * s}},
+		{"not now for the first 4", "notNow", []int{1, 2, 3, 4}, []time.Duration{1 * s, 1 * s, 1 * s, 1 * s, 2 * s, 4 * s, 8 * s, 8 * s}},
+		{"not now 3 times after 2 failures", "notNow", []int{3, 4, 5}, []time.Duration{1 * s, 2 * s, 2 * s, 2 * s, 2 * s, 4 * s, 8 * s, 8 * s}},
 		{"auth gate, no refusal", "auth", nil, []time.Duration{1 * s, 2 * s, 4 * s, 8 * s, 8 * s}},
-		{"auth gate refuses the first 4", "auth", []int{1, 2, 3, 4}, []time.Duration{1 * s, 1 * s, 1 * s, 1 * s, 2 * s, 4 * s, 8 * s, 8 * s}},
-		{"auth gate refuses 3 after 2 failures", "auth", []int{3, 4, 5}, []time.Duration{1 * s, 2 * s, 2 * s, 2 * s, 2 * s, 4 * s, 8 * s, 8 * s}},
+		{"auth gate refuses the first 4", "auth", []int{1, 2, 3, 4}, []time.Duration{1 * s, 2 * s, 4 * s, 8 * s, 8 * s}},
+		{"auth gate refuses 3 after 2 failures", "auth", []int{3, 4, 5}, []time.Duration{1 * s, 2 * s, 4 * s, 8 * s, 8 * s}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := &refusals{refuse: map[int]bool{}}
@@ -186,10 +206,15 @@ func TestReconnectBackoffGateRefused(t *testing.T) {
 					Addr: addr, Domain: xmppconntest.DefaultDomain, TLS: TLSNone, User: "alice", Password: "secret",
 					Reconnect: true, MinBackoff: s, MaxBackoff: 8 * s, Logger: slog.New(log),
 				}
-				if tc.gate == "auth" {
+				dials := &refusals{} // a ConnectGate admitting every attempt: it counts the dials
+				switch tc.gate {
+				case "auth":
 					cfg.AuthGate = authGate{g}
-				} else {
+				case "connect":
 					cfg.ConnectGate = connectGate{g}
+				case "notNow":
+					cfg.BeforeReconnect = g.notNow
+					cfg.ConnectGate = connectGate{dials}
 				}
 				cfg, err := cfg.normalize()
 				if err != nil {
@@ -233,6 +258,9 @@ func TestReconnectBackoffGateRefused(t *testing.T) {
 				}
 				if srv != nil && srv.AuthAttempts() != admitted {
 					t.Errorf("%d SASL exchanges at the server, want %d: one per admitted attempt", srv.AuthAttempts(), admitted)
+				}
+				if tc.gate == "notNow" && dials.asked() != admitted {
+					t.Errorf("%d attempts reached the dial, want %d: one per attempt BeforeReconnect let go", dials.asked(), admitted)
 				}
 			})
 		})
