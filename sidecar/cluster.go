@@ -924,15 +924,21 @@ func (r *registry) beforeReconnect(s *session) func(context.Context) error {
 
 // stepAside is ownership.stepAside: a reconnection is refused only when
 // Redis says another node holds the lease (the stream then stops for good
-// and the session is detached); when Redis does not answer, the fenced
-// AuthGate makes the reconnection wait and ask again.
+// and the session is detached); when Redis does not answer, it is put off
+// ("not now": xmppconn.ErrNotAdmitted and the ErrClusterRedis), before
+// its dial, so that the stream asks again at the backoff it had and the
+// Jabber server sees nothing until Redis answers. The fenced AuthGate
+// checks again once the stream is up, should Redis fail in between.
 func (cl *cluster) stepAside(ctx context.Context, sk string) error {
 	l, ok := cl.holds(sk)
 	if !ok {
 		return ErrNotOwner
 	}
 	held, err := cl.ls.check(ctx, sk, l)
-	if err != nil || held {
+	if err != nil {
+		return fmt.Errorf("%w: %w", xmppconn.ErrNotAdmitted, err)
+	}
+	if held {
 		return nil
 	}
 	cl.lost(sk, l)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -877,5 +878,145 @@ func TestClusterLoginRedisDown(t *testing.T) {
 	defer conn2.Close(ctx)
 	if n := srv.Binds("alice"); n != 2 {
 		t.Errorf("%d logins at Prosody after the takeover, want 2: b did not resume the session", n)
+	}
+}
+
+// reconnectLog records the reconnection attempts of a stream that failed
+// ("xmppconn: reconnect failed"): each one's error and next wait.
+type reconnectLog struct {
+	mu    sync.Mutex
+	errs  []error
+	waits []time.Duration
+}
+
+func (l *reconnectLog) Enabled(context.Context, slog.Level) bool { return true }
+func (l *reconnectLog) Handle(_ context.Context, r slog.Record) error {
+	if r.Message != "xmppconn: reconnect failed" {
+		return nil
+	}
+	var err error
+	var wait time.Duration
+	r.Attrs(func(a slog.Attr) bool {
+		switch a.Key {
+		case "err":
+			err, _ = a.Value.Any().(error)
+		case "next_wait":
+			wait = a.Value.Duration()
+		}
+		return true
+	})
+	l.mu.Lock()
+	l.errs = append(l.errs, err)
+	l.waits = append(l.waits, wait)
+	l.mu.Unlock()
+	return nil
+}
+func (l *reconnectLog) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *reconnectLog) WithGroup(string) slog.Handler      { return l }
+
+func (l *reconnectLog) len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.errs)
+}
+
+// TestClusterReconnectRedisDownBackoff: while Redis is down, a stream's
+// reconnection cannot check its lease, and BeforeReconnect (stepAside)
+// puts it off ("not now": xmppconn.ErrNotAdmitted, ErrClusterRedis)
+// before it dials: the Jabber server sees no connection while Redis does
+// not answer, the stream's backoff stays at its least, and once Redis is
+// back the stream comes back online within about that backoff. Before,
+// each attempt went on to the dial and the TLS handshake, where the
+// fenced AuthGate refused it: a connection at the server per attempt,
+// 1.3 a second per broken stream at a 1 s MinBackoff (and before that,
+// each refusal doubled the backoff, leaving a stream up to 32 s behind
+// after a 30 s outage). A lease truly lost still stops the stream,
+// detached, without a dial. A real Prosody and a redis-server, stopped
+// and started again (persistent: the lease outlives it), the stream
+// configured as the daemon's (fenced AuthGate, BeforeReconnect).
+func TestClusterReconnectRedisDownBackoff(t *testing.T) {
+	// StartProsody skips under -short, and only then, as every starter.
+	srv := xmppconntest.StartProsody(t, xmppconntest.Options{})
+	srv.Register(t, "alice", "alice-pw")
+	px := xmppconntest.StartProxy(t, srv.Addr) // the stream's link to Prosody, which the test cuts
+	rs := phpsessiontest.StartPersistentRedis(t)
+	// No renewal runs: the lease outlives the outage by its TTL alone.
+	a, b := leaseNode(t, "redis://"+rs.Addr, "a", time.Minute), leaseNode(t, "redis://"+rs.Addr, "b", time.Minute)
+	sk := sessionKey("reconnect-down-rrrrrrrrrrrrrrrrrr")
+	ctx := t.Context()
+	if res, err := a.take(ctx, sk, nil); err != nil || !res.won {
+		t.Fatalf("claim: %+v %v", res, err)
+	}
+	log := &reconnectLog{}
+	const least = 100 * time.Millisecond
+	cfg := xmppconn.Config{Addr: px.Addr(), Domain: srv.Domain, TLSConfig: srv.TLSConfig(),
+		User: "alice", Password: "alice-pw", Resource: "web",
+		Reconnect: true, MinBackoff: least, MaxBackoff: 30 * time.Second, Logger: slog.New(log),
+		AuthGate:        a.gate(sk, a.reg.auth.gate("alice", [32]byte{})),
+		BeforeReconnect: func(ctx context.Context) error { return a.stepAside(ctx, sk) }}
+	conn, err := xmppconn.Dial(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+
+	rs.Stop()
+	dialled := px.Accepted()
+	px.Cut() // the stream breaks; its reconnections find Redis down
+	for deadline := time.Now().Add(20 * time.Second); log.len() < 6; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d reconnection attempts in 20 s with Redis down, want 6", log.len())
+		}
+	}
+	log.mu.Lock()
+	errs, waits := append([]error(nil), log.errs...), append([]time.Duration(nil), log.waits...)
+	log.mu.Unlock()
+	dials := px.Accepted() - dialled
+	rs.Start()
+	back := time.Now()
+	if dials != 0 {
+		t.Errorf("%d connections at the Jabber server in %d reconnection attempts with Redis down, want 0: each must be put off before its dial", dials, len(errs))
+	}
+	for i, err := range errs {
+		if !errors.Is(err, xmppconn.ErrNotAdmitted) || !errors.Is(err, ErrClusterRedis) {
+			t.Errorf("attempt %d with Redis down: %v, want put off (ErrNotAdmitted, ErrClusterRedis)", i+1, err)
+		}
+		if waits[i] != least {
+			t.Errorf("attempt %d with Redis down: next wait %v, want %v: a refusal before the dial must not grow the backoff (all: %v)", i+1, waits[i], least, waits)
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); conn.State() != xmppconn.StateOnline; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("state %v 10 s after Redis came back", conn.State())
+		}
+	}
+	t.Logf("%d reconnection attempts put off with Redis down, %d connections at the server; online %v after redis-server was started again",
+		len(errs), dials, time.Since(back).Round(10*time.Millisecond))
+
+	// Another node holds the lease now: the next reconnection stops the
+	// stream, detached, without a dial, as before.
+	if err := a.rdb.Del(ctx, leaseKey(sk)).Err(); err != nil { // a's lease expired
+		t.Fatal(err)
+	}
+	if res, err := b.take(ctx, sk, nil); err != nil || !res.expired {
+		t.Fatalf("b's claim: %+v %v, want a's lease found expired", res, err)
+	} else if rb, err := b.ls.claimExpired(ctx, sk, res.lease); err != nil || !rb.won {
+		t.Fatalf("b's takeover: %+v %v", rb, err)
+	}
+	dialled = px.Accepted()
+	px.Cut()
+	select {
+	case <-conn.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatalf("state %v 10 s after the link broke with the lease b's", conn.State())
+	}
+	if err := conn.Err(); !errors.Is(err, xmppconn.ErrDetached) || !errors.Is(err, ErrNotOwner) {
+		t.Errorf("the stream stopped with %v, want detached (ErrDetached, ErrNotOwner)", err)
+	}
+	if n := px.Accepted() - dialled; n != 0 {
+		t.Errorf("%d connections at the Jabber server after the lease was lost, want 0", n)
+	}
+	if _, held := a.holds(sk); held {
+		t.Error("a still holds the lease b took")
 	}
 }

@@ -134,7 +134,8 @@ type ownership interface {
 	// after the lease is lost.
 	gate(sk string, inner xmppconn.AuthGate) xmppconn.AuthGate
 	// stepAside refuses a reconnection of a stream whose lease another
-	// node holds (xmppconn.Config.BeforeReconnect).
+	// node holds, and puts it off (xmppconn.ErrNotAdmitted) while the
+	// lease cannot be checked (xmppconn.Config.BeforeReconnect).
 	stepAside(ctx context.Context, sk string) error
 	// durable gives a session opening its event log and its state store
 	// in Redis, continuing what an earlier owner left, and returns the

@@ -22,8 +22,13 @@ import (
 // it; ctx bounds the wait (Dial's context, or, for a reconnection, the
 // reconnection's timeout and Close). knownGood reports that this Conn's
 // credentials authenticated before (Acquire for a reconnection). A refusal
-// is not an authentication failure: Dial returns the gate's error wrapped,
-// and the reconnection loop retries after its backoff, asking again.
+// is not an authentication failure: Dial returns the gate's error wrapped
+// with ErrNotAdmitted, and the reconnection loop retries after its
+// backoff, asking again. The refusal grows the backoff as a failed
+// attempt does, since it cost the server a connection and a handshake:
+// a gate that can refuse for long without the server (a database that
+// does not answer) belongs rather in Config.BeforeReconnect, asked before
+// the dial.
 //
 // The release function must be called exactly once per admitted attempt;
 // the Conn calls it, with AuthAborted when the attempt ended without a
@@ -44,8 +49,10 @@ type AuthGate interface {
 // gate keeps the waiting in the client, where a wait that runs out costs
 // the server nothing. Acquire blocks until the attempt may go, bounded by
 // ctx, or returns an error to refuse it (the attempt fails with it
-// wrapped, a reconnection retries after its backoff); release is called
-// exactly once per admitted attempt.
+// wrapped with ErrNotAdmitted before any connection; a reconnection
+// retries after its backoff, which the refusal, having cost the server
+// nothing, does not grow); release is called exactly once per admitted
+// attempt.
 type ConnectGate interface {
 	Acquire(ctx context.Context) (release func(), err error)
 }

@@ -100,8 +100,8 @@ func pairs(t *testing.T, calls []string, known bool, outcomes ...string) {
 // TestAuthGate: the gate admits every SASL exchange against a real
 // Prosody, the first and each reconnection (known good), and learns each
 // outcome right after it; an attempt whose dial fails does not ask it; a refusal sends nothing to the server, makes
-// Dial fail with the gate's error, and makes a reconnection retry (not
-// give up) until the gate admits it.
+// Dial fail with the gate's error (and ErrNotAdmitted), and makes a
+// reconnection retry (not give up) until the gate admits it.
 func TestAuthGate(t *testing.T) {
 	b, s := prosodyBackend(t, xmppconntest.Options{})
 	b.register(t, "alice", pw)
@@ -160,8 +160,12 @@ func TestAuthGate(t *testing.T) {
 	g2.setRefuse(errGateClosed)
 	cfg := baseConfig(t, b, "bob", pw, "web", newRecorder())
 	cfg.AuthGate = g2
-	if _, err := xmppconn.Dial(ctxT(t), cfg); !errors.Is(err, errGateClosed) || errors.Is(err, xmppconn.ErrAuth) {
-		t.Fatalf("Dial with a refusing gate: %v, want the gate's error", err)
+	_, err := xmppconn.Dial(ctxT(t), cfg)
+	if !errors.Is(err, errGateClosed) || !errors.Is(err, xmppconn.ErrNotAdmitted) || errors.Is(err, xmppconn.ErrAuth) {
+		t.Fatalf("Dial with a refusing gate: %v, want the gate's error and ErrNotAdmitted", err)
+	}
+	if want := "xmppconn: authentication not admitted: " + errGateClosed.Error(); err.Error() != want {
+		t.Fatalf("Dial with a refusing gate: %q, want %q", err, want)
 	}
 	if s.AuthFailures("bob")+s.AuthSuccesses("bob") != 0 {
 		t.Fatal("bob's credentials reached the server through a refusing gate")

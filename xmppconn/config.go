@@ -109,11 +109,15 @@ type Config struct {
 	// instead of queueing them in memory only.
 	ResumeStore ResumeStore
 	// BeforeReconnect, when set, is asked before every reconnection
-	// attempt (not the first login) and may refuse it: the Conn then
-	// stops as detached (its Err wraps ErrDetached and the refusal),
-	// sending nothing, so that the server keeps the session for whoever
-	// owns it now. A process that froze while another resumed its
-	// session uses it to step aside instead of stealing it back. It runs
+	// attempt (not the first login), before it dials, and may refuse it:
+	// the Conn then stops as detached (its Err wraps ErrDetached and the
+	// refusal), sending nothing, so that the server keeps the session for
+	// whoever owns it now. A process that froze while another resumed its
+	// session uses it to step aside instead of stealing it back. An error
+	// wrapping ErrNotAdmitted means "not now" instead (the hook cannot
+	// tell yet, e.g. the database it asks does not answer): the attempt
+	// fails without dialling, costing the server nothing, and the Conn
+	// asks again after the same backoff, neither grown nor reset. It runs
 	// on the Conn's goroutine; ctx ends with Close.
 	BeforeReconnect func(ctx context.Context) error
 

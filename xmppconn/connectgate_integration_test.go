@@ -47,9 +47,9 @@ func (g *countingGate) Acquire(ctx context.Context) (func(), error) {
 // TestConnectGate: Dial and Prepare ask the ConnectGate before they
 // dial, hold its place until the stream is secured, and release it once
 // per admission, whether the attempt succeeded or failed; a gate that
-// refuses fails the attempt with its error, before any connection; with
-// a gate of 2, 12 logins at once have at most 2 connection attempts in
-// flight and all succeed. Real Prosody.
+// refuses fails the attempt with its error (and ErrNotAdmitted), before
+// any connection; with a gate of 2, 12 logins at once have at most 2
+// connection attempts in flight and all succeed. Real Prosody.
 func TestConnectGate(t *testing.T) {
 	b, _ := prosodyBackend(t, xmppconntest.Options{LogLevel: "info"})
 	b.register(t, "carol", "carolpw")
@@ -111,10 +111,10 @@ func TestConnectGate(t *testing.T) {
 	no := errors.New("no place for you")
 	refused := baseConfig(t, b, "carol", "carolpw", "", nil)
 	refused.ConnectGate = &countingGate{refuse: no}
-	if _, err := xmppconn.Dial(ctxT(t), refused); !errors.Is(err, no) {
-		t.Errorf("Dial through a refusing gate = %v, want its error", err)
+	if _, err := xmppconn.Dial(ctxT(t), refused); !errors.Is(err, no) || !errors.Is(err, xmppconn.ErrNotAdmitted) {
+		t.Errorf("Dial through a refusing gate = %v, want its error and ErrNotAdmitted", err)
 	}
-	if _, err := xmppconn.Prepare(ctxT(t), refused, time.Minute); !errors.Is(err, no) {
-		t.Errorf("Prepare through a refusing gate = %v, want its error", err)
+	if _, err := xmppconn.Prepare(ctxT(t), refused, time.Minute); !errors.Is(err, no) || !errors.Is(err, xmppconn.ErrNotAdmitted) {
+		t.Errorf("Prepare through a refusing gate = %v, want its error and ErrNotAdmitted", err)
 	}
 }

@@ -37,7 +37,15 @@
 // cannot trigger a server's login-failure ban. Config.AuthGate, if set,
 // admits every attempt, the first and each reconnection, and learns each
 // outcome: one gate shared by every Conn of a process bounds the failures
-// the server sees from its address.
+// the server sees from its address. A reconnection refused before its
+// dial, by Config.ConnectGate or by Config.BeforeReconnect's "not now"
+// (both ErrNotAdmitted), leaves the backoff as it was, neither grown nor
+// reset: the server saw nothing, and a gate that refuses for a while does
+// not leave the stream a long wait behind once it admits again. One the
+// AuthGate refused grows it as a failure does: that gate is asked once
+// the stream is up, so each refusal cost the server a connection and a
+// TLS handshake, which a flat backoff would repeat every MinBackoff for
+// as long as it refuses.
 //
 // A XEP-0198 session can outlive its process (resume.go): with
 // Config.ResumeStore the Conn reports every change of its state as it

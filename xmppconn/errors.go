@@ -59,7 +59,45 @@ var (
 	// ErrUnsupported: the server (or the room) does not offer the feature
 	// asked for, e.g. a message archive (XEP-0313).
 	ErrUnsupported = errors.New("xmppconn: feature not supported by the server")
+
+	// ErrNotAdmitted: Config.ConnectGate or Config.AuthGate refused an
+	// attempt, before its dial or before its SASL exchange. The error
+	// wrapping it wraps the gate's own error too, and says which gate:
+	// `xmppconn: connection not admitted: <the gate's error>` or
+	// `xmppconn: authentication not admitted: <the gate's error>`.
+	// Config.BeforeReconnect wraps it in an error of its own to answer
+	// "not now". The server never saw the credentials. A reconnection
+	// refused before its dial (by the ConnectGate, or BeforeReconnect's
+	// "not now") cost the server nothing and asks again after the same
+	// wait, the backoff neither grown nor reset; one the AuthGate refused
+	// cost it a connection and a TLS handshake, and grows the backoff as
+	// a failed attempt does.
+	ErrNotAdmitted = errors.New("xmppconn: not admitted")
 )
+
+// notAdmitted is a gate's refusal of an attempt's connection
+// (Config.ConnectGate) or authentication (Config.AuthGate), what; it
+// matches ErrNotAdmitted and the gate's error. beforeDial: it came before
+// the attempt dialled, so it cost the server nothing.
+type notAdmitted struct {
+	what       string
+	err        error
+	beforeDial bool
+}
+
+func (e *notAdmitted) Error() string {
+	return "xmppconn: " + e.what + " not admitted: " + e.err.Error()
+}
+
+func (e *notAdmitted) Unwrap() []error { return []error{ErrNotAdmitted, e.err} }
+
+// refusedBeforeDial reports whether err is a gate's refusal that came
+// before the attempt's dial: the ConnectGate's, not the AuthGate's, which
+// came once the stream was up.
+func refusedBeforeDial(err error) bool {
+	var na *notAdmitted
+	return errors.As(err, &na) && na.beforeDial
+}
 
 // StreamError is a stream-level error received from (or sent to) the server,
 // carrying its RFC 6120 §4.9.3 condition, e.g. "conflict", "system-shutdown".

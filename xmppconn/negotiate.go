@@ -48,7 +48,7 @@ func (c *Conn) establish(ctx context.Context) (*stream, bool, error) {
 	if g := c.cfg.AuthGate; g != nil && !warm {
 		release, err := g.Acquire(ctx, c.authenticated.Load())
 		if err != nil {
-			return nil, false, fmt.Errorf("xmppconn: authentication not admitted: %w", err)
+			return nil, false, &notAdmitted{what: "authentication", err: err}
 		}
 		ticket.release = release
 		defer ticket.end(AuthAborted) // the attempt ended before SASL did

@@ -129,7 +129,10 @@ func (c *Conn) finish(err error, st State, evErr error) {
 }
 
 // reconnect retries establish with capped, jittered exponential backoff
-// until it succeeds, Close is called, or authentication fails.
+// until it succeeds, Close is called, authentication fails, or
+// BeforeReconnect stops the Conn. An attempt refused before its dial (by
+// the ConnectGate, or BeforeReconnect's "not now") does not grow the
+// backoff.
 func (c *Conn) reconnect(backoff *time.Duration) (*stream, bool, error) {
 	quick := *backoff == c.cfg.MinBackoff
 	for {
@@ -145,22 +148,44 @@ func (c *Conn) reconnect(backoff *time.Duration) (*stream, bool, error) {
 			return nil, false, ErrClosed
 		case <-t.C:
 		}
-		if err := c.gateReconnect(); err != nil {
-			return nil, false, err
+		notNow, stop := c.gateReconnect()
+		if stop != nil {
+			return nil, false, stop
 		}
-		ctx, cancel := context.WithTimeout(c.closeCtx, c.cfg.IQTimeout+c.cfg.WriteTimeout)
-		s, resumed, err := c.establish(ctx)
-		cancel()
+		err := notNow
 		if err == nil {
-			// A stream that breaks again soon will wait longer: a
-			// flapping server must not get a reconnection storm.
-			c.growBackoff(backoff)
-			return s, resumed, nil
+			var s *stream
+			var resumed bool
+			ctx, cancel := context.WithTimeout(c.closeCtx, c.cfg.IQTimeout+c.cfg.WriteTimeout)
+			s, resumed, err = c.establish(ctx)
+			cancel()
+			if err == nil {
+				// A stream that breaks again soon will wait longer: a
+				// flapping server must not get a reconnection storm.
+				c.growBackoff(backoff)
+				return s, resumed, nil
+			}
 		}
 		if errors.Is(err, ErrAuth) || c.closing.Load() {
 			return nil, false, err
 		}
-		if !quick {
+		// A refusal before the dial (the ConnectGate's, BeforeReconnect's
+		// "not now") keeps the backoff where it is, neither grown nor
+		// reset: the server saw nothing, so it gave no reason to slow
+		// down, and a gate that refuses for a while (one asking a
+		// database that is down) must not leave the stream a long wait
+		// behind once it admits. An AuthGate's refusal grows it as a
+		// failure does: it came once the stream was up, after a
+		// connection and a TLS handshake the server paid for, and a
+		// flat backoff would make the server pay that every MinBackoff
+		// for as long as the gate refuses (an hour, for a limiter of
+		// login failures).
+		//
+		// A quick retry refused or failed is spent either way, and does
+		// not grow the backoff: the next attempt waits MinBackoff, as
+		// after a failed quick retry, rather than asking the gate again
+		// at MinBackoff/4, four times as often.
+		if !quick && notNow == nil && !refusedBeforeDial(err) {
 			c.growBackoff(backoff)
 		}
 		quick = false

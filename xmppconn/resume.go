@@ -490,18 +490,24 @@ func (c *Conn) retryResume(ctx context.Context, why error) (*stream, bool, error
 	return c.establish(ctx)
 }
 
-// gateReconnect asks Config.BeforeReconnect whether to reconnect; a
-// refusal stops the Conn as detached.
-func (c *Conn) gateReconnect() error {
+// gateReconnect asks Config.BeforeReconnect whether to reconnect now. A
+// "not now" (an error wrapping ErrNotAdmitted) comes back as notNow, as
+// the hook said it, for the loop to wait out and ask again; any other
+// refusal stops the Conn as detached, and comes back as stop.
+func (c *Conn) gateReconnect() (notNow, stop error) {
 	if c.cfg.BeforeReconnect == nil {
-		return nil
+		return nil, nil
 	}
-	if err := c.cfg.BeforeReconnect(c.closeCtx); err != nil {
-		c.detached.Store(true)
-		c.log.Info("xmppconn: reconnection refused by BeforeReconnect; detached", "err", err)
-		return fmt.Errorf("%w: %w", ErrDetached, err)
+	refusal := c.cfg.BeforeReconnect(c.closeCtx)
+	switch {
+	case refusal == nil:
+		return nil, nil
+	case errors.Is(refusal, ErrNotAdmitted):
+		return refusal, nil
 	}
-	return nil
+	c.detached.Store(true)
+	c.log.Info("xmppconn: reconnection refused by BeforeReconnect; detached", "err", refusal)
+	return nil, fmt.Errorf("%w: %w", ErrDetached, refusal)
 }
 
 // Resumed reports whether the Conn's stream is a resumed XEP-0198 session:

@@ -42,7 +42,7 @@ func dialStream(ctx context.Context, cfg *Config) (*stream, error) {
 	if g := cfg.ConnectGate; g != nil {
 		release, err := g.Acquire(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("xmppconn: connection not admitted: %w", err)
+			return nil, &notAdmitted{what: "connection", err: err, beforeDial: true}
 		}
 		defer release() // secured and its features read, or failed
 	}

@@ -68,7 +68,7 @@ func Prepare(ctx context.Context, cfg Config, life time.Duration) (*Warm, error)
 	if g := cfg.AuthGate; g != nil {
 		release, err := g.Acquire(ctx, false)
 		if err != nil {
-			return nil, fmt.Errorf("xmppconn: authentication not admitted: %w", err)
+			return nil, &notAdmitted{what: "authentication", err: err}
 		}
 		ticket.release = release
 		defer ticket.end(AuthAborted)

@@ -37,6 +37,10 @@ type FakeOptions struct {
 	// NoAutoReply stops the server from answering the client's IQ get/set
 	// requests after binding; they are then only delivered on FakeConn.In.
 	NoAutoReply bool
+	// AuthFailure, if set, is the SASL failure condition every PLAIN
+	// <auth/> is answered with, whatever the credentials, e.g.
+	// "temporary-auth-failure".
+	AuthFailure string
 }
 
 // FakeServer is a scripted in-process XMPP server on a loopback port for
@@ -484,8 +488,11 @@ func (c *FakeConn) auth() (string, error) {
 			}
 			ok = known && string(parts[2]) == want
 		}
-		if !ok {
-			if err := c.Write(`<failure xmlns='` + nsSASL + `'><not-authorized/></failure>`); err != nil {
+		if cond := s.opts.AuthFailure; cond != "" || !ok {
+			if cond == "" {
+				cond = "not-authorized"
+			}
+			if err := c.Write(`<failure xmlns='` + nsSASL + `'><` + cond + `/></failure>`); err != nil {
 				return "", err
 			}
 			continue

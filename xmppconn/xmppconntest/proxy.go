@@ -16,13 +16,14 @@ import (
 // process can take its address while the link is down. Every goroutine it
 // starts has ended when tb's cleanup returns.
 type Proxy struct {
-	ln     net.Listener
-	target string
-	hold   atomic.Bool
-	refuse atomic.Bool
-	mu     sync.Mutex
-	conns  []net.Conn
-	wg     sync.WaitGroup
+	ln       net.Listener
+	target   string
+	hold     atomic.Bool
+	refuse   atomic.Bool
+	accepted atomic.Int64
+	mu       sync.Mutex
+	conns    []net.Conn
+	wg       sync.WaitGroup
 }
 
 // StartProxy listens on a free loopback port and relays each connection
@@ -51,6 +52,7 @@ func (p *Proxy) accept() {
 		if err != nil {
 			return
 		}
+		p.accepted.Add(1)
 		if p.refuse.Load() {
 			c.Close()
 			continue
@@ -91,6 +93,10 @@ func (p *Proxy) upstream(c, s net.Conn) {
 		}
 	}
 }
+
+// Accepted is how many connections the proxy accepted so far, relayed or
+// not: each a client's dial.
+func (p *Proxy) Accepted() int { return int(p.accepted.Load()) }
 
 // Addr is the proxy's host:port, for the client to dial.
 func (p *Proxy) Addr() string { return p.ln.Addr().String() }
