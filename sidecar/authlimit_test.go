@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -389,5 +390,36 @@ func TestAuthLimiterStop(t *testing.T) {
 			t.Fatalf("new login after stop: %v, want ErrShuttingDown", err)
 		}
 		held.release(xmppconn.AuthSucceeded)
+	})
+}
+
+// TestAuthLimiterThrottledSaysWhy: a login refused by the limiter says
+// what held the budget, failures or logins in flight: at 2,000 users the
+// refusals came from waits behind logins in flight with no failure at
+// all, and read as if passwords had failed.
+func TestAuthLimiterThrottledSaysWhy(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newAuthLimiter(3, func() {})
+		var as []*attempt
+		for i := range 3 {
+			as = append(as, startAttempt(t.Context(), l, fmt.Sprintf("u%d", i), "pw", false))
+		}
+		synctest.Wait()
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		_, err := l.acquire(ctx, "late", sha("late", "pw"), false)
+		if !errors.Is(err, ErrAuthThrottled) || !errors.Is(err, context.DeadlineExceeded) ||
+			!strings.Contains(err.Error(), "0 failures in the last 1h0m0s, 3 logins in flight") {
+			t.Fatalf("behind logins in flight: %v", err)
+		}
+		for _, a := range as {
+			a.release(xmppconn.AuthFailed)
+		}
+		ctx2, cancel2 := context.WithTimeout(t.Context(), time.Minute)
+		defer cancel2()
+		_, err = l.acquire(ctx2, "late", sha("late", "pw"), false)
+		if !errors.Is(err, ErrAuthThrottled) || !strings.Contains(err.Error(), "3 failures in the last 1h0m0s") {
+			t.Fatalf("with the budget spent on failures: %v", err)
+		}
 	})
 }

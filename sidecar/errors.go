@@ -22,8 +22,10 @@ var (
 	ErrShuttingDown   = errors.New("sidecar: shutting down")
 	// ErrAuthThrottled: the XMPP authentication failure budget
 	// (--auth-failure-limit an hour) had no unit free for a login before
-	// its context ended; the password was not sent to the server.
-	ErrAuthThrottled = errors.New("sidecar: XMPP authentication throttled after too many failures")
+	// its context ended, held by failures of the last hour or by logins
+	// in flight (the error says how many of each); the password was not
+	// sent to the server.
+	ErrAuthThrottled = errors.New("sidecar: XMPP authentication throttled (--auth-failure-limit)")
 	// ErrTooManyConnections: the API already holds --max-connections
 	// connections; the new one is answered 503 and closed.
 	ErrTooManyConnections = errors.New("sidecar: too many connections to the API (--max-connections)")

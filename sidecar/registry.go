@@ -214,7 +214,7 @@ func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session,
 		}
 		if errors.Is(err, ErrAuthThrottled) {
 			s.setState(xmppconn.StateOffline, "auth_throttled")
-			logger.Warn("xmpp login not tried: the authentication failure budget is spent", "err", err)
+			logger.Warn("xmpp login not tried: no unit of the authentication failure budget was free in time", "err", err)
 			return nil, err
 		}
 		s.setState(xmppconn.StateOffline, "unavailable")
