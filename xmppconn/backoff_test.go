@@ -68,15 +68,7 @@ func TestReconnectBackoff(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c := &Conn{cfg: cfg, log: cfg.Logger, pending: map[string]*iqWait{}}
-		c.closeCtx, c.closeStart = context.WithCancel(context.Background())
-		start := time.Now()
-		done := make(chan error, 1)
-		go func() {
-			backoff := cfg.MinBackoff
-			_, _, err := c.reconnect(&backoff)
-			done <- err
-		}()
+		c, start, done := startReconnect(cfg)
 		time.Sleep(60 * time.Second)
 		c.closeStart()
 		if err := <-done; !errors.Is(err, ErrClosed) {
@@ -220,15 +212,7 @@ func TestReconnectBackoffGateRefused(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				c := &Conn{cfg: cfg, log: cfg.Logger, pending: map[string]*iqWait{}}
-				c.closeCtx, c.closeStart = context.WithCancel(context.Background())
-				start := time.Now()
-				done := make(chan error, 1)
-				go func() {
-					backoff := cfg.MinBackoff
-					_, _, err := c.reconnect(&backoff)
-					done <- err
-				}()
+				c, start, done := startReconnect(cfg)
 				time.Sleep(60 * s)
 				c.closeStart()
 				if err := <-done; !errors.Is(err, ErrClosed) {
@@ -265,4 +249,19 @@ func TestReconnectBackoffGateRefused(t *testing.T) {
 			})
 		})
 	}
+}
+
+// startReconnect runs the reconnection loop of a Conn of cfg from
+// MinBackoff, as after a broken stream, in its own goroutine; done gets
+// its error.
+func startReconnect(cfg Config) (c *Conn, start time.Time, done chan error) {
+	c = &Conn{cfg: cfg, log: cfg.Logger, pending: map[string]*iqWait{}}
+	c.closeCtx, c.closeStart = context.WithCancel(context.Background())
+	done = make(chan error, 1)
+	go func() {
+		backoff := cfg.MinBackoff
+		_, _, err := c.reconnect(&backoff)
+		done <- err
+	}()
+	return c, time.Now(), done
 }
