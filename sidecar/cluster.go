@@ -77,9 +77,17 @@ type cluster struct {
 	warms   *warmPool   // streams prepared for sessions handed to this node (clusterwarm.go)
 	silent  silentPeers // peers that did not answer peerAlive (clusteralive.go)
 
-	mu     sync.Mutex
-	held   map[string]heldLease          // session key → lease
-	checks map[leaseCheckKey]*leaseCheck // lease checks in flight (checkLease)
+	// releaseMu orders a renewal pass and the releases: a renewal sets a
+	// missing lease again (for a Redis that lost its data), so a release
+	// landing while a pass still names its lease brought the lease back
+	// for a TTL, held by nobody, the session's calls sent here and told
+	// not_owner until it expired. A pass holds it from its snapshot to
+	// Redis's answer; a lease's drop and its release hold it (read)
+	// together (dropRelease).
+	releaseMu sync.RWMutex
+	mu        sync.Mutex
+	held      map[string]heldLease          // session key → lease
+	checks    map[leaseCheckKey]*leaseCheck // lease checks in flight (checkLease)
 	// claimed is the state the claim of a session handed over read with
 	// its lease (takeHanded), until its resumption loads it.
 	claimed map[string]claimedState
@@ -502,10 +510,10 @@ func (cl *cluster) closed(sk, reason string) {
 	case "replaced", "password_changed", "moved":
 		return // a new stream follows, or another node has it
 	case "shutdown":
-		if l, ok := cl.holds(sk); ok && cl.drop(sk, l) {
+		if l, ok := cl.holds(sk); ok {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
-			if err := cl.ls.release(ctx, sk, l); err != nil {
+			if _, err := cl.dropRelease(ctx, sk, l); err != nil {
 				cl.logger.Warn("cluster: releasing a lease at shutdown", "session", sk[:8], "err", err)
 			}
 		}
@@ -524,12 +532,24 @@ func (cl *cluster) forgotten(sk string) {
 // expires with its TTL.
 func (cl *cluster) giveBack(ctx context.Context, sk string) {
 	l, ok := cl.holds(sk)
-	if !ok || !cl.drop(sk, l) {
+	if !ok {
 		return
 	}
-	if err := cl.ls.release(ctx, sk, l); err != nil {
+	if _, err := cl.dropRelease(ctx, sk, l); err != nil {
 		cl.logger.Debug("cluster: releasing a forgotten session's lease", "session", sk[:8], "err", err)
 	}
+}
+
+// dropRelease drops lease l on sk from the table and, if it was there,
+// releases it in Redis, with no renewal pass in between (releaseMu). It
+// reports whether l was dropped.
+func (cl *cluster) dropRelease(ctx context.Context, sk string, l lease) (bool, error) {
+	cl.releaseMu.RLock()
+	defer cl.releaseMu.RUnlock()
+	if !cl.drop(sk, l) {
+		return false, nil
+	}
+	return true, cl.ls.release(ctx, sk, l)
 }
 
 // lost handles a lease found to be another node's: the session is
@@ -595,6 +615,7 @@ func (cl *cluster) run(ctx context.Context) {
 // given back after a TTL. With Redis unreachable nothing changes: no
 // other node can claim either, and users keep chatting on their owner.
 func (cl *cluster) renew(ctx context.Context) {
+	cl.releaseMu.Lock()
 	now, mono := time.Now(), monoNow()
 	snap := map[string]lease{}
 	var idle []string
@@ -616,6 +637,7 @@ func (cl *cluster) renew(ctx context.Context) {
 	rctx, cancel := context.WithTimeout(ctx, cl.ls.ttl/3)
 	defer cancel()
 	lost, err := cl.ls.renew(rctx, snap)
+	cl.releaseMu.Unlock()
 	if err != nil {
 		cl.logger.Warn("cluster: renewing leases", "leases", len(snap), "err", err)
 	} else {
@@ -632,6 +654,8 @@ func (cl *cluster) renew(ctx context.Context) {
 // trip, within what ctx leaves; those Redis does not answer for expire
 // with their TTL.
 func (cl *cluster) giveBackIdle(ctx context.Context, idle []string) {
+	cl.releaseMu.RLock()
+	defer cl.releaseMu.RUnlock()
 	back := make(map[string]lease, len(idle))
 	for _, sk := range idle {
 		if l, ok := cl.holds(sk); ok && cl.drop(sk, l) {

@@ -198,15 +198,18 @@ func (cl *cluster) handOver(ctx context.Context) {
 		}
 	}()
 	h.endPolls()
-	// The renewals stopped with the shutdown; they go on here until every
-	// session is let go, for the preparations can outlast a lease's TTL.
-	// The first pass runs now: the sessions' writes kept back by a slow
-	// Redis are tried again at once rather than after the usual pause.
+	// The renewals and the heartbeat stopped with the shutdown; they go
+	// on here until every session is let go, for the preparations can
+	// outlast a lease's TTL, and the liveness key's: the others must not
+	// see this node gone, and sweep its orphans, before it has let them
+	// go. The first renewal runs now: the sessions' writes kept back by a
+	// slow Redis are tried again at once rather than after the usual
+	// pause.
 	cl.renew(ctx)
 	cl.redisDown.Store(0)
 	rctx, rstop := context.WithCancel(ctx)
 	renewing := make(chan struct{})
-	go func() { defer close(renewing); cl.run(rctx) }()
+	go func() { defer close(renewing); cl.keepAlive(rctx) }()
 	drained := make(chan struct{})
 	go func() { h.inflight.Wait(); close(drained) }()
 	dctx, cancel := context.WithTimeout(ctx, handoffDrain)
@@ -233,6 +236,28 @@ func (cl *cluster) handOver(ctx context.Context) {
 	}
 	cl.logger.Info("cluster: sessions handed over to the other nodes", "sessions", p.n.Load(), "taken", p.taken.Load(),
 		"prepared", p.prepared.Load(), "took", time.Since(start).Round(time.Millisecond))
+}
+
+// keepAlive renews the leases still held, and this node's liveness key,
+// every third of the TTL until ctx ends (the hand-over's end).
+func (cl *cluster) keepAlive(ctx context.Context) {
+	t := time.NewTicker(cl.ls.ttl / 3)
+	defer t.Stop()
+	key := nodeKeyPrefix + cl.ls.self.member()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cl.renew(ctx)
+		bctx, cancel := context.WithTimeout(ctx, cl.ls.ttl/3)
+		err := cl.ls.beatClient().Set(bctx, key, cl.ls.self.peer, cl.ls.ttl).Err()
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			cl.logger.Debug("cluster: node heartbeat during the hand-over", "err", err)
+		}
+	}
 }
 
 // handed is a session this node hands over, with the lease it held when
@@ -346,11 +371,9 @@ func (cl *cluster) handOverOne(ctx context.Context, s *session, l lease, addr, i
 	if detached && addr != "" && cl.takeBy(ctx, addr, id, l) {
 		result = "taken"
 		cl.drop(s.key, l) // the successor's now: nothing to give back
-	} else if cl.drop(s.key, l) {
-		if err := cl.ls.release(ctx, s.key, l); err != nil {
-			result = "failed"
-			cl.logger.Warn("cluster: giving a lease back at shutdown; it expires instead", "session", s.short, "err", err)
-		}
+	} else if _, err := cl.dropRelease(ctx, s.key, l); err != nil {
+		result = "failed"
+		cl.logger.Warn("cluster: giving a lease back at shutdown; it expires instead", "session", s.short, "err", err)
 	}
 	h := cl.handoff
 	h.mu.Lock()

@@ -212,7 +212,9 @@ func (c detachableConn) Detach(ctx context.Context) (xmppconn.ResumeState, error
 // a and the leases are real, on a real Redis.
 func TestClusterHandOverPipeline(t *testing.T) {
 	spec := redisSpecs()[0].spec(t)
-	a := stateNode(t, spec, "a")
+	// Leases and the liveness key last 1.5 s: the asks (2 s) outlast
+	// them, so the hand-over must renew both meanwhile.
+	a := leaseNode(t, spec, "a", 1500*time.Millisecond)
 	a.handoff, a.secret, a.peer = newHandoff(), "s3cret", &http.Client{}
 	a.orphans = &orphans{cl: a, stopped: make(chan struct{})}
 	close(a.orphans.stopped)
@@ -222,6 +224,9 @@ func TestClusterHandOverPipeline(t *testing.T) {
 	warmed := map[string]int{}
 	taken := map[string]time.Time{}
 	var slowEnded time.Time
+	var aliveAtEnd bool   // a's liveness key, when the asks ended
+	var leaseAtEnd string // the slow session's lease then
+	slowDone := make(chan struct{})
 	succ := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Authorization") != "Bearer s3cret" {
 			w.WriteHeader(http.StatusUnauthorized)
@@ -235,9 +240,13 @@ func TestClusterHandOverPipeline(t *testing.T) {
 			mu.Unlock()
 			if id == slowID {
 				<-r.Context().Done() // still logging in when the asks end
+				bg := context.Background()
+				n, _ := a.rdb.Exists(bg, nodeKeyPrefix+a.ls.self.member()).Result()
+				held, _ := a.rdb.Get(bg, leaseKey(sessionKey(slowID))).Result()
 				mu.Lock()
-				slowEnded = time.Now()
+				slowEnded, aliveAtEnd, leaseAtEnd = time.Now(), n == 1, held
 				mu.Unlock()
+				close(slowDone)
 				return
 			}
 			w.WriteHeader(http.StatusNoContent)
@@ -284,16 +293,28 @@ func TestClusterHandOverPipeline(t *testing.T) {
 		a.reg.remember(s, id)
 	}
 
+	// As the watcher does until the shutdown stops it.
+	if err := a.rdb.Set(ctx, nodeKeyPrefix+a.ls.self.member(), a.ls.self.peer, a.ls.ttl).Err(); err != nil {
+		t.Fatal(err)
+	}
 	hctx, cancel := context.WithTimeout(ctx, 3*time.Second) // the asks end after 2 s
 	defer cancel()
 	start := time.Now()
 	a.handOver(hctx)
 	took := time.Since(start)
+	select {
+	case <-slowDone:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the slow preparation's ask never ended")
+	}
 
 	mu.Lock()
 	defer mu.Unlock()
-	if slowEnded.IsZero() {
-		t.Fatal("the slow preparation's ask never ended")
+	if !aliveAtEnd {
+		t.Error("a's liveness key expired during the hand-over: the others would sweep its sessions")
+	}
+	if leaseAtEnd != slowLease.String() {
+		t.Errorf("the slow session's lease when the asks ended: %q, want a's %q (renewed)", leaseAtEnd, slowLease.String())
 	}
 	if d := slowEnded.Sub(start); d < time.Second || d > 2500*time.Millisecond {
 		t.Errorf("the asks ended %v after the start, want two thirds of 3 s", d)
