@@ -596,8 +596,9 @@ func (g fencedGate) Acquire(ctx context.Context, knownGood bool) (func(xmppconn.
 	return g.inner.Acquire(ctx, knownGood)
 }
 
-// run renews the held leases every third of their TTL until ctx ends.
-func (cl *cluster) run(ctx context.Context) {
+// run renews the held leases every third of their TTL until ctx ends,
+// each pass followed by also, if set (the hand-over's heartbeat).
+func (cl *cluster) run(ctx context.Context, also func(context.Context)) {
 	t := time.NewTicker(cl.ls.ttl / 3)
 	defer t.Stop()
 	for {
@@ -606,6 +607,9 @@ func (cl *cluster) run(ctx context.Context) {
 			return
 		case <-t.C:
 			cl.renew(ctx)
+			if also != nil {
+				also(ctx)
+			}
 		}
 	}
 }

@@ -209,7 +209,7 @@ func (cl *cluster) handOver(ctx context.Context) {
 	cl.redisDown.Store(0)
 	rctx, rstop := context.WithCancel(ctx)
 	renewing := make(chan struct{})
-	go func() { defer close(renewing); cl.keepAlive(rctx) }()
+	go func() { defer close(renewing); cl.run(rctx, cl.heartbeat) }()
 	drained := make(chan struct{})
 	go func() { h.inflight.Wait(); close(drained) }()
 	dctx, cancel := context.WithTimeout(ctx, handoffDrain)
@@ -238,25 +238,14 @@ func (cl *cluster) handOver(ctx context.Context) {
 		"prepared", p.prepared.Load(), "took", time.Since(start).Round(time.Millisecond))
 }
 
-// keepAlive renews the leases still held, and this node's liveness key,
-// every third of the TTL until ctx ends (the hand-over's end).
-func (cl *cluster) keepAlive(ctx context.Context) {
-	t := time.NewTicker(cl.ls.ttl / 3)
-	defer t.Stop()
-	key := nodeKeyPrefix + cl.ls.self.member()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		cl.renew(ctx)
-		bctx, cancel := context.WithTimeout(ctx, cl.ls.ttl/3)
-		err := cl.ls.beatClient().Set(bctx, key, cl.ls.self.peer, cl.ls.ttl).Err()
-		cancel()
-		if err != nil && ctx.Err() == nil {
-			cl.logger.Debug("cluster: node heartbeat during the hand-over", "err", err)
-		}
+// heartbeat sets this node's liveness key again, as the orphan watcher
+// does until the shutdown stops it, while the hand-over runs.
+func (cl *cluster) heartbeat(ctx context.Context) {
+	bctx, cancel := context.WithTimeout(ctx, cl.ls.ttl/3)
+	defer cancel()
+	err := cl.ls.beatClient().Set(bctx, nodeKeyPrefix+cl.ls.self.member(), cl.ls.self.peer, cl.ls.ttl).Err()
+	if err != nil && ctx.Err() == nil {
+		cl.logger.Debug("cluster: node heartbeat during the hand-over", "err", err)
 	}
 }
 

@@ -281,7 +281,7 @@ func startCluster(ctx context.Context, cfg *Config, a *api, wg *sync.WaitGroup, 
 			errc <- fmt.Errorf("sidecar: cluster peer listener: %w", err)
 		}
 	})
-	wg.Go(func() { cl.run(ctx) })
+	wg.Go(func() { cl.run(ctx, nil) })
 	wg.Go(func() { cl.orphans.watch(ctx) })
 	a.logger.Info("cluster mode", "node", cfg.ClusterNodeID, "peer", cfg.ClusterPeerListen, "lease_ttl", cfg.ClusterLeaseTTL)
 	return cl, ps, nil

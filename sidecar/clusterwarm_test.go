@@ -239,12 +239,22 @@ func TestClusterHandOverPipeline(t *testing.T) {
 			warmed[id]++
 			mu.Unlock()
 			if id == slowID {
-				<-r.Context().Done() // still logging in when the asks end
+				// Still logging in when the asks end (2 s); looked at
+				// past the TTL (1.5 s), before the asks end and its lease
+				// is given back.
+				select {
+				case <-time.After(1800 * time.Millisecond):
+				case <-r.Context().Done():
+				}
 				bg := context.Background()
 				n, _ := a.rdb.Exists(bg, nodeKeyPrefix+a.ls.self.member()).Result()
 				held, _ := a.rdb.Get(bg, leaseKey(sessionKey(slowID))).Result()
 				mu.Lock()
-				slowEnded, aliveAtEnd, leaseAtEnd = time.Now(), n == 1, held
+				aliveAtEnd, leaseAtEnd = n == 1, held
+				mu.Unlock()
+				<-r.Context().Done()
+				mu.Lock()
+				slowEnded = time.Now()
 				mu.Unlock()
 				close(slowDone)
 				return
@@ -311,10 +321,10 @@ func TestClusterHandOverPipeline(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	if !aliveAtEnd {
-		t.Error("a's liveness key expired during the hand-over: the others would sweep its sessions")
+		t.Error("a's liveness key expired during the hand-over (1.8 s, its TTL 1.5 s): the others would sweep its sessions")
 	}
 	if leaseAtEnd != slowLease.String() {
-		t.Errorf("the slow session's lease when the asks ended: %q, want a's %q (renewed)", leaseAtEnd, slowLease.String())
+		t.Errorf("the slow session's lease 1.8 s into the hand-over (its TTL 1.5 s): %q, want a's %q (renewed)", leaseAtEnd, slowLease.String())
 	}
 	if d := slowEnded.Sub(start); d < time.Second || d > 2500*time.Millisecond {
 		t.Errorf("the asks ended %v after the start, want two thirds of 3 s", d)
