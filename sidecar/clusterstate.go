@@ -449,7 +449,14 @@ func (cs *clusterSession) Save(st xmppconn.ResumeState) error {
 	}
 	cs.mirror, cs.saved, cs.dirty = st, true, true
 	cs.resumable.Store(st.ID != "")
-	if err := cs.writeLocked(nil, nil, false); errors.Is(err, ErrNotOwner) {
+	return ownerLost(cs.writeLocked(nil, nil, false))
+}
+
+// ownerLost is err if the lease was found another node's (ErrNotOwner),
+// else nil: Save and Sent fail on nothing else, the mirror keeping what
+// a Redis that did not answer has not written.
+func ownerLost(err error) error {
+	if errors.Is(err, ErrNotOwner) {
 		return err
 	}
 	return nil
@@ -486,10 +493,7 @@ func (cs *clusterSession) Sent(raw []byte) error {
 	if !cs.dirty {
 		tail = []any{"U", raw}
 	}
-	if err := cs.writeLocked(nil, tail, false); errors.Is(err, ErrNotOwner) {
-		return err
-	}
-	return nil
+	return ownerLost(cs.writeLocked(nil, tail, false))
 }
 
 // Acked is xmppconn.ResumeStore.Acked. It writes nothing: the

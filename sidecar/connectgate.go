@@ -40,6 +40,3 @@ func (g *connectGate) Acquire(ctx context.Context) (func(), error) {
 		return nil, fmt.Errorf("%w: waiting for one of the --xmpp-connect-limit connection attempts (%d): %w", errXMPP, cap(g.slots), ctx.Err())
 	}
 }
-
-// inFlight is how many attempts hold a place now.
-func (g *connectGate) inFlight() int { return len(g.slots) }

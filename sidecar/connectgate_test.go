@@ -17,8 +17,8 @@ func TestConnectGateBounds(t *testing.T) {
 		g := newConnectGate(2)
 		r1, err1 := g.Acquire(t.Context())
 		r2, err2 := g.Acquire(t.Context())
-		if err1 != nil || err2 != nil || g.inFlight() != 2 {
-			t.Fatalf("two places: %v %v, %d in flight", err1, err2, g.inFlight())
+		if err1 != nil || err2 != nil || len(g.slots) != 2 {
+			t.Fatalf("two places: %v %v, %d in flight", err1, err2, len(g.slots))
 		}
 		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 		defer cancel()
@@ -45,13 +45,13 @@ func TestConnectGateBounds(t *testing.T) {
 		}
 		r1()
 		r3 := <-got
-		if g.inFlight() != 2 {
-			t.Errorf("%d in flight after one released and one admitted, want 2", g.inFlight())
+		if len(g.slots) != 2 {
+			t.Errorf("%d in flight after one released and one admitted, want 2", len(g.slots))
 		}
 		r2()
 		r3()
-		if g.inFlight() != 0 {
-			t.Errorf("%d in flight after all released", g.inFlight())
+		if len(g.slots) != 0 {
+			t.Errorf("%d in flight after all released", len(g.slots))
 		}
 		free := newConnectGate(0)
 		for range 100 {
