@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -38,6 +39,10 @@ type fakeReader struct {
 	errs     map[string]error
 	down     bool
 	hung     bool // lookups wait for their context to end, as on a store that stops answering
+	// readies counts Ready's calls; readyHook, when set, answers them
+	// (ops_test.go).
+	readies   atomic.Int64
+	readyHook func(context.Context) error
 }
 
 func (f *fakeReader) Lookup(ctx context.Context, id string) (*phpsession.Session, error) {
@@ -71,8 +76,15 @@ func (f *fakeReader) LookupHashed(ctx context.Context, h phpsession.HashedID) (*
 	return f.Lookup(ctx, h.ID())
 }
 
-func (f *fakeReader) Ready(context.Context) error {
-	if f.down {
+func (f *fakeReader) Ready(ctx context.Context) error {
+	f.readies.Add(1)
+	f.mu.Lock()
+	down, hook := f.down, f.readyHook
+	f.mu.Unlock()
+	if hook != nil {
+		return hook(ctx)
+	}
+	if down {
 		return phpsession.ErrUnavailable
 	}
 	return nil

@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/subtle"
 	"html/template"
+	"maps"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -24,6 +26,8 @@ type ops struct {
 	// tokens open /status's per-user rows: the --ops-token-file token and
 	// the API token, whichever are configured (none: counts only).
 	tokens []string
+	// readiness is /readyz's check, shared by the probes.
+	readiness readiness
 }
 
 func (o *ops) routes() http.Handler {
@@ -37,14 +41,114 @@ func (o *ops) routes() http.Handler {
 	return mux
 }
 
-// ready: the session store answers and the Jabber server accepts TCP.
+// How /readyz checks. Every probe, from a load balancer (several, each
+// on its own schedule) or a start-up script polling every 50 ms, costs
+// the Jabber server a TCP connection and the session store a stat or a
+// PING; at 2,000 users such probes joined a full accept queue and a node
+// restarted into it was never ready. So the probes share the check:
+// those that come while one runs wait for it, and its verdict, failed or
+// not, answers every probe for readyReuse after it was found. Whatever
+// the probes' number or rate, the Jabber server and the store see at
+// most one check at a time, and at most one per readyReuse after the
+// last ended (a failing server, whose check may take all of readyTimeout,
+// is probed less, not more). A second is below the usual balancer's
+// interval (HAProxy's default is 2 s, Kubernetes' 10 s, an AWS balancer's
+// at least 5 s), so one balancer still sees a fresh check at each probe,
+// and a change, a restarted node's Jabber server accepting again among
+// them, reaches /readyz at most a second late. The shutdown reason costs
+// nothing and is never reused. No flag: the window bounds a rate that is
+// negligible either way, and nothing a site tunes depends on it.
+const (
+	readyReuse   = time.Second
+	readyTimeout = 2 * time.Second // one check's bound, whoever waits for it
+)
+
+// readiness holds /readyz's shared check; the zero value is ready to use.
+type readiness struct {
+	now func() time.Time // nil: time.Now (tests move it)
+
+	mu      sync.Mutex
+	last    map[string]string // the last verdict's reasons, never changed once stored
+	at      time.Time         // when the last verdict was found
+	running *readyCheck       // the check in flight, nil when none runs
+}
+
+// readyCheck is one check; reasons is set before done closes.
+type readyCheck struct {
+	done    chan struct{}
+	reasons map[string]string
+}
+
+// verdict returns the reasons the node is not ready (empty: ready): the
+// last verdict while it is younger than readyReuse, otherwise the check
+// in flight's, otherwise a new check's. The new check runs on the
+// probe's own goroutine (the ops server's, which waits for it at
+// shutdown) under a context of its own: a probe that hangs up does not
+// cut the check the others wait for, and the check ends within
+// readyTimeout however many probes left. A probe that hangs up while
+// waiting for another's check gets ok false and answers nothing.
+func (rd *readiness) verdict(ctx context.Context, check func(context.Context) map[string]string) (reasons map[string]string, ok bool) {
+	now := time.Now
+	if rd.now != nil {
+		now = rd.now
+	}
+	rd.mu.Lock()
+	if rd.last != nil && now().Sub(rd.at) < readyReuse {
+		defer rd.mu.Unlock()
+		return rd.last, true
+	}
+	if c := rd.running; c != nil {
+		rd.mu.Unlock()
+		select {
+		case <-c.done:
+			if c.reasons == nil { // the check panicked (net/http recovers its prober)
+				return map[string]string{"readiness": "the check did not finish"}, true
+			}
+			return c.reasons, true
+		case <-ctx.Done():
+			return nil, false
+		}
+	}
+	c := &readyCheck{done: make(chan struct{})}
+	rd.running = c
+	rd.mu.Unlock()
+	defer func() {
+		rd.mu.Lock()
+		if c.reasons != nil {
+			rd.last, rd.at = c.reasons, now()
+		}
+		rd.running = nil
+		rd.mu.Unlock()
+		close(c.done)
+	}()
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), readyTimeout)
+	defer cancel()
+	c.reasons = check(cctx)
+	return c.reasons, true
+}
+
+// ready: the session store answers and the Jabber server accepts TCP
+// (the shared check, above), and the daemon is not shutting down.
 func (o *ops) ready(w http.ResponseWriter, r *http.Request) {
-	reasons := map[string]string{}
+	checked, ok := o.readiness.verdict(r.Context(), o.check)
+	if !ok {
+		return // the probe hung up; the check goes on for the others
+	}
+	reasons := make(map[string]string, len(checked)+1)
+	maps.Copy(reasons, checked) // the verdict is shared: never written
 	if o.api.draining.Load() {
 		reasons["shutdown"] = "shutting down"
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-	defer cancel()
+	if len(reasons) > 0 {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "reasons": reasons})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// check asks the session store and dials the Jabber server once.
+func (o *ops) check(ctx context.Context) map[string]string {
+	reasons := map[string]string{}
 	if err := o.reader.Ready(ctx); err != nil {
 		reasons["session_store"] = err.Error()
 	}
@@ -54,11 +158,7 @@ func (o *ops) ready(w http.ResponseWriter, r *http.Request) {
 	} else {
 		c.Close()
 	}
-	if len(reasons) > 0 {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "reasons": reasons})
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	return reasons
 }
 
 // status shows the sessions by state. Who is online, with their JIDs and
