@@ -974,8 +974,8 @@ func TestRunShutdownAPIDrainBounded(t *testing.T) {
 func TestClientHangUp(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
-		hung     bool // lookups wait for their context
-		down     bool // the store answers that it is down
+		hung     bool          // lookups wait for their context
+		down     bool          // the store answers that it is down
 		hangUp   time.Duration // when the client leaves, into the call (0: before it, -1: never)
 		status   string
 		apiError bool // a warning "api error" is logged
