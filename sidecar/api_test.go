@@ -966,3 +966,80 @@ func TestRunShutdownAPIDrainBounded(t *testing.T) {
 		t.Errorf("the parked connections' and the API's drains took %v and %v of the %v shutdown timeout, want at most a third together", parked, api, timeout)
 	}
 }
+
+// TestClientHangUp: a call whose client hangs up while it waits (a load
+// balancer's timeout, here on a session store that hangs) is counted 499
+// and logged at debug, not as a 500 "internal" warning; an error of the
+// store's own, the client gone or not, is still the store's.
+func TestClientHangUp(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		hung     bool          // lookups wait for their context
+		down     bool          // the store answers that it is down
+		hangUp   time.Duration // when the client leaves, into the call (0: before it, -1: never)
+		status   string
+		apiError bool // a warning "api error" is logged
+	}{
+		{name: "store hung, client hangs up", hung: true, hangUp: 50 * time.Millisecond, status: "499"},
+		{name: "store down, client gone", down: true, hangUp: 0, status: "503", apiError: true},
+		{name: "store down, client waits", down: true, hangUp: -1, status: "503", apiError: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, "")
+			h.reader.set(otherID, "bob", "pw")
+			h.reader.mu.Lock()
+			h.reader.hung, h.reader.down = tc.hung, tc.down
+			h.reader.mu.Unlock()
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			switch {
+			case tc.hangUp == 0:
+				cancel()
+			case tc.hangUp > 0:
+				time.AfterFunc(tc.hangUp, cancel)
+			}
+			req := httptest.NewRequest("GET", "/v1/me", nil).WithContext(ctx)
+			req.Header.Set("X-Session-Id", otherID)
+			h.srv.ServeHTTP(httptest.NewRecorder(), req)
+
+			if got := apiStatuses(t, h.api.metrics, "GET /v1/me"); len(got) != 1 || got[0] != tc.status {
+				t.Errorf("imsidecar_api_request_duration_seconds counted statuses %v, want [%s]", got, tc.status)
+			}
+			h.logMu.Lock()
+			logs := h.logs.String()
+			h.logMu.Unlock()
+			if got := strings.Contains(logs, `msg="api error"`); got != tc.apiError {
+				t.Errorf("warning \"api error\" logged: %v, want %v; logs:\n%s", got, tc.apiError, logs)
+			}
+			if got := strings.Contains(logs, "abandoned by its client"); got != (tc.status == "499") {
+				t.Errorf("debug line on the hang-up: %v, want %v; logs:\n%s", got, tc.status == "499", logs)
+			}
+		})
+	}
+}
+
+// apiStatuses lists the statuses imsidecar_api_request_duration_seconds
+// counted for route.
+func apiStatuses(t *testing.T, m *metrics, route string) []string {
+	t.Helper()
+	mfs, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, mf := range mfs {
+		if mf.GetName() != "imsidecar_api_request_duration_seconds" {
+			continue
+		}
+		for _, mt := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, lp := range mt.GetLabel() {
+				labels[lp.GetName()] = lp.GetValue()
+			}
+			if labels["route"] == route {
+				out = append(out, labels["status"])
+			}
+		}
+	}
+	return out
+}

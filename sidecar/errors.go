@@ -53,10 +53,23 @@ var (
 // GET /v1/events in flight; the one over is answered 429.
 var ErrTooManyPolls = errors.New("sidecar: too many polls in flight for this session (--max-polls-per-session)")
 
+// errClientClosed marks the error of a call whose client hung up before
+// the answer (writeError wraps it, knowing the request): a load
+// balancer's timeout, a page left. Nobody reads the answer, and nothing
+// failed here.
+var errClientClosed = errors.New("sidecar: the client hung up before the answer")
+
+// statusClientClosed is the status counted for errClientClosed: no
+// answer reaches the client, and nginx's 499 says so in the metrics
+// without counting it among the server's errors (5xx).
+const statusClientClosed = 499
+
 // statusFor is the one place errors become HTTP statuses and API codes.
 // Anything unknown is a 500 "internal", whose detail stays in the log.
 func statusFor(err error) (int, string) {
 	switch {
+	case errors.Is(err, errClientClosed):
+		return statusClientClosed, "client_closed"
 	case errors.Is(err, ErrBadRequest), errors.Is(err, xmppconn.ErrInvalidArgument), errors.Is(err, xmppconn.ErrInvalidJID):
 		return http.StatusBadRequest, "bad_request"
 	case errors.Is(err, ErrSessionMissing):

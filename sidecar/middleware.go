@@ -242,6 +242,13 @@ func (a *api) warnPasswordUnavailable(err error) {
 }
 
 func (a *api) writeError(w http.ResponseWriter, r *http.Request, err error, c *caller) {
+	if r.Context().Err() != nil && errors.Is(err, context.Canceled) {
+		// The call ended because its client hung up: not an error of
+		// ours (a 500 "internal" before), and too common to log above
+		// debug (a balancer giving up on calls waiting for a takeover).
+		err = fmt.Errorf("%w: %w", errClientClosed, err)
+		a.logger.Debug("api call abandoned by its client", "route", r.Pattern, "err", err)
+	}
 	status, code := statusFor(err)
 	var body errorBody
 	body.Error.Code = code
