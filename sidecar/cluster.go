@@ -623,9 +623,17 @@ func (cl *cluster) renew(ctx context.Context) {
 	now, mono := time.Now(), monoNow()
 	snap := map[string]lease{}
 	var idle []string
+	// While the node hands its sessions over, none is idle: each session
+	// let go leaves the registry a moment before the hand-over gives its
+	// lease back, and a pass in between dropped it as idle, and its
+	// release then died with the pass's context as the hand-over ended
+	// (the lease stayed, held by nobody, for a TTL:
+	// TestClusterHandOverPipeline, 4 runs in 12). What the hand-over
+	// leaves, the shutdown's stop gives back.
+	handing := cl.handoff.running()
 	cl.mu.Lock()
 	for sk, h := range cl.held {
-		if cl.reg.has(sk) || time.Duration(mono-h.since) < cl.ls.ttl {
+		if handing || cl.reg.has(sk) || time.Duration(mono-h.since) < cl.ls.ttl {
 			snap[sk] = h.lease(cl.ls.self)
 		} else {
 			idle = append(idle, sk)

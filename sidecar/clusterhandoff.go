@@ -72,6 +72,16 @@ type handoffTurn struct {
 	calls sync.WaitGroup // its forwarded calls being served
 }
 
+// running reports whether the hand-over has started (false for none).
+func (h *handoff) running() bool {
+	if h == nil {
+		return false
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.on
+}
+
 func newHandoff() *handoff {
 	h := &handoff{done: make(chan struct{})}
 	h.polls, h.endPolls = context.WithCancel(context.Background())
