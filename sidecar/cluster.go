@@ -542,14 +542,15 @@ func (cl *cluster) giveBack(ctx context.Context, sk string) {
 
 // dropRelease drops lease l on sk from the table and, if it was there,
 // releases it in Redis, with no renewal pass in between (releaseMu). It
-// reports whether l was dropped.
+// reports whether l was dropped and still l in Redis, now given back
+// (false with a nil error: not held here, or another node's already).
 func (cl *cluster) dropRelease(ctx context.Context, sk string, l lease) (bool, error) {
 	cl.releaseMu.RLock()
 	defer cl.releaseMu.RUnlock()
 	if !cl.drop(sk, l) {
 		return false, nil
 	}
-	return true, cl.ls.release(ctx, sk, l)
+	return cl.ls.release(ctx, sk, l)
 }
 
 // lost handles a lease found to be another node's: the session is
@@ -692,7 +693,7 @@ func (cl *cluster) stop(ctx context.Context) {
 		if ctx.Err() != nil {
 			break
 		}
-		if err := cl.ls.release(ctx, sk, h.lease(cl.ls.self)); err != nil && !errors.As(err, new(redis.Error)) {
+		if _, err := cl.ls.release(ctx, sk, h.lease(cl.ls.self)); err != nil && !errors.As(err, new(redis.Error)) {
 			// Redis does not answer: the leases left expire with their
 			// TTL, and the shutdown does not wait a bound per lease.
 			cl.logger.Warn("cluster: Redis does not answer; leases left to expire", "leases", len(held), "err", err)
