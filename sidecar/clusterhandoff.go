@@ -72,6 +72,16 @@ type handoffTurn struct {
 	calls sync.WaitGroup // its forwarded calls being served
 }
 
+// running reports whether the hand-over has started (false for none).
+func (h *handoff) running() bool {
+	if h == nil {
+		return false
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.on
+}
+
 func newHandoff() *handoff {
 	h := &handoff{done: make(chan struct{})}
 	h.polls, h.endPolls = context.WithCancel(context.Background())
@@ -235,7 +245,7 @@ func (cl *cluster) handOver(ctx context.Context) {
 		cl.logger.Warn("cluster: deleting this node's liveness key; the others find it gone when it expires", "err", err)
 	}
 	cl.logger.Info("cluster: sessions handed over to the other nodes", "sessions", p.n.Load(), "taken", p.taken.Load(),
-		"prepared", p.prepared.Load(), "took", time.Since(start).Round(time.Millisecond))
+		"moved", p.moved.Load(), "prepared", p.prepared.Load(), "took", time.Since(start).Round(time.Millisecond))
 }
 
 // heartbeat sets this node's liveness key again, as the orphan watcher
@@ -257,8 +267,9 @@ type handed struct {
 }
 
 // handOverCount is what handOverAll did: sessions let go, prepared by
-// their successor, taken by it at once.
-type handOverCount struct{ n, prepared, taken atomic.Int64 }
+// their successor, taken by it at once, and found moved by then (taken
+// after the asker stopped waiting, or claimed by a call elsewhere).
+type handOverCount struct{ n, prepared, taken, moved atomic.Int64 }
 
 // handOverAll runs the hand-over's pipeline over list (handOver) and
 // returns once every session is let go, or ctx ended.
@@ -301,8 +312,11 @@ func (cl *cluster) handOverAll(ctx context.Context, list []handed) *handOverCoun
 			return
 		}
 		c.n.Add(1)
-		if cl.handOverOne(ctx, it.s, l, addr, ids[it.s.key]) {
+		switch cl.handOverOne(ctx, it.s, l, addr, ids[it.s.key]) {
+		case "taken":
 			c.taken.Add(1)
+		case "moved":
+			c.moved.Add(1)
 		}
 	}
 	var mu sync.Mutex
@@ -346,9 +360,10 @@ func (cl *cluster) handOverAll(ctx context.Context, list []handed) *handOverCoun
 // handOverOne lets one session go and, when its successor (addr, "" for
 // none) prepared it, has the successor take it at once for PHP session id
 // (clusterwarm.go); otherwise gives its lease back, for the user's next
-// call or the orphan adoption. It reports whether the successor took the
-// session.
-func (cl *cluster) handOverOne(ctx context.Context, s *session, l lease, addr, id string) bool {
+// call or the orphan adoption. It returns the outcome counted in
+// imsidecar_cluster_handoffs_total: taken, moved, detached, closed or
+// failed.
+func (cl *cluster) handOverOne(ctx context.Context, s *session, l lease, addr, id string) string {
 	cl.handoff.turnOf(ctx, s.key)
 	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	detached := cl.reg.letGo(dctx, s, "shutdown")
@@ -360,9 +375,15 @@ func (cl *cluster) handOverOne(ctx context.Context, s *session, l lease, addr, i
 	if detached && addr != "" && cl.takeBy(ctx, addr, id, l) {
 		result = "taken"
 		cl.drop(s.key, l) // the successor's now: nothing to give back
-	} else if _, err := cl.dropRelease(ctx, s.key, l); err != nil {
+	} else if given, err := cl.dropRelease(ctx, s.key, l); err != nil {
 		result = "failed"
 		cl.logger.Warn("cluster: giving a lease back at shutdown; it expires instead", "session", s.short, "err", err)
+	} else if !given && detached {
+		// The lease was no longer this node's: the successor's take
+		// landed after handoffTakeWait (it goes on without the asker),
+		// or a call claimed the session elsewhere. Either way it moved
+		// at once; counted apart, for "detached" says it waits.
+		result = "moved"
 	}
 	h := cl.handoff
 	h.mu.Lock()
@@ -371,7 +392,7 @@ func (cl *cluster) handOverOne(ctx context.Context, s *session, l lease, addr, i
 	}
 	h.mu.Unlock()
 	cl.metrics.clusterHandoffs.WithLabelValues(result).Inc()
-	return result == "taken"
+	return result
 }
 
 // endTurn ends session sk's turn without waiting for its calls: they

@@ -197,8 +197,8 @@ func TestOrphanIndex(t *testing.T) {
 				case 2:
 					// a gave it back (a hand-over), then a newer owner
 					// marked it and let it go: the entry is stale.
-					if err := a.release(ctx, sk, ra.lease); err != nil {
-						t.Fatal(err)
+					if ok, err := a.release(ctx, sk, ra.lease); err != nil || !ok {
+						t.Fatalf("a's release: %v %v", ok, err)
 					}
 					rb, err := b.claim(ctx, sk, nil)
 					if err != nil || !rb.won {
@@ -207,8 +207,8 @@ func TestOrphanIndex(t *testing.T) {
 					if ok, err := b.mark(ctx, sk, rb.lease, false); err != nil || !ok {
 						t.Fatal(err)
 					}
-					if err := b.release(ctx, sk, rb.lease); err != nil {
-						t.Fatal(err)
+					if ok, err := b.release(ctx, sk, rb.lease); err != nil || !ok {
+						t.Fatalf("b's release: %v %v", ok, err)
 					}
 					if ad, err := c.adopt(ctx, sk, dead); err != nil || ad.won || ad.why != "offline" {
 						t.Fatalf("adopted a session marked offline since: %+v %v", ad, err)

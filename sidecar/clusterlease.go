@@ -484,15 +484,17 @@ func (ls *leaseStore) check(ctx context.Context, sk string, l lease) (bool, erro
 	return n != 0, nil
 }
 
-// release gives the lease up if l holds it.
-func (ls *leaseStore) release(ctx context.Context, sk string, l lease) error {
+// release gives the lease up if l holds it, and reports whether it did
+// (false: the lease was another's, or gone, already).
+func (ls *leaseStore) release(ctx context.Context, sk string, l lease) (bool, error) {
 	ctx, cancel := redisBound(ctx)
 	defer cancel()
 	k := keysOf(sk)
-	if err := releaseScript.Run(ctx, ls.rdb, []string{k.lease, k.meta}, l.String()).Err(); err != nil {
-		return fmt.Errorf("%w: release: %w", ErrClusterRedis, err)
+	n, err := releaseScript.Run(ctx, ls.rdb, []string{k.lease, k.meta}, l.String()).Int()
+	if err != nil {
+		return false, fmt.Errorf("%w: release: %w", ErrClusterRedis, err)
 	}
-	return nil
+	return n == 1, nil
 }
 
 // releaseAll gives back every lease of held (session key → lease) in one

@@ -95,14 +95,14 @@ func TestClusterLease(t *testing.T) {
 				if rb2, err := b.claim(ctx, sk, nil); err != nil || rb2.won || rb2.lease != ra2.lease {
 					t.Fatalf("b claimed a lease its owner renewed after expiry: %+v %v", rb2, err)
 				}
-				if err := b.release(ctx, sk, rb.lease); err != nil {
-					t.Fatal(err)
+				if ok, err := b.release(ctx, sk, rb.lease); err != nil || ok {
+					t.Fatalf("an old owner's release gave the new lease back: %v %v", ok, err)
 				}
 				if held, err := a.check(ctx, sk, ra2.lease); err != nil || !held {
 					t.Fatalf("an old owner's release removed the new lease: %v %v", held, err)
 				}
-				if err := a.release(ctx, sk, ra2.lease); err != nil {
-					t.Fatal(err)
+				if ok, err := a.release(ctx, sk, ra2.lease); err != nil || !ok {
+					t.Fatalf("the owner's release: %v %v", ok, err)
 				}
 				if _, ok, err := a.owner(ctx, sk); err != nil || ok {
 					t.Fatalf("a released lease is still there: %v %v", ok, err)

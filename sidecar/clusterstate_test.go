@@ -588,8 +588,8 @@ func TestClusterStateAfterLogStopped(t *testing.T) {
 	if !a.drop(sk, la) {
 		t.Fatal("a did not hold the lease")
 	}
-	if err := a.ls.release(ctx, sk, la); err != nil {
-		t.Fatal(err)
+	if ok, err := a.ls.release(ctx, sk, la); err != nil || !ok {
+		t.Fatalf("a's release: %v %v", ok, err)
 	}
 	if rb, err := b.take(ctx, sk, nil); err != nil || !rb.won {
 		t.Fatalf("b's claim: %+v %v", rb, err)

@@ -359,3 +359,129 @@ func TestClusterHandOverPipeline(t *testing.T) {
 	}
 	t.Logf("hand-over took %v; slow ask ended at %v", took.Round(time.Millisecond), slowEnded.Sub(start).Round(time.Millisecond))
 }
+
+// TestClusterHandOverLateTake: a successor whose take of a prepared
+// session ends after handoffTakeWait has it all the same (its take goes
+// on without the asker); the stopping node's release then finds the
+// lease another's, leaves it, and counts the session "moved", not
+// "detached" (which says it waits for its next call). A take refused at
+// once leaves the session detached and its lease given back.
+func TestClusterHandOverLateTake(t *testing.T) {
+	spec := redisSpecs()[0].spec(t)
+	for _, tc := range []struct {
+		name    string
+		late    bool   // the successor claims the lease, then answers past handoffTakeWait
+		outcome string // imsidecar_cluster_handoffs_total's result
+	}{
+		{name: "taken late", late: true, outcome: "moved"},
+		{name: "take refused", outcome: "detached"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := leaseNode(t, spec, "a", 5*time.Second)
+			a.handoff, a.secret, a.peer = newHandoff(), "s3cret", &http.Client{}
+			a.orphans = &orphans{cl: a, stopped: make(chan struct{})}
+			close(a.orphans.stopped)
+			b := leaseNode(t, spec, "b", 5*time.Second)
+			id := fmt.Sprintf("late%d-aaaaaaaaaaaaaaaaaaaaaaaaaaa", len(tc.name))
+			sk := sessionKey(id)
+			var taken atomic.Int32
+			succ := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Header.Get("Authorization") != "Bearer s3cret" || r.Header.Get("X-Session-Id") != id {
+					w.WriteHeader(http.StatusUnauthorized)
+					return
+				}
+				switch r.URL.Path {
+				case peerWarmPath:
+					w.WriteHeader(http.StatusNoContent)
+				case peerTakePath:
+					if !tc.late {
+						w.WriteHeader(http.StatusServiceUnavailable)
+						return
+					}
+					from, err := parseLease(r.URL.Query().Get("lease"))
+					if err != nil {
+						t.Errorf("the take's lease: %v", err)
+						return
+					}
+					// As serveTake: the claim, then a resumption slower
+					// than the asker waits for.
+					if res, err := b.take(context.Background(), sk, &from); err != nil || !res.won {
+						t.Errorf("the successor's claim: %+v %v", res, err)
+						return
+					}
+					taken.Add(1)
+					time.Sleep(handoffTakeWait + 500*time.Millisecond)
+					w.WriteHeader(http.StatusNoContent)
+				}
+			}))
+			defer succ.Close()
+			ctx := t.Context()
+			if err := a.rdb.SAdd(ctx, nodesKey, b.ls.self.member()).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if err := a.rdb.Set(ctx, nodeKeyPrefix+b.ls.self.member(), succ.Listener.Addr().String(), time.Minute).Err(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				a.rdb.SRem(context.Background(), nodesKey, b.ls.self.member())
+				a.rdb.Del(context.Background(), nodeKeyPrefix+b.ls.self.member(), leaseKey(sk))
+			})
+			s, _ := ownedSession(t, a, sk, "u-late")
+			c := &fakeConn{jid: "u@example.org/x", done: make(chan struct{})}
+			s.conn = detachableConn{c}
+			s.setState(xmppconn.StateOnline, "")
+			a.reg.mu.Lock()
+			a.reg.sessions[sk] = s
+			a.reg.mu.Unlock()
+			a.reg.remember(s, id)
+
+			hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			a.handOver(hctx)
+
+			if !c.closed {
+				t.Error("the session's stream was not let go")
+			}
+			for _, result := range []string{"taken", "moved", "detached", "closed", "failed"} {
+				want := 0.0
+				if result == tc.outcome {
+					want = 1
+				}
+				if got := counterValue(t, a.metrics, "imsidecar_cluster_handoffs_total", "result", result); got != want {
+					t.Errorf("imsidecar_cluster_handoffs_total{result=%q} = %v, want %v", result, got, want)
+				}
+			}
+			held, err := a.rdb.Get(ctx, leaseKey(sk)).Result()
+			bl, bHolds := b.holds(sk)
+			switch {
+			case tc.late && (err != nil || !bHolds || held != bl.String()):
+				t.Errorf("the lease after the hand-over: %q %v; want the successor's %v (taken: %d)", held, err, bl, taken.Load())
+			case !tc.late && err != redis.Nil:
+				t.Errorf("the lease after the hand-over: %q %v; want given back", held, err)
+			}
+		})
+	}
+}
+
+// counterValue is the value of the counter name{label=value} in m's
+// registry (0 when it was never counted).
+func counterValue(t *testing.T, m *metrics, name, label, value string) float64 {
+	t.Helper()
+	mfs, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, mt := range mf.GetMetric() {
+			for _, lp := range mt.GetLabel() {
+				if lp.GetName() == label && lp.GetValue() == value {
+					return mt.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
