@@ -268,18 +268,8 @@ func TestClusterHandOverPipeline(t *testing.T) {
 		}
 	}))
 	defer succ.Close()
-	b := lease{node: "b", incarnation: "i-b"}
 	ctx := t.Context()
-	if err := a.rdb.SAdd(ctx, nodesKey, b.member()).Err(); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.rdb.Set(ctx, nodeKeyPrefix+b.member(), succ.Listener.Addr().String(), time.Minute).Err(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		a.rdb.SRem(context.Background(), nodesKey, b.member())
-		a.rdb.Del(context.Background(), nodeKeyPrefix+b.member())
-	})
+	liveNode(t, a, lease{node: "b", incarnation: "i-b"}, succ.Listener.Addr().String())
 
 	ids := []string{slowID}
 	for i := range 6 {
@@ -289,18 +279,11 @@ func TestClusterHandOverPipeline(t *testing.T) {
 	var slowLease lease
 	for _, id := range ids {
 		sk := sessionKey(id)
-		s, l := ownedSession(t, a, sk, "u-"+id[:5])
+		c, l := onlineOwned(t, a, id, sk, "u-"+id[:5])
 		if id == slowID {
 			slowLease = l
 		}
-		c := &fakeConn{jid: "u@example.org/x", done: make(chan struct{})}
 		conns[id] = c
-		s.conn = detachableConn{c}
-		s.setState(xmppconn.StateOnline, "")
-		a.reg.mu.Lock()
-		a.reg.sessions[sk] = s
-		a.reg.mu.Unlock()
-		a.reg.remember(s, id)
 	}
 
 	// As the watcher does until the shutdown stops it.
@@ -416,24 +399,9 @@ func TestClusterHandOverLateTake(t *testing.T) {
 			}))
 			defer succ.Close()
 			ctx := t.Context()
-			if err := a.rdb.SAdd(ctx, nodesKey, b.ls.self.member()).Err(); err != nil {
-				t.Fatal(err)
-			}
-			if err := a.rdb.Set(ctx, nodeKeyPrefix+b.ls.self.member(), succ.Listener.Addr().String(), time.Minute).Err(); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				a.rdb.SRem(context.Background(), nodesKey, b.ls.self.member())
-				a.rdb.Del(context.Background(), nodeKeyPrefix+b.ls.self.member(), leaseKey(sk))
-			})
-			s, _ := ownedSession(t, a, sk, "u-late")
-			c := &fakeConn{jid: "u@example.org/x", done: make(chan struct{})}
-			s.conn = detachableConn{c}
-			s.setState(xmppconn.StateOnline, "")
-			a.reg.mu.Lock()
-			a.reg.sessions[sk] = s
-			a.reg.mu.Unlock()
-			a.reg.remember(s, id)
+			liveNode(t, a, b.ls.self, succ.Listener.Addr().String())
+			t.Cleanup(func() { a.rdb.Del(context.Background(), leaseKey(sk)) })
+			c, _ := onlineOwned(t, a, id, sk, "u-late")
 
 			hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
@@ -484,4 +452,37 @@ func counterValue(t *testing.T, m *metrics, name, label, value string) float64 {
 		}
 	}
 	return 0
+}
+
+// liveNode makes node n, its peer listener at addr, one of the live
+// nodes a sees (a successor), until the test ends.
+func liveNode(t *testing.T, a *cluster, n lease, addr string) {
+	t.Helper()
+	ctx := t.Context()
+	if err := a.rdb.SAdd(ctx, nodesKey, n.member()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.rdb.Set(ctx, nodeKeyPrefix+n.member(), addr, time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		a.rdb.SRem(context.Background(), nodesKey, n.member())
+		a.rdb.Del(context.Background(), nodeKeyPrefix+n.member())
+	})
+}
+
+// onlineOwned puts an online session of PHP session id (key sk) on a,
+// its lease a's and its stream one that detaches, and returns the
+// stream and the lease.
+func onlineOwned(t *testing.T, a *cluster, id, sk, user string) (*fakeConn, lease) {
+	t.Helper()
+	s, l := ownedSession(t, a, sk, user)
+	c := &fakeConn{jid: "u@example.org/x", done: make(chan struct{})}
+	s.conn = detachableConn{c}
+	s.setState(xmppconn.StateOnline, "")
+	a.reg.mu.Lock()
+	a.reg.sessions[sk] = s
+	a.reg.mu.Unlock()
+	a.reg.remember(s, id)
+	return c, l
 }
