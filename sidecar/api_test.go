@@ -1022,23 +1022,43 @@ func TestClientHangUp(t *testing.T) {
 // counted for route.
 func apiStatuses(t *testing.T, m *metrics, route string) []string {
 	t.Helper()
+	var out []string
+	for _, se := range metricSeries(t, m, "imsidecar_api_request_duration_seconds") {
+		if se.labels["route"] == route {
+			out = append(out, se.labels["status"])
+		}
+	}
+	return out
+}
+
+// series is one series of a metric: its labels and its value (a
+// counter's, or a histogram's count).
+type series struct {
+	labels map[string]string
+	value  float64
+}
+
+// metricSeries gathers metric name's series from m's registry.
+func metricSeries(t *testing.T, m *metrics, name string) []series {
+	t.Helper()
 	mfs, err := m.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []string
+	var out []series
 	for _, mf := range mfs {
-		if mf.GetName() != "imsidecar_api_request_duration_seconds" {
+		if mf.GetName() != name {
 			continue
 		}
 		for _, mt := range mf.GetMetric() {
-			labels := map[string]string{}
+			se := series{labels: map[string]string{}, value: mt.GetCounter().GetValue()}
 			for _, lp := range mt.GetLabel() {
-				labels[lp.GetName()] = lp.GetValue()
+				se.labels[lp.GetName()] = lp.GetValue()
 			}
-			if labels["route"] == route {
-				out = append(out, labels["status"])
+			if h := mt.GetHistogram(); h != nil {
+				se.value = float64(h.GetSampleCount())
 			}
+			out = append(out, se)
 		}
 	}
 	return out

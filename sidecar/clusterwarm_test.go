@@ -435,20 +435,9 @@ func TestClusterHandOverLateTake(t *testing.T) {
 // registry (0 when it was never counted).
 func counterValue(t *testing.T, m *metrics, name, label, value string) float64 {
 	t.Helper()
-	mfs, err := m.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, mt := range mf.GetMetric() {
-			for _, lp := range mt.GetLabel() {
-				if lp.GetName() == label && lp.GetValue() == value {
-					return mt.GetCounter().GetValue()
-				}
-			}
+	for _, se := range metricSeries(t, m, name) {
+		if se.labels[label] == value {
+			return se.value
 		}
 	}
 	return 0
