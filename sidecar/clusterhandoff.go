@@ -313,9 +313,9 @@ func (cl *cluster) handOverAll(ctx context.Context, list []handed) *handOverCoun
 		}
 		c.n.Add(1)
 		switch cl.handOverOne(ctx, it.s, l, addr, ids[it.s.key]) {
-		case "taken":
+		case handTaken:
 			c.taken.Add(1)
-		case "moved":
+		case handMoved:
 			c.moved.Add(1)
 		}
 	}
@@ -357,33 +357,44 @@ func (cl *cluster) handOverAll(ctx context.Context, list []handed) *handOverCoun
 	return &c
 }
 
+// handOutcome is what became of one session handed over at shutdown: the
+// result label of imsidecar_cluster_handoffs_total.
+type handOutcome string
+
+const (
+	handTaken    handOutcome = "taken"    // the successor took it at once
+	handMoved    handOutcome = "moved"    // another node had claimed it by the release
+	handDetached handOutcome = "detached" // its lease given back: the next call or the orphan adoption resumes it
+	handClosed   handOutcome = "closed"   // its stream was closed, not detached resumable
+	handFailed   handOutcome = "failed"   // Redis did not take the lease back: it expires
+)
+
 // handOverOne lets one session go and, when its successor (addr, "" for
 // none) prepared it, has the successor take it at once for PHP session id
 // (clusterwarm.go); otherwise gives its lease back, for the user's next
-// call or the orphan adoption. It returns the outcome counted in
-// imsidecar_cluster_handoffs_total: taken, moved, detached, closed or
-// failed.
-func (cl *cluster) handOverOne(ctx context.Context, s *session, l lease, addr, id string) string {
+// call or the orphan adoption. It returns the outcome, counted in
+// imsidecar_cluster_handoffs_total.
+func (cl *cluster) handOverOne(ctx context.Context, s *session, l lease, addr, id string) handOutcome {
 	cl.handoff.turnOf(ctx, s.key)
 	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	detached := cl.reg.letGo(dctx, s, "shutdown")
 	cancel()
-	result := "closed"
+	result := handClosed
 	if detached {
-		result = "detached"
+		result = handDetached
 	}
 	if detached && addr != "" && cl.takeBy(ctx, addr, id, l) {
-		result = "taken"
+		result = handTaken
 		cl.drop(s.key, l) // the successor's now: nothing to give back
 	} else if given, err := cl.dropRelease(ctx, s.key, l); err != nil {
-		result = "failed"
+		result = handFailed
 		cl.logger.Warn("cluster: giving a lease back at shutdown; it expires instead", "session", s.short, "err", err)
 	} else if !given && detached {
 		// The lease was no longer this node's: the successor's take
 		// landed after handoffTakeWait (it goes on without the asker),
 		// or a call claimed the session elsewhere. Either way it moved
 		// at once; counted apart, for "detached" says it waits.
-		result = "moved"
+		result = handMoved
 	}
 	h := cl.handoff
 	h.mu.Lock()
@@ -391,7 +402,7 @@ func (cl *cluster) handOverOne(ctx context.Context, s *session, l lease, addr, i
 		close(ch) // its calls, waiting or to come, are told not_owner now
 	}
 	h.mu.Unlock()
-	cl.metrics.clusterHandoffs.WithLabelValues(result).Inc()
+	cl.metrics.clusterHandoffs.WithLabelValues(string(result)).Inc()
 	return result
 }
 

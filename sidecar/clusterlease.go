@@ -420,20 +420,9 @@ const renewBatchMax = 256
 
 // renewBatch is one pipeline of renew, for the sessions keys of held.
 func (ls *leaseStore) renewBatch(ctx context.Context, held map[string]lease, keys []string) (lost []string, err error) {
-	cmds := make([]*redis.Cmd, 0, len(keys))
 	ttl := ls.ttl.Milliseconds()
-	// By digest (EVALSHA); those Redis answers NOSCRIPT (a restart
-	// emptied its script cache) go again with the source.
-	// Each command's error is its own: they are read below.
-	rdb := ls.beatClient()
-	rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, sk := range keys {
-			cmds = append(cmds, renewScript.EvalSha(ctx, p, []string{leaseKey(sk)}, held[sk].String(), ttl))
-		}
-		return nil
-	})
-	cmds = evalMissing(ctx, rdb, cmds, func(p redis.Pipeliner, i int) *redis.Cmd {
-		return renewScript.Eval(ctx, p, []string{leaseKey(keys[i])}, held[keys[i]].String(), ttl)
+	cmds := evalPipelined(ctx, ls.beatClient(), renewScript, len(keys), func(i int) ([]string, []any) {
+		return []string{leaseKey(keys[i])}, []any{held[keys[i]].String(), ttl}
 	})
 	for _, c := range cmds {
 		if cerr := c.Err(); cerr != nil && err == nil {
@@ -509,21 +498,9 @@ func (ls *leaseStore) releaseAll(ctx context.Context, held map[string]lease) err
 	for sk := range held {
 		keys = append(keys, sk)
 	}
-	args := func(i int) ([]string, string) {
+	cmds := evalPipelined(ctx, ls.rdb, releaseScript, len(keys), func(i int) ([]string, []any) {
 		k := keysOf(keys[i])
-		return []string{k.lease, k.meta}, held[keys[i]].String()
-	}
-	cmds := make([]*redis.Cmd, 0, len(keys))
-	ls.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i := range keys {
-			ks, l := args(i)
-			cmds = append(cmds, releaseScript.EvalSha(ctx, p, ks, l))
-		}
-		return nil
-	})
-	cmds = evalMissing(ctx, ls.rdb, cmds, func(p redis.Pipeliner, i int) *redis.Cmd {
-		ks, l := args(i)
-		return releaseScript.Eval(ctx, p, ks, l)
+		return []string{k.lease, k.meta}, []any{held[keys[i]].String()}
 	})
 	for _, c := range cmds {
 		if err := c.Err(); err != nil {

@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -117,6 +118,59 @@ func TestClusterLease(t *testing.T) {
 }
 
 // TestParseLease refuses what is not a lease this package wrote.
+// TestClusterLeaseBatchesAfterRedisRestart: the renewal pass and the
+// release of many leases are pipelines of EVALSHA; after Redis forgot its
+// scripts (a restart empties the cache) each goes again with the source,
+// and the answers are still each lease's own: renewed, found another's,
+// given back or not.
+func TestClusterLeaseBatchesAfterRedisRestart(t *testing.T) {
+	for _, tc := range redisSpecs() {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := tc.spec(t)
+			a, b := testLeaseStore(t, spec, "a", time.Minute), testLeaseStore(t, spec, "b", time.Minute)
+			ctx := t.Context()
+			held := map[string]lease{}
+			var stolen string
+			for i := range 8 {
+				sk := sessionKey(fmt.Sprintf("batch-session-%02d-aaaaaaaaaaaaa", i))
+				r, err := a.claim(ctx, sk, nil)
+				if err != nil || !r.won {
+					t.Fatalf("claim %d: %+v %v", i, r, err)
+				}
+				held[sk] = r.lease
+				if i == 3 {
+					stolen = sk
+				}
+			}
+			// b takes one over: a's renewal must report that one lost.
+			prev := held[stolen]
+			if r, err := b.claim(ctx, stolen, &prev); err != nil || !r.won {
+				t.Fatalf("b's takeover: %+v %v", r, err)
+			}
+			flushScripts(t, a.rdb)
+			lost, err := a.renew(ctx, held)
+			if err != nil || len(lost) != 1 || lost[0] != stolen {
+				t.Fatalf("renewal after NOSCRIPT: lost %v, %v; want only %.8s", lost, err, stolen)
+			}
+			flushScripts(t, a.rdb)
+			if err := a.releaseAll(ctx, held); err != nil {
+				t.Fatalf("release after NOSCRIPT: %v", err)
+			}
+			for sk, l := range held {
+				cur, ok, err := a.owner(ctx, sk)
+				switch {
+				case err != nil:
+					t.Fatal(err)
+				case sk == stolen && (!ok || cur.node != "b"):
+					t.Fatalf("a's release of its old lease gave b's back: %v %v", cur, ok)
+				case sk != stolen && ok:
+					t.Fatalf("lease %v still there after the release", l)
+				}
+			}
+		})
+	}
+}
+
 func TestParseLease(t *testing.T) {
 	good := lease{token: 7, node: "web1", incarnation: "ab12", peer: "10.0.0.5:8767"}
 	if l, err := parseLease(good.String()); err != nil || l != good {

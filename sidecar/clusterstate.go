@@ -1128,26 +1128,29 @@ func execState(rdb redis.UniversalClient, batch []*stateCall) {
 		c.n, c.err = stateScript.Run(ctx, rdb, c.keys, c.args...).Int()
 		return
 	}
-	cmds := make([]*redis.Cmd, len(batch))
-	rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, c := range batch {
-			cmds[i] = stateScript.EvalSha(ctx, p, c.keys, c.args...)
-		}
-		return nil
-	})
-	cmds = evalMissing(ctx, rdb, cmds, func(p redis.Pipeliner, i int) *redis.Cmd {
-		return stateScript.Eval(ctx, p, batch[i].keys, batch[i].args...)
+	cmds := evalPipelined(ctx, rdb, stateScript, len(batch), func(i int) ([]string, []any) {
+		return batch[i].keys, batch[i].args
 	})
 	for i, c := range batch {
 		c.n, c.err = cmds[i].Int()
 	}
 }
 
-// evalMissing sends again, in one pipeline, the commands of a pipelined
-// EVALSHA that Redis answered NOSCRIPT, as EVAL built by again; it returns
-// cmds with their answers in place. A pipeline cannot retry a NOSCRIPT on
-// its own, as a lone Script.Run does.
-func evalMissing(ctx context.Context, rdb redis.UniversalClient, cmds []*redis.Cmd, again func(p redis.Pipeliner, i int) *redis.Cmd) []*redis.Cmd {
+// evalPipelined runs script n times in one pipeline, the i-th with the
+// keys and arguments of args(i), by digest; those Redis answers NOSCRIPT
+// (its script cache empties on a restart) go again with the source, in a
+// second pipeline, which caches it (a pipeline cannot retry a NOSCRIPT on
+// its own, as a lone Script.Run does). Each command's error is its own,
+// for the caller to read.
+func evalPipelined(ctx context.Context, rdb redis.UniversalClient, script *redis.Script, n int, args func(i int) ([]string, []any)) []*redis.Cmd {
+	cmds := make([]*redis.Cmd, n)
+	rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := range cmds {
+			keys, argv := args(i)
+			cmds[i] = script.EvalSha(ctx, p, keys, argv...)
+		}
+		return nil
+	})
 	var missing []int
 	for i, c := range cmds {
 		if err := c.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
@@ -1159,7 +1162,8 @@ func evalMissing(ctx context.Context, rdb redis.UniversalClient, cmds []*redis.C
 	}
 	rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, i := range missing {
-			cmds[i] = again(p, i)
+			keys, argv := args(i)
+			cmds[i] = script.Eval(ctx, p, keys, argv...)
 		}
 		return nil
 	})

@@ -63,6 +63,20 @@ func testLeaseStore(t *testing.T, spec, node string, ttl time.Duration) *leaseSt
 		self: lease{node: node, incarnation: "i-" + node, peer: "127.0.0.1:1"}}
 }
 
+// flushScripts empties the script cache of every Redis node behind rdb,
+// as a restart does: the next EVALSHA of each script is answered NOSCRIPT.
+func flushScripts(t *testing.T, rdb redis.UniversalClient) {
+	t.Helper()
+	ctx := t.Context()
+	err := rdb.ScriptFlush(ctx).Err()
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		err = cc.ForEachShard(ctx, func(ctx context.Context, c *redis.Client) error { return c.ScriptFlush(ctx).Err() })
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // redisSpecs are the two Redis deployments every cluster script test runs
 // on: a single Redis and a 3-master Redis Cluster.
 func redisSpecs() []struct {
@@ -420,15 +434,7 @@ func TestClusterStateWritePath(t *testing.T) {
 				t.Fatalf("log over its byte cap: %d records, %d bytes, eb %s", len(in.records), sum, in.meta["eb"])
 			}
 			// Many sessions at once, after Redis forgot its scripts.
-			flush := a.rdb.ScriptFlush(ctx).Err
-			if cc, ok := a.rdb.(*redis.ClusterClient); ok {
-				flush = func() error {
-					return cc.ForEachShard(ctx, func(ctx context.Context, c *redis.Client) error { return c.ScriptFlush(ctx).Err() })
-				}
-			}
-			if err := flush(); err != nil {
-				t.Fatal(err)
-			}
+			flushScripts(t, a.rdb)
 			var wg sync.WaitGroup
 			errs := make(chan error, 40)
 			for i := range 40 {
@@ -463,9 +469,7 @@ func TestClusterStateWritePath(t *testing.T) {
 				}
 			}
 			// A batch of several, every script unknown to Redis.
-			if err := flush(); err != nil {
-				t.Fatal(err)
-			}
+			flushScripts(t, a.rdb)
 			var batch []*stateCall
 			for i := range 6 {
 				sk := sessionKey(fmt.Sprintf("state-many-%02d-gggggggggggggg", i))
