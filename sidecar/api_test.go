@@ -1063,3 +1063,109 @@ func metricSeries(t *testing.T, m *metrics, name string) []series {
 	}
 	return out
 }
+
+// TestResumeLoginOutlivesItsCall: the login a poll starts for a session
+// the daemon no longer has (a restart; in cluster mode a takeover whose
+// first login failed) is the registry's, not the poll's. Polls that give
+// up while it runs (a balancer's timeout, a user's next poll) end at once,
+// with 499 and no login of their own; the login goes on, uncut, once; and
+// the next poll finds the session online. The shutdown ends such a login.
+func TestResumeLoginOutlivesItsCall(t *testing.T) {
+	h := newHarness(t, "")
+	started := make(chan context.Context, 10)
+	release := make(chan struct{})
+	dial := h.reg.dial
+	h.reg.dial = func(ctx context.Context, c xmppconn.Config) (xmppSession, error) {
+		started <- ctx
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		return dial(ctx, c)
+	}
+	old := cursor{epoch: firstEpoch - 1, offset: 3}.String()
+	poll := func(ctx context.Context) *httptest.ResponseRecorder {
+		req := httptest.NewRequest("GET", "/v1/events?wait=0&cursor="+old, nil).WithContext(ctx)
+		req.Header.Set("X-Session-Id", goodID)
+		rec := httptest.NewRecorder()
+		h.srv.ServeHTTP(rec, req)
+		return rec
+	}
+	// The first poll starts the login and gives up; so do five more,
+	// which find it in flight.
+	var loginCtx context.Context
+	for i := range 6 {
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan *httptest.ResponseRecorder)
+		go func() { done <- poll(ctx) }()
+		if i == 0 {
+			loginCtx = <-started
+		} else {
+			time.Sleep(10 * time.Millisecond) // waiting on the login in flight
+		}
+		cancel()
+		select {
+		case rec := <-done:
+			if rec.Code != 499 {
+				t.Fatalf("poll %d that gave up: %d %s, want 499", i, rec.Code, rec.Body)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("poll %d did not end with its client", i)
+		}
+	}
+	if err := loginCtx.Err(); err != nil {
+		t.Fatalf("the login ended with the poll that started it: %v", err)
+	}
+	select {
+	case <-started:
+		t.Fatal("a poll that found the login in flight started another")
+	default:
+	}
+	close(release)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		rec := poll(t.Context())
+		if rec.Code == http.StatusOK {
+			if !strings.Contains(rec.Body.String(), `"recovered":false`) {
+				t.Errorf("first page after the restart: %s, want recovered:false", rec.Body)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the login: %d %s, want 200", rec.Code, rec.Body)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if h.dials != 1 {
+		t.Errorf("%d logins, want 1", h.dials)
+	}
+	h.logMu.Lock()
+	n := strings.Count(h.logs.String(), "session resumed after a restart")
+	h.logMu.Unlock()
+	if n != 1 {
+		t.Errorf("the log says %d times that the session resumed, want once", n)
+	}
+
+	// The shutdown ends a login nobody waits for.
+	h2 := newHarness(t, "")
+	h2.reg.dial = func(ctx context.Context, c xmppconn.Config) (xmppSession, error) {
+		started <- ctx
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	go func() {
+		req := httptest.NewRequest("GET", "/v1/events?wait=0&cursor="+old, nil).WithContext(ctx)
+		req.Header.Set("X-Session-Id", goodID)
+		h2.srv.ServeHTTP(httptest.NewRecorder(), req)
+	}()
+	loginCtx = <-started
+	cancel()
+	sctx, scancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer scancel()
+	h2.reg.shutdown(sctx)
+	if sctx.Err() != nil || loginCtx.Err() == nil {
+		t.Fatalf("shutdown: %v; the owned login: %v, want ended", sctx.Err(), loginCtx.Err())
+	}
+}

@@ -860,8 +860,9 @@ func (cl *cluster) toOwner(w http.ResponseWriter, r *http.Request, sk string, bo
 	return false, claimResult{}, fmt.Errorf("%w: the session's owner kept changing", ErrPeerUnavailable)
 }
 
-// takeoverLoginTimeout bounds a takeover's login, which does not end with
-// the call that started it: a caller that gives up (a load balancer's
+// takeoverLoginTimeout bounds a takeover's login, and a session's after a
+// restart, which do not end with the call that started them
+// (registry.connectOwned): a caller that gives up (a load balancer's
 // timeout while many users of a dead node log in again) must not cut a
 // login in half, which would make the next call log in once more and the
 // server replace the half-made session.
@@ -877,15 +878,11 @@ func (a *api) afterClaim(r *http.Request, c *caller, route string, res claimResu
 	if s := a.reg.get(c.id); s != nil && s.live() {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), takeoverLoginTimeout)
-	defer cancel()
-	s, _, err := a.reg.connect(ctx, c.id, c.php, nil)
-	if err != nil {
-		return err
-	}
-	a.reg.remember(s, c.id)
-	a.logger.Info("cluster: session taken over; user reconnected here", "user", s.user, "session", s.short)
-	return nil
+	_, _, err := a.reg.connectOwned(r.Context(), c.id, c.php, func(s *session) {
+		a.reg.remember(s, c.id)
+		a.logger.Info("cluster: session taken over; user reconnected here", "user", s.user, "session", s.short)
+	})
+	return err
 }
 
 // validateCluster checks the cluster flags, for Validate. Without

@@ -90,19 +90,23 @@ func (a *api) events(w http.ResponseWriter, r *http.Request, c *caller) error {
 // and lost its registry, but the user was online and nothing of theirs
 // asked to go offline, so their next poll brings them back, with the
 // default presence, and answers recovered:false (the cursor is from another
-// epoch). Only server-side calls get here, never a cookie call: those change
-// no state (see routes).
+// epoch). In cluster mode this is also the poll of a session whose lease
+// this node holds with no stream (the takeover's first login failed, or its
+// caller gave up): the login then resumes the session from Redis. Either
+// way the login is the registry's (connectOwned): a poll that gives up
+// does not cut it. Only server-side calls get here, never a cookie call:
+// those change no state (see routes).
 func (a *api) resume(r *http.Request, c *caller) (*session, error) {
-	s, opened, err := a.reg.connect(r.Context(), c.id, c.php, nil)
+	s, _, err := a.reg.connectOwned(r.Context(), c.id, c.php, func(s *session) {
+		a.reg.remember(s, c.id)
+		// Said once, by the login: the page's other polls, waiting on
+		// it, find the session it opened.
+		a.logger.Info("session resumed after a restart", "user", s.user, "session", s.short)
+	})
 	if err != nil {
 		return nil, err
 	}
 	a.reg.remember(s, c.id)
-	if opened {
-		// Said once: the page's other polls, waiting on the same connect,
-		// found the session it opened.
-		a.logger.Info("session resumed after a restart", "user", s.user, "session", s.short)
-	}
 	return s, nil
 }
 

@@ -48,13 +48,18 @@ type registry struct {
 	ids     map[string]string
 	closing bool
 	wg      sync.WaitGroup
+	// logins is the context of the logins the registry owns
+	// (connectOwned); endLogins ends them at shutdown.
+	logins    context.Context
+	endLogins context.CancelFunc
 	// own is the cluster's say on who holds each session (cluster.go);
 	// nil on a single node.
 	own ownership
 }
 
 func newRegistry(cfg *Config, reader sessionReader, dial dialFunc, tlsConf *tls.Config, logger *slog.Logger, m *metrics) *registry {
-	return &registry{cfg: cfg, reader: reader, dial: dial, tlsConf: tlsConf, logger: logger, metrics: m,
+	logins, endLogins := context.WithCancel(context.Background())
+	return &registry{cfg: cfg, logins: logins, endLogins: endLogins, reader: reader, dial: dial, tlsConf: tlsConf, logger: logger, metrics: m,
 		sessions: map[string]*session{}, dialing: map[string]chan struct{}{}, authFailed: map[string][32]byte{},
 		auth: newAuthLimiter(cfg.AuthFailLimit, m.authFailures.Inc), connects: newConnectGate(cfg.ConnectLimit), mem: newEventMemory(int64(cfg.EventMemoryMB) << 20),
 		resume: func(ctx context.Context, c xmppconn.Config, st xmppconn.ResumeState) (xmppSession, error) {
@@ -91,6 +96,30 @@ func (r *registry) byKey(key string) *session {
 // authentication failure the same credentials are not tried again. The
 // dial waits for r.auth to admit the login, bounded by ctx.
 func (r *registry) connect(ctx context.Context, id string, ps *phpsession.Session, initial *xmppconn.Presence) (*session, bool, error) {
+	return r.connectLogin(ctx, id, ps, initial, nil)
+}
+
+// connectOwned is connect for a login that must not end with the call
+// that started it: a takeover's, or a session's after a restart of the
+// daemon. When the caller gives up (a load balancer's timeout, while
+// hundreds of users log in again at once), a login cut half-way is work
+// thrown away at the Jabber server, and the next call starts another: at
+// 2,000 users the poll path's takeovers were cut 110–140 times a run,
+// each leaving this node a lease with no stream that the other node then
+// took (docs/FAULTS.md, "kill -9 at 2,000 users"). So a login this call
+// starts is the registry's: it runs on its own, bounded by
+// takeoverLoginTimeout and the shutdown (endLogins), and calls opened (not the caller)
+// with the session it opened. The caller waits for it at most until its
+// own context ends, as the calls that find it in flight do.
+func (r *registry) connectOwned(ctx context.Context, id string, ps *phpsession.Session, opened func(*session)) (*session, bool, error) {
+	if opened == nil {
+		opened = func(*session) {}
+	}
+	return r.connectLogin(ctx, id, ps, nil, opened)
+}
+
+// connectLogin is connect; with owned set, connectOwned.
+func (r *registry) connectLogin(ctx context.Context, id string, ps *phpsession.Session, initial *xmppconn.Presence, owned func(*session)) (*session, bool, error) {
 	key := sessionKey(id)
 	cred := credentials(ps.Identity)
 	if r.own != nil {
@@ -125,27 +154,61 @@ func (r *registry) connect(ctx context.Context, id string, ps *phpsession.Sessio
 		}
 		ch := make(chan struct{})
 		r.dialing[key] = ch
+		if owned != nil {
+			// Under r.mu, before closing is set: shutdown's Wait follows.
+			r.wg.Add(1)
+		}
 		r.mu.Unlock()
 
-		s, err := r.open(ctx, key, ps, old, initial)
-		r.mu.Lock()
-		delete(r.dialing, key)
-		close(ch)
-		if err == nil {
-			if old := r.sessions[key]; old != nil && old.log != s.log {
-				r.mem.release(old.log) // another user's: the page is no longer theirs
+		if owned == nil {
+			s, err := r.open(ctx, key, ps, old, initial)
+			return s, true, r.settle(ctx, key, id, cred, ch, s, err)
+		}
+		type login struct {
+			s   *session
+			err error
+		}
+		done := make(chan login, 1)
+		go func() {
+			defer r.wg.Done()
+			lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), takeoverLoginTimeout)
+			defer cancel()
+			defer context.AfterFunc(r.logins, cancel)()
+			s, err := r.open(lctx, key, ps, old, initial)
+			if err = r.settle(lctx, key, id, cred, ch, s, err); err == nil {
+				owned(s)
 			}
-			r.sessions[key] = s
-			delete(r.authFailed, key)
-		} else if errors.Is(err, xmppconn.ErrAuth) {
-			r.authFailed[key] = cred
+			done <- login{s, err}
+		}()
+		select {
+		case l := <-done:
+			return l.s, true, l.err
+		case <-ctx.Done():
+			return nil, false, ctx.Err()
 		}
-		r.mu.Unlock()
-		if err == nil && r.own != nil {
-			r.own.opened(ctx, key, id)
-		}
-		return s, true, err
 	}
+}
+
+// settle records how the login of session key, which set ch in
+// r.dialing, ended: s is the session's now, or err why not.
+func (r *registry) settle(ctx context.Context, key, id string, cred [32]byte, ch chan struct{}, s *session, err error) error {
+	r.mu.Lock()
+	delete(r.dialing, key)
+	close(ch)
+	if err == nil {
+		if old := r.sessions[key]; old != nil && old.log != s.log {
+			r.mem.release(old.log) // another user's: the page is no longer theirs
+		}
+		r.sessions[key] = s
+		delete(r.authFailed, key)
+	} else if errors.Is(err, xmppconn.ErrAuth) {
+		r.authFailed[key] = cred
+	}
+	r.mu.Unlock()
+	if err == nil && r.own != nil {
+		r.own.opened(ctx, key, id)
+	}
+	return err
 }
 
 // open dials a stream for a PHP session, reusing the event log of an
@@ -310,6 +373,7 @@ func (r *registry) disconnect(id string) {
 
 // shutdown closes every stream in parallel, bounded by ctx.
 func (r *registry) shutdown(ctx context.Context) {
+	r.endLogins()
 	r.auth.stop()
 	r.mu.Lock()
 	r.closing = true

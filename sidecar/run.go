@@ -351,14 +351,17 @@ func serve(ctx context.Context, cfg *Config, logger *slog.Logger, d *deps) error
 	// The calls in flight end now, not when Shutdown starts: a long poll
 	// this node relays to another owner (on the parker's goroutine too,
 	// repoll.go) would otherwise hold the parker's shutdown for its whole
-	// wait, and with it the hand-over. A call waiting for its session's
-	// login (a claim's, up to takeoverLoginTimeout) does not end with its
-	// request's context, so the parked connections' and the API's drains
-	// share a third of the timeout (at 2,000 users such calls held each
-	// drain for the whole timeout, leaving nothing for the hand-over); a
-	// call still running then is answered, or cut, as the process ends.
+	// wait, and with it the hand-over. So do the logins the registry owns
+	// (a takeover's, a restart's: connectOwned), which no call's end
+	// cuts: a session one opened now would miss the hand-over. The
+	// parked connections' and the API's drains still share a third of the
+	// timeout (at 2,000 users calls waiting for such logins, when they
+	// were the calls' own, held each drain for the whole timeout, leaving
+	// nothing for the hand-over); a call still running then is answered,
+	// or cut, as the process ends.
 	actx, acancel := context.WithTimeout(sctx, cfg.ShutdownTimeout/3)
 	endAPIRequests()
+	reg.endLogins()
 	a.parked.shutdown(actx)
 	ph.mark("parked")
 	apiSrv.Shutdown(actx)
