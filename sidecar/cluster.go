@@ -805,6 +805,7 @@ func (cl *cluster) toOwner(w http.ResponseWriter, r *http.Request, sk string, bo
 	ctx := r.Context()
 	var expected *lease
 	expired := false // expected was seen expired, not refusing
+	askedLast := false
 	for attempt := 0; attempt < 4; attempt++ {
 		var res claimResult
 		if claim {
@@ -814,6 +815,17 @@ func (cl *cluster) toOwner(w http.ResponseWriter, r *http.Request, sk string, bo
 			}
 		} else {
 			l, found, err := cl.ls.owner(ctx, sk)
+			if err == nil && !found && !askedLast {
+				// No lease: it was given back, or it expired, its
+				// owner's renewal late (a loaded node, Redis slow). A
+				// BOSH session lives where its session was held, so the
+				// last owner the meta hash names is asked before the
+				// request is answered here (item-not-found), as a claim
+				// asks it (takeIf): a late renewal must not end a page's
+				// BOSH session.
+				l, found, err = cl.ls.lastOwner(ctx, sk)
+				askedLast = found
+			}
 			if err != nil {
 				return false, res, err
 			}
@@ -834,6 +846,9 @@ func (cl *cluster) toOwner(w http.ResponseWriter, r *http.Request, sk string, bo
 			expected, expired = &res.lease, false
 		case out.notOwner:
 			cl.metrics.clusterForwards.WithLabelValues("not_owner").Inc()
+			if askedLast {
+				return true, res, nil // the last owner has it no more either
+			}
 			expected, expired = nil, false
 			if res.expired {
 				// The node named by the expired lease does not hold the

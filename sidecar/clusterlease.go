@@ -378,6 +378,23 @@ func (ls *leaseStore) owner(ctx context.Context, sk string) (lease, bool, error)
 	return l, err == nil, err
 }
 
+// lastOwner returns the lease the session's meta hash names as the last
+// claimed (the claim scripts set it, a lease given back clears it): the
+// node that held the session when its lease expired.
+func (ls *leaseStore) lastOwner(ctx context.Context, sk string) (lease, bool, error) {
+	ctx, cancel := redisBound(ctx)
+	defer cancel()
+	v, err := ls.rdb.HGet(ctx, keysOf(sk).meta, "owner").Result()
+	if errors.Is(err, redis.Nil) {
+		return lease{}, false, nil
+	}
+	if err != nil {
+		return lease{}, false, fmt.Errorf("%w: last owner: %w", ErrClusterRedis, err)
+	}
+	l, err := parseLease(v)
+	return l, err == nil, err
+}
+
 // renew extends every lease of held, renewBatchMax leases a round trip per
 // Redis node; it returns the session keys whose lease is no longer
 // theirs.
