@@ -365,31 +365,29 @@ func scriptAnswer(what string, cmd *redis.Cmd) (won bool, s, third string, err e
 
 // owner returns the session's current lease, or ok false when none.
 func (ls *leaseStore) owner(ctx context.Context, sk string) (lease, bool, error) {
-	ctx, cancel := redisBound(ctx)
-	defer cancel()
-	v, err := ls.rdb.Get(ctx, leaseKey(sk)).Result()
-	if errors.Is(err, redis.Nil) {
-		return lease{}, false, nil
-	}
-	if err != nil {
-		return lease{}, false, fmt.Errorf("%w: owner: %w", ErrClusterRedis, err)
-	}
-	l, err := parseLease(v)
-	return l, err == nil, err
+	return ls.leaseAt(ctx, "owner", func(ctx context.Context) *redis.StringCmd { return ls.rdb.Get(ctx, leaseKey(sk)) })
 }
 
 // lastOwner returns the lease the session's meta hash names as the last
 // claimed (the claim scripts set it, a lease given back clears it): the
 // node that held the session when its lease expired.
 func (ls *leaseStore) lastOwner(ctx context.Context, sk string) (lease, bool, error) {
+	return ls.leaseAt(ctx, "last owner", func(ctx context.Context) *redis.StringCmd {
+		return ls.rdb.HGet(ctx, keysOf(sk).meta, "owner")
+	})
+}
+
+// leaseAt is the lease read answers (none: false), within redisBound; what
+// names the read in errors.
+func (ls *leaseStore) leaseAt(ctx context.Context, what string, read func(context.Context) *redis.StringCmd) (lease, bool, error) {
 	ctx, cancel := redisBound(ctx)
 	defer cancel()
-	v, err := ls.rdb.HGet(ctx, keysOf(sk).meta, "owner").Result()
+	v, err := read(ctx).Result()
 	if errors.Is(err, redis.Nil) {
 		return lease{}, false, nil
 	}
 	if err != nil {
-		return lease{}, false, fmt.Errorf("%w: last owner: %w", ErrClusterRedis, err)
+		return lease{}, false, fmt.Errorf("%w: %s: %w", ErrClusterRedis, what, err)
 	}
 	l, err := parseLease(v)
 	return l, err == nil, err
