@@ -660,9 +660,12 @@ func waitOwnerLog(t *testing.T, api *apiClient, prefix string, n int) {
 // session goes on. Before, they took the missing lease for a gone owner
 // and answered item-not-found, which ends the page's BOSH session
 // (TestClusterBrowserHeldKillOwner failed so once, in a loaded CI run).
-// With no lease and no last owner (the owner gave the session back, or a
-// forged sid), the request is answered item-not-found where it landed,
-// forwarded nowhere.
+// A last owner frozen past its lease does not hold the request: the
+// forward's watch of the lease ends it, and it is answered item-not-found
+// where it landed. With no
+// lease and no last owner (the owner gave the session back, or a forged
+// sid), the request is answered item-not-found where it landed, forwarded
+// nowhere.
 func TestClusterBrowserLeaseLapse(t *testing.T) {
 	rig := startClusterRig(t, 3, 3*time.Second)
 	rig.e.register(t, "cblapse")
@@ -686,7 +689,31 @@ func TestClusterBrowserLeaseLapse(t *testing.T) {
 		t.Errorf("the session moved from node %d to node %d", owner, got)
 	}
 
-	// Nobody named: answered where it landed.
+	// The last owner frozen (SIGSTOP) past its lease: the request is
+	// answered where it landed once the forward's watch finds no lease
+	// (half a TTL), not held at a node that does not answer.
+	frozen := rig.Nodes[owner]
+	if err := frozen.cmdSignal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	thawed := false
+	thaw := func() {
+		if !thawed {
+			thawed = true
+			frozen.cmdSignal(syscall.SIGCONT)
+		}
+	}
+	defer thaw()
+	time.Sleep(3500 * time.Millisecond) // the lease TTL, and a renewal's margin
+	page.RID++
+	start := time.Now()
+	st, _ := page.Post(ctx, `<body xmlns="http://jabber.org/protocol/httpbind" rid="`+strconv.FormatInt(page.RID, 10)+`" sid="`+page.SID+`"/>`)
+	if took := time.Since(start); st != http.StatusNotFound || took > 3*time.Second {
+		t.Errorf("a request whose last owner is frozen: %d %s after %v, want 404 item-not-found within the lease TTL", st, page.Last, took)
+	}
+
+	// Nobody named (the owner still frozen, so that no renewal sets the
+	// lease again): answered where it landed.
 	if err := rdb.Del(ctx, base+":lease").Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -694,8 +721,9 @@ func TestClusterBrowserLeaseLapse(t *testing.T) {
 		t.Fatal(err)
 	}
 	page.RID++
-	st, _ := page.Post(ctx, `<body xmlns="http://jabber.org/protocol/httpbind" rid="`+strconv.FormatInt(page.RID, 10)+`" sid="`+page.SID+`"/>`)
+	st, _ = page.Post(ctx, `<body xmlns="http://jabber.org/protocol/httpbind" rid="`+strconv.FormatInt(page.RID, 10)+`" sid="`+page.SID+`"/>`)
 	if st != http.StatusNotFound || !strings.Contains(page.Last, "item-not-found") {
 		t.Errorf("a request whose session nobody holds or held: %d %s, want 404 item-not-found", st, page.Last)
 	}
+	thaw()
 }
