@@ -894,7 +894,6 @@ func (a *api) afterClaim(r *http.Request, c *caller, route string, res claimResu
 		return nil
 	}
 	_, _, err := a.reg.connectOwned(r.Context(), c.id, c.php, func(s *session) {
-		a.reg.remember(s, c.id)
 		a.logger.Info("cluster: session taken over; user reconnected here", "user", s.user, "session", s.short)
 	})
 	return err

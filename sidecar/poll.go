@@ -98,7 +98,6 @@ func (a *api) events(w http.ResponseWriter, r *http.Request, c *caller) error {
 // those change no state (see routes).
 func (a *api) resume(r *http.Request, c *caller) (*session, error) {
 	s, _, err := a.reg.connectOwned(r.Context(), c.id, c.php, func(s *session) {
-		a.reg.remember(s, c.id)
 		// Said once, by the login: the page's other polls, waiting on
 		// it, find the session it opened.
 		a.logger.Info("session resumed after a restart", "user", s.user, "session", s.short)

@@ -108,13 +108,11 @@ func (r *registry) connect(ctx context.Context, id string, ps *phpsession.Sessio
 // each leaving this node a lease with no stream that the other node then
 // took (docs/FAULTS.md, "kill -9 at 2,000 users"). So a login this call
 // starts is the registry's: it runs on its own, bounded by
-// takeoverLoginTimeout and the shutdown (endLogins), and calls opened (not the caller)
-// with the session it opened. The caller waits for it at most until its
-// own context ends, as the calls that find it in flight do.
+// takeoverLoginTimeout and the shutdown (endLogins); it remembers the PHP
+// session id for the session it opened and then calls opened with it (not
+// the caller). The caller waits for it at most until its own context
+// ends, as the calls that find it in flight do.
 func (r *registry) connectOwned(ctx context.Context, id string, ps *phpsession.Session, opened func(*session)) (*session, bool, error) {
-	if opened == nil {
-		opened = func(*session) {}
-	}
 	return r.connectLogin(ctx, id, ps, nil, opened)
 }
 
@@ -176,6 +174,7 @@ func (r *registry) connectLogin(ctx context.Context, id string, ps *phpsession.S
 			defer context.AfterFunc(r.logins, cancel)()
 			s, err := r.open(lctx, key, ps, old, initial)
 			if err = r.settle(lctx, key, id, cred, ch, s, err); err == nil {
+				r.remember(s, id)
 				owned(s)
 			}
 			done <- login{s, err}
