@@ -4,14 +4,17 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 )
 
 // The event log of a session in cluster mode lives on in Redis
 // (docs/CLUSTER.md): each event is written there, behind the session's
 // lease, before a poll can see it, so the node that takes the session
-// over seeds its in-memory log with the same epoch, offsets and dedup
-// keys and a page's cursor stays valid. This file holds the record
+// over seeds its in-memory log with the same offsets and dedup keys, under
+// an epoch of its own that continues the earlier ones, and a page's cursor
+// stays valid. This file holds the record
 // format of an event in Redis and what the in-memory log offers the
 // writer (clusterstate.go): its position, its dedup keys, seeding.
 
@@ -127,19 +130,90 @@ func (l *eventLog) forgetSeenLocked(now int64) {
 }
 
 // seed makes a new, empty log continue the one an earlier owner wrote to
-// Redis: its epoch, its next offset, its gap, and the events still kept
-// (the first of them at offset first), with their dedup keys. Nothing
-// counts as acknowledged: a page's next cursor says what it has.
-func (l *eventLog) seed(epoch, first, gap uint64, evs []event) {
+// Redis (sv: its epoch and the epochs before it, its next offset, its
+// gap, and the events still kept, with their dedup keys) at the same
+// offsets, under an epoch of its own. The earlier epoch's cursors stay
+// valid up to the last event Redis holds (continued); a cursor past it
+// names an event the earlier owner showed but never wrote (it died with
+// Redis away: the double fault, docs/CLUSTER.md) and is answered
+// recovered:false, instead of naming whatever this owner puts at that
+// offset. Nothing counts as acknowledged: a page's next cursor says what
+// it has.
+func (l *eventLog) seed(sv *savedSession) {
+	first := sv.next - uint64(len(sv.events))
+	prev := append(sv.prev[:len(sv.prev):len(sv.prev)], cursor{sv.epoch, sv.next})
+	prev = prev[max(len(prev)-maxPrevEpochs, 0):]
 	l.mu.Lock()
-	l.epoch, l.next, l.gap = epoch, first, gap
+	for l.epoch == 0 || slices.ContainsFunc(prev, func(c cursor) bool { return c.epoch == l.epoch }) {
+		l.epoch = newEpoch() // another node's epoch can be ours by chance
+	}
+	l.prev, l.next, l.gap = prev, first, sv.gap
 	if first > 0 {
 		l.acked = first - 1
 	}
 	l.mu.Unlock()
-	for _, ev := range evs {
+	for _, ev := range sv.events {
 		l.appendAt(ev)
 	}
+}
+
+// maxPrevEpochs is how many earlier epochs a log remembers: a page's
+// cursor stays valid across that many takeovers between two of its
+// polls.
+const maxPrevEpochs = 8
+
+// continued is c, of another epoch, as a cursor of this log: the same
+// offset in this epoch when c is an earlier epoch's and before the end
+// of what it wrote, else c itself (answered recovered:false).
+func (l *eventLog) continued(c cursor) cursor {
+	for _, p := range l.prev {
+		if p.epoch == c.epoch && c.offset < p.offset {
+			return cursor{l.epoch, c.offset}
+		}
+	}
+	return c
+}
+
+// epochs is the log's epoch and the earlier epochs it continues, for
+// the write that records them in Redis ('F').
+func (l *eventLog) epochs() (uint64, []cursor) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.epoch, l.prev
+}
+
+// formatEpochs is prev as the meta field 'pe' holds it: "epoch:next"
+// entries, oldest first, separated by commas.
+func formatEpochs(prev []cursor) string {
+	var b strings.Builder
+	for i, c := range prev {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(c.String())
+	}
+	return b.String()
+}
+
+// parseEpochs reads the meta field 'pe' (formatEpochs); a malformed one
+// gives none.
+func parseEpochs(pe string) ([]cursor, error) {
+	if pe == "" {
+		return nil, nil
+	}
+	parts := strings.Split(pe, ",")
+	if len(parts) > maxPrevEpochs {
+		return nil, fmt.Errorf("%w: more than %d earlier epochs", ErrClusterRedis, maxPrevEpochs)
+	}
+	prev := make([]cursor, 0, len(parts))
+	for _, p := range parts {
+		c, ok, err := parseCursor(p)
+		if err != nil || !ok || c.epoch == 0 || c.String() != p {
+			return nil, fmt.Errorf("%w: malformed earlier epoch", ErrClusterRedis)
+		}
+		prev = append(prev, c)
+	}
+	return prev, nil
 }
 
 // seedKeys adds the dedup keys of events an earlier owner's page

@@ -22,7 +22,8 @@ import (
 // of the XEP-0198 state (xmppconn.ResumeStore) and every event of the
 // session's log there, each call one fenced script in the session's slot;
 // a node taking the session over loads both, seeds its in-memory log with
-// the same epoch and offsets, and resumes the very XMPP session
+// the same offsets (the earlier epochs' cursors stay valid), and resumes
+// the very XMPP session
 // (xmppconn.Resume): no message lost or repeated, no presence change.
 
 // stateScriptSrc applies a sequence of operations to a session's state if
@@ -42,6 +43,7 @@ import (
 //
 //	A old new                        the server acknowledged up to new
 //	R epoch user                     a new log: no event kept, next unchanged
+//	F epoch earlier                  the log goes on under a new epoch (meta 'pe')
 //	S json h acked count stanza...   the whole stream state
 //	U stanza                         one more unacknowledged stanza
 //	E first gap acked max maxbytes count record...   events from offset first
@@ -131,7 +133,10 @@ while i <= n do
   elseif op == 'R' then
     redis.call('DEL', KEYS[4])
     redis.call('HSET', KEYS[2], 'ep', ARGV[i+1], 'user', ARGV[i+2], 'eb', 0)
-    redis.call('HDEL', KEYS[2], 'next', 'gap', 'dk')
+    redis.call('HDEL', KEYS[2], 'next', 'gap', 'dk', 'pe')
+    i = i + 3
+  elseif op == 'F' then
+    hs['ep'], hs['pe'] = ARGV[i+1], ARGV[i+2]
     i = i + 3
   elseif op == 'S' then
     local c = tonumber(ARGV[i+4])
@@ -336,6 +341,7 @@ type clusterSession struct {
 	wantH    uint32
 	hasWant  bool    // a count Redis refused, written with the next write
 	newLog   bool    // Redis holds another log: the next write starts ours ('R')
+	newEpoch bool    // Redis holds our log under an earlier epoch: the next write says ours ('F')
 	flushing bool    // on the cluster's list of sessions to write again
 	pending  []event // a stanza's events, not in the log yet
 	unsynced []event // in the log, not yet in Redis
@@ -597,7 +603,7 @@ func (cs *clusterSession) writeLocked(evs []event, tail []any, handled bool) err
 		cs.cl.toFlush(cs)
 		return err
 	}
-	cs.dirty, cs.newLog, cs.unsynced, cs.presOps = false, false, nil, nil
+	cs.dirty, cs.newLog, cs.newEpoch, cs.unsynced, cs.presOps = false, false, false, nil, nil
 	if cs.saved {
 		cs.ackedStored, cs.ackDue = cs.mirror.Acked, false
 	}
@@ -619,6 +625,10 @@ func (cs *clusterSession) run(l lease, fresh []event, tail []any) (int, error) {
 	args = append(args, tail...)
 	if cs.newLog {
 		args = append(args, "R", strconv.FormatUint(cs.logEpoch(), 10), cs.user)
+	}
+	if cs.newEpoch {
+		ep, prev := cs.log.epochs()
+		args = append(args, "F", strconv.FormatUint(ep, 10), formatEpochs(prev))
 	}
 	if cs.dirty && cs.saved {
 		st := cs.mirror
@@ -706,7 +716,8 @@ func stateJSON(st xmppconn.ResumeState) (string, error) {
 type savedSession struct {
 	state  *xmppconn.ResumeState // nil: none, or not resumable
 	epoch  uint64
-	next   uint64 // offset after the last event kept
+	prev   []cursor // the epochs before it ('pe'), each at its next
+	next   uint64   // offset after the last event kept
 	gap    uint64
 	events []event
 	keys   []string // dedup keys of acknowledged events ('dk')
@@ -820,6 +831,11 @@ func parseSaved(user string, in stored) (savedSession, []error) {
 					errs = append(errs, err)
 				}
 				sv.keys = keys
+				prev, err := parseEpochs(meta["pe"])
+				if err != nil {
+					errs = append(errs, err) // the earlier epochs' cursors get recovered:false
+				}
+				sv.prev = prev
 			}
 		} else if meta["ep"] != "" {
 			errs = append(errs, fmt.Errorf("%w: malformed log position", ErrClusterRedis))
@@ -944,7 +960,7 @@ func (cl *cluster) toFlush(cs *clusterSession) {
 
 // durable is ownership.durable: it loads what an earlier owner of the
 // session left in Redis, gives s its event log (seeded with the earlier
-// owner's epoch, offsets and events when the log is the same user's, a
+// owner's offsets, epochs and events when the log is the same user's, a
 // new one otherwise) and its store, and returns the XEP-0198 state to
 // resume when the user was online, nil for a fresh login. A user online
 // with nothing to resume gets a gap in the log: their page's next poll
@@ -961,8 +977,9 @@ func (cl *cluster) durable(ctx context.Context, s *session, newLog func() *event
 	cs := &clusterSession{cl: cl, sk: s.key, user: s.user}
 	s.log = newLog()
 	if sv.logOK {
-		s.log.seed(sv.epoch, sv.next-uint64(len(sv.events)), sv.gap, sv.events)
+		s.log.seed(&sv)
 		s.log.seedKeys(sv.keys)
+		cs.newEpoch = true
 	} else {
 		cs.newLog = true
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -106,7 +107,8 @@ func chatStanza(i int) []byte {
 // TestClusterState runs the state scripts against a real Redis and a real
 // 3-master Redis Cluster: the owner's XEP-0198 state, event log and
 // contacts' presences come back whole on the node that takes the session
-// over, at the same epoch and offsets; a stanza's events are seen only
+// over, at the same offsets under a new epoch that takes the earlier
+// one's cursors; a stanza's events are seen only
 // once written with its count; a forged lease, an old token or another
 // node's lease writes nothing.
 func TestClusterState(t *testing.T) {
@@ -211,8 +213,8 @@ func TestClusterState(t *testing.T) {
 				if got.ID != want.ID || got.JID != want.JID || got.H != 1 || got.Acked != 2 || len(got.Unacked) != 1 || !bytes.Equal(got.Unacked[0], chatStanza(2)) || got.Max != 300 {
 					t.Fatalf("b resumes %+v", got)
 				}
-				if s2.log.epoch != s.log.epoch || s2.log.head() != s.log.head() {
-					t.Fatalf("b's log at %v, a's at %v", s2.log.head(), s.log.head())
+				if s2.log.epoch == s.log.epoch || s2.log.head().offset != s.log.head().offset {
+					t.Fatalf("b's log at %v, a's at %v: want the same offset under another epoch", s2.log.head(), s.log.head())
 				}
 				res := s2.log.read(head, true, 10)
 				if !res.recovered || len(res.events) != 2 || res.events[1].kind != "message" || !strings.Contains(string(res.events[1].fields), `"one"`) {
@@ -224,11 +226,17 @@ func TestClusterState(t *testing.T) {
 				if p := s2.presenceOf("bob@example.org"); len(p) != 1 || p[0].Show != "away" {
 					t.Fatalf("b's contacts' presences: %+v", p)
 				}
-				// b's log continues a's offsets in Redis too.
+				// b's log continues a's offsets in Redis too, and its
+				// epoch: a log loaded again takes a's and b's cursors.
 				s2.appendState(xmppconn.StateOnline, "resumed")
 				s3, _ := stateSession(t, b, sk, "alice")
-				if s3.log.head() != s2.log.head() {
+				if s3.log.head().offset != s2.log.head().offset {
 					t.Fatalf("reloaded at %v, b at %v", s3.log.head(), s2.log.head())
+				}
+				for _, c := range []cursor{head, {s2.log.epoch, head.offset}} {
+					if res := s3.log.read(c, true, 10); !res.recovered || len(res.events) != 3 || res.events[2].kind != "state" {
+						t.Fatalf("the log loaded again after cursor %v: %+v", c, res)
+					}
 				}
 				// Another user on the same PHP session gets a new log.
 				s4, st4 := stateSession(t, b, sk, "carol")
@@ -290,6 +298,101 @@ func TestClusterStateRedisDown(t *testing.T) {
 	}
 }
 
+// TestClusterStateDoubleFault: an owner that dies while Redis does not
+// answer has shown its page events Redis never got (the double fault). The
+// next owner's own events take those offsets; a page whose cursor names one
+// of them must be told recovered:false, not given the next owner's events
+// after it as though it had the ones before (2,000-user kill -9, run 13:
+// 33 messages shown twice, untold). A cursor up to what Redis holds stays
+// valid, on that owner and on the one after it.
+func TestClusterStateDoubleFault(t *testing.T) {
+	for _, tc := range redisSpecs() {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := tc.spec(t)
+			a, b, c := stateNode(t, spec, "a"), stateNode(t, spec, "b"), stateNode(t, spec, "c")
+			ctx := t.Context()
+			sk := sessionKey("double-fault-fffffffffffffff")
+			s, la := ownedSession(t, a, sk, "alice")
+			want := xmppconn.ResumeState{V: 1, JID: "alice@example.org/web-" + sk[:8], ID: "sm-" + sk[:6], Max: 300}
+			if err := s.durable.Save(want); err != nil {
+				t.Fatal(err)
+			}
+			if ok, err := a.ls.mark(ctx, sk, la, true); err != nil || !ok {
+				t.Fatalf("mark: %v %v", ok, err)
+			}
+			s.appendState(xmppconn.StateConnecting, "")
+			s.appendState(xmppconn.StateOnline, "")
+			written := s.log.head() // Redis holds everything up to here
+			msg := messageJSON{From: "bob@example.org/desk", ID: "m1", Body: "during the outage"}
+			a.redisDown.Store(time.Now().Add(time.Hour).UnixNano())
+			s.appendJSONOnce("message", "k1", msg)
+			if err := s.durable.Handled(1); err == nil {
+				t.Fatal("a count was written while Redis was down")
+			}
+			shown := s.log.read(written, true, 10) // the page polls: it has the message
+			if len(shown.events) != 1 || shown.cursor.offset != written.offset+1 {
+				t.Fatalf("the page's poll during the outage: %+v", shown)
+			}
+			// a dies (nothing flushed); b takes the session over and
+			// resumes it: its state events, then the server sends the
+			// message again.
+			rb, err := b.take(ctx, sk, &la)
+			if err != nil || !rb.won || !rb.online {
+				t.Fatalf("b's takeover: %+v %v", rb, err)
+			}
+			s2, st := stateSession(t, b, sk, "alice")
+			if st == nil {
+				t.Fatal("b found nothing to resume")
+			}
+			if err := s2.durable.Save(*st); err != nil {
+				t.Fatal(err)
+			}
+			s2.appendState(xmppconn.StateConnecting, "")
+			s2.appendState(xmppconn.StateOnline, "resumed")
+			if !s2.appendJSONOnce("message", "k1", msg) {
+				t.Fatal("the message sent again was refused: Redis never had it")
+			}
+			if err := s2.durable.Handled(1); err != nil {
+				t.Fatal(err)
+			}
+			if got := s2.log.head().offset; got <= shown.cursor.offset {
+				t.Fatalf("b's log ends at %d, not past the page's cursor %v", got, shown.cursor)
+			}
+			if res := s2.log.read(shown.cursor, true, 10); res.recovered {
+				t.Fatalf("a cursor past what Redis held was answered as current: %+v", res)
+			}
+			for _, cur := range []cursor{written, {written.epoch, written.offset + 100}, {12345, written.offset}} {
+				res := s2.log.read(cur, true, 10)
+				if cur == written {
+					if !res.recovered || len(res.events) != 3 || res.cursor != s2.log.head() {
+						t.Fatalf("after the cursor Redis held: %+v, want b's 3 events up to %v", res, s2.log.head())
+					}
+					continue
+				}
+				if res.recovered {
+					t.Fatalf("a forged cursor %v was answered as current: %+v", cur, res)
+				}
+			}
+			// c takes it from b: a's and b's cursors still hold.
+			s2.durable.flush()
+			lb, _ := b.holds(sk)
+			rc, err := c.take(ctx, sk, &lb)
+			if err != nil || !rc.won {
+				t.Fatalf("c's takeover: %+v %v", rc, err)
+			}
+			s3, _ := stateSession(t, c, sk, "alice")
+			for _, cur := range []cursor{written, {s2.log.epoch, written.offset}} {
+				if res := s3.log.read(cur, true, 10); !res.recovered || len(res.events) != 3 {
+					t.Fatalf("c's log after %v: %+v", cur, res)
+				}
+			}
+			if res := s3.log.read(shown.cursor, true, 10); res.recovered {
+				t.Fatalf("c answered the cursor past what Redis held as current: %+v", res)
+			}
+		})
+	}
+}
+
 // TestClusterStateLogCap: the log in Redis keeps at most --event-buffer
 // events and drops what a poll acknowledged; offsets stay those of the
 // owner.
@@ -306,7 +409,7 @@ func TestClusterStateLogCap(t *testing.T) {
 	a.ls.mark(ctx, sk, la, false)
 	b.take(ctx, sk, &la)
 	s2, _ := stateSession(t, b, sk, "alice")
-	if s2.log.head() != s.log.head() || s2.log.n != 5 {
+	if s2.log.head().offset != s.log.head().offset || s2.log.n != 5 {
 		t.Fatalf("b's log: head %v (a's %v), %d events kept (cap 5)", s2.log.head(), s.log.head(), s2.log.n)
 	}
 	s.appendState(xmppconn.StateOnline, "after") // a, no longer the owner
@@ -517,16 +620,18 @@ func FuzzDecodeRecord(f *testing.F) {
 // FuzzParseSaved: whatever Redis holds for a session never panics the
 // decoder, and a state it returns is one xmppconn.Resume accepts; the
 // dedup keys of acknowledged events (meta 'dk') it returns are keys a log
-// takes, and a malformed 'dk' costs those keys only, not the log.
+// takes, and a malformed 'dk' costs those keys only, not the log; the
+// earlier epochs (meta 'pe') it returns are at most maxPrevEpochs and
+// stored back as read, and a malformed 'pe' costs those only.
 func FuzzParseSaved(f *testing.F) {
 	st, _ := stateJSON(xmppconn.ResumeState{V: 1, JID: "alice@example.org/web", ID: "sm"})
 	rec := string(encodeRecord(&event{kind: "state", fields: []byte(`"a":1`)}))
-	f.Add(st, "3", "1", "7", "9", "alice", "1", string(chatStanza(1)), rec, "bob@example.org/desk", `{"resource":"desk","show":"away"}`, "\x03abc\x01z")
-	f.Add(st, "3", "1", "7", "9", "alice", "1", string(chatStanza(1)), rec, "bob@example.org/desk", `{"resource":"desk","show":"away"}`, "\x05ab")
-	f.Add("{", "x", "-1", "", "0", "", "0", "<a/>", "\x05", "/", "null", "\x00")
-	f.Fuzz(func(t *testing.T, st, h, acked, ep, next, user, on, unacked, record, pfull, pjson, dk string) {
+	f.Add(st, "3", "1", "7", "9", "alice", "1", string(chatStanza(1)), rec, "bob@example.org/desk", `{"resource":"desk","show":"away"}`, "\x03abc\x01z", "5:4,6:8")
+	f.Add(st, "3", "1", "7", "9", "alice", "1", string(chatStanza(1)), rec, "bob@example.org/desk", `{"resource":"desk","show":"away"}`, "\x05ab", "5:04")
+	f.Add("{", "x", "-1", "", "0", "", "0", "<a/>", "\x05", "/", "null", "\x00", "1:1,2:2,3:3,4:4,5:5,6:6,7:7,8:8,9:9")
+	f.Fuzz(func(t *testing.T, st, h, acked, ep, next, user, on, unacked, record, pfull, pjson, dk, pe string) {
 		in := stored{
-			meta:     map[string]string{"st": st, "h": h, "acked": acked, "ep": ep, "next": next, "user": user, "on": on, "dk": dk},
+			meta:     map[string]string{"st": st, "h": h, "acked": acked, "ep": ep, "next": next, "user": user, "on": on, "dk": dk, "pe": pe},
 			unacked:  [][]byte{[]byte(unacked)},
 			records:  [][]byte{[]byte(record)},
 			presence: map[string]string{pfull: pjson},
@@ -550,6 +655,19 @@ func FuzzParseSaved(f *testing.F) {
 		}
 		if _, err := ackedKeys(dk); err != nil && sv.keys != nil {
 			t.Fatalf("malformed 'dk' %q decoded to %q", dk, sv.keys)
+		}
+		if len(sv.prev) > maxPrevEpochs || !sv.logOK && sv.prev != nil {
+			t.Fatalf("earlier epochs %v kept (log %v)", sv.prev, sv.logOK)
+		}
+		if sv.prev != nil && formatEpochs(sv.prev) != pe {
+			t.Fatalf("'pe' %q decoded to %v, which is stored otherwise", pe, sv.prev)
+		}
+		if sv.logOK {
+			l := newEventLog(10, nil)
+			l.seed(&sv)
+			if len(l.prev) > maxPrevEpochs || slices.ContainsFunc(l.prev, func(c cursor) bool { return c.epoch == l.epoch }) || l.next != sv.next {
+				t.Fatalf("seeded log at epoch %d, next %d, earlier %v, from %+v", l.epoch, l.next, l.prev, sv)
+			}
 		}
 	})
 }
@@ -658,7 +776,7 @@ func TestClusterStateDedupAfterAck(t *testing.T) {
 			if k, m := msg(3); !s2.appendJSONOnce("message", k, m) {
 				t.Error("a new message was refused")
 			}
-			if s2.log.head() != (cursor{s.log.epoch, s.log.head().offset + 1}) {
+			if s2.log.head().offset != s.log.head().offset+1 {
 				t.Errorf("b's log head %v, want one event after a's %v", s2.log.head(), s.log.head())
 			}
 		})

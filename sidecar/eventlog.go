@@ -104,6 +104,10 @@ type eventLog struct {
 	// (seedKeys), until seenUntil (unix nanoseconds; 0: none).
 	keys      map[string]uint64
 	seenUntil int64
+	// prev are the epochs this log had on earlier owners of its session
+	// (cluster mode, clusterlog.go), oldest first: a cursor (e, o) with
+	// an entry {e, n} and o < n is the cursor (epoch, o) of this log.
+	prev []cursor
 }
 
 // initialEvents is the ring's first allocation. Most sessions hold a few
@@ -330,6 +334,9 @@ func (l *eventLog) cancelWait(w waiter) {
 }
 
 func (l *eventLog) readLocked(c cursor, given bool, limit int) pollResult {
+	if given && c.epoch != l.epoch {
+		c = l.continued(c)
+	}
 	oldest := l.next - uint64(l.n) // offset of buf[start]
 	after := c.offset
 	recovered := true

@@ -67,6 +67,50 @@ func TestEventLogRecovery(t *testing.T) {
 	}
 }
 
+// TestEventLogEarlierEpochs: a log that continues earlier owners' logs
+// (cluster mode: seed) takes their cursors up to the end of what each
+// wrote, and answers recovered:false past it, where this owner's own
+// events stand at offsets the earlier one may have shown for others.
+func TestEventLogEarlierEpochs(t *testing.T) {
+	l := newEventLog(10, nil)
+	l.seed(&savedSession{epoch: 6, prev: []cursor{{5, 4}}, next: 8, events: []event{
+		{kind: "state", fields: []byte(`"state":"online"`)}, {kind: "message", fields: []byte(`"n":7`)}}})
+	l.append("state", []byte(`"state":"connecting"`)) // this owner's: offset 8
+	l.append("message", []byte(`"n":9`))
+	if l.epoch == 5 || l.epoch == 6 || l.head().offset != 9 {
+		t.Fatalf("seeded log at %v", l.head())
+	}
+	for _, tc := range []struct {
+		name      string
+		cur       cursor
+		recovered bool
+		first     uint64 // offset of the first event answered
+	}{
+		{"the last epoch, before its last event", cursor{6, 6}, true, 7},
+		{"the last epoch, at its last event", cursor{6, 7}, true, 8},
+		{"the last epoch, past what it wrote", cursor{6, 8}, false, 6},
+		{"the last epoch, far past it", cursor{6, 1 << 40}, false, 6},
+		{"an older epoch, before its end", cursor{5, 3}, false, 6}, // older than the oldest kept
+		{"an older epoch, past its end", cursor{5, 5}, false, 6},
+		{"this epoch", cursor{l.epoch, 8}, true, 9},
+		{"an unknown epoch", cursor{4, 7}, false, 6},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := l.read(tc.cur, true, 100)
+			if res.recovered != tc.recovered || len(res.events) == 0 || res.events[0].offset != tc.first || res.cursor != l.head() {
+				t.Fatalf("after %v: recovered %v, %d events from %+v, cursor %v; want recovered %v from %d", tc.cur, res.recovered, len(res.events), res.events, res.cursor, tc.recovered, tc.first)
+			}
+		})
+	}
+	// An older epoch's cursor inside what is kept is current too.
+	l2 := newEventLog(10, nil)
+	l2.seed(&savedSession{epoch: 6, prev: []cursor{{5, 7}}, next: 8, events: []event{
+		{kind: "state", fields: []byte(`"state":"online"`)}, {kind: "message", fields: []byte(`"n":7`)}}})
+	if res := l2.read(cursor{5, 6}, true, 100); !res.recovered || len(res.events) != 1 || res.events[0].offset != 7 {
+		t.Fatalf("an older epoch's cursor in what is kept: %+v", res)
+	}
+}
+
 func TestEventLogWait(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		l := newEventLog(10, nil)
