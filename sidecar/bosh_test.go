@@ -93,11 +93,19 @@ func (c *BOSHClient) Send(attrs, payload string) *boshBody {
 	return b
 }
 
-// create opens a session with the cookie and checks the answer.
+// create opens a session with the cookie and checks the answer. A 5xx
+// answer is tried again, as Strophe.js does with every request (up to 5
+// sends, waiting sends³ seconds but at most 1.1 × wait between them): a
+// cluster node answers 503 when Redis is too slow for the session's claim.
 func (c *BOSHClient) Create(to string) *boshBody {
 	c.t.Helper()
-	st, b := c.Post(c.t.Context(), `<body xmlns="http://jabber.org/protocol/httpbind" xmlns:xmpp="urn:xmpp:xbosh" content="text/xml; charset=utf-8" hold="1" rid="`+
-		strconv.FormatInt(c.RID, 10)+`" to="`+to+`" ver="1.6" wait="`+strconv.Itoa(c.Wait)+`" xmpp:version="1.0"/>`)
+	body := `<body xmlns="http://jabber.org/protocol/httpbind" xmlns:xmpp="urn:xmpp:xbosh" content="text/xml; charset=utf-8" hold="1" rid="` +
+		strconv.FormatInt(c.RID, 10) + `" to="` + to + `" ver="1.6" wait="` + strconv.Itoa(c.Wait) + `" xmpp:version="1.0"/>`
+	st, b := c.Post(c.t.Context(), body)
+	for sends := 1; st >= 500 && sends < 5; sends++ {
+		time.Sleep(min(time.Duration(sends*sends*sends)*time.Second, time.Duration(c.Wait)*1100*time.Millisecond))
+		st, b = c.Post(c.t.Context(), body)
+	}
 	if st != http.StatusOK || b == nil || b.attrs["sid"] == "" {
 		c.t.Fatalf("bosh create: HTTP %d: %s", st, c.Last)
 	}
