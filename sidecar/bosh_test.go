@@ -81,23 +81,39 @@ func (c *BOSHClient) Post(ctx context.Context, body string) (int, *boshBody) {
 	return resp.StatusCode, b
 }
 
-// send posts payload with the next rid (attrs are more body attributes).
+// send posts payload with the next rid (attrs are more body attributes),
+// again with the same rid on a 5xx answer (postAgain).
 func (c *BOSHClient) Send(attrs, payload string) *boshBody {
 	c.t.Helper()
 	c.RID++
-	st, b := c.Post(c.t.Context(), `<body xmlns="http://jabber.org/protocol/httpbind" xmlns:xmpp="urn:xmpp:xbosh" rid="`+
-		strconv.FormatInt(c.RID, 10)+`" sid="`+c.SID+`" `+attrs+`>`+payload+`</body>`)
+	st, b := c.postAgain(`<body xmlns="http://jabber.org/protocol/httpbind" xmlns:xmpp="urn:xmpp:xbosh" rid="` +
+		strconv.FormatInt(c.RID, 10) + `" sid="` + c.SID + `" ` + attrs + `>` + payload + `</body>`)
 	if st != http.StatusOK {
 		c.t.Fatalf("bosh: HTTP %d: %s", st, c.Last)
 	}
 	return b
 }
 
-// create opens a session with the cookie and checks the answer.
+// postAgain is Post, sending the body again on a 5xx answer as
+// Strophe.js does with every request: up to 5 sends, waiting sends³
+// seconds but at most 1.1 × wait between them. A cluster node answers
+// 503 when Redis is too slow for the session's claim or owner lookup.
+func (c *BOSHClient) postAgain(body string) (int, *boshBody) {
+	c.t.Helper()
+	st, b := c.Post(c.t.Context(), body)
+	for sends := 1; st >= 500 && sends < 5; sends++ {
+		time.Sleep(min(time.Duration(sends*sends*sends)*time.Second, time.Duration(c.Wait)*1100*time.Millisecond))
+		st, b = c.Post(c.t.Context(), body)
+	}
+	return st, b
+}
+
+// create opens a session with the cookie and checks the answer; a 5xx
+// answer is sent again (postAgain).
 func (c *BOSHClient) Create(to string) *boshBody {
 	c.t.Helper()
-	st, b := c.Post(c.t.Context(), `<body xmlns="http://jabber.org/protocol/httpbind" xmlns:xmpp="urn:xmpp:xbosh" content="text/xml; charset=utf-8" hold="1" rid="`+
-		strconv.FormatInt(c.RID, 10)+`" to="`+to+`" ver="1.6" wait="`+strconv.Itoa(c.Wait)+`" xmpp:version="1.0"/>`)
+	st, b := c.postAgain(`<body xmlns="http://jabber.org/protocol/httpbind" xmlns:xmpp="urn:xmpp:xbosh" content="text/xml; charset=utf-8" hold="1" rid="` +
+		strconv.FormatInt(c.RID, 10) + `" to="` + to + `" ver="1.6" wait="` + strconv.Itoa(c.Wait) + `" xmpp:version="1.0"/>`)
 	if st != http.StatusOK || b == nil || b.attrs["sid"] == "" {
 		c.t.Fatalf("bosh create: HTTP %d: %s", st, c.Last)
 	}

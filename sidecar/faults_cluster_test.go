@@ -796,6 +796,15 @@ func (tb *tab) wait(body string) {
 // messenger and Strophe do on item-not-found or a closed socket; every
 // tab then gets each message once, and the desktop sees no unavailable of
 // the moved ones.
+//
+// Each tab polls from then on as its page would, on its own goroutine: a
+// live tab at once, a moved one once its new stream is open, and every
+// one until all the moved tabs are back and it has its messages (30 s at
+// most after that). A page keeps a request pending all the time; a tab
+// left silent loses its BOSH session after the inactivity period (60 s)
+// and its user's stream after --inactivity (120 s). At 2,000 users the
+// moved tabs took 75 s to reattach one after another, and the first of
+// them, checked only after the last, had lost its BOSH session: HTTP 404.
 func (b *clusterBed) reattachTabs(tabs []*tab, victim int, killed time.Time) {
 	if len(tabs) == 0 {
 		return
@@ -810,13 +819,60 @@ func (b *clusterBed) reattachTabs(tabs []*tab, victim int, killed time.Time) {
 	lb := b.rig.browserBalancer()
 	lb.markDown(b.rig.api[victim])
 	dom := b.rig.e.XMPP.Domain
-	// The moved tabs reattach first, one after another, so that each
-	// one's time from the kill is its own new stream's and the ones
-	// before it, not the message checks of the other tabs (3 s for each
-	// BOSH tab's last poll).
+	counts := make([]map[string]int, len(tabs))
+	ready := make([]chan struct{}, len(tabs))
+	allIn, quit := make(chan struct{}), make(chan struct{})
+	var wg sync.WaitGroup
+	// A reattachment that fails the test ends the pages before the test
+	// does: none of them may use t once it has ended.
+	defer func() { close(quit); wg.Wait() }()
+	for i, tb := range tabs {
+		ready[i] = make(chan struct{})
+		if !tb.moved {
+			close(ready[i])
+		}
+		got := map[string]int{}
+		counts[i] = got
+		wg.Go(func() {
+			select {
+			case <-ready[i]:
+			case <-quit:
+				return
+			}
+			var deadline time.Time
+			for {
+				select {
+				case <-quit:
+					return
+				case <-allIn:
+					if deadline.IsZero() {
+						deadline = time.Now().Add(30 * time.Second)
+					}
+				default:
+				}
+				if !deadline.IsZero() && (len(got) >= k || time.Now().After(deadline)) {
+					break
+				}
+				for _, s := range tb.received() {
+					for j := range k {
+						if strings.Contains(s, fmt.Sprintf(">durante-%s-%d<", tb.u.Name, j)) {
+							got[strconv.Itoa(j)]++
+						}
+					}
+				}
+			}
+			for _, s := range tb.received() { // late duplicates
+				if strings.Contains(s, ">durante-") {
+					got["late"]++
+				}
+			}
+		})
+	}
+	// The moved tabs reattach one after another, so that each one's time
+	// from the kill is its own new stream's and the ones before it.
 	var served []time.Duration
 	moved := 0
-	for _, tb := range tabs {
+	for i, tb := range tabs {
 		if !tb.moved {
 			continue
 		}
@@ -829,25 +885,15 @@ func (b *clusterBed) reattachTabs(tabs []*tab, victim int, killed time.Time) {
 			tb.ws.login(dom, tb.u)
 		}
 		served = append(served, time.Since(killed))
+		close(ready[i])
 	}
+	close(allIn)
+	wg.Wait()
 	lost, dup, flap := 0, 0, 0
-	for _, tb := range tabs {
-		got := map[string]int{}
-		deadline := time.Now().Add(30 * time.Second)
-		for len(got) < k && time.Now().Before(deadline) {
-			for _, s := range tb.received() {
-				for i := range k {
-					if strings.Contains(s, fmt.Sprintf(">durante-%s-%d<", tb.u.Name, i)) {
-						got[strconv.Itoa(i)]++
-					}
-				}
-			}
-		}
-		for _, s := range tb.received() { // late duplicates
-			if strings.Contains(s, ">durante-") {
-				dup++
-			}
-		}
+	for i, tb := range tabs {
+		got := counts[i]
+		dup += got["late"]
+		delete(got, "late")
 		lost += k - len(got)
 		for _, c := range got {
 			dup += c - 1
