@@ -76,11 +76,17 @@ func (a *api) browserHandler(route, method string, h func(http.ResponseWriter, *
 			// In cluster mode a stream of a session another node owns
 			// is served there (clusterbrowser.go).
 			done := false
-			if a.cluster != nil && !a.peer {
+			routed := a.cluster != nil && !a.peer
+			if routed {
 				done, err = a.browserRoute(rec, r, route)
 			}
 			if !done && err == nil {
 				user, err = h(rec, r)
+			}
+			if routed && !done && a.routeAgain(err, rec, r) {
+				if done, err = a.browserRoute(rec, r, route); !done && err == nil {
+					user, err = h(rec, r)
+				}
 			}
 		}
 		if err == errParked {

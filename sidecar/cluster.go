@@ -787,6 +787,7 @@ func (a *api) clusterRoute(w http.ResponseWriter, r *http.Request, c *caller, ro
 		}
 		body = b
 		r.Body = io.NopCloser(bytes.NewReader(b))
+		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
 	}
 	local, res, err := cl.toOwner(w, r, sk, body, true)
 	if err != nil || !local {
@@ -873,6 +874,34 @@ func (cl *cluster) toOwner(w http.ResponseWriter, r *http.Request, sk string, bo
 		}
 	}
 	return false, claimResult{}, fmt.Errorf("%w: the session's owner kept changing", ErrPeerUnavailable)
+}
+
+// routeAgain reports whether a request this node was serving is to be
+// routed again, once, and rewinds its body: its session went to another
+// node while this one opened its stream (the login refused by the fenced
+// gate, or its first state write finding the lease another node's).
+// Answered 409 not_owner, a page's BOSH client gives up, and PHP gets an
+// error it cannot act on (issue 20, kill -9 at 2,000 users). Only a
+// request nothing was written for, with its body kept (a forwarded one:
+// clusterRoute, browserRoute) or none, is routed again; on the peer
+// listener not_owner is the answer: the forwarding node asks again.
+func (a *api) routeAgain(err error, rec *statusRecorder, r *http.Request) bool {
+	if a.cluster == nil || a.peer || rec.status != 0 || !errors.Is(err, ErrNotOwner) {
+		return false
+	}
+	switch {
+	case r.GetBody != nil:
+		body, err := r.GetBody()
+		if err != nil {
+			return false
+		}
+		r.Body = body
+	case r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0:
+		return false // read by the handler, not kept
+	}
+	a.metrics.clusterForwards.WithLabelValues("rerouted").Inc()
+	a.logger.Debug("cluster: the session went to another node while this one opened it; routed again")
+	return true
 }
 
 // takeoverLoginTimeout bounds a takeover's login, and a session's after a

@@ -54,6 +54,7 @@ func (a *api) browserRoute(w http.ResponseWriter, r *http.Request, route string)
 		}
 		body = b
 		r.Body = io.NopCloser(bytes.NewReader(b))
+		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
 		parsed, err := parseBOSHBody(b)
 		if err != nil {
 			return false, nil // refused here, as on a single node

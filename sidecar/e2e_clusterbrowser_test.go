@@ -727,3 +727,151 @@ func TestClusterBrowserLeaseLapse(t *testing.T) {
 	}
 	thaw()
 }
+
+// TestClusterBrowserCreateLosesLease: a stream's opening (a BOSH session
+// creation, a server-side POST /v1/connect) whose node claimed the session
+// and then lost it to another node during the login is served by the new
+// owner, not answered 409 not_owner, on which a page's BOSH client gives
+// up and PHP can do nothing (kill -9 at 2,000 users: a loaded node's
+// renewals were late, another node took its sessions over, and a tab's
+// creation got 409). Here the first node's login waits on a frozen
+// Prosody while the test hands the lease to the other node, as that
+// node's takeover would; the request is routed again, once, and the user
+// chats through the node the request reached. The hostile case: a
+// creation for a PHP session that is not logged in is refused as before,
+// and not routed again.
+func TestClusterBrowserCreateLosesLease(t *testing.T) {
+	rig := startClusterRig(t, 2, 3*time.Second)
+	rig.e.register(t, "cbsteal", "cbstealapi", "cbmark")
+	mark := rig.e.login(t, "cbmark")
+	only := func(i int) *balancer {
+		lb := newBalancer([]string{rig.api[i]})
+		lb.base = &http.Transport{MaxIdleConnsPerHost: 8}
+		return lb
+	}
+	rig.clusterPage(t, only(1), mark) // node1 owns mark's session: its lease names node1
+	rdb := rig.leasesClient(t)
+	defer rdb.Close()
+	ctx := t.Context()
+	ml, err := rdb.Get(ctx, sessionKeyBase(mark.SID)+":lease").Result()
+	node1 := strings.SplitN(ml, "|", 2)
+	if err != nil || len(node1) != 2 || !strings.HasPrefix(node1[1], "node1|") {
+		t.Fatalf("mark's lease %q: %v", ml, err)
+	}
+	create := `<body xmlns="http://jabber.org/protocol/httpbind" xmlns:xmpp="urn:xmpp:xbosh" content="text/xml; charset=utf-8" hold="1" rid="1000" to="` +
+		rig.e.XMPP.Domain + `" ver="1.6" wait="3" xmpp:version="1.0"/>`
+	page := func(u *user) *sidecar.BOSHClient {
+		return sidecar.NewBOSHClient(t, "http://balancer/http-bind", "Cookie", "sessionid="+u.SID,
+			"Origin", "https://intranet.example", "X-Forwarded-Host", "intranet.example").Via(only(0))
+	}
+	pid := prosodyPID(t, rig.e.XMPP)
+	rerouted := 0.0
+	for _, tc := range []struct {
+		name string
+		user string
+		open func(u *user) (status int, check func(t *testing.T))
+	}{
+		{"bosh", "cbsteal", func(u *user) (int, func(*testing.T)) {
+			p := page(u)
+			st, _ := p.Post(ctx, create)
+			return st, func(t *testing.T) {
+				_, sid, _ := strings.Cut(p.Last, ` sid="`)
+				sid, _, _ = strings.Cut(sid, `"`)
+				if sid == "" {
+					t.Fatalf("no sid in %s", p.Last)
+				}
+				p.SID, p.RID = sid, 1000
+				if jid := p.Login(u.Name, "placeholder"); !strings.HasPrefix(jid, u.Bare+"/") {
+					t.Fatalf("bound %q", jid)
+				}
+			}
+		}},
+		{"connect", "cbstealapi", func(u *user) (int, func(*testing.T)) {
+			var r connectResp
+			st, err := rig.Nodes[0].client(u.SID).call(ctx, "POST", "/v1/connect", nil, &r)
+			return st, func(t *testing.T) {
+				if err != nil || r.State != "online" || !strings.HasPrefix(r.JID, u.Bare+"/") {
+					t.Fatalf("connect answered %+v %v", r, err)
+				}
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u := rig.e.login(t, tc.user)
+			if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+				t.Fatal(err)
+			}
+			thawed := false
+			thaw := func() {
+				if !thawed {
+					thawed = true
+					syscall.Kill(pid, syscall.SIGCONT)
+				}
+			}
+			defer thaw()
+			type answer struct {
+				status int
+				check  func(*testing.T)
+			}
+			answered := make(chan answer, 1)
+			go func() {
+				st, check := tc.open(u)
+				answered <- answer{st, check}
+			}()
+			// node0 claims the session and dials the frozen server; the
+			// lease then goes to node1, with a higher token.
+			base := sessionKeyBase(u.SID)
+			var l0 string
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+				if l0, _ = rdb.Get(ctx, base+":lease").Result(); strings.Contains(l0, "|node0|") {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("node0 did not claim the session: lease %q", l0)
+				}
+			}
+			tok, _ := strconv.ParseUint(strings.SplitN(l0, "|", 2)[0], 10, 64)
+			stolen := strconv.FormatUint(tok+1, 10) + "|" + node1[1]
+			if err := rdb.Set(ctx, base+":lease", stolen, 20*time.Second).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if err := rdb.HSet(ctx, base+":m", "owner", stolen).Err(); err != nil {
+				t.Fatal(err)
+			}
+			thaw()
+			var a answer
+			select {
+			case a = <-answered:
+			case <-time.After(60 * time.Second):
+				t.Fatal("no answer")
+			}
+			if a.status != http.StatusOK {
+				t.Fatalf("an opening whose session moved during its login: HTTP %d, want 200 from the new owner", a.status)
+			}
+			a.check(t)
+			if l, err := rdb.Get(ctx, base+":lease").Result(); err != nil || !strings.Contains(l, "|node1|") {
+				t.Errorf("the session's lease after the opening: %q %v, want node1's", l, err)
+			}
+			rerouted++
+			if n := rig.clusterMetric(t, `imsidecar_cluster_forwards_total{result="rerouted"}`, rig.Nodes[0]); n != rerouted {
+				t.Errorf("node0 routed %v requests again, want %v", n, rerouted)
+			}
+			// node0's login may have bound before its first state write
+			// found the lease node1's (it then closed that stream);
+			// node1's is the one.
+			if n := rig.e.XMPP.Binds(u.Name); n > 2 {
+				t.Errorf("Prosody bound %d resources for the PHP session, want node0's and node1's at most", n)
+			}
+		})
+	}
+
+	// Hostile: no PHP session behind the cookie; refused where it
+	// landed, and not routed again.
+	stranger := page(&user{SID: "nosuchsession0123456789abcdef"})
+	if st, _ := stranger.Post(ctx, create); st == http.StatusOK {
+		t.Errorf("a creation without a PHP session was answered %d %s", st, stranger.Last)
+	}
+	if n := rig.clusterMetric(t, `imsidecar_cluster_forwards_total{result="rerouted"}`, rig.Nodes[0]); n != rerouted {
+		t.Errorf("node0 routed %v requests again after the stranger's, want %v", n, rerouted)
+	}
+}

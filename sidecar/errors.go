@@ -36,8 +36,9 @@ var (
 var (
 	// ErrNotOwner: another node holds the session's lease. A node's peer
 	// listener answers it 409 not_owner, and the forwarding node asks Redis
-	// again; on --listen it reaches only a browser stream opened on a node
-	// that does not own the session.
+	// again; on --listen a request whose session moved while this node
+	// logged the user in is routed again once (routeAgain), and only one
+	// whose session moves again answers it.
 	ErrNotOwner = errors.New("sidecar: another node of the cluster owns this session")
 	// ErrClusterRedis: the cluster's Redis (--cluster-redis) did not
 	// answer, so the owner of a session this node does not hold is unknown.

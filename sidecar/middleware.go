@@ -81,12 +81,19 @@ func (a *api) wrap(route string, cookieOK bool, h handlerFunc) http.Handler {
 			if err != nil {
 				return err
 			}
-			if a.cluster != nil {
-				if done, err := a.clusterRoute(rec, r, c, route); done || err != nil {
-					return err
+			if a.cluster == nil {
+				return h(rec, r, c)
+			}
+			done, err := a.clusterRoute(rec, r, c, route)
+			if !done && err == nil {
+				err = h(rec, r, c)
+			}
+			if a.routeAgain(err, rec, r) {
+				if done, err = a.clusterRoute(rec, r, c, route); !done && err == nil {
+					err = h(rec, r, c)
 				}
 			}
-			return h(rec, r, c)
+			return err
 		}()
 		if err == errParked {
 			return // the parker answers, logs and measures it (park.go)
