@@ -745,6 +745,16 @@ func (a *api) clusterRoute(w http.ResponseWriter, r *http.Request, c *caller, ro
 	ctx := r.Context()
 	if cl.mine(ctx, sk) {
 		a.reg.awaitDial(ctx, sk) // an orphan being resumed here: serve its stream
+		if route == "POST /v1/connect" {
+			// A connect that logs in can find the session moved while the
+			// login ran (routeAgain): keep its body to send it again. Only
+			// connect, once a login: the hot calls copy nothing.
+			if s := a.reg.get(c.id); s == nil || !s.live() {
+				if _, err := keepBody(r, maxBody); err != nil {
+					return true, err
+				}
+			}
+		}
 		return false, nil
 	}
 	if a.peer {
@@ -776,24 +786,34 @@ func (a *api) clusterRoute(w http.ResponseWriter, r *http.Request, c *caller, ro
 		}
 		return false, a.afterClaim(r, c, route, res)
 	}
-	var body []byte
-	if r.Body != nil && r.Body != http.NoBody {
-		b, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
-		if err != nil {
-			return true, fmt.Errorf("%w: reading body: %w", ErrBadRequest, err)
-		}
-		if len(b) > maxBody {
-			return true, fmt.Errorf("%w: body over %d bytes", ErrTooLarge, maxBody)
-		}
-		body = b
-		r.Body = io.NopCloser(bytes.NewReader(b))
-		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
+	body, err := keepBody(r, maxBody)
+	if err != nil {
+		return true, err
 	}
 	local, res, err := cl.toOwner(w, r, sk, body, true)
 	if err != nil || !local {
 		return true, err
 	}
 	return false, a.afterClaim(r, c, route, res)
+}
+
+// keepBody reads the request's body whole (at most limit bytes) and sets
+// GetBody, so that it can be forwarded, or routed again (routeAgain). It
+// returns nil for a request without a body.
+func keepBody(r *http.Request, limit int) ([]byte, error) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil, nil
+	}
+	b, err := io.ReadAll(io.LimitReader(r.Body, int64(limit)+1))
+	if err != nil {
+		return nil, fmt.Errorf("%w: reading body: %w", ErrBadRequest, err)
+	}
+	if len(b) > limit {
+		return nil, fmt.Errorf("%w: body over %d bytes", ErrTooLarge, limit)
+	}
+	r.Body = io.NopCloser(bytes.NewReader(b))
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
+	return b, nil
 }
 
 // toOwner sends the request to the session's owner and relays its answer
@@ -882,9 +902,10 @@ func (cl *cluster) toOwner(w http.ResponseWriter, r *http.Request, sk string, bo
 // gate, or its first state write finding the lease another node's).
 // Answered 409 not_owner, a page's BOSH client gives up, and PHP gets an
 // error it cannot act on (issue 20, kill -9 at 2,000 users). Only a
-// request nothing was written for, with its body kept (a forwarded one:
-// clusterRoute, browserRoute) or none, is routed again; on the peer
-// listener not_owner is the answer: the forwarding node asks again.
+// request nothing was written for, with its body kept (keepBody: a
+// forwarded one, or a connect that logs in on its owner) or none, is
+// routed again; on the peer listener not_owner is the answer: the
+// forwarding node asks again.
 func (a *api) routeAgain(err error, rec *statusRecorder, r *http.Request) bool {
 	if a.cluster == nil || a.peer || rec.status != 0 || !errors.Is(err, ErrNotOwner) {
 		return false

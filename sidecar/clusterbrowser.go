@@ -1,7 +1,6 @@
 package sidecar
 
 import (
-	"bytes"
 	"context"
 	"encoding/hex"
 	"fmt"
@@ -45,16 +44,11 @@ func (a *api) browserRoute(w http.ResponseWriter, r *http.Request, route string)
 	var body []byte
 	sk, claim := "", true
 	if route == "bosh" {
-		b, err := io.ReadAll(io.LimitReader(r.Body, boshMaxBody+1))
+		b, err := keepBody(r, boshMaxBody)
 		if err != nil {
-			return true, fmt.Errorf("%w: reading body: %w", ErrBadRequest, err)
-		}
-		if len(b) > boshMaxBody {
-			return true, fmt.Errorf("%w: body over %d bytes", ErrTooLarge, boshMaxBody)
+			return true, err
 		}
 		body = b
-		r.Body = io.NopCloser(bytes.NewReader(b))
-		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
 		parsed, err := parseBOSHBody(b)
 		if err != nil {
 			return false, nil // refused here, as on a single node

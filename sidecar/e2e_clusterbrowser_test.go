@@ -742,7 +742,7 @@ func TestClusterBrowserLeaseLapse(t *testing.T) {
 // and not routed again.
 func TestClusterBrowserCreateLosesLease(t *testing.T) {
 	rig := startClusterRig(t, 2, 3*time.Second)
-	rig.e.register(t, "cbsteal", "cbstealapi", "cbmark")
+	rig.e.register(t, "cbsteal", "cbstealapi", "cbstealown", "cbmark")
 	mark := rig.e.login(t, "cbmark")
 	only := func(i int) *balancer {
 		lb := newBalancer([]string{rig.api[i]})
@@ -795,9 +795,32 @@ func TestClusterBrowserCreateLosesLease(t *testing.T) {
 				}
 			}
 		}},
+		{"connect-owner", "cbstealown", func(u *user) (int, func(*testing.T)) {
+			// node0 holds the lease already (claimed by a call that
+			// does not log in), so the connect is served on the owner
+			// path, where its handler reads the body.
+			var r connectResp
+			in := map[string]string{"show": "away", "status": "moved while opening"}
+			st, err := rig.Nodes[0].client(u.SID).call(ctx, "POST", "/v1/connect", in, &r)
+			return st, func(t *testing.T) {
+				if err != nil || r.State != "online" || !strings.HasPrefix(r.JID, u.Bare+"/") {
+					t.Fatalf("connect answered %+v %v", r, err)
+				}
+				// The body went to the new owner too: the user's own
+				// initial presence comes back with it.
+				p := &poller{c: rig.Nodes[0].client(u.SID), cursor: r.Cursor}
+				p.waitFor(t, 15*time.Second, "the user's own presence as the connect set it", func(e event) bool {
+					return e.Event == "presence" && e.From == r.JID && e.Show == "away" && e.Status == "moved while opening"
+				})
+			}
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			u := rig.e.login(t, tc.user)
+			if tc.name == "connect-owner" {
+				var me meResp
+				rig.Nodes[0].client(u.SID).mustCall(t, "GET", "/v1/me", nil, &me, http.StatusOK)
+			}
 			if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 				t.Fatal(err)
 			}
@@ -830,6 +853,7 @@ func TestClusterBrowserCreateLosesLease(t *testing.T) {
 					t.Fatalf("node0 did not claim the session: lease %q", l0)
 				}
 			}
+			time.Sleep(300 * time.Millisecond) // the request is past its routing, in its login
 			tok, _ := strconv.ParseUint(strings.SplitN(l0, "|", 2)[0], 10, 64)
 			stolen := strconv.FormatUint(tok+1, 10) + "|" + node1[1]
 			if err := rdb.Set(ctx, base+":lease", stolen, 20*time.Second).Err(); err != nil {
