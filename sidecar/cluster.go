@@ -149,6 +149,9 @@ func newCluster(cfg *Config, secret string, logger *slog.Logger, m *metrics) (*c
 	cl.orphans = &orphans{cl: cl, sem: make(chan struct{}, adoptionsInFlight), busy: map[string]bool{}, stopped: make(chan struct{})}
 	cl.handoff = newHandoff()
 	cl.warms = newWarmPool()
+	// No lease is held yet, and each one claimed from now on is set with
+	// a whole TTL: as current as a renewal at this moment (cluster.mine).
+	cl.renewed.Store(time.Now().UnixNano())
 	return cl, nil
 }
 
@@ -393,11 +396,8 @@ func (cl *cluster) mayBeAlive(ctx context.Context, l lease) bool {
 //     answer, and without one within a third of the TTL it is refused
 //     (ErrClusterRedis: 503, retried) rather than served from a log and a
 //     stream another node has moved on from. A woken node did so after
-//     leaseCheckWait when Redis was slow, as it is while the other nodes
-//     take 667 sessions over: its pages polled it with the new owner's
-//     cursors and were told recovered:false and given their events again
-//     (issue 20 item 3 at 2,000 users: 1,939 messages twice, 375
-//     recovered:false).
+//     leaseCheckWait when Redis was slow, as it is for it while the other
+//     nodes take 667 sessions over (issue 20 item 3 at 2,000 users).
 //
 // A call that may not be served here is false with a nil error: its lease
 // was found another's, and dropped.
