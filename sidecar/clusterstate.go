@@ -1193,7 +1193,7 @@ func evalPipelined(ctx context.Context, rdb redis.UniversalClient, script *redis
 // go-redis (v9.17) leaves them with neither a value nor an error when its
 // retries of a connection error run out: a renewal pass with the Redis
 // server gone (connection refused) read as renewed, every lease kept, and
-// a release as done (TestClusterLeaseCheckRedisStalled, "refused").
+// a release as done (TestClusterPipelinesRedisGone).
 func unanswered(cmds []*redis.Cmd, err error) {
 	if err == nil {
 		return
