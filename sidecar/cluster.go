@@ -92,8 +92,12 @@ type cluster struct {
 	// its lease (takeHanded), until its resumption loads it.
 	claimed map[string]claimedState
 	wg      sync.WaitGroup // detaches and lease checks in flight
-	// renewed is when the last renewal pass reached Redis (unix nanos).
-	renewed atomic.Int64
+	// renewed is when the last renewal pass reached Redis (unix nanos);
+	// failedSince, when the first pass Redis did not answer since then
+	// started (0: the last pass reached it). cluster.mine tells with
+	// them a Redis outage from a pause of this node.
+	renewed     atomic.Int64
+	failedSince atomic.Int64
 	// redisSteadySince is when Redis last started answering this node's
 	// heartbeat after a failure (unix nanos, 0: not answering): other
 	// nodes' liveness keys tell only once it has answered for a TTL.
@@ -145,6 +149,9 @@ func newCluster(cfg *Config, secret string, logger *slog.Logger, m *metrics) (*c
 	cl.orphans = &orphans{cl: cl, sem: make(chan struct{}, adoptionsInFlight), busy: map[string]bool{}, stopped: make(chan struct{})}
 	cl.handoff = newHandoff()
 	cl.warms = newWarmPool()
+	// No lease is held yet, and each one claimed from now on is set with
+	// a whole TTL: as current as a renewal at this moment (cluster.mine).
+	cl.renewed.Store(time.Now().UnixNano())
 	return cl, nil
 }
 
@@ -373,36 +380,55 @@ func (cl *cluster) mayBeAlive(ctx context.Context, l lease) bool {
 }
 
 // mine reports whether this node holds the session's lease. While the
-// renewals are current the table answers; after a gap (the process was
-// frozen, or Redis slow) the lease is checked first, so a node woken from
-// a pause does not serve, even once, a session another node took over.
-// With Redis unreachable, or slower than leaseCheckWait, the table
-// answers: no other node can claim.
-func (cl *cluster) mine(ctx context.Context, sk string) bool {
+// renewals are current the table answers; after a gap the lease is
+// checked first (checkLease), and how long the call waits for Redis
+// depends on why the renewals stopped:
+//
+//   - Redis stopped answering them while the leases were current (an
+//     outage this node has been watching: the first pass Redis did not
+//     answer started less than a TTL after the last one it did): no other
+//     node can claim either, so with Redis unreachable, or slower than
+//     leaseCheckWait, the table answers and users keep chatting on their
+//     owner (issue 20 item 6).
+//   - This node stopped renewing (it was frozen, SIGSTOP or a VM paused,
+//     or starved of CPU) for longer than a TTL: its leases may have
+//     expired and been taken over meanwhile. The call waits for Redis's
+//     answer, and without one within a third of the TTL it is refused
+//     (ErrClusterRedis: 503, retried) rather than served from a log and a
+//     stream another node has moved on from. A woken node did so after
+//     leaseCheckWait when Redis was slow, as it is for it while the other
+//     nodes take 667 sessions over (issue 20 item 3 at 2,000 users).
+//
+// A call that may not be served here is false with a nil error: its lease
+// was found another's, and dropped.
+func (cl *cluster) mine(ctx context.Context, sk string) (bool, error) {
 	l, ok := cl.holds(sk)
 	if !ok {
-		return false
+		return false, nil
 	}
-	if time.Since(time.Unix(0, cl.renewed.Load())) < cl.ls.ttl*2/3 {
-		return true
+	renewed := cl.renewed.Load()
+	age := time.Since(time.Unix(0, renewed))
+	if age < cl.ls.ttl*2/3 {
+		return true, nil
 	}
-	return cl.checkLease(ctx, sk, l)
+	failed := cl.failedSince.Load()
+	outage := age < cl.ls.ttl || (failed != 0 && time.Duration(failed-renewed) < cl.ls.ttl)
+	return cl.checkLease(ctx, sk, l, outage)
 }
 
 // leaseCheckWait bounds how long a call waits for the check of its
-// session's lease (cluster.mine) before it is served as when Redis fails.
-// Through a Redis outage the renewals stop, so every call of every user
-// on their owner checks. With Redis stalled (SIGSTOP, a Redis Cluster
-// master failing over or loading, a partition dropping packets) a check
-// took 8 s, go-redis's read timeout and retries, and each call queued
-// for the small pool behind the others (issue 20 item 6). The check
-// itself is now bounded (redisOpTimeout, and a third of the TTL), but
-// the call does not wait that long: its session keeps a check in flight,
-// shared by its calls, which wait for it at most leaseCheckWait. A Redis
-// that answers does so in well under a millisecond, so 500 ms, the bound
-// liveLookupTimeout puts on the session store, still lets a node woken
-// from a pause learn that its session was taken over; a long-poll
-// keeps most of the balancer's time.
+// session's lease (cluster.mine) through a Redis outage before it is
+// served as when Redis fails. Through an outage the renewals stop, so
+// every call of every user on their owner checks. With Redis stalled
+// (SIGSTOP, a Redis Cluster master failing over or loading, a partition
+// dropping packets) a check took 8 s, go-redis's read timeout and
+// retries, and each call queued for the small pool behind the others
+// (issue 20 item 6). The check itself is now bounded (redisOpTimeout, and
+// a third of the TTL), but the call does not wait that long: its session
+// keeps a check in flight, shared by its calls, which wait for it at most
+// leaseCheckWait. A Redis that answers does so in well under a
+// millisecond; 500 ms is the bound liveLookupTimeout puts on the session
+// store, and a long-poll keeps most of the balancer's time.
 const leaseCheckWait = 500 * time.Millisecond
 
 // leaseCheck is one check of a session's lease in flight, shared by the
@@ -419,15 +445,17 @@ type leaseCheckKey struct {
 	l  lease
 }
 
-// checkLease asks Redis whether lease l on sk is still this node's,
-// waiting at most leaseCheckWait, and reports whether the call is to be
-// served here: it is unless Redis answers that another node has it. The
-// check runs in its own goroutine, owned by cl.wg and ended by its
-// context (a third of the TTL: go-redis honours it dialling, waiting for
-// a pooled connection and between retries) or at most one read timeout
-// later: one found lost is detached, even if no caller waited for the
-// answer.
-func (cl *cluster) checkLease(ctx context.Context, sk string, l lease) bool {
+// checkLease asks Redis whether lease l on sk is still this node's, and
+// reports whether the call is to be served here. Through an outage
+// (cluster.mine) it waits at most leaseCheckWait and the call is served
+// unless Redis answers that another node has the lease; otherwise it waits
+// up to a third of the TTL for Redis's answer, and without one returns
+// the error. The check runs in its own goroutine, owned by cl.wg and
+// ended by its context (a third of the TTL: go-redis honours it dialling,
+// waiting for a pooled connection and between retries) or at most one
+// read timeout later: one found lost is detached, even if no caller
+// waited for the answer.
+func (cl *cluster) checkLease(ctx context.Context, sk string, l lease, outage bool) (bool, error) {
 	key := leaseCheckKey{sk, l}
 	cl.mu.Lock()
 	c, ok := cl.checks[key]
@@ -452,16 +480,26 @@ func (cl *cluster) checkLease(ctx context.Context, sk string, l lease) bool {
 		})
 	}
 	cl.mu.Unlock()
-	wait := time.NewTimer(leaseCheckWait)
+	bound := cl.ls.ttl / 3
+	if outage {
+		bound = leaseCheckWait
+	}
+	wait := time.NewTimer(bound)
 	defer wait.Stop()
 	select {
 	case <-c.done:
-		return c.err != nil || c.held
+		if c.err != nil && !outage {
+			return false, c.err
+		}
+		return c.err != nil || c.held, nil
 	case <-wait.C:
+		if !outage {
+			return false, fmt.Errorf("%w: the check of a lease not renewed for over a TTL outlasted %v", ErrClusterRedis, bound)
+		}
 		cl.logger.Debug("cluster: the lease check outlasted its wait; served as the owner", "session", sk[:8])
-		return true
+		return true, nil
 	case <-ctx.Done():
-		return true // the caller is gone; its handler ends at once
+		return false, ctx.Err() // the caller is gone; its handler ends at once
 	}
 }
 
@@ -651,14 +689,23 @@ func (cl *cluster) renew(ctx context.Context) {
 	defer cancel()
 	lost, err := cl.ls.renew(rctx, snap)
 	cl.releaseMu.Unlock()
+	// The leases found lost leave the table before the pass counts as a
+	// renewal: with the renewals current, a call is served from the table
+	// at once (mine). Woken from SIGSTOP with 667 sessions taken over, a
+	// node spent 0.8 s detaching them after marking the pass, and served
+	// the pages of those not yet detached from its stale logs: 142 polls,
+	// each told recovered:false and given its events again (issue 20
+	// item 3 at 2,000 users).
+	for _, sk := range lost {
+		cl.lost(sk, snap[sk])
+	}
 	if err != nil {
+		cl.failedSince.CompareAndSwap(0, now.UnixNano())
 		cl.logger.Warn("cluster: renewing leases", "leases", len(snap), "err", err)
 	} else {
 		cl.renewed.Store(now.UnixNano())
+		cl.failedSince.Store(0)
 		cl.redisBack()
-	}
-	for _, sk := range lost {
-		cl.lost(sk, snap[sk])
 	}
 	cl.giveBackIdle(rctx, idle)
 }
@@ -743,7 +790,11 @@ func (a *api) clusterRoute(w http.ResponseWriter, r *http.Request, c *caller, ro
 	cl := a.cluster
 	sk := c.key
 	ctx := r.Context()
-	if cl.mine(ctx, sk) {
+	own, err := cl.mine(ctx, sk)
+	if err != nil {
+		return true, err
+	}
+	if own {
 		a.reg.awaitDial(ctx, sk) // an orphan being resumed here: serve its stream
 		if route == "POST /v1/connect" {
 			// A connect that logs in can find the session moved while the

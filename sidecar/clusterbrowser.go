@@ -75,8 +75,8 @@ func (a *api) browserRoute(w http.ResponseWriter, r *http.Request, route string)
 		}
 		sk = keyOf(h)
 	}
-	if a.cluster.mine(r.Context(), sk) {
-		return false, nil
+	if own, err := a.cluster.mine(r.Context(), sk); err != nil || own {
+		return err != nil, err
 	}
 	local, _, err := a.cluster.toOwner(w, r, sk, body, claim)
 	return !local || err != nil, err

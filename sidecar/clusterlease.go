@@ -186,14 +186,21 @@ local on = redis.call('HGET', KEYS[3], 'on')
 `
 
 // renewScriptSrc extends the lease if ARGV[1] still holds it (1); sets it
-// again if no lease is there at all (2): the keys expired while Redis was
-// down or restarting, or a failover lost them, and nobody else claimed the
-// session since, so its owner keeps it instead of a takeover storm when
-// Redis comes back. Held by another: 0. An owner waking from a pause sets
-// its expired lease again the same way; a node that judged it dead
-// meanwhile claims only a lease still gone (claimScript, ARGV[7]), so the
-// two never both hold it: whichever script Redis runs first wins.
-// KEYS: lease. ARGV: lease, ttl ms.
+// again if no lease is there at all and nobody claimed the session since
+// (2): the keys expired while Redis was down or restarting, or a failover
+// lost them, so its owner keeps it instead of a takeover storm when Redis
+// comes back. Held by another, or claimed since (the token counter is past
+// the lease's token): 0. An owner waking from a pause sets its expired
+// lease again the same way; a node that judged it dead meanwhile claims
+// only a lease still gone (claimScript, ARGV[7]), so the two never both
+// hold it: whichever script Redis runs first wins. The counter matters
+// when the taker's own lease has expired by the time the owner wakes (its
+// renewals late in a takeover storm): the woken owner set its old lease
+// again over a session the taker had moved on, and served it from its
+// stale log (issue 20 item 3 at 2,000 users). The counter expires only
+// long after any lease (tokenKeyTTL); a counter gone, with the keys, is
+// Redis having lost them.
+// KEYS: lease, token. ARGV: lease, ttl ms.
 const renewScriptSrc = `
 local cur = redis.call('GET', KEYS[1])
 if cur == ARGV[1] then
@@ -201,6 +208,11 @@ if cur == ARGV[1] then
   return 1
 end
 if not cur then
+  local t = tonumber(redis.call('GET', KEYS[2]))
+  local mine = tonumber(string.match(ARGV[1], '^(%d+)|'))
+  if t and mine and t > mine then
+    return 0
+  end
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 2
 end
@@ -437,7 +449,8 @@ const renewBatchMax = 256
 func (ls *leaseStore) renewBatch(ctx context.Context, held map[string]lease, keys []string) (lost []string, err error) {
 	ttl := ls.ttl.Milliseconds()
 	cmds := evalPipelined(ctx, ls.beatClient(), renewScript, len(keys), func(i int) ([]string, []any) {
-		return []string{leaseKey(keys[i])}, []any{held[keys[i]].String(), ttl}
+		k := keysOf(keys[i])
+		return []string{k.lease, k.token}, []any{held[keys[i]].String(), ttl}
 	})
 	for _, c := range cmds {
 		if cerr := c.Err(); cerr != nil && err == nil {
@@ -481,7 +494,8 @@ func (ls *leaseStore) markSealed(ctx context.Context, sk string, l lease, online
 func (ls *leaseStore) check(ctx context.Context, sk string, l lease) (bool, error) {
 	ctx, cancel := redisBound(ctx)
 	defer cancel()
-	n, err := renewScript.Run(ctx, ls.rdb, []string{leaseKey(sk)}, l.String(), ls.ttl.Milliseconds()).Int()
+	k := keysOf(sk)
+	n, err := renewScript.Run(ctx, ls.rdb, []string{k.lease, k.token}, l.String(), ls.ttl.Milliseconds()).Int()
 	if err != nil {
 		return false, fmt.Errorf("%w: check: %w", ErrClusterRedis, err)
 	}

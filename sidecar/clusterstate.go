@@ -1161,13 +1161,14 @@ func execState(rdb redis.UniversalClient, batch []*stateCall) {
 // for the caller to read.
 func evalPipelined(ctx context.Context, rdb redis.UniversalClient, script *redis.Script, n int, args func(i int) ([]string, []any)) []*redis.Cmd {
 	cmds := make([]*redis.Cmd, n)
-	rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i := range cmds {
 			keys, argv := args(i)
 			cmds[i] = script.EvalSha(ctx, p, keys, argv...)
 		}
 		return nil
 	})
+	unanswered(cmds, err)
 	var missing []int
 	for i, c := range cmds {
 		if err := c.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
@@ -1177,12 +1178,29 @@ func evalPipelined(ctx context.Context, rdb redis.UniversalClient, script *redis
 	if len(missing) == 0 {
 		return cmds
 	}
-	rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	_, err = rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, i := range missing {
 			keys, argv := args(i)
 			cmds[i] = script.Eval(ctx, p, keys, argv...)
 		}
 		return nil
 	})
+	unanswered(cmds, err)
 	return cmds
+}
+
+// unanswered sets err, a pipeline's, on its commands Redis never answered.
+// go-redis (v9.17) leaves them with neither a value nor an error when its
+// retries of a connection error run out: a renewal pass with the Redis
+// server gone (connection refused) read as renewed, every lease kept, and
+// a release as done (TestClusterPipelinesRedisGone).
+func unanswered(cmds []*redis.Cmd, err error) {
+	if err == nil {
+		return
+	}
+	for _, c := range cmds {
+		if c != nil && c.Err() == nil && c.Val() == nil {
+			c.SetErr(err)
+		}
+	}
 }
