@@ -92,12 +92,14 @@ type cluster struct {
 	// its lease (takeHanded), until its resumption loads it.
 	claimed map[string]claimedState
 	wg      sync.WaitGroup // detaches and lease checks in flight
-	// renewed is when the last renewal pass reached Redis (unix nanos);
-	// failedSince, when the first pass Redis did not answer since then
-	// started (0: the last pass reached it). cluster.mine tells with
-	// them a Redis outage from a pause of this node.
-	renewed     atomic.Int64
-	failedSince atomic.Int64
+	// renewed is when the last renewal pass reached Redis (unix nanos).
+	// pulse is when watchPauses last saw the clock (0: not running), and
+	// woke when it last found the process had not run for a third of the
+	// TTL: cluster.mine tells with them a pause of this node from a Redis
+	// outage.
+	renewed atomic.Int64
+	pulse   atomic.Int64
+	woke    atomic.Int64
 	// redisSteadySince is when Redis last started answering this node's
 	// heartbeat after a failure (unix nanos, 0: not answering): other
 	// nodes' liveness keys tell only once it has answered for a TTL.
@@ -384,14 +386,13 @@ func (cl *cluster) mayBeAlive(ctx context.Context, l lease) bool {
 // checked first (checkLease), and how long the call waits for Redis
 // depends on why the renewals stopped:
 //
-//   - Redis stopped answering them while the leases were current (an
-//     outage this node has been watching: the first pass Redis did not
-//     answer started less than a TTL after the last one it did): no other
-//     node can claim either, so with Redis unreachable, or slower than
+//   - Redis does not answer them, or slowly (an outage, or a node so
+//     loaded its passes run late): no other node can claim a lease Redis
+//     does not answer for, so with Redis unreachable, or slower than
 //     leaseCheckWait, the table answers and users keep chatting on their
 //     owner (issue 20 item 6).
-//   - This node stopped renewing (it was frozen, SIGSTOP or a VM paused,
-//     or starved of CPU) for longer than a TTL: its leases may have
+//   - This process did not run (SIGSTOP, a paused VM) since the last
+//     renewal, or is only now waking (watchPauses): its leases may have
 //     expired and been taken over meanwhile. The call waits for Redis's
 //     answer, and without one within a third of the TTL it is refused
 //     (ErrClusterRedis: 503, retried) rather than served from a log and a
@@ -407,13 +408,51 @@ func (cl *cluster) mine(ctx context.Context, sk string) (bool, error) {
 		return false, nil
 	}
 	renewed := cl.renewed.Load()
-	age := time.Since(time.Unix(0, renewed))
-	if age < cl.ls.ttl*2/3 {
+	if time.Since(time.Unix(0, renewed)) < cl.ls.ttl*2/3 {
 		return true, nil
 	}
-	failed := cl.failedSince.Load()
-	outage := age < cl.ls.ttl || (failed != 0 && time.Duration(failed-renewed) < cl.ls.ttl)
-	return cl.checkLease(ctx, sk, l, outage)
+	return cl.checkLease(ctx, sk, l, !cl.pausedSince(renewed))
+}
+
+// pauseTick is how often watchPauses looks at the clock.
+const pauseTick = 100 * time.Millisecond
+
+// watchPauses looks at the clock every pauseTick until ctx ends: a gap
+// longer than a third of the lease TTL means the process did not run
+// (stopped, or its VM paused), and its leases may have expired
+// meanwhile (cluster.mine). A loaded node still runs this goroutine on
+// time; its renewals may be late, its process is not paused.
+func (cl *cluster) watchPauses(ctx context.Context) {
+	t := time.NewTicker(pauseTick)
+	defer t.Stop()
+	last := time.Now()
+	cl.pulse.Store(last.UnixNano())
+	for {
+		select {
+		case <-ctx.Done():
+			cl.pulse.Store(0)
+			return
+		case <-t.C:
+			now := time.Now()
+			if gap := now.Sub(last); gap > cl.ls.ttl/3 {
+				cl.woke.Store(now.UnixNano())
+				cl.logger.Info("cluster: this process did not run for a while; its calls wait for Redis to confirm their leases", "gap", gap.Round(time.Millisecond))
+			}
+			last = now
+			cl.pulse.Store(now.UnixNano())
+		}
+	}
+}
+
+// pausedSince reports whether the process did not run for a third of the
+// TTL after the renewal pass that started at renewed, or has not looked
+// at the clock for that long (it is waking now, before watchPauses ran).
+func (cl *cluster) pausedSince(renewed int64) bool {
+	if cl.woke.Load() > renewed {
+		return true
+	}
+	p := cl.pulse.Load()
+	return p != 0 && time.Since(time.Unix(0, p)) > cl.ls.ttl/3
 }
 
 // leaseCheckWait bounds how long a call waits for the check of its
@@ -446,11 +485,11 @@ type leaseCheckKey struct {
 }
 
 // checkLease asks Redis whether lease l on sk is still this node's, and
-// reports whether the call is to be served here. Through an outage
-// (cluster.mine) it waits at most leaseCheckWait and the call is served
-// unless Redis answers that another node has the lease; otherwise it waits
-// up to a third of the TTL for Redis's answer, and without one returns
-// the error. The check runs in its own goroutine, owned by cl.wg and
+// reports whether the call is to be served here. With outage (cluster.mine:
+// the process was not paused) it waits at most leaseCheckWait and the call
+// is served unless Redis answers that another node has the lease;
+// otherwise it waits up to a third of the TTL for Redis's answer, and
+// without one returns the error. The check runs in its own goroutine, owned by cl.wg and
 // ended by its context (a third of the TTL: go-redis honours it dialling,
 // waiting for a pooled connection and between retries) or at most one
 // read timeout later: one found lost is detached, even if no caller
@@ -494,7 +533,7 @@ func (cl *cluster) checkLease(ctx context.Context, sk string, l lease, outage bo
 		return c.err != nil || c.held, nil
 	case <-wait.C:
 		if !outage {
-			return false, fmt.Errorf("%w: the check of a lease not renewed for over a TTL outlasted %v", ErrClusterRedis, bound)
+			return false, fmt.Errorf("%w: the check of a lease after a pause of this process outlasted %v", ErrClusterRedis, bound)
 		}
 		cl.logger.Debug("cluster: the lease check outlasted its wait; served as the owner", "session", sk[:8])
 		return true, nil
@@ -636,8 +675,14 @@ func (g fencedGate) Acquire(ctx context.Context, knownGood bool) (func(xmppconn.
 }
 
 // run renews the held leases every third of their TTL until ctx ends,
-// each pass followed by also, if set (the hand-over's heartbeat).
+// each pass followed by also, if set (the hand-over's heartbeat), and
+// watches for pauses of the process meanwhile (watchPauses).
 func (cl *cluster) run(ctx context.Context, also func(context.Context)) {
+	wctx, stop := context.WithCancel(ctx)
+	var watching sync.WaitGroup
+	watching.Go(func() { cl.watchPauses(wctx) })
+	defer watching.Wait()
+	defer stop()
 	t := time.NewTicker(cl.ls.ttl / 3)
 	defer t.Stop()
 	for {
@@ -700,11 +745,9 @@ func (cl *cluster) renew(ctx context.Context) {
 		cl.lost(sk, snap[sk])
 	}
 	if err != nil {
-		cl.failedSince.CompareAndSwap(0, now.UnixNano())
 		cl.logger.Warn("cluster: renewing leases", "leases", len(snap), "err", err)
 	} else {
 		cl.renewed.Store(now.UnixNano())
-		cl.failedSince.Store(0)
 		cl.redisBack()
 	}
 	cl.giveBackIdle(rctx, idle)
