@@ -387,10 +387,12 @@ func (cl *cluster) mayBeAlive(ctx context.Context, l lease) bool {
 // depends on why the renewals stopped:
 //
 //   - Redis does not answer them, or slowly (an outage, or a node so
-//     loaded its passes run late): no other node can claim a lease Redis
-//     does not answer for, so with Redis unreachable, or slower than
+//     loaded its passes run late): through an outage no other node can
+//     claim either, so with Redis unreachable, or slower than
 //     leaseCheckWait, the table answers and users keep chatting on their
-//     owner (issue 20 item 6).
+//     owner (issue 20 item 6). On a loaded node whose lease expired while
+//     Redis answered the others, that serves a session another node may
+//     have claimed: a known gap (docs/CLUSTER.md).
 //   - This process did not run (SIGSTOP, a paused VM) since the last
 //     renewal, or is only now waking (watchPauses): its leases may have
 //     expired and been taken over meanwhile. The call waits for Redis's
