@@ -487,8 +487,8 @@ type leaseCheckKey struct {
 }
 
 // checkLease asks Redis whether lease l on sk is still this node's, and
-// reports whether the call is to be served here. With outage (cluster.mine:
-// the process was not paused) it waits at most leaseCheckWait and the call
+// reports whether the call is to be served here. With ranAllAlong
+// (cluster.mine: the process was not paused) it waits at most leaseCheckWait and the call
 // is served unless Redis answers that another node has the lease;
 // otherwise it waits up to a third of the TTL for Redis's answer, and
 // without one returns the error. The check runs in its own goroutine, owned by cl.wg and
@@ -496,7 +496,7 @@ type leaseCheckKey struct {
 // waiting for a pooled connection and between retries) or at most one
 // read timeout later: one found lost is detached, even if no caller
 // waited for the answer.
-func (cl *cluster) checkLease(ctx context.Context, sk string, l lease, outage bool) (bool, error) {
+func (cl *cluster) checkLease(ctx context.Context, sk string, l lease, ranAllAlong bool) (bool, error) {
 	key := leaseCheckKey{sk, l}
 	cl.mu.Lock()
 	c, ok := cl.checks[key]
@@ -522,19 +522,19 @@ func (cl *cluster) checkLease(ctx context.Context, sk string, l lease, outage bo
 	}
 	cl.mu.Unlock()
 	bound := cl.ls.ttl / 3
-	if outage {
+	if ranAllAlong {
 		bound = leaseCheckWait
 	}
 	wait := time.NewTimer(bound)
 	defer wait.Stop()
 	select {
 	case <-c.done:
-		if c.err != nil && !outage {
+		if c.err != nil && !ranAllAlong {
 			return false, c.err
 		}
 		return c.err != nil || c.held, nil
 	case <-wait.C:
-		if !outage {
+		if !ranAllAlong {
 			return false, fmt.Errorf("%w: the check of a lease after a pause of this process outlasted %v", ErrClusterRedis, bound)
 		}
 		cl.logger.Debug("cluster: the lease check outlasted its wait; served as the owner", "session", sk[:8])
@@ -900,12 +900,9 @@ func keepBody(r *http.Request, limit int) ([]byte, error) {
 	if r.Body == nil || r.Body == http.NoBody {
 		return nil, nil
 	}
-	b, err := io.ReadAll(io.LimitReader(r.Body, int64(limit)+1))
+	b, err := readCapped(r.Body, limit)
 	if err != nil {
-		return nil, fmt.Errorf("%w: reading body: %w", ErrBadRequest, err)
-	}
-	if len(b) > limit {
-		return nil, fmt.Errorf("%w: body over %d bytes", ErrTooLarge, limit)
+		return nil, err
 	}
 	r.Body = io.NopCloser(bytes.NewReader(b))
 	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }

@@ -23,15 +23,25 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	}
 }
 
+// readCapped reads body whole, refusing more than limit bytes
+// (ErrTooLarge) and a read that fails (ErrBadRequest).
+func readCapped(body io.Reader, limit int) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(body, int64(limit)+1))
+	if err != nil {
+		return nil, fmt.Errorf("%w: reading body: %w", ErrBadRequest, err)
+	}
+	if len(b) > limit {
+		return nil, fmt.Errorf("%w: body over %d bytes", ErrTooLarge, limit)
+	}
+	return b, nil
+}
+
 // decode reads a JSON body strictly: capped, unknown fields rejected, one
 // value only. An empty body leaves v untouched when optional.
 func decode(r *http.Request, v any, optional bool) error {
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	body, err := readCapped(r.Body, maxBody)
 	if err != nil {
-		return fmt.Errorf("%w: reading body: %w", ErrBadRequest, err)
-	}
-	if len(body) > maxBody {
-		return fmt.Errorf("%w: body over %d bytes", ErrTooLarge, maxBody)
+		return err
 	}
 	if len(bytes.TrimSpace(body)) == 0 {
 		if optional {
