@@ -121,7 +121,7 @@ func TestOrphanIndex(t *testing.T) {
 				}
 				return m
 			}
-			for i, id := range []string{"one-session-id-aaaaaaaaaaaaaa", "two-session-id-bbbbbbbbbbbbbb", "three-session-id-ccccccccccc"} {
+			for i, id := range []string{"one-session-id-aaaaaaaaaaaaaa", "two-session-id-bbbbbbbbbbbbbb", "three-session-id-ccccccccccc", "five-session-id-eeeeeeeeeeee", "six-session-id-ffffffffffffff"} {
 				sk := sessionKey(id)
 				ra, err := a.claim(ctx, sk, nil)
 				if err != nil || !ra.won {
@@ -212,6 +212,44 @@ func TestOrphanIndex(t *testing.T) {
 					}
 					if ad, err := c.adopt(ctx, sk, dead); err != nil || ad.won || ad.why != "offline" {
 						t.Fatalf("adopted a session marked offline since: %+v %v", ad, err)
+					}
+				case 3, 4:
+					// b claimed it after a gave it back (3: a hand-over
+					// whose time ran out) or took it over from the dead a
+					// (4), and b's lease lapsed while b, loaded, was still
+					// logging the user in (not marked online yet): the
+					// adoption must not claim it too, two nodes resuming
+					// one XMPP session. Once b's renewal sets its lease
+					// again, the entry is dropped as moved.
+					var expected *lease
+					if i == 3 {
+						if ok, err := a.release(ctx, sk, ra.lease); err != nil || !ok {
+							t.Fatalf("a's release: %v %v", ok, err)
+						}
+					} else {
+						expected = &ra.lease
+					}
+					rb, err := b.claim(ctx, sk, expected)
+					if err != nil || !rb.won {
+						t.Fatalf("b's claim: %+v %v", rb, err)
+					}
+					if err := a.rdb.Del(ctx, keysOf(sk).lease).Err(); err != nil {
+						t.Fatal(err)
+					}
+					if ad, err := c.adopt(ctx, sk, dead); err != nil || ad.won || ad.why != "held" {
+						t.Fatalf("adopted a session b claimed, its lease lapsed: %+v %v", ad, err)
+					}
+					if _, ok := entries(a, sk)[sk]; !ok {
+						t.Fatalf("the entry was dropped while b's lease was lapsed")
+					}
+					if lost, err := b.renew(ctx, map[string]lease{sk: rb.lease}); err != nil || len(lost) != 0 {
+						t.Fatalf("b's renewal of its lapsed lease: lost %v, %v", lost, err)
+					}
+					if ad, err := c.adopt(ctx, sk, dead); err != nil || ad.won || ad.why != "moved" {
+						t.Fatalf("adopt after b's renewal: %+v %v", ad, err)
+					}
+					if cur, _, _ := c.owner(ctx, sk); cur != rb.lease {
+						t.Fatalf("the lease changed: %v", cur)
 					}
 				}
 			}

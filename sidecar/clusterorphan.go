@@ -82,9 +82,20 @@ func partitionOf(sk string) int {
 // or the incarnation is not dead but was frozen, and its first renewal
 // after waking set the lease again while this node judged it dead (as in
 // claimScript: taking it would make two owners until its next renewal,
-// both resuming the XMPP session). The next pass tries again. Otherwise
-// (no lease) the lease is claimed as the claim script does, and the entry
-// moves to this node's index: {1, lease, sealed id}.
+// both resuming the XMPP session). So does a lease that is gone while the
+// meta hash names another owner ('owner', set by every claim, cleared by
+// a release): a node claimed the session since (a user's call after the
+// dead node gave its lease back, or took it over) and its lease lapsed,
+// its renewals late — in a takeover storm at 2,000 users such a node was
+// still logging the user in, not yet marked online, when the adoption
+// claimed the session too, and both resumed the XMPP session: the one
+// that lost it had accepted sends Redis never got, and they were lost.
+// That node's next renewal sets its lease again (renewScriptSrc) and the
+// entry is dropped as moved; if it died too, the user's next call takes
+// the session over (cluster.takeIf asks whether it lives). The next pass
+// tries again. Otherwise (no lease, no other owner named) the lease is
+// claimed as the claim script does, and the entry moves to this node's
+// index: {1, lease, sealed id}.
 //
 // KEYS: dead index, lease, token, meta, own index. ARGV: session key, dead
 // node, dead incarnation, node, incarnation, peer, ttl ms.
@@ -117,6 +128,13 @@ if cur then
     return {0, 'moved'}
   end
   return {0, 'held'}
+end
+local last = redis.call('HGET', KEYS[4], 'owner')
+if last then
+  local _, _, n, i = string.find(last, '^%d+|([^|]+)|([^|]+)|')
+  if n ~= ARGV[2] or i ~= ARGV[3] then
+    return {0, 'held'}
+  end
 end
 local t = redis.call('INCR', KEYS[3])
 redis.call('PEXPIRE', KEYS[3], ` + strconv.FormatInt(tokenKeyTTL.Milliseconds(), 10) + `)
