@@ -228,11 +228,25 @@ var renewScript = redis.NewScript(renewScriptSrc)
 // session is in it with its sealed PHP session id (ARGV[6], "" to keep
 // the one there), and the index lives a week past its last entry;
 // offline, it leaves it.
+//
+// A lease that is gone while the meta hash still names it as the owner's
+// (nobody claimed the session since: every claim names its own, a release
+// clears it) lapsed, its owner's renewals late: it is set again and the
+// mark goes on, as the state script and the renewal do. Until then the
+// mark answered 0 and its owner let the session go as lost: at 2,000
+// users a node that had just logged a user in, its renewals late in a
+// takeover storm, dropped the session at its online mark, with events
+// its pages had seen and Redis had not (its writes kept back), and the
+// next owner gave them again (the rolling restart's duplicates).
 // KEYS: lease, token, meta, owner's index. ARGV: lease, token, on (0/1),
-// meta ttl ms, session key, sealed id.
+// meta ttl ms, session key, sealed id, lease ttl ms.
 var markScript = redis.NewScript(`
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return 0
+local cur = redis.call('GET', KEYS[1])
+if cur ~= ARGV[1] then
+  if cur or redis.call('HGET', KEYS[3], 'owner') ~= ARGV[1] then
+    return 0
+  end
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[7])
 end
 redis.call('HSET', KEYS[3], 'on', ARGV[3], 'token', ARGV[2])
 redis.call('PEXPIRE', KEYS[3], ARGV[4])
@@ -482,7 +496,7 @@ func (ls *leaseStore) markSealed(ctx context.Context, sk string, l lease, online
 		on = "1"
 	}
 	keys := append(keysOf(sk).list(), indexKey(partitionOf(sk), l.member()))
-	n, err := markScript.Run(ctx, ls.rdb, keys, l.String(), l.token, on, ls.metaTTL.Milliseconds(), sk, sealed).Int()
+	n, err := markScript.Run(ctx, ls.rdb, keys, l.String(), l.token, on, ls.metaTTL.Milliseconds(), sk, sealed, ls.ttl.Milliseconds()).Int()
 	if err != nil {
 		return false, fmt.Errorf("%w: mark: %w", ErrClusterRedis, err)
 	}

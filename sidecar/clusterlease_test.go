@@ -498,3 +498,77 @@ func TestClusterLeaseRenewAfterTakeover(t *testing.T) {
 		})
 	}
 }
+
+// TestClusterMarkLapsedLease: an owner whose lease lapsed (its renewals
+// late under load) while nobody claimed the session records it online or
+// offline all the same, and holds its lease again; at 2,000 users the
+// mark refused, and the owner dropped a session it had just logged in,
+// with events its pages had seen and Redis had not. A lease given back,
+// or a session another node claimed since (even if that node's lease
+// lapsed too), is not marked. On a real Redis and a real 3-master Redis
+// Cluster.
+func TestClusterMarkLapsedLease(t *testing.T) {
+	for _, tc := range redisSpecs() {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := tc.spec(t)
+			const ttl = 300 * time.Millisecond
+			ctx := t.Context()
+			a := testLeaseStore(t, spec, "a", ttl)
+			b := testLeaseStore(t, spec, "b", ttl)
+			for _, c := range []struct {
+				name   string
+				before func(sk string, l lease) // after a's lease lapsed
+				marked bool
+			}{
+				{"nobody claimed", func(string, lease) {}, true},
+				{"given back", func(sk string, l lease) {
+					if _, err := a.release(ctx, sk, l); err != nil {
+						t.Fatal(err)
+					}
+				}, false},
+				{"taken over, the taker's lease lapsed too", func(sk string, l lease) {
+					rb, err := b.claimExpired(ctx, sk, l)
+					if err != nil || !rb.won {
+						t.Fatalf("b's takeover: %+v %v", rb, err)
+					}
+					time.Sleep(ttl + 100*time.Millisecond)
+				}, false},
+			} {
+				for _, online := range []bool{true, false} {
+					sk := sessionKey(fmt.Sprintf("mark-lapsed-%s-%v", strings.ReplaceAll(c.name, " ", "-"), online))
+					ra, err := a.claim(ctx, sk, nil)
+					if err != nil || !ra.won {
+						t.Fatalf("%s: a's claim: %+v %v", c.name, ra, err)
+					}
+					if c.name == "given back" {
+						c.before(sk, ra.lease) // a release takes a lease still there
+					}
+					if err := a.rdb.Del(ctx, keysOf(sk).lease).Err(); err != nil { // lapsed, as its TTL does
+						t.Fatal(err)
+					}
+					if c.name != "given back" {
+						c.before(sk, ra.lease)
+					}
+					done, err := a.mark(ctx, sk, ra.lease, online)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if done != c.marked {
+						t.Errorf("%s, online %v: marked %v, want %v", c.name, online, done, c.marked)
+					}
+					cur, found, err := a.owner(ctx, sk)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if held := found && cur == ra.lease; held != c.marked {
+						t.Errorf("%s, online %v: a holds the lease after its mark: %v (%+v, found %v)", c.name, online, held, cur, found)
+					}
+					on, err := a.rdb.HGet(ctx, keysOf(sk).meta, "on").Result()
+					if c.marked && (err != nil || on != map[bool]string{true: "1", false: "0"}[online]) {
+						t.Errorf("%s, online %v: the mark in Redis is %q %v", c.name, online, on, err)
+					}
+				}
+			}
+		})
+	}
+}
