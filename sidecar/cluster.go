@@ -817,6 +817,22 @@ func (r *registry) detach(sk string) {
 	r.mu.Lock()
 	s := r.sessions[sk]
 	r.mu.Unlock()
+	r.detachSession(s)
+}
+
+// detachStore detaches the session whose stream writes to store cs, if
+// it is still in the registry (clusterSession.goneLocked).
+func (r *registry) detachStore(cs *clusterSession) {
+	r.mu.Lock()
+	s := r.sessions[cs.sk]
+	r.mu.Unlock()
+	if s != nil && s.durable == cs {
+		r.detachSession(s)
+	}
+}
+
+// detachSession is detach's work on session s (nil: none).
+func (r *registry) detachSession(s *session) {
 	if s == nil {
 		return
 	}

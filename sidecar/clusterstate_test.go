@@ -730,6 +730,76 @@ func TestClusterStateAfterLogStopped(t *testing.T) {
 	}
 }
 
+// TestClusterStateGoneStore: a stanza whose events a write dropped
+// because the lease was no longer in the node's table is never covered
+// by a count written later, even once the lease is back in the table (a
+// call claiming the session again found its stream still up): at 2,000
+// users such a later write told the server it could forget three
+// messages whose events nobody had. The store refuses every write from
+// then on, and its stream is detached, for the server to give those
+// stanzas to the session's next stream. On a real Redis.
+func TestClusterStateGoneStore(t *testing.T) {
+	spec := "redis://" + phpsessiontest.StartRedis(t).Addr
+	a := stateNode(t, spec, "a")
+	ctx := t.Context()
+	sk := sessionKey("gone-store-aaaaaaaaaaaaaaaaa")
+	s, la := ownedSession(t, a, sk, "alice")
+	cs := s.durable
+	if err := cs.Save(xmppconn.ResumeState{V: 1, JID: "alice@example.org/web-" + sk[:8], ID: "sm-" + sk[:6], Max: 300}); err != nil {
+		t.Fatal(err)
+	}
+	conn := &detachRecorder{fakeConn: &fakeConn{jid: "alice@example.org/web-" + sk[:8], done: make(chan struct{})}}
+	s.conn = conn
+	s.setState(xmppconn.StateOnline, "")
+	a.reg.mu.Lock()
+	a.reg.sessions[sk] = s
+	a.reg.mu.Unlock()
+	stanza := func(i int) error {
+		k := "k" + strconv.Itoa(i)
+		s.appendJSONOnce("message", k, messageJSON{From: "bob@example.org/desk", ID: k, Body: k})
+		return cs.Handled(uint32(i))
+	}
+	if err := stanza(1); err != nil {
+		t.Fatal(err)
+	}
+	if !a.drop(sk, la) { // the lease leaves the table
+		t.Fatal("a did not hold the lease")
+	}
+	if err := stanza(2); !errors.Is(err, ErrNotOwner) {
+		t.Fatalf("stanza 2, the lease not in the table: %v, want ErrNotOwner", err)
+	}
+	a.hold(sk, la) // and comes back
+	for i := 3; i <= 4; i++ {
+		if err := stanza(i); !errors.Is(err, ErrNotOwner) {
+			t.Errorf("stanza %d, after a write dropped stanza 2's events: %v, want ErrNotOwner", i, err)
+		}
+	}
+	if err := cs.Save(xmppconn.ResumeState{V: 1, JID: "alice@example.org/web-" + sk[:8], ID: "sm-" + sk[:6], Max: 300, H: 4}); !errors.Is(err, ErrNotOwner) {
+		t.Errorf("a Save after the store was gone: %v, want ErrNotOwner", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !conn.detached.Load() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !conn.detached.Load() {
+		t.Error("the stream of the gone store was not detached")
+	}
+	if a.reg.get("gone-store-aaaaaaaaaaaaaaaaa") != nil {
+		t.Error("the session is still in the registry")
+	}
+	in, err := a.load(ctx, sk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sv, errs := parseSaved("alice", in)
+	if len(errs) > 0 || sv.state == nil {
+		t.Fatalf("the state in Redis: %+v %v", sv, errs)
+	}
+	if sv.state.H != 1 {
+		t.Errorf("h=%d in Redis; want 1, the last stanza whose events were written", sv.state.H)
+	}
+}
+
 // TestClusterStateDedupAfterAck: a message the page acknowledged leaves
 // the log in Redis, but its dedup key stays there, so the node taking
 // the session over still refuses it when the server delivers it again

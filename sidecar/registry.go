@@ -220,7 +220,7 @@ func (r *registry) open(ctx context.Context, key string, ps *phpsession.Session,
 		cred: credentials(ps.Identity), ident: ps.Identity, since: time.Now(), presence: map[string][]presenceInfo{},
 		limiter: tokenBucket{rate: r.cfg.RateLimit, burst: 2 * r.cfg.RateLimit}}
 	var resume *xmppconn.ResumeState // a takeover's stored XMPP session
-	if old != nil && old.user == s.user {
+	if old != nil && old.user == s.user && !old.durable.isGone() {
 		s.log, s.durable = old.log, old.durable
 	} else {
 		newLog := func() *eventLog {
