@@ -262,23 +262,18 @@ func (h *boshServer) handle(via *api, w http.ResponseWriter, r *http.Request) (s
 // readBOSHBody reads a request's body, at most boshMaxBody bytes: into
 // one buffer of its Content-Length when it has one.
 func readBOSHBody(r *http.Request) ([]byte, error) {
-	var data []byte
-	var err error
-	switch n := r.ContentLength; {
+	n := r.ContentLength
+	switch {
 	case n > boshMaxBody:
 		return nil, fmt.Errorf("%w: body over %d bytes", ErrTooLarge, boshMaxBody)
-	case n >= 0:
-		// net/http's body reader ends at Content-Length.
-		data = make([]byte, n)
-		_, err = io.ReadFull(r.Body, data)
-	default:
-		data, err = io.ReadAll(io.LimitReader(r.Body, boshMaxBody+1))
+	case n < 0:
+		return readCapped(r.Body, boshMaxBody)
 	}
-	if err != nil {
+	// net/http's body reader ends at Content-Length: one buffer of its
+	// size, read whole.
+	data := make([]byte, n)
+	if _, err := io.ReadFull(r.Body, data); err != nil {
 		return nil, fmt.Errorf("%w: reading body: %w", ErrBadRequest, err)
-	}
-	if len(data) > boshMaxBody {
-		return nil, fmt.Errorf("%w: body over %d bytes", ErrTooLarge, boshMaxBody)
 	}
 	return data, nil
 }

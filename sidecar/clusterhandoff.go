@@ -443,11 +443,11 @@ func (cl *cluster) handOverOne(by, ctx context.Context, s *session, l lease, add
 // Redis did not take the leases back: they expire).
 func (cl *cluster) letGoLeft(ctx context.Context, list []handed) int {
 	var (
-		mu   sync.Mutex
-		back = map[string]lease{}
-		wg   sync.WaitGroup
+		mu     sync.Mutex
+		back   = map[string]lease{}
+		wg     sync.WaitGroup
+		closed atomic.Int64 // streams that could not be detached
 	)
-	outcomes := make(chan handOutcome, len(list))
 	for _, it := range list {
 		l, ok := cl.holds(it.s.key)
 		if !ok || l != it.l || !it.s.live() {
@@ -459,7 +459,7 @@ func (cl *cluster) letGoLeft(ctx context.Context, list []handed) int {
 			detached := cl.reg.letGo(dctx, it.s, "shutdown")
 			cancel()
 			if !detached {
-				outcomes <- handClosed
+				closed.Add(1)
 			}
 			mu.Lock()
 			back[it.s.key] = l
@@ -467,11 +467,6 @@ func (cl *cluster) letGoLeft(ctx context.Context, list []handed) int {
 		})
 	}
 	wg.Wait()
-	close(outcomes)
-	closed := 0
-	for range outcomes {
-		closed++
-	}
 	if len(back) == 0 {
 		return 0
 	}
@@ -489,8 +484,9 @@ func (cl *cluster) letGoLeft(ctx context.Context, list []handed) int {
 		given = handFailed
 		cl.logger.Warn("cluster: giving leases back at shutdown; they expire instead", "leases", len(mine), "err", err)
 	}
-	cl.metrics.clusterHandoffs.WithLabelValues(string(handClosed)).Add(float64(closed))
-	cl.metrics.clusterHandoffs.WithLabelValues(string(given)).Add(float64(len(back) - closed))
+	n := closed.Load()
+	cl.metrics.clusterHandoffs.WithLabelValues(string(handClosed)).Add(float64(n))
+	cl.metrics.clusterHandoffs.WithLabelValues(string(given)).Add(float64(int64(len(back)) - n))
 	return len(back)
 }
 
