@@ -291,6 +291,20 @@ func (cl *cluster) hold(sk string, l lease) {
 	cl.metrics.clusterLeases.Set(float64(n))
 }
 
+// touch reports whether this node holds the lease on sk and, if it does,
+// counts it as held from now: a login starting on it, not an idle claim
+// (giveBackIdle).
+func (cl *cluster) touch(sk string) bool {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	h, ok := cl.held[sk]
+	if ok {
+		h.since = monoNow()
+		cl.held[sk] = h
+	}
+	return ok
+}
+
 // drop forgets the lease on sk if it is still l, and reports whether it was.
 func (cl *cluster) drop(sk string, l lease) bool {
 	cl.mu.Lock()
@@ -546,6 +560,9 @@ func (cl *cluster) checkLease(ctx context.Context, sk string, l lease, ranAllAlo
 
 // acquire is ownership.acquire.
 func (cl *cluster) acquire(ctx context.Context, sk string) error {
+	if cl.touch(sk) {
+		return nil
+	}
 	res, err := cl.take(ctx, sk, nil)
 	if err != nil {
 		return err
@@ -757,16 +774,32 @@ func (cl *cluster) renew(ctx context.Context) {
 
 // giveBackIdle drops the leases of idle and gives them back in one round
 // trip, within what ctx leaves; those Redis does not answer for expire
-// with their TTL.
+// with their TTL. Each is looked at again first: the pass's renewal ran
+// since the list was made (up to a third of the TTL on a slow Redis),
+// and a login may have started on the session meanwhile (acquire counts
+// its lease as held from then). Dropped, the lease failed that login at
+// its fenced gate, and the user's next call logged in again: at 2,000
+// users a renewal pass did so in the middle of a takeover's login.
 func (cl *cluster) giveBackIdle(ctx context.Context, idle []string) {
+	if len(idle) == 0 || cl.handoff.running() {
+		return
+	}
 	cl.releaseMu.RLock()
 	defer cl.releaseMu.RUnlock()
 	back := make(map[string]lease, len(idle))
+	mono := monoNow()
+	cl.mu.Lock()
 	for _, sk := range idle {
-		if l, ok := cl.holds(sk); ok && cl.drop(sk, l) {
-			back[sk] = l
+		h, ok := cl.held[sk]
+		if !ok || cl.reg.has(sk) || time.Duration(mono-h.since) < cl.ls.ttl {
+			continue
 		}
+		back[sk] = h.lease(cl.ls.self)
+		delete(cl.held, sk)
 	}
+	n := len(cl.held)
+	cl.mu.Unlock()
+	cl.metrics.clusterLeases.Set(float64(n))
 	if err := cl.ls.releaseAll(ctx, back); err != nil {
 		cl.logger.Debug("cluster: giving idle leases back; they expire instead", "leases", len(back), "err", err)
 	}

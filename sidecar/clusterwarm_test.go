@@ -634,3 +634,55 @@ func (c *detachRecorder) Detach(ctx context.Context) (xmppconn.ResumeState, erro
 	c.detached.Store(true)
 	return xmppconn.ResumeState{}, c.fakeConn.Close(ctx)
 }
+
+// TestGiveBackIdleDuringLogin: a lease a renewal pass found idle (held
+// longer than the TTL, its session not in the registry) is not given
+// back if a login of the session started since: the pass's renewal round
+// trip ran between the two (a third of the TTL on a slow Redis), and at
+// 2,000 users a pass dropped the lease of a takeover's login so, whose
+// fenced gate then refused it. Nor is one whose login acquired it again
+// (acquire counts it as held from then). One nothing happened to is
+// given back. On a real Redis.
+func TestGiveBackIdleDuringLogin(t *testing.T) {
+	spec := redisSpecs()[0].spec(t)
+	for _, tc := range []struct {
+		name string
+		then func(a *cluster, sk string) // after the pass listed sk as idle
+		kept bool
+	}{
+		{"nothing since: given back", func(*cluster, string) {}, false},
+		{"a login dialing", func(a *cluster, sk string) {
+			a.reg.mu.Lock()
+			a.reg.dialing[sk] = make(chan struct{})
+			a.reg.mu.Unlock()
+		}, true},
+		{"a login acquired it", func(a *cluster, sk string) {
+			if err := a.acquire(t.Context(), sk); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const ttl = 5 * time.Second
+			a := leaseNode(t, spec, "a", ttl)
+			sk := sessionKey(fmt.Sprintf("idlelogin%d-aaaaaaaaaaaaaaaaaaaaa", len(tc.name)))
+			t.Cleanup(func() { a.rdb.Del(context.Background(), leaseKey(sk)) })
+			_, l := ownedSession(t, a, sk, "u-idle-login") // held, not in the registry
+			a.mu.Lock()
+			h := a.held[sk]
+			h.since -= int64(2 * ttl) // held for longer than the TTL: idle
+			a.held[sk] = h
+			a.mu.Unlock()
+
+			tc.then(a, sk)
+			a.giveBackIdle(t.Context(), []string{sk})
+
+			_, held := a.holds(sk)
+			v, err := a.rdb.Get(t.Context(), leaseKey(sk)).Result()
+			inRedis := err == nil && v == l.String()
+			if held != tc.kept || inRedis != tc.kept {
+				t.Errorf("after the give-back: held here %v, in Redis %v (%q %v); want %v", held, inRedis, v, err, tc.kept)
+			}
+		})
+	}
+}
