@@ -240,14 +240,7 @@ var renewScript = redis.NewScript(renewScriptSrc)
 // next owner gave them again (the rolling restart's duplicates).
 // KEYS: lease, token, meta, owner's index. ARGV: lease, token, on (0/1),
 // meta ttl ms, session key, sealed id, lease ttl ms.
-var markScript = redis.NewScript(`
-local cur = redis.call('GET', KEYS[1])
-if cur ~= ARGV[1] then
-  if cur or redis.call('HGET', KEYS[3], 'owner') ~= ARGV[1] then
-    return 0
-  end
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[7])
-end
+var markScript = redis.NewScript(fencedLua("KEYS[1]", "KEYS[3]", "ARGV[7]") + `
 redis.call('HSET', KEYS[3], 'on', ARGV[3], 'token', ARGV[2])
 redis.call('PEXPIRE', KEYS[3], ARGV[4])
 if ARGV[3] == '1' then
@@ -268,6 +261,24 @@ else
 end
 return 1
 `)
+
+// fencedLua is the fence of the owner's writes (the state script, the
+// mark), in Lua: go on only if leaseKey holds the caller's lease,
+// ARGV[1]. A lease gone while metaKey's 'owner' still names it lapsed,
+// its owner's renewals late, and nobody claimed the session since (every
+// claim names its own lease there, a release clears it): it is set again
+// for ttlArg milliseconds and the write goes on. Otherwise the script
+// answers 0, having written nothing.
+func fencedLua(leaseKey, metaKey, ttlArg string) string {
+	return `
+local cur = redis.call('GET', ` + leaseKey + `)
+if cur ~= ARGV[1] then
+  if cur or redis.call('HGET', ` + metaKey + `, 'owner') ~= ARGV[1] then
+    return 0
+  end
+  redis.call('SET', ` + leaseKey + `, ARGV[1], 'PX', ` + ttlArg + `)
+end`
+}
 
 // releaseScript gives the lease up if ARGV[1] holds it, and forgets its
 // owner in the meta hash (a given-back lease is free): 1, else 0.

@@ -69,14 +69,7 @@ import (
 // set again only when the caller asks ('T', at most once a minute per
 // session: clusterSession.ttlAt), and on a list or hash this call created
 // (an emptied list is deleted by Redis; the next push makes it anew).
-var stateScriptSrc = `
-local cur = redis.call('GET', KEYS[1])
-if cur ~= ARGV[1] then
-  if cur or redis.call('HGET', KEYS[2], 'owner') ~= ARGV[1] then
-    return 0
-  end
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-end
+var stateScriptSrc = fencedLua("KEYS[1]", "KEYS[2]", "ARGV[3]") + `
 local hs = {}
 local exp = {}
 local function uv(x, p)

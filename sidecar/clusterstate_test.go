@@ -692,11 +692,7 @@ func TestClusterStateAfterLogStopped(t *testing.T) {
 	if ok, err := a.ls.mark(ctx, sk, la, true); err != nil || !ok {
 		t.Fatalf("mark: %v %v", ok, err)
 	}
-	stanza := func(i int) error {
-		k := "k" + strconv.Itoa(i)
-		s.appendJSONOnce("message", k, messageJSON{From: "bob@example.org/desk", ID: k, Body: k})
-		return cs.Handled(uint32(i))
-	}
+	stanza := handledStanza(s, cs)
 	if err := stanza(1); err != nil {
 		t.Fatal(err)
 	}
@@ -730,6 +726,17 @@ func TestClusterStateAfterLogStopped(t *testing.T) {
 	}
 }
 
+// handledStanza returns a function that has session s's stream read its
+// i-th inbound stanza, a message keyed "k<i>", and report it handled to
+// store cs.
+func handledStanza(s *session, cs *clusterSession) func(i int) error {
+	return func(i int) error {
+		k := "k" + strconv.Itoa(i)
+		s.appendJSONOnce("message", k, messageJSON{From: "bob@example.org/desk", ID: k, Body: k})
+		return cs.Handled(uint32(i))
+	}
+}
+
 // TestClusterStateGoneStore: a stanza whose events a write dropped
 // because the lease was no longer in the node's table is never covered
 // by a count written later, even once the lease is back in the table (a
@@ -754,11 +761,7 @@ func TestClusterStateGoneStore(t *testing.T) {
 	a.reg.mu.Lock()
 	a.reg.sessions[sk] = s
 	a.reg.mu.Unlock()
-	stanza := func(i int) error {
-		k := "k" + strconv.Itoa(i)
-		s.appendJSONOnce("message", k, messageJSON{From: "bob@example.org/desk", ID: k, Body: k})
-		return cs.Handled(uint32(i))
-	}
+	stanza := handledStanza(s, cs)
 	if err := stanza(1); err != nil {
 		t.Fatal(err)
 	}
