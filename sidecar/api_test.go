@@ -1140,9 +1140,18 @@ func TestResumeLoginOutlivesItsCall(t *testing.T) {
 	if h.dials != 1 {
 		t.Errorf("%d logins, want 1", h.dials)
 	}
-	h.logMu.Lock()
-	n := strings.Count(h.logs.String(), "session resumed after a restart")
-	h.logMu.Unlock()
+	// The login logs it right after it puts the session in the registry,
+	// where the poll above may have found it first: wait for the line.
+	var n int
+	for {
+		h.logMu.Lock()
+		n = strings.Count(h.logs.String(), "session resumed after a restart")
+		h.logMu.Unlock()
+		if n > 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	if n != 1 {
 		t.Errorf("the log says %d times that the session resumed, want once", n)
 	}

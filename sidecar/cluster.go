@@ -502,8 +502,9 @@ type leaseCheckKey struct {
 
 // checkLease asks Redis whether lease l on sk is still this node's, and
 // reports whether the call is to be served here. With ranAllAlong
-// (cluster.mine: the process was not paused) it waits at most leaseCheckWait and the call
-// is served unless Redis answers that another node has the lease;
+// (cluster.mine: the process was not paused) it waits at most
+// leaseCheckWait and the call is served unless Redis answers that another
+// node has the lease;
 // otherwise it waits up to a third of the TTL for Redis's answer, and
 // without one returns the error. The check runs in its own goroutine, owned by cl.wg and
 // ended by its context (a third of the TTL: go-redis honours it dialling,
@@ -736,7 +737,7 @@ func (cl *cluster) renew(ctx context.Context) {
 	handing := cl.handoff.running()
 	cl.mu.Lock()
 	for sk, h := range cl.held {
-		if handing || cl.reg.has(sk) || time.Duration(mono-h.since) < cl.ls.ttl {
+		if handing || !cl.idleLocked(sk, h, mono) {
 			snap[sk] = h.lease(cl.ls.self)
 		} else {
 			idle = append(idle, sk)
@@ -772,6 +773,13 @@ func (cl *cluster) renew(ctx context.Context) {
 	cl.giveBackIdle(rctx, idle)
 }
 
+// idleLocked reports whether lease h on sk is idle at mono: held for a
+// TTL, its session neither in the registry nor being logged in. cl.mu is
+// held.
+func (cl *cluster) idleLocked(sk string, h heldLease, mono int64) bool {
+	return time.Duration(mono-h.since) >= cl.ls.ttl && !cl.reg.has(sk)
+}
+
 // giveBackIdle drops the leases of idle and gives them back in one round
 // trip, within what ctx leaves; those Redis does not answer for expire
 // with their TTL. Each is looked at again first: the pass's renewal ran
@@ -791,7 +799,7 @@ func (cl *cluster) giveBackIdle(ctx context.Context, idle []string) {
 	cl.mu.Lock()
 	for _, sk := range idle {
 		h, ok := cl.held[sk]
-		if !ok || cl.reg.has(sk) || time.Duration(mono-h.since) < cl.ls.ttl {
+		if !ok || !cl.idleLocked(sk, h, mono) {
 			continue
 		}
 		back[sk] = h.lease(cl.ls.self)

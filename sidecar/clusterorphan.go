@@ -120,21 +120,21 @@ if m[2] and (tonumber(m[2]) or 0) > etok then
   redis.call('HDEL', KEYS[1], ARGV[1])
   return {0, 'moved'}
 end
+local function dead(v)
+  local _, _, n, i = string.find(v, '^%d+|([^|]+)|([^|]+)|')
+  return n == ARGV[2] and i == ARGV[3]
+end
 local cur = redis.call('GET', KEYS[2])
 if cur then
-  local _, _, n, i = string.find(cur, '^%d+|([^|]+)|([^|]+)|')
-  if n ~= ARGV[2] or i ~= ARGV[3] then
+  if not dead(cur) then
     redis.call('HDEL', KEYS[1], ARGV[1])
     return {0, 'moved'}
   end
   return {0, 'held'}
 end
 local last = redis.call('HGET', KEYS[4], 'owner')
-if last then
-  local _, _, n, i = string.find(last, '^%d+|([^|]+)|([^|]+)|')
-  if n ~= ARGV[2] or i ~= ARGV[3] then
-    return {0, 'held'}
-  end
+if last and not dead(last) then
+  return {0, 'held'}
 end
 local t = redis.call('INCR', KEYS[3])
 redis.call('PEXPIRE', KEYS[3], ` + strconv.FormatInt(tokenKeyTTL.Milliseconds(), 10) + `)

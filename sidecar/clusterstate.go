@@ -336,9 +336,10 @@ type clusterSession struct {
 	newLog   bool // Redis holds another log: the next write starts ours ('R')
 	newEpoch bool // Redis holds our log under an earlier epoch: the next write says ours ('F')
 	flushing bool // on the cluster's list of sessions to write again
-	// gone: a write found the lease not this node's and dropped a
-	// stanza's events (writeLocked); nothing is written for this store
-	// again, whoever holds the lease later, and its stream is detached.
+	// gone: a write found the lease not this node's (writeLocked), and
+	// dropped what it carried, a stanza's events among them; nothing is
+	// written for this store again, whoever holds the lease later, and
+	// its stream is detached.
 	gone     bool
 	pending  []event // a stanza's events, not in the log yet
 	unsynced []event // in the log, not yet in Redis
