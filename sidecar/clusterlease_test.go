@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -287,11 +288,13 @@ func TestClusterLeaseRenewRace(t *testing.T) {
 			// a's peer listener. A frozen process's kernel accepts the
 			// connection; the process wakes while it is asked, does
 			// wake, and answers after the asker gave up.
-			var wake func()
+			// wake is set by each ask and read by the peer's handler, which
+			// may still be serving an earlier ask whose caller gave up.
+			var wake atomic.Pointer[func()]
 			quit := make(chan struct{})
 			peer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if wake != nil {
-					wake()
+				if f := wake.Load(); f != nil && *f != nil {
+					(*f)()
 				}
 				select {
 				case <-r.Context().Done():
@@ -327,8 +330,8 @@ func TestClusterLeaseRenewRace(t *testing.T) {
 			ask := func(sk string, woken func()) claimResult {
 				t.Helper()
 				b.silent = silentPeers{} // a peer silent once is not asked again for a while
-				wake = woken
-				defer func() { wake = nil }()
+				wake.Store(&woken)
+				defer wake.Store(nil)
 				res, err := b.take(ctx, sk, nil)
 				if err != nil {
 					t.Fatal(err)
