@@ -214,10 +214,7 @@ func TestClusterHandOverPipeline(t *testing.T) {
 	spec := redisSpecs()[0].spec(t)
 	// Leases and the liveness key last 1.5 s: the asks (2.13 s) outlast
 	// them, so the hand-over must renew both meanwhile.
-	a := leaseNode(t, spec, "a", 1500*time.Millisecond)
-	a.handoff, a.secret, a.peer = newHandoff(), "s3cret", &http.Client{}
-	a.orphans = &orphans{cl: a, stopped: make(chan struct{})}
-	close(a.orphans.stopped)
+	a := stoppingNode(t, spec, 1500*time.Millisecond)
 
 	const slowID = "slow-aaaaaaaaaaaaaaaaaaaaaaaaaaa"
 	var mu sync.Mutex
@@ -227,49 +224,41 @@ func TestClusterHandOverPipeline(t *testing.T) {
 	var aliveAtEnd bool   // a's liveness key, when the asks ended
 	var leaseAtEnd string // the slow session's lease then
 	slowDone := make(chan struct{})
-	succ := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Authorization") != "Bearer s3cret" {
-			w.WriteHeader(http.StatusUnauthorized)
+	warm := func(w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get("X-Session-Id")
+		mu.Lock()
+		warmed[id]++
+		mu.Unlock()
+		if id == slowID {
+			// Still logging in when the asks end (2.13 s); looked
+			// at past the TTL (1.5 s), before the asks end and its
+			// lease is given back.
+			select {
+			case <-time.After(1800 * time.Millisecond):
+			case <-r.Context().Done():
+			}
+			bg := context.Background()
+			n, _ := a.rdb.Exists(bg, nodeKeyPrefix+a.ls.self.member()).Result()
+			held, _ := a.rdb.Get(bg, leaseKey(sessionKey(slowID))).Result()
+			mu.Lock()
+			aliveAtEnd, leaseAtEnd = n == 1, held
+			mu.Unlock()
+			<-r.Context().Done()
+			mu.Lock()
+			slowEnded = time.Now()
+			mu.Unlock()
+			close(slowDone)
 			return
 		}
-		id := r.Header.Get("X-Session-Id")
-		switch r.URL.Path {
-		case peerWarmPath:
-			mu.Lock()
-			warmed[id]++
-			mu.Unlock()
-			if id == slowID {
-				// Still logging in when the asks end (2.13 s); looked
-				// at past the TTL (1.5 s), before the asks end and its
-				// lease is given back.
-				select {
-				case <-time.After(1800 * time.Millisecond):
-				case <-r.Context().Done():
-				}
-				bg := context.Background()
-				n, _ := a.rdb.Exists(bg, nodeKeyPrefix+a.ls.self.member()).Result()
-				held, _ := a.rdb.Get(bg, leaseKey(sessionKey(slowID))).Result()
-				mu.Lock()
-				aliveAtEnd, leaseAtEnd = n == 1, held
-				mu.Unlock()
-				<-r.Context().Done()
-				mu.Lock()
-				slowEnded = time.Now()
-				mu.Unlock()
-				close(slowDone)
-				return
-			}
-			w.WriteHeader(http.StatusNoContent)
-		case peerTakePath:
-			mu.Lock()
-			taken[id] = time.Now()
-			mu.Unlock()
-			w.WriteHeader(http.StatusNoContent)
-		}
-	}))
-	defer succ.Close()
+		w.WriteHeader(http.StatusNoContent)
+	}
+	fakeSuccessor(t, a, lease{node: "b", incarnation: "i-b"}, warm, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		taken[r.Header.Get("X-Session-Id")] = time.Now()
+		mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	})
 	ctx := t.Context()
-	liveNode(t, a, lease{node: "b", incarnation: "i-b"}, succ.Listener.Addr().String())
 
 	ids := []string{slowID}
 	for i := range 6 {
@@ -363,46 +352,38 @@ func TestClusterHandOverLateTake(t *testing.T) {
 		{name: "take refused", outcome: "detached"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			a := leaseNode(t, spec, "a", 5*time.Second)
-			a.handoff, a.secret, a.peer = newHandoff(), "s3cret", &http.Client{}
-			a.orphans = &orphans{cl: a, stopped: make(chan struct{})}
-			close(a.orphans.stopped)
+			a := stoppingNode(t, spec, 5*time.Second)
 			b := leaseNode(t, spec, "b", 5*time.Second)
 			id := fmt.Sprintf("late%d-aaaaaaaaaaaaaaaaaaaaaaaaaaa", len(tc.name))
 			sk := sessionKey(id)
 			var taken atomic.Int32
-			succ := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if r.Header.Get("Authorization") != "Bearer s3cret" || r.Header.Get("X-Session-Id") != id {
+			warm := func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) }
+			fakeSuccessor(t, a, b.ls.self, warm, func(w http.ResponseWriter, r *http.Request) {
+				if r.Header.Get("X-Session-Id") != id {
+					t.Errorf("asked to take %q", r.Header.Get("X-Session-Id"))
 					w.WriteHeader(http.StatusUnauthorized)
 					return
 				}
-				switch r.URL.Path {
-				case peerWarmPath:
-					w.WriteHeader(http.StatusNoContent)
-				case peerTakePath:
-					if !tc.late {
-						w.WriteHeader(http.StatusServiceUnavailable)
-						return
-					}
-					from, err := parseLease(r.URL.Query().Get("lease"))
-					if err != nil {
-						t.Errorf("the take's lease: %v", err)
-						return
-					}
-					// As serveTake: the claim, then a resumption slower
-					// than the asker waits for.
-					if res, err := b.take(context.Background(), sk, &from); err != nil || !res.won {
-						t.Errorf("the successor's claim: %+v %v", res, err)
-						return
-					}
-					taken.Add(1)
-					time.Sleep(handoffTakeWait + 500*time.Millisecond)
-					w.WriteHeader(http.StatusNoContent)
+				if !tc.late {
+					w.WriteHeader(http.StatusServiceUnavailable)
+					return
 				}
-			}))
-			defer succ.Close()
+				from, err := parseLease(r.URL.Query().Get("lease"))
+				if err != nil {
+					t.Errorf("the take's lease: %v", err)
+					return
+				}
+				// As serveTake: the claim, then a resumption slower
+				// than the asker waits for.
+				if res, err := b.take(context.Background(), sk, &from); err != nil || !res.won {
+					t.Errorf("the successor's claim: %+v %v", res, err)
+					return
+				}
+				taken.Add(1)
+				time.Sleep(handoffTakeWait + 500*time.Millisecond)
+				w.WriteHeader(http.StatusNoContent)
+			})
 			ctx := t.Context()
-			liveNode(t, a, b.ls.self, succ.Listener.Addr().String())
 			t.Cleanup(func() { a.rdb.Del(context.Background(), leaseKey(sk)) })
 			c, _ := onlineOwned(t, a, id, sk, "u-late")
 
@@ -444,6 +425,39 @@ func counterValue(t *testing.T, m *metrics, name, label, value string) float64 {
 		}
 	}
 	return 0
+}
+
+// stoppingNode is node "a" on the Redis spec names, with leases of ttl,
+// set up to hand its sessions over as a stop does: the cluster secret
+// "s3cret", a peer client, and an orphan loop already stopped.
+func stoppingNode(t *testing.T, spec string, ttl time.Duration) *cluster {
+	t.Helper()
+	a := leaseNode(t, spec, "a", ttl)
+	a.handoff, a.secret, a.peer = newHandoff(), "s3cret", &http.Client{}
+	a.orphans = &orphans{cl: a, stopped: make(chan struct{})}
+	close(a.orphans.stopped)
+	return a
+}
+
+// fakeSuccessor serves the hand-over's asks as node n, live in a's view:
+// behind the cluster secret "s3cret", warm answers /peer/warm and take
+// /peer/take (the session is r's X-Session-Id).
+func fakeSuccessor(t *testing.T, a *cluster, n lease, warm, take http.HandlerFunc) {
+	t.Helper()
+	succ := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer s3cret" {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		switch r.URL.Path {
+		case peerWarmPath:
+			warm(w, r)
+		case peerTakePath:
+			take(w, r)
+		}
+	}))
+	t.Cleanup(succ.Close)
+	liveNode(t, a, n, succ.Listener.Addr().String())
 }
 
 // liveNode makes node n, its peer listener at addr, one of the live
@@ -536,27 +550,14 @@ func TestClusterHandOverTimeRunsOut(t *testing.T) {
 	for _, rs := range redisSpecs() {
 		t.Run(rs.name, func(t *testing.T) {
 			spec := rs.spec(t)
-			a := leaseNode(t, spec, "a", 5*time.Second)
-			a.handoff, a.secret, a.peer = newHandoff(), "s3cret", &http.Client{}
-			a.orphans = &orphans{cl: a, stopped: make(chan struct{})}
-			close(a.orphans.stopped)
+			a := stoppingNode(t, spec, 5*time.Second)
 			b := leaseNode(t, spec, "b", 5*time.Second)
 			var takes atomic.Int32
-			succ := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if r.Header.Get("Authorization") != "Bearer s3cret" {
-					w.WriteHeader(http.StatusUnauthorized)
-					return
-				}
-				switch r.URL.Path {
-				case peerWarmPath:
-					w.WriteHeader(http.StatusNoContent)
-				case peerTakePath:
-					takes.Add(1)
-					<-r.Context().Done() // a successor too slow to answer
-				}
-			}))
-			defer succ.Close()
-			liveNode(t, a, b.ls.self, succ.Listener.Addr().String())
+			warm := func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) }
+			fakeSuccessor(t, a, b.ls.self, warm, func(w http.ResponseWriter, r *http.Request) {
+				takes.Add(1)
+				<-r.Context().Done() // a successor too slow to answer
+			})
 
 			const n = 100
 			conns := make([]*detachRecorder, n)
