@@ -936,3 +936,75 @@ func TestBOSHExpressoAfterLogin(t *testing.T) {
 		t.Fatalf("a dead sid: HTTP %d %s", st, dead.Last)
 	}
 }
+
+// TestBOSHCreateLoginOutlivesItsRequest: the login a browser's session
+// creation starts is the registry's, not the request's. A browser that
+// gives up while the Jabber server is slow does not cut the login; its
+// next creation finds it done, with no second login. A browser can thus
+// not make the daemon log its user in over and over by giving up.
+func TestBOSHCreateLoginOutlivesItsRequest(t *testing.T) {
+	h, srv := boshHarnessUnparked(t)
+	started := make(chan context.Context, 10)
+	release := make(chan struct{})
+	dial := h.reg.dial
+	h.reg.dial = func(ctx context.Context, c xmppconn.Config) (xmppSession, error) {
+		started <- ctx
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		return dial(ctx, c)
+	}
+	create := `<body xmlns="http://jabber.org/protocol/httpbind" xmlns:xmpp="urn:xmpp:xbosh" content="text/xml; charset=utf-8" hold="1" rid="1000" to="example.test" ver="1.6" wait="3" xmpp:version="1.0"/>`
+	// Three creations give up: the first while its login runs, the
+	// others while they wait for it.
+	var loginCtx context.Context
+	for i := range 3 {
+		ctx, cancel := context.WithCancel(t.Context())
+		req, err := http.NewRequestWithContext(ctx, "POST", srv.URL+"/http-bind", strings.NewReader(create))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Cookie", "sessionid="+goodID)
+		req.Header.Set("Origin", srv.URL)
+		done := make(chan error, 1)
+		go func() {
+			resp, err := http.DefaultClient.Do(req)
+			if err == nil {
+				resp.Body.Close()
+			}
+			done <- err
+		}()
+		if i == 0 {
+			select {
+			case loginCtx = <-started:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the session creation started no login")
+			}
+		} else {
+			time.Sleep(20 * time.Millisecond) // waiting on the login in flight
+		}
+		cancel()
+		if err := <-done; err == nil {
+			t.Fatalf("creation %d answered though its client gave up", i)
+		}
+	}
+	time.Sleep(50 * time.Millisecond) // the server has seen the requests end
+	if err := loginCtx.Err(); err != nil {
+		t.Fatalf("the login ended with the request that started it: %v", err)
+	}
+	select {
+	case <-started:
+		t.Fatal("a creation that found the login in flight started another")
+	default:
+	}
+	close(release)
+	b := h.newBOSH(srv, goodID).Create("example.test")
+	if b.attrs["sid"] == "" {
+		t.Fatalf("the next creation: %+v", b.attrs)
+	}
+	if h.dials != 1 {
+		t.Errorf("%d logins, want 1", h.dials)
+	}
+}

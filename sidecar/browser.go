@@ -118,7 +118,12 @@ func (a *api) cookieID(r *http.Request) (string, bool) {
 }
 
 // browserSession returns the live stream of the request's PHP session
-// cookie, opening it as POST /v1/connect does.
+// cookie, opening it as POST /v1/connect does. A login it starts is the
+// registry's (connectOwned), not the request's: a browser that gives up
+// on its session creation or WebSocket upgrade while the Jabber server is
+// slow (a node's users reconnecting through the others at once) and
+// tries again finds the login still running, or done, rather than cut
+// half-way and started over.
 func (a *api) browserSession(r *http.Request) (*session, error) {
 	if !a.tokenOK(r) {
 		return nil, ErrUnauthorized
@@ -131,7 +136,7 @@ func (a *api) browserSession(r *http.Request) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, _, err := a.reg.connect(r.Context(), id, ps, nil)
+	s, _, err := a.reg.connectOwned(r.Context(), id, ps, func(*session) {})
 	if err != nil {
 		return nil, err
 	}
