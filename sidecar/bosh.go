@@ -876,7 +876,9 @@ func (a *api) prebind(w http.ResponseWriter, r *http.Request, c *caller) error {
 	if err := decode(r, &struct{}{}, true); err != nil {
 		return err
 	}
-	s, _, err := a.reg.connect(r.Context(), c.id, c.php, nil)
+	// The login is the registry's (connectOwned), as a browser's is
+	// (browserSession): a PHP call that gives up does not cut it.
+	s, _, err := a.reg.connectOwned(r.Context(), c.id, c.php, func(*session) {})
 	if err != nil {
 		return err
 	}

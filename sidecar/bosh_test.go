@@ -937,74 +937,94 @@ func TestBOSHExpressoAfterLogin(t *testing.T) {
 	}
 }
 
-// TestBOSHCreateLoginOutlivesItsRequest: the login a browser's session
-// creation starts is the registry's, not the request's. A browser that
+// TestLoginOutlivesItsRequest: the login a browser's BOSH session
+// creation (or WebSocket upgrade: the same browserSession) or a PHP
+// prebind starts is the registry's, not the request's. A client that
 // gives up while the Jabber server is slow does not cut the login; its
-// next creation finds it done, with no second login. A browser can thus
+// next request finds it done, with no second login. A client can thus
 // not make the daemon log its user in over and over by giving up.
-func TestBOSHCreateLoginOutlivesItsRequest(t *testing.T) {
-	h, srv := boshHarnessUnparked(t)
-	started := make(chan context.Context, 10)
-	release := make(chan struct{})
-	dial := h.reg.dial
-	h.reg.dial = func(ctx context.Context, c xmppconn.Config) (xmppSession, error) {
-		started <- ctx
-		select {
-		case <-release:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		return dial(ctx, c)
-	}
+func TestLoginOutlivesItsRequest(t *testing.T) {
 	create := `<body xmlns="http://jabber.org/protocol/httpbind" xmlns:xmpp="urn:xmpp:xbosh" content="text/xml; charset=utf-8" hold="1" rid="1000" to="example.test" ver="1.6" wait="3" xmpp:version="1.0"/>`
-	// Three creations give up: the first while its login runs, the
-	// others while they wait for it.
-	var loginCtx context.Context
-	for i := range 3 {
-		ctx, cancel := context.WithCancel(t.Context())
-		req, err := http.NewRequestWithContext(ctx, "POST", srv.URL+"/http-bind", strings.NewReader(create))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Cookie", "sessionid="+goodID)
-		req.Header.Set("Origin", srv.URL)
-		done := make(chan error, 1)
-		go func() {
-			resp, err := http.DefaultClient.Do(req)
-			if err == nil {
-				resp.Body.Close()
+	for _, tc := range []struct {
+		name string
+		req  func(ctx context.Context, url string) *http.Request
+		next func(t *testing.T, h *harness, srv *httptest.Server)
+	}{
+		{"bosh creation", func(ctx context.Context, url string) *http.Request {
+			req, _ := http.NewRequestWithContext(ctx, "POST", url+"/http-bind", strings.NewReader(create))
+			req.Header.Set("Cookie", "sessionid="+goodID)
+			req.Header.Set("Origin", url)
+			return req
+		}, func(t *testing.T, h *harness, srv *httptest.Server) {
+			if b := h.newBOSH(srv, goodID).Create("example.test"); b.attrs["sid"] == "" {
+				t.Fatalf("the next creation: %+v", b.attrs)
 			}
-			done <- err
-		}()
-		if i == 0 {
+		}},
+		{"prebind", func(ctx context.Context, url string) *http.Request {
+			req, _ := http.NewRequestWithContext(ctx, "POST", url+"/v1/prebind", nil)
+			req.Header.Set("X-Session-Id", goodID)
+			return req
+		}, func(t *testing.T, h *harness, srv *httptest.Server) {
+			if rec := h.do("POST", "/v1/prebind", "", "X-Session-Id", goodID); rec.Code != http.StatusOK {
+				t.Fatalf("the next prebind: %d %s", rec.Code, rec.Body)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h, srv := boshHarnessUnparked(t)
+			started := make(chan context.Context, 10)
+			release := make(chan struct{})
+			dial := h.reg.dial
+			h.reg.dial = func(ctx context.Context, c xmppconn.Config) (xmppSession, error) {
+				started <- ctx
+				select {
+				case <-release:
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				}
+				return dial(ctx, c)
+			}
+			// Three requests give up: the first while its login runs,
+			// the others while they wait for it.
+			var loginCtx context.Context
+			for i := range 3 {
+				ctx, cancel := context.WithCancel(t.Context())
+				done := make(chan error, 1)
+				go func() {
+					resp, err := http.DefaultClient.Do(tc.req(ctx, srv.URL))
+					if err == nil {
+						resp.Body.Close()
+					}
+					done <- err
+				}()
+				if i == 0 {
+					select {
+					case loginCtx = <-started:
+					case <-time.After(5 * time.Second):
+						t.Fatal("the request started no login")
+					}
+				} else {
+					time.Sleep(20 * time.Millisecond) // waiting on the login in flight
+				}
+				cancel()
+				if err := <-done; err == nil {
+					t.Fatalf("request %d answered though its client gave up", i)
+				}
+			}
+			time.Sleep(50 * time.Millisecond) // the server has seen the requests end
+			if err := loginCtx.Err(); err != nil {
+				t.Fatalf("the login ended with the request that started it: %v", err)
+			}
 			select {
-			case loginCtx = <-started:
-			case <-time.After(5 * time.Second):
-				t.Fatal("the session creation started no login")
+			case <-started:
+				t.Fatal("a request that found the login in flight started another")
+			default:
 			}
-		} else {
-			time.Sleep(20 * time.Millisecond) // waiting on the login in flight
-		}
-		cancel()
-		if err := <-done; err == nil {
-			t.Fatalf("creation %d answered though its client gave up", i)
-		}
-	}
-	time.Sleep(50 * time.Millisecond) // the server has seen the requests end
-	if err := loginCtx.Err(); err != nil {
-		t.Fatalf("the login ended with the request that started it: %v", err)
-	}
-	select {
-	case <-started:
-		t.Fatal("a creation that found the login in flight started another")
-	default:
-	}
-	close(release)
-	b := h.newBOSH(srv, goodID).Create("example.test")
-	if b.attrs["sid"] == "" {
-		t.Fatalf("the next creation: %+v", b.attrs)
-	}
-	if h.dials != 1 {
-		t.Errorf("%d logins, want 1", h.dials)
+			close(release)
+			tc.next(t, h, srv)
+			if h.dials != 1 {
+				t.Errorf("%d logins, want 1", h.dials)
+			}
+		})
 	}
 }
