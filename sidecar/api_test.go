@@ -271,6 +271,24 @@ func newHarness(t testing.TB, token string) *harness {
 	return h
 }
 
+// holdLogins makes the harness's logins wait until release is closed (or
+// their context ends); each sends its context on started first.
+func (h *harness) holdLogins() (started chan context.Context, release chan struct{}) {
+	started = make(chan context.Context, 10)
+	release = make(chan struct{})
+	dial := h.reg.dial
+	h.reg.dial = func(ctx context.Context, c xmppconn.Config) (xmppSession, error) {
+		started <- ctx
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		return dial(ctx, c)
+	}
+	return started, release
+}
+
 func (h *harness) do(method, path, body string, hdr ...string) *httptest.ResponseRecorder {
 	h.t.Helper()
 	req := httptest.NewRequest(method, path, strings.NewReader(body))
@@ -1072,18 +1090,7 @@ func metricSeries(t *testing.T, m *metrics, name string) []series {
 // the next poll finds the session online. The shutdown ends such a login.
 func TestResumeLoginOutlivesItsCall(t *testing.T) {
 	h := newHarness(t, "")
-	started := make(chan context.Context, 10)
-	release := make(chan struct{})
-	dial := h.reg.dial
-	h.reg.dial = func(ctx context.Context, c xmppconn.Config) (xmppSession, error) {
-		started <- ctx
-		select {
-		case <-release:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		return dial(ctx, c)
-	}
+	started, release := h.holdLogins()
 	old := cursor{epoch: firstEpoch - 1, offset: 3}.String()
 	poll := func(ctx context.Context) *httptest.ResponseRecorder {
 		req := httptest.NewRequest("GET", "/v1/events?wait=0&cursor="+old, nil).WithContext(ctx)

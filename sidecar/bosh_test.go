@@ -972,18 +972,7 @@ func TestLoginOutlivesItsRequest(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h, srv := boshHarnessUnparked(t)
-			started := make(chan context.Context, 10)
-			release := make(chan struct{})
-			dial := h.reg.dial
-			h.reg.dial = func(ctx context.Context, c xmppconn.Config) (xmppSession, error) {
-				started <- ctx
-				select {
-				case <-release:
-				case <-ctx.Done():
-					return nil, ctx.Err()
-				}
-				return dial(ctx, c)
-			}
+			started, release := h.holdLogins()
 			// Three requests give up: the first while its login runs,
 			// the others while they wait for it.
 			var loginCtx context.Context
