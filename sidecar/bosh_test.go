@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"expressolivre.org/imsidecar/phpsession"
@@ -938,8 +939,7 @@ func TestBOSHExpressoAfterLogin(t *testing.T) {
 }
 
 // TestLoginOutlivesItsRequest: the login a browser's BOSH session
-// creation (or WebSocket upgrade: the same browserSession) or a PHP
-// prebind starts is the registry's, not the request's. A client that
+// creation or WebSocket upgrade, or a PHP prebind, starts is the registry's, not the request's. A client that
 // gives up while the Jabber server is slow does not cut the login; its
 // next request finds it done, with no second login. A client can thus
 // not make the daemon log its user in over and over by giving up.
@@ -959,6 +959,24 @@ func TestLoginOutlivesItsRequest(t *testing.T) {
 			if b := h.newBOSH(srv, goodID).Create("example.test"); b.attrs["sid"] == "" {
 				t.Fatalf("the next creation: %+v", b.attrs)
 			}
+		}},
+		{"websocket upgrade", func(ctx context.Context, url string) *http.Request {
+			req, _ := http.NewRequestWithContext(ctx, "GET", url+"/xmpp-websocket", nil)
+			req.Header.Set("Cookie", "sessionid="+goodID)
+			req.Header.Set("Origin", url)
+			req.Header.Set("Connection", "Upgrade")
+			req.Header.Set("Upgrade", "websocket")
+			req.Header.Set("Sec-WebSocket-Version", "13")
+			req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+			req.Header.Set("Sec-WebSocket-Protocol", "xmpp")
+			return req
+		}, func(t *testing.T, h *harness, srv *httptest.Server) {
+			c, _, err := websocket.Dial(t.Context(), "ws"+strings.TrimPrefix(srv.URL, "http")+"/xmpp-websocket", &websocket.DialOptions{
+				Subprotocols: []string{"xmpp"}, HTTPHeader: http.Header{"Origin": {srv.URL}, "Cookie": {"sessionid=" + goodID}}})
+			if err != nil {
+				t.Fatalf("the next upgrade: %v", err)
+			}
+			c.CloseNow()
 		}},
 		{"prebind", func(ctx context.Context, url string) *http.Request {
 			req, _ := http.NewRequestWithContext(ctx, "POST", url+"/v1/prebind", nil)
