@@ -878,7 +878,7 @@ func (a *api) prebind(w http.ResponseWriter, r *http.Request, c *caller) error {
 	}
 	// The login is the registry's (connectOwned), as a browser's is
 	// (browserSession): a PHP call that gives up does not cut it.
-	s, _, err := a.reg.connectOwned(r.Context(), c.id, c.php, func(*session) {})
+	s, _, err := a.reg.connectOwned(r.Context(), c.id, c.php, nil)
 	if err != nil {
 		return err
 	}

@@ -136,7 +136,7 @@ func (a *api) browserSession(r *http.Request) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, _, err := a.reg.connectOwned(r.Context(), id, ps, func(*session) {})
+	s, _, err := a.reg.connectOwned(r.Context(), id, ps, nil)
 	if err != nil {
 		return nil, err
 	}

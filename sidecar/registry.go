@@ -96,7 +96,7 @@ func (r *registry) byKey(key string) *session {
 // authentication failure the same credentials are not tried again. The
 // dial waits for r.auth to admit the login, bounded by ctx.
 func (r *registry) connect(ctx context.Context, id string, ps *phpsession.Session, initial *xmppconn.Presence) (*session, bool, error) {
-	return r.connectLogin(ctx, id, ps, initial, nil)
+	return r.connectLogin(ctx, id, ps, initial, false, nil)
 }
 
 // connectOwned is connect for a login that must not end with the call
@@ -109,15 +109,15 @@ func (r *registry) connect(ctx context.Context, id string, ps *phpsession.Sessio
 // took (docs/FAULTS.md, "kill -9 at 2,000 users"). So a login this call
 // starts is the registry's: it runs on its own, bounded by
 // takeoverLoginTimeout and the shutdown (endLogins); it remembers the PHP
-// session id for the session it opened and then calls opened with it (not
-// the caller). The caller waits for it at most until its own context
+// session id for the session it opened and then calls opened, if set,
+// with it (not the caller). The caller waits for it at most until its own context
 // ends, as the calls that find it in flight do.
 func (r *registry) connectOwned(ctx context.Context, id string, ps *phpsession.Session, opened func(*session)) (*session, bool, error) {
-	return r.connectLogin(ctx, id, ps, nil, opened)
+	return r.connectLogin(ctx, id, ps, nil, true, opened)
 }
 
-// connectLogin is connect; with owned set, connectOwned.
-func (r *registry) connectLogin(ctx context.Context, id string, ps *phpsession.Session, initial *xmppconn.Presence, owned func(*session)) (*session, bool, error) {
+// connectLogin is connect; with owned, connectOwned.
+func (r *registry) connectLogin(ctx context.Context, id string, ps *phpsession.Session, initial *xmppconn.Presence, owned bool, opened func(*session)) (*session, bool, error) {
 	key := sessionKey(id)
 	cred := credentials(ps.Identity)
 	if r.own != nil {
@@ -152,13 +152,13 @@ func (r *registry) connectLogin(ctx context.Context, id string, ps *phpsession.S
 		}
 		ch := make(chan struct{})
 		r.dialing[key] = ch
-		if owned != nil {
+		if owned {
 			// Under r.mu, before closing is set: shutdown's Wait follows.
 			r.wg.Add(1)
 		}
 		r.mu.Unlock()
 
-		if owned == nil {
+		if !owned {
 			s, err := r.open(ctx, key, ps, old, initial)
 			return s, true, r.settle(ctx, key, id, cred, ch, s, err)
 		}
@@ -175,7 +175,9 @@ func (r *registry) connectLogin(ctx context.Context, id string, ps *phpsession.S
 			s, err := r.open(lctx, key, ps, old, initial)
 			if err = r.settle(lctx, key, id, cred, ch, s, err); err == nil {
 				r.remember(s, id)
-				owned(s)
+				if opened != nil {
+					opened(s)
+				}
 			}
 			done <- login{s, err}
 		}()
