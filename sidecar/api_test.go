@@ -289,6 +289,21 @@ func (h *harness) holdLogins() (started chan context.Context, release chan struc
 	return started, release
 }
 
+// wantOneLoginRunning fails t unless the login whose context is loginCtx
+// (held by holdLogins) still runs and no other login started: the calls
+// (what: "poll", "request") that gave up neither cut it nor began another.
+func wantOneLoginRunning(t *testing.T, loginCtx context.Context, started chan context.Context, what string) {
+	t.Helper()
+	if err := loginCtx.Err(); err != nil {
+		t.Fatalf("the login ended with the %s that started it: %v", what, err)
+	}
+	select {
+	case <-started:
+		t.Fatalf("a %s that found the login in flight started another", what)
+	default:
+	}
+}
+
 func (h *harness) do(method, path, body string, hdr ...string) *httptest.ResponseRecorder {
 	h.t.Helper()
 	req := httptest.NewRequest(method, path, strings.NewReader(body))
@@ -1121,14 +1136,7 @@ func TestResumeLoginOutlivesItsCall(t *testing.T) {
 			t.Fatalf("poll %d did not end with its client", i)
 		}
 	}
-	if err := loginCtx.Err(); err != nil {
-		t.Fatalf("the login ended with the poll that started it: %v", err)
-	}
-	select {
-	case <-started:
-		t.Fatal("a poll that found the login in flight started another")
-	default:
-	}
+	wantOneLoginRunning(t, loginCtx, started, "poll")
 	close(release)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
