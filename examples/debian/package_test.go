@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"debug/elf"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -348,7 +349,9 @@ func checkSessionAccess(t *testing.T, env []string) {
 		cmd := exec.Command("php", "-n", "-d", `session.save_path="`+savePath+`"`, "-d", "session.use_cookies=0",
 			"-r", `session_id($argv[1]); session_start(); $_SESSION["probe"] = "ok"; session_write_close();`, id)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 33, Gid: 33}}
-		if out, err := cmd.CombinedOutput(); err != nil {
+		// PHP exits 0 when it cannot write the session, only warning:
+		// any output is a failure, with its reason.
+		if out, err := cmd.CombinedOutput(); err != nil || len(out) != 0 {
 			t.Fatalf("php as www-data: %v\n%s", err, out)
 		}
 	}
@@ -358,7 +361,14 @@ func checkSessionAccess(t *testing.T, env []string) {
 	env = append(slices.Clone(env), "IMSIDECAR_SESSION_SAVE_PATH="+dir)
 	stdout, stderr, err := asUser(t, "imsidecar", env, "/usr/bin/imsidecar", "session", "show", readable)
 	if err != nil || !strings.Contains(stdout, `"probe"`) {
-		t.Errorf("imsidecar cannot read a 0640 session of www-data: %v\n%s%s", err, stdout, stderr)
+		file := filepath.Join(dir, "sess_"+readable)
+		var was string
+		if fi, serr := os.Stat(file); serr == nil {
+			was = fmt.Sprintf("%v, %d bytes", fi.Mode(), fi.Size())
+		} else {
+			was = serr.Error()
+		}
+		t.Errorf("imsidecar cannot read a 0640 session of www-data (the file: %s): %v\n%s%s", was, err, stdout, stderr)
 	}
 	if _, _, err := asUser(t, "imsidecar", env, "/usr/bin/imsidecar", "session", "show", private); err == nil {
 		t.Error("imsidecar read a 0600 session of www-data: the php.ini advice in README.Debian would be needless")
