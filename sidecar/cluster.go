@@ -106,15 +106,20 @@ type cluster struct {
 	redisSteadySince atomic.Int64
 	// The sessions' state in Redis (clusterstate.go): redisDown is until
 	// when writes are not tried (unix nanos, 0: Redis answers);
-	// flushList, the sessions with writes kept back meanwhile; logCap
-	// and logBytes cap each event log in Redis; writes, the group commit
-	// of the state scripts.
-	redisDown atomic.Int64
-	writes    stateWriter
-	flushMu   sync.Mutex
-	flushList []*clusterSession
-	logCap    int
-	logBytes  int64
+	// flushList, the sessions with writes kept back meanwhile; flushing,
+	// a flusher is writing them (flushAgain: a renewal came meanwhile;
+	// flushClosed: the cluster stops, none starts);
+	// logCap and logBytes cap each event log in Redis; writes, the group
+	// commit of the state scripts.
+	redisDown   atomic.Int64
+	writes      stateWriter
+	flushMu     sync.Mutex
+	flushList   []*clusterSession
+	flushing    bool
+	flushAgain  bool
+	flushClosed bool
+	logCap      int
+	logBytes    int64
 	// browserMax is --max-browser-streams, for a taken-over session's
 	// bridge.
 	browserMax int
@@ -768,7 +773,7 @@ func (cl *cluster) renew(ctx context.Context) {
 		cl.logger.Warn("cluster: renewing leases", "leases", len(snap), "err", err)
 	} else {
 		cl.renewed.Store(now.UnixNano())
-		cl.redisBack()
+		cl.flushKeptBack()
 	}
 	cl.giveBackIdle(rctx, idle)
 }
@@ -817,6 +822,9 @@ func (cl *cluster) giveBackIdle(ctx context.Context, idle []string) {
 // now) and closes the Redis client.
 func (cl *cluster) stop(ctx context.Context) {
 	cl.warms.close()
+	cl.flushMu.Lock()
+	cl.flushClosed = true
+	cl.flushMu.Unlock()
 	cl.wg.Wait()
 	cl.mu.Lock()
 	held := cl.held
