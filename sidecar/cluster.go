@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"log/slog"
 	"net"
@@ -118,8 +119,14 @@ type cluster struct {
 	flushing    bool
 	flushAgain  bool
 	flushClosed bool
-	logCap      int
-	logBytes    int64
+	// marks are the online marks Redis did not take (cl.mu), written
+	// again after a renewal (retryMarks), one at most a lease held (a
+	// lease dropped drops its mark); markMus serialise each session's
+	// marks (markLock).
+	marks    map[string]pendingMark
+	markMus  [markLocks]sync.Mutex
+	logCap   int
+	logBytes int64
 	// browserMax is --max-browser-streams, for a taken-over session's
 	// bridge.
 	browserMax int
@@ -317,6 +324,7 @@ func (cl *cluster) drop(sk string, l lease) bool {
 	ok = ok && h.lease(cl.ls.self) == l
 	if ok {
 		delete(cl.held, sk)
+		delete(cl.marks, sk)
 	}
 	n := len(cl.held)
 	cl.mu.Unlock()
@@ -587,9 +595,22 @@ func (cl *cluster) opened(ctx context.Context, sk, id string) {
 	cl.markOnline(ctx, sk, true, cl.sealer.seal(sk, id))
 }
 
+// markOnline writes the online mark of sk, fenced by its lease. One that
+// Redis does not take (down, or slower than the mark's 2 s: a login storm
+// at 2,000 users, any login while Redis is down) is kept and written again
+// after the next renewal that reaches Redis (retryMarks), for as long as
+// this node holds the same lease: without it a user logged in during an
+// outage was never in the orphan index, so no node resumed them when
+// this one died, and a node taking their session over on a call found
+// them offline and did not reconnect them. A later mark of the session
+// replaces it; the marks of one session never run side by side.
 func (cl *cluster) markOnline(ctx context.Context, sk string, online bool, sealed string) {
+	lk := cl.markLock(sk)
+	lk.Lock()
+	defer lk.Unlock()
 	l, ok := cl.holds(sk)
 	if !ok {
+		cl.setPendingMark(sk, nil)
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -597,10 +618,95 @@ func (cl *cluster) markOnline(ctx context.Context, sk string, online bool, seale
 	done, err := cl.ls.markSealed(ctx, sk, l, online, sealed)
 	switch {
 	case err != nil:
-		cl.logger.Warn("cluster: recording the session's state in Redis", "session", sk[:8], "err", err)
+		cl.setPendingMark(sk, &pendingMark{lease: l, online: online, sealed: sealed})
+		cl.logger.Warn("cluster: recording the session's state in Redis; written again when Redis answers", "session", sk[:8], "err", err)
 	case !done:
+		cl.setPendingMark(sk, nil)
 		cl.lost(sk, l)
+	default:
+		cl.setPendingMark(sk, nil)
 	}
+}
+
+// pendingMark is an online mark Redis did not take, to write again under
+// the same lease.
+type pendingMark struct {
+	lease  lease
+	online bool
+	sealed string
+}
+
+// markLocks serialise the marks of a session (markLock), so that a mark
+// written again never lands after a later one.
+const markLocks = 64
+
+// markLock is the lock of sk's marks.
+func (cl *cluster) markLock(sk string) *sync.Mutex {
+	h := fnv.New32a()
+	h.Write([]byte(sk))
+	return &cl.markMus[h.Sum32()%markLocks]
+}
+
+// setPendingMark keeps pm as sk's mark to write again (nil: none).
+func (cl *cluster) setPendingMark(sk string, pm *pendingMark) {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if pm == nil {
+		delete(cl.marks, sk)
+		return
+	}
+	if cl.marks == nil {
+		cl.marks = map[string]pendingMark{}
+	}
+	cl.marks[sk] = *pm
+}
+
+// retryMarks writes again the marks Redis did not take, each while this
+// node holds the lease it was made under (a mark of a lease since lost or
+// given back is dropped), until Redis fails one: the rest wait for the
+// next renewal that reaches it.
+func (cl *cluster) retryMarks(ctx context.Context) {
+	cl.mu.Lock()
+	sks := make([]string, 0, len(cl.marks))
+	for sk := range cl.marks {
+		sks = append(sks, sk)
+	}
+	cl.mu.Unlock()
+	for _, sk := range sks {
+		if !cl.retryMark(ctx, sk) {
+			return
+		}
+	}
+}
+
+// retryMark is retryMarks for sk; false when Redis did not take it.
+func (cl *cluster) retryMark(ctx context.Context, sk string) bool {
+	lk := cl.markLock(sk)
+	lk.Lock()
+	defer lk.Unlock()
+	cl.mu.Lock()
+	pm, ok := cl.marks[sk]
+	cl.mu.Unlock()
+	if !ok {
+		return true // a later mark was written meanwhile
+	}
+	if l, held := cl.holds(sk); !held || l != pm.lease {
+		cl.setPendingMark(sk, nil)
+		return true
+	}
+	ctx, cancel := redisBound(ctx)
+	defer cancel()
+	done, err := cl.ls.markSealed(ctx, sk, pm.lease, pm.online, pm.sealed)
+	if err != nil {
+		return false
+	}
+	cl.setPendingMark(sk, nil)
+	if !done {
+		cl.lost(sk, pm.lease)
+		return true
+	}
+	cl.logger.Info("cluster: the session's state recorded in Redis after a failure", "session", sk[:8], "online", pm.online)
+	return true
 }
 
 // closed is ownership.closed. A stream closed because the user or PHP
@@ -809,6 +915,7 @@ func (cl *cluster) giveBackIdle(ctx context.Context, idle []string) {
 		}
 		back[sk] = h.lease(cl.ls.self)
 		delete(cl.held, sk)
+		delete(cl.marks, sk)
 	}
 	n := len(cl.held)
 	cl.mu.Unlock()
@@ -828,7 +935,7 @@ func (cl *cluster) stop(ctx context.Context) {
 	cl.wg.Wait()
 	cl.mu.Lock()
 	held := cl.held
-	cl.held = map[string]heldLease{}
+	cl.held, cl.marks = map[string]heldLease{}, nil
 	cl.mu.Unlock()
 	for sk, h := range held {
 		if ctx.Err() != nil {

@@ -989,11 +989,13 @@ func (cl *cluster) flushKeptBack() {
 // redisBack writes, by a few writers at once so that the group commit
 // batches them, the writes an outage kept back and the acknowledgements no
 // later write carried for a renewal interval (ackWait); it clears the
-// mark that Redis is down first.
+// mark that Redis is down first, and writes the online marks Redis did
+// not take (retryMarks).
 func (cl *cluster) redisBack() {
 	if cl.redisDown.Swap(0) != 0 {
 		cl.logger.Info("cluster: Redis answers again; writing the state kept back")
 	}
+	cl.retryMarks(context.Background())
 	cl.flushMu.Lock()
 	list := cl.flushList
 	cl.flushList = nil

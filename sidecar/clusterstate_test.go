@@ -330,6 +330,66 @@ func TestClusterRenewDuringFlush(t *testing.T) {
 	}
 }
 
+// TestClusterMarkRetried: an online mark Redis did not take (slower than
+// its bound, or down: here its context ends first) is written after the
+// next renewal that reaches Redis, while the node holds the lease it was
+// made under; a later mark replaces it, and one whose lease was given
+// back or claimed again since is dropped. Without it a user who logged in
+// while Redis did not answer was never in the orphan index, and a node
+// taking their session over found them offline.
+func TestClusterMarkRetried(t *testing.T) {
+	spec := "redis://" + phpsessiontest.StartRedis(t).Addr
+	a := stateNode(t, spec, "a")
+	a.sealer = newSealer("mark-retried-secret-0123456789")
+	ctx := t.Context()
+	late, cancel := context.WithCancel(ctx)
+	cancel()
+	state := func(sk string) (on string, indexed bool) {
+		on, err := a.rdb.HGet(ctx, keysOf(sk).meta, "on").Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			t.Fatal(err)
+		}
+		_, err = a.rdb.HGet(ctx, indexKey(partitionOf(sk), a.ls.self.member()), sk).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			t.Fatal(err)
+		}
+		return on, err == nil
+	}
+	for _, c := range []struct {
+		name    string
+		between func(sk string)
+		on      string
+		indexed bool
+	}{
+		{"Redis answers again", func(string) {}, "1", true},
+		{"logged out since", func(sk string) { a.closed(sk, "logout") }, "0", false},
+		{"lease given back since", func(sk string) { a.giveBack(ctx, sk) }, "", false},
+		{"lease claimed again since", func(sk string) {
+			a.giveBack(ctx, sk)
+			if r, err := a.take(ctx, sk, nil); err != nil || !r.won {
+				t.Fatalf("the claim again: %+v %v", r, err)
+			}
+		}, "", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			id := "mark-retried-" + strings.ReplaceAll(c.name, " ", "-")
+			sk := sessionKey(id)
+			if r, err := a.take(ctx, sk, nil); err != nil || !r.won {
+				t.Fatalf("claim: %+v %v", r, err)
+			}
+			a.opened(late, sk, id)
+			if on, indexed := state(sk); on != "" || indexed {
+				t.Fatalf("the mark Redis did not take is there: on=%q indexed=%v", on, indexed)
+			}
+			c.between(sk)
+			a.redisBack()
+			if on, indexed := state(sk); on != c.on || indexed != c.indexed {
+				t.Errorf("after Redis answered: on=%q indexed=%v, want on=%q indexed=%v", on, indexed, c.on, c.indexed)
+			}
+		})
+	}
+}
+
 // TestClusterStateRedisDown: while Redis does not answer, sends go on
 // (the store keeps a mirror), a stanza's events are shown at once and its
 // count is refused (the server is not told it); when Redis answers, the
