@@ -294,12 +294,15 @@ func TestClusterRenewDuringFlush(t *testing.T) {
 		}
 	}
 	pass("first")
-	for {
+	for taken := time.Now().Add(10 * time.Second); ; {
 		a.flushMu.Lock()
 		n := len(a.flushList)
 		a.flushMu.Unlock()
 		if n == 0 {
 			break // the flusher has taken the list
+		}
+		if time.Now().After(taken) {
+			t.Fatal("no flusher took the writes kept back after the renewal")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
