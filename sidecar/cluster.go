@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"log/slog"
 	"net"
@@ -124,7 +123,7 @@ type cluster struct {
 	// lease dropped drops its mark); markMus serialise each session's
 	// marks (markLock).
 	marks    map[string]pendingMark
-	markMus  [markLocks]sync.Mutex
+	markMus  [clusterPartitions]sync.Mutex
 	logCap   int
 	logBytes int64
 	// browserMax is --max-browser-streams, for a taken-over session's
@@ -615,17 +614,28 @@ func (cl *cluster) markOnline(ctx context.Context, sk string, online bool, seale
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	done, err := cl.ls.markSealed(ctx, sk, l, online, sealed)
+	if _, err := cl.writeMark(ctx, sk, pendingMark{lease: l, online: online, sealed: sealed}); err != nil {
+		cl.logger.Warn("cluster: recording the session's state in Redis; written again when Redis answers", "session", sk[:8], "err", err)
+	}
+}
+
+// writeMark writes pm, sk's mark lock held, and reports whether Redis
+// took it: one Redis does not answer is kept for retryMarks (the error),
+// one refused (the lease is another's) loses the session here, and
+// either way an earlier kept mark is gone.
+func (cl *cluster) writeMark(ctx context.Context, sk string, pm pendingMark) (bool, error) {
+	done, err := cl.ls.markSealed(ctx, sk, pm.lease, pm.online, pm.sealed)
 	switch {
 	case err != nil:
-		cl.setPendingMark(sk, &pendingMark{lease: l, online: online, sealed: sealed})
-		cl.logger.Warn("cluster: recording the session's state in Redis; written again when Redis answers", "session", sk[:8], "err", err)
+		cl.setPendingMark(sk, &pm)
+		return false, err
 	case !done:
 		cl.setPendingMark(sk, nil)
-		cl.lost(sk, l)
+		cl.lost(sk, pm.lease)
 	default:
 		cl.setPendingMark(sk, nil)
 	}
+	return done, nil
 }
 
 // pendingMark is an online mark Redis did not take, to write again under
@@ -636,15 +646,11 @@ type pendingMark struct {
 	sealed string
 }
 
-// markLocks serialise the marks of a session (markLock), so that a mark
-// written again never lands after a later one.
-const markLocks = 64
-
-// markLock is the lock of sk's marks.
+// markLock is the lock of sk's marks, one per partition (partitionOf):
+// the marks of a session never run side by side, so a mark written again
+// never lands after a later one.
 func (cl *cluster) markLock(sk string) *sync.Mutex {
-	h := fnv.New32a()
-	h.Write([]byte(sk))
-	return &cl.markMus[h.Sum32()%markLocks]
+	return &cl.markMus[partitionOf(sk)]
 }
 
 // setPendingMark keeps pm as sk's mark to write again (nil: none).
@@ -696,16 +702,13 @@ func (cl *cluster) retryMark(ctx context.Context, sk string) bool {
 	}
 	ctx, cancel := redisBound(ctx)
 	defer cancel()
-	done, err := cl.ls.markSealed(ctx, sk, pm.lease, pm.online, pm.sealed)
+	done, err := cl.writeMark(ctx, sk, pm)
 	if err != nil {
 		return false
 	}
-	cl.setPendingMark(sk, nil)
-	if !done {
-		cl.lost(sk, pm.lease)
-		return true
+	if done {
+		cl.logger.Info("cluster: the session's state recorded in Redis after a failure", "session", sk[:8], "online", pm.online)
 	}
-	cl.logger.Info("cluster: the session's state recorded in Redis after a failure", "session", sk[:8], "online", pm.online)
 	return true
 }
 
