@@ -3,12 +3,16 @@ package sidecar
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"expressolivre.org/imsidecar/phpsession"
+	"expressolivre.org/imsidecar/phpsession/phpsessiontest"
 )
 
 // TestSealer: a PHP session id sealed for the orphan index opens only with
@@ -261,6 +265,92 @@ func TestOrphanIndex(t *testing.T) {
 				t.Fatalf("offline left the entry: %v %v %v", ok, err, entries(a, sk))
 			}
 		})
+	}
+}
+
+// TestOrphanSweepAfterSilentPeer: a node frozen (SIGSTOP), not killed,
+// does not answer the liveness question its survivors ask before they
+// resume its sessions (askDead), and the question takes peerAskTimeout
+// out of their pass. The sweep of its index must still have time for
+// Redis: it shared the heartbeat's third of the TTL, the ask spent it,
+// and on a loaded machine (2,000 users) the survivors read the frozen
+// node's index in one pass of three and resumed few of its idle users
+// (issue 20 item 3). Here Redis answers each round trip 150 ms late: the
+// heartbeat, the liveness keys and the ask leave the old shared bound
+// nothing.
+func TestOrphanSweepAfterSilentPeer(t *testing.T) {
+	ctx := t.Context()
+	r := phpsessiontest.StartRedis(t)
+	proxy := startSlowProxy(t, r.Addr)
+	const ttl = 2 * time.Second
+	// The frozen node's peer port: its kernel accepts, nothing answers.
+	frozen, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held sync.WaitGroup
+	t.Cleanup(func() { frozen.Close(); held.Wait() })
+	held.Go(func() {
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := frozen.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+		}
+	})
+
+	dead := testLeaseStore(t, "redis://"+r.Addr, "a", ttl)
+	dead.self.peer = frozen.Addr().String()
+	seal := newSealer("sweep-secret-0123456789")
+	const id = "orphaned-session-id-aaaaaaaaaaa"
+	sk := sessionKey(id)
+	ra, err := dead.claim(ctx, sk, nil)
+	if err != nil || !ra.won {
+		t.Fatalf("claim: %+v %v", ra, err)
+	}
+	if ok, err := dead.markSealed(ctx, sk, ra.lease, true, seal.seal(sk, id)); err != nil || !ok {
+		t.Fatalf("mark: %v %v", ok, err)
+	}
+	me := dead.self.member()
+	if err := dead.rdb.Set(ctx, nodeKeyPrefix+me, dead.self.peer, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	b := leaseNode(t, "redis://"+proxy.addr, "b", ttl)
+	b.sealer = seal
+	b.peer = &http.Client{}
+	b.orphans = &orphans{cl: b, sem: make(chan struct{}, adoptionsInFlight), busy: map[string]bool{}, stopped: make(chan struct{})}
+	// The user logged out meanwhile: the adoption marks them offline
+	// (what a resumption would log in is not this test's concern).
+	b.reg.reader = &fakeReader{sessions: map[string]*phpsession.Session{}, errs: map[string]error{id: phpsession.ErrNotLoggedIn}}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	b.orphans.tick(ctx, &wg) // a is alive: b learns its peer address
+	if err := dead.rdb.SAdd(ctx, nodesKey, me).Err(); err != nil {
+		t.Fatal(err)
+	}
+	b.orphans.tick(ctx, &wg)
+	// a freezes: its liveness key and its lease expire.
+	if err := dead.rdb.Del(ctx, nodeKeyPrefix+me, keysOf(sk).lease).Err(); err != nil {
+		t.Fatal(err)
+	}
+	b.orphans.okSince = time.Now().Add(-ttl) // Redis has answered b for a whole TTL
+	proxy.delay.Store(int64(150 * time.Millisecond))
+	b.orphans.tick(ctx, &wg)
+	wg.Wait()
+	proxy.delay.Store(0)
+	if n, err := dead.rdb.HExists(ctx, indexKey(partitionOf(sk), me), sk).Result(); err != nil || n {
+		t.Fatalf("the frozen node's index still holds the session (%v, %v): its sweep read nothing", n, err)
+	}
+	if on, err := dead.rdb.HGet(ctx, keysOf(sk).meta, "on").Result(); err != nil || on != "0" {
+		t.Errorf("the adopted session of a logged-out user: on=%q %v, want 0", on, err)
 	}
 }
 
