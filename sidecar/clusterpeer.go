@@ -40,6 +40,7 @@ var answeredHeaders = []string{"Content-Type", "Cache-Control", "Retry-After", "
 type forwardOutcome struct {
 	refused, notOwner bool
 	err               error
+	left              time.Duration // the owner's leaseLeftHeader, if it answered
 }
 
 // forward relays the call to the owner's peer listener and its answer to
@@ -147,6 +148,7 @@ func (cl *cluster) relay(ctx context.Context, w http.ResponseWriter, r *http.Req
 			w.Header()[h] = v
 		}
 	}
+	left := cl.leaseLeftOf(resp.Header)
 	w.WriteHeader(resp.StatusCode)
 	rc := http.NewResponseController(w)
 	buf := make([]byte, 32<<10)
@@ -154,12 +156,12 @@ func (cl *cluster) relay(ctx context.Context, w http.ResponseWriter, r *http.Req
 		n, err := resp.Body.Read(buf)
 		if n > 0 {
 			if _, werr := w.Write(buf[:n]); werr != nil {
-				return forwardOutcome{} // the caller went away; the answer was started
+				return forwardOutcome{left: left} // the caller went away; the answer was started
 			}
 			rc.Flush()
 		}
 		if err != nil {
-			return forwardOutcome{}
+			return forwardOutcome{left: left}
 		}
 	}
 }
