@@ -1071,8 +1071,8 @@ func (a *api) clusterRoute(w http.ResponseWriter, r *http.Request, c *caller, ro
 		return true, err
 	}
 	if own {
-		if a.peer {
-			cl.tellLeaseLeft(w.Header())
+		if rec, ok := w.(*statusRecorder); ok && a.peer {
+			rec.beforeHeader = cl.tellLeaseLeft
 		}
 		a.reg.awaitDial(ctx, sk) // an orphan being resumed here: serve its stream
 		if route == "POST /v1/connect" {
@@ -1199,7 +1199,6 @@ func (cl *cluster) toOwner(w http.ResponseWriter, r *http.Request, sk string, bo
 		if res.won {
 			return true, res, nil
 		}
-		sent := monoNow()
 		out := cl.forward(w, r, sk, body, res.lease)
 		switch {
 		case out.refused:
@@ -1237,8 +1236,8 @@ func (cl *cluster) toOwner(w http.ResponseWriter, r *http.Request, sk string, bo
 			return false, res, out.err
 		default:
 			cl.metrics.clusterForwards.WithLabelValues("ok").Inc()
-			if claim && out.left > 0 {
-				cl.hints.put(sk, res.lease, sent+int64(out.left))
+			if claim && out.leaseUntil != 0 {
+				cl.hints.put(sk, res.lease, out.leaseUntil)
 			}
 			return false, res, nil
 		}

@@ -29,12 +29,15 @@ import (
 // claims as before.
 //
 // The owner's answer to a forwarded call says how long its leases last
-// in Redis at least (leaseLeftHeader), and the hint is extended by it:
-// a session whose calls come through another node needs no claim at all
-// while its owner holds it, instead of one a lease period (at 2,000
+// in Redis at least (leaseLeftHeader, as the answer's header is written:
+// a long poll's at its end), and the hint is extended by it: a session
+// whose calls come through another node needs no claim at all while its
+// owner holds it, instead of one each poll or lease period (at 2,000
 // users with round robin, a few hundred claims a second on each node).
-// The extension counts from before the call was sent, as the claim's
-// does, so it ends before the lease could.
+// The extension counts from when the answer arrived, so it may outlive
+// the lease by the answer's transit: a hint only routes, the owner
+// checks its lease itself, and a call sent on a stale hint is answered
+// not_owner (or, to an owner frozen since, held as after a claim).
 
 // leaseLeftHeader is the owner's answer header to a forwarded call: the
 // milliseconds its leases last in Redis at least (cluster.leaseLeft).
