@@ -269,7 +269,11 @@ func redisPoolSize() int { return max(4, 2*runtime.GOMAXPROCS(0)) }
 // pooled connection. On an overloaded machine at 2,000 users the shared
 // pool was busy for whole passes (60 waits for a connection timed out on
 // one node), the renewals missed their third of the TTL, the leases
-// expired and the other nodes took the sessions over (issue 20).
+// expired and the other nodes took the sessions over (issue 20). The
+// heartbeat's reads of the other nodes' liveness keys and of a dead
+// node's orphan index go there too: on the shared pool, busy with a
+// takeover storm's claims, they missed their bound pass after pass, and
+// no orphan was adopted.
 const beatPoolSize = 2
 
 // redisBufferSize is each Redis connection's read and write buffer.
