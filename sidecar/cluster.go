@@ -76,6 +76,7 @@ type cluster struct {
 	handoff *handoff    // the graceful hand-over at shutdown
 	warms   *warmPool   // streams prepared for sessions handed to this node (clusterwarm.go)
 	silent  silentPeers // peers that did not answer peerAlive (clusteralive.go)
+	hints   ownerHints  // the owners of sessions this node forwards for (clusterhint.go)
 
 	// releaseMu orders a renewal pass and the releases: a renewal sets a
 	// missing lease again (for a Redis that lost its data), so a release
@@ -88,6 +89,7 @@ type cluster struct {
 	mu        sync.Mutex
 	held      map[string]heldLease          // session key → lease
 	checks    map[leaseCheckKey]*leaseCheck // lease checks in flight (checkLease)
+	claiming  map[string]*sharedClaim       // calls' claims in flight (takeShared)
 	// claimed is the state the claim of a session handed over read with
 	// its lease (takeHanded), until its resumption loads it.
 	claimed map[string]claimedState
@@ -267,7 +269,11 @@ func redisPoolSize() int { return max(4, 2*runtime.GOMAXPROCS(0)) }
 // pooled connection. On an overloaded machine at 2,000 users the shared
 // pool was busy for whole passes (60 waits for a connection timed out on
 // one node), the renewals missed their third of the TTL, the leases
-// expired and the other nodes took the sessions over (issue 20).
+// expired and the other nodes took the sessions over (issue 20). The
+// heartbeat's reads of the other nodes' liveness keys and of a dead
+// node's orphan index go there too: on the shared pool, busy with a
+// takeover storm's claims, they missed their bound pass after pass, and
+// no orphan was adopted.
 const beatPoolSize = 2
 
 // redisBufferSize is each Redis connection's read and write buffer.
@@ -300,6 +306,7 @@ func (cl *cluster) hold(sk string, l lease) {
 	n := len(cl.held)
 	cl.mu.Unlock()
 	cl.metrics.clusterLeases.Set(float64(n))
+	cl.hints.drop(sk)
 }
 
 // touch reports whether this node holds the lease on sk and, if it does,
@@ -345,11 +352,15 @@ func (cl *cluster) takeIf(ctx context.Context, sk string, expected *lease, expir
 	if l, ok := cl.holds(sk); ok {
 		return claimResult{won: true, lease: l}, nil
 	}
+	sent := monoNow()
 	res, err := cl.ls.claimIf(ctx, sk, expected, expected != nil && expired)
 	if err != nil {
 		return res, err
 	}
 	self := cl.ls.self
+	if res.left > 0 && res.lease.node != self.node {
+		cl.hints.put(sk, res.lease, sent+int64(res.left))
+	}
 	if !res.won && res.expired && res.lease.node != self.node && !cl.mayBeAlive(ctx, res.lease) && !cl.peerAlive(ctx, res.lease, sk) {
 		// The last owner's lease expired, Redis no longer sees its node,
 		// and the node does not say it holds the session: take it over,
@@ -387,6 +398,54 @@ func (cl *cluster) takeIf(ctx context.Context, sk string, expected *lease, expir
 		cl.metrics.clusterClaims.WithLabelValues("won").Inc()
 	}
 	return res, nil
+}
+
+// sharedClaim is one claim in flight for the calls of a session
+// (takeShared): done is closed once res and err are set.
+type sharedClaim struct {
+	done chan struct{}
+	res  claimResult
+	err  error
+}
+
+// takeShared is take for a call that expects no lease: the calls of one
+// session reaching this node at once (a page's poll and sends, and their
+// retries after the load balancer gave up on them) share one claim and
+// its takeover, instead of one each. In a takeover storm at 2,000 users
+// the survivors ran several claims a second for each moved session, and
+// queued them for seconds on their Redis pool (issue 20 item 3). The
+// claim runs on when its callers leave (each of its steps is bounded):
+// a lease it wins is held, and given back if no call comes for a TTL
+// (giveBackIdle).
+func (cl *cluster) takeShared(ctx context.Context, sk string) (claimResult, error) {
+	if l, ok := cl.holds(sk); ok {
+		return claimResult{won: true, lease: l}, nil
+	}
+	cl.mu.Lock()
+	c, ok := cl.claiming[sk]
+	if !ok {
+		if cl.claiming == nil {
+			cl.claiming = map[string]*sharedClaim{}
+		}
+		c = &sharedClaim{done: make(chan struct{})}
+		cl.claiming[sk] = c
+		cctx := context.WithoutCancel(ctx)
+		cl.wg.Go(func() {
+			res, err := cl.takeIf(cctx, sk, nil, false)
+			cl.mu.Lock()
+			delete(cl.claiming, sk)
+			c.res, c.err = res, err
+			cl.mu.Unlock()
+			close(c.done)
+		})
+	}
+	cl.mu.Unlock()
+	select {
+	case <-c.done:
+		return c.res, c.err
+	case <-ctx.Done():
+		return claimResult{}, ctx.Err()
+	}
 }
 
 // mayBeAlive reports whether the node of an expired lease may still hold
@@ -885,6 +944,7 @@ func (cl *cluster) renew(ctx context.Context) {
 		cl.flushKeptBack()
 	}
 	cl.giveBackIdle(rctx, idle)
+	cl.hints.prune(monoNow())
 }
 
 // idleLocked reports whether lease h on sk is idle at mono: held for a
@@ -1015,6 +1075,9 @@ func (a *api) clusterRoute(w http.ResponseWriter, r *http.Request, c *caller, ro
 		return true, err
 	}
 	if own {
+		if rec, ok := w.(*statusRecorder); ok && a.peer {
+			rec.beforeHeader = cl.tellLeaseLeft
+		}
 		a.reg.awaitDial(ctx, sk) // an orphan being resumed here: serve its stream
 		if route == "POST /v1/connect" {
 			// A connect that logs in can find the session moved while the
@@ -1098,8 +1161,25 @@ func (cl *cluster) toOwner(w http.ResponseWriter, r *http.Request, sk string, bo
 	for attempt := 0; attempt < 4; attempt++ {
 		var res claimResult
 		if claim {
+			// The owner a claim answered lately is asked again without
+			// Redis, until its lease could have expired (clusterhint.go).
+			l, hinted := lease{}, false
+			if expected == nil {
+				if l, hinted = cl.hints.get(sk, monoNow()); hinted {
+					_, held := cl.holds(sk)
+					hinted = !held
+				}
+			}
 			var err error
-			if res, err = cl.takeIf(ctx, sk, expected, expired); err != nil {
+			switch {
+			case hinted:
+				res = claimResult{lease: l}
+			case expected == nil:
+				res, err = cl.takeShared(ctx, sk)
+			default:
+				res, err = cl.takeIf(ctx, sk, expected, expired)
+			}
+			if err != nil {
 				return false, res, err
 			}
 		} else {
@@ -1129,12 +1209,14 @@ func (cl *cluster) toOwner(w http.ResponseWriter, r *http.Request, sk string, bo
 			// Nothing listens on the owner's peer port: its process is
 			// gone, and its lease can be taken before it expires.
 			cl.metrics.clusterForwards.WithLabelValues("refused").Inc()
+			cl.hints.drop(sk)
 			if !claim {
 				return true, res, nil
 			}
 			expected, expired = &res.lease, false
 		case out.notOwner:
 			cl.metrics.clusterForwards.WithLabelValues("not_owner").Inc()
+			cl.hints.drop(sk)
 			if askedLast {
 				return true, res, nil // the last owner has it no more either
 			}
@@ -1158,6 +1240,9 @@ func (cl *cluster) toOwner(w http.ResponseWriter, r *http.Request, sk string, bo
 			return false, res, out.err
 		default:
 			cl.metrics.clusterForwards.WithLabelValues("ok").Inc()
+			if claim && out.leaseUntil != 0 {
+				cl.hints.put(sk, res.lease, out.leaseUntil)
+			}
 			return false, res, nil
 		}
 	}

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"expressolivre.org/imsidecar/phpsession"
 	"expressolivre.org/imsidecar/phpsession/phpsessiontest"
 )
@@ -268,22 +270,15 @@ func TestOrphanIndex(t *testing.T) {
 	}
 }
 
-// TestOrphanSweepAfterSilentPeer: a node frozen (SIGSTOP), not killed,
-// does not answer the liveness question its survivors ask before they
-// resume its sessions (askDead), and the question takes peerAskTimeout
-// out of their pass. The sweep of its index must still have time for
-// Redis: it shared the heartbeat's third of the TTL, the ask spent it,
-// and on a loaded machine (2,000 users) the survivors read the frozen
-// node's index in one pass of three and resumed few of its idle users
-// (issue 20 item 3). Here Redis answers each round trip 150 ms late: the
-// heartbeat, the liveness keys and the ask leave the old shared bound
-// nothing.
-func TestOrphanSweepAfterSilentPeer(t *testing.T) {
+// orphanRig is a dead node "a" holding one session online (its orphan
+// index entry sealed), whose peer port accepts and never answers (a
+// frozen node's kernel), and a survivor "b" on spec that has seen a alive
+// once; a is then frozen (its liveness key and lease gone) and b's Redis
+// has answered for a whole TTL. The user has logged out meanwhile, so
+// b's adoption marks them offline.
+func orphanRig(t *testing.T, redisAddr, spec string, ttl time.Duration) (dead *leaseStore, b *cluster, sk string) {
+	t.Helper()
 	ctx := t.Context()
-	r := phpsessiontest.StartRedis(t)
-	proxy := startSlowProxy(t, r.Addr)
-	const ttl = 2 * time.Second
-	// The frozen node's peer port: its kernel accepts, nothing answers.
 	frozen, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -305,12 +300,11 @@ func TestOrphanSweepAfterSilentPeer(t *testing.T) {
 			conns = append(conns, c)
 		}
 	})
-
-	dead := testLeaseStore(t, "redis://"+r.Addr, "a", ttl)
+	dead = testLeaseStore(t, "redis://"+redisAddr, "a", ttl)
 	dead.self.peer = frozen.Addr().String()
 	seal := newSealer("sweep-secret-0123456789")
 	const id = "orphaned-session-id-aaaaaaaaaaa"
-	sk := sessionKey(id)
+	sk = sessionKey(id)
 	ra, err := dead.claim(ctx, sk, nil)
 	if err != nil || !ra.won {
 		t.Fatalf("claim: %+v %v", ra, err)
@@ -322,36 +316,91 @@ func TestOrphanSweepAfterSilentPeer(t *testing.T) {
 	if err := dead.rdb.Set(ctx, nodeKeyPrefix+me, dead.self.peer, 0).Err(); err != nil {
 		t.Fatal(err)
 	}
-
-	b := leaseNode(t, "redis://"+proxy.addr, "b", ttl)
+	b = leaseNode(t, spec, "b", ttl)
 	b.sealer = seal
 	b.peer = &http.Client{}
 	b.orphans = &orphans{cl: b, sem: make(chan struct{}, adoptionsInFlight), busy: map[string]bool{}, stopped: make(chan struct{})}
-	// The user logged out meanwhile: the adoption marks them offline
-	// (what a resumption would log in is not this test's concern).
 	b.reg.reader = &fakeReader{sessions: map[string]*phpsession.Session{}, errs: map[string]error{id: phpsession.ErrNotLoggedIn}}
 	var wg sync.WaitGroup
-	defer wg.Wait()
 	b.orphans.tick(ctx, &wg) // a is alive: b learns its peer address
 	if err := dead.rdb.SAdd(ctx, nodesKey, me).Err(); err != nil {
 		t.Fatal(err)
 	}
 	b.orphans.tick(ctx, &wg)
-	// a freezes: its liveness key and its lease expire.
+	wg.Wait()
 	if err := dead.rdb.Del(ctx, nodeKeyPrefix+me, keysOf(sk).lease).Err(); err != nil {
 		t.Fatal(err)
 	}
-	b.orphans.okSince = time.Now().Add(-ttl) // Redis has answered b for a whole TTL
-	proxy.delay.Store(int64(150 * time.Millisecond))
-	b.orphans.tick(ctx, &wg)
-	wg.Wait()
-	proxy.delay.Store(0)
-	if n, err := dead.rdb.HExists(ctx, indexKey(partitionOf(sk), me), sk).Result(); err != nil || n {
+	b.orphans.okSince = time.Now().Add(-ttl)
+	return dead, b, sk
+}
+
+// wantAdopted fails the test unless b adopted the orphan sk of dead (the
+// entry left dead's index, the logged-out user marked offline).
+func wantAdopted(t *testing.T, dead *leaseStore, sk string) {
+	t.Helper()
+	ctx := t.Context()
+	if n, err := dead.rdb.HExists(ctx, indexKey(partitionOf(sk), dead.self.member()), sk).Result(); err != nil || n {
 		t.Fatalf("the frozen node's index still holds the session (%v, %v): its sweep read nothing", n, err)
 	}
 	if on, err := dead.rdb.HGet(ctx, keysOf(sk).meta, "on").Result(); err != nil || on != "0" {
 		t.Errorf("the adopted session of a logged-out user: on=%q %v, want 0", on, err)
 	}
+}
+
+// TestOrphanSweepAfterSilentPeer: a node frozen (SIGSTOP), not killed,
+// does not answer the liveness question its survivors ask before they
+// resume its sessions (askDead), and the question takes peerAskTimeout
+// out of their pass. The sweep of its index must still have time for
+// Redis: it shared the heartbeat's third of the TTL, the ask spent it,
+// and on a loaded machine (2,000 users) the survivors read the frozen
+// node's index in one pass of three and resumed few of its idle users
+// (issue 20 item 3). Here Redis answers each round trip 150 ms late: the
+// heartbeat, the liveness keys and the ask leave the old shared bound
+// nothing.
+func TestOrphanSweepAfterSilentPeer(t *testing.T) {
+	r := phpsessiontest.StartRedis(t)
+	proxy := startSlowProxy(t, r.Addr)
+	dead, b, sk := orphanRig(t, r.Addr, "redis://"+proxy.addr, 2*time.Second)
+	proxy.delay.Store(int64(150 * time.Millisecond))
+	var wg sync.WaitGroup
+	b.orphans.tick(t.Context(), &wg)
+	wg.Wait()
+	proxy.delay.Store(0)
+	wantAdopted(t, dead, sk)
+}
+
+// TestOrphanSweepPoolBusy: a survivor whose shared Redis pool is taken
+// (by the calls of a takeover storm; here by blocking pops for a second)
+// still reads the nodes' liveness keys and a dead node's index, on the
+// connections of its heartbeat (leaseStore.beat), and adopts the orphan
+// once a connection is free. On the shared pool the pass's reads waited
+// past their third of the TTL at 2,000 users, pass after pass, and no
+// orphan was adopted (issue 20 item 3).
+func TestOrphanSweepPoolBusy(t *testing.T) {
+	ctx := t.Context()
+	r := phpsessiontest.StartRedis(t)
+	spec := "redis://" + r.Addr
+	dead, b, sk := orphanRig(t, r.Addr, spec, 2*time.Second)
+	beat, err := clusterRedis(spec, beatPoolSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { beat.Close() })
+	b.ls.beat = beat
+	shared := b.rdb.(*redis.Client)
+	var busy sync.WaitGroup
+	for range shared.Options().PoolSize {
+		busy.Go(func() { shared.BLPop(ctx, time.Second, "nothing-comes") })
+	}
+	for shared.PoolStats().TotalConns < uint32(shared.Options().PoolSize) || shared.PoolStats().IdleConns > 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	var wg sync.WaitGroup
+	b.orphans.tick(ctx, &wg)
+	wg.Wait()
+	busy.Wait()
+	wantAdopted(t, dead, sk)
 }
 
 // TestHandoffGate: the peer listener's gate ends the forwarded polls when

@@ -116,7 +116,8 @@ func parseLease(s string) (lease, error) {
 // claimScript takes a free lease, or, with ARGV[5] set, one still holding
 // exactly ARGV[5] (an owner known dead: its incarnation replaced, or its
 // peer port refusing connections). It returns {1, lease, on} when taken,
-// {0, current lease} when another holds it.
+// {0, current lease, '', its TTL left in ms} when another holds it (the
+// caller's owner hint, clusterhint.go).
 //
 // With ARGV[7] = '1', ARGV[5] is a lease the caller saw expired, and it is
 // taken only if it still is: no lease there and the meta hash still naming
@@ -166,7 +167,7 @@ return {1, v, on or '0', redis.call('HGETALL', KEYS[3]), redis.call('LRANGE', KE
 var claimScriptSrc = `
 local cur = redis.call('GET', KEYS[1])
 if cur and (cur ~= ARGV[5] or ARGV[7] == '1') then
-  return {0, cur}
+  return {0, cur, '', redis.call('PTTL', KEYS[1])}
 end
 if not cur and (ARGV[5] == '' or ARGV[7] == '1') then
   local last = redis.call('HGET', KEYS[3], 'owner')
@@ -315,6 +316,9 @@ type claimResult struct {
 	// expired: not won, and lease is the last owner's, which is gone
 	// from Redis without having been given back (claimScript).
 	expired bool
+	// left: not won, and lease held in Redis for that long yet (0 when
+	// not known).
+	left time.Duration
 }
 
 // claim takes the session's lease if it is free, or if it still holds
@@ -379,6 +383,11 @@ func claimAnswer(cmd *redis.Cmd) (res claimResult, v []any, err error) {
 	res.online = res.won && third == "1"
 	res.expired = !res.won && third == "expired"
 	v, _ = cmd.Slice()
+	if !res.won && !res.expired && len(v) == 4 {
+		if ms, ok := v[3].(int64); ok && ms > 0 {
+			res.left = time.Duration(ms) * time.Millisecond
+		}
+	}
 	return res, v, nil
 }
 

@@ -277,7 +277,7 @@ func (o *orphans) tick(ctx context.Context, wg *sync.WaitGroup) {
 		cl.redisSteadySince.Store(now.UnixNano())
 	}
 	all := members.Val()
-	alive, err := nodePeers(rctx, ls.rdb, all)
+	alive, err := nodePeers(rctx, ls.beatClient(), all)
 	if err != nil {
 		return
 	}
@@ -342,7 +342,7 @@ func (o *orphans) sweep(ctx, rctx context.Context, dead string, live []string, w
 	}
 	d := lease{node: node, incarnation: inc}
 	cmds := make([]*redis.MapStringStringCmd, clusterPartitions)
-	if _, err := cl.ls.rdb.Pipelined(rctx, func(p redis.Pipeliner) error {
+	if _, err := cl.ls.beatClient().Pipelined(rctx, func(p redis.Pipeliner) error {
 		for i := range cmds {
 			cmds[i] = p.HGetAll(rctx, indexKey(i, dead))
 		}

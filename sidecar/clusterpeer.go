@@ -40,6 +40,7 @@ var answeredHeaders = []string{"Content-Type", "Cache-Control", "Retry-After", "
 type forwardOutcome struct {
 	refused, notOwner bool
 	err               error
+	leaseUntil        int64 // monoNow until which the owner's answer said its lease lasts (0: not said)
 }
 
 // forward relays the call to the owner's peer listener and its answer to
@@ -147,6 +148,10 @@ func (cl *cluster) relay(ctx context.Context, w http.ResponseWriter, r *http.Req
 			w.Header()[h] = v
 		}
 	}
+	var until int64
+	if left := cl.leaseLeftOf(resp.Header); left > 0 {
+		until = monoNow() + int64(left)
+	}
 	w.WriteHeader(resp.StatusCode)
 	rc := http.NewResponseController(w)
 	buf := make([]byte, 32<<10)
@@ -154,12 +159,12 @@ func (cl *cluster) relay(ctx context.Context, w http.ResponseWriter, r *http.Req
 		n, err := resp.Body.Read(buf)
 		if n > 0 {
 			if _, werr := w.Write(buf[:n]); werr != nil {
-				return forwardOutcome{} // the caller went away; the answer was started
+				return forwardOutcome{leaseUntil: until} // the caller went away; the answer was started
 			}
 			rc.Flush()
 		}
 		if err != nil {
-			return forwardOutcome{}
+			return forwardOutcome{leaseUntil: until}
 		}
 	}
 }

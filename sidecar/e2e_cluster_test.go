@@ -394,8 +394,15 @@ func TestClusterRoundRobin(t *testing.T) {
 	if forwarded == 0 {
 		t.Errorf("no call was forwarded to an owner")
 	}
-	t.Logf("round robin, 3 nodes, %d users: sent %d, received %d, lost %d, duplicated %d; %v calls forwarded",
-		len(users), row.Sent, row.Received, row.Lost, row.Dup, forwarded)
+	// A forwarded call is sent to the owner the node's hint names, not
+	// after a claim of its own (clusterhint.go): a claim per call made
+	// these equal.
+	claims := rig.clusterMetric(t, `imsidecar_cluster_claims_total{result="lost"}`)
+	if claims*2 > forwarded {
+		t.Errorf("%v claims found another owner for %v calls forwarded: the forwarded calls still claim", claims, forwarded)
+	}
+	t.Logf("round robin, 3 nodes, %d users: sent %d, received %d, lost %d, duplicated %d; %v calls forwarded, %v claims found another owner",
+		len(users), row.Sent, row.Received, row.Lost, row.Dup, forwarded, claims)
 }
 
 // clusterKinds are the Redis deployments the cluster tests run on: one
@@ -594,6 +601,37 @@ func TestClusterPeerHostile(t *testing.T) {
 	}
 	if got := rig.clusterMetric(t, "imsidecar_cluster_peer_refused_total"); got != 3 {
 		t.Errorf("peer_refused_total = %v, want 3", got)
+	}
+	// The owner's answer to a forwarded call tells how long its lease
+	// lasts (the forwarding node's owner hint), and only there: neither
+	// its own API nor a node relaying its answer passes that to PHP.
+	const leaseLeftHeader = "Imsidecar-Lease-Left"
+	leaseLeft := func(base, secret string) string {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(t.Context(), "GET", base+"/v1/roster", nil)
+		req.Header.Set("X-Session-Id", u.SID)
+		if secret != "" {
+			req.Header.Set("Authorization", "Bearer "+secret)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s/v1/roster: %d", base, resp.StatusCode)
+		}
+		return resp.Header.Get(leaseLeftHeader)
+	}
+	if v := leaseLeft("http://"+peer0, rig.Secret); v == "" {
+		t.Errorf("the owner's answer on the peer listener has no %s", leaseLeftHeader)
+	} else if ms, err := strconv.Atoi(v); err != nil || ms <= 0 || ms > 3000 {
+		t.Errorf("the owner told %s: %q, want 1..3000 ms", leaseLeftHeader, v)
+	}
+	for _, base := range []string{rig.Nodes[0].URL, rig.Nodes[1].URL} {
+		if v := leaseLeft(base, ""); v != "" {
+			t.Errorf("%s's API answered PHP with %s: %q", base, leaseLeftHeader, v)
+		}
 	}
 	// The API of node1 forwards to node0; node1 opened no stream.
 	c1 := rig.Nodes[1].client(u.SID)

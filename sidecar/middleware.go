@@ -24,24 +24,35 @@ const maxBody = 64 << 10
 
 // statusRecorder remembers the status for logs and metrics, and when the
 // request started, for a poll that is answered after its handler returned.
+// beforeHeader, when set, adds to the answer's header as it is written
+// (the owner's leaseLeftHeader on a forwarded call).
 type statusRecorder struct {
 	http.ResponseWriter
-	status int
-	start  time.Time
+	status       int
+	start        time.Time
+	beforeHeader func(http.Header)
 }
 
 func (s *statusRecorder) WriteHeader(code int) {
 	if s.status == 0 {
-		s.status = code
+		s.headerOut(code)
 	}
 	s.ResponseWriter.WriteHeader(code)
 }
 
 func (s *statusRecorder) Write(b []byte) (int, error) {
 	if s.status == 0 {
-		s.status = http.StatusOK
+		s.headerOut(http.StatusOK)
 	}
 	return s.ResponseWriter.Write(b)
+}
+
+// headerOut records the status of the header being written.
+func (s *statusRecorder) headerOut(code int) {
+	if s.beforeHeader != nil {
+		s.beforeHeader(s.Header())
+	}
+	s.status = code
 }
 
 func (s *statusRecorder) Flush() {
