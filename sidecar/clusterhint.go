@@ -7,7 +7,7 @@ import (
 	"time"
 )
 
-// Owner hints (docs/CLUSTER.md, "Forwarded calls"). A call for a session
+// Owner hints (docs/CLUSTER.md, "How it works", routing). A call for a session
 // another node holds ran the claim script each time, only to learn the
 // owner it was then forwarded to: one Redis round trip for every call a
 // page made through another node (round robin, a node taken out of the

@@ -116,7 +116,7 @@ func parseLease(s string) (lease, error) {
 // claimScript takes a free lease, or, with ARGV[5] set, one still holding
 // exactly ARGV[5] (an owner known dead: its incarnation replaced, or its
 // peer port refusing connections). It returns {1, lease, on} when taken,
-// {0, current lease, '', its TTL left in ms} when another holds it (the
+// {0, current lease, "", its TTL left in ms} when another holds it (the
 // caller's owner hint, clusterhint.go).
 //
 // With ARGV[7] = '1', ARGV[5] is a lease the caller saw expired, and it is
