@@ -37,11 +37,13 @@ func (c *scriptCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redi
 
 // TestOwnerHints: a node forwarding a session's calls to its owner asks
 // Redis who the owner is once, then forwards without a claim until the
-// owner's lease could have expired; an owner that says it holds the
-// session no more (a hand-over), or whose peer port refuses (its process
-// gone), ends the hint at once and the call claims as before; the hint
-// never outlives the lease in Redis; and the hints a node keeps are
-// bounded. On the real Redis and the 3-master Redis Cluster.
+// owner's lease could have expired (a hint from a claim never outlives
+// the lease in Redis); an owner that says it holds the session no more
+// (a hand-over), or whose peer port refuses (its process gone), ends the
+// hint at once and the call claims as before; a lease expired asks Redis
+// again; and the owner's answers telling how long its lease lasts extend
+// the hint past the lease period the claim saw. On the real Redis and
+// the 3-master Redis Cluster.
 func TestOwnerHints(t *testing.T) {
 	for _, tc := range redisSpecs() {
 		t.Run(tc.name, func(t *testing.T) {
