@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -300,6 +301,42 @@ func TestClaimShared(t *testing.T) {
 	}
 	if n := len(b.claiming); n != 0 {
 		t.Fatalf("%d claims left in flight", n)
+	}
+
+	// A claim that fails (Redis answered it too late: away, or slow) does
+	// not fail the calls that joined it meanwhile: each claims on its own,
+	// and Redis, back by then, answers it.
+	sk = sessionKey("shared-claim-late-dddddddddddd")
+	proxy.delay.Store(int64(redisOpTimeout + 500*time.Millisecond))
+	first := make(chan error, 1)
+	go func() {
+		_, err := b.takeShared(ctx, sk)
+		first <- err
+	}()
+	for {
+		b.mu.Lock()
+		_, inFlight := b.claiming[sk]
+		b.mu.Unlock()
+		if inFlight {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	joined := make(chan error, 1)
+	go func() {
+		res, err := b.takeShared(ctx, sk)
+		if err == nil && !res.won {
+			err = fmt.Errorf("not won: %+v", res)
+		}
+		joined <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	proxy.delay.Store(0) // Redis is back
+	if err := <-first; !errors.Is(err, ErrClusterRedis) {
+		t.Fatalf("the claim Redis answered too late: %v, want ErrClusterRedis", err)
+	}
+	if err := <-joined; err != nil {
+		t.Fatalf("a call that joined the failed claim: %v, want the session claimed on its own", err)
 	}
 }
 
