@@ -204,10 +204,15 @@ type balancer struct {
 	sticky bool
 }
 
+// balancerTimeout is how long the test's load balancer waits for an
+// answer's headers, as a load balancer's timeout would (the tests poll
+// with wait=1).
+const balancerTimeout = 3 * time.Second
+
 // newBalancer gives up on a node that sends no answer's headers within
-// 3 s, as a load balancer's timeout would (the tests poll with wait=1).
+// balancerTimeout.
 func newBalancer(hosts []string) *balancer {
-	return &balancer{hosts: hosts, down: map[string]bool{}, base: &http.Transport{MaxIdleConnsPerHost: 64, ResponseHeaderTimeout: 3 * time.Second}}
+	return &balancer{hosts: hosts, down: map[string]bool{}, base: &http.Transport{MaxIdleConnsPerHost: 64, ResponseHeaderTimeout: balancerTimeout}}
 }
 
 func (b *balancer) pick(sid string) (string, bool) {
