@@ -233,6 +233,23 @@ func TestOwnerHintsBounded(t *testing.T) {
 	}
 }
 
+// slowPairTTL is the lease TTL of slowPair's nodes.
+const slowPairTTL = 3 * time.Second
+
+// slowPair starts a real Redis and two nodes on it, a directly and b
+// through a proxy whose delay the test sets; b's claim scripts are
+// counted.
+func slowPair(t *testing.T) (a, b *cluster, proxy *slowProxy, scripts *scriptCounter) {
+	t.Helper()
+	r := phpsessiontest.StartRedis(t)
+	proxy = startSlowProxy(t, r.Addr)
+	a = leaseNode(t, "redis://"+r.Addr, "a", slowPairTTL)
+	b = leaseNode(t, "redis://"+proxy.addr, "b", slowPairTTL)
+	scripts = &scriptCounter{}
+	b.rdb.AddHook(scripts)
+	return a, b, proxy, scripts
+}
+
 // TestClaimShared: the calls of one session reaching a node at once share
 // one claim (takeShared), whether another node holds the session or the
 // claim takes it; a caller that leaves returns at once and takes the
@@ -240,13 +257,7 @@ func TestOwnerHintsBounded(t *testing.T) {
 // calls overlap.
 func TestClaimShared(t *testing.T) {
 	ctx := t.Context()
-	r := phpsessiontest.StartRedis(t)
-	proxy := startSlowProxy(t, r.Addr)
-	const ttl = 3 * time.Second
-	a := leaseNode(t, "redis://"+r.Addr, "a", ttl)
-	b := leaseNode(t, "redis://"+proxy.addr, "b", ttl)
-	var scripts scriptCounter
-	b.rdb.AddHook(&scripts)
+	a, b, proxy, scripts := slowPair(t)
 	proxy.delay.Store(int64(100 * time.Millisecond))
 	const calls = 20
 	concurrently := func(sk string, want string) {
@@ -397,13 +408,7 @@ func TestLeaseLeftHeader(t *testing.T) {
 // call fails as a claim without Redis does, served nowhere.
 func TestOwnerHintsThroughOutage(t *testing.T) {
 	ctx := t.Context()
-	r := phpsessiontest.StartRedis(t)
-	proxy := startSlowProxy(t, r.Addr)
-	const ttl = 3 * time.Second
-	a := leaseNode(t, "redis://"+r.Addr, "a", ttl)
-	b := leaseNode(t, "redis://"+proxy.addr, "b", ttl)
-	var scripts scriptCounter
-	b.rdb.AddHook(&scripts)
+	a, b, proxy, scripts := slowPair(t)
 	b.peer = &http.Client{}
 	b.secret = "hint-secret"
 	var forwarded atomic.Int64
@@ -478,7 +483,7 @@ func TestOwnerHintsThroughOutage(t *testing.T) {
 
 	// Steady: an ended hint routes nothing, the call claims, and the
 	// pass forgets the hints that ended.
-	b.redisSteadySince.Store(time.Now().Add(-2 * ttl).UnixNano())
+	b.redisSteadySince.Store(time.Now().Add(-2 * slowPairTTL).UnixNano())
 	if _, err := call(sk); err != nil {
 		t.Fatal(err)
 	}
