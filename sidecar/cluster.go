@@ -1198,13 +1198,17 @@ func (a *api) forwardUnchecked(w http.ResponseWriter, r *http.Request, c *caller
 }
 
 // hint returns the owner hinted for sk that a call through this node
-// would go to (toOwner): a current hint, or, while Redis is not steady,
-// an ended one; none for a session this node holds.
+// would go to (toOwner): a current hint, or, while Redis does not
+// answer this node's heartbeat, an ended one; none for a session this
+// node holds. Once Redis answers again, an ended hint routes nothing:
+// the calls claim, as without hints. (Routing on ended hints until
+// Redis had answered for a TTL was tried: FAULTS.md, item 6 at 2,000
+// users.)
 func (cl *cluster) hint(sk string) (lease, bool) {
 	if _, held := cl.holds(sk); held {
 		return lease{}, false
 	}
-	return cl.hints.get(sk, monoNow(), !cl.redisSteady())
+	return cl.hints.get(sk, monoNow(), cl.redisSteadySince.Load() == 0)
 }
 
 // hinted reports whether a call for sk reaching this node would go to

@@ -39,21 +39,18 @@ import (
 // checks its lease itself, and a call sent on a stale hint is answered
 // not_owner (or, to an owner frozen since, held as after a claim).
 //
-// While Redis is away, and for a TTL after it comes back (until
-// cluster.redisSteady), an ended hint routes too: the last owner known
-// is asked, however old its hint. No lease can change hands without
-// Redis, and a claim, were Redis there to answer it, would forward to
-// that owner anyway (mayBeAlive: its leases are renewed within a third
-// of a TTL of Redis's return). The owner serves its sessions from its
-// table through the outage (cluster.mine), so the users calling through
-// another node keep chatting too, instead of failing every call until
-// Redis is back; and when it is back, their calls do not all claim at
-// once, beside the renewals and the writes the outage kept back: at
-// 2,000 users a thousand claim scripts within a second, and the calls of
-// the users on their owner failed behind them (issue 20 item 6). An
-// owner gone meanwhile refuses the forward, one that gave the session
-// back answers not_owner (or fails the call, Redis being away): the hint
-// is dropped and the call claims, as without one. So an ended hint is
+// While Redis does not answer the node's heartbeat, an ended hint routes
+// too: the last owner known is asked, however old its hint. No lease can
+// change hands without Redis, and a claim, were Redis there to answer
+// it, would forward to that owner anyway (mayBeAlive). The owner serves
+// its sessions from its table through the outage (cluster.mine), so the
+// users calling through another node keep chatting too, instead of
+// failing every call until Redis is back (issue 20 item 6; the node
+// cannot read their PHP session then: forwardUnchecked). An owner gone
+// meanwhile refuses the forward, one that gave the session back answers
+// not_owner (or fails the call, Redis being away): the hint is dropped
+// and the call fails, as without one. Once Redis answers, the calls
+// claim as without hints (cluster.hint says why). So an ended hint is
 // kept a while (endedHintKept), and none is pruned until Redis is
 // steady again.
 
