@@ -464,14 +464,23 @@ func (cl *cluster) takeShared(ctx context.Context, sk string) (claimResult, erro
 // renewal sets the lease again and it serves the call; dead, its peer port
 // refuses and the session is taken over then.
 func (cl *cluster) mayBeAlive(ctx context.Context, l lease) bool {
-	since := cl.redisSteadySince.Load()
-	if since == 0 || time.Since(time.Unix(0, since)) < cl.ls.ttl {
+	if !cl.redisSteady() {
 		return true
 	}
 	ctx, cancel := redisBound(ctx)
 	defer cancel()
 	n, err := cl.rdb.Exists(ctx, nodeKeyPrefix+l.member()).Result()
 	return err != nil || n == 1
+}
+
+// redisSteady reports whether Redis has answered this node's heartbeat
+// for a TTL: the other nodes' liveness keys and leases in Redis then tell
+// who is alive and who owns what. Not before: Redis is away, or came
+// back less than a TTL ago and the owners have not renewed their leases
+// and keys yet (or this node has only just started).
+func (cl *cluster) redisSteady() bool {
+	since := cl.redisSteadySince.Load()
+	return since != 0 && time.Since(time.Unix(0, since)) >= cl.ls.ttl
 }
 
 // mine reports whether this node holds the session's lease. While the
@@ -952,7 +961,11 @@ func (cl *cluster) renew(ctx context.Context) {
 		cl.flushKeptBack()
 	}
 	cl.giveBackIdle(rctx, idle)
-	cl.hints.prune(monoNow())
+	if cl.redisSteady() {
+		// Through an outage no hint is forgotten: they route then
+		// (toOwner). They are bounded (ownerHintsMax).
+		cl.hints.prune(monoNow() - int64(endedHintKept))
+	}
 }
 
 // idleLocked reports whether lease h on sk is idle at mono: held for a
@@ -1139,6 +1152,65 @@ func (a *api) clusterRoute(w http.ResponseWriter, r *http.Request, c *caller, ro
 	return false, a.afterClaim(r, c, route, res)
 }
 
+// forwardUnchecked relays a call whose PHP session this node could not
+// read, the store not answering (Redis away), to the session's owner as
+// its hint names it (clusterhint.go; an ended one too while Redis is
+// away), and reports whether the call was answered so. The owner checks
+// the session itself and, holding its stream, serves it through the
+// outage as it serves the calls that reach it (authenticate): without
+// this, a user whose calls come through another node was refused every
+// call until the store was back, while the owner's own users went on
+// chatting (issue 20 item 6). A session with no hint here, or an owner
+// that refuses or no longer holds it, gets the store's error, as before:
+// nothing is served on a session this node has not seen checked.
+func (a *api) forwardUnchecked(w http.ResponseWriter, r *http.Request, c *caller) bool {
+	cl := a.cluster
+	if cl == nil || a.peer {
+		return false
+	}
+	l, ok := cl.hint(c.key)
+	if !ok {
+		return false
+	}
+	body, err := keepBody(r, maxBody)
+	if err != nil {
+		return false
+	}
+	out := cl.forward(w, r, c.key, body, l)
+	switch {
+	case out.refused:
+		cl.metrics.clusterForwards.WithLabelValues("refused").Inc()
+		cl.hints.drop(c.key)
+		return false
+	case out.notOwner:
+		cl.metrics.clusterForwards.WithLabelValues("not_owner").Inc()
+		cl.hints.drop(c.key)
+		return false
+	case out.err != nil:
+		cl.metrics.clusterForwards.WithLabelValues("error").Inc()
+		return false
+	}
+	cl.metrics.clusterForwards.WithLabelValues("unchecked").Inc()
+	if out.leaseUntil != 0 {
+		cl.hints.put(c.key, l, out.leaseUntil)
+	}
+	return true
+}
+
+// hint returns the owner hinted for sk that a call through this node
+// would go to (toOwner): a current hint, or, while Redis does not
+// answer this node's heartbeat, an ended one; none for a session this
+// node holds. Once Redis answers again, an ended hint routes nothing:
+// the calls claim, as without hints, and Redis names the owner again
+// (while the owners renew their leases, mayBeAlive forwards to the one
+// an expired lease names).
+func (cl *cluster) hint(sk string) (lease, bool) {
+	if _, held := cl.holds(sk); held {
+		return lease{}, false
+	}
+	return cl.hints.get(sk, monoNow(), cl.redisSteadySince.Load() == 0)
+}
+
 // keepBody reads the request's body whole (at most limit bytes) and sets
 // GetBody, so that it can be forwarded, or routed again (routeAgain). It
 // returns nil for a request without a body.
@@ -1170,13 +1242,12 @@ func (cl *cluster) toOwner(w http.ResponseWriter, r *http.Request, sk string, bo
 		var res claimResult
 		if claim {
 			// The owner a claim answered lately is asked again without
-			// Redis, until its lease could have expired (clusterhint.go).
+			// Redis, until its lease could have expired; and, while
+			// Redis is away or only just back, the last owner known,
+			// however long ago (clusterhint.go).
 			l, hinted := lease{}, false
 			if expected == nil {
-				if l, hinted = cl.hints.get(sk, monoNow()); hinted {
-					_, held := cl.holds(sk)
-					hinted = !held
-				}
+				l, hinted = cl.hint(sk)
 			}
 			var err error
 			switch {

@@ -38,6 +38,21 @@ import (
 // the lease by the answer's transit: a hint only routes, the owner
 // checks its lease itself, and a call sent on a stale hint is answered
 // not_owner (or, to an owner frozen since, held as after a claim).
+//
+// While Redis does not answer the node's heartbeat, an ended hint routes
+// too: the last owner known is asked, however old its hint. No lease can
+// change hands without Redis, and a claim, were Redis there to answer
+// it, would forward to that owner anyway (mayBeAlive). The owner serves
+// its sessions from its table through the outage (cluster.mine), so the
+// users calling through another node keep chatting too, instead of
+// failing every call until Redis is back (issue 20 item 6; the node
+// cannot read their PHP session then: forwardUnchecked). An owner gone
+// meanwhile refuses the forward, one that gave the session back answers
+// not_owner (or fails the call, Redis being away): the hint is dropped
+// and the call fails, as without one. Once Redis answers, the calls
+// claim as without hints (cluster.hint says why). So an ended hint is
+// kept a while (endedHintKept), and none is pruned until Redis is
+// steady again.
 
 // leaseLeftHeader is the owner's answer header to a forwarded call: the
 // milliseconds its leases last in Redis at least (cluster.leaseLeft).
@@ -70,9 +85,14 @@ func (cl *cluster) leaseLeftOf(h http.Header) time.Duration {
 }
 
 // ownerHintsMax bounds the hints a node keeps (one a session it forwards
-// for, pruned as they end at each renewal pass): past it, a call claims
-// as without hints.
+// for, pruned at the renewal passes): past it, a call claims as without
+// hints.
 const ownerHintsMax = 1 << 16
+
+// endedHintKept is how long a hint is kept once ended, for a Redis
+// outage to come: a session whose calls come through this node seldom (a
+// page's long poll, a tab in the background) is routed through it too.
+const endedHintKept = time.Minute
 
 // ownerHints is a node's hints, by session key.
 type ownerHints struct {
@@ -85,12 +105,13 @@ type ownerHint struct {
 	until int64 // monoNow by which the lease may have expired in Redis
 }
 
-// get returns the owner hinted for sk at now, if any.
-func (h *ownerHints) get(sk string, now int64) (lease, bool) {
+// get returns the owner hinted for sk at now, if any; with ended, a
+// hint that has ended too.
+func (h *ownerHints) get(sk string, now int64, ended bool) (lease, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	e, ok := h.m[sk]
-	if !ok || now >= e.until {
+	if !ok || now >= e.until && !ended {
 		return lease{}, false
 	}
 	return e.l, true
@@ -118,12 +139,12 @@ func (h *ownerHints) drop(sk string) {
 	h.mu.Unlock()
 }
 
-// prune forgets the hints ended at now.
-func (h *ownerHints) prune(now int64) {
+// prune forgets the hints ended at before.
+func (h *ownerHints) prune(before int64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for sk, e := range h.m {
-		if now >= e.until {
+		if before >= e.until {
 			delete(h.m, sk)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -56,6 +57,7 @@ func TestOwnerHints(t *testing.T) {
 			b.rdb.AddHook(&scripts)
 			b.peer = &http.Client{}
 			b.secret = "hint-secret"
+			b.redisSteadySince.Store(time.Now().Add(-time.Hour).UnixNano()) // Redis answered b all along: an ended hint routes nothing
 
 			// a's peer listener: answers the forwarded calls, or that it
 			// holds the session no more.
@@ -162,7 +164,7 @@ func TestOwnerHints(t *testing.T) {
 			claimA(sk3)
 			call(sk3)
 			for {
-				if _, ok := b.hints.get(sk3, monoNow()); !ok {
+				if _, ok := b.hints.get(sk3, monoNow(), false); !ok {
 					break
 				}
 				time.Sleep(20 * time.Millisecond)
@@ -212,10 +214,13 @@ func TestOwnerHintsBounded(t *testing.T) {
 	if n := len(h.m); n != ownerHintsMax {
 		t.Fatalf("%d hints kept, want at most %d", n, ownerHintsMax)
 	}
-	if _, ok := h.get(fmt.Sprintf("%064d", 0), now); ok {
+	if _, ok := h.get(fmt.Sprintf("%064d", 0), now, false); ok {
 		t.Fatal("an ended hint was given")
 	}
-	if got, ok := h.get(fmt.Sprintf("%064d", 1), now); !ok || got != l {
+	if got, ok := h.get(fmt.Sprintf("%064d", 0), now, true); !ok || got != l {
+		t.Fatalf("an ended hint, asked for while Redis is away: %+v %v", got, ok)
+	}
+	if got, ok := h.get(fmt.Sprintf("%064d", 1), now, false); !ok || got != l {
 		t.Fatalf("a current hint: %+v %v", got, ok)
 	}
 	h.prune(now)
@@ -223,9 +228,26 @@ func TestOwnerHintsBounded(t *testing.T) {
 		t.Fatalf("%d hints after the prune, want the %d current ones", n, ownerHintsMax/2)
 	}
 	h.put(fmt.Sprintf("%064d", -1), l, now+int64(time.Minute))
-	if _, ok := h.get(fmt.Sprintf("%064d", -1), now); !ok {
+	if _, ok := h.get(fmt.Sprintf("%064d", -1), now, false); !ok {
 		t.Fatal("no room after the prune")
 	}
+}
+
+// slowPairTTL is the lease TTL of slowPair's nodes.
+const slowPairTTL = 3 * time.Second
+
+// slowPair starts a real Redis and two nodes on it, a directly and b
+// through a proxy whose delay the test sets; b's claim scripts are
+// counted.
+func slowPair(t *testing.T) (a, b *cluster, proxy *slowProxy, scripts *scriptCounter) {
+	t.Helper()
+	r := phpsessiontest.StartRedis(t)
+	proxy = startSlowProxy(t, r.Addr)
+	a = leaseNode(t, "redis://"+r.Addr, "a", slowPairTTL)
+	b = leaseNode(t, "redis://"+proxy.addr, "b", slowPairTTL)
+	scripts = &scriptCounter{}
+	b.rdb.AddHook(scripts)
+	return a, b, proxy, scripts
 }
 
 // TestClaimShared: the calls of one session reaching a node at once share
@@ -235,13 +257,7 @@ func TestOwnerHintsBounded(t *testing.T) {
 // calls overlap.
 func TestClaimShared(t *testing.T) {
 	ctx := t.Context()
-	r := phpsessiontest.StartRedis(t)
-	proxy := startSlowProxy(t, r.Addr)
-	const ttl = 3 * time.Second
-	a := leaseNode(t, "redis://"+r.Addr, "a", ttl)
-	b := leaseNode(t, "redis://"+proxy.addr, "b", ttl)
-	var scripts scriptCounter
-	b.rdb.AddHook(&scripts)
+	a, b, proxy, scripts := slowPair(t)
 	proxy.delay.Store(int64(100 * time.Millisecond))
 	const calls = 20
 	concurrently := func(sk string, want string) {
@@ -380,4 +396,131 @@ func TestLeaseLeftHeader(t *testing.T) {
 			t.Errorf("told %q: took %v, want %v", v, got, want)
 		}
 	}
+}
+
+// TestOwnerHintsThroughOutage: while Redis is away, and for a TTL after it
+// comes back, a call for a session another node holds goes to the last
+// owner known even when its hint has ended, without a claim: the owner
+// serves it from its table, and Redis, just back, is not asked a
+// thousand claims at once (issue 20 item 6). Once Redis is steady an
+// ended hint routes nothing, and the renewal pass forgets it. A last
+// owner gone meanwhile refuses the forward: the hint is dropped, and the
+// call fails as a claim without Redis does, served nowhere.
+func TestOwnerHintsThroughOutage(t *testing.T) {
+	ctx := t.Context()
+	a, b, proxy, scripts := slowPair(t)
+	b.peer = &http.Client{}
+	b.secret = "hint-secret"
+	var forwarded atomic.Int64
+	owner := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		forwarded.Add(1)
+		w.Write([]byte(`{"ok":true}`))
+	}))
+	defer owner.Close()
+	a.ls.self.peer = strings.TrimPrefix(owner.URL, "http://")
+
+	call := func(sk string) (time.Duration, error) {
+		t.Helper()
+		start := time.Now()
+		r := httptest.NewRequest(http.MethodGet, "/v1/roster", nil).WithContext(ctx)
+		w := httptest.NewRecorder()
+		local, _, err := b.toOwner(w, r, sk, nil, true)
+		if err == nil && (local || w.Code != http.StatusOK) {
+			t.Fatalf("the call was not forwarded: local %v, answered %d %s", local, w.Code, w.Body)
+		}
+		return time.Since(start), err
+	}
+	endHint := func(sk string, ago time.Duration) {
+		b.hints.mu.Lock()
+		defer b.hints.mu.Unlock()
+		h, ok := b.hints.m[sk]
+		if !ok {
+			t.Fatal("no hint")
+		}
+		h.until = monoNow() - 1 - int64(ago)
+		b.hints.m[sk] = h
+	}
+	want := func(step string, scriptsWant, forwardsWant int64) {
+		t.Helper()
+		if s, f := scripts.n.Load(), forwarded.Load(); s != scriptsWant || f != forwardsWant {
+			t.Fatalf("%s: %d claim scripts and %d forwards in all, want %d and %d", step, s, f, scriptsWant, forwardsWant)
+		}
+	}
+
+	b.redisSteadySince.Store(time.Now().Add(-time.Hour).UnixNano())
+	sk := sessionKey("outage-hinted-session-aaaaaaaaaa")
+	if res, err := a.take(ctx, sk, nil); err != nil || !res.won {
+		t.Fatalf("a's claim: %+v %v", res, err)
+	}
+	if _, err := call(sk); err != nil {
+		t.Fatal(err)
+	}
+	want("the first call", 1, 1)
+	endHint(sk, 0)
+
+	// Redis away (it answers after go-redis's timeouts), as b's heartbeat
+	// finds: the ended hint routes, at once.
+	proxy.delay.Store(int64(redisOpTimeout + 500*time.Millisecond))
+	b.redisSteadySince.Store(0)
+	for range 3 {
+		if d, err := call(sk); err != nil || d > redisOpTimeout/2 {
+			t.Fatalf("a call through the outage: %v after %v, want it forwarded to the last owner at once", err, d)
+		}
+	}
+	want("through the outage", 1, 4)
+	b.renew(ctx)
+	if _, ok := b.hints.get(sk, monoNow(), true); !ok {
+		t.Fatal("a renewal pass through the outage forgot the ended hint")
+	}
+
+	// Back: an ended hint routes nothing, the call claims (and
+	// forwards), though the pass, Redis not steady yet, keeps the
+	// hints that ended; once steady, it forgets those ended a while.
+	proxy.delay.Store(0)
+	b.redisSteadySince.Store(time.Now().UnixNano())
+	if _, err := call(sk); err != nil {
+		t.Fatal(err)
+	}
+	want("Redis back", 2, 5)
+	endHint(sk, endedHintKept)
+	b.renew(ctx)
+	if _, ok := b.hints.get(sk, monoNow(), true); !ok {
+		t.Fatal("a renewal pass with Redis back for less than a TTL forgot an ended hint")
+	}
+	b.redisSteadySince.Store(time.Now().Add(-2 * slowPairTTL).UnixNano())
+	if _, err := call(sk); err != nil {
+		t.Fatal(err)
+	}
+	want("Redis steady", 3, 6)
+	endHint(sk, 0)
+	b.renew(ctx)
+	if _, ok := b.hints.get(sk, monoNow(), true); !ok {
+		t.Fatal("the renewal pass forgot a hint ended just now: it is kept for an outage to come")
+	}
+	endHint(sk, endedHintKept)
+	b.renew(ctx)
+	if _, ok := b.hints.get(sk, monoNow(), true); ok {
+		t.Fatalf("the renewal pass kept a hint ended %v ago with Redis steady", endedHintKept)
+	}
+
+	// Hostile: the last owner known is gone (its port refuses) while
+	// Redis is away. The call is not served here, nor anywhere: it fails
+	// as a claim without Redis does, and the hint is dropped.
+	gone, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadPeer := gone.Addr().String()
+	gone.Close()
+	sk2 := sessionKey("outage-dead-owner-bbbbbbbbbbbbb")
+	b.hints.put(sk2, lease{token: 7, node: "c", incarnation: "dead", peer: deadPeer}, monoNow()-1)
+	proxy.delay.Store(int64(redisOpTimeout + 500*time.Millisecond))
+	b.redisSteadySince.Store(0)
+	if _, err := call(sk2); !errors.Is(err, ErrClusterRedis) {
+		t.Fatalf("a call whose last owner is gone, Redis away: %v, want ErrClusterRedis", err)
+	}
+	if _, ok := b.hints.get(sk2, monoNow(), true); ok {
+		t.Fatal("the hint on a gone owner was kept")
+	}
+	want("a gone owner", 4, 6)
 }

@@ -847,7 +847,12 @@ func unavailableSeen(d *desktop) int {
 // append-only file) is stopped for longer than the lease TTL, then started
 // again, under sticky traffic. Each owner keeps serving its users from
 // what it holds; when Redis is back its renewals set the expired leases
-// again: no takeover, no second login, nothing lost or duplicated.
+// again: no takeover, no second login, nothing lost or duplicated. A
+// node that forwarded a user's calls to their owner before the outage
+// goes on doing so through it, once its owner hint has ended, though it
+// cannot read the PHP session (forwardUnchecked); a node that never
+// forwarded that session's calls, and a session id no node knows, are
+// refused 503 store_unavailable, as before.
 func TestClusterRedisDown(t *testing.T) {
 	const ttl = 2 * time.Second
 	rig := startClusterRig(t, 3, ttl)
@@ -861,13 +866,47 @@ func TestClusterRedisDown(t *testing.T) {
 		u.C.mustCall(t, "POST", "/v1/connect", nil, &r, http.StatusOK)
 		u.cursor = r.Cursor
 	}
+	// Three users also call through the node after their owner (it
+	// forwards, and keeps a hint); the node after that never sees them.
+	type detour struct {
+		u          *fuser
+		via, never *apiClient
+	}
+	var detours []detour
+	for i := range rig.api {
+		owned := rig.ownedBy(t, users, fmt.Sprintf("node%d", i))
+		for _, u := range users {
+			if owned[u.Name] && len(detours) < 3 {
+				detours = append(detours, detour{u,
+					newBalancer([]string{rig.api[(i+1)%3]}).client(u.SID),
+					newBalancer([]string{rig.api[(i+2)%3]}).client(u.SID)})
+				break
+			}
+		}
+	}
+	for _, d := range detours {
+		d.via.mustCall(t, "GET", "/v1/roster", nil, nil, http.StatusOK)
+	}
 	tr := trafficOf(t, "rd", users, 300*time.Millisecond)
 	tr.start()
 	tr.sendFromDesktop(desk, "rddesk")
 	time.Sleep(2 * time.Second)
 	tr.fault()
 	rig.Redis.Stop()
-	time.Sleep(2*ttl + time.Second)
+	time.Sleep(ttl + time.Second) // every hint has ended
+	for _, d := range detours {
+		if code, err := d.via.call(t.Context(), "GET", "/v1/roster", nil, nil); code != http.StatusOK {
+			t.Errorf("%s's call through another node during the outage: %d %v, want it served by the owner", d.u.Name, code, err)
+		}
+		if code, err := d.never.call(t.Context(), "GET", "/v1/roster", nil, nil); code != http.StatusServiceUnavailable || errCode(err) != "store_unavailable" {
+			t.Errorf("%s's call through a node that never saw the session: %d %v, want 503 store_unavailable", d.u.Name, code, err)
+		}
+	}
+	stranger := newBalancer(rig.api).client(randomID())
+	if code, err := stranger.call(t.Context(), "GET", "/v1/roster", nil, nil); code != http.StatusServiceUnavailable || errCode(err) != "store_unavailable" {
+		t.Errorf("an unknown session id during the outage: %d %v, want 503 store_unavailable", code, err)
+	}
+	time.Sleep(time.Second)
 	rig.Redis.Start()
 	tr.healed()
 	time.Sleep(3 * time.Second)
@@ -880,6 +919,9 @@ func TestClusterRedisDown(t *testing.T) {
 	}
 	if got := rig.clusterMetric(t, "imsidecar_cluster_leases"); got != float64(len(users)) {
 		t.Errorf("the nodes hold %v leases for %d users", got, len(users))
+	}
+	if got := rig.clusterMetric(t, `imsidecar_cluster_forwards_total{result="unchecked"}`); got < float64(len(detours)) {
+		t.Errorf("%v calls forwarded unchecked, want at least %d", got, len(detours))
 	}
 	for _, u := range users {
 		if n := rig.e.XMPP.AuthSuccesses(u.Name); n != 1 {

@@ -77,7 +77,7 @@ func newMetrics(sessions func() map[xmppconn.State]int, eventBytes func() int64)
 		clusterLeasesLost: prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_cluster_leases_lost_total",
 			Help: "Cluster mode: leases found held by another node; each session was detached from this node."}),
 		clusterForwards: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imsidecar_cluster_forwards_total",
-			Help: "Cluster mode: calls forwarded to the session's owner, by outcome: ok, refused (owner gone, session taken over), not_owner (asked again), error; rerouted: a browser stream this node was opening whose session went to another node meanwhile, routed again."}, []string{"result"}),
+			Help: "Cluster mode: calls forwarded to the session's owner, by outcome: ok, refused (owner gone, session taken over), not_owner (asked again), error; unchecked: forwarded while the session store did not answer here, the owner checking the session itself; rerouted: a browser stream this node was opening whose session went to another node meanwhile, routed again."}, []string{"result"}),
 		clusterPeerRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "imsidecar_cluster_peer_refused_total",
 			Help: "Cluster mode: calls on the peer listener refused for a missing or wrong cluster secret."}),
 		clusterPeerAsks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "imsidecar_cluster_peer_asks_total",

@@ -90,6 +90,9 @@ func (a *api) wrap(route string, cookieOK bool, h handlerFunc) http.Handler {
 			var err error
 			c, err = a.authenticate(r, cookieOK)
 			if err != nil {
+				if c != nil && a.forwardUnchecked(rec, r, c) {
+					return nil
+				}
 				return err
 			}
 			if a.cluster == nil {
@@ -143,6 +146,8 @@ func (a *api) record(ctx context.Context, route string, status int, start time.T
 
 // authenticate finds the PHP session: X-Session-Id (server-side PHP), else
 // the session cookie (the browser through Apache, read-only routes only).
+// When the store does not answer, it returns the caller, its session
+// unread, with the error.
 // With an API token configured every call needs it, the cookie ones too
 // (Apache adds it on its proxied paths): a local user who learns a session
 // id cannot read that user's events on loopback.
@@ -182,11 +187,14 @@ func (a *api) authenticate(r *http.Request, cookieOK bool) (*caller, error) {
 	if errors.Is(err, phpsession.ErrUnavailable) || err != nil && ctx.Err() != nil && r.Context().Err() == nil {
 		// The store is down (Redis restarting) or slow. A session with a
 		// live stream keeps working on what it last read, as the janitor
-		// keeps it online; anything else waits for the store.
+		// keeps it online; anything else waits for the store, or, in
+		// cluster mode, goes to the node holding its stream
+		// (forwardUnchecked): c comes back with the error.
 		if s != nil && s.live() {
 			c.php = &phpsession.Session{Identity: s.ident}
 			return c, nil
 		}
+		return c, err
 	}
 	if err != nil {
 		a.warnPasswordUnavailable(err)
