@@ -1243,8 +1243,8 @@ func (cl *cluster) toOwner(w http.ResponseWriter, r *http.Request, sk string, bo
 		if claim {
 			// The owner a claim answered lately is asked again without
 			// Redis, until its lease could have expired; and, while
-			// Redis is away or only just back, the last owner known,
-			// however long ago (clusterhint.go).
+			// Redis does not answer, the last owner known, however
+			// long ago (clusterhint.go).
 			l, hinted := lease{}, false
 			if expected == nil {
 				l, hinted = cl.hint(sk)

@@ -146,11 +146,10 @@ func (a *api) record(ctx context.Context, route string, status int, start time.T
 
 // authenticate finds the PHP session: X-Session-Id (server-side PHP), else
 // the session cookie (the browser through Apache, read-only routes only).
-// When the store does not answer, it returns the caller, its session
-// unread, with the error.
 // With an API token configured every call needs it, the cookie ones too
 // (Apache adds it on its proxied paths): a local user who learns a session
-// id cannot read that user's events on loopback.
+// id cannot read that user's events on loopback. When the store does not
+// answer, it returns the caller, its session unread, with the error.
 func (a *api) authenticate(r *http.Request, cookieOK bool) (*caller, error) {
 	if a.token != "" {
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
