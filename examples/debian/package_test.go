@@ -346,7 +346,10 @@ func checkSessionAccess(t *testing.T, env []string) {
 	write := func(id, savePath string) {
 		t.Helper()
 		// Quoted as in php.ini: unquoted, ";" would start a comment.
-		cmd := exec.Command("php", "-n", "-d", `session.save_path="`+savePath+`"`, "-d", "session.use_cookies=0",
+		// No session garbage collection, as Debian's php.ini (a cron job
+		// cleans the directory): without php.ini it ran at 1 start in
+		// 100, and www-data may not list a directory of mode 1733.
+		cmd := exec.Command("php", "-n", "-d", `session.save_path="`+savePath+`"`, "-d", "session.use_cookies=0", "-d", "session.gc_probability=0",
 			"-r", `session_id($argv[1]); session_start(); $_SESSION["probe"] = "ok"; session_write_close();`, id)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 33, Gid: 33}}
 		// PHP exits 0 when it cannot write the session, only warning:
